@@ -1,0 +1,75 @@
+#pragma once
+// Dim: an axis identified by object identity, never by size, name or position.
+//
+// A Dim is a cheap handle; copies of the handle are the same Dim (an alias). A static Dim
+// has a fixed size. A dynamic Dim carries per-sequence lengths as an integer Tensor over
+// other Dims (usually {batch}); tensors store it padded to its extent, the max length.
+// Arithmetic on Dims is cached: the same expression on the same Dims yields the same Dim.
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace dimx {
+
+class Tensor;
+struct DimImpl;
+
+class Dim {
+ public:
+  // A static Dim of `size` (>= 0).
+  explicit Dim(int64_t size, std::string name = "");
+  // A dynamic Dim; `lengths` is an integer tensor (any Dims, not this one), values >= 0.
+  explicit Dim(const Tensor& lengths, std::string name = "");
+
+  const std::string& name() const;
+  uint64_t id() const;
+  bool is_static() const;
+  bool is_dynamic() const { return !is_static(); }
+  // The static size; throws for a dynamic Dim (use extent() or lengths()).
+  int64_t size() const;
+  // The extent a tensor stores: the static size, or the max length of a dynamic Dim.
+  int64_t extent() const;
+  // Per-sequence lengths (i32). For a static Dim: a scalar tensor holding the size.
+  Tensor lengths() const;
+  // A new Dim with the same size or lengths and a distinct identity.
+  Dim copy(std::string name = "") const;
+
+  // "time:<=50 (dyn)" or "batch:8".
+  std::string str() const;
+
+  bool operator==(const Dim& o) const { return impl_ == o.impl_; }
+  bool operator!=(const Dim& o) const { return impl_ != o.impl_; }
+  // Ordered by creation, so containers of Dims iterate deterministically.
+  bool operator<(const Dim& o) const { return id() < o.id(); }
+
+  // Cached Dim arithmetic; dynamic lengths follow elementwise. Division floors.
+  friend Dim operator+(const Dim& a, int64_t k);
+  friend Dim operator+(int64_t k, const Dim& a) { return a + k; }
+  friend Dim operator-(const Dim& a, int64_t k);
+  friend Dim operator*(const Dim& a, int64_t k);
+  friend Dim operator*(int64_t k, const Dim& a) { return a * k; }
+  friend Dim operator/(const Dim& a, int64_t k);
+  friend Dim ceil_div(const Dim& a, int64_t k);
+  friend Dim operator+(const Dim& a, const Dim& b);
+
+ private:
+  explicit Dim(std::shared_ptr<const DimImpl> impl) : impl_(std::move(impl)) {}
+  std::shared_ptr<const DimImpl> impl_;
+  friend struct DimImpl;
+};
+
+using Dims = std::vector<Dim>;
+
+std::ostream& operator<<(std::ostream& os, const Dim& d);
+// "{batch:8, time:<=50 (dyn)}"
+std::string dims_str(const Dims& dims);
+
+}  // namespace dimx
+
+template <>
+struct std::hash<dimx::Dim> {
+  size_t operator()(const dimx::Dim& d) const noexcept { return std::hash<uint64_t>()(d.id()); }
+};

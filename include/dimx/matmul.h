@@ -1,0 +1,17 @@
+#pragma once
+// Contraction by Dim identity: Dims in `reduce` are summed over; Dims in both operands and
+// not reduced are batch Dims; the rest come from one side. Output layout: batch Dims (a's
+// order), a's own Dims, b's own Dims. Lowers to one batched GEMM; operands are copied only
+// where their strides cannot be expressed as a GEMM. Padded frames of a dynamic reduce Dim
+// are masked to zero in one operand (use_mask=false skips that when the caller knows they
+// are zero already). Floating dtypes only (f32, f64).
+#include <dimx/tensor.h>
+
+namespace dimx {
+
+Tensor matmul(const Tensor& a, const Tensor& b, const Dims& reduce, bool use_mask = true);
+inline Tensor matmul(const Tensor& a, const Tensor& b, const Dim& reduce, bool use_mask = true) {
+  return matmul(a, b, Dims{reduce}, use_mask);
+}
+
+}  // namespace dimx

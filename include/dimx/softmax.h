@@ -1,0 +1,12 @@
+#pragma once
+// Softmax over one Dim, masked over its padding: padded frames get 0 (softmax) or -inf
+// (log_softmax); a row with no valid frame gives all 0 / all -inf, never NaN. If the
+// axis's lengths live on Dims x lacks, the result gains them. Output keeps x's layout.
+#include <dimx/tensor.h>
+
+namespace dimx {
+
+Tensor softmax(const Tensor& x, const Dim& axis, bool use_mask = true);
+Tensor log_softmax(const Tensor& x, const Dim& axis, bool use_mask = true);
+
+}  // namespace dimx
