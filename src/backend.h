@@ -1,0 +1,76 @@
+#pragma once
+// The positional lowering interface. The frontend resolves Dims (alignment, broadcasting,
+// masking, output layout) and calls these primitives with shapes and strides only; each
+// device implements them. Strides are in elements unless stated otherwise.
+#include <dimx/elementwise.h>
+#include <dimx/reduce.h>
+
+#include "tensor_impl.h"
+
+namespace dimx::backend {
+
+struct In {
+  const void* data;
+  Strides strides;
+};
+struct Out {
+  void* data;
+  Strides strides;
+};
+
+// Row-major batched GEMM: C[b] = op(A[b]) @ op(B[b]), op = transpose where trans_* is set.
+struct Gemm {
+  int64_t batch, m, n, k;
+  bool trans_a, trans_b;
+  const void* a;
+  int64_t lda, stride_a;
+  const void* b;
+  int64_t ldb, stride_b;
+  void* c;
+  int64_t ldc, stride_c;
+};
+
+enum class RandomKind { uniform, normal };
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::shared_ptr<Storage> allocate(size_t bytes) = 0;
+  virtual void copy_from_host(void* dst, const void* src, size_t bytes) = 0;
+  virtual void copy_to_host(void* dst, const void* src, size_t bytes) = 0;
+
+  // dst = cast(src) elementwise over `shape`.
+  virtual void copy(const Shape& shape, DType src_dt, const In& src, DType dst_dt, const Out& dst) = 0;
+  virtual void fill(DType dt, int64_t n, void* dst, double value) = 0;
+  virtual void iota(DType dt, int64_t n, void* dst) = 0;
+  virtual void unary(UnaryOp op, DType dt, const Shape& shape, const In& x, const Out& y) = 0;
+  // Inputs share dtype `dt`; the output is bool for comparisons and logical ops.
+  virtual void binary(BinaryOp op, DType dt, const Shape& shape, const In& a, const In& b, const Out& y) = 0;
+  virtual void where(DType dt, const Shape& shape, const In& cond, const In& a, const In& b, const Out& y) = 0;
+
+  // x is contiguous [A, N, B], y contiguous [A, B]. lengths (nullable) is contiguous i64
+  // [A, B]: only the first lengths[a, b] entries along N count. op is never mean.
+  virtual void reduce(ReduceOp op, DType dt, int64_t A, int64_t N, int64_t B, const void* x,
+                      const int64_t* lengths, void* y) = 0;
+  virtual void arg_reduce(bool is_max, DType dt, int64_t A, int64_t N, int64_t B, const void* x,
+                          const int64_t* lengths, int64_t* y) = 0;
+  // Softmax along N of contiguous [A, N, B]; masked frames get 0 (or -inf for log).
+  virtual void softmax(bool log, DType dt, int64_t A, int64_t N, int64_t B, const void* x,
+                       const int64_t* lengths, void* y) = 0;
+  virtual void cumsum(DType dt, int64_t A, int64_t N, int64_t B, const void* x, void* y) = 0;
+  virtual void gemm(DType dt, const Gemm& g) = 0;
+
+  // y[i] = x[i + idx[i] * axis_stride] over `shape` (x's strides exclude the gathered axis),
+  // idx is i64. Returns false if an index is outside [0, extent) and clip is off.
+  virtual bool gather(DType dt, const Shape& shape, const In& x, int64_t axis_stride,
+                      int64_t extent, const In& idx, bool clip, const Out& y) = 0;
+  // Philox-4x32-10 numbers for counters offset.. (4 f32 or 2 f64 values per counter).
+  virtual void random(RandomKind kind, DType dt, int64_t n, uint64_t seed, uint64_t offset,
+                      double a, double b, void* y) = 0;
+};
+
+Backend& backend_for(Device device);
+// Installed by a device library (the CUDA layer) when it loads.
+void register_backend(Device::Type type, Backend* backend);
+
+}  // namespace dimx::backend

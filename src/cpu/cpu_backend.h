@@ -1,0 +1,51 @@
+#pragma once
+// The CPU backend: xsimd-vectorized elementwise math, OpenBLAS GEMM, a small thread pool.
+#include "backend.h"
+
+namespace dimx::cpu {
+
+class CpuBackend final : public backend::Backend {
+ public:
+  using In = backend::In;
+  using Out = backend::Out;
+
+  std::shared_ptr<Storage> allocate(size_t bytes) override;
+  void copy_from_host(void* dst, const void* src, size_t bytes) override;
+  void copy_to_host(void* dst, const void* src, size_t bytes) override;
+  void copy(const Shape& shape, DType src_dt, const In& src, DType dst_dt, const Out& dst) override;
+  void fill(DType dt, int64_t n, void* dst, double value) override;
+  void iota(DType dt, int64_t n, void* dst) override;
+  void unary(UnaryOp op, DType dt, const Shape& shape, const In& x, const Out& y) override;
+  void binary(BinaryOp op, DType dt, const Shape& shape, const In& a, const In& b, const Out& y) override;
+  void where(DType dt, const Shape& shape, const In& cond, const In& a, const In& b, const Out& y) override;
+  void reduce(ReduceOp op, DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* lengths,
+              void* y) override;
+  void arg_reduce(bool is_max, DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* lengths,
+                  int64_t* y) override;
+  void softmax(bool log, DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* lengths,
+               void* y) override;
+  void cumsum(DType dt, int64_t A, int64_t N, int64_t B, const void* x, void* y) override;
+  void gemm(DType dt, const backend::Gemm& g) override;
+  bool gather(DType dt, const Shape& shape, const In& x, int64_t axis_stride, int64_t extent, const In& idx,
+              bool clip, const Out& y) override;
+  void random(backend::RandomKind kind, DType dt, int64_t n, uint64_t seed, uint64_t offset, double a, double b,
+              void* y) override;
+};
+
+// Calls f(T{}) with T the C++ type of `dt`.
+template <class F>
+decltype(auto) dispatch(DType dt, F&& f) {
+  switch (dt) {
+    case DType::f32: return f(float{});
+    case DType::f64: return f(double{});
+    case DType::i32: return f(int32_t{});
+    case DType::i64: return f(int64_t{});
+    case DType::boolean: return f(bool{});
+  }
+  return f(float{});
+}
+
+// Index spaces below this many elements run on one thread.
+constexpr int64_t kParallelGrain = 1 << 15;
+
+}  // namespace dimx::cpu

@@ -1,0 +1,327 @@
+// CPU elementwise kernels. Float math always goes through xsimd batches (strided or partial
+// runs are staged through a lane buffer), so a value never depends on the layout it sits in.
+#include <xsimd/xsimd.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "cpu/cpu_backend.h"
+#include "cpu/strided.h"
+
+namespace dimx::cpu {
+
+namespace {
+
+template <class T>
+using Vec = xsimd::batch<T>;
+
+template <class T>
+Vec<T> load_lanes(const char* base, int64_t stride, int64_t cnt) {
+  constexpr int64_t W = int64_t(Vec<T>::size);
+  if (stride == 0) return Vec<T>(*reinterpret_cast<const T*>(base));
+  if (stride == int64_t(sizeof(T)) && cnt == W) return Vec<T>::load_unaligned(reinterpret_cast<const T*>(base));
+  alignas(64) T buf[W] = {};
+  for (int64_t j = 0; j < cnt; ++j) buf[j] = *reinterpret_cast<const T*>(base + j * stride);
+  return Vec<T>::load_aligned(buf);
+}
+
+template <class T>
+void store_lanes(const Vec<T>& v, char* base, int64_t stride, int64_t cnt) {
+  constexpr int64_t W = int64_t(Vec<T>::size);
+  if (stride == int64_t(sizeof(T)) && cnt == W) return v.store_unaligned(reinterpret_cast<T*>(base));
+  alignas(64) T buf[W];
+  v.store_aligned(buf);
+  for (int64_t j = 0; j < cnt; ++j) *reinterpret_cast<T*>(base + j * stride) = buf[j];
+}
+
+// y = f(x...) with K vector inputs; operand K is the output.
+template <class T, size_t K, class F>
+void vec_map(const Shape& shape, const std::array<const void*, K>& in, const std::array<Strides, K>& in_strides,
+             void* out, const Strides& out_strides, F f) {
+  std::array<char*, K + 1> base;
+  std::array<Strides, K + 1> st;
+  for (size_t k = 0; k < K; ++k) {
+    base[k] = static_cast<char*>(const_cast<void*>(in[k]));
+    st[k] = bytes(in_strides[k], sizeof(T));
+  }
+  base[K] = static_cast<char*>(out);
+  st[K] = bytes(out_strides, sizeof(T));
+  constexpr int64_t W = int64_t(Vec<T>::size);
+  for_each_strided<K + 1>(shape, st, base, kParallelGrain, [&](const std::array<char*, K + 1>& p, int64_t n,
+                                                              const std::array<int64_t, K + 1>& s) {
+    int64_t i = 0;
+    bool contiguous = true;
+    for (size_t k = 0; k <= K; ++k) contiguous = contiguous && s[k] == int64_t(sizeof(T));
+    if (contiguous) {
+      for (; i + W <= n; i += W) {
+        Vec<T> r;
+        if constexpr (K == 1) r = f(Vec<T>::load_unaligned(reinterpret_cast<const T*>(p[0]) + i));
+        else r = f(Vec<T>::load_unaligned(reinterpret_cast<const T*>(p[0]) + i),
+                   Vec<T>::load_unaligned(reinterpret_cast<const T*>(p[1]) + i));
+        r.store_unaligned(reinterpret_cast<T*>(p[K]) + i);
+      }
+    }
+    for (; i < n; i += W) {
+      int64_t cnt = std::min(W, n - i);
+      Vec<T> r;
+      if constexpr (K == 1) r = f(load_lanes<T>(p[0] + i * s[0], s[0], cnt));
+      else r = f(load_lanes<T>(p[0] + i * s[0], s[0], cnt), load_lanes<T>(p[1] + i * s[1], s[1], cnt));
+      store_lanes<T>(r, p[K] + i * s[K], s[K], cnt);
+    }
+  });
+}
+
+// y = f(x...) elementwise on scalars, with input type T and output type U.
+template <class T, class U, size_t K, class F>
+void scalar_map(const Shape& shape, const std::array<const void*, K>& in, const std::array<Strides, K>& in_strides,
+                void* out, const Strides& out_strides, F f) {
+  std::array<char*, K + 1> base;
+  std::array<Strides, K + 1> st;
+  for (size_t k = 0; k < K; ++k) {
+    base[k] = static_cast<char*>(const_cast<void*>(in[k]));
+    st[k] = bytes(in_strides[k], sizeof(T));
+  }
+  base[K] = static_cast<char*>(out);
+  st[K] = bytes(out_strides, sizeof(U));
+  for_each_strided<K + 1>(shape, st, base, kParallelGrain, [&](const std::array<char*, K + 1>& p, int64_t n,
+                                                              const std::array<int64_t, K + 1>& s) {
+    for (int64_t i = 0; i < n; ++i) {
+      const T a = *reinterpret_cast<const T*>(p[0] + i * s[0]);
+      if constexpr (K == 1) *reinterpret_cast<U*>(p[K] + i * s[K]) = U(f(a));
+      else *reinterpret_cast<U*>(p[K] + i * s[K]) = U(f(a, *reinterpret_cast<const T*>(p[1] + i * s[1])));
+    }
+  });
+}
+
+template <class T>
+T int_floordiv(T a, T b) {
+  T q = a / b;
+  if ((a % b != 0) && ((a < 0) != (b < 0))) --q;
+  return q;
+}
+template <class T>
+T int_mod(T a, T b) {
+  T r = a % b;
+  if (r != 0 && ((r < 0) != (b < 0))) r += b;
+  return r;
+}
+template <class T>
+T int_pow(T a, T e) {
+  if (e < 0) return a == 1 ? 1 : (a == -1 ? ((e & 1) ? -1 : 1) : 0);
+  T r = 1;
+  while (e) {
+    if (e & 1) r *= a;
+    a *= a;
+    e >>= 1;
+  }
+  return r;
+}
+
+template <class T>
+void float_unary(UnaryOp op, const Shape& sh, const backend::In& x, const backend::Out& y) {
+  using V = Vec<T>;
+  std::array<const void*, 1> in{x.data};
+  std::array<Strides, 1> is{x.strides};
+  auto go = [&](auto f) { vec_map<T, 1>(sh, in, is, y.data, y.strides, f); };
+  const V one(T(1)), zero(T(0)), half(T(0.5));
+  switch (op) {
+    case UnaryOp::neg: return go([](V v) { return -v; });
+    case UnaryOp::abs: return go([](V v) { return xsimd::abs(v); });
+    case UnaryOp::sign: return go([&](V v) { return xsimd::select(v > zero, one, xsimd::select(v < zero, -one, v)); });
+    case UnaryOp::square: return go([](V v) { return v * v; });
+    case UnaryOp::sqrt: return go([](V v) { return xsimd::sqrt(v); });
+    case UnaryOp::rsqrt: return go([&](V v) { return one / xsimd::sqrt(v); });
+    case UnaryOp::reciprocal: return go([&](V v) { return one / v; });
+    case UnaryOp::exp: return go([](V v) { return xsimd::exp(v); });
+    case UnaryOp::expm1: return go([](V v) { return xsimd::expm1(v); });
+    case UnaryOp::log: return go([](V v) { return xsimd::log(v); });
+    case UnaryOp::log1p: return go([](V v) { return xsimd::log1p(v); });
+    case UnaryOp::sin: return go([](V v) { return xsimd::sin(v); });
+    case UnaryOp::cos: return go([](V v) { return xsimd::cos(v); });
+    case UnaryOp::tanh: return go([](V v) { return xsimd::tanh(v); });
+    case UnaryOp::sigmoid: return go([&](V v) { return one / (one + xsimd::exp(-v)); });
+    case UnaryOp::relu: return go([&](V v) { return xsimd::select(v < zero, zero, v); });
+    case UnaryOp::gelu:
+      return go([&](V v) { return half * v * (one + xsimd::erf(v * V(T(0.70710678118654752440)))); });
+    case UnaryOp::silu: return go([&](V v) { return v / (one + xsimd::exp(-v)); });
+    case UnaryOp::softplus:
+      return go([&](V v) { return xsimd::max(v, zero) + xsimd::log1p(xsimd::exp(-xsimd::abs(v))); });
+    case UnaryOp::erf: return go([](V v) { return xsimd::erf(v); });
+    case UnaryOp::floor: return go([](V v) { return xsimd::floor(v); });
+    case UnaryOp::ceil: return go([](V v) { return xsimd::ceil(v); });
+    case UnaryOp::round: return go([](V v) { return xsimd::nearbyint(v); });
+    default: throw Error(std::string(op_name(op)) + ": not supported for floating dtypes");
+  }
+}
+
+template <class T>
+void int_unary(UnaryOp op, const Shape& sh, const backend::In& x, const backend::Out& y) {
+  std::array<const void*, 1> in{x.data};
+  std::array<Strides, 1> is{x.strides};
+  auto go = [&](auto f) { scalar_map<T, T, 1>(sh, in, is, y.data, y.strides, f); };
+  switch (op) {
+    case UnaryOp::neg: return go([](T v) { return T(-v); });
+    case UnaryOp::abs: return go([](T v) { return T(v < 0 ? -v : v); });
+    case UnaryOp::sign: return go([](T v) { return T((v > 0) - (v < 0)); });
+    case UnaryOp::square: return go([](T v) { return T(v * v); });
+    default: throw Error(std::string(op_name(op)) + ": not supported for integer dtypes");
+  }
+}
+
+template <class T>
+void compare(BinaryOp op, const Shape& sh, const std::array<const void*, 2>& in, const std::array<Strides, 2>& is,
+             const backend::Out& y) {
+  auto go = [&](auto f) { scalar_map<T, bool, 2>(sh, in, is, y.data, y.strides, f); };
+  switch (op) {
+    case BinaryOp::equal: return go([](T a, T b) { return a == b; });
+    case BinaryOp::not_equal: return go([](T a, T b) { return a != b; });
+    case BinaryOp::less: return go([](T a, T b) { return a < b; });
+    case BinaryOp::less_equal: return go([](T a, T b) { return a <= b; });
+    case BinaryOp::greater: return go([](T a, T b) { return a > b; });
+    case BinaryOp::greater_equal: return go([](T a, T b) { return a >= b; });
+    case BinaryOp::logical_and: return go([](T a, T b) { return bool(a) && bool(b); });
+    case BinaryOp::logical_or: return go([](T a, T b) { return bool(a) || bool(b); });
+    case BinaryOp::logical_xor: return go([](T a, T b) { return bool(a) != bool(b); });
+    default: throw Error(std::string(op_name(op)) + ": not a comparison");
+  }
+}
+
+bool is_comparison(BinaryOp op) { return op >= BinaryOp::equal; }
+
+template <class T>
+void float_binary(BinaryOp op, const Shape& sh, const std::array<const void*, 2>& in,
+                  const std::array<Strides, 2>& is, const backend::Out& y) {
+  using V = Vec<T>;
+  auto go = [&](auto f) { vec_map<T, 2>(sh, in, is, y.data, y.strides, f); };
+  switch (op) {
+    case BinaryOp::add: return go([](V a, V b) { return a + b; });
+    case BinaryOp::sub: return go([](V a, V b) { return a - b; });
+    case BinaryOp::mul: return go([](V a, V b) { return a * b; });
+    case BinaryOp::div: return go([](V a, V b) { return a / b; });
+    case BinaryOp::floordiv: return go([](V a, V b) { return xsimd::floor(a / b); });
+    case BinaryOp::mod: return go([](V a, V b) { return a - xsimd::floor(a / b) * b; });
+    case BinaryOp::pow: return go([](V a, V b) { return xsimd::pow(a, b); });
+    case BinaryOp::maximum: return go([](V a, V b) { return xsimd::max(a, b); });
+    case BinaryOp::minimum: return go([](V a, V b) { return xsimd::min(a, b); });
+    default: throw Error(std::string(op_name(op)) + ": not supported for floating dtypes");
+  }
+}
+
+template <class T>
+void int_binary(BinaryOp op, const Shape& sh, const std::array<const void*, 2>& in,
+                const std::array<Strides, 2>& is, const backend::Out& y) {
+  auto go = [&](auto f) { scalar_map<T, T, 2>(sh, in, is, y.data, y.strides, f); };
+  switch (op) {
+    case BinaryOp::add: return go([](T a, T b) { return T(a + b); });
+    case BinaryOp::sub: return go([](T a, T b) { return T(a - b); });
+    case BinaryOp::mul: return go([](T a, T b) { return T(a * b); });
+    case BinaryOp::floordiv: return go([](T a, T b) { return int_floordiv(a, b); });
+    case BinaryOp::mod: return go([](T a, T b) { return int_mod(a, b); });
+    case BinaryOp::pow: return go([](T a, T b) { return int_pow(a, b); });
+    case BinaryOp::maximum: return go([](T a, T b) { return std::max(a, b); });
+    case BinaryOp::minimum: return go([](T a, T b) { return std::min(a, b); });
+    default: throw Error(std::string(op_name(op)) + ": not supported for integer dtypes");
+  }
+}
+
+template <class U, class T>
+U convert(T v) {
+  if constexpr (std::is_same_v<U, bool>) {
+    return v != T(0);
+  } else if constexpr (std::is_floating_point_v<T> && std::is_integral_v<U>) {
+    // NaN becomes 0 and out-of-range values saturate, instead of undefined behaviour.
+    if (std::isnan(v)) return 0;
+    if (v >= T(std::numeric_limits<U>::max())) return std::numeric_limits<U>::max();
+    if (v <= T(std::numeric_limits<U>::lowest())) return std::numeric_limits<U>::lowest();
+    return U(v);
+  } else {
+    return U(v);
+  }
+}
+
+}  // namespace
+
+void CpuBackend::unary(UnaryOp op, DType dt, const Shape& shape, const In& x, const Out& y) {
+  if (dt == DType::f32) return float_unary<float>(op, shape, x, y);
+  if (dt == DType::f64) return float_unary<double>(op, shape, x, y);
+  if (dt == DType::i32) return int_unary<int32_t>(op, shape, x, y);
+  if (dt == DType::i64) return int_unary<int64_t>(op, shape, x, y);
+  if (op != UnaryOp::logical_not) throw Error(std::string(op_name(op)) + ": not supported for bool");
+  scalar_map<bool, bool, 1>(shape, {x.data}, {x.strides}, y.data, y.strides, [](bool v) { return !v; });
+}
+
+void CpuBackend::binary(BinaryOp op, DType dt, const Shape& shape, const In& a, const In& b, const Out& y) {
+  std::array<const void*, 2> in{a.data, b.data};
+  std::array<Strides, 2> is{a.strides, b.strides};
+  if (is_comparison(op)) return dispatch(dt, [&](auto t) { compare<decltype(t)>(op, shape, in, is, y); });
+  switch (dt) {
+    case DType::f32: return float_binary<float>(op, shape, in, is, y);
+    case DType::f64: return float_binary<double>(op, shape, in, is, y);
+    case DType::i32: return int_binary<int32_t>(op, shape, in, is, y);
+    case DType::i64: return int_binary<int64_t>(op, shape, in, is, y);
+    default: throw Error(std::string(op_name(op)) + ": not supported for bool");
+  }
+}
+
+void CpuBackend::where(DType dt, const Shape& shape, const In& cond, const In& a, const In& b, const Out& y) {
+  dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    std::array<char*, 4> base{static_cast<char*>(const_cast<void*>(cond.data)),
+                              static_cast<char*>(const_cast<void*>(a.data)),
+                              static_cast<char*>(const_cast<void*>(b.data)), static_cast<char*>(y.data)};
+    std::array<Strides, 4> st{bytes(cond.strides, 1), bytes(a.strides, sizeof(T)), bytes(b.strides, sizeof(T)),
+                              bytes(y.strides, sizeof(T))};
+    for_each_strided<4>(shape, st, base, kParallelGrain,
+                        [](const std::array<char*, 4>& p, int64_t n, const std::array<int64_t, 4>& s) {
+                          for (int64_t i = 0; i < n; ++i) {
+                            bool c = *reinterpret_cast<const bool*>(p[0] + i * s[0]);
+                            *reinterpret_cast<T*>(p[3] + i * s[3]) =
+                                *reinterpret_cast<const T*>((c ? p[1] + i * s[1] : p[2] + i * s[2]));
+                          }
+                        });
+  });
+}
+
+void CpuBackend::copy(const Shape& shape, DType src_dt, const In& src, DType dst_dt, const Out& dst) {
+  if (src_dt == dst_dt) {
+    size_t es = dtype_size(src_dt);
+    std::array<char*, 2> base{static_cast<char*>(const_cast<void*>(src.data)), static_cast<char*>(dst.data)};
+    for_each_strided<2>(shape, {bytes(src.strides, es), bytes(dst.strides, es)}, base, kParallelGrain,
+                        [es](const std::array<char*, 2>& p, int64_t n, const std::array<int64_t, 2>& s) {
+                          if (s[0] == int64_t(es) && s[1] == int64_t(es)) {
+                            std::memcpy(p[1], p[0], size_t(n) * es);
+                            return;
+                          }
+                          for (int64_t i = 0; i < n; ++i) std::memcpy(p[1] + i * s[1], p[0] + i * s[0], es);
+                        });
+    return;
+  }
+  dispatch(src_dt, [&](auto st) {
+    dispatch(dst_dt, [&](auto dtag) {
+      using T = decltype(st);
+      using U = decltype(dtag);
+      scalar_map<T, U, 1>(shape, {src.data}, {src.strides}, dst.data, dst.strides,
+                          [](T v) { return convert<U>(v); });
+    });
+  });
+}
+
+void CpuBackend::fill(DType dt, int64_t n, void* dst, double value) {
+  dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    T v = convert<T>(value);
+    std::fill(static_cast<T*>(dst), static_cast<T*>(dst) + n, v);
+  });
+}
+
+void CpuBackend::iota(DType dt, int64_t n, void* dst) {
+  dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (std::is_same_v<T, bool>) throw Error("iota: bool dtype not supported");
+    else
+      for (int64_t i = 0; i < n; ++i) static_cast<T*>(dst)[i] = T(i);
+  });
+}
+
+}  // namespace dimx::cpu

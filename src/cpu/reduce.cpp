@@ -1,0 +1,273 @@
+// CPU reductions and softmax over the middle axis of a contiguous [A, N, B] block, with
+// optional per-(a, b) valid lengths along N.
+#include <xsimd/xsimd.hpp>
+
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include "cpu/cpu_backend.h"
+#include "cpu/parallel.h"
+
+namespace dimx::cpu {
+
+namespace {
+
+template <class T>
+T lowest() {
+  if constexpr (std::is_floating_point_v<T>) return -std::numeric_limits<T>::infinity();
+  else return std::numeric_limits<T>::lowest();
+}
+template <class T>
+T highest() {
+  if constexpr (std::is_floating_point_v<T>) return std::numeric_limits<T>::infinity();
+  else return std::numeric_limits<T>::max();
+}
+
+template <class T>
+T identity(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::max: return lowest<T>();
+    case ReduceOp::min: return highest<T>();
+    case ReduceOp::all: return T(1);
+    default: return T(0);
+  }
+}
+
+template <class T>
+T combine(ReduceOp op, T acc, T v) {
+  switch (op) {
+    case ReduceOp::sum: return T(acc + v);
+    case ReduceOp::max: return v > acc ? v : acc;
+    case ReduceOp::min: return v < acc ? v : acc;
+    case ReduceOp::any: return T(acc || v);
+    case ReduceOp::all: return T(acc && v);
+    default: return acc;
+  }
+}
+
+int64_t clamp_len(const int64_t* lengths, int64_t i, int64_t N) {
+  if (!lengths) return N;
+  int64_t l = lengths[i];
+  return l < 0 ? 0 : (l > N ? N : l);
+}
+
+// Reduces a contiguous row with vector accumulators where the dtype allows.
+template <class T>
+T reduce_row(ReduceOp op, const T* x, int64_t n) {
+  if constexpr (std::is_floating_point_v<T>) {
+    using V = xsimd::batch<T>;
+    constexpr int64_t W = int64_t(V::size);
+    if (n >= 4 * W && (op == ReduceOp::sum || op == ReduceOp::max || op == ReduceOp::min)) {
+      V acc[4];
+      for (auto& a : acc) a = V(identity<T>(op));
+      int64_t i = 0;
+      for (; i + 4 * W <= n; i += 4 * W)
+        for (int j = 0; j < 4; ++j) {
+          V v = V::load_unaligned(x + i + j * W);
+          acc[j] = op == ReduceOp::sum ? acc[j] + v : (op == ReduceOp::max ? xsimd::max(acc[j], v) : xsimd::min(acc[j], v));
+        }
+      V r = op == ReduceOp::sum ? (acc[0] + acc[1]) + (acc[2] + acc[3])
+                                : (op == ReduceOp::max ? xsimd::max(xsimd::max(acc[0], acc[1]), xsimd::max(acc[2], acc[3]))
+                                                       : xsimd::min(xsimd::min(acc[0], acc[1]), xsimd::min(acc[2], acc[3])));
+      alignas(64) T lanes[W];
+      r.store_aligned(lanes);
+      T out = lanes[0];
+      for (int64_t j = 1; j < W; ++j) out = combine(op, out, lanes[j]);
+      for (; i < n; ++i) out = combine(op, out, x[i]);
+      return out;
+    }
+  }
+  T acc = identity<T>(op);
+  for (int64_t i = 0; i < n; ++i) acc = combine(op, acc, x[i]);
+  return acc;
+}
+
+template <class T>
+void exp_inplace(T* x, int64_t n) {
+  if constexpr (std::is_floating_point_v<T>) {
+    using V = xsimd::batch<T>;
+    constexpr int64_t W = int64_t(V::size);
+    int64_t i = 0;
+    for (; i + W <= n; i += W) xsimd::exp(V::load_unaligned(x + i)).store_unaligned(x + i);
+    for (; i < n; ++i) x[i] = std::exp(x[i]);
+  }
+}
+
+// Splits [A, B] work: rows a in parallel, and for B > 1 also chunks of b.
+template <class F>
+void for_blocks(int64_t A, int64_t N, int64_t B, F&& f) {
+  const int64_t chunk = B == 1 ? 1 : std::min<int64_t>(B, 512);
+  const int64_t nb = (B + chunk - 1) / chunk;
+  const int64_t per_task = std::max<int64_t>(1, N * chunk);
+  parallel_for(A * nb, std::max<int64_t>(1, kParallelGrain / per_task), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      int64_t a = t / nb, b0 = (t % nb) * chunk;
+      f(a, b0, std::min(B, b0 + chunk));
+    }
+  });
+}
+
+template <class T>
+void reduce_impl(ReduceOp op, int64_t A, int64_t N, int64_t B, const T* x, const int64_t* len, T* y) {
+  for_blocks(A, N, B, [&](int64_t a, int64_t b0, int64_t b1) {
+    const T* xa = x + a * N * B;
+    if (B == 1) {
+      int64_t L = clamp_len(len, a, N);
+      if (op == ReduceOp::logsumexp) {
+        if constexpr (!std::is_floating_point_v<T>) return;
+        T m = reduce_row(ReduceOp::max, xa, L);
+        if (L == 0 || m == lowest<T>()) {
+          y[a] = lowest<T>();
+          return;
+        }
+        T s = 0;
+        for (int64_t i = 0; i < L; ++i) s += std::exp(xa[i] - m);
+        y[a] = m + std::log(s);
+        return;
+      }
+      y[a] = reduce_row(op, xa, L);
+      return;
+    }
+    const int64_t w = b1 - b0;
+    // A plain array: std::vector<bool> has no addressable elements.
+    std::unique_ptr<T[]> acc(new T[size_t(w)]);
+    std::fill(acc.get(), acc.get() + w, identity<T>(op == ReduceOp::logsumexp ? ReduceOp::max : op));
+    const int64_t* la = len ? len + a * B + b0 : nullptr;
+    ReduceOp first = op == ReduceOp::logsumexp ? ReduceOp::max : op;
+    for (int64_t n = 0; n < N; ++n) {
+      const T* row = xa + n * B + b0;
+      if (!la)
+        for (int64_t b = 0; b < w; ++b) acc[b] = combine(first, acc[b], row[b]);
+      else
+        for (int64_t b = 0; b < w; ++b)
+          if (n < la[b]) acc[b] = combine(first, acc[b], row[b]);
+    }
+    if constexpr (std::is_floating_point_v<T>) if (op == ReduceOp::logsumexp) {
+      std::vector<T> s(size_t(w), T(0));
+      for (int64_t n = 0; n < N; ++n) {
+        const T* row = xa + n * B + b0;
+        for (int64_t b = 0; b < w; ++b)
+          if ((!la || n < la[b]) && acc[b] != lowest<T>()) s[b] += std::exp(row[b] - acc[b]);
+      }
+      for (int64_t b = 0; b < w; ++b) acc[b] = acc[b] == lowest<T>() ? acc[b] : acc[b] + std::log(s[b]);
+    }
+    std::copy(acc.get(), acc.get() + w, y + a * B + b0);
+  });
+}
+
+template <class T>
+void softmax_impl(bool log, int64_t A, int64_t N, int64_t B, const T* x, const int64_t* len, T* y) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const T pad = log ? ninf : T(0);
+  for_blocks(A, N, B, [&](int64_t a, int64_t b0, int64_t b1) {
+    const T* xa = x + a * N * B;
+    T* ya = y + a * N * B;
+    if (B == 1) {
+      int64_t L = clamp_len(len, a, N);
+      T m = reduce_row(ReduceOp::max, xa, L);
+      if (L == 0 || m == ninf) {
+        std::fill(ya, ya + N, pad);
+        return;
+      }
+      for (int64_t i = 0; i < L; ++i) ya[i] = xa[i] - m;
+      if (log) {
+        // Sum exp in a scratch row so y keeps the shifted logits.
+        std::vector<T> e(ya, ya + L);
+        exp_inplace(e.data(), L);
+        T ls = std::log(reduce_row(ReduceOp::sum, e.data(), L));
+        for (int64_t i = 0; i < L; ++i) ya[i] -= ls;
+      } else {
+        exp_inplace(ya, L);
+        T inv = T(1) / reduce_row(ReduceOp::sum, ya, L);
+        for (int64_t i = 0; i < L; ++i) ya[i] *= inv;
+      }
+      std::fill(ya + L, ya + N, pad);
+      return;
+    }
+    const int64_t w = b1 - b0;
+    const int64_t* la = len ? len + a * B + b0 : nullptr;
+    std::vector<T> m(static_cast<size_t>(w), ninf), s(static_cast<size_t>(w), T(0)), e(static_cast<size_t>(w));
+    for (int64_t n = 0; n < N; ++n) {
+      const T* row = xa + n * B + b0;
+      for (int64_t b = 0; b < w; ++b)
+        if (!la || n < la[b]) m[b] = row[b] > m[b] ? row[b] : m[b];
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      const T* row = xa + n * B + b0;
+      T* out = ya + n * B + b0;
+      for (int64_t b = 0; b < w; ++b) e[b] = row[b] - m[b];
+      exp_inplace(e.data(), w);
+      for (int64_t b = 0; b < w; ++b) {
+        bool valid = (!la || n < la[b]) && m[b] != ninf;
+        if (valid) s[b] += e[b];
+        out[b] = valid ? (log ? row[b] - m[b] : e[b]) : pad;
+      }
+    }
+    for (int64_t b = 0; b < w; ++b) s[b] = log ? std::log(s[b]) : T(1) / s[b];
+    for (int64_t n = 0; n < N; ++n) {
+      T* out = ya + n * B + b0;
+      for (int64_t b = 0; b < w; ++b)
+        if ((!la || n < la[b]) && m[b] != ninf) out[b] = log ? out[b] - s[b] : out[b] * s[b];
+    }
+  });
+}
+
+}  // namespace
+
+void CpuBackend::reduce(ReduceOp op, DType dt, int64_t A, int64_t N, int64_t B, const void* x,
+                        const int64_t* lengths, void* y) {
+  dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    reduce_impl<T>(op, A, N, B, static_cast<const T*>(x), lengths, static_cast<T*>(y));
+  });
+}
+
+void CpuBackend::arg_reduce(bool is_max, DType dt, int64_t A, int64_t N, int64_t B, const void* xv,
+                            const int64_t* len, int64_t* y) {
+  dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    const T* x = static_cast<const T*>(xv);
+    for_blocks(A, N, B, [&](int64_t a, int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        int64_t L = clamp_len(len, a * B + b, N), best = 0;
+        for (int64_t n = 1; n < L; ++n) {
+          T v = x[(a * N + n) * B + b], cur = x[(a * N + best) * B + b];
+          if (is_max ? v > cur : v < cur) best = n;
+        }
+        y[a * B + b] = best;
+      }
+    });
+  });
+}
+
+void CpuBackend::softmax(bool log, DType dt, int64_t A, int64_t N, int64_t B, const void* x,
+                         const int64_t* lengths, void* y) {
+  if (dt == DType::f32) return softmax_impl<float>(log, A, N, B, static_cast<const float*>(x), lengths, static_cast<float*>(y));
+  if (dt == DType::f64) return softmax_impl<double>(log, A, N, B, static_cast<const double*>(x), lengths, static_cast<double*>(y));
+  throw Error(std::string(log ? "log_softmax" : "softmax") + ": needs a floating dtype, got " + dtype_name(dt));
+}
+
+void CpuBackend::cumsum(DType dt, int64_t A, int64_t N, int64_t B, const void* xv, void* yv) {
+  dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (std::is_same_v<T, bool>) {
+      throw Error("cumsum: bool dtype not supported");
+    } else {
+      const T* x = static_cast<const T*>(xv);
+      T* y = static_cast<T*>(yv);
+      for_blocks(A, N, B, [&](int64_t a, int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          T acc = 0;
+          for (int64_t n = 0; n < N; ++n) {
+            acc += x[(a * N + n) * B + b];
+            y[(a * N + n) * B + b] = acc;
+          }
+        }
+      });
+    }
+  });
+}
+
+}  // namespace dimx::cpu

@@ -1,0 +1,145 @@
+#include <dimx/elementwise.h>
+
+#include "backend.h"
+#include "tensor_impl.h"
+
+namespace dimx {
+
+const char* op_name(BinaryOp op) {
+  static const char* names[] = {"add", "sub", "mul", "div", "floordiv", "mod", "pow", "maximum", "minimum",
+                                "equal", "not_equal", "less", "less_equal", "greater", "greater_equal",
+                                "logical_and", "logical_or", "logical_xor"};
+  return names[size_t(op)];
+}
+
+const char* op_name(UnaryOp op) {
+  static const char* names[] = {"neg",  "abs",  "sign",    "square", "sqrt",  "rsqrt", "reciprocal",
+                                "exp",  "expm1", "log",    "log1p",  "sin",   "cos",   "tanh",
+                                "sigmoid", "relu", "gelu", "silu",   "softplus", "erf", "floor",
+                                "ceil", "round", "logical_not", "isnan"};
+  return names[size_t(op)];
+}
+
+namespace {
+
+bool is_logical(BinaryOp op) { return op >= BinaryOp::logical_and; }
+bool is_comparison(BinaryOp op) { return op >= BinaryOp::equal; }
+
+std::string operands(const std::vector<const Tensor*>& ts) {
+  std::string s;
+  const char* names[] = {"a", "b", "c"};
+  for (size_t i = 0; i < ts.size(); ++i) s += std::string(i ? ", " : "") + names[i] + " = " + ts[i]->str();
+  return s;
+}
+
+// Output Dims of an elementwise op: the layout of the first operand holding all Dims, so
+// that operand streams contiguously; without one, broadcasting all sources needs opt-in.
+Dims output_dims(const char* op, const std::vector<const Tensor*>& ts, bool allow_broadcast_all) {
+  Dims all;
+  for (const Tensor* t : ts) all = union_dims(all, t->dims());
+  for (const Tensor* t : ts)
+    if (t->ndim() == all.size()) return t->dims();
+  if (!allow_broadcast_all)
+    fail(std::string(op) + ": no operand has all dims " + dims_str(all) + " (" + operands(ts) +
+         "); pass allow_broadcast_all=true if the outer product is intended");
+  return all;
+}
+
+std::optional<Dim> common_feature_dim(const std::vector<const Tensor*>& ts) {
+  for (const Tensor* t : ts)
+    if (t->feature_dim()) return t->feature_dim();
+  return std::nullopt;
+}
+
+}  // namespace
+
+Tensor combine(const Tensor& a, BinaryOp op, const Tensor& b, bool allow_broadcast_all) {
+  const char* name = op_name(op);
+  check_defined(name, a);
+  check_defined(name, b);
+  check_same_device(name, a, b);
+  if (a.dtype() != b.dtype())
+    fail(std::string(name) + ": dtype mismatch, a = " + a.str() + " vs b = " + b.str() + "; cast with astype()");
+  DType dt = a.dtype();
+  if (is_logical(op) && dt != DType::boolean)
+    fail(std::string(name) + ": needs bool operands, got a = " + a.str());
+  if (!is_comparison(op) && dt == DType::boolean)
+    fail(std::string(name) + ": not defined for bool operands (a = " + a.str() + ")");
+  if (op == BinaryOp::div && is_integer(dt))
+    fail(std::string(name) + ": integer operands (a = " + a.str() + "); use floordiv, or astype() to a float dtype");
+  if ((op == BinaryOp::floordiv || op == BinaryOp::mod) && is_integer(dt)) {
+    Tensor zero = Tensor::scalar(0, dt).to(b.device());
+    Tensor bz = combine(b, BinaryOp::equal, zero);
+    if (reduce_any(bz, bz.dims()).item<bool>()) fail(std::string(name) + ": integer division by zero in b = " + b.str());
+  }
+  Dims out = output_dims(name, {&a, &b}, allow_broadcast_all);
+  DType odt = is_comparison(op) ? DType::boolean : dt;
+  Tensor y = empty(out, odt, a.device());
+  const TensorImpl& ya = y.impl();
+  backend::backend_for(a.device())
+      .binary(op, dt, extents(out), {a.impl().data(), aligned_strides(a.impl(), out)},
+              {b.impl().data(), aligned_strides(b.impl(), out)}, {ya.data(), ya.strides});
+  if (auto f = common_feature_dim({&a, &b}); f && !is_comparison(op)) return y.with_feature_dim(f);
+  return y;
+}
+
+Tensor combine(const Tensor& a, BinaryOp op, double b) {
+  check_defined(op_name(op), a);
+  return combine(a, op, Tensor::scalar(b, a.dtype()).to(a.device()));
+}
+
+Tensor combine(double a, BinaryOp op, const Tensor& b) {
+  check_defined(op_name(op), b);
+  return combine(Tensor::scalar(a, b.dtype()).to(b.device()), op, b);
+}
+
+Tensor apply(UnaryOp op, const Tensor& x) {
+  const char* name = op_name(op);
+  check_defined(name, x);
+  if (op == UnaryOp::isnan) return combine(x, BinaryOp::not_equal, x);
+  if ((op == UnaryOp::logical_not) != (x.dtype() == DType::boolean))
+    fail(std::string(name) + ": not defined for x = " + x.str());
+  if (!is_floating(x.dtype()) && op != UnaryOp::neg && op != UnaryOp::abs && op != UnaryOp::sign &&
+      op != UnaryOp::square && op != UnaryOp::logical_not)
+    fail(std::string(name) + ": needs a floating dtype, got x = " + x.str() + "; cast with astype()");
+  Tensor y = empty(x.dims(), x.dtype(), x.device());
+  backend::backend_for(x.device())
+      .unary(op, x.dtype(), extents(x.dims()), {x.impl().data(), x.strides()}, {y.impl().data(), y.strides()});
+  return x.feature_dim() ? y.with_feature_dim(x.feature_dim()) : y;
+}
+
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b, bool allow_broadcast_all) {
+  check_defined("where", cond);
+  check_defined("where", a);
+  check_defined("where", b);
+  check_same_device("where", cond, a);
+  check_same_device("where", a, b);
+  if (cond.dtype() != DType::boolean) fail("where: cond must be bool, got cond = " + cond.str());
+  if (a.dtype() != b.dtype()) fail("where: dtype mismatch, a = " + a.str() + " vs b = " + b.str());
+  Dims out = output_dims("where", {&a, &b, &cond}, allow_broadcast_all);
+  Tensor y = empty(out, a.dtype(), a.device());
+  backend::backend_for(a.device())
+      .where(a.dtype(), extents(out), {cond.impl().data(), aligned_strides(cond.impl(), out)},
+             {a.impl().data(), aligned_strides(a.impl(), out)}, {b.impl().data(), aligned_strides(b.impl(), out)},
+             {y.impl().data(), y.strides()});
+  if (auto f = common_feature_dim({&a, &b})) return y.with_feature_dim(f);
+  return y;
+}
+
+Tensor where(const Tensor& cond, const Tensor& a, double b, bool allow_broadcast_all) {
+  check_defined("where", a);
+  return where(cond, a, Tensor::scalar(b, a.dtype()).to(a.device()), allow_broadcast_all);
+}
+
+Tensor where(const Tensor& cond, double a, const Tensor& b, bool allow_broadcast_all) {
+  check_defined("where", b);
+  return where(cond, Tensor::scalar(a, b.dtype()).to(b.device()), b, allow_broadcast_all);
+}
+
+Tensor clip(const Tensor& x, double lo, double hi) {
+  check_defined("clip", x);
+  if (lo > hi) fail("clip: lo " + std::to_string(lo) + " > hi " + std::to_string(hi) + " for x = " + x.str());
+  return minimum(maximum(x, Tensor::scalar(lo, x.dtype()).to(x.device())), Tensor::scalar(hi, x.dtype()).to(x.device()));
+}
+
+}  // namespace dimx

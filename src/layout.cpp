@@ -1,0 +1,121 @@
+// Helpers shared by the frontend ops: layouts, Dim set algebra, and the common checks.
+#include "backend.h"
+#include "tensor_impl.h"
+
+#include <algorithm>
+
+namespace dimx {
+
+Shape extents(const Dims& dims) {
+  Shape s;
+  s.reserve(dims.size());
+  for (const Dim& d : dims) s.push_back(d.extent());
+  return s;
+}
+
+int64_t numel_of(const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t e : shape) n *= e;
+  return n;
+}
+
+Strides contiguous_strides(const Shape& shape) {
+  Strides s(shape.size());
+  int64_t acc = 1;
+  for (size_t i = shape.size(); i-- > 0;) {
+    s[i] = acc;
+    acc *= shape[i];
+  }
+  return s;
+}
+
+bool contains(const Dims& dims, const Dim& d) { return std::find(dims.begin(), dims.end(), d) != dims.end(); }
+
+bool contains_all(const Dims& dims, const Dims& sub) {
+  for (const Dim& d : sub)
+    if (!contains(dims, d)) return false;
+  return true;
+}
+
+Dims union_dims(const Dims& a, const Dims& b) {
+  Dims out = a;
+  for (const Dim& d : b)
+    if (!contains(out, d)) out.push_back(d);
+  return out;
+}
+
+Dims minus_dims(const Dims& a, const Dims& b) {
+  Dims out;
+  for (const Dim& d : a)
+    if (!contains(b, d)) out.push_back(d);
+  return out;
+}
+
+Strides aligned_strides(const TensorImpl& t, const Dims& out) {
+  Strides s(out.size(), 0);
+  for (size_t i = 0; i < t.dims.size(); ++i) {
+    auto it = std::find(out.begin(), out.end(), t.dims[i]);
+    if (it == out.end()) fail("internal: dim " + t.dims[i].str() + " missing in " + dims_str(out));
+    if (t.dims[i].extent() != 1) s[size_t(it - out.begin())] = t.strides[i];
+  }
+  return s;
+}
+
+void fail(const std::string& msg) { throw Error(msg); }
+
+void check_defined(const char* op, const Tensor& t) {
+  if (!t.defined()) fail(std::string(op) + ": got an undefined tensor");
+}
+
+void check_same_device(const char* op, const Tensor& a, const Tensor& b) {
+  if (!(a.device() == b.device()))
+    fail(std::string(op) + ": operands on different devices: " + a.str() + " vs " + b.str());
+}
+
+void check_has_dim(const char* op, const Tensor& t, const Dim& d, const char* what) {
+  if (!t.has_dim(d))
+    fail(std::string(op) + ": dim '" + d.str() + "' not in " + what + " = " + dims_str(t.dims()));
+}
+
+void check_unique(const char* op, const Dims& dims) {
+  for (size_t i = 0; i < dims.size(); ++i)
+    for (size_t j = i + 1; j < dims.size(); ++j)
+      if (dims[i] == dims[j]) fail(std::string(op) + ": dim '" + dims[i].str() + "' given twice in " + dims_str(dims));
+}
+
+Tensor empty(Dims dims, DType dtype, Device device) {
+  auto impl = std::make_shared<TensorImpl>();
+  Shape shape = extents(dims);
+  impl->strides = contiguous_strides(shape);
+  impl->dims = std::move(dims);
+  impl->dtype = dtype;
+  impl->storage = backend::backend_for(device).allocate(size_t(numel_of(shape)) * dtype_size(dtype));
+  return Tensor(std::move(impl));
+}
+
+Tensor make_view(const Tensor& base, Dims dims, Strides strides, int64_t offset) {
+  const TensorImpl& b = base.impl();
+  auto impl = std::make_shared<TensorImpl>();
+  impl->dims = std::move(dims);
+  impl->strides = std::move(strides);
+  impl->offset = offset;
+  impl->dtype = b.dtype;
+  impl->storage = b.storage;
+  if (b.feature_dim && contains(impl->dims, *b.feature_dim)) impl->feature_dim = b.feature_dim;
+  impl->sparse_dim = b.sparse_dim;
+  return Tensor(std::move(impl));
+}
+
+Tensor broadcast_to_include(const Tensor& x, const Dims& dims) {
+  Dims missing = minus_dims(dims, x.dims());
+  if (missing.empty()) return x;
+  Dims nd = x.dims();
+  Strides ns = x.strides();
+  for (const Dim& d : missing) {
+    nd.push_back(d);
+    ns.push_back(0);
+  }
+  return make_view(x, nd, ns, x.impl().offset);
+}
+
+}  // namespace dimx

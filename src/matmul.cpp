@@ -1,0 +1,124 @@
+#include <dimx/matmul.h>
+#include <dimx/shape.h>
+
+#include "backend.h"
+#include "tensor_impl.h"
+
+namespace dimx {
+
+namespace {
+
+// Extent and stride of `group` seen as one merged index (row-major in the group's order);
+// false if the strides do not allow it. Extent-1 Dims are ignored.
+bool merge_group(const Tensor& t, const Dims& group, int64_t& extent, int64_t& stride) {
+  extent = 1;
+  stride = 0;
+  int64_t expect = -1;
+  for (size_t i = group.size(); i-- > 0;) {
+    int64_t e = group[i].extent();
+    extent *= e;
+    if (e == 1) continue;
+    int64_t s = t.strides()[t.axis_of(group[i])];
+    if (expect < 0) stride = s;
+    else if (s != expect) return false;
+    expect = s * e;
+  }
+  return true;
+}
+
+struct Operand {
+  int64_t batch_stride, rows, cols, ld;
+  bool trans;
+};
+
+// Describes t as batch-strided matrices [rows, cols]; false if a copy is needed.
+bool as_matrix(const Tensor& t, const Dims& batch, const Dims& rows, const Dims& cols, Operand& o) {
+  int64_t nb, sr, sc;
+  if (!merge_group(t, batch, nb, o.batch_stride) || !merge_group(t, rows, o.rows, sr) ||
+      !merge_group(t, cols, o.cols, sc))
+    return false;
+  if (o.cols <= 1 || sc == 1) {
+    o.trans = false;
+    o.ld = o.rows <= 1 ? std::max<int64_t>(1, o.cols) : sr;
+    return o.ld >= std::max<int64_t>(1, o.cols);
+  }
+  if (o.rows <= 1 || sr == 1) {
+    o.trans = true;
+    o.ld = sc;
+    return o.ld >= std::max<int64_t>(1, o.rows);
+  }
+  return false;
+}
+
+Operand prepare(Tensor& t, const Dims& batch, const Dims& rows, const Dims& cols) {
+  Operand o{};
+  if (as_matrix(t, batch, rows, cols, o)) return o;
+  Dims order = batch;
+  order.insert(order.end(), rows.begin(), rows.end());
+  order.insert(order.end(), cols.begin(), cols.end());
+  t = t.transpose_to(order);
+  if (!as_matrix(t, batch, rows, cols, o)) fail("matmul: internal error: contiguous operand not a matrix");
+  return o;
+}
+
+}  // namespace
+
+Tensor matmul(const Tensor& a0, const Tensor& b0, const Dims& reduce, bool use_mask) {
+  check_defined("matmul", a0);
+  check_defined("matmul", b0);
+  check_same_device("matmul", a0, b0);
+  check_unique("matmul", reduce);
+  for (const Dim& d : reduce) {
+    check_has_dim("matmul", a0, d, "a");
+    check_has_dim("matmul", b0, d, "b");
+  }
+  if (a0.dtype() != b0.dtype()) fail("matmul: dtype mismatch, a = " + a0.str() + " vs b = " + b0.str());
+  if (!is_floating(a0.dtype())) fail("matmul: needs f32 or f64, got a = " + a0.str());
+
+  Tensor a = a0, b = b0;
+  for (const Dim& d : reduce) {
+    if (!use_mask || d.is_static()) continue;
+    // Zero the padding in the operand that already holds the lengths' Dims (else in a).
+    const Dims& ld = d.lengths().dims();
+    if (!contains_all(a.dims(), ld) && contains_all(b.dims(), ld)) b = copy_masked(b, {d});
+    else a = copy_masked(a, {d});
+  }
+
+  Dims batch, m_dims, n_dims;
+  for (const Dim& d : a.dims()) {
+    if (contains(reduce, d)) continue;
+    (b.has_dim(d) ? batch : m_dims).push_back(d);
+  }
+  for (const Dim& d : b.dims())
+    if (!contains(reduce, d) && !a.has_dim(d)) n_dims.push_back(d);
+
+  Dims out = batch;
+  out.insert(out.end(), m_dims.begin(), m_dims.end());
+  out.insert(out.end(), n_dims.begin(), n_dims.end());
+  Tensor y = empty(out, a.dtype(), a.device());
+  if (y.numel() == 0) return y;
+
+  Operand oa = prepare(a, batch, m_dims, reduce);
+  Operand ob = prepare(b, batch, reduce, n_dims);
+  backend::Gemm g{};
+  g.batch = numel_of(extents(batch));
+  g.m = oa.rows;
+  g.k = oa.cols;
+  g.n = ob.cols;
+  g.trans_a = oa.trans;
+  g.trans_b = ob.trans;
+  g.a = a.impl().data();
+  g.lda = oa.ld;
+  g.stride_a = oa.batch_stride;
+  g.b = b.impl().data();
+  g.ldb = ob.ld;
+  g.stride_b = ob.batch_stride;
+  g.c = y.impl().data();
+  g.ldc = std::max<int64_t>(1, g.n);
+  g.stride_c = g.m * g.n;
+  backend::backend_for(a.device()).gemm(a.dtype(), g);
+  if (auto f = b0.feature_dim(); f && y.has_dim(*f)) return y.with_feature_dim(f);
+  return y;
+}
+
+}  // namespace dimx

@@ -1,0 +1,47 @@
+#include <dimx/elementwise.h>
+#include <dimx/random.h>
+
+#include "backend.h"
+#include "philox.h"
+#include "tensor_impl.h"
+
+namespace dimx {
+
+namespace {
+
+Tensor random_impl(const char* op, backend::RandomKind kind, const Dims& dims, Generator& gen, double a, double b,
+                   DType dtype) {
+  check_unique(op, dims);
+  if (!is_floating(dtype)) fail(std::string(op) + ": dtype must be f32 or f64, got " + dtype_name(dtype));
+  Tensor y = empty(dims, dtype, Device::cpu());
+  int64_t n = y.numel();
+  int per = philox::values_per_counter(dtype);
+  uint64_t offset = gen.advance(uint64_t((n + per - 1) / per));
+  backend::backend_for(y.device()).random(kind, dtype, n, gen.seed(), offset, a, b, y.impl().data());
+  return y;
+}
+
+}  // namespace
+
+Tensor random_uniform(const Dims& dims, Generator& gen, double lo, double hi, DType dtype) {
+  if (!(lo <= hi)) fail("random_uniform: lo " + std::to_string(lo) + " > hi " + std::to_string(hi));
+  return random_impl("random_uniform", backend::RandomKind::uniform, dims, gen, lo, hi, dtype);
+}
+
+Tensor random_normal(const Dims& dims, Generator& gen, double mean, double stddev, DType dtype) {
+  if (!(stddev >= 0)) fail("random_normal: negative stddev " + std::to_string(stddev));
+  return random_impl("random_normal", backend::RandomKind::normal, dims, gen, mean, stddev, dtype);
+}
+
+Tensor dropout(const Tensor& x, double p, Generator& gen, bool training, const Dims& broadcast_over) {
+  check_defined("dropout", x);
+  if (!(p >= 0 && p <= 1)) fail("dropout: p = " + std::to_string(p) + " not in [0, 1] for x = " + x.str());
+  if (!is_floating(x.dtype())) fail("dropout: needs a floating dtype, got x = " + x.str());
+  for (const Dim& d : broadcast_over) check_has_dim("dropout", x, d);
+  if (!training || p == 0) return x;
+  if (p == 1) return Tensor::zeros(x.dims(), x.dtype()).to(x.device());
+  Tensor keep = random_uniform(minus_dims(x.dims(), broadcast_over), gen, 0, 1, x.dtype()).to(x.device()) >= p;
+  return where(keep, x * (1.0 / (1.0 - p)), 0.0);
+}
+
+}  // namespace dimx

@@ -1,0 +1,389 @@
+#include <dimx/elementwise.h>
+#include <dimx/reduce.h>
+#include <dimx/shape.h>
+
+#include <algorithm>
+
+#include "backend.h"
+#include "block.h"
+#include "tensor_impl.h"
+
+namespace dimx {
+
+namespace {
+
+std::string join_names(const Dims& dims, const char* sep) {
+  std::string s;
+  for (size_t i = 0; i < dims.size(); ++i) s += (i ? sep : "") + dims[i].name();
+  return s;
+}
+
+void check_new_dim(const char* op, const Tensor& x, const Dim& d) {
+  if (x.has_dim(d)) fail(std::string(op) + ": dim '" + d.str() + "' is already in x = " + x.str());
+}
+
+Dims replace_in(const Dims& dims, const Dim& from, const Dims& to) {
+  Dims out;
+  for (const Dim& d : dims) {
+    if (d == from) out.insert(out.end(), to.begin(), to.end());
+    else out.push_back(d);
+  }
+  return out;
+}
+
+Tensor index_tensor(const Tensor& t) { return t.astype(DType::i64); }
+
+}  // namespace
+
+Tensor split_dims(const Tensor& x, const Dim& axis, const Dims& dims) {
+  check_defined("split_dims", x);
+  check_has_dim("split_dims", x, axis);
+  check_unique("split_dims", dims);
+  int64_t prod = 1;
+  for (const Dim& d : dims) {
+    if (d.is_dynamic()) fail("split_dims: target dim '" + d.str() + "' must be static");
+    if (d != axis) check_new_dim("split_dims", x, d);
+    prod *= d.extent();
+  }
+  if (prod != axis.extent())
+    fail("split_dims: " + dims_str(dims) + " has " + std::to_string(prod) + " elements but axis '" + axis.str() +
+         "' of x = " + x.str() + " has " + std::to_string(axis.extent()));
+  size_t ax = x.axis_of(axis);
+  Dims nd;
+  Strides ns;
+  for (size_t i = 0; i < x.ndim(); ++i) {
+    if (i != ax) {
+      nd.push_back(x.dims()[i]);
+      ns.push_back(x.strides()[i]);
+      continue;
+    }
+    int64_t inner = x.strides()[i];
+    Strides st(dims.size());
+    for (size_t j = dims.size(); j-- > 0;) {
+      st[j] = inner;
+      inner *= dims[j].extent();
+    }
+    nd.insert(nd.end(), dims.begin(), dims.end());
+    ns.insert(ns.end(), st.begin(), st.end());
+  }
+  return make_view(x, nd, ns, x.impl().offset);
+}
+
+std::pair<Tensor, Dim> merge_dims(const Tensor& x0, const Dims& dims, std::optional<Dim> out_dim) {
+  check_defined("merge_dims", x0);
+  check_unique("merge_dims", dims);
+  if (dims.empty()) fail("merge_dims: no dims given for x = " + x0.str());
+  int64_t prod = 1;
+  for (const Dim& d : dims) {
+    check_has_dim("merge_dims", x0, d);
+    if (d.is_dynamic()) fail("merge_dims: dim '" + d.str() + "' is dynamic; only static dims can be merged");
+    prod *= d.extent();
+  }
+  Dim out = out_dim ? *out_dim : Dim(prod, join_names(dims, "*"));
+  if (out.extent() != prod)
+    fail("merge_dims: out_dim '" + out.str() + "' does not have the " + std::to_string(prod) + " elements of " +
+         dims_str(dims));
+  if (!contains(dims, out)) check_new_dim("merge_dims", x0, out);
+  // The merged Dim goes where the first of `dims` sits in x's layout.
+  size_t first = x0.ndim();
+  for (const Dim& d : dims) first = std::min(first, x0.axis_of(d));
+  Dims order;
+  for (size_t i = 0; i < x0.ndim(); ++i) {
+    if (i == first) order.insert(order.end(), dims.begin(), dims.end());
+    if (!contains(dims, x0.dims()[i])) order.push_back(x0.dims()[i]);
+  }
+  // A view when the group is already row-major in the given order, else one copy.
+  Tensor x = x0;
+  int64_t stride = 0, expect = -1;
+  bool ok = true;
+  for (size_t i = dims.size(); i-- > 0 && ok;) {
+    if (dims[i].extent() == 1) continue;
+    int64_t s = x.strides()[x.axis_of(dims[i])];
+    if (expect >= 0 && s != expect) ok = false;
+    if (expect < 0) stride = s;
+    expect = s * dims[i].extent();
+  }
+  if (!ok) {
+    x = x0.transpose_to(order);
+    stride = numel_of(extents(Dims(order.begin() + long(first) + long(dims.size()), order.end())));
+  }
+  Dims nd;
+  Strides ns;
+  for (const Dim& d : order) {
+    if (d == dims.front()) {
+      nd.push_back(out);
+      ns.push_back(stride);
+    } else if (!contains(dims, d)) {
+      nd.push_back(d);
+      ns.push_back(x.strides()[x.axis_of(d)]);
+    }
+  }
+  return {make_view(x, nd, ns, x.impl().offset), out};
+}
+
+std::pair<Tensor, Dim> replace_dim(const Tensor& x, const Dim& in_dim, std::optional<Dim> out_dim) {
+  check_defined("replace_dim", x);
+  check_has_dim("replace_dim", x, in_dim);
+  Dim out = out_dim ? *out_dim : in_dim.copy();
+  if (out == in_dim) return {x, out};
+  check_new_dim("replace_dim", x, out);
+  if (out.extent() != in_dim.extent())
+    fail("replace_dim: out_dim '" + out.str() + "' has another extent than '" + in_dim.str() + "' in x = " + x.str());
+  Tensor y = make_view(x, replace_in(x.dims(), in_dim, {out}), x.strides(), x.impl().offset);
+  if (x.feature_dim() == in_dim) y = y.with_feature_dim(out);
+  if (x.sparse_dim() == in_dim) y = y.with_sparse_dim(out);
+  return {y, out};
+}
+
+std::pair<Tensor, Dim> concat(const std::vector<std::pair<Tensor, Dim>>& parts, std::optional<Dim> out_dim) {
+  if (parts.empty()) fail("concat: no parts given");
+  const Tensor& first = parts.front().first;
+  Dims others;
+  bool all_static = true;
+  std::optional<Dim> sum;
+  for (const auto& [t, d] : parts) {
+    check_defined("concat", t);
+    check_has_dim("concat", t, d);
+    check_same_device("concat", first, t);
+    if (t.dtype() != first.dtype()) fail("concat: dtype mismatch, " + first.str() + " vs " + t.str());
+    others = union_dims(others, minus_dims(t.dims(), {d}));
+    all_static = all_static && d.is_static();
+    sum = sum ? *sum + d : d;
+  }
+  Dim out = out_dim ? *out_dim : *sum;
+  if (out.extent() != sum->extent())
+    fail("concat: out_dim '" + out.str() + "' does not have the extent " + std::to_string(sum->extent()) +
+         " of the parts");
+  for (const auto& [t, d] : parts)
+    if (t.has_dim(out) && out != d) fail("concat: out_dim '" + out.str() + "' already in part " + t.str());
+  // Output layout: that of the first part holding all other Dims (else the first part), with
+  // the concat Dim replaced, then any remaining Dims.
+  const std::pair<Tensor, Dim>* main = &parts.front();
+  for (const auto& p : parts)
+    if (contains_all(p.first.dims(), others)) {
+      main = &p;
+      break;
+    }
+  Dims layout = union_dims(replace_in(main->first.dims(), main->second, {out}), others);
+
+  if (all_static) {
+    Tensor y = empty(layout, first.dtype(), first.device());
+    const TensorImpl& yi = y.impl();
+    size_t ax = y.axis_of(out);
+    int64_t pos = 0;
+    for (const auto& [t, d] : parts) {
+      Dims target = replace_in(layout, out, {d});
+      Tensor src = broadcast_to_include(t, target);
+      backend::backend_for(t.device())
+          .copy(extents(target), t.dtype(), {src.impl().data(), aligned_strides(src.impl(), target)}, t.dtype(),
+                {yi.data() + pos * yi.strides[ax] * int64_t(dtype_size(t.dtype())), yi.strides});
+      pos += d.extent();
+    }
+    return {y, out};
+  }
+  // Dynamic: out frame t of a sequence comes from the part whose offset range holds t.
+  Tensor pos = range_over_dim(out, DType::i64);
+  Tensor offset = Tensor::scalar(0, DType::i64).to(first.device());
+  Tensor y = Tensor::scalar(0, first.dtype()).to(first.device());
+  for (const auto& [t, d] : parts) {
+    Tensor len = index_tensor(d.lengths()).to(t.device());
+    if (d.extent() > 0) {
+      Tensor local = sub(pos, offset, true);
+      Tensor valid = logical_and(greater_equal(local, Tensor::scalar(0, DType::i64)), less(local, len, true), true);
+      Tensor g = gather(t, clip(local, 0, double(d.extent() - 1)).with_sparse_dim(d), d);
+      y = where(valid, g, y, true);
+    }
+    offset = add(offset, len, true);
+  }
+  return {broadcast_to_include(y, layout).transpose_to(layout), out};
+}
+
+std::pair<Tensor, Dims> pad(const Tensor& x, const Dims& axes, const std::vector<std::pair<int64_t, int64_t>>& padding,
+                            double value) {
+  check_defined("pad", x);
+  if (axes.size() != padding.size())
+    fail("pad: " + std::to_string(axes.size()) + " axes but " + std::to_string(padding.size()) + " paddings");
+  check_unique("pad", axes);
+  Tensor y = x;
+  Dims outs;
+  for (size_t i = 0; i < axes.size(); ++i) {
+    const Dim& d = axes[i];
+    auto [l, r] = padding[i];
+    check_has_dim("pad", x, d);
+    if (l < 0 || r < 0) fail("pad: negative padding for dim '" + d.str() + "'");
+    Dim out = d + (l + r);
+    if (out == d) {
+      outs.push_back(d);
+      continue;
+    }
+    std::vector<std::pair<Tensor, Dim>> parts;
+    if (l) {
+      Dim ld(l, "pad_left");
+      parts.push_back({Tensor::full({ld}, value, x.dtype()).to(x.device()), ld});
+    }
+    parts.push_back({y, d});
+    if (r) {
+      Dim rd(r, "pad_right");
+      parts.push_back({Tensor::full({rd}, value, x.dtype()).to(x.device()), rd});
+    }
+    y = concat(parts, out).first;
+    outs.push_back(out);
+  }
+  return {y, outs};
+}
+
+std::pair<Tensor, Dim> slice(const Tensor& x, const Dim& axis, int64_t start, std::optional<int64_t> end_,
+                             int64_t step, std::optional<Dim> out_dim) {
+  check_defined("slice", x);
+  check_has_dim("slice", x, axis);
+  int64_t ext = axis.extent();
+  int64_t end = end_.value_or(ext);
+  if (step < 1) fail("slice: step must be >= 1, got " + std::to_string(step));
+  if (start < 0 || end > ext || start > end)
+    fail("slice: range [" + std::to_string(start) + ", " + std::to_string(end) + ") out of bounds for dim '" +
+         axis.str() + "' in x = " + x.str());
+  int64_t count = (end - start + step - 1) / step;
+  Dim out = out_dim ? *out_dim
+            : axis.is_static()
+                ? Dim(count, axis.name() + "_slice")
+                : Dim(floordiv(maximum(minimum(axis.lengths(), Tensor::scalar(double(end), DType::i32)) - double(start),
+                                       Tensor::scalar(0, DType::i32)) +
+                                   double(step - 1),
+                               Tensor::scalar(double(step), DType::i32)),
+                      axis.name() + "_slice");
+  if (out.extent() != count)
+    fail("slice: out_dim '" + out.str() + "' does not have the " + std::to_string(count) + " frames of the slice");
+  check_new_dim("slice", x, out);
+  size_t ax = x.axis_of(axis);
+  Strides st = x.strides();
+  int64_t offset = x.impl().offset + start * st[ax];
+  st[ax] *= step;
+  return {make_view(x, replace_in(x.dims(), axis, {out}), st, count ? offset : x.impl().offset), out};
+}
+
+Tensor gather(const Tensor& x, const Tensor& indices, std::optional<Dim> axis_, bool clip_to_valid) {
+  check_defined("gather", x);
+  check_defined("gather", indices);
+  check_same_device("gather", x, indices);
+  if (!is_integer(indices.dtype())) fail("gather: indices must be integer, got indices = " + indices.str());
+  if (!axis_ && !indices.sparse_dim())
+    fail("gather: no axis given and indices = " + indices.str() + " has no sparse_dim");
+  Dim axis = axis_ ? *axis_ : *indices.sparse_dim();
+  check_has_dim("gather", x, axis);
+  // Index Dims that x lacks (or the axis itself) take the axis's place; shared Dims are batch.
+  Dims idx_only;
+  for (const Dim& d : indices.dims())
+    if (d == axis || !x.has_dim(d)) idx_only.push_back(d);
+  Dims out = replace_in(x.dims(), axis, idx_only);
+  Strides xs(out.size(), 0);
+  for (size_t i = 0; i < out.size(); ++i)
+    if (out[i] != axis && x.has_dim(out[i]) && out[i].extent() != 1) xs[i] = x.strides()[x.axis_of(out[i])];
+  Tensor idx = index_tensor(indices);
+  Tensor y = empty(out, x.dtype(), x.device());
+  if (y.numel() == 0) return y;
+  if (axis.extent() == 0)
+    fail("gather: axis '" + axis.str() + "' of x = " + x.str() + " is empty; nothing to gather from");
+  bool ok = backend::backend_for(x.device())
+                .gather(x.dtype(), extents(out), {x.impl().data(), xs}, x.strides()[x.axis_of(axis)],
+                        axis.extent(), {idx.impl().data(), aligned_strides(idx.impl(), out)}, clip_to_valid,
+                        {y.impl().data(), y.strides()});
+  if (!ok)
+    fail("gather: index out of range [0, " + std::to_string(axis.extent()) + ") for axis '" + axis.str() +
+         "' of x = " + x.str() + ", indices = " + indices.str());
+  Tensor r = y;
+  if (x.feature_dim() && r.has_dim(*x.feature_dim())) r = r.with_feature_dim(x.feature_dim());
+  if (x.sparse_dim()) r = r.with_sparse_dim(x.sparse_dim());
+  return r;
+}
+
+std::pair<Tensor, Dim> window(const Tensor& x, const Dim& axis, int64_t size, std::optional<int64_t> window_left,
+                              std::optional<Dim> window_dim) {
+  check_defined("window", x);
+  check_has_dim("window", x, axis);
+  if (size < 1) fail("window: size must be >= 1, got " + std::to_string(size));
+  int64_t left = window_left.value_or((size - 1) / 2);
+  if (left < 0 || left >= size) fail("window: window_left " + std::to_string(left) + " not in [0, size)");
+  Dim w = window_dim ? *window_dim : Dim(size, "window");
+  if (w.extent() != size) fail("window: window_dim '" + w.str() + "' does not have size " + std::to_string(size));
+  check_new_dim("window", x, w);
+  if (axis.extent() == 0) return {expand_dim(x, w).contiguous(), w};
+  Tensor src = add(range_over_dim(axis, DType::i64), range_over_dim(w, DType::i64), true) - double(left);
+  Tensor len = index_tensor(axis.lengths()).to(x.device());
+  Tensor valid = logical_and(src >= 0.0, less(src, len, true), true);
+  Tensor g = gather(x, clip(src, 0, double(axis.extent() - 1)).with_sparse_dim(axis), axis);
+  return {where(valid, g, 0.0, true), w};
+}
+
+Tensor shift_right(const Tensor& x, const Dim& axis, int64_t amount, double pad_value) {
+  check_defined("shift_right", x);
+  check_has_dim("shift_right", x, axis);
+  if (amount < 0) fail("shift_right: negative amount " + std::to_string(amount));
+  if (amount == 0 || axis.extent() == 0) return x;
+  Tensor src = range_over_dim(axis, DType::i64) - double(amount);
+  Tensor g = gather(x, clip(src, 0, double(axis.extent() - 1)).with_sparse_dim(axis), axis);
+  return where(src >= 0.0, g, pad_value);
+}
+
+Tensor cumsum(const Tensor& x0, const Dim& axis) {
+  check_defined("cumsum", x0);
+  check_has_dim("cumsum", x0, axis);
+  if (x0.dtype() == DType::boolean) fail("cumsum: dtype not supported for x = " + x0.str());
+  Tensor x = copy_masked(x0, {axis});
+  Block b = as_block(x, {axis});
+  Tensor y = empty(b.x.dims(), x.dtype(), x.device());
+  backend::backend_for(x.device()).cumsum(x.dtype(), b.A, b.N, b.B, b.x.impl().data(), y.impl().data());
+  return x.feature_dim() ? y.with_feature_dim(x.feature_dim()) : y;
+}
+
+Tensor range_over_dim(const Dim& dim, DType dtype) {
+  if (dtype == DType::boolean) fail("range_over_dim: bool dtype not supported for dim '" + dim.str() + "'");
+  Tensor y = empty({dim}, dtype, Device::cpu());
+  backend::backend_for(Device::cpu()).iota(dtype, dim.extent(), y.impl().data());
+  return is_integer(dtype) ? y.with_sparse_dim(dim) : y;
+}
+
+Tensor sequence_mask(const Dims& dims) {
+  Tensor mask;
+  for (const Dim& d : dims) {
+    if (d.is_static()) continue;
+    Tensor m = less(range_over_dim(d, DType::i32).with_sparse_dim(std::nullopt), d.lengths(), true);
+    mask = mask.defined() ? logical_and(mask, m, true) : m;
+  }
+  return mask.defined() ? mask : Tensor::scalar(1, DType::boolean);
+}
+
+Tensor copy_masked(const Tensor& x, const Dims& dims, double value) {
+  check_defined("copy_masked", x);
+  Dims dyn;
+  for (const Dim& d : dims) {
+    check_has_dim("copy_masked", x, d);
+    if (d.is_dynamic()) dyn.push_back(d);
+  }
+  if (dyn.empty()) return x;
+  Tensor r = where(sequence_mask(dyn).to(x.device()), x, value, true);
+  return x.sparse_dim() && is_integer(r.dtype()) ? r.with_sparse_dim(x.sparse_dim()) : r;
+}
+
+Tensor expand_dim(const Tensor& x, const Dim& dim) {
+  check_defined("expand_dim", x);
+  check_new_dim("expand_dim", x, dim);
+  Dims nd{dim};
+  nd.insert(nd.end(), x.dims().begin(), x.dims().end());
+  Strides ns{0};
+  ns.insert(ns.end(), x.strides().begin(), x.strides().end());
+  return make_view(x, nd, ns, x.impl().offset);
+}
+
+Tensor squeeze(const Tensor& x, const Dim& axis) {
+  check_defined("squeeze", x);
+  check_has_dim("squeeze", x, axis);
+  if (axis.extent() != 1) fail("squeeze: dim '" + axis.str() + "' of x = " + x.str() + " does not have extent 1");
+  size_t ax = x.axis_of(axis);
+  Dims nd = x.dims();
+  Strides ns = x.strides();
+  nd.erase(nd.begin() + long(ax));
+  ns.erase(ns.begin() + long(ax));
+  return make_view(x, nd, ns, x.impl().offset);
+}
+
+}  // namespace dimx

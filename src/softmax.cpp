@@ -1,0 +1,32 @@
+#include <dimx/softmax.h>
+
+#include "backend.h"
+#include "block.h"
+#include "tensor_impl.h"
+
+namespace dimx {
+
+namespace {
+
+Tensor softmax_impl(bool log, const Tensor& x0, const Dim& axis, bool use_mask) {
+  const char* op = log ? "log_softmax" : "softmax";
+  check_defined(op, x0);
+  check_has_dim(op, x0, axis);
+  if (!is_floating(x0.dtype())) fail(std::string(op) + ": needs a floating dtype, got x = " + x0.str());
+  bool masked = use_mask && axis.is_dynamic();
+  Tensor x = masked ? broadcast_to_include(x0, axis.lengths().dims()) : x0;
+  Block b = as_block(x, {axis});
+  Tensor len = masked ? block_lengths(b, axis) : Tensor();
+  Tensor y = empty(b.x.dims(), x.dtype(), x.device());
+  backend::backend_for(x.device())
+      .softmax(log, x.dtype(), b.A, b.N, b.B, b.x.impl().data(),
+               masked ? static_cast<const int64_t*>(len.data_ptr()) : nullptr, y.impl().data());
+  return x.feature_dim() ? y.with_feature_dim(x.feature_dim()) : y;
+}
+
+}  // namespace
+
+Tensor softmax(const Tensor& x, const Dim& axis, bool use_mask) { return softmax_impl(false, x, axis, use_mask); }
+Tensor log_softmax(const Tensor& x, const Dim& axis, bool use_mask) { return softmax_impl(true, x, axis, use_mask); }
+
+}  // namespace dimx

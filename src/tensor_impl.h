@@ -1,0 +1,66 @@
+#pragma once
+// Internal representation of tensors: Dims with per-Dim strides into shared storage.
+#include <dimx/tensor.h>
+
+#include <functional>
+#include <memory>
+
+namespace dimx {
+
+using Shape = std::vector<int64_t>;
+using Strides = std::vector<int64_t>;
+
+// A device buffer; freed by the backend that allocated it.
+struct Storage {
+  void* data = nullptr;
+  size_t bytes = 0;
+  Device device;
+  std::function<void(void*)> release;
+  ~Storage() {
+    if (release) release(data);
+  }
+};
+
+struct TensorImpl {
+  Dims dims;
+  Strides strides;  // elements; 0 for broadcast views
+  int64_t offset = 0;
+  DType dtype = DType::f32;
+  std::shared_ptr<Storage> storage;
+  std::optional<Dim> feature_dim;
+  std::optional<Dim> sparse_dim;
+
+  char* data() const { return static_cast<char*>(storage->data) + offset * int64_t(dtype_size(dtype)); }
+  Device device() const { return storage->device; }
+};
+
+// Fresh contiguous tensor (uninitialized) on `device`.
+Tensor empty(Dims dims, DType dtype, Device device);
+// A view of `base`'s storage with new dims/strides/offset; tags are taken from `base` where
+// their Dims remain.
+Tensor make_view(const Tensor& base, Dims dims, Strides strides, int64_t offset);
+
+Shape extents(const Dims& dims);
+int64_t numel_of(const Shape& shape);
+Strides contiguous_strides(const Shape& shape);
+// Strides of `t` aligned to `out` (0 where t lacks the Dim). All of t's Dims must be in `out`.
+Strides aligned_strides(const TensorImpl& t, const Dims& out);
+// True if every Dim of `sub` is in `dims`.
+bool contains_all(const Dims& dims, const Dims& sub);
+bool contains(const Dims& dims, const Dim& d);
+// Dims of `a` followed by those of `b` not in `a`.
+Dims union_dims(const Dims& a, const Dims& b);
+// Dims of `a` not in `b`.
+Dims minus_dims(const Dims& a, const Dims& b);
+
+// Common checks; each throws dimx::Error naming `op` and the operands' Dims.
+void check_defined(const char* op, const Tensor& t);
+void check_same_device(const char* op, const Tensor& a, const Tensor& b);
+void check_has_dim(const char* op, const Tensor& t, const Dim& d, const char* what = "x");
+void check_unique(const char* op, const Dims& dims);
+[[noreturn]] void fail(const std::string& msg);
+
+// x broadcast (zero-copy) so it has every Dim of `dims` too; its own Dims stay first.
+Tensor broadcast_to_include(const Tensor& x, const Dims& dims);
+
+}  // namespace dimx
