@@ -1,5 +1,6 @@
 #include <dimx/elementwise.h>
 #include <dimx/reduce.h>
+#include <dimx/shape.h>
 
 #include "backend.h"
 #include "block.h"
@@ -67,19 +68,42 @@ Tensor reduce(const Tensor& x, ReduceOp op, const Dims& dims, bool use_mask) {
   if (dims.empty()) return x;
   if (op == ReduceOp::mean) {
     Tensor sum = reduce(x, ReduceOp::sum, dims, use_mask);
-    Tensor count = Tensor::scalar(1, x.dtype()).to(x.device());
+    // Count the valid frames from the (small) mask, so Dims whose lengths depend on each
+    // other (a causal key Dim indexed by the query) are counted right.
+    Dims dyn;
     for (const Dim& d : dims)
-      count = mul(count, use_mask && d.is_dynamic() ? d.lengths().astype(x.dtype()).to(x.device())
-                                                    : Tensor::scalar(double(d.extent()), x.dtype()).to(x.device()),
-                  true);
+      if (use_mask && d.is_dynamic()) dyn.push_back(d);
+    Tensor mask = broadcast_to_include(sequence_mask(dyn), dyn);
+    double static_count = 1;
+    Dims in_mask;
+    for (const Dim& d : dims) {
+      if (mask.has_dim(d)) in_mask.push_back(d);
+      else static_count *= double(d.extent());
+    }
+    Tensor count = Tensor::scalar(static_count, x.dtype()).to(x.device());
+    if (!dyn.empty())
+      count = mul(reduce(mask.astype(x.dtype()).to(x.device()), ReduceOp::sum, in_mask, false), count);
     // An all-padding row has sum 0 and count 0: its mean is 0, not NaN.
     return div(sum, maximum(count, Tensor::scalar(1, x.dtype()).to(x.device())));
   }
+  Dims dyn, rest;
+  for (const Dim& d : dims) (use_mask && d.is_dynamic() ? dyn : rest).push_back(d);
+  // One masked pass per dynamic Dim; a Dim whose lengths are indexed by another reduced Dim
+  // (causal key by query) goes before that Dim.
   Tensor cur = x;
-  Dims rest;
-  for (const Dim& d : dims) {
-    if (use_mask && d.is_dynamic()) cur = reduce_block(cur, op, {d}, d);
-    else rest.push_back(d);
+  while (!dyn.empty()) {
+    size_t pick = 0;
+    for (size_t i = 0; i < dyn.size(); ++i) {
+      bool needed = false;
+      for (size_t j = 0; j < dyn.size(); ++j)
+        if (j != i && contains(dyn[j].lengths().dims(), dyn[i])) needed = true;
+      if (!needed) {
+        pick = i;
+        break;
+      }
+    }
+    cur = reduce_block(cur, op, {dyn[pick]}, dyn[pick]);
+    dyn.erase(dyn.begin() + long(pick));
   }
   return rest.empty() ? cur : reduce_block(cur, op, rest, std::nullopt);
 }

@@ -1,8 +1,8 @@
 #pragma once
 // Elementwise ops with broadcasting by Dim identity.
 //
-// The output has the union of the operands' Dims (layout: the first operand's Dims, then
-// the new ones of the others). If no operand has all output Dims the call is an error
+// The output has the union of the operands' Dims, laid out like the first operand that has
+// all of them (so it streams contiguously). If no operand has all output Dims the call is an error
 // unless allow_broadcast_all is set: an accidental outer product is the classic bug.
 // Operands must share dtype and device; comparisons return bool.
 #include <dimx/tensor.h>
