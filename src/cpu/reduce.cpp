@@ -53,29 +53,41 @@ int64_t clamp_len(const int64_t* lengths, int64_t i, int64_t N) {
   return l < 0 ? 0 : (l > N ? N : l);
 }
 
-// Reduces a contiguous row with vector accumulators where the dtype allows.
+template <class T>
+using Vec = xsimd::batch<T>;
+
+// Loads n < W values, padding the other lanes with `fill`.
+template <class T>
+Vec<T> load_partial(const T* x, int64_t n, T fill) {
+  alignas(64) T buf[Vec<T>::size];
+  for (size_t j = 0; j < Vec<T>::size; ++j) buf[j] = int64_t(j) < n ? x[j] : fill;
+  return Vec<T>::load_aligned(buf);
+}
+
+template <class T>
+Vec<T> vcombine(ReduceOp op, const Vec<T>& a, const Vec<T>& b) {
+  return op == ReduceOp::sum ? a + b : (op == ReduceOp::max ? xsimd::max(a, b) : xsimd::min(a, b));
+}
+
+// Reduces a contiguous row; sum/max/min of floats use vector accumulators throughout,
+// with the partial last vector padded by the identity.
 template <class T>
 T reduce_row(ReduceOp op, const T* x, int64_t n) {
   if constexpr (std::is_floating_point_v<T>) {
-    using V = xsimd::batch<T>;
-    constexpr int64_t W = int64_t(V::size);
-    if (n >= 4 * W && (op == ReduceOp::sum || op == ReduceOp::max || op == ReduceOp::min)) {
-      V acc[4];
-      for (auto& a : acc) a = V(identity<T>(op));
+    if (op == ReduceOp::sum || op == ReduceOp::max || op == ReduceOp::min) {
+      constexpr int64_t W = int64_t(Vec<T>::size);
+      const T id = identity<T>(op);
+      Vec<T> acc[4] = {Vec<T>(id), Vec<T>(id), Vec<T>(id), Vec<T>(id)};
       int64_t i = 0;
       for (; i + 4 * W <= n; i += 4 * W)
-        for (int j = 0; j < 4; ++j) {
-          V v = V::load_unaligned(x + i + j * W);
-          acc[j] = op == ReduceOp::sum ? acc[j] + v : (op == ReduceOp::max ? xsimd::max(acc[j], v) : xsimd::min(acc[j], v));
-        }
-      V r = op == ReduceOp::sum ? (acc[0] + acc[1]) + (acc[2] + acc[3])
-                                : (op == ReduceOp::max ? xsimd::max(xsimd::max(acc[0], acc[1]), xsimd::max(acc[2], acc[3]))
-                                                       : xsimd::min(xsimd::min(acc[0], acc[1]), xsimd::min(acc[2], acc[3])));
+        for (int j = 0; j < 4; ++j) acc[j] = vcombine(op, acc[j], Vec<T>::load_unaligned(x + i + j * W));
+      for (; i + W <= n; i += W) acc[0] = vcombine(op, acc[0], Vec<T>::load_unaligned(x + i));
+      if (i < n) acc[1] = vcombine(op, acc[1], load_partial(x + i, n - i, id));
+      Vec<T> r = vcombine(op, vcombine(op, acc[0], acc[1]), vcombine(op, acc[2], acc[3]));
       alignas(64) T lanes[W];
       r.store_aligned(lanes);
       T out = lanes[0];
       for (int64_t j = 1; j < W; ++j) out = combine(op, out, lanes[j]);
-      for (; i < n; ++i) out = combine(op, out, x[i]);
       return out;
     }
   }
@@ -84,15 +96,32 @@ T reduce_row(ReduceOp op, const T* x, int64_t n) {
   return acc;
 }
 
+// y[i] = exp(x[i] - m) for i < n; returns the sum of y.
+template <class T>
+T exp_shifted(const T* x, T m, T* y, int64_t n) {
+  constexpr int64_t W = int64_t(Vec<T>::size);
+  const Vec<T> vm(m);
+  Vec<T> sum(T(0));
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    Vec<T> e = xsimd::exp(Vec<T>::load_unaligned(x + i) - vm);
+    e.store_unaligned(y + i);
+    sum += e;
+  }
+  if (i < n) {
+    // Pad with m so the padded lanes give exp(0) = 1, then keep them out of the sum.
+    alignas(64) T buf[W];
+    xsimd::exp(load_partial(x + i, n - i, m) - vm).store_aligned(buf);
+    for (int64_t j = 0; j < n - i; ++j) y[i + j] = buf[j];
+    for (int64_t j = n - i; j < W; ++j) buf[j] = 0;
+    sum += Vec<T>::load_aligned(buf);
+  }
+  return xsimd::hadd(sum);
+}
+
 template <class T>
 void exp_inplace(T* x, int64_t n) {
-  if constexpr (std::is_floating_point_v<T>) {
-    using V = xsimd::batch<T>;
-    constexpr int64_t W = int64_t(V::size);
-    int64_t i = 0;
-    for (; i + W <= n; i += W) xsimd::exp(V::load_unaligned(x + i)).store_unaligned(x + i);
-    for (; i < n; ++i) x[i] = std::exp(x[i]);
-  }
+  exp_shifted(x, T(0), x, n);
 }
 
 // Splits [A, B] work: rows a in parallel, and for B > 1 also chunks of b.
@@ -116,15 +145,15 @@ void reduce_impl(ReduceOp op, int64_t A, int64_t N, int64_t B, const T* x, const
     if (B == 1) {
       int64_t L = clamp_len(len, a, N);
       if (op == ReduceOp::logsumexp) {
-        if constexpr (!std::is_floating_point_v<T>) return;
-        T m = reduce_row(ReduceOp::max, xa, L);
-        if (L == 0 || m == lowest<T>()) {
-          y[a] = lowest<T>();
-          return;
+        if constexpr (std::is_floating_point_v<T>) {
+          T m = reduce_row(ReduceOp::max, xa, L);
+          if (L == 0 || m == lowest<T>()) {
+            y[a] = lowest<T>();
+          } else {
+            std::vector<T> scratch(static_cast<size_t>(L));
+            y[a] = m + std::log(exp_shifted(xa, m, scratch.data(), L));
+          }
         }
-        T s = 0;
-        for (int64_t i = 0; i < L; ++i) s += std::exp(xa[i] - m);
-        y[a] = m + std::log(s);
         return;
       }
       y[a] = reduce_row(op, xa, L);
@@ -171,16 +200,12 @@ void softmax_impl(bool log, int64_t A, int64_t N, int64_t B, const T* x, const i
         std::fill(ya, ya + N, pad);
         return;
       }
-      for (int64_t i = 0; i < L; ++i) ya[i] = xa[i] - m;
       if (log) {
-        // Sum exp in a scratch row so y keeps the shifted logits.
-        std::vector<T> e(ya, ya + L);
-        exp_inplace(e.data(), L);
-        T ls = std::log(reduce_row(ReduceOp::sum, e.data(), L));
-        for (int64_t i = 0; i < L; ++i) ya[i] -= ls;
+        // exp into y as scratch, then overwrite with the log-probabilities.
+        T ls = std::log(exp_shifted(xa, m, ya, L));
+        for (int64_t i = 0; i < L; ++i) ya[i] = xa[i] - m - ls;
       } else {
-        exp_inplace(ya, L);
-        T inv = T(1) / reduce_row(ReduceOp::sum, ya, L);
+        T inv = T(1) / exp_shifted(xa, m, ya, L);
         for (int64_t i = 0; i < L; ++i) ya[i] *= inv;
       }
       std::fill(ya + L, ya + N, pad);
