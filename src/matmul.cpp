@@ -97,6 +97,10 @@ Tensor matmul(const Tensor& a0, const Tensor& b0, const Dims& reduce, bool use_m
   out.insert(out.end(), n_dims.begin(), n_dims.end());
   Tensor y = empty(out, a.dtype(), a.device());
   if (y.numel() == 0) return y;
+  if (numel_of(extents(reduce)) == 0) {
+    backend::backend_for(a.device()).fill(a.dtype(), y.numel(), y.impl().data(), 0);
+    return y;
+  }
 
   Operand oa = prepare(a, batch, m_dims, reduce);
   Operand ob = prepare(b, batch, reduce, n_dims);

@@ -1,6 +1,8 @@
 #include <dimx/elementwise.h>
 #include <dimx/random.h>
 
+#include <algorithm>
+
 #include "backend.h"
 #include "philox.h"
 #include "tensor_impl.h"
@@ -24,12 +26,12 @@ Tensor random_impl(const char* op, backend::RandomKind kind, const Dims& dims, G
 }  // namespace
 
 Tensor random_uniform(const Dims& dims, Generator& gen, double lo, double hi, DType dtype) {
-  if (!(lo <= hi)) fail("random_uniform: lo " + std::to_string(lo) + " > hi " + std::to_string(hi));
+  if (!(lo <= hi)) fail("random_uniform: lo " + std::to_string(lo) + " > hi " + std::to_string(hi) + " for dims " + dims_str(dims));
   return random_impl("random_uniform", backend::RandomKind::uniform, dims, gen, lo, hi, dtype);
 }
 
 Tensor random_normal(const Dims& dims, Generator& gen, double mean, double stddev, DType dtype) {
-  if (!(stddev >= 0)) fail("random_normal: negative stddev " + std::to_string(stddev));
+  if (!(stddev >= 0)) fail("random_normal: negative stddev " + std::to_string(stddev) + " for dims " + dims_str(dims));
   return random_impl("random_normal", backend::RandomKind::normal, dims, gen, mean, stddev, dtype);
 }
 
@@ -40,7 +42,10 @@ Tensor dropout(const Tensor& x, double p, Generator& gen, bool training, const D
   for (const Dim& d : broadcast_over) check_has_dim("dropout", x, d);
   if (!training || p == 0) return x;
   if (p == 1) return Tensor::zeros(x.dims(), x.dtype()).to(x.device());
-  Tensor keep = random_uniform(minus_dims(x.dims(), broadcast_over), gen, 0, 1, x.dtype()).to(x.device()) >= p;
+  // The mask is drawn in Dim creation order, so it does not depend on x's layout.
+  Dims mask_dims = minus_dims(x.dims(), broadcast_over);
+  std::sort(mask_dims.begin(), mask_dims.end());
+  Tensor keep = random_uniform(mask_dims, gen, 0, 1, x.dtype()).to(x.device()) >= p;
   return where(keep, x * (1.0 / (1.0 - p)), 0.0);
 }
 

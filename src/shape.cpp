@@ -202,7 +202,7 @@ std::pair<Tensor, Dims> pad(const Tensor& x, const Dims& axes, const std::vector
                             double value) {
   check_defined("pad", x);
   if (axes.size() != padding.size())
-    fail("pad: " + std::to_string(axes.size()) + " axes but " + std::to_string(padding.size()) + " paddings");
+    fail("pad: " + std::to_string(axes.size()) + " axes " + dims_str(axes) + " but " + std::to_string(padding.size()) + " paddings for x = " + x.str());
   check_unique("pad", axes);
   Tensor y = x;
   Dims outs;
@@ -210,8 +210,8 @@ std::pair<Tensor, Dims> pad(const Tensor& x, const Dims& axes, const std::vector
     const Dim& d = axes[i];
     auto [l, r] = padding[i];
     check_has_dim("pad", x, d);
-    if (l < 0 || r < 0) fail("pad: negative padding for dim '" + d.str() + "'");
-    Dim out = d + (l + r);
+    if (l < 0 || r < 0) fail("pad: negative padding for dim '" + d.str() + "' of x = " + x.str());
+    Dim out = (d + l) + r;  // the cached expression left + d + right
     if (out == d) {
       outs.push_back(d);
       continue;
@@ -238,7 +238,7 @@ std::pair<Tensor, Dim> slice(const Tensor& x, const Dim& axis, int64_t start, st
   check_has_dim("slice", x, axis);
   int64_t ext = axis.extent();
   int64_t end = end_.value_or(ext);
-  if (step < 1) fail("slice: step must be >= 1, got " + std::to_string(step));
+  if (step < 1) fail("slice: step must be >= 1, got " + std::to_string(step) + " for dim '" + axis.str() + "' of x = " + x.str());
   if (start < 0 || end > ext || start > end)
     fail("slice: range [" + std::to_string(start) + ", " + std::to_string(end) + ") out of bounds for dim '" +
          axis.str() + "' in x = " + x.str());
@@ -300,9 +300,10 @@ std::pair<Tensor, Dim> window(const Tensor& x, const Dim& axis, int64_t size, st
                               std::optional<Dim> window_dim) {
   check_defined("window", x);
   check_has_dim("window", x, axis);
-  if (size < 1) fail("window: size must be >= 1, got " + std::to_string(size));
+  if (size < 1) fail("window: size must be >= 1, got " + std::to_string(size) + " for dim '" + axis.str() + "' of x = " + x.str());
   int64_t left = window_left.value_or((size - 1) / 2);
-  if (left < 0 || left >= size) fail("window: window_left " + std::to_string(left) + " not in [0, size)");
+  if (left < 0 || left >= size)
+    fail("window: window_left " + std::to_string(left) + " not in [0, " + std::to_string(size) + ") for dim '" + axis.str() + "' of x = " + x.str());
   Dim w = window_dim ? *window_dim : Dim(size, "window");
   if (w.extent() != size) fail("window: window_dim '" + w.str() + "' does not have size " + std::to_string(size));
   check_new_dim("window", x, w);
@@ -317,7 +318,7 @@ std::pair<Tensor, Dim> window(const Tensor& x, const Dim& axis, int64_t size, st
 Tensor shift_right(const Tensor& x, const Dim& axis, int64_t amount, double pad_value) {
   check_defined("shift_right", x);
   check_has_dim("shift_right", x, axis);
-  if (amount < 0) fail("shift_right: negative amount " + std::to_string(amount));
+  if (amount < 0) fail("shift_right: negative amount " + std::to_string(amount) + " for dim '" + axis.str() + "' of x = " + x.str());
   if (amount == 0 || axis.extent() == 0) return x;
   Tensor src = range_over_dim(axis, DType::i64) - double(amount);
   Tensor g = gather(x, clip(src, 0, double(axis.extent() - 1)).with_sparse_dim(axis), axis);
