@@ -73,8 +73,12 @@ void check_same_device(const char* op, const Tensor& a, const Tensor& b) {
 }
 
 void check_has_dim(const char* op, const Tensor& t, const Dim& d, const char* what) {
-  if (!t.has_dim(d))
-    fail(std::string(op) + ": dim '" + d.str() + "' not in " + what + " = " + dims_str(t.dims()));
+  if (t.has_dim(d)) return;
+  std::string hint;
+  for (const Dim& o : t.dims())
+    if (o.name() == d.name() && !d.name().empty())
+      hint = " (it has a different Dim also named '" + d.name() + "': Dims match by identity, not by name)";
+  fail(std::string(op) + ": dim '" + d.str() + "' not in " + what + " = " + dims_str(t.dims()) + hint);
 }
 
 void check_unique(const char* op, const Dims& dims) {

@@ -296,3 +296,31 @@ TEST_CASE("Dim: hashing in unordered containers", "[dim]") {
   REQUIRE(os.size() == 3);
   CHECK(*os.begin() == a);  // creation order
 }
+
+TEST_CASE("Dim: arithmetic through aliases and invalid Dims", "[dim][arith]") {
+  Dim d(12, "d");
+  Dim alias = d;
+  CHECK(alias + 1 == d + 1);
+  CHECK(alias * 2 == 2 * d);
+  CHECK(ceil_div(alias, 5) == ceil_div(d, 5));
+  CHECK(ceil_div(d, 5).size() == 3);
+  CHECK((d / 5).size() == 2);
+  Dim e(4, "e");
+  CHECK(alias + e == d + e);
+  CHECK((d + e).size() == 16);
+  // a copy is a different Dim, so its arithmetic is too
+  CHECK(d.copy() + 1 != d + 1);
+
+  CHECK_THROWS_AS(Dim(-1, "neg"), Error);
+  CHECK_THROWS_AS(d - 13, Error);  // negative size
+  CHECK_THROWS_AS(d / 0, Error);
+  CHECK_THROWS_AS(ceil_div(d, 0), Error);
+  Dim batch(2, "batch");
+  CHECK_THROWS_AS(Dim(Tensor::from_vector<int32_t>({batch}, std::vector<int32_t>{3, -1}), "bad"), Error);
+  CHECK_THROWS_AS(Dim(Tensor::from_vector<float>({batch}, std::vector<float>{3.f, 1.f}), "bad"), Error);
+  // i64 lengths are accepted and exported as i32
+  Dim t(Tensor::from_vector<int64_t>({batch}, std::vector<int64_t>{3, 1}), "t64");
+  CHECK(t.lengths().dtype() == DType::i32);
+  CHECK(t.lengths().to_vector<int32_t>() == std::vector<int32_t>{3, 1});
+  CHECK(t.extent() == 3);
+}
