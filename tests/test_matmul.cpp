@@ -40,7 +40,7 @@ Tensor mm_make(const Dims& dims, const std::vector<double>& v) {
   return Tensor::from_vector<T>(dims, t);
 }
 
-using Idx = std::unordered_map<Dim, int64_t>;
+using Idx = dimx_test::DimIndex;
 
 // Reference values row-major over `dims`; lookups ignore Dims the reference lacks
 // (that is broadcasting, used for expand_dim views).
@@ -54,17 +54,6 @@ struct Ref {
   }
 };
 
-void mm_for_each(const Dims& dims, Idx& idx, const std::function<void(Idx&)>& f, size_t k = 0) {
-  if (k == dims.size()) {
-    f(idx);
-    return;
-  }
-  for (int64_t i = 0; i < dims[k].extent(); ++i) {
-    idx[dims[k]] = i;
-    mm_for_each(dims, idx, f, k + 1);
-  }
-  idx.erase(dims[k]);
-}
 
 // Every permutation (operands here have at most 4 Dims, i.e. 24 permutations).
 std::vector<Dims> mm_perms(const Dims& dims) { return dimx_test::dim_permutations(dims, 24); }
@@ -80,9 +69,9 @@ MMRef naive_matmul(const Ref& a, const Ref& b, const Dims& reduce, const Dims& o
   MMRef r;
   r.k = std::max<int64_t>(1, mm_numel(reduce));
   Idx idx;
-  mm_for_each(out_order, idx, [&](Idx& i) {
+  dimx_test::for_each_dim_index(out_order, idx, [&](Idx& i) {
     double s = 0, as = 0;
-    mm_for_each(reduce, i, [&](Idx& j) {
+    dimx_test::for_each_dim_index(reduce, i, [&](Idx& j) {
       if (valid && !valid(j)) return;
       double p = a.at(j) * b.at(j);
       s += p;
@@ -382,7 +371,7 @@ TEMPLATE_TEST_CASE("matmul: dynamic reduce Dim masks garbage in padded frames", 
     auto g = mm_rand(r.v.size(), seed + 100, 1e3, 1e4);
     Idx idx;
     size_t pos = 0;
-    mm_for_each(dims, idx, [&](Idx& i) {
+    dimx_test::for_each_dim_index(dims, idx, [&](Idx& i) {
       if (!valid(i)) r.v[pos] = static_cast<double>(static_cast<T>(pos % 2 ? g[pos] : -g[pos]));
       ++pos;
     });
@@ -412,7 +401,7 @@ TEMPLATE_TEST_CASE("matmul: dynamic reduce Dim masks garbage in padded frames", 
     Ref ra{{q, key}, mm_round<T>(mm_rand(16, 53))};
     Idx idx;
     size_t pos = 0;
-    mm_for_each(ra.dims, idx, [&](Idx& i) { if (!cvalid(i)) ra.v[pos] = 5e3 + static_cast<double>(pos); ++pos; });
+    dimx_test::for_each_dim_index(ra.dims, idx, [&](Idx& i) { if (!cvalid(i)) ra.v[pos] = 5e3 + static_cast<double>(pos); ++pos; });
     Ref rb{{key, n}, mm_round<T>(mm_rand(8, 54))};
     mm_all_layouts<T>(ra, rb, {key}, {q, n}, cvalid, false);
   }
@@ -420,7 +409,7 @@ TEMPLATE_TEST_CASE("matmul: dynamic reduce Dim masks garbage in padded frames", 
     Ref ra = fill({bt, time, m}, 47), rb = fill({bt, time, n}, 48);
     Idx idx;
     size_t pos = 0;
-    mm_for_each(ra.dims, idx, [&](Idx& i) { if (!valid(i)) ra.v[pos] = 0; ++pos; });
+    dimx_test::for_each_dim_index(ra.dims, idx, [&](Idx& i) { if (!valid(i)) ra.v[pos] = 0; ++pos; });
     Tensor c = matmul(mm_make<T>(ra.dims, ra.v), mm_make<T>(rb.dims, rb.v), Dims{time}, false);
     mm_check<T>(c.to_vector<T>({bt, m, n}), naive_matmul(ra, rb, {time}, {bt, m, n}, valid), "no mask");
   }

@@ -18,7 +18,7 @@ using namespace dimx;
 
 namespace {
 
-using Idx = std::unordered_map<Dim, int64_t>;
+using Idx = dimx_test::DimIndex;
 
 // Float-exact values in [-1, 1].
 std::vector<double> sh_rand(size_t n, uint32_t seed) {
@@ -28,17 +28,6 @@ std::vector<double> sh_rand(size_t n, uint32_t seed) {
 
 int64_t sh_numel(const Dims& ds) { return dimx_test::numel_of(ds); }
 
-void sh_for_each(const Dims& dims, Idx& idx, const std::function<void(Idx&)>& f, size_t k = 0) {
-  if (k == dims.size()) {
-    f(idx);
-    return;
-  }
-  for (int64_t i = 0; i < dims[k].extent(); ++i) {
-    idx[dims[k]] = i;
-    sh_for_each(dims, idx, f, k + 1);
-  }
-  idx.erase(dims[k]);
-}
 
 // Every permutation (inputs here have at most 4 Dims, i.e. 24 permutations).
 std::vector<Dims> sh_perms(const Dims& dims) { return dimx_test::dim_permutations(dims, 24); }
@@ -68,7 +57,7 @@ Ref sh_ref(const Dims& dims, uint32_t seed) {
 void sh_garbage(Ref& r, const std::function<bool(const Idx&)>& valid, double garbage = 1e6) {
   Idx idx;
   size_t pos = 0;
-  sh_for_each(r.dims, idx, [&](Idx& i) {
+  dimx_test::for_each_dim_index(r.dims, idx, [&](Idx& i) {
     if (!valid(i)) r.v[pos] = garbage + static_cast<double>(pos);
     ++pos;
   });
@@ -92,7 +81,7 @@ void sh_expect(const Tensor& out, const Dims& order, const std::function<double(
   size_t pos = 0, bad = 0, checked = 0;
   std::ostringstream msg;
   Idx idx;
-  sh_for_each(order, idx, [&](Idx& i) {
+  dimx_test::for_each_dim_index(order, idx, [&](Idx& i) {
     if (!check || check(i)) {
       double w = want(i), g = static_cast<double>(got[pos]);
       ++checked;

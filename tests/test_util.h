@@ -12,6 +12,8 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
+#include <functional>
 #include <vector>
 
 namespace dimx_test {
@@ -227,5 +229,21 @@ inline int64_t offset_in(const Dims& dims, const Dims& coord_dims, const std::ve
 
 inline constexpr float kInf = std::numeric_limits<float>::infinity();
 inline constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+
+// Calls f on every index of `dims`, as a map from Dim to position (row-major, first Dim outermost).
+using DimIndex = std::unordered_map<dimx::Dim, int64_t>;
+inline void for_each_dim_index(const dimx::Dims& dims, DimIndex& idx, const std::function<void(DimIndex&)>& f,
+                               size_t k = 0) {
+  if (k == dims.size()) {
+    f(idx);
+    return;
+  }
+  for (int64_t i = 0; i < dims[k].extent(); ++i) {
+    idx[dims[k]] = i;
+    for_each_dim_index(dims, idx, f, k + 1);
+  }
+  idx.erase(dims[k]);
+}
 
 }  // namespace dimx_test

@@ -35,18 +35,26 @@ void store_lanes(const Vec<T>& v, char* base, int64_t stride, int64_t cnt) {
   for (int64_t j = 0; j < cnt; ++j) *reinterpret_cast<T*>(base + j * stride) = buf[j];
 }
 
+// Byte pointers and byte strides of K inputs (element size `in_size`) and one output.
+template <size_t K>
+std::pair<std::array<char*, K + 1>, std::array<Strides, K + 1>> operands(
+    const std::array<const void*, K>& in, const std::array<Strides, K>& in_strides, size_t in_size, void* out,
+    const Strides& out_strides, size_t out_size) {
+  std::pair<std::array<char*, K + 1>, std::array<Strides, K + 1>> r;
+  for (size_t k = 0; k < K; ++k) {
+    r.first[k] = static_cast<char*>(const_cast<void*>(in[k]));
+    r.second[k] = bytes(in_strides[k], in_size);
+  }
+  r.first[K] = static_cast<char*>(out);
+  r.second[K] = bytes(out_strides, out_size);
+  return r;
+}
+
 // y = f(x...) with K vector inputs; operand K is the output.
 template <class T, size_t K, class F>
 void vec_map(const Shape& shape, const std::array<const void*, K>& in, const std::array<Strides, K>& in_strides,
              void* out, const Strides& out_strides, F f) {
-  std::array<char*, K + 1> base;
-  std::array<Strides, K + 1> st;
-  for (size_t k = 0; k < K; ++k) {
-    base[k] = static_cast<char*>(const_cast<void*>(in[k]));
-    st[k] = bytes(in_strides[k], sizeof(T));
-  }
-  base[K] = static_cast<char*>(out);
-  st[K] = bytes(out_strides, sizeof(T));
+  auto [base, st] = operands<K>(in, in_strides, sizeof(T), out, out_strides, sizeof(T));
   constexpr int64_t W = int64_t(Vec<T>::size);
   for_each_strided<K + 1>(shape, st, base, kParallelGrain, [&](const std::array<char*, K + 1>& p, int64_t n,
                                                               const std::array<int64_t, K + 1>& s) {
@@ -76,14 +84,7 @@ void vec_map(const Shape& shape, const std::array<const void*, K>& in, const std
 template <class T, class U, size_t K, class F>
 void scalar_map(const Shape& shape, const std::array<const void*, K>& in, const std::array<Strides, K>& in_strides,
                 void* out, const Strides& out_strides, F f) {
-  std::array<char*, K + 1> base;
-  std::array<Strides, K + 1> st;
-  for (size_t k = 0; k < K; ++k) {
-    base[k] = static_cast<char*>(const_cast<void*>(in[k]));
-    st[k] = bytes(in_strides[k], sizeof(T));
-  }
-  base[K] = static_cast<char*>(out);
-  st[K] = bytes(out_strides, sizeof(U));
+  auto [base, st] = operands<K>(in, in_strides, sizeof(T), out, out_strides, sizeof(U));
   for_each_strided<K + 1>(shape, st, base, kParallelGrain, [&](const std::array<char*, K + 1>& p, int64_t n,
                                                               const std::array<int64_t, K + 1>& s) {
     for (int64_t i = 0; i < n; ++i) {
