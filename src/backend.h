@@ -64,6 +64,10 @@ class Backend {
   // idx is i64. Returns false if an index is outside [0, extent) and clip is off.
   virtual bool gather(DType dt, const Shape& shape, const In& x, int64_t axis_stride,
                       int64_t extent, const In& idx, bool clip, const Out& y) = 0;
+  // The adjoint of gather: y[i + idx[i] * axis_stride] += x[i] over `shape` (y's strides
+  // exclude the axis; idx is i64, clamped into [0, extent)). y must be initialized.
+  virtual void scatter_add(DType dt, const Shape& shape, const In& x, int64_t axis_stride, int64_t extent,
+                           const In& idx, const Out& y) = 0;
   // Philox-4x32-10 numbers for counters offset.. (4 f32 or 2 f64 values per counter).
   virtual void random(RandomKind kind, DType dt, int64_t n, uint64_t seed, uint64_t offset,
                       double a, double b, void* y) = 0;

@@ -1,5 +1,8 @@
 #include <dimx/elementwise.h>
 
+#include <dimx/reduce.h>
+
+#include "autograd.h"
 #include "backend.h"
 #include "tensor_impl.h"
 
@@ -53,7 +56,8 @@ std::optional<Dim> common_feature_dim(const std::vector<const Tensor*>& ts) {
 
 }  // namespace
 
-Tensor combine(const Tensor& a, BinaryOp op, const Tensor& b, bool allow_broadcast_all) {
+namespace {
+Tensor combine_impl(const Tensor& a, BinaryOp op, const Tensor& b, bool allow_broadcast_all) {
   const char* name = op_name(op);
   check_defined(name, a);
   check_defined(name, b);
@@ -83,6 +87,75 @@ Tensor combine(const Tensor& a, BinaryOp op, const Tensor& b, bool allow_broadca
   return y;
 }
 
+std::vector<Tensor> combine_backward(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& y, const Tensor& g) {
+  Tensor ga, gb;
+  switch (op) {
+    case BinaryOp::add: ga = g; gb = g; break;
+    case BinaryOp::sub: ga = g; gb = -g; break;
+    case BinaryOp::mul: ga = mul(g, b, true); gb = mul(g, a, true); break;
+    case BinaryOp::div: ga = div(g, b, true); gb = -mul(g, div(y, b, true), true); break;
+    case BinaryOp::pow:
+      ga = mul(g, mul(b, pow(a, b - 1.0, true), true), true);
+      // d/db a^b = a^b log a; 0 where a == 0 (the limit that keeps 0^b finite).
+      gb = mul(g, where(equal(a, Tensor::scalar(0, a.dtype()).to(a.device())), 0.0, mul(y, log(a), true), true), true);
+      break;
+    case BinaryOp::maximum:
+    case BinaryOp::minimum: {
+      // Ties split the gradient equally, as in PyTorch.
+      Tensor wins = op == BinaryOp::maximum ? greater(a, b, true) : less(a, b, true);
+      Tensor share = where(wins, 1.0, where(equal(a, b, true), 0.5, Tensor::scalar(0, g.dtype()).to(g.device())));
+      ga = mul(g, share, true);
+      gb = sub(g, ga, true);
+      break;
+    }
+    case BinaryOp::floordiv: ga = g * 0.0; gb = g * 0.0; break;
+    case BinaryOp::mod: ga = g; gb = -mul(g, floordiv(a, b, true), true); break;
+    default: return {};
+  }
+  return {sum_to(ga, a), sum_to(gb, b)};
+}
+
+Tensor unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& g) {
+  switch (op) {
+    case UnaryOp::neg: return -g;
+    case UnaryOp::abs: return g * sign(x);
+    case UnaryOp::square: return g * x * 2.0;
+    case UnaryOp::sqrt: return g * 0.5 / y;
+    case UnaryOp::rsqrt: return g * y * y * y * -0.5;
+    case UnaryOp::reciprocal: return -(g * y * y);
+    case UnaryOp::exp: return g * y;
+    case UnaryOp::expm1: return g * (y + 1.0);
+    case UnaryOp::log: return g / x;
+    case UnaryOp::log1p: return g / (x + 1.0);
+    case UnaryOp::sin: return g * cos(x);
+    case UnaryOp::cos: return -(g * sin(x));
+    case UnaryOp::tanh: return g * (1.0 - y * y);
+    case UnaryOp::sigmoid: return g * y * (1.0 - y);
+    case UnaryOp::relu: return where(x > 0.0, g, 0.0);
+    case UnaryOp::gelu: {
+      Tensor cdf = (erf(x * 0.70710678118654752440) + 1.0) * 0.5;
+      Tensor pdf = exp(square(x) * -0.5) * 0.39894228040143267794;
+      return g * (cdf + x * pdf);
+    }
+    case UnaryOp::silu: {
+      Tensor s = sigmoid(x);
+      return g * s * (1.0 + x * (1.0 - s));
+    }
+    case UnaryOp::softplus: return g * sigmoid(x);
+    case UnaryOp::erf: return g * exp(-square(x)) * 1.12837916709551257390;
+    default: return g * 0.0;  // sign, floor, ceil, round: piecewise constant
+  }
+}
+
+}  // namespace
+
+Tensor combine(const Tensor& a, BinaryOp op, const Tensor& b, bool allow_broadcast_all) {
+  Tensor y = combine_impl(a, op, b, allow_broadcast_all);
+  if (!is_floating(y.dtype()) || !needs_grad({&a, &b})) return y;
+  return record(op_name(op), y, {a, b},
+                [op, a, b, y](const Tensor& g) { return combine_backward(op, a, b, y, g); });
+}
+
 Tensor combine(const Tensor& a, BinaryOp op, double b) {
   check_defined(op_name(op), a);
   return combine(a, op, Tensor::scalar(b, a.dtype()).to(a.device()));
@@ -105,7 +178,9 @@ Tensor apply(UnaryOp op, const Tensor& x) {
   Tensor y = empty(x.dims(), x.dtype(), x.device());
   backend::backend_for(x.device())
       .unary(op, x.dtype(), extents(x.dims()), {x.impl().data(), x.strides()}, {y.impl().data(), y.strides()});
-  return x.feature_dim() ? y.with_feature_dim(x.feature_dim()) : y;
+  if (x.feature_dim()) y = y.with_feature_dim(x.feature_dim());
+  if (!is_floating(y.dtype()) || !needs_grad({&x})) return y;
+  return record(name, y, {x}, [op, x, y](const Tensor& g) { return std::vector<Tensor>{unary_backward(op, x, y, g)}; });
 }
 
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b, bool allow_broadcast_all) {
@@ -122,8 +197,12 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b, bool allow_br
       .where(a.dtype(), extents(out), {cond.impl().data(), aligned_strides(cond.impl(), out)},
              {a.impl().data(), aligned_strides(a.impl(), out)}, {b.impl().data(), aligned_strides(b.impl(), out)},
              {y.impl().data(), y.strides()});
-  if (auto f = common_feature_dim({&a, &b})) return y.with_feature_dim(f);
-  return y;
+  if (auto f = common_feature_dim({&a, &b})) y = y.with_feature_dim(f);
+  if (!needs_grad({&a, &b})) return y;
+  return record("where", y, {cond, a, b}, [cond, a, b](const Tensor& g) {
+    Tensor zero = Tensor::scalar(0, g.dtype()).to(g.device());
+    return std::vector<Tensor>{Tensor(), sum_to(where(cond, g, zero, true), a), sum_to(where(cond, zero, g, true), b)};
+  });
 }
 
 Tensor where(const Tensor& cond, const Tensor& a, double b, bool allow_broadcast_all) {

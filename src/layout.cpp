@@ -1,4 +1,7 @@
 // Helpers shared by the frontend ops: layouts, Dim set algebra, and the common checks.
+#include <dimx/reduce.h>
+
+#include "autograd.h"
 #include "backend.h"
 #include "tensor_impl.h"
 
@@ -119,7 +122,9 @@ Tensor broadcast_to_include(const Tensor& x, const Dims& dims) {
     nd.push_back(d);
     ns.push_back(0);
   }
-  return make_view(x, nd, ns, x.impl().offset);
+  return record("broadcast", make_view(x, nd, ns, x.impl().offset), {x}, [missing](const Tensor& g) {
+    return std::vector<Tensor>{reduce(g, ReduceOp::sum, missing, false)};
+  });
 }
 
 }  // namespace dimx

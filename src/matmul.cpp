@@ -1,6 +1,7 @@
 #include <dimx/matmul.h>
 #include <dimx/shape.h>
 
+#include "autograd.h"
 #include "backend.h"
 #include "tensor_impl.h"
 
@@ -82,6 +83,19 @@ Tensor matmul(const Tensor& a0, const Tensor& b0, const Dims& reduce, bool use_m
     const Dims& ld = d.lengths().dims();
     if (!contains_all(a.dims(), ld) && contains_all(b.dims(), ld)) b = copy_masked(b, {d});
     else a = copy_masked(a, {d});
+  }
+
+  if (needs_grad({&a, &b})) {
+    // Record on the masked operands: their own nodes carry the gradient back to a0 and b0.
+    Tensor y;
+    {
+      NoGradGuard no_grad;
+      y = matmul(a, b, reduce, false);
+    }
+    Dims a_own = minus_dims(a.dims(), b.dims()), b_own = minus_dims(b.dims(), a.dims());
+    return record("matmul", y, {a, b}, [a, b, a_own, b_own](const Tensor& g) {
+      return std::vector<Tensor>{sum_to(matmul(g, b, b_own, false), a), sum_to(matmul(a, g, a_own, false), b)};
+    });
   }
 
   Dims batch, m_dims, n_dims;

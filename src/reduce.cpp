@@ -2,6 +2,7 @@
 #include <dimx/reduce.h>
 #include <dimx/shape.h>
 
+#include "autograd.h"
 #include "backend.h"
 #include "block.h"
 #include "tensor_impl.h"
@@ -59,31 +60,31 @@ Tensor arg_reduce(bool is_max, const Tensor& x0, const Dim& axis, bool use_mask)
   return y.with_sparse_dim(axis);
 }
 
-}  // namespace
+// Number of valid frames over `dims` for each remaining position (a small tensor).
+Tensor valid_count(const Tensor& x, const Dims& dims, bool use_mask) {
+  Dims dyn;
+  for (const Dim& d : dims)
+    if (use_mask && d.is_dynamic()) dyn.push_back(d);
+  // Counted from the mask, so Dims whose lengths depend on each other (a causal key Dim
+  // indexed by the query) are counted right.
+  Tensor mask = broadcast_to_include(sequence_mask(dyn), dyn);
+  double static_count = 1;
+  Dims in_mask;
+  for (const Dim& d : dims) {
+    if (mask.has_dim(d)) in_mask.push_back(d);
+    else static_count *= double(d.extent());
+  }
+  Tensor count = Tensor::scalar(static_count, x.dtype()).to(x.device());
+  if (!dyn.empty())
+    count = mul(reduce(mask.astype(x.dtype()).to(x.device()), ReduceOp::sum, in_mask, false), count);
+  return count;
+}
 
-Tensor reduce(const Tensor& x, ReduceOp op, const Dims& dims, bool use_mask) {
-  const char* name = reduce_name(op);
-  check_dims(name, x, dims);
-  check_dtype(op, x);
-  if (dims.empty()) return x;
+Tensor reduce_forward(const Tensor& x, ReduceOp op, const Dims& dims, bool use_mask) {
   if (op == ReduceOp::mean) {
-    Tensor sum = reduce(x, ReduceOp::sum, dims, use_mask);
-    // Count the valid frames from the (small) mask, so Dims whose lengths depend on each
-    // other (a causal key Dim indexed by the query) are counted right.
-    Dims dyn;
-    for (const Dim& d : dims)
-      if (use_mask && d.is_dynamic()) dyn.push_back(d);
-    Tensor mask = broadcast_to_include(sequence_mask(dyn), dyn);
-    double static_count = 1;
-    Dims in_mask;
-    for (const Dim& d : dims) {
-      if (mask.has_dim(d)) in_mask.push_back(d);
-      else static_count *= double(d.extent());
-    }
-    Tensor count = Tensor::scalar(static_count, x.dtype()).to(x.device());
-    if (!dyn.empty())
-      count = mul(reduce(mask.astype(x.dtype()).to(x.device()), ReduceOp::sum, in_mask, false), count);
+    Tensor sum = reduce_forward(x, ReduceOp::sum, dims, use_mask);
     // An all-padding row has sum 0 and count 0: its mean is 0, not NaN.
+    Tensor count = valid_count(x, dims, use_mask);
     return div(sum, maximum(count, Tensor::scalar(1, x.dtype()).to(x.device())));
   }
   Dims dyn, rest;
@@ -106,6 +107,53 @@ Tensor reduce(const Tensor& x, ReduceOp op, const Dims& dims, bool use_mask) {
     dyn.erase(dyn.begin() + long(pick));
   }
   return rest.empty() ? cur : reduce_block(cur, op, rest, std::nullopt);
+}
+
+std::vector<Tensor> reduce_backward(ReduceOp op, const Tensor& x, const Dims& dims, bool use_mask, const Tensor& y,
+                                    const Tensor& g) {
+  Dims dyn;
+  for (const Dim& d : dims)
+    if (use_mask && d.is_dynamic()) dyn.push_back(d);
+  Tensor valid = dyn.empty() ? Tensor() : sequence_mask(dyn).to(x.device());
+  Tensor zero = Tensor::scalar(0, x.dtype()).to(x.device());
+  auto masked = [&](const Tensor& t) { return valid.defined() ? where(valid, t, zero, true) : t; };
+  Tensor gx = broadcast_to_include(g, x.dims());
+  switch (op) {
+    case ReduceOp::sum: gx = masked(gx); break;
+    case ReduceOp::mean:
+      gx = masked(div(gx, maximum(valid_count(x, dims, use_mask), Tensor::scalar(1, x.dtype()).to(x.device())), true));
+      break;
+    case ReduceOp::max:
+    case ReduceOp::min: {
+      // Ties share the gradient equally.
+      Tensor hit = equal(x, y, true);
+      if (valid.defined()) hit = logical_and(hit, valid, true);
+      Tensor n = reduce(hit.astype(x.dtype()), ReduceOp::sum, dims, false);
+      gx = where(hit, div(g, n, true), zero, true);
+      break;
+    }
+    case ReduceOp::logsumexp: gx = masked(mul(g, exp(sub(x, y, true)), true)); break;
+    default: return {Tensor()};
+  }
+  return {sum_to(gx, x)};
+}
+
+}  // namespace
+
+Tensor reduce(const Tensor& x, ReduceOp op, const Dims& dims, bool use_mask) {
+  const char* name = reduce_name(op);
+  check_dims(name, x, dims);
+  check_dtype(op, x);
+  if (dims.empty()) return x;
+  Tensor y;
+  {
+    NoGradGuard no_grad;
+    y = reduce_forward(x, op, dims, use_mask);
+  }
+  if (!is_floating(x.dtype()) || !needs_grad({&x})) return y;
+  return record(name, y, {x}, [op, x, dims, use_mask, y](const Tensor& g) {
+    return reduce_backward(op, x, dims, use_mask, y, g);
+  });
 }
 
 Tensor reduce_argmax(const Tensor& x, const Dim& axis, bool use_mask) { return arg_reduce(true, x, axis, use_mask); }

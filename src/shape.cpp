@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "autograd.h"
 #include "backend.h"
 #include "block.h"
 #include "tensor_impl.h"
@@ -39,6 +40,16 @@ Tensor split_dims(const Tensor& x, const Dim& axis, const Dims& dims) {
   check_defined("split_dims", x);
   check_has_dim("split_dims", x, axis);
   check_unique("split_dims", dims);
+  if (needs_grad({&x})) {
+    Tensor y;
+    {
+      NoGradGuard no_grad;
+      y = split_dims(x, axis, dims);
+    }
+    return record("split_dims", y, {x}, [axis, dims](const Tensor& g) {
+      return std::vector<Tensor>{merge_dims(g, dims, axis).first};
+    });
+  }
   int64_t prod = 1;
   for (const Dim& d : dims) {
     if (d.is_dynamic()) fail("split_dims: target dim '" + d.str() + "' must be static");
@@ -84,6 +95,17 @@ std::pair<Tensor, Dim> merge_dims(const Tensor& x0, const Dims& dims, std::optio
     fail("merge_dims: out_dim '" + out.str() + "' does not have the " + std::to_string(prod) + " elements of " +
          dims_str(dims));
   if (!contains(dims, out)) check_new_dim("merge_dims", x0, out);
+  if (needs_grad({&x0})) {
+    Tensor y;
+    {
+      NoGradGuard no_grad;
+      y = merge_dims(x0, dims, out).first;
+    }
+    return {record("merge_dims", y, {x0}, [out, dims](const Tensor& g) {
+              return std::vector<Tensor>{split_dims(g, out, dims)};
+            }),
+            out};
+  }
   // The merged Dim goes where the first of `dims` sits in x's layout.
   size_t first = x0.ndim();
   for (const Dim& d : dims) first = std::min(first, x0.axis_of(d));
@@ -132,6 +154,9 @@ std::pair<Tensor, Dim> replace_dim(const Tensor& x, const Dim& in_dim, std::opti
   Tensor y = make_view(x, replace_in(x.dims(), in_dim, {out}), x.strides(), x.impl().offset);
   if (x.feature_dim() == in_dim) y = y.with_feature_dim(out);
   if (x.sparse_dim() == in_dim) y = y.with_sparse_dim(out);
+  y = record("replace_dim", y, {x}, [in_dim, out](const Tensor& g) {
+    return std::vector<Tensor>{replace_dim(g, out, in_dim).first};
+  });
   return {y, out};
 }
 
@@ -179,6 +204,23 @@ std::pair<Tensor, Dim> concat(const std::vector<std::pair<Tensor, Dim>>& parts, 
                 {yi.data() + pos * yi.strides[ax] * int64_t(dtype_size(t.dtype())), yi.strides});
       pos += d.extent();
     }
+    std::vector<Tensor> inputs;
+    Dims part_dims;
+    for (const auto& [t, d] : parts) {
+      inputs.push_back(t);
+      part_dims.push_back(d);
+    }
+    y = record("concat", y, inputs, [inputs, part_dims, out](const Tensor& g) {
+      std::vector<Tensor> grads;
+      int64_t pos = 0;
+      for (size_t i = 0; i < inputs.size(); ++i) {
+        int64_t e = part_dims[i].extent();
+        auto [gs, sd] = slice(g, out, pos, pos + e);
+        grads.push_back(sum_to(replace_dim(gs, sd, part_dims[i]).first, inputs[i]));
+        pos += e;
+      }
+      return grads;
+    });
     return {y, out};
   }
   // Dynamic: out frame t of a sequence comes from the part whose offset range holds t.
@@ -258,7 +300,18 @@ std::pair<Tensor, Dim> slice(const Tensor& x, const Dim& axis, int64_t start, st
   Strides st = x.strides();
   int64_t offset = x.impl().offset + start * st[ax];
   st[ax] *= step;
-  return {make_view(x, replace_in(x.dims(), axis, {out}), st, count ? offset : x.impl().offset), out};
+  Tensor y = make_view(x, replace_in(x.dims(), axis, {out}), st, count ? offset : x.impl().offset);
+  y = record("slice", y, {x}, [x, axis, start, step, count, out](const Tensor& g) {
+    if (count == 0) return std::vector<Tensor>{Tensor::zeros(x.dims(), x.dtype()).to(x.device())};
+    // Frame t of x received frame (t - start) / step of the slice, if any.
+    Tensor rel = range_over_dim(axis, DType::i64).with_sparse_dim(std::nullopt) - double(start);
+    Tensor hit = logical_and(logical_and(rel >= 0.0, rel < double(count * step)),
+                             equal(mod(rel, Tensor::scalar(double(step), DType::i64)), Tensor::scalar(0, DType::i64)));
+    Tensor src = clip(floordiv(rel, Tensor::scalar(double(step), DType::i64)), 0, double(count - 1));
+    Tensor gx = gather(g, src.with_sparse_dim(out), out);
+    return std::vector<Tensor>{where(hit.to(g.device()), gx, 0.0)};
+  });
+  return {y, out};
 }
 
 Tensor gather(const Tensor& x, const Tensor& indices, std::optional<Dim> axis_, bool clip_to_valid) {
@@ -293,7 +346,19 @@ Tensor gather(const Tensor& x, const Tensor& indices, std::optional<Dim> axis_, 
   Tensor r = y;
   if (x.feature_dim() && r.has_dim(*x.feature_dim())) r = r.with_feature_dim(x.feature_dim());
   if (x.sparse_dim()) r = r.with_sparse_dim(x.sparse_dim());
-  return r;
+  if (!is_floating(x.dtype()) || !needs_grad({&x})) return r;
+  return record("gather", r, {x, indices}, [x, idx, axis, out](const Tensor& g) {
+    // The adjoint: scatter-add g back to the gathered positions.
+    Tensor gx = Tensor::zeros(x.dims(), x.dtype()).to(x.device());
+    Strides gs(out.size(), 0);
+    for (size_t i = 0; i < out.size(); ++i)
+      if (out[i] != axis && x.has_dim(out[i]) && out[i].extent() != 1) gs[i] = gx.strides()[gx.axis_of(out[i])];
+    backend::backend_for(x.device())
+        .scatter_add(x.dtype(), extents(out), {g.impl().data(), aligned_strides(g.impl(), out)},
+                     gx.strides()[gx.axis_of(axis)], axis.extent(), {idx.impl().data(), aligned_strides(idx.impl(), out)},
+                     {gx.impl().data(), gs});
+    return std::vector<Tensor>{gx, Tensor()};
+  });
 }
 
 std::pair<Tensor, Dim> window(const Tensor& x, const Dim& axis, int64_t size, std::optional<int64_t> window_left,
@@ -333,7 +398,14 @@ Tensor cumsum(const Tensor& x0, const Dim& axis) {
   Block b = as_block(x, {axis});
   Tensor y = empty(b.x.dims(), x.dtype(), x.device());
   backend::backend_for(x.device()).cumsum(x.dtype(), b.A, b.N, b.B, b.x.impl().data(), y.impl().data());
-  return x.feature_dim() ? y.with_feature_dim(x.feature_dim()) : y;
+  if (x.feature_dim()) y = y.with_feature_dim(x.feature_dim());
+  if (!is_floating(x.dtype()) || !needs_grad({&x})) return y;
+  // x was masked by copy_masked, a recorded op, so the gradient needs only the reverse sum.
+  return record("cumsum", y, {x}, [axis](const Tensor& g) {
+    Tensor gm = copy_masked(g, {axis});
+    Tensor total = reduce(gm, ReduceOp::sum, {axis}, false);
+    return std::vector<Tensor>{copy_masked(add(sub(total, cumsum(gm, axis), true), gm, true), {axis})};
+  });
 }
 
 Tensor range_over_dim(const Dim& dim, DType dtype) {
@@ -372,7 +444,9 @@ Tensor expand_dim(const Tensor& x, const Dim& dim) {
   nd.insert(nd.end(), x.dims().begin(), x.dims().end());
   Strides ns{0};
   ns.insert(ns.end(), x.strides().begin(), x.strides().end());
-  return make_view(x, nd, ns, x.impl().offset);
+  return record("expand_dim", make_view(x, nd, ns, x.impl().offset), {x}, [dim](const Tensor& g) {
+    return std::vector<Tensor>{reduce(g, ReduceOp::sum, {dim}, false)};
+  });
 }
 
 Tensor squeeze(const Tensor& x, const Dim& axis) {
@@ -384,7 +458,8 @@ Tensor squeeze(const Tensor& x, const Dim& axis) {
   Strides ns = x.strides();
   nd.erase(nd.begin() + long(ax));
   ns.erase(ns.begin() + long(ax));
-  return make_view(x, nd, ns, x.impl().offset);
+  return record("squeeze", make_view(x, nd, ns, x.impl().offset), {x},
+                [axis](const Tensor& g) { return std::vector<Tensor>{expand_dim(g, axis)}; });
 }
 
 }  // namespace dimx

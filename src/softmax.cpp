@@ -1,5 +1,10 @@
 #include <dimx/softmax.h>
 
+#include <dimx/elementwise.h>
+#include <dimx/reduce.h>
+#include <dimx/shape.h>
+
+#include "autograd.h"
 #include "backend.h"
 #include "block.h"
 #include "tensor_impl.h"
@@ -21,7 +26,19 @@ Tensor softmax_impl(bool log, const Tensor& x0, const Dim& axis, bool use_mask) 
   backend::backend_for(x.device())
       .softmax(log, x.dtype(), b.A, b.N, b.B, b.x.impl().data(),
                masked ? static_cast<const int64_t*>(len.data_ptr()) : nullptr, y.impl().data());
-  return x.feature_dim() ? y.with_feature_dim(x.feature_dim()) : y;
+  if (x.feature_dim()) y = y.with_feature_dim(x.feature_dim());
+  if (!needs_grad({&x0})) return y;
+  return record(op, y, {x0}, [log, x0, axis, use_mask, y](const Tensor& g) {
+    Tensor gx;
+    if (log) {
+      // d/dx log_softmax: g - softmax * sum(g); the padding gets no gradient.
+      gx = sub(g, mul(exp(y), reduce(g, ReduceOp::sum, {axis}, use_mask), true), true);
+      if (use_mask) gx = copy_masked(gx, {axis});
+    } else {
+      gx = mul(y, sub(g, reduce(mul(g, y), ReduceOp::sum, {axis}, use_mask), true), true);
+    }
+    return std::vector<Tensor>{sum_to(gx, x0)};
+  });
 }
 
 }  // namespace

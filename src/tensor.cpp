@@ -4,6 +4,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "autograd.h"
 #include "backend.h"
 #include "tensor_impl.h"
 
@@ -81,6 +82,14 @@ Tensor Tensor::transpose_to(const Dims& order) const {
     throw Error("transpose_to: order " + dims_str(order) + " is not a permutation of " + dims_str(t.dims));
   }
   check_unique("transpose_to", order);
+  if (needs_grad({this})) {
+    Tensor y;
+    {
+      NoGradGuard no_grad;
+      y = transpose_to(order);
+    }
+    return record("transpose_to", y, {*this}, [](const Tensor& g) { return std::vector<Tensor>{g}; });
+  }
   Strides s = aligned_strides(t, order);
   Shape shape = extents(order);
   if (s == contiguous_strides(shape)) return make_view(*this, order, s, t.offset);
@@ -95,6 +104,15 @@ Tensor Tensor::transpose_to(const Dims& order) const {
 Tensor Tensor::astype(DType dt) const {
   const TensorImpl& t = impl();
   if (dt == t.dtype) return *this;
+  if (is_floating(dt) && needs_grad({this})) {
+    Tensor y;
+    {
+      NoGradGuard no_grad;
+      y = astype(dt);
+    }
+    DType src = t.dtype;
+    return record("astype", y, {*this}, [src](const Tensor& g) { return std::vector<Tensor>{g.astype(src)}; });
+  }
   Tensor out = empty(t.dims, dt, t.device());
   auto p = std::make_shared<TensorImpl>(out.impl());
   p->feature_dim = t.feature_dim;
@@ -106,6 +124,15 @@ Tensor Tensor::astype(DType dt) const {
 Tensor Tensor::to(Device dev) const {
   const TensorImpl& t = impl();
   if (dev == t.device()) return *this;
+  if (needs_grad({this})) {
+    Tensor y;
+    {
+      NoGradGuard no_grad;
+      y = to(dev);
+    }
+    Device src_dev = t.device();
+    return record("to", y, {*this}, [src_dev](const Tensor& g) { return std::vector<Tensor>{g.to(src_dev)}; });
+  }
   Tensor src = contiguous();
   Tensor out = empty(t.dims, t.dtype, dev);
   auto p = std::make_shared<TensorImpl>(out.impl());

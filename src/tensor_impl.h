@@ -21,6 +21,8 @@ struct Storage {
   }
 };
 
+struct AutogradMeta;
+
 struct TensorImpl {
   Dims dims;
   Strides strides;  // elements; 0 for broadcast views
@@ -29,6 +31,7 @@ struct TensorImpl {
   std::shared_ptr<Storage> storage;
   std::optional<Dim> feature_dim;
   std::optional<Dim> sparse_dim;
+  std::shared_ptr<AutogradMeta> autograd;  // null: no gradient recorded or wanted
 
   char* data() const { return static_cast<char*>(storage->data) + offset * int64_t(dtype_size(dtype)); }
   Device device() const { return storage->device; }

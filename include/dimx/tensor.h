@@ -80,6 +80,22 @@ class Tensor {
   template <class T>
   T item() const;  // the single value of a scalar (or one-element) tensor
 
+  // ---- autograd (see autograd.h)
+  bool requires_grad() const;
+  // A leaf that records gradients (or, with false, a tensor that does not); shares storage.
+  Tensor with_requires_grad(bool on = true) const;
+  // Same values, cut from the graph.
+  Tensor detach() const;
+  // The gradient accumulated by backward() into this leaf (undefined before any).
+  Tensor grad() const;
+  void set_grad(const Tensor& g) const;
+  void zero_grad() const { set_grad(Tensor()); }
+
+  // In-place overwrite with src's values (same Dims, any layout; cast to this dtype). For
+  // parameter updates and loading: the tensor keeps its identity, grad and optimizer state.
+  // Never use it on a tensor whose old values a recorded graph still needs.
+  void copy_from(const Tensor& src) const;
+
   // Raw pointer to the first element (CPU tensors; respects strides()).
   const void* data_ptr() const;
 

@@ -28,6 +28,8 @@ class CpuBackend final : public backend::Backend {
   void gemm(DType dt, const backend::Gemm& g) override;
   bool gather(DType dt, const Shape& shape, const In& x, int64_t axis_stride, int64_t extent, const In& idx,
               bool clip, const Out& y) override;
+  void scatter_add(DType dt, const Shape& shape, const In& x, int64_t axis_stride, int64_t extent, const In& idx,
+                   const Out& y) override;
   void random(backend::RandomKind kind, DType dt, int64_t n, uint64_t seed, uint64_t offset, double a, double b,
               void* y) override;
 };

@@ -2,6 +2,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "cpu/cpu_backend.h"
 #include "cpu/strided.h"
@@ -29,6 +30,31 @@ bool CpuBackend::gather(DType dt, const Shape& shape, const In& x, int64_t axis_
                         }
                       });
   return ok;
+}
+
+void CpuBackend::scatter_add(DType dt, const Shape& shape, const In& x, int64_t axis_stride, int64_t extent,
+                             const In& idx, const Out& y) {
+  dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (std::is_same_v<T, bool>) {
+      throw Error("scatter_add: bool dtype not supported");
+    } else {
+      std::array<char*, 3> base{static_cast<char*>(const_cast<void*>(x.data)),
+                                static_cast<char*>(const_cast<void*>(idx.data)), static_cast<char*>(y.data)};
+      std::array<Strides, 3> st{bytes(x.strides, sizeof(T)), bytes(idx.strides, 8), bytes(y.strides, sizeof(T))};
+      const int64_t axis_bytes = axis_stride * int64_t(sizeof(T));
+      // Serial: several positions may add into the same element.
+      for_each_strided<3>(shape, st, base, std::numeric_limits<int64_t>::max(),
+                          [&](const std::array<char*, 3>& p, int64_t n, const std::array<int64_t, 3>& s) {
+                            for (int64_t i = 0; i < n; ++i) {
+                              int64_t j = *reinterpret_cast<const int64_t*>(p[1] + i * s[1]);
+                              j = j < 0 ? 0 : (j >= extent ? extent - 1 : j);
+                              *reinterpret_cast<T*>(p[2] + i * s[2] + j * axis_bytes) +=
+                                  *reinterpret_cast<const T*>(p[0] + i * s[0]);
+                            }
+                          });
+    }
+  });
 }
 
 void CpuBackend::random(backend::RandomKind kind, DType dt, int64_t n, uint64_t seed, uint64_t offset, double a,

@@ -1,0 +1,212 @@
+#include "autograd.h"
+
+#include <dimx/elementwise.h>
+#include <dimx/reduce.h>
+
+#include <algorithm>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "backend.h"
+
+namespace dimx {
+
+namespace {
+thread_local bool t_grad_enabled = true;
+
+const AutogradMeta* meta_of(const Tensor& t) { return t.defined() ? t.impl().autograd.get() : nullptr; }
+}  // namespace
+
+bool grad_enabled() { return t_grad_enabled; }
+NoGradGuard::NoGradGuard() : prev_(t_grad_enabled) { t_grad_enabled = false; }
+NoGradGuard::~NoGradGuard() { t_grad_enabled = prev_; }
+
+bool needs_grad(std::initializer_list<const Tensor*> inputs) {
+  if (!t_grad_enabled) return false;
+  for (const Tensor* t : inputs)
+    if (t->defined() && t->requires_grad()) return true;
+  return false;
+}
+
+Tensor record(const char* name, const Tensor& out, std::vector<Tensor> inputs, BackwardFn fn) {
+  if (!t_grad_enabled) return out;
+  bool any = false;
+  for (const Tensor& t : inputs) any = any || (t.defined() && t.requires_grad());
+  if (!any) return out;
+  auto impl = std::make_shared<TensorImpl>(out.impl());
+  impl->autograd = std::make_shared<AutogradMeta>();
+  impl->autograd->requires_grad = true;
+  impl->autograd->grad_fn = std::make_shared<Node>(Node{name, std::move(inputs), std::move(fn)});
+  return Tensor(std::move(impl));
+}
+
+Tensor sum_to(const Tensor& g, const Tensor& like) {
+  Dims extra = minus_dims(g.dims(), like.dims());
+  Tensor r = extra.empty() ? g : reduce(g, ReduceOp::sum, extra, /*use_mask=*/false);
+  // A Dim of `like` that g lacks (a broadcast source of extent 1 or a constant) gets g as is.
+  return broadcast_to_include(r, like.dims());
+}
+
+// ---- Tensor's autograd methods
+
+bool Tensor::requires_grad() const {
+  const AutogradMeta* m = meta_of(*this);
+  return m && m->requires_grad;
+}
+
+Tensor Tensor::with_requires_grad(bool on) const {
+  auto impl = std::make_shared<TensorImpl>(this->impl());
+  impl->autograd = nullptr;
+  if (on) {
+    if (!is_floating(dtype())) throw Error("with_requires_grad: only floating tensors can require grad, got " + str());
+    impl->autograd = std::make_shared<AutogradMeta>();
+    impl->autograd->requires_grad = true;
+  }
+  return Tensor(std::move(impl));
+}
+
+Tensor Tensor::detach() const { return with_requires_grad(false); }
+
+Tensor Tensor::grad() const {
+  const AutogradMeta* m = meta_of(*this);
+  if (!m) return Tensor();
+  std::lock_guard<std::mutex> lk(m->mu);
+  return m->grad;
+}
+
+void Tensor::set_grad(const Tensor& g) const {
+  AutogradMeta* m = impl().autograd.get();
+  if (!m) throw Error("set_grad: tensor does not require grad: " + str());
+  if (g.defined() && (g.ndim() != ndim() || !contains_all(dims(), g.dims())))
+    throw Error("set_grad: gradient " + g.str() + " does not have the Dims of " + str());
+  std::lock_guard<std::mutex> lk(m->mu);
+  m->grad = g;
+}
+
+void Tensor::copy_from(const Tensor& src) const {
+  const TensorImpl& t = impl();
+  if (!src.defined()) throw Error("copy_from: undefined source for " + str());
+  if (src.ndim() != t.dims.size() || !contains_all(t.dims, src.dims()))
+    throw Error("copy_from: source " + src.str() + " does not have the Dims of " + str());
+  Tensor s = src.to(t.device());
+  backend::backend_for(t.device())
+      .copy(extents(t.dims), s.dtype(), {s.impl().data(), aligned_strides(s.impl(), t.dims)}, t.dtype,
+            {t.data(), t.strides});
+}
+
+// ---- the engine
+
+namespace {
+
+struct Pass {
+  std::vector<Node*> order;  // reverse topological: outputs first
+  std::unordered_map<Node*, std::shared_ptr<Node>> keep;
+};
+
+Pass topo(const std::shared_ptr<Node>& root) {
+  Pass p;
+  std::unordered_set<Node*> seen;
+  std::vector<std::pair<Node*, size_t>> stack{{root.get(), 0}};
+  seen.insert(root.get());
+  p.keep[root.get()] = root;
+  std::vector<Node*> post;
+  while (!stack.empty()) {
+    auto& [n, i] = stack.back();
+    if (i < n->inputs.size()) {
+      const AutogradMeta* m = meta_of(n->inputs[i++]);
+      if (m && m->grad_fn && seen.insert(m->grad_fn.get()).second) {
+        p.keep[m->grad_fn.get()] = m->grad_fn;
+        stack.push_back({m->grad_fn.get(), 0});
+      }
+      continue;
+    }
+    post.push_back(n);
+    stack.pop_back();
+  }
+  p.order.assign(post.rbegin(), post.rend());
+  return p;
+}
+
+Tensor accumulate(const Tensor& acc, const Tensor& g) { return acc.defined() ? add(acc, g) : g; }
+
+// Runs the graph from `output`; calls on_leaf(meta, grad) for each leaf gradient and
+// on_node(node, grad) with each node's total gradient.
+template <class Leaf, class NodeCb>
+void run(const char* op, const Tensor& output, const Tensor& grad_output, Leaf&& on_leaf, NodeCb&& on_node) {
+  if (!output.defined()) throw Error(std::string(op) + ": undefined output");
+  const AutogradMeta* om = meta_of(output);
+  if (!om || !om->requires_grad)
+    throw Error(std::string(op) + ": output " + output.str() + " does not require grad (no input was marked with with_requires_grad())");
+  Tensor g0 = grad_output;
+  if (!g0.defined()) {
+    if (output.numel() != 1)
+      throw Error(std::string(op) + ": output " + output.str() + " has more than one element; pass grad_output");
+    g0 = Tensor::ones(output.dims(), output.dtype()).to(output.device());
+  } else if (g0.ndim() != output.ndim() || !contains_all(output.dims(), g0.dims())) {
+    throw Error(std::string(op) + ": grad_output " + g0.str() + " does not have the Dims of output " + output.str());
+  }
+  NoGradGuard no_grad;
+  if (!om->grad_fn) {
+    on_leaf(om, g0);
+    return;
+  }
+  Pass p = topo(om->grad_fn);
+  std::unordered_map<Node*, Tensor> acc{{om->grad_fn.get(), g0}};
+  for (Node* n : p.order) {
+    auto it = acc.find(n);
+    if (it == acc.end()) continue;
+    Tensor g = it->second;
+    acc.erase(it);
+    on_node(n, g);
+    std::vector<Tensor> grads = n->backward(g);
+    for (size_t i = 0; i < n->inputs.size() && i < grads.size(); ++i) {
+      const Tensor& in = n->inputs[i];
+      const AutogradMeta* m = meta_of(in);
+      if (!m || !m->requires_grad || !grads[i].defined()) continue;
+      const Tensor& gi = grads[i];
+      if (gi.ndim() != in.ndim() || !contains_all(in.dims(), gi.dims()))
+        throw Error(std::string(op) + ": internal error: gradient of '" + n->name + "' has Dims " +
+                    dims_str(gi.dims()) + " for input " + in.str());
+      if (m->grad_fn) acc[m->grad_fn.get()] = accumulate(acc[m->grad_fn.get()], gi);
+      else on_leaf(m, gi);
+    }
+  }
+}
+
+}  // namespace
+
+void backward(const Tensor& output, const Tensor& grad_output) {
+  run("backward", output, grad_output,
+      [](const AutogradMeta* m, const Tensor& g) {
+        std::lock_guard<std::mutex> lk(m->mu);
+        const_cast<AutogradMeta*>(m)->grad = accumulate(m->grad, g);
+      },
+      [](Node*, const Tensor&) {});
+}
+
+std::vector<Tensor> grad(const Tensor& output, const std::vector<Tensor>& inputs, const Tensor& grad_output,
+                         bool allow_unused) {
+  std::unordered_map<const void*, Tensor> found;
+  for (const Tensor& in : inputs) {
+    const AutogradMeta* m = meta_of(in);
+    if (!m || !m->requires_grad) throw Error("grad: input " + in.str() + " does not require grad");
+  }
+  run("grad", output, grad_output,
+      [&](const AutogradMeta* m, const Tensor& g) { found[m] = accumulate(found[m], g); },
+      [&](Node* n, const Tensor& g) { found[n] = g; });
+  std::vector<Tensor> out;
+  for (const Tensor& in : inputs) {
+    const AutogradMeta* m = meta_of(in);
+    const void* key = m->grad_fn ? static_cast<const void*>(m->grad_fn.get()) : static_cast<const void*>(m);
+    auto it = found.find(key);
+    if (it == found.end()) {
+      if (!allow_unused) throw Error("grad: output " + output.str() + " does not depend on input " + in.str());
+      out.emplace_back();
+    } else {
+      out.push_back(it->second);
+    }
+  }
+  return out;
+}
+
+}  // namespace dimx
