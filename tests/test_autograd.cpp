@@ -1,0 +1,2 @@
+// Placeholder until the autograd tests land.
+#include <catch2/catch.hpp>

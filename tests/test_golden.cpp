@@ -1,0 +1,2 @@
+// Placeholder until the golden tests land.
+#include <catch2/catch.hpp>

@@ -1,0 +1,2 @@
+// Placeholder until the nn tests land.
+#include <catch2/catch.hpp>

@@ -1,0 +1,2 @@
+// Placeholder until the optim tests land.
+#include <catch2/catch.hpp>
