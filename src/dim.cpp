@@ -50,7 +50,8 @@ void set_lengths(DimImpl& impl, const Tensor& lengths) {
     if (x < 0) throw Error("Dim: negative length " + std::to_string(x) + " for dim '" + impl.name + "'");
     mx = std::max<int64_t>(mx, x);
   }
-  impl.lengths = l.with_sparse_dim(std::nullopt).with_feature_dim(std::nullopt);
+  // Lengths live on the CPU (they are small); ops move them to their operands' device.
+  impl.lengths = l.to(Device::cpu()).detach().with_sparse_dim(std::nullopt).with_feature_dim(std::nullopt);
   impl.extent = mx;
 }
 

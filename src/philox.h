@@ -35,7 +35,7 @@ DIMX_HD inline void block(uint64_t counter, uint64_t seed, uint32_t out[4]) {
 }
 
 // 4 values per counter in f32, 2 in f64.
-inline int values_per_counter(DType dt) { return dt == DType::f64 ? 2 : 4; }
+DIMX_HD inline int values_per_counter(DType dt) { return dt == DType::f64 ? 2 : 4; }
 
 // Uniform values in [0, 1), or standard normals (Box-Muller), for one counter.
 DIMX_HD inline void values(bool normal, bool f64, uint64_t seed, uint64_t counter, double v[4]) {
@@ -58,9 +58,9 @@ DIMX_HD inline void values(bool normal, bool f64, uint64_t seed, uint64_t counte
   }
   const double two_pi = 6.283185307179586476925;
   for (int i = 0; i < n; i += 2) {
-    double r = std::sqrt(-2.0 * std::log(1.0 - x[i]));  // 1 - x in (0, 1]
-    v[i] = r * std::cos(two_pi * x[i + 1]);
-    v[i + 1] = r * std::sin(two_pi * x[i + 1]);
+    double r = ::sqrt(-2.0 * ::log(1.0 - x[i]));  // 1 - x in (0, 1]
+    v[i] = r * ::cos(two_pi * x[i + 1]);
+    v[i + 1] = r * ::sin(two_pi * x[i + 1]);
   }
 }
 

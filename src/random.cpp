@@ -12,10 +12,10 @@ namespace dimx {
 namespace {
 
 Tensor random_impl(const char* op, backend::RandomKind kind, const Dims& dims, Generator& gen, double a, double b,
-                   DType dtype) {
+                   DType dtype, Device device) {
   check_unique(op, dims);
   if (!is_floating(dtype)) fail(std::string(op) + ": dtype must be f32 or f64, got " + dtype_name(dtype));
-  Tensor y = empty(dims, dtype, Device::cpu());
+  Tensor y = empty(dims, dtype, device);
   int64_t n = y.numel();
   int per = philox::values_per_counter(dtype);
   uint64_t offset = gen.advance(uint64_t((n + per - 1) / per));
@@ -25,14 +25,14 @@ Tensor random_impl(const char* op, backend::RandomKind kind, const Dims& dims, G
 
 }  // namespace
 
-Tensor random_uniform(const Dims& dims, Generator& gen, double lo, double hi, DType dtype) {
+Tensor random_uniform(const Dims& dims, Generator& gen, double lo, double hi, DType dtype, Device device) {
   if (!(lo <= hi)) fail("random_uniform: lo " + std::to_string(lo) + " > hi " + std::to_string(hi) + " for dims " + dims_str(dims));
-  return random_impl("random_uniform", backend::RandomKind::uniform, dims, gen, lo, hi, dtype);
+  return random_impl("random_uniform", backend::RandomKind::uniform, dims, gen, lo, hi, dtype, device);
 }
 
-Tensor random_normal(const Dims& dims, Generator& gen, double mean, double stddev, DType dtype) {
+Tensor random_normal(const Dims& dims, Generator& gen, double mean, double stddev, DType dtype, Device device) {
   if (!(stddev >= 0)) fail("random_normal: negative stddev " + std::to_string(stddev) + " for dims " + dims_str(dims));
-  return random_impl("random_normal", backend::RandomKind::normal, dims, gen, mean, stddev, dtype);
+  return random_impl("random_normal", backend::RandomKind::normal, dims, gen, mean, stddev, dtype, device);
 }
 
 Tensor dropout(const Tensor& x, double p, Generator& gen, bool training, const Dims& broadcast_over) {
@@ -45,7 +45,7 @@ Tensor dropout(const Tensor& x, double p, Generator& gen, bool training, const D
   // The mask is drawn in Dim creation order, so it does not depend on x's layout.
   Dims mask_dims = minus_dims(x.dims(), broadcast_over);
   std::sort(mask_dims.begin(), mask_dims.end());
-  Tensor keep = random_uniform(mask_dims, gen, 0, 1, x.dtype()).to(x.device()) >= p;
+  Tensor keep = random_uniform(mask_dims, gen, 0, 1, x.dtype(), x.device()) >= p;
   return where(keep, x * (1.0 / (1.0 - p)), 0.0);
 }
 

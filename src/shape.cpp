@@ -224,14 +224,15 @@ std::pair<Tensor, Dim> concat(const std::vector<std::pair<Tensor, Dim>>& parts, 
     return {y, out};
   }
   // Dynamic: out frame t of a sequence comes from the part whose offset range holds t.
-  Tensor pos = range_over_dim(out, DType::i64);
-  Tensor offset = Tensor::scalar(0, DType::i64).to(first.device());
+  const Device dev = first.device();
+  Tensor pos = range_over_dim(out, DType::i64).to(dev);
+  Tensor offset = Tensor::scalar(0, DType::i64).to(dev);
   Tensor y = Tensor::scalar(0, first.dtype()).to(first.device());
   for (const auto& [t, d] : parts) {
     Tensor len = index_tensor(d.lengths()).to(t.device());
     if (d.extent() > 0) {
       Tensor local = sub(pos, offset, true);
-      Tensor valid = logical_and(greater_equal(local, Tensor::scalar(0, DType::i64)), less(local, len, true), true);
+      Tensor valid = logical_and(local >= 0.0, less(local, len, true), true);
       Tensor g = gather(t, clip(local, 0, double(d.extent() - 1)).with_sparse_dim(d), d);
       y = where(valid, g, y, true);
     }
@@ -308,7 +309,7 @@ std::pair<Tensor, Dim> slice(const Tensor& x, const Dim& axis, int64_t start, st
     Tensor hit = logical_and(logical_and(rel >= 0.0, rel < double(count * step)),
                              equal(mod(rel, Tensor::scalar(double(step), DType::i64)), Tensor::scalar(0, DType::i64)));
     Tensor src = clip(floordiv(rel, Tensor::scalar(double(step), DType::i64)), 0, double(count - 1));
-    Tensor gx = gather(g, src.with_sparse_dim(out), out);
+    Tensor gx = gather(g, src.with_sparse_dim(out).to(g.device()), out);
     return std::vector<Tensor>{where(hit.to(g.device()), gx, 0.0)};
   });
   return {y, out};
@@ -373,7 +374,7 @@ std::pair<Tensor, Dim> window(const Tensor& x, const Dim& axis, int64_t size, st
   if (w.extent() != size) fail("window: window_dim '" + w.str() + "' does not have size " + std::to_string(size));
   check_new_dim("window", x, w);
   if (axis.extent() == 0) return {expand_dim(x, w).contiguous(), w};
-  Tensor src = add(range_over_dim(axis, DType::i64), range_over_dim(w, DType::i64), true) - double(left);
+  Tensor src = (add(range_over_dim(axis, DType::i64), range_over_dim(w, DType::i64), true) - double(left)).to(x.device());
   Tensor len = index_tensor(axis.lengths()).to(x.device());
   Tensor valid = logical_and(src >= 0.0, less(src, len, true), true);
   Tensor g = gather(x, clip(src, 0, double(axis.extent() - 1)).with_sparse_dim(axis), axis);
@@ -385,7 +386,7 @@ Tensor shift_right(const Tensor& x, const Dim& axis, int64_t amount, double pad_
   check_has_dim("shift_right", x, axis);
   if (amount < 0) fail("shift_right: negative amount " + std::to_string(amount) + " for dim '" + axis.str() + "' of x = " + x.str());
   if (amount == 0 || axis.extent() == 0) return x;
-  Tensor src = range_over_dim(axis, DType::i64) - double(amount);
+  Tensor src = (range_over_dim(axis, DType::i64) - double(amount)).to(x.device());
   Tensor g = gather(x, clip(src, 0, double(axis.extent() - 1)).with_sparse_dim(axis), axis);
   return where(src >= 0.0, g, pad_value);
 }

@@ -5,24 +5,12 @@
 // all of them (so it streams contiguously). If no operand has all output Dims the call is an error
 // unless allow_broadcast_all is set: an accidental outer product is the classic bug.
 // Operands must share dtype and device; comparisons return bool.
+#include <dimx/op_codes.h>
 #include <dimx/tensor.h>
 
 namespace dimx {
 
-enum class BinaryOp {
-  add, sub, mul, div, floordiv, mod, pow, maximum, minimum,
-  equal, not_equal, less, less_equal, greater, greater_equal,
-  logical_and, logical_or, logical_xor
-};
 
-enum class UnaryOp {
-  neg, abs, sign, square, sqrt, rsqrt, reciprocal, exp, expm1, log, log1p,
-  sin, cos, tanh, sigmoid, relu, gelu, silu, softplus, erf, floor, ceil, round,
-  logical_not, isnan
-};
-
-const char* op_name(BinaryOp op);
-const char* op_name(UnaryOp op);
 
 Tensor combine(const Tensor& a, BinaryOp op, const Tensor& b, bool allow_broadcast_all = false);
 Tensor combine(const Tensor& a, BinaryOp op, double b);

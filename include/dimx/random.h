@@ -20,11 +20,12 @@ class Generator {
   uint64_t offset_ = 0;
 };
 
-// Values are generated row-major over `dims` in the given order.
+// Values are generated row-major over `dims` in the given order, on `device` (the same
+// numbers on every device).
 Tensor random_uniform(const Dims& dims, Generator& gen, double lo = 0, double hi = 1,
-                      DType dtype = DType::f32);
+                      DType dtype = DType::f32, Device device = Device::cpu());
 Tensor random_normal(const Dims& dims, Generator& gen, double mean = 0, double stddev = 1,
-                     DType dtype = DType::f32);
+                     DType dtype = DType::f32, Device device = Device::cpu());
 
 // Inverted dropout: in training, zero each element with probability p and scale the rest by
 // 1/(1-p); the mask is shared along `broadcast_over`. Outside training it returns x.

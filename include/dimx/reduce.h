@@ -4,11 +4,11 @@
 // all-padding row gives a finite identity value (0 for sum/mean/any, -inf for max and
 // logsumexp, +inf for min, true for all), never NaN. If a reduced Dim's lengths live on Dims
 // the input lacks (e.g. {batch}), the result gains those Dims.
+#include <dimx/op_codes.h>
 #include <dimx/tensor.h>
 
 namespace dimx {
 
-enum class ReduceOp { sum, mean, max, min, logsumexp, any, all };
 
 Tensor reduce(const Tensor& x, ReduceOp op, const Dims& dims, bool use_mask = true);
 

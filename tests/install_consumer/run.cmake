@@ -1,12 +1,19 @@
-# Builds dimx, installs it into a prefix, then configures, builds and runs an outside
-# project that uses find_package(dimx) and dimx::dimx. Run with cmake -P.
+# Builds dimx, installs it into a prefix, then configures, builds and runs an outside project
+# that uses find_package(dimx) and dimx::dimx. Every installed public header is also compiled
+# on its own in that project, so a header that needs something the package does not ship
+# (a file from src/, a private dependency) fails here.
+# Run with: cmake -DDIMX_SOURCE_DIR=... -DWORK_DIR=... -DGENERATOR=... -P run.cmake
 foreach(v DIMX_SOURCE_DIR WORK_DIR GENERATOR)
   if(NOT DEFINED ${v})
     message(FATAL_ERROR "install_consumer: ${v} is not set")
   endif()
 endforeach()
-file(REMOVE_RECURSE ${WORK_DIR})
+set(build ${WORK_DIR}/build)
 set(prefix ${WORK_DIR}/prefix)
+set(consumer ${WORK_DIR}/consumer)
+# The dimx build folder is kept between runs (a rebuild is incremental); the install prefix
+# and the consumer are always made from scratch.
+file(REMOVE_RECURSE ${prefix} ${consumer})
 
 function(step name)
   execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
@@ -16,16 +23,31 @@ function(step name)
   set(step_output "${out}" PARENT_SCOPE)
 endfunction()
 
-step("configure dimx" ${CMAKE_COMMAND} -S ${DIMX_SOURCE_DIR} -B ${WORK_DIR}/dimx -G ${GENERATOR}
+step("configure dimx" ${CMAKE_COMMAND} -S ${DIMX_SOURCE_DIR} -B ${build} -G ${GENERATOR}
      -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX=${prefix} -DDIMX_WITH_CUDA=OFF
      -DDIMX_BUILD_TESTS=OFF -DDIMX_BUILD_EXAMPLES=OFF -DDIMX_BUILD_BENCH=OFF)
-step("build dimx" ${CMAKE_COMMAND} --build ${WORK_DIR}/dimx -j 2)
-step("install dimx" ${CMAKE_COMMAND} --install ${WORK_DIR}/dimx)
-step("configure consumer" ${CMAKE_COMMAND} -S ${CMAKE_CURRENT_LIST_DIR}/consumer -B ${WORK_DIR}/consumer
-     -G ${GENERATOR} -DCMAKE_PREFIX_PATH=${prefix})
-step("build consumer" ${CMAKE_COMMAND} --build ${WORK_DIR}/consumer)
-step("run consumer" ${WORK_DIR}/consumer/app)
-if(NOT step_output MATCHES "masked mean: 2 5")
+step("build dimx" ${CMAKE_COMMAND} --build ${build} -j 2)
+step("install dimx" ${CMAKE_COMMAND} --install ${build})
+
+# One translation unit per installed header, each including only that header.
+file(GLOB_RECURSE headers RELATIVE ${prefix}/include ${prefix}/include/dimx/*.h)
+if(NOT headers)
+  message(FATAL_ERROR "install_consumer: no headers installed under ${prefix}/include/dimx")
+endif()
+set(header_tus "")
+foreach(h IN LISTS headers)
+  string(MAKE_C_IDENTIFIER ${h} id)
+  file(WRITE ${consumer}/headers/${id}.cpp "#include <${h}>\n")
+  list(APPEND header_tus ${consumer}/headers/${id}.cpp)
+endforeach()
+
+step("configure consumer" ${CMAKE_COMMAND} -S ${CMAKE_CURRENT_LIST_DIR}/consumer -B ${consumer}/build
+     -G ${GENERATOR} -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=${prefix}
+     "-DHEADER_CHECK_SOURCES=${header_tus}")
+step("build consumer" ${CMAKE_COMMAND} --build ${consumer}/build -j 2)
+step("run consumer" ${consumer}/build/app)
+if(NOT step_output MATCHES "masked mean over time: 2 5\n")
   message(FATAL_ERROR "install_consumer: unexpected output:\n${step_output}")
 endif()
-message(STATUS "install_consumer: ${step_output}")
+list(LENGTH headers n)
+message(STATUS "install_consumer: ${n} public headers compile alone; app says: ${step_output}")

@@ -1,0 +1,187 @@
+// The CUDA backend: stream-ordered pooled allocation, cuBLAS GEMM and the kernels of gpu/*.cu
+// behind the positional interface of src/backend.h. Registered for Device::cuda when this
+// library loads. Every CUDA and cuBLAS call is checked and turned into a dimx::Error.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <mutex>
+
+#include "backend.h"
+#include "cpu/strided.h"
+#include "launch.h"
+
+namespace dimx::gpu {
+
+namespace {
+
+void check(cudaError_t e, const char* call) {
+  if (e != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky-free error state so later calls can go on
+    throw Error(std::string(call) + " failed: " + cudaGetErrorString(e));
+  }
+}
+
+void check(cublasStatus_t s, const char* call) {
+  if (s != CUBLAS_STATUS_SUCCESS) throw Error(std::string(call) + " failed: cuBLAS status " + std::to_string(int(s)));
+}
+
+template <int K>
+Meta<K> make_meta(const Shape& shape, const std::array<Strides, K>& strides) {
+  cpu::StridedSpace<K> c = cpu::collapse<K>(shape, strides);
+  if (c.shape.size() > size_t(kMaxDims)) throw Error("cuda: more than 8 non-mergeable axes are not supported");
+  Meta<K> m;
+  m.nd = int(c.shape.size());
+  m.n = numel_of(shape);
+  for (int d = 0; d < m.nd; ++d) {
+    m.shape[d] = c.shape[size_t(d)];
+    for (int k = 0; k < K; ++k) m.strides[k][d] = c.strides[size_t(k)][size_t(d)];
+  }
+  return m;
+}
+
+class CudaBackend final : public backend::Backend {
+ public:
+  using In = backend::In;
+  using Out = backend::Out;
+
+  cudaStream_t stream() {
+    std::call_once(init_, [this] {
+      check(cudaSetDevice(0), "cudaSetDevice(0)");
+      check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+      cudaMemPool_t pool;
+      check(cudaDeviceGetDefaultMemPool(&pool, 0), "cudaDeviceGetDefaultMemPool");
+      // Keep freed blocks in the pool instead of returning them to the driver at each sync.
+      uint64_t keep = ~uint64_t(0);
+      check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute");
+      check(cublasCreate(&blas_), "cublasCreate");
+      check(cublasSetStream(blas_, stream_), "cublasSetStream");
+    });
+    return stream_;
+  }
+
+  std::shared_ptr<Storage> allocate(size_t bytes) override {
+    cudaStream_t s = stream();
+    auto st = std::make_shared<Storage>();
+    st->bytes = bytes;
+    st->device = Device::cuda(0);
+    void* p = nullptr;
+    cudaError_t e = cudaMallocAsync(&p, bytes ? bytes : 1, s);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      throw Error("cudaMallocAsync(" + std::to_string(bytes) + " bytes) failed: " + cudaGetErrorString(e));
+    }
+    st->data = p;
+    st->release = [s](void* q) { cudaFreeAsync(q, s); };
+    return st;
+  }
+
+  void copy_from_host(void* dst, const void* src, size_t bytes) override {
+    if (!bytes) return;
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream()), "cudaMemcpyAsync(host to device)");
+    check(cudaStreamSynchronize(stream()), "cudaStreamSynchronize");
+  }
+
+  void copy_to_host(void* dst, const void* src, size_t bytes) override {
+    if (!bytes) return;
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream()), "cudaMemcpyAsync(device to host)");
+    check(cudaStreamSynchronize(stream()), "cudaStreamSynchronize");
+  }
+
+  void copy(const Shape& shape, DType src_dt, const In& src, DType dst_dt, const Out& dst) override {
+    launch_copy(src_dt, dst_dt, make_meta<2>(shape, {src.strides, dst.strides}), src.data, dst.data, stream());
+  }
+  void fill(DType dt, int64_t n, void* dst, double value) override { launch_fill(dt, n, dst, value, stream()); }
+  void iota(DType dt, int64_t n, void* dst) override { launch_iota(dt, n, dst, stream()); }
+  void unary(UnaryOp op, DType dt, const Shape& shape, const In& x, const Out& y) override {
+    launch_unary(op, dt, make_meta<2>(shape, {x.strides, y.strides}), x.data, y.data, stream());
+  }
+  void binary(BinaryOp op, DType dt, const Shape& shape, const In& a, const In& b, const Out& y) override {
+    launch_binary(op, dt, make_meta<3>(shape, {a.strides, b.strides, y.strides}), a.data, b.data, y.data, stream());
+  }
+  void where(DType dt, const Shape& shape, const In& c, const In& a, const In& b, const Out& y) override {
+    launch_where(dt, make_meta<4>(shape, {c.strides, a.strides, b.strides, y.strides}), c.data, a.data, b.data, y.data,
+                 stream());
+  }
+  void reduce(ReduceOp op, DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* len,
+              void* y) override {
+    launch_reduce(op, dt, A, N, B, x, len, y, stream());
+  }
+  void arg_reduce(bool is_max, DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* len,
+                  int64_t* y) override {
+    launch_arg_reduce(is_max, dt, A, N, B, x, len, y, stream());
+  }
+  void softmax(bool log, DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* len,
+               void* y) override {
+    launch_softmax(log, dt, A, N, B, x, len, y, stream());
+  }
+  void cumsum(DType dt, int64_t A, int64_t N, int64_t B, const void* x, void* y) override {
+    launch_cumsum(dt, A, N, B, x, y, stream());
+  }
+
+  void gemm(DType dt, const backend::Gemm& g) override {
+    if (dt != DType::f32 && dt != DType::f64)
+      throw Error(std::string("matmul: dtype ") + dtype_name(dt) + " not supported on cuda (f32, f64)");
+    stream();
+    if (g.k == 0) {
+      for (int64_t i = 0; i < g.batch; ++i)
+        check(cudaMemset2DAsync(static_cast<char*>(g.c) + i * g.stride_c * int64_t(dtype_size(dt)),
+                                size_t(g.ldc) * dtype_size(dt), 0, size_t(g.n) * dtype_size(dt), size_t(g.m), stream_),
+              "cudaMemset2DAsync");
+      return;
+    }
+    // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+    const cudaDataType t = dt == DType::f32 ? CUDA_R_32F : CUDA_R_64F;
+    const cublasComputeType_t ct = dt == DType::f32 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_64F;
+    const float one_f = 1, zero_f = 0;
+    const double one_d = 1, zero_d = 0;
+    const void* one = dt == DType::f32 ? static_cast<const void*>(&one_f) : &one_d;
+    const void* zero = dt == DType::f32 ? static_cast<const void*>(&zero_f) : &zero_d;
+    check(cublasGemmStridedBatchedEx(blas_, g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                     int(g.n), int(g.m), int(g.k), one, g.b, t, int(g.ldb), g.stride_b, g.a, t,
+                                     int(g.lda), g.stride_a, zero, g.c, t, int(g.ldc), g.stride_c, int(g.batch), ct,
+                                     CUBLAS_GEMM_DEFAULT),
+          "cublasGemmStridedBatchedEx");
+  }
+
+  bool gather(DType dt, const Shape& shape, const In& x, int64_t axis_stride, int64_t extent, const In& idx, bool clip,
+              const Out& y) override {
+    cudaStream_t s = stream();
+    int* bad = nullptr;
+    check(cudaMallocAsync(reinterpret_cast<void**>(&bad), sizeof(int), s), "cudaMallocAsync");
+    check(cudaMemsetAsync(bad, 0, sizeof(int), s), "cudaMemsetAsync");
+    launch_gather(dt, make_meta<3>(shape, {x.strides, idx.strides, y.strides}), x.data, axis_stride, extent,
+                  static_cast<const int64_t*>(idx.data), clip, y.data, bad, s);
+    int host = 0;
+    check(cudaMemcpyAsync(&host, bad, sizeof(int), cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync");
+    check(cudaFreeAsync(bad, s), "cudaFreeAsync");
+    check(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+    return host == 0;
+  }
+
+  void scatter_add(DType dt, const Shape& shape, const In& x, int64_t axis_stride, int64_t extent, const In& idx,
+                   const Out& y) override {
+    launch_scatter_add(dt, make_meta<3>(shape, {x.strides, idx.strides, y.strides}), x.data, axis_stride, extent,
+                       static_cast<const int64_t*>(idx.data), y.data, stream());
+  }
+
+  void random(backend::RandomKind kind, DType dt, int64_t n, uint64_t seed, uint64_t offset, double a, double b,
+              void* y) override {
+    launch_random(kind == backend::RandomKind::normal, dt, n, seed, offset, a, b, y, stream());
+  }
+
+ private:
+  std::once_flag init_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+};
+
+// Registers the backend when the library loads; never destroyed, since tensors held in
+// statics may be freed after other statics are gone.
+const bool registered = [] {
+  backend::register_backend(Device::Type::cuda, new CudaBackend);
+  return true;
+}();
+
+}  // namespace
+
+}  // namespace dimx::gpu

@@ -1,0 +1,245 @@
+// Elementwise kernels on strided operands: casts, fills, unary and binary math, where.
+#include <dimx/error.h>
+
+#include <cmath>
+#include <limits>
+
+#include "common.cuh"
+
+namespace dimx::gpu {
+
+void check_launch(const char* what) {
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) throw Error(std::string(what) + ": kernel launch failed: " + cudaGetErrorString(e));
+}
+
+namespace {
+
+template <class U, class T>
+__device__ __forceinline__ U convert(T v) {
+  if constexpr (std::is_same_v<U, bool>) {
+    return v != T(0);
+  } else if constexpr (std::is_floating_point_v<T> && std::is_integral_v<U>) {
+    if (v != v) return 0;
+    if (v >= T(std::numeric_limits<U>::max())) return std::numeric_limits<U>::max();
+    if (v <= T(std::numeric_limits<U>::lowest())) return std::numeric_limits<U>::lowest();
+    return U(v);
+  } else {
+    return U(v);
+  }
+}
+
+template <class T, class U>
+__global__ void copy_kernel(Meta<2> m, const T* x, U* y) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < m.n; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t o[2];
+    offsets(m, i, o);
+    y[o[1]] = convert<U>(x[o[0]]);
+  }
+}
+
+template <class T>
+__global__ void fill_kernel(int64_t n, T* y, T v) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) y[i] = v;
+}
+
+template <class T>
+__global__ void iota_kernel(int64_t n, T* y) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) y[i] = T(i);
+}
+
+template <class T>
+__device__ __forceinline__ T unary_float(UnaryOp op, T v) {
+  switch (op) {
+    case UnaryOp::neg: return -v;
+    case UnaryOp::abs: return ::fabs(v);
+    case UnaryOp::sign: return v > T(0) ? T(1) : (v < T(0) ? T(-1) : v);
+    case UnaryOp::square: return v * v;
+    case UnaryOp::sqrt: return ::sqrt(v);
+    case UnaryOp::rsqrt: return T(1) / ::sqrt(v);
+    case UnaryOp::reciprocal: return T(1) / v;
+    case UnaryOp::exp: return ::exp(v);
+    case UnaryOp::expm1: return ::expm1(v);
+    case UnaryOp::log: return ::log(v);
+    case UnaryOp::log1p: return ::log1p(v);
+    case UnaryOp::sin: return ::sin(v);
+    case UnaryOp::cos: return ::cos(v);
+    case UnaryOp::tanh: return ::tanh(v);
+    case UnaryOp::sigmoid: return T(1) / (T(1) + ::exp(-v));
+    case UnaryOp::relu: return v < T(0) ? T(0) : v;
+    case UnaryOp::gelu: return T(0.5) * v * (T(1) + ::erf(v * T(0.70710678118654752440)));
+    case UnaryOp::silu: return v / (T(1) + ::exp(-v));
+    case UnaryOp::softplus: return (v > T(0) ? v : T(0)) + ::log1p(::exp(-::fabs(v)));
+    case UnaryOp::erf: return ::erf(v);
+    case UnaryOp::floor: return ::floor(v);
+    case UnaryOp::ceil: return ::ceil(v);
+    case UnaryOp::round: return ::rint(v);
+    default: return v;
+  }
+}
+
+template <class T>
+__device__ __forceinline__ T unary_int(UnaryOp op, T v) {
+  switch (op) {
+    case UnaryOp::neg: return T(-v);
+    case UnaryOp::abs: return T(v < 0 ? -v : v);
+    case UnaryOp::sign: return T((v > 0) - (v < 0));
+    case UnaryOp::square: return T(v * v);
+    default: return v;
+  }
+}
+
+template <class T>
+__global__ void unary_kernel(UnaryOp op, Meta<2> m, const T* x, T* y) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < m.n; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t o[2];
+    offsets(m, i, o);
+    if constexpr (std::is_same_v<T, bool>) y[o[1]] = !x[o[0]];
+    else if constexpr (std::is_floating_point_v<T>) y[o[1]] = unary_float(op, x[o[0]]);
+    else y[o[1]] = unary_int(op, x[o[0]]);
+  }
+}
+
+template <class T>
+__device__ __forceinline__ T binary_arith(BinaryOp op, T a, T b) {
+  if constexpr (std::is_floating_point_v<T>) {
+    switch (op) {
+      case BinaryOp::add: return a + b;
+      case BinaryOp::sub: return a - b;
+      case BinaryOp::mul: return a * b;
+      case BinaryOp::div: return a / b;
+      case BinaryOp::floordiv: return ::floor(a / b);
+      case BinaryOp::mod: return a - ::floor(a / b) * b;
+      case BinaryOp::pow: return ::pow(a, b);
+      case BinaryOp::maximum: return a > b ? a : b;
+      case BinaryOp::minimum: return a < b ? a : b;
+      default: return a;
+    }
+  } else {
+    switch (op) {
+      case BinaryOp::add: return T(a + b);
+      case BinaryOp::sub: return T(a - b);
+      case BinaryOp::mul: return T(a * b);
+      case BinaryOp::floordiv: {
+        T q = a / b;
+        return (a % b != 0 && ((a < 0) != (b < 0))) ? T(q - 1) : q;
+      }
+      case BinaryOp::mod: {
+        T r = a % b;
+        return (r != 0 && ((r < 0) != (b < 0))) ? T(r + b) : r;
+      }
+      case BinaryOp::pow: {
+        if (b < 0) return a == 1 ? T(1) : (a == -1 ? ((b & 1) ? T(-1) : T(1)) : T(0));
+        T r = 1;
+        while (b) {
+          if (b & 1) r *= a;
+          a *= a;
+          b >>= 1;
+        }
+        return r;
+      }
+      case BinaryOp::maximum: return a > b ? a : b;
+      case BinaryOp::minimum: return a < b ? a : b;
+      default: return a;
+    }
+  }
+}
+
+template <class T>
+__device__ __forceinline__ bool compare(BinaryOp op, T a, T b) {
+  switch (op) {
+    case BinaryOp::equal: return a == b;
+    case BinaryOp::not_equal: return a != b;
+    case BinaryOp::less: return a < b;
+    case BinaryOp::less_equal: return a <= b;
+    case BinaryOp::greater: return a > b;
+    case BinaryOp::greater_equal: return a >= b;
+    case BinaryOp::logical_and: return bool(a) && bool(b);
+    case BinaryOp::logical_or: return bool(a) || bool(b);
+    default: return bool(a) != bool(b);
+  }
+}
+
+template <class T, class U>
+__global__ void binary_kernel(BinaryOp op, Meta<3> m, const T* a, const T* b, U* y) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < m.n; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t o[3];
+    offsets(m, i, o);
+    if constexpr (std::is_same_v<U, bool>) y[o[2]] = compare(op, a[o[0]], b[o[1]]);
+    else y[o[2]] = binary_arith(op, a[o[0]], b[o[1]]);
+  }
+}
+
+template <class T>
+__global__ void where_kernel(Meta<4> m, const bool* c, const T* a, const T* b, T* y) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < m.n; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t o[4];
+    offsets(m, i, o);
+    y[o[3]] = c[o[0]] ? a[o[1]] : b[o[2]];
+  }
+}
+
+}  // namespace
+
+void launch_copy(DType src, DType dst, const Meta<2>& m, const void* x, void* y, cudaStream_t s) {
+  dispatch(src, [&](auto st) {
+    dispatch(dst, [&](auto dt) {
+      using T = decltype(st);
+      using U = decltype(dt);
+      copy_kernel<T, U><<<blocks_for(m.n), 256, 0, s>>>(m, static_cast<const T*>(x), static_cast<U*>(y));
+    });
+  });
+  check_launch("copy");
+}
+
+void launch_fill(DType dt, int64_t n, void* y, double value, cudaStream_t s) {
+  dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    T v;
+    if constexpr (std::is_same_v<T, bool>) v = value != 0;
+    else v = T(value);
+    fill_kernel<T><<<blocks_for(n), 256, 0, s>>>(n, static_cast<T*>(y), v);
+  });
+  check_launch("fill");
+}
+
+void launch_iota(DType dt, int64_t n, void* y, cudaStream_t s) {
+  dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, bool>) iota_kernel<T><<<blocks_for(n), 256, 0, s>>>(n, static_cast<T*>(y));
+  });
+  check_launch("iota");
+}
+
+void launch_unary(UnaryOp op, DType dt, const Meta<2>& m, const void* x, void* y, cudaStream_t s) {
+  dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    unary_kernel<T><<<blocks_for(m.n), 256, 0, s>>>(op, m, static_cast<const T*>(x), static_cast<T*>(y));
+  });
+  check_launch(op_name(op));
+}
+
+void launch_binary(BinaryOp op, DType dt, const Meta<3>& m, const void* a, const void* b, void* y, cudaStream_t s) {
+  bool cmp = op >= BinaryOp::equal;
+  dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    if (cmp)
+      binary_kernel<T, bool><<<blocks_for(m.n), 256, 0, s>>>(op, m, static_cast<const T*>(a), static_cast<const T*>(b),
+                                                             static_cast<bool*>(y));
+    else if constexpr (!std::is_same_v<T, bool>)
+      binary_kernel<T, T><<<blocks_for(m.n), 256, 0, s>>>(op, m, static_cast<const T*>(a), static_cast<const T*>(b),
+                                                          static_cast<T*>(y));
+  });
+  check_launch(op_name(op));
+}
+
+void launch_where(DType dt, const Meta<4>& m, const void* c, const void* a, const void* b, void* y, cudaStream_t s) {
+  dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    where_kernel<T><<<blocks_for(m.n), 256, 0, s>>>(m, static_cast<const bool*>(c), static_cast<const T*>(a),
+                                                    static_cast<const T*>(b), static_cast<T*>(y));
+  });
+  check_launch("where");
+}
+
+}  // namespace dimx::gpu

@@ -1,0 +1,44 @@
+#pragma once
+// Launchers of the CUDA kernels, callable from host C++ (the .cu files define them). Shapes
+// arrive collapsed (at most kMaxDims axes) with element strides per operand.
+#include <dimx/dtype.h>
+#include <dimx/op_codes.h>
+
+#include <cstdint>
+
+typedef struct CUstream_st* cudaStream_t;
+
+namespace dimx::gpu {
+
+constexpr int kMaxDims = 8;
+
+template <int K>
+struct Meta {
+  int nd = 0;
+  int64_t n = 1;  // number of elements
+  int64_t shape[kMaxDims] = {};
+  int64_t strides[K][kMaxDims] = {};
+};
+
+void launch_copy(DType src, DType dst, const Meta<2>& m, const void* x, void* y, cudaStream_t s);
+void launch_fill(DType dt, int64_t n, void* y, double value, cudaStream_t s);
+void launch_iota(DType dt, int64_t n, void* y, cudaStream_t s);
+void launch_unary(UnaryOp op, DType dt, const Meta<2>& m, const void* x, void* y, cudaStream_t s);
+void launch_binary(BinaryOp op, DType dt, const Meta<3>& m, const void* a, const void* b, void* y, cudaStream_t s);
+void launch_where(DType dt, const Meta<4>& m, const void* c, const void* a, const void* b, void* y, cudaStream_t s);
+void launch_reduce(ReduceOp op, DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* len,
+                   void* y, cudaStream_t s);
+void launch_arg_reduce(bool is_max, DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* len,
+                       int64_t* y, cudaStream_t s);
+void launch_softmax(bool log, DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* len, void* y,
+                    cudaStream_t s);
+void launch_cumsum(DType dt, int64_t A, int64_t N, int64_t B, const void* x, void* y, cudaStream_t s);
+// bad (device int) is set to 1 when an index is out of range and clip is off.
+void launch_gather(DType dt, const Meta<3>& m, const void* x, int64_t axis_stride, int64_t extent, const int64_t* idx,
+                   bool clip, void* y, int* bad, cudaStream_t s);
+void launch_scatter_add(DType dt, const Meta<3>& m, const void* x, int64_t axis_stride, int64_t extent,
+                        const int64_t* idx, void* y, cudaStream_t s);
+void launch_random(bool normal, DType dt, int64_t n, uint64_t seed, uint64_t offset, double a, double b, void* y,
+                   cudaStream_t s);
+
+}  // namespace dimx::gpu

@@ -1,0 +1,235 @@
+// Reductions, softmax and cumsum along the middle axis of a contiguous [A, N, B] block with
+// optional valid lengths per (a, b). Rows (B == 1) get a block each; columns a thread each.
+#include <dimx/error.h>
+
+#include <cuda/std/limits>
+
+#include "common.cuh"
+
+namespace dimx::gpu {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+template <class T>
+__device__ __forceinline__ T lowest() {
+  if constexpr (std::is_floating_point_v<T>) return -cuda::std::numeric_limits<T>::infinity();
+  else return cuda::std::numeric_limits<T>::lowest();
+}
+template <class T>
+__device__ __forceinline__ T highest() {
+  if constexpr (std::is_floating_point_v<T>) return cuda::std::numeric_limits<T>::infinity();
+  else return cuda::std::numeric_limits<T>::max();
+}
+template <class T>
+__device__ __forceinline__ T identity(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::max: return lowest<T>();
+    case ReduceOp::min: return highest<T>();
+    case ReduceOp::all: return T(1);
+    default: return T(0);
+  }
+}
+template <class T>
+__device__ __forceinline__ T combine(ReduceOp op, T a, T v) {
+  switch (op) {
+    case ReduceOp::sum: return T(a + v);
+    case ReduceOp::max: return v > a ? v : a;
+    case ReduceOp::min: return v < a ? v : a;
+    case ReduceOp::any: return T(a || v);
+    case ReduceOp::all: return T(a && v);
+    default: return a;
+  }
+}
+
+__device__ __forceinline__ int64_t valid_len(const int64_t* len, int64_t i, int64_t N) {
+  if (!len) return N;
+  int64_t l = len[i];
+  return l < 0 ? 0 : (l > N ? N : l);
+}
+
+// Block-wide reduction of one value per thread.
+template <class T>
+__device__ T block_reduce(ReduceOp op, T v) {
+  __shared__ unsigned char raw[kThreads * sizeof(double)];
+  T* sh = reinterpret_cast<T*>(raw);
+  sh[threadIdx.x] = v;
+  __syncthreads();
+  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+    if (threadIdx.x < w) sh[threadIdx.x] = combine(op, sh[threadIdx.x], sh[threadIdx.x + w]);
+    __syncthreads();
+  }
+  T r = sh[0];
+  __syncthreads();
+  return r;
+}
+
+template <class T>
+__global__ void reduce_rows(ReduceOp op, int64_t N, const T* x, const int64_t* len, T* y) {
+  const int64_t a = blockIdx.x;
+  const int64_t L = valid_len(len, a, N);
+  const T* row = x + a * N;
+  if constexpr (std::is_floating_point_v<T>) {
+    if (op == ReduceOp::logsumexp) {
+      T m = lowest<T>();
+      for (int64_t i = threadIdx.x; i < L; i += blockDim.x) m = row[i] > m ? row[i] : m;
+      m = block_reduce(ReduceOp::max, m);
+      T s = 0;
+      if (m != lowest<T>())
+        for (int64_t i = threadIdx.x; i < L; i += blockDim.x) s += ::exp(row[i] - m);
+      s = block_reduce(ReduceOp::sum, s);
+      if (threadIdx.x == 0) y[a] = m == lowest<T>() ? m : m + ::log(s);
+      return;
+    }
+  }
+  T acc = identity<T>(op);
+  for (int64_t i = threadIdx.x; i < L; i += blockDim.x) acc = combine(op, acc, row[i]);
+  acc = block_reduce(op, acc);
+  if (threadIdx.x == 0) y[a] = acc;
+}
+
+template <class T>
+__global__ void reduce_cols(ReduceOp op, int64_t A, int64_t N, int64_t B, const T* x, const int64_t* len, T* y) {
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < A * B; t += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t a = t / B, b = t % B;
+    const int64_t L = valid_len(len, t, N);
+    const T* col = x + a * N * B + b;
+    if constexpr (std::is_floating_point_v<T>) {
+      if (op == ReduceOp::logsumexp) {
+        T m = lowest<T>();
+        for (int64_t n = 0; n < L; ++n) m = col[n * B] > m ? col[n * B] : m;
+        T s = 0;
+        if (m != lowest<T>())
+          for (int64_t n = 0; n < L; ++n) s += ::exp(col[n * B] - m);
+        y[t] = m == lowest<T>() ? m : m + ::log(s);
+        continue;
+      }
+    }
+    T acc = identity<T>(op);
+    for (int64_t n = 0; n < L; ++n) acc = combine(op, acc, col[n * B]);
+    y[t] = acc;
+  }
+}
+
+template <class T>
+__global__ void arg_cols(bool is_max, int64_t A, int64_t N, int64_t B, const T* x, const int64_t* len, int64_t* y) {
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < A * B; t += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t a = t / B, b = t % B;
+    const int64_t L = valid_len(len, t, N);
+    const T* col = x + a * N * B + b;
+    int64_t best = 0;
+    for (int64_t n = 1; n < L; ++n)
+      if (is_max ? col[n * B] > col[best * B] : col[n * B] < col[best * B]) best = n;
+    y[t] = best;
+  }
+}
+
+template <class T>
+__global__ void softmax_rows(bool log, int64_t N, const T* x, const int64_t* len, T* y) {
+  const int64_t a = blockIdx.x;
+  const int64_t L = valid_len(len, a, N);
+  const T* row = x + a * N;
+  T* out = y + a * N;
+  const T ninf = lowest<T>();
+  T m = ninf;
+  for (int64_t i = threadIdx.x; i < L; i += blockDim.x) m = row[i] > m ? row[i] : m;
+  m = block_reduce(ReduceOp::max, m);
+  T s = 0;
+  if (m != ninf)
+    for (int64_t i = threadIdx.x; i < L; i += blockDim.x) s += ::exp(row[i] - m);
+  s = block_reduce(ReduceOp::sum, s);
+  const T ls = ::log(s), inv = T(1) / s;
+  for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
+    bool valid = i < L && m != ninf;
+    out[i] = valid ? (log ? row[i] - m - ls : ::exp(row[i] - m) * inv) : (log ? ninf : T(0));
+  }
+}
+
+template <class T>
+__global__ void softmax_cols(bool log, int64_t A, int64_t N, int64_t B, const T* x, const int64_t* len, T* y) {
+  const T ninf = lowest<T>();
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < A * B; t += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t a = t / B, b = t % B;
+    const int64_t L = valid_len(len, t, N);
+    const T* col = x + a * N * B + b;
+    T* out = y + a * N * B + b;
+    T m = ninf;
+    for (int64_t n = 0; n < L; ++n) m = col[n * B] > m ? col[n * B] : m;
+    T s = 0;
+    if (m != ninf)
+      for (int64_t n = 0; n < L; ++n) s += ::exp(col[n * B] - m);
+    const T ls = ::log(s), inv = T(1) / s;
+    for (int64_t n = 0; n < N; ++n) {
+      bool valid = n < L && m != ninf;
+      out[n * B] = valid ? (log ? col[n * B] - m - ls : ::exp(col[n * B] - m) * inv) : (log ? ninf : T(0));
+    }
+  }
+}
+
+template <class T>
+__global__ void cumsum_cols(int64_t A, int64_t N, int64_t B, const T* x, T* y) {
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < A * B; t += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t a = t / B, b = t % B;
+    T acc = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      acc += x[(a * N + n) * B + b];
+      y[(a * N + n) * B + b] = acc;
+    }
+  }
+}
+
+}  // namespace
+
+void launch_reduce(ReduceOp op, DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* len, void* y,
+                   cudaStream_t s) {
+  if (A * B == 0) return;
+  dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    if (B == 1 && N >= 64)
+      reduce_rows<T><<<unsigned(A), kThreads, 0, s>>>(op, N, static_cast<const T*>(x), len, static_cast<T*>(y));
+    else
+      reduce_cols<T><<<blocks_for(A * B), kThreads, 0, s>>>(op, A, N, B, static_cast<const T*>(x), len,
+                                                             static_cast<T*>(y));
+  });
+  check_launch("reduce");
+}
+
+void launch_arg_reduce(bool is_max, DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* len,
+                       int64_t* y, cudaStream_t s) {
+  if (A * B == 0) return;
+  dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    arg_cols<T><<<blocks_for(A * B), kThreads, 0, s>>>(is_max, A, N, B, static_cast<const T*>(x), len, y);
+  });
+  check_launch("arg_reduce");
+}
+
+void launch_softmax(bool log, DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* len, void* y,
+                    cudaStream_t s) {
+  if (A * B * N == 0) return;
+  auto go = [&](auto tag) {
+    using T = decltype(tag);
+    if (B == 1)
+      softmax_rows<T><<<unsigned(A), kThreads, 0, s>>>(log, N, static_cast<const T*>(x), len, static_cast<T*>(y));
+    else
+      softmax_cols<T><<<blocks_for(A * B), kThreads, 0, s>>>(log, A, N, B, static_cast<const T*>(x), len,
+                                                              static_cast<T*>(y));
+  };
+  if (dt == DType::f32) go(float{});
+  else if (dt == DType::f64) go(double{});
+  else throw Error(std::string(log ? "log_softmax" : "softmax") + ": needs a floating dtype");
+  check_launch("softmax");
+}
+
+void launch_cumsum(DType dt, int64_t A, int64_t N, int64_t B, const void* x, void* y, cudaStream_t s) {
+  if (A * B * N == 0) return;
+  dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, bool>)
+      cumsum_cols<T><<<blocks_for(A * B), kThreads, 0, s>>>(A, N, B, static_cast<const T*>(x), static_cast<T*>(y));
+  });
+  check_launch("cumsum");
+}
+
+}  // namespace dimx::gpu

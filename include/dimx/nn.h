@@ -1,0 +1,12 @@
+#pragma once
+// Umbrella header for modules and layers: the module machinery (named parameters, train/eval,
+// reset, describe, load/save by name) and the basic layers.
+#include <dimx/dimx.h>
+#include <dimx/autograd.h>
+#include <dimx/io.h>
+#include <dimx/nn/activation.h>
+#include <dimx/nn/dropout.h>
+#include <dimx/nn/embedding.h>
+#include <dimx/nn/layer_norm.h>
+#include <dimx/nn/linear.h>
+#include <dimx/nn/module.h>

@@ -1,0 +1,66 @@
+#pragma once
+// Adam and AdamW as torch.optim.Adam / torch.optim.AdamW (single-tensor path):
+//   t += 1
+//   AdamW: p = p * (1 - lr * weight_decay)          (decoupled weight decay)
+//   Adam:  g = g + weight_decay * p                 (L2 penalty in the gradient)
+//   m = beta1 * m + (1 - beta1) * g
+//   v = beta2 * v + (1 - beta2) * g * g
+//   amsgrad: v_max = max(v_max, v), used instead of v below
+//   p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+// State per parameter: `exp_avg`, `exp_avg_sq` and with amsgrad `max_exp_avg_sq`.
+#include <dimx/optim/optimizer.h>
+
+namespace dimx::optim {
+
+struct AdamOptions {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0;
+  bool amsgrad = false;
+  bool maximize = false;
+};
+
+// AdamW's options: Adam's, with PyTorch's default weight_decay of 1e-2.
+struct AdamWOptions {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 1e-2;
+  bool amsgrad = false;
+  bool maximize = false;
+};
+
+class Adam : public Optimizer {
+ public:
+  // Throws dimx::Error for a negative lr, eps or weight_decay, betas outside [0, 1), an empty
+  // list, duplicate names or tensors, and a parameter that does not require grad.
+  Adam(NamedParameters params, AdamOptions options = {});
+  Adam(const std::vector<Tensor*>& params, AdamOptions options = {});
+
+  const AdamOptions& options() const { return opt_; }
+  double lr() const override { return opt_.lr; }
+  void set_lr(double lr) override;
+  std::map<std::string, std::string> options_map() const override;
+
+ protected:
+  Adam(std::string kind, NamedParameters params, AdamOptions options, bool decoupled);
+  void update(const std::string& name, const Tensor& param, const Tensor& grad, ParamState& st) override;
+  std::vector<std::string> buffer_names() const override;
+  void set_options_map(const std::map<std::string, std::string>& options) override;
+
+ private:
+  void validate(const AdamOptions& o) const;
+  AdamOptions opt_;
+  bool decoupled_;
+};
+
+class AdamW : public Adam {
+ public:
+  AdamW(NamedParameters params, AdamWOptions options = {});
+  AdamW(const std::vector<Tensor*>& params, AdamWOptions options = {});
+};
+
+}  // namespace dimx::optim
