@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 using namespace dimx;
 
 // [doc:layer]
@@ -97,7 +99,8 @@ int main() {
     check(layout_diff < 1e-5, "output independent of the input layout");
 
     // [doc:save]
-    std::filesystem::path path = std::filesystem::temp_directory_path() / "custom_layer.safetensors";
+    std::filesystem::path path = std::filesystem::temp_directory_path() /
+                                 ("custom_layer_" + std::to_string(::getpid()) + ".safetensors");
     nn::save_state(model, path.string());
 
     Generator other_gen(7);

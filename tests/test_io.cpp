@@ -576,6 +576,18 @@ TEST_CASE("io broken: unknown dtype", "[io][broken]") {
   check_broken(st_file(one(R"({"dtype":4,"shape":[2],"data_offsets":[0,8]})"), k8),
                Contains("'w'") && Contains("\"dtype\" must be a string"));
   check_broken(st_file(one(R"({"shape":[2],"data_offsets":[0,8]})"), k8), Contains("'w'") && Contains("missing \"dtype\""));
+  // Huge untrusted strings are shortened in messages.
+  TempDir tmp;
+  std::string p = tmp.file("long.safetensors");
+  write_bytes(p, st_file("{\"" + std::string(1 << 20, 'k') + R"(":{"dtype":")" + std::string(1 << 20, 'F') +
+                         R"(","shape":[2],"data_offsets":[0,8]}})", k8));
+  try {
+    SafeTensors::open(p);
+    FAIL("no error");
+  } catch (const dimx::Error& e) {
+    CHECK_THAT(e.what(), Contains("unknown dtype 'FFFF"));
+    CHECK(std::strlen(e.what()) < 1000);
+  }
 }
 
 TEST_CASE("io broken: shape with negative or non-integer entries", "[io][broken]") {

@@ -217,9 +217,13 @@ std::string extents_str(const Dims& dims) {
   return shape_str(e);
 }
 
+// Untrusted text (keys, JSON values) shortened for an error message.
+std::string clip(const std::string& s, size_t max = 120) { return s.size() <= max ? s : s.substr(0, max) + "..."; }
+std::string clip(const json& j) { return clip(j.dump()); }
+
 std::string file_prefix(const std::string& path) { return "safetensors '" + path + "': "; }
 std::string key_prefix(const std::string& path, const std::string& key) {
-  return "safetensors '" + path + "', key '" + key + "': ";
+  return "safetensors '" + path + "', key '" + clip(key) + "': ";
 }
 
 std::string json_kind(const json& j) { return j.type_name(); }
@@ -302,7 +306,7 @@ struct SafeTensors::Impl {
         ks += ", ...";
         break;
       }
-      ks += (ks.empty() ? "'" : ", '") + k + "'";
+      ks += (ks.empty() ? "'" : ", '") + clip(k) + "'";
     }
     throw Error(std::string(op) + ": no tensor '" + key + "' in safetensors '" + path + "' (" +
                 std::to_string(entries.size()) + " keys" + (ks.empty() ? "" : ": " + ks) + ")");
@@ -348,7 +352,7 @@ void SafeTensors::Impl::parse_header() {
       if (!v.is_object()) fail("\"__metadata__\" must be an object of strings, got " + json_kind(v));
       for (const auto& [mk, mv] : v.items()) {
         if (!mv.is_string())
-          fail("\"__metadata__\" entry '" + mk + "' must be a string, got " + json_kind(mv));
+          fail("\"__metadata__\" entry '" + clip(mk) + "' must be a string, got " + json_kind(mv));
         metadata[mk] = mv.get<std::string>();
       }
       continue;
@@ -367,8 +371,8 @@ void SafeTensors::Impl::parse_header() {
     const auto& [ka, a] = ranges[i - 1];
     const auto& [kb, b] = ranges[i];
     if (b->begin < a->end)
-      fail("data_offsets of keys '" + *ka + "' [" + std::to_string(a->begin) + ", " + std::to_string(a->end) +
-           ") and '" + *kb + "' [" + std::to_string(b->begin) + ", " + std::to_string(b->end) + ") overlap");
+      fail("data_offsets of keys '" + clip(*ka) + "' [" + std::to_string(a->begin) + ", " + std::to_string(a->end) +
+           ") and '" + clip(*kb) + "' [" + std::to_string(b->begin) + ", " + std::to_string(b->end) + ") overlap");
   }
 }
 
@@ -392,17 +396,17 @@ void SafeTensors::Impl::parse_entry(const std::string& key, const json& v) {
     bool ok = x.is_number_unsigned() ? x.get<uint64_t>() <= uint64_t(std::numeric_limits<int64_t>::max())
                                      : x.is_number_integer() && x.get<int64_t>() >= 0;
     if (!ok)
-      fail_key(key, "shape entry " + std::to_string(i) + " is " + x.dump() + "; shape must be non-negative integers");
+      fail_key(key, "shape entry " + std::to_string(i) + " is " + clip(x) + "; shape must be non-negative integers");
     int64_t d = x.get<int64_t>();
     e.info.shape.push_back(d);
-    if (__builtin_mul_overflow(numel, d, &numel)) fail_key(key, "shape " + sh->dump() + " has too many elements");
+    if (__builtin_mul_overflow(numel, d, &numel)) fail_key(key, "shape " + clip(*sh) + " has too many elements");
   }
   e.numel = numel;
 
   auto off = v.find("data_offsets");
   if (off == v.end()) fail_key(key, "missing \"data_offsets\"");
   if (!off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() || !(*off)[1].is_number_unsigned())
-    fail_key(key, "\"data_offsets\" must be two non-negative integers [begin, end], got " + off->dump());
+    fail_key(key, "\"data_offsets\" must be two non-negative integers [begin, end], got " + clip(*off));
   e.info.begin = (*off)[0].get<uint64_t>();
   e.info.end = (*off)[1].get<uint64_t>();
   const std::string offs = "data_offsets [" + std::to_string(e.info.begin) + ", " + std::to_string(e.info.end) + "]";

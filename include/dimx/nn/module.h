@@ -232,7 +232,7 @@ std::string describe(const M& m) {
   size_t count = 0;
   detail::visit(
       m, "", 0,
-      [&](const std::string& name, const Tensor& t) {
+      [&](const std::string&, const Tensor& t) {
         // Parameters are printed by their module (below); here only the totals.
         if (seen.insert(t.impl_ptr().get()).second) {
           total += t.numel();
