@@ -20,9 +20,11 @@ int device_count() {
 std::string device_name(int index) {
   cudaDeviceProp prop{};
   cudaError_t err = cudaGetDeviceProperties(&prop, index);
-  if (err != cudaSuccess)
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // a failed query must not surface at the next kernel launch
     throw Error("device_name: cudaGetDeviceProperties(" + std::to_string(index) +
                 ") failed: " + cudaGetErrorString(err));
+  }
   return std::string(prop.name) + " (sm_" + std::to_string(prop.major) + std::to_string(prop.minor) +
          ", " + std::to_string(prop.totalGlobalMem >> 30) + " GiB)";
 }

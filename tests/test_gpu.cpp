@@ -121,7 +121,7 @@ TEST_CASE("gpu: matmul matches the CPU", "[gpu]") {
 TEST_CASE("gpu: shape ops match the CPU", "[gpu]") {
   Dims3 d;
   Dim time2 = dynamic_dim(d.batch, {1, 3, 2}, "time2"), six(6, "six"), two(2, "two"), three(3, "three");
-  Dim w(3, "w"), k(4, "k");
+  Dim w(3, "w"), k(4, "k"), sl(3, "sl"), merged(6, "merged");
   consistent("shape", [&](Device dev) {
     Tensor x = input({d.batch, d.time, d.feat}, 20, dev), y = input({d.feat, time2, d.batch}, 21, dev);
     Tensor z = input({d.batch, six}, 22, dev);
@@ -130,12 +130,12 @@ TEST_CASE("gpu: shape ops match the CPU", "[gpu]") {
                      .to(dev);
     return std::vector<Tensor>{concat({{x, d.time}, {y, time2}}).first,
                                pad(x, {d.time}, {{1, 2}}, 0.5).first,
-                               slice(z, six, 1, 6, 2).first.contiguous(),
+                               slice(z, six, 1, 6, 2, sl).first.contiguous(),
                                gather(z, idx),
                                window(x, d.time, 3, std::nullopt, w).first,
                                shift_right(x, d.time, 2),
                                split_dims(z, six, {two, three}).contiguous(),
-                               merge_dims(split_dims(z, six, {two, three}), {three, two}).first.contiguous(),
+                               merge_dims(split_dims(z, six, {two, three}), {three, two}, merged).first.contiguous(),
                                copy_masked(x, {d.time}, -1)};
   });
 }
