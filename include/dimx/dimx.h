@@ -1,10 +1,13 @@
 #pragma once
-// Umbrella header: Dims, tensors and every op.
+// Umbrella header: Dims, tensors, every op, autograd and safetensors I/O (modules: dimx/nn.h,
+// optimizers: dimx/optim.h).
+#include <dimx/autograd.h>
 #include <dimx/device.h>
 #include <dimx/dim.h>
 #include <dimx/dtype.h>
 #include <dimx/elementwise.h>
 #include <dimx/error.h>
+#include <dimx/io.h>
 #include <dimx/matmul.h>
 #include <dimx/random.h>
 #include <dimx/reduce.h>
