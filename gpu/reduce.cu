@@ -2,9 +2,8 @@
 // optional valid lengths per (a, b). Rows (B == 1) get a block each; columns a thread each.
 #include <dimx/error.h>
 
-#include <cuda/std/limits>
-
 #include "common.cuh"
+#include "reduce_math.h"
 
 namespace dimx::gpu {
 
@@ -12,42 +11,10 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <class T>
-__device__ __forceinline__ T lowest() {
-  if constexpr (std::is_floating_point_v<T>) return -cuda::std::numeric_limits<T>::infinity();
-  else return cuda::std::numeric_limits<T>::lowest();
-}
-template <class T>
-__device__ __forceinline__ T highest() {
-  if constexpr (std::is_floating_point_v<T>) return cuda::std::numeric_limits<T>::infinity();
-  else return cuda::std::numeric_limits<T>::max();
-}
-template <class T>
-__device__ __forceinline__ T identity(ReduceOp op) {
-  switch (op) {
-    case ReduceOp::max: return lowest<T>();
-    case ReduceOp::min: return highest<T>();
-    case ReduceOp::all: return T(1);
-    default: return T(0);
-  }
-}
-template <class T>
-__device__ __forceinline__ T combine(ReduceOp op, T a, T v) {
-  switch (op) {
-    case ReduceOp::sum: return T(a + v);
-    case ReduceOp::max: return v > a ? v : a;
-    case ReduceOp::min: return v < a ? v : a;
-    case ReduceOp::any: return T(a || v);
-    case ReduceOp::all: return T(a && v);
-    default: return a;
-  }
-}
-
-__device__ __forceinline__ int64_t valid_len(const int64_t* len, int64_t i, int64_t N) {
-  if (!len) return N;
-  int64_t l = len[i];
-  return l < 0 ? 0 : (l > N ? N : l);
-}
+using reduce_math::combine;
+using reduce_math::identity;
+using reduce_math::lowest;
+using reduce_math::valid_len;
 
 // Block-wide reduction of one value per thread.
 template <class T>

@@ -9,49 +9,16 @@
 
 #include "cpu/cpu_backend.h"
 #include "cpu/parallel.h"
+#include "reduce_math.h"
 
 namespace dimx::cpu {
 
 namespace {
 
-template <class T>
-T lowest() {
-  if constexpr (std::is_floating_point_v<T>) return -std::numeric_limits<T>::infinity();
-  else return std::numeric_limits<T>::lowest();
-}
-template <class T>
-T highest() {
-  if constexpr (std::is_floating_point_v<T>) return std::numeric_limits<T>::infinity();
-  else return std::numeric_limits<T>::max();
-}
-
-template <class T>
-T identity(ReduceOp op) {
-  switch (op) {
-    case ReduceOp::max: return lowest<T>();
-    case ReduceOp::min: return highest<T>();
-    case ReduceOp::all: return T(1);
-    default: return T(0);
-  }
-}
-
-template <class T>
-T combine(ReduceOp op, T acc, T v) {
-  switch (op) {
-    case ReduceOp::sum: return T(acc + v);
-    case ReduceOp::max: return v > acc ? v : acc;
-    case ReduceOp::min: return v < acc ? v : acc;
-    case ReduceOp::any: return T(acc || v);
-    case ReduceOp::all: return T(acc && v);
-    default: return acc;
-  }
-}
-
-int64_t clamp_len(const int64_t* lengths, int64_t i, int64_t N) {
-  if (!lengths) return N;
-  int64_t l = lengths[i];
-  return l < 0 ? 0 : (l > N ? N : l);
-}
+using reduce_math::combine;
+using reduce_math::highest;
+using reduce_math::identity;
+using reduce_math::lowest;
 
 template <class T>
 using Vec = xsimd::batch<T>;
@@ -143,7 +110,7 @@ void reduce_impl(ReduceOp op, int64_t A, int64_t N, int64_t B, const T* x, const
   for_blocks(A, N, B, [&](int64_t a, int64_t b0, int64_t b1) {
     const T* xa = x + a * N * B;
     if (B == 1) {
-      int64_t L = clamp_len(len, a, N);
+      int64_t L = reduce_math::valid_len(len, a, N);
       if (op == ReduceOp::logsumexp) {
         if constexpr (std::is_floating_point_v<T>) {
           T m = reduce_row(ReduceOp::max, xa, L);
@@ -194,7 +161,7 @@ void softmax_impl(bool log, int64_t A, int64_t N, int64_t B, const T* x, const i
     const T* xa = x + a * N * B;
     T* ya = y + a * N * B;
     if (B == 1) {
-      int64_t L = clamp_len(len, a, N);
+      int64_t L = reduce_math::valid_len(len, a, N);
       T m = reduce_row(ReduceOp::max, xa, L);
       if (L == 0 || m == ninf) {
         std::fill(ya, ya + N, pad);
@@ -256,7 +223,7 @@ void CpuBackend::arg_reduce(bool is_max, DType dt, int64_t A, int64_t N, int64_t
     const T* x = static_cast<const T*>(xv);
     for_blocks(A, N, B, [&](int64_t a, int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        int64_t L = clamp_len(len, a * B + b, N), best = 0;
+        int64_t L = reduce_math::valid_len(len, a * B + b, N), best = 0;
         for (int64_t n = 1; n < L; ++n) {
           T v = x[(a * N + n) * B + b], cur = x[(a * N + best) * B + b];
           if (is_max ? v > cur : v < cur) best = n;
