@@ -6,9 +6,12 @@
 
 #include <mutex>
 
+#include <dimx/matmul.h>
+
 #include "backend.h"
 #include "cpu/strided.h"
 #include "launch.h"
+#include "dimx/gpu/runtime.h"
 
 namespace dimx::gpu {
 
@@ -131,7 +134,9 @@ class CudaBackend final : public backend::Backend {
     }
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
     const cudaDataType t = dt == DType::f32 ? CUDA_R_32F : CUDA_R_64F;
-    const cublasComputeType_t ct = dt == DType::f32 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_64F;
+    const cublasComputeType_t ct = dt == DType::f64 ? CUBLAS_COMPUTE_64F
+                                   : allow_tf32()   ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                    : CUBLAS_COMPUTE_32F;
     const float one_f = 1, zero_f = 0;
     const double one_d = 1, zero_d = 0;
     const void* one = dt == DType::f32 ? static_cast<const void*>(&one_f) : &one_d;
@@ -175,13 +180,16 @@ class CudaBackend final : public backend::Backend {
   cublasHandle_t blas_ = nullptr;
 };
 
-// Registers the backend when the library loads; never destroyed, since tensors held in
-// statics may be freed after other statics are gone.
-const bool registered = [] {
-  backend::register_backend(Device::Type::cuda, new CudaBackend);
-  return true;
+// Registered when the library loads; never destroyed, since tensors held in statics may be
+// freed after other statics are gone.
+CudaBackend* const g_backend = [] {
+  auto* b = new CudaBackend;
+  backend::register_backend(Device::Type::cuda, b);
+  return b;
 }();
 
 }  // namespace
+
+void synchronize() { check(cudaStreamSynchronize(g_backend->stream()), "cudaStreamSynchronize"); }
 
 }  // namespace dimx::gpu

@@ -160,6 +160,50 @@ __device__ __forceinline__ bool compare(BinaryOp op, T a, T b) {
   }
 }
 
+// All operands contiguous and 16-byte aligned: 16-byte loads and stores, V elements each.
+template <class T, class U, int V>
+__global__ void binary_contig_kernel(BinaryOp op, int64_t n, const T* a, const T* b, U* y) {
+  using Vec = typename std::aligned_storage<sizeof(T) * V, 16>::type;
+  const int64_t nv = n / V;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < nv; i += int64_t(gridDim.x) * blockDim.x) {
+    Vec va = reinterpret_cast<const Vec*>(a)[i], vb = reinterpret_cast<const Vec*>(b)[i], vy;
+    const T* pa = reinterpret_cast<const T*>(&va);
+    const T* pb = reinterpret_cast<const T*>(&vb);
+    T* py = reinterpret_cast<T*>(&vy);
+#pragma unroll
+    for (int j = 0; j < V; ++j) py[j] = binary_arith(op, pa[j], pb[j]);
+    reinterpret_cast<Vec*>(y)[i] = vy;
+  }
+  for (int64_t i = nv * V + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = binary_arith(op, a[i], b[i]);
+}
+
+template <class T, int V>
+__global__ void unary_contig_kernel(UnaryOp op, int64_t n, const T* x, T* y) {
+  using Vec = typename std::aligned_storage<sizeof(T) * V, 16>::type;
+  const int64_t nv = n / V;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < nv; i += int64_t(gridDim.x) * blockDim.x) {
+    Vec vx = reinterpret_cast<const Vec*>(x)[i], vy;
+    const T* px = reinterpret_cast<const T*>(&vx);
+    T* py = reinterpret_cast<T*>(&vy);
+#pragma unroll
+    for (int j = 0; j < V; ++j) py[j] = unary_float(op, px[j]);
+    reinterpret_cast<Vec*>(y)[i] = vy;
+  }
+  for (int64_t i = nv * V + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = unary_float(op, x[i]);
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+template <int K>
+bool all_contiguous(const Meta<K>& m) {
+  if (m.nd != 1) return m.nd == 0;
+  for (int k = 0; k < K; ++k)
+    if (m.strides[k][0] != 1) return false;
+  return true;
+}
+
 template <class T, class U>
 __global__ void binary_kernel(BinaryOp op, Meta<3> m, const T* a, const T* b, U* y) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < m.n; i += int64_t(gridDim.x) * blockDim.x) {
@@ -214,6 +258,14 @@ void launch_iota(DType dt, int64_t n, void* y, cudaStream_t s) {
 void launch_unary(UnaryOp op, DType dt, const Meta<2>& m, const void* x, void* y, cudaStream_t s) {
   dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
+    if constexpr (std::is_floating_point_v<T>) {
+      if (all_contiguous(m) && aligned16(x) && aligned16(y)) {
+        constexpr int V = 16 / sizeof(T);
+        unary_contig_kernel<T, V><<<blocks_for(m.n / V + 1), 256, 0, s>>>(op, m.n, static_cast<const T*>(x),
+                                                                          static_cast<T*>(y));
+        return;
+      }
+    }
     unary_kernel<T><<<blocks_for(m.n), 256, 0, s>>>(op, m, static_cast<const T*>(x), static_cast<T*>(y));
   });
   check_launch(op_name(op));
@@ -223,6 +275,14 @@ void launch_binary(BinaryOp op, DType dt, const Meta<3>& m, const void* a, const
   bool cmp = op >= BinaryOp::equal;
   dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
+    if constexpr (std::is_floating_point_v<T>) {
+      if (!cmp && all_contiguous(m) && aligned16(a) && aligned16(b) && aligned16(y)) {
+        constexpr int V = 16 / sizeof(T);
+        binary_contig_kernel<T, T, V><<<blocks_for(m.n / V + 1), 256, 0, s>>>(
+            op, m.n, static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(y));
+        return;
+      }
+    }
     if (cmp)
       binary_kernel<T, bool><<<blocks_for(m.n), 256, 0, s>>>(op, m, static_cast<const T*>(a), static_cast<const T*>(b),
                                                              static_cast<bool*>(y));

@@ -16,17 +16,21 @@ using reduce_math::identity;
 using reduce_math::lowest;
 using reduce_math::valid_len;
 
-// Block-wide reduction of one value per thread.
+// Block-wide reduction of one value per thread: warp shuffles, then one warp over the warps.
 template <class T>
 __device__ T block_reduce(ReduceOp op, T v) {
-  __shared__ unsigned char raw[kThreads * sizeof(double)];
+  __shared__ unsigned char raw[32 * sizeof(double)];
   T* sh = reinterpret_cast<T*>(raw);
-  sh[threadIdx.x] = v;
+  for (int o = 16; o > 0; o >>= 1) v = combine(op, v, T(__shfl_xor_sync(0xffffffffu, v, o)));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = (blockDim.x + 31) / 32;
+  if (lane == 0) sh[warp] = v;
   __syncthreads();
-  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-    if (threadIdx.x < w) sh[threadIdx.x] = combine(op, sh[threadIdx.x], sh[threadIdx.x + w]);
-    __syncthreads();
+  if (warp == 0) {
+    v = lane < warps ? sh[lane] : identity<T>(op);
+    for (int o = 16; o > 0; o >>= 1) v = combine(op, v, T(__shfl_xor_sync(0xffffffffu, v, o)));
+    if (lane == 0) sh[0] = v;
   }
+  __syncthreads();
   T r = sh[0];
   __syncthreads();
   return r;
@@ -92,8 +96,100 @@ __global__ void arg_cols(bool is_max, int64_t A, int64_t N, int64_t B, const T* 
   }
 }
 
+constexpr int kCached = 16;  // row elements each thread keeps in registers
+
+// One block per row; each element is read once and written once (rows up to kThreads * kCached).
 template <class T>
 __global__ void softmax_rows(bool log, int64_t N, const T* x, const int64_t* len, T* y) {
+  const int64_t a = blockIdx.x;
+  const int64_t L = valid_len(len, a, N);
+  const T* row = x + a * N;
+  T* out = y + a * N;
+  const T ninf = lowest<T>();
+  T v[kCached];
+  T m = ninf;
+#pragma unroll
+  for (int j = 0; j < kCached; ++j) {
+    int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
+    v[j] = i < L ? row[i] : ninf;
+    m = v[j] > m ? v[j] : m;
+  }
+  m = block_reduce(ReduceOp::max, m);
+  T s = 0;
+#pragma unroll
+  for (int j = 0; j < kCached; ++j) {
+    v[j] -= m;  // the shifted logit; -inf for the padding
+    if (m != ninf) s += ::exp(v[j]);
+  }
+  s = block_reduce(ReduceOp::sum, s);
+  const T ls = ::log(s), inv = T(1) / s;
+#pragma unroll
+  for (int j = 0; j < kCached; ++j) {
+    int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
+    if (i >= N) break;
+    bool valid = i < L && m != ninf;
+    out[i] = valid ? (log ? v[j] - ls : ::exp(v[j]) * inv) : (log ? ninf : T(0));
+  }
+}
+
+template <class T>
+__device__ __forceinline__ T warp_reduce(ReduceOp op, T v) {
+  for (int o = 16; o > 0; o >>= 1) v = combine(op, v, T(__shfl_xor_sync(0xffffffffu, v, o)));
+  return v;
+}
+
+// One warp per row of up to 32 * E elements, kept in registers: one read, one write, no
+// shared memory. E is a power of two picked from the row length.
+template <class T, int E>
+__global__ void softmax_warp_rows(bool log, int64_t A, int64_t N, const T* x, const int64_t* len, T* y) {
+  const int64_t a = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
+  if (a >= A) return;
+  const int lane = threadIdx.x % 32;
+  const int64_t L = valid_len(len, a, N);
+  const T* row = x + a * N;
+  T* out = y + a * N;
+  const T ninf = lowest<T>();
+  T v[E];
+  T m = ninf;
+#pragma unroll
+  for (int j = 0; j < E; ++j) {
+    int64_t i = lane + 32 * j;
+    v[j] = i < L ? row[i] : ninf;
+    m = v[j] > m ? v[j] : m;
+  }
+  m = warp_reduce(ReduceOp::max, m);
+  T s = 0;
+#pragma unroll
+  for (int j = 0; j < E; ++j) {
+    v[j] -= m;
+    if (m != ninf) s += ::exp(v[j]);
+  }
+  s = warp_reduce(ReduceOp::sum, s);
+  const T ls = ::log(s), inv = T(1) / s;
+#pragma unroll
+  for (int j = 0; j < E; ++j) {
+    int64_t i = lane + 32 * j;
+    if (i < N) {
+      bool valid = i < L && m != ninf;
+      out[i] = valid ? (log ? v[j] - ls : ::exp(v[j]) * inv) : (log ? ninf : T(0));
+    }
+  }
+}
+
+template <class T>
+void launch_warp_rows(bool log, int64_t A, int64_t N, const T* x, const int64_t* len, T* y, cudaStream_t s) {
+  const unsigned blocks = unsigned((A + 7) / 8);  // 8 rows (warps) per block of 256
+  if (N <= 32) softmax_warp_rows<T, 1><<<blocks, 256, 0, s>>>(log, A, N, x, len, y);
+  else if (N <= 64) softmax_warp_rows<T, 2><<<blocks, 256, 0, s>>>(log, A, N, x, len, y);
+  else if (N <= 128) softmax_warp_rows<T, 4><<<blocks, 256, 0, s>>>(log, A, N, x, len, y);
+  else if (N <= 256) softmax_warp_rows<T, 8><<<blocks, 256, 0, s>>>(log, A, N, x, len, y);
+  else if (N <= 512) softmax_warp_rows<T, 16><<<blocks, 256, 0, s>>>(log, A, N, x, len, y);
+  else softmax_warp_rows<T, 32><<<blocks, 256, 0, s>>>(log, A, N, x, len, y);
+}
+
+// Rows longer than the register cache: three passes over global memory.
+template <class T>
+__global__ void softmax_long_rows(bool log, int64_t N, const T* x, const int64_t* len, T* y) {
   const int64_t a = blockIdx.x;
   const int64_t L = valid_len(len, a, N);
   const T* row = x + a * N;
@@ -177,8 +273,12 @@ void launch_softmax(bool log, DType dt, int64_t A, int64_t N, int64_t B, const v
   if (A * B * N == 0) return;
   auto go = [&](auto tag) {
     using T = decltype(tag);
-    if (B == 1)
+    if (B == 1 && N <= 1024)
+      launch_warp_rows<T>(log, A, N, static_cast<const T*>(x), len, static_cast<T*>(y), s);
+    else if (B == 1 && N <= int64_t(kThreads) * kCached)
       softmax_rows<T><<<unsigned(A), kThreads, 0, s>>>(log, N, static_cast<const T*>(x), len, static_cast<T*>(y));
+    else if (B == 1)
+      softmax_long_rows<T><<<unsigned(A), kThreads, 0, s>>>(log, N, static_cast<const T*>(x), len, static_cast<T*>(y));
     else
       softmax_cols<T><<<blocks_for(A * B), kThreads, 0, s>>>(log, A, N, B, static_cast<const T*>(x), len,
                                                               static_cast<T*>(y));

@@ -1,11 +1,20 @@
 #include <dimx/matmul.h>
 #include <dimx/shape.h>
 
+#include <atomic>
+
 #include "autograd.h"
 #include "backend.h"
 #include "tensor_impl.h"
 
 namespace dimx {
+
+namespace {
+std::atomic<bool> g_allow_tf32{false};
+}  // namespace
+
+void set_allow_tf32(bool on) { g_allow_tf32 = on; }
+bool allow_tf32() { return g_allow_tf32; }
 
 namespace {
 

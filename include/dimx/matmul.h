@@ -14,4 +14,9 @@ inline Tensor matmul(const Tensor& a, const Tensor& b, const Dim& reduce, bool u
   return matmul(a, b, Dims{reduce}, use_mask);
 }
 
+// TF32 for f32 matmuls on GPUs that have it (10-bit mantissa products, f32 accumulation):
+// off by default, so f32 results match the CPU to f32 rounding. A process-wide switch.
+void set_allow_tf32(bool on);
+bool allow_tf32();
+
 }  // namespace dimx

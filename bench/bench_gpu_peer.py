@@ -1,0 +1,47 @@
+"""PyTorch peer of bench_gpu: the same cases on the same GPU, timed with CUDA events.
+
+Prints "case<TAB>median ms" per line; bench_gpu runs it as a subprocess and pairs the lines
+with its own cases by name.
+"""
+import torch
+
+
+def median_ms(fn, reps):
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def main():
+    dev = "cuda"
+    torch.manual_seed(0)
+    for n in (4096, 8192):
+        a = torch.randn(n, n, device=dev)
+        b = torch.randn(n, n, device=dev)
+        for tf32 in (False, True):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            ms = median_ms(lambda: a @ b, 10 if n == 8192 else 30)
+            print(f"matmul {n}^3 {'tf32' if tf32 else 'f32'}\t{ms}")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    a = torch.rand(256 << 20, device=dev)
+    b = torch.rand(256 << 20, device=dev)
+    print(f"add 256M f32\t{median_ms(lambda: a + b, 20)}")
+    x = torch.randn(64, 1024, 1024, device=dev)
+    print(f"softmax {{64,1024,1024}}\t{median_ms(lambda: torch.softmax(x, -1), 30)}")
+    lens = torch.tensor([512 + 8 * i for i in range(64)], device=dev)
+    mask = (torch.arange(1024, device=dev)[None, :] < lens[:, None])[:, :, None]
+    print(f"masked reduce_sum over time {{64,<=1024,1024}}\t{median_ms(lambda: (x * mask).sum(1), 30)}")
+
+
+if __name__ == "__main__":
+    main()
