@@ -3,6 +3,7 @@
 #define CATCH_CONFIG_RUNNER
 #include <dimx/autograd.h>
 #include <dimx/gpu/runtime.h>
+#include <dimx/nn.h>
 
 #include <iostream>
 
@@ -172,6 +173,26 @@ TEST_CASE("gpu: gradients match the CPU", "[gpu]") {
                   reduce_sum(log_softmax(gather(z, idx) * 3.0, k), {d.batch, k}) +
                   reduce_logsumexp(cumsum(padded.first, padded.second[0]), {padded.second[0], d.feat, d.batch});
     std::vector<Tensor> g = grad(loss, {x, w, z});
+    g.push_back(loss);
+    return g;
+  }, 1e-4, 1e-5);
+}
+
+TEST_CASE("gpu: a module moved to the GPU computes what it computes on the CPU", "[gpu]") {
+  Dims3 d;
+  Dim h(9, "h");
+  Generator gen(3);
+  nn::Linear cpu_lin(d.feat, h, gen), gpu_lin = cpu_lin;
+  nn::LayerNorm cpu_norm(h), gpu_norm = cpu_norm;
+  nn::to(gpu_lin, kGpu);
+  nn::to(gpu_norm, kGpu);
+  CHECK(gpu_lin.weight.device() == kGpu);
+  consistent("linear + layer norm", [&](Device dev) {
+    nn::Linear& lin = dev == kGpu ? gpu_lin : cpu_lin;
+    nn::LayerNorm& norm = dev == kGpu ? gpu_norm : cpu_norm;
+    Tensor x = input({d.batch, d.time, d.feat}, 30, dev);
+    Tensor loss = reduce_mean(square(norm(lin(x))), {d.batch, d.time, h});
+    std::vector<Tensor> g = grad(loss, {lin.weight, *lin.bias});
     g.push_back(loss);
     return g;
   }, 1e-4, 1e-5);

@@ -157,6 +157,22 @@ TEST_CASE("named_parameters lists a tied parameter once", "[nn]") {
   CHECK(nn::named_parameters(net, /*remove_duplicate=*/false).size() == names.size() + 1);
 }
 
+TEST_CASE("to(device) moves parameters as fresh leaves and keeps ties", "[nn]") {
+  Dims4 d;
+  Net net = d.make(1);
+  net.layers[1].ffn.up.weight = net.layers[0].ffn.up.weight;
+  Tensor before = net.layers[0].ffn.up.weight;
+  nn::to(net, Device::cpu());
+  CHECK(net.layers[0].ffn.up.weight.impl_ptr() != before.impl_ptr());
+  CHECK(net.layers[1].ffn.up.weight.impl_ptr() == net.layers[0].ffn.up.weight.impl_ptr());
+  CHECK(net.layers[0].ffn.up.weight.to_vector<float>() == before.to_vector<float>());
+  for (auto& [name, p] : nn::named_parameters(net)) {
+    INFO(name);
+    CHECK(p->requires_grad());
+    CHECK_FALSE(p->grad().defined());
+  }
+}
+
 TEST_CASE("num_parameters counts elements", "[nn]") {
   Dims4 d;
   Net net = d.make(1);

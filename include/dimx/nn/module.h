@@ -25,6 +25,7 @@
 //   parameters(m)            [Tensor*]
 //   num_parameters(m)        total number of elements
 //   train(m, on) / eval(m)   set Module::training on m and every submodule
+//   to(m, device)            move every parameter to a device (ties kept)
 //   reset_parameters(m, gen) calls each (sub)module's own `reset_parameters(Generator&)`
 //                            member, children before their parent (so a parent's custom
 //                            init of a child's weights wins)
@@ -203,6 +204,21 @@ void train(M& m, bool on = true) {
         if constexpr (std::is_base_of_v<Module, std::remove_cvref_t<decltype(mod)>>) mod.training = on;
       },
       detail::Ignore{});
+}
+
+// Moves every parameter to `device` (fresh leaves with the same requires_grad; gradients are
+// dropped). Tied parameters stay tied. Pointers from named_parameters stay valid, so build
+// optimizers after the move or keep using the same ones.
+template <class M>
+void to(M& m, Device device) {
+  std::map<const void*, Tensor> moved;
+  for (auto& [name, p] : named_parameters(m, /*remove_duplicate=*/false)) {
+    const void* key = p->impl_ptr().get();
+    auto it = moved.find(key);
+    if (it == moved.end())
+      it = moved.emplace(key, p->to(device).detach().with_requires_grad(p->requires_grad())).first;
+    *p = it->second;
+  }
 }
 
 template <class M>
