@@ -96,42 +96,6 @@ __global__ void arg_cols(bool is_max, int64_t A, int64_t N, int64_t B, const T* 
   }
 }
 
-constexpr int kCached = 16;  // row elements each thread keeps in registers
-
-// One block per row; each element is read once and written once (rows up to kThreads * kCached).
-template <class T>
-__global__ void softmax_rows(bool log, int64_t N, const T* x, const int64_t* len, T* y) {
-  const int64_t a = blockIdx.x;
-  const int64_t L = valid_len(len, a, N);
-  const T* row = x + a * N;
-  T* out = y + a * N;
-  const T ninf = lowest<T>();
-  T v[kCached];
-  T m = ninf;
-#pragma unroll
-  for (int j = 0; j < kCached; ++j) {
-    int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
-    v[j] = i < L ? row[i] : ninf;
-    m = v[j] > m ? v[j] : m;
-  }
-  m = block_reduce(ReduceOp::max, m);
-  T s = 0;
-#pragma unroll
-  for (int j = 0; j < kCached; ++j) {
-    v[j] -= m;  // the shifted logit; -inf for the padding
-    if (m != ninf) s += ::exp(v[j]);
-  }
-  s = block_reduce(ReduceOp::sum, s);
-  const T ls = ::log(s), inv = T(1) / s;
-#pragma unroll
-  for (int j = 0; j < kCached; ++j) {
-    int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
-    if (i >= N) break;
-    bool valid = i < L && m != ninf;
-    out[i] = valid ? (log ? v[j] - ls : ::exp(v[j]) * inv) : (log ? ninf : T(0));
-  }
-}
-
 template <class T>
 __device__ __forceinline__ T warp_reduce(ReduceOp op, T v) {
   for (int o = 16; o > 0; o >>= 1) v = combine(op, v, T(__shfl_xor_sync(0xffffffffu, v, o)));
@@ -187,7 +151,7 @@ void launch_warp_rows(bool log, int64_t A, int64_t N, const T* x, const int64_t*
   else softmax_warp_rows<T, 32><<<blocks, 256, 0, s>>>(log, A, N, x, len, y);
 }
 
-// Rows longer than the register cache: three passes over global memory.
+// Rows longer than a warp's registers hold: three passes over global memory.
 template <class T>
 __global__ void softmax_long_rows(bool log, int64_t N, const T* x, const int64_t* len, T* y) {
   const int64_t a = blockIdx.x;
@@ -275,8 +239,6 @@ void launch_softmax(bool log, DType dt, int64_t A, int64_t N, int64_t B, const v
     using T = decltype(tag);
     if (B == 1 && N <= 1024)
       launch_warp_rows<T>(log, A, N, static_cast<const T*>(x), len, static_cast<T*>(y), s);
-    else if (B == 1 && N <= int64_t(kThreads) * kCached)
-      softmax_rows<T><<<unsigned(A), kThreads, 0, s>>>(log, N, static_cast<const T*>(x), len, static_cast<T*>(y));
     else if (B == 1)
       softmax_long_rows<T><<<unsigned(A), kThreads, 0, s>>>(log, N, static_cast<const T*>(x), len, static_cast<T*>(y));
     else
