@@ -42,17 +42,20 @@ Meta<K> make_meta(const Shape& shape, const std::array<Strides, K>& strides) {
   return m;
 }
 
+// One instance per device; every entry point first makes its device current.
 class CudaBackend final : public backend::Backend {
  public:
   using In = backend::In;
   using Out = backend::Out;
 
+  explicit CudaBackend(int index) : index_(index) {}
+
   cudaStream_t stream() {
+    check(cudaSetDevice(index_), "cudaSetDevice");
     std::call_once(init_, [this] {
-      check(cudaSetDevice(0), "cudaSetDevice(0)");
       check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
       cudaMemPool_t pool;
-      check(cudaDeviceGetDefaultMemPool(&pool, 0), "cudaDeviceGetDefaultMemPool");
+      check(cudaDeviceGetDefaultMemPool(&pool, index_), "cudaDeviceGetDefaultMemPool");
       // Keep freed blocks in the pool instead of returning them to the driver at each sync.
       uint64_t keep = ~uint64_t(0);
       check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute");
@@ -66,7 +69,7 @@ class CudaBackend final : public backend::Backend {
     cudaStream_t s = stream();
     auto st = std::make_shared<Storage>();
     st->bytes = bytes;
-    st->device = Device::cuda(0);
+    st->device = Device::cuda(index_);
     void* p = nullptr;
     cudaError_t e = cudaMallocAsync(&p, bytes ? bytes : 1, s);
     if (e != cudaSuccess) {
@@ -74,7 +77,10 @@ class CudaBackend final : public backend::Backend {
       throw Error("cudaMallocAsync(" + std::to_string(bytes) + " bytes) failed: " + cudaGetErrorString(e));
     }
     st->data = p;
-    st->release = [s](void* q) { cudaFreeAsync(q, s); };
+    st->release = [s, index = index_](void* q) {
+      cudaSetDevice(index);
+      cudaFreeAsync(q, s);
+    };
     return st;
   }
 
@@ -124,7 +130,7 @@ class CudaBackend final : public backend::Backend {
   void gemm(DType dt, const backend::Gemm& g) override {
     if (dt != DType::f32 && dt != DType::f64)
       throw Error(std::string("matmul: dtype ") + dtype_name(dt) + " not supported on cuda (f32, f64)");
-    stream();
+    stream();  // makes this device current
     if (g.k == 0) {
       for (int64_t i = 0; i < g.batch; ++i)
         check(cudaMemset2DAsync(static_cast<char*>(g.c) + i * g.stride_c * int64_t(dtype_size(dt)),
@@ -175,21 +181,34 @@ class CudaBackend final : public backend::Backend {
   }
 
  private:
+  int index_;
   std::once_flag init_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
 };
 
-// Registered when the library loads; never destroyed, since tensors held in statics may be
-// freed after other statics are gone.
-CudaBackend* const g_backend = [] {
-  auto* b = new CudaBackend;
-  backend::register_backend(Device::Type::cuda, b);
-  return b;
+// Registered when the library loads. Backends are never destroyed, since tensors held in
+// statics may be freed after other statics are gone.
+const bool g_registered = [] {
+  backend::register_backend(Device::Type::cuda, [](int index) -> backend::Backend* {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+      cudaGetLastError();
+      n = 0;
+    }
+    if (index < 0 || index >= n)
+      throw Error("no device cuda:" + std::to_string(index) + " (" + std::to_string(n) + " CUDA device" +
+                  (n == 1 ? "" : "s") + " here)");
+    return new CudaBackend(index);
+  });
+  return true;
 }();
 
 }  // namespace
 
-void synchronize() { check(cudaStreamSynchronize(g_backend->stream()), "cudaStreamSynchronize"); }
+void synchronize(int index) {
+  auto& b = static_cast<CudaBackend&>(backend::backend_for(Device::cuda(index)));
+  check(cudaStreamSynchronize(b.stream()), "cudaStreamSynchronize");
+}
 
 }  // namespace dimx::gpu

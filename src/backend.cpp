@@ -1,23 +1,34 @@
 #include "backend.h"
 
 #include <array>
+#include <map>
+#include <mutex>
 
 namespace dimx::backend {
 
 Backend& cpu_backend();  // src/cpu/cpu_backend.cpp
 
 namespace {
-std::array<Backend*, 2> g_backends{};
-}
+std::mutex g_mu;
+std::array<BackendFactory, 2> g_factories{};
+std::map<std::pair<int, int>, Backend*> g_instances;  // never freed: tensors may outlive statics
+}  // namespace
 
-void register_backend(Device::Type type, Backend* backend) { g_backends[size_t(type)] = backend; }
+void register_backend(Device::Type type, BackendFactory factory) {
+  std::lock_guard<std::mutex> lk(g_mu);
+  g_factories[size_t(type)] = std::move(factory);
+}
 
 Backend& backend_for(Device device) {
   if (device.is_cpu()) return cpu_backend();
-  if (device.index != 0)
-    throw Error("no backend for device " + device.str() + ": only cuda:0 is supported so far");
-  Backend* b = g_backends[size_t(device.type)];
-  if (!b) throw Error("no backend for device " + device.str() + ": dimx was built or loaded without it");
+  std::lock_guard<std::mutex> lk(g_mu);
+  auto key = std::make_pair(int(device.type), device.index);
+  auto it = g_instances.find(key);
+  if (it != g_instances.end()) return *it->second;
+  const BackendFactory& make = g_factories[size_t(device.type)];
+  if (!make) throw Error("no backend for device " + device.str() + ": dimx was built or loaded without it");
+  Backend* b = make(device.index);  // throws for an index with no device
+  g_instances.emplace(key, b);
   return *b;
 }
 

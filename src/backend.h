@@ -5,6 +5,8 @@
 #include <dimx/elementwise.h>
 #include <dimx/reduce.h>
 
+#include <functional>
+
 #include "tensor_impl.h"
 
 namespace dimx::backend {
@@ -73,8 +75,11 @@ class Backend {
                       double a, double b, void* y) = 0;
 };
 
+// The backend of one device (created on first use).
 Backend& backend_for(Device device);
+// Makes the backend of device `index`; throws dimx::Error if there is no such device.
+using BackendFactory = std::function<Backend*(int index)>;
 // Installed by a device library (the CUDA layer) when it loads.
-void register_backend(Device::Type type, Backend* backend);
+void register_backend(Device::Type type, BackendFactory factory);
 
 }  // namespace dimx::backend

@@ -198,6 +198,27 @@ TEST_CASE("gpu: a module moved to the GPU computes what it computes on the CPU",
   }, 1e-4, 1e-5);
 }
 
+TEST_CASE("gpu: every device computes what the CPU computes", "[gpu]") {
+  const int n = gpu::device_count();
+  CHECK_THROWS_WITH(Tensor::ones({Dim(2, "two")}).to(Device::cuda(n)),
+                    Catch::Contains("cuda:" + std::to_string(n)) && Catch::Contains("CUDA device"));
+  Dims3 d;
+  Dim h(5, "h");
+  for (int i = 0; i < n; ++i) {
+    INFO("cuda:" << i);
+    const Device dev = Device::cuda(i);
+    Tensor x = input({d.batch, d.time, d.feat}, 40, Device::cpu()), w = input({h, d.feat}, 41, Device::cpu());
+    Tensor xd = x.to(dev).with_requires_grad(), wd = w.to(dev);
+    Tensor y = softmax(matmul(xd, wd, d.feat), h);
+    CHECK(y.device() == dev);
+    CHECK_VEC_APPROX(y.to_vector<double>({d.batch, d.time, h}),
+                     softmax(matmul(x, w, d.feat), h).to_vector<double>({d.batch, d.time, h}), 1e-5, 1e-6);
+    Tensor g = grad(reduce_sum(y * y, {d.batch, d.time, h}), {xd})[0];
+    CHECK(g.device() == dev);
+    if (i > 0) CHECK_THROWS_WITH(xd + x.to(Device::cuda(0)), Catch::Contains("different devices"));
+  }
+}
+
 TEST_CASE("gpu: device errors", "[gpu]") {
   Dim n(4, "n");
   Tensor c = Tensor::ones({n});

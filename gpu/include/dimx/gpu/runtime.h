@@ -9,7 +9,7 @@ int device_count();
 // "NVIDIA H100 80GB HBM3 (sm_90, 79 GiB)"; throws dimx::Error for a bad index.
 std::string device_name(int index);
 
-// Waits until all work queued on cuda:0 by dimx has finished (for timing).
-void synchronize();
+// Waits until all work queued on cuda:index by dimx has finished (for timing).
+void synchronize(int index = 0);
 
 }  // namespace dimx::gpu
