@@ -77,6 +77,9 @@ int main(int argc, char** argv) {
                       2.0 * double(n) * double(n) * double(n)});
     }
     set_allow_tf32(false);
+    Tensor ah = a.astype(DType::bf16), bh = b.astype(DType::bf16);
+    double ms = median_ms(n == 8192 ? 20 : 50, [&] { matmul(ah, bh, k); });
+    rows.push_back({std::string("matmul ") + std::to_string(n) + "^3 bf16", ms, 0, 2.0 * double(n) * double(n) * double(n)});
   }
   {
     Dim n(int64_t(256) << 20, "n");

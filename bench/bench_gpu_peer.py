@@ -32,6 +32,9 @@ def main():
             torch.backends.cuda.matmul.allow_tf32 = tf32
             ms = median_ms(lambda: a @ b, 10 if n == 8192 else 30)
             print(f"matmul {n}^3 {'tf32' if tf32 else 'f32'}\t{ms}")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        ah, bh = a.bfloat16(), b.bfloat16()
+        print(f"matmul {n}^3 bf16\t{median_ms(lambda: ah @ bh, 20 if n == 8192 else 50)}")
     torch.backends.cuda.matmul.allow_tf32 = False
     a = torch.rand(256 << 20, device=dev)
     b = torch.rand(256 << 20, device=dev)

@@ -2,6 +2,8 @@
 // Shared device helpers: strided offsets, launch geometry, dtype dispatch.
 #include <cuda_runtime.h>
 
+#include <dimx/error.h>
+
 #include <string>
 
 #include "launch.h"
@@ -36,7 +38,10 @@ void dispatch(DType dt, F&& f) {
     case DType::i32: return f(int32_t{});
     case DType::i64: return f(int64_t{});
     case DType::boolean: return f(bool{});
+    case DType::bf16:
+    case DType::f16: break;
   }
+  throw Error(std::string("dtype ") + dtype_name(dt) + " supports only casts, copies, gather and matmul; astype(f32) first");
 }
 
 }  // namespace dimx::gpu

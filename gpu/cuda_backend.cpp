@@ -128,8 +128,8 @@ class CudaBackend final : public backend::Backend {
   }
 
   void gemm(DType dt, const backend::Gemm& g) override {
-    if (dt != DType::f32 && dt != DType::f64)
-      throw Error(std::string("matmul: dtype ") + dtype_name(dt) + " not supported on cuda (f32, f64)");
+    if (dt != DType::f32 && dt != DType::f64 && !is_half(dt))
+      throw Error(std::string("matmul: dtype ") + dtype_name(dt) + " not supported on cuda (f32, f64, bf16, f16)");
     stream();  // makes this device current
     if (g.k == 0) {
       for (int64_t i = 0; i < g.batch; ++i)
@@ -139,14 +139,18 @@ class CudaBackend final : public backend::Backend {
       return;
     }
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
-    const cudaDataType t = dt == DType::f32 ? CUDA_R_32F : CUDA_R_64F;
+    // bf16/f16 accumulate in f32.
+    const cudaDataType t = dt == DType::f32    ? CUDA_R_32F
+                           : dt == DType::f64  ? CUDA_R_64F
+                           : dt == DType::bf16 ? CUDA_R_16BF
+                                               : CUDA_R_16F;
     const cublasComputeType_t ct = dt == DType::f64 ? CUBLAS_COMPUTE_64F
-                                   : allow_tf32()   ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                                    : CUBLAS_COMPUTE_32F;
+                                   : dt == DType::f32 && allow_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                                      : CUBLAS_COMPUTE_32F;
     const float one_f = 1, zero_f = 0;
     const double one_d = 1, zero_d = 0;
-    const void* one = dt == DType::f32 ? static_cast<const void*>(&one_f) : &one_d;
-    const void* zero = dt == DType::f32 ? static_cast<const void*>(&zero_f) : &zero_d;
+    const void* one = dt == DType::f64 ? static_cast<const void*>(&one_d) : &one_f;
+    const void* zero = dt == DType::f64 ? static_cast<const void*>(&zero_d) : &zero_f;
     check(cublasGemmStridedBatchedEx(blas_, g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
                                      int(g.n), int(g.m), int(g.k), one, g.b, t, int(g.ldb), g.stride_b, g.a, t,
                                      int(g.lda), g.stride_a, zero, g.c, t, int(g.ldc), g.stride_c, int(g.batch), ct,

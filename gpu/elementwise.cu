@@ -1,6 +1,9 @@
 // Elementwise kernels on strided operands: casts, fills, unary and binary math, where.
 #include <dimx/error.h>
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <cmath>
 #include <limits>
 
@@ -29,12 +32,37 @@ __device__ __forceinline__ U convert(T v) {
   }
 }
 
+// bf16/f16 convert through float.
+template <class T>
+__device__ __forceinline__ float widen(T v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
+  else if constexpr (std::is_same_v<T, __half>) return __half2float(v);
+  else return float(v);
+}
+
+template <class U, class T>
+__device__ __forceinline__ U cast(T v) {
+  constexpr bool t_half = std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>;
+  if constexpr (std::is_same_v<U, T>) return v;
+  else if constexpr (std::is_same_v<U, __nv_bfloat16>) return __float2bfloat16_rn(float(widen(v)));
+  else if constexpr (std::is_same_v<U, __half>) return __float2half_rn(float(widen(v)));
+  else if constexpr (t_half) return convert<U>(widen(v));
+  else return convert<U>(v);
+}
+
+template <class F>
+void dispatch_with_half(DType dt, F&& f) {
+  if (dt == DType::bf16) return f(__nv_bfloat16{});
+  if (dt == DType::f16) return f(__half{});
+  dispatch(dt, f);
+}
+
 template <class T, class U>
 __global__ void copy_kernel(Meta<2> m, const T* x, U* y) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < m.n; i += int64_t(gridDim.x) * blockDim.x) {
     int64_t o[2];
     offsets(m, i, o);
-    y[o[1]] = convert<U>(x[o[0]]);
+    y[o[1]] = cast<U>(x[o[0]]);
   }
 }
 
@@ -226,8 +254,8 @@ __global__ void where_kernel(Meta<4> m, const bool* c, const T* a, const T* b, T
 }  // namespace
 
 void launch_copy(DType src, DType dst, const Meta<2>& m, const void* x, void* y, cudaStream_t s) {
-  dispatch(src, [&](auto st) {
-    dispatch(dst, [&](auto dt) {
+  dispatch_with_half(src, [&](auto st) {
+    dispatch_with_half(dst, [&](auto dt) {
       using T = decltype(st);
       using U = decltype(dt);
       copy_kernel<T, U><<<blocks_for(m.n), 256, 0, s>>>(m, static_cast<const T*>(x), static_cast<U*>(y));

@@ -61,6 +61,11 @@ __global__ void random_kernel(bool normal, int64_t n, uint64_t seed, uint64_t of
 
 void launch_gather(DType dt, const Meta<3>& m, const void* x, int64_t axis_stride, int64_t extent, const int64_t* idx,
                    bool clip, void* y, int* bad, cudaStream_t s) {
+  if (dt == DType::bf16 || dt == DType::f16) {  // a gather moves bits: 2-byte words will do
+    gather_kernel<uint16_t><<<blocks_for(m.n), 256, 0, s>>>(m, static_cast<const uint16_t*>(x), axis_stride, extent,
+                                                            idx, clip, static_cast<uint16_t*>(y), bad);
+    return check_launch("gather");
+  }
   dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
     gather_kernel<T><<<blocks_for(m.n), 256, 0, s>>>(m, static_cast<const T*>(x), axis_stride, extent, idx, clip,

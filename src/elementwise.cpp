@@ -64,6 +64,7 @@ Tensor combine_impl(const Tensor& a, BinaryOp op, const Tensor& b, bool allow_br
   check_same_device(name, a, b);
   if (a.dtype() != b.dtype())
     fail(std::string(name) + ": dtype mismatch, a = " + a.str() + " vs b = " + b.str() + "; cast with astype()");
+  check_not_half(name, a);
   DType dt = a.dtype();
   if (is_logical(op) && dt != DType::boolean)
     fail(std::string(name) + ": needs bool operands, got a = " + a.str());
@@ -169,6 +170,7 @@ Tensor combine(double a, BinaryOp op, const Tensor& b) {
 Tensor apply(UnaryOp op, const Tensor& x) {
   const char* name = op_name(op);
   check_defined(name, x);
+  check_not_half(name, x);
   if (op == UnaryOp::isnan) return combine(x, BinaryOp::not_equal, x);
   if ((op == UnaryOp::logical_not) != (x.dtype() == DType::boolean))
     fail(std::string(name) + ": not defined for x = " + x.str());
@@ -191,6 +193,7 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b, bool allow_br
   check_same_device("where", a, b);
   if (cond.dtype() != DType::boolean) fail("where: cond must be bool, got cond = " + cond.str());
   if (a.dtype() != b.dtype()) fail("where: dtype mismatch, a = " + a.str() + " vs b = " + b.str());
+  check_not_half("where", a);
   Dims out = output_dims("where", {&a, &b, &cond}, allow_broadcast_all);
   Tensor y = empty(out, a.dtype(), a.device());
   backend::backend_for(a.device())

@@ -83,7 +83,8 @@ Tensor matmul(const Tensor& a0, const Tensor& b0, const Dims& reduce, bool use_m
     check_has_dim("matmul", b0, d, "b");
   }
   if (a0.dtype() != b0.dtype()) fail("matmul: dtype mismatch, a = " + a0.str() + " vs b = " + b0.str());
-  if (!is_floating(a0.dtype())) fail("matmul: needs f32 or f64, got a = " + a0.str());
+  if (!is_floating(a0.dtype()) && !is_half(a0.dtype()))
+    fail("matmul: needs f32, f64, bf16 or f16, got a = " + a0.str());
 
   Tensor a = a0, b = b0;
   for (const Dim& d : reduce) {

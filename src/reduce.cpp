@@ -18,6 +18,7 @@ const char* reduce_name(ReduceOp op) {
 }
 
 void check_dtype(ReduceOp op, const Tensor& x) {
+  check_not_half(reduce_name(op), x);
   DType dt = x.dtype();
   bool ok = op == ReduceOp::any || op == ReduceOp::all ? dt == DType::boolean
             : op == ReduceOp::mean || op == ReduceOp::logsumexp ? is_floating(dt)
@@ -48,6 +49,7 @@ Tensor arg_reduce(bool is_max, const Tensor& x0, const Dim& axis, bool use_mask)
   const char* op = is_max ? "reduce_argmax" : "reduce_argmin";
   check_dims(op, x0, {axis});
   if (x0.dtype() == DType::boolean) fail(std::string(op) + ": dtype not supported for x = " + x0.str());
+  check_not_half(op, x0);
   bool masked = use_mask && axis.is_dynamic();
   Tensor x = masked ? broadcast_to_include(x0, axis.lengths().dims()) : x0;
   Block b = as_block(x, {axis});

@@ -395,6 +395,7 @@ Tensor cumsum(const Tensor& x0, const Dim& axis) {
   check_defined("cumsum", x0);
   check_has_dim("cumsum", x0, axis);
   if (x0.dtype() == DType::boolean) fail("cumsum: dtype not supported for x = " + x0.str());
+  check_not_half("cumsum", x0);
   Tensor x = copy_masked(x0, {axis});
   Block b = as_block(x, {axis});
   Tensor y = empty(b.x.dims(), x.dtype(), x.device());

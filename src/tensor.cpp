@@ -71,6 +71,7 @@ Tensor Tensor::from_raw(Dims dims, DType dtype, const void* data, size_t count) 
 
 Tensor Tensor::full(Dims dims, double value, DType dtype) {
   check_unique("Tensor::full", dims);
+  if (is_half(dtype)) return full(std::move(dims), value, DType::f32).astype(dtype);
   Tensor t = empty(std::move(dims), dtype, Device::cpu());
   backend::backend_for(Device::cpu()).fill(dtype, t.numel(), t.impl().data(), value);
   return t;
@@ -184,16 +185,17 @@ std::string Tensor::to_string(size_t max_values) const {
   std::ostringstream os;
   os << str() << "\n";
   if (!impl_) return os.str();
-  Tensor c = contiguous().to(Device::cpu());
+  Tensor c = (is_half(dtype()) ? astype(DType::f32) : *this).contiguous().to(Device::cpu());
   Shape shape = extents(dims());
   int64_t budget = int64_t(max_values);
   const void* p = c.impl().data();
-  switch (dtype()) {
+  switch (c.dtype()) {
     case DType::f32: print_values(os, static_cast<const float*>(p), shape, 0, budget); break;
     case DType::f64: print_values(os, static_cast<const double*>(p), shape, 0, budget); break;
     case DType::i32: print_values(os, static_cast<const int32_t*>(p), shape, 0, budget); break;
     case DType::i64: print_values(os, static_cast<const int64_t*>(p), shape, 0, budget); break;
     case DType::boolean: print_values(os, static_cast<const bool*>(p), shape, 0, budget); break;
+    default: break;
   }
   return os.str();
 }

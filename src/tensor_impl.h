@@ -61,6 +61,8 @@ void check_defined(const char* op, const Tensor& t);
 void check_same_device(const char* op, const Tensor& a, const Tensor& b);
 void check_has_dim(const char* op, const Tensor& t, const Dim& d, const char* what = "x");
 void check_unique(const char* op, const Dims& dims);
+// bf16/f16 tensors only cast, copy, gather and matmul; other ops ask for astype(f32).
+void check_not_half(const char* op, const Tensor& t);
 [[noreturn]] void fail(const std::string& msg);
 
 // x broadcast (zero-copy) so it has every Dim of `dims` too; its own Dims stay first.

@@ -145,6 +145,27 @@ TEST_CASE("gpu: shape ops match the CPU", "[gpu]") {
   });
 }
 
+TEST_CASE("gpu: bf16 and f16 casts, gather and matmul match the CPU", "[gpu]") {
+  Dims3 d;
+  Dim h(70, "h"), k(4, "k"), six(6, "six");
+  for (DType dt : {DType::bf16, DType::f16}) {
+    consistent(std::string("half casts ") + dtype_name(dt), [&](Device dev) {
+      Tensor x = input({d.batch, d.time, d.feat}, 50, dev, -300, 300);
+      Tensor z = input({d.batch, six}, 51, dev).astype(dt);
+      Tensor idx = Tensor::from_vector<int32_t>({d.batch, k}, std::vector<int32_t>{0, 5, 5, 2, 1, 1, 1, 3, 4, 0, 2, 4})
+                       .with_sparse_dim(six)
+                       .to(dev);
+      return std::vector<Tensor>{x.astype(dt), x.astype(dt).astype(DType::f32), x.astype(dt).astype(DType::i32),
+                                 gather(z, idx), z.transpose_to({six, d.batch}).contiguous()};
+    }, 0, 0);
+    consistent(std::string("half matmul ") + dtype_name(dt), [&](Device dev) {
+      Tensor a = input({d.batch, h, d.feat}, 52, dev).astype(dt), w = input({d.feat, k}, 53, dev).astype(dt);
+      Tensor b = input({h, d.batch, k}, 54, dev).astype(dt);
+      return std::vector<Tensor>{matmul(a, w, d.feat), matmul(a, b, h)};
+    }, 1e-2, 1e-2);
+  }
+}
+
 TEST_CASE("gpu: random numbers and dropout are the same on both devices", "[gpu]") {
   Dims3 d;
   consistent("random", [&](Device dev) {

@@ -26,6 +26,7 @@ class CpuBackend final : public backend::Backend {
                void* y) override;
   void cumsum(DType dt, int64_t A, int64_t N, int64_t B, const void* x, void* y) override;
   void gemm(DType dt, const backend::Gemm& g) override;
+  void gemm_half(DType dt, const backend::Gemm& g);
   bool gather(DType dt, const Shape& shape, const In& x, int64_t axis_stride, int64_t extent, const In& idx,
               bool clip, const Out& y) override;
   void scatter_add(DType dt, const Shape& shape, const In& x, int64_t axis_stride, int64_t extent, const In& idx,
@@ -43,8 +44,10 @@ decltype(auto) dispatch(DType dt, F&& f) {
     case DType::i32: return f(int32_t{});
     case DType::i64: return f(int64_t{});
     case DType::boolean: return f(bool{});
+    case DType::bf16:
+    case DType::f16: break;
   }
-  return f(float{});
+  throw Error(std::string("dtype ") + dtype_name(dt) + " supports only casts, copies, gather and matmul; astype(f32) first");
 }
 
 // Index spaces below this many elements run on one thread.

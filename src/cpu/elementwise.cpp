@@ -8,6 +8,7 @@
 
 #include "cpu/cpu_backend.h"
 #include "cpu/strided.h"
+#include "half.h"
 
 namespace dimx::cpu {
 
@@ -296,6 +297,36 @@ void CpuBackend::copy(const Shape& shape, DType src_dt, const In& src, DType dst
                           }
                           for (int64_t i = 0; i < n; ++i) std::memcpy(p[1] + i * s[1], p[0] + i * s[0], es);
                         });
+    return;
+  }
+  // bf16/f16 go through f32: read as bits and widen, or narrow and write bits.
+  if (is_half(src_dt) && is_half(dst_dt)) {
+    bool from_bf16 = src_dt == DType::bf16;
+    scalar_map<uint16_t, uint16_t, 1>(shape, {src.data}, {src.strides}, dst.data, dst.strides, [from_bf16](uint16_t h) {
+      float f = from_bf16 ? half::bf16_to_f32(h) : half::f16_to_f32(h);
+      return from_bf16 ? half::f32_to_f16(f) : half::f32_to_bf16(f);
+    });
+    return;
+  }
+  if (is_half(src_dt)) {
+    bool bf = src_dt == DType::bf16;
+    dispatch(dst_dt, [&](auto dtag) {
+      using U = decltype(dtag);
+      scalar_map<uint16_t, U, 1>(shape, {src.data}, {src.strides}, dst.data, dst.strides, [bf](uint16_t h) {
+        return convert<U>(bf ? half::bf16_to_f32(h) : half::f16_to_f32(h));
+      });
+    });
+    return;
+  }
+  if (is_half(dst_dt)) {
+    bool bf = dst_dt == DType::bf16;
+    dispatch(src_dt, [&](auto st) {
+      using T = decltype(st);
+      scalar_map<T, uint16_t, 1>(shape, {src.data}, {src.strides}, dst.data, dst.strides, [bf](T v) {
+        float f = float(v);
+        return bf ? half::f32_to_bf16(f) : half::f32_to_f16(f);
+      });
+    });
     return;
   }
   dispatch(src_dt, [&](auto st) {

@@ -75,6 +75,8 @@ const char* file_name_of(DType dt) {
     case DType::i32: return "I32";
     case DType::i64: return "I64";
     case DType::boolean: return "BOOL";
+    case DType::bf16: return "BF16";
+    case DType::f16: return "F16";
   }
   throw Error("save_safetensors: invalid dtype");
 }
@@ -562,12 +564,16 @@ void convert(const SafeTensors::Impl& f, const std::string& key, const FileDType
       for (int64_t i = 0; i < n; ++i) o[i] = src[i] != 0;  // normalized to 0/1
       return;
     }
+    case DType::bf16:
+    case DType::f16: break;  // load() widens to f32 first
   }
 }
 
 }  // namespace
 
 Tensor SafeTensors::load(const std::string& key, const Dims& dims, std::optional<DType> dtype) const {
+  // bf16/f16 targets: widen to f32 (exact for BF16/F16 files), then round once.
+  if (dtype && is_half(*dtype)) return load(key, dims, DType::f32).astype(*dtype);
   const Impl& f = need(impl_, "SafeTensors::load");
   const Impl::Entry& e = f.entry(key, "SafeTensors::load");
   const std::string file_desc = e.info.dtype + shape_str(e.info.shape);
