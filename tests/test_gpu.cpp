@@ -240,6 +240,67 @@ TEST_CASE("gpu: every device computes what the CPU computes", "[gpu]") {
   }
 }
 
+TEST_CASE("gpu: the gradient of every differentiable op matches the CPU", "[gpu]") {
+  Dims3 d;
+  Dim h(5, "h"), six(6, "six"), two(2, "two"), three(3, "three"), k(4, "k"), w(3, "w"), sl(3, "sl"), merged(6, "merged");
+  Dim time2 = dynamic_dim(d.batch, {1, 3, 2}, "time2");
+  using F = std::function<Tensor(const Tensor& x, const Tensor& y, Device dev)>;
+  std::vector<std::pair<std::string, F>> ops;
+  for (int op = 0; op <= int(BinaryOp::minimum); ++op)
+    if (BinaryOp(op) != BinaryOp::floordiv)
+      ops.push_back({op_name(BinaryOp(op)), [op](const Tensor& x, const Tensor& y, Device) { return combine(x, BinaryOp(op), y); }});
+  for (int op = 0; op < int(UnaryOp::logical_not); ++op)
+    ops.push_back({op_name(UnaryOp(op)), [op](const Tensor& x, const Tensor&, Device) { return apply(UnaryOp(op), x); }});
+  for (ReduceOp op : {ReduceOp::sum, ReduceOp::mean, ReduceOp::max, ReduceOp::min, ReduceOp::logsumexp})
+    ops.push_back({"reduce " + std::to_string(int(op)), [op, &d](const Tensor& x, const Tensor&, Device) {
+                     return reduce(x, op, {d.time, d.feat});
+                   }});
+  ops.push_back({"where", [](const Tensor& x, const Tensor& y, Device) { return where(x > 1.0, x, y); }});
+  ops.push_back({"softmax", [&](const Tensor& x, const Tensor&, Device) { return softmax(x, d.time); }});
+  ops.push_back({"log_softmax", [&](const Tensor& x, const Tensor&, Device) { return log_softmax(x, d.feat); }});
+  ops.push_back({"matmul", [&](const Tensor& x, const Tensor& y, Device) { return matmul(x, y, d.time); }});
+  ops.push_back({"cumsum", [&](const Tensor& x, const Tensor&, Device) { return cumsum(x, d.time); }});
+  ops.push_back({"pad", [&](const Tensor& x, const Tensor&, Device) { return pad(x, {d.time}, {{1, 2}}).first; }});
+  ops.push_back({"window", [&](const Tensor& x, const Tensor&, Device) { return window(x, d.time, 3, std::nullopt, w).first; }});
+  ops.push_back({"shift_right", [&](const Tensor& x, const Tensor&, Device) { return shift_right(x, d.time, 1); }});
+  ops.push_back({"concat", [&](const Tensor& x, const Tensor& y, Device) {
+                   return concat({{x, d.time}, {slice(y, d.time, 0, 3, 1, time2).first, time2}}).first;
+                 }});
+  ops.push_back({"slice", [&](const Tensor& x, const Tensor&, Device) { return slice(x, d.feat, 1, 7, 2, sl).first; }});
+  ops.push_back({"transpose+expand", [&](const Tensor& x, const Tensor&, Device) {
+                   return expand_dim(x.transpose_to({d.feat, d.batch, d.time}), h);
+                 }});
+  ops.push_back({"dropout", [&](const Tensor& x, const Tensor&, Device dev) {
+                   Generator gen(5);
+                   return dropout(x, 0.3, gen, true, {d.feat});
+                 }});
+  for (auto& [name, f] : ops) {
+    consistent("grad of " + name, [&, f = f](Device dev) {
+      Tensor x = input({d.batch, d.time, d.feat}, 60, dev, 0.3, 1.8).with_requires_grad();
+      Tensor y = input({d.time, d.batch, d.feat}, 61, dev, 0.3, 1.8).with_requires_grad();
+      Tensor out = f(x, y, dev);
+      Tensor wgt = input(out.dims(), 62, dev, 0.5, 1.5);
+      Tensor loss = reduce_sum(mul(out, wgt, true), out.dims());
+      if (loss.ndim()) loss = reduce_sum(loss, loss.dims());
+      std::vector<Tensor> g = grad(loss, {x, y}, Tensor(), true);
+      std::vector<Tensor> res;
+      for (const Tensor& t : g)
+        if (t.defined()) res.push_back(t);
+      return res;
+    }, 1e-4, 1e-5);
+  }
+  // gather, split and merge
+  consistent("grad of gather/split/merge", [&](Device dev) {
+    Tensor z = input({d.batch, six}, 63, dev).with_requires_grad();
+    Tensor idx = Tensor::from_vector<int32_t>({d.batch, k}, std::vector<int32_t>{0, 5, 5, 2, 1, 1, 1, 3, 4, 0, 2, 4})
+                     .with_sparse_dim(six)
+                     .to(dev);
+    Tensor m = merge_dims(split_dims(z, six, {two, three}), {three, two}, merged).first;
+    Tensor loss = reduce_sum(square(gather(z, idx)), {d.batch, k}) + reduce_sum(exp(m), {d.batch, merged});
+    return grad(loss, {z});
+  }, 1e-4, 1e-5);
+}
+
 TEST_CASE("gpu: device errors", "[gpu]") {
   Dim n(4, "n");
   Tensor c = Tensor::ones({n});
