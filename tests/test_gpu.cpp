@@ -301,6 +301,22 @@ TEST_CASE("gpu: the gradient of every differentiable op matches the CPU", "[gpu]
   }, 1e-4, 1e-5);
 }
 
+TEST_CASE("gpu: causal dot_attention and its gradients match the CPU", "[gpu]") {
+  Dims3 d;
+  Dim heads(2, "heads"), key(8, "key"), value(5, "value");
+  nn::DotAttentionOptions o;
+  o.causal_query_dim = d.time;
+  consistent("dot_attention", [&](Device dev) {
+    Tensor q = input({d.batch, d.time, heads, key}, 70, dev).with_requires_grad();
+    Tensor k = input({heads, d.time, d.batch, key}, 71, dev).with_requires_grad();
+    Tensor v = input({d.time, d.batch, heads, value}, 72, dev).with_requires_grad();
+    Tensor out = copy_masked(nn::dot_attention(q, k, v, key, d.time, o), {d.time});
+    std::vector<Tensor> g = grad(reduce_sum(square(out), {d.batch, d.time, heads, value}), {q, k, v});
+    g.push_back(out);
+    return g;
+  }, 1e-4, 1e-5);
+}
+
 TEST_CASE("gpu: device errors", "[gpu]") {
   Dim n(4, "n");
   Tensor c = Tensor::ones({n});

@@ -1,0 +1,38 @@
+#pragma once
+// Scaled dot-product attention by Dim (RETURNN's dot_attention).
+//
+//   energy  = matmul(q * scale, k, reduce = key_dim)      scale defaults to key_dim^-0.5
+//   weights = softmax(energy, axis)                        padded keys (axis's lengths) get 0
+//   weights = dropout(weights)                             training only; with broadcast,
+//                                                          the mask is shared over all Dims but axis
+//   out     = matmul(weights, v, reduce = axis)            v's Dims without axis, plus q's extra Dims
+//
+// q: {..., key_dim}; k: {..., axis, key_dim}; v: {..., axis}. If q has `axis` too
+// (self-attention), k and v are moved to a fresh key Dim with the same lengths first.
+// Causal: with causal_query_dim, key j is visible to query i iff j <= i (and j is a valid
+// frame of its sequence); this is a key Dim whose lengths are indexed by the query position,
+// so causality and padding are one mask. Padded query frames give finite, unspecified values.
+#include <dimx/random.h>
+#include <dimx/tensor.h>
+
+#include <optional>
+
+namespace dimx::nn {
+
+struct DotAttentionOptions {
+  double att_dropout = 0;
+  bool att_dropout_broadcast = false;
+  std::optional<Dim> causal_query_dim;  // q's time Dim, aligned with axis frame by frame
+  std::optional<double> scale;          // default: 1 / sqrt(key_dim.size())
+  Generator* gen = nullptr;             // needed when att_dropout > 0 in training
+  bool training = false;
+};
+
+Tensor dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Dim& key_dim, const Dim& axis,
+                     const DotAttentionOptions& options = {});
+
+// The key Dim of causal attention: frames of `axis`, where query i sees keys j <= i of its
+// sequence (lengths min(i + 1, len)). Cached per (query, axis) pair, so it keeps its identity.
+Dim causal_key_dim(const Dim& query, const Dim& axis);
+
+}  // namespace dimx::nn

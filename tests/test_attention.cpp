@@ -1,0 +1,176 @@
+// dot_attention against a naive loop: padded keys, causal masking through a key Dim indexed by
+// the query, padding invariance, float64 gradients, dropout and errors.
+#include <dimx/nn.h>
+
+#include "test_util.h"
+
+using namespace dimx;
+using namespace dimx_test;
+
+namespace {
+
+struct Setup {
+  Dim batch{3, "batch"};
+  Dim time = dynamic_dim(batch, {5, 2, 4}, "time");
+  Dim heads{2, "heads"};
+  Dim key{4, "key"};
+  Dim value{3, "value"};
+};
+
+Tensor rnd(const Dims& dims, uint32_t seed, DType dt = DType::f32) {
+  Tensor t = Tensor::from_vector<double>(dims, random_doubles(size_t(numel_of(dims)), seed, -1.5, 1.5)).astype(dt);
+  auto perms = dim_permutations(dims, 24);
+  return t.transpose_to(perms[seed % perms.size()]);
+}
+
+// out[b, h, i, :] = sum_j softmax_j(q[b,h,i] . k[b,h,j] / sqrt(K)) v[b,h,j], j < len (and j <= i if causal).
+std::vector<double> naive(const Setup& s, const Tensor& q, const Tensor& k, const Tensor& v, bool causal) {
+  const Dims qd{s.batch, s.heads, s.time, s.key}, vd{s.batch, s.heads, s.time, s.value};
+  auto Q = q.to_vector<double>(qd), K = k.to_vector<double>(qd), V = v.to_vector<double>(vd);
+  const int64_t B = 3, H = 2, T = s.time.extent(), D = 4, E = 3;
+  std::vector<int32_t> lens = s.time.lengths().to_vector<int32_t>();
+  std::vector<double> out(size_t(B * H * T * E), 0.0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < T; ++i) {
+        int64_t n = causal ? std::min<int64_t>(i + 1, lens[size_t(b)]) : lens[size_t(b)];
+        std::vector<double> e(static_cast<size_t>(n));
+        double m = -1e300, z = 0;
+        for (int64_t j = 0; j < n; ++j) {
+          double acc = 0;
+          for (int64_t d = 0; d < D; ++d) acc += Q[size_t(((b * H + h) * T + i) * D + d)] * K[size_t(((b * H + h) * T + j) * D + d)];
+          e[size_t(j)] = acc / 2.0;  // sqrt(4)
+          m = std::max(m, e[size_t(j)]);
+        }
+        for (int64_t j = 0; j < n; ++j) z += std::exp(e[size_t(j)] - m);
+        for (int64_t j = 0; j < n; ++j)
+          for (int64_t c = 0; c < E; ++c)
+            out[size_t(((b * H + h) * T + i) * E + c)] +=
+                std::exp(e[size_t(j)] - m) / z * V[size_t(((b * H + h) * T + j) * E + c)];
+      }
+  return out;
+}
+
+// Only valid query frames are compared (padded queries are unspecified).
+void check_valid(const Setup& s, const Tensor& out, const std::vector<double>& want) {
+  const Dims od{s.batch, s.heads, s.time, s.value};
+  auto got = out.to_vector<double>(od);
+  std::vector<int32_t> lens = s.time.lengths().to_vector<int32_t>();
+  const int64_t T = s.time.extent();
+  for (int64_t b = 0; b < 3; ++b)
+    for (int64_t h = 0; h < 2; ++h)
+      for (int64_t i = 0; i < lens[size_t(b)]; ++i)
+        for (int64_t c = 0; c < 3; ++c) {
+          size_t at = size_t(((b * 2 + h) * T + i) * 3 + c);
+          INFO("b " << b << " h " << h << " i " << i << " c " << c);
+          CHECK(got[at] == Approx(want[at]).epsilon(1e-5).margin(1e-6));
+          CHECK(std::isfinite(got[at]));
+        }
+}
+
+}  // namespace
+
+TEST_CASE("dot_attention: self-attention over padded sequences matches a naive loop", "[attention]") {
+  Setup s;
+  Tensor q = rnd({s.batch, s.time, s.heads, s.key}, 1), k = rnd({s.heads, s.batch, s.time, s.key}, 2);
+  Tensor v = rnd({s.time, s.batch, s.heads, s.value}, 3);
+  Tensor out = nn::dot_attention(q, k, v, s.key, s.time);
+  CHECK(out.ndim() == 4);
+  CHECK(out.has_dim(s.time));
+  CHECK(out.has_dim(s.value));
+  check_valid(s, out, naive(s, q, k, v, false));
+}
+
+TEST_CASE("dot_attention: causal masking is a key Dim indexed by the query", "[attention]") {
+  Setup s;
+  Tensor q = rnd({s.batch, s.time, s.heads, s.key}, 4), k = rnd({s.batch, s.time, s.heads, s.key}, 5);
+  Tensor v = rnd({s.batch, s.time, s.heads, s.value}, 6);
+  nn::DotAttentionOptions o;
+  o.causal_query_dim = s.time;
+  check_valid(s, nn::dot_attention(q, k, v, s.key, s.time, o), naive(s, q, k, v, true));
+  Dim ck = nn::causal_key_dim(s.time, s.time);
+  CHECK(ck == nn::causal_key_dim(s.time, s.time));
+  // lengths min(i + 1, len_b) over {query, batch}
+  CHECK(ck.lengths().to_vector<int32_t>({s.time, s.batch}) ==
+        std::vector<int32_t>{1, 1, 1, 2, 2, 2, 3, 2, 3, 4, 2, 4, 5, 2, 4});
+}
+
+TEST_CASE("dot_attention: each sequence of a padded batch equals that sequence alone", "[attention]") {
+  Setup s;
+  Tensor q = rnd({s.batch, s.time, s.heads, s.key}, 7), k = rnd({s.batch, s.time, s.heads, s.key}, 8);
+  Tensor v = rnd({s.batch, s.time, s.heads, s.value}, 9);
+  nn::DotAttentionOptions o;
+  o.causal_query_dim = s.time;
+  for (bool causal : {false, true}) {
+    Tensor out = nn::dot_attention(q, k, v, s.key, s.time, causal ? o : nn::DotAttentionOptions{});
+    auto full = out.to_vector<double>({s.batch, s.time, s.heads, s.value});
+    std::vector<int32_t> lens = s.time.lengths().to_vector<int32_t>();
+    for (int64_t b = 0; b < 3; ++b) {
+      INFO("sequence " << b << (causal ? " causal" : ""));
+      Dim t(lens[size_t(b)], "t");
+      auto take = [&](const Tensor& x, const Dim& last) {
+        Tensor xb = gather(x, Tensor::scalar(double(b), DType::i32), s.batch);
+        return slice(xb, s.time, 0, lens[size_t(b)], 1, t).first.transpose_to({t, s.heads, last});
+      };
+      nn::DotAttentionOptions ob;
+      if (causal) ob.causal_query_dim = t;
+      Tensor alone = nn::dot_attention(take(q, s.key), take(k, s.key), take(v, s.value), s.key, t, ob);
+      auto a = alone.to_vector<double>({t, s.heads, s.value});
+      for (int64_t i = 0; i < lens[size_t(b)]; ++i)
+        for (int64_t h = 0; h < 2; ++h)
+          for (int64_t c = 0; c < 3; ++c)
+            CHECK(full[size_t(((b * s.time.extent() + i) * 2 + h) * 3 + c)] ==
+                  Approx(a[size_t((i * 2 + h) * 3 + c)]).epsilon(1e-5).margin(1e-6));
+    }
+  }
+}
+
+TEST_CASE("dot_attention: gradients of q, k and v match float64 finite differences", "[attention]") {
+  Setup s;
+  Tensor q = rnd({s.batch, s.time, s.heads, s.key}, 10, DType::f64), k = rnd({s.batch, s.time, s.heads, s.key}, 11, DType::f64);
+  Tensor v = rnd({s.batch, s.time, s.heads, s.value}, 12, DType::f64), w = rnd({s.batch, s.time, s.heads, s.value}, 13, DType::f64);
+  nn::DotAttentionOptions o;
+  o.causal_query_dim = s.time;
+  auto loss = [&](const Tensor& a, const Tensor& b, const Tensor& c) {
+    return reduce_sum(nn::dot_attention(a, b, c, s.key, s.time, o) * w, {s.batch, s.time, s.heads, s.value});
+  };
+  Tensor ql = q.with_requires_grad(), kl = k.with_requires_grad(), vl = v.with_requires_grad();
+  std::vector<Tensor> g = grad(loss(ql, kl, vl), {ql, kl, vl});
+  std::vector<Tensor> in{q, k, v};
+  for (size_t i = 0; i < 3; ++i) {
+    INFO("input " << i);
+    const Dims& d = in[i].dims();
+    auto base = in[i].to_vector<double>(d);
+    auto an = g[i].to_vector<double>(d);
+    for (size_t j = 0; j < base.size(); j += 3) {
+      auto at = [&](double delta) {
+        std::vector<double> p = base;
+        p[j] += delta;
+        std::vector<Tensor> x = in;
+        x[i] = Tensor::from_vector<double>(d, p);
+        NoGradGuard ng;
+        return loss(x[0], x[1], x[2]).item<double>();
+      };
+      double num = (at(1e-6) - at(-1e-6)) / 2e-6;
+      CHECK(an[j] == Approx(num).epsilon(1e-6).margin(1e-7));
+    }
+  }
+}
+
+TEST_CASE("dot_attention: dropout only in training, and errors name the Dims", "[attention]") {
+  Setup s;
+  Tensor q = rnd({s.batch, s.time, s.heads, s.key}, 14), k = rnd({s.batch, s.time, s.heads, s.key}, 15);
+  Tensor v = rnd({s.batch, s.time, s.heads, s.value}, 16);
+  Generator gen(1);
+  nn::DotAttentionOptions o;
+  o.att_dropout = 0.5;
+  o.gen = &gen;
+  auto eval_out = nn::dot_attention(q, k, v, s.key, s.time, o).to_vector<float>({s.batch, s.time, s.heads, s.value});
+  CHECK(eval_out == nn::dot_attention(q, k, v, s.key, s.time).to_vector<float>({s.batch, s.time, s.heads, s.value}));
+  o.training = true;
+  CHECK(nn::dot_attention(q, k, v, s.key, s.time, o).to_vector<float>({s.batch, s.time, s.heads, s.value}) != eval_out);
+  o.gen = nullptr;
+  CHECK_THROWS_WITH(nn::dot_attention(q, k, v, s.key, s.time, o), Catch::Contains("Generator"));
+  CHECK_THROWS_WITH(nn::dot_attention(q, k, v, s.value, s.time), Catch::Contains("dot_attention") && Catch::Contains("value"));
+  CHECK_THROWS_WITH(nn::dot_attention(q, k, v, s.key, s.heads.copy()), Catch::Contains("dot_attention"));
+}
