@@ -174,3 +174,28 @@ TEST_CASE("dot_attention: dropout only in training, and errors name the Dims", "
   CHECK_THROWS_WITH(nn::dot_attention(q, k, v, s.value, s.time), Catch::Contains("dot_attention") && Catch::Contains("value"));
   CHECK_THROWS_WITH(nn::dot_attention(q, k, v, s.key, s.heads.copy()), Catch::Contains("dot_attention"));
 }
+
+TEST_CASE("positional encodings match their closed forms", "[attention]") {
+  Dim q(3, "q"), kv(4, "kv"), f(6, "f"), t(5, "t");
+  auto [rel, rd] = nn::relative_positional_encoding(q, kv, f, 1, DType::f64);
+  CHECK(rd.size() == 3 - 1 + 4);
+  CHECK(nn::relative_positional_encoding(q, kv, f, 1).second == rd);
+  auto r = rel.to_vector<double>({rd, f});
+  for (int64_t i = 0; i < 6; ++i) {
+    double p = double(i - 2 - 1);
+    for (int64_t k = 0; k < 3; ++k) {
+      double w = std::pow(1e4, -2.0 * double(k) / 6.0);
+      CHECK(r[size_t(i * 6 + k)] == Approx(std::sin(p * w)).margin(1e-12));
+      CHECK(r[size_t(i * 6 + 3 + k)] == Approx(std::cos(p * w)).margin(1e-12));
+    }
+  }
+  Tensor s = nn::sinusoidal_positional_encoding(t, f, 2, 1e4, DType::f64);
+  auto sv = s.to_vector<double>({t, f});
+  for (int64_t i = 0; i < 5; ++i)
+    for (int64_t k = 0; k < 3; ++k) {
+      double w = std::pow(1e4, -double(k) / 2.0);
+      CHECK(sv[size_t(i * 6 + k)] == Approx(std::sin(double(i + 2) * w)).margin(1e-12));
+      CHECK(sv[size_t(i * 6 + 3 + k)] == Approx(std::cos(double(i + 2) * w)).margin(1e-12));
+    }
+  CHECK_THROWS_WITH(nn::sinusoidal_positional_encoding(t, Dim(5, "odd")), Catch::Contains("odd:5"));
+}

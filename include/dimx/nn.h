@@ -6,6 +6,7 @@
 #include <dimx/io.h>
 #include <dimx/nn/activation.h>
 #include <dimx/nn/attention.h>
+#include <dimx/nn/positional_encoding.h>
 #include <dimx/nn/dropout.h>
 #include <dimx/nn/embedding.h>
 #include <dimx/nn/layer_norm.h>
