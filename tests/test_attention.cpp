@@ -2,6 +2,8 @@
 // the query, padding invariance, float64 gradients, dropout and errors.
 #include <dimx/nn.h>
 
+#include <filesystem>
+
 #include "test_util.h"
 
 using namespace dimx;
@@ -198,4 +200,24 @@ TEST_CASE("positional encodings match their closed forms", "[attention]") {
       CHECK(sv[size_t(i * 6 + 3 + k)] == Approx(std::cos(double(i + 2) * w)).margin(1e-12));
     }
   CHECK_THROWS_WITH(nn::sinusoidal_positional_encoding(t, Dim(5, "odd")), Catch::Contains("odd:5"));
+}
+
+TEST_CASE("SelfAttention matches torch.nn.MultiheadAttention with mapped weights", "[attention]") {
+  std::string path = (std::filesystem::path(__FILE__).parent_path() / "golden" / "self_attention.safetensors").string();
+  SafeTensors f = SafeTensors::open(path);
+  Dim batch(3, "batch"), e(8, "model"), kt(8, "key_total"), vt(8, "value_total");
+  Dim time(f.load("lengths", {batch}, DType::i32), "time");
+  Generator gen(0);
+  nn::SelfAttention att(e, e, kt, vt, 2, gen, true, 0.0);
+  LoadReport rep = nn::load_state(att, f, /*strict=*/false);
+  CHECK(rep.missing.empty());
+  CHECK(nn::named_parameters(att).size() == 4);
+  nn::eval(att);
+  Tensor x = f.load("x", {batch, time, e});
+  Tensor out = att(x, time);
+  Tensor want = f.load("out", {batch, time, e});
+  auto g = copy_masked(out, {time}).to_vector<double>({batch, time, e});
+  auto w = copy_masked(want, {time}).to_vector<double>({batch, time, e});
+  CHECK_VEC_APPROX(g, w, 1e-5, 1e-5);
+  CHECK_THROWS_WITH(nn::SelfAttention(e, std::nullopt, Dim(7, "kt7"), vt, 2, gen), Catch::Contains("num_heads"));
 }

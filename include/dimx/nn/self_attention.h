@@ -1,0 +1,33 @@
+#pragma once
+// Multi-head self-attention (RETURNN's SelfAttention).
+//
+//   qkv = Linear(in_dim -> 2*Kt + Vt)   split head-major: (heads, 2*dk + dv), per head q|k|v
+//   out = dot_attention(q, k, v) over `axis`, merged head-major to Vt, then Linear(Vt -> proj_dim)
+//
+// Parameters: qkv.weight {qkv, in_dim} (Glorot-uniform), qkv.bias (zeros), and if proj_dim is
+// given proj.weight {proj_dim, Vt}, proj.bias. Weights use PyTorch's [out, in] layout. To load
+// torch.nn.MultiheadAttention weights, interleave its in_proj rows per head: dimx's qkv rows
+// are (q_h, k_h, v_h) for each head h, torch's are [q; k; v].
+#include <dimx/nn/attention.h>
+#include <dimx/nn/linear.h>
+#include <dimx/nn/module.h>
+
+namespace dimx::nn {
+
+struct SelfAttention : Module {
+  Dim in_dim, key_dim_total, value_dim_total;
+  Dim heads, key_dim_per_head, value_dim_per_head, qkv_dim, qkv_per_head;
+  double att_dropout = 0.1;
+  bool att_dropout_broadcast = false;
+  BOOST_HANA_DEFINE_STRUCT(SelfAttention, (Linear, qkv), (std::optional<Linear>, proj));
+
+  SelfAttention(Dim in_dim, std::optional<Dim> proj_dim, Dim key_dim_total, Dim value_dim_total, int64_t num_heads,
+                Generator& gen, bool with_bias = true, double att_dropout = 0.1, bool att_dropout_broadcast = false,
+                DType dtype = DType::f32);
+  void reset_parameters(Generator& gen);
+  // Self-attention of x {..., axis, in_dim} over `axis` (padded frames masked). `gen` is
+  // needed for attention dropout in training.
+  Tensor operator()(const Tensor& x, const Dim& axis, Generator* gen = nullptr) const;
+};
+
+}  // namespace dimx::nn
