@@ -221,3 +221,38 @@ TEST_CASE("SelfAttention matches torch.nn.MultiheadAttention with mapped weights
   CHECK_VEC_APPROX(g, w, 1e-5, 1e-5);
   CHECK_THROWS_WITH(nn::SelfAttention(e, std::nullopt, Dim(7, "kt7"), vt, 2, gen), Catch::Contains("num_heads"));
 }
+
+TEST_CASE("SelfAttention: parameter gradients match float64 finite differences", "[attention]") {
+  Dim batch(2, "batch"), e(6, "model"), kt(4, "kt"), vt(6, "vt"), p(5, "p");
+  Dim time = dynamic_dim(batch, {4, 2}, "time");
+  Generator gen(3);
+  nn::SelfAttention att(e, p, kt, vt, 2, gen, true, 0.0, false, DType::f64);
+  {
+    NoGradGuard ng;  // non-zero biases, so their gradients are exercised too
+    att.qkv.bias->copy_from(random_uniform(att.qkv.bias->dims(), gen, -0.5, 0.5, DType::f64));
+  }
+  Tensor x = rnd({batch, time, e}, 20, DType::f64), w = rnd({batch, time, p}, 21, DType::f64);
+  auto loss = [&] { return reduce_sum(att(x, time) * w, {batch, time, p}); };
+  auto params = nn::named_parameters(att);
+  std::vector<Tensor> leaves;
+  for (auto& [name, t] : params) leaves.push_back(*t);
+  std::vector<Tensor> g = grad(loss(), leaves);
+  for (size_t i = 0; i < params.size(); ++i) {
+    INFO(params[i].first);
+    Tensor& t = *params[i].second;
+    const Dims d = t.dims();
+    auto base = t.to_vector<double>(d), an = g[i].to_vector<double>(d);
+    for (size_t j = 0; j < base.size(); j += 5) {
+      auto at = [&](double delta) {
+        std::vector<double> v = base;
+        v[j] += delta;
+        NoGradGuard ng;
+        t.copy_from(Tensor::from_vector<double>(d, v));
+        double l = loss().item<double>();
+        t.copy_from(Tensor::from_vector<double>(d, base));
+        return l;
+      };
+      CHECK(an[j] == Approx((at(1e-6) - at(-1e-6)) / 2e-6).epsilon(1e-6).margin(1e-7));
+    }
+  }
+}
