@@ -7,6 +7,7 @@
 #include <string>
 
 #include "launch.h"
+#include "dtype_dispatch.h"
 
 namespace dimx::gpu {
 
@@ -30,18 +31,5 @@ inline unsigned blocks_for(int64_t n, int threads = 256) {
 
 void check_launch(const char* what);
 
-template <class F>
-void dispatch(DType dt, F&& f) {
-  switch (dt) {
-    case DType::f32: return f(float{});
-    case DType::f64: return f(double{});
-    case DType::i32: return f(int32_t{});
-    case DType::i64: return f(int64_t{});
-    case DType::boolean: return f(bool{});
-    case DType::bf16:
-    case DType::f16: break;
-  }
-  throw Error(std::string("dtype ") + dtype_name(dt) + " supports only casts, copies, gather and matmul; astype(f32) first");
-}
 
 }  // namespace dimx::gpu

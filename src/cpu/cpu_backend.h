@@ -1,6 +1,7 @@
 #pragma once
 // The CPU backend: xsimd-vectorized elementwise math, OpenBLAS GEMM, a small thread pool.
 #include "backend.h"
+#include "dtype_dispatch.h"
 
 namespace dimx::cpu {
 
@@ -35,20 +36,6 @@ class CpuBackend final : public backend::Backend {
               void* y) override;
 };
 
-// Calls f(T{}) with T the C++ type of `dt`.
-template <class F>
-decltype(auto) dispatch(DType dt, F&& f) {
-  switch (dt) {
-    case DType::f32: return f(float{});
-    case DType::f64: return f(double{});
-    case DType::i32: return f(int32_t{});
-    case DType::i64: return f(int64_t{});
-    case DType::boolean: return f(bool{});
-    case DType::bf16:
-    case DType::f16: break;
-  }
-  throw Error(std::string("dtype ") + dtype_name(dt) + " supports only casts, copies, gather and matmul; astype(f32) first");
-}
 
 // Index spaces below this many elements run on one thread.
 constexpr int64_t kParallelGrain = 1 << 15;

@@ -1,0 +1,27 @@
+#pragma once
+// dispatch(dt, f): calls f(T{}) with T the C++ type of a computing dtype. Shared by the CPU
+// and CUDA backends (host code only); bf16/f16 have no computing type and throw.
+#include <dimx/dtype.h>
+#include <dimx/error.h>
+
+#include <cstdint>
+#include <string>
+
+namespace dimx {
+
+template <class F>
+decltype(auto) dispatch(DType dt, F&& f) {
+  switch (dt) {
+    case DType::f32: return f(float{});
+    case DType::f64: return f(double{});
+    case DType::i32: return f(int32_t{});
+    case DType::i64: return f(int64_t{});
+    case DType::boolean: return f(bool{});
+    case DType::bf16:
+    case DType::f16: break;
+  }
+  throw Error(std::string("dtype ") + dtype_name(dt) +
+              " supports only casts, copies, gather and matmul; astype(f32) first");
+}
+
+}  // namespace dimx
