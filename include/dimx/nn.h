@@ -8,6 +8,9 @@
 #include <dimx/nn/attention.h>
 #include <dimx/nn/positional_encoding.h>
 #include <dimx/nn/self_attention.h>
+#include <dimx/nn/causal_self_attention.h>
+#include <dimx/nn/cross_attention.h>
+#include <dimx/nn/rel_pos_self_attention.h>
 #include <dimx/nn/dropout.h>
 #include <dimx/nn/embedding.h>
 #include <dimx/nn/layer_norm.h>

@@ -5,8 +5,6 @@
 #include <dimx/softmax.h>
 
 #include <cmath>
-#include <map>
-#include <mutex>
 
 #include "tensor_impl.h"
 
@@ -15,17 +13,19 @@ namespace dimx::nn {
 Dim causal_key_dim(const Dim& query, const Dim& axis) {
   if (query.extent() != axis.extent())
     fail("causal_key_dim: query '" + query.str() + "' and axis '" + axis.str() + "' must have the same extent");
-  static std::mutex mu;
-  static std::map<std::pair<uint64_t, uint64_t>, Dim> cache;
-  std::lock_guard<std::mutex> lk(mu);
-  auto key = std::make_pair(query.id(), axis.id());
-  auto it = cache.find(key);
-  if (it != cache.end()) return it->second;
-  // len[i] = i + 1, capped by the key sequence's own length.
-  Tensor lens = range_over_dim(query, DType::i32).with_sparse_dim(std::nullopt) + 1.0;
-  lens = minimum(lens, axis.lengths(), /*allow_broadcast_all=*/true);
-  Dim d(lens, axis.name() + "_causal");
-  cache.emplace(key, d);
+  return causal_key_dim(range_over_dim(query, DType::i32).with_sparse_dim(std::nullopt), axis);
+}
+
+Dim causal_key_dim(const Tensor& query_pos, const Dim& axis) {
+  check_defined("causal_key_dim", query_pos);
+  if (!is_integer(query_pos.dtype())) fail("causal_key_dim: query_pos must be an integer tensor, got " + query_pos.str());
+  // len[p] = p + 1, capped by the key sequence's own length.
+  Tensor lens = minimum(query_pos.astype(DType::i32).to(Device::cpu()) + 1.0, axis.lengths(), /*allow_broadcast_all=*/true);
+  return Dim(lens, axis.name() + "_causal");
+}
+
+const Dim& single_step_dim() {
+  static const Dim d(1, "single_step");
   return d;
 }
 

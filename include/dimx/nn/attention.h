@@ -32,7 +32,13 @@ Tensor dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Di
                      const DotAttentionOptions& options = {});
 
 // The key Dim of causal attention: frames of `axis`, where query i sees keys j <= i of its
-// sequence (lengths min(i + 1, len)). Cached per (query, axis) pair, so it keeps its identity.
+// sequence (lengths min(i + 1, len) over {query, axis's length Dims}). A new Dim per call.
 Dim causal_key_dim(const Dim& query, const Dim& axis);
+// The general form: a query at absolute position p (integer `query_pos`, e.g. over {batch,
+// query}) sees keys j <= p of `axis`, capped by each sequence's length.
+Dim causal_key_dim(const Tensor& query_pos, const Dim& axis);
+
+// Passed as `axis` to a stateful module to decode one frame: its input then has no time Dim.
+const Dim& single_step_dim();
 
 }  // namespace dimx::nn

@@ -1,5 +1,5 @@
 #pragma once
-// Fixed sinusoidal position encodings (no parameters).
+// Position encodings: fixed sinusoids (no parameters) and learned relative embeddings.
 //
 // relative_positional_encoding (Transformer-XL style, RETURNN): positions r = j - i of key j
 // and query i run from -(Tq-1) to Tk-1 (minus query_offset) over a new static Dim of size
@@ -11,6 +11,7 @@
 // [cos(t w_k)]_{k<F/2}, t = offset + frame, w_k = base^(-k/(F/2-1)).
 //
 // Dynamic Dims use their extent. F must be even (and >= 4 for the sinusoidal one).
+#include <dimx/nn/module.h>
 #include <dimx/tensor.h>
 
 #include <utility>
@@ -20,7 +21,31 @@ namespace dimx::nn {
 std::pair<Tensor, Dim> relative_positional_encoding(const Dim& query_dim, const Dim& kv_dim, const Dim& feat_dim,
                                                     int64_t query_offset = 0, DType dtype = DType::f32);
 
+// The single-step form: the query is the last valid frame of each sequence of kv_dim, so key j
+// gets emb[j - (len - 1)]. Returns {kv_dim's length Dims..., kv_dim, feat_dim}.
+Tensor relative_positional_encoding_step(const Dim& kv_dim, const Dim& feat_dim, DType dtype = DType::f32);
+
 Tensor sinusoidal_positional_encoding(const Dim& spatial_dim, const Dim& feat_dim, int64_t offset = 0,
                                       double base = 1e4, DType dtype = DType::f32);
+
+// Learned relative position embeddings (Shaw et al. 2018; RETURNN's
+// LearnedRelativePositionalEncoding). Parameter pos_emb {2c+1, feat} ({c+1, feat} if causal),
+// Glorot-uniform. Position r = j - i maps to row clip(r, -c, c) + c (clip(r, -c, 0) + c if
+// causal): every distance beyond c shares the first (or last) row.
+struct LearnedRelativePositionalEncoding : Module {
+  Dim feat_dim, clipped_dim;
+  int64_t clipping = 16;
+  bool causal = false;
+  BOOST_HANA_DEFINE_STRUCT(LearnedRelativePositionalEncoding, (Tensor, pos_emb));
+
+  LearnedRelativePositionalEncoding(Dim feat_dim, Generator& gen, int64_t clipping = 16, bool causal = false,
+                                    DType dtype = DType::f32);
+  void reset_parameters(Generator& gen);
+  // Over the same positions and Dim as relative_positional_encoding: {rel, feat_dim}.
+  std::pair<Tensor, Dim> operator()(const Dim& query_dim, const Dim& kv_dim, int64_t query_offset = 0) const;
+  // {query_dim, kv_dim, feat_dim} with r = j - (i + query_offset).
+  Tensor full_matrix(const Dim& query_dim, const Dim& kv_dim, int64_t query_offset = 0) const;
+  std::string extra_repr() const;
+};
 
 }  // namespace dimx::nn

@@ -12,6 +12,8 @@
 #include <dimx/nn/linear.h>
 #include <dimx/nn/module.h>
 
+#include <array>
+
 namespace dimx::nn {
 
 struct SelfAttention : Module {
@@ -28,6 +30,13 @@ struct SelfAttention : Module {
   // Self-attention of x {..., axis, in_dim} over `axis` (padded frames masked). `gen` is
   // needed for attention dropout in training.
   Tensor operator()(const Tensor& x, const Dim& axis, Generator* gen = nullptr) const;
+
+  // The pieces shared by the attention variants built on this one:
+  // q, k, v of x per head: {..., heads, key_dim_per_head} (q, k) and {..., heads, value_dim_per_head}.
+  std::array<Tensor, 3> qkv_heads(const Tensor& x) const;
+  // Heads merged back to value_dim_total, then the optional projection.
+  Tensor merge_heads(const Tensor& att) const;
+  DotAttentionOptions attention_options(Generator* gen) const;
 };
 
 }  // namespace dimx::nn

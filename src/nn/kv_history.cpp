@@ -1,0 +1,48 @@
+#include "kv_history.h"
+
+#include <dimx/elementwise.h>
+#include <dimx/shape.h>
+
+#include "tensor_impl.h"
+
+namespace dimx::nn {
+
+CausalSelfAttentionState empty_kv(const Dims& batch_dims, const Dim& heads, const Dim& dk, const Dim& dv, DType dtype,
+                                  Device device) {
+  for (const Dim& d : batch_dims)
+    if (d.is_dynamic()) fail("default_initial_state: batch Dim '" + d.str() + "' must be static");
+  Dim accum(Tensor::zeros(batch_dims, DType::i32), "accum");
+  Dims kd = batch_dims, vd = batch_dims;
+  kd.insert(kd.end(), {accum, heads, dk});
+  vd.insert(vd.end(), {accum, heads, dv});
+  return {Tensor::zeros(kd, dtype).to(device), Tensor::zeros(vd, dtype).to(device), accum};
+}
+
+KvHistory append_kv(const char* op, const CausalSelfAttentionState& st, const Tensor& k, const Tensor& v,
+                    const Dim& axis) {
+  check_defined(op, st.k_accum);
+  check_defined(op, st.v_accum);
+  check_has_dim(op, st.k_accum, st.accum_axis, "state.k_accum");
+  check_has_dim(op, st.v_accum, st.accum_axis, "state.v_accum");
+  const bool step = axis == single_step_dim();
+  const Tensor prev = st.accum_axis.lengths();
+  CausalSelfAttentionState next = [&]() -> CausalSelfAttentionState {
+    // No history: the chunk's own frames are the state (no copy).
+    if (st.accum_axis.extent() == 0 && !step) return {k, v, axis};
+    static const Dim one(1, "step");
+    const Dim& frames = step ? one : axis;
+    auto [ka, accum] = concat({{st.k_accum, st.accum_axis}, {step ? expand_dim(k, one) : k, frames}});
+    Tensor va = concat({{st.v_accum, st.accum_axis}, {step ? expand_dim(v, one) : v, frames}}, accum).first;
+    return {ka, va, accum};
+  }();
+  // A step is the last frame of each sequence and sees the whole history; frame i of a chunk
+  // sits at prev + i and sees the keys up to there.
+  if (step) return {next, prev, next.accum_axis, next.k_accum, next.v_accum};
+  Tensor query_pos = add(range_over_dim(axis, DType::i32).with_sparse_dim(std::nullopt), prev, true);
+  Dim keys = causal_key_dim(query_pos, next.accum_axis);
+  Tensor kk = replace_dim(next.k_accum, next.accum_axis, keys).first;
+  Tensor vv = replace_dim(next.v_accum, next.accum_axis, keys).first;
+  return {next, query_pos, keys, kk, vv};
+}
+
+}  // namespace dimx::nn
