@@ -1,0 +1,221 @@
+// bench_attention: the attention modules' forward pass against torch.nn.MultiheadAttention
+// (bench_attention_peer.py, run as a subprocess in the same run).
+//
+//   bench_attention [--json] [--device cpu|cuda] [--reps N] [--peer script.py]
+//
+// CPU: B=8 T=512 E=512 H=8, float32; the peer runs with 2 threads (set DIMX_NUM_THREADS=2 and
+// OPENBLAS_NUM_THREADS=2 alike for a fair ratio on a larger machine). CUDA (when built with
+// the CUDA layer): B=8 T=1024 E=768 H=12, float32 without TF32 on both sides.
+// Cases: SelfAttention (static time), SelfAttention on a padded batch (lengths T - 32 b, torch
+// with key_padding_mask), CausalSelfAttention over the whole sequence (torch with a causal
+// attn_mask). Before timing, the static case is checked against a float64 loop on a few query
+// frames (CPU) or against the CPU result (CUDA).
+#include <dimx/nn.h>
+#ifdef DIMX_BENCH_CUDA
+#include <dimx/gpu/runtime.h>
+#endif
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+using namespace dimx;
+
+namespace {
+
+struct Config {
+  int64_t B, T, E, H;
+  int reps;
+};
+
+void sync(Device dev) {
+#ifdef DIMX_BENCH_CUDA
+  if (dev.type() == Device::Type::cuda) gpu::synchronize(dev.index());
+#else
+  (void)dev;
+#endif
+}
+
+double median_ms(int reps, Device dev, const std::function<void()>& f) {
+  for (int i = 0; i < 2; ++i) f();
+  sync(dev);
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    auto a = std::chrono::steady_clock::now();
+    f();
+    sync(dev);
+    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// Case name -> median ms from the peer script; $PYTHON, else the first of python3 and
+// /usr/bin/python3 that has torch.
+std::map<std::string, double> run_peer(const std::string& script, const std::string& device) {
+  std::vector<std::string> pythons = {"python3", "/usr/bin/python3"};
+  if (const char* env = std::getenv("PYTHON")) pythons = {env};
+  for (const std::string& py : pythons) {
+    std::map<std::string, double> r;
+    FILE* p = popen((py + " " + script + " " + device + " 2>/dev/null").c_str(), "r");
+    if (!p) continue;
+    char line[512];
+    while (fgets(line, sizeof line, p)) {
+      std::string s(line);
+      auto c = s.find('\t');
+      if (c != std::string::npos) r[s.substr(0, c)] = std::stod(s.substr(c + 1));
+    }
+    pclose(p);
+    if (!r.empty()) return r;
+  }
+  return {};
+}
+
+// Max abs difference between att's output for batch entry 0 and a float64 loop, at a few queries.
+double check_against_loop(const nn::SelfAttention& att, const Tensor& x, const Tensor& y, const Dim& batch,
+                          const Dim& time) {
+  const int64_t T = time.size(), E = att.in_dim.size(), H = att.heads.size(), d = att.key_dim_per_head.size();
+  const int64_t P = 3 * d, O = att.proj->out_dim.size();
+  auto X = x.to_vector<double>({batch, time, att.in_dim});
+  auto W = att.qkv.weight.to_vector<double>({att.qkv_dim, att.in_dim});
+  auto bq = att.qkv.bias->to_vector<double>();
+  auto Wo = att.proj->weight.to_vector<double>({att.proj->out_dim, att.value_dim_total});
+  auto bo = att.proj->bias->to_vector<double>();
+  auto Y = y.to_vector<double>({batch, time, att.proj->out_dim});
+  std::vector<double> qkv(static_cast<size_t>(T * H * P));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t r = 0; r < H * P; ++r) {
+      double acc = bq[size_t(r)];
+      for (int64_t e = 0; e < E; ++e) acc += W[size_t(r * E + e)] * X[size_t(t * E + e)];
+      qkv[size_t(t * H * P + r)] = acc;
+    }
+  double worst = 0;
+  for (int64_t i : {int64_t(0), T / 2, T - 1}) {
+    std::vector<double> merged(static_cast<size_t>(H * d), 0.0);
+    for (int64_t h = 0; h < H; ++h) {
+      std::vector<double> s(static_cast<size_t>(T));
+      double m = -1e300, z = 0;
+      for (int64_t j = 0; j < T; ++j) {
+        double acc = 0;
+        for (int64_t c = 0; c < d; ++c) acc += qkv[size_t(i * H * P + h * P + c)] * qkv[size_t(j * H * P + h * P + d + c)];
+        s[size_t(j)] = acc / std::sqrt(double(d));
+        m = std::max(m, s[size_t(j)]);
+      }
+      for (double& e : s) z += (e = std::exp(e - m));
+      for (int64_t j = 0; j < T; ++j)
+        for (int64_t c = 0; c < d; ++c)
+          merged[size_t(h * d + c)] += s[size_t(j)] / z * qkv[size_t(j * H * P + h * P + 2 * d + c)];
+    }
+    for (int64_t o = 0; o < O; ++o) {
+      double acc = bo[size_t(o)];
+      for (int64_t c = 0; c < H * d; ++c) acc += Wo[size_t(o * H * d + c)] * merged[size_t(c)];
+      worst = std::max(worst, std::abs(acc - Y[size_t(i * O + o)]));
+    }
+  }
+  return worst;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool json = false;
+  std::string device = "cpu", peer_script = std::string(argv[0]) + "_peer.py";
+  int reps = 0;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--json") json = true;
+    else if (a == "--device" && i + 1 < argc) device = argv[++i];
+    else if (a == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
+    else if (a == "--peer" && i + 1 < argc) peer_script = argv[++i];
+    else {
+      std::cerr << "usage: bench_attention [--json] [--device cpu|cuda] [--reps N] [--peer script.py]\n";
+      return 2;
+    }
+  }
+  const bool cuda = device == "cuda";
+#ifdef DIMX_BENCH_CUDA
+  if (cuda && gpu::device_count() == 0) {
+    std::cerr << "bench_attention: no CUDA device\n";
+    return 1;
+  }
+#else
+  if (cuda) {
+    std::cerr << "bench_attention: built without the CUDA layer\n";
+    return 1;
+  }
+#endif
+  const Device dev = cuda ? Device::cuda(0) : Device::cpu();
+  const Config c = cuda ? Config{8, 1024, 768, 12, 50} : Config{8, 512, 512, 8, 10};
+  const int n = reps > 0 ? reps : c.reps;
+  set_allow_tf32(false);
+
+  Generator gen(0);
+  Dim batch(c.B, "batch"), model(c.E, "model"), kt(c.E, "kt"), vt(c.E, "vt"), time(c.T, "time");
+  std::vector<int32_t> lens;
+  for (int64_t b = 0; b < c.B; ++b) lens.push_back(int32_t(c.T - 32 * b));
+  Dim padded(Tensor::from_vector<int32_t>({batch}, lens), "time");
+  Dim out = model.copy("out");
+  nn::SelfAttention att(model, out, kt, vt, c.H, gen, true, 0.1);
+  nn::CausalSelfAttention causal(model, out, kt, vt, c.H, gen, true, 0.1);
+  nn::eval(att);
+  nn::eval(causal);
+  Tensor x_cpu = random_normal({batch, time, model}, gen);
+  Tensor xp_cpu = random_normal({batch, padded, model}, gen);
+  NoGradGuard no_grad;
+
+  // Correctness before timing.
+  Tensor y_cpu = att(x_cpu, time);
+  double err = 0;
+  if (cuda) {
+    nn::to(att, dev);
+    nn::to(causal, dev);
+    auto g = att(x_cpu.to(dev), time).to_vector<double>(y_cpu.dims());
+    auto w = y_cpu.to_vector<double>(y_cpu.dims());
+    for (size_t i = 0; i < g.size(); ++i) err = std::max(err, std::abs(g[i] - w[i]));
+  } else {
+    err = check_against_loop(att, x_cpu, y_cpu, batch, time);
+  }
+  const bool ok = err < 1e-3;
+  Tensor x = x_cpu.to(dev), xp = xp_cpu.to(dev);
+
+  struct Row {
+    std::string name;
+    double ms;
+  };
+  const std::string tag = "B" + std::to_string(c.B) + " T" + std::to_string(c.T) + " E" + std::to_string(c.E) + " H" +
+                          std::to_string(c.H);
+  std::vector<Row> rows;
+  rows.push_back({"SelfAttention " + tag, median_ms(n, dev, [&] { att(x, time); })});
+  rows.push_back(
+      {"SelfAttention padded " + tag, median_ms(n, dev, [&] { att(xp, padded); })});
+  auto init = causal.default_initial_state({batch});
+  rows.push_back({"CausalSelfAttention " + tag, median_ms(n, dev, [&] { causal(x, time, init); })});
+
+  std::map<std::string, double> peer = run_peer(peer_script, device);
+  // Forward FLOPs: qkv and output projections plus the two attention contractions.
+  const double flops = 2.0 * c.B * c.T * c.E * 4 * c.E + 4.0 * c.B * c.T * c.T * c.E;
+  if (!json)
+    std::printf("check: max abs diff %.2e (%s)\n%-44s %10s %10s %8s %10s\n", err, ok ? "ok" : "FAILED", "case",
+                "dimx ms", "torch ms", "ratio", "GFLOP/s");
+  for (const Row& r : rows) {
+    auto it = peer.find(r.name);
+    double p = it == peer.end() ? -1 : it->second;
+    if (json)
+      std::printf(
+          "{\"bench\": \"attention\", \"device\": \"%s\", \"case\": \"%s\", \"unit\": \"ms\", \"dimx\": %.3f, "
+          "\"peer\": %s, \"peer_name\": \"torch.nn.MultiheadAttention\", \"ratio\": %s, \"check_max_abs_diff\": %.3g}\n",
+          device.c_str(), r.name.c_str(), r.ms, p < 0 ? "null" : std::to_string(p).c_str(),
+          p < 0 ? "null" : std::to_string(r.ms / p).c_str(), err);
+    else
+      std::printf("%-44s %10.3f %10.3f %8.3f %10.1f\n", r.name.c_str(), r.ms, p, p > 0 ? r.ms / p : 0.0,
+                  flops / r.ms / 1e6);
+  }
+  return ok ? 0 : 1;
+}

@@ -1,0 +1,66 @@
+"""PyTorch peer of bench_attention: torch.nn.MultiheadAttention on the same shapes.
+
+    python3 bench_attention_peer.py cpu|cuda
+
+Prints "case<TAB>median ms" per line. CPU: 2 threads, eval mode, inference_mode,
+need_weights=False (torch's fastest path, its fused native attention where it applies).
+CUDA: float32 without TF32, timed with CUDA events.
+"""
+import sys
+import time
+
+import torch
+
+
+def median_ms(fn, reps, cuda):
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def case(name, b, t, e, h, dev, reps, lengths=None, causal=False):
+    mha = torch.nn.MultiheadAttention(e, h, batch_first=True, device=dev).eval()
+    x = torch.randn(b, t, e, device=dev)
+    pad = None
+    if lengths is not None:
+        pad = torch.arange(t, device=dev)[None, :] >= torch.tensor(lengths, device=dev)[:, None]
+    mask = torch.triu(torch.full((t, t), float("-inf"), device=dev), 1) if causal else None
+    with torch.inference_mode():
+        ms = median_ms(lambda: mha(x, x, x, key_padding_mask=pad, attn_mask=mask, need_weights=False), reps,
+                       dev == "cuda")
+    print(f"{name}\t{ms}", flush=True)
+
+
+def main():
+    torch.manual_seed(0)
+    dev = sys.argv[1] if len(sys.argv) > 1 else "cpu"
+    if dev == "cpu":
+        torch.set_num_threads(2)
+        b, t, e, h, reps = 8, 512, 512, 8, 10
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        b, t, e, h, reps = 8, 1024, 768, 12, 50
+    lengths = [t - 32 * i for i in range(b)]
+    tag = f"B{b} T{t} E{e} H{h}"
+    case(f"SelfAttention {tag}", b, t, e, h, dev, reps)
+    case(f"SelfAttention padded {tag}", b, t, e, h, dev, reps, lengths=lengths)
+    case(f"CausalSelfAttention {tag}", b, t, e, h, dev, reps, causal=True)
+
+
+if __name__ == "__main__":
+    main()
