@@ -37,7 +37,7 @@ struct Config {
 
 void sync(Device dev) {
 #ifdef DIMX_BENCH_CUDA
-  if (dev.type() == Device::Type::cuda) gpu::synchronize(dev.index());
+  if (dev.type == Device::Type::cuda) gpu::synchronize(dev.index);
 #else
   (void)dev;
 #endif

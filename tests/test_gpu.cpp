@@ -317,6 +317,63 @@ TEST_CASE("gpu: causal dot_attention and its gradients match the CPU", "[gpu]") 
   }, 1e-4, 1e-5);
 }
 
+TEST_CASE("gpu: the attention modules and their parameter gradients match the CPU", "[gpu]") {
+  Dims3 d;
+  Dim model(8, "model"), kt(8, "kt"), vt(8, "vt"), out(6, "out"), enc(5, "enc"), dec(3, "dec");
+  Generator gen(8);
+  // Output and every parameter gradient of `run(module, dev)`, the module moved to dev first.
+  auto check = [&](const std::string& name, auto cpu_mod, auto run) {
+    auto gpu_mod = cpu_mod;
+    nn::to(gpu_mod, kGpu);
+    consistent(name, [&](Device dev) {
+      auto& m = dev == kGpu ? gpu_mod : cpu_mod;
+      Tensor y = run(m, dev);
+      std::vector<Tensor> params;
+      for (Tensor* p : nn::parameters(m)) params.push_back(*p);
+      std::vector<Tensor> g = grad(reduce_sum(square(y), y.dims()), params);
+      g.push_back(y);
+      return g;
+    }, 1e-4, 1e-5);
+  };
+  auto x_of = [&](Device dev) { return input({d.batch, d.time, model}, 80, dev); };
+  check("SelfAttention", nn::SelfAttention(model, out, kt, vt, 2, gen, true, 0.0),
+        [&](const nn::SelfAttention& m, Device dev) { return copy_masked(m(x_of(dev), d.time), {d.time}); });
+  check("CausalSelfAttention: chunk, state, step",
+        nn::CausalSelfAttention(model, out, kt, vt, 2, gen, true, 0.0), [&](const nn::CausalSelfAttention& m, Device dev) {
+          auto [x1, t1] = slice(x_of(dev), d.time, 0, 2);
+          auto [y1, st] = m(x1, t1, m.default_initial_state({d.batch}));
+          Tensor step = gather(x_of(dev), Tensor::scalar(2, DType::i32).with_sparse_dim(d.time), d.time, true);
+          Tensor y2 = m(step, nn::single_step_dim(), st).first;
+          return add(reduce_sum(copy_masked(y1, {t1}), {t1}), y2);
+        });
+  check("CrossAttention", nn::CrossAttention(enc, model, out, kt, vt, 2, gen, true, 0.0),
+        [&](const nn::CrossAttention& m, Device dev) {
+          Tensor e = input({d.batch, d.time, enc}, 81, dev), x = input({dec, d.batch, model}, 82, dev);
+          return m(x, m.transform_encoder(e, d.time));
+        });
+  for (bool learned : {false, true}) {
+    nn::RelPosSelfAttentionOptions o;
+    o.att_dropout = 0;
+    if (learned) {
+      o.with_linear_pos = o.with_pos_bias = o.separate_pos_emb_per_head = false;
+      o.learnable_pos_emb = true;
+      o.learnable_pos_emb_clipping = 2;
+    }
+    check(learned ? "RelPosSelfAttention (Shaw)" : "RelPosSelfAttention (Transformer-XL)",
+          nn::RelPosSelfAttention(model, out, kt, vt, 2, gen, o), [&](const nn::RelPosSelfAttention& m, Device dev) {
+            return copy_masked(m(x_of(dev), d.time), {d.time});
+          });
+    check("RelPosCausalSelfAttention: chunk, state, step", nn::RelPosCausalSelfAttention(model, out, kt, vt, 2, gen, o),
+          [&](const nn::RelPosCausalSelfAttention& m, Device dev) {
+            auto [x1, t1] = slice(x_of(dev), d.time, 0, 3);
+            auto [y1, st] = m(x1, t1, m.default_initial_state({d.batch}));
+            Tensor step = gather(x_of(dev), Tensor::scalar(3, DType::i32).with_sparse_dim(d.time), d.time, true);
+            Tensor y2 = m(step, nn::single_step_dim(), st).first;
+            return add(reduce_sum(copy_masked(y1, {t1}), {t1}), y2);
+          });
+  }
+}
+
 TEST_CASE("gpu: device errors", "[gpu]") {
   Dim n(4, "n");
   Tensor c = Tensor::ones({n});
