@@ -342,7 +342,7 @@ TEST_CASE("gpu: the attention modules and their parameter gradients match the CP
         nn::CausalSelfAttention(model, out, kt, vt, 2, gen, true, 0.0), [&](const nn::CausalSelfAttention& m, Device dev) {
           auto [x1, t1] = slice(x_of(dev), d.time, 0, 2);
           auto [y1, st] = m(x1, t1, m.default_initial_state({d.batch}));
-          Tensor step = gather(x_of(dev), Tensor::scalar(2, DType::i32).with_sparse_dim(d.time), d.time, true);
+          Tensor step = gather(x_of(dev), Tensor::scalar(2, DType::i32).with_sparse_dim(d.time).to(dev), d.time, true);
           Tensor y2 = m(step, nn::single_step_dim(), st).first;
           return add(reduce_sum(copy_masked(y1, {t1}), {t1}), y2);
         });
@@ -367,7 +367,7 @@ TEST_CASE("gpu: the attention modules and their parameter gradients match the CP
           [&](const nn::RelPosCausalSelfAttention& m, Device dev) {
             auto [x1, t1] = slice(x_of(dev), d.time, 0, 3);
             auto [y1, st] = m(x1, t1, m.default_initial_state({d.batch}));
-            Tensor step = gather(x_of(dev), Tensor::scalar(3, DType::i32).with_sparse_dim(d.time), d.time, true);
+            Tensor step = gather(x_of(dev), Tensor::scalar(3, DType::i32).with_sparse_dim(d.time).to(dev), d.time, true);
             Tensor y2 = m(step, nn::single_step_dim(), st).first;
             return add(reduce_sum(copy_masked(y1, {t1}), {t1}), y2);
           });
