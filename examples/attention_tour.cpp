@@ -1,0 +1,152 @@
+// The attention family: self-attention on a padded batch, causal decoding step by step with a
+// state, cross-attention to an encoder computed once, and relative positions (Transformer-XL
+// and Shaw). docs/tutorials/05-attention.md walks through this file. Exits non-zero if any
+// result is wrong.
+#include <dimx/nn.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+using namespace dimx;
+
+namespace {
+int failures = 0;
+void check(bool ok, const std::string& what) {
+  std::printf("%s %s\n", ok ? "ok  " : "FAIL", what.c_str());
+  if (!ok) ++failures;
+}
+double max_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  double d = a.size() == b.size() ? 0 : 1e30;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) d = std::max(d, std::abs(a[i] - b[i]));
+  return d;
+}
+// Frame t of every sequence of x, as a single-step input (no time Dim).
+Tensor frame(const Tensor& x, const Dim& time, int64_t t) {
+  return gather(x, Tensor::scalar(double(t), DType::i32).with_sparse_dim(time), time, /*clip_to_valid=*/true);
+}
+}  // namespace
+
+int main() {
+  try {
+    Generator gen(5);
+    // [doc:setup]
+    Dim batch(3, "batch"), model(16, "model"), out(16, "out");
+    Dim key_total(16, "key_total"), value_total(16, "value_total");
+    Dim time(Tensor::from_vector<int32_t>({batch}, {7, 3, 5}), "time");  // padded to 7 frames
+    Tensor x = random_normal({batch, time, model}, gen);
+    // [doc:setup]
+
+    // [doc:self]
+    nn::SelfAttention att(model, out, key_total, value_total, /*num_heads=*/4, gen);
+    nn::eval(att);  // attention dropout (0.1 by default) only in training
+    Tensor y = att(x, time);  // {batch, time, out}: attends over each sequence's valid frames
+    // [doc:self]
+    check(y.has_dim(batch) && y.has_dim(time) && y.has_dim(out) && y.ndim() == 3, "y is {batch, time, out}");
+
+    // [doc:padding]
+    // Sequence 1 alone (its 3 frames) gives exactly its rows of the padded batch.
+    Dim t1(3, "t1");
+    Tensor x1 = slice(gather(x, Tensor::scalar(1, DType::i32).with_sparse_dim(batch)), time, 0, 3, 1, t1).first;
+    Tensor y1 = att(x1, t1);
+    Tensor y1_in_batch = slice(gather(y, Tensor::scalar(1, DType::i32).with_sparse_dim(batch)), time, 0, 3, 1, t1).first;
+    // [doc:padding]
+    check(max_diff(y1.to_vector<double>({t1, out}), y1_in_batch.to_vector<double>({t1, out})) < 1e-5,
+          "a sequence alone equals its rows of the padded batch");
+
+    // [doc:causal]
+    nn::CausalSelfAttention dec(model, out, key_total, value_total, 4, gen);
+    nn::eval(dec);
+    // The whole sequence at once (as in training) ...
+    auto [y_full, full_state] = dec(x, time, dec.default_initial_state({batch}));
+    // ... or one frame at a time, carrying the keys and values seen so far.
+    auto state = dec.default_initial_state({batch});
+    std::vector<Tensor> steps;
+    for (int64_t t = 0; t < time.extent(); ++t) {
+      auto [y_t, next] = dec(frame(x, time, t), nn::single_step_dim(), state);  // y_t: {batch, out}
+      steps.push_back(y_t);
+      state = next;
+    }
+    // [doc:causal]
+    double step_diff = 0;
+    auto full = copy_masked(y_full, {time}).to_vector<double>({batch, time, out});
+    std::vector<int32_t> lens = time.lengths().to_vector<int32_t>();
+    for (int64_t t = 0; t < time.extent(); ++t) {
+      auto s = steps[size_t(t)].to_vector<double>({batch, out});
+      for (int64_t b = 0; b < 3; ++b)
+        if (t < lens[size_t(b)])
+          for (int64_t c = 0; c < out.size(); ++c)
+            step_diff = std::max(step_diff, std::abs(s[size_t(b * out.size() + c)] -
+                                                     full[size_t((b * time.extent() + t) * out.size() + c)]));
+    }
+    std::printf("step-by-step vs whole sequence: max diff %.2e\n", step_diff);
+    check(step_diff < 1e-5, "step-by-step decoding equals the whole sequence");
+
+    // [doc:chunks]
+    // Two chunks: frames [0, 4) and then the rest, continuing the state.
+    auto [xa, ta] = slice(x, time, 0, 4);  // lengths {4, 3, 4}
+    auto [xb, tb] = slice(x, time, 4);     // lengths {3, 0, 1}
+    auto [ya, sa] = dec(xa, ta, dec.default_initial_state({batch}));
+    auto [yb, sb] = dec(xb, tb, sa);
+    // sb.accum_axis has lengths {7, 3, 5} again: the padded frames of a chunk are never kept.
+    // [doc:chunks]
+    check(sb.accum_axis.lengths().to_vector<int32_t>() == lens, "the carried state holds every valid frame");
+    auto ybv = copy_masked(yb, {tb}).to_vector<double>({batch, tb, out});
+    double chunk_diff = 0;
+    for (int64_t i = 0; i < 3; ++i)  // sequence 0, frames 4..6
+      for (int64_t c = 0; c < out.size(); ++c)
+        chunk_diff = std::max(chunk_diff, std::abs(ybv[size_t(i * out.size() + c)] - full[size_t((4 + i) * out.size() + c)]));
+    check(chunk_diff < 1e-5, "the second chunk equals the whole sequence's frames");
+
+    // [doc:cross]
+    Dim enc_feat(12, "enc_feat"), enc_time(Tensor::from_vector<int32_t>({batch}, {9, 4, 6}), "enc_time");
+    Tensor encoder = random_normal({batch, enc_time, enc_feat}, gen);
+    nn::CrossAttention cross(enc_feat, model, out, key_total, value_total, 4, gen);
+    nn::eval(cross);
+    nn::CrossAttentionState enc_state = cross.transform_encoder(encoder, enc_time);  // keys, values once
+    Tensor c_all = cross(x, enc_state);                     // every decoder frame: {batch, time, out}
+    Tensor c_step = cross(frame(x, time, 2), enc_state);    // one decoder step:   {batch, out}
+    // [doc:cross]
+    Tensor c_frame2 = frame(c_all, time, 2);
+    check(max_diff(c_step.to_vector<double>({batch, out}), c_frame2.to_vector<double>({batch, out})) < 1e-5,
+          "cross-attention: one step equals that frame of the whole sequence");
+
+    // [doc:relpos]
+    // Transformer-XL: sinusoidal relative encodings, linear_pos, pos_bias_u / pos_bias_v.
+    nn::RelPosSelfAttention xl(model, out, key_total, value_total, 4, gen);
+    // Shaw et al. 2018: learned embeddings clipped at distance 4, shared by all heads.
+    nn::RelPosSelfAttentionOptions shaw;
+    shaw.with_bias = shaw.with_linear_pos = shaw.with_pos_bias = shaw.separate_pos_emb_per_head = false;
+    shaw.learnable_pos_emb = true;
+    shaw.learnable_pos_emb_clipping = 4;
+    nn::RelPosSelfAttention shaw_att(model, out, key_total, value_total, 4, gen, shaw);
+    nn::eval(xl);
+    nn::eval(shaw_att);
+    for (const auto& [name, p] : nn::named_parameters(shaw_att)) std::cout << name << " " << dims_str(p->dims()) << "\n";
+    Tensor r1 = xl(x, time), r2 = shaw_att(x, time);
+    // [doc:relpos]
+    check(nn::named_parameters(xl).size() == 7 && nn::named_parameters(shaw_att).size() == 3,
+          "parameters: qkv, proj, linear_pos, pos_bias_u/v (XL); qkv, proj, learned_pos_emb (Shaw)");
+    check(r1.has_dim(out) && r2.has_dim(out), "relative-position attention outputs {batch, time, out}");
+
+    // [doc:relpos_causal]
+    nn::RelPosCausalSelfAttention rel_dec(model, out, key_total, value_total, 4, gen);
+    nn::eval(rel_dec);
+    Tensor rel_full = rel_dec(x, time, rel_dec.default_initial_state({batch})).first;
+    auto rel_state = rel_dec.default_initial_state({batch});
+    Tensor rel_last;
+    for (int64_t t = 0; t < 3; ++t) std::tie(rel_last, rel_state) = rel_dec(frame(x, time, t), nn::single_step_dim(), rel_state);
+    // rel_last is frame 2 of every sequence, positions counted from the start of the history.
+    // [doc:relpos_causal]
+    check(max_diff(rel_last.to_vector<double>({batch, out}), frame(rel_full, time, 2).to_vector<double>({batch, out})) < 1e-5,
+          "relative-position decoding step by step equals the whole sequence");
+  } catch (const Error& e) {
+    std::printf("FAIL dimx::Error: %s\n", e.what());
+    return 1;
+  }
+  if (failures) std::printf("%d check(s) failed\n", failures);
+  return failures ? 1 : 0;
+}
