@@ -23,6 +23,7 @@ import os
 import torch
 
 from make_golden import GOLDEN, save_safetensors
+from convert_checkpoint import espnet_rel_pos_to_dimx, head_major
 
 B, T, E, H = 3, 6, 8, 2
 LENGTHS = [6, 3, 4]
@@ -39,17 +40,12 @@ def main():
     pad = torch.arange(T)[None, :] >= torch.tensor(LENGTHS)[:, None]
     with torch.no_grad():
         out, _ = mha(x, x, x, key_padding_mask=pad, need_weights=False)
-    d = E // H
     w, b = mha.in_proj_weight.detach(), mha.in_proj_bias.detach()
-    rows = []
-    for h in range(H):
-        for part in range(3):  # q, k, v blocks of torch's [q; k; v]
-            rows.extend(range(part * E + h * d, part * E + (h + 1) * d))
     save_safetensors(
         os.path.join(GOLDEN, "self_attention.safetensors"),
         {
-            "qkv.weight": w[rows],
-            "qkv.bias": b[rows],
+            "qkv.weight": head_major(*w.chunk(3), H),
+            "qkv.bias": head_major(*b.chunk(3), H),
             "proj.weight": mha.out_proj.weight.detach(),
             "proj.bias": mha.out_proj.bias.detach(),
             "x": x,
@@ -58,15 +54,6 @@ def main():
         },
         {"torch": torch.__version__, "B": str(B), "T": str(T), "E": str(E), "H": str(H)},
     )
-
-
-def head_major(wq, wk, wv, h):
-    """Rows of dimx's fused qkv: per head (q_h, k_h, v_h)."""
-    d = wq.shape[0] // h
-    parts = []
-    for i in range(h):
-        parts += [wq[i * d:(i + 1) * d], wk[i * d:(i + 1) * d], wv[i * d:(i + 1) * d]]
-    return torch.cat(parts)
 
 
 def cross_attention():
@@ -117,47 +104,47 @@ def espnet_rel_shift(x):
     return x[:, :, 1:].reshape(b, h, t, p)[:, :, :, : p // 2 + 1]
 
 
+def espnet_rel_pos_attention(sd, x, lengths, heads):
+    """ESPnet's RelPositionMultiHeadedAttention forward (no dropout) on x [B, T, E], state dict sd."""
+    b, t, e = x.shape
+    d = e // heads
+    lin = lambda n, v: torch.nn.functional.linear(v, sd[f"linear_{n}.weight"], sd.get(f"linear_{n}.bias"))
+    q = lin("q", x).view(b, t, heads, d)
+    k = lin("k", x).view(b, t, heads, d).transpose(1, 2)
+    v = lin("v", x).view(b, t, heads, d).transpose(1, 2)
+    pos_emb = espnet_rel_pos_encoding(t, e)
+    p = lin("pos", pos_emb).view(2 * t - 1, heads, d).transpose(0, 1)  # (H, 2t-1, d)
+    ac = torch.matmul((q + sd["pos_bias_u"]).transpose(1, 2), k.transpose(-2, -1))
+    bd = espnet_rel_shift(torch.matmul((q + sd["pos_bias_v"]).transpose(1, 2), p.transpose(-2, -1)))
+    scores = (ac + bd) / math.sqrt(d)
+    keep = (torch.arange(t)[None, :] < torch.tensor(lengths)[:, None])[:, None, None, :]
+    w = torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1).masked_fill(~keep, 0.0)
+    return lin("out", torch.matmul(w, v).transpose(1, 2).reshape(b, t, e))
+
+
+def espnet_state(e, heads):
+    sd = {}
+    for n in ("q", "k", "v", "out"):
+        lin = torch.nn.Linear(e, e)
+        sd[f"linear_{n}.weight"], sd[f"linear_{n}.bias"] = lin.weight.detach(), lin.bias.detach()
+    sd["linear_pos.weight"] = torch.nn.Linear(e, e, bias=False).weight.detach()
+    sd["pos_bias_u"] = torch.empty(heads, e // heads).uniform_(-0.5, 0.5)
+    sd["pos_bias_v"] = torch.empty(heads, e // heads).uniform_(-0.5, 0.5)
+    return sd
+
+
 def rel_pos_self_attention():
     torch.manual_seed(5)
     e, t = 8, 6
-    d = e // H
     lengths = [6, 3, 4]
-    lin = {n: torch.nn.Linear(e, e) for n in ("q", "k", "v", "out")}
-    linear_pos = torch.nn.Linear(e, e, bias=False)
-    u = torch.empty(H, d).uniform_(-0.5, 0.5)
-    v_bias = torch.empty(H, d).uniform_(-0.5, 0.5)
+    sd = espnet_state(e, H)
     x = torch.randn(B, t, e)
-    pos_emb = espnet_rel_pos_encoding(t, e)
     with torch.no_grad():
-        q = lin["q"](x).view(B, t, H, d)
-        k = lin["k"](x).view(B, t, H, d).transpose(1, 2)
-        v = lin["v"](x).view(B, t, H, d).transpose(1, 2)
-        p = linear_pos(pos_emb).view(2 * t - 1, H, d).transpose(0, 1)  # (H, 2t-1, d)
-        ac = torch.matmul((q + u).transpose(1, 2), k.transpose(-2, -1))
-        bd = espnet_rel_shift(torch.matmul((q + v_bias).transpose(1, 2), p.transpose(-2, -1)))
-        scores = (ac + bd) / math.sqrt(d)
-        keep = (torch.arange(t)[None, :] < torch.tensor(lengths)[:, None])[:, None, None, :]
-        w = torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1).masked_fill(~keep, 0.0)
-        out = lin["out"](torch.matmul(w, v).transpose(1, 2).reshape(B, t, e))
-    # ESPnet encodes i - j as (sin, cos) pairs; dimx encodes j - i as sines then cosines.
-    wp = linear_pos.weight.detach()
-    wp_dimx = torch.cat([-wp[:, 0::2], wp[:, 1::2]], dim=1)
-    save_safetensors(
-        os.path.join(GOLDEN, "rel_pos_self_attention.safetensors"),
-        {
-            "qkv.weight": head_major(lin["q"].weight, lin["k"].weight, lin["v"].weight, H).detach(),
-            "qkv.bias": head_major(lin["q"].bias, lin["k"].bias, lin["v"].bias, H).detach(),
-            "proj.weight": lin["out"].weight.detach(),
-            "proj.bias": lin["out"].bias.detach(),
-            "linear_pos.weight": wp_dimx,
-            "pos_bias_u": u,
-            "pos_bias_v": v_bias,
-            "x": x,
-            "lengths": torch.tensor(lengths, dtype=torch.int64),
-            "out": out,
-        },
-        {"torch": torch.__version__},
-    )
+        out = espnet_rel_pos_attention(sd, x, lengths, H)
+    tensors = espnet_rel_pos_to_dimx(sd, H)
+    tensors.update({"x": x, "lengths": torch.tensor(lengths, dtype=torch.int64), "out": out})
+    save_safetensors(os.path.join(GOLDEN, "rel_pos_self_attention.safetensors"), tensors,
+                     {"torch": torch.__version__})
 
 
 if __name__ == "__main__":

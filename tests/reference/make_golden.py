@@ -40,12 +40,14 @@ then the raw row-major bytes.
 """
 import json
 import os
-import struct
+import sys
 
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN = os.path.join(os.path.dirname(HERE), "golden")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "scripts"))
+from convert_checkpoint import save_safetensors  # noqa: E402  (the one safetensors writer)
 
 SEED = 20240611
 IN, HIDDEN, OUT, BATCH = 5, 7, 3, 4
@@ -58,27 +60,6 @@ RUNS = {
     "sgd5": (torch.optim.SGD, dict(lr=0.1, momentum=0.9, weight_decay=1e-3)),
     "nesterov5": (torch.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
 }
-
-
-def save_safetensors(path, tensors, metadata):
-    """Writes {name: tensor} (float32 or int64) in the safetensors format, keys sorted."""
-    dtypes = {torch.float32: "F32", torch.float64: "F64", torch.int64: "I64"}
-    header = {"__metadata__": dict(sorted(metadata.items()))}
-    blobs = []
-    offset = 0
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
-        data = t.numpy().astype(t.numpy().dtype.newbyteorder("<")).tobytes()
-        header[name] = {"dtype": dtypes[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)  # pad the header so the data section is 8-byte aligned
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for b in blobs:
-            f.write(b)
 
 
 class MLP(torch.nn.Module):
