@@ -26,6 +26,8 @@
 #include <string>
 #include <vector>
 
+#include "peer.h"
+
 using namespace dimx;
 
 namespace {
@@ -55,27 +57,6 @@ double median_ms(int reps, Device dev, const std::function<void()>& f) {
   }
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
-}
-
-// Case name -> median ms from the peer script; $PYTHON, else the first of python3 and
-// /usr/bin/python3 that has torch.
-std::map<std::string, double> run_peer(const std::string& script, const std::string& device) {
-  std::vector<std::string> pythons = {"python3", "/usr/bin/python3"};
-  if (const char* env = std::getenv("PYTHON")) pythons = {env};
-  for (const std::string& py : pythons) {
-    std::map<std::string, double> r;
-    FILE* p = popen((py + " " + script + " " + device + " 2>/dev/null").c_str(), "r");
-    if (!p) continue;
-    char line[512];
-    while (fgets(line, sizeof line, p)) {
-      std::string s(line);
-      auto c = s.find('\t');
-      if (c != std::string::npos) r[s.substr(0, c)] = std::stod(s.substr(c + 1));
-    }
-    pclose(p);
-    if (!r.empty()) return r;
-  }
-  return {};
 }
 
 // Max abs difference between att's output for batch entry 0 and a float64 loop, at a few queries.
@@ -198,7 +179,7 @@ int main(int argc, char** argv) {
   auto init = causal.default_initial_state({batch});
   rows.push_back({"CausalSelfAttention " + tag, median_ms(n, dev, [&] { causal(x, time, init); })});
 
-  std::map<std::string, double> peer = run_peer(peer_script, device);
+  std::map<std::string, double> peer = bench::run_peer(peer_script, device);
   // Forward FLOPs: qkv and output projections plus the two attention contractions.
   const double flops = 2.0 * c.B * c.T * c.E * 4 * c.E + 4.0 * c.B * c.T * c.T * c.E;
   if (!json)

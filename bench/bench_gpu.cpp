@@ -3,6 +3,7 @@
 #include <dimx/dimx.h>
 #include <dimx/gpu/runtime.h>
 
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -11,6 +12,8 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "peer.h"
 
 using namespace dimx;
 
@@ -28,21 +31,6 @@ double median_ms(int reps, const std::function<void()>& f) {
   }
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
-}
-
-// Case name -> median ms from the PyTorch peer script (empty if it cannot run).
-std::map<std::string, double> run_peer(const std::string& script) {
-  std::map<std::string, double> r;
-  FILE* p = popen(("python3 " + script + " 2>/dev/null").c_str(), "r");
-  if (!p) return r;
-  char line[512];
-  while (fgets(line, sizeof line, p)) {
-    std::string s(line);
-    auto c = s.find('\t');
-    if (c != std::string::npos) r[s.substr(0, c)] = std::stod(s.substr(c + 1));
-  }
-  pclose(p);
-  return r;
 }
 
 }  // namespace
@@ -98,7 +86,7 @@ int main(int argc, char** argv) {
                     4.0 * double(y.numel()), 0});
   }
 
-  std::map<std::string, double> peer = run_peer(peer_script);
+  std::map<std::string, double> peer = bench::run_peer(peer_script);
   if (!json) std::printf("%-46s %10s %10s %8s %12s\n", "case", "dimx ms", "torch ms", "ratio", "dimx rate");
   for (const Row& r : rows) {
     auto it = peer.find(r.name);
