@@ -5,7 +5,7 @@
 // and query i run from -(Tq-1) to Tk-1 (minus query_offset) over a new static Dim of size
 // Tq - 1 + Tk; emb[r] = [sin(r w_0), ..., sin(r w_{F/2-1}), cos(r w_0), ..., cos(r w_{F/2-1})]
 // with w_k = 10000^(-2k/F) (all sines, then all cosines). The Dim is cached per (Tq, Tk,
-// offset), so repeated calls return the same Dim.
+// offset), so repeated calls return the same Dim; recent tables are cached too.
 //
 // sinusoidal_positional_encoding (tensor2tensor style): emb[t] = [sin(t w_k)]_{k<F/2} ++
 // [cos(t w_k)]_{k<F/2}, t = offset + frame, w_k = base^(-k/(F/2-1)).
