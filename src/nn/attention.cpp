@@ -7,6 +7,8 @@
 #include <dimx/reduce.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "autograd.h"
 #include "backend.h"
@@ -154,6 +156,16 @@ Tensor fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, con
   return out;
 }
 
+// The default where DotAttentionOptions::fused is unset: DIMX_FUSED_ATTENTION=0/1 if set
+// (for benchmarks), else fused: on CUDA and on the CPU it is the faster path (bench_attention).
+bool fused_by_default() {
+  static const int env = [] {
+    const char* e = std::getenv("DIMX_FUSED_ATTENTION");
+    return e && *e ? (std::string(e) == "0" ? 0 : 1) : -1;
+  }();
+  return env != 0;
+}
+
 // The fused forward with a node whose backward recomputes the weights from q and k.
 Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const Dim& key_dim, const Dim& kv_axis,
                        double scale) {
@@ -220,7 +232,7 @@ Tensor dot_attention(const Tensor& q, const Tensor& k0, const Tensor& v0, const 
   if (key_dim.is_dynamic()) fail("dot_attention: key_dim '" + key_dim.str() + "' must be static");
   const double scale = o.scale.value_or(1.0 / std::sqrt(double(key_dim.size())));
   const bool dropout_active = o.att_dropout > 0 && o.training;
-  if (!dropout_active && o.fused.value_or(q.device().type == Device::Type::cuda)) {
+  if (!dropout_active && o.fused.value_or(fused_by_default())) {
     check_same_device(op, q, k);
     check_same_device(op, q, v);
     if (Tensor out = fused_with_grad(q, k, v, key_dim, kv_axis, scale); out.defined()) return out;

@@ -33,8 +33,8 @@ struct DotAttentionOptions {
   Generator* gen = nullptr;             // needed when att_dropout > 0 in training
   bool training = false;
   // The fused primitive (no [query, key] energies in memory) where the Dims map onto it and no
-  // dropout applies. Unset: where it is the faster path on the device (CUDA); true / false:
-  // prefer it / never use it (results agree within rounding).
+  // dropout applies. Unset: as DIMX_FUSED_ATTENTION (0 / 1) says, else fused (the faster path
+  // on the CPU and on CUDA); true / false: prefer it / never (results agree within rounding).
   std::optional<bool> fused;
 };
 
