@@ -62,6 +62,36 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t row_stride, 
   }
 }
 
+// o[i][:] += sum_{j < n} Ps[j][row i] * Vs[j][the thread's columns]; U: unroll factor.
+template <class T, int D, int BM, int BN, int U>
+__device__ __forceinline__ void pv_tile(const T* Ps, const T* Vs, T (&o)[BM / 8][D / 16], int tx, int ty, int n) {
+  constexpr int VN = 16 / int(sizeof(T));
+  constexpr int RM = BM / 8, OG = D / (16 * VN), LDD = D + VN, LDP = BM + VN;
+  using V = typename Vec<T>::type;
+#pragma unroll U
+  for (int j = 0; j < n; ++j) {
+    T p[RM];
+#pragma unroll
+    for (int i = 0; i < RM; i += VN) *reinterpret_cast<V*>(p + i) = *reinterpret_cast<const V*>(Ps + j * LDP + ty * RM + i);
+#pragma unroll
+    for (int g = 0; g < OG; ++g) {
+      const V vv = *reinterpret_cast<const V*>(Vs + j * LDD + tx * VN + 16 * VN * g);
+#pragma unroll
+      for (int i = 0; i < RM; ++i) {
+        if constexpr (VN == 4) {
+          o[i][g * 4 + 0] = fma(p[i], vv.x, o[i][g * 4 + 0]);
+          o[i][g * 4 + 1] = fma(p[i], vv.y, o[i][g * 4 + 1]);
+          o[i][g * 4 + 2] = fma(p[i], vv.z, o[i][g * 4 + 2]);
+          o[i][g * 4 + 3] = fma(p[i], vv.w, o[i][g * 4 + 3]);
+        } else {
+          o[i][g * 2 + 0] = fma(p[i], vv.x, o[i][g * 2 + 0]);
+          o[i][g * 2 + 1] = fma(p[i], vv.y, o[i][g * 2 + 1]);
+        }
+      }
+    }
+  }
+}
+
 template <class T, int D, int BM, int BN, int MINB, bool VEC>
 __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs a) {
   constexpr int VN = 16 / int(sizeof(T));  // elements per 16-byte vector
@@ -111,7 +141,7 @@ __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs
   if (kmax > 0) load_tile<T, D, LDD, VEC>(Vs, v, a.v_rs, BN, kmax < BN ? kmax : BN, dv);
   cp_async_commit();
 
-  T o[RM][OG * VN];
+  T o[RM][D / 16];
   T m[RM], l[RM];
 #pragma unroll
   for (int i = 0; i < RM; ++i) {
@@ -190,28 +220,8 @@ __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs
     cp_async_wait1();  // this V tile is in (the next K tile may not be)
     __syncthreads();   // Ps and Vs are complete
     const int jn = kmax - j0 < BN ? kmax - j0 : BN;
-#pragma unroll 4
-    for (int j = 0; j < jn; ++j) {
-      T p[RM];
-#pragma unroll
-      for (int i = 0; i < RM; i += VN) *reinterpret_cast<V*>(p + i) = *reinterpret_cast<const V*>(Ps + j * LDP + ty * RM + i);
-#pragma unroll
-      for (int g = 0; g < OG; ++g) {
-        const V vv = *reinterpret_cast<const V*>(Vs + j * LDD + tx * VN + 16 * VN * g);
-#pragma unroll
-        for (int i = 0; i < RM; ++i) {
-          if constexpr (VN == 4) {
-            o[i][g * 4 + 0] = fma(p[i], vv.x, o[i][g * 4 + 0]);
-            o[i][g * 4 + 1] = fma(p[i], vv.y, o[i][g * 4 + 1]);
-            o[i][g * 4 + 2] = fma(p[i], vv.z, o[i][g * 4 + 2]);
-            o[i][g * 4 + 3] = fma(p[i], vv.w, o[i][g * 4 + 3]);
-          } else {
-            o[i][g * 2 + 0] = fma(p[i], vv.x, o[i][g * 2 + 0]);
-            o[i][g * 2 + 1] = fma(p[i], vv.y, o[i][g * 2 + 1]);
-          }
-        }
-      }
-    }
+    if (jn == BN) pv_tile<T, D, BM, BN, 8>(Ps, Vs, o, tx, ty, BN);
+    else pv_tile<T, D, BM, BN, 4>(Ps, Vs, o, tx, ty, jn);
     __syncthreads();  // every thread is done with Vs and Ps
     if (next < kmax)
       load_tile<T, D, LDD, VEC>(Vs, v + int64_t(next) * a.v_rs, a.v_rs, BN, kmax - next < BN ? kmax - next : BN, dv);
