@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <cstdlib>
 
 #include "common.cuh"
 
@@ -63,10 +64,11 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t row_stride, 
 }
 
 // o[i][:] += sum_{j < n} Ps[j][row i] * Vs[j][the thread's columns]; U: unroll factor.
-template <class T, int D, int BM, int BN, int U>
-__device__ __forceinline__ void pv_tile(const T* Ps, const T* Vs, T (&o)[BM / 8][D / 16], int tx, int ty, int n) {
+template <class T, int D, int BM, int BN, int TX, int U>
+__device__ __forceinline__ void pv_tile(const T* Ps, const T* Vs, T (&o)[BM * TX / kThreads][D / TX], int tx, int ty,
+                                        int n) {
   constexpr int VN = 16 / int(sizeof(T));
-  constexpr int RM = BM / 8, OG = D / (16 * VN), LDD = D + VN, LDP = BM + VN;
+  constexpr int RM = BM * TX / kThreads, OG = D / (TX * VN), LDD = D + VN, LDP = BM + VN;
   using V = typename Vec<T>::type;
 #pragma unroll U
   for (int j = 0; j < n; ++j) {
@@ -75,7 +77,7 @@ __device__ __forceinline__ void pv_tile(const T* Ps, const T* Vs, T (&o)[BM / 8]
     for (int i = 0; i < RM; i += VN) *reinterpret_cast<V*>(p + i) = *reinterpret_cast<const V*>(Ps + j * LDP + ty * RM + i);
 #pragma unroll
     for (int g = 0; g < OG; ++g) {
-      const V vv = *reinterpret_cast<const V*>(Vs + j * LDD + tx * VN + 16 * VN * g);
+      const V vv = *reinterpret_cast<const V*>(Vs + j * LDD + tx * VN + TX * VN * g);
 #pragma unroll
       for (int i = 0; i < RM; ++i) {
         if constexpr (VN == 4) {
@@ -92,12 +94,12 @@ __device__ __forceinline__ void pv_tile(const T* Ps, const T* Vs, T (&o)[BM / 8]
   }
 }
 
-template <class T, int D, int BM, int BN, int MINB, bool VEC>
+template <class T, int D, int BM, int BN, int TX, int MINB, bool VEC>
 __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs a) {
   constexpr int VN = 16 / int(sizeof(T));  // elements per 16-byte vector
-  constexpr int RM = BM / 8, CN = BN / 16, OG = D / (16 * VN);
+  constexpr int RM = BM * TX / kThreads, CN = BN / TX, OG = D / (TX * VN);
   constexpr int LDD = D + VN, LDP = BM + VN;
-  static_assert(RM % VN == 0 && OG >= 1, "tile shape");
+  static_assert(RM % VN == 0 && OG >= 1 && BN % TX == 0 && (BM * TX) % kThreads == 0, "tile shape");
   using V = typename Vec<T>::type;
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -107,7 +109,7 @@ __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs
   T* Ps = Vs + BN * LDD;                   // [BN][LDP]: the weights, transposed
   __shared__ int kmax_s;
 
-  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int tid = threadIdx.x, tx = tid % TX, ty = tid / TX;
   const int64_t b = blockIdx.x, b0 = b / a.batch1, b1 = b % a.batch1;
   // Last query blocks first: under causality they are the longest.
   const int64_t i0 = int64_t(gridDim.y - 1 - blockIdx.y) * BM;
@@ -141,7 +143,7 @@ __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs
   if (kmax > 0) load_tile<T, D, LDD, VEC>(Vs, v, a.v_rs, BN, kmax < BN ? kmax : BN, dv);
   cp_async_commit();
 
-  T o[RM][D / 16];
+  T o[RM][D / TX];
   T m[RM], l[RM];
 #pragma unroll
   for (int i = 0; i < RM; ++i) {
@@ -164,7 +166,7 @@ __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs
     for (int c = 0; c < D; c += VN) {
       V kv[CN];
 #pragma unroll
-      for (int e = 0; e < CN; ++e) kv[e] = *reinterpret_cast<const V*>(Ks + (tx + 16 * e) * LDD + c);
+      for (int e = 0; e < CN; ++e) kv[e] = *reinterpret_cast<const V*>(Ks + (tx + TX * e) * LDD + c);
 #pragma unroll
       for (int i = 0; i < RM; ++i) {
         const V qv = *reinterpret_cast<const V*>(Qs + (ty * RM + i) * LDD + c);
@@ -194,11 +196,11 @@ __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs
       T mx = -INFINITY;
 #pragma unroll
       for (int e = 0; e < CN; ++e) {
-        s[i][e] = j0 + tx + 16 * e < len[i] ? s[i][e] * sl2 : T(-INFINITY);
+        s[i][e] = j0 + tx + TX * e < len[i] ? s[i][e] * sl2 : T(-INFINITY);
         mx = s[i][e] > mx ? s[i][e] : mx;
       }
 #pragma unroll
-      for (int off = 8; off > 0; off >>= 1) {
+      for (int off = TX / 2; off > 0; off >>= 1) {
         const T other = __shfl_xor_sync(0xffffffffu, mx, off);
         mx = other > mx ? other : mx;
       }
@@ -211,7 +213,7 @@ __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs
       for (int e = 0; e < CN; ++e) {
         const T p = exp2_(s[i][e] - base);
         sum += p;
-        Ps[(tx + 16 * e) * LDP + ty * RM + i] = p;
+        Ps[(tx + TX * e) * LDP + ty * RM + i] = p;
       }
       l[i] = l[i] * alpha + sum;  // per-thread partial sum; the row's total is summed at the end
 #pragma unroll
@@ -220,8 +222,8 @@ __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs
     cp_async_wait1();  // this V tile is in (the next K tile may not be)
     __syncthreads();   // Ps and Vs are complete
     const int jn = kmax - j0 < BN ? kmax - j0 : BN;
-    if (jn == BN) pv_tile<T, D, BM, BN, 8>(Ps, Vs, o, tx, ty, BN);
-    else pv_tile<T, D, BM, BN, 4>(Ps, Vs, o, tx, ty, jn);
+    if (jn == BN) pv_tile<T, D, BM, BN, TX, 8>(Ps, Vs, o, tx, ty, BN);
+    else pv_tile<T, D, BM, BN, TX, 4>(Ps, Vs, o, tx, ty, jn);
     __syncthreads();  // every thread is done with Vs and Ps
     if (next < kmax)
       load_tile<T, D, LDD, VEC>(Vs, v + int64_t(next) * a.v_rs, a.v_rs, BN, kmax - next < BN ? kmax - next : BN, dv);
@@ -233,7 +235,7 @@ __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs
   for (int i = 0; i < RM; ++i) {
     T sum = l[i];
 #pragma unroll
-    for (int off = 8; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    for (int off = TX / 2; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
     const int64_t r = i0 + ty * RM + i;
     if (r >= a.tq) continue;
     const T inv = sum > T(0) ? T(1) / sum : T(0);
@@ -242,17 +244,17 @@ __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs
     for (int g = 0; g < OG; ++g)
 #pragma unroll
       for (int c = 0; c < VN; ++c) {
-        const int col = tx * VN + 16 * VN * g + c;
+        const int col = tx * VN + TX * VN * g + c;
         if (col < dv) row[col] = o[i][g * VN + c] * inv;
       }
   }
 }
 
-template <class T, int D, int BM, int BN, int MINB, bool VEC>
+template <class T, int D, int BM, int BN, int TX, int MINB, bool VEC>
 void launch(const AttentionArgs& a, cudaStream_t s) {
   constexpr int VN = 16 / int(sizeof(T));
   constexpr size_t smem = sizeof(T) * size_t(BM * (D + VN) + 2 * BN * (D + VN) + BN * (BM + VN));
-  const cudaError_t attr = cudaFuncSetAttribute(attention_kernel<T, D, BM, BN, MINB, VEC>,
+  const cudaError_t attr = cudaFuncSetAttribute(attention_kernel<T, D, BM, BN, TX, MINB, VEC>,
                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (attr != cudaSuccess) {
     cudaGetLastError();
@@ -261,11 +263,11 @@ void launch(const AttentionArgs& a, cudaStream_t s) {
   const int64_t qblocks = (a.tq + BM - 1) / BM;
   if (qblocks > 65535) throw Error("dot_attention: " + std::to_string(a.tq) + " queries per problem is too many for cuda");
   const dim3 grid(unsigned(a.batch0 * a.batch1), unsigned(qblocks));
-  attention_kernel<T, D, BM, BN, MINB, VEC><<<grid, kThreads, smem, s>>>(a);
+  attention_kernel<T, D, BM, BN, TX, MINB, VEC><<<grid, kThreads, smem, s>>>(a);
   check_launch("dot_attention");
 }
 
-template <class T, int D, int BM, int BN, int MINB>
+template <class T, int D, int BM, int BN, int TX, int MINB>
 void launch_vec(const AttentionArgs& a, cudaStream_t s) {
   constexpr int64_t VN = 16 / int64_t(sizeof(T));
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
@@ -273,8 +275,17 @@ void launch_vec(const AttentionArgs& a, cudaStream_t s) {
                    a.q_bs0 % VN == 0 && a.q_bs1 % VN == 0 && a.q_rs % VN == 0 && a.k_bs0 % VN == 0 &&
                    a.k_bs1 % VN == 0 && a.k_rs % VN == 0 && a.v_bs0 % VN == 0 && a.v_bs1 % VN == 0 &&
                    a.v_rs % VN == 0;
-  if (vec) launch<T, D, BM, BN, MINB, true>(a, s);
-  else launch<T, D, BM, BN, MINB, false>(a, s);
+  if (vec) launch<T, D, BM, BN, TX, MINB, true>(a, s);
+  else launch<T, D, BM, BN, TX, MINB, false>(a, s);
+}
+
+// Temporary: DIMX_ATTN_VARIANT=1 picks the 64-query tiles for d <= 64 (for comparison).
+int variant() {
+  static const int v = [] {
+    const char* e = std::getenv("DIMX_ATTN_VARIANT");
+    return e ? std::atoi(e) : 0;
+  }();
+  return v;
 }
 
 }  // namespace
@@ -285,11 +296,15 @@ bool launch_attention(DType dt, const AttentionArgs& a, cudaStream_t s) {
   if (a.batch0 * a.batch1 == 0 || a.tq == 0 || a.dv == 0) return true;
   if (a.batch0 * a.batch1 > 0x7fffffff) return false;
   if (dt == DType::f32) {
-    if (width <= 64) launch_vec<float, 64, 64, 64, 3>(a, s);
-    else launch_vec<float, 128, 64, 32, 2>(a, s);
+    if (width <= 64) {
+      if (variant() == 1) launch_vec<float, 64, 64, 64, 16, 3>(a, s);
+      else launch_vec<float, 64, 128, 64, 8, 2>(a, s);
+    } else {
+      launch_vec<float, 128, 64, 32, 16, 2>(a, s);
+    }
   } else {
-    if (width <= 64) launch_vec<double, 64, 32, 64, 1>(a, s);
-    else launch_vec<double, 128, 32, 32, 1>(a, s);
+    if (width <= 64) launch_vec<double, 64, 32, 64, 16, 1>(a, s);
+    else launch_vec<double, 128, 32, 32, 16, 1>(a, s);
   }
   return true;
 }
