@@ -62,7 +62,7 @@ def main():
     case(f"SelfAttention padded {tag}", b, t, e, h, dev, reps, lengths=lengths)
     case(f"CausalSelfAttention {tag}", b, t, e, h, dev, reps, causal=True)
     d = e // h
-    for causal in (False, True):
+    for causal in (False, True) if hasattr(torch.nn.functional, "scaled_dot_product_attention") else ():
         q, k, v = (torch.randn(b, h, t, d, device=dev) for _ in range(3))
         with torch.inference_mode():
             ms = median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal), reps,
