@@ -9,7 +9,9 @@
 // Cases: SelfAttention (static time), SelfAttention on a padded batch (lengths T - 32 b, torch
 // with key_padding_mask), CausalSelfAttention over the whole sequence (torch with a causal
 // attn_mask). Before timing, the static case is checked against a float64 loop on a few query
-// frames (CPU) or against the CPU result (CUDA).
+// frames (CPU) or against the CPU result (CUDA). Two more cases time dot_attention alone on
+// {batch, heads, time, d} against torch's scaled_dot_product_attention (GFLOP/s there counts
+// the modules' FLOPs, so ignore it).
 #include <dimx/nn.h>
 #ifdef DIMX_BENCH_CUDA
 #include <dimx/gpu/runtime.h>
@@ -178,6 +180,18 @@ int main(int argc, char** argv) {
       {"SelfAttention padded " + tag, median_ms(n, dev, [&] { att(xp, padded); })});
   auto init = causal.default_initial_state({batch});
   rows.push_back({"CausalSelfAttention " + tag, median_ms(n, dev, [&] { causal(x, time, init); })});
+  // The attention alone on contiguous {batch, heads, time, d} (the peer: torch's SDPA).
+  {
+    Dim heads(c.H, "heads"), d(c.E / c.H, "d"), dv(c.E / c.H, "dv");
+    Tensor q = random_normal({batch, heads, time, d}, gen).to(dev), k = random_normal({batch, heads, time, d}, gen).to(dev);
+    Tensor v = random_normal({batch, heads, time, dv}, gen).to(dev);
+    const std::string t2 = "B" + std::to_string(c.B) + " H" + std::to_string(c.H) + " T" + std::to_string(c.T) + " d" +
+                           std::to_string(d.size());
+    rows.push_back({"dot_attention " + t2, median_ms(n, dev, [&] { nn::dot_attention(q, k, v, d, time); })});
+    nn::DotAttentionOptions o;
+    o.causal_query_dim = time;
+    rows.push_back({"dot_attention causal " + t2, median_ms(n, dev, [&] { nn::dot_attention(q, k, v, d, time, o); })});
+  }
 
   std::map<std::string, double> peer = bench::run_peer(peer_script, device);
   // Forward FLOPs: qkv and output projections plus the two attention contractions.

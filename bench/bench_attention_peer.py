@@ -2,7 +2,8 @@
 
     python3 bench_attention_peer.py cpu|cuda
 
-Prints "case<TAB>median ms" per line. CPU: 2 threads, eval mode, inference_mode,
+Prints "case<TAB>median ms" per line; the last two cases time the attention alone
+(torch.nn.functional.scaled_dot_product_attention on [B, H, T, d]). CPU: 2 threads, eval mode, inference_mode,
 need_weights=False (torch's fastest path, its fused native attention where it applies).
 CUDA: float32 without TF32, timed with CUDA events.
 """
@@ -60,6 +61,13 @@ def main():
     case(f"SelfAttention {tag}", b, t, e, h, dev, reps)
     case(f"SelfAttention padded {tag}", b, t, e, h, dev, reps, lengths=lengths)
     case(f"CausalSelfAttention {tag}", b, t, e, h, dev, reps, causal=True)
+    d = e // h
+    for causal in (False, True) if hasattr(torch.nn.functional, "scaled_dot_product_attention") else ():
+        q, k, v = (torch.randn(b, h, t, d, device=dev) for _ in range(3))
+        with torch.inference_mode():
+            ms = median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal), reps,
+                           dev == "cuda")
+        print(f"dot_attention{' causal' if causal else ''} B{b} H{h} T{t} d{d}\t{ms}", flush=True)
 
 
 if __name__ == "__main__":

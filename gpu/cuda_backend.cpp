@@ -158,6 +158,16 @@ class CudaBackend final : public backend::Backend {
           "cublasGemmStridedBatchedEx");
   }
 
+  bool attention(DType dt, const backend::Attention& a) override {
+    const AttentionArgs g{a.batch[0], a.batch[1], a.tq, a.tk, a.d, a.dv, a.scale,
+                          a.q.data, a.q.batch_stride[0], a.q.batch_stride[1], a.q.row_stride,
+                          a.k.data, a.k.batch_stride[0], a.k.batch_stride[1], a.k.row_stride,
+                          a.v.data, a.v.batch_stride[0], a.v.batch_stride[1], a.v.row_stride,
+                          a.out, a.out_batch_stride[0], a.out_batch_stride[1], a.out_row_stride,
+                          a.key_lengths};
+    return launch_attention(dt, g, stream());
+  }
+
   bool gather(DType dt, const Shape& shape, const In& x, int64_t axis_stride, int64_t extent, const In& idx, bool clip,
               const Out& y) override {
     cudaStream_t s = stream();

@@ -20,6 +20,21 @@ struct Meta {
   int64_t strides[K][kMaxDims] = {};
 };
 
+// backend::Attention flattened (see src/backend.h): strides in elements, rows contiguous.
+struct AttentionArgs {
+  int64_t batch0, batch1, tq, tk, d, dv;
+  double scale;
+  const void* q;
+  int64_t q_bs0, q_bs1, q_rs;
+  const void* k;
+  int64_t k_bs0, k_bs1, k_rs;
+  const void* v;
+  int64_t v_bs0, v_bs1, v_rs;
+  void* out;
+  int64_t o_bs0, o_bs1, o_rs;
+  const int64_t* key_lengths;
+};
+
 void launch_copy(DType src, DType dst, const Meta<2>& m, const void* x, void* y, cudaStream_t s);
 void launch_fill(DType dt, int64_t n, void* y, double value, cudaStream_t s);
 void launch_iota(DType dt, int64_t n, void* y, cudaStream_t s);
@@ -38,6 +53,8 @@ void launch_gather(DType dt, const Meta<3>& m, const void* x, int64_t axis_strid
                    bool clip, void* y, int* bad, cudaStream_t s);
 void launch_scatter_add(DType dt, const Meta<3>& m, const void* x, int64_t axis_stride, int64_t extent,
                         const int64_t* idx, void* y, cudaStream_t s);
+// False where no kernel fits (dtype other than f32/f64, head size above 128).
+bool launch_attention(DType dt, const AttentionArgs& a, cudaStream_t s);
 void launch_random(bool normal, DType dt, int64_t n, uint64_t seed, uint64_t offset, double a, double b, void* y,
                    cudaStream_t s);
 

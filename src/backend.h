@@ -32,6 +32,31 @@ struct Gemm {
   int64_t ldc, stride_c;
 };
 
+// Fused scaled dot-product attention over `batch[0] * batch[1]` independent problems; problem
+// b = b0 * batch[1] + b1 reads q at q.data + b0 * q.batch_stride[0] + b1 * q.batch_stride[1] +
+// i * q.row_stride + c (two strided batch levels, so {batch, heads} slices of a packed
+// projection need no copy; the same for k, v and out):
+//   out[b, i, :] = sum_{j < len(b, i)} softmax_j(scale * q[b, i, :] . k[b, j, :]) v[b, j, :]
+// q [tq, d], k [tk, d], v [tk, dv], out [tq, dv] per problem, each row contiguous (stride 1).
+// len(b, i) = key_lengths[b * tq + i] (contiguous i64 [batch, tq]; null: every row sees tk
+// keys), clamped to [0, tk]: this covers padding and causality alike. A row that sees no key
+// gets 0. The energies [tq, tk] are never materialized as a whole.
+struct Attention {
+  struct Operand {
+    const void* data;
+    int64_t batch_stride[2];
+    int64_t row_stride;
+  };
+  int64_t batch[2];
+  int64_t tq, tk, d, dv;
+  double scale;
+  Operand q, k, v;
+  void* out;
+  int64_t out_batch_stride[2];
+  int64_t out_row_stride;
+  const int64_t* key_lengths;
+};
+
 enum class RandomKind { uniform, normal };
 
 // The WKV scan of RWKV over contiguous [B, T, C] tensors, per (b, c), with w < 0:
@@ -87,6 +112,9 @@ class Backend {
                        const int64_t* lengths, void* y) = 0;
   virtual void cumsum(DType dt, int64_t A, int64_t N, int64_t B, const void* x, void* y) = 0;
   virtual void gemm(DType dt, const Gemm& g) = 0;
+  // Returns false (computing nothing) where this device has no fused kernel for the dtype or
+  // head size; the frontend then takes the unfused path.
+  virtual bool attention(DType dt, const Attention& a) = 0;
 
   // y[i] = x[i + idx[i] * axis_stride] over `shape` (x's strides exclude the gathered axis),
   // idx is i64. Returns false if an index is outside [0, extent) and clip is off.

@@ -70,7 +70,9 @@ TEST_CASE("dot_attention: self-attention over padded sequences matches a naive l
   Setup s;
   Tensor q = rnd({s.batch, s.time, s.heads, s.key}, 1), k = rnd({s.heads, s.batch, s.time, s.key}, 2);
   Tensor v = rnd({s.time, s.batch, s.heads, s.value}, 3);
-  Tensor out = nn::dot_attention(q, k, v, s.key, s.time);
+  nn::DotAttentionOptions o;
+  o.fused = GENERATE(false, true);
+  Tensor out = nn::dot_attention(q, k, v, s.key, s.time, o);
   CHECK(out.ndim() == 4);
   CHECK(out.has_dim(s.time));
   CHECK(out.has_dim(s.value));
@@ -83,6 +85,7 @@ TEST_CASE("dot_attention: causal masking is a key Dim indexed by the query", "[a
   Tensor v = rnd({s.batch, s.time, s.heads, s.value}, 6);
   nn::DotAttentionOptions o;
   o.causal_query_dim = s.time;
+  o.fused = GENERATE(false, true);
   check_valid(s, nn::dot_attention(q, k, v, s.key, s.time, o), naive(s, q, k, v, true));
   Dim ck = nn::causal_key_dim(s.time, s.time);
   // lengths min(i + 1, len_b) over {query, batch}
@@ -126,6 +129,8 @@ TEST_CASE("dot_attention: gradients of q, k and v match float64 finite differenc
   Tensor v = rnd({s.batch, s.time, s.heads, s.value}, 12, DType::f64), w = rnd({s.batch, s.time, s.heads, s.value}, 13, DType::f64);
   nn::DotAttentionOptions o;
   o.causal_query_dim = s.time;
+  o.fused = GENERATE(false, true);
+  INFO("fused " << *o.fused);
   auto loss = [&](const Tensor& a, const Tensor& b, const Tensor& c) {
     return reduce_sum(nn::dot_attention(a, b, c, s.key, s.time, o) * w, {s.batch, s.time, s.heads, s.value});
   };
@@ -149,6 +154,97 @@ TEST_CASE("dot_attention: gradients of q, k and v match float64 finite differenc
       double num = (at(1e-6) - at(-1e-6)) / 2e-6;
       CHECK(an[j] == Approx(num).epsilon(1e-6).margin(1e-7));
     }
+  }
+}
+
+// The fused primitive against the unfused path (checked against the naive loop above) on
+// random layouts: self, padded, causal, cross-attention, broadcast k/v, odd sizes, f32 and f64.
+TEST_CASE("dot_attention: the fused primitive matches the unfused path on random Dims and layouts", "[attention]") {
+  Dim batch(3, "batch"), heads(2, "heads"), dec(1, "dec");
+  for (DType dt : {DType::f32, DType::f64}) {
+    const double tol = dt == DType::f32 ? 1e-5 : 1e-12;
+    for (int64_t dk : {1, 4, 17, 64, 80}) {
+      Dim key(dk, "key"), value(dk == 17 ? 3 : dk, "value");
+      Dim time = dynamic_dim(batch, {7, 0, 3});  // a sequence without frames: rows with no key
+      Dim stat(6, "stat"), enc = dynamic_dim(batch, {1, 4, 2}, "enc"), one(1, "one");
+      struct Case {
+        std::string name;
+        Dim qt, kt;
+        bool causal;
+      };
+      for (const Case& c : {Case{"static", stat, stat, false}, Case{"padded", time, time, false},
+                            Case{"causal", time, time, true}, Case{"causal static", stat, stat, true},
+                            Case{"cross", dec, enc, false}, Case{"cross static", stat, one, false}}) {
+        INFO(c.name << " d=" << dk << " " << dtype_name(dt));
+        uint32_t seed = uint32_t(dk * 31 + c.name.size());
+        Tensor q = rnd({batch, c.qt, heads, key}, seed, dt);
+        Tensor k = rnd({c.kt, batch, heads, key}, seed + 1, dt), v = rnd({batch, c.kt, heads, value}, seed + 2, dt);
+        nn::DotAttentionOptions o;
+        if (c.causal) o.causal_query_dim = c.qt;
+        o.fused = false;
+        Tensor want = nn::dot_attention(q, k, v, key, c.kt, o);
+        o.fused = true;
+        Tensor got = nn::dot_attention(q, k, v, key, c.kt, o);
+        REQUIRE(got.dims().size() == want.dims().size());
+        for (const Dim& dim : want.dims()) CHECK(got.has_dim(dim));
+        // Valid query frames agree; a query that sees no key gets exactly 0.
+        Tensor m = copy_masked(got, {c.qt}), mw = copy_masked(want, {c.qt});
+        auto g = m.to_vector<double>(want.dims()), w = mw.to_vector<double>(want.dims());
+        CHECK_VEC_APPROX(g, w, tol, tol);
+        for (double x : got.to_vector<double>()) CHECK(std::isfinite(x));
+      }
+    }
+  }
+  // k and v shared over heads (broadcast), and q with an extra query Dim.
+  Dim key(8, "key"), value(5, "value"), t(9, "t"), beam(2, "beam");
+  Tensor q = rnd({beam, batch, heads, t, key}, 40), k = rnd({batch, t, key}, 41), v = rnd({t, value, batch}, 42);
+  nn::DotAttentionOptions o;
+  o.fused = false;
+  Tensor want = nn::dot_attention(q, k, v, key, t, o);
+  o.fused = true;
+  Tensor got = nn::dot_attention(q, k, v, key, t, o);
+  CHECK_VEC_APPROX(got.to_vector<double>(want.dims()), want.to_vector<double>(want.dims()), 1e-5, 1e-6);
+}
+
+TEST_CASE("dot_attention: a query that sees no key gets 0 from the fused path", "[attention]") {
+  Dim batch(2, "batch"), q(3, "q"), key(4, "key"), value(2, "value"), axis(5, "axis");
+  // Key lengths over {batch, q}: row (1, 0) sees nothing, others see some.
+  Dim keys(Tensor::from_vector<int32_t>({batch, q}, {5, 1, 3, 0, 2, 5}), "keys");
+  Tensor qt = rnd({batch, q, key}, 50), k = rnd({batch, keys, key}, 51), v = rnd({batch, keys, value}, 52);
+  nn::DotAttentionOptions o;
+  o.fused = true;
+  Tensor got = nn::dot_attention(qt, k, v, key, keys, o);
+  o.fused = false;
+  Tensor want = nn::dot_attention(qt, k, v, key, keys, o);
+  auto g = got.to_vector<double>({batch, q, value});
+  CHECK_VEC_APPROX(g, want.to_vector<double>({batch, q, value}), 1e-5, 1e-6);
+  CHECK(g[6] == 0.0);
+  CHECK(g[7] == 0.0);
+  (void)axis;
+}
+
+TEST_CASE("dot_attention: fused and unfused gradients agree", "[attention]") {
+  Setup s;
+  for (bool causal : {false, true}) {
+    INFO((causal ? "causal" : "padded"));
+    nn::DotAttentionOptions o;
+    if (causal) o.causal_query_dim = s.time;
+    std::vector<std::vector<double>> results;
+    for (bool fused : {false, true}) {
+      o.fused = fused;
+      Tensor q = rnd({s.batch, s.time, s.heads, s.key}, 60, DType::f64).with_requires_grad();
+      Tensor k = rnd({s.heads, s.time, s.batch, s.key}, 61, DType::f64).with_requires_grad();
+      Tensor v = rnd({s.time, s.batch, s.value, s.heads}, 62, DType::f64).with_requires_grad();
+      Tensor out = copy_masked(nn::dot_attention(q, k, v, s.key, s.time, o), {s.time});
+      std::vector<Tensor> g = grad(reduce_sum(square(out), out.dims()), {q, k, v});
+      std::vector<double> all;
+      for (size_t i = 0; i < 3; ++i) {
+        auto x = g[i].to_vector<double>(std::vector<Tensor>{q, k, v}[i].dims());
+        all.insert(all.end(), x.begin(), x.end());
+      }
+      results.push_back(all);
+    }
+    CHECK_VEC_APPROX(results[1], results[0], 1e-10, 1e-12);
   }
 }
 

@@ -317,6 +317,59 @@ TEST_CASE("gpu: causal dot_attention and its gradients match the CPU", "[gpu]") 
   }, 1e-4, 1e-5);
 }
 
+// The fused primitive on the GPU against the CPU (the CPU's unfused path, by default): self,
+// padded, causal, cross-attention, odd sizes; forward and gradients.
+TEST_CASE("gpu: fused dot_attention and its gradients match the CPU", "[gpu]") {
+  Dim batch(2, "batch"), heads(3, "heads");
+  struct Case {
+    std::string name;
+    int64_t tq, tk, dk, dv;
+    bool padded, causal, self;
+  };
+  const std::vector<Case> cases = {
+      {"static", 70, 70, 64, 64, false, false, true},      {"padded", 70, 70, 64, 64, true, false, true},
+      {"causal", 130, 130, 64, 64, true, true, true},      {"causal static", 65, 65, 32, 32, false, true, true},
+      {"cross", 5, 37, 64, 48, true, false, false},        {"Tq=1", 1, 1000, 64, 64, true, false, false},
+      {"Tk=1", 33, 1, 64, 64, false, false, false},        {"Tk=1000", 9, 1000, 80, 80, false, false, false},
+      {"d=80", 67, 67, 80, 80, true, true, true},          {"d=128", 40, 70, 128, 128, true, false, false},
+      {"odd d", 20, 30, 7, 5, true, false, false},         {"d=200 (unfused)", 10, 12, 200, 8, false, false, false}};
+  for (const Case& c : cases)
+    for (DType dt : {DType::f32, DType::f64}) {
+      Dim key(c.dk, "key"), value(c.dv, "value");
+      Dim tq = c.padded ? dynamic_dim(batch, {int32_t(c.tq), int32_t(c.tq > 2 ? c.tq - 2 : c.tq)}, "tq")
+                        : Dim(c.tq, "tq");
+      Dim tk = c.self ? tq
+                      : (c.padded ? dynamic_dim(batch, {int32_t(c.tk), int32_t(c.tk > 3 ? c.tk - 3 : c.tk)}, "tk")
+                                  : Dim(c.tk, "tk"));
+      nn::DotAttentionOptions o;
+      if (c.causal) o.causal_query_dim = tq;
+      o.fused = true;
+      const double tol = dt == DType::f32 ? 2e-5 : 1e-10;
+      consistent(c.name + (dt == DType::f32 ? " f32" : " f64"), [&](Device dev) {
+        o.fused = dev == kGpu;  // the CPU side takes the unfused path
+        Tensor q = input({batch, tq, heads, key}, 90, dev, -1, 1, dt).with_requires_grad();
+        Tensor k = input({batch, tk, heads, key}, 91, dev, -1, 1, dt).with_requires_grad();
+        Tensor v = input({tk, batch, heads, value}, 92, dev, -1, 1, dt).with_requires_grad();
+        Tensor out = copy_masked(nn::dot_attention(q, k, v, key, tk, o), {tq});
+        std::vector<Tensor> g = grad(reduce_sum(square(out), out.dims()), {q, k, v});
+        g.push_back(out);
+        return g;
+      }, tol, tol);
+    }
+  // A packed projection sliced into q, k, v (the modules' layout: zero-copy strided rows).
+  Dim time(300, "time"), per_head(3 * 64, "qkv"), key(64, "key"), value(64, "value");
+  for (bool causal : {false, true})
+    consistent(causal ? "packed causal" : "packed", [&](Device dev) {
+      Tensor x = input({batch, time, heads, per_head}, 93, dev, -1, 1).transpose_to({batch, time, heads, per_head});
+      Tensor q = slice(x, per_head, 0, 64, 1, key).first, k = slice(x, per_head, 64, 128, 1, key).first;
+      Tensor v = slice(x, per_head, 128, 192, 1, value).first;
+      nn::DotAttentionOptions o;
+      if (causal) o.causal_query_dim = time;
+      o.fused = dev == kGpu;
+      return std::vector<Tensor>{nn::dot_attention(q, k, v, key, time, o)};
+    }, 2e-5, 2e-5);
+}
+
 TEST_CASE("gpu: the attention modules and their parameter gradients match the CPU", "[gpu]") {
   Dims3 d;
   Dim model(8, "model"), kt(8, "kt"), vt(8, "vt"), out(6, "out"), enc(5, "enc"), dec(3, "dec");

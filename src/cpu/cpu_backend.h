@@ -28,6 +28,7 @@ class CpuBackend final : public backend::Backend {
   void cumsum(DType dt, int64_t A, int64_t N, int64_t B, const void* x, void* y) override;
   void gemm(DType dt, const backend::Gemm& g) override;
   void gemm_half(DType dt, const backend::Gemm& g);
+  bool attention(DType dt, const backend::Attention& a) override;
   bool gather(DType dt, const Shape& shape, const In& x, int64_t axis_stride, int64_t extent, const In& idx,
               bool clip, const Out& y) override;
   void scatter_add(DType dt, const Shape& shape, const In& x, int64_t axis_stride, int64_t extent, const In& idx,

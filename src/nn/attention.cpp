@@ -4,11 +4,188 @@
 #include <dimx/shape.h>
 #include <dimx/softmax.h>
 
-#include <cmath>
+#include <dimx/reduce.h>
 
+#include <cmath>
+#include <cstdlib>
+#include <string>
+
+#include "autograd.h"
+#include "backend.h"
 #include "tensor_impl.h"
 
 namespace dimx::nn {
+
+namespace {
+
+// Extent and stride of `group` as one row-major index of t (0 stride where t lacks a Dim);
+// false if the strides do not allow it. Extent-1 Dims are ignored.
+bool merged(const Tensor& t, const Dims& group, int64_t& extent, int64_t& stride) {
+  extent = 1;
+  stride = 0;
+  int64_t expect = -1;
+  for (size_t i = group.size(); i-- > 0;) {
+    const int64_t e = group[i].extent();
+    extent *= e;
+    if (e == 1) continue;
+    const int64_t s = t.has_dim(group[i]) ? t.strides()[t.axis_of(group[i])] : 0;
+    if (expect < 0) stride = s;
+    else if (s != expect) return false;
+    expect = s * e;
+  }
+  return true;
+}
+
+Dims cat(Dims a, const Dims& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+// Splits the batch Dims (in order) into at most two groups that merge into one strided index
+// in every tensor; false if more are needed.
+bool batch_groups(const Dims& batch, const std::vector<const Tensor*>& ts, Dims& g0, Dims& g1) {
+  std::vector<Dims> groups;
+  for (const Dim& d : batch) {
+    if (d.extent() == 1) continue;
+    bool join = !groups.empty();
+    if (join) {
+      Dims trial = cat(groups.back(), {d});
+      int64_t e, s;
+      for (const Tensor* t : ts) join = join && merged(*t, trial, e, s);
+    }
+    if (join) groups.back().push_back(d);
+    else groups.push_back({d});
+  }
+  if (groups.size() > 2) return false;
+  g0 = groups.size() > 1 ? groups[0] : Dims{};
+  g1 = groups.empty() ? Dims{} : groups.back();
+  return true;
+}
+
+// t with `last` as its innermost Dims, stored contiguously there (copies if needed).
+Tensor inner(const Tensor& t, const Dims& last) {
+  int64_t e, s;
+  if (merged(t, last, e, s) && (s == 1 || e <= 1)) return t;
+  return t.transpose_to(cat(minus_dims(t.dims(), last), last));
+}
+
+// dot_attention on the device's fused primitive; undefined where the Dims do not map onto it
+// or the device has no kernel for it. q, k, v already have the key Dim kv_axis.
+Tensor fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, const Dim& key_dim, const Dim& kv_axis,
+                       double scale) {
+  const DType dt = q0.dtype();
+  if ((dt != DType::f32 && dt != DType::f64) || k0.dtype() != dt || v0.dtype() != dt) return {};
+  if (k0.device() != q0.device() || v0.device() != q0.device()) return {};
+  if (q0.has_dim(kv_axis) || v0.has_dim(key_dim)) return {};
+  Dims batch, query, value;
+  for (const Dim& d : q0.dims())
+    if (d != key_dim) (k0.has_dim(d) || v0.has_dim(d) ? batch : query).push_back(d);
+  for (const Dim& d : k0.dims())
+    if (d != kv_axis && d != key_dim && !contains(batch, d)) return {};  // would broadcast the energies
+  for (const Dim& d : v0.dims())
+    if (d != kv_axis && !q0.has_dim(d)) value.push_back(d);
+  Tensor lengths;
+  if (kv_axis.is_dynamic()) {
+    lengths = kv_axis.lengths();
+    for (const Dim& d : lengths.dims())
+      if (!contains(batch, d) && !contains(query, d)) return {};
+  }
+
+  Tensor q = inner(q0, {key_dim}), k = inner(k0, {key_dim}), v = inner(v0, value);
+  int64_t tq, q_rs, tk = kv_axis.extent(), dv, unused;
+  if (!merged(q, query, tq, q_rs)) q = q.transpose_to(cat(cat(batch, query), {key_dim}));
+  merged(q, query, tq, q_rs);
+  merged(v, value, dv, unused);
+  // The output follows q's layout with the value Dims in key_dim's place at the end, so that
+  // merging heads afterwards needs no copy where q came from a packed projection; if its query
+  // Dims do not merge there, batch, query, value in order.
+  Tensor out = empty(cat(minus_dims(q.dims(), {key_dim}), value), dt, q.device());
+  int64_t o_rs;
+  if (!merged(out, query, tq, o_rs)) {
+    out = empty(cat(cat(batch, query), value), dt, q.device());
+    merged(out, query, tq, o_rs);
+  }
+
+  Dims g0, g1;
+  if (!batch_groups(batch, {&q, &k, &v, &out}, g0, g1)) {
+    q = q.transpose_to(cat(cat(batch, query), {key_dim}));
+    k = k.transpose_to(cat(cat(minus_dims(k.dims(), {kv_axis, key_dim}), {kv_axis}), {key_dim}));
+    v = v.transpose_to(cat(cat(minus_dims(v.dims(), cat({kv_axis}, value)), {kv_axis}), value));
+    merged(q, query, tq, q_rs);
+    if (!batch_groups(batch, {&q, &k, &v, &out}, g0, g1)) return {};
+  }
+  backend::Attention a{};
+  auto operand = [&](const Tensor& t, bool rows_are_keys) {
+    backend::Attention::Operand o{};
+    o.data = t.impl().data();
+    int64_t e;
+    merged(t, g0, e, o.batch_stride[0]);
+    merged(t, g1, e, o.batch_stride[1]);
+    if (rows_are_keys) o.row_stride = tk > 1 ? t.strides()[t.axis_of(kv_axis)] : 0;
+    return o;
+  };
+  a.batch[0] = numel_of(extents(g0));
+  a.batch[1] = numel_of(extents(g1));
+  a.tq = tq;
+  a.tk = tk;
+  a.d = key_dim.size();
+  a.dv = dv;
+  a.scale = scale;
+  a.q = operand(q, false);
+  a.q.row_stride = q_rs;
+  a.k = operand(k, true);
+  a.v = operand(v, true);
+  a.out = out.impl().data();
+  {
+    int64_t e;
+    merged(out, g0, e, a.out_batch_stride[0]);
+    merged(out, g1, e, a.out_batch_stride[1]);
+  }
+  a.out_row_stride = o_rs;
+  Tensor lens;
+  if (lengths.defined()) {
+    // Per (problem, query): contiguous i64 over the batch Dims in group order, then the queries.
+    Dims order = cat(cat(g0, g1), query);
+    for (const Dim& d : batch)
+      if (!contains(order, d)) order.insert(order.begin(), d);  // extent-1 batch Dims
+    lens = broadcast_to_include(lengths.astype(DType::i64).to(q.device()), order).transpose_to(order).contiguous();
+    a.key_lengths = reinterpret_cast<const int64_t*>(lens.impl().data());
+  }
+  if (!backend::backend_for(q.device()).attention(dt, a)) return {};
+  if (auto f = v0.feature_dim(); f && out.has_dim(*f)) out = out.with_feature_dim(f);
+  return out;
+}
+
+// The default where DotAttentionOptions::fused is unset: DIMX_FUSED_ATTENTION=0/1 if set
+// (for benchmarks), else fused: on CUDA and on the CPU it is the faster path (bench_attention).
+bool fused_by_default() {
+  static const int env = [] {
+    const char* e = std::getenv("DIMX_FUSED_ATTENTION");
+    return e && *e ? (std::string(e) == "0" ? 0 : 1) : -1;
+  }();
+  return env != 0;
+}
+
+// The fused forward with a node whose backward recomputes the weights from q and k.
+Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const Dim& key_dim, const Dim& kv_axis,
+                       double scale) {
+  Tensor out = fused_attention(q, k, v, key_dim, kv_axis, scale);
+  if (!out.defined() || !needs_grad({&q, &k, &v})) return out;
+  return record("dot_attention", out, {q, k, v}, [q, k, v, key_dim, kv_axis, scale](const Tensor& g) {
+    Tensor qs = q * scale;
+    Tensor w = softmax(matmul(qs, k, key_dim), kv_axis);
+    // out = matmul(w, v, kv_axis): as matmul's own backward.
+    Tensor gw = sum_to(matmul(g, v, minus_dims(v.dims(), w.dims()), false), w);
+    Tensor gv = sum_to(matmul(w, g, minus_dims(w.dims(), v.dims()), false), v);
+    // w = softmax(e, kv_axis); padded keys have w = 0, so they get no gradient.
+    Tensor ge = mul(w, sub(gw, reduce(mul(gw, w), ReduceOp::sum, {kv_axis}, false), true), true);
+    Tensor gq = sum_to(matmul(ge, k, minus_dims(k.dims(), qs.dims()), false), qs) * scale;
+    Tensor gk = sum_to(matmul(qs, ge, minus_dims(qs.dims(), k.dims()), false), k);
+    return std::vector<Tensor>{gq, gk, gv};
+  });
+}
+
+}  // namespace
 
 Dim causal_key_dim(const Dim& query, const Dim& axis) {
   if (query.extent() != axis.extent())
@@ -54,6 +231,12 @@ Tensor dot_attention(const Tensor& q, const Tensor& k0, const Tensor& v0, const 
   }
   if (key_dim.is_dynamic()) fail("dot_attention: key_dim '" + key_dim.str() + "' must be static");
   const double scale = o.scale.value_or(1.0 / std::sqrt(double(key_dim.size())));
+  const bool dropout_active = o.att_dropout > 0 && o.training;
+  if (!dropout_active && o.fused.value_or(fused_by_default())) {
+    check_same_device(op, q, k);
+    check_same_device(op, q, v);
+    if (Tensor out = fused_with_grad(q, k, v, key_dim, kv_axis, scale); out.defined()) return out;
+  }
   Tensor energy = matmul(q * scale, k, key_dim);
   Tensor weights = softmax(energy, kv_axis);
   if (o.att_dropout > 0 && o.training) {

@@ -12,6 +12,12 @@
 // Causal: with causal_query_dim, key j is visible to query i iff j <= i (and j is a valid
 // frame of its sequence); this is a key Dim whose lengths are indexed by the query position,
 // so causality and padding are one mask. Padded query frames give finite, unspecified values.
+//
+// Fused lowering: where q is {batch..., query..., key_dim}, k {batch..., axis, key_dim} and v
+// {batch..., axis, value...} (batch: Dims q shares with k or v; k and v may broadcast over
+// some), and axis's lengths live on batch and query Dims, the device's fused attention
+// primitive computes the same without materializing the energies. Gradients recompute the
+// weights from q and k.
 #include <dimx/random.h>
 #include <dimx/tensor.h>
 
@@ -26,6 +32,10 @@ struct DotAttentionOptions {
   std::optional<double> scale;          // default: 1 / sqrt(key_dim.size())
   Generator* gen = nullptr;             // needed when att_dropout > 0 in training
   bool training = false;
+  // The fused primitive (no [query, key] energies in memory) where the Dims map onto it and no
+  // dropout applies. Unset: as DIMX_FUSED_ATTENTION (0 / 1) says, else fused (the faster path
+  // on the CPU and on CUDA); true / false: prefer it / never (results agree within rounding).
+  std::optional<bool> fused;
 };
 
 Tensor dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Dim& key_dim, const Dim& axis,
