@@ -68,7 +68,7 @@ WkvOutput wkv(const Tensor& time_decay, const Tensor& time_first, const Tensor& 
   const int64_t B = numel_of(extents(batch)), T = axis.extent(), C = channel.size();
   Tensor lengths;
   if (axis.is_dynamic())
-    lengths = broadcast_to_include(axis.lengths(), batch).transpose_to(batch).astype(DType::i64).contiguous();
+    lengths = broadcast_to_include(axis.lengths(), batch).transpose_to(batch).astype(DType::i64).contiguous().to(dev);
   std::array<Tensor, 3> in;
   if (state) {
     const Tensor* s[3] = {&state->num, &state->den, &state->max};

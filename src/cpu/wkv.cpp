@@ -53,8 +53,12 @@ constexpr double kEmptyMax = -1e38;
 constexpr int64_t kBlock = 256;  // channels per task
 
 // Channels [c0, c0 + n) of batch entry b; V is a batch of `step` channels (or the scalar type).
+// Time is the outer loop, so every step streams one contiguous row piece of k, v and y.
 template <class T, class V, int64_t step>
 void forward_channels(const backend::Wkv& a, int64_t b, int64_t c0, int64_t n, int64_t len) {
+  constexpr int64_t N = kBlock / step;
+  const int64_t nv = n / step;
+  if (nv == 0) return;
   const T* w = static_cast<const T*>(a.w);
   const T* u = static_cast<const T*>(a.u);
   const T* k = static_cast<const T*>(a.k);
@@ -62,42 +66,50 @@ void forward_channels(const backend::Wkv& a, int64_t b, int64_t c0, int64_t n, i
   T* y = static_cast<T*>(a.y);
   T* ld = static_cast<T*>(a.log_den);
   const int64_t C = a.C, T_ = a.T;
-  for (int64_t c = c0; c + step <= c0 + n; c += step) {
-    const int64_t s = b * C + c;
-    V aa = a.state_in[0] ? load<V>(static_cast<const T*>(a.state_in[0]) + s) : V(T(0));
-    V bb = a.state_in[1] ? load<V>(static_cast<const T*>(a.state_in[1]) + s) : V(T(0));
-    V pp = a.state_in[2] ? load<V>(static_cast<const T*>(a.state_in[2]) + s) : V(T(kEmptyMax));
-    const V wv = load<V>(w + c), uv = load<V>(u + c), one(T(1));
-    for (int64_t t = 0; t < len; ++t) {
-      const int64_t i = (b * T_ + t) * C + c;
+  V aa[N], bb[N], pp[N], wv[N], uv[N];
+  for (int64_t j = 0; j < nv; ++j) {
+    const int64_t c = c0 + j * step, s = b * C + c;
+    aa[j] = a.state_in[0] ? load<V>(static_cast<const T*>(a.state_in[0]) + s) : V(T(0));
+    bb[j] = a.state_in[1] ? load<V>(static_cast<const T*>(a.state_in[1]) + s) : V(T(0));
+    pp[j] = a.state_in[2] ? load<V>(static_cast<const T*>(a.state_in[2]) + s) : V(T(kEmptyMax));
+    wv[j] = load<V>(w + c);
+    uv[j] = load<V>(u + c);
+  }
+  const V one(T(1));
+  for (int64_t t = 0; t < len; ++t) {
+    const int64_t row = (b * T_ + t) * C + c0;
+    for (int64_t j = 0; j < nv; ++j) {
+      const int64_t i = row + j * step;
       const V kt = load<V>(k + i), vt = load<V>(v + i);
-      V ww = uv + kt;
-      V d = vexp(-vabs(pp - ww));
-      auto hist = pp >= ww;  // the history holds the max
+      V ww = uv[j] + kt;
+      V d = vexp(-vabs(pp[j] - ww));
+      auto hist = pp[j] >= ww;  // the history holds the max
       V e1 = vsel(hist, one, d), e2 = vsel(hist, d, one);
-      V den = e1 * bb + e2;
-      store(y + i, V((e1 * aa + e2 * vt) / den));
-      if (ld) store(ld + i, V(vmax(pp, ww) + vlog(den)));
-      ww = wv + pp;
+      const V den = e1 * bb[j] + e2;
+      store(y + i, V((e1 * aa[j] + e2 * vt) / den));
+      if (ld) store(ld + i, V(vmax(pp[j], ww) + vlog(den)));
+      ww = wv[j] + pp[j];
       d = vexp(-vabs(ww - kt));
       hist = ww >= kt;
       e1 = vsel(hist, one, d);
       e2 = vsel(hist, d, one);
-      aa = e1 * aa + e2 * vt;
-      bb = e1 * bb + e2;
-      pp = vmax(ww, kt);
-    }
-    for (int64_t t = len; t < T_; ++t) {
-      const int64_t i = (b * T_ + t) * C + c;
-      store(y + i, V(T(0)));
-      if (ld) store(ld + i, V(T(0)));
-    }
-    if (a.state_out[0]) {
-      store(static_cast<T*>(a.state_out[0]) + s, aa);
-      store(static_cast<T*>(a.state_out[1]) + s, bb);
-      store(static_cast<T*>(a.state_out[2]) + s, pp);
+      aa[j] = e1 * aa[j] + e2 * vt;
+      bb[j] = e1 * bb[j] + e2;
+      pp[j] = vmax(ww, kt);
     }
   }
+  for (int64_t t = len; t < T_; ++t) {
+    const int64_t row = (b * T_ + t) * C + c0;
+    std::fill(y + row, y + row + nv * step, T(0));
+    if (ld) std::fill(ld + row, ld + row + nv * step, T(0));
+  }
+  if (a.state_out[0])
+    for (int64_t j = 0; j < nv; ++j) {
+      const int64_t s = b * C + c0 + j * step;
+      store(static_cast<T*>(a.state_out[0]) + s, aa[j]);
+      store(static_cast<T*>(a.state_out[1]) + s, bb[j]);
+      store(static_cast<T*>(a.state_out[2]) + s, pp[j]);
+    }
 }
 
 // The reverse scan. With c_s = gy_s / D_s it carries, for the frames after t,
@@ -106,6 +118,9 @@ void forward_channels(const backend::Wkv& a, int64_t b, int64_t c0, int64_t n, i
 template <class T, class V, int64_t step>
 void backward_channels(const backend::Wkv& a, const backend::WkvGrad& g, int64_t b, int64_t c0, int64_t n,
                        int64_t len) {
+  constexpr int64_t N = kBlock / step;
+  const int64_t nv = n / step;
+  if (nv == 0) return;
   const T* w = static_cast<const T*>(a.w);
   const T* u = static_cast<const T*>(a.u);
   const T* k = static_cast<const T*>(a.k);
@@ -116,45 +131,54 @@ void backward_channels(const backend::Wkv& a, const backend::WkvGrad& g, int64_t
   T* gk = static_cast<T*>(g.gk);
   T* gv = static_cast<T*>(g.gv);
   const int64_t C = a.C, T_ = a.T;
-  for (int64_t c = c0; c + step <= c0 + n; c += step) {
-    const V wv = load<V>(w + c), uv = load<V>(u + c), one(T(1)), zero(T(0));
-    V G = zero, H = zero, G1 = zero, H1 = zero, q = V(T(kEmptyMax)), dw = zero, du = zero;
-    for (int64_t t = T_ - 1; t >= len; --t) {
-      const int64_t i = (b * T_ + t) * C + c;
-      store(gk + i, zero);
-      store(gv + i, zero);
-    }
-    for (int64_t t = len - 1; t >= 0; --t) {
-      const int64_t i = (b * T_ + t) * C + c;
+  const V one(T(1)), zero(T(0));
+  V G[N], H[N], G1[N], H1[N], q[N], dw[N], du[N], wv[N], uv[N];
+  for (int64_t j = 0; j < nv; ++j) {
+    G[j] = H[j] = G1[j] = H1[j] = dw[j] = du[j] = zero;
+    q[j] = V(T(kEmptyMax));
+    wv[j] = load<V>(w + c0 + j * step);
+    uv[j] = load<V>(u + c0 + j * step);
+  }
+  for (int64_t t = T_ - 1; t >= len; --t) {
+    const int64_t row = (b * T_ + t) * C + c0;
+    std::fill(gk + row, gk + row + nv * step, T(0));
+    std::fill(gv + row, gv + row + nv * step, T(0));
+  }
+  for (int64_t t = len - 1; t >= 0; --t) {
+    const int64_t row = (b * T_ + t) * C + c0;
+    for (int64_t j = 0; j < nv; ++j) {
+      const int64_t i = row + j * step;
       const V kt = load<V>(k + i), vt = load<V>(v + i), yt = load<V>(y + i), lt = load<V>(ld + i),
               gt = load<V>(gy + i);
-      const V ek = vexp(kt + q);                // e^{k_t} times the scale of G, H
-      const V now = gt * vexp(uv + kt - lt);    // gy_t e^{u + k_t} / D_t
-      store(gv + i, V(now + ek * G));
-      store(gk + i, V(now * (vt - yt) + ek * (vt * G - H)));
-      du += now * (vt - yt);
-      dw += ek * (vt * G1 - H1);
+      const V ek = vexp(kt + q[j]);                  // e^{k_t} times the scale of G, H
+      const V now = gt * vexp(uv[j] + kt - lt);      // gy_t e^{u + k_t} / D_t
+      store(gv + i, V(now + ek * G[j]));
+      store(gk + i, V(now * (vt - yt) + ek * (vt * G[j] - H[j])));
+      du[j] += now * (vt - yt);
+      dw[j] += ek * (vt * G1[j] - H1[j]);
       // Step to the sums over s > t - 1.
-      const V decayed = q + wv, fresh = -lt;
+      const V decayed = q[j] + wv[j], fresh = -lt;
       const V d = vexp(-vabs(decayed - fresh));
       const auto old = decayed >= fresh;
       const V sa = vsel(old, one, d), sb = vsel(old, d, one);
-      G1 = sa * (G1 + G);
-      H1 = sa * (H1 + H);
-      G = sa * G + sb * gt;
-      H = sa * H + sb * gt * yt;
-      q = vmax(decayed, fresh);
+      G1[j] = sa * (G1[j] + G[j]);
+      H1[j] = sa * (H1[j] + H[j]);
+      G[j] = sa * G[j] + sb * gt;
+      H[j] = sa * H[j] + sb * gt * yt;
+      q[j] = vmax(decayed, fresh);
     }
+  }
+  for (int64_t j = 0; j < nv; ++j) {
+    const int64_t s = b * C + c0 + j * step;
     if (a.state_in[0]) {
       // The carried history is frame -1: it reaches frame s decayed by e^{s w}.
-      const int64_t s = b * C + c;
       const V num = load<V>(static_cast<const T*>(a.state_in[0]) + s);
       const V den = load<V>(static_cast<const T*>(a.state_in[1]) + s);
       const V mx = load<V>(static_cast<const T*>(a.state_in[2]) + s);
-      dw += vexp(mx + q) * (num * G1 - den * H1);
+      dw[j] += vexp(mx + q[j]) * (num * G1[j] - den * H1[j]);
     }
-    store(static_cast<T*>(g.gw) + b * C + c, dw);
-    store(static_cast<T*>(g.gu) + b * C + c, du);
+    store(static_cast<T*>(g.gw) + s, dw[j]);
+    store(static_cast<T*>(g.gu) + s, du[j]);
   }
 }
 
