@@ -50,20 +50,6 @@ class CudaBackend final : public backend::Backend {
 
   explicit CudaBackend(int index) : index_(index) {}
 
-  // Both WKV passes; the chunk summaries live in a stream-ordered scratch buffer.
-  void wkv(DType dt, const backend::Wkv& a, const backend::WkvGrad* g) {
-    WkvArgs w{a.B, a.T, a.C, a.w, a.u, a.k, a.v, a.lengths, {a.state_in[0], a.state_in[1], a.state_in[2]},
-              a.y, a.log_den, {a.state_out[0], a.state_out[1], a.state_out[2]}, nullptr, nullptr, nullptr, nullptr,
-              nullptr};
-    if (g) w.gy = g->gy, w.gk = g->gk, w.gv = g->gv, w.gw = g->gw, w.gu = g->gu;
-    cudaStream_t s = stream();
-    void* ws = nullptr;
-    if (size_t bytes = wkv_workspace_bytes(dt, w, g != nullptr))
-      check(cudaMallocAsync(&ws, bytes, s), "cudaMallocAsync(wkv workspace)");
-    g ? launch_wkv_backward(dt, w, ws, s) : launch_wkv_forward(dt, w, ws, s);
-    if (ws) check(cudaFreeAsync(ws, s), "cudaFreeAsync(wkv workspace)");
-  }
-
   cudaStream_t stream() {
     check(cudaSetDevice(index_), "cudaSetDevice");
     std::call_once(init_, [this] {
@@ -181,9 +167,6 @@ class CudaBackend final : public backend::Backend {
                           a.key_lengths};
     return launch_attention(dt, g, stream());
   }
-
-  void wkv_forward(DType dt, const backend::Wkv& a) override { wkv(dt, a, nullptr); }
-  void wkv_backward(DType dt, const backend::Wkv& a, const backend::WkvGrad& g) override { wkv(dt, a, &g); }
 
   bool gather(DType dt, const Shape& shape, const In& x, int64_t axis_stride, int64_t extent, const In& idx, bool clip,
               const Out& y) override {

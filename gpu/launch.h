@@ -35,22 +35,6 @@ struct AttentionArgs {
   const int64_t* key_lengths;
 };
 
-// backend::Wkv and backend::WkvGrad flattened (see src/backend.h); [B, T, C] contiguous.
-struct WkvArgs {
-  int64_t B, T, C;
-  const void *w, *u, *k, *v;
-  const int64_t* lengths;
-  const void* state_in[3];
-  void *y, *log_den;
-  void* state_out[3];
-  const void* gy;  // backward only
-  void *gk, *gv, *gw, *gu;
-};
-// Scratch bytes the WKV launchers need (chunk summaries).
-size_t wkv_workspace_bytes(DType dt, const WkvArgs& a, bool backward);
-void launch_wkv_forward(DType dt, const WkvArgs& a, void* workspace, cudaStream_t s);
-void launch_wkv_backward(DType dt, const WkvArgs& a, void* workspace, cudaStream_t s);
-
 void launch_copy(DType src, DType dst, const Meta<2>& m, const void* x, void* y, cudaStream_t s);
 void launch_fill(DType dt, int64_t n, void* y, double value, cudaStream_t s);
 void launch_iota(DType dt, int64_t n, void* y, cudaStream_t s);

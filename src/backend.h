@@ -59,32 +59,6 @@ struct Attention {
 
 enum class RandomKind { uniform, normal };
 
-// The WKV scan of RWKV over contiguous [B, T, C] tensors, per (b, c), with w < 0:
-//   y_t = (sum_{i<t} e^{(t-1-i) w + k_i} v_i + e^{u + k_t} v_t) / D_t   (D_t: the same sums without v)
-// in the stable form with the state (num, den, max) = (aa, bb, pp): the numerator and
-// denominator of the history, both scaled by e^{-pp}. Frames t >= lengths[b] are padding:
-// y = 0 there and they leave the state alone.
-struct Wkv {
-  int64_t B, T, C;
-  const void* w;           // [C], w = -exp(time_decay)
-  const void* u;           // [C], time_first
-  const void* k;           // [B, T, C]
-  const void* v;           // [B, T, C]
-  const int64_t* lengths;  // [B], or null: every frame valid
-  const void* state_in[3];  // [B, C] each (num, den, max), or null: empty history (0, 0, -1e38)
-  void* y;                  // [B, T, C]
-  void* log_den;            // [B, T, C] log D_t, kept for the backward pass (nullable)
-  void* state_out[3];       // [B, C] each, or null
-};
-// Gradients of a loss through y, given gy and the forward's y and log_den (state_in gets none).
-struct WkvGrad {
-  const void* gy;  // [B, T, C]
-  void* gk;        // [B, T, C]
-  void* gv;        // [B, T, C]
-  void* gw;        // [B, C]  d loss / d w, per batch entry
-  void* gu;        // [B, C]  d loss / d u, per batch entry
-};
-
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -127,9 +101,6 @@ class Backend {
   // Philox-4x32-10 numbers for counters offset.. (4 f32 or 2 f64 values per counter).
   virtual void random(RandomKind kind, DType dt, int64_t n, uint64_t seed, uint64_t offset,
                       double a, double b, void* y) = 0;
-  // The WKV scan (f32, f64) and its backward pass.
-  virtual void wkv_forward(DType dt, const Wkv& a) = 0;
-  virtual void wkv_backward(DType dt, const Wkv& a, const WkvGrad& g) = 0;
 };
 
 // The backend of one device (created on first use).

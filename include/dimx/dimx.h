@@ -14,4 +14,3 @@
 #include <dimx/shape.h>
 #include <dimx/softmax.h>
 #include <dimx/tensor.h>
-#include <dimx/wkv.h>

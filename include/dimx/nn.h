@@ -11,7 +11,6 @@
 #include <dimx/nn/causal_self_attention.h>
 #include <dimx/nn/cross_attention.h>
 #include <dimx/nn/rel_pos_self_attention.h>
-#include <dimx/nn/rwkv.h>
 #include <dimx/nn/dropout.h>
 #include <dimx/nn/embedding.h>
 #include <dimx/nn/layer_norm.h>

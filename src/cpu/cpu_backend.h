@@ -35,8 +35,6 @@ class CpuBackend final : public backend::Backend {
                    const Out& y) override;
   void random(backend::RandomKind kind, DType dt, int64_t n, uint64_t seed, uint64_t offset, double a, double b,
               void* y) override;
-  void wkv_forward(DType dt, const backend::Wkv& a) override;
-  void wkv_backward(DType dt, const backend::Wkv& a, const backend::WkvGrad& g) override;
 };
 
 
