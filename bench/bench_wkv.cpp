@@ -1,0 +1,331 @@
+// WKV scan benchmark. GPU (cuda:0): dimx::wkv forward and backward against the classic
+// one-thread-per-channel kernels (bench/wkv_classic.cu), same run, same inputs, results
+// checked against each other before timing. CPU (--cpu, or without a device): the scan's
+// streaming rate against memcpy in the same run. One JSON object per case with --json.
+//
+//   bench_wkv [--json] [--cpu] [--reps N] [--sweep]
+//
+// --sweep also times the GPU scan at fixed chunk lengths (DIMX_WKV_CHUNK) for tuning.
+#include <dimx/dimx.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <iostream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#ifdef DIMX_BENCH_CUDA
+#include <dimx/gpu/runtime.h>
+
+#include "wkv_classic.h"
+#endif
+
+using namespace dimx;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Options {
+  bool json = false, cpu = false, sweep = false;
+  int reps = 0;
+};
+
+// Median over `reps` samples of the time per call; each sample runs `inner` calls back to
+// back and then waits for the device (`sync`), so launch and wait latency are amortized.
+double median_ms(int reps, int inner, const std::function<void()>& f, const std::function<void()>& sync) {
+  for (int i = 0; i < 2; ++i) f();
+  sync();
+  std::vector<double> t;
+  for (int r = 0; r < reps; ++r) {
+    auto a = Clock::now();
+    for (int i = 0; i < inner; ++i) f();
+    sync();
+    t.push_back(std::chrono::duration<double, std::milli>(Clock::now() - a).count() / inner);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// Calls per sample so that a sample takes about `ms` milliseconds.
+int inner_for(double one_call_ms, double ms = 3) { return std::max(1, int(ms / std::max(one_call_ms, 1e-3))); }
+
+double rel_max_err(const std::vector<float>& got, const std::vector<float>& want) {
+  double err = 0, scale = 1e-30;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i])) return INFINITY;
+    err = std::max(err, double(std::fabs(got[i] - want[i])));
+    scale = std::max(scale, double(std::fabs(want[i])));
+  }
+  return err / scale;
+}
+
+struct Row {
+  std::string name;
+  double ms = 0, peer_ms = -1;
+  std::string peer_name;
+  double bytes = 0;     // the floor: each input read once, each output written once
+  double ref_gbps = 0;  // the device's copy rate measured in the same run
+  double check = 0;
+  std::string extra;    // more JSON fields
+};
+
+void print(const Options& o, const Row& r) {
+  const double gbps = r.bytes / r.ms / 1e6;
+  if (o.json) {
+    std::ostringstream s;
+    s << "{\"bench\": \"wkv\", \"case\": \"" << r.name << "\", \"unit\": \"ms\", \"dimx\": " << r.ms << ", \"peer\": ";
+    if (r.peer_ms > 0) s << r.peer_ms; else s << "null";
+    s << ", \"peer_name\": \"" << r.peer_name << "\"";
+    if (r.peer_ms > 0) s << ", \"speedup\": " << r.peer_ms / r.ms;
+    s << ", \"gbps\": " << gbps;
+    if (r.ref_gbps > 0) s << ", \"copy_gbps\": " << r.ref_gbps << ", \"bw_fraction\": " << gbps / r.ref_gbps;
+    s << ", \"check_rel_err\": " << r.check << r.extra << "}";
+    std::cout << s.str() << std::endl;
+  } else {
+    std::printf("%-44s %9.4f ms  peer %9.4f ms  speedup %7.2f  %8.1f GB/s", r.name.c_str(), r.ms, r.peer_ms,
+                r.peer_ms > 0 ? r.peer_ms / r.ms : 0.0, gbps);
+    if (r.ref_gbps > 0) std::printf("  (%.0f%% of copy)", 100 * gbps / r.ref_gbps);
+    std::printf("  err %.1e\n", r.check);
+  }
+}
+
+struct Inputs {
+  Dim batch, time, ch;
+  Tensor td, tf, k, v, gy;
+};
+
+Inputs make_inputs(int64_t B, int64_t T, int64_t C, Device dev) {
+  Generator gen(uint64_t(B * 1000003 + T * 1009 + C));
+  Inputs in{Dim(B, "batch"), Dim(T, "time"), Dim(C, "channel"), {}, {}, {}, {}, {}};
+  in.td = random_uniform({in.ch}, gen, -6, 1, DType::f32, dev);
+  in.tf = random_uniform({in.ch}, gen, -1, 1, DType::f32, dev);
+  in.k = random_uniform({in.batch, in.time, in.ch}, gen, -3, 3, DType::f32, dev);
+  in.v = random_normal({in.batch, in.time, in.ch}, gen, 0, 1, DType::f32, dev);
+  in.gy = random_normal({in.batch, in.time, in.ch}, gen, 0, 1, DType::f32, dev);
+  return in;
+}
+
+std::string shape_name(int64_t B, int64_t T, int64_t C) {
+  return "(" + std::to_string(B) + "," + std::to_string(T) + "," + std::to_string(C) + ")";
+}
+
+// ---------------------------------------------------------------- CPU
+
+double memcpy_gbps(int reps) {
+  const size_t n = size_t(64) << 20;
+  std::vector<char> a(n, 1), b(n, 2);
+  double ms = median_ms(reps, 1, [&] { std::memcpy(b.data(), a.data(), n); }, [] {});
+  return 2.0 * double(n) / ms / 1e6;
+}
+
+void run_cpu(const Options& o) {
+  const int reps = o.reps ? o.reps : 15;
+  const double copy = memcpy_gbps(reps);
+  for (auto [B, T, C] : std::vector<std::array<int64_t, 3>>{{8, 1024, 768}, {4, 2048, 1024}, {1, 4096, 4096}, {1, 4096, 768}}) {
+    Inputs in = make_inputs(B, T, C, Device::cpu());
+    const double n = double(B * T * C);
+    // Check the first channels against a scalar loop of the recurrence in double.
+    WkvResult r;
+    {
+      NoGradGuard ng;
+      r = wkv(in.td, in.tf, in.k, in.v, in.time, in.ch);
+    }
+    auto y = r.y.to_vector<float>(), k = in.k.to_vector<float>(), v = in.v.to_vector<float>();
+    auto td = in.td.to_vector<float>(), tf = in.tf.to_vector<float>();
+    double err = 0;
+    for (int64_t c = 0; c < std::min<int64_t>(C, 8); ++c) {
+      double aa = 0, bb = 0, pp = -1e38, w = -std::exp(double(td[size_t(c)])), u = tf[size_t(c)];
+      for (int64_t t = 0; t < T; ++t) {
+        const size_t i = size_t(t * C + c);
+        double kk = k[i], vv = v[i], p = std::max(pp, u + kk), e1 = std::exp(pp - p), e2 = std::exp(u + kk - p);
+        err = std::max(err, std::fabs((e1 * aa + e2 * vv) / (e1 * bb + e2) - y[i]));
+        p = std::max(w + pp, kk);
+        e1 = std::exp(w + pp - p);
+        e2 = std::exp(kk - p);
+        aa = e1 * aa + e2 * vv;
+        bb = e1 * bb + e2;
+        pp = p;
+      }
+    }
+    auto noop = [] {};
+    Row f;
+    f.name = "cpu forward " + shape_name(B, T, C);
+    f.ms = median_ms(reps, 1, [&] { NoGradGuard ng; wkv(in.td, in.tf, in.k, in.v, in.time, in.ch); }, noop);
+    f.peer_name = "memcpy";
+    f.bytes = 3 * 4 * n;
+    f.ref_gbps = copy;
+    f.check = err;
+    f.extra = ", \"target_bw_fraction\": 0.5, \"target_met\": " +
+              std::string(f.bytes / f.ms / 1e6 >= 0.5 * copy ? "true" : "false");
+    print(o, f);
+    Tensor k_ = in.k.with_requires_grad(), v_ = in.v.with_requires_grad();
+    WkvResult rg = wkv(in.td, in.tf, k_, v_, in.time, in.ch);
+    Row b;
+    b.name = "cpu backward " + shape_name(B, T, C);
+    b.ms = median_ms(reps, 1, [&] { grad(rg.y, {k_, v_}, in.gy); }, noop);
+    b.peer_name = "memcpy";
+    b.bytes = 5 * 4 * n;  // reads k, v, gy; writes gk, gv
+    b.ref_gbps = copy;
+    b.extra = ", \"backward_over_forward\": " + std::to_string(b.ms / f.ms);
+    print(o, b);
+  }
+}
+
+// ---------------------------------------------------------------- GPU
+
+#ifdef DIMX_BENCH_CUDA
+
+const float* fptr(const Tensor& t) { return static_cast<const float*>(t.impl_ptr() ? t.data_ptr() : nullptr); }
+float* mptr(const Tensor& t) { return const_cast<float*>(fptr(t)); }
+
+void check_classic(const char* what) {
+  std::string e = wkv_classic::sync();
+  if (!e.empty()) {
+    std::cerr << "bench_wkv: classic " << what << " failed: " << e << "\n";
+    std::exit(1);
+  }
+}
+
+// Device-to-device copy rate (bytes read + written), the bandwidth reference.
+double copy_gbps(int reps) {
+  const size_t bytes = size_t(1) << 30;
+  void* a = wkv_classic::device_alloc(bytes);
+  void* b = wkv_classic::device_alloc(bytes);
+  double ms = median_ms(reps, 5, [&] { wkv_classic::copy(b, a, bytes); }, [] { check_classic("copy"); });
+  wkv_classic::device_free(a);
+  wkv_classic::device_free(b);
+  return 2.0 * double(bytes) / ms / 1e6;
+}
+
+void run_gpu(const Options& o) {
+  const int reps = o.reps ? o.reps : 30;
+  const Device dev = Device::cuda(0);
+  auto sync = [] { gpu::synchronize(); };
+  const double copy = copy_gbps(reps);
+  if (o.json)
+    std::cout << "{\"bench\": \"wkv\", \"case\": \"device-to-device copy 1 GiB\", \"device\": \"" << gpu::device_name(0)
+              << "\", \"gbps\": " << copy << "}" << std::endl;
+  else
+    std::printf("device %s; device-to-device copy 1 GiB (read + written): %.0f GB/s\n", gpu::device_name(0).c_str(), copy);
+  for (auto [B, T, C] : std::vector<std::array<int64_t, 3>>{{8, 1024, 768}, {32, 1024, 2048}, {1, 4096, 768}, {4, 4096, 1024}}) {
+    Inputs in = make_inputs(B, T, C, dev);
+    const double n = double(B * T * C);
+    const std::string shape = shape_name(B, T, C);
+    Tensor w = neg(exp(in.td));
+    Tensor y_classic = Tensor::zeros({in.batch, in.time, in.ch}).to(dev);
+    Dim bd = in.batch, cd = in.ch;
+    Tensor gw = Tensor::zeros({bd, cd}).to(dev), gu = Tensor::zeros({bd, cd}).to(dev);
+    Tensor gk = Tensor::zeros({in.batch, in.time, in.ch}).to(dev), gv = Tensor::zeros({in.batch, in.time, in.ch}).to(dev);
+    gpu::synchronize();
+    auto classic_fwd = [&] {
+      wkv_classic::forward(int(B), int(T), int(C), fptr(w), fptr(in.tf), fptr(in.k), fptr(in.v), mptr(y_classic));
+    };
+    auto classic_bwd = [&] {
+      wkv_classic::backward(int(B), int(T), int(C), fptr(w), fptr(in.tf), fptr(in.k), fptr(in.v), fptr(y_classic),
+                            fptr(in.gy), mptr(gw), mptr(gu), mptr(gk), mptr(gv));
+    };
+    classic_fwd();
+    check_classic("forward");
+    classic_bwd();
+    check_classic("backward");
+
+    // Results first: dimx against the classic kernels on the same inputs.
+    Tensor td_ = in.td.with_requires_grad(), tf_ = in.tf.with_requires_grad();
+    Tensor k_ = in.k.with_requires_grad(), v_ = in.v.with_requires_grad();
+    WkvResult r = wkv(td_, tf_, k_, v_, in.time, in.ch);
+    std::vector<Tensor> g = grad(r.y, {td_, tf_, k_, v_}, in.gy);
+    const Dims order{in.batch, in.time, in.ch};
+    double err_y = rel_max_err(r.y.to_vector<float>(order), y_classic.to_vector<float>(order));
+    double err_g = std::max({rel_max_err(g[2].to_vector<float>(order), gk.to_vector<float>(order)),
+                             rel_max_err(g[3].to_vector<float>(order), gv.to_vector<float>(order)),
+                             rel_max_err(g[0].to_vector<float>(), reduce_sum(gw, {bd}).to_vector<float>()),
+                             rel_max_err(g[1].to_vector<float>(), reduce_sum(gu, {bd}).to_vector<float>())});
+
+    auto dimx_fwd = [&] {
+      NoGradGuard ng;
+      wkv(in.td, in.tf, in.k, in.v, in.time, in.ch);
+    };
+    auto dimx_fwd_grad = [&] { wkv(td_, tf_, k_, v_, in.time, in.ch); };
+    auto dimx_bwd = [&] { grad(r.y, {td_, tf_, k_, v_}, in.gy); };
+    auto time_pair = [&](const std::function<void()>& a, const std::function<void()>& b, double& ta, double& tb) {
+      double one_a = median_ms(3, 1, a, sync), one_b = median_ms(3, 1, b, sync);
+      ta = median_ms(reps, inner_for(one_a), a, sync);
+      tb = median_ms(reps, inner_for(one_b), b, sync);
+    };
+    Row f, fg, bw;
+    time_pair(dimx_fwd, classic_fwd, f.ms, f.peer_ms);
+    time_pair(dimx_bwd, classic_bwd, bw.ms, bw.peer_ms);
+    fg.ms = median_ms(reps, inner_for(median_ms(3, 1, dimx_fwd_grad, sync)), dimx_fwd_grad, sync);
+    const double target = B * C >= 65536 ? 1.0 : (T >= 4096 ? 5.0 : 0.0);
+    f.name = "gpu forward " + shape;
+    f.peer_name = "classic kernel";
+    f.bytes = 3 * 4 * n;
+    f.ref_gbps = copy;
+    f.check = err_y;
+    if (target > 0)
+      f.extra = ", \"target_speedup\": " + std::to_string(target) + ", \"target_met\": " +
+                (f.peer_ms / f.ms >= target ? "true" : "false");
+    fg.name = "gpu forward saving log_den for backward " + shape;
+    fg.bytes = 4 * 4 * n;
+    fg.ref_gbps = copy;
+    fg.check = err_y;
+    bw.name = "gpu backward " + shape;
+    bw.peer_name = "classic kernel";
+    bw.bytes = 5 * 4 * n;  // reads k, v, gy; writes gk, gv
+    bw.ref_gbps = copy;
+    bw.check = err_g;
+    bw.extra = ", \"backward_over_forward\": " + std::to_string(bw.ms / f.ms) +
+               ", \"target_backward_over_forward\": 3, \"target_met\": " + (bw.ms <= 3 * f.ms ? "true" : "false");
+    print(o, f);
+    print(o, fg);
+    print(o, bw);
+    if (o.sweep) {
+      for (int64_t L : {16, 32, 64, 128, 256, 512, 1024, 4096}) {
+        if (L > T) continue;
+        setenv("DIMX_WKV_CHUNK", std::to_string(L).c_str(), 1);
+        double tf = median_ms(reps / 2 + 1, inner_for(f.ms), dimx_fwd, sync);
+        double tb = median_ms(reps / 2 + 1, inner_for(bw.ms), dimx_bwd, sync);
+        unsetenv("DIMX_WKV_CHUNK");
+        if (o.json)
+          std::cout << "{\"bench\": \"wkv_sweep\", \"shape\": \"" << shape << "\", \"chunk\": " << L
+                    << ", \"forward_ms\": " << tf << ", \"backward_ms\": " << tb << "}" << std::endl;
+        else
+          std::printf("  sweep %s chunk %5lld: forward %.4f ms, backward %.4f ms\n", shape.c_str(), (long long)L, tf, tb);
+      }
+    }
+  }
+}
+#endif
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--json") o.json = true;
+    else if (a == "--cpu") o.cpu = true;
+    else if (a == "--sweep") o.sweep = true;
+    else if (a == "--reps" && i + 1 < argc) o.reps = std::atoi(argv[++i]);
+    else {
+      std::cerr << "usage: bench_wkv [--json] [--cpu] [--reps N] [--sweep]\n";
+      return 2;
+    }
+  }
+#ifdef DIMX_BENCH_CUDA
+  if (!o.cpu && gpu::device_count() > 0) {
+    run_gpu(o);
+    return 0;
+  }
+#endif
+  run_cpu(o);
+  return 0;
+}
