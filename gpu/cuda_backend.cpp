@@ -48,7 +48,7 @@ void check_wkv_dtype(DType dt) {
 
 WkvLaunch wkv_launch(const backend::Wkv& a) {
   auto f = [](const void* p) { return static_cast<const float*>(p); };
-  return WkvLaunch{a.B, a.T, a.C, f(a.w), f(a.u), f(a.k), f(a.v), a.lengths, {f(a.state[0]), f(a.state[1]), f(a.state[2])}};
+  return WkvLaunch{a.B, a.T, a.C, f(a.time_decay), f(a.u), f(a.k), f(a.v), a.lengths, {f(a.state[0]), f(a.state[1]), f(a.state[2])}};
 }
 
 // One instance per device; every entry point first makes its device current.
@@ -202,11 +202,11 @@ class CudaBackend final : public backend::Backend {
                        stream());
   }
   void wkv_backward(DType dt, const backend::Wkv& a, const void* y, const void* log_den, const void* gy, void* gk,
-                    void* gv, void* gw, void* gu) override {
+                    void* gv, void* gtd, void* gu) override {
     check_wkv_dtype(dt);
     launch_wkv_backward(wkv_launch(a), static_cast<const float*>(y), static_cast<const float*>(log_den),
                         static_cast<const float*>(gy), static_cast<float*>(gk), static_cast<float*>(gv),
-                        static_cast<float*>(gw), static_cast<float*>(gu), stream());
+                        static_cast<float*>(gtd), static_cast<float*>(gu), stream());
   }
 
  private:

@@ -42,7 +42,7 @@ void launch_scatter_add(DType dt, const Meta<3>& m, const void* x, int64_t axis_
 // lengths (nullable) i64 [B]; state (each nullable as a whole) [B, C].
 struct WkvLaunch {
   int64_t B, T, C;
-  const float* w;
+  const float* time_decay;  // the decay is w = -exp(time_decay)
   const float* u;
   const float* k;
   const float* v;
@@ -51,7 +51,7 @@ struct WkvLaunch {
 };
 void launch_wkv_forward(const WkvLaunch& a, float* y, float* log_den, float* const state_out[3], cudaStream_t s);
 void launch_wkv_backward(const WkvLaunch& a, const float* y, const float* log_den, const float* gy, float* gk,
-                         float* gv, float* gw, float* gu, cudaStream_t s);
+                         float* gv, float* gtd, float* gu, cudaStream_t s);
 void launch_random(bool normal, DType dt, int64_t n, uint64_t seed, uint64_t offset, double a, double b, void* y,
                    cudaStream_t s);
 

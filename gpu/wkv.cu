@@ -52,7 +52,7 @@ __device__ __forceinline__ LogWeights log_weights(float a, float b) {
 
 // ---------------------------------------------------------------- forward
 
-__global__ void fwd_summary(Geometry g, const float* __restrict__ w, const float* __restrict__ k,
+__global__ void fwd_summary(Geometry g, const float* __restrict__ td, const float* __restrict__ k,
                             const float* __restrict__ v, float* __restrict__ sa, float* __restrict__ sb,
                             float* __restrict__ sp) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
@@ -60,7 +60,7 @@ __global__ void fwd_summary(Geometry g, const float* __restrict__ w, const float
   const int64_t j = idx / g.BC, bc = idx - j * g.BC, b = bc / g.C, c = bc - b * g.C;
   int64_t t0, t1;
   g.range(j, b, t0, t1);
-  const float ww = w[c];
+  const float ww = -expf(td[c]);
   float aa = 0.f, bb = 0.f, pp = kMinLog;
   const float* kp = k + b * g.T * g.C + c;
   const float* vp = v + b * g.T * g.C + c;
@@ -87,12 +87,12 @@ __global__ void fwd_summary(Geometry g, const float* __restrict__ w, const float
 }
 
 // In place: chunk summaries in, incoming states out.
-__global__ void fwd_combine(Geometry g, const float* __restrict__ w, const float* s0, const float* s1,
+__global__ void fwd_combine(Geometry g, const float* __restrict__ td, const float* s0, const float* s1,
                             const float* s2, float* sa, float* sb, float* sp) {
   const int64_t bc = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (bc >= g.BC) return;
   const int64_t b = bc / g.C;
-  const float ww = w[bc - b * g.C];
+  const float ww = -expf(td[bc - b * g.C]);
   const int64_t vlen = g.valid(b);
   float aa = s0 ? s0[bc] : 0.f, bb = s1 ? s1[bc] : 0.f, pp = s2 ? fmaxf(s2[bc], kMinLog) : kMinLog;
   for (int64_t j0 = 0; j0 < g.chunks; j0 += kUnroll) {
@@ -125,7 +125,7 @@ __global__ void fwd_combine(Geometry g, const float* __restrict__ w, const float
 
 // Rescan of each chunk from its incoming state (ia/ib/ip at [chunk][BC], or null: empty).
 template <bool kLogDen>
-__global__ void fwd_main(Geometry g, const float* __restrict__ w, const float* __restrict__ u,
+__global__ void fwd_main(Geometry g, const float* __restrict__ td, const float* __restrict__ u,
                          const float* __restrict__ k, const float* __restrict__ v, const float* ia, const float* ib,
                          const float* ip, float* __restrict__ y, float* __restrict__ log_den, float* so0, float* so1,
                          float* so2) {
@@ -134,7 +134,7 @@ __global__ void fwd_main(Geometry g, const float* __restrict__ w, const float* _
   const int64_t j = idx / g.BC, bc = idx - j * g.BC, b = bc / g.C, c = bc - b * g.C;
   int64_t t0, t1;
   g.range(j, b, t0, t1);
-  const float ww = w[c], uu = u[c];
+  const float ww = -expf(td[c]), uu = u[c];
   float aa = ia ? ia[idx] : 0.f, bb = ib ? ib[idx] : 0.f, pp = ip ? fmaxf(ip[idx], kMinLog) : kMinLog;
   const int64_t base = b * g.T * g.C + c;
   const float* kp = k + base;
@@ -193,7 +193,7 @@ __device__ __forceinline__ void rev_step(Rev& r, float ww, float gy, float yy, f
   r.qq = s.max;
 }
 
-__global__ void bwd_summary(Geometry g, const float* __restrict__ w, const float* __restrict__ y,
+__global__ void bwd_summary(Geometry g, const float* __restrict__ td, const float* __restrict__ y,
                             const float* __restrict__ log_den, const float* __restrict__ gy, float* __restrict__ ws) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const int64_t n = g.chunks * g.BC;
@@ -201,7 +201,7 @@ __global__ void bwd_summary(Geometry g, const float* __restrict__ w, const float
   const int64_t j = idx / g.BC, bc = idx - j * g.BC, b = bc / g.C, c = bc - b * g.C;
   int64_t t0, t1;
   g.range(j, b, t0, t1);
-  const float ww = w[c];
+  const float ww = -expf(td[c]);
   Rev r{0.f, 0.f, 0.f, 0.f, kMinLog};
   const int64_t base = b * g.T * g.C + c;
   for (int64_t t = t1 - 1; t >= t0; t -= kUnroll) {
@@ -226,12 +226,12 @@ __global__ void bwd_summary(Geometry g, const float* __restrict__ w, const float
 }
 
 // In place, last chunk first: chunk summaries in, incoming (future) accumulators out.
-__global__ void bwd_combine(Geometry g, const float* __restrict__ w, float* ws) {
+__global__ void bwd_combine(Geometry g, const float* __restrict__ td, float* ws) {
   const int64_t bc = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (bc >= g.BC) return;
   const int64_t n = g.chunks * g.BC;
   const int64_t b = bc / g.C;
-  const float ww = w[bc - b * g.C];
+  const float ww = -expf(td[bc - b * g.C]);
   const int64_t vlen = g.valid(b);
   Rev r{0.f, 0.f, 0.f, 0.f, kMinLog};
   for (int64_t j0 = g.chunks - 1; j0 >= 0; j0 -= kUnroll) {
@@ -270,8 +270,8 @@ __global__ void bwd_combine(Geometry g, const float* __restrict__ w, float* ws) 
 }
 
 // Reverse rescan of each chunk from its incoming accumulators (ws, or null: none).
-// Writes gk, gv and per-chunk partial sums of dw and du (pw, pu at [chunk][BC]).
-__global__ void bwd_main(Geometry g, const float* __restrict__ w, const float* __restrict__ u,
+// Writes gk, gv and per-chunk partial sums of d time_decay and du (pw, pu at [chunk][BC]).
+__global__ void bwd_main(Geometry g, const float* __restrict__ td, const float* __restrict__ u,
                          const float* __restrict__ k, const float* __restrict__ v, const float* __restrict__ y,
                          const float* __restrict__ log_den, const float* __restrict__ gy, const float* ws,
                          const float* s0, const float* s1, const float* s2, float* __restrict__ gk,
@@ -282,7 +282,7 @@ __global__ void bwd_main(Geometry g, const float* __restrict__ w, const float* _
   const int64_t j = idx / g.BC, bc = idx - j * g.BC, b = bc / g.C, c = bc - b * g.C;
   int64_t t0, t1;
   g.range(j, b, t0, t1);
-  const float ww = w[c], uu = u[c];
+  const float ww = -expf(td[c]), uu = u[c];
   Rev r{0.f, 0.f, 0.f, 0.f, kMinLog};
   if (ws) r = {ws[idx], ws[n + idx], ws[2 * n + idx], ws[3 * n + idx], ws[4 * n + idx]};
   float dw = 0.f, du = 0.f;
@@ -323,12 +323,12 @@ __global__ void bwd_main(Geometry g, const float* __restrict__ w, const float* _
     const float x = s0[bc] * r.g2 - s1[bc] * r.h2;
     if (x != 0.f) dw += expf(fmaxf(s2[bc], kMinLog) + r.qq) * x;
   }
-  pw[idx] = dw;
+  pw[idx] = dw * ww;  // d/d time_decay, through w = -exp(time_decay)
   pu[idx] = du;
 }
 
 __global__ void bwd_reduce(Geometry g, const float* __restrict__ pw, const float* __restrict__ pu,
-                           float* __restrict__ gw, float* __restrict__ gu) {
+                           float* __restrict__ gtd, float* __restrict__ gu) {
   const int64_t bc = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (bc >= g.BC) return;
   float a = 0.f, b = 0.f;
@@ -336,7 +336,7 @@ __global__ void bwd_reduce(Geometry g, const float* __restrict__ pw, const float
     a += pw[j * g.BC + bc];
     b += pu[j * g.BC + bc];
   }
-  gw[bc] = a;
+  gtd[bc] = a;
   gu[bc] = b;
 }
 
@@ -387,8 +387,8 @@ void launch_wkv_forward(const WkvLaunch& a, float* y, float* log_den, float* con
   if (g.chunks > 1) {
     const int64_t n = g.chunks * g.BC;
     check(cudaMallocAsync(reinterpret_cast<void**>(&ws), size_t(3 * n) * sizeof(float), s), "cudaMallocAsync");
-    fwd_summary<<<grid_for(n), kThreads, 0, s>>>(g, a.w, a.k, a.v, ws, ws + n, ws + 2 * n);
-    fwd_combine<<<grid_for(g.BC), kThreads, 0, s>>>(g, a.w, ia, ib, ip, ws, ws + n, ws + 2 * n);
+    fwd_summary<<<grid_for(n), kThreads, 0, s>>>(g, a.time_decay, a.k, a.v, ws, ws + n, ws + 2 * n);
+    fwd_combine<<<grid_for(g.BC), kThreads, 0, s>>>(g, a.time_decay, ia, ib, ip, ws, ws + n, ws + 2 * n);
     ia = ws;
     ib = ws + n;
     ip = ws + 2 * n;
@@ -397,33 +397,33 @@ void launch_wkv_forward(const WkvLaunch& a, float* y, float* log_den, float* con
   float* so1 = state_out ? state_out[1] : nullptr;
   float* so2 = state_out ? state_out[2] : nullptr;
   if (log_den)
-    fwd_main<true><<<grid_for(g.chunks * g.BC), kThreads, 0, s>>>(g, a.w, a.u, a.k, a.v, ia, ib, ip, y, log_den, so0,
+    fwd_main<true><<<grid_for(g.chunks * g.BC), kThreads, 0, s>>>(g, a.time_decay, a.u, a.k, a.v, ia, ib, ip, y, log_den, so0,
                                                                   so1, so2);
   else
-    fwd_main<false><<<grid_for(g.chunks * g.BC), kThreads, 0, s>>>(g, a.w, a.u, a.k, a.v, ia, ib, ip, y, nullptr, so0,
+    fwd_main<false><<<grid_for(g.chunks * g.BC), kThreads, 0, s>>>(g, a.time_decay, a.u, a.k, a.v, ia, ib, ip, y, nullptr, so0,
                                                                    so1, so2);
   check_launch("wkv forward");
   if (ws) check(cudaFreeAsync(ws, s), "cudaFreeAsync");
 }
 
 void launch_wkv_backward(const WkvLaunch& a, const float* y, const float* log_den, const float* gy, float* gk,
-                         float* gv, float* gw, float* gu, cudaStream_t s) {
+                         float* gv, float* gtd, float* gu, cudaStream_t s) {
   const Geometry g = geometry(a);
   if (g.BC == 0) return;
   const int64_t n = g.chunks * g.BC;
   float* ws = nullptr;
-  float* pw = gw;
+  float* pw = gtd;
   float* pu = gu;
   if (g.chunks > 1) {
     check(cudaMallocAsync(reinterpret_cast<void**>(&ws), size_t(7 * n) * sizeof(float), s), "cudaMallocAsync");
-    bwd_summary<<<grid_for(n), kThreads, 0, s>>>(g, a.w, y, log_den, gy, ws);
-    bwd_combine<<<grid_for(g.BC), kThreads, 0, s>>>(g, a.w, ws);
+    bwd_summary<<<grid_for(n), kThreads, 0, s>>>(g, a.time_decay, y, log_den, gy, ws);
+    bwd_combine<<<grid_for(g.BC), kThreads, 0, s>>>(g, a.time_decay, ws);
     pw = ws + 5 * n;
     pu = ws + 6 * n;
   }
-  bwd_main<<<grid_for(n), kThreads, 0, s>>>(g, a.w, a.u, a.k, a.v, y, log_den, gy, ws, a.state[0], a.state[1],
+  bwd_main<<<grid_for(n), kThreads, 0, s>>>(g, a.time_decay, a.u, a.k, a.v, y, log_den, gy, ws, a.state[0], a.state[1],
                                             a.state[2], gk, gv, pw, pu);
-  if (ws) bwd_reduce<<<grid_for(g.BC), kThreads, 0, s>>>(g, pw, pu, gw, gu);
+  if (ws) bwd_reduce<<<grid_for(g.BC), kThreads, 0, s>>>(g, pw, pu, gtd, gu);
   check_launch("wkv backward");
   if (ws) check(cudaFreeAsync(ws, s), "cudaFreeAsync");
 }

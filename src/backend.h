@@ -40,7 +40,7 @@ enum class RandomKind { uniform, normal };
 // (they leave the state alone, output 0 and get zero gradients).
 struct Wkv {
   int64_t B = 0, T = 0, C = 0;
-  const void* w = nullptr;  // [C], the decay w = -exp(time_decay) < 0
+  const void* time_decay = nullptr;  // [C]; the decay is w = -exp(time_decay) < 0
   const void* u = nullptr;  // [C], time_first
   const void* k = nullptr;
   const void* v = nullptr;
@@ -90,10 +90,10 @@ class Backend {
   // y [B, T, C]; log_den (nullable) [B, T, C] gets log of each frame's denominator for the
   // backward; state_out (all three or none) [B, C] each, the state after the last valid frame.
   virtual void wkv_forward(DType dt, const Wkv& a, void* y, void* log_den, void* const state_out[3]) = 0;
-  // Gradients of sum(gy * y) for the forward with the same arguments: gk, gv [B, T, C]; gw and
-  // gu [B, C] (d/dw, to be summed over B by the caller).
+  // Gradients of sum(gy * y) for the forward with the same arguments: gk, gv [B, T, C]; gtd
+  // (d/d time_decay) and gu [B, C], to be summed over B by the caller.
   virtual void wkv_backward(DType dt, const Wkv& a, const void* y, const void* log_den, const void* gy, void* gk,
-                            void* gv, void* gw, void* gu) = 0;
+                            void* gv, void* gtd, void* gu) = 0;
 };
 
 // The backend of one device (created on first use).

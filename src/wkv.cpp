@@ -41,9 +41,9 @@ Tensor batch_lengths(const Dim& axis, const Dims& batch, Device device) {
 
 const void* ptr(const Tensor& t) { return t.defined() ? t.impl().data() : nullptr; }
 
-// The scan on canonical operands: w, u {channel}; k, v [batch..., axis, channel] contiguous;
-// all of dtype `cdt`. Records the gradients of w, u, k and v.
-WkvResult scan(const Tensor& w, const Tensor& u, const Tensor& k, const Tensor& v, const Dims& batch, const Dim& axis,
+// The scan on canonical operands: td, u {channel}; k, v [batch..., axis, channel] contiguous;
+// all of one dtype. Records the gradients of td, u, k and v.
+WkvResult scan(const Tensor& td, const Tensor& u, const Tensor& k, const Tensor& v, const Dims& batch, const Dim& axis,
                const Dim& channel, const std::optional<WkvState>& state) {
   const DType dt = k.dtype();
   const Device dev = k.device();
@@ -70,14 +70,14 @@ WkvResult scan(const Tensor& w, const Tensor& u, const Tensor& k, const Tensor& 
   for (const Dim& d : batch) a.B *= d.extent();
   a.T = axis.extent();
   a.C = channel.size();
-  a.w = ptr(w);
+  a.time_decay = ptr(td);
   a.u = ptr(u);
   a.k = ptr(k);
   a.v = ptr(v);
   a.lengths = static_cast<const int64_t*>(ptr(lengths));
   for (int i = 0; i < 3; ++i) a.state[i] = ptr(s_in[size_t(i)]);
 
-  const bool grad = needs_grad({&w, &u, &k, &v});
+  const bool grad = needs_grad({&td, &u, &k, &v});
   Tensor y = empty(k.dims(), dt, dev);
   Tensor log_den = grad ? empty(k.dims(), dt, dev) : Tensor();
   WkvResult r;
@@ -87,19 +87,21 @@ WkvResult scan(const Tensor& w, const Tensor& u, const Tensor& k, const Tensor& 
   be.wkv_forward(dt, a, y.impl().data(), grad ? log_den.impl().data() : nullptr, so);
   r.y = y;
   if (!grad) return r;
-  r.y = record(kOp, y, {w, u, k, v}, [=](const Tensor& g) {
+  r.y = record(kOp, y, {td, u, k, v}, [=](const Tensor& g) {
     Tensor gy = g.astype(dt).transpose_to(k.dims()).contiguous();
     Tensor gk = empty(k.dims(), dt, dev), gv = empty(k.dims(), dt, dev);
-    Tensor gw = empty(bc, dt, dev), gu = empty(bc, dt, dev);
+    Tensor gtd = empty(bc, dt, dev), gu = empty(bc, dt, dev);
     backend::Wkv b = a;
     b.lengths = static_cast<const int64_t*>(ptr(lengths));  // keeps `lengths` and `s_in` alive
     for (int i = 0; i < 3; ++i) b.state[i] = ptr(s_in[size_t(i)]);
     backend::backend_for(dev).wkv_backward(dt, b, y.impl().data(), log_den.impl().data(), gy.impl().data(),
-                                           gk.impl().data(), gv.impl().data(), gw.impl().data(), gu.impl().data());
+                                           gk.impl().data(), gv.impl().data(), gtd.impl().data(), gu.impl().data());
     NoGradGuard ng;
-    Tensor gw_c = batch.empty() ? gw : reduce(gw, ReduceOp::sum, batch, false);
-    Tensor gu_c = batch.empty() ? gu : reduce(gu, ReduceOp::sum, batch, false);
-    return std::vector<Tensor>{gw_c, gu_c, gk, gv};
+    if (!batch.empty()) {
+      gtd = reduce(gtd, ReduceOp::sum, batch, false);
+      gu = reduce(gu, ReduceOp::sum, batch, false);
+    }
+    return std::vector<Tensor>{gtd, gu, gk, gv};
   });
   return r;
 }
@@ -133,11 +135,11 @@ WkvResult wkv(const Tensor& time_decay, const Tensor& time_first, const Tensor& 
   Dims order = batch;
   order.push_back(axis);
   order.push_back(channel);
-  // Differentiable conversions: their own gradients take care of layouts, dtypes and -exp.
-  Tensor w = neg(exp(time_decay.astype(dt)));
-  Tensor u = time_first.astype(dt);
+  // Differentiable conversions (no-ops when already in place): their gradients take care of
+  // layouts and dtypes. The backends apply w = -exp(time_decay) themselves.
+  Tensor td = time_decay.astype(dt).contiguous(), u = time_first.astype(dt).contiguous();
   Tensor kc = k.astype(dt).transpose_to(order), vc = v.astype(dt).transpose_to(order);
-  WkvResult r = scan(w.contiguous(), u.contiguous(), kc.contiguous(), vc.contiguous(), batch, axis, channel, state);
+  WkvResult r = scan(td, u, kc.contiguous(), vc.contiguous(), batch, axis, channel, state);
   if (out_dt != dt) r.y = r.y.astype(out_dt);
   return r;
 }

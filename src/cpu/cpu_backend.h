@@ -36,7 +36,7 @@ class CpuBackend final : public backend::Backend {
               void* y) override;
   void wkv_forward(DType dt, const backend::Wkv& a, void* y, void* log_den, void* const state_out[3]) override;
   void wkv_backward(DType dt, const backend::Wkv& a, const void* y, const void* log_den, const void* gy, void* gk,
-                    void* gv, void* gw, void* gu) override;
+                    void* gv, void* gtd, void* gu) override;
 };
 
 

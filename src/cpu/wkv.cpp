@@ -66,11 +66,19 @@ Weights<T> log_weights(const Vec<T>& a, const Vec<T>& b) {
   return {xsimd::select(a_wins, one, e), xsimd::select(a_wins, e, one), xsimd::select(a_wins, a, b)};
 }
 
+// w = -exp(time_decay) for `cw` channels; the lanes past them get -1.
+template <class T>
+void decays(const T* td, int64_t cw, T* w) {
+  constexpr int64_t W = int64_t(Vec<T>::size);
+  for (int64_t c = 0; c < cw; c += W) (-xsimd::exp(load(td + c, std::min(W, cw - c)))).store_aligned(w + c);
+  for (int64_t c = cw; c < (cw + W - 1) / W * W; ++c) w[c] = T(-1);
+}
+
 template <class T>
 void forward(const backend::Wkv& a, T* y, T* log_den, T* const* state_out) {
   constexpr int64_t W = int64_t(Vec<T>::size);
   const int64_t B = a.B, Tn = a.T, C = a.C;
-  const T* w = static_cast<const T*>(a.w);
+  const T* td = static_cast<const T*>(a.time_decay);
   const T* u = static_cast<const T*>(a.u);
   const T* k = static_cast<const T*>(a.k);
   const T* v = static_cast<const T*>(a.v);
@@ -79,9 +87,10 @@ void forward(const backend::Wkv& a, T* y, T* log_den, T* const* state_out) {
   const int64_t width = task_width(B, C, W), per_b = (C + width - 1) / width;
   const int64_t grain = B * Tn * C >= kParallelGrain ? 2 : B * per_b + 1;
   parallel_for(B * per_b, grain, [&](int64_t lo, int64_t hi) {
-    alignas(64) T aa[kMaxWidth], bb[kMaxWidth], pp[kMaxWidth];
+    alignas(64) T aa[kMaxWidth], bb[kMaxWidth], pp[kMaxWidth], w[kMaxWidth];
     for (int64_t task = lo; task < hi; ++task) {
       const int64_t b = task / per_b, c0 = task % per_b * width, cw = std::min(width, C - c0);
+      decays(td + c0, cw, w);
       for (int64_t c = 0; c < (cw + W - 1) / W * W; ++c) {
         const int64_t i = b * C + c0 + c;
         const bool given = s_in[0] && c < cw;
@@ -103,7 +112,7 @@ void forward(const backend::Wkv& a, T* y, T* log_den, T* const* state_out) {
           store(Vec<T>((o.wa * sa + o.wb * vv) / den), y + row + c, n);
           if (log_den) store(Vec<T>(o.max + xsimd::log(den)), log_den + row + c, n);
           // State: decay by w, then add this frame.
-          Weights<T> s = log_weights(load(w + c0 + c, n, T(-1)) + sp, kk);
+          Weights<T> s = log_weights(Vec<T>::load_aligned(w + c) + sp, kk);
           (s.wa * sa + s.wb * vv).store_aligned(aa + c);
           (s.wa * sb + s.wb).store_aligned(bb + c);
           s.max.store_aligned(pp + c);
@@ -128,10 +137,10 @@ void forward(const backend::Wkv& a, T* y, T* log_den, T* const* state_out) {
 // dv_t = e^{u+k_t} gy_t/D_t + e^{k_t} G_t;  dk_t = e^{u+k_t} gy_t (v_t-y_t)/D_t + e^{k_t}(v_t G_t - H_t);
 // dw = sum_t e^{k_t}(v_t G'_t - H'_t) + (num_0 G'_{-1} - den_0 H'_{-1}) for the incoming state.
 template <class T>
-void backward(const backend::Wkv& a, const T* y, const T* log_den, const T* gy, T* gk, T* gv, T* gw, T* gu) {
+void backward(const backend::Wkv& a, const T* y, const T* log_den, const T* gy, T* gk, T* gv, T* gtd, T* gu) {
   constexpr int64_t W = int64_t(Vec<T>::size);
   const int64_t B = a.B, Tn = a.T, C = a.C;
-  const T* w = static_cast<const T*>(a.w);
+  const T* td = static_cast<const T*>(a.time_decay);
   const T* u = static_cast<const T*>(a.u);
   const T* k = static_cast<const T*>(a.k);
   const T* v = static_cast<const T*>(a.v);
@@ -141,9 +150,10 @@ void backward(const backend::Wkv& a, const T* y, const T* log_den, const T* gy, 
   const int64_t grain = B * Tn * C >= kParallelGrain / 2 ? 2 : B * per_b + 1;
   parallel_for(B * per_b, grain, [&](int64_t lo, int64_t hi) {
     alignas(64) T gg[kMaxWidth], hh[kMaxWidth], g2[kMaxWidth], h2[kMaxWidth], qq[kMaxWidth];
-    alignas(64) T dw[kMaxWidth], du[kMaxWidth];
+    alignas(64) T dw[kMaxWidth], du[kMaxWidth], w[kMaxWidth];
     for (int64_t task = lo; task < hi; ++task) {
       const int64_t b = task / per_b, c0 = task % per_b * width, cw = std::min(width, C - c0);
+      decays(td + c0, cw, w);
       for (int64_t c = 0; c < (cw + W - 1) / W * W; ++c) {
         gg[c] = hh[c] = g2[c] = h2[c] = dw[c] = du[c] = T(0);
         qq[c] = T(kMinLog);
@@ -166,7 +176,7 @@ void backward(const backend::Wkv& a, const T* y, const T* log_den, const T* gy, 
           (Vec<T>::load_aligned(du + c) + direct * (vv - yy)).store_aligned(du + c);
           (Vec<T>::load_aligned(dw + c) + ek * (vv * G2 - H2)).store_aligned(dw + c);
           // Step back over frame t: decay by w and add gy_t / D_t.
-          Weights<T> s = log_weights(load(w + c0 + c, n, T(-1)) + q, -ld);
+          Weights<T> s = log_weights(Vec<T>::load_aligned(w + c) + q, -ld);
           (s.wa * (G2 + G)).store_aligned(g2 + c);
           (s.wa * (H2 + H)).store_aligned(h2 + c);
           (s.wa * G + s.wb * g).store_aligned(gg + c);
@@ -186,7 +196,7 @@ void backward(const backend::Wkv& a, const T* y, const T* log_den, const T* gy, 
           T x = s_in[0][i] * g2[c] - s_in[1][i] * h2[c];
           init = x == T(0) ? T(0) : e * x;
         }
-        gw[i] = dw[c] + init;
+        gtd[i] = (dw[c] + init) * w[c];  // chain rule through w = -exp(time_decay)
         gu[i] = du[c];
       }
     }
@@ -208,11 +218,11 @@ void CpuBackend::wkv_forward(DType dt, const backend::Wkv& a, void* y, void* log
 }
 
 void CpuBackend::wkv_backward(DType dt, const backend::Wkv& a, const void* y, const void* log_den, const void* gy,
-                              void* gk, void* gv, void* gw, void* gu) {
+                              void* gk, void* gv, void* gtd, void* gu) {
   auto go = [&](auto zero) {
     using T = decltype(zero);
     backward<T>(a, static_cast<const T*>(y), static_cast<const T*>(log_den), static_cast<const T*>(gy),
-                static_cast<T*>(gk), static_cast<T*>(gv), static_cast<T*>(gw), static_cast<T*>(gu));
+                static_cast<T*>(gk), static_cast<T*>(gv), static_cast<T*>(gtd), static_cast<T*>(gu));
   };
   if (dt == DType::f32) return go(float{});
   if (dt == DType::f64) return go(double{});
