@@ -3,9 +3,10 @@
 // checked against each other before timing. CPU (--cpu, or without a device): the scan's
 // streaming rate against memcpy in the same run. One JSON object per case with --json.
 //
-//   bench_wkv [--json] [--cpu] [--reps N] [--sweep]
+//   bench_wkv [--json] [--cpu] [--reps N] [--sweep] [--diag]
 //
-// --sweep also times the GPU kernels at fixed chunk lengths (DIMX_WKV_CHUNK) for tuning.
+// --sweep also times the GPU kernels at fixed chunk lengths (DIMX_WKV_CHUNK) for tuning;
+// --diag adds per-call latencies and the host-side issue time per call.
 // GPU rows: the public op as a user calls it ("gpu forward"), the same scan through the raw
 // launchers ("kernels only", no host-side work), and the classic kernels (built with
 // --use_fast_math, as RWKV-4 builds them). Timing: median over samples of back-to-back calls,
@@ -39,7 +40,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 struct Options {
-  bool json = false, cpu = false, sweep = false;
+  bool json = false, cpu = false, sweep = false, diag = false;
   int reps = 0;
 };
 
@@ -107,8 +108,8 @@ struct Inputs {
   Tensor td, tf, k, v, gy;
 };
 
-Inputs make_inputs(int64_t B, int64_t T, int64_t C, Device dev) {
-  Generator gen(uint64_t(B * 1000003 + T * 1009 + C));
+Inputs make_inputs(int64_t B, int64_t T, int64_t C, Device dev, uint64_t salt = 0) {
+  Generator gen(uint64_t(B * 1000003 + T * 1009 + C) + 7919 * salt);
   Inputs in{Dim(B, "batch"), Dim(T, "time"), Dim(C, "channel"), {}, {}, {}, {}, {}};
   in.td = random_uniform({in.ch}, gen, -6, 1, DType::f32, dev);
   in.tf = random_uniform({in.ch}, gen, -1, 1, DType::f32, dev);
@@ -199,6 +200,36 @@ void check_classic(const char* what) {
   }
 }
 
+// One input set with every buffer the timed calls need.
+struct Set {
+  Inputs in;
+  Tensor w, y_c, gw, gu, gk, gv, y_raw, ld_raw;  // classic outputs; raw launcher outputs
+  Tensor td, tf, k, v;                            // leaves of the recorded forward
+  WkvResult r;
+  gpu::WkvLaunch la;
+};
+
+Set make_set(int64_t B, int64_t T, int64_t C, Device dev, uint64_t salt) {
+  Set s{make_inputs(B, T, C, dev, salt), {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}};
+  const Inputs& in = s.in;
+  s.w = neg(exp(in.td));
+  auto zeros = [&](Dims d) { return Tensor::zeros(std::move(d)).to(dev); };
+  s.y_c = zeros({in.batch, in.time, in.ch});
+  s.gk = zeros({in.batch, in.time, in.ch});
+  s.gv = zeros({in.batch, in.time, in.ch});
+  s.y_raw = zeros({in.batch, in.time, in.ch});
+  s.ld_raw = zeros({in.batch, in.time, in.ch});
+  s.gw = zeros({in.batch, in.ch});
+  s.gu = zeros({in.batch, in.ch});
+  s.td = in.td.with_requires_grad();
+  s.tf = in.tf.with_requires_grad();
+  s.k = in.k.with_requires_grad();
+  s.v = in.v.with_requires_grad();
+  s.r = wkv(s.td, s.tf, s.k, s.v, in.time, in.ch);
+  s.la = gpu::WkvLaunch{B, T, C, fptr(in.td), fptr(in.tf), fptr(in.k), fptr(in.v), nullptr, {nullptr, nullptr, nullptr}};
+  return s;
+}
+
 // Device-to-device copy rate (bytes read + written), the bandwidth reference.
 double copy_gbps(int reps) {
   const size_t bytes = size_t(1) << 30;
@@ -225,55 +256,66 @@ void run_gpu(const Options& o) {
   else
     std::printf("device %s; device-to-device copy 1 GiB (read + written): %.0f GB/s\n", gpu::device_name(0).c_str(), copy);
   for (auto [B, T, C] : std::vector<std::array<int64_t, 3>>{{8, 1024, 768}, {32, 1024, 2048}, {1, 4096, 768}, {4, 4096, 1024}}) {
-    Inputs in = make_inputs(B, T, C, dev);
     const double n = double(B * T * C);
     const std::string shape = shape_name(B, T, C);
-    Tensor w = neg(exp(in.td));
-    Tensor y_classic = Tensor::zeros({in.batch, in.time, in.ch}).to(dev);
-    Dim bd = in.batch, cd = in.ch;
-    Tensor gw = Tensor::zeros({bd, cd}).to(dev), gu = Tensor::zeros({bd, cd}).to(dev);
-    Tensor gk = Tensor::zeros({in.batch, in.time, in.ch}).to(dev), gv = Tensor::zeros({in.batch, in.time, in.ch}).to(dev);
+    // Rotate over enough input sets that each call starts with cold caches (k, v and y of all
+    // sets together are at least 4x the 50 MB L2), for dimx and the classic kernels alike.
+    const int nsets = int(std::clamp(std::ceil(200e6 / (3 * 4 * n)), 1.0, 8.0));
+    std::vector<Set> sets;
+    for (int i = 0; i < nsets; ++i) sets.push_back(make_set(B, T, C, dev, uint64_t(i)));
+    int cur = 0;
+    auto next = [&]() -> Set& { cur = (cur + 1) % nsets; return sets[size_t(cur)]; };
     gpu::synchronize();
     auto classic_fwd = [&] {
-      wkv_classic::forward(int(B), int(T), int(C), fptr(w), fptr(in.tf), fptr(in.k), fptr(in.v), mptr(y_classic));
+      Set& st = next();
+      wkv_classic::forward(int(B), int(T), int(C), fptr(st.w), fptr(st.in.tf), fptr(st.in.k), fptr(st.in.v), mptr(st.y_c));
     };
     auto classic_bwd = [&] {
-      wkv_classic::backward(int(B), int(T), int(C), fptr(w), fptr(in.tf), fptr(in.k), fptr(in.v), fptr(y_classic),
-                            fptr(in.gy), mptr(gw), mptr(gu), mptr(gk), mptr(gv));
+      Set& st = next();
+      wkv_classic::backward(int(B), int(T), int(C), fptr(st.w), fptr(st.in.tf), fptr(st.in.k), fptr(st.in.v),
+                            fptr(st.y_c), fptr(st.in.gy), mptr(st.gw), mptr(st.gu), mptr(st.gk), mptr(st.gv));
     };
-    classic_fwd();
+    for (int i = 0; i < nsets; ++i) classic_fwd();
     check_classic("forward");
-    classic_bwd();
+    for (int i = 0; i < nsets; ++i) classic_bwd();
     check_classic("backward");
 
     // Results first: dimx against the classic kernels on the same inputs.
-    Tensor td_ = in.td.with_requires_grad(), tf_ = in.tf.with_requires_grad();
-    Tensor k_ = in.k.with_requires_grad(), v_ = in.v.with_requires_grad();
-    WkvResult r = wkv(td_, tf_, k_, v_, in.time, in.ch);
-    std::vector<Tensor> g = grad(r.y, {td_, tf_, k_, v_}, in.gy);
+    Set& s0 = sets[0];
+    const Inputs& in = s0.in;
+    std::vector<Tensor> g = grad(s0.r.y, {s0.td, s0.tf, s0.k, s0.v}, in.gy);
     const Dims order{in.batch, in.time, in.ch};
-    double err_y = rel_max_err(r.y.to_vector<float>(order), y_classic.to_vector<float>(order));
-    double err_g = std::max({rel_max_err(g[2].to_vector<float>(order), gk.to_vector<float>(order)),
-                             rel_max_err(g[3].to_vector<float>(order), gv.to_vector<float>(order)),
-                             rel_max_err(g[0].to_vector<float>(), reduce_sum(gw, {bd}).to_vector<float>()),
-                             rel_max_err(g[1].to_vector<float>(), reduce_sum(gu, {bd}).to_vector<float>())});
+    double err_y = rel_max_err(s0.r.y.to_vector<float>(order), s0.y_c.to_vector<float>(order));
+    double err_g = std::max({rel_max_err(g[2].to_vector<float>(order), s0.gk.to_vector<float>(order)),
+                             rel_max_err(g[3].to_vector<float>(order), s0.gv.to_vector<float>(order)),
+                             rel_max_err(g[0].to_vector<float>(), reduce_sum(s0.gw, {in.batch}).to_vector<float>()),
+                             rel_max_err(g[1].to_vector<float>(), reduce_sum(s0.gu, {in.batch}).to_vector<float>())});
 
     auto dimx_fwd = [&] {
+      Set& st = next();
       NoGradGuard ng;
-      wkv(in.td, in.tf, in.k, in.v, in.time, in.ch);
+      wkv(st.in.td, st.in.tf, st.in.k, st.in.v, st.in.time, st.in.ch);
     };
-    auto dimx_fwd_grad = [&] { wkv(td_, tf_, k_, v_, in.time, in.ch); };
-    auto dimx_bwd = [&] { grad(r.y, {td_, tf_, k_, v_}, in.gy); };
+    auto dimx_fwd_grad = [&] {
+      Set& st = next();
+      wkv(st.td, st.tf, st.k, st.v, st.in.time, st.in.ch);
+    };
+    auto dimx_bwd = [&] {
+      Set& st = next();
+      grad(st.r.y, {st.td, st.tf, st.k, st.v}, st.in.gy);
+    };
     // The same scans through the raw launchers on the default stream, as the classic kernels
     // run: the GPU time without the op's host-side work (checks, allocations, autograd).
-    Tensor y_raw = Tensor::zeros({in.batch, in.time, in.ch}).to(dev), ld_raw = Tensor::zeros({in.batch, in.time, in.ch}).to(dev);
-    gpu::WkvLaunch la{B, T, C, fptr(in.td), fptr(in.tf), fptr(in.k), fptr(in.v), nullptr, {nullptr, nullptr, nullptr}};
-    auto raw_fwd = [&] { gpu::launch_wkv_forward(la, mptr(y_raw), nullptr, nullptr, nullptr); };
-    auto raw_bwd = [&] {
-      gpu::launch_wkv_backward(la, fptr(y_raw), fptr(ld_raw), fptr(in.gy), mptr(gk), mptr(gv), mptr(gw), mptr(gu), nullptr);
+    auto raw_fwd = [&] {
+      Set& st = next();
+      gpu::launch_wkv_forward(st.la, mptr(st.y_raw), nullptr, nullptr, nullptr);
     };
-    gpu::synchronize();
-    gpu::launch_wkv_forward(la, mptr(y_raw), mptr(ld_raw), nullptr, nullptr);
+    auto raw_bwd = [&] {
+      Set& st = next();
+      gpu::launch_wkv_backward(st.la, fptr(st.y_raw), fptr(st.ld_raw), fptr(st.in.gy), mptr(st.gk), mptr(st.gv),
+                               mptr(st.gw), mptr(st.gu), nullptr);
+    };
+    for (Set& st : sets) gpu::launch_wkv_forward(st.la, mptr(st.y_raw), mptr(st.ld_raw), nullptr, nullptr);
     check_classic("raw forward");
     auto time_one = [&](const std::function<void()>& f) {
       return median_ms(reps, inner_for(median_ms(3, 1, f, sync)), f, sync);
@@ -287,29 +329,50 @@ void run_gpu(const Options& o) {
     bw.peer_ms = time_one(classic_bwd);
     bk.ms = time_one(raw_bwd);
     const double target = B * C >= 65536 ? 1.0 : (T >= 4096 ? 5.0 : 0.0);
+    const std::string sets_field = ", \"input_sets\": " + std::to_string(nsets);
     f.name = "gpu forward " + shape;
     f.peer_name = "classic kernel";
     f.bytes = 3 * 4 * n;
     f.ref_gbps = copy;
     f.check = err_y;
+    f.extra = sets_field;
     if (target > 0)
-      f.extra = ", \"target_speedup\": " + std::to_string(target) + ", \"target_met\": " +
-                (f.peer_ms / f.ms >= target ? "true" : "false");
-    fk = Row{"gpu forward kernels only " + shape, fk.ms, f.peer_ms, "classic kernel", f.bytes, copy, err_y, ""};
+      f.extra += ", \"target_speedup\": " + std::to_string(target) + ", \"target_met\": " +
+                 (f.peer_ms / f.ms >= target ? "true" : "false");
+    fk = Row{"gpu forward kernels only " + shape, fk.ms, f.peer_ms, "classic kernel", f.bytes, copy, err_y, sets_field};
     fg.name = "gpu forward saving log_den for backward " + shape;
     fg.bytes = 4 * 4 * n;
     fg.ref_gbps = copy;
     fg.check = err_y;
+    fg.extra = sets_field;
     bw.name = "gpu backward " + shape;
     bw.peer_name = "classic kernel";
     bw.bytes = 5 * 4 * n;  // reads k, v, gy; writes gk, gv
     bw.ref_gbps = copy;
     bw.check = err_g;
-    bw.extra = ", \"backward_over_forward\": " + std::to_string(bw.ms / f.ms) +
+    bw.extra = sets_field + ", \"backward_over_forward\": " + std::to_string(bw.ms / f.ms) +
                ", \"target_backward_over_forward\": 3, \"target_met\": " + (bw.ms <= 3 * f.ms ? "true" : "false");
     bk = Row{"gpu backward kernels only " + shape, bk.ms, bw.peer_ms, "classic kernel", bw.bytes, copy, err_g,
-             ", \"backward_over_forward\": " + std::to_string(bk.ms / fk.ms)};
+             sets_field + ", \"backward_over_forward\": " + std::to_string(bk.ms / fk.ms)};
     for (const Row* row : {&f, &fk, &fg, &bw, &bk}) print(o, *row);
+    if (o.diag) {
+      // Host-side cost per call: issuing 50 calls without waiting (the GPU runs behind).
+      auto issue_ms = [&](const std::function<void()>& fn) {
+        sync();
+        auto a = Clock::now();
+        for (int i = 0; i < 50; ++i) fn();
+        double ms = std::chrono::duration<double, std::milli>(Clock::now() - a).count() / 50;
+        sync();
+        return ms;
+      };
+      std::cout << "{\"bench\": \"wkv_diag\", \"shape\": \"" << shape << "\", \"sets\": " << nsets
+                << ", \"latency_ms\": {\"op_fwd\": " << median_ms(15, 1, dimx_fwd, sync)
+                << ", \"kernels_fwd\": " << median_ms(15, 1, raw_fwd, sync)
+                << ", \"classic_fwd\": " << median_ms(15, 1, classic_fwd, sync)
+                << ", \"op_bwd\": " << median_ms(15, 1, dimx_bwd, sync) << ", \"kernels_bwd\": " << median_ms(15, 1, raw_bwd, sync)
+                << "}, \"issue_ms\": {\"op_fwd\": " << issue_ms(dimx_fwd) << ", \"kernels_fwd\": " << issue_ms(raw_fwd)
+                << ", \"op_bwd\": " << issue_ms(dimx_bwd) << "}}" << std::endl;
+    }
     if (o.sweep) {
       for (int64_t L : {16, 32, 64, 128, 256, 512, 1024, 4096}) {
         if (L > T) continue;
@@ -337,9 +400,10 @@ int main(int argc, char** argv) {
     if (a == "--json") o.json = true;
     else if (a == "--cpu") o.cpu = true;
     else if (a == "--sweep") o.sweep = true;
+    else if (a == "--diag") o.diag = true;
     else if (a == "--reps" && i + 1 < argc) o.reps = std::atoi(argv[++i]);
     else {
-      std::cerr << "usage: bench_wkv [--json] [--cpu] [--reps N] [--sweep]\n";
+      std::cerr << "usage: bench_wkv [--json] [--cpu] [--reps N] [--sweep] [--diag]\n";
       return 2;
     }
   }

@@ -81,7 +81,13 @@ WkvResult scan(const Tensor& td, const Tensor& u, const Tensor& k, const Tensor&
   Tensor y = empty(k.dims(), dt, dev);
   Tensor log_den = grad ? empty(k.dims(), dt, dev) : Tensor();
   WkvResult r;
-  r.state = {empty(bc, dt, dev), empty(bc, dt, dev), empty(bc, dt, dev)};
+  // One allocation for the three state tensors.
+  Dims bc3 = bc;
+  bc3.insert(bc3.begin(), Dim(3, "wkv_state"));
+  Tensor st = empty(bc3, dt, dev);
+  const int64_t bcn = a.B * a.C;
+  Strides sst(st.strides().begin() + 1, st.strides().end());
+  r.state = {make_view(st, bc, sst, 0), make_view(st, bc, sst, bcn), make_view(st, bc, sst, 2 * bcn)};
   void* so[3] = {r.state.num.impl().data(), r.state.den.impl().data(), r.state.max.impl().data()};
   backend::Backend& be = backend::backend_for(dev);
   be.wkv_forward(dt, a, y.impl().data(), grad ? log_den.impl().data() : nullptr, so);
