@@ -96,10 +96,11 @@ void print(const Options& o, const Row& r) {
     s << ", \"check_rel_err\": " << r.check << r.extra << "}";
     std::cout << s.str() << std::endl;
   } else {
-    std::printf("%-44s %9.4f ms  peer %9.4f ms  speedup %7.2f  %8.1f GB/s", r.name.c_str(), r.ms, r.peer_ms,
-                r.peer_ms > 0 ? r.peer_ms / r.ms : 0.0, gbps);
+    std::printf("%-52s %9.4f ms", r.name.c_str(), r.ms);
+    if (r.peer_ms > 0) std::printf("  peer %9.4f ms  speedup %6.2f", r.peer_ms, r.peer_ms / r.ms);
+    std::printf("  %8.1f GB/s", gbps);
     if (r.ref_gbps > 0) std::printf("  (%.0f%% of copy)", 100 * gbps / r.ref_gbps);
-    std::printf("  err %.1e\n", r.check);
+    std::printf("  err %.1e%s\n", r.check, r.ref_gbps > 0 && r.peer_ms <= 0 ? "  (copy: memcpy in the same run)" : "");
   }
 }
 

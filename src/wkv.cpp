@@ -29,6 +29,12 @@ void check_floating(const Tensor& t, const char* what) {
     fail(std::string(kOp) + ": " + what + " must be floating (f32, f64, bf16, f16), got " + t.str());
 }
 
+// t row-major in `order`, without a copy when it already is (transpose_to copies a tensor
+// whose extent-1 Dims have unusual strides, e.g. every tensor with a batch of 1).
+Tensor canonical(const Tensor& t, const Dims& order) {
+  return t.dims() == order && t.is_contiguous() ? t : t.transpose_to(order).contiguous();
+}
+
 // Per-sequence valid lengths of a dynamic axis, as contiguous i64 over `batch` on `device`.
 Tensor batch_lengths(const Dim& axis, const Dims& batch, Device device) {
   Tensor l = axis.lengths();
@@ -36,10 +42,11 @@ Tensor batch_lengths(const Dim& axis, const Dims& batch, Device device) {
     fail(std::string(kOp) + ": the lengths of dynamic axis '" + axis.str() + "' are over " + dims_str(l.dims()) +
          ", which k lacks (k's batch Dims: " + dims_str(batch) + ")");
   l = broadcast_to_include(l.to(device), batch);
-  return l.transpose_to(batch).astype(DType::i64).contiguous();
+  return canonical(l.astype(DType::i64), batch);
 }
 
 const void* ptr(const Tensor& t) { return t.defined() ? t.impl().data() : nullptr; }
+
 
 // The scan on canonical operands: td, u {channel}; k, v [batch..., axis, channel] contiguous;
 // all of one dtype. Records the gradients of td, u, k and v.
@@ -60,7 +67,7 @@ WkvResult scan(const Tensor& td, const Tensor& u, const Tensor& k, const Tensor&
              dims_str(parts[i]->dims()));
       check_same_device(kOp, k, *parts[i]);
       check_floating(*parts[i], names[i]);
-      s_in[size_t(i)] = parts[i]->detach().astype(dt).transpose_to(bc).contiguous();
+      s_in[size_t(i)] = canonical(parts[i]->detach().astype(dt), bc);
     }
   }
   Tensor lengths = axis.is_dynamic() ? batch_lengths(axis, batch, dev) : Tensor();
@@ -94,7 +101,7 @@ WkvResult scan(const Tensor& td, const Tensor& u, const Tensor& k, const Tensor&
   r.y = y;
   if (!grad) return r;
   r.y = record(kOp, y, {td, u, k, v}, [=](const Tensor& g) {
-    Tensor gy = g.astype(dt).transpose_to(k.dims()).contiguous();
+    Tensor gy = canonical(g.astype(dt), k.dims());
     Tensor gk = empty(k.dims(), dt, dev), gv = empty(k.dims(), dt, dev);
     Tensor gtd = empty(bc, dt, dev), gu = empty(bc, dt, dev);
     backend::Wkv b = a;
@@ -144,8 +151,8 @@ WkvResult wkv(const Tensor& time_decay, const Tensor& time_first, const Tensor& 
   // Differentiable conversions (no-ops when already in place): their gradients take care of
   // layouts and dtypes. The backends apply w = -exp(time_decay) themselves.
   Tensor td = time_decay.astype(dt).contiguous(), u = time_first.astype(dt).contiguous();
-  Tensor kc = k.astype(dt).transpose_to(order), vc = v.astype(dt).transpose_to(order);
-  WkvResult r = scan(td, u, kc.contiguous(), vc.contiguous(), batch, axis, channel, state);
+  Tensor kc = canonical(k.astype(dt), order), vc = canonical(v.astype(dt), order);
+  WkvResult r = scan(td, u, kc, vc, batch, axis, channel, state);
   if (out_dt != dt) r.y = r.y.astype(out_dt);
   return r;
 }
