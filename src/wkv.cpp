@@ -25,7 +25,7 @@ void check_param(const Tensor& p, const char* what, const Dim& channel) {
 }
 
 void check_floating(const Tensor& t, const char* what) {
-  if (!is_floating(t.dtype()))
+  if (!is_floating(t.dtype()) && !is_half(t.dtype()))
     fail(std::string(kOp) + ": " + what + " must be floating (f32, f64, bf16, f16), got " + t.str());
 }
 

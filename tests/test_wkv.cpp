@@ -257,6 +257,21 @@ TEST_CASE("wkv: extreme inputs stay finite and y stays a weighted mean of v", "[
   }
 }
 
+// (bf16/f16 tensors cannot require grad in dimx: gradients go through f32 parameters.)
+TEST_CASE("wkv: bf16 and f16 inputs are computed in f32 and y is cast back", "[rwkv]") {
+  Dim batch(2, "batch"), time(6, "time"), ch(5, "ch");
+  Tensor td = rnd({ch}, 60, DType::f32, -3, 1), tf = rnd({ch}, 61), k = rnd({batch, time, ch}, 62), v = rnd({batch, time, ch}, 63);
+  for (DType half : {DType::bf16, DType::f16}) {
+    INFO(dtype_name(half));
+    Tensor kh = k.astype(half), vh = v.astype(half);
+    WkvResult r = wkv(td, tf, kh, vh, time, ch);
+    CHECK(r.y.dtype() == half);
+    CHECK(r.state.num.dtype() == DType::f32);
+    WkvResult want = wkv(td, tf, kh.astype(DType::f32), vh.astype(DType::f32), time, ch);
+    CHECK_VEC_APPROX(r.y.to_vector<double>({batch, time, ch}), want.y.astype(half).to_vector<double>({batch, time, ch}), 0, 0);
+  }
+}
+
 TEST_CASE("wkv: errors name the op and the Dims", "[rwkv]") {
   Dim batch(2, "batch"), time(3, "time"), ch(4, "ch"), other(4, "other");
   Tensor td = rnd({ch}, 1), tf = rnd({ch}, 2), k = rnd({batch, time, ch}, 3), v = rnd({batch, time, ch}, 4);
@@ -312,6 +327,15 @@ TEST_CASE("rwkv::SelfAttention matches the PyTorch reference (golden file)", "[r
     const Dims& d = params[i].second->dims();
     CHECK_VEC_APPROX(g[i].to_vector<double>(d), f.load("grad." + params[i].first, d).to_vector<double>(), 1e-4, 1e-5);
   }
+  // Saved under the same names and shapes, it loads into a fresh module.
+  std::string path = (std::filesystem::temp_directory_path() / "dimx_test_rwkv_state.safetensors").string();
+  nn::save_state(m, path);
+  nn::rwkv::SelfAttention fresh(size, att, 128, 0, 3, gen);
+  CHECK(nn::load_state(fresh, path).loaded.size() == 13);
+  SafeTensors saved = SafeTensors::open(path);
+  CHECK(saved.load("time_mix_key").dims().size() == 3);
+  std::filesystem::remove(path);
+  CHECK_VEC_APPROX(fresh(x, time).first.to_vector<double>({batch, time, size}), out.to_vector<double>({batch, time, size}), 0, 0);
   // The decoding state after the sequence.
   CHECK_VEC_APPROX(state.x.to_vector<double>({batch, size}), f.load("state.x", {batch, size}).to_vector<double>(), 0, 0);
   auto n = state.num.to_vector<double>({batch, att}), d = state.den.to_vector<double>({batch, att});
