@@ -42,6 +42,15 @@ Meta<K> make_meta(const Shape& shape, const std::array<Strides, K>& strides) {
   return m;
 }
 
+void check_wkv_dtype(DType dt) {
+  if (dt != DType::f32) throw Error(std::string("wkv: dtype ") + dtype_name(dt) + " not supported on cuda (f32)");
+}
+
+WkvLaunch wkv_launch(const backend::Wkv& a) {
+  auto f = [](const void* p) { return static_cast<const float*>(p); };
+  return WkvLaunch{a.B, a.T, a.C, f(a.time_decay), f(a.u), f(a.k), f(a.v), a.lengths, {f(a.state[0]), f(a.state[1]), f(a.state[2])}};
+}
+
 // One instance per device; every entry point first makes its device current.
 class CudaBackend final : public backend::Backend {
  public:
@@ -192,6 +201,22 @@ class CudaBackend final : public backend::Backend {
   void random(backend::RandomKind kind, DType dt, int64_t n, uint64_t seed, uint64_t offset, double a, double b,
               void* y) override {
     launch_random(kind == backend::RandomKind::normal, dt, n, seed, offset, a, b, y, stream());
+  }
+
+  void wkv_forward(DType dt, const backend::Wkv& a, void* y, void* log_den, void* const state_out[3]) override {
+    check_wkv_dtype(dt);
+    float* so[3] = {};
+    if (state_out)
+      for (int i = 0; i < 3; ++i) so[i] = static_cast<float*>(state_out[i]);
+    launch_wkv_forward(wkv_launch(a), static_cast<float*>(y), static_cast<float*>(log_den), state_out ? so : nullptr,
+                       stream());
+  }
+  void wkv_backward(DType dt, const backend::Wkv& a, const void* y, const void* log_den, const void* gy, void* gk,
+                    void* gv, void* gtd, void* gu) override {
+    check_wkv_dtype(dt);
+    launch_wkv_backward(wkv_launch(a), static_cast<const float*>(y), static_cast<const float*>(log_den),
+                        static_cast<const float*>(gy), static_cast<float*>(gk), static_cast<float*>(gv),
+                        static_cast<float*>(gtd), static_cast<float*>(gu), stream());
   }
 
  private:

@@ -55,6 +55,20 @@ void launch_scatter_add(DType dt, const Meta<3>& m, const void* x, int64_t axis_
                         const int64_t* idx, void* y, cudaStream_t s);
 // False where no kernel fits (dtype other than f32/f64, head size above 128).
 bool launch_attention(DType dt, const AttentionArgs& a, cudaStream_t s);
+// The WKV scan (float32; see src/backend.h's Wkv): contiguous [B, T, C] k, v; w, u [C];
+// lengths (nullable) i64 [B]; state (each nullable as a whole) [B, C].
+struct WkvLaunch {
+  int64_t B, T, C;
+  const float* time_decay;  // the decay is w = -exp(time_decay)
+  const float* u;
+  const float* k;
+  const float* v;
+  const int64_t* lengths;
+  const float* state[3];
+};
+void launch_wkv_forward(const WkvLaunch& a, float* y, float* log_den, float* const state_out[3], cudaStream_t s);
+void launch_wkv_backward(const WkvLaunch& a, const float* y, const float* log_den, const float* gy, float* gk,
+                         float* gv, float* gtd, float* gu, cudaStream_t s);
 void launch_random(bool normal, DType dt, int64_t n, uint64_t seed, uint64_t offset, double a, double b, void* y,
                    cudaStream_t s);
 

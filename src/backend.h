@@ -59,6 +59,20 @@ struct Attention {
 
 enum class RandomKind { uniform, normal };
 
+// The WKV scan of RWKV time mixing (see dimx/wkv.h) over contiguous [B, T, C] k and v.
+// state holds the incoming (num, den, max), each contiguous [B, C], or nulls for the empty
+// state (0, 0, -1e38). lengths (nullable, i64 [B]): frames at t >= lengths[b] are skipped
+// (they leave the state alone, output 0 and get zero gradients).
+struct Wkv {
+  int64_t B = 0, T = 0, C = 0;
+  const void* time_decay = nullptr;  // [C]; the decay is w = -exp(time_decay) < 0
+  const void* u = nullptr;  // [C], time_first
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const int64_t* lengths = nullptr;
+  const void* state[3] = {nullptr, nullptr, nullptr};
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -101,6 +115,13 @@ class Backend {
   // Philox-4x32-10 numbers for counters offset.. (4 f32 or 2 f64 values per counter).
   virtual void random(RandomKind kind, DType dt, int64_t n, uint64_t seed, uint64_t offset,
                       double a, double b, void* y) = 0;
+  // y [B, T, C]; log_den (nullable) [B, T, C] gets log of each frame's denominator for the
+  // backward; state_out (all three or none) [B, C] each, the state after the last valid frame.
+  virtual void wkv_forward(DType dt, const Wkv& a, void* y, void* log_den, void* const state_out[3]) = 0;
+  // Gradients of sum(gy * y) for the forward with the same arguments: gk, gv [B, T, C]; gtd
+  // (d/d time_decay) and gu [B, C], to be summed over B by the caller.
+  virtual void wkv_backward(DType dt, const Wkv& a, const void* y, const void* log_den, const void* gy, void* gk,
+                            void* gv, void* gtd, void* gu) = 0;
 };
 
 // The backend of one device (created on first use).

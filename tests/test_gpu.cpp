@@ -440,6 +440,124 @@ TEST_CASE("gpu: device errors", "[gpu]") {
   CHECK((g * 2.0).to_vector<float>() == std::vector<float>(4, 2.0f));
 }
 
+namespace {
+
+// max |got - want| relative to max |want| (at least 1: the inputs' scale), every value finite.
+double rel_max_err(const Tensor& got, const Tensor& want) {
+  auto g = got.to_vector<double>(want.dims()), w = want.to_vector<double>(want.dims());
+  double err = 0, scale = 1;
+  for (size_t i = 0; i < g.size(); ++i) {
+    if (!std::isfinite(g[i])) return std::numeric_limits<double>::infinity();
+    err = std::max(err, std::fabs(g[i] - w[i]));
+    scale = std::max(scale, std::fabs(w[i]));
+  }
+  return err / scale;
+}
+
+struct WkvRun {
+  Tensor y, ratio, logden, gtd, gtf, gk, gv;
+};
+
+// One scan (forward and backward of sum(y * wgt)) on `dev`; the state compared through
+// num/den and log(den) + max, since the triple itself is not unique.
+WkvRun wkv_run(Device dev, const Dim& batch, const Dim& time, const Dim& ch, uint32_t seed, double k_range,
+               bool with_state) {
+  Tensor td = input({ch}, seed, dev, -6, 3).with_requires_grad(), tf = input({ch}, seed + 1, dev, -1, 1).with_requires_grad();
+  Tensor k = input({batch, time, ch}, seed + 2, dev, -k_range, k_range).with_requires_grad();
+  Tensor v = input({batch, time, ch}, seed + 3, dev).with_requires_grad();
+  Tensor wgt = input({batch, time, ch}, seed + 4, dev);
+  std::optional<WkvState> st;
+  if (with_state) {
+    Dim pre(3, "pre");
+    NoGradGuard ng;
+    st = wkv(td, tf, input({batch, pre, ch}, seed + 5, dev), input({batch, pre, ch}, seed + 6, dev), pre, ch).state;
+  }
+  WkvResult r = wkv(td, tf, k, v, time, ch, st);
+  std::vector<Tensor> g = grad(reduce_sum(r.y * wgt, {batch, time, ch}), {td, tf, k, v});
+  NoGradGuard ng;
+  return {r.y, r.state.num / r.state.den, log(r.state.den) + r.state.max, g[0], g[1], g[2], g[3]};
+}
+
+void wkv_consistent(const Dim& batch, const Dim& time, const Dim& ch, uint32_t seed, double k_range = 3,
+                    bool with_state = false, double tol = 2e-5) {
+  INFO("B " << batch.str() << " T " << time.str() << " C " << ch.str() << " k range " << k_range << " state "
+            << with_state);
+  WkvRun c = wkv_run(Device::cpu(), batch, time, ch, seed, k_range, with_state);
+  WkvRun g = wkv_run(kGpu, batch, time, ch, seed, k_range, with_state);
+  CHECK(g.y.device() == kGpu);
+  const char* names[] = {"y", "num/den", "log den", "d time_decay", "d time_first", "dk", "dv"};
+  const Tensor* cs[] = {&c.y, &c.ratio, &c.logden, &c.gtd, &c.gtf, &c.gk, &c.gv};
+  const Tensor* gs[] = {&g.y, &g.ratio, &g.logden, &g.gtd, &g.gtf, &g.gk, &g.gv};
+  for (int i = 0; i < 7; ++i) {
+    INFO(names[i]);
+    double e = rel_max_err(*gs[i], *cs[i]);
+    // Long scans sum in another order on the GPU: allow for float32 accumulation.
+    CHECK(e <= (i >= 3 ? 20 : 1) * tol);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("gpu: the wkv scan and its gradients match the CPU", "[gpu][wkv]") {
+  Dim b1(1, "b1"), b2(2, "b2"), b3(3, "b3"), b4(4, "b4");
+  // T = 1 (decoding), T not a multiple of any chunk, B*C not a multiple of 32.
+  wkv_consistent(b1, Dim(1, "t"), Dim(5, "c"), 100);
+  wkv_consistent(b3, Dim(1, "t"), Dim(37, "c"), 101, 3, true);
+  wkv_consistent(b3, Dim(100, "t"), Dim(37, "c"), 102);
+  wkv_consistent(b2, Dim(333, "t"), Dim(21, "c"), 103, 3, true);
+  // Random sizes.
+  std::mt19937 rng(7);
+  for (int i = 0; i < 4; ++i) {
+    int64_t B = 1 + rng() % 4, T = 1 + rng() % 700, C = 1 + rng() % 90;
+    wkv_consistent(Dim(B, "b"), Dim(T, "t"), Dim(C, "c"), 110 + uint32_t(i), 3, i % 2 == 1);
+  }
+  // Long sequences: T = 16384 with few channels (many chunks), and one chunk with many.
+  wkv_consistent(b2, Dim(16384, "t"), Dim(3, "c"), 120, 3, true, 2e-4);
+  wkv_consistent(b4, Dim(1024, "t"), Dim(2500, "c"), 121, 3, false, 1e-4);
+  // Extreme keys: |k| up to 1e4 (float32 holds such k only to ~1e-3, which bounds the agreement).
+  wkv_consistent(b2, Dim(300, "t"), Dim(19, "c"), 122, 1e4, true, 3e-3);
+  // Forced odd chunk lengths: many chunks, chunk length not a multiple of the unrolling.
+  for (const char* chunk : {"1", "7", "33"}) {
+    INFO("DIMX_WKV_CHUNK=" << chunk);
+    setenv("DIMX_WKV_CHUNK", chunk, 1);
+    wkv_consistent(b3, Dim(101, "t"), Dim(10, "c"), 130, 3, true);
+    wkv_consistent(b2, Dim(64, "t"), Dim(7, "c"), 131, 1e4, true, 3e-3);
+    unsetenv("DIMX_WKV_CHUNK");
+  }
+}
+
+TEST_CASE("gpu: wkv on a padded batch and the rwkv module match the CPU", "[gpu][wkv]") {
+  Dims3 d;  // batch 3, time lengths {5, 2, 0}, feat 7
+  setenv("DIMX_WKV_CHUNK", "2", 1);
+  consistent("padded wkv", [&](Device dev) {
+    Tensor td = input({d.feat}, 140, dev, -3, 1), tf = input({d.feat}, 141, dev);
+    Tensor k = input({d.time, d.feat, d.batch}, 142, dev).with_requires_grad();
+    Tensor v = input({d.batch, d.time, d.feat}, 143, dev).with_requires_grad();
+    WkvResult r = wkv(td, tf, k, v, d.time, d.feat);
+    std::vector<Tensor> g = grad(reduce_sum(square(r.y), {d.batch, d.time, d.feat}), {k, v});
+    g.push_back(r.y);
+    g.push_back(r.state.num / r.state.den);
+    return g;
+  }, 1e-4, 1e-5);
+  unsetenv("DIMX_WKV_CHUNK");
+  Dim att(6, "att"), one(1, "one");
+  Generator gen(9);
+  nn::rwkv::SelfAttention cpu_m(d.feat, att, 16, 1, 2, gen), gpu_m = cpu_m;
+  nn::to(gpu_m, kGpu);
+  consistent("rwkv module", [&](Device dev) {
+    nn::rwkv::SelfAttention& m = dev == kGpu ? gpu_m : cpu_m;
+    Tensor x = input({d.batch, d.time, d.feat}, 150, dev);
+    auto [out, state] = m(x, d.time);
+    auto [step, s2] = m(input({d.batch, one, d.feat}, 151, dev), one, state);
+    Tensor loss = reduce_sum(square(copy_masked(out, {d.time})), {d.batch, d.time, d.feat}) +
+                  reduce_sum(step * step, {d.batch, one, d.feat});
+    std::vector<Tensor> g = grad(loss, {m.time_decay, m.time_first, m.time_mix_key, m.proj_key.weight, m.proj_output.bias.value()});
+    g.push_back(step);
+    g.push_back(s2.num / s2.den);
+    return g;
+  }, 1e-4, 1e-5);
+}
+
 int main(int argc, char** argv) {
   if (gpu::device_count() == 0) {
     std::cout << "no CUDA device: skipping the GPU tests\n";

@@ -14,3 +14,4 @@
 #include <dimx/shape.h>
 #include <dimx/softmax.h>
 #include <dimx/tensor.h>
+#include <dimx/wkv.h>
