@@ -93,7 +93,11 @@ Tensor Tensor::transpose_to(const Dims& order) const {
   }
   Strides s = aligned_strides(t, order);
   Shape shape = extents(order);
-  if (s == contiguous_strides(shape)) return make_view(*this, order, s, t.offset);
+  // Already in order (the stride of an extent-1 Dim never matters): a view.
+  const Strides c = contiguous_strides(shape);
+  bool in_order = true;
+  for (size_t i = 0; i < c.size(); ++i) in_order = in_order && (shape[i] == 1 || s[i] == c[i]);
+  if (in_order) return make_view(*this, order, c, t.offset);
   Tensor out = empty(order, t.dtype, t.device());
   auto p = std::make_shared<TensorImpl>(out.impl());
   p->feature_dim = t.feature_dim;

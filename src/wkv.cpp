@@ -29,11 +29,8 @@ void check_floating(const Tensor& t, const char* what) {
     fail(std::string(kOp) + ": " + what + " must be floating (f32, f64, bf16, f16), got " + t.str());
 }
 
-// t row-major in `order`, without a copy when it already is (transpose_to copies a tensor
-// whose extent-1 Dims have unusual strides, e.g. every tensor with a batch of 1).
-Tensor canonical(const Tensor& t, const Dims& order) {
-  return t.dims() == order && t.is_contiguous() ? t : t.transpose_to(order).contiguous();
-}
+// t row-major in `order` (a view when it already is).
+Tensor canonical(const Tensor& t, const Dims& order) { return t.transpose_to(order); }
 
 // Per-sequence valid lengths of a dynamic axis, as contiguous i64 over `batch` on `device`.
 Tensor batch_lengths(const Dim& axis, const Dims& batch, Device device) {

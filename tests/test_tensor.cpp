@@ -274,3 +274,17 @@ TEST_CASE("dtype helpers", "[tensor]") {
   CHECK(Device::cpu().str() == "cpu");
   CHECK(Device::cuda(1).str() == "cuda:1");
 }
+
+TEST_CASE("Tensor: transpose_to moving only extent-1 Dims is a view", "[tensor]") {
+  Dim a(3, "a"), one(1, "one"), b(4, "b");
+  std::vector<float> v(12);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = float(i);
+  Tensor x = expand_dim(Tensor::from_vector<float>({a, b}, v), one);  // {a, b, one}, stride 0 on one
+  Tensor y = x.transpose_to({one, a, b});
+  CHECK(y.data_ptr() == x.data_ptr());
+  CHECK(y.is_contiguous());
+  CHECK(y.to_vector<float>({a, b, one}) == v);
+  Tensor z = x.transpose_to({b, one, a});  // a real permutation still copies
+  CHECK(z.data_ptr() != x.data_ptr());
+  CHECK(z.to_vector<float>({a, one, b}) == v);
+}
