@@ -37,7 +37,7 @@ Block as_block(const Tensor& x, const Dims& mid) {
 
 Tensor block_lengths(const Block& b, const Dim& d) {
   Dims out = b.outer();
-  Tensor l = broadcast_to_include(d.lengths().to(b.x.device()), out);
+  Tensor l = broadcast_to_include(d.lengths(b.x.device()), out);
   return l.transpose_to(out).astype(DType::i64).contiguous();
 }
 

@@ -21,6 +21,7 @@ struct DimImpl {
   // Derived Dims by (op, other Dim's id or constant): the same expression, the same Dim.
   mutable std::mutex mu;
   mutable std::map<std::tuple<int, uint64_t, int64_t>, Dim> derived;
+  mutable std::map<std::pair<int, int>, Tensor> device_lengths;  // (device type, index) -> lengths
 
   static uint64_t next_id() {
     static std::atomic<uint64_t> counter{1};
@@ -105,6 +106,15 @@ int64_t Dim::extent() const { return impl_->extent; }
 Tensor Dim::lengths() const {
   if (is_static()) return Tensor::scalar(double(impl_->size), DType::i32);
   return impl_->lengths;
+}
+
+Tensor Dim::lengths(Device device) const {
+  if (is_static() || device.is_cpu()) return lengths().to(device);
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  auto key = std::make_pair(int(device.type), device.index);
+  auto it = impl_->device_lengths.find(key);
+  if (it == impl_->device_lengths.end()) it = impl_->device_lengths.emplace(key, impl_->lengths.to(device)).first;
+  return it->second;
 }
 
 Dim Dim::copy(std::string name) const {

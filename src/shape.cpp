@@ -229,7 +229,7 @@ std::pair<Tensor, Dim> concat(const std::vector<std::pair<Tensor, Dim>>& parts, 
   Tensor offset = Tensor::scalar(0, DType::i64).to(dev);
   Tensor y = Tensor::scalar(0, first.dtype()).to(first.device());
   for (const auto& [t, d] : parts) {
-    Tensor len = index_tensor(d.lengths()).to(t.device());
+    Tensor len = index_tensor(d.lengths(t.device()));
     if (d.extent() > 0) {
       Tensor local = sub(pos, offset, true);
       Tensor valid = logical_and(local >= 0.0, less(local, len, true), true);
@@ -375,7 +375,7 @@ std::pair<Tensor, Dim> window(const Tensor& x, const Dim& axis, int64_t size, st
   check_new_dim("window", x, w);
   if (axis.extent() == 0) return {expand_dim(x, w).contiguous(), w};
   Tensor src = (add(range_over_dim(axis, DType::i64), range_over_dim(w, DType::i64), true) - double(left)).to(x.device());
-  Tensor len = index_tensor(axis.lengths()).to(x.device());
+  Tensor len = index_tensor(axis.lengths(x.device()));
   Tensor valid = logical_and(src >= 0.0, less(src, len, true), true);
   Tensor g = gather(x, clip(src, 0, double(axis.extent() - 1)).with_sparse_dim(axis), axis);
   return {where(valid, g, 0.0, true), w};

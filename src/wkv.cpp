@@ -38,7 +38,7 @@ Tensor batch_lengths(const Dim& axis, const Dims& batch, Device device) {
   if (!contains_all(batch, l.dims()))
     fail(std::string(kOp) + ": the lengths of dynamic axis '" + axis.str() + "' are over " + dims_str(l.dims()) +
          ", which k lacks (k's batch Dims: " + dims_str(batch) + ")");
-  l = broadcast_to_include(l.to(device), batch);
+  l = broadcast_to_include(axis.lengths(device), batch);
   return canonical(l.astype(DType::i64), batch);
 }
 

@@ -324,3 +324,10 @@ TEST_CASE("Dim: arithmetic through aliases and invalid Dims", "[dim][arith]") {
   CHECK(t.lengths().to_vector<int32_t>() == std::vector<int32_t>{3, 1});
   CHECK(t.extent() == 3);
 }
+
+TEST_CASE("Dim: lengths on a device", "[dim]") {
+  Dim batch(3, "batch");
+  Dim time(Tensor::from_vector<int32_t>({batch}, {4, 1, 2}), "time");
+  CHECK(time.lengths(Device::cpu()).to_vector<int32_t>() == std::vector<int32_t>{4, 1, 2});
+  CHECK(Dim(5, "five").lengths(Device::cpu()).item<int32_t>() == 5);
+}

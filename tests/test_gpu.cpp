@@ -427,6 +427,14 @@ TEST_CASE("gpu: the attention modules and their parameter gradients match the CP
   }
 }
 
+TEST_CASE("gpu: a dynamic Dim's lengths are copied to the device once", "[gpu]") {
+  Dims3 d;
+  Tensor a = d.time.lengths(kGpu), b = d.time.lengths(kGpu);
+  CHECK(a.device() == kGpu);
+  CHECK(a.data_ptr() == b.data_ptr());
+  CHECK(a.to_vector<int32_t>() == d.time.lengths().to_vector<int32_t>());
+}
+
 TEST_CASE("gpu: device errors", "[gpu]") {
   Dim n(4, "n");
   Tensor c = Tensor::ones({n});

@@ -5,6 +5,8 @@
 // has a fixed size. A dynamic Dim carries per-sequence lengths as an integer Tensor over
 // other Dims (usually {batch}); tensors store it padded to its extent, the max length.
 // Arithmetic on Dims is cached: the same expression on the same Dims yields the same Dim.
+#include <dimx/device.h>
+
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -34,6 +36,9 @@ class Dim {
   int64_t extent() const;
   // Per-sequence lengths (i32). For a static Dim: a scalar tensor holding the size.
   Tensor lengths() const;
+  // lengths() on `device`: copied there once per device and kept with the Dim, so masking the
+  // same Dim again (every layer of a model) costs no host-to-device copy.
+  Tensor lengths(Device device) const;
   // A new Dim with the same size or lengths and a distinct identity.
   Dim copy(std::string name = "") const;
 

@@ -148,7 +148,7 @@ Tensor fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, con
     Dims order = cat(cat(g0, g1), query);
     for (const Dim& d : batch)
       if (!contains(order, d)) order.insert(order.begin(), d);  // extent-1 batch Dims
-    lens = broadcast_to_include(lengths.astype(DType::i64).to(q.device()), order).transpose_to(order).contiguous();
+    lens = broadcast_to_include(kv_axis.lengths(q.device()).astype(DType::i64), order).transpose_to(order).contiguous();
     a.key_lengths = reinterpret_cast<const int64_t*>(lens.impl().data());
   }
   if (!backend::backend_for(q.device()).attention(dt, a)) return {};

@@ -110,7 +110,7 @@ std::pair<Tensor, State> SelfAttention::operator()(const Tensor& x, const Dim& a
   Tensor last = prev;
   if (axis.extent() > 0) {
     NoGradGuard ng;
-    Tensor len = axis.lengths().to(dev);
+    Tensor len = axis.lengths(dev);
     Tensor idx = clip(len - 1.0, 0, double(axis.extent() - 1)).astype(DType::i64).with_sparse_dim(axis);
     last = where(len > 0.0, gather(x.detach(), idx), prev, true);
   }
