@@ -52,18 +52,16 @@ __device__ __forceinline__ LogWeights log_weights(float a, float b) {
 
 // ---------------------------------------------------------------- forward
 
-__global__ void fwd_summary(Geometry g, const float* __restrict__ td, const float* __restrict__ k,
-                            const float* __restrict__ v, float* __restrict__ sa, float* __restrict__ sb,
-                            float* __restrict__ sp) {
-  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (idx >= g.chunks * g.BC) return;
-  const int64_t j = idx / g.BC, bc = idx - j * g.BC, b = bc / g.C, c = bc - b * g.C;
-  int64_t t0, t1;
-  g.range(j, b, t0, t1);
-  const float ww = -expf(td[c]);
-  float aa = 0.f, bb = 0.f, pp = kMinLog;
-  const float* kp = k + b * g.T * g.C + c;
-  const float* vp = v + b * g.T * g.C + c;
+// Frames [t0, t1) of one (sequence, channel) starting at k + base, from the state (aa, bb, pp);
+// with kOut also writes y (and log D with kLogDen). Loads run kUnroll frames ahead of the
+// dependent recurrence.
+template <bool kOut, bool kLogDen>
+__device__ __forceinline__ void scan_frames(const Geometry& g, int64_t base, int64_t t0, int64_t t1, float ww,
+                                            float uu, const float* __restrict__ k, const float* __restrict__ v,
+                                            float* __restrict__ y, float* __restrict__ log_den, float& aa, float& bb,
+                                            float& pp) {
+  const float* kp = k + base;
+  const float* vp = v + base;
   for (int64_t t = t0; t < t1; t += kUnroll) {
     float kk[kUnroll], vv[kUnroll];
 #pragma unroll
@@ -75,12 +73,31 @@ __global__ void fwd_summary(Geometry g, const float* __restrict__ td, const floa
 #pragma unroll
     for (int i = 0; i < kUnroll; ++i)
       if (t + i < t1) {
+        if (kOut) {
+          const int64_t at = base + (t + i) * g.C;
+          const LogWeights o = log_weights(pp, uu + kk[i]);
+          const float den = o.wa * bb + o.wb;
+          y[at] = (o.wa * aa + o.wb * vv[i]) / den;
+          if (kLogDen) log_den[at] = o.max + logf(den);
+        }
         const LogWeights s = log_weights(ww + pp, kk[i]);
         aa = s.wa * aa + s.wb * vv[i];
         bb = s.wa * bb + s.wb;
         pp = s.max;
       }
   }
+}
+
+__global__ void fwd_summary(Geometry g, const float* __restrict__ td, const float* __restrict__ k,
+                            const float* __restrict__ v, float* __restrict__ sa, float* __restrict__ sb,
+                            float* __restrict__ sp) {
+  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (idx >= g.chunks * g.BC) return;
+  const int64_t j = idx / g.BC, bc = idx - j * g.BC, b = bc / g.C, c = bc - b * g.C;
+  int64_t t0, t1;
+  g.range(j, b, t0, t1);
+  float aa = 0.f, bb = 0.f, pp = kMinLog;
+  scan_frames<false, false>(g, b * g.T * g.C + c, t0, t1, -expf(td[c]), 0.f, k, v, nullptr, nullptr, aa, bb, pp);
   sa[idx] = aa;
   sb[idx] = bb;
   sp[idx] = pp;
@@ -137,30 +154,7 @@ __global__ void fwd_main(Geometry g, const float* __restrict__ td, const float* 
   const float ww = -expf(td[c]), uu = u[c];
   float aa = ia ? ia[idx] : 0.f, bb = ib ? ib[idx] : 0.f, pp = ip ? fmaxf(ip[idx], kMinLog) : kMinLog;
   const int64_t base = b * g.T * g.C + c;
-  const float* kp = k + base;
-  const float* vp = v + base;
-  for (int64_t t = t0; t < t1; t += kUnroll) {
-    float kk[kUnroll], vv[kUnroll];
-#pragma unroll
-    for (int i = 0; i < kUnroll; ++i)
-      if (t + i < t1) {
-        kk[i] = __ldg(kp + (t + i) * g.C);
-        vv[i] = __ldg(vp + (t + i) * g.C);
-      }
-#pragma unroll
-    for (int i = 0; i < kUnroll; ++i)
-      if (t + i < t1) {
-        const int64_t at = base + (t + i) * g.C;
-        const LogWeights o = log_weights(pp, uu + kk[i]);
-        const float den = o.wa * bb + o.wb;
-        y[at] = (o.wa * aa + o.wb * vv[i]) / den;
-        if (kLogDen) log_den[at] = o.max + logf(den);
-        const LogWeights s = log_weights(ww + pp, kk[i]);
-        aa = s.wa * aa + s.wb * vv[i];
-        bb = s.wa * bb + s.wb;
-        pp = s.max;
-      }
-  }
+  scan_frames<true, kLogDen>(g, base, t0, t1, ww, uu, k, v, y, log_den, aa, bb, pp);
   // Frames past the sequence's length output 0.
   const int64_t end = (t0 + g.L < g.T ? t0 + g.L : g.T);
   for (int64_t t = (t1 > t0 ? t1 : t0); t < end; ++t) {

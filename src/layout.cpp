@@ -22,6 +22,22 @@ int64_t numel_of(const Shape& shape) {
   return n;
 }
 
+bool merged_stride(const Tensor& t, const Dims& group, int64_t& extent, int64_t& stride) {
+  extent = 1;
+  stride = 0;
+  int64_t expect = -1;
+  for (size_t i = group.size(); i-- > 0;) {
+    const int64_t e = group[i].extent();
+    extent *= e;
+    if (e == 1) continue;
+    const int64_t s = t.has_dim(group[i]) ? t.strides()[t.axis_of(group[i])] : 0;
+    if (expect < 0) stride = s;
+    else if (s != expect) return false;
+    expect = s * e;
+  }
+  return true;
+}
+
 Strides contiguous_strides(const Shape& shape) {
   Strides s(shape.size());
   int64_t acc = 1;

@@ -18,24 +18,6 @@ bool allow_tf32() { return g_allow_tf32; }
 
 namespace {
 
-// Extent and stride of `group` seen as one merged index (row-major in the group's order);
-// false if the strides do not allow it. Extent-1 Dims are ignored.
-bool merge_group(const Tensor& t, const Dims& group, int64_t& extent, int64_t& stride) {
-  extent = 1;
-  stride = 0;
-  int64_t expect = -1;
-  for (size_t i = group.size(); i-- > 0;) {
-    int64_t e = group[i].extent();
-    extent *= e;
-    if (e == 1) continue;
-    int64_t s = t.strides()[t.axis_of(group[i])];
-    if (expect < 0) stride = s;
-    else if (s != expect) return false;
-    expect = s * e;
-  }
-  return true;
-}
-
 struct Operand {
   int64_t batch_stride, rows, cols, ld;
   bool trans;
@@ -44,8 +26,8 @@ struct Operand {
 // Describes t as batch-strided matrices [rows, cols]; false if a copy is needed.
 bool as_matrix(const Tensor& t, const Dims& batch, const Dims& rows, const Dims& cols, Operand& o) {
   int64_t nb, sr, sc;
-  if (!merge_group(t, batch, nb, o.batch_stride) || !merge_group(t, rows, o.rows, sr) ||
-      !merge_group(t, cols, o.cols, sc))
+  if (!merged_stride(t, batch, nb, o.batch_stride) || !merged_stride(t, rows, o.rows, sr) ||
+      !merged_stride(t, cols, o.cols, sc))
     return false;
   if (o.cols <= 1 || sc == 1) {
     o.trans = false;

@@ -48,6 +48,9 @@ int64_t numel_of(const Shape& shape);
 Strides contiguous_strides(const Shape& shape);
 // Strides of `t` aligned to `out` (0 where t lacks the Dim). All of t's Dims must be in `out`.
 Strides aligned_strides(const TensorImpl& t, const Dims& out);
+// Extent and stride of `group` as one row-major index of t (stride 0 where t lacks a Dim);
+// false if t's strides do not allow it. Extent-1 Dims are ignored.
+bool merged_stride(const Tensor& t, const Dims& group, int64_t& extent, int64_t& stride);
 // True if every Dim of `sub` is in `dims`.
 bool contains_all(const Dims& dims, const Dims& sub);
 bool contains(const Dims& dims, const Dim& d);

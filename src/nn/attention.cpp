@@ -18,24 +18,6 @@ namespace dimx::nn {
 
 namespace {
 
-// Extent and stride of `group` as one row-major index of t (0 stride where t lacks a Dim);
-// false if the strides do not allow it. Extent-1 Dims are ignored.
-bool merged(const Tensor& t, const Dims& group, int64_t& extent, int64_t& stride) {
-  extent = 1;
-  stride = 0;
-  int64_t expect = -1;
-  for (size_t i = group.size(); i-- > 0;) {
-    const int64_t e = group[i].extent();
-    extent *= e;
-    if (e == 1) continue;
-    const int64_t s = t.has_dim(group[i]) ? t.strides()[t.axis_of(group[i])] : 0;
-    if (expect < 0) stride = s;
-    else if (s != expect) return false;
-    expect = s * e;
-  }
-  return true;
-}
-
 Dims cat(Dims a, const Dims& b) {
   a.insert(a.end(), b.begin(), b.end());
   return a;
@@ -51,7 +33,7 @@ bool batch_groups(const Dims& batch, const std::vector<const Tensor*>& ts, Dims&
     if (join) {
       Dims trial = cat(groups.back(), {d});
       int64_t e, s;
-      for (const Tensor* t : ts) join = join && merged(*t, trial, e, s);
+      for (const Tensor* t : ts) join = join && merged_stride(*t, trial, e, s);
     }
     if (join) groups.back().push_back(d);
     else groups.push_back({d});
@@ -65,7 +47,7 @@ bool batch_groups(const Dims& batch, const std::vector<const Tensor*>& ts, Dims&
 // t with `last` as its innermost Dims, stored contiguously there (copies if needed).
 Tensor inner(const Tensor& t, const Dims& last) {
   int64_t e, s;
-  if (merged(t, last, e, s) && (s == 1 || e <= 1)) return t;
+  if (merged_stride(t, last, e, s) && (s == 1 || e <= 1)) return t;
   return t.transpose_to(cat(minus_dims(t.dims(), last), last));
 }
 
@@ -93,17 +75,17 @@ Tensor fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, con
 
   Tensor q = inner(q0, {key_dim}), k = inner(k0, {key_dim}), v = inner(v0, value);
   int64_t tq, q_rs, tk = kv_axis.extent(), dv, unused;
-  if (!merged(q, query, tq, q_rs)) q = q.transpose_to(cat(cat(batch, query), {key_dim}));
-  merged(q, query, tq, q_rs);
-  merged(v, value, dv, unused);
+  if (!merged_stride(q, query, tq, q_rs)) q = q.transpose_to(cat(cat(batch, query), {key_dim}));
+  merged_stride(q, query, tq, q_rs);
+  merged_stride(v, value, dv, unused);
   // The output follows q's layout with the value Dims in key_dim's place at the end, so that
   // merging heads afterwards needs no copy where q came from a packed projection; if its query
   // Dims do not merge there, batch, query, value in order.
   Tensor out = empty(cat(minus_dims(q.dims(), {key_dim}), value), dt, q.device());
   int64_t o_rs;
-  if (!merged(out, query, tq, o_rs)) {
+  if (!merged_stride(out, query, tq, o_rs)) {
     out = empty(cat(cat(batch, query), value), dt, q.device());
-    merged(out, query, tq, o_rs);
+    merged_stride(out, query, tq, o_rs);
   }
 
   Dims g0, g1;
@@ -111,7 +93,7 @@ Tensor fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, con
     q = q.transpose_to(cat(cat(batch, query), {key_dim}));
     k = k.transpose_to(cat(cat(minus_dims(k.dims(), {kv_axis, key_dim}), {kv_axis}), {key_dim}));
     v = v.transpose_to(cat(cat(minus_dims(v.dims(), cat({kv_axis}, value)), {kv_axis}), value));
-    merged(q, query, tq, q_rs);
+    merged_stride(q, query, tq, q_rs);
     if (!batch_groups(batch, {&q, &k, &v, &out}, g0, g1)) return {};
   }
   backend::Attention a{};
@@ -119,8 +101,8 @@ Tensor fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, con
     backend::Attention::Operand o{};
     o.data = t.impl().data();
     int64_t e;
-    merged(t, g0, e, o.batch_stride[0]);
-    merged(t, g1, e, o.batch_stride[1]);
+    merged_stride(t, g0, e, o.batch_stride[0]);
+    merged_stride(t, g1, e, o.batch_stride[1]);
     if (rows_are_keys) o.row_stride = tk > 1 ? t.strides()[t.axis_of(kv_axis)] : 0;
     return o;
   };
@@ -138,8 +120,8 @@ Tensor fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, con
   a.out = out.impl().data();
   {
     int64_t e;
-    merged(out, g0, e, a.out_batch_stride[0]);
-    merged(out, g1, e, a.out_batch_stride[1]);
+    merged_stride(out, g0, e, a.out_batch_stride[0]);
+    merged_stride(out, g1, e, a.out_batch_stride[1]);
   }
   a.out_row_stride = o_rs;
   Tensor lens;

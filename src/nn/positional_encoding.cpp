@@ -55,15 +55,15 @@ std::vector<double> inv_freq(const Dim& feat_dim) {
 }  // namespace
 
 std::pair<Tensor, Dim> relative_positional_encoding(const Dim& query_dim, const Dim& kv_dim, const Dim& feat_dim,
-                                                    int64_t query_offset, DType dtype) {
+                                                    int64_t query_offset, DType dtype, Device device) {
   check_feat("relative_positional_encoding", feat_dim, 2);
   Dim rel = rel_pos_dim(query_dim, kv_dim, query_offset);
   const int64_t tq = query_dim.extent();
   // Tables are immutable, so the recent ones are kept (a forward pass asks for the same one
   // in every layer); the cache is small and simply emptied when full.
   static std::mutex mu;
-  static std::map<std::tuple<uint64_t, uint64_t, int>, Tensor> tables;
-  const auto key = std::make_tuple(rel.id(), feat_dim.id(), int(dtype));
+  static std::map<std::tuple<uint64_t, uint64_t, int, int, int>, Tensor> tables;
+  const auto key = std::make_tuple(rel.id(), feat_dim.id(), int(dtype), int(device.type), device.index);
   {
     std::lock_guard<std::mutex> lk(mu);
     auto it = tables.find(key);
@@ -71,7 +71,7 @@ std::pair<Tensor, Dim> relative_positional_encoding(const Dim& query_dim, const 
   }
   std::vector<double> pos(size_t(rel.size()));
   for (size_t i = 0; i < pos.size(); ++i) pos[i] = double(int64_t(i) - (tq - 1) - query_offset);
-  Tensor table = sin_cos_table(pos, rel, feat_dim, inv_freq(feat_dim), dtype);
+  Tensor table = sin_cos_table(pos, rel, feat_dim, inv_freq(feat_dim), dtype).to(device);
   std::lock_guard<std::mutex> lk(mu);
   if (tables.size() >= 32) tables.clear();
   tables.emplace(key, table);

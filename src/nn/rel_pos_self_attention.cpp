@@ -63,8 +63,8 @@ Tensor RelPosSelfAttention::attend(const Tensor& q, const Tensor& k, const Tenso
     fail(std::string(kOp) + ": dropout in training needs a Generator");
   // Encodings of positions -(Q-1) .. K-1 over `rel`.
   auto [pos, rel] = learned_pos_emb ? (*learned_pos_emb)(query_frames, keys)
-                                    : relative_positional_encoding(query_frames, keys, pos_feat_dim, 0, options.dtype);
-  pos = pos.to(q.device());
+                                    : relative_positional_encoding(query_frames, keys, pos_feat_dim, 0, options.dtype,
+                                                                   q.device());
   if (train && options.pos_emb_dropout > 0) pos = dropout(pos, options.pos_emb_dropout, *gen, true);
   if (linear_pos) pos = (*linear_pos)(pos);
   if (pos_feat_dim != key_dim_per_head) pos = split_dims(pos, key_dim_total, {heads, key_dim_per_head});

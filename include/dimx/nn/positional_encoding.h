@@ -5,7 +5,7 @@
 // and query i run from -(Tq-1) to Tk-1 (minus query_offset) over a new static Dim of size
 // Tq - 1 + Tk; emb[r] = [sin(r w_0), ..., sin(r w_{F/2-1}), cos(r w_0), ..., cos(r w_{F/2-1})]
 // with w_k = 10000^(-2k/F) (all sines, then all cosines). The Dim is cached per (Tq, Tk,
-// offset), so repeated calls return the same Dim; recent tables are cached too.
+// offset), so repeated calls return the same Dim; recent tables are cached too, per device.
 //
 // sinusoidal_positional_encoding (tensor2tensor style): emb[t] = [sin(t w_k)]_{k<F/2} ++
 // [cos(t w_k)]_{k<F/2}, t = offset + frame, w_k = base^(-k/(F/2-1)).
@@ -19,7 +19,8 @@
 namespace dimx::nn {
 
 std::pair<Tensor, Dim> relative_positional_encoding(const Dim& query_dim, const Dim& kv_dim, const Dim& feat_dim,
-                                                    int64_t query_offset = 0, DType dtype = DType::f32);
+                                                    int64_t query_offset = 0, DType dtype = DType::f32,
+                                                    Device device = Device::cpu());
 
 // The single-step form: the query is the last valid frame of each sequence of kv_dim, so key j
 // gets emb[j - (len - 1)]. Returns {kv_dim's length Dims..., kv_dim, feat_dim}.
