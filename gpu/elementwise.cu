@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "common.cuh"
+#include "int_math.h"
 
 namespace dimx::gpu {
 
@@ -109,10 +110,10 @@ __device__ __forceinline__ T unary_float(UnaryOp op, T v) {
 template <class T>
 __device__ __forceinline__ T unary_int(UnaryOp op, T v) {
   switch (op) {
-    case UnaryOp::neg: return T(-v);
-    case UnaryOp::abs: return T(v < 0 ? -v : v);
+    case UnaryOp::neg: return int_math::neg(v);
+    case UnaryOp::abs: return int_math::abs(v);
     case UnaryOp::sign: return T((v > 0) - (v < 0));
-    case UnaryOp::square: return T(v * v);
+    case UnaryOp::square: return int_math::mul(v, v);
     default: return v;
   }
 }
@@ -145,27 +146,12 @@ __device__ __forceinline__ T binary_arith(BinaryOp op, T a, T b) {
     }
   } else {
     switch (op) {
-      case BinaryOp::add: return T(a + b);
-      case BinaryOp::sub: return T(a - b);
-      case BinaryOp::mul: return T(a * b);
-      case BinaryOp::floordiv: {
-        T q = a / b;
-        return (a % b != 0 && ((a < 0) != (b < 0))) ? T(q - 1) : q;
-      }
-      case BinaryOp::mod: {
-        T r = a % b;
-        return (r != 0 && ((r < 0) != (b < 0))) ? T(r + b) : r;
-      }
-      case BinaryOp::pow: {
-        if (b < 0) return a == 1 ? T(1) : (a == -1 ? ((b & 1) ? T(-1) : T(1)) : T(0));
-        T r = 1;
-        while (b) {
-          if (b & 1) r *= a;
-          a *= a;
-          b >>= 1;
-        }
-        return r;
-      }
+      case BinaryOp::add: return int_math::add(a, b);
+      case BinaryOp::sub: return int_math::sub(a, b);
+      case BinaryOp::mul: return int_math::mul(a, b);
+      case BinaryOp::floordiv: return int_math::floordiv(a, b);
+      case BinaryOp::mod: return int_math::mod(a, b);
+      case BinaryOp::pow: return int_math::pow(a, b);
       case BinaryOp::maximum: return a > b ? a : b;
       case BinaryOp::minimum: return a < b ? a : b;
       default: return a;

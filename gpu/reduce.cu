@@ -44,13 +44,13 @@ __global__ void reduce_rows(ReduceOp op, int64_t N, const T* x, const int64_t* l
   if constexpr (std::is_floating_point_v<T>) {
     if (op == ReduceOp::logsumexp) {
       T m = lowest<T>();
-      for (int64_t i = threadIdx.x; i < L; i += blockDim.x) m = row[i] > m ? row[i] : m;
+      for (int64_t i = threadIdx.x; i < L; i += blockDim.x) m = combine(ReduceOp::max, m, row[i]);
       m = block_reduce(ReduceOp::max, m);
       T s = 0;
-      if (m != lowest<T>())
+      if (!reduce_math::lse_trivial(m))
         for (int64_t i = threadIdx.x; i < L; i += blockDim.x) s += ::exp(row[i] - m);
       s = block_reduce(ReduceOp::sum, s);
-      if (threadIdx.x == 0) y[a] = m == lowest<T>() ? m : m + ::log(s);
+      if (threadIdx.x == 0) y[a] = reduce_math::lse_trivial(m) ? m : m + ::log(s);
       return;
     }
   }
@@ -69,11 +69,11 @@ __global__ void reduce_cols(ReduceOp op, int64_t A, int64_t N, int64_t B, const 
     if constexpr (std::is_floating_point_v<T>) {
       if (op == ReduceOp::logsumexp) {
         T m = lowest<T>();
-        for (int64_t n = 0; n < L; ++n) m = col[n * B] > m ? col[n * B] : m;
+        for (int64_t n = 0; n < L; ++n) m = combine(ReduceOp::max, m, col[n * B]);
         T s = 0;
-        if (m != lowest<T>())
+        if (!reduce_math::lse_trivial(m))
           for (int64_t n = 0; n < L; ++n) s += ::exp(col[n * B] - m);
-        y[t] = m == lowest<T>() ? m : m + ::log(s);
+        y[t] = reduce_math::lse_trivial(m) ? m : m + ::log(s);
         continue;
       }
     }
@@ -91,7 +91,7 @@ __global__ void arg_cols(bool is_max, int64_t A, int64_t N, int64_t B, const T* 
     const T* col = x + a * N * B + b;
     int64_t best = 0;
     for (int64_t n = 1; n < L; ++n)
-      if (is_max ? col[n * B] > col[best * B] : col[n * B] < col[best * B]) best = n;
+      if (reduce_math::arg_better(is_max, col[n * B], col[best * B])) best = n;
     y[t] = best;
   }
 }
@@ -200,7 +200,7 @@ __global__ void cumsum_cols(int64_t A, int64_t N, int64_t B, const T* x, T* y) {
     const int64_t a = t / B, b = t % B;
     T acc = 0;
     for (int64_t n = 0; n < N; ++n) {
-      acc += x[(a * N + n) * B + b];
+      acc = combine(ReduceOp::sum, acc, x[(a * N + n) * B + b]);
       y[(a * N + n) * B + b] = acc;
     }
   }

@@ -8,6 +8,7 @@
 #include <unordered_set>
 
 #include "backend.h"
+#include "padding.h"
 
 namespace dimx {
 
@@ -20,6 +21,27 @@ const AutogradMeta* meta_of(const Tensor& t) { return t.defined() ? t.impl().aut
 bool grad_enabled() { return t_grad_enabled; }
 NoGradGuard::NoGradGuard() : prev_(t_grad_enabled) { t_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { t_grad_enabled = prev_; }
+
+Node::~Node() {
+  // Nodes whose last owner goes away here are parked on a per-thread list and destroyed by
+  // the outermost ~Node in a loop, so the depth of the C++ stack never follows the graph.
+  thread_local std::vector<std::shared_ptr<Node>> pending;
+  thread_local bool draining = false;
+  for (const Tensor& in : inputs) {
+    const AutogradMeta* m = meta_of(in);
+    if (m && m->grad_fn) pending.push_back(m->grad_fn);
+  }
+  backward = nullptr;  // closures may hold tensors of the graph too
+  inputs.clear();
+  if (draining) return;
+  draining = true;
+  while (!pending.empty()) {
+    std::shared_ptr<Node> n = std::move(pending.back());
+    pending.pop_back();
+    n.reset();  // may run ~Node, which parks that node's inputs and returns
+  }
+  draining = false;
+}
 
 bool needs_grad(std::initializer_list<const Tensor*> inputs) {
   if (!t_grad_enabled) return false;
@@ -42,7 +64,7 @@ Tensor record(const char* name, const Tensor& out, std::vector<Tensor> inputs, B
 
 Tensor sum_to(const Tensor& g, const Tensor& like) {
   Dims extra = minus_dims(g.dims(), like.dims());
-  Tensor r = extra.empty() ? g : reduce(g, ReduceOp::sum, extra, /*use_mask=*/false);
+  Tensor r = sum_over(g, extra);
   // A Dim of `like` that g lacks (a broadcast source of extent 1 or a constant) gets g as is.
   return broadcast_to_include(r, like.dims());
 }
@@ -79,6 +101,8 @@ void Tensor::set_grad(const Tensor& g) const {
   if (!m) throw Error("set_grad: tensor does not require grad: " + str());
   if (g.defined() && (g.ndim() != ndim() || !contains_all(dims(), g.dims())))
     throw Error("set_grad: gradient " + g.str() + " does not have the Dims of " + str());
+  if (g.defined() && (g.dtype() != dtype() || g.device() != device()))
+    throw Error("set_grad: gradient " + g.str() + " does not have the dtype and device of " + str());
   std::lock_guard<std::mutex> lk(m->mu);
   m->grad = g;
 }
@@ -88,6 +112,8 @@ void Tensor::copy_from(const Tensor& src) const {
   if (!src.defined()) throw Error("copy_from: undefined source for " + str());
   if (src.ndim() != t.dims.size() || !contains_all(t.dims, src.dims()))
     throw Error("copy_from: source " + src.str() + " does not have the Dims of " + str());
+  if (t.storage->read_only)
+    throw Error("copy_from: " + str() + " is read-only (the lengths of a dynamic Dim never change once the Dim exists)");
   Tensor s = src.to(t.device());
   backend::backend_for(t.device())
       .copy(extents(t.dims), s.dtype(), {s.impl().data(), aligned_strides(s.impl(), t.dims)}, t.dtype,
@@ -144,6 +170,9 @@ void run(const char* op, const Tensor& output, const Tensor& grad_output, Leaf&&
     g0 = Tensor::ones(output.dims(), output.dtype()).to(output.device());
   } else if (g0.ndim() != output.ndim() || !contains_all(output.dims(), g0.dims())) {
     throw Error(std::string(op) + ": grad_output " + g0.str() + " does not have the Dims of output " + output.str());
+  } else if (g0.dtype() != output.dtype() || g0.device() != output.device()) {
+    throw Error(std::string(op) + ": grad_output " + g0.str() + " does not have the dtype and device of output " +
+                output.str());
   }
   NoGradGuard no_grad;
   if (!om->grad_fn) {

@@ -17,6 +17,9 @@ struct Node {
   const char* name;
   std::vector<Tensor> inputs;  // as passed to the op; those that require grad get a gradient
   BackwardFn backward;
+  // Frees the graph below iteratively: a chain of any length (a running sum kept across a
+  // long training loop) never recurses through the destructors.
+  ~Node();
 };
 
 struct AutogradMeta {

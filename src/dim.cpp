@@ -2,7 +2,9 @@
 #include <dimx/reduce.h>
 #include <dimx/tensor.h>
 
+#include <algorithm>
 #include <atomic>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <sstream>
@@ -12,12 +14,17 @@
 
 namespace dimx {
 
+namespace {
+constexpr int64_t kMaxLength = std::numeric_limits<int32_t>::max();
+}  // namespace
+
 struct DimImpl {
   uint64_t id = 0;
   std::string name;
   int64_t size = -1;  // static size, or -1 for a dynamic Dim
   Tensor lengths;     // dynamic only: i32
   int64_t extent = 0;
+  bool padded = false;  // dynamic with some length < extent
   // Derived Dims by (op, other Dim's id or constant): the same expression, the same Dim.
   mutable std::mutex mu;
   mutable std::map<std::tuple<int, uint64_t, int64_t>, Dim> derived;
@@ -44,16 +51,27 @@ void set_lengths(DimImpl& impl, const Tensor& lengths) {
   if (!lengths.defined()) throw Error("Dim: undefined lengths tensor for dim '" + impl.name + "'");
   if (!is_integer(lengths.dtype()))
     throw Error("Dim: lengths of dim '" + impl.name + "' must be an integer tensor, got " + lengths.str());
-  Tensor l = lengths.astype(DType::i32);
-  std::vector<int32_t> v = l.to_vector<int32_t>();
+  // A private copy, checked in i64 before narrowing: the caller's tensor may change later, and
+  // lengths beyond int32 must be refused, not truncated.
+  const Tensor src = lengths.detach().to(Device::cpu());
+  const std::vector<int64_t> v = src.to_vector<int64_t>();
+  std::vector<int32_t> v32(v.size());
   int64_t mx = 0;
-  for (int32_t x : v) {
+  for (size_t i = 0; i < v.size(); ++i) {
+    const int64_t x = v[i];
     if (x < 0) throw Error("Dim: negative length " + std::to_string(x) + " for dim '" + impl.name + "'");
-    mx = std::max<int64_t>(mx, x);
+    if (x > kMaxLength)
+      throw Error("Dim: length " + std::to_string(x) + " for dim '" + impl.name + "' exceeds the int32 range of lengths");
+    v32[i] = int32_t(x);
+    mx = std::max(mx, x);
   }
+  Tensor l = Tensor::from_vector<int32_t>(src.dims(), v32);
+  // Lengths never change once the Dim exists: no op may write into them.
+  l.impl().storage->read_only = true;
   // Lengths live on the CPU (they are small); ops move them to their operands' device.
-  impl.lengths = l.to(Device::cpu()).detach().with_sparse_dim(std::nullopt).with_feature_dim(std::nullopt);
+  impl.lengths = l;
   impl.extent = mx;
+  impl.padded = std::any_of(v.begin(), v.end(), [mx](int64_t x) { return x < mx; });
 }
 
 // Look up or create a derived Dim of `base`.
@@ -75,6 +93,28 @@ Dim from_size_or_lengths(const std::string& name, int64_t size, const Tensor& le
 }
 
 enum DimOp { kAdd = 1, kSub, kMul, kFloorDiv, kCeilDiv, kAddDim };
+
+// The lengths of dynamic `a` mapped by f on the host (exact in int64; the caller has checked
+// that the results fit in int32).
+template <class F>
+Tensor map_lengths(const Dim& a, F&& f) {
+  const Tensor l = a.lengths();
+  std::vector<int64_t> v = l.to_vector<int64_t>();
+  for (int64_t& x : v) x = f(x);
+  return Tensor::from_vector<int64_t>(l.dims(), v);
+}
+
+// The extent of a derived Dim; throws when it overflows int64 (static) or the int32 range of
+// lengths (dynamic).
+int64_t derived_extent(const std::string& expr, bool dynamic, int64_t a, int64_t b, bool multiply) {
+  int64_t r;
+  const bool over = multiply ? __builtin_mul_overflow(a, b, &r) : __builtin_add_overflow(a, b, &r);
+  if (over) throw Error("Dim arithmetic: " + expr + " overflows int64");
+  if (dynamic && r > kMaxLength)
+    throw Error("Dim arithmetic: " + expr + " has lengths up to " + std::to_string(r) +
+                ", beyond the int32 range of lengths");
+  return r;
+}
 
 }  // namespace
 
@@ -102,6 +142,7 @@ int64_t Dim::size() const {
 }
 
 int64_t Dim::extent() const { return impl_->extent; }
+bool Dim::is_padded() const { return impl_->padded; }
 
 Tensor Dim::lengths() const {
   if (is_static()) return Tensor::scalar(double(impl_->size), DType::i32);
@@ -113,7 +154,11 @@ Tensor Dim::lengths(Device device) const {
   std::lock_guard<std::mutex> lock(impl_->mu);
   auto key = std::make_pair(int(device.type), device.index);
   auto it = impl_->device_lengths.find(key);
-  if (it == impl_->device_lengths.end()) it = impl_->device_lengths.emplace(key, impl_->lengths.to(device)).first;
+  if (it == impl_->device_lengths.end()) {
+    Tensor l = impl_->lengths.to(device);
+    l.impl().storage->read_only = true;
+    it = impl_->device_lengths.emplace(key, l).first;
+  }
   return it->second;
 }
 
@@ -140,16 +185,19 @@ static std::string label(const Dim& d) { return d.name().empty() ? "dim" + std::
 
 Dim operator+(const Dim& a, int64_t k) {
   if (k == 0) return a;
+  if (k == std::numeric_limits<int64_t>::min()) throw Error("Dim arithmetic: " + a.str() + " + " + std::to_string(k) + " overflows int64");
   if (k < 0) return a - (-k);
   return derive(a, kAdd, 0, k, [&] {
     std::string n = label(a) + "+" + std::to_string(k);
-    if (a.is_static()) return Dim(a.size() + k, n);
-    return Dim(a.lengths() + double(k), n);
+    const int64_t e = derived_extent(a.str() + " + " + std::to_string(k), a.is_dynamic(), a.extent(), k, false);
+    if (a.is_static()) return Dim(e, n);
+    return Dim(map_lengths(a, [k](int64_t l) { return l + k; }), n);
   });
 }
 
 Dim operator-(const Dim& a, int64_t k) {
   if (k == 0) return a;
+  if (k == std::numeric_limits<int64_t>::min()) throw Error("Dim arithmetic: " + a.str() + " - " + std::to_string(k) + " overflows int64");
   if (k < 0) return a + (-k);
   return derive(a, kSub, 0, k, [&] {
     std::string n = label(a) + "-" + std::to_string(k);
@@ -157,10 +205,9 @@ Dim operator-(const Dim& a, int64_t k) {
       if (a.size() < k) throw Error("Dim arithmetic: " + a.str() + " - " + std::to_string(k) + " is negative");
       return Dim(a.size() - k, n);
     }
-    Tensor l = a.lengths() - double(k);
-    if (reduce_any(l < 0.0, l.dims()).item<bool>())
-      throw Error("Dim arithmetic: " + a.str() + " - " + std::to_string(k) + " has negative lengths");
-    return Dim(l, n);
+    for (int32_t l : a.lengths().to_vector<int32_t>())
+      if (l < k) throw Error("Dim arithmetic: " + a.str() + " - " + std::to_string(k) + " has negative lengths");
+    return Dim(map_lengths(a, [k](int64_t l) { return l - k; }), n);
   });
 }
 
@@ -169,8 +216,9 @@ Dim operator*(const Dim& a, int64_t k) {
   if (k < 0) throw Error("Dim arithmetic: " + a.str() + " * " + std::to_string(k) + ": negative factor");
   return derive(a, kMul, 0, k, [&] {
     std::string n = std::to_string(k) + "*" + label(a);
-    if (a.is_static()) return Dim(a.size() * k, n);
-    return Dim(a.lengths() * double(k), n);
+    const int64_t e = derived_extent(a.str() + " * " + std::to_string(k), a.is_dynamic(), a.extent(), k, true);
+    if (a.is_static()) return Dim(e, n);
+    return Dim(map_lengths(a, [k](int64_t l) { return l * k; }), n);
   });
 }
 
@@ -180,7 +228,7 @@ Dim operator/(const Dim& a, int64_t k) {
   return derive(a, kFloorDiv, 0, k, [&] {
     std::string n = label(a) + "/" + std::to_string(k);
     if (a.is_static()) return Dim(a.size() / k, n);
-    return Dim(floordiv(a.lengths(), Tensor::scalar(double(k), DType::i32)), n);
+    return Dim(map_lengths(a, [k](int64_t l) { return l / k; }), n);
   });
 }
 
@@ -189,15 +237,17 @@ Dim ceil_div(const Dim& a, int64_t k) {
   if (k == 1) return a;
   return derive(a, kCeilDiv, 0, k, [&] {
     std::string n = "ceil(" + label(a) + "/" + std::to_string(k) + ")";
-    if (a.is_static()) return Dim((a.size() + k - 1) / k, n);
-    return Dim(floordiv(a.lengths() + double(k - 1), Tensor::scalar(double(k), DType::i32)), n);
+    if (a.is_static()) return Dim(a.size() / k + (a.size() % k != 0), n);
+    return Dim(map_lengths(a, [k](int64_t l) { return l / k + (l % k != 0); }), n);
   });
 }
 
 Dim operator+(const Dim& a, const Dim& b) {
   return derive(a, kAddDim, b.id(), 0, [&] {
     std::string n = label(a) + "+" + label(b);
-    if (a.is_static() && b.is_static()) return Dim(a.size() + b.size(), n);
+    const int64_t e = derived_extent(a.str() + " + " + b.str(), a.is_dynamic() || b.is_dynamic(), a.extent(),
+                                     b.extent(), false);
+    if (a.is_static() && b.is_static()) return Dim(e, n);
     return Dim(add(a.lengths(), b.lengths(), /*allow_broadcast_all=*/true), n);
   });
 }

@@ -2,6 +2,9 @@
 
 #include <dimx/reduce.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "autograd.h"
 #include "backend.h"
 #include "tensor_impl.h"
@@ -79,7 +82,7 @@ Tensor combine_impl(const Tensor& a, BinaryOp op, const Tensor& b, bool allow_br
   }
   Dims out = output_dims(name, {&a, &b}, allow_broadcast_all);
   DType odt = is_comparison(op) ? DType::boolean : dt;
-  Tensor y = empty(out, odt, a.device());
+  Tensor y = empty(out, odt, a.device(), name);
   const TensorImpl& ya = y.impl();
   backend::backend_for(a.device())
       .binary(op, dt, extents(out), {a.impl().data(), aligned_strides(a.impl(), out)},
@@ -159,11 +162,13 @@ Tensor combine(const Tensor& a, BinaryOp op, const Tensor& b, bool allow_broadca
 
 Tensor combine(const Tensor& a, BinaryOp op, double b) {
   check_defined(op_name(op), a);
+  check_representable(op_name(op), b, a);
   return combine(a, op, Tensor::scalar(b, a.dtype()).to(a.device()));
 }
 
 Tensor combine(double a, BinaryOp op, const Tensor& b) {
   check_defined(op_name(op), b);
+  check_representable(op_name(op), a, b);
   return combine(Tensor::scalar(a, b.dtype()).to(b.device()), op, b);
 }
 
@@ -177,7 +182,7 @@ Tensor apply(UnaryOp op, const Tensor& x) {
   if (!is_floating(x.dtype()) && op != UnaryOp::neg && op != UnaryOp::abs && op != UnaryOp::sign &&
       op != UnaryOp::square && op != UnaryOp::logical_not)
     fail(std::string(name) + ": needs a floating dtype, got x = " + x.str() + "; cast with astype()");
-  Tensor y = empty(x.dims(), x.dtype(), x.device());
+  Tensor y = empty(x.dims(), x.dtype(), x.device(), name);
   backend::backend_for(x.device())
       .unary(op, x.dtype(), extents(x.dims()), {x.impl().data(), x.strides()}, {y.impl().data(), y.strides()});
   if (x.feature_dim()) y = y.with_feature_dim(x.feature_dim());
@@ -195,7 +200,7 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b, bool allow_br
   if (a.dtype() != b.dtype()) fail("where: dtype mismatch, a = " + a.str() + " vs b = " + b.str());
   check_not_half("where", a);
   Dims out = output_dims("where", {&a, &b, &cond}, allow_broadcast_all);
-  Tensor y = empty(out, a.dtype(), a.device());
+  Tensor y = empty(out, a.dtype(), a.device(), "where");
   backend::backend_for(a.device())
       .where(a.dtype(), extents(out), {cond.impl().data(), aligned_strides(cond.impl(), out)},
              {a.impl().data(), aligned_strides(a.impl(), out)}, {b.impl().data(), aligned_strides(b.impl(), out)},
@@ -210,17 +215,29 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b, bool allow_br
 
 Tensor where(const Tensor& cond, const Tensor& a, double b, bool allow_broadcast_all) {
   check_defined("where", a);
+  check_representable("where", b, a);
   return where(cond, a, Tensor::scalar(b, a.dtype()).to(a.device()), allow_broadcast_all);
 }
 
 Tensor where(const Tensor& cond, double a, const Tensor& b, bool allow_broadcast_all) {
   check_defined("where", b);
+  check_representable("where", a, b);
   return where(cond, Tensor::scalar(a, b.dtype()).to(b.device()), b, allow_broadcast_all);
 }
 
 Tensor clip(const Tensor& x, double lo, double hi) {
   check_defined("clip", x);
+  if (std::isnan(lo) || std::isnan(hi))
+    fail("clip: NaN bound (lo " + std::to_string(lo) + ", hi " + std::to_string(hi) + ") for x = " + x.str());
   if (lo > hi) fail("clip: lo " + std::to_string(lo) + " > hi " + std::to_string(hi) + " for x = " + x.str());
+  if (is_integer(x.dtype())) {
+    // Bounds outside the dtype's range clamp to it; fractional bounds round inward.
+    const double lim_lo = x.dtype() == DType::i32 ? -2147483648.0 : -9223372036854775808.0;
+    const double lim_hi = x.dtype() == DType::i32 ? 2147483647.0 : 9223372036854774784.0;
+    lo = std::clamp(std::ceil(lo), lim_lo, lim_hi);
+    hi = std::clamp(std::floor(hi), lim_lo, lim_hi);
+    if (lo > hi) fail("clip: no integer in [lo, hi] for x = " + x.str());
+  }
   return minimum(maximum(x, Tensor::scalar(lo, x.dtype()).to(x.device())), Tensor::scalar(hi, x.dtype()).to(x.device()));
 }
 

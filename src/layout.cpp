@@ -3,9 +3,12 @@
 
 #include "autograd.h"
 #include "backend.h"
+#include "padding.h"
 #include "tensor_impl.h"
 
 #include <algorithm>
+#include <cmath>
+#include <sstream>
 
 namespace dimx {
 
@@ -16,10 +19,39 @@ Shape extents(const Dims& dims) {
   return s;
 }
 
+namespace {
+std::string shape_str(const Shape& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+}  // namespace
+
 int64_t numel_of(const Shape& shape) {
   int64_t n = 1;
-  for (int64_t e : shape) n *= e;
+  for (int64_t e : shape)
+    if (__builtin_mul_overflow(n, e, &n)) fail("size overflow: the extents " + shape_str(shape) + " have more than 2^63 elements");
   return n;
+}
+
+int64_t checked_numel(const char* op, const Dims& dims) {
+  int64_t n = 1;
+  for (const Dim& d : dims)
+    if (__builtin_mul_overflow(n, d.extent(), &n))
+      fail(std::string(op) + ": the element count of " + dims_str(dims) + " overflows int64");
+  return n;
+}
+
+int64_t checked_mul(const char* op, int64_t a, int64_t b, const std::string& what) {
+  int64_t r;
+  if (__builtin_mul_overflow(a, b, &r)) fail(std::string(op) + ": " + what + " overflows int64");
+  return r;
+}
+
+int64_t checked_add(const char* op, int64_t a, int64_t b, const std::string& what) {
+  int64_t r;
+  if (__builtin_add_overflow(a, b, &r)) fail(std::string(op) + ": " + what + " overflows int64");
+  return r;
 }
 
 bool merged_stride(const Tensor& t, const Dims& group, int64_t& extent, int64_t& stride) {
@@ -82,6 +114,25 @@ Strides aligned_strides(const TensorImpl& t, const Dims& out) {
 
 void fail(const std::string& msg) { throw Error(msg); }
 
+bool representable(double v, DType dt) {
+  switch (dt) {
+    case DType::i32: return v == std::floor(v) && v >= -2147483648.0 && v <= 2147483647.0;
+    // 2^63 itself is out of range; every double below it is an exact int64.
+    case DType::i64: return v == std::floor(v) && v >= -9223372036854775808.0 && v < 9223372036854775808.0;
+    case DType::boolean: return v == 0 || v == 1;
+    default: return true;  // floating: rounding to the dtype is the usual IEEE conversion
+  }
+}
+
+void check_representable(const char* op, double v, const Tensor& like) {
+  if (representable(v, like.dtype())) return;
+  std::ostringstream os;
+  os.precision(17);
+  os << v;
+  fail(std::string(op) + ": the scalar " + os.str() + " is not representable in " + dtype_name(like.dtype()) +
+       " (x = " + like.str() + "); astype() to a floating dtype first");
+}
+
 void check_defined(const char* op, const Tensor& t) {
   if (!t.defined()) fail(std::string(op) + ": got an undefined tensor");
 }
@@ -112,18 +163,22 @@ void check_unique(const char* op, const Dims& dims) {
       if (dims[i] == dims[j]) fail(std::string(op) + ": dim '" + dims[i].str() + "' given twice in " + dims_str(dims));
 }
 
-Tensor empty(Dims dims, DType dtype, Device device) {
+Tensor empty(Dims dims, DType dtype, Device device, const char* op) {
+  const int64_t n = checked_numel(op, dims);
+  int64_t bytes;
+  if (__builtin_mul_overflow(n, int64_t(dtype_size(dtype)), &bytes))
+    fail(std::string(op) + ": the byte size of " + dims_str(dims) + " (" + dtype_name(dtype) + ") overflows int64");
   auto impl = std::make_shared<TensorImpl>();
-  Shape shape = extents(dims);
-  impl->strides = contiguous_strides(shape);
+  impl->strides = contiguous_strides(extents(dims));
   impl->dims = std::move(dims);
   impl->dtype = dtype;
-  impl->storage = backend::backend_for(device).allocate(size_t(numel_of(shape)) * dtype_size(dtype));
+  impl->storage = backend::backend_for(device).allocate(size_t(bytes));
   return Tensor(std::move(impl));
 }
 
 Tensor make_view(const Tensor& base, Dims dims, Strides strides, int64_t offset) {
   const TensorImpl& b = base.impl();
+  checked_numel("view", dims);
   auto impl = std::make_shared<TensorImpl>();
   impl->dims = std::move(dims);
   impl->strides = std::move(strides);
@@ -138,6 +193,7 @@ Tensor make_view(const Tensor& base, Dims dims, Strides strides, int64_t offset)
 Tensor broadcast_to_include(const Tensor& x, const Dims& dims) {
   Dims missing = minus_dims(dims, x.dims());
   if (missing.empty()) return x;
+  checked_numel("broadcast", union_dims(x.dims(), missing));
   Dims nd = x.dims();
   Strides ns = x.strides();
   for (const Dim& d : missing) {
@@ -145,7 +201,7 @@ Tensor broadcast_to_include(const Tensor& x, const Dims& dims) {
     ns.push_back(0);
   }
   return record("broadcast", make_view(x, nd, ns, x.impl().offset), {x}, [missing](const Tensor& g) {
-    return std::vector<Tensor>{reduce(g, ReduceOp::sum, missing, false)};
+    return std::vector<Tensor>{sum_over(g, missing)};
   });
 }
 

@@ -5,6 +5,7 @@
 
 #include "autograd.h"
 #include "backend.h"
+#include "padding.h"
 #include "tensor_impl.h"
 
 namespace dimx {
@@ -68,14 +69,14 @@ Tensor matmul(const Tensor& a0, const Tensor& b0, const Dims& reduce, bool use_m
   if (!is_floating(a0.dtype()) && !is_half(a0.dtype()))
     fail("matmul: needs f32, f64, bf16 or f16, got a = " + a0.str());
 
+  // Padded frames of a contracted Dim are selected out of both operands (0 * NaN would be
+  // NaN): their content never reaches the result or the gradients.
   Tensor a = a0, b = b0;
-  for (const Dim& d : reduce) {
-    if (!use_mask || d.is_static()) continue;
-    // Zero the padding in the operand that already holds the lengths' Dims (else in a).
-    const Dims& ld = d.lengths().dims();
-    if (!contains_all(a.dims(), ld) && contains_all(b.dims(), ld)) b = copy_masked(b, {d});
-    else a = copy_masked(a, {d});
-  }
+  if (use_mask)
+    for (const Dim& d : reduce) {
+      a = zero_padding(a, d);
+      b = zero_padding(b, d);
+    }
 
   if (needs_grad({&a, &b})) {
     // Record on the masked operands: their own nodes carry the gradient back to a0 and b0.
@@ -86,7 +87,7 @@ Tensor matmul(const Tensor& a0, const Tensor& b0, const Dims& reduce, bool use_m
     }
     Dims a_own = minus_dims(a.dims(), b.dims()), b_own = minus_dims(b.dims(), a.dims());
     return record("matmul", y, {a, b}, [a, b, a_own, b_own](const Tensor& g) {
-      return std::vector<Tensor>{sum_to(matmul(g, b, b_own, false), a), sum_to(matmul(a, g, a_own, false), b)};
+      return std::vector<Tensor>{sum_to(matmul(g, b, b_own), a), sum_to(matmul(a, g, a_own), b)};
     });
   }
 
@@ -101,7 +102,7 @@ Tensor matmul(const Tensor& a0, const Tensor& b0, const Dims& reduce, bool use_m
   Dims out = batch;
   out.insert(out.end(), m_dims.begin(), m_dims.end());
   out.insert(out.end(), n_dims.begin(), n_dims.end());
-  Tensor y = empty(out, a.dtype(), a.device());
+  Tensor y = empty(out, a.dtype(), a.device(), "matmul");
   if (y.numel() == 0) return y;
   if (numel_of(extents(reduce)) == 0) {
     backend::backend_for(a.device()).fill(a.dtype(), y.numel(), y.impl().data(), 0);

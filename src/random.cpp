@@ -2,6 +2,7 @@
 #include <dimx/random.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "backend.h"
 #include "philox.h"
@@ -15,7 +16,7 @@ Tensor random_impl(const char* op, backend::RandomKind kind, const Dims& dims, G
                    DType dtype, Device device) {
   check_unique(op, dims);
   if (!is_floating(dtype)) fail(std::string(op) + ": dtype must be f32 or f64, got " + dtype_name(dtype));
-  Tensor y = empty(dims, dtype, device);
+  Tensor y = empty(dims, dtype, device, op);
   int64_t n = y.numel();
   int per = philox::values_per_counter(dtype);
   uint64_t offset = gen.advance(uint64_t((n + per - 1) / per));
@@ -26,11 +27,16 @@ Tensor random_impl(const char* op, backend::RandomKind kind, const Dims& dims, G
 }  // namespace
 
 Tensor random_uniform(const Dims& dims, Generator& gen, double lo, double hi, DType dtype, Device device) {
+  if (!std::isfinite(lo) || !std::isfinite(hi))
+    fail("random_uniform: bounds must be finite, got [" + std::to_string(lo) + ", " + std::to_string(hi) + ") for dims " + dims_str(dims));
   if (!(lo <= hi)) fail("random_uniform: lo " + std::to_string(lo) + " > hi " + std::to_string(hi) + " for dims " + dims_str(dims));
   return random_impl("random_uniform", backend::RandomKind::uniform, dims, gen, lo, hi, dtype, device);
 }
 
 Tensor random_normal(const Dims& dims, Generator& gen, double mean, double stddev, DType dtype, Device device) {
+  if (!std::isfinite(mean) || !std::isfinite(stddev))
+    fail("random_normal: mean and stddev must be finite, got " + std::to_string(mean) + " and " + std::to_string(stddev) +
+         " for dims " + dims_str(dims));
   if (!(stddev >= 0)) fail("random_normal: negative stddev " + std::to_string(stddev) + " for dims " + dims_str(dims));
   return random_impl("random_normal", backend::RandomKind::normal, dims, gen, mean, stddev, dtype, device);
 }

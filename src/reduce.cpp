@@ -31,7 +31,7 @@ Tensor reduce_block(const Tensor& x0, ReduceOp op, const Dims& dims, const std::
   Tensor x = masked ? broadcast_to_include(x0, masked->lengths().dims()) : x0;
   Block b = as_block(x, dims);
   Tensor len = masked ? block_lengths(b, *masked) : Tensor();
-  Tensor y = empty(b.outer(), x.dtype(), x.device());
+  Tensor y = empty(b.outer(), x.dtype(), x.device(), reduce_name(op));
   backend::backend_for(x.device())
       .reduce(op, x.dtype(), b.A, b.N, b.B, b.x.impl().data(),
               masked ? static_cast<const int64_t*>(len.data_ptr()) : nullptr, y.impl().data());
@@ -54,7 +54,7 @@ Tensor arg_reduce(bool is_max, const Tensor& x0, const Dim& axis, bool use_mask)
   Tensor x = masked ? broadcast_to_include(x0, axis.lengths().dims()) : x0;
   Block b = as_block(x, {axis});
   Tensor len = masked ? block_lengths(b, axis) : Tensor();
-  Tensor y = empty(b.outer(), DType::i64, x.device());
+  Tensor y = empty(b.outer(), DType::i64, x.device(), op);
   backend::backend_for(x.device())
       .arg_reduce(is_max, x.dtype(), b.A, b.N, b.B, b.x.impl().data(),
                   masked ? static_cast<const int64_t*>(len.data_ptr()) : nullptr,

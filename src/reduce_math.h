@@ -7,6 +7,8 @@
 
 #include <dimx/op_codes.h>
 
+#include "int_math.h"
+
 #ifdef __CUDACC__
 #define DIMX_HD __host__ __device__
 #else
@@ -37,16 +39,35 @@ DIMX_HD inline T identity(ReduceOp op) {
   }
 }
 
+// NaN is sticky in max and min (as in PyTorch): once seen, the result is NaN. Integer sums
+// wrap around (int_math.h) instead of overflowing into undefined behaviour.
 template <class T>
 DIMX_HD inline T combine(ReduceOp op, T acc, T v) {
   switch (op) {
-    case ReduceOp::sum: return T(acc + v);
-    case ReduceOp::max: return v > acc ? v : acc;
-    case ReduceOp::min: return v < acc ? v : acc;
+    case ReduceOp::sum:
+      if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) return int_math::add(acc, v);
+      else return T(acc + v);
+    case ReduceOp::max: return (v > acc || v != v) ? v : acc;
+    case ReduceOp::min: return (v < acc || v != v) ? v : acc;
     case ReduceOp::any: return T(acc || v);
     case ReduceOp::all: return T(acc && v);
     default: return acc;
   }
+}
+
+// argmax / argmin: whether v at a later index replaces the best so far. The first NaN wins
+// and stays (PyTorch's rule), so argmax agrees with max and argmin with min.
+template <class T>
+DIMX_HD inline bool arg_better(bool is_max, T v, T best) {
+  if (best != best) return false;
+  return v != v || (is_max ? v > best : v < best);
+}
+
+// logsumexp from the row's max m and sum of exp(x - m): a non-finite max is the result itself
+// (+inf for a +inf entry, NaN for a NaN entry, -inf for an empty or all -inf row).
+template <class T>
+DIMX_HD inline bool lse_trivial(T m) {
+  return m != m || m == highest<T>() || m == lowest<T>();
 }
 
 // Valid count of row i along an axis of extent N (all of it without lengths).

@@ -7,6 +7,7 @@
 #include "autograd.h"
 #include "backend.h"
 #include "block.h"
+#include "padding.h"
 #include "tensor_impl.h"
 
 namespace dimx {
@@ -34,6 +35,17 @@ Dims replace_in(const Dims& dims, const Dim& from, const Dims& to) {
 
 Tensor index_tensor(const Tensor& t) { return t.astype(DType::i64); }
 
+// Frames of [start, min(end, length)) taken every `step`-th, per sequence (exact in int64).
+Tensor slice_lengths(const Dim& axis, int64_t start, int64_t end, int64_t step) {
+  const Tensor l = axis.lengths();
+  std::vector<int64_t> v = l.to_vector<int64_t>();
+  for (int64_t& x : v) {
+    const int64_t n = std::max<int64_t>(0, std::min(x, end) - start);
+    x = n / step + (n % step != 0);
+  }
+  return Tensor::from_vector<int64_t>(l.dims(), v);
+}
+
 }  // namespace
 
 Tensor split_dims(const Tensor& x, const Dim& axis, const Dims& dims) {
@@ -54,8 +66,8 @@ Tensor split_dims(const Tensor& x, const Dim& axis, const Dims& dims) {
   for (const Dim& d : dims) {
     if (d.is_dynamic()) fail("split_dims: target dim '" + d.str() + "' must be static");
     if (d != axis) check_new_dim("split_dims", x, d);
-    prod *= d.extent();
   }
+  prod = checked_numel("split_dims", dims);
   if (prod != axis.extent())
     fail("split_dims: " + dims_str(dims) + " has " + std::to_string(prod) + " elements but axis '" + axis.str() +
          "' of x = " + x.str() + " has " + std::to_string(axis.extent()));
@@ -88,8 +100,8 @@ std::pair<Tensor, Dim> merge_dims(const Tensor& x0, const Dims& dims, std::optio
   for (const Dim& d : dims) {
     check_has_dim("merge_dims", x0, d);
     if (d.is_dynamic()) fail("merge_dims: dim '" + d.str() + "' is dynamic; only static dims can be merged");
-    prod *= d.extent();
   }
+  prod = checked_numel("merge_dims", dims);
   Dim out = out_dim ? *out_dim : Dim(prod, join_names(dims, "*"));
   if (out.extent() != prod)
     fail("merge_dims: out_dim '" + out.str() + "' does not have the " + std::to_string(prod) + " elements of " +
@@ -192,7 +204,7 @@ std::pair<Tensor, Dim> concat(const std::vector<std::pair<Tensor, Dim>>& parts, 
   Dims layout = union_dims(replace_in(main->first.dims(), main->second, {out}), others);
 
   if (all_static) {
-    Tensor y = empty(layout, first.dtype(), first.device());
+    Tensor y = empty(layout, first.dtype(), first.device(), "concat");
     const TensorImpl& yi = y.impl();
     size_t ax = y.axis_of(out);
     int64_t pos = 0;
@@ -285,15 +297,11 @@ std::pair<Tensor, Dim> slice(const Tensor& x, const Dim& axis, int64_t start, st
   if (start < 0 || end > ext || start > end)
     fail("slice: range [" + std::to_string(start) + ", " + std::to_string(end) + ") out of bounds for dim '" +
          axis.str() + "' in x = " + x.str());
-  int64_t count = (end - start + step - 1) / step;
+  const int64_t count = (end - start) / step + ((end - start) % step != 0);
   Dim out = out_dim ? *out_dim
             : axis.is_static()
                 ? Dim(count, axis.name() + "_slice")
-                : Dim(floordiv(maximum(minimum(axis.lengths(), Tensor::scalar(double(end), DType::i32)) - double(start),
-                                       Tensor::scalar(0, DType::i32)) +
-                                   double(step - 1),
-                               Tensor::scalar(double(step), DType::i32)),
-                      axis.name() + "_slice");
+                : Dim(slice_lengths(axis, start, end, step), axis.name() + "_slice");
   if (out.extent() != count)
     fail("slice: out_dim '" + out.str() + "' does not have the " + std::to_string(count) + " frames of the slice");
   check_new_dim("slice", x, out);
@@ -302,11 +310,11 @@ std::pair<Tensor, Dim> slice(const Tensor& x, const Dim& axis, int64_t start, st
   int64_t offset = x.impl().offset + start * st[ax];
   st[ax] *= step;
   Tensor y = make_view(x, replace_in(x.dims(), axis, {out}), st, count ? offset : x.impl().offset);
-  y = record("slice", y, {x}, [x, axis, start, step, count, out](const Tensor& g) {
+  y = record("slice", y, {x}, [x, axis, start, end, step, count, out](const Tensor& g) {
     if (count == 0) return std::vector<Tensor>{Tensor::zeros(x.dims(), x.dtype()).to(x.device())};
     // Frame t of x received frame (t - start) / step of the slice, if any.
     Tensor rel = range_over_dim(axis, DType::i64).with_sparse_dim(std::nullopt) - double(start);
-    Tensor hit = logical_and(logical_and(rel >= 0.0, rel < double(count * step)),
+    Tensor hit = logical_and(logical_and(rel >= 0.0, rel < double(end - start)),
                              equal(mod(rel, Tensor::scalar(double(step), DType::i64)), Tensor::scalar(0, DType::i64)));
     Tensor src = clip(floordiv(rel, Tensor::scalar(double(step), DType::i64)), 0, double(count - 1));
     Tensor gx = gather(g, src.with_sparse_dim(out).to(g.device()), out);
@@ -333,7 +341,7 @@ Tensor gather(const Tensor& x, const Tensor& indices, std::optional<Dim> axis_, 
   for (size_t i = 0; i < out.size(); ++i)
     if (out[i] != axis && x.has_dim(out[i]) && out[i].extent() != 1) xs[i] = x.strides()[x.axis_of(out[i])];
   Tensor idx = index_tensor(indices);
-  Tensor y = empty(out, x.dtype(), x.device());
+  Tensor y = empty(out, x.dtype(), x.device(), "gather");
   if (y.numel() == 0) return y;
   if (axis.extent() == 0)
     fail("gather: axis '" + axis.str() + "' of x = " + x.str() + " is empty; nothing to gather from");
@@ -398,7 +406,7 @@ Tensor cumsum(const Tensor& x0, const Dim& axis) {
   check_not_half("cumsum", x0);
   Tensor x = copy_masked(x0, {axis});
   Block b = as_block(x, {axis});
-  Tensor y = empty(b.x.dims(), x.dtype(), x.device());
+  Tensor y = empty(b.x.dims(), x.dtype(), x.device(), "cumsum");
   backend::backend_for(x.device()).cumsum(x.dtype(), b.A, b.N, b.B, b.x.impl().data(), y.impl().data());
   if (x.feature_dim()) y = y.with_feature_dim(x.feature_dim());
   if (!is_floating(x.dtype()) || !needs_grad({&x})) return y;
@@ -412,7 +420,7 @@ Tensor cumsum(const Tensor& x0, const Dim& axis) {
 
 Tensor range_over_dim(const Dim& dim, DType dtype) {
   if (dtype == DType::boolean) fail("range_over_dim: bool dtype not supported for dim '" + dim.str() + "'");
-  Tensor y = empty({dim}, dtype, Device::cpu());
+  Tensor y = empty({dim}, dtype, Device::cpu(), "range_over_dim");
   backend::backend_for(Device::cpu()).iota(dtype, dim.extent(), y.impl().data());
   return is_integer(dtype) ? y.with_sparse_dim(dim) : y;
 }
@@ -444,10 +452,13 @@ Tensor expand_dim(const Tensor& x, const Dim& dim) {
   check_new_dim("expand_dim", x, dim);
   Dims nd{dim};
   nd.insert(nd.end(), x.dims().begin(), x.dims().end());
+  checked_numel("expand_dim", nd);
+  nd = {dim};
+  nd.insert(nd.end(), x.dims().begin(), x.dims().end());
   Strides ns{0};
   ns.insert(ns.end(), x.strides().begin(), x.strides().end());
   return record("expand_dim", make_view(x, nd, ns, x.impl().offset), {x}, [dim](const Tensor& g) {
-    return std::vector<Tensor>{reduce(g, ReduceOp::sum, {dim}, false)};
+    return std::vector<Tensor>{sum_over(g, {dim})};
   });
 }
 

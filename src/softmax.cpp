@@ -22,7 +22,7 @@ Tensor softmax_impl(bool log, const Tensor& x0, const Dim& axis, bool use_mask) 
   Tensor x = masked ? broadcast_to_include(x0, axis.lengths().dims()) : x0;
   Block b = as_block(x, {axis});
   Tensor len = masked ? block_lengths(b, axis) : Tensor();
-  Tensor y = empty(b.x.dims(), x.dtype(), x.device());
+  Tensor y = empty(b.x.dims(), x.dtype(), x.device(), op);
   backend::backend_for(x.device())
       .softmax(log, x.dtype(), b.A, b.N, b.B, b.x.impl().data(),
                masked ? static_cast<const int64_t*>(len.data_ptr()) : nullptr, y.impl().data());
@@ -36,6 +36,7 @@ Tensor softmax_impl(bool log, const Tensor& x0, const Dim& axis, bool use_mask) 
       if (use_mask) gx = copy_masked(gx, {axis});
     } else {
       gx = mul(y, sub(g, reduce(mul(g, y), ReduceOp::sum, {axis}, use_mask), true), true);
+      if (use_mask) gx = copy_masked(gx, {axis});
     }
     return std::vector<Tensor>{sum_to(gx, x0)};
   });

@@ -64,15 +64,22 @@ Tensor Tensor::from_raw(Dims dims, DType dtype, const void* data, size_t count) 
   if (int64_t(count) != n)
     throw Error("Tensor::from_raw: " + std::to_string(count) + " values given for dims " + dims_str(dims) +
                 " which need " + std::to_string(n));
-  Tensor t = empty(std::move(dims), dtype, Device::cpu());
+  Tensor t = empty(std::move(dims), dtype, Device::cpu(), "Tensor::from_raw");
   if (n) std::memcpy(t.impl().data(), data, size_t(n) * dtype_size(dtype));
   return t;
 }
 
 Tensor Tensor::full(Dims dims, double value, DType dtype) {
   check_unique("Tensor::full", dims);
+  if (!representable(value, dtype)) {
+    std::ostringstream os;
+    os.precision(17);
+    os << value;
+    throw Error("Tensor::full: value " + os.str() + " is not representable in " + dtype_name(dtype) + " for dims " +
+                dims_str(dims));
+  }
   if (is_half(dtype)) return full(std::move(dims), value, DType::f32).astype(dtype);
-  Tensor t = empty(std::move(dims), dtype, Device::cpu());
+  Tensor t = empty(std::move(dims), dtype, Device::cpu(), "Tensor::full");
   backend::backend_for(Device::cpu()).fill(dtype, t.numel(), t.impl().data(), value);
   return t;
 }
@@ -98,7 +105,7 @@ Tensor Tensor::transpose_to(const Dims& order) const {
   bool in_order = true;
   for (size_t i = 0; i < c.size(); ++i) in_order = in_order && (shape[i] == 1 || s[i] == c[i]);
   if (in_order) return make_view(*this, order, c, t.offset);
-  Tensor out = empty(order, t.dtype, t.device());
+  Tensor out = empty(order, t.dtype, t.device(), "transpose_to");
   auto p = std::make_shared<TensorImpl>(out.impl());
   p->feature_dim = t.feature_dim;
   p->sparse_dim = t.sparse_dim;
@@ -118,7 +125,7 @@ Tensor Tensor::astype(DType dt) const {
     DType src = t.dtype;
     return record("astype", y, {*this}, [src](const Tensor& g) { return std::vector<Tensor>{g.astype(src)}; });
   }
-  Tensor out = empty(t.dims, dt, t.device());
+  Tensor out = empty(t.dims, dt, t.device(), "astype");
   auto p = std::make_shared<TensorImpl>(out.impl());
   p->feature_dim = t.feature_dim;
   if (is_integer(dt)) p->sparse_dim = t.sparse_dim;
@@ -139,7 +146,7 @@ Tensor Tensor::to(Device dev) const {
     return record("to", y, {*this}, [src_dev](const Tensor& g) { return std::vector<Tensor>{g.to(src_dev)}; });
   }
   Tensor src = contiguous();
-  Tensor out = empty(t.dims, t.dtype, dev);
+  Tensor out = empty(t.dims, t.dtype, dev, "to");
   auto p = std::make_shared<TensorImpl>(out.impl());
   p->feature_dim = t.feature_dim;
   p->sparse_dim = t.sparse_dim;

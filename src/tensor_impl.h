@@ -15,6 +15,8 @@ struct Storage {
   void* data = nullptr;
   size_t bytes = 0;
   Device device;
+  // Set for storage no op may write in place (a Dim's lengths): copy_from refuses it.
+  bool read_only = false;
   std::function<void(void*)> release;
   ~Storage() {
     if (release) release(data);
@@ -37,14 +39,21 @@ struct TensorImpl {
   Device device() const { return storage->device; }
 };
 
-// Fresh contiguous tensor (uninitialized) on `device`.
-Tensor empty(Dims dims, DType dtype, Device device);
+// Fresh contiguous tensor (uninitialized) on `device`. Throws, naming `op` and the Dims, when
+// the element count or the byte size overflows.
+Tensor empty(Dims dims, DType dtype, Device device, const char* op);
 // A view of `base`'s storage with new dims/strides/offset; tags are taken from `base` where
-// their Dims remain.
+// their Dims remain. Its element count must fit in int64 (checked), so every tensor has one.
 Tensor make_view(const Tensor& base, Dims dims, Strides strides, int64_t offset);
 
 Shape extents(const Dims& dims);
+// Product of the extents; throws dimx::Error on int64 overflow (never wraps).
 int64_t numel_of(const Shape& shape);
+// The element count of `dims`; throws naming `op` and the Dims on overflow.
+int64_t checked_numel(const char* op, const Dims& dims);
+// a * b and a + b for sizes; throw naming `op` and `what` on int64 overflow.
+int64_t checked_mul(const char* op, int64_t a, int64_t b, const std::string& what);
+int64_t checked_add(const char* op, int64_t a, int64_t b, const std::string& what);
 Strides contiguous_strides(const Shape& shape);
 // Strides of `t` aligned to `out` (0 where t lacks the Dim). All of t's Dims must be in `out`.
 Strides aligned_strides(const TensorImpl& t, const Dims& out);
@@ -67,6 +76,10 @@ void check_unique(const char* op, const Dims& dims);
 // bf16/f16 tensors only cast, copy, gather and matmul; other ops ask for astype(f32).
 void check_not_half(const char* op, const Tensor& t);
 [[noreturn]] void fail(const std::string& msg);
+// A scalar operand `v` of `op` must be exactly representable in like's dtype: an integer tensor
+// never silently truncates 2.5 to 2, nor wraps 1e10; a bool tensor takes 0 or 1 only.
+void check_representable(const char* op, double v, const Tensor& like);
+bool representable(double v, DType dt);
 
 // x broadcast (zero-copy) so it has every Dim of `dims` too; its own Dims stay first.
 Tensor broadcast_to_include(const Tensor& x, const Dims& dims);

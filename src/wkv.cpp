@@ -82,13 +82,13 @@ WkvResult scan(const Tensor& td, const Tensor& u, const Tensor& k, const Tensor&
   for (int i = 0; i < 3; ++i) a.state[i] = ptr(s_in[size_t(i)]);
 
   const bool grad = needs_grad({&td, &u, &k, &v});
-  Tensor y = empty(k.dims(), dt, dev);
-  Tensor log_den = grad ? empty(k.dims(), dt, dev) : Tensor();
+  Tensor y = empty(k.dims(), dt, dev, "wkv");
+  Tensor log_den = grad ? empty(k.dims(), dt, dev, "wkv") : Tensor();
   WkvResult r;
   // One allocation for the three state tensors.
   Dims bc3 = bc;
   bc3.insert(bc3.begin(), Dim(3, "wkv_state"));
-  Tensor st = empty(bc3, dt, dev);
+  Tensor st = empty(bc3, dt, dev, "wkv");
   const int64_t bcn = a.B * a.C;
   Strides sst(st.strides().begin() + 1, st.strides().end());
   r.state = {make_view(st, bc, sst, 0), make_view(st, bc, sst, bcn), make_view(st, bc, sst, 2 * bcn)};
@@ -99,8 +99,8 @@ WkvResult scan(const Tensor& td, const Tensor& u, const Tensor& k, const Tensor&
   if (!grad) return r;
   r.y = record(kOp, y, {td, u, k, v}, [=](const Tensor& g) {
     Tensor gy = canonical(g.astype(dt), k.dims());
-    Tensor gk = empty(k.dims(), dt, dev), gv = empty(k.dims(), dt, dev);
-    Tensor gtd = empty(bc, dt, dev), gu = empty(bc, dt, dev);
+    Tensor gk = empty(k.dims(), dt, dev, "wkv"), gv = empty(k.dims(), dt, dev, "wkv");
+    Tensor gtd = empty(bc, dt, dev, "wkv"), gu = empty(bc, dt, dev, "wkv");
     backend::Wkv b = a;
     b.lengths = static_cast<const int64_t*>(ptr(lengths));  // keeps `lengths` and `s_in` alive
     for (int i = 0; i < 3; ++i) b.state[i] = ptr(s_in[size_t(i)]);

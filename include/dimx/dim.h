@@ -23,7 +23,8 @@ class Dim {
  public:
   // A static Dim of `size` (>= 0).
   explicit Dim(int64_t size, std::string name = "");
-  // A dynamic Dim; `lengths` is an integer tensor (any Dims, not this one), values >= 0.
+  // A dynamic Dim; `lengths` is an integer tensor (any Dims, not this one) with values in
+  // [0, 2^31). The Dim keeps its own copy: changing `lengths` later does not change the Dim.
   explicit Dim(const Tensor& lengths, std::string name = "");
 
   const std::string& name() const;
@@ -34,7 +35,11 @@ class Dim {
   int64_t size() const;
   // The extent a tensor stores: the static size, or the max length of a dynamic Dim.
   int64_t extent() const;
-  // Per-sequence lengths (i32). For a static Dim: a scalar tensor holding the size.
+  // True for a dynamic Dim with a sequence shorter than the extent (a tensor over it has
+  // padded frames); false for static Dims and dynamic ones whose lengths all equal the extent.
+  bool is_padded() const;
+  // Per-sequence lengths (i32, read-only: a private copy made when the Dim was, so they never
+  // change). For a static Dim: a scalar tensor holding the size.
   Tensor lengths() const;
   // lengths() on `device`: copied there once per device and kept with the Dim, so masking the
   // same Dim again (every layer of a model) costs no host-to-device copy.

@@ -3,8 +3,9 @@
 // not reduced are batch Dims; the rest come from one side. Output layout: batch Dims (a's
 // order), a's own Dims, b's own Dims. Lowers to one batched GEMM; operands are copied only
 // where their strides cannot be expressed as a GEMM. Padded frames of a dynamic reduce Dim
-// are masked to zero in one operand (use_mask=false skips that when the caller knows they
-// are zero already). Floating dtypes only (f32, f64).
+// are selected out of both operands, so whatever they hold (NaN, inf) never reaches the
+// result; use_mask=false contracts them as stored. Gradients follow the same rule.
+// Floating dtypes (f32, f64; bf16 and f16 with f32 accumulation).
 #include <dimx/tensor.h>
 
 namespace dimx {

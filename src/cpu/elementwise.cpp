@@ -9,6 +9,7 @@
 #include "cpu/cpu_backend.h"
 #include "cpu/strided.h"
 #include "half.h"
+#include "int_math.h"
 
 namespace dimx::cpu {
 
@@ -97,30 +98,6 @@ void scalar_map(const Shape& shape, const std::array<const void*, K>& in, const 
 }
 
 template <class T>
-T int_floordiv(T a, T b) {
-  T q = a / b;
-  if ((a % b != 0) && ((a < 0) != (b < 0))) --q;
-  return q;
-}
-template <class T>
-T int_mod(T a, T b) {
-  T r = a % b;
-  if (r != 0 && ((r < 0) != (b < 0))) r += b;
-  return r;
-}
-template <class T>
-T int_pow(T a, T e) {
-  if (e < 0) return a == 1 ? 1 : (a == -1 ? ((e & 1) ? -1 : 1) : 0);
-  T r = 1;
-  while (e) {
-    if (e & 1) r *= a;
-    a *= a;
-    e >>= 1;
-  }
-  return r;
-}
-
-template <class T>
 void float_unary(UnaryOp op, const Shape& sh, const backend::In& x, const backend::Out& y) {
   using V = Vec<T>;
   std::array<const void*, 1> in{x.data};
@@ -163,10 +140,10 @@ void int_unary(UnaryOp op, const Shape& sh, const backend::In& x, const backend:
   std::array<Strides, 1> is{x.strides};
   auto go = [&](auto f) { scalar_map<T, T, 1>(sh, in, is, y.data, y.strides, f); };
   switch (op) {
-    case UnaryOp::neg: return go([](T v) { return T(-v); });
-    case UnaryOp::abs: return go([](T v) { return T(v < 0 ? -v : v); });
+    case UnaryOp::neg: return go([](T v) { return int_math::neg(v); });
+    case UnaryOp::abs: return go([](T v) { return int_math::abs(v); });
     case UnaryOp::sign: return go([](T v) { return T((v > 0) - (v < 0)); });
-    case UnaryOp::square: return go([](T v) { return T(v * v); });
+    case UnaryOp::square: return go([](T v) { return int_math::mul(v, v); });
     default: throw Error(std::string(op_name(op)) + ": not supported for integer dtypes");
   }
 }
@@ -215,12 +192,12 @@ void int_binary(BinaryOp op, const Shape& sh, const std::array<const void*, 2>& 
                 const std::array<Strides, 2>& is, const backend::Out& y) {
   auto go = [&](auto f) { scalar_map<T, T, 2>(sh, in, is, y.data, y.strides, f); };
   switch (op) {
-    case BinaryOp::add: return go([](T a, T b) { return T(a + b); });
-    case BinaryOp::sub: return go([](T a, T b) { return T(a - b); });
-    case BinaryOp::mul: return go([](T a, T b) { return T(a * b); });
-    case BinaryOp::floordiv: return go([](T a, T b) { return int_floordiv(a, b); });
-    case BinaryOp::mod: return go([](T a, T b) { return int_mod(a, b); });
-    case BinaryOp::pow: return go([](T a, T b) { return int_pow(a, b); });
+    case BinaryOp::add: return go([](T a, T b) { return int_math::add(a, b); });
+    case BinaryOp::sub: return go([](T a, T b) { return int_math::sub(a, b); });
+    case BinaryOp::mul: return go([](T a, T b) { return int_math::mul(a, b); });
+    case BinaryOp::floordiv: return go([](T a, T b) { return int_math::floordiv(a, b); });
+    case BinaryOp::mod: return go([](T a, T b) { return int_math::mod(a, b); });
+    case BinaryOp::pow: return go([](T a, T b) { return int_math::pow(a, b); });
     case BinaryOp::maximum: return go([](T a, T b) { return std::max(a, b); });
     case BinaryOp::minimum: return go([](T a, T b) { return std::min(a, b); });
     default: throw Error(std::string(op_name(op)) + ": not supported for integer dtypes");

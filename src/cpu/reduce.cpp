@@ -45,11 +45,27 @@ T reduce_row(ReduceOp op, const T* x, int64_t n) {
       constexpr int64_t W = int64_t(Vec<T>::size);
       const T id = identity<T>(op);
       Vec<T> acc[4] = {Vec<T>(id), Vec<T>(id), Vec<T>(id), Vec<T>(id)};
+      // The SIMD max/min drop NaN; a separate flag keeps it sticky (a sum propagates it anyway).
+      const bool track_nan = op != ReduceOp::sum;
+      xsimd::batch_bool<T> nan(false);
       int64_t i = 0;
       for (; i + 4 * W <= n; i += 4 * W)
-        for (int j = 0; j < 4; ++j) acc[j] = vcombine(op, acc[j], Vec<T>::load_unaligned(x + i + j * W));
-      for (; i + W <= n; i += W) acc[0] = vcombine(op, acc[0], Vec<T>::load_unaligned(x + i));
-      if (i < n) acc[1] = vcombine(op, acc[1], load_partial(x + i, n - i, id));
+        for (int j = 0; j < 4; ++j) {
+          const Vec<T> v = Vec<T>::load_unaligned(x + i + j * W);
+          acc[j] = vcombine(op, acc[j], v);
+          if (track_nan) nan = nan | xsimd::isnan(v);
+        }
+      for (; i + W <= n; i += W) {
+        const Vec<T> v = Vec<T>::load_unaligned(x + i);
+        acc[0] = vcombine(op, acc[0], v);
+        if (track_nan) nan = nan | xsimd::isnan(v);
+      }
+      if (i < n) {
+        const Vec<T> v = load_partial(x + i, n - i, id);
+        acc[1] = vcombine(op, acc[1], v);
+        if (track_nan) nan = nan | xsimd::isnan(v);
+      }
+      if (track_nan && xsimd::any(nan)) return std::numeric_limits<T>::quiet_NaN();
       Vec<T> r = vcombine(op, vcombine(op, acc[0], acc[1]), vcombine(op, acc[2], acc[3]));
       alignas(64) T lanes[W];
       r.store_aligned(lanes);
@@ -114,8 +130,8 @@ void reduce_impl(ReduceOp op, int64_t A, int64_t N, int64_t B, const T* x, const
       if (op == ReduceOp::logsumexp) {
         if constexpr (std::is_floating_point_v<T>) {
           T m = reduce_row(ReduceOp::max, xa, L);
-          if (L == 0 || m == lowest<T>()) {
-            y[a] = lowest<T>();
+          if (L == 0 || reduce_math::lse_trivial(m)) {
+            y[a] = L == 0 ? lowest<T>() : m;
           } else {
             std::vector<T> scratch(static_cast<size_t>(L));
             y[a] = m + std::log(exp_shifted(xa, m, scratch.data(), L));
@@ -145,9 +161,9 @@ void reduce_impl(ReduceOp op, int64_t A, int64_t N, int64_t B, const T* x, const
       for (int64_t n = 0; n < N; ++n) {
         const T* row = xa + n * B + b0;
         for (int64_t b = 0; b < w; ++b)
-          if ((!la || n < la[b]) && acc[b] != lowest<T>()) s[b] += std::exp(row[b] - acc[b]);
+          if ((!la || n < la[b]) && !reduce_math::lse_trivial(acc[b])) s[b] += std::exp(row[b] - acc[b]);
       }
-      for (int64_t b = 0; b < w; ++b) acc[b] = acc[b] == lowest<T>() ? acc[b] : acc[b] + std::log(s[b]);
+      for (int64_t b = 0; b < w; ++b) acc[b] = reduce_math::lse_trivial(acc[b]) ? acc[b] : acc[b] + std::log(s[b]);
     }
     std::copy(acc.get(), acc.get() + w, y + a * B + b0);
   });
@@ -225,8 +241,7 @@ void CpuBackend::arg_reduce(bool is_max, DType dt, int64_t A, int64_t N, int64_t
       for (int64_t b = b0; b < b1; ++b) {
         int64_t L = reduce_math::valid_len(len, a * B + b, N), best = 0;
         for (int64_t n = 1; n < L; ++n) {
-          T v = x[(a * N + n) * B + b], cur = x[(a * N + best) * B + b];
-          if (is_max ? v > cur : v < cur) best = n;
+          if (reduce_math::arg_better(is_max, x[(a * N + n) * B + b], x[(a * N + best) * B + b])) best = n;
         }
         y[a * B + b] = best;
       }
@@ -253,7 +268,7 @@ void CpuBackend::cumsum(DType dt, int64_t A, int64_t N, int64_t B, const void* x
         for (int64_t b = b0; b < b1; ++b) {
           T acc = 0;
           for (int64_t n = 0; n < N; ++n) {
-            acc += x[(a * N + n) * B + b];
+            acc = reduce_math::combine(ReduceOp::sum, acc, x[(a * N + n) * B + b]);
             y[(a * N + n) * B + b] = acc;
           }
         }

@@ -392,7 +392,9 @@ void SafeTensors::Impl::parse_entry(const std::string& key, const json& v) {
   auto sh = v.find("shape");
   if (sh == v.end()) fail_key(key, "missing \"shape\"");
   if (!sh->is_array()) fail_key(key, "\"shape\" must be an array of non-negative integers, got " + json_kind(*sh));
-  int64_t numel = 1;
+  // The product of the non-zero extents must fit too: a zero-size tensor with a huge shape
+  // would otherwise give views and reductions whose element counts overflow.
+  int64_t numel = 1, nonzero = 1;
   for (size_t i = 0; i < sh->size(); ++i) {
     const json& x = (*sh)[i];
     bool ok = x.is_number_unsigned() ? x.get<uint64_t>() <= uint64_t(std::numeric_limits<int64_t>::max())
@@ -401,7 +403,8 @@ void SafeTensors::Impl::parse_entry(const std::string& key, const json& v) {
       fail_key(key, "shape entry " + std::to_string(i) + " is " + clip(x) + "; shape must be non-negative integers");
     int64_t d = x.get<int64_t>();
     e.info.shape.push_back(d);
-    if (__builtin_mul_overflow(numel, d, &numel)) fail_key(key, "shape " + clip(*sh) + " has too many elements");
+    if (__builtin_mul_overflow(numel, d, &numel) || (d && __builtin_mul_overflow(nonzero, d, &nonzero)))
+      fail_key(key, "shape " + clip(*sh) + " has too many elements");
   }
   e.numel = numel;
 
@@ -591,7 +594,7 @@ Tensor SafeTensors::load(const std::string& key, const Dims& dims, std::optional
     f.fail_key(key, std::string("cannot load ") + e.info.dtype + " as " + dtype_name(dt) +
                         " (float files load as f32/f64, integer files as i32/i64, BOOL as bool; use astype after "
                         "loading)");
-  Tensor t = empty(dims, dt, Device::cpu());
+  Tensor t = empty(dims, dt, Device::cpu(), "SafeTensors::load");
   convert(f, key, *e.dtype, f.data + e.info.begin, e.numel, dt, t.impl().data());
   return t;
 }
@@ -693,6 +696,8 @@ LoadReport load_into(const SafeTensors& file, const std::vector<LoadBinding>& bi
   for (const auto& b : bindings) {
     if (!bound.insert(b.key).second) throw Error(where + "key '" + b.key + "' is bound twice");
     if (!b.target.defined()) throw Error(where + "key '" + b.key + "': undefined target tensor");
+    if (b.target.impl().storage->read_only)
+      throw Error(where + "key '" + b.key + "': target " + b.target.str() + " is read-only");
     const Dims& tdims = b.target.dims();
     Dims order = b.file_order.empty() ? tdims : b.file_order;
     if (order.size() != tdims.size() || !contains_all(order, tdims) || !contains_all(tdims, order))
@@ -717,6 +722,18 @@ LoadReport load_into(const SafeTensors& file, const std::vector<LoadBinding>& bi
   for (const auto& k : file.keys())
     if (!bound.count(k)) report.unexpected.push_back(k);
 
+  // Every value is converted before any target is written, so a failure (a value out of the
+  // target dtype's range) never leaves some targets loaded and others not.
+  std::vector<std::pair<const LoadBinding*, Tensor>> staged;
+  for (const auto& [b, order] : fitting) {
+    try {
+      staged.push_back({b, file.load(b->key, order, b->target.dtype())});
+    } catch (const Error& e) {
+      if (strict) throw Error(where + "strict load failed, nothing loaded; " + e.what());
+      report.mismatched.push_back(b->key + ": " + e.what());
+    }
+  }
+
   if (strict && (!report.missing.empty() || !report.unexpected.empty() || !report.mismatched.empty())) {
     std::string msg = where + "strict load failed, nothing loaded";
     auto list = [&](const char* what, const std::vector<std::string>& v, bool quote) {
@@ -729,8 +746,8 @@ LoadReport load_into(const SafeTensors& file, const std::vector<LoadBinding>& bi
     list("mis-shaped", report.mismatched, false);
     throw Error(msg);
   }
-  for (const auto& [b, order] : fitting) {
-    b->target.copy_from(file.load(b->key, order, b->target.dtype()));
+  for (const auto& [b, t] : staged) {
+    b->target.copy_from(t);
     report.loaded.push_back(b->key);
   }
   return report;

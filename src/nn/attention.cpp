@@ -81,10 +81,10 @@ Tensor fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, con
   // The output follows q's layout with the value Dims in key_dim's place at the end, so that
   // merging heads afterwards needs no copy where q came from a packed projection; if its query
   // Dims do not merge there, batch, query, value in order.
-  Tensor out = empty(cat(minus_dims(q.dims(), {key_dim}), value), dt, q.device());
+  Tensor out = empty(cat(minus_dims(q.dims(), {key_dim}), value), dt, q.device(), "dot_attention");
   int64_t o_rs;
   if (!merged_stride(out, query, tq, o_rs)) {
-    out = empty(cat(cat(batch, query), value), dt, q.device());
+    out = empty(cat(cat(batch, query), value), dt, q.device(), "dot_attention");
     merged_stride(out, query, tq, o_rs);
   }
 
@@ -157,12 +157,13 @@ Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const 
     Tensor qs = q * scale;
     Tensor w = softmax(matmul(qs, k, key_dim), kv_axis);
     // out = matmul(w, v, kv_axis): as matmul's own backward.
-    Tensor gw = sum_to(matmul(g, v, minus_dims(v.dims(), w.dims()), false), w);
-    Tensor gv = sum_to(matmul(w, g, minus_dims(w.dims(), v.dims()), false), v);
-    // w = softmax(e, kv_axis); padded keys have w = 0, so they get no gradient.
-    Tensor ge = mul(w, sub(gw, reduce(mul(gw, w), ReduceOp::sum, {kv_axis}, false), true), true);
-    Tensor gq = sum_to(matmul(ge, k, minus_dims(k.dims(), qs.dims()), false), qs) * scale;
-    Tensor gk = sum_to(matmul(qs, ge, minus_dims(qs.dims(), k.dims()), false), k);
+    // Every contraction masks padded frames (select, never 0 * NaN), and the energies'
+    // gradient is 0 on padded keys (softmax's own backward).
+    Tensor gw = sum_to(matmul(g, v, minus_dims(v.dims(), w.dims())), w);
+    Tensor gv = sum_to(matmul(w, g, minus_dims(w.dims(), v.dims())), v);
+    Tensor ge = copy_masked(mul(w, sub(gw, reduce(mul(gw, w), ReduceOp::sum, {kv_axis}), true), true), {kv_axis});
+    Tensor gq = sum_to(matmul(ge, k, minus_dims(k.dims(), qs.dims())), qs) * scale;
+    Tensor gk = sum_to(matmul(qs, ge, minus_dims(qs.dims(), k.dims())), k);
     return std::vector<Tensor>{gq, gk, gv};
   });
 }
@@ -213,6 +214,10 @@ Tensor dot_attention(const Tensor& q, const Tensor& k0, const Tensor& v0, const 
   }
   if (key_dim.is_dynamic()) fail("dot_attention: key_dim '" + key_dim.str() + "' must be static");
   const double scale = o.scale.value_or(1.0 / std::sqrt(double(key_dim.size())));
+  if (!std::isfinite(scale))
+    fail("dot_attention: scale must be finite, got " + std::to_string(scale) + " (q = " + q.str() + ")");
+  if (!(o.att_dropout >= 0 && o.att_dropout < 1))
+    fail("dot_attention: att_dropout must be in [0, 1), got " + std::to_string(o.att_dropout));
   const bool dropout_active = o.att_dropout > 0 && o.training;
   if (!dropout_active && o.fused.value_or(fused_by_default())) {
     check_same_device(op, q, k);
@@ -225,8 +230,8 @@ Tensor dot_attention(const Tensor& q, const Tensor& k0, const Tensor& v0, const 
     Dims broadcast = o.att_dropout_broadcast ? minus_dims(weights.dims(), {kv_axis}) : Dims{};
     weights = dropout(weights, o.att_dropout, *o.gen, true, broadcast);
   }
-  // Padded keys have weight 0 already: no second masking inside matmul.
-  return matmul(weights, v, kv_axis, /*use_mask=*/false);
+  // The weights are 0 on padded keys already; matmul's mask keeps padded values out too.
+  return matmul(weights, v, kv_axis);
 }
 
 }  // namespace dimx::nn

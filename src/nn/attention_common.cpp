@@ -9,8 +9,13 @@
 
 namespace dimx::nn {
 
-int64_t size_per_head(const char* op, const char* what, const Dim& total, int64_t heads) {
+int64_t positive_heads(const char* op, int64_t heads) {
   if (heads <= 0) fail(std::string(op) + ": num_heads must be positive, got " + std::to_string(heads));
+  return heads;
+}
+
+int64_t size_per_head(const char* op, const char* what, const Dim& total, int64_t heads) {
+  positive_heads(op, heads);
   if (total.is_dynamic() || total.size() % heads != 0)
     fail(std::string(op) + ": " + what + " '" + total.str() + "' is not a multiple of num_heads " +
          std::to_string(heads));

@@ -6,6 +6,8 @@
 
 namespace dimx::nn {
 
+// heads itself; throws naming `op` unless it is positive (before any Dim is made of it).
+int64_t positive_heads(const char* op, int64_t heads);
 // total / heads; throws naming `op` unless total is static and a multiple of heads.
 int64_t size_per_head(const char* op, const char* what, const Dim& total, int64_t heads);
 // Glorot-uniform fill: U(-b, b), b = sqrt(6 / (fan_in + fan_out)).

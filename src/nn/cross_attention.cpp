@@ -13,7 +13,7 @@ CrossAttention::CrossAttention(Dim enc, Dim qin, std::optional<Dim> proj_dim, Di
       query_in_dim(qin),
       key_dim_total(kt),
       value_dim_total(vt),
-      heads(num_heads, "heads"),
+      heads(positive_heads("CrossAttention", num_heads), "heads"),
       key_dim_per_head(size_per_head("CrossAttention", "key_dim_total", kt, num_heads), kt.name() + "_per_head"),
       value_dim_per_head(size_per_head("CrossAttention", "value_dim_total", vt, num_heads), vt.name() + "_per_head"),
       kv_dim(kt.size() + vt.size(), "kv"),

@@ -25,6 +25,21 @@ KvHistory append_kv(const char* op, const CausalSelfAttentionState& st, const Te
   check_has_dim(op, st.k_accum, st.accum_axis, "state.k_accum");
   check_has_dim(op, st.v_accum, st.accum_axis, "state.v_accum");
   const bool step = axis == single_step_dim();
+  // The state must belong to this module and this batch: its Dims, without the history axis,
+  // are exactly the new frames' Dims without the time axis (batch Dims, heads, head sizes).
+  auto same_set = [](const Dims& a, const Dims& b) { return a.size() == b.size() && contains_all(a, b); };
+  const Dims k_rest = minus_dims(k.dims(), {axis}), v_rest = minus_dims(v.dims(), {axis});
+  if (!same_set(minus_dims(st.k_accum.dims(), {st.accum_axis}), k_rest) ||
+      !same_set(minus_dims(st.v_accum.dims(), {st.accum_axis}), v_rest))
+    fail(std::string(op) + ": the state does not fit the input: state.k_accum = " + dims_str(st.k_accum.dims()) +
+         ", state.v_accum = " + dims_str(st.v_accum.dims()) + " over '" + st.accum_axis.str() + "', but the new keys are " +
+         dims_str(k.dims()) + " and values " + dims_str(v.dims()) +
+         " (a state of another module, or of other batch Dims; make it with default_initial_state)");
+  if (!contains_all(k_rest, st.accum_axis.lengths().dims()))
+    fail(std::string(op) + ": the lengths of the state's '" + st.accum_axis.str() + "' are over " +
+         dims_str(st.accum_axis.lengths().dims()) + ", not among the input's batch Dims " + dims_str(k_rest));
+  if (st.k_accum.dtype() != k.dtype() || st.v_accum.dtype() != v.dtype() || st.k_accum.device() != k.device())
+    fail(std::string(op) + ": the state " + st.k_accum.str() + " does not have the dtype and device of the keys " + k.str());
   const Tensor prev = st.accum_axis.lengths();
   CausalSelfAttentionState next = [&]() -> CausalSelfAttentionState {
     // No history: the chunk's own frames are the state (no copy).

@@ -28,7 +28,7 @@ RelPosSelfAttention::RelPosSelfAttention(Dim in, std::optional<Dim> proj_dim, Di
     : in_dim(in),
       key_dim_total(kt),
       value_dim_total(vt),
-      heads(num_heads, "heads"),
+      heads(positive_heads(kOp, num_heads), "heads"),
       key_dim_per_head(size_per_head(kOp, "key_dim_total", kt, num_heads), kt.name() + "_per_head"),
       value_dim_per_head(size_per_head(kOp, "value_dim_total", vt, num_heads), vt.name() + "_per_head"),
       qkv_dim(2 * kt.size() + vt.size(), "qkv"),
@@ -83,7 +83,7 @@ Tensor RelPosSelfAttention::attend(const Tensor& q, const Tensor& k, const Tenso
     Dims broadcast = options.att_dropout_broadcast ? minus_dims(w.dims(), {keys}) : Dims{};
     w = dropout(w, options.att_dropout, *gen, true, broadcast);
   }
-  Tensor out = matmul(w, v, keys, /*use_mask=*/false);
+  Tensor out = matmul(w, v, keys);  // masks padded values (select): their content never matters
   out = merge_dims(out, {heads, value_dim_per_head}, value_dim_total).first;
   return proj ? (*proj)(out) : out;
 }

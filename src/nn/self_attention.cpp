@@ -12,7 +12,7 @@ SelfAttention::SelfAttention(Dim in, std::optional<Dim> proj_dim, Dim kt, Dim vt
     : in_dim(in),
       key_dim_total(kt),
       value_dim_total(vt),
-      heads(num_heads, "heads"),
+      heads(positive_heads("SelfAttention", num_heads), "heads"),
       key_dim_per_head(size_per_head("SelfAttention", "key_dim_total", kt, num_heads), kt.name() + "_per_head"),
       value_dim_per_head(size_per_head("SelfAttention", "value_dim_total", vt, num_heads), vt.name() + "_per_head"),
       qkv_dim(2 * kt.size() + vt.size(), "qkv"),

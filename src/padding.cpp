@@ -1,0 +1,39 @@
+#include "padding.h"
+
+#include <dimx/elementwise.h>
+#include <dimx/reduce.h>
+#include <dimx/shape.h>
+
+#include "autograd.h"
+#include "backend.h"
+
+namespace dimx {
+
+Tensor zero_padding(const Tensor& t, const Dim& d) {
+  if (!d.is_padded()) return t;
+  Tensor len = d.lengths(t.device());
+  const Dims missing = minus_dims(len.dims(), t.dims());
+  if (!missing.empty()) {
+    NoGradGuard ng;
+    len = reduce(len, ReduceOp::max, missing);
+  }
+  // The frame index, made on t's device (no host copy per call).
+  Tensor pos = empty({d}, DType::i32, t.device(), "zero_padding");
+  backend::backend_for(t.device()).iota(DType::i32, d.extent(), pos.impl().data());
+  const Tensor valid = less(pos, len, true);
+  Tensor r = where(valid, t, 0.0);
+  return t.sparse_dim() && is_integer(r.dtype()) ? r.with_sparse_dim(t.sparse_dim()) : r;
+}
+
+Tensor sum_over(const Tensor& g, const Dims& dims) {
+  if (dims.empty()) return g;
+  Dims masked, plain;
+  for (const Dim& d : dims)
+    (d.is_padded() && contains_all(g.dims(), d.lengths().dims()) ? masked : plain).push_back(d);
+  Tensor r = g;
+  if (!masked.empty()) r = reduce(r, ReduceOp::sum, masked, /*use_mask=*/true);
+  if (!plain.empty()) r = reduce(r, ReduceOp::sum, plain, /*use_mask=*/false);
+  return r;
+}
+
+}  // namespace dimx
