@@ -25,20 +25,31 @@ std::string shape_str(const Shape& shape) {
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
   return s + "]";
 }
+
+// The product of the extents, and whether the product of the non-zero ones overflows: a
+// zero-size tensor with a huge shape is refused too, since reducing its empty Dim away
+// would leave an element count that does not fit.
+bool product(const Shape& shape, int64_t& n) {
+  int64_t nonzero = 1;
+  bool zero = false;
+  for (int64_t e : shape) {
+    if (e == 0) zero = true;
+    else if (__builtin_mul_overflow(nonzero, e, &nonzero)) return false;
+  }
+  n = zero ? 0 : nonzero;
+  return true;
+}
 }  // namespace
 
 int64_t numel_of(const Shape& shape) {
-  int64_t n = 1;
-  for (int64_t e : shape)
-    if (__builtin_mul_overflow(n, e, &n)) fail("size overflow: the extents " + shape_str(shape) + " have more than 2^63 elements");
+  int64_t n;
+  if (!product(shape, n)) fail("size overflow: the extents " + shape_str(shape) + " have more than 2^63 elements");
   return n;
 }
 
 int64_t checked_numel(const char* op, const Dims& dims) {
-  int64_t n = 1;
-  for (const Dim& d : dims)
-    if (__builtin_mul_overflow(n, d.extent(), &n))
-      fail(std::string(op) + ": the element count of " + dims_str(dims) + " overflows int64");
+  int64_t n;
+  if (!product(extents(dims), n)) fail(std::string(op) + ": the element count of " + dims_str(dims) + " overflows int64");
   return n;
 }
 

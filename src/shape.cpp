@@ -340,7 +340,12 @@ Tensor gather(const Tensor& x, const Tensor& indices, std::optional<Dim> axis_, 
   Strides xs(out.size(), 0);
   for (size_t i = 0; i < out.size(); ++i)
     if (out[i] != axis && x.has_dim(out[i]) && out[i].extent() != 1) xs[i] = x.strides()[x.axis_of(out[i])];
+  // Indices in padded frames are padding content: never read, never range-checked.
   Tensor idx = index_tensor(indices);
+  Dims padded;
+  for (const Dim& d : idx_only)
+    if (d.is_padded()) padded.push_back(d);
+  for (const Dim& d : padded) idx = zero_padding(idx, d);
   Tensor y = empty(out, x.dtype(), x.device(), "gather");
   if (y.numel() == 0) return y;
   if (axis.extent() == 0)
@@ -356,8 +361,10 @@ Tensor gather(const Tensor& x, const Tensor& indices, std::optional<Dim> axis_, 
   if (x.feature_dim() && r.has_dim(*x.feature_dim())) r = r.with_feature_dim(x.feature_dim());
   if (x.sparse_dim()) r = r.with_sparse_dim(x.sparse_dim());
   if (!is_floating(x.dtype()) || !needs_grad({&x})) return r;
-  return record("gather", r, {x, indices}, [x, idx, axis, out](const Tensor& g) {
-    // The adjoint: scatter-add g back to the gathered positions.
+  return record("gather", r, {x, indices}, [x, idx, axis, out, padded](const Tensor& g0) {
+    // The adjoint: scatter-add g back to the gathered positions; padded frames add nothing.
+    Tensor g = g0;
+    for (const Dim& d : padded) g = zero_padding(g, d);
     Tensor gx = Tensor::zeros(x.dims(), x.dtype()).to(x.device());
     Strides gs(out.size(), 0);
     for (size_t i = 0; i < out.size(); ++i)

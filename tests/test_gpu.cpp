@@ -7,6 +7,8 @@
 
 #include <iostream>
 
+#include "padding_cases.h"
+#include "robustness_checks.h"
 #include "test_util.h"
 
 using namespace dimx;
@@ -564,6 +566,20 @@ TEST_CASE("gpu: wkv on a padded batch and the rwkv module match the CPU", "[gpu]
     g.push_back(s2.num / s2.den);
     return g;
   }, 1e-4, 1e-5);
+}
+
+TEST_CASE("gpu: robustness checks (integer edges, NaN reductions, padding, lengths, states)", "[gpu][robustness]") {
+  check_integer_edges<int32_t>(kGpu);
+  check_integer_edges<int64_t>(kGpu);
+  check_nan_reductions(kGpu);
+  check_padded_contraction(kGpu);
+  check_padded_attention(kGpu);
+  check_immutable_lengths(kGpu);
+  check_state_mismatch(kGpu);
+}
+
+TEST_CASE("gpu: no module lets padded content reach valid outputs or gradients", "[gpu][padding]") {
+  check_padding_cases(kGpu, 1e-4, 1e-5);
 }
 
 int main(int argc, char** argv) {

@@ -32,7 +32,9 @@ std::pair<Tensor, Dim> slice(const Tensor& x, const Dim& axis, int64_t start,
                              std::optional<Dim> out_dim = {});
 // out[..., i...] = x[..., indices[i...], ...] along `axis` (default: indices.sparse_dim()).
 // Dims of `indices` that x also has are batch Dims (gathered entry-wise). Out-of-range
-// indices throw, unless clip_to_valid clamps them into [0, extent).
+// indices throw, unless clip_to_valid clamps them into [0, extent). Indices in padded frames
+// of a dynamic Dim of `indices` (not shared with x) are padding: never read or checked, their
+// output frames are unspecified and send no gradient back.
 Tensor gather(const Tensor& x, const Tensor& indices, std::optional<Dim> axis = {},
               bool clip_to_valid = false);
 // Sliding windows: out[t, w] = x[t + w - window_left] (0 outside the valid frames of axis).

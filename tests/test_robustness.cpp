@@ -1,0 +1,238 @@
+// Hostile input through the public API, one test case per class of docs/reliability.md: each
+// either throws a dimx::Error naming the op and the Dims, or gives a defined result. The
+// device-independent checks (robustness_checks.h) run on the GPU too, in test_gpu.
+#include <dimx/io.h>
+#include <dimx/nn/rwkv.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+#include <unistd.h>
+
+#include "robustness_checks.h"
+
+using namespace dimx;
+using namespace dimx_test;
+
+namespace {
+
+constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+const Device kCpu = Device::cpu();
+
+std::string temp_path(const std::string& name) {
+  return (std::filesystem::temp_directory_path() / ("dimx_robustness_" + std::to_string(::getpid()) + "_" + name))
+      .string();
+}
+
+// A safetensors file from a JSON header and raw data.
+void write_safetensors(const std::string& path, std::string header, const std::string& data = "") {
+  while ((8 + header.size()) % 8) header += ' ';
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  uint64_t n = header.size();
+  f.write(reinterpret_cast<const char*>(&n), 8);
+  f.write(header.data(), std::streamsize(header.size()));
+  f.write(data.data(), std::streamsize(data.size()));
+}
+
+}  // namespace
+
+TEST_CASE("robustness 1: element counts, byte sizes and Dim arithmetic never wrap", "[robustness]") {
+  const int64_t big = int64_t(1) << 40;
+  Dim a(big, "a"), b(big, "b");
+  CHECK_THROWS_WITH(Tensor::zeros({a, b}), Contains("Tensor::full") && Contains("a:1099511627776") && Contains("overflows"));
+  CHECK_THROWS_WITH(Tensor::zeros({Dim(0, "z"), a, b}), Contains("overflows"));  // empty, but its other Dims are not
+  CHECK_THROWS_WITH(Tensor::zeros({Dim(int64_t(1) << 61, "g")}, DType::f64), Contains("Tensor::full") && Contains("byte size"));
+
+  // Views: a broadcast of 2^40 elements is fine (no memory); one more broadcast is not.
+  Tensor s = Tensor::scalar(1.0);
+  Tensor x = expand_dim(s, a);
+  CHECK(x.numel() == big);
+  CHECK_THROWS_WITH(expand_dim(x, b), Contains("expand_dim") && Contains("overflows"));
+  CHECK_THROWS_WITH(mul(x, expand_dim(s, b), /*allow_broadcast_all=*/true), Contains("mul") && Contains("overflows"));
+  // A split whose product wraps around to the axis extent (2^33 * (2^31 + 1) = 2^64 + 2^33).
+  Dim e(int64_t(1) << 33, "e");
+  CHECK_THROWS_WITH(split_dims(expand_dim(s, e), e, {Dim(int64_t(1) << 33, "p"), Dim((int64_t(1) << 31) + 1, "q")}),
+                    Contains("split_dims") && Contains("overflows"));
+
+  // Dim arithmetic: static sizes in int64, dynamic lengths in int32.
+  CHECK_THROWS_WITH(Dim(kMax / 2, "h") * 3, Contains("Dim arithmetic") && Contains("h:") && Contains("overflows"));
+  CHECK_THROWS_WITH(Dim(kMax, "m") + 1, Contains("overflows"));
+  CHECK_THROWS_WITH(Dim(kMax, "m") + Dim(1, "one"), Contains("overflows"));
+  CHECK_THROWS_WITH(Dim(5, "f") + std::numeric_limits<int64_t>::min(), Contains("overflows"));
+  Dim batch(2, "batch");
+  Dim t = dynamic_dim(batch, {5, 3});
+  CHECK_THROWS_WITH(t * (int64_t(1) << 30), Contains("int32"));
+  CHECK_THROWS_WITH(t + kMax, Contains("overflows"));
+  CHECK((t * 4).lengths().to_vector<int32_t>() == std::vector<int32_t>{20, 12});
+  CHECK(ceil_div(t, kMax).lengths().to_vector<int32_t>() == std::vector<int32_t>{1, 1});
+  CHECK((t / kMax).lengths().to_vector<int32_t>() == std::vector<int32_t>{0, 0});
+  CHECK_THROWS_WITH(pad(Tensor::zeros({t}), {t}, {{kMax, 0}}), Contains("overflows"));
+
+  // Slice step counts: a huge step takes the first frame only.
+  Dim f(10, "f");
+  Tensor r = range_over_dim(f, DType::f32);
+  auto [sl, sd] = slice(r, f, 3, std::nullopt, kMax);
+  CHECK(sd.extent() == 1);
+  CHECK(sl.to_vector<float>() == std::vector<float>{3});
+  Tensor rt = Tensor::ones({batch, t});
+  auto [st, sdt] = slice(rt, t, 1, std::nullopt, kMax);
+  CHECK(sdt.lengths().to_vector<int32_t>() == std::vector<int32_t>{1, 1});
+  // Its gradient puts frames back where they came from.
+  Tensor rg = r.with_requires_grad();
+  auto [s2, d2] = slice(rg, f, 2, 9, 3);
+  CHECK(grad(reduce_sum(s2, {d2}), {rg})[0].to_vector<float>() == std::vector<float>{0, 0, 1, 0, 0, 1, 0, 0, 1, 0});
+
+  // A safetensors entry with zero elements and a huge shape is refused when the file opens.
+  const std::string path = temp_path("huge_shape.safetensors");
+  write_safetensors(path, R"({"t":{"dtype":"F32","shape":[0,4611686018427387904,4],"data_offsets":[0,0]}})");
+  CHECK_THROWS_WITH(SafeTensors::open(path), Contains("'t'") && Contains("too many elements"));
+  std::remove(path.c_str());
+}
+
+TEST_CASE("robustness 2: integer floordiv and mod of the minimum by -1, wrapping arithmetic", "[robustness]") {
+  check_integer_edges<int32_t>(kCpu);
+  check_integer_edges<int64_t>(kCpu);
+  // Division by zero is still refused.
+  Dim n(2, "n");
+  CHECK_THROWS_WITH(floordiv(Tensor::ones({n}, DType::i32), Tensor::zeros({n}, DType::i32)),
+                    Contains("floordiv") && Contains("division by zero"));
+}
+
+TEST_CASE("robustness 3: a graph of any depth is freed and walked without recursion", "[robustness]") {
+  // A running sum kept across a long loop: one node per step.
+  auto chain = [](int steps) {
+    Dim n(1, "n");
+    Tensor w = Tensor::ones({n}).with_requires_grad();
+    Tensor total = Tensor::zeros({n});
+    for (int i = 0; i < steps; ++i) total = total + w;
+    double g = grad(reduce_sum(total, {n}), {w})[0].item<float>();
+    return g;  // total (the whole chain) is freed here
+  };
+  CHECK(chain(200000) == 200000);
+  // On another thread too (a smaller default stack than the main thread's).
+  double other = 0;
+  std::thread th([&] { other = chain(120000); });
+  th.join();
+  CHECK(other == 120000);
+}
+
+TEST_CASE("robustness 4: a strict load_into writes nothing unless everything loads", "[robustness][io]") {
+  const std::string path = temp_path("range.safetensors");
+  Dim n(2, "n");
+  // "a" fits; "b" holds 2^40, out of range for an i32 target.
+  save_safetensors(path, {{"a", Tensor::from_vector<float>({n}, std::vector<float>{5, 6})},
+                          {"b", Tensor::from_vector<int64_t>({n}, std::vector<int64_t>{1, int64_t(1) << 40})}});
+  Tensor ta = Tensor::zeros({n}), tb = Tensor::zeros({n}, DType::i32);
+  SafeTensors file = SafeTensors::open(path);
+  CHECK_THROWS_WITH(load_into(file, {{"a", ta, {}}, {"b", tb, {}}}, true),
+                    Contains("nothing loaded") && Contains("'b'") && Contains("range"));
+  CHECK(ta.to_vector<float>() == std::vector<float>{0, 0});
+  LoadReport rep = load_into(file, {{"a", ta, {}}, {"b", tb, {}}}, false);
+  CHECK(rep.loaded == std::vector<std::string>{"a"});
+  REQUIRE(rep.mismatched.size() == 1);
+  CHECK(rep.mismatched[0].find("b:") == 0);
+  CHECK(ta.to_vector<float>() == std::vector<float>{5, 6});
+  CHECK(tb.to_vector<int32_t>() == std::vector<int32_t>{0, 0});
+  // The lengths of a Dim are no target for loading.
+  Dim time = dynamic_dim(n, {1, 2});
+  CHECK_THROWS_WITH(load_into(file, {{"b", time.lengths(), {}}}, false), Contains("read-only"));
+  std::remove(path.c_str());
+}
+
+TEST_CASE("robustness 5: a Dim's lengths never change and never truncate", "[robustness]") {
+  check_immutable_lengths(kCpu);
+  Dim batch(2, "batch");
+  CHECK_THROWS_WITH(Dim(Tensor::from_vector<int64_t>({batch}, std::vector<int64_t>{3, int64_t(1) << 32}), "t"),
+                    Contains("'t'") && Contains("int32"));
+  CHECK_THROWS_WITH(Dim(Tensor::from_vector<int64_t>({batch}, std::vector<int64_t>{3, -1}), "t"), Contains("negative"));
+  Dim ok(Tensor::from_vector<int64_t>({batch}, std::vector<int64_t>{3, 2147483647}), "t");
+  CHECK(ok.extent() == 2147483647);
+  CHECK(ok.is_padded());
+  CHECK(!dynamic_dim(batch, {4, 4}).is_padded());
+  CHECK(!batch.is_padded());
+}
+
+TEST_CASE("robustness 6: padding content never reaches a valid result or gradient", "[robustness]") {
+  check_padded_contraction(kCpu);
+  check_padded_attention(kCpu);
+  // use_mask=false contracts the padding as stored (that is what it is for).
+  Dim batch(2, "batch"), feat(3, "feat");
+  Dim time = dynamic_dim(batch, {2, 1});
+  Tensor a = where(sequence_mask({time}), Tensor::ones({batch, time, feat}), 2.0, true);
+  CHECK(reduce_sum(matmul(a, Tensor::ones({time, batch}), {time}, false), {feat}).to_vector<float>({batch}) ==
+        std::vector<float>{6, 9});
+}
+
+TEST_CASE("robustness 7: a module state is checked against the input", "[robustness]") {
+  check_state_mismatch(kCpu);
+  Generator gen(5);
+  Dim size(6, "size"), att_dim(6, "att"), batch(2, "batch"), other(2, "other"), time(3, "time");
+  nn::rwkv::SelfAttention rwkv(size, att_dim, 16, 0, 1, gen);
+  Tensor x = random_tensor({batch, time, size}, 3);
+  CHECK_NOTHROW(rwkv(x, time, rwkv.initial_state({batch})));
+  CHECK_THROWS_WITH(rwkv(x, time, rwkv.initial_state({other})), Contains("rwkv::SelfAttention") && Contains("other"));
+}
+
+TEST_CASE("robustness 8: gradients of the wrong dtype or device are refused", "[robustness]") {
+  Dim n(3, "n");
+  Tensor w = Tensor::ones({n}).with_requires_grad();
+  CHECK_THROWS_WITH(w.set_grad(Tensor::ones({n}, DType::f64)), Contains("set_grad") && Contains("dtype"));
+  Tensor y = w * 2.0;
+  CHECK_THROWS_WITH(backward(y, Tensor::ones({n}, DType::f64)), Contains("backward") && Contains("grad_output") &&
+                                                                   Contains("dtype"));
+  CHECK_THROWS_WITH(grad(y, {w}, Tensor::ones({n}, DType::f64)), Contains("grad:") && Contains("dtype"));
+  CHECK_NOTHROW(backward(y, Tensor::ones({n})));
+}
+
+TEST_CASE("robustness 9: scalars, bounds, scales and NaN in reductions", "[robustness]") {
+  Dim n(4, "n");
+  Tensor i = Tensor::from_vector<int32_t>({n}, std::vector<int32_t>{1, 2, 3, 4});
+  // An integer tensor never truncates a fractional scalar, nor wraps a huge one.
+  CHECK_THROWS_WITH(i * 2.5, Contains("mul") && Contains("2.5") && Contains("i32"));
+  CHECK_THROWS_WITH(i + 1e10, Contains("add") && Contains("not representable"));
+  CHECK_THROWS_WITH(i < 2.5, Contains("less"));
+  CHECK_THROWS_WITH(where(i > 1.0, i, 0.5), Contains("where"));
+  CHECK_THROWS_WITH(Tensor::full({n}, 0.5, DType::i64), Contains("Tensor::full") && Contains("i64"));
+  CHECK_THROWS_WITH(Tensor::full({n}, 2.0, DType::boolean), Contains("bool"));
+  CHECK((i * 2.0).to_vector<int32_t>() == std::vector<int32_t>{2, 4, 6, 8});
+  // clip: NaN bounds are refused; integer tensors clip to the integers inside the bounds.
+  Tensor f = Tensor::from_vector<float>({n}, std::vector<float>{-3, 0.2f, 1, 7});
+  CHECK_THROWS_WITH(clip(f, std::nan(""), 1), Contains("clip") && Contains("NaN"));
+  CHECK_THROWS_WITH(clip(f, 0, std::nan("")), Contains("NaN"));
+  CHECK(clip(i, 1.5, 3.5).to_vector<int32_t>() == std::vector<int32_t>{2, 2, 3, 3});
+  CHECK(clip(i, -1e300, 1e300).to_vector<int32_t>() == std::vector<int32_t>{1, 2, 3, 4});
+  CHECK_THROWS_WITH(clip(i, 1.2, 1.8), Contains("no integer"));
+  // random draws with non-finite parameters.
+  Generator gen(1);
+  const double inf = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_WITH(random_uniform({n}, gen, -inf, 1), Contains("random_uniform") && Contains("finite"));
+  CHECK_THROWS_WITH(random_uniform({n}, gen, 0, inf), Contains("finite"));
+  CHECK_THROWS_WITH(random_normal({n}, gen, 0, inf), Contains("random_normal") && Contains("finite"));
+  CHECK_THROWS_WITH(random_normal({n}, gen, std::nan(""), 1), Contains("finite"));
+  // attention with a non-finite scale or a dropout rate outside [0, 1).
+  Dim k(2, "k"), t(3, "t");
+  Tensor q = random_tensor({t, k}, 1), kk = random_tensor({t, k}, 2);
+  nn::DotAttentionOptions o;
+  o.scale = std::nan("");
+  CHECK_THROWS_WITH(nn::dot_attention(q, kk, kk, k, t, o), Contains("dot_attention") && Contains("scale"));
+  o.scale = inf;
+  CHECK_THROWS_WITH(nn::dot_attention(q, kk, kk, k, t, o), Contains("scale"));
+  o.scale = std::nullopt;
+  o.att_dropout = 1.0;
+  CHECK_THROWS_WITH(nn::dot_attention(q, kk, kk, k, t, o), Contains("att_dropout"));
+  // NaN and inf in max, argmax, logsumexp (PyTorch's rules).
+  check_nan_reductions(kCpu);
+}
+
+TEST_CASE("robustness: constructor errors name the module", "[robustness]") {
+  Generator gen(1);
+  Dim in(8, "in"), kt(8, "kt"), vt(8, "vt"), enc(6, "enc");
+  CHECK_THROWS_WITH(nn::SelfAttention(in, std::nullopt, kt, vt, -1, gen), Contains("SelfAttention") && Contains("num_heads"));
+  CHECK_THROWS_WITH(nn::CausalSelfAttention(in, std::nullopt, kt, vt, 0, gen),
+                    Contains("SelfAttention") && Contains("num_heads"));
+  CHECK_THROWS_WITH(nn::CrossAttention(enc, in, std::nullopt, kt, vt, -2, gen), Contains("CrossAttention") &&
+                                                                                   Contains("num_heads"));
+  CHECK_THROWS_WITH(nn::RelPosSelfAttention(in, std::nullopt, kt, vt, -3, gen), Contains("RelPosSelfAttention") &&
+                                                                                   Contains("num_heads"));
+}
