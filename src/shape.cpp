@@ -250,6 +250,8 @@ std::pair<Tensor, Dim> concat(const std::vector<std::pair<Tensor, Dim>>& parts, 
     }
     offset = add(offset, len, true);
   }
+  // The lengths' Dims of the parts (say {batch}) are the output's too, even where no part had them.
+  layout = union_dims(layout, y.dims());
   return {broadcast_to_include(y, layout).transpose_to(layout), out};
 }
 

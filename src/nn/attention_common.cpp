@@ -1,9 +1,11 @@
 #include "attention_common.h"
 #include <dimx/autograd.h>
 
+#include <dimx/elementwise.h>
 #include <dimx/shape.h>
 
 #include <cmath>
+#include <limits>
 
 #include "tensor_impl.h"
 
@@ -22,10 +24,49 @@ int64_t size_per_head(const char* op, const char* what, const Dim& total, int64_
   return total.size() / heads;
 }
 
-void glorot_uniform(Tensor& t, int64_t fan_in, int64_t fan_out, Generator& gen) {
+void glorot_uniform(Tensor& t, int64_t fan_in, int64_t fan_out, Generator& gen, double gain) {
   NoGradGuard ng;
-  const double bound = std::sqrt(6.0 / double(fan_in + fan_out));
-  t.copy_from(random_uniform(t.dims(), gen, -bound, bound, t.dtype()));
+  const double bound = gain * std::sqrt(6.0 / double(fan_in + fan_out));
+  t.copy_from(random_uniform(t.dims(), gen, -bound, bound, t.dtype()).to(t.device()));
+}
+
+void glorot_normal(Tensor& t, int64_t fan_in, int64_t fan_out, Generator& gen, double gain) {
+  NoGradGuard ng;
+  const double std = gain * std::sqrt(2.0 / double(fan_in + fan_out));
+  t.copy_from(random_normal(t.dims(), gen, 0.0, std, t.dtype()).to(t.device()));
+}
+
+KeyPadding key_padding(const char* op, const Tensor& mask, const Dim& axis, DType dtype) {
+  check_defined(op, mask);
+  if (mask.dtype() != DType::boolean)
+    fail(std::string(op) + ": key_padding_mask must be bool (true = pad), got " + mask.str());
+  check_has_dim(op, mask, axis, "key_padding_mask");
+  const Dims rest = minus_dims(mask.dims(), {axis});
+  Dims order = rest;
+  order.push_back(axis);
+  const std::vector<int32_t> m = mask.astype(DType::i32).to_vector<int32_t>(order);
+  const int64_t n = axis.extent();
+  std::vector<int32_t> len(m.size() / size_t(std::max<int64_t>(n, 1)));
+  bool suffix = true;
+  for (size_t r = 0; r < len.size() && suffix; ++r) {
+    int64_t first = n;
+    for (int64_t j = 0; j < n; ++j)
+      if (m[r * size_t(n) + size_t(j)]) {
+        first = j;
+        break;
+      }
+    for (int64_t j = first; j < n; ++j) suffix = suffix && m[r * size_t(n) + size_t(j)];
+    len[r] = int32_t(first);
+  }
+  if (!suffix) return {axis, where(mask, -std::numeric_limits<double>::infinity(), Tensor::scalar(0, dtype).to(mask.device()))};
+  Tensor lengths = Tensor::from_vector<int32_t>(rest, len);
+  if (axis.is_dynamic()) lengths = minimum(lengths, axis.lengths(), /*allow_broadcast_all=*/true);
+  return {Dim(lengths, axis.name()), Tensor()};
+}
+
+Tensor to_key_axis(const Tensor& t, const Dim& from, const Dim& to) {
+  if (!t.defined() || !t.has_dim(from) || from == to) return t;
+  return slice(t, from, 0, to.extent(), 1, to).first;
 }
 
 void glorot_linear(Linear& l, Generator& gen) {

@@ -10,10 +10,24 @@ namespace dimx::nn {
 int64_t positive_heads(const char* op, int64_t heads);
 // total / heads; throws naming `op` unless total is static and a multiple of heads.
 int64_t size_per_head(const char* op, const char* what, const Dim& total, int64_t heads);
-// Glorot-uniform fill: U(-b, b), b = sqrt(6 / (fan_in + fan_out)).
-void glorot_uniform(Tensor& t, int64_t fan_in, int64_t fan_out, Generator& gen);
+// Glorot-uniform fill: U(-b, b), b = gain * sqrt(6 / (fan_in + fan_out)).
+void glorot_uniform(Tensor& t, int64_t fan_in, int64_t fan_out, Generator& gen, double gain = 1);
+// Glorot-normal fill: N(0, s), s = gain * sqrt(2 / (fan_in + fan_out)).
+void glorot_normal(Tensor& t, int64_t fan_in, int64_t fan_out, Generator& gen, double gain = 1);
 // Glorot-uniform weight, zero bias (RETURNN's Linear init in its attention modules).
 void glorot_linear(Linear& l, Generator& gen);
+
+// The keys' padding from a user's bool mask (true = pad) over {batch..., axis}: where every
+// row pads only its end, lengths (`axis` becomes a new dynamic Dim, min'ed with axis's own
+// lengths; tensors move to it with to_key_axis); otherwise an additive term (0 / -inf, in
+// `dtype`) over the mask's Dims, and `axis` is kept.
+struct KeyPadding {
+  Dim axis;
+  Tensor additive;  // undefined when the mask became lengths
+};
+KeyPadding key_padding(const char* op, const Tensor& mask, const Dim& axis, DType dtype);
+// t over `from` moved to `to` (the first to.extent() frames; t itself if it lacks `from`).
+Tensor to_key_axis(const Tensor& t, const Dim& from, const Dim& to);
 
 // q, k, v of the fused projection h {..., heads, per_head}: per head (dk, dk, dv) frames.
 std::array<Tensor, 3> split_qkv(const Tensor& h, const Dim& per_head, const Dim& dk, const Dim& dv);

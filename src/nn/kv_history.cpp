@@ -19,7 +19,7 @@ CausalSelfAttentionState empty_kv(const Dims& batch_dims, const Dim& heads, cons
 }
 
 KvHistory append_kv(const char* op, const CausalSelfAttentionState& st, const Tensor& k, const Tensor& v,
-                    const Dim& axis) {
+                    const Dim& axis, bool causal) {
   check_defined(op, st.k_accum);
   check_defined(op, st.v_accum);
   check_has_dim(op, st.k_accum, st.accum_axis, "state.k_accum");
@@ -54,6 +54,7 @@ KvHistory append_kv(const char* op, const CausalSelfAttentionState& st, const Te
   // sits at prev + i and sees the keys up to there.
   if (step) return {next, prev, next.accum_axis, next.k_accum, next.v_accum};
   Tensor query_pos = add(range_over_dim(axis, DType::i32).with_sparse_dim(std::nullopt), prev, true);
+  if (!causal) return {next, query_pos, next.accum_axis, next.k_accum, next.v_accum};
   Dim keys = causal_key_dim(query_pos, next.accum_axis);
   Tensor kk = replace_dim(next.k_accum, next.accum_axis, keys).first;
   Tensor vv = replace_dim(next.v_accum, next.accum_axis, keys).first;

@@ -12,8 +12,9 @@ struct KvHistory {
 };
 
 // k {..., axis, heads, dk}, v {..., axis, heads, dv}; axis may be single_step_dim() (no time Dim).
+// causal: frame i of a chunk sees the history and the chunk's frames up to i; else all of them.
 KvHistory append_kv(const char* op, const CausalSelfAttentionState& state, const Tensor& k, const Tensor& v,
-                    const Dim& axis);
+                    const Dim& axis, bool causal = true);
 
 // The empty state for keys {heads, dk} and values {heads, dv}.
 CausalSelfAttentionState empty_kv(const Dims& batch_dims, const Dim& heads, const Dim& dk, const Dim& dv, DType dtype,

@@ -1,0 +1,457 @@
+#include <dimx/autograd.h>
+#include <dimx/elementwise.h>
+#include <dimx/matmul.h>
+#include <dimx/nn/attention.h>
+#include <dimx/nn/beats.h>
+#include <dimx/random.h>
+#include <dimx/reduce.h>
+#include <dimx/shape.h>
+#include <dimx/softmax.h>
+
+#include <cmath>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "attention_common.h"
+#include "kv_history.h"
+#include "tensor_impl.h"
+
+namespace dimx::nn::beats {
+
+namespace {
+
+constexpr const char* kOp = "beats::MultiheadAttention";
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+void check_bucket_args(int64_t num_buckets, int64_t max_distance) {
+  if (num_buckets < 4 || max_distance <= num_buckets / 4)
+    fail("relative_position_bucket: need num_buckets >= 4 and max_distance > num_buckets / 4, got num_buckets " +
+         std::to_string(num_buckets) + ", max_distance " + std::to_string(max_distance));
+}
+
+// One bucket, with the original's float32 arithmetic for the logarithmic part.
+int64_t bucket_of(int64_t rel, int64_t num_buckets, int64_t max_distance) {
+  const int64_t nb = num_buckets / 2, max_exact = nb / 2;
+  const int64_t r = rel < 0 ? -rel : rel;
+  int64_t b = rel > 0 ? nb : 0;
+  if (r < max_exact) return b + r;
+  const float ratio = float(r) / float(max_exact);
+  const float scale = float(std::log(double(max_distance) / double(max_exact)));
+  const float f = std::log(ratio) / scale * float(nb - max_exact);
+  return b + std::min<int64_t>(nb - 1, max_exact + int64_t(f));
+}
+
+// The relative positions j - i - offset as buckets {query, key} (+ offset's Dims), on `dev`.
+// Tables without an offset are kept: every layer of a forward pass asks for the same one.
+Tensor bucket_table(const Dim& query, const Dim& key, const Tensor& offset, int64_t num_buckets, int64_t max_distance,
+                    Device dev) {
+  const int64_t tq = query.extent(), tk = key.extent();
+  auto build = [&](const std::vector<int64_t>& offs, const Dims& off_dims) {
+    std::vector<int64_t> v;
+    v.reserve(offs.size() * size_t(tq * tk));
+    for (int64_t o : offs)
+      for (int64_t i = 0; i < tq; ++i)
+        for (int64_t j = 0; j < tk; ++j) v.push_back(bucket_of(j - i - o, num_buckets, max_distance));
+    Dims dims = off_dims;
+    dims.insert(dims.end(), {query, key});
+    return Tensor::from_vector<int64_t>(dims, v);
+  };
+  if (offset.defined()) {
+    const Tensor o = offset.astype(DType::i64).to(Device::cpu());
+    return build(o.to_vector<int64_t>(), o.dims()).to(dev);
+  }
+  // Cached by sizes and device; the Dims are re-attached per call (views, no copy).
+  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int, int>;
+  static std::mutex mu;
+  static std::map<Key, Tensor> cache;
+  const Key key_{num_buckets, max_distance, tq, tk, int(dev.type), dev.index};
+  Tensor t;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = cache.find(key_);
+    if (it != cache.end()) t = it->second;
+  }
+  if (!t.defined()) {
+    Dim a(tq, "q"), b(tk, "k");
+    t = build({0}, {}).to(dev);
+    t = replace_dim(replace_dim(t, query, a).first, key, b).first;
+    std::lock_guard<std::mutex> lock(mu);
+    if (cache.size() >= 16) cache.erase(cache.begin());
+    cache.emplace(key_, t);
+  }
+  return replace_dim(replace_dim(t, t.dims()[0], query).first, t.dims()[1], key).first;
+}
+
+// fairseq's quant noise on a copy of a Linear weight {out, in}: each (row, block of `block`
+// input columns) is dropped with probability p, the rest scaled by 1 / (1 - p).
+Tensor quant_noise(const Linear& l, double p, int64_t block, Generator& gen) {
+  const int64_t n = l.in_dim.size() / block;
+  Dim blocks(n, "qn_blocks"), within(block, "qn_block");
+  Tensor keep = random_uniform({l.out_dim, blocks}, gen, 0, 1, l.weight.dtype(), l.weight.device()) >= p;
+  Tensor w = split_dims(l.weight, l.in_dim, {blocks, within});
+  w = where(keep, w * (1.0 / (1.0 - p)), 0.0);
+  return merge_dims(w, {blocks, within}, l.in_dim).first;
+}
+
+// Tensors over `keys` extended by the extra key frames with zeros (attn_mask, position bias).
+Tensor zero_extend(const Tensor& t, const Dim& keys, const Dim& extra, const Dim& out) {
+  if (!t.defined()) return t;
+  Dims zd = minus_dims(t.dims(), {keys});
+  zd.push_back(extra);
+  return concat({{t, keys}, {Tensor::zeros(zd, t.dtype()).to(t.device()), extra}}, out).first;
+}
+
+}  // namespace
+
+Tensor relative_position_bucket(const Tensor& rel, int64_t num_buckets, int64_t max_distance) {
+  check_defined("relative_position_bucket", rel);
+  if (!is_integer(rel.dtype())) fail("relative_position_bucket: rel must be an integer tensor, got " + rel.str());
+  check_bucket_args(num_buckets, max_distance);
+  std::vector<int64_t> v = rel.to_vector<int64_t>();
+  for (int64_t& r : v) r = bucket_of(r, num_buckets, max_distance);
+  return Tensor::from_vector<int64_t>(rel.dims(), v).to(rel.device());
+}
+
+MultiheadAttention::MultiheadAttention(Dim embed_dim, int64_t num_heads, Generator& gen, const Options& o)
+    : embed(embed_dim),
+      kdim(o.kdim.value_or(embed_dim)),
+      vdim(o.encoder_decoder_attention ? o.kdim.value_or(embed_dim) : o.vdim.value_or(embed_dim)),
+      heads(positive_heads(kOp, num_heads), "heads"),
+      head_dim(size_per_head(kOp, "embed_dim", embed_dim, num_heads), "head_dim"),
+      proj(embed_dim.size(), "proj"),
+      buckets(std::max<int64_t>(o.num_buckets, 0), "buckets"),
+      options(o),
+      k_proj(kdim, proj, gen, !o.rescale_init, o.dtype),
+      v_proj(vdim, proj, gen, o.bias, o.dtype),
+      q_proj(embed, proj, gen, o.bias, o.dtype),
+      out_proj(proj, embed, gen, o.bias, o.dtype) {
+  const bool same = kdim == embed && vdim == embed;
+  if (o.self_attention && !same)
+    fail(std::string(kOp) + ": self_attention needs kdim == vdim == embed_dim (the keys are the query's frames), got kdim " +
+         kdim.str() + ", vdim " + vdim.str() + ", embed_dim " + embed.str());
+  if (o.self_attention && o.encoder_decoder_attention)
+    fail(std::string(kOp) + ": self_attention and encoder_decoder_attention cannot both be set");
+  if (o.encoder_decoder_attention && o.vdim && *o.vdim != kdim)
+    fail(std::string(kOp) + ": encoder_decoder_attention projects the values from the key, so vdim " + o.vdim->str() +
+         " must be kdim " + kdim.str());
+  if (!(o.dropout >= 0 && o.dropout < 1)) fail(std::string(kOp) + ": dropout must be in [0, 1), got " + std::to_string(o.dropout));
+  if (!(o.q_noise >= 0 && o.q_noise < 1)) fail(std::string(kOp) + ": q_noise must be in [0, 1), got " + std::to_string(o.q_noise));
+  if (o.q_noise > 0) {
+    if (o.qn_block_size < 1) fail(std::string(kOp) + ": qn_block_size must be positive, got " + std::to_string(o.qn_block_size));
+    for (const Linear* l : {&q_proj, &k_proj, &v_proj, &out_proj})
+      if (l->in_dim.size() % o.qn_block_size != 0)
+        fail(std::string(kOp) + ": q_noise needs every projection's input size to be a multiple of qn_block_size " +
+             std::to_string(o.qn_block_size) + ", got " + l->in_dim.str());
+  }
+  if (o.has_relative_attention_bias) {
+    check_bucket_args(o.num_buckets, o.max_distance);
+    relative_attention_bias.emplace(buckets, heads, gen, o.dtype);
+  }
+  if (o.add_bias_kv) {
+    bias_k = Tensor::zeros({kv_1, kv_2, proj}, o.dtype).with_requires_grad();
+    bias_v = Tensor::zeros({kv_1, kv_2, proj}, o.dtype).with_requires_grad();
+  }
+  if (o.gru_rel_pos) {
+    grep_linear.emplace(head_dim, grep, gen, true, o.dtype);
+    grep_a = Tensor::ones({a_1, heads, a_2, a_3}, o.dtype).with_requires_grad();
+  }
+  reset_parameters(gen);
+}
+
+void MultiheadAttention::reset_parameters(Generator& gen) {
+  const double gain = kdim == embed && vdim == embed ? 1.0 / std::sqrt(2.0) : 1.0;
+  for (Linear* l : {&k_proj, &v_proj, &q_proj}) glorot_uniform(l->weight, l->in_dim.size(), l->out_dim.size(), gen, gain);
+  glorot_uniform(out_proj.weight, proj.size(), embed.size(), gen);
+  NoGradGuard ng;
+  if (out_proj.bias) out_proj.bias->copy_from(Tensor::zeros({embed}, out_proj.bias->dtype()).to(out_proj.bias->device()));
+  // [1, 1, E]: PyTorch's fans are E and E.
+  if (bias_k) glorot_normal(*bias_k, proj.size(), proj.size(), gen);
+  if (bias_v) glorot_normal(*bias_v, proj.size(), proj.size(), gen);
+  // [num_buckets, H]: fan_in H, fan_out num_buckets.
+  if (relative_attention_bias) glorot_normal(relative_attention_bias->weight, heads.size(), buckets.size(), gen);
+  if (grep_a) grep_a->copy_from(Tensor::ones(grep_a->dims(), grep_a->dtype()).to(grep_a->device()));
+}
+
+Tensor MultiheadAttention::compute_bias(const Dim& query, const Dim& key, const Tensor& query_offset) const {
+  if (!relative_attention_bias) fail(std::string(kOp) + ": compute_bias needs has_relative_attention_bias");
+  if (query == key) fail(std::string(kOp) + ": compute_bias needs distinct query and key Dims, got " + query.str());
+  const Tensor& table = relative_attention_bias->weight;
+  Tensor idx = bucket_table(query, key, query_offset, options.num_buckets, options.max_distance, table.device());
+  return gather(table, idx.with_sparse_dim(buckets), buckets);
+}
+
+State MultiheadAttention::initial_state(const Dims& batch) const {
+  return empty_kv(batch, heads, head_dim, head_dim, q_proj.weight.dtype(), q_proj.weight.device());
+}
+
+Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axis, const Inputs& in) const {
+  const Options& o = options;
+  check_defined(kOp, query0);
+  check_has_dim(kOp, query0, embed, "query");
+  const bool step = query_axis == single_step_dim();
+  if (!step) check_has_dim(kOp, query0, query_axis, "query");
+  if (in.static_kv && !o.encoder_decoder_attention)
+    fail(std::string(kOp) + ": static_kv needs encoder_decoder_attention");
+  const bool need_weights = in.need_weights || in.need_head_weights;
+  const bool train = training;
+  const Device dev = query0.device();
+  if (train && (o.dropout > 0 || o.q_noise > 0) && !in.gen)
+    fail(std::string(kOp) + ": dropout or q_noise in training needs a Generator (Inputs::gen)");
+
+  // A single step is a chunk of one frame.
+  static const Dim one_step(1, "step");
+  const Dim qaxis = step ? one_step : query_axis;
+  const Tensor query = step ? expand_dim(query0, one_step) : query0;
+
+  auto project = [&](const Linear& l, const Tensor& x) {
+    if (!(train && o.q_noise > 0)) return l(x);
+    Tensor y = matmul(x, quant_noise(l, o.q_noise, o.qn_block_size, *in.gen), {l.in_dim});
+    return l.bias ? y + *l.bias : y;
+  };
+  auto split_heads = [&](const Tensor& t) { return split_dims(t, proj, {heads, head_dim}); };
+
+  // ---- queries, and the new keys and values over `new_axis`
+  const Tensor qr = split_heads(project(q_proj, query));  // the raw projection (the gate reads it)
+  Tensor k, v;
+  Dim new_axis = qaxis;
+  const bool reuse = in.static_kv && in.incremental_state && in.incremental_state->accum_axis.extent() > 0;
+  if (!reuse) {
+    const Tensor* src_k = o.self_attention ? &query : &in.key;
+    const Tensor* src_v = o.self_attention ? &query : o.encoder_decoder_attention ? &in.key : &in.value;
+    if (!o.self_attention) {
+      if (!in.key_axis) fail(std::string(kOp) + ": cross-attention needs Inputs::key_axis");
+      new_axis = *in.key_axis;
+      check_defined(kOp, *src_k);
+      check_defined(kOp, *src_v);
+      check_has_dim(kOp, *src_k, new_axis, "key");
+      check_has_dim(kOp, *src_v, new_axis, o.encoder_decoder_attention ? "key" : "value");
+      if (new_axis == qaxis) fail(std::string(kOp) + ": key_axis must differ from the query's axis '" + qaxis.str() + "'");
+    } else if (!in.incremental_state) {
+      new_axis = qaxis.copy(qaxis.name() + "_kv");
+    }
+    // Self-attention decoding keeps the new keys on the query's axis: the history appends them
+    // there and places each query at its position (append_kv).
+    const Tensor kv_src = o.self_attention && new_axis != qaxis ? replace_dim(query, qaxis, new_axis).first : query;
+    k = split_heads(project(k_proj, o.self_attention ? kv_src : *src_k));
+    v = split_heads(project(v_proj, o.self_attention ? kv_src : *src_v));
+  }
+
+  // ---- key padding: a bool mask becomes lengths of the new keys where it can
+  const int64_t unpadded_extent = new_axis.extent();
+  Tensor additive_pad;
+  if (in.key_padding_mask.defined() && !reuse) {
+    Tensor mask = in.key_padding_mask;
+    if (o.self_attention && mask.has_dim(qaxis)) mask = replace_dim(mask, qaxis, new_axis).first;
+    if (in.incremental_state && o.self_attention)
+      fail(std::string(kOp) + ": when decoding self-attention with a state, padding is the query axis's lengths (a "
+                              "dynamic Dim), not a key_padding_mask");
+    KeyPadding kp = key_padding(kOp, mask, new_axis, query.dtype());
+    if (kp.additive.defined()) {
+      if (in.incremental_state)
+        fail(std::string(kOp) + ": with incremental_state the key_padding_mask must pad only each sequence's end "
+                                "(or give the keys a dynamic Dim)");
+      additive_pad = kp.additive;
+    } else {
+      k = to_key_axis(k, new_axis, kp.axis);
+      v = to_key_axis(v, new_axis, kp.axis);
+      new_axis = kp.axis;
+    }
+  }
+
+  // ---- the history of a state, and the key Dim the queries attend over
+  Dim keys = new_axis;
+  Tensor query_pos;  // absolute query positions with a state (relative bias)
+  std::optional<State> state_out;
+  if (in.incremental_state) {
+    const State& st = *in.incremental_state;
+    if (reuse) {
+      k = st.k_accum;
+      v = st.v_accum;
+      keys = st.accum_axis;
+      state_out = st;
+    } else if (in.static_kv) {
+      state_out = State{k, v, new_axis};
+    } else {
+      KvHistory h = append_kv(kOp, st, k, v, new_axis, in.causal && o.self_attention);
+      k = h.k;
+      v = h.v;
+      keys = h.keys;
+      state_out = h.state;
+      if (o.self_attention) query_pos = h.query_pos;
+    }
+  }
+  const bool causal_keys = in.causal && !in.incremental_state;
+  if (causal_keys) {
+    if (!o.self_attention) fail(std::string(kOp) + ": causal needs self_attention");
+    Dim ck = causal_key_dim(qaxis, new_axis);
+    k = replace_dim(k, keys, ck).first;
+    v = replace_dim(v, keys, ck).first;
+    keys = ck;
+  }
+
+  // ---- additive terms over {query, keys}: attn_mask, the padding term, the position bias
+  auto on_keys = [&](Tensor t, const char* what) {
+    if (!t.defined()) return t;
+    if (step && t.has_dim(query_axis)) fail(std::string(kOp) + ": " + what + " has the single-step Dim");
+    Dim from = keys;
+    for (const Dim& d : t.dims())
+      if (d != qaxis && d != heads && !query.has_dim(d) && d != keys) from = d;
+    if (from != keys && from.extent() == unpadded_extent && keys.extent() < unpadded_extent) {
+      // Given over the keys before the padding mask shortened them: the dropped frames are padding.
+      auto [ts, td] = slice(t, from, 0, keys.extent());
+      t = ts;
+      from = td;
+    }
+    if (from != keys) {
+      if (from.extent() != keys.extent())
+        fail(std::string(kOp) + ": " + what + " " + t.str() + " has key Dim '" + from.str() + "', but the keys are '" +
+             keys.str() + "'");
+      t = replace_dim(t, from, keys).first;
+    }
+    for (const Dim& d : t.dims())
+      if (d != qaxis && d != heads && d != keys && !query.has_dim(d))
+        fail(std::string(kOp) + ": " + what + " " + t.str() + " has a Dim '" + d.str() + "' that is not among the query's " +
+             dims_str(query.dims()) + ", heads and the keys '" + keys.str() + "'");
+    return t;
+  };
+  Tensor attn_mask = in.attn_mask;
+  if (attn_mask.defined()) {
+    if (attn_mask.dtype() == DType::boolean) attn_mask = where(attn_mask, -kInf, Tensor::scalar(0, query.dtype()).to(dev));
+    if (attn_mask.dtype() != query.dtype())
+      fail(std::string(kOp) + ": attn_mask " + attn_mask.str() + " must be bool or the query's dtype");
+    attn_mask = on_keys(attn_mask, "attn_mask");
+  }
+  if (additive_pad.defined()) additive_pad = on_keys(additive_pad, "key_padding_mask");
+
+  Tensor position_bias = in.position_bias;
+  if (position_bias.defined()) {
+    check_has_dim(kOp, position_bias, heads, "position_bias");
+    if (!step) check_has_dim(kOp, position_bias, qaxis, "position_bias");
+    position_bias = on_keys(position_bias, "position_bias");
+  } else if (relative_attention_bias) {
+    if (reuse) fail(std::string(kOp) + ": a relative position bias with static_kv decoding needs position_bias");
+    Tensor offset;
+    if (query_pos.defined()) {
+      NoGradGuard ng;
+      offset = sub(query_pos, range_over_dim(qaxis, DType::i32).with_sparse_dim(std::nullopt), true);
+      offset = reduce_max(offset, {qaxis});  // the history length per sequence
+    }
+    position_bias = compute_bias(qaxis, keys, offset);
+  }
+  const Tensor returned_bias = position_bias;
+
+  // ---- extra key frames: bias_k / bias_v, then a zero frame; they see mask 0 and bias 0
+  auto extend = [&](const Tensor& kx, const Tensor& vx, const char* name) {
+    Dim extra(1, name);
+    Dims kd = minus_dims(k.dims(), {keys, heads, head_dim});
+    Tensor ke = kx.defined() ? split_heads(squeeze(squeeze(kx, kv_1), kv_2)) : Tensor::zeros({heads, head_dim}, k.dtype()).to(dev);
+    Tensor ve = vx.defined() ? split_heads(squeeze(squeeze(vx, kv_1), kv_2)) : Tensor::zeros({heads, head_dim}, v.dtype()).to(dev);
+    ke = expand_dim(ke, extra);
+    ve = expand_dim(ve, extra);
+    auto [kk, out] = concat({{k, keys}, {ke, extra}});
+    Tensor vv = concat({{v, keys}, {ve, extra}}, out).first;
+    attn_mask = zero_extend(attn_mask, keys, extra, out);
+    additive_pad = zero_extend(additive_pad, keys, extra, out);
+    position_bias = zero_extend(position_bias, keys, extra, out);
+    k = kk;
+    v = vv;
+    keys = out;
+  };
+  if (bias_k) extend(*bias_k, *bias_v, "bias_kv");
+  if (o.add_zero_attn) extend(Tensor(), Tensor(), "zero_attn");
+
+  // ---- attention
+  const double scaling = 1.0 / std::sqrt(double(head_dim.size()));
+  const Tensor q = qr;
+  Output out;
+  out.keys = keys;
+  out.state = state_out;
+  out.position_bias = returned_bias;
+  const bool dropout_active = train && o.dropout > 0;
+  const bool extra_terms = attn_mask.defined() || additive_pad.defined() || position_bias.defined();
+  Tensor ctx;
+  if (!need_weights && !in.before_softmax && !extra_terms && !dropout_active) {
+    DotAttentionOptions dopt;
+    dopt.scale = scaling;
+    ctx = dot_attention(q, k, v, head_dim, keys, dopt);
+  } else {
+    Tensor e = matmul(q * scaling, k, {head_dim});  // {batch..., heads, query, keys}
+    if (in.before_softmax) {
+      // The original's (w - max) * 32 with q pre-divided by 32: e - max over visible keys.
+      Tensor w = e - reduce_max(e, {keys}).detach();
+      if (attn_mask.defined()) w = add(w, attn_mask, true);
+      if (additive_pad.defined()) w = add(w, additive_pad, true);
+      out.w = copy_masked(w, {keys}, -kInf);
+      out.v = v;
+      if (step) out.w = squeeze(out.w, one_step);
+      return out;
+    }
+    if (attn_mask.defined()) e = add(e, attn_mask, true);
+    if (additive_pad.defined()) e = add(e, additive_pad, true);
+    if (position_bias.defined()) {
+      Tensor pb = position_bias;
+      if (grep_linear) {
+        // gate = a * (b * grep_a - 1) + 2 from the raw q projection, per (batch, query, head).
+        Tensor g = split_dims((*grep_linear)(qr), grep, {grep_pair, grep_four});
+        g = sigmoid(reduce_sum(g, {grep_four}));
+        auto [as, ad] = slice(g, grep_pair, 0, 1);
+        auto [bs, bd] = slice(g, grep_pair, 1, 2);
+        Tensor a = squeeze(as, ad), b = squeeze(bs, bd);
+        Tensor ga = squeeze(squeeze(squeeze(*grep_a, a_1), a_2), a_3);
+        Tensor gate = mul(a, mul(b, ga, true) - 1.0, true) + 2.0;
+        // Laid out as the energies' leading Dims, so the product streams in their order.
+        Dims order;
+        for (const Dim& d : e.dims())
+          if (gate.has_dim(d)) order.push_back(d);
+        pb = mul(gate.transpose_to(order), pb, true);
+      }
+      e = add(e, pb, true);
+    }
+    Tensor w = softmax(e, keys);
+    if (need_weights) out.weights = in.need_head_weights ? w : reduce_mean(w, {heads});
+    if (dropout_active) w = dropout(w, o.dropout, *in.gen, true);
+    ctx = matmul(w, v, {keys});
+  }
+  Tensor attn = out_proj(merge_dims(ctx, {heads, head_dim}, proj).first);
+
+  // A query row that sees no key: zero weights (the softmax's rule) and a zero output row.
+  {
+    Tensor visible = sequence_mask({keys});
+    if (attn_mask.defined()) visible = logical_and(visible.to(dev), (attn_mask > -kInf), true);
+    if (additive_pad.defined()) visible = logical_and(visible.to(dev), (additive_pad > -kInf), true);
+    Dims over;
+    for (const Dim& d : visible.dims())
+      if (d == keys) over.push_back(d);
+    if (!over.empty()) {
+      Tensor alive = reduce_any(visible.to(dev), over);
+      attn = where(alive, attn, 0.0, true);
+    }
+  }
+  if (step) {
+    attn = squeeze(attn, one_step);
+    if (out.weights.defined()) out.weights = squeeze(out.weights, one_step);
+  }
+  out.attn = attn;
+  return out;
+}
+
+std::string MultiheadAttention::extra_repr() const {
+  const Options& o = options;
+  std::string s = "embed=" + embed.str() + ", heads=" + std::to_string(heads.size());
+  if (kdim != embed) s += ", kdim=" + kdim.str();
+  if (vdim != embed) s += ", vdim=" + vdim.str();
+  if (o.self_attention) s += ", self_attention";
+  if (o.encoder_decoder_attention) s += ", encoder_decoder_attention";
+  if (o.add_bias_kv) s += ", add_bias_kv";
+  if (o.add_zero_attn) s += ", add_zero_attn";
+  if (o.has_relative_attention_bias)
+    s += ", relative bias (" + std::to_string(o.num_buckets) + " buckets, max_distance " + std::to_string(o.max_distance) + ")";
+  if (o.gru_rel_pos) s += ", gru_rel_pos";
+  if (o.dropout > 0) s += ", dropout=" + std::to_string(o.dropout);
+  if (o.q_noise > 0) s += ", q_noise=" + std::to_string(o.q_noise);
+  return s;
+}
+
+}  // namespace dimx::nn::beats
