@@ -193,6 +193,36 @@ int main(int argc, char** argv) {
     rows.push_back({"dot_attention causal " + t2, median_ms(n, dev, [&] { nn::dot_attention(q, k, v, d, time, o); })});
   }
 
+  // BEATs' attention with the T5 relative bias and the GRU gate (as in a BEATs encoder layer:
+  // self-attention, need_weights = false), forward and forward + backward (d input and every
+  // parameter), against the PyTorch reference module written from the spec.
+  {
+    Generator g2(1);
+    nn::beats::Options o;
+    o.self_attention = true;
+    o.has_relative_attention_bias = true;
+    o.num_buckets = 320;
+    o.max_distance = 800;
+    o.gru_rel_pos = true;
+    nn::beats::MultiheadAttention beats(model, c.H, g2, o);
+    nn::eval(beats);
+    nn::to(beats, dev);
+    nn::beats::Inputs in;
+    in.need_weights = false;
+    Tensor r = random_normal({batch, time, model}, g2).to(dev);
+    rows.push_back({"BEATs relbias+gru fwd " + tag, median_ms(n, dev, [&] { beats(x, time, in); })});
+    std::vector<Tensor> leaves;
+    for (auto& [name, t] : nn::named_parameters(beats)) leaves.push_back(*t);
+    rows.push_back({"BEATs relbias+gru fwd+bwd " + tag, median_ms(n, dev, [&] {
+                      EnableGradGuard on;
+                      Tensor xg = x.with_requires_grad();
+                      std::vector<Tensor> wrt = leaves;
+                      wrt.push_back(xg);
+                      Tensor loss = reduce_sum(beats(xg, time, in).attn * r, {batch, time, model});
+                      grad(loss, wrt);
+                    })});
+  }
+
   std::map<std::string, double> peer = bench::run_peer(peer_script, device);
   // Forward FLOPs: qkv and output projections plus the two attention contractions.
   const double flops = 2.0 * c.B * c.T * c.E * 4 * c.E + 4.0 * c.B * c.T * c.T * c.E;

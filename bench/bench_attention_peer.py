@@ -7,10 +7,17 @@ Prints "case<TAB>median ms" per line; the last two cases time the attention alon
 need_weights=False (torch's fastest path, its fused native attention where it applies).
 CUDA: float32 without TF32, timed with CUDA events.
 """
+import os
 import sys
 import time
 
 import torch
+
+# The BEATs reference module (written from the spec) sits beside this script in the build
+# folder, or in tests/reference of the source tree.
+HERE = os.path.dirname(os.path.abspath(__file__))
+for p in (HERE, os.path.join(HERE, "..", "tests", "reference")):
+    sys.path.insert(0, p)
 
 
 def median_ms(fn, reps, cuda):
@@ -46,6 +53,31 @@ def case(name, b, t, e, h, dev, reps, lengths=None, causal=False):
     print(f"{name}\t{ms}", flush=True)
 
 
+def beats_cases(b, t, e, h, dev, reps, tag):
+    """BEATs' attention with relative bias (320 buckets, max distance 800) and the GRU gate,
+    self-attention, need_weights=False: forward (inference mode) and forward + backward
+    (gradients of the input and every parameter)."""
+    try:
+        from beats_reference import MultiheadAttention
+    except ImportError:
+        return
+    m = MultiheadAttention(e, h, self_attention=True, has_relative_attention_bias=True, num_buckets=320,
+                           max_distance=800, gru_rel_pos=True).to(dev).eval()
+    x = torch.randn(t, b, e, device=dev)
+    r = torch.randn(t, b, e, device=dev)
+    with torch.inference_mode():
+        ms = median_ms(lambda: m(x, x, x, need_weights=False), reps, dev == "cuda")
+    print(f"BEATs relbias+gru fwd {tag}\t{ms}", flush=True)
+    params = list(m.parameters())
+
+    def step():
+        xg = x.detach().requires_grad_()
+        out = m(xg, xg, xg, need_weights=False)[0]
+        torch.autograd.grad((out * r).sum(), [xg] + params)
+
+    print(f"BEATs relbias+gru fwd+bwd {tag}\t{median_ms(step, reps, dev == 'cuda')}", flush=True)
+
+
 def main():
     torch.manual_seed(0)
     dev = sys.argv[1] if len(sys.argv) > 1 else "cpu"
@@ -61,6 +93,7 @@ def main():
     case(f"SelfAttention {tag}", b, t, e, h, dev, reps)
     case(f"SelfAttention padded {tag}", b, t, e, h, dev, reps, lengths=lengths)
     case(f"CausalSelfAttention {tag}", b, t, e, h, dev, reps, causal=True)
+    beats_cases(b, t, e, h, dev, reps, tag)
     d = e // h
     for causal in (False, True) if hasattr(torch.nn.functional, "scaled_dot_product_attention") else ():
         q, k, v = (torch.randn(b, h, t, d, device=dev) for _ in range(3))

@@ -21,6 +21,8 @@ const AutogradMeta* meta_of(const Tensor& t) { return t.defined() ? t.impl().aut
 bool grad_enabled() { return t_grad_enabled; }
 NoGradGuard::NoGradGuard() : prev_(t_grad_enabled) { t_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { t_grad_enabled = prev_; }
+EnableGradGuard::EnableGradGuard() : prev_(t_grad_enabled) { t_grad_enabled = true; }
+EnableGradGuard::~EnableGradGuard() { t_grad_enabled = prev_; }
 
 Node::~Node() {
   // Nodes whose last owner goes away here are parked on a per-thread list and destroyed by

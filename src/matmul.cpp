@@ -71,12 +71,18 @@ Tensor matmul(const Tensor& a0, const Tensor& b0, const Dims& reduce, bool use_m
 
   // Padded frames of a contracted Dim are selected out of both operands (0 * NaN would be
   // NaN): their content never reaches the result or the gradients.
+  // The same for padded Dims that stay but whose sequences are summed over (time, with
+  // lengths over batch, when batch is contracted).
   Tensor a = a0, b = b0;
-  if (use_mask)
-    for (const Dim& d : reduce) {
-      a = zero_padding(a, d);
-      b = zero_padding(b, d);
+  if (use_mask) {
+    Dims masked = reduce;
+    for (const Dim& d : union_dims(padded_across(a0, reduce), padded_across(b0, reduce)))
+      if (!contains(masked, d)) masked.push_back(d);
+    for (const Dim& d : masked) {
+      if (a.has_dim(d) || contains(reduce, d)) a = zero_padding(a, d);
+      if (b.has_dim(d) || contains(reduce, d)) b = zero_padding(b, d);
     }
+  }
 
   if (needs_grad({&a, &b})) {
     // Record on the masked operands: their own nodes carry the gradient back to a0 and b0.

@@ -25,14 +25,28 @@ Tensor zero_padding(const Tensor& t, const Dim& d) {
   return t.sparse_dim() && is_integer(r.dtype()) ? r.with_sparse_dim(t.sparse_dim()) : r;
 }
 
+Dims padded_across(const Tensor& x, const Dims& dims) {
+  Dims out;
+  for (const Dim& d : x.dims()) {
+    if (!d.is_padded() || contains(dims, d) || !contains_all(x.dims(), d.lengths().dims())) continue;
+    for (const Dim& l : d.lengths().dims())
+      if (contains(dims, l)) {
+        out.push_back(d);
+        break;
+      }
+  }
+  return out;
+}
+
 Tensor sum_over(const Tensor& g, const Dims& dims) {
   if (dims.empty()) return g;
-  Dims masked, plain;
+  // A padded Dim whose lengths g lacks cannot be masked here (g has no sequences for it).
+  Dims unmaskable, rest;
   for (const Dim& d : dims)
-    (d.is_padded() && contains_all(g.dims(), d.lengths().dims()) ? masked : plain).push_back(d);
+    (d.is_padded() && !contains_all(g.dims(), d.lengths().dims()) ? unmaskable : rest).push_back(d);
   Tensor r = g;
-  if (!masked.empty()) r = reduce(r, ReduceOp::sum, masked, /*use_mask=*/true);
-  if (!plain.empty()) r = reduce(r, ReduceOp::sum, plain, /*use_mask=*/false);
+  if (!rest.empty()) r = reduce(r, ReduceOp::sum, rest, /*use_mask=*/true);
+  if (!unmaskable.empty()) r = reduce(r, ReduceOp::sum, unmaskable, /*use_mask=*/false);
   return r;
 }
 

@@ -13,9 +13,13 @@ namespace dimx {
 // broadcast: frames some query can see are data.
 Tensor zero_padding(const Tensor& t, const Dim& d);
 
-// The sum of g over `dims`, leaving out the padded frames of each dynamic Dim whose lengths'
-// Dims g has (the gradient of a broadcast: padded frames contribute nothing to a tensor
-// that lacks their Dim).
+// The padded Dims of x that stay when `dims` are summed away but whose lengths live on some
+// of `dims` (time, with lengths over batch, when summing over batch): a reduction or
+// contraction over `dims` must leave their padded frames out too.
+Dims padded_across(const Tensor& x, const Dims& dims);
+
+// The sum of g over `dims`, leaving out padded frames (the gradient of a broadcast: padded
+// frames contribute nothing to a tensor that lacks their Dim, or their sequence).
 Tensor sum_over(const Tensor& g, const Dims& dims);
 
 }  // namespace dimx

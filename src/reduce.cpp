@@ -5,6 +5,8 @@
 #include "autograd.h"
 #include "backend.h"
 #include "block.h"
+#include "padding.h"
+#include "reduce_math.h"
 #include "tensor_impl.h"
 
 namespace dimx {
@@ -62,11 +64,38 @@ Tensor arg_reduce(bool is_max, const Tensor& x0, const Dim& axis, bool use_mask)
   return y.with_sparse_dim(axis);
 }
 
+// The dynamic Dims whose padded frames a masked reduction over `dims` leaves out: the
+// reduced ones, and those that stay but whose sequences are reduced over (padded_across).
+Dims masked_dims(const Tensor& x, const Dims& dims, bool use_mask) {
+  Dims dyn;
+  if (!use_mask) return dyn;
+  for (const Dim& d : dims)
+    if (d.is_dynamic()) dyn.push_back(d);
+  for (const Dim& d : padded_across(x, dims)) dyn.push_back(d);
+  return dyn;
+}
+
+// x with the padded frames of `across` (Dims that stay) set to op's identity, so reducing
+// over their sequences leaves them out.
+Tensor mask_across(const Tensor& x, ReduceOp op, const Dims& across) {
+  if (across.empty()) return x;
+  const Tensor valid = sequence_mask(across).to(x.device());
+  const ReduceOp id_op = op == ReduceOp::logsumexp ? ReduceOp::max : op;
+  Tensor id;
+  switch (x.dtype()) {
+    case DType::f32: id = Tensor::from_vector<float>({}, std::vector<float>{reduce_math::identity<float>(id_op)}); break;
+    case DType::f64: id = Tensor::from_vector<double>({}, std::vector<double>{reduce_math::identity<double>(id_op)}); break;
+    case DType::i32: id = Tensor::from_vector<int32_t>({}, std::vector<int32_t>{reduce_math::identity<int32_t>(id_op)}); break;
+    case DType::i64: id = Tensor::from_vector<int64_t>({}, std::vector<int64_t>{reduce_math::identity<int64_t>(id_op)}); break;
+    case DType::boolean: id = Tensor::scalar(id_op == ReduceOp::all ? 1 : 0, DType::boolean); break;
+    default: fail(std::string(reduce_name(op)) + ": dtype not supported for x = " + x.str());
+  }
+  return where(valid, x, id.to(x.device()), true);
+}
+
 // Number of valid frames over `dims` for each remaining position (a small tensor).
 Tensor valid_count(const Tensor& x, const Dims& dims, bool use_mask) {
-  Dims dyn;
-  for (const Dim& d : dims)
-    if (use_mask && d.is_dynamic()) dyn.push_back(d);
+  const Dims dyn = masked_dims(x, dims, use_mask);
   // Counted from the mask, so Dims whose lengths depend on each other (a causal key Dim
   // indexed by the query) are counted right.
   Tensor mask = broadcast_to_include(sequence_mask(dyn), dyn);
@@ -93,7 +122,7 @@ Tensor reduce_forward(const Tensor& x, ReduceOp op, const Dims& dims, bool use_m
   for (const Dim& d : dims) (use_mask && d.is_dynamic() ? dyn : rest).push_back(d);
   // One masked pass per dynamic Dim; a Dim whose lengths are indexed by another reduced Dim
   // (causal key by query) goes before that Dim.
-  Tensor cur = x;
+  Tensor cur = use_mask ? mask_across(x, op, padded_across(x, dims)) : x;
   while (!dyn.empty()) {
     size_t pick = 0;
     for (size_t i = 0; i < dyn.size(); ++i) {
@@ -113,9 +142,7 @@ Tensor reduce_forward(const Tensor& x, ReduceOp op, const Dims& dims, bool use_m
 
 std::vector<Tensor> reduce_backward(ReduceOp op, const Tensor& x, const Dims& dims, bool use_mask, const Tensor& y,
                                     const Tensor& g) {
-  Dims dyn;
-  for (const Dim& d : dims)
-    if (use_mask && d.is_dynamic()) dyn.push_back(d);
+  const Dims dyn = masked_dims(x, dims, use_mask);
   Tensor valid = dyn.empty() ? Tensor() : sequence_mask(dyn).to(x.device());
   Tensor zero = Tensor::scalar(0, x.dtype()).to(x.device());
   auto masked = [&](const Tensor& t) { return valid.defined() ? where(valid, t, zero, true) : t; };

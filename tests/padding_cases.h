@@ -6,6 +6,7 @@
 // table on the CPU, test_gpu on cuda:0.
 #include <dimx/autograd.h>
 #include <dimx/nn.h>
+#include <dimx/nn/beats.h>
 #include <dimx/nn/rwkv.h>
 
 #include <functional>
@@ -156,6 +157,39 @@ inline std::vector<PaddingCase> padding_cases() {
     Tensor x = padded_input(p, dev, pad);
     auto [y, st] = m(x, p.time, m.default_initial_state({p.batch}));
     return padded_outputs(m, x, y, p.time, {p.batch, p.time, vt});
+  });
+  add("beats::MultiheadAttention (self, relative bias, gate, extra keys)", [](Device dev, double pad) {
+    PaddedBatch p;
+    Generator gen(9);
+    nn::beats::Options o;
+    o.self_attention = true;
+    o.has_relative_attention_bias = true;
+    o.num_buckets = 12;
+    o.max_distance = 16;
+    o.gru_rel_pos = true;
+    o.add_bias_kv = true;
+    o.add_zero_attn = true;
+    nn::beats::MultiheadAttention m(p.feat, 2, gen, o);
+    nn::to(m, dev);
+    Tensor x = padded_input(p, dev, pad);
+    return padded_outputs(m, x, m(x, p.time).attn, p.time, {p.batch, p.time, p.feat});
+  });
+  add("beats::MultiheadAttention (cross, padded encoder frames)", [](Device dev, double pad) {
+    PaddedBatch p;
+    Generator gen(10);
+    Dim kd(6, "kdim"), vd(5, "vdim");
+    Dim etime = dynamic_dim(p.batch, {3, 1, 4}, "enc_time");
+    nn::beats::Options o;
+    o.kdim = kd;
+    o.vdim = vd;
+    nn::beats::MultiheadAttention m(p.feat, 2, gen, o);
+    nn::to(m, dev);
+    nn::beats::Inputs in;
+    in.key = where(sequence_mask({etime}).to(dev), random_tensor({p.batch, etime, kd}, 13).to(dev), pad, true);
+    in.value = where(sequence_mask({etime}).to(dev), random_tensor({p.batch, etime, vd}, 14).to(dev), pad, true);
+    in.key_axis = etime;
+    Tensor x = padded_input(p, dev, pad);
+    return padded_outputs(m, x, m(x, p.time, in).attn, p.time, {p.batch, p.time, p.feat});
   });
   add("rwkv::SelfAttention", [](Device dev, double pad) {
     PaddedBatch p;

@@ -90,9 +90,17 @@ inline void check_padded_contraction(dimx::Device dev) {
     Tensor y = matmul(a, b, {time});
     Tensor z = reduce_sum(matmul(a, w, {feat}) * b, {time, batch});
     Tensor s = matmul(softmax(reduce_sum(a, {feat}), time), b, {time});
-    Tensor loss = reduce_sum(y * y, y.dims()) + reduce_sum(z, z.dims()) + reduce_sum(s, s.dims());
+    // Sequences summed over while time stays: the padded frames of shorter sequences are left
+    // out (a mean over batch divides by the sequences that have the frame).
+    Tensor u = matmul(a, b, {batch});
+    Tensor mean = reduce_mean(a, {batch});
+    // (Summing u over time gains batch: time's lengths live there.)
+    Tensor us = reduce_sum(u, u.dims()), ms = reduce_sum(mean * mean, mean.dims());
+    Tensor loss = reduce_sum(y * y, y.dims()) + reduce_sum(z, z.dims()) + reduce_sum(s, s.dims()) +
+                  reduce_sum(us, us.dims()) + reduce_sum(ms, ms.dims());
     auto g = grad(loss, {a, b, w});
     return std::vector<std::vector<double>>{y.to_vector<double>({batch, feat, out}), loss.to_vector<double>(),
+                                            u.to_vector<double>({time, feat, out}), mean.to_vector<double>({time, feat}),
                                             copy_masked(g[0], {time}).to_vector<double>({batch, time, feat}),
                                             copy_masked(g[1], {time}).to_vector<double>({batch, time, out}),
                                             g[2].to_vector<double>({feat, out})};
@@ -106,6 +114,13 @@ inline void check_padded_contraction(dimx::Device dev) {
       CHECK_VEC_APPROX(got[i], want[i], 1e-5, 1e-5);
     }
   }
+  // The mean over batch at frame t divides by the sequences that have it: t = 3 exists only
+  // in sequence 0 (lengths 5, 2, 0).
+  Tensor ones = where(valid, Tensor::ones({batch, time}).to(dev), 7.0, true);
+  CHECK(reduce_mean(ones, {batch}).to_vector<float>() == std::vector<float>{1, 1, 1, 1, 1});
+  CHECK(reduce_sum(ones, {batch}).to_vector<float>() == std::vector<float>{2, 2, 1, 1, 1});
+  CHECK(reduce_max(where(valid, Tensor::zeros({batch, time}).to(dev), 9.0, true), {batch}).to_vector<float>() ==
+        std::vector<float>(5, 0.0f));
 }
 
 // Attention through both paths (fused and unfused) with garbage in padded keys and queries.

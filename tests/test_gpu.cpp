@@ -568,6 +568,49 @@ TEST_CASE("gpu: wkv on a padded batch and the rwkv module match the CPU", "[gpu]
   }, 1e-4, 1e-5);
 }
 
+TEST_CASE("gpu: beats::MultiheadAttention and its gradients match the CPU", "[gpu][beats]") {
+  Dims3 d;
+  Dim src = dynamic_dim(d.batch, {4, 1, 3}, "src"), kd(6, "kdim"), vd(5, "vdim");
+  Generator gen(21);
+  for (int variant = 0; variant < 3; ++variant) {
+    nn::beats::Options o;
+    if (variant == 0) {  // self-attention with relative bias, gate and extra keys
+      o.self_attention = true;
+      o.has_relative_attention_bias = true;
+      o.num_buckets = 12;
+      o.max_distance = 16;
+      o.gru_rel_pos = true;
+      o.add_bias_kv = true;
+      o.add_zero_attn = true;
+    } else {  // cross-attention; variant 2 on the fused path (no weights, no bias)
+      o.kdim = kd;
+      o.vdim = vd;
+    }
+    nn::beats::MultiheadAttention cpu_m(d.feat, variant == 0 ? 7 : 1, gen, o), gpu_m = cpu_m;
+    nn::to(gpu_m, kGpu);
+    consistent("beats variant " + std::to_string(variant), [&](Device dev) {
+      nn::beats::MultiheadAttention& m = dev == kGpu ? gpu_m : cpu_m;
+      Tensor x = input({d.batch, d.time, d.feat}, 160, dev);
+      nn::beats::Inputs in;
+      in.need_weights = variant != 2;
+      if (variant > 0) {
+        in.key = input({d.batch, src, kd}, 161, dev);
+        in.value = input({d.batch, src, vd}, 162, dev);
+        in.key_axis = src;
+      }
+      nn::beats::Output out = m(x, d.time, in);
+      Tensor loss = reduce_sum(square(copy_masked(out.attn, {d.time})), {d.batch, d.time, d.feat});
+      std::vector<Tensor> g = grad(loss, {m.q_proj.weight, m.k_proj.weight, m.v_proj.weight, m.out_proj.weight});
+      if (variant == 0) {
+        g.push_back(grad(loss, {m.relative_attention_bias->weight, m.grep_linear->weight, *m.grep_a, *m.bias_k})[0]);
+        g.push_back(out.position_bias);
+      }
+      g.push_back(copy_masked(out.attn, {d.time}));
+      return g;
+    }, 1e-4, 1e-5);
+  }
+}
+
 TEST_CASE("gpu: robustness checks (integer edges, NaN reductions, padding, lengths, states)", "[gpu][robustness]") {
   check_integer_edges<int32_t>(kGpu);
   check_integer_edges<int64_t>(kGpu);

@@ -36,4 +36,16 @@ class NoGradGuard {
   bool prev_;
 };
 
+// Enables recording in its scope (per thread), inside an outer NoGradGuard.
+class EnableGradGuard {
+ public:
+  EnableGradGuard();
+  ~EnableGradGuard();
+  EnableGradGuard(const EnableGradGuard&) = delete;
+  EnableGradGuard& operator=(const EnableGradGuard&) = delete;
+
+ private:
+  bool prev_;
+};
+
 }  // namespace dimx
