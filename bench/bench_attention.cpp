@@ -193,6 +193,27 @@ int main(int argc, char** argv) {
     rows.push_back({"dot_attention causal " + t2, median_ms(n, dev, [&] { nn::dot_attention(q, k, v, d, time, o); })});
   }
 
+  // BEATs' attention without the relative bias: what the bias and gate cost on top.
+  {
+    Generator g2(2);
+    nn::beats::Options o;
+    o.self_attention = true;
+    nn::beats::MultiheadAttention beats(model, c.H, g2, o);
+    nn::eval(beats);
+    nn::to(beats, dev);
+    nn::beats::Inputs in;
+    in.need_weights = false;
+    Tensor r = random_normal({batch, time, model}, g2).to(dev);
+    std::vector<Tensor> leaves;
+    for (auto& [name, t] : nn::named_parameters(beats)) leaves.push_back(*t);
+    rows.push_back({"BEATs no bias fwd+bwd " + tag, median_ms(n, dev, [&] {
+                      EnableGradGuard on;
+                      Tensor xg = x.with_requires_grad();
+                      std::vector<Tensor> wrt = leaves;
+                      wrt.push_back(xg);
+                      grad(reduce_sum(beats(xg, time, in).attn * r, {batch, time, model}), wrt);
+                    })});
+  }
   // BEATs' attention with the T5 relative bias and the GRU gate (as in a BEATs encoder layer:
   // self-attention, need_weights = false), forward and forward + backward (d input and every
   // parameter), against the PyTorch reference module written from the spec.

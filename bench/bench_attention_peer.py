@@ -76,6 +76,15 @@ def beats_cases(b, t, e, h, dev, reps, tag):
         torch.autograd.grad((out * r).sum(), [xg] + params)
 
     print(f"BEATs relbias+gru fwd+bwd {tag}\t{median_ms(step, reps, dev == 'cuda')}", flush=True)
+    plain = MultiheadAttention(e, h, self_attention=True).to(dev).eval()
+    plain_params = list(plain.parameters())
+
+    def plain_step():
+        xg = x.detach().requires_grad_()
+        out = plain(xg, xg, xg, need_weights=False)[0]
+        torch.autograd.grad((out * r).sum(), [xg] + plain_params)
+
+    print(f"BEATs no bias fwd+bwd {tag}\t{median_ms(plain_step, reps, dev == 'cuda')}", flush=True)
 
 
 def main():
