@@ -118,7 +118,7 @@ MultiheadAttention::MultiheadAttention(Dim embed_dim, int64_t num_heads, Generat
     : embed(embed_dim),
       kdim(o.kdim.value_or(embed_dim)),
       vdim(o.encoder_decoder_attention ? o.kdim.value_or(embed_dim) : o.vdim.value_or(embed_dim)),
-      heads(positive_heads(kOp, num_heads), "heads"),
+      heads(o.heads ? *o.heads : Dim(positive_heads(kOp, num_heads), "heads")),
       head_dim(size_per_head(kOp, "embed_dim", embed_dim, num_heads), "head_dim"),
       proj(embed_dim.size(), "proj"),
       buckets(std::max<int64_t>(o.num_buckets, 0), "buckets"),
@@ -127,6 +127,9 @@ MultiheadAttention::MultiheadAttention(Dim embed_dim, int64_t num_heads, Generat
       v_proj(vdim, proj, gen, o.bias, o.dtype),
       q_proj(embed, proj, gen, o.bias, o.dtype),
       out_proj(proj, embed, gen, o.bias, o.dtype) {
+  if (heads.extent() != num_heads || heads.is_dynamic())
+    fail(std::string(kOp) + ": Options::heads '" + heads.str() + "' must be static with num_heads " +
+         std::to_string(num_heads) + " entries");
   const bool same = kdim == embed && vdim == embed;
   if (o.self_attention && !same)
     fail(std::string(kOp) + ": self_attention needs kdim == vdim == embed_dim (the keys are the query's frames), got kdim " +
@@ -274,7 +277,10 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
     } else if (in.static_kv) {
       state_out = State{k, v, new_axis};
     } else {
-      KvHistory h = append_kv(kOp, st, k, v, new_axis, in.causal && o.self_attention);
+      // A single step goes in as one (the history's lengths stay per sequence).
+      KvHistory h = step && new_axis == qaxis
+                        ? append_kv(kOp, st, squeeze(k, qaxis), squeeze(v, qaxis), single_step_dim())
+                        : append_kv(kOp, st, k, v, new_axis, in.causal && o.self_attention);
       k = h.k;
       v = h.v;
       keys = h.keys;
@@ -327,7 +333,9 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
 
   Tensor position_bias = in.position_bias;
   if (position_bias.defined()) {
-    check_has_dim(kOp, position_bias, heads, "position_bias");
+    if (!position_bias.has_dim(heads))
+      fail(std::string(kOp) + ": position_bias " + position_bias.str() + " lacks this module's heads Dim '" + heads.str() +
+           "' (layers that share a position bias share their heads Dim: Options::heads)");
     if (!step) check_has_dim(kOp, position_bias, qaxis, "position_bias");
     position_bias = on_keys(position_bias, "position_bias");
   } else if (relative_attention_bias) {

@@ -51,6 +51,9 @@ Tensor relative_position_bucket(const Tensor& rel, int64_t num_buckets, int64_t 
 
 struct Options {
   std::optional<Dim> kdim, vdim;  // input sizes of key and value (default: embed)
+  // The heads Dim (size num_heads; default: a new one). Layers that pass one position bias
+  // along, as BEATs' encoder does, share it: the bias is over it.
+  std::optional<Dim> heads;
   double dropout = 0;             // on the attention probabilities, training only
   bool bias = true;
   bool add_bias_kv = false;
