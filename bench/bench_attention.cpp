@@ -193,56 +193,37 @@ int main(int argc, char** argv) {
     rows.push_back({"dot_attention causal " + t2, median_ms(n, dev, [&] { nn::dot_attention(q, k, v, d, time, o); })});
   }
 
-  // BEATs' attention without the relative bias: what the bias and gate cost on top.
-  {
-    Generator g2(2);
-    nn::beats::Options o;
-    o.self_attention = true;
-    nn::beats::MultiheadAttention beats(model, c.H, g2, o);
-    nn::eval(beats);
-    nn::to(beats, dev);
-    nn::beats::Inputs in;
-    in.need_weights = false;
-    Tensor r = random_normal({batch, time, model}, g2).to(dev);
-    std::vector<Tensor> leaves;
-    for (auto& [name, t] : nn::named_parameters(beats)) leaves.push_back(*t);
-    rows.push_back({"BEATs no bias fwd+bwd " + tag, median_ms(n, dev, [&] {
-                      EnableGradGuard on;
-                      Tensor xg = x.with_requires_grad();
-                      std::vector<Tensor> wrt = leaves;
-                      wrt.push_back(xg);
-                      grad(reduce_sum(beats(xg, time, in).attn * r, {batch, time, model}), wrt);
-                    })});
-  }
-  // BEATs' attention with the T5 relative bias and the GRU gate (as in a BEATs encoder layer:
-  // self-attention, need_weights = false), forward and forward + backward (d input and every
-  // parameter), against the PyTorch reference module written from the spec.
-  {
+  // BEATs' attention as in a BEATs encoder layer (self-attention, need_weights = false), with
+  // the T5 relative bias and the GRU gate and without them: forward, and forward + backward (d
+  // input and every parameter), against the PyTorch reference module written from the spec.
+  auto beats_rows = [&](bool with_bias, bool forward_row) {
     Generator g2(1);
     nn::beats::Options o;
     o.self_attention = true;
-    o.has_relative_attention_bias = true;
+    o.has_relative_attention_bias = with_bias;
     o.num_buckets = 320;
     o.max_distance = 800;
-    o.gru_rel_pos = true;
+    o.gru_rel_pos = with_bias;
     nn::beats::MultiheadAttention beats(model, c.H, g2, o);
     nn::eval(beats);
     nn::to(beats, dev);
     nn::beats::Inputs in;
     in.need_weights = false;
     Tensor r = random_normal({batch, time, model}, g2).to(dev);
-    rows.push_back({"BEATs relbias+gru fwd " + tag, median_ms(n, dev, [&] { beats(x, time, in); })});
-    std::vector<Tensor> leaves;
-    for (auto& [name, t] : nn::named_parameters(beats)) leaves.push_back(*t);
-    rows.push_back({"BEATs relbias+gru fwd+bwd " + tag, median_ms(n, dev, [&] {
+    const std::string name = std::string("BEATs ") + (with_bias ? "relbias+gru" : "no bias");
+    if (forward_row) rows.push_back({name + " fwd " + tag, median_ms(n, dev, [&] { beats(x, time, in); })});
+    std::vector<Tensor> wrt;
+    for (auto& [pname, t] : nn::named_parameters(beats)) wrt.push_back(*t);
+    rows.push_back({name + " fwd+bwd " + tag, median_ms(n, dev, [&] {
                       EnableGradGuard on;
                       Tensor xg = x.with_requires_grad();
-                      std::vector<Tensor> wrt = leaves;
                       wrt.push_back(xg);
-                      Tensor loss = reduce_sum(beats(xg, time, in).attn * r, {batch, time, model});
-                      grad(loss, wrt);
+                      grad(reduce_sum(beats(xg, time, in).attn * r, {batch, time, model}), wrt);
+                      wrt.pop_back();
                     })});
-  }
+  };
+  beats_rows(false, false);
+  beats_rows(true, true);
 
   std::map<std::string, double> peer = bench::run_peer(peer_script, device);
   // Forward FLOPs: qkv and output projections plus the two attention contractions.

@@ -9,35 +9,16 @@ CUDA: float32 without TF32, timed with CUDA events.
 """
 import os
 import sys
-import time
 
 import torch
+
+from peer_timer import median_ms
 
 # The BEATs reference module (written from the spec) sits beside this script in the build
 # folder, or in tests/reference of the source tree.
 HERE = os.path.dirname(os.path.abspath(__file__))
 for p in (HERE, os.path.join(HERE, "..", "tests", "reference")):
     sys.path.insert(0, p)
-
-
-def median_ms(fn, reps, cuda):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
 
 
 def case(name, b, t, e, h, dev, reps, lengths=None, causal=False):
@@ -68,6 +49,13 @@ def beats_cases(b, t, e, h, dev, reps, tag):
     with torch.inference_mode():
         ms = median_ms(lambda: m(x, x, x, need_weights=False), reps, dev == "cuda")
     print(f"BEATs relbias+gru fwd {tag}\t{ms}", flush=True)
+    print(f"BEATs relbias+gru fwd+bwd {tag}\t{train_ms(m, x, r, reps, dev)}", flush=True)
+    plain = MultiheadAttention(e, h, self_attention=True).to(dev).eval()
+    print(f"BEATs no bias fwd+bwd {tag}\t{train_ms(plain, x, r, reps, dev)}", flush=True)
+
+
+def train_ms(m, x, r, reps, dev):
+    """Forward and backward: the gradients of sum(attn * r) for the input and every parameter."""
     params = list(m.parameters())
 
     def step():
@@ -75,16 +63,7 @@ def beats_cases(b, t, e, h, dev, reps, tag):
         out = m(xg, xg, xg, need_weights=False)[0]
         torch.autograd.grad((out * r).sum(), [xg] + params)
 
-    print(f"BEATs relbias+gru fwd+bwd {tag}\t{median_ms(step, reps, dev == 'cuda')}", flush=True)
-    plain = MultiheadAttention(e, h, self_attention=True).to(dev).eval()
-    plain_params = list(plain.parameters())
-
-    def plain_step():
-        xg = x.detach().requires_grad_()
-        out = plain(xg, xg, xg, need_weights=False)[0]
-        torch.autograd.grad((out * r).sum(), [xg] + plain_params)
-
-    print(f"BEATs no bias fwd+bwd {tag}\t{median_ms(plain_step, reps, dev == 'cuda')}", flush=True)
+    return median_ms(step, reps, dev == "cuda")
 
 
 def main():

@@ -27,6 +27,8 @@ import time
 
 import torch
 
+from peer_timer import median_ms
+
 
 class DampedEMA(torch.nn.Module):
     """The parameters and full-sequence forward of MultiHeadDampedEMA (the original's ops)."""
@@ -74,28 +76,6 @@ def check(device):
         ref = torch.relu(y.permute(2, 0, 1) + x.double().cpu() * m.residual_weight.double().cpu())
     err = (out - ref).abs().max().item()
     assert err < 1e-4, f"FFT path check failed: {err}"
-
-
-def median_ms(fn, reps, cuda):
-    for _ in range(3):
-        fn()
-    if cuda:
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
 
 
 def main():

@@ -5,21 +5,7 @@ with its own cases by name.
 """
 import torch
 
-
-def median_ms(fn, reps):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    return times[len(times) // 2]
+from peer_timer import median_ms
 
 
 def main():
@@ -30,20 +16,20 @@ def main():
         b = torch.randn(n, n, device=dev)
         for tf32 in (False, True):
             torch.backends.cuda.matmul.allow_tf32 = tf32
-            ms = median_ms(lambda: a @ b, 10 if n == 8192 else 30)
+            ms = median_ms(lambda: a @ b, 10 if n == 8192 else 30, True)
             print(f"matmul {n}^3 {'tf32' if tf32 else 'f32'}\t{ms}")
         torch.backends.cuda.matmul.allow_tf32 = False
         ah, bh = a.bfloat16(), b.bfloat16()
-        print(f"matmul {n}^3 bf16\t{median_ms(lambda: ah @ bh, 20 if n == 8192 else 50)}")
+        print(f"matmul {n}^3 bf16\t{median_ms(lambda: ah @ bh, 20 if n == 8192 else 50, True)}")
     torch.backends.cuda.matmul.allow_tf32 = False
     a = torch.rand(256 << 20, device=dev)
     b = torch.rand(256 << 20, device=dev)
-    print(f"add 256M f32\t{median_ms(lambda: a + b, 20)}")
+    print(f"add 256M f32\t{median_ms(lambda: a + b, 20, True)}")
     x = torch.randn(64, 1024, 1024, device=dev)
-    print(f"softmax {{64,1024,1024}}\t{median_ms(lambda: torch.softmax(x, -1), 30)}")
+    print(f"softmax {{64,1024,1024}}\t{median_ms(lambda: torch.softmax(x, -1), 30, True)}")
     lens = torch.tensor([512 + 8 * i for i in range(64)], device=dev)
     mask = (torch.arange(1024, device=dev)[None, :] < lens[:, None])[:, :, None]
-    print(f"masked reduce_sum over time {{64,<=1024,1024}}\t{median_ms(lambda: (x * mask).sum(1), 30)}")
+    print(f"masked reduce_sum over time {{64,<=1024,1024}}\t{median_ms(lambda: (x * mask).sum(1), 30, True)}")
 
 
 if __name__ == "__main__":
