@@ -64,6 +64,29 @@ KeyPadding key_padding(const char* op, const Tensor& mask, const Dim& axis, DTyp
   return {Dim(lengths, axis.name()), Tensor()};
 }
 
+Tensor onto_keys(const char* op, const char* what, Tensor t, const Dim& keys, const Dims& known, int64_t full_extent) {
+  if (!t.defined()) return t;
+  Dim from = keys;
+  for (const Dim& d : t.dims())
+    if (d != keys && !contains(known, d)) from = d;
+  if (from != keys && from.extent() == full_extent && keys.extent() < full_extent) {
+    auto [ts, td] = slice(t, from, 0, keys.extent());
+    t = ts;
+    from = td;
+  }
+  if (from != keys) {
+    if (from.extent() != keys.extent())
+      fail(std::string(op) + ": " + what + " " + t.str() + " has key Dim '" + from.str() + "', but the keys are '" +
+           keys.str() + "'");
+    t = replace_dim(t, from, keys).first;
+  }
+  for (const Dim& d : t.dims())
+    if (d != keys && !contains(known, d))
+      fail(std::string(op) + ": " + what + " " + t.str() + " has a Dim '" + d.str() + "' that is not among " +
+           dims_str(known) + " and the keys '" + keys.str() + "'");
+  return t;
+}
+
 Tensor to_key_axis(const Tensor& t, const Dim& from, const Dim& to) {
   if (!t.defined() || !t.has_dim(from) || from == to) return t;
   return slice(t, from, 0, to.extent(), 1, to).first;

@@ -28,6 +28,11 @@ struct KeyPadding {
 KeyPadding key_padding(const char* op, const Tensor& mask, const Dim& axis, DType dtype);
 // t over `from` moved to `to` (the first to.extent() frames; t itself if it lacks `from`).
 Tensor to_key_axis(const Tensor& t, const Dim& from, const Dim& to);
+// A tensor a user gives for the scores (an additive mask, a position bias) moved onto the
+// keys' Dim: its one Dim outside `known` (the query's Dims, heads) is read as the key Dim and
+// must have the keys' extent, or `full_extent` when the keys were cut to their lengths (the
+// cut frames are padding). Any other Dim is an error naming `what`.
+Tensor onto_keys(const char* op, const char* what, Tensor t, const Dim& keys, const Dims& known, int64_t full_extent);
 
 // q, k, v of the fused projection h {..., heads, per_head}: per head (dk, dk, dv) frames.
 std::array<Tensor, 3> split_qkv(const Tensor& h, const Dim& per_head, const Dim& dk, const Dim& dv);

@@ -298,37 +298,18 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
   }
 
   // ---- additive terms over {query, keys}: attn_mask, the padding term, the position bias
-  auto on_keys = [&](Tensor t, const char* what) {
-    if (!t.defined()) return t;
-    if (step && t.has_dim(query_axis)) fail(std::string(kOp) + ": " + what + " has the single-step Dim");
-    Dim from = keys;
-    for (const Dim& d : t.dims())
-      if (d != qaxis && d != heads && !query.has_dim(d) && d != keys) from = d;
-    if (from != keys && from.extent() == unpadded_extent && keys.extent() < unpadded_extent) {
-      // Given over the keys before the padding mask shortened them: the dropped frames are padding.
-      auto [ts, td] = slice(t, from, 0, keys.extent());
-      t = ts;
-      from = td;
-    }
-    if (from != keys) {
-      if (from.extent() != keys.extent())
-        fail(std::string(kOp) + ": " + what + " " + t.str() + " has key Dim '" + from.str() + "', but the keys are '" +
-             keys.str() + "'");
-      t = replace_dim(t, from, keys).first;
-    }
-    for (const Dim& d : t.dims())
-      if (d != qaxis && d != heads && d != keys && !query.has_dim(d))
-        fail(std::string(kOp) + ": " + what + " " + t.str() + " has a Dim '" + d.str() + "' that is not among the query's " +
-             dims_str(query.dims()) + ", heads and the keys '" + keys.str() + "'");
-    return t;
+  auto on_keys = [&](const Tensor& t, const char* what) {
+    if (step && t.defined() && t.has_dim(query_axis)) fail(std::string(kOp) + ": " + what + " has the single-step Dim");
+    return onto_keys(kOp, what, t, keys, union_dims(query.dims(), {heads}), unpadded_extent);
   };
-  Tensor attn_mask = in.attn_mask;
-  if (attn_mask.defined()) {
-    if (attn_mask.dtype() == DType::boolean) attn_mask = where(attn_mask, -kInf, Tensor::scalar(0, query.dtype()).to(dev));
-    if (attn_mask.dtype() != query.dtype())
-      fail(std::string(kOp) + ": attn_mask " + attn_mask.str() + " must be bool or the query's dtype");
-    attn_mask = on_keys(attn_mask, "attn_mask");
-  }
+  auto additive_mask = [&](const Tensor& m) {
+    if (!m.defined()) return m;
+    Tensor t = m.dtype() == DType::boolean ? where(m, -kInf, Tensor::scalar(0, query.dtype()).to(dev)) : m;
+    if (t.dtype() != query.dtype())
+      fail(std::string(kOp) + ": attn_mask " + m.str() + " must be bool or the query's dtype");
+    return on_keys(t, "attn_mask");
+  };
+  Tensor attn_mask = additive_mask(in.attn_mask);
   if (additive_pad.defined()) additive_pad = on_keys(additive_pad, "key_padding_mask");
 
   Tensor position_bias = in.position_bias;

@@ -11,9 +11,11 @@
 //     Block(Dim f, Generator& gen) : feature(f), norm(f), ffn(f, f, gen) {}
 //   };
 //
-// The reflected members may be: Tensor (a parameter), a module (any struct deriving from
-// Module and/or reflected with BOOST_HANA_DEFINE_STRUCT), and std::optional, std::vector or
-// std::array of these, nested. Anything else in the reflected list is a compile error.
+// The reflected members may be: Tensor (a parameter, or a buffer if it does not require
+// grad), a module (any struct deriving from Module and/or reflected with
+// BOOST_HANA_DEFINE_STRUCT), and std::optional, std::vector, std::array or std::variant of
+// these, nested (a variant is named as its active alternative: the member's name, no index).
+// Anything else in the reflected list is a compile error.
 // Members declared outside the macro are invisible to the functions below.
 //
 // Names follow PyTorch's state_dict: member names joined by '.', vector/array elements by
@@ -21,7 +23,8 @@
 // Tensor handle (tied weights) is listed once, under its first name.
 //
 // Functions (all recursive, no registration code needed):
-//   named_parameters(m)      [(name, Tensor*)] in declaration order
+//   named_tensors(m)         [(name, Tensor*)] in declaration order: parameters and buffers
+//   named_parameters(m)      the same for the tensors that require grad (the parameters)
 //   parameters(m)            [Tensor*]
 //   num_parameters(m)        total number of elements
 //   train(m, on) / eval(m)   set Module::training on m and every submodule
@@ -64,6 +67,7 @@
 #include <typeinfo>
 #include <unordered_set>
 #include <utility>
+#include <variant>
 #include <vector>
 
 namespace dimx::nn {
@@ -84,6 +88,11 @@ template <class T>
 struct is_vector : std::false_type {};
 template <class T, class A>
 struct is_vector<std::vector<T, A>> : std::true_type {};
+
+template <class T>
+struct is_variant : std::false_type {};
+template <class... T>
+struct is_variant<std::variant<T...>> : std::true_type {};
 
 template <class T>
 struct is_array : std::false_type {};
@@ -114,6 +123,8 @@ void visit(T& x, const std::string& name, int depth, OnTensor&& on_tensor, OnMod
     if (x.defined()) on_tensor(name, x);
   } else if constexpr (is_optional<U>::value) {
     if (x.has_value()) visit(*x, name, depth, on_tensor, on_module, after_module);
+  } else if constexpr (is_variant<U>::value) {
+    std::visit([&](auto& alt) { visit(alt, name, depth, on_tensor, on_module, after_module); }, x);
   } else if constexpr (is_vector<U>::value || is_array<U>::value) {
     for (size_t i = 0; i < x.size(); ++i)
       visit(x[i], join(name, std::to_string(i)), depth, on_tensor, on_module, after_module);
@@ -163,10 +174,12 @@ void save_state_tensors(const std::string& path, const std::vector<std::pair<std
 
 }  // namespace detail
 
-// (name, parameter) in declaration order; copies of one Tensor handle appear once (first name)
-// unless remove_duplicate is false. Pointers stay valid while the module is not resized.
+// (name, tensor) for every reflected tensor in declaration order: the parameters and the
+// buffers (tensors that do not require grad, such as a constant table a checkpoint carries).
+// Copies of one Tensor handle appear once (first name) unless remove_duplicate is false.
+// Pointers stay valid while the module is not resized. save_state, load_state and to use it.
 template <class M>
-auto named_parameters(M& m, bool remove_duplicate = true) {
+auto named_tensors(M& m, bool remove_duplicate = true) {
   using Ptr = std::conditional_t<std::is_const_v<M>, const Tensor*, Tensor*>;
   std::vector<std::pair<std::string, Ptr>> out;
   std::unordered_set<const void*> seen;
@@ -176,6 +189,17 @@ auto named_parameters(M& m, bool remove_duplicate = true) {
         if (!remove_duplicate || seen.insert(t.impl_ptr().get()).second) out.emplace_back(name, &t);
       },
       detail::Ignore{}, detail::Ignore{});
+  return out;
+}
+
+// (name, parameter): the tensors that require grad (what an optimizer updates), in
+// declaration order, each once unless remove_duplicate is false.
+template <class M>
+auto named_parameters(M& m, bool remove_duplicate = true) {
+  auto all = named_tensors(m, remove_duplicate);
+  decltype(all) out;
+  for (auto& e : all)
+    if (e.second->requires_grad()) out.push_back(e);
   return out;
 }
 
@@ -212,7 +236,7 @@ void train(M& m, bool on = true) {
 template <class M>
 void to(M& m, Device device) {
   std::map<const void*, Tensor> moved;
-  for (auto& [name, p] : named_parameters(m, /*remove_duplicate=*/false)) {
+  for (auto& [name, p] : named_tensors(m, /*remove_duplicate=*/false)) {
     const void* key = p->impl_ptr().get();
     auto it = moved.find(key);
     if (it == moved.end())
@@ -295,7 +319,7 @@ std::string describe(const M& m) {
 template <class M>
 void save_state(const M& m, const std::string& path, const std::map<std::string, std::string>& metadata = {}) {
   std::vector<std::pair<std::string, Tensor>> tensors;
-  for (const auto& [name, p] : named_parameters(m)) tensors.emplace_back(name, *p);
+  for (const auto& [name, p] : named_tensors(m)) tensors.emplace_back(name, *p);
   detail::save_state_tensors(path, tensors, metadata);
 }
 
@@ -304,7 +328,7 @@ void save_state(const M& m, const std::string& path, const std::map<std::string,
 template <class M>
 LoadReport load_state(M& m, const SafeTensors& file, bool strict = true) {
   std::vector<LoadBinding> bindings;
-  for (const auto& [name, p] : named_parameters(m)) bindings.push_back(LoadBinding{name, *p, p->dims()});
+  for (const auto& [name, p] : named_tensors(m)) bindings.push_back(LoadBinding{name, *p, p->dims()});
   return detail::load_state_bindings(file, std::move(bindings), strict);
 }
 
