@@ -224,6 +224,31 @@ int main(int argc, char** argv) {
   };
   beats_rows(false, false);
   beats_rows(true, true);
+  // torchscale's attention with XPOS and sub-LN (self-attention, need_weights = false: the
+  // fused attention primitive), forward and forward + backward, against the reference module.
+  {
+    Generator g3(3);
+    nn::torchscale::Options o;
+    o.self_attention = true;
+    o.xpos_rel_pos = true;
+    o.subln = true;
+    nn::torchscale::MultiheadAttention ts(model, c.H, g3, o);
+    nn::eval(ts);
+    nn::to(ts, dev);
+    nn::torchscale::Inputs in;
+    in.need_weights = false;
+    Tensor r = random_normal({batch, time, model}, g3).to(dev);
+    rows.push_back({"torchscale xpos+subln fwd " + tag, median_ms(n, dev, [&] { ts(x, time, in); })});
+    std::vector<Tensor> wrt;
+    for (auto& [pname, t] : nn::named_parameters(ts)) wrt.push_back(*t);
+    rows.push_back({"torchscale xpos+subln fwd+bwd " + tag, median_ms(n, dev, [&] {
+                      EnableGradGuard on;
+                      Tensor xg = x.with_requires_grad();
+                      wrt.push_back(xg);
+                      grad(reduce_sum(ts(xg, time, in).attn * r, {batch, time, model}), wrt);
+                      wrt.pop_back();
+                    })});
+  }
 
   std::map<std::string, double> peer = bench::run_peer(peer_script, device);
   // Forward FLOPs: qkv and output projections plus the two attention contractions.

@@ -54,14 +54,31 @@ def beats_cases(b, t, e, h, dev, reps, tag):
     print(f"BEATs no bias fwd+bwd {tag}\t{train_ms(plain, x, r, reps, dev)}", flush=True)
 
 
-def train_ms(m, x, r, reps, dev):
+def torchscale_cases(b, t, e, h, dev, reps, tag):
+    """torchscale's attention with XPOS (scale_base 512) and sub-LN, self-attention, batch-first:
+    forward (inference mode) and forward + backward."""
+    try:
+        from torchscale_reference import MultiheadAttention
+    except ImportError:
+        return
+    m = MultiheadAttention(e, h, self_attention=True, xpos_rel_pos=True, subln=True).to(dev).eval()
+    x = torch.randn(b, t, e, device=dev)
+    r = torch.randn(b, t, e, device=dev)
+    with torch.inference_mode():
+        ms = median_ms(lambda: m(x, x, x), reps, dev == "cuda")
+    print(f"torchscale xpos+subln fwd {tag}\t{ms}", flush=True)
+    print(f"torchscale xpos+subln fwd+bwd {tag}\t{train_ms(m, x, r, reps, dev, lambda xg: m(xg, xg, xg)[0])}",
+          flush=True)
+
+
+def train_ms(m, x, r, reps, dev, forward=None):
     """Forward and backward: the gradients of sum(attn * r) for the input and every parameter."""
-    params = list(m.parameters())
+    params = [p for p in m.parameters() if p.requires_grad]
+    forward = forward or (lambda xg: m(xg, xg, xg, need_weights=False)[0])
 
     def step():
         xg = x.detach().requires_grad_()
-        out = m(xg, xg, xg, need_weights=False)[0]
-        torch.autograd.grad((out * r).sum(), [xg] + params)
+        torch.autograd.grad((forward(xg) * r).sum(), [xg] + params)
 
     return median_ms(step, reps, dev == "cuda")
 
@@ -82,6 +99,7 @@ def main():
     case(f"SelfAttention padded {tag}", b, t, e, h, dev, reps, lengths=lengths)
     case(f"CausalSelfAttention {tag}", b, t, e, h, dev, reps, causal=True)
     beats_cases(b, t, e, h, dev, reps, tag)
+    torchscale_cases(b, t, e, h, dev, reps, tag)
     d = e // h
     for causal in (False, True) if hasattr(torch.nn.functional, "scaled_dot_product_attention") else ():
         q, k, v = (torch.randn(b, h, t, d, device=dev) for _ in range(3))

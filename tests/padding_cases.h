@@ -8,6 +8,7 @@
 #include <dimx/nn.h>
 #include <dimx/nn/beats.h>
 #include <dimx/nn/rwkv.h>
+#include <dimx/nn/torchscale.h>
 
 #include <functional>
 #include <limits>
@@ -188,6 +189,23 @@ inline std::vector<PaddingCase> padding_cases() {
     in.key = where(sequence_mask({etime}).to(dev), random_tensor({p.batch, etime, kd}, 13).to(dev), pad, true);
     in.value = where(sequence_mask({etime}).to(dev), random_tensor({p.batch, etime, vd}, 14).to(dev), pad, true);
     in.key_axis = etime;
+    Tensor x = padded_input(p, dev, pad);
+    return padded_outputs(m, x, m(x, p.time, in).attn, p.time, {p.batch, p.time, p.feat});
+  });
+  add("torchscale::MultiheadAttention (XPOS, sub-LN, multiway split 2, causal)", [](Device dev, double pad) {
+    PaddedBatch p;
+    Generator gen(11);
+    nn::torchscale::Options o;
+    o.self_attention = true;
+    o.xpos_rel_pos = true;
+    o.xpos_scale_base = 32;
+    o.subln = true;
+    o.multiway = true;
+    nn::torchscale::MultiheadAttention m(p.feat, 2, gen, o);
+    nn::to(m, dev);
+    nn::torchscale::Inputs in;
+    in.split_position = 2;
+    in.causal = true;
     Tensor x = padded_input(p, dev, pad);
     return padded_outputs(m, x, m(x, p.time, in).attn, p.time, {p.batch, p.time, p.feat});
   });

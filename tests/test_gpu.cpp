@@ -616,6 +616,36 @@ TEST_CASE("gpu: beats::MultiheadAttention and its gradients match the CPU", "[gp
   }
 }
 
+TEST_CASE("gpu: torchscale::MultiheadAttention and its gradients match the CPU", "[gpu][torchscale]") {
+  Dims3 d;
+  Dim feat(8, "feat8");  // XPOS needs an even head size
+  Generator gen(22);
+  for (bool fused : {false, true}) {
+    nn::torchscale::Options o;
+    o.self_attention = true;
+    o.xpos_rel_pos = true;
+    o.xpos_scale_base = 32;
+    o.subln = true;
+    o.multiway = true;
+    nn::torchscale::MultiheadAttention cpu_m(feat, 2, gen, o), gpu_m = cpu_m;
+    nn::to(gpu_m, kGpu);
+    consistent(std::string("torchscale ") + (fused ? "fused" : "with weights"), [&](Device dev) {
+      nn::torchscale::MultiheadAttention& m = dev == kGpu ? gpu_m : cpu_m;
+      Tensor x = input({d.batch, d.time, feat}, 170, dev);
+      nn::torchscale::Inputs in;
+      in.split_position = 2;
+      in.causal = true;
+      in.need_weights = !fused;
+      Tensor y = copy_masked(m(x, d.time, in).attn, {d.time});
+      Tensor loss = reduce_sum(square(y), {d.batch, d.time, feat});
+      std::vector<Tensor> g;
+      for (auto& [name, t] : nn::named_parameters(m)) g.push_back(grad(loss, {*t})[0]);
+      g.push_back(y);
+      return g;
+    }, 1e-4, 1e-5);
+  }
+}
+
 TEST_CASE("gpu: robustness checks (integer edges, NaN reductions, padding, lengths, states)", "[gpu][robustness]") {
   check_integer_edges<int32_t>(kGpu);
   check_integer_edges<int64_t>(kGpu);

@@ -7,6 +7,7 @@
 #include <dimx/nn/activation.h>
 #include <dimx/nn/attention.h>
 #include <dimx/nn/beats.h>
+#include <dimx/nn/torchscale.h>
 #include <dimx/nn/positional_encoding.h>
 #include <dimx/nn/rwkv.h>
 #include <dimx/nn/self_attention.h>

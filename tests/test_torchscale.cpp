@@ -1,0 +1,339 @@
+// nn::torchscale::MultiheadAttention and xpos against the PyTorch reference written from the
+// spec (tests/reference/torchscale_reference.py, golden files tests/golden/torchscale_*), float64
+// finite differences, incremental decoding against the full forward, padding invariance, errors.
+#include <dimx/io.h>
+#include <dimx/nn/torchscale.h>
+
+#include <filesystem>
+#include <map>
+
+#include "module_check.h"
+
+using namespace dimx;
+using namespace dimx_test;
+namespace ts = dimx::nn::torchscale;
+using Catch::Contains;
+
+namespace {
+
+const std::string kGolden = (std::filesystem::path(__FILE__).parent_path() / "golden").string();
+
+// One golden case (batch-first: query [B, T, E], key/value [B, S, E]).
+struct Golden {
+  SafeTensors file;
+  std::map<std::string, std::string> meta;
+  Dim batch, time, src, embed;
+  int64_t split;
+  std::optional<ts::MultiheadAttention> m;
+
+  explicit Golden(const std::string& name, DType dtype = DType::f32)
+      : file(SafeTensors::open(kGolden + "/torchscale_" + name + ".safetensors")),
+        meta(file.metadata()),
+        batch(std::stoll(meta.at("B")), "batch"),
+        time(std::stoll(meta.at("T")), "time"),
+        src(std::stoll(meta.at("S")), "src"),
+        embed(std::stoll(meta.at("embed_dim")), "embed"),
+        split(std::stoll(meta.at("split_position"))) {
+    ts::Options o;
+    o.self_attention = flag("self_attention");
+    o.encoder_decoder_attention = flag("encoder_decoder_attention");
+    o.subln = flag("subln");
+    o.layernorm_eps = std::stod(meta.at("layernorm_eps"));
+    o.xpos_rel_pos = flag("xpos_rel_pos");
+    o.xpos_scale_base = std::stod(meta.at("xpos_scale_base"));
+    o.multiway = flag("multiway");
+    o.dtype = dtype;
+    Generator gen(1);
+    m.emplace(embed, std::stoll(meta.at("num_heads")), gen, o);
+    nn::eval(*m);
+    LoadReport rep = nn::load_state(*m, file, /*strict=*/false);
+    CHECK(rep.missing.empty());
+    CHECK(rep.mismatched.empty());
+    for (const auto& k : rep.unexpected) CHECK(k.rfind("io.", 0) == 0);
+  }
+  bool flag(const std::string& k) const { return meta.at(k) == "true"; }
+  bool has(const std::string& k) const { return file.contains(k); }
+  bool self_keys() const { return meta.at("key_value") == "key = value = query"; }
+  Tensor get(const std::string& k, const Dims& dims, DType dt = DType::f32) const { return file.load(k, dims, dt); }
+  std::vector<int32_t> lengths() const {
+    auto v = file.load("io.lengths", {batch}).to_vector<int64_t>();
+    return std::vector<int32_t>(v.begin(), v.end());
+  }
+  const Dim& keys_in_file() const { return self_keys() ? time : src; }
+};
+
+ts::Inputs inputs_of(const Golden& g, bool as_lengths, Dim& qaxis, DType dt = DType::f32) {
+  ts::Inputs in;
+  in.split_position = g.split;
+  qaxis = g.time;
+  if (g.has("io.lengths") && as_lengths) qaxis = dynamic_dim(g.batch, g.lengths(), "time_len");
+  if (!g.self_keys()) {
+    in.key = g.get("io.key", {g.batch, g.src, g.embed}, dt);
+    in.value = g.get("io.value", {g.batch, g.src, g.embed}, dt);
+    in.key_axis = g.src;
+  }
+  if (g.has("io.key_padding_mask") && !as_lengths)
+    in.key_padding_mask = g.get("io.key_padding_mask", {g.batch, g.keys_in_file()}, DType::i64) > 0.0;
+  Dim cols(g.keys_in_file().extent(), "cols");
+  if (g.has("io.attn_mask")) in.attn_mask = g.get("io.attn_mask", {g.time, cols}, dt);
+  if (g.has("io.rel_pos")) {
+    const bool batched = g.file.info("io.rel_pos").shape.size() == 4;
+    in.rel_pos = batched ? g.get("io.rel_pos", {g.batch, g.m->heads, g.time, cols}, dt)
+                         : g.get("io.rel_pos", {g.m->heads, g.time, cols}, dt);
+  }
+  if (qaxis != g.time) {
+    if (in.attn_mask.defined()) in.attn_mask = replace_dim(in.attn_mask, g.time, qaxis).first;
+    if (in.rel_pos.defined()) in.rel_pos = replace_dim(in.rel_pos, g.time, qaxis).first;
+  }
+  return in;
+}
+
+void check_case(const std::string& name) {
+  INFO("case " << name);
+  Golden g(name);
+  for (bool as_lengths : {false, true}) {
+    if (as_lengths && !g.has("io.lengths")) continue;
+    INFO("key padding as " << (as_lengths ? "the time Dim's lengths" : "a bool mask"));
+    Dim qaxis = g.time;
+    ts::Inputs in = inputs_of(g, as_lengths, qaxis);
+    Tensor q = g.get("io.query", {g.batch, g.time, g.embed});
+    if (qaxis != g.time) q = replace_dim(q, g.time, qaxis).first;
+    ts::Output out = (*g.m)(q, qaxis, in);
+    auto want = g.get("io.attn", {g.batch, g.time, g.embed}).to_vector<double>();
+    auto got = out.attn.to_vector<double>({g.batch, qaxis, g.embed});
+    // With the lengths, only the valid query frames are defined.
+    const int64_t B = g.batch.size(), T = g.time.extent(), E = g.embed.size(), S = g.keys_in_file().extent();
+    const std::vector<int32_t> lens = as_lengths ? g.lengths() : std::vector<int32_t>(size_t(B), int32_t(T));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < lens[size_t(b)]; ++t)
+        for (int64_t e = 0; e < E; ++e) {
+          INFO("b " << b << " t " << t << " e " << e);
+          CHECK(got[size_t((b * T + t) * E + e)] == Approx(want[size_t((b * T + t) * E + e)]).margin(1e-5));
+        }
+    const int64_t H = g.m->heads.size(), K = out.keys.extent();
+    auto ww = g.get("io.weights", {g.m->heads, g.batch, g.time, Dim(S, "wcols")}).to_vector<double>();
+    auto wg = copy_masked(out.weights, {out.keys}).to_vector<double>({g.m->heads, g.batch, qaxis, out.keys});
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t t = 0; t < lens[size_t(b)]; ++t)
+          for (int64_t j = 0; j < S; ++j) {
+            INFO("weights h " << h << " b " << b << " t " << t << " j " << j);
+            const double w = ww[size_t(((h * B + b) * T + t) * S + j)];
+            CHECK((j < K ? wg[size_t(((h * B + b) * T + t) * K + j)] : 0.0) == Approx(w).margin(1e-6));
+          }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("torchscale: xpos matches the closed form, with offsets and downscaling", "[torchscale][xpos]") {
+  SafeTensors f = SafeTensors::open(kGolden + "/xpos_closed_form.safetensors");
+  Dim l(7, "l"), d(8, "d");
+  Tensor x = f.load("io.x", {l, d});
+  for (int base : {32, 512})
+    for (int offset : {0, 3})
+      for (bool down : {false, true}) {
+        INFO("base " << base << " offset " << offset << " downscale " << down);
+        const std::string key = "io.base" + std::to_string(base) + ".offset" + std::to_string(offset) + (down ? ".downscale" : "");
+        CHECK_VEC_APPROX(ts::xpos(x, l, d, offset, down, base).to_vector<double>({l, d}),
+                         f.load(key, {l, d}).to_vector<double>(), 1e-5, 1e-6);
+      }
+  // A dynamic axis centres each sequence on its own length: a sequence alone == in a batch.
+  Dim b(2, "b");
+  Dim t = dynamic_dim(b, {7, 4}, "t");
+  Tensor xb = rnd({b, t, d}, 3);
+  Tensor yb = ts::xpos(xb, t, d, 0, true, 32);
+  Dim t4(4, "t4");
+  Tensor x1 = slice(gather(xb, Tensor::scalar(1, DType::i64).with_sparse_dim(b)), t, 0, 4, 1, t4).first;
+  CHECK_VEC_APPROX(ts::xpos(x1, t4, d, 0, true, 32).to_vector<double>({t4, d}),
+                   slice(gather(yb, Tensor::scalar(1, DType::i64).with_sparse_dim(b)), t, 0, 4, 1, t4).first.to_vector<double>({t4, d}),
+                   1e-6, 1e-7);
+  // Its gradient (float64 central differences).
+  Tensor x64 = rnd({l, d}, 5, DType::f64).with_requires_grad();
+  Tensor w = rnd({l, d}, 6, DType::f64);
+  auto loss = [&](const Tensor& xx) { return reduce_sum(ts::xpos(xx, l, d, 2, false, 32) * w, {l, d}); };
+  auto g = grad(loss(x64), {x64})[0].to_vector<double>({l, d});
+  auto base = x64.to_vector<double>({l, d});
+  for (size_t j = 0; j < base.size(); j += 3) {
+    auto at = [&](double delta) {
+      auto v = base;
+      v[j] += delta;
+      return loss(Tensor::from_vector<double>({l, d}, v)).item<double>();
+    };
+    CHECK(g[j] == Approx((at(1e-6) - at(-1e-6)) / 2e-6).epsilon(1e-6).margin(1e-8));
+  }
+  CHECK_THROWS_WITH(ts::xpos(rnd({l, Dim(5, "odd")}, 1), l, Dim(5, "odd")), Contains("not in"));
+  Dim odd(5, "odd");
+  CHECK_THROWS_WITH(ts::xpos(rnd({l, odd}, 1), l, odd), Contains("even"));
+  CHECK_THROWS_WITH(ts::xpos(x, l, d, -1), Contains("offset"));
+}
+
+TEST_CASE("torchscale: golden files, every flag combination", "[torchscale][golden]") {
+  for (const char* name : {"plain_self", "xpos", "xpos_base32", "subln", "xpos_subln", "multiway_a", "multiway_b",
+                           "multiway_split", "key_padding", "attn_mask", "attn_mask_nonfinite", "rel_pos_nobatch",
+                           "rel_pos_batch", "encdec", "cross", "combined"})
+    check_case(name);
+}
+
+TEST_CASE("torchscale: multiway names are zeta's, and the split position routes by Dim", "[torchscale]") {
+  Golden g("multiway_split");
+  auto names = nn::named_tensors(*g.m);
+  std::vector<std::string> got;
+  for (auto& [n, t] : names) got.push_back(n);
+  CHECK(std::find(got.begin(), got.end(), "q_proj.A.weight") != got.end());
+  CHECK(std::find(got.begin(), got.end(), "inner_attn_ln.B.bias") != got.end());
+  CHECK(std::find(got.begin(), got.end(), "xpos.scale") != got.end());
+  // xpos.scale is a buffer: loaded and saved, never a parameter an optimizer updates.
+  for (auto& [n, t] : nn::named_parameters(*g.m)) CHECK(n != "xpos.scale");
+  // All A == split -1 == a plain module with A's weights.
+  Golden a("multiway_a");
+  ts::Options o = a.m->options;
+  o.multiway = false;
+  Generator gen(4);
+  ts::MultiheadAttention plain(a.embed, 4, gen, o);
+  for (auto& [n, t] : nn::named_tensors(plain)) {
+    std::string wn = n;
+    auto dot = wn.find('.');
+    if (n != "xpos.scale") wn.insert(dot, ".A");
+    t->copy_from(a.file.load(wn, t->dims(), t->dtype()));
+  }
+  nn::eval(plain);
+  Tensor q = a.get("io.query", {a.batch, a.time, a.embed});
+  ts::Inputs in;
+  in.split_position = -1;
+  CHECK_VEC_APPROX((*a.m)(q, a.time, in).attn.to_vector<double>({a.batch, a.time, a.embed}),
+                   plain(q, a.time).attn.to_vector<double>({a.batch, a.time, a.embed}), 1e-6, 1e-6);
+}
+
+TEST_CASE("torchscale: every parameter's and the query's gradient match float64 finite differences", "[torchscale][grad]") {
+  Golden g("multiway_split", DType::f64);
+  Dim time = dynamic_dim(g.batch, {6, 4, 5}, "time");
+  Tensor q = g.get("io.query", {g.batch, time, g.embed}, DType::f64);
+  Dim cols(6, "cols");
+  ts::Inputs in;
+  in.split_position = g.split;
+  in.rel_pos = rnd({g.m->heads, time, cols}, 3, DType::f64);
+  in.causal = true;
+  Tensor r = rnd({g.batch, time, g.embed}, 4, DType::f64);
+  auto loss = [&](const Tensor& qq) {
+    return reduce_sum(copy_masked((*g.m)(qq, time, in).attn, {time}) * r, {g.batch, time, g.embed});
+  };
+  check_param_grads(*g.m, [&] { return loss(q); }, 3);
+  Tensor qg = q.with_requires_grad();
+  auto an = copy_masked(grad(loss(qg), {qg})[0], {time}).to_vector<double>({g.batch, time, g.embed});
+  auto base = q.to_vector<double>({g.batch, time, g.embed});
+  const auto lens = std::vector<int32_t>{6, 4, 5};
+  for (size_t j = 0; j < base.size(); j += 5) {
+    const int64_t t = int64_t(j / 16) % 6, b = int64_t(j / 96);
+    if (t >= lens[size_t(b)]) continue;
+    auto at = [&](double delta) {
+      auto v = base;
+      v[j] += delta;
+      NoGradGuard ng;
+      return loss(Tensor::from_vector<double>({g.batch, time, g.embed}, v)).item<double>();
+    };
+    CHECK(an[j] == Approx((at(1e-6) - at(-1e-6)) / 2e-6).epsilon(1e-6).margin(1e-7));
+  }
+}
+
+TEST_CASE("torchscale: decoding a prefix then single tokens, and chunks, equals the full causal forward", "[torchscale][decoding]") {
+  Golden g("incremental");
+  // The full causal forward equals the reference (causal attn_mask there).
+  Tensor x = g.get("io.query", {g.batch, g.time, g.embed});
+  ts::Inputs causal;
+  causal.causal = true;
+  ts::Output full = (*g.m)(x, g.time, causal);
+  CHECK_VEC_APPROX(full.attn.to_vector<double>({g.batch, g.time, g.embed}), g.get("io.attn", {g.batch, g.time, g.embed}).to_vector<double>(),
+                   1e-5, 1e-5);
+  // On a padded batch: the whole causal forward, then a 3-token prefix and single tokens, and
+  // chunks of 2, 1, 3 frames (sequences end inside chunks), each continuing the state.
+  const std::vector<int32_t> lens{7, 4, 6};
+  Dim time = dynamic_dim(g.batch, lens, "time");
+  Tensor xp = replace_dim(x, g.time, time).first;
+  const auto want = copy_masked((*g.m)(xp, time, causal).attn, {time}).to_vector<double>({g.batch, time, g.embed});
+  const int64_t B = 3, T = 7, E = 16;
+  for (const std::vector<int64_t>& schedule : {std::vector<int64_t>{3, 1, 1, 1, 1}, std::vector<int64_t>{2, 1, 3, 1}}) {
+    INFO("schedule starting with " << schedule[0]);
+    std::optional<ts::State> st = g.m->initial_state({g.batch});
+    int64_t start = 0;
+    for (int64_t n : schedule) {
+      ts::Inputs in;
+      in.causal = true;
+      in.incremental_state = st;
+      std::vector<double> y;
+      Dim tc = time;
+      std::vector<int32_t> cl;
+      if (n == 1) {
+        ts::Output o = (*g.m)(frame(xp, time, start), nn::single_step_dim(), in);
+        st = o.state;
+        y = o.attn.to_vector<double>({g.batch, g.embed});
+        cl.assign(3, 1);
+      } else {
+        auto [xc, c] = slice(xp, time, start, start + n);
+        tc = c;
+        ts::Output o = (*g.m)(xc, tc, in);
+        st = o.state;
+        y = copy_masked(o.attn, {tc}).to_vector<double>({g.batch, tc, g.embed});
+        cl = tc.lengths().to_vector<int32_t>();
+      }
+      const int64_t tn = n == 1 ? 1 : tc.extent();
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i < tn; ++i)
+          if (start + i < lens[size_t(b)] && i < cl[size_t(b)])
+            for (int64_t e = 0; e < E; ++e) {
+              INFO("frame " << start + i << " b " << b);
+              CHECK(y[size_t((b * tn + i) * E + e)] == Approx(want[size_t((b * T + start + i) * E + e)]).margin(2e-5));
+            }
+      start += n;
+    }
+  }
+}
+
+TEST_CASE("torchscale: a sequence alone equals the same sequence in a padded batch", "[torchscale][padding]") {
+  Golden g("combined");
+  const std::vector<int32_t> lens{6, 4, 5};
+  Dim time = dynamic_dim(g.batch, lens, "time");
+  Tensor q = g.get("io.query", {g.batch, time, g.embed});
+  ts::Inputs in;
+  in.causal = true;
+  Tensor all = copy_masked((*g.m)(q, time, in).attn, {time});
+  for (int64_t b = 0; b < 3; ++b) {
+    Dim one(1, "one"), ts_(lens[size_t(b)], "alone");
+    Tensor idx = Tensor::from_vector<int64_t>({one}, std::vector<int64_t>{b}).with_sparse_dim(g.batch);
+    Tensor qa = slice(gather(q, idx), time, 0, ts_.extent(), 1, ts_).first;
+    auto got = (*g.m)(qa, ts_, in).attn.to_vector<double>({one, ts_, g.embed});
+    auto want = slice(gather(all, idx), time, 0, ts_.extent(), 1, ts_).first.to_vector<double>({one, ts_, g.embed});
+    CHECK_VEC_APPROX(got, want, 1e-5, 1e-6);
+  }
+}
+
+TEST_CASE("torchscale: errors name the module and the Dims", "[torchscale][errors]") {
+  Generator gen(1);
+  Dim e(16, "embed"), t(4, "t"), b(2, "b"), s(3, "s");
+  ts::Options o;
+  o.self_attention = o.encoder_decoder_attention = true;
+  CHECK_THROWS_WITH(ts::MultiheadAttention(e, 4, gen, o), Contains("torchscale::MultiheadAttention") && Contains("both"));
+  o = {};
+  o.xpos_rel_pos = true;
+  CHECK_THROWS_WITH(ts::MultiheadAttention(e, 4, gen, o), Contains("self_attention"));
+  o.self_attention = true;
+  CHECK_THROWS_WITH(ts::MultiheadAttention(Dim(12, "e12"), 4, gen, o), Contains("even"));
+  CHECK_THROWS_WITH(ts::MultiheadAttention(e, 5, gen), Contains("multiple"));
+  ts::MultiheadAttention m(e, 4, gen, o);
+  Tensor q = random_tensor({b, t, e}, 1);
+  ts::Inputs in;
+  in.key = random_tensor({b, s, e}, 2);
+  CHECK_THROWS_WITH(m(q, t, in), Contains("key_axis"));
+  in = {};
+  in.key_padding_mask = Tensor::zeros({b, Dim(4, "other")}, DType::boolean);
+  CHECK_THROWS_WITH(m(q, t, in), Contains("key_padding_mask"));
+  in = {};
+  in.attn_mask = random_tensor({t, Dim(5, "wrong")}, 4);
+  CHECK_THROWS_WITH(m(q, t, in), Contains("attn_mask") && Contains("wrong"));
+  in = {};
+  in.rel_pos = random_tensor({Dim(4, "other_heads"), t, Dim(4, "k")}, 5);
+  CHECK_THROWS_WITH(m(q, t, in), Contains("rel_pos") && Contains("heads"));
+  in = {};
+  in.split_position = -3;
+  CHECK_THROWS_WITH(m(q, t, in), Contains("split_position"));
+}
