@@ -169,7 +169,7 @@ void run(const char* op, const Tensor& output, const Tensor& grad_output, Leaf&&
   if (!g0.defined()) {
     if (output.numel() != 1)
       throw Error(std::string(op) + ": output " + output.str() + " has more than one element; pass grad_output");
-    g0 = Tensor::ones(output.dims(), output.dtype()).to(output.device());
+    g0 = Tensor::ones(output.dims(), output.dtype(), output.device());
   } else if (g0.ndim() != output.ndim() || !contains_all(output.dims(), g0.dims())) {
     throw Error(std::string(op) + ": grad_output " + g0.str() + " does not have the Dims of output " + output.str());
   } else if (g0.dtype() != output.dtype() || g0.device() != output.device()) {

@@ -76,7 +76,7 @@ Tensor combine_impl(const Tensor& a, BinaryOp op, const Tensor& b, bool allow_br
   if (op == BinaryOp::div && is_integer(dt))
     fail(std::string(name) + ": integer operands (a = " + a.str() + "); use floordiv, or astype() to a float dtype");
   if ((op == BinaryOp::floordiv || op == BinaryOp::mod) && is_integer(dt)) {
-    Tensor zero = Tensor::scalar(0, dt).to(b.device());
+    Tensor zero = Tensor::scalar(0, dt, b.device());
     Tensor bz = combine(b, BinaryOp::equal, zero);
     if (reduce_any(bz, bz.dims()).item<bool>()) fail(std::string(name) + ": integer division by zero in b = " + b.str());
   }
@@ -91,32 +91,45 @@ Tensor combine_impl(const Tensor& a, BinaryOp op, const Tensor& b, bool allow_br
   return y;
 }
 
-std::vector<Tensor> combine_backward(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& y, const Tensor& g) {
+// The gradients of a and b; only those asked for (an operand that does not require grad, a
+// constant table say, costs nothing).
+std::vector<Tensor> combine_backward(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& y, const Tensor& g,
+                                     bool need_a, bool need_b) {
   Tensor ga, gb;
   switch (op) {
     case BinaryOp::add: ga = g; gb = g; break;
-    case BinaryOp::sub: ga = g; gb = -g; break;
-    case BinaryOp::mul: ga = mul(g, b, true); gb = mul(g, a, true); break;
-    case BinaryOp::div: ga = div(g, b, true); gb = -mul(g, div(y, b, true), true); break;
+    case BinaryOp::sub: ga = g; if (need_b) gb = -g; break;
+    case BinaryOp::mul:
+      if (need_a) ga = mul(g, b, true);
+      if (need_b) gb = mul(g, a, true);
+      break;
+    case BinaryOp::div:
+      if (need_a) ga = div(g, b, true);
+      if (need_b) gb = -mul(g, div(y, b, true), true);
+      break;
     case BinaryOp::pow:
-      ga = mul(g, mul(b, pow(a, b - 1.0, true), true), true);
+      if (need_a) ga = mul(g, mul(b, pow(a, b - 1.0, true), true), true);
       // d/db a^b = a^b log a; 0 where a == 0 (the limit that keeps 0^b finite).
-      gb = mul(g, where(equal(a, Tensor::scalar(0, a.dtype()).to(a.device())), 0.0, mul(y, log(a), true), true), true);
+      if (need_b)
+        gb = mul(g, where(equal(a, Tensor::scalar(0, a.dtype(), a.device())), 0.0, mul(y, log(a), true), true), true);
       break;
     case BinaryOp::maximum:
     case BinaryOp::minimum: {
       // Ties split the gradient equally, as in PyTorch.
       Tensor wins = op == BinaryOp::maximum ? greater(a, b, true) : less(a, b, true);
-      Tensor share = where(wins, 1.0, where(equal(a, b, true), 0.5, Tensor::scalar(0, g.dtype()).to(g.device())));
+      Tensor share = where(wins, 1.0, where(equal(a, b, true), 0.5, Tensor::scalar(0, g.dtype(), g.device())));
       ga = mul(g, share, true);
-      gb = sub(g, ga, true);
+      if (need_b) gb = sub(g, ga, true);
       break;
     }
     case BinaryOp::floordiv: ga = g * 0.0; gb = g * 0.0; break;
-    case BinaryOp::mod: ga = g; gb = -mul(g, floordiv(a, b, true), true); break;
+    case BinaryOp::mod:
+      ga = g;
+      if (need_b) gb = -mul(g, floordiv(a, b, true), true);
+      break;
     default: return {};
   }
-  return {sum_to(ga, a), sum_to(gb, b)};
+  return {need_a ? sum_to(ga, a) : Tensor(), need_b ? sum_to(gb, b) : Tensor()};
 }
 
 Tensor unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& g) {
@@ -156,20 +169,22 @@ Tensor unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor
 Tensor combine(const Tensor& a, BinaryOp op, const Tensor& b, bool allow_broadcast_all) {
   Tensor y = combine_impl(a, op, b, allow_broadcast_all);
   if (!is_floating(y.dtype()) || !needs_grad({&a, &b})) return y;
-  return record(op_name(op), y, {a, b},
-                [op, a, b, y](const Tensor& g) { return combine_backward(op, a, b, y, g); });
+  const bool need_a = a.requires_grad(), need_b = b.requires_grad();
+  return record(op_name(op), y, {a, b}, [op, a, b, y, need_a, need_b](const Tensor& g) {
+    return combine_backward(op, a, b, y, g, need_a, need_b);
+  });
 }
 
 Tensor combine(const Tensor& a, BinaryOp op, double b) {
   check_defined(op_name(op), a);
   check_representable(op_name(op), b, a);
-  return combine(a, op, Tensor::scalar(b, a.dtype()).to(a.device()));
+  return combine(a, op, Tensor::scalar(b, a.dtype(), a.device()));
 }
 
 Tensor combine(double a, BinaryOp op, const Tensor& b) {
   check_defined(op_name(op), b);
   check_representable(op_name(op), a, b);
-  return combine(Tensor::scalar(a, b.dtype()).to(b.device()), op, b);
+  return combine(Tensor::scalar(a, b.dtype(), b.device()), op, b);
 }
 
 Tensor apply(UnaryOp op, const Tensor& x) {
@@ -207,22 +222,24 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b, bool allow_br
              {y.impl().data(), y.strides()});
   if (auto f = common_feature_dim({&a, &b})) y = y.with_feature_dim(f);
   if (!needs_grad({&a, &b})) return y;
-  return record("where", y, {cond, a, b}, [cond, a, b](const Tensor& g) {
-    Tensor zero = Tensor::scalar(0, g.dtype()).to(g.device());
-    return std::vector<Tensor>{Tensor(), sum_to(where(cond, g, zero, true), a), sum_to(where(cond, zero, g, true), b)};
+  const bool need_a = a.requires_grad(), need_b = b.requires_grad();
+  return record("where", y, {cond, a, b}, [cond, a, b, need_a, need_b](const Tensor& g) {
+    Tensor zero = Tensor::scalar(0, g.dtype(), g.device());
+    return std::vector<Tensor>{Tensor(), need_a ? sum_to(where(cond, g, zero, true), a) : Tensor(),
+                               need_b ? sum_to(where(cond, zero, g, true), b) : Tensor()};
   });
 }
 
 Tensor where(const Tensor& cond, const Tensor& a, double b, bool allow_broadcast_all) {
   check_defined("where", a);
   check_representable("where", b, a);
-  return where(cond, a, Tensor::scalar(b, a.dtype()).to(a.device()), allow_broadcast_all);
+  return where(cond, a, Tensor::scalar(b, a.dtype(), a.device()), allow_broadcast_all);
 }
 
 Tensor where(const Tensor& cond, double a, const Tensor& b, bool allow_broadcast_all) {
   check_defined("where", b);
   check_representable("where", a, b);
-  return where(cond, Tensor::scalar(a, b.dtype()).to(b.device()), b, allow_broadcast_all);
+  return where(cond, Tensor::scalar(a, b.dtype(), b.device()), b, allow_broadcast_all);
 }
 
 Tensor clip(const Tensor& x, double lo, double hi) {
@@ -238,7 +255,7 @@ Tensor clip(const Tensor& x, double lo, double hi) {
     hi = std::clamp(std::floor(hi), lim_lo, lim_hi);
     if (lo > hi) fail("clip: no integer in [lo, hi] for x = " + x.str());
   }
-  return minimum(maximum(x, Tensor::scalar(lo, x.dtype()).to(x.device())), Tensor::scalar(hi, x.dtype()).to(x.device()));
+  return minimum(maximum(x, Tensor::scalar(lo, x.dtype(), x.device())), Tensor::scalar(hi, x.dtype(), x.device()));
 }
 
 }  // namespace dimx

@@ -92,8 +92,11 @@ Tensor matmul(const Tensor& a0, const Tensor& b0, const Dims& reduce, bool use_m
       y = matmul(a, b, reduce, false);
     }
     Dims a_own = minus_dims(a.dims(), b.dims()), b_own = minus_dims(b.dims(), a.dims());
-    return record("matmul", y, {a, b}, [a, b, a_own, b_own](const Tensor& g) {
-      return std::vector<Tensor>{sum_to(matmul(g, b, b_own), a), sum_to(matmul(a, g, a_own), b)};
+    // Only the gradients asked for: an operand that does not require grad costs no GEMM.
+    const bool need_a = a.requires_grad(), need_b = b.requires_grad();
+    return record("matmul", y, {a, b}, [a, b, a_own, b_own, need_a, need_b](const Tensor& g) {
+      return std::vector<Tensor>{need_a ? sum_to(matmul(g, b, b_own), a) : Tensor(),
+                                 need_b ? sum_to(matmul(a, g, a_own), b) : Tensor()};
     });
   }
 

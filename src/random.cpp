@@ -47,7 +47,7 @@ Tensor dropout(const Tensor& x, double p, Generator& gen, bool training, const D
   if (!is_floating(x.dtype())) fail("dropout: needs a floating dtype, got x = " + x.str());
   for (const Dim& d : broadcast_over) check_has_dim("dropout", x, d);
   if (!training || p == 0) return x;
-  if (p == 1) return Tensor::zeros(x.dims(), x.dtype()).to(x.device());
+  if (p == 1) return Tensor::zeros(x.dims(), x.dtype(), x.device());
   // The mask is drawn in Dim creation order, so it does not depend on x's layout.
   Dims mask_dims = minus_dims(x.dims(), broadcast_over);
   std::sort(mask_dims.begin(), mask_dims.end());

@@ -79,7 +79,7 @@ Dims masked_dims(const Tensor& x, const Dims& dims, bool use_mask) {
 // over their sequences leaves them out.
 Tensor mask_across(const Tensor& x, ReduceOp op, const Dims& across) {
   if (across.empty()) return x;
-  const Tensor valid = sequence_mask(across).to(x.device());
+  const Tensor valid = sequence_mask(across, x.device());
   const ReduceOp id_op = op == ReduceOp::logsumexp ? ReduceOp::max : op;
   Tensor id;
   switch (x.dtype()) {
@@ -105,7 +105,7 @@ Tensor valid_count(const Tensor& x, const Dims& dims, bool use_mask) {
     if (mask.has_dim(d)) in_mask.push_back(d);
     else static_count *= double(d.extent());
   }
-  Tensor count = Tensor::scalar(static_count, x.dtype()).to(x.device());
+  Tensor count = Tensor::scalar(static_count, x.dtype(), x.device());
   if (!dyn.empty())
     count = mul(reduce(mask.astype(x.dtype()).to(x.device()), ReduceOp::sum, in_mask, false), count);
   return count;
@@ -116,7 +116,7 @@ Tensor reduce_forward(const Tensor& x, ReduceOp op, const Dims& dims, bool use_m
     Tensor sum = reduce_forward(x, ReduceOp::sum, dims, use_mask);
     // An all-padding row has sum 0 and count 0: its mean is 0, not NaN.
     Tensor count = valid_count(x, dims, use_mask);
-    return div(sum, maximum(count, Tensor::scalar(1, x.dtype()).to(x.device())));
+    return div(sum, maximum(count, Tensor::scalar(1, x.dtype(), x.device())));
   }
   Dims dyn, rest;
   for (const Dim& d : dims) (use_mask && d.is_dynamic() ? dyn : rest).push_back(d);
@@ -143,14 +143,14 @@ Tensor reduce_forward(const Tensor& x, ReduceOp op, const Dims& dims, bool use_m
 std::vector<Tensor> reduce_backward(ReduceOp op, const Tensor& x, const Dims& dims, bool use_mask, const Tensor& y,
                                     const Tensor& g) {
   const Dims dyn = masked_dims(x, dims, use_mask);
-  Tensor valid = dyn.empty() ? Tensor() : sequence_mask(dyn).to(x.device());
-  Tensor zero = Tensor::scalar(0, x.dtype()).to(x.device());
+  Tensor valid = dyn.empty() ? Tensor() : sequence_mask(dyn, x.device());
+  Tensor zero = Tensor::scalar(0, x.dtype(), x.device());
   auto masked = [&](const Tensor& t) { return valid.defined() ? where(valid, t, zero, true) : t; };
   Tensor gx = broadcast_to_include(g, x.dims());
   switch (op) {
     case ReduceOp::sum: gx = masked(gx); break;
     case ReduceOp::mean:
-      gx = masked(div(gx, maximum(valid_count(x, dims, use_mask), Tensor::scalar(1, x.dtype()).to(x.device())), true));
+      gx = masked(div(gx, maximum(valid_count(x, dims, use_mask), Tensor::scalar(1, x.dtype(), x.device())), true));
       break;
     case ReduceOp::max:
     case ReduceOp::min: {
@@ -174,6 +174,17 @@ Tensor reduce(const Tensor& x, ReduceOp op, const Dims& dims, bool use_mask) {
   check_dims(name, x, dims);
   check_dtype(op, x);
   if (dims.empty()) return x;
+  // Static Dims of extent 1 are dropped as views: reducing one element is that element (a
+  // padded Dim whose lengths may say 0 is reduced as usual). Their sequences are nobody's.
+  {
+    Dims rest;
+    Tensor v = x;
+    for (const Dim& d : dims) {
+      if (d.is_static() && d.extent() == 1 && padded_across(v, {d}).empty()) v = squeeze(v, d);
+      else rest.push_back(d);
+    }
+    if (rest.size() != dims.size()) return rest.empty() ? v : reduce(v, op, rest, use_mask);
+  }
   Tensor y;
   {
     NoGradGuard no_grad;

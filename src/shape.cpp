@@ -237,9 +237,9 @@ std::pair<Tensor, Dim> concat(const std::vector<std::pair<Tensor, Dim>>& parts, 
   }
   // Dynamic: out frame t of a sequence comes from the part whose offset range holds t.
   const Device dev = first.device();
-  Tensor pos = range_over_dim(out, DType::i64).to(dev);
-  Tensor offset = Tensor::scalar(0, DType::i64).to(dev);
-  Tensor y = Tensor::scalar(0, first.dtype()).to(first.device());
+  Tensor pos = range_over_dim(out, DType::i64, dev);
+  Tensor offset = Tensor::scalar(0, DType::i64, dev);
+  Tensor y = Tensor::scalar(0, first.dtype(), first.device());
   for (const auto& [t, d] : parts) {
     Tensor len = index_tensor(d.lengths(t.device()));
     if (d.extent() > 0) {
@@ -276,12 +276,12 @@ std::pair<Tensor, Dims> pad(const Tensor& x, const Dims& axes, const std::vector
     std::vector<std::pair<Tensor, Dim>> parts;
     if (l) {
       Dim ld(l, "pad_left");
-      parts.push_back({Tensor::full({ld}, value, x.dtype()).to(x.device()), ld});
+      parts.push_back({Tensor::full({ld}, value, x.dtype(), x.device()), ld});
     }
     parts.push_back({y, d});
     if (r) {
       Dim rd(r, "pad_right");
-      parts.push_back({Tensor::full({rd}, value, x.dtype()).to(x.device()), rd});
+      parts.push_back({Tensor::full({rd}, value, x.dtype(), x.device()), rd});
     }
     y = concat(parts, out).first;
     outs.push_back(out);
@@ -312,15 +312,20 @@ std::pair<Tensor, Dim> slice(const Tensor& x, const Dim& axis, int64_t start, st
   int64_t offset = x.impl().offset + start * st[ax];
   st[ax] *= step;
   Tensor y = make_view(x, replace_in(x.dims(), axis, {out}), st, count ? offset : x.impl().offset);
-  y = record("slice", y, {x}, [x, axis, start, end, step, count, out](const Tensor& g) {
-    if (count == 0) return std::vector<Tensor>{Tensor::zeros(x.dims(), x.dtype()).to(x.device())};
-    // Frame t of x received frame (t - start) / step of the slice, if any.
-    Tensor rel = range_over_dim(axis, DType::i64).with_sparse_dim(std::nullopt) - double(start);
-    Tensor hit = logical_and(logical_and(rel >= 0.0, rel < double(end - start)),
-                             equal(mod(rel, Tensor::scalar(double(step), DType::i64)), Tensor::scalar(0, DType::i64)));
-    Tensor src = clip(floordiv(rel, Tensor::scalar(double(step), DType::i64)), 0, double(count - 1));
-    Tensor gx = gather(g, src.with_sparse_dim(out).to(g.device()), out);
-    return std::vector<Tensor>{where(hit.to(g.device()), gx, 0.0)};
+  y = record("slice", y, {x}, [x, axis, start, step, count, out](const Tensor& g) {
+    // Zeros with g copied into the sliced frames (a strided view of them): no gather.
+    Tensor gx = Tensor::zeros(x.dims(), x.dtype(), x.device());
+    if (count == 0) return std::vector<Tensor>{gx};
+    const TensorImpl& gi = gx.impl();
+    const size_t ax = gx.axis_of(axis);
+    Strides st = gi.strides;
+    const int64_t off = start * st[ax];
+    st[ax] *= step;
+    const Dims vd = replace_in(gi.dims, axis, {out});
+    backend::backend_for(gx.device())
+        .copy(extents(vd), g.dtype(), {g.impl().data(), aligned_strides(g.impl(), vd)}, gx.dtype(),
+              {gi.data() + off * int64_t(dtype_size(gx.dtype())), st});
+    return std::vector<Tensor>{gx};
   });
   return {y, out};
 }
@@ -367,7 +372,7 @@ Tensor gather(const Tensor& x, const Tensor& indices, std::optional<Dim> axis_, 
     // The adjoint: scatter-add g back to the gathered positions; padded frames add nothing.
     Tensor g = g0;
     for (const Dim& d : padded) g = zero_padding(g, d);
-    Tensor gx = Tensor::zeros(x.dims(), x.dtype()).to(x.device());
+    Tensor gx = Tensor::zeros(x.dims(), x.dtype(), x.device());
     Strides gs(out.size(), 0);
     for (size_t i = 0; i < out.size(); ++i)
       if (out[i] != axis && x.has_dim(out[i]) && out[i].extent() != 1) gs[i] = gx.strides()[gx.axis_of(out[i])];
@@ -391,7 +396,7 @@ std::pair<Tensor, Dim> window(const Tensor& x, const Dim& axis, int64_t size, st
   if (w.extent() != size) fail("window: window_dim '" + w.str() + "' does not have size " + std::to_string(size));
   check_new_dim("window", x, w);
   if (axis.extent() == 0) return {expand_dim(x, w).contiguous(), w};
-  Tensor src = (add(range_over_dim(axis, DType::i64), range_over_dim(w, DType::i64), true) - double(left)).to(x.device());
+  Tensor src = add(range_over_dim(axis, DType::i64, x.device()), range_over_dim(w, DType::i64, x.device()), true) - double(left);
   Tensor len = index_tensor(axis.lengths(x.device()));
   Tensor valid = logical_and(src >= 0.0, less(src, len, true), true);
   Tensor g = gather(x, clip(src, 0, double(axis.extent() - 1)).with_sparse_dim(axis), axis);
@@ -403,7 +408,7 @@ Tensor shift_right(const Tensor& x, const Dim& axis, int64_t amount, double pad_
   check_has_dim("shift_right", x, axis);
   if (amount < 0) fail("shift_right: negative amount " + std::to_string(amount) + " for dim '" + axis.str() + "' of x = " + x.str());
   if (amount == 0 || axis.extent() == 0) return x;
-  Tensor src = (range_over_dim(axis, DType::i64) - double(amount)).to(x.device());
+  Tensor src = range_over_dim(axis, DType::i64, x.device()) - double(amount);
   Tensor g = gather(x, clip(src, 0, double(axis.extent() - 1)).with_sparse_dim(axis), axis);
   return where(src >= 0.0, g, pad_value);
 }
@@ -427,21 +432,23 @@ Tensor cumsum(const Tensor& x0, const Dim& axis) {
   });
 }
 
-Tensor range_over_dim(const Dim& dim, DType dtype) {
+Tensor range_over_dim(const Dim& dim, DType dtype, Device device) {
   if (dtype == DType::boolean) fail("range_over_dim: bool dtype not supported for dim '" + dim.str() + "'");
-  Tensor y = empty({dim}, dtype, Device::cpu(), "range_over_dim");
-  backend::backend_for(Device::cpu()).iota(dtype, dim.extent(), y.impl().data());
+  if (is_half(dtype)) return range_over_dim(dim, DType::f32, device).astype(dtype);
+  Tensor y = empty({dim}, dtype, device, "range_over_dim");
+  backend::backend_for(device).iota(dtype, dim.extent(), y.impl().data());
   return is_integer(dtype) ? y.with_sparse_dim(dim) : y;
 }
 
-Tensor sequence_mask(const Dims& dims) {
+Tensor sequence_mask(const Dims& dims, Device device) {
   Tensor mask;
   for (const Dim& d : dims) {
     if (d.is_static()) continue;
-    Tensor m = less(range_over_dim(d, DType::i32).with_sparse_dim(std::nullopt), d.lengths(), true);
+    // Made on `device` from the lengths kept there: no host copy per call.
+    Tensor m = less(range_over_dim(d, DType::i32, device).with_sparse_dim(std::nullopt), d.lengths(device), true);
     mask = mask.defined() ? logical_and(mask, m, true) : m;
   }
-  return mask.defined() ? mask : Tensor::scalar(1, DType::boolean);
+  return mask.defined() ? mask : Tensor::scalar(1, DType::boolean, device);
 }
 
 Tensor copy_masked(const Tensor& x, const Dims& dims, double value) {
@@ -452,7 +459,7 @@ Tensor copy_masked(const Tensor& x, const Dims& dims, double value) {
     if (d.is_dynamic()) dyn.push_back(d);
   }
   if (dyn.empty()) return x;
-  Tensor r = where(sequence_mask(dyn).to(x.device()), x, value, true);
+  Tensor r = where(sequence_mask(dyn, x.device()), x, value, true);
   return x.sparse_dim() && is_integer(r.dtype()) ? r.with_sparse_dim(x.sparse_dim()) : r;
 }
 

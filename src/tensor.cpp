@@ -69,7 +69,7 @@ Tensor Tensor::from_raw(Dims dims, DType dtype, const void* data, size_t count) 
   return t;
 }
 
-Tensor Tensor::full(Dims dims, double value, DType dtype) {
+Tensor Tensor::full(Dims dims, double value, DType dtype, Device device) {
   check_unique("Tensor::full", dims);
   if (!representable(value, dtype)) {
     std::ostringstream os;
@@ -78,9 +78,9 @@ Tensor Tensor::full(Dims dims, double value, DType dtype) {
     throw Error("Tensor::full: value " + os.str() + " is not representable in " + dtype_name(dtype) + " for dims " +
                 dims_str(dims));
   }
-  if (is_half(dtype)) return full(std::move(dims), value, DType::f32).astype(dtype);
-  Tensor t = empty(std::move(dims), dtype, Device::cpu(), "Tensor::full");
-  backend::backend_for(Device::cpu()).fill(dtype, t.numel(), t.impl().data(), value);
+  if (is_half(dtype)) return full(std::move(dims), value, DType::f32, device).astype(dtype);
+  Tensor t = empty(std::move(dims), dtype, device, "Tensor::full");
+  backend::backend_for(device).fill(dtype, t.numel(), t.impl().data(), value);
   return t;
 }
 

@@ -157,8 +157,8 @@ WkvResult wkv(const Tensor& time_decay, const Tensor& time_first, const Tensor& 
 WkvState wkv_initial_state(const Dims& batch, const Dim& channel, DType dtype, Device device) {
   Dims bc = batch;
   bc.push_back(channel);
-  return {Tensor::zeros(bc, dtype).to(device), Tensor::zeros(bc, dtype).to(device),
-          Tensor::full(bc, -1e38, dtype).to(device)};
+  return {Tensor::zeros(bc, dtype, device), Tensor::zeros(bc, dtype, device),
+          Tensor::full(bc, -1e38, dtype, device)};
 }
 
 }  // namespace dimx

@@ -37,10 +37,17 @@ class Tensor {
       return from_raw(std::move(dims), dtype_of<T>(), data.data(), data.size());
     }
   }
-  static Tensor full(Dims dims, double value, DType dtype = DType::f32);
-  static Tensor zeros(Dims dims, DType dtype = DType::f32) { return full(std::move(dims), 0, dtype); }
-  static Tensor ones(Dims dims, DType dtype = DType::f32) { return full(std::move(dims), 1, dtype); }
-  static Tensor scalar(double value, DType dtype = DType::f32) { return full({}, value, dtype); }
+  // Filled on `device` itself (no host copy).
+  static Tensor full(Dims dims, double value, DType dtype = DType::f32, Device device = Device::cpu());
+  static Tensor zeros(Dims dims, DType dtype = DType::f32, Device device = Device::cpu()) {
+    return full(std::move(dims), 0, dtype, device);
+  }
+  static Tensor ones(Dims dims, DType dtype = DType::f32, Device device = Device::cpu()) {
+    return full(std::move(dims), 1, dtype, device);
+  }
+  static Tensor scalar(double value, DType dtype = DType::f32, Device device = Device::cpu()) {
+    return full({}, value, dtype, device);
+  }
 
   // ---- metadata
   bool defined() const { return impl_ != nullptr; }

@@ -153,17 +153,20 @@ Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const 
                        double scale) {
   Tensor out = fused_attention(q, k, v, key_dim, kv_axis, scale);
   if (!out.defined() || !needs_grad({&q, &k, &v})) return out;
-  return record("dot_attention", out, {q, k, v}, [q, k, v, key_dim, kv_axis, scale](const Tensor& g) {
+  const bool need_q = q.requires_grad(), need_k = k.requires_grad(), need_v = v.requires_grad();
+  return record("dot_attention", out, {q, k, v},
+                [q, k, v, key_dim, kv_axis, scale, need_q, need_k, need_v](const Tensor& g) {
     Tensor qs = q * scale;
     Tensor w = softmax(matmul(qs, k, key_dim), kv_axis);
-    // out = matmul(w, v, kv_axis): as matmul's own backward.
-    // Every contraction masks padded frames (select, never 0 * NaN), and the energies'
-    // gradient is 0 on padded keys (softmax's own backward).
+    // out = matmul(w, v, kv_axis): as matmul's own backward. Every contraction masks padded
+    // frames (select, never 0 * NaN), and the energies' gradient is 0 on padded keys (softmax's
+    // own backward). Only the gradients asked for are computed.
+    Tensor gv = need_v ? sum_to(matmul(w, g, minus_dims(w.dims(), v.dims())), v) : Tensor();
+    if (!need_q && !need_k) return std::vector<Tensor>{Tensor(), Tensor(), gv};
     Tensor gw = sum_to(matmul(g, v, minus_dims(v.dims(), w.dims())), w);
-    Tensor gv = sum_to(matmul(w, g, minus_dims(w.dims(), v.dims())), v);
     Tensor ge = copy_masked(mul(w, sub(gw, reduce(mul(gw, w), ReduceOp::sum, {kv_axis}), true), true), {kv_axis});
-    Tensor gq = sum_to(matmul(ge, k, minus_dims(k.dims(), qs.dims())), qs) * scale;
-    Tensor gk = sum_to(matmul(qs, ge, minus_dims(qs.dims(), k.dims())), k);
+    Tensor gq = need_q ? sum_to(matmul(ge, k, minus_dims(k.dims(), qs.dims())), qs) * scale : Tensor();
+    Tensor gk = need_k ? sum_to(matmul(qs, ge, minus_dims(qs.dims(), k.dims())), k) : Tensor();
     return std::vector<Tensor>{gq, gk, gv};
   });
 }

@@ -58,7 +58,7 @@ KeyPadding key_padding(const char* op, const Tensor& mask, const Dim& axis, DTyp
     for (int64_t j = first; j < n; ++j) suffix = suffix && m[r * size_t(n) + size_t(j)];
     len[r] = int32_t(first);
   }
-  if (!suffix) return {axis, where(mask, -std::numeric_limits<double>::infinity(), Tensor::scalar(0, dtype).to(mask.device()))};
+  if (!suffix) return {axis, where(mask, -std::numeric_limits<double>::infinity(), Tensor::scalar(0, dtype, mask.device()))};
   Tensor lengths = Tensor::from_vector<int32_t>(rest, len);
   if (axis.is_dynamic()) lengths = minimum(lengths, axis.lengths(), /*allow_broadcast_all=*/true);
   return {Dim(lengths, axis.name()), Tensor()};
@@ -95,7 +95,7 @@ Tensor to_key_axis(const Tensor& t, const Dim& from, const Dim& to) {
 void glorot_linear(Linear& l, Generator& gen) {
   glorot_uniform(l.weight, l.in_dim.size(), l.out_dim.size(), gen);
   NoGradGuard ng;
-  if (l.bias) l.bias->copy_from(Tensor::zeros(l.bias->dims(), l.bias->dtype()).to(l.bias->device()));
+  if (l.bias) l.bias->copy_from(Tensor::zeros(l.bias->dims(), l.bias->dtype(), l.bias->device()));
 }
 
 std::array<Tensor, 3> split_qkv(const Tensor& h, const Dim& per_head, const Dim& dk, const Dim& dv) {

@@ -100,7 +100,7 @@ Tensor zero_extend(const Tensor& t, const Dim& keys, const Dim& extra, const Dim
   if (!t.defined()) return t;
   Dims zd = minus_dims(t.dims(), {keys});
   zd.push_back(extra);
-  return concat({{t, keys}, {Tensor::zeros(zd, t.dtype()).to(t.device()), extra}}, out).first;
+  return concat({{t, keys}, {Tensor::zeros(zd, t.dtype(), t.device()), extra}}, out).first;
 }
 
 }  // namespace
@@ -168,13 +168,13 @@ void MultiheadAttention::reset_parameters(Generator& gen) {
   for (Linear* l : {&k_proj, &v_proj, &q_proj}) glorot_uniform(l->weight, l->in_dim.size(), l->out_dim.size(), gen, gain);
   glorot_uniform(out_proj.weight, proj.size(), embed.size(), gen);
   NoGradGuard ng;
-  if (out_proj.bias) out_proj.bias->copy_from(Tensor::zeros({embed}, out_proj.bias->dtype()).to(out_proj.bias->device()));
+  if (out_proj.bias) out_proj.bias->copy_from(Tensor::zeros({embed}, out_proj.bias->dtype(), out_proj.bias->device()));
   // [1, 1, E]: PyTorch's fans are E and E.
   if (bias_k) glorot_normal(*bias_k, proj.size(), proj.size(), gen);
   if (bias_v) glorot_normal(*bias_v, proj.size(), proj.size(), gen);
   // [num_buckets, H]: fan_in H, fan_out num_buckets.
   if (relative_attention_bias) glorot_normal(relative_attention_bias->weight, heads.size(), buckets.size(), gen);
-  if (grep_a) grep_a->copy_from(Tensor::ones(grep_a->dims(), grep_a->dtype()).to(grep_a->device()));
+  if (grep_a) grep_a->copy_from(Tensor::ones(grep_a->dims(), grep_a->dtype(), grep_a->device()));
 }
 
 Tensor MultiheadAttention::compute_bias(const Dim& query, const Dim& key, const Tensor& query_offset) const {
@@ -304,7 +304,7 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
   };
   auto additive_mask = [&](const Tensor& m) {
     if (!m.defined()) return m;
-    Tensor t = m.dtype() == DType::boolean ? where(m, -kInf, Tensor::scalar(0, query.dtype()).to(dev)) : m;
+    Tensor t = m.dtype() == DType::boolean ? where(m, -kInf, Tensor::scalar(0, query.dtype(), dev)) : m;
     if (t.dtype() != query.dtype())
       fail(std::string(kOp) + ": attn_mask " + m.str() + " must be bool or the query's dtype");
     return on_keys(t, "attn_mask");
@@ -335,8 +335,8 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
   auto extend = [&](const Tensor& kx, const Tensor& vx, const char* name) {
     Dim extra(1, name);
     Dims kd = minus_dims(k.dims(), {keys, heads, head_dim});
-    Tensor ke = kx.defined() ? split_heads(squeeze(squeeze(kx, kv_1), kv_2)) : Tensor::zeros({heads, head_dim}, k.dtype()).to(dev);
-    Tensor ve = vx.defined() ? split_heads(squeeze(squeeze(vx, kv_1), kv_2)) : Tensor::zeros({heads, head_dim}, v.dtype()).to(dev);
+    Tensor ke = kx.defined() ? split_heads(squeeze(squeeze(kx, kv_1), kv_2)) : Tensor::zeros({heads, head_dim}, k.dtype(), dev);
+    Tensor ve = vx.defined() ? split_heads(squeeze(squeeze(vx, kv_1), kv_2)) : Tensor::zeros({heads, head_dim}, v.dtype(), dev);
     ke = expand_dim(ke, extra);
     ve = expand_dim(ve, extra);
     auto [kk, out] = concat({{k, keys}, {ke, extra}});
@@ -407,14 +407,14 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
 
   // A query row that sees no key: zero weights (the softmax's rule) and a zero output row.
   {
-    Tensor visible = sequence_mask({keys});
-    if (attn_mask.defined()) visible = logical_and(visible.to(dev), (attn_mask > -kInf), true);
-    if (additive_pad.defined()) visible = logical_and(visible.to(dev), (additive_pad > -kInf), true);
+    Tensor visible = sequence_mask({keys}, dev);
+    if (attn_mask.defined()) visible = logical_and(visible, (attn_mask > -kInf), true);
+    if (additive_pad.defined()) visible = logical_and(visible, (additive_pad > -kInf), true);
     Dims over;
     for (const Dim& d : visible.dims())
       if (d == keys) over.push_back(d);
     if (!over.empty()) {
-      Tensor alive = reduce_any(visible.to(dev), over);
+      Tensor alive = reduce_any(visible, over);
       attn = where(alive, attn, 0.0, true);
     }
   }

@@ -15,7 +15,7 @@ CausalSelfAttentionState empty_kv(const Dims& batch_dims, const Dim& heads, cons
   Dims kd = batch_dims, vd = batch_dims;
   kd.insert(kd.end(), {accum, heads, dk});
   vd.insert(vd.end(), {accum, heads, dv});
-  return {Tensor::zeros(kd, dtype).to(device), Tensor::zeros(vd, dtype).to(device), accum};
+  return {Tensor::zeros(kd, dtype, device), Tensor::zeros(vd, dtype, device), accum};
 }
 
 KvHistory append_kv(const char* op, const CausalSelfAttentionState& st, const Tensor& k, const Tensor& v,

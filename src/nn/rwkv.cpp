@@ -91,7 +91,7 @@ std::pair<Tensor, State> SelfAttention::operator()(const Tensor& x, const Dim& a
     if (!(state->x.ndim() == want.size() && contains_all(state->x.dims(), want)))
       fail(std::string(kName) + ": state.x must have the batch Dims plus size " + dims_str(want) + ", got " +
            dims_str(state->x.dims()));
-    sx = where(equal(range_over_dim(axis).to(dev), Tensor::scalar(0, DType::i32).to(dev)), state->x, sx);
+    sx = where(equal(range_over_dim(axis, DType::i32, dev), Tensor::scalar(0, DType::i32, dev)), state->x, sx);
   }
   auto mix = [&](const Tensor& m) {
     Tensor mc = squeeze(squeeze(m, mix_batch), mix_time);
@@ -106,7 +106,7 @@ std::pair<Tensor, State> SelfAttention::operator()(const Tensor& x, const Dim& a
   Tensor out = proj_output(r * att.y);
 
   // The new last x: each sequence's last valid frame (the old one for an empty sequence).
-  Tensor prev = state ? state->x.detach() : Tensor::zeros(minus_dims(x.dims(), {axis}), x.dtype()).to(dev);
+  Tensor prev = state ? state->x.detach() : Tensor::zeros(minus_dims(x.dims(), {axis}), x.dtype(), dev);
   Tensor last = prev;
   if (axis.extent() > 0) {
     NoGradGuard ng;
@@ -121,7 +121,7 @@ State SelfAttention::initial_state(const Dims& batch, Device device) const {
   Dims bx = batch;
   bx.push_back(size);
   WkvState s = wkv_initial_state(batch, attention, time_decay.dtype(), device);
-  return {Tensor::zeros(bx, time_decay.dtype()).to(device), s.num, s.den, s.max};
+  return {Tensor::zeros(bx, time_decay.dtype(), device), s.num, s.den, s.max};
 }
 
 std::string SelfAttention::extra_repr() const {

@@ -169,7 +169,7 @@ void MultiheadAttention::reset_parameters(Generator& gen) {
   for (Linear* l : branches(out_proj)) {
     glorot_uniform(l->weight, l->in_dim.size(), l->out_dim.size(), gen);
     NoGradGuard ng;
-    l->bias->copy_from(Tensor::zeros(l->bias->dims(), l->bias->dtype()).to(l->bias->device()));
+    l->bias->copy_from(Tensor::zeros(l->bias->dims(), l->bias->dtype(), l->bias->device()));
   }
   if (inner_attn_ln)
     for (LayerNorm* ln : branches(*inner_attn_ln)) ln->reset_parameters(gen);
@@ -285,7 +285,7 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
   Tensor attn_mask = in.attn_mask;
   if (attn_mask.defined()) {
     if (attn_mask.dtype() == DType::boolean)
-      attn_mask = where(attn_mask, -std::numeric_limits<double>::infinity(), Tensor::scalar(0, query.dtype()).to(dev));
+      attn_mask = where(attn_mask, -std::numeric_limits<double>::infinity(), Tensor::scalar(0, query.dtype(), dev));
     if (attn_mask.dtype() != query.dtype())
       fail(std::string(kOp) + ": attn_mask " + in.attn_mask.str() + " must be bool or the query's dtype");
     attn_mask = onto_keys(kOp, "attn_mask", attn_mask, keys, known, unpadded_extent);

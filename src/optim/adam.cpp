@@ -78,7 +78,7 @@ void Adam::update(const std::string& name, const Tensor& p, const Tensor& grad, 
   const AdamOptions& o = opt_;
   Tensor g = o.maximize ? neg(grad) : grad;
   if (st.step == 0) {
-    Tensor z = Tensor::zeros(p.dims(), p.dtype()).to(p.device());
+    Tensor z = Tensor::zeros(p.dims(), p.dtype(), p.device());
     st.buffers["exp_avg"] = z;
     st.buffers["exp_avg_sq"] = z;
     if (o.amsgrad) st.buffers["max_exp_avg_sq"] = z;

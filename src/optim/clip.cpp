@@ -41,7 +41,7 @@ double clip_grad_norm(const NamedParameters& params, double max_norm, double nor
     } else if (norm_type == 1) {
       acc += reduce_all_dims(abs(g), ReduceOp::sum).item<double>();
     } else {
-      n = std::pow(reduce_all_dims(pow(abs(g), Tensor::scalar(norm_type, g.dtype()).to(g.device())), ReduceOp::sum)
+      n = std::pow(reduce_all_dims(pow(abs(g), Tensor::scalar(norm_type, g.dtype(), g.device())), ReduceOp::sum)
                        .item<double>(),
                    1 / norm_type);
       acc += std::pow(n, norm_type);
