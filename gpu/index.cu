@@ -18,7 +18,7 @@ __global__ void gather_kernel(Meta<3> m, const T* x, int64_t axis_stride, int64_
     offsets(m, i, o);
     int64_t j = idx[o[1]];
     if (j < 0 || j >= extent) {
-      if (!clip) *bad = 1;
+      if (!clip && bad) *bad = 1;
       j = j < 0 ? 0 : extent - 1;
     }
     y[o[2]] = x[o[0] + j * axis_stride];

@@ -150,7 +150,8 @@ Tensor Dim::lengths() const {
 }
 
 Tensor Dim::lengths(Device device) const {
-  if (is_static() || device.is_cpu()) return lengths().to(device);
+  if (is_static()) return Tensor::scalar(double(impl_->size), DType::i32, device);  // filled there: no copy
+  if (device.is_cpu()) return lengths();
   std::lock_guard<std::mutex> lock(impl_->mu);
   auto key = std::make_pair(int(device.type), device.index);
   auto it = impl_->device_lengths.find(key);

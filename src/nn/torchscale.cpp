@@ -29,8 +29,10 @@ Tensor zeta_of(const Dim& half, DType dtype) {
   return Tensor::from_vector<double>({half}, z).astype(dtype);
 }
 
+// XPOS with the tables made on x's device from dimx ops (no host round trip, so decoding on a
+// GPU never waits for it). `offset` must be >= 0 (checked when `check_offset`).
 Tensor xpos_impl(const char* op, const Tensor& x, const Dim& axis, const Dim& feature, const Tensor& offset,
-                 bool downscale, double scale_base, const Tensor& zeta_in) {
+                 bool downscale, double scale_base, const Tensor& zeta_in, bool check_offset = true) {
   check_defined(op, x);
   check_has_dim(op, x, axis);
   check_has_dim(op, x, feature);
@@ -41,35 +43,34 @@ Tensor xpos_impl(const char* op, const Tensor& x, const Dim& axis, const Dim& fe
   if (!is_floating(x.dtype())) fail(std::string(op) + ": xpos needs a floating x, got " + x.str());
   const Device dev = x.device();
   const DType cdt = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
-  Tensor off = Tensor::scalar(0, DType::f64);
-  if (offset.defined()) {
-    if (!is_integer(offset.dtype())) fail(std::string(op) + ": xpos offset must be integer, got " + offset.str());
-    for (const Dim& d : offset.dims())
-      if (!x.has_dim(d) || d == axis || d == feature)
-        fail(std::string(op) + ": xpos offset " + offset.str() + " must be over batch Dims of x = " + x.str());
-    off = offset.astype(DType::f64).to(Device::cpu()).with_sparse_dim(std::nullopt);
-    if (reduce_min(off, off.dims()).item<double>() < 0) fail(std::string(op) + ": xpos offset must be >= 0, got " + offset.str());
-  }
   const Dim half(feature.size() / 2, "xpos_pairs"), two(2, "xpos_two");
-  // The tables, in f64 on the host side of the graph (no gradient): rows r, centred positions m.
   Tensor cosine, sine;
   {
     NoGradGuard ng;
-    const Tensor zeta = zeta_in.defined() ? replace_dim(zeta_in.detach().astype(DType::f64).to(Device::cpu()),
-                                                        zeta_in.dims()[0], half)
-                                                .first
-                                          : zeta_of(half, DType::f64);
-    const Tensor l = range_over_dim(axis, DType::f64);
-    const Tensor r = add(l, off, true);
-    const Tensor n = add(axis.lengths().astype(DType::f64), off, true);
+    Tensor off = Tensor::scalar(0, DType::f64, dev);
+    if (offset.defined()) {
+      if (!is_integer(offset.dtype())) fail(std::string(op) + ": xpos offset must be integer, got " + offset.str());
+      for (const Dim& d : offset.dims())
+        if (!x.has_dim(d) || d == axis || d == feature)
+          fail(std::string(op) + ": xpos offset " + offset.str() + " must be over batch Dims of x = " + x.str());
+      if (check_offset && reduce_min(offset, offset.dims()).to(Device::cpu()).item<int64_t>() < 0)
+        fail(std::string(op) + ": xpos offset must be >= 0, got " + offset.str());
+      off = offset.with_sparse_dim(std::nullopt).astype(DType::f64).to(dev);
+    }
+    // zeta_i = (2i + 0.4 d) / (1.4 d), or the module's buffer; the inverse frequencies 10000^(-i/(d/2)).
+    const Tensor i = range_over_dim(half, DType::f64, dev).with_sparse_dim(std::nullopt);
+    const double d = double(feature.size());
+    const Tensor zeta = zeta_in.defined() ? replace_dim(zeta_in.detach().astype(DType::f64), zeta_in.dims()[0], half).first
+                                          : (i * 2.0 + 0.4 * d) * (1.0 / (1.4 * d));
+    const Tensor inv_freq = exp(i * (-std::log(10000.0) / double(half.size())));
+    // Row r = offset + l and its position m = floor(-n / 2) + r, n = the sequence's length + offset.
+    const Tensor r = add(range_over_dim(axis, DType::f64, dev).with_sparse_dim(std::nullopt), off, true);
+    const Tensor n = add(axis.lengths(dev).astype(DType::f64), off, true);
     const Tensor m = add(floor(n * -0.5), r, true);
-    Tensor s = exp(mul(m * (1.0 / scale_base), log(zeta), true));
-    if (downscale) s = reciprocal(s);
-    std::vector<double> inv(static_cast<size_t>(half.size()));
-    for (int64_t i = 0; i < half.size(); ++i) inv[size_t(i)] = std::pow(10000.0, -double(i) / double(half.size()));
-    const Tensor theta = mul(r, Tensor::from_vector<double>({half}, inv), true);
-    cosine = mul(cos(theta), s, true).astype(cdt).to(dev);
-    sine = mul(sin(theta), s, true).astype(cdt).to(dev);
+    Tensor s = exp(mul(m * ((downscale ? -1.0 : 1.0) / scale_base), log(zeta), true));
+    const Tensor theta = mul(r, inv_freq, true);
+    cosine = mul(cos(theta), s, true).astype(cdt);
+    sine = mul(sin(theta), s, true).astype(cdt);
   }
   const Tensor xs = split_dims(x.astype(cdt), feature, {half, two});
   auto [xe_s, de] = slice(xs, two, 0, 1);
@@ -263,9 +264,9 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
     keys = h.keys;
     if (xpos) {
       // Keys over the whole history; the queries after the keys before them (per sequence).
-      const Tensor history = in.incremental_state->accum_axis.lengths().astype(DType::i64);
+      const Tensor history = in.incremental_state->accum_axis.lengths(dev);  // counts: never negative
       k = xpos_impl(kOp, k, h.state.accum_axis, head_dim, Tensor(), true, xpos->scale_base, xpos->scale);
-      q = xpos_impl(kOp, q, qaxis, head_dim, history, false, xpos->scale_base, xpos->scale);
+      q = xpos_impl(kOp, q, qaxis, head_dim, history, false, xpos->scale_base, xpos->scale, /*check_offset=*/false);
     }
     if (keys != h.state.accum_axis) {
       k = replace_dim(k, h.state.accum_axis, keys).first;
