@@ -73,6 +73,16 @@ struct Wkv {
   const void* state[3] = {nullptr, nullptr, nullptr};
 };
 
+// Causal convolution along the time axis of contiguous x [B, L, C] with a kernel [Lk, C]:
+//   y[b, t, c] = sum_{0 <= j < Lk, j <= t} k[j, c] x[b, t - j, c]
+// or, anti_causal (the adjoint, for the gradient of x), sum_{j < Lk, t + j < L} k[j, c] x[b, t + j, c].
+// fft asks for the FFT path where the device has one (it computes the same, to rounding).
+struct CausalConv {
+  int64_t B = 0, L = 0, C = 0, Lk = 0;
+  bool anti_causal = false;
+  bool fft = false;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -115,6 +125,11 @@ class Backend {
   // Philox-4x32-10 numbers for counters offset.. (4 f32 or 2 f64 values per counter).
   virtual void random(RandomKind kind, DType dt, int64_t n, uint64_t seed, uint64_t offset,
                       double a, double b, void* y) = 0;
+  // y [B, L, C] = causal_conv(x, k) as CausalConv says.
+  virtual void causal_conv(DType dt, const CausalConv& a, const void* x, const void* k, void* y) = 0;
+  // The kernel's gradient for the causal (not anti-causal) conv: dk [Lk, C],
+  // dk[j, c] = sum_b sum_{t >= j} g[b, t, c] x[b, t - j, c].
+  virtual void causal_conv_kernel_grad(DType dt, const CausalConv& a, const void* x, const void* g, void* dk) = 0;
   // y [B, T, C]; log_den (nullable) [B, T, C] gets log of each frame's denominator for the
   // backward; state_out (all three or none) [B, C] each, the state after the last valid frame.
   virtual void wkv_forward(DType dt, const Wkv& a, void* y, void* log_den, void* const state_out[3]) = 0;

@@ -3,6 +3,7 @@
 // optimizers: dimx/optim.h).
 #include <dimx/autograd.h>
 #include <dimx/device.h>
+#include <dimx/conv.h>
 #include <dimx/dim.h>
 #include <dimx/dtype.h>
 #include <dimx/elementwise.h>

@@ -35,6 +35,8 @@ class CpuBackend final : public backend::Backend {
                    const Out& y) override;
   void random(backend::RandomKind kind, DType dt, int64_t n, uint64_t seed, uint64_t offset, double a, double b,
               void* y) override;
+  void causal_conv(DType dt, const backend::CausalConv& a, const void* x, const void* k, void* y) override;
+  void causal_conv_kernel_grad(DType dt, const backend::CausalConv& a, const void* x, const void* g, void* dk) override;
   void wkv_forward(DType dt, const backend::Wkv& a, void* y, void* log_den, void* const state_out[3]) override;
   void wkv_backward(DType dt, const backend::Wkv& a, const void* y, const void* log_den, const void* gy, void* gk,
                     void* gv, void* gtd, void* gu) override;

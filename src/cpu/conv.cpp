@@ -1,0 +1,244 @@
+// Long causal convolution on the CPU: a direct loop over the kernel taps (vectorized across
+// channels) for short kernels, and FFTW's real transforms otherwise. x [B, L, C] and the kernel
+// [Lk, C] are contiguous; the FFT works on all C channels of a sequence at once (FFTW's "many"
+// interface with stride C), zero-padded to a length n >= L + Lk - 1 FFTW handles fast, so the
+// circular convolution equals the linear one.
+#include <fftw3.h>
+
+#include <algorithm>
+#include <complex>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include "cpu/cpu_backend.h"
+#include "cpu/parallel.h"
+
+namespace dimx::cpu {
+
+namespace {
+
+// FFTW's API per precision.
+template <class T>
+struct Fftw;
+template <>
+struct Fftw<float> {
+  using Plan = fftwf_plan;
+  using Complex = fftwf_complex;
+  static void* alloc(size_t bytes) { return fftwf_malloc(bytes); }
+  static void free(void* p) { fftwf_free(p); }
+  static Plan r2c(int n, int howmany, float* in, Complex* out) {
+    return fftwf_plan_many_dft_r2c(1, &n, howmany, in, nullptr, howmany, 1, out, nullptr, howmany, 1, FFTW_ESTIMATE);
+  }
+  static Plan c2r(int n, int howmany, Complex* in, float* out) {
+    return fftwf_plan_many_dft_c2r(1, &n, howmany, in, nullptr, howmany, 1, out, nullptr, howmany, 1, FFTW_ESTIMATE);
+  }
+  static void exec_r2c(Plan p, float* in, Complex* out) { fftwf_execute_dft_r2c(p, in, out); }
+  static void exec_c2r(Plan p, Complex* in, float* out) { fftwf_execute_dft_c2r(p, in, out); }
+};
+template <>
+struct Fftw<double> {
+  using Plan = fftw_plan;
+  using Complex = fftw_complex;
+  static void* alloc(size_t bytes) { return fftw_malloc(bytes); }
+  static void free(void* p) { fftw_free(p); }
+  static Plan r2c(int n, int howmany, double* in, Complex* out) {
+    return fftw_plan_many_dft_r2c(1, &n, howmany, in, nullptr, howmany, 1, out, nullptr, howmany, 1, FFTW_ESTIMATE);
+  }
+  static Plan c2r(int n, int howmany, Complex* in, double* out) {
+    return fftw_plan_many_dft_c2r(1, &n, howmany, in, nullptr, howmany, 1, out, nullptr, howmany, 1, FFTW_ESTIMATE);
+  }
+  static void exec_r2c(Plan p, double* in, Complex* out) { fftw_execute_dft_r2c(p, in, out); }
+  static void exec_c2r(Plan p, Complex* in, double* out) { fftw_execute_dft_c2r(p, in, out); }
+};
+
+// An FFTW buffer (SIMD-aligned, as the plans expect).
+template <class T, class E>
+struct Buffer {
+  E* p = nullptr;
+  explicit Buffer(size_t n) : p(static_cast<E*>(Fftw<T>::alloc(std::max<size_t>(n, 1) * sizeof(E)))) {
+    if (!p) throw Error("causal_conv: out of memory for an FFT buffer of " + std::to_string(n) + " elements");
+  }
+  ~Buffer() { Fftw<T>::free(p); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+};
+
+// The smallest n >= m whose only prime factors are 2, 3, 5 and 7 (FFTW's fast sizes).
+int64_t fast_size(int64_t m) {
+  for (int64_t n = std::max<int64_t>(m, 1);; ++n) {
+    int64_t r = n;
+    for (int64_t p : {2, 3, 5, 7})
+      while (r % p == 0) r /= p;
+    if (r == 1) return n;
+  }
+}
+
+// Plans by (precision, n, channels), made once: FFTW's planner is not thread-safe, its
+// new-array execute functions are.
+template <class T>
+struct Plans {
+  typename Fftw<T>::Plan r2c, c2r;
+};
+template <class T>
+const Plans<T>& plans_for(int64_t n, int64_t C) {
+  static std::mutex mu;
+  static std::map<std::pair<int64_t, int64_t>, Plans<T>> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find({n, C});
+  if (it != cache.end()) return it->second;
+  using Cx = typename Fftw<T>::Complex;
+  Buffer<T, T> re(size_t(n * C));
+  Buffer<T, Cx> cx(size_t((n / 2 + 1) * C));
+  Plans<T> p{Fftw<T>::r2c(int(n), int(C), re.p, cx.p), Fftw<T>::c2r(int(n), int(C), cx.p, re.p)};
+  if (!p.r2c || !p.c2r) throw Error("causal_conv: FFTW could not plan a transform of length " + std::to_string(n));
+  return cache.emplace(std::make_pair(n, C), p).first->second;
+}
+
+template <class T>
+void conv_direct(const backend::CausalConv& a, const T* x, const T* k, T* y) {
+  const int64_t L = a.L, C = a.C, Lk = a.Lk;
+  parallel_for(a.B * L, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, C * std::min(L, Lk))),
+               [&](int64_t r0, int64_t r1) {
+                 for (int64_t r = r0; r < r1; ++r) {
+                   const int64_t b = r / L, t = r % L;
+                   T* yr = y + r * C;
+                   std::fill(yr, yr + C, T(0));
+                   const int64_t taps = a.anti_causal ? std::min(Lk, L - t) : std::min(Lk, t + 1);
+                   for (int64_t j = 0; j < taps; ++j) {
+                     const T* xr = x + (b * L + (a.anti_causal ? t + j : t - j)) * C;
+                     const T* kr = k + j * C;
+                     for (int64_t c = 0; c < C; ++c) yr[c] += kr[c] * xr[c];
+                   }
+                 }
+               });
+}
+
+template <class T>
+void kernel_grad_direct(const backend::CausalConv& a, const T* x, const T* g, T* dk) {
+  const int64_t L = a.L, C = a.C;
+  parallel_for(a.Lk, 1, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      T* d = dk + j * C;
+      std::fill(d, d + C, T(0));
+      for (int64_t b = 0; b < a.B; ++b)
+        for (int64_t t = j; t < L; ++t) {
+          const T* gr = g + (b * L + t) * C;
+          const T* xr = x + (b * L + t - j) * C;
+          for (int64_t c = 0; c < C; ++c) d[c] += gr[c] * xr[c];
+        }
+    }
+  });
+}
+
+template <class T>
+void conv_fft(const backend::CausalConv& a, const T* x, const T* k, T* y) {
+  using F = Fftw<T>;
+  using Cx = typename F::Complex;
+  const int64_t L = a.L, C = a.C, Lk = std::min(a.Lk, a.L), n = fast_size(L + Lk - 1), nf = n / 2 + 1;
+  const Plans<T>& p = plans_for<T>(n, C);
+  // The kernel's transform, shared by every sequence.
+  Buffer<T, Cx> kf(size_t(nf * C));
+  {
+    Buffer<T, T> re(size_t(n * C));
+    std::memset(re.p, 0, sizeof(T) * size_t(n * C));
+    std::memcpy(re.p, k, sizeof(T) * size_t(Lk * C));
+    F::exec_r2c(p.r2c, re.p, kf.p);
+  }
+  const T scale = T(1) / T(n);
+  parallel_for(a.B, 1, [&](int64_t b0, int64_t b1) {
+    Buffer<T, T> re(size_t(n * C));
+    Buffer<T, Cx> cx(size_t(nf * C));
+    for (int64_t b = b0; b < b1; ++b) {
+      std::memset(re.p, 0, sizeof(T) * size_t(n * C));
+      const T* xb = x + b * L * C;
+      // Anti-causal: the causal convolution of the time-reversed sequence, reversed back.
+      if (a.anti_causal)
+        for (int64_t t = 0; t < L; ++t) std::memcpy(re.p + (L - 1 - t) * C, xb + t * C, sizeof(T) * size_t(C));
+      else
+        std::memcpy(re.p, xb, sizeof(T) * size_t(L * C));
+      F::exec_r2c(p.r2c, re.p, cx.p);
+      auto* X = reinterpret_cast<std::complex<T>*>(cx.p);
+      const auto* K = reinterpret_cast<const std::complex<T>*>(kf.p);
+      for (int64_t i = 0; i < nf * C; ++i) X[i] *= K[i];
+      F::exec_c2r(p.c2r, cx.p, re.p);
+      T* yb = y + b * L * C;
+      for (int64_t t = 0; t < L; ++t) {
+        const T* src = re.p + (a.anti_causal ? L - 1 - t : t) * C;
+        for (int64_t c = 0; c < C; ++c) yb[t * C + c] = src[c] * scale;
+      }
+    }
+  });
+}
+
+template <class T>
+void kernel_grad_fft(const backend::CausalConv& a, const T* x, const T* g, T* dk) {
+  using F = Fftw<T>;
+  using Cx = typename F::Complex;
+  const int64_t L = a.L, C = a.C, Lk = a.Lk, n = fast_size(L + std::min(Lk, L) - 1), nf = n / 2 + 1;
+  const Plans<T>& p = plans_for<T>(n, C);
+  // sum over b of G_b(f) conj(X_b(f)), accumulated per worker, then summed.
+  std::mutex mu;
+  std::vector<std::complex<T>> total(size_t(nf * C), std::complex<T>(0));
+  parallel_for(a.B, 1, [&](int64_t b0, int64_t b1) {
+    Buffer<T, T> re(size_t(n * C));
+    Buffer<T, Cx> gx(size_t(nf * C)), xx(size_t(nf * C));
+    std::vector<std::complex<T>> acc(size_t(nf * C), std::complex<T>(0));
+    for (int64_t b = b0; b < b1; ++b) {
+      std::memset(re.p, 0, sizeof(T) * size_t(n * C));
+      std::memcpy(re.p, g + b * L * C, sizeof(T) * size_t(L * C));
+      F::exec_r2c(p.r2c, re.p, gx.p);
+      std::memset(re.p, 0, sizeof(T) * size_t(n * C));
+      std::memcpy(re.p, x + b * L * C, sizeof(T) * size_t(L * C));
+      F::exec_r2c(p.r2c, re.p, xx.p);
+      const auto* G = reinterpret_cast<const std::complex<T>*>(gx.p);
+      const auto* X = reinterpret_cast<const std::complex<T>*>(xx.p);
+      for (int64_t i = 0; i < nf * C; ++i) acc[size_t(i)] += G[i] * std::conj(X[i]);
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    for (size_t i = 0; i < acc.size(); ++i) total[i] += acc[i];
+  });
+  Buffer<T, T> re(size_t(n * C));
+  Buffer<T, Cx> cx(size_t(nf * C));
+  std::memcpy(cx.p, total.data(), sizeof(Cx) * size_t(nf * C));
+  F::exec_c2r(p.c2r, cx.p, re.p);
+  const T scale = T(1) / T(n);
+  for (int64_t j = 0; j < Lk; ++j)
+    for (int64_t c = 0; c < C; ++c) dk[j * C + c] = j < L ? re.p[j * C + c] * scale : T(0);
+}
+
+template <class F32, class F64>
+void by_dtype(const char* op, DType dt, F32&& f32, F64&& f64) {
+  if (dt == DType::f32) return f32();
+  if (dt == DType::f64) return f64();
+  throw Error(std::string(op) + ": dtype " + dtype_name(dt) + " not supported on the CPU (f32, f64)");
+}
+
+}  // namespace
+
+void CpuBackend::causal_conv(DType dt, const backend::CausalConv& a, const void* x, const void* k, void* y) {
+  if (a.B * a.L * a.C == 0) return;
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    if (a.fft) conv_fft<T>(a, static_cast<const T*>(x), static_cast<const T*>(k), static_cast<T*>(y));
+    else conv_direct<T>(a, static_cast<const T*>(x), static_cast<const T*>(k), static_cast<T*>(y));
+  };
+  by_dtype("causal_conv", dt, [&] { run(float()); }, [&] { run(double()); });
+}
+
+void CpuBackend::causal_conv_kernel_grad(DType dt, const backend::CausalConv& a, const void* x, const void* g,
+                                         void* dk) {
+  if (a.Lk * a.C == 0) return;
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    if (a.B * a.L == 0) return std::fill(static_cast<T*>(dk), static_cast<T*>(dk) + a.Lk * a.C, T(0));
+    if (a.fft) kernel_grad_fft<T>(a, static_cast<const T*>(x), static_cast<const T*>(g), static_cast<T*>(dk));
+    else kernel_grad_direct<T>(a, static_cast<const T*>(x), static_cast<const T*>(g), static_cast<T*>(dk));
+  };
+  by_dtype("causal_conv", dt, [&] { run(float()); }, [&] { run(double()); });
+}
+
+}  // namespace dimx::cpu
