@@ -18,4 +18,5 @@
 #include <dimx/nn/embedding.h>
 #include <dimx/nn/layer_norm.h>
 #include <dimx/nn/linear.h>
+#include <dimx/nn/mega.h>
 #include <dimx/nn/module.h>

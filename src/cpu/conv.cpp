@@ -138,7 +138,7 @@ template <class T>
 void conv_fft(const backend::CausalConv& a, const T* x, const T* k, T* y) {
   using F = Fftw<T>;
   using Cx = typename F::Complex;
-  const int64_t L = a.L, C = a.C, Lk = std::min(a.Lk, a.L), n = fast_size(L + Lk - 1), nf = n / 2 + 1;
+  const int64_t L = a.L, C = a.C, Lk = std::min(a.Lk, a.L), n = fast_size(L + std::max<int64_t>(Lk, 1) - 1), nf = n / 2 + 1;
   const Plans<T>& p = plans_for<T>(n, C);
   // The kernel's transform, shared by every sequence.
   Buffer<T, Cx> kf(size_t(nf * C));
@@ -178,7 +178,7 @@ template <class T>
 void kernel_grad_fft(const backend::CausalConv& a, const T* x, const T* g, T* dk) {
   using F = Fftw<T>;
   using Cx = typename F::Complex;
-  const int64_t L = a.L, C = a.C, Lk = a.Lk, n = fast_size(L + std::min(Lk, L) - 1), nf = n / 2 + 1;
+  const int64_t L = a.L, C = a.C, Lk = a.Lk, n = fast_size(L + std::max<int64_t>(std::min(Lk, L), 1) - 1), nf = n / 2 + 1;
   const Plans<T>& p = plans_for<T>(n, C);
   // sum over b of G_b(f) conj(X_b(f)), accumulated per worker, then summed.
   std::mutex mu;
