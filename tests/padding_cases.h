@@ -7,6 +7,7 @@
 #include <dimx/autograd.h>
 #include <dimx/nn.h>
 #include <dimx/nn/beats.h>
+#include <dimx/nn/mega.h>
 #include <dimx/nn/rwkv.h>
 #include <dimx/nn/torchscale.h>
 
@@ -209,6 +210,22 @@ inline std::vector<PaddingCase> padding_cases() {
     Tensor x = padded_input(p, dev, pad);
     return padded_outputs(m, x, m(x, p.time, in).attn, p.time, {p.batch, p.time, p.feat});
   });
+  for (bool fft : {false, true})
+    add(std::string("mega::MultiHeadDampedEMA") + (fft ? " (long: FFT path)" : ""), [fft](Device dev, double pad) {
+      PaddedBatch p;
+      Generator gen(12);
+      nn::mega::Options o;
+      o.activation = nn::mega::Activation::silu;
+      nn::mega::MultiHeadDampedEMA m(p.feat, gen, o);
+      nn::to(m, dev);
+      Tensor x = padded_input(p, dev, pad);
+      if (!fft) return padded_outputs(m, x, m(x, p.time).first, p.time, {p.batch, p.time, p.feat});
+      // 300 frames: the kernel is long enough for the FFT, where NaN would spread to every frame.
+      Dim t2 = dynamic_dim(p.batch, {300, 170, 0}, "time_long");
+      Tensor xl = where(sequence_mask({t2}, dev), random_tensor({p.batch, t2, p.feat}, 21).to(dev), pad, true)
+                      .detach().with_requires_grad();
+      return padded_outputs(m, xl, m(xl, t2).first, t2, {p.batch, t2, p.feat});
+    });
   add("rwkv::SelfAttention", [](Device dev, double pad) {
     PaddedBatch p;
     Generator gen(8);

@@ -646,6 +646,32 @@ TEST_CASE("gpu: torchscale::MultiheadAttention and its gradients match the CPU",
   }
 }
 
+TEST_CASE("gpu: causal_conv and mega::MultiHeadDampedEMA with their gradients match the CPU", "[gpu][mega]") {
+  Dims3 d;
+  Dim taps(6, "taps");
+  consistent("causal_conv", [&](Device dev) {
+    Tensor x = input({d.batch, d.time, d.feat}, 180, dev).with_requires_grad();
+    Tensor k = input({taps, d.feat}, 181, dev).with_requires_grad();
+    Tensor y = copy_masked(causal_conv(x, k, d.time, taps), {d.time});
+    auto g = grad(reduce_sum(square(y), {d.batch, d.time, d.feat}), {x, k});
+    return std::vector<Tensor>{y, copy_masked(g[0], {d.time}), g[1]};
+  });
+  Generator gen(23);
+  nn::mega::MultiHeadDampedEMA cpu_m(d.feat, gen), gpu_m = cpu_m;
+  nn::to(gpu_m, kGpu);
+  consistent("mega", [&](Device dev) {
+    nn::mega::MultiHeadDampedEMA& m = dev == kGpu ? gpu_m : cpu_m;
+    Tensor x = input({d.batch, d.time, d.feat}, 182, dev);
+    auto [y, st] = m(x, d.time, Tensor(), m.initial_state({d.batch}, dev));
+    Tensor loss = reduce_sum(square(copy_masked(y, {d.time})), {d.batch, d.time, d.feat}) + reduce_sum(*st, st->dims());
+    std::vector<Tensor> g;
+    for (auto& [name, t] : nn::named_parameters(m)) g.push_back(grad(loss, {*t})[0]);
+    g.push_back(copy_masked(y, {d.time}));
+    g.push_back(*st);
+    return g;
+  }, 1e-4, 1e-5);
+}
+
 TEST_CASE("gpu: robustness checks (integer edges, NaN reductions, padding, lengths, states)", "[gpu][robustness]") {
   check_integer_edges<int32_t>(kGpu);
   check_integer_edges<int64_t>(kGpu);
