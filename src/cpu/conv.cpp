@@ -30,11 +30,11 @@ struct Fftw<float> {
   using Complex = fftwf_complex;
   static void* alloc(size_t bytes) { return fftwf_malloc(bytes); }
   static void free(void* p) { fftwf_free(p); }
-  static Plan r2c(int n, int howmany, float* in, Complex* out) {
-    return fftwf_plan_many_dft_r2c(1, &n, howmany, in, nullptr, howmany, 1, out, nullptr, howmany, 1, FFTW_ESTIMATE);
+  static Plan r2c(int n, int howmany, float* in, Complex* out, unsigned flags) {
+    return fftwf_plan_many_dft_r2c(1, &n, howmany, in, nullptr, 1, n, out, nullptr, 1, n / 2 + 1, flags);
   }
-  static Plan c2r(int n, int howmany, Complex* in, float* out) {
-    return fftwf_plan_many_dft_c2r(1, &n, howmany, in, nullptr, howmany, 1, out, nullptr, howmany, 1, FFTW_ESTIMATE);
+  static Plan c2r(int n, int howmany, Complex* in, float* out, unsigned flags) {
+    return fftwf_plan_many_dft_c2r(1, &n, howmany, in, nullptr, 1, n / 2 + 1, out, nullptr, 1, n, flags);
   }
   static void exec_r2c(Plan p, float* in, Complex* out) { fftwf_execute_dft_r2c(p, in, out); }
   static void exec_c2r(Plan p, Complex* in, float* out) { fftwf_execute_dft_c2r(p, in, out); }
@@ -45,11 +45,11 @@ struct Fftw<double> {
   using Complex = fftw_complex;
   static void* alloc(size_t bytes) { return fftw_malloc(bytes); }
   static void free(void* p) { fftw_free(p); }
-  static Plan r2c(int n, int howmany, double* in, Complex* out) {
-    return fftw_plan_many_dft_r2c(1, &n, howmany, in, nullptr, howmany, 1, out, nullptr, howmany, 1, FFTW_ESTIMATE);
+  static Plan r2c(int n, int howmany, double* in, Complex* out, unsigned flags) {
+    return fftw_plan_many_dft_r2c(1, &n, howmany, in, nullptr, 1, n, out, nullptr, 1, n / 2 + 1, flags);
   }
-  static Plan c2r(int n, int howmany, Complex* in, double* out) {
-    return fftw_plan_many_dft_c2r(1, &n, howmany, in, nullptr, howmany, 1, out, nullptr, howmany, 1, FFTW_ESTIMATE);
+  static Plan c2r(int n, int howmany, Complex* in, double* out, unsigned flags) {
+    return fftw_plan_many_dft_c2r(1, &n, howmany, in, nullptr, 1, n / 2 + 1, out, nullptr, 1, n, flags);
   }
   static void exec_r2c(Plan p, double* in, Complex* out) { fftw_execute_dft_r2c(p, in, out); }
   static void exec_c2r(Plan p, Complex* in, double* out) { fftw_execute_dft_c2r(p, in, out); }
@@ -77,25 +77,41 @@ int64_t fast_size(int64_t m) {
   }
 }
 
-// Plans by (precision, n, channels), made once: FFTW's planner is not thread-safe, its
-// new-array execute functions are.
+// The transforms run on rows: a block of kRows channels at a time, each a contiguous row of n
+// (time innermost), moved in and out of the [L, C] layout by a blocked transpose.
+constexpr int64_t kRows = 16;
+
+// Plans by (precision, n), made once with FFTW_MEASURE (a few milliseconds for the lengths
+// used): FFTW's planner is not thread-safe, its new-array execute functions are.
 template <class T>
 struct Plans {
   typename Fftw<T>::Plan r2c, c2r;
 };
 template <class T>
-const Plans<T>& plans_for(int64_t n, int64_t C) {
+const Plans<T>& plans_for(int64_t n) {
   static std::mutex mu;
-  static std::map<std::pair<int64_t, int64_t>, Plans<T>> cache;
+  static std::map<int64_t, Plans<T>> cache;
   std::lock_guard<std::mutex> lock(mu);
-  auto it = cache.find({n, C});
+  auto it = cache.find(n);
   if (it != cache.end()) return it->second;
   using Cx = typename Fftw<T>::Complex;
-  Buffer<T, T> re(size_t(n * C));
-  Buffer<T, Cx> cx(size_t((n / 2 + 1) * C));
-  Plans<T> p{Fftw<T>::r2c(int(n), int(C), re.p, cx.p), Fftw<T>::c2r(int(n), int(C), cx.p, re.p)};
+  Buffer<T, T> re(size_t(n * kRows));
+  Buffer<T, Cx> cx(size_t((n / 2 + 1) * kRows));
+  Plans<T> p{Fftw<T>::r2c(int(n), int(kRows), re.p, cx.p, FFTW_MEASURE),
+             Fftw<T>::c2r(int(n), int(kRows), cx.p, re.p, FFTW_MEASURE)};
   if (!p.r2c || !p.c2r) throw Error("causal_conv: FFTW could not plan a transform of length " + std::to_string(n));
-  return cache.emplace(std::make_pair(n, C), p).first->second;
+  return cache.emplace(n, p).first->second;
+}
+
+// rows[r][t] = src[t][c0 + r] for t < L (reversed in time if asked), zero up to n.
+template <class T>
+void to_rows(const T* src, int64_t L, int64_t C, int64_t c0, int64_t nr, int64_t n, bool reverse, T* rows) {
+  for (int64_t r = 0; r < nr; ++r) std::fill(rows + r * n + L, rows + (r + 1) * n, T(0));
+  for (int64_t t = 0; t < L; ++t) {
+    const T* s = src + t * C + c0;
+    const int64_t tt = reverse ? L - 1 - t : t;
+    for (int64_t r = 0; r < nr; ++r) rows[r * n + tt] = s[r];
+  }
 }
 
 template <class T>
@@ -139,36 +155,37 @@ void conv_fft(const backend::CausalConv& a, const T* x, const T* k, T* y) {
   using F = Fftw<T>;
   using Cx = typename F::Complex;
   const int64_t L = a.L, C = a.C, Lk = std::min(a.Lk, a.L), n = fast_size(L + std::max<int64_t>(Lk, 1) - 1), nf = n / 2 + 1;
-  const Plans<T>& p = plans_for<T>(n, C);
-  // The kernel's transform, shared by every sequence.
-  Buffer<T, Cx> kf(size_t(nf * C));
-  {
-    Buffer<T, T> re(size_t(n * C));
-    std::memset(re.p, 0, sizeof(T) * size_t(n * C));
-    std::memcpy(re.p, k, sizeof(T) * size_t(Lk * C));
-    F::exec_r2c(p.r2c, re.p, kf.p);
-  }
+  const Plans<T>& p = plans_for<T>(n);
+  const int64_t blocks = (C + kRows - 1) / kRows;
+  // The kernel's transforms, per channel, shared by every sequence.
+  Buffer<T, Cx> kf(size_t(nf * blocks * kRows));
+  parallel_for(blocks, 1, [&](int64_t q0, int64_t q1) {
+    Buffer<T, T> rows(size_t(n * kRows));
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t c0 = q * kRows, nr = std::min(kRows, C - c0);
+      std::fill(rows.p, rows.p + n * kRows, T(0));
+      to_rows(k, Lk, C, c0, nr, n, false, rows.p);
+      F::exec_r2c(p.r2c, rows.p, kf.p + q * kRows * nf);
+    }
+  });
   const T scale = T(1) / T(n);
-  parallel_for(a.B, 1, [&](int64_t b0, int64_t b1) {
-    Buffer<T, T> re(size_t(n * C));
-    Buffer<T, Cx> cx(size_t(nf * C));
-    for (int64_t b = b0; b < b1; ++b) {
-      std::memset(re.p, 0, sizeof(T) * size_t(n * C));
-      const T* xb = x + b * L * C;
+  parallel_for(a.B * blocks, 1, [&](int64_t i0, int64_t i1) {
+    Buffer<T, T> rows(size_t(n * kRows));
+    Buffer<T, Cx> cx(size_t(nf * kRows));
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / blocks, q = i % blocks, c0 = q * kRows, nr = std::min(kRows, C - c0);
       // Anti-causal: the causal convolution of the time-reversed sequence, reversed back.
-      if (a.anti_causal)
-        for (int64_t t = 0; t < L; ++t) std::memcpy(re.p + (L - 1 - t) * C, xb + t * C, sizeof(T) * size_t(C));
-      else
-        std::memcpy(re.p, xb, sizeof(T) * size_t(L * C));
-      F::exec_r2c(p.r2c, re.p, cx.p);
+      to_rows(x + b * L * C, L, C, c0, nr, n, a.anti_causal, rows.p);
+      if (nr < kRows) std::fill(rows.p + nr * n, rows.p + kRows * n, T(0));
+      F::exec_r2c(p.r2c, rows.p, cx.p);
       auto* X = reinterpret_cast<std::complex<T>*>(cx.p);
-      const auto* K = reinterpret_cast<const std::complex<T>*>(kf.p);
-      for (int64_t i = 0; i < nf * C; ++i) X[i] *= K[i];
-      F::exec_c2r(p.c2r, cx.p, re.p);
-      T* yb = y + b * L * C;
+      const auto* K = reinterpret_cast<const std::complex<T>*>(kf.p + q * kRows * nf);
+      for (int64_t j = 0; j < nr * nf; ++j) X[j] *= K[j];
+      F::exec_c2r(p.c2r, cx.p, rows.p);
+      T* yb = y + b * L * C + c0;
       for (int64_t t = 0; t < L; ++t) {
-        const T* src = re.p + (a.anti_causal ? L - 1 - t : t) * C;
-        for (int64_t c = 0; c < C; ++c) yb[t * C + c] = src[c] * scale;
+        const int64_t tt = a.anti_causal ? L - 1 - t : t;
+        for (int64_t r = 0; r < nr; ++r) yb[t * C + r] = rows.p[r * n + tt] * scale;
       }
     }
   });
@@ -179,35 +196,33 @@ void kernel_grad_fft(const backend::CausalConv& a, const T* x, const T* g, T* dk
   using F = Fftw<T>;
   using Cx = typename F::Complex;
   const int64_t L = a.L, C = a.C, Lk = a.Lk, n = fast_size(L + std::max<int64_t>(std::min(Lk, L), 1) - 1), nf = n / 2 + 1;
-  const Plans<T>& p = plans_for<T>(n, C);
-  // sum over b of G_b(f) conj(X_b(f)), accumulated per worker, then summed.
-  std::mutex mu;
-  std::vector<std::complex<T>> total(size_t(nf * C), std::complex<T>(0));
-  parallel_for(a.B, 1, [&](int64_t b0, int64_t b1) {
-    Buffer<T, T> re(size_t(n * C));
-    Buffer<T, Cx> gx(size_t(nf * C)), xx(size_t(nf * C));
-    std::vector<std::complex<T>> acc(size_t(nf * C), std::complex<T>(0));
-    for (int64_t b = b0; b < b1; ++b) {
-      std::memset(re.p, 0, sizeof(T) * size_t(n * C));
-      std::memcpy(re.p, g + b * L * C, sizeof(T) * size_t(L * C));
-      F::exec_r2c(p.r2c, re.p, gx.p);
-      std::memset(re.p, 0, sizeof(T) * size_t(n * C));
-      std::memcpy(re.p, x + b * L * C, sizeof(T) * size_t(L * C));
-      F::exec_r2c(p.r2c, re.p, xx.p);
-      const auto* G = reinterpret_cast<const std::complex<T>*>(gx.p);
-      const auto* X = reinterpret_cast<const std::complex<T>*>(xx.p);
-      for (int64_t i = 0; i < nf * C; ++i) acc[size_t(i)] += G[i] * std::conj(X[i]);
+  const Plans<T>& p = plans_for<T>(n);
+  const int64_t blocks = (C + kRows - 1) / kRows;
+  // Per block of channels: sum over b of G_b(f) conj(X_b(f)), then one inverse transform.
+  parallel_for(blocks, 1, [&](int64_t q0, int64_t q1) {
+    Buffer<T, T> rows(size_t(n * kRows));
+    Buffer<T, Cx> gx(size_t(nf * kRows)), xx(size_t(nf * kRows));
+    std::vector<std::complex<T>> acc(size_t(nf * kRows));
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t c0 = q * kRows, nr = std::min(kRows, C - c0);
+      std::fill(acc.begin(), acc.end(), std::complex<T>(0));
+      for (int64_t b = 0; b < a.B; ++b) {
+        std::fill(rows.p, rows.p + n * kRows, T(0));
+        to_rows(g + b * L * C, L, C, c0, nr, n, false, rows.p);
+        F::exec_r2c(p.r2c, rows.p, gx.p);
+        to_rows(x + b * L * C, L, C, c0, nr, n, false, rows.p);
+        F::exec_r2c(p.r2c, rows.p, xx.p);
+        const auto* G = reinterpret_cast<const std::complex<T>*>(gx.p);
+        const auto* X = reinterpret_cast<const std::complex<T>*>(xx.p);
+        for (int64_t j = 0; j < nr * nf; ++j) acc[size_t(j)] += G[j] * std::conj(X[j]);
+      }
+      std::memcpy(gx.p, acc.data(), sizeof(Cx) * size_t(nf * kRows));
+      F::exec_c2r(p.c2r, gx.p, rows.p);
+      const T scale = T(1) / T(n);
+      for (int64_t j = 0; j < Lk; ++j)
+        for (int64_t r = 0; r < nr; ++r) dk[j * C + c0 + r] = j < L ? rows.p[r * n + j] * scale : T(0);
     }
-    std::lock_guard<std::mutex> lock(mu);
-    for (size_t i = 0; i < acc.size(); ++i) total[i] += acc[i];
   });
-  Buffer<T, T> re(size_t(n * C));
-  Buffer<T, Cx> cx(size_t(nf * C));
-  std::memcpy(cx.p, total.data(), sizeof(Cx) * size_t(nf * C));
-  F::exec_c2r(p.c2r, cx.p, re.p);
-  const T scale = T(1) / T(n);
-  for (int64_t j = 0; j < Lk; ++j)
-    for (int64_t c = 0; c < C; ++c) dk[j * C + c] = j < L ? re.p[j * C + c] * scale : T(0);
 }
 
 template <class F32, class F64>

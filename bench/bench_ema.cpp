@@ -1,0 +1,147 @@
+// bench_ema: MEGA's multi-head damped EMA (nn::mega::MultiHeadDampedEMA, full sequence, ReLU, no
+// mask, no truncation) against the original's path in PyTorch (bench_ema_peer.py: the kernel,
+// rfft/irfft of length 2L in float32) in the same run. Forward, and forward + backward (the
+// gradients of x and the five parameters for a fixed upstream gradient).
+//
+//   bench_ema [--json] [--device cpu|cuda] [--reps N] [--peer script.py]
+//
+// CPU: (B, D, L) = (4, 256, 2048), H = 16, 2 threads on both sides. CUDA: (8, 1024, 4096) and
+// (16, 512, 1024), H = 16, float32. Before timing, the FFT path is checked against the direct one.
+#include <dimx/nn.h>
+#ifdef DIMX_BENCH_CUDA
+#include <dimx/gpu/runtime.h>
+#endif
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "peer.h"
+
+using namespace dimx;
+
+namespace {
+
+void sync(Device dev) {
+#ifdef DIMX_BENCH_CUDA
+  if (dev.type == Device::Type::cuda) gpu::synchronize(dev.index);
+#else
+  (void)dev;
+#endif
+}
+
+double median_ms(int reps, Device dev, const std::function<void()>& f) {
+  for (int i = 0; i < 2; ++i) f();
+  sync(dev);
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    auto a = std::chrono::steady_clock::now();
+    f();
+    sync(dev);
+    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+struct Shape {
+  int64_t B, D, L;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool json = false;
+  std::string device = "cpu", peer_script = std::string(argv[0]) + "_peer.py";
+  int reps = 0;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--json") json = true;
+    else if (a == "--device" && i + 1 < argc) device = argv[++i];
+    else if (a == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
+    else if (a == "--peer" && i + 1 < argc) peer_script = argv[++i];
+    else {
+      std::cerr << "usage: bench_ema [--json] [--device cpu|cuda] [--reps N] [--peer script.py]\n";
+      return 2;
+    }
+  }
+  const bool cuda = device == "cuda";
+#ifndef DIMX_BENCH_CUDA
+  if (cuda) {
+    std::cerr << "bench_ema: built without the CUDA layer\n";
+    return 1;
+  }
+#endif
+  const Device dev = cuda ? Device::cuda(0) : Device::cpu();
+  const std::vector<Shape> shapes = cuda ? std::vector<Shape>{{8, 1024, 4096}, {16, 512, 1024}} : std::vector<Shape>{{4, 256, 2048}};
+  const int n = reps > 0 ? reps : (cuda ? 20 : 10);
+  const int64_t H = 16;
+
+  struct Row {
+    std::string name;
+    double ms;
+  };
+  std::vector<Row> rows;
+  double worst_check = 0;
+  for (const Shape& s : shapes) {
+    Generator gen(0);
+    Dim batch(s.B, "batch"), size(s.D, "size"), time(s.L, "time");
+    nn::mega::Options o;
+    o.num_heads = H;
+    nn::mega::MultiHeadDampedEMA m(size, gen, o);
+    nn::to(m, dev);
+    Tensor x = random_normal({time, batch, size}, gen).to(dev), r = random_normal({time, batch, size}, gen).to(dev);
+    {
+      // The FFT path against the direct one, on the first 512 frames.
+      NoGradGuard ng;
+      Dim taps(512, "taps");
+      auto [xs, ts] = slice(x, time, 0, 512);
+      Tensor k = m.compute_ema_kernel(taps);
+      auto a = causal_conv(xs, k, ts, taps, ConvMethod::direct).to_vector<double>({ts, batch, size});
+      auto b = causal_conv(xs, k, ts, taps, ConvMethod::fft).to_vector<double>({ts, batch, size});
+      for (size_t i = 0; i < a.size(); ++i) worst_check = std::max(worst_check, std::abs(a[i] - b[i]));
+    }
+    const std::string tag = "B" + std::to_string(s.B) + " D" + std::to_string(s.D) + " L" + std::to_string(s.L) + " H" +
+                            std::to_string(H);
+    rows.push_back({"ema fwd " + tag, median_ms(n, dev, [&] {
+                      NoGradGuard ng;
+                      m(x, time);
+                    })});
+    std::vector<Tensor> wrt;
+    for (auto& [name, t] : nn::named_parameters(m)) wrt.push_back(*t);
+    rows.push_back({"ema fwd_bwd " + tag, median_ms(n, dev, [&] {
+                      Tensor xg = x.with_requires_grad();
+                      wrt.push_back(xg);
+                      grad(reduce_sum(m(xg, time).first * r, {time, batch, size}), wrt);
+                      wrt.pop_back();
+                    })});
+  }
+  const bool ok = worst_check < 1e-3;
+  std::string args = "--format tsv --device " + device + " --heads 16 --reps " + std::to_string(n) + " --shapes ";
+  for (size_t i = 0; i < shapes.size(); ++i)
+    args += (i ? "," : "") + std::to_string(shapes[i].B) + "x" + std::to_string(shapes[i].D) + "x" + std::to_string(shapes[i].L);
+  if (!cuda) args += " --threads 2";
+  std::map<std::string, double> peer = bench::run_peer(peer_script, args);
+  if (!json)
+    std::printf("check: direct vs FFT max abs diff %.2e (%s)\n%-36s %10s %10s %8s\n", worst_check, ok ? "ok" : "FAILED",
+                "case", "dimx ms", "torch ms", "ratio");
+  for (const Row& r : rows) {
+    auto it = peer.find(r.name);
+    double p = it == peer.end() ? -1 : it->second;
+    if (json)
+      std::printf("{\"bench\": \"ema\", \"device\": \"%s\", \"case\": \"%s\", \"unit\": \"ms\", \"dimx\": %.3f, \"peer\": %s, "
+                  "\"peer_name\": \"torch rfft/irfft (MEGA's path)\", \"ratio\": %s, \"check_max_abs_diff\": %.3g}\n",
+                  device.c_str(), r.name.c_str(), r.ms, p < 0 ? "null" : std::to_string(p).c_str(),
+                  p < 0 ? "null" : std::to_string(r.ms / p).c_str(), worst_check);
+    else
+      std::printf("%-36s %10.3f %10.3f %8.3f\n", r.name.c_str(), r.ms, p, p > 0 ? r.ms / p : 0.0);
+  }
+  return ok ? 0 : 1;
+}
