@@ -217,11 +217,11 @@ class CudaBackend final : public backend::Backend {
                        stream());
   }
   void causal_conv(DType dt, const backend::CausalConv& a, const void* x, const void* k, void* y) override {
-    launch_causal_conv(dt, a.B, a.L, a.C, a.Lk, a.anti_causal, x, k, y, stream());
+    launch_causal_conv(dt, a.B, a.L, a.C, a.Lk, a.anti_causal, a.fft, x, k, y, stream());
   }
   void causal_conv_kernel_grad(DType dt, const backend::CausalConv& a, const void* x, const void* g,
                                void* dk) override {
-    launch_causal_conv_kernel_grad(dt, a.B, a.L, a.C, a.Lk, x, g, dk, stream());
+    launch_causal_conv_kernel_grad(dt, a.B, a.L, a.C, a.Lk, a.fft, x, g, dk, stream());
   }
   void wkv_backward(DType dt, const backend::Wkv& a, const void* y, const void* log_den, const void* gy, void* gk,
                     void* gv, void* gtd, void* gu) override {

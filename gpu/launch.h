@@ -69,9 +69,9 @@ struct WkvLaunch {
 void launch_wkv_forward(const WkvLaunch& a, float* y, float* log_den, float* const state_out[3], cudaStream_t s);
 void launch_wkv_backward(const WkvLaunch& a, const float* y, const float* log_den, const float* gy, float* gk,
                          float* gv, float* gtd, float* gu, cudaStream_t s);
-void launch_causal_conv(DType dt, int64_t B, int64_t L, int64_t C, int64_t Lk, bool anti, const void* x, const void* k,
-                        void* y, cudaStream_t s);
-void launch_causal_conv_kernel_grad(DType dt, int64_t B, int64_t L, int64_t C, int64_t Lk, const void* x,
+void launch_causal_conv(DType dt, int64_t B, int64_t L, int64_t C, int64_t Lk, bool anti, bool fft, const void* x,
+                        const void* k, void* y, cudaStream_t s);
+void launch_causal_conv_kernel_grad(DType dt, int64_t B, int64_t L, int64_t C, int64_t Lk, bool fft, const void* x,
                                     const void* g, void* dk, cudaStream_t s);
 void launch_random(bool normal, DType dt, int64_t n, uint64_t seed, uint64_t offset, double a, double b, void* y,
                    cudaStream_t s);

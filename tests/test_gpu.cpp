@@ -656,6 +656,17 @@ TEST_CASE("gpu: causal_conv and mega::MultiHeadDampedEMA with their gradients ma
     auto g = grad(reduce_sum(square(y), {d.batch, d.time, d.feat}), {x, k});
     return std::vector<Tensor>{y, copy_masked(g[0], {d.time}), g[1]};
   });
+  // Long enough for the FFT path (cuFFT), against the CPU's FFTW and direct paths.
+  Dim b2(2, "b2"), c2(5, "c2"), long_taps(300, "long_taps");
+  Dim lt = dynamic_dim(b2, {300, 211}, "long_time");
+  for (ConvMethod m : {ConvMethod::fft, ConvMethod::direct})
+    consistent(m == ConvMethod::fft ? "causal_conv fft" : "causal_conv direct long", [&](Device dev) {
+      Tensor x = input({b2, lt, c2}, 183, dev).with_requires_grad();
+      Tensor k = (input({long_taps, c2}, 184, dev) * 0.05).detach().with_requires_grad();
+      Tensor y = copy_masked(causal_conv(x, k, lt, long_taps, m), {lt});
+      auto g = grad(reduce_sum(square(y), {b2, lt, c2}), {x, k});
+      return std::vector<Tensor>{y, copy_masked(g[0], {lt}), g[1]};
+    }, 1e-4, 1e-4);
   Generator gen(23);
   nn::mega::MultiHeadDampedEMA cpu_m(d.feat, gen), gpu_m = cpu_m;
   nn::to(gpu_m, kGpu);

@@ -12,8 +12,8 @@
 // (NaN) does not spread through an FFT either. Differentiable in x and the kernel (f32, f64).
 //
 // method: direct sums the taps (O(L K) per channel, best for short kernels); fft multiplies
-// transforms (FFTW on the CPU: O(L log L)); automatic picks by size. Both give the same
-// result to rounding. On CUDA both run the direct kernel for now.
+// transforms (FFTW on the CPU, cuFFT on CUDA: O(L log L)); automatic picks by size. Both give
+// the same result to rounding.
 #include <dimx/tensor.h>
 
 namespace dimx {
