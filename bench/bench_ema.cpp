@@ -58,7 +58,7 @@ struct Shape {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool json = false;
+  bool json = false, sweep = false;
   std::string device = "cpu", peer_script = std::string(argv[0]) + "_peer.py";
   int reps = 0;
   for (int i = 1; i < argc; ++i) {
@@ -67,8 +67,9 @@ int main(int argc, char** argv) {
     else if (a == "--device" && i + 1 < argc) device = argv[++i];
     else if (a == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
     else if (a == "--peer" && i + 1 < argc) peer_script = argv[++i];
+    else if (a == "--sweep") sweep = true;
     else {
-      std::cerr << "usage: bench_ema [--json] [--device cpu|cuda] [--reps N] [--peer script.py]\n";
+      std::cerr << "usage: bench_ema [--json] [--device cpu|cuda] [--reps N] [--peer script.py] [--sweep]\n";
       return 2;
     }
   }
@@ -80,6 +81,33 @@ int main(int argc, char** argv) {
   }
 #endif
   const Device dev = cuda ? Device::cuda(0) : Device::cpu();
+  if (sweep) {
+    // How the forward + backward grows with L (B = 4, D = 256, H = 16): time / (L log2 L),
+    // relative to the shortest length, stays flat if the growth is no faster than L log L.
+    double base = 0;
+    std::printf("%8s %10s %14s\n", "L", "fwd+bwd ms", "per L log L");
+    for (int64_t L : {512, 1024, 2048, 4096, 8192, 16384}) {
+      Generator gen(0);
+      Dim batch(4, "batch"), size(256, "size"), time(L, "time");
+      nn::mega::Options o;
+      o.num_heads = 16;
+      nn::mega::MultiHeadDampedEMA m(size, gen, o);
+      nn::to(m, dev);
+      Tensor x = random_normal({time, batch, size}, gen).to(dev);
+      std::vector<Tensor> wrt;
+      for (auto& [name, t] : nn::named_parameters(m)) wrt.push_back(*t);
+      const double ms = median_ms(reps > 0 ? reps : 5, dev, [&] {
+        Tensor xg = x.with_requires_grad();
+        wrt.push_back(xg);
+        grad(reduce_sum(m(xg, time).first, {time, batch, size}), wrt);
+        wrt.pop_back();
+      });
+      const double per = ms / (double(L) * std::log2(double(L)));
+      if (base == 0) base = per;
+      std::printf("%8lld %10.2f %14.2f\n", static_cast<long long>(L), ms, per / base);
+    }
+    return 0;
+  }
   const std::vector<Shape> shapes = cuda ? std::vector<Shape>{{8, 1024, 4096}, {16, 512, 1024}} : std::vector<Shape>{{4, 256, 2048}};
   const int n = reps > 0 ? reps : (cuda ? 20 : 10);
   const int64_t H = 16;
