@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "peer.h"
+#include "timer.h"
 
 using namespace dimx;
 
@@ -39,27 +40,7 @@ struct Config {
   int reps;
 };
 
-void sync(Device dev) {
-#ifdef DIMX_BENCH_CUDA
-  if (dev.type == Device::Type::cuda) gpu::synchronize(dev.index);
-#else
-  (void)dev;
-#endif
-}
-
-double median_ms(int reps, Device dev, const std::function<void()>& f) {
-  for (int i = 0; i < 2; ++i) f();
-  sync(dev);
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    auto a = std::chrono::steady_clock::now();
-    f();
-    sync(dev);
-    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
+using bench::median_ms;
 
 // Max abs difference between att's output for batch entry 0 and a float64 loop, at a few queries.
 double check_against_loop(const nn::SelfAttention& att, const Tensor& x, const Tensor& y, const Dim& batch,

@@ -24,32 +24,13 @@
 #include <vector>
 
 #include "peer.h"
+#include "timer.h"
 
 using namespace dimx;
 
 namespace {
 
-void sync(Device dev) {
-#ifdef DIMX_BENCH_CUDA
-  if (dev.type == Device::Type::cuda) gpu::synchronize(dev.index);
-#else
-  (void)dev;
-#endif
-}
-
-double median_ms(int reps, Device dev, const std::function<void()>& f) {
-  for (int i = 0; i < 2; ++i) f();
-  sync(dev);
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    auto a = std::chrono::steady_clock::now();
-    f();
-    sync(dev);
-    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
+using bench::median_ms;
 
 struct Shape {
   int64_t B, D, L;

@@ -157,13 +157,28 @@ T* scratch(size_t n, cudaStream_t s) {
   return static_cast<T*>(p);
 }
 
+// The transform length for L frames and Lk taps (at least L, no wrap-around), and its plans on `s`.
+struct FftSetup {
+  int64_t Lu, n, nf;
+  const FftPlans* plans;
+};
+FftSetup fft_setup(int64_t L, int64_t C, int64_t Lk, bool dbl, cudaStream_t s) {
+  FftSetup f{};
+  f.Lu = Lk < L ? Lk : L;
+  f.n = fast_size(L + (f.Lu > 1 ? f.Lu : 1) - 1);
+  f.nf = f.n / 2 + 1;
+  f.plans = &plans_for(f.n, C, dbl);
+  check_fft(cufftSetStream(f.plans->r2c, s), "cufftSetStream");
+  check_fft(cufftSetStream(f.plans->c2r, s), "cufftSetStream");
+  return f;
+}
+
 template <class T>
 void conv_fft(int64_t B, int64_t L, int64_t C, int64_t Lk, bool anti, const T* x, const T* k, T* y, cudaStream_t s) {
   using C2 = typename Cx<T>::type;
-  const int64_t Lu = Lk < L ? Lk : L, n = fast_size(L + (Lu > 1 ? Lu : 1) - 1), nf = n / 2 + 1;
-  const FftPlans& p = plans_for(n, C, sizeof(T) == 8);
-  check_fft(cufftSetStream(p.r2c, s), "cufftSetStream");
-  check_fft(cufftSetStream(p.c2r, s), "cufftSetStream");
+  const FftSetup f = fft_setup(L, C, Lk, sizeof(T) == 8, s);
+  const int64_t Lu = f.Lu, n = f.n, nf = f.nf;
+  const FftPlans& p = *f.plans;
   T* re = scratch<T>(size_t(n * C), s);
   C2* kf = scratch<C2>(size_t(nf * C), s);
   C2* cx = scratch<C2>(size_t(nf * C), s);
@@ -185,10 +200,9 @@ void conv_fft(int64_t B, int64_t L, int64_t C, int64_t Lk, bool anti, const T* x
 template <class T>
 void kernel_grad_fft(int64_t B, int64_t L, int64_t C, int64_t Lk, const T* x, const T* g, T* dk, cudaStream_t s) {
   using C2 = typename Cx<T>::type;
-  const int64_t Lu = Lk < L ? Lk : L, n = fast_size(L + (Lu > 1 ? Lu : 1) - 1), nf = n / 2 + 1;
-  const FftPlans& p = plans_for(n, C, sizeof(T) == 8);
-  check_fft(cufftSetStream(p.r2c, s), "cufftSetStream");
-  check_fft(cufftSetStream(p.c2r, s), "cufftSetStream");
+  const FftSetup f = fft_setup(L, C, Lk, sizeof(T) == 8, s);
+  const int64_t Lu = f.Lu, n = f.n, nf = f.nf;
+  const FftPlans& p = *f.plans;
   T* re = scratch<T>(size_t(n * C), s);
   C2* gx = scratch<C2>(size_t(nf * C), s);
   C2* xx = scratch<C2>(size_t(nf * C), s);

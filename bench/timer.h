@@ -1,0 +1,39 @@
+#pragma once
+// The timer of dimx's benchmarks: the median of `reps` calls after two warm-up calls, in
+// milliseconds of wall time, the device synchronized around each call (built with
+// DIMX_BENCH_CUDA where the CUDA layer is linked).
+#include <dimx/device.h>
+#ifdef DIMX_BENCH_CUDA
+#include <dimx/gpu/runtime.h>
+#endif
+
+#include <algorithm>
+#include <chrono>
+#include <functional>
+#include <vector>
+
+namespace dimx::bench {
+
+inline void sync(Device dev) {
+#ifdef DIMX_BENCH_CUDA
+  if (dev.type == Device::Type::cuda) gpu::synchronize(dev.index);
+#else
+  (void)dev;
+#endif
+}
+
+inline double median_ms(int reps, Device dev, const std::function<void()>& f) {
+  for (int i = 0; i < 2; ++i) f();
+  sync(dev);
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    auto a = std::chrono::steady_clock::now();
+    f();
+    sync(dev);
+    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+}  // namespace dimx::bench
