@@ -63,40 +63,48 @@ struct Cx<double> {
   using type = cufftDoubleComplex;
 };
 
-// dst [n, C] = src [L, C] (rows reversed if asked), zero beyond L.
+// rows [R * C, n] from src [R, L, C]: row (r, c) holds src[r, t, c] at t (or L - 1 - t reversed), zeros
+// up to n. Time innermost, so one plan transforms every row of the batch at once.
 template <class T>
-__global__ void pad_rows(int64_t L, int64_t n, int64_t C, bool reverse, const T* src, T* dst) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n * C; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t t = i / C, c = i % C;
-    dst[i] = t < L ? src[(reverse ? L - 1 - t : t) * C + c] : T(0);
+__global__ void to_rows(int64_t R, int64_t L, int64_t C, int64_t n, bool reverse, const T* src, T* rows) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < R * C * n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i % n, rc = i / n, c = rc % C, r = rc / C;
+    rows[i] = t < L ? src[(r * L + (reverse ? L - 1 - t : t)) * C + c] : T(0);
   }
 }
 
-// y [L, C] = scale * src rows (reversed if asked).
+// dst [R, L, C] = scale * rows (reversed if asked).
 template <class T>
-__global__ void unpad_rows(int64_t L, int64_t C, bool reverse, T scale, const T* src, T* y) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < L * C; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t t = i / C, c = i % C;
-    y[i] = src[(reverse ? L - 1 - t : t) * C + c] * scale;
+__global__ void from_rows(int64_t R, int64_t L, int64_t C, int64_t n, bool reverse, T scale, const T* rows, T* dst) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < R * L * C; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = i % C, t = (i / C) % L, r = i / (C * L);
+    dst[i] = rows[(r * C + c) * n + (reverse ? L - 1 - t : t)] * scale;
   }
 }
 
+// a[(b, c), f] *= k[c, f] over B sequences.
 template <class C2>
-__global__ void mul_spectra(int64_t n, C2* a, const C2* b) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const C2 u = a[i], v = b[i];
+__global__ void mul_spectra(int64_t B, int64_t CF, C2* a, const C2* k) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < B * CF; i += int64_t(gridDim.x) * blockDim.x) {
+    const C2 u = a[i], v = k[i % CF];
     a[i].x = u.x * v.x - u.y * v.y;
     a[i].y = u.x * v.y + u.y * v.x;
   }
 }
 
-// acc += g conj(x)
+// acc[c, f] = sum_b g[(b, c), f] conj(x[(b, c), f])
 template <class C2>
-__global__ void mac_conj(int64_t n, C2* acc, const C2* g, const C2* x) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const C2 u = g[i], v = x[i];
-    acc[i].x += u.x * v.x + u.y * v.y;
-    acc[i].y += u.y * v.x - u.x * v.y;
+__global__ void sum_conj_products(int64_t B, int64_t CF, const C2* g, const C2* x, C2* acc) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < CF; i += int64_t(gridDim.x) * blockDim.x) {
+    C2 s;
+    s.x = 0;
+    s.y = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      const C2 u = g[b * CF + i], v = x[b * CF + i];
+      s.x += u.x * v.x + u.y * v.y;
+      s.y += u.y * v.x - u.x * v.y;
+    }
+    acc[i] = s;
   }
 }
 
@@ -113,26 +121,32 @@ void check_fft(cufftResult r, const char* what) {
   if (r != CUFFT_SUCCESS) throw Error(std::string("causal_conv: ") + what + " failed (cuFFT error " + std::to_string(int(r)) + ")");
 }
 
-// Plans for (device, n, C, double?): C transforms of length n with stride C, made once.
+// Plans for (device, n, rows, double?): `rows` contiguous transforms of length n, made once.
 struct FftPlans {
   cufftHandle r2c, c2r;
 };
-const FftPlans& plans_for(int64_t n, int64_t C, bool dbl) {
+const FftPlans& plans_for(int64_t n, int64_t rows, bool dbl, cudaStream_t s) {
   static std::mutex mu;
   static std::map<std::tuple<int, int64_t, int64_t, bool>, FftPlans> cache;
   int device = 0;
   cudaGetDevice(&device);
   std::lock_guard<std::mutex> lock(mu);
-  auto key = std::make_tuple(device, n, C, dbl);
+  auto key = std::make_tuple(device, n, rows, dbl);
   auto it = cache.find(key);
-  if (it != cache.end()) return it->second;
-  int len = int(n), inembed = int(n), onembed = int(n / 2 + 1);
-  FftPlans p{};
-  check_fft(cufftPlanMany(&p.r2c, 1, &len, &inembed, int(C), 1, &onembed, int(C), 1, dbl ? CUFFT_D2Z : CUFFT_R2C, int(C)),
-            "cufftPlanMany");
-  check_fft(cufftPlanMany(&p.c2r, 1, &len, &onembed, int(C), 1, &inembed, int(C), 1, dbl ? CUFFT_Z2D : CUFFT_C2R, int(C)),
-            "cufftPlanMany");
-  return cache.emplace(key, p).first->second;
+  if (it == cache.end()) {
+    int len = int(n), inembed = int(n), onembed = int(n / 2 + 1);
+    FftPlans p{};
+    check_fft(cufftPlanMany(&p.r2c, 1, &len, &inembed, 1, int(n), &onembed, 1, int(n / 2 + 1), dbl ? CUFFT_D2Z : CUFFT_R2C,
+                            int(rows)),
+              "cufftPlanMany");
+    check_fft(cufftPlanMany(&p.c2r, 1, &len, &onembed, 1, int(n / 2 + 1), &inembed, 1, int(n), dbl ? CUFFT_Z2D : CUFFT_C2R,
+                            int(rows)),
+              "cufftPlanMany");
+    it = cache.emplace(key, p).first;
+  }
+  check_fft(cufftSetStream(it->second.r2c, s), "cufftSetStream");
+  check_fft(cufftSetStream(it->second.c2r, s), "cufftSetStream");
+  return it->second;
 }
 
 template <class T>
@@ -157,73 +171,64 @@ T* scratch(size_t n, cudaStream_t s) {
   return static_cast<T*>(p);
 }
 
-// The transform length for L frames and Lk taps (at least L, no wrap-around), and its plans on `s`.
-struct FftSetup {
+// The transform length for L frames and Lk taps: at least L + min(Lk, L) - 1 (no wrap-around).
+struct FftSize {
   int64_t Lu, n, nf;
-  const FftPlans* plans;
 };
-FftSetup fft_setup(int64_t L, int64_t C, int64_t Lk, bool dbl, cudaStream_t s) {
-  FftSetup f{};
+FftSize fft_size(int64_t L, int64_t Lk) {
+  FftSize f{};
   f.Lu = Lk < L ? Lk : L;
   f.n = fast_size(L + (f.Lu > 1 ? f.Lu : 1) - 1);
   f.nf = f.n / 2 + 1;
-  f.plans = &plans_for(f.n, C, dbl);
-  check_fft(cufftSetStream(f.plans->r2c, s), "cufftSetStream");
-  check_fft(cufftSetStream(f.plans->c2r, s), "cufftSetStream");
   return f;
 }
 
 template <class T>
 void conv_fft(int64_t B, int64_t L, int64_t C, int64_t Lk, bool anti, const T* x, const T* k, T* y, cudaStream_t s) {
   using C2 = typename Cx<T>::type;
-  const FftSetup f = fft_setup(L, C, Lk, sizeof(T) == 8, s);
-  const int64_t Lu = f.Lu, n = f.n, nf = f.nf;
-  const FftPlans& p = *f.plans;
-  T* re = scratch<T>(size_t(n * C), s);
-  C2* kf = scratch<C2>(size_t(nf * C), s);
-  C2* cx = scratch<C2>(size_t(nf * C), s);
-  pad_rows<T><<<blocks_for(n * C), 256, 0, s>>>(Lu, n, C, false, k, re);
-  r2c<T>(p, re, kf);
-  for (int64_t b = 0; b < B; ++b) {
-    pad_rows<T><<<blocks_for(n * C), 256, 0, s>>>(L, n, C, anti, x + b * L * C, re);
-    r2c<T>(p, re, cx);
-    mul_spectra<C2><<<blocks_for(nf * C), 256, 0, s>>>(nf * C, cx, kf);
-    c2r<T>(p, cx, re);
-    unpad_rows<T><<<blocks_for(L * C), 256, 0, s>>>(L, C, anti, T(1) / T(n), re, y + b * L * C);
-  }
+  const FftSize f = fft_size(L, Lk);
+  const bool dbl = sizeof(T) == 8;
+  T* rows = scratch<T>(size_t(B * C * f.n), s);
+  C2* spec = scratch<C2>(size_t(B * C * f.nf), s);
+  C2* kf = scratch<C2>(size_t(C * f.nf), s);
+  // The kernel's transform per channel, then every row of the batch in one transform.
+  to_rows<T><<<blocks_for(C * f.n), 256, 0, s>>>(1, f.Lu, C, f.n, false, k, rows);
+  r2c<T>(plans_for(f.n, C, dbl, s), rows, kf);
+  to_rows<T><<<blocks_for(B * C * f.n), 256, 0, s>>>(B, L, C, f.n, anti, x, rows);
+  const FftPlans& p = plans_for(f.n, B * C, dbl, s);
+  r2c<T>(p, rows, spec);
+  mul_spectra<C2><<<blocks_for(B * C * f.nf), 256, 0, s>>>(B, C * f.nf, spec, kf);
+  c2r<T>(p, spec, rows);
+  from_rows<T><<<blocks_for(B * L * C), 256, 0, s>>>(B, L, C, f.n, anti, T(1) / T(f.n), rows, y);
   check_launch("causal_conv");
-  cudaFreeAsync(re, s);
+  cudaFreeAsync(rows, s);
+  cudaFreeAsync(spec, s);
   cudaFreeAsync(kf, s);
-  cudaFreeAsync(cx, s);
 }
 
 template <class T>
 void kernel_grad_fft(int64_t B, int64_t L, int64_t C, int64_t Lk, const T* x, const T* g, T* dk, cudaStream_t s) {
   using C2 = typename Cx<T>::type;
-  const FftSetup f = fft_setup(L, C, Lk, sizeof(T) == 8, s);
-  const int64_t Lu = f.Lu, n = f.n, nf = f.nf;
-  const FftPlans& p = *f.plans;
-  T* re = scratch<T>(size_t(n * C), s);
-  C2* gx = scratch<C2>(size_t(nf * C), s);
-  C2* xx = scratch<C2>(size_t(nf * C), s);
-  C2* acc = scratch<C2>(size_t(nf * C), s);
-  cudaMemsetAsync(acc, 0, size_t(nf * C) * sizeof(C2), s);
-  for (int64_t b = 0; b < B; ++b) {
-    pad_rows<T><<<blocks_for(n * C), 256, 0, s>>>(L, n, C, false, g + b * L * C, re);
-    r2c<T>(p, re, gx);
-    pad_rows<T><<<blocks_for(n * C), 256, 0, s>>>(L, n, C, false, x + b * L * C, re);
-    r2c<T>(p, re, xx);
-    mac_conj<C2><<<blocks_for(nf * C), 256, 0, s>>>(nf * C, acc, gx, xx);
-  }
-  c2r<T>(p, acc, re);
-  // dk [Lk, C]: the first Lu lags, zero beyond the sequence.
+  const FftSize f = fft_size(L, Lk);
+  const bool dbl = sizeof(T) == 8;
+  T* rows = scratch<T>(size_t(B * C * f.n), s);
+  C2* gs = scratch<C2>(size_t(B * C * f.nf), s);
+  C2* xs = scratch<C2>(size_t(B * C * f.nf), s);
+  const FftPlans& p = plans_for(f.n, B * C, dbl, s);
+  to_rows<T><<<blocks_for(B * C * f.n), 256, 0, s>>>(B, L, C, f.n, false, g, rows);
+  r2c<T>(p, rows, gs);
+  to_rows<T><<<blocks_for(B * C * f.n), 256, 0, s>>>(B, L, C, f.n, false, x, rows);
+  r2c<T>(p, rows, xs);
+  // The batch's sum in the frequency domain, then one inverse transform per channel.
+  sum_conj_products<C2><<<blocks_for(C * f.nf), 256, 0, s>>>(B, C * f.nf, gs, xs, gs);
+  c2r<T>(plans_for(f.n, C, dbl, s), gs, rows);
   cudaMemsetAsync(dk, 0, size_t(Lk * C) * sizeof(T), s);
-  unpad_rows<T><<<blocks_for(Lu * C), 256, 0, s>>>(Lu, C, false, T(1) / T(n), re, dk);
+  // dk [Lk, C]: lags 0 .. Lu-1 from row c (the rows buffer read as [1, C, n]), zero beyond.
+  from_rows<T><<<blocks_for(f.Lu * C), 256, 0, s>>>(1, f.Lu, C, f.n, false, T(1) / T(f.n), rows, dk);
   check_launch("causal_conv");
-  cudaFreeAsync(re, s);
-  cudaFreeAsync(gx, s);
-  cudaFreeAsync(xx, s);
-  cudaFreeAsync(acc, s);
+  cudaFreeAsync(rows, s);
+  cudaFreeAsync(gs, s);
+  cudaFreeAsync(xs, s);
 }
 
 }  // namespace
