@@ -24,10 +24,6 @@ double max_diff(const std::vector<double>& a, const std::vector<double>& b) {
   for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) d = std::max(d, std::abs(a[i] - b[i]));
   return d;
 }
-// Frame t of every sequence of x, as a single-step input (no time Dim).
-Tensor frame(const Tensor& x, const Dim& time, int64_t t) {
-  return gather(x, Tensor::scalar(double(t), DType::i32).with_sparse_dim(time), time, /*clip_to_valid=*/true);
-}
 }  // namespace
 
 int main() {

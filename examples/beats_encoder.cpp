@@ -128,12 +128,12 @@ int main() {
     std::optional<beats::State> state = dec.initial_state({batch});
     double worst = 0;
     for (int64_t t = 0; t < time.extent(); ++t) {
-      Tensor xt = gather(x, Tensor::scalar(double(t), DType::i32).with_sparse_dim(time), time, /*clip_to_valid=*/true);
+      Tensor xt = frame(x, time, t);  // frame t of every sequence (0 for those that ended)
       beats::Inputs step = causal;
       step.incremental_state = state;
       beats::Output o = dec(xt, nn::single_step_dim(), step);
       state = o.state;  // the keys and values so far, per sequence
-      Tensor want = gather(full, Tensor::scalar(double(t), DType::i32).with_sparse_dim(time), time, true);
+      Tensor want = frame(full, time, t);
       Tensor valid = less(Tensor::scalar(double(t), DType::i32), time.lengths(), true);
       Tensor diff = where(valid, abs(o.attn - want), 0.0, true);
       worst = std::max(worst, double(reduce_max(diff, diff.dims()).item<float>()));

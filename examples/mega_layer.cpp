@@ -99,11 +99,10 @@ int main() {
   {
     Tensor state = layer.ema.initial_state({batch});
     for (int64_t t = 0; t < time.extent(); ++t) {
-      Tensor idx = Tensor::scalar(double(t), DType::i32).with_sparse_dim(time);
-      auto [y, next] = layer(gather(x, idx, time, true), nn::single_step_dim(), state);
+      auto [y, next] = layer(frame(x, time, t), nn::single_step_dim(), state);
       state = *next;
       Tensor valid = less(Tensor::scalar(double(t), DType::i32), time.lengths(), true);
-      Tensor d = where(valid, abs(y - gather(full, idx, time, true)), 0.0, true);
+      Tensor d = where(valid, abs(y - frame(full, time, t)), 0.0, true);
       worst = std::max(worst, double(reduce_max(d, d.dims()).item<float>()));
     }
   }

@@ -47,10 +47,6 @@ struct Layer : nn::Module {
   }
 };
 
-// Frame t of every sequence ({batch, model}).
-Tensor frame(const Tensor& x, const Dim& time, int64_t t) {
-  return gather(x, Tensor::scalar(double(t), DType::i32).with_sparse_dim(time), time, /*clip_to_valid=*/true);
-}
 
 int main() {
   bool ok = true;

@@ -403,6 +403,27 @@ std::pair<Tensor, Dim> window(const Tensor& x, const Dim& axis, int64_t size, st
   return {where(valid, g, 0.0, true), w};
 }
 
+Tensor frame(const Tensor& x, const Dim& axis, const Tensor& indices) {
+  check_defined("frame", x);
+  check_defined("frame", indices);
+  check_has_dim("frame", x, axis);
+  if (!is_integer(indices.dtype())) fail("frame: indices must be integer, got " + indices.str());
+  for (const Dim& d : indices.dims())
+    if (!x.has_dim(d) || d == axis)
+      fail("frame: indices " + indices.str() + " must be over batch Dims of x = " + x.str() + " (not '" + axis.str() + "')");
+  const Device dev = x.device();
+  const Tensor idx = indices.astype(DType::i64).with_sparse_dim(std::nullopt).to(dev);
+  if (axis.extent() == 0) return Tensor::zeros(minus_dims(x.dims(), {axis}), x.dtype(), dev);
+  const Tensor valid = logical_and(idx >= 0.0, less(idx, axis.lengths(dev).astype(DType::i64), true), true);
+  const Tensor g = gather(x, clip(idx, 0, double(axis.extent() - 1)).with_sparse_dim(axis), axis);
+  return where(valid, g, 0.0, true);
+}
+
+Tensor frame(const Tensor& x, const Dim& axis, int64_t index) {
+  check_defined("frame", x);
+  return frame(x, axis, Tensor::scalar(double(index), DType::i64, x.device()));
+}
+
 Tensor shift_right(const Tensor& x, const Dim& axis, int64_t amount, double pad_value) {
   check_defined("shift_right", x);
   check_has_dim("shift_right", x, axis);

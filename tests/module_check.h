@@ -49,10 +49,7 @@ inline std::vector<double> valid(const Tensor& x, const Dims& dims, const Dim& t
   return dimx::copy_masked(x, {time}).to_vector<double>(dims);
 }
 
-// Frame t of every sequence as a step input {batch, feat}.
-inline Tensor frame(const Tensor& x, const Dim& time, int64_t t) {
-  return dimx::gather(x, Tensor::scalar(double(t), DType::i32).with_sparse_dim(time), time, /*clip_to_valid=*/true);
-}
+using dimx::frame;
 
 // Runs `att` on x three ways and checks the valid frames agree: the whole sequence, one step
 // at a time, and a chunk of 3 frames followed by the rest (lengths {3,2,3} then {2,0,1}).

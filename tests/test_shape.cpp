@@ -712,3 +712,26 @@ TEST_CASE("squeeze: drops an extent-1 Dim", "[shape]") {
               "squeeze " + dims_str(perm));
   }
 }
+
+TEST_CASE("frame: one frame of every sequence, 0 past a sequence's end, and per-sequence indices", "[shape]") {
+  Dim batch(3, "batch"), feat(2, "feat");
+  Dim time = dimx_test::dynamic_dim(batch, {4, 1, 0});
+  std::vector<float> v(3 * 4 * 2);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = float(i + 1);
+  Tensor x = Tensor::from_vector<float>({batch, time, feat}, v);
+  CHECK(frame(x, time, 0).to_vector<float>({batch, feat}) == std::vector<float>{1, 2, 9, 10, 0, 0});
+  CHECK(frame(x, time, 2).to_vector<float>({batch, feat}) == std::vector<float>{5, 6, 0, 0, 0, 0});
+  CHECK(frame(x, time, 7).to_vector<float>({batch, feat}) == std::vector<float>(6, 0.0f));
+  CHECK(frame(x, time, -1).to_vector<float>({batch, feat}) == std::vector<float>(6, 0.0f));
+  // Each sequence's last frame.
+  Tensor last = time.lengths().astype(DType::i64) - 1.0;
+  CHECK(frame(x, time, last).to_vector<float>({batch, feat}) == std::vector<float>{7, 8, 9, 10, 0, 0});
+  // Differentiable in x: the gradient lands on the frames read.
+  Tensor xg = x.with_requires_grad();
+  auto g = grad(reduce_sum(frame(xg, time, last), {batch, feat}), {xg})[0].to_vector<float>({batch, time, feat});
+  CHECK(g[6] == 1.0f);
+  CHECK(g[8] == 1.0f);
+  CHECK(g[0] == 0.0f);
+  CHECK_THROWS_WITH(frame(x, time, last.astype(DType::f32)), Catch::Contains("frame") && Catch::Contains("integer"));
+  CHECK_THROWS_WITH(frame(x, time, Tensor::zeros({Dim(3, "other")}, DType::i64)), Catch::Contains("batch Dims"));
+}

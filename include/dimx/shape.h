@@ -37,6 +37,12 @@ std::pair<Tensor, Dim> slice(const Tensor& x, const Dim& axis, int64_t start,
 // output frames are unspecified and send no gradient back.
 Tensor gather(const Tensor& x, const Tensor& indices, std::optional<Dim> axis = {},
               bool clip_to_valid = false);
+// Frame `index` of every sequence along `axis` (the axis Dropped): x[..., index, ...] where
+// index < the sequence's length, 0 where the sequence is shorter (never its padding). The
+// batched form takes an integer tensor of indices over batch Dims of x (e.g. lengths - 1 for
+// each sequence's last frame); an index outside [0, length) gives 0. Differentiable in x.
+Tensor frame(const Tensor& x, const Dim& axis, int64_t index);
+Tensor frame(const Tensor& x, const Dim& axis, const Tensor& indices);
 // Sliding windows: out[t, w] = x[t + w - window_left] (0 outside the valid frames of axis).
 // window_left defaults to (size - 1) / 2 ("same"); size - 1 gives a causal window.
 std::pair<Tensor, Dim> window(const Tensor& x, const Dim& axis, int64_t size,
