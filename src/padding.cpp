@@ -5,7 +5,6 @@
 #include <dimx/shape.h>
 
 #include "autograd.h"
-#include "backend.h"
 
 namespace dimx {
 
@@ -17,10 +16,7 @@ Tensor zero_padding(const Tensor& t, const Dim& d) {
     NoGradGuard ng;
     len = reduce(len, ReduceOp::max, missing);
   }
-  // The frame index, made on t's device (no host copy per call).
-  Tensor pos = empty({d}, DType::i32, t.device(), "zero_padding");
-  backend::backend_for(t.device()).iota(DType::i32, d.extent(), pos.impl().data());
-  const Tensor valid = less(pos, len, true);
+  const Tensor valid = less(range_over_dim(d, DType::i32, t.device()).with_sparse_dim(std::nullopt), len, true);
   Tensor r = where(valid, t, 0.0);
   return t.sparse_dim() && is_integer(r.dtype()) ? r.with_sparse_dim(t.sparse_dim()) : r;
 }

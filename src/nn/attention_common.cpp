@@ -7,6 +7,8 @@
 #include <cmath>
 #include <limits>
 
+#include <dimx/nn/attention.h>
+
 #include "tensor_impl.h"
 
 namespace dimx::nn {
@@ -85,6 +87,49 @@ Tensor onto_keys(const char* op, const char* what, Tensor t, const Dim& keys, co
       fail(std::string(op) + ": " + what + " " + t.str() + " has a Dim '" + d.str() + "' that is not among " +
            dims_str(known) + " and the keys '" + keys.str() + "'");
   return t;
+}
+
+const Dim& frame_axis() {
+  static const Dim d(1, "step");
+  return d;
+}
+
+QueryFrames query_frames(const char* op, const Tensor& query, const Dim& query_axis, const Dim& embed) {
+  check_defined(op, query);
+  check_has_dim(op, query, embed, "query");
+  if (query_axis != single_step_dim()) {
+    check_has_dim(op, query, query_axis, "query");
+    return {query, query_axis, false};
+  }
+  return {expand_dim(query, frame_axis()), frame_axis(), true};
+}
+
+PaddedKeys pad_keys(const char* op, const Tensor& mask0, Tensor& k, Tensor& v, const Dim& axis, const Dim& query_axis,
+                    DType dtype, bool decoding) {
+  if (!mask0.defined()) return {axis, Tensor()};
+  if (decoding && axis == query_axis)
+    fail(std::string(op) + ": when decoding self-attention with a state, padding is the query axis's lengths (a "
+                           "dynamic Dim), not a key_padding_mask");
+  Tensor mask = mask0;
+  if (axis != query_axis && mask.has_dim(query_axis) && !mask.has_dim(axis))
+    mask = replace_dim(mask, query_axis, axis).first;
+  KeyPadding kp = key_padding(op, mask, axis, dtype);
+  if (kp.additive.defined()) {
+    if (decoding) fail(std::string(op) + ": with a decoding state the key_padding_mask must pad only each sequence's end");
+    return {axis, kp.additive};
+  }
+  k = to_key_axis(k, axis, kp.axis);
+  v = to_key_axis(v, axis, kp.axis);
+  return {kp.axis, Tensor()};
+}
+
+Tensor score_mask(const char* op, const Tensor& mask, DType dtype, const Dim& keys, const Dims& known, int64_t full_extent) {
+  if (!mask.defined()) return mask;
+  Tensor t = mask.dtype() == DType::boolean
+                 ? where(mask, -std::numeric_limits<double>::infinity(), Tensor::scalar(0, dtype, mask.device()))
+                 : mask;
+  if (t.dtype() != dtype) fail(std::string(op) + ": attn_mask " + mask.str() + " must be bool or " + dtype_name(dtype));
+  return onto_keys(op, "attn_mask", t, keys, known, full_extent);
 }
 
 Tensor to_key_axis(const Tensor& t, const Dim& from, const Dim& to) {

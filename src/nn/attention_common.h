@@ -34,6 +34,30 @@ Tensor to_key_axis(const Tensor& t, const Dim& from, const Dim& to);
 // cut frames are padding). Any other Dim is an error naming `what`.
 Tensor onto_keys(const char* op, const char* what, Tensor t, const Dim& keys, const Dims& known, int64_t full_extent);
 
+// A query as frames: x {..., query_axis, embed}, or one decoding step (query_axis =
+// single_step_dim(), no time Dim) as a chunk of one frame over the static `frame_axis` (so
+// the modules handle both alike and squeeze frame_axis from their outputs at the end).
+struct QueryFrames {
+  Tensor query;
+  Dim axis;
+  bool step;
+};
+const Dim& frame_axis();
+QueryFrames query_frames(const char* op, const Tensor& query, const Dim& query_axis, const Dim& embed);
+
+// A user's key padding mask applied to the new keys k, v over `axis` (key_padding): they move
+// onto the lengths' Dim, or the additive term is returned. A mask given over the query's axis
+// (self-attention) is read over `axis`. With a decoding state only end padding works, and
+// self-attention decoding takes the query axis's lengths instead of a mask.
+struct PaddedKeys {
+  Dim axis;
+  Tensor additive;
+};
+PaddedKeys pad_keys(const char* op, const Tensor& mask, Tensor& k, Tensor& v, const Dim& axis, const Dim& query_axis,
+                    DType dtype, bool decoding);
+// A user's attn_mask (bool: true = -inf, or `dtype` additive) onto the keys (onto_keys).
+Tensor score_mask(const char* op, const Tensor& mask, DType dtype, const Dim& keys, const Dims& known, int64_t full_extent);
+
 // q, k, v of the fused projection h {..., heads, per_head}: per head (dk, dk, dv) frames.
 std::array<Tensor, 3> split_qkv(const Tensor& h, const Dim& per_head, const Dim& dk, const Dim& dv);
 

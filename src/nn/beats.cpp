@@ -192,10 +192,7 @@ State MultiheadAttention::initial_state(const Dims& batch) const {
 
 Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axis, const Inputs& in) const {
   const Options& o = options;
-  check_defined(kOp, query0);
-  check_has_dim(kOp, query0, embed, "query");
-  const bool step = query_axis == single_step_dim();
-  if (!step) check_has_dim(kOp, query0, query_axis, "query");
+  const auto [query, qaxis, step] = query_frames(kOp, query0, query_axis, embed);
   if (in.static_kv && !o.encoder_decoder_attention)
     fail(std::string(kOp) + ": static_kv needs encoder_decoder_attention");
   const bool need_weights = in.need_weights || in.need_head_weights;
@@ -204,10 +201,6 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
   if (train && (o.dropout > 0 || o.q_noise > 0) && !in.gen)
     fail(std::string(kOp) + ": dropout or q_noise in training needs a Generator (Inputs::gen)");
 
-  // A single step is a chunk of one frame.
-  static const Dim one_step(1, "step");
-  const Dim qaxis = step ? one_step : query_axis;
-  const Tensor query = step ? expand_dim(query0, one_step) : query0;
 
   auto project = [&](const Linear& l, const Tensor& x) {
     if (!(train && o.q_noise > 0)) return l(x);
@@ -245,23 +238,10 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
   // ---- key padding: a bool mask becomes lengths of the new keys where it can
   const int64_t unpadded_extent = new_axis.extent();
   Tensor additive_pad;
-  if (in.key_padding_mask.defined() && !reuse) {
-    Tensor mask = in.key_padding_mask;
-    if (o.self_attention && mask.has_dim(qaxis)) mask = replace_dim(mask, qaxis, new_axis).first;
-    if (in.incremental_state && o.self_attention)
-      fail(std::string(kOp) + ": when decoding self-attention with a state, padding is the query axis's lengths (a "
-                              "dynamic Dim), not a key_padding_mask");
-    KeyPadding kp = key_padding(kOp, mask, new_axis, query.dtype());
-    if (kp.additive.defined()) {
-      if (in.incremental_state)
-        fail(std::string(kOp) + ": with incremental_state the key_padding_mask must pad only each sequence's end "
-                                "(or give the keys a dynamic Dim)");
-      additive_pad = kp.additive;
-    } else {
-      k = to_key_axis(k, new_axis, kp.axis);
-      v = to_key_axis(v, new_axis, kp.axis);
-      new_axis = kp.axis;
-    }
+  if (!reuse) {
+    PaddedKeys pk = pad_keys(kOp, in.key_padding_mask, k, v, new_axis, qaxis, query.dtype(), in.incremental_state.has_value());
+    new_axis = pk.axis;
+    additive_pad = pk.additive;
   }
 
   // ---- the history of a state, and the key Dim the queries attend over
@@ -299,18 +279,9 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
   }
 
   // ---- additive terms over {query, keys}: attn_mask, the padding term, the position bias
-  auto on_keys = [&](const Tensor& t, const char* what) {
-    if (step && t.defined() && t.has_dim(query_axis)) fail(std::string(kOp) + ": " + what + " has the single-step Dim");
-    return onto_keys(kOp, what, t, keys, union_dims(query.dims(), {heads}), unpadded_extent);
-  };
-  auto additive_mask = [&](const Tensor& m) {
-    if (!m.defined()) return m;
-    Tensor t = m.dtype() == DType::boolean ? where(m, -kInf, Tensor::scalar(0, query.dtype(), dev)) : m;
-    if (t.dtype() != query.dtype())
-      fail(std::string(kOp) + ": attn_mask " + m.str() + " must be bool or the query's dtype");
-    return on_keys(t, "attn_mask");
-  };
-  Tensor attn_mask = additive_mask(in.attn_mask);
+  const Dims known = union_dims(query.dims(), {heads});
+  auto on_keys = [&](const Tensor& t, const char* what) { return onto_keys(kOp, what, t, keys, known, unpadded_extent); };
+  Tensor attn_mask = score_mask(kOp, in.attn_mask, query.dtype(), keys, known, unpadded_extent);
   if (additive_pad.defined()) additive_pad = on_keys(additive_pad, "key_padding_mask");
 
   Tensor position_bias = in.position_bias;
@@ -375,7 +346,7 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
       if (additive_pad.defined()) w = add(w, additive_pad, true);
       out.w = copy_masked(w, {keys}, -kInf);
       out.v = v;
-      if (step) out.w = squeeze(out.w, one_step);
+      if (step) out.w = squeeze(out.w, qaxis);
       return out;
     }
     if (attn_mask.defined()) e = add(e, attn_mask, true);
@@ -420,8 +391,8 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
     }
   }
   if (step) {
-    attn = squeeze(attn, one_step);
-    if (out.weights.defined()) out.weights = squeeze(out.weights, one_step);
+    attn = squeeze(attn, qaxis);
+    if (out.weights.defined()) out.weights = squeeze(out.weights, qaxis);
   }
   out.attn = attn;
   return out;

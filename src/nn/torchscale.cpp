@@ -183,19 +183,13 @@ State MultiheadAttention::initial_state(const Dims& batch) const {
 
 Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axis, const Inputs& in) const {
   const Options& o = options;
-  check_defined(kOp, query0);
-  check_has_dim(kOp, query0, embed, "query");
-  const bool step = query_axis == single_step_dim();
-  if (!step) check_has_dim(kOp, query0, query_axis, "query");
+  const auto [query, qaxis, step] = query_frames(kOp, query0, query_axis, embed);
   const bool train = training;
   if (train && o.dropout > 0 && !in.gen) fail(std::string(kOp) + ": dropout in training needs a Generator (Inputs::gen)");
   const Device dev = query0.device();
   const int64_t p = in.split_position;
   if (p < -1) fail(std::string(kOp) + ": split_position must be -1 or >= 0, got " + std::to_string(p));
 
-  static const Dim one_step(1, "step");
-  const Dim qaxis = step ? one_step : query_axis;
-  const Tensor query = step ? expand_dim(query0, one_step) : query0;
   auto split_heads = [&](const Tensor& t) { return split_dims(t, proj, {heads, head_dim}); };
 
   // ---- projections: keys over the query's frames unless a key is given
@@ -231,24 +225,10 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
 
   // ---- key padding: a bool mask becomes lengths of the new keys where it can
   const int64_t unpadded_extent = new_axis.extent();
-  Tensor additive_pad;
-  if (in.key_padding_mask.defined()) {
-    if (in.incremental_state && new_axis == qaxis)
-      fail(std::string(kOp) + ": when decoding self-attention with a state, padding is the query axis's lengths (a "
-                              "dynamic Dim), not a key_padding_mask");
-    Tensor mask = in.key_padding_mask;
-    if (!in.key.defined() && new_axis != qaxis && mask.has_dim(qaxis)) mask = replace_dim(mask, qaxis, new_axis).first;
-    KeyPadding kp = key_padding(kOp, mask, new_axis, query.dtype());
-    if (kp.additive.defined()) {
-      if (in.incremental_state)
-        fail(std::string(kOp) + ": with incremental_state the key_padding_mask must pad only each sequence's end");
-      additive_pad = kp.additive;
-    } else {
-      k = to_key_axis(k, new_axis, kp.axis);
-      v = to_key_axis(v, new_axis, kp.axis);
-      new_axis = kp.axis;
-    }
-  }
+  const PaddedKeys pk = pad_keys(kOp, in.key_padding_mask, k, v, new_axis, qaxis, query.dtype(),
+                                 in.incremental_state.has_value());
+  new_axis = pk.axis;
+  Tensor additive_pad = pk.additive;
 
   // ---- the history, XPOS, and the key Dim the queries attend over
   Dim keys = new_axis;  // what the queries attend over
@@ -283,14 +263,7 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
 
   // ---- scores
   const Dims known = union_dims(query.dims(), {heads});
-  Tensor attn_mask = in.attn_mask;
-  if (attn_mask.defined()) {
-    if (attn_mask.dtype() == DType::boolean)
-      attn_mask = where(attn_mask, -std::numeric_limits<double>::infinity(), Tensor::scalar(0, query.dtype(), dev));
-    if (attn_mask.dtype() != query.dtype())
-      fail(std::string(kOp) + ": attn_mask " + in.attn_mask.str() + " must be bool or the query's dtype");
-    attn_mask = onto_keys(kOp, "attn_mask", attn_mask, keys, known, unpadded_extent);
-  }
+  const Tensor attn_mask = score_mask(kOp, in.attn_mask, query.dtype(), keys, known, unpadded_extent);
   if (additive_pad.defined()) additive_pad = onto_keys(kOp, "key_padding_mask", additive_pad, keys, known, unpadded_extent);
   Tensor rel_pos = in.rel_pos;
   if (rel_pos.defined()) {
@@ -314,14 +287,14 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
     if (additive_pad.defined()) w = add(w, additive_pad, true);
     if (rel_pos.defined()) w = add(w, rel_pos, true);
     Tensor pr = softmax(w, keys);
-    if (in.need_weights) out.weights = step ? squeeze(pr, one_step) : pr;
+    if (in.need_weights) out.weights = step ? squeeze(pr, qaxis) : pr;
     if (dropout_active) pr = dropout(pr, o.dropout, *in.gen, true);
     ctx = matmul(pr, v, {keys});
   }
   Tensor attn = merge_dims(ctx, {heads, head_dim}, proj).first;
   if (inner_attn_ln) attn = run(*inner_attn_ln, attn, qaxis, p);
   attn = run(out_proj, attn, qaxis, p);
-  out.attn = step ? squeeze(attn, one_step) : attn;
+  out.attn = step ? squeeze(attn, qaxis) : attn;
   return out;
 }
 
