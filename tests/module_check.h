@@ -5,7 +5,39 @@
 
 #include "test_util.h"
 
+#include <filesystem>
+#include <map>
+
 namespace dimx_test {
+
+// A golden file written by tests/reference/make_*_golden.py: the module's parameters under
+// their PyTorch names, everything else under "io.", and the case's settings as metadata.
+struct GoldenFile {
+  dimx::SafeTensors file;
+  std::map<std::string, std::string> meta;
+  explicit GoldenFile(const std::string& name)
+      : file(dimx::SafeTensors::open(
+            (std::filesystem::path(__FILE__).parent_path() / "golden" / (name + ".safetensors")).string())),
+        meta(file.metadata()) {}
+  bool flag(const std::string& k) const { return meta.at(k) == "true"; }
+  int64_t integer(const std::string& k) const { return std::stoll(meta.at(k)); }
+  bool has(const std::string& k) const { return file.contains(k); }
+  Tensor get(const std::string& k, const Dims& dims, DType dt = DType::f32) const { return file.load(k, dims, dt); }
+  // io.lengths over `batch`, as the lengths of a dynamic Dim.
+  std::vector<int32_t> lengths(const dimx::Dim& batch) const {
+    auto v = file.load("io.lengths", {batch}).to_vector<int64_t>();
+    return std::vector<int32_t>(v.begin(), v.end());
+  }
+  // The file's parameters into m by name: every parameter found and shaped right, every other
+  // key an "io." one.
+  template <class M>
+  void load_module(M& m) const {
+    dimx::LoadReport rep = dimx::nn::load_state(m, file, /*strict=*/false);
+    CHECK(rep.missing.empty());
+    CHECK(rep.mismatched.empty());
+    for (const auto& k : rep.unexpected) CHECK(k.rfind("io.", 0) == 0);
+  }
+};
 
 // Random float64/f32 data in a permuted layout, so results never depend on the layout.
 inline dimx::Tensor rnd(const Dims& dims, uint32_t seed, DType dt = DType::f32, double lo = -1.5, double hi = 1.5) {

@@ -17,21 +17,17 @@ using Catch::Contains;
 
 namespace {
 
-const std::string kGolden = (std::filesystem::path(__FILE__).parent_path() / "golden").string();
 constexpr double kInfD = std::numeric_limits<double>::infinity();
 
 // One golden case: the module built from the file's flags with the file's weights, and the
 // file's tensors over Dims (time-first as fairseq: query [T, B, E], key [S, B, kdim]).
-struct Golden {
-  SafeTensors file;
-  std::map<std::string, std::string> meta;
+struct Golden : GoldenFile {
   Dim batch, time, src, embed;
   std::optional<Dim> kdim, vdim;
   std::optional<beats::MultiheadAttention> m;
 
   explicit Golden(const std::string& name, DType dtype = DType::f32)
-      : file(SafeTensors::open(kGolden + "/beats_" + name + ".safetensors")),
-        meta(file.metadata()),
+      : GoldenFile("beats_" + name),
         batch(std::stoll(meta.at("B")), "batch"),
         time(std::stoll(meta.at("T")), "time"),
         src(std::stoll(meta.at("S")), "src"),
@@ -59,18 +55,9 @@ struct Golden {
     Generator gen(1);
     m.emplace(embed, std::stoll(meta.at("num_heads")), gen, o);
     nn::eval(*m);
-    LoadReport rep = nn::load_state(*m, file, /*strict=*/false);
-    CHECK(rep.missing.empty());
-    CHECK(rep.mismatched.empty());
-    for (const auto& k : rep.unexpected) CHECK(k.rfind("io.", 0) == 0);
+    load_module(*m);
   }
-  bool flag(const std::string& k) const { return meta.at(k) == "true"; }
-  bool has(const std::string& k) const { return file.contains(k); }
-  Tensor get(const std::string& k, const Dims& dims, DType dt = DType::f32) const { return file.load(k, dims, dt); }
-  std::vector<int32_t> lengths() const {
-    auto v = file.load("io.lengths", {batch}).to_vector<int64_t>();
-    return std::vector<int32_t>(v.begin(), v.end());
-  }
+  std::vector<int32_t> lengths() const { return GoldenFile::lengths(batch); }
   // The key Dim of the keys as the file stores them: the query's time for self-attention.
   const Dim& keys_in_file() const { return flag("self_attention") ? time : src; }
 };
@@ -187,7 +174,8 @@ TEST_CASE("beats: relative_position_bucket matches the spec's check values and t
   Tensor rel = Tensor::from_vector<int64_t>({n}, std::vector<int64_t>{-1, 0, 1, 79, 80, 100, 799, 5000, -800, -5000});
   CHECK(beats::relative_position_bucket(rel, 320, 800).to_vector<int64_t>() ==
         std::vector<int64_t>{1, 0, 161, 239, 240, 247, 319, 319, 159, 159});
-  SafeTensors f = SafeTensors::open(kGolden + "/beats_buckets.safetensors");
+  const GoldenFile buckets("beats_buckets");
+  const SafeTensors& f = buckets.file;
   Dim r(1611, "rel"), rs(321, "rel_small");
   Tensor rel_big = f.load("io.rel", {r});
   CHECK(beats::relative_position_bucket(rel_big, 320, 800).to_vector<int64_t>() ==

@@ -15,17 +15,13 @@ using Catch::Contains;
 
 namespace {
 
-const std::string kGolden = (std::filesystem::path(__FILE__).parent_path() / "golden").string();
 
 // A golden case: time-major x [L, B, D] as Dims {time, batch, size}.
-struct Golden {
-  SafeTensors file;
-  std::map<std::string, std::string> meta;
+struct Golden : GoldenFile {
   Dim time, batch, size;
   std::optional<mega::MultiHeadDampedEMA> m;
   explicit Golden(const std::string& name, DType dt = DType::f32)
-      : file(SafeTensors::open(kGolden + "/mega_" + name + ".safetensors")),
-        meta(file.metadata()),
+      : GoldenFile("mega_" + name),
         time(std::stoll(meta.at("L")), "time"),
         batch(std::stoll(meta.at("B")), "batch"),
         size(std::stoll(meta.at("D")), "size") {
@@ -36,15 +32,9 @@ struct Golden {
     o.dtype = dt;
     Generator gen(1);
     m.emplace(size, gen, o);
-    LoadReport rep = nn::load_state(*m, file, false);
-    CHECK(rep.missing.empty());
-    CHECK(rep.mismatched.empty());
+    load_module(*m);
   }
-  Tensor get(const std::string& k, const Dims& dims, DType dt = DType::f32) const { return file.load(k, dims, dt); }
-  std::vector<int32_t> lengths() const {
-    auto v = file.load("io.lengths", {batch}).to_vector<int64_t>();
-    return std::vector<int32_t>(v.begin(), v.end());
-  }
+  std::vector<int32_t> lengths() const { return GoldenFile::lengths(batch); }
 };
 
 void check_valid(const Tensor& got, const Tensor& want, const Dim& time, const Dims& order, double tol = 1e-5) {

@@ -16,19 +16,15 @@ using Catch::Contains;
 
 namespace {
 
-const std::string kGolden = (std::filesystem::path(__FILE__).parent_path() / "golden").string();
 
 // One golden case (batch-first: query [B, T, E], key/value [B, S, E]).
-struct Golden {
-  SafeTensors file;
-  std::map<std::string, std::string> meta;
+struct Golden : GoldenFile {
   Dim batch, time, src, embed;
   int64_t split;
   std::optional<ts::MultiheadAttention> m;
 
   explicit Golden(const std::string& name, DType dtype = DType::f32)
-      : file(SafeTensors::open(kGolden + "/torchscale_" + name + ".safetensors")),
-        meta(file.metadata()),
+      : GoldenFile("torchscale_" + name),
         batch(std::stoll(meta.at("B")), "batch"),
         time(std::stoll(meta.at("T")), "time"),
         src(std::stoll(meta.at("S")), "src"),
@@ -46,19 +42,10 @@ struct Golden {
     Generator gen(1);
     m.emplace(embed, std::stoll(meta.at("num_heads")), gen, o);
     nn::eval(*m);
-    LoadReport rep = nn::load_state(*m, file, /*strict=*/false);
-    CHECK(rep.missing.empty());
-    CHECK(rep.mismatched.empty());
-    for (const auto& k : rep.unexpected) CHECK(k.rfind("io.", 0) == 0);
+    load_module(*m);
   }
-  bool flag(const std::string& k) const { return meta.at(k) == "true"; }
-  bool has(const std::string& k) const { return file.contains(k); }
   bool self_keys() const { return meta.at("key_value") == "key = value = query"; }
-  Tensor get(const std::string& k, const Dims& dims, DType dt = DType::f32) const { return file.load(k, dims, dt); }
-  std::vector<int32_t> lengths() const {
-    auto v = file.load("io.lengths", {batch}).to_vector<int64_t>();
-    return std::vector<int32_t>(v.begin(), v.end());
-  }
+  std::vector<int32_t> lengths() const { return GoldenFile::lengths(batch); }
   const Dim& keys_in_file() const { return self_keys() ? time : src; }
 };
 
@@ -127,7 +114,8 @@ void check_case(const std::string& name) {
 }  // namespace
 
 TEST_CASE("torchscale: xpos matches the closed form, with offsets and downscaling", "[torchscale][xpos]") {
-  SafeTensors f = SafeTensors::open(kGolden + "/xpos_closed_form.safetensors");
+  const GoldenFile closed_form("xpos_closed_form");
+  const SafeTensors& f = closed_form.file;
   Dim l(7, "l"), d(8, "d");
   Tensor x = f.load("io.x", {l, d});
   for (int base : {32, 512})
