@@ -306,7 +306,6 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
   // ---- extra key frames: bias_k / bias_v, then a zero frame; they see mask 0 and bias 0
   auto extend = [&](const Tensor& kx, const Tensor& vx, const char* name) {
     Dim extra(1, name);
-    Dims kd = minus_dims(k.dims(), {keys, heads, head_dim});
     Tensor ke = kx.defined() ? split_heads(squeeze(squeeze(kx, kv_1), kv_2)) : Tensor::zeros({heads, head_dim}, k.dtype(), dev);
     Tensor ve = vx.defined() ? split_heads(squeeze(squeeze(vx, kv_1), kv_2)) : Tensor::zeros({heads, head_dim}, v.dtype(), dev);
     ke = expand_dim(ke, extra);
@@ -325,7 +324,6 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
 
   // ---- attention
   const double scaling = 1.0 / std::sqrt(double(head_dim.size()));
-  const Tensor q = qr;
   Output out;
   out.keys = keys;
   out.state = state_out;
@@ -336,9 +334,9 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
   if (!need_weights && !in.before_softmax && !extra_terms && !dropout_active) {
     DotAttentionOptions dopt;
     dopt.scale = scaling;
-    ctx = dot_attention(q, k, v, head_dim, keys, dopt);
+    ctx = dot_attention(qr, k, v, head_dim, keys, dopt);
   } else {
-    Tensor e = matmul(q * scaling, k, {head_dim});  // {batch..., heads, query, keys}
+    Tensor e = matmul(qr * scaling, k, {head_dim});  // {batch..., heads, query, keys}
     if (in.before_softmax) {
       // The original's (w - max) * 32 with q pre-divided by 32: e - max over visible keys.
       Tensor w = e - reduce_max(e, {keys}).detach();
