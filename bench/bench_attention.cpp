@@ -95,11 +95,12 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--json") json = true;
+    else if (a == "--profile") bench::profiling() = true;
     else if (a == "--device" && i + 1 < argc) device = argv[++i];
     else if (a == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
     else if (a == "--peer" && i + 1 < argc) peer_script = argv[++i];
     else {
-      std::cerr << "usage: bench_attention [--json] [--device cpu|cuda] [--reps N] [--peer script.py]\n";
+      std::cerr << "usage: bench_attention [--json] [--device cpu|cuda] [--reps N] [--peer script.py] [--profile]\n";
       return 2;
     }
   }

@@ -1,8 +1,11 @@
 #pragma once
 // The timer of dimx's benchmarks: the median of `reps` calls after two warm-up calls, in
 // milliseconds of wall time, the device synchronized around each call (built with
-// DIMX_BENCH_CUDA where the CUDA layer is linked).
+// DIMX_BENCH_CUDA where the CUDA layer is linked). With profiling on (a benchmark's
+// --profile), one more call of each timed case runs under a dimx::Profiler and its report goes
+// to stderr, numbered in the order the cases are timed.
 #include <dimx/device.h>
+#include <dimx/profile.h>
 #ifdef DIMX_BENCH_CUDA
 #include <dimx/gpu/runtime.h>
 #endif
@@ -10,6 +13,7 @@
 #include <algorithm>
 #include <chrono>
 #include <functional>
+#include <iostream>
 #include <vector>
 
 namespace dimx::bench {
@@ -20,6 +24,11 @@ inline void sync(Device dev) {
 #else
   (void)dev;
 #endif
+}
+
+inline bool& profiling() {
+  static bool on = false;
+  return on;
 }
 
 inline double median_ms(int reps, Device dev, const std::function<void()>& f) {
@@ -33,6 +42,14 @@ inline double median_ms(int reps, Device dev, const std::function<void()>& f) {
     t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
   }
   std::sort(t.begin(), t.end());
+  if (profiling()) {
+    static int count = 0;
+    Profiler prof;
+    f();
+    sync(dev);
+    std::cerr << "---- profile of timed case " << ++count << " (median " << t[t.size() / 2] << " ms)\n"
+              << prof.report(40);
+  }
   return t[t.size() / 2];
 }
 

@@ -129,5 +129,24 @@ int main() {
   std::cout << "resumed run matches: " << (same ? "yes" : "no") << "\n";
   check("resumed run matches", same);
 
+  // 7. Where the time of a step goes: a Profiler times every primitive while it lives, keyed by
+  //    the op whose backward issued it, "optimizer step", or "forward" for the rest.
+  {
+    Profiler prof;
+    opt.zero_grad();
+    backward(mse(model(x_train), y_train));
+    opt.step();
+    std::cout << prof.report(8);
+    int64_t backward_gemms = 0;
+    for (const Profiler::Entry& e : prof.entries())
+      if (e.context == "matmul" && e.primitive.rfind("gemm", 0) == 0) backward_gemms += e.calls;
+    // Each of the model's Linear layers' matmuls has two gradient GEMMs (input and weight), the
+    // first layer's one (its input needs no gradient).
+    check("the profiler saw the backward's GEMMs", backward_gemms >= 3);
+    bool optimizer_seen = false;
+    for (const Profiler::Entry& e : prof.by_context()) optimizer_seen = optimizer_seen || e.context == "optimizer step";
+    check("the profiler saw the optimizer step", optimizer_seen);
+  }
+
   return ok ? 0 : 1;
 }

@@ -105,6 +105,8 @@ class CudaBackend final : public backend::Backend {
     check(cudaStreamSynchronize(stream()), "cudaStreamSynchronize");
   }
 
+  void synchronize() override { check(cudaStreamSynchronize(stream()), "cudaStreamSynchronize"); }
+
   void copy(const Shape& shape, DType src_dt, const In& src, DType dst_dt, const Out& dst) override {
     launch_copy(src_dt, dst_dt, make_meta<2>(shape, {src.strides, dst.strides}), src.data, dst.data, stream());
   }
@@ -131,6 +133,10 @@ class CudaBackend final : public backend::Backend {
   void softmax(bool log, DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* len,
                void* y) override {
     launch_softmax(log, dt, A, N, B, x, len, y, stream());
+  }
+  void softmax_backward(bool log, DType dt, int64_t A, int64_t N, int64_t B, const void* y, const void* g,
+                        const int64_t* len, void* dx) override {
+    launch_softmax_backward(log, dt, A, N, B, y, g, len, dx, stream());
   }
   void cumsum(DType dt, int64_t A, int64_t N, int64_t B, const void* x, void* y) override {
     launch_cumsum(dt, A, N, B, x, y, stream());
@@ -257,9 +263,6 @@ const bool g_registered = [] {
 
 }  // namespace
 
-void synchronize(int index) {
-  auto& b = static_cast<CudaBackend&>(backend::backend_for(Device::cuda(index)));
-  check(cudaStreamSynchronize(b.stream()), "cudaStreamSynchronize");
-}
+void synchronize(int index) { backend::backend_for(Device::cuda(index)).synchronize(); }
 
 }  // namespace dimx::gpu

@@ -47,6 +47,8 @@ void launch_arg_reduce(bool is_max, DType dt, int64_t A, int64_t N, int64_t B, c
                        int64_t* y, cudaStream_t s);
 void launch_softmax(bool log, DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* len, void* y,
                     cudaStream_t s);
+void launch_softmax_backward(bool log, DType dt, int64_t A, int64_t N, int64_t B, const void* y, const void* g,
+                             const int64_t* len, void* dx, cudaStream_t s);
 void launch_cumsum(DType dt, int64_t A, int64_t N, int64_t B, const void* x, void* y, cudaStream_t s);
 // bad (device int) is set to 1 when an index is out of range and clip is off.
 void launch_gather(DType dt, const Meta<3>& m, const void* x, int64_t axis_stride, int64_t extent, const int64_t* idx,

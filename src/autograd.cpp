@@ -1,6 +1,7 @@
 #include "autograd.h"
 
 #include <dimx/elementwise.h>
+#include <dimx/profile.h>
 #include <dimx/reduce.h>
 
 #include <algorithm>
@@ -177,6 +178,7 @@ void run(const char* op, const Tensor& output, const Tensor& grad_output, Leaf&&
                 output.str());
   }
   NoGradGuard no_grad;
+  ProfileSection engine("backward");
   if (!om->grad_fn) {
     on_leaf(om, g0);
     return;
@@ -189,7 +191,11 @@ void run(const char* op, const Tensor& output, const Tensor& grad_output, Leaf&&
     Tensor g = it->second;
     acc.erase(it);
     on_node(n, g);
-    std::vector<Tensor> grads = n->backward(g);
+    std::vector<Tensor> grads;
+    {
+      ProfileSection in_node(n->name);
+      grads = n->backward(g);
+    }
     for (size_t i = 0; i < n->inputs.size() && i < grads.size(); ++i) {
       const Tensor& in = n->inputs[i];
       const AutogradMeta* m = meta_of(in);

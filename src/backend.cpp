@@ -1,5 +1,7 @@
 #include "backend.h"
 
+#include "profile.h"
+
 #include <array>
 #include <map>
 #include <mutex>
@@ -19,7 +21,8 @@ void register_backend(Device::Type type, BackendFactory factory) {
   g_factories[size_t(type)] = std::move(factory);
 }
 
-Backend& backend_for(Device device) {
+namespace {
+Backend& backend_of(Device device) {
   if (device.is_cpu()) return cpu_backend();
   std::lock_guard<std::mutex> lk(g_mu);
   auto key = std::make_pair(int(device.type), device.index);
@@ -30,6 +33,12 @@ Backend& backend_for(Device device) {
   Backend* b = make(device.index);  // throws for an index with no device
   g_instances.emplace(key, b);
   return *b;
+}
+}  // namespace
+
+Backend& backend_for(Device device) {
+  Backend& b = backend_of(device);
+  return profile::active() ? profile::wrap(b) : b;
 }
 
 }  // namespace dimx::backend

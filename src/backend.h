@@ -89,6 +89,8 @@ class Backend {
   virtual std::shared_ptr<Storage> allocate(size_t bytes) = 0;
   virtual void copy_from_host(void* dst, const void* src, size_t bytes) = 0;
   virtual void copy_to_host(void* dst, const void* src, size_t bytes) = 0;
+  // Waits until every primitive issued so far has finished (a no-op where calls are synchronous).
+  virtual void synchronize() {}
 
   // dst = cast(src) elementwise over `shape`.
   virtual void copy(const Shape& shape, DType src_dt, const In& src, DType dst_dt, const Out& dst) = 0;
@@ -108,6 +110,12 @@ class Backend {
   // Softmax along N of contiguous [A, N, B]; masked frames get 0 (or -inf for log).
   virtual void softmax(bool log, DType dt, int64_t A, int64_t N, int64_t B, const void* x,
                        const int64_t* lengths, void* y) = 0;
+  // The gradient of softmax (log: log_softmax) along N from its output y and the output's
+  // gradient g, both contiguous [A, N, B]: dx = y (g - sum_N g y), or for log
+  // dx = g - exp(y) sum_N g; with lengths as in softmax, the sums cover the valid frames and
+  // the masked frames get 0.
+  virtual void softmax_backward(bool log, DType dt, int64_t A, int64_t N, int64_t B, const void* y, const void* g,
+                                const int64_t* lengths, void* dx) = 0;
   virtual void cumsum(DType dt, int64_t A, int64_t N, int64_t B, const void* x, void* y) = 0;
   virtual void gemm(DType dt, const Gemm& g) = 0;
   // Returns false (computing nothing) where this device has no fused kernel for the dtype or

@@ -28,16 +28,17 @@ Tensor softmax_impl(bool log, const Tensor& x0, const Dim& axis, bool use_mask) 
                masked ? static_cast<const int64_t*>(len.data_ptr()) : nullptr, y.impl().data());
   if (x.feature_dim()) y = y.with_feature_dim(x.feature_dim());
   if (!needs_grad({&x0})) return y;
-  return record(op, y, {x0}, [log, x0, axis, use_mask, y](const Tensor& g) {
-    Tensor gx;
-    if (log) {
-      // d/dx log_softmax: g - softmax * sum(g); the padding gets no gradient.
-      gx = sub(g, mul(exp(y), reduce(g, ReduceOp::sum, {axis}, use_mask), true), true);
-      if (use_mask) gx = copy_masked(gx, {axis});
-    } else {
-      gx = mul(y, sub(g, reduce(mul(g, y), ReduceOp::sum, {axis}, use_mask), true), true);
-      if (use_mask) gx = copy_masked(gx, {axis});
-    }
+  return record(op, y, {x0}, [op, log, x0, axis, masked, y](const Tensor& g) {
+    // One fused primitive: d/dx softmax = y (g - sum(g y)), d/dx log_softmax = g - exp(y) sum(g),
+    // sums over the valid frames and 0 on the padding. y is a contiguous block with `axis` in
+    // the middle, and g is laid out like it.
+    Block b = as_block(y, {axis});
+    Tensor gy = g.transpose_to(y.dims());
+    Tensor len = masked ? block_lengths(b, axis) : Tensor();
+    Tensor gx = empty(y.dims(), y.dtype(), y.device(), op);
+    backend::backend_for(y.device())
+        .softmax_backward(log, y.dtype(), b.A, b.N, b.B, y.impl().data(), gy.impl().data(),
+                          masked ? static_cast<const int64_t*>(len.data_ptr()) : nullptr, gx.impl().data());
     return std::vector<Tensor>{sum_to(gx, x0)};
   });
 }

@@ -259,3 +259,39 @@ TEST_CASE("autograd: errors name the problem", "[autograd]") {
   CHECK_THROWS_WITH(grad(x * 2.0, {x}, Tensor::ones({m}, DType::f64)), Catch::Contains("grad_output"));
   CHECK_THROWS_WITH(Tensor::ones({n}, DType::i32).with_requires_grad(), Catch::Contains("floating"));
 }
+
+TEST_CASE("autograd: the profiler names each primitive's context and counts its calls", "[autograd]") {
+  Dim b(4, "b"), i(6, "i"), o(5, "o");
+  Tensor x = Tensor::from_vector<float>({b, i}, random_floats(24, 1)).with_requires_grad();
+  Tensor w = Tensor::from_vector<float>({i, o}, random_floats(30, 2)).with_requires_grad();
+  Tensor y = matmul(x, w, i);  // one GEMM before the profiler starts: not counted
+  {
+    Profiler prof;
+    CHECK_THROWS_WITH(Profiler(), Catch::Matchers::Contains("another profiler"));
+    Tensor z = exp(matmul(x, w, i));
+    backward(reduce_sum(z, {b, o}));
+    auto find = [&](const std::string& ctx, const std::string& prefix) {
+      int64_t calls = 0;
+      for (const Profiler::Entry& e : prof.entries())
+        if (e.context == ctx && e.primitive.rfind(prefix, 0) == 0) calls += e.calls;
+      return calls;
+    };
+    CHECK(find("forward", "gemm f32 batch 1 m 4 n 5 k 6") == 1);
+    CHECK(find("forward", "unary exp f32 [4,5]") == 1);
+    CHECK(find("matmul", "gemm f32") == 2);  // d/dx and d/dw
+    CHECK(find("exp", "binary mul f32") == 1);
+    double sum = 0;
+    for (const Profiler::Entry& e : prof.entries()) {
+      CHECK(e.total_ms >= e.host_ms);
+      sum += e.total_ms;
+    }
+    CHECK(sum <= prof.wall_ms());
+    const std::string r = prof.report(3);
+    CHECK_THAT(r, Catch::Matchers::Contains("by context:") && Catch::Matchers::Contains("matmul"));
+    prof.reset();
+    CHECK(prof.entries().empty());
+  }
+  Profiler again;  // the first one has ended
+  (void)matmul(x, w, i);
+  CHECK(again.entries().size() >= 1);
+}

@@ -5,6 +5,8 @@
 #include <dimx/gpu/runtime.h>
 #include <dimx/nn.h>
 
+#include <algorithm>
+#include <array>
 #include <iostream>
 
 #include "padding_cases.h"
@@ -102,6 +104,43 @@ TEST_CASE("gpu: reductions and softmax match the CPU", "[gpu]") {
       return std::vector<Tensor>{reduce_sum(x, {big}), reduce_max(x, {big}), softmax(x, big), log_softmax(x, big),
                                  softmax(z, lens), log_softmax(z, lens), reduce_logsumexp(z, {lens})};
     }, 1e-4, 1e-5);
+    // The fused softmax gradients: rows (a warp each up to 2048, a block each beyond), padded
+    // rows, and columns (the axis not innermost).
+    consistent("softmax gradients " + std::to_string(n), [&](Device dev) {
+      Tensor x = input({d.batch, big}, 16, dev).with_requires_grad(), z = input({lens, d.batch}, 17, dev).with_requires_grad();
+      Tensor w = input({d.batch, big}, 18, dev), wz = input({lens, d.batch}, 19, dev);
+      Tensor xc = Tensor::from_vector<double>({big, d.batch}, random_doubles(size_t(3 * n), 20, -2, 2)).astype(DType::f32).to(dev).with_requires_grad();
+      Tensor loss = reduce_sum(softmax(x, big) * w, {d.batch, big}) + reduce_sum(log_softmax(x, big) * w, {d.batch, big}) +
+                    reduce_sum(copy_masked(softmax(z, lens) * wz, {lens}), {lens, d.batch}) +
+                    reduce_sum(copy_masked(log_softmax(z, lens) * wz, {lens}), {lens, d.batch}) +
+                    reduce_sum(softmax(xc, big) * w, {d.batch, big}) + reduce_sum(log_softmax(xc, big) * w, {d.batch, big});
+      return grad(loss, {x, z, xc});
+    }, 1e-4, 1e-5);
+  }
+  // Every launch shape of the reductions over [a, n, b]: tiles of 32 columns with n split over
+  // blocks and a second pass ([1, 5000, 770]), tiles in one pass, a block per strided output
+  // ([2, 4000, 7]), one long row split over blocks ([1, 300000, 1]), a thread per output (few
+  // rows, or more columns than one launch tiles); each also with lengths.
+  for (auto [a_, n_, b_] : {std::array<int64_t, 3>{1, 5000, 770}, {3, 300, 40}, {2, 4000, 7}, {1, 300000, 1},
+                            {5, 20, 9}, {1, 2, 2100000}}) {
+    Dim a(a_, "a"), n(n_, "n"), b(b_, "b");
+    std::vector<int32_t> l(static_cast<size_t>(a_));
+    for (int64_t i = 0; i < a_; ++i) l[size_t(i)] = int32_t(std::max<int64_t>(0, n_ - 1 - i * n_ / 3));
+    Dim lens = dynamic_dim(a, l, "lens");
+    consistent("reduce [" + std::to_string(a_) + "," + std::to_string(n_) + "," + std::to_string(b_) + "]", [&](Device dev) {
+      auto in_order = [&](const Dims& dims, uint32_t seed) {  // [a, n, b] as laid out, no permutation
+        return Tensor::from_vector<double>(dims, random_doubles(size_t(numel_of(dims)), seed, -2, 2)).astype(DType::f32).to(dev);
+      };
+      Tensor x = in_order({a, n, b}, 14), z = in_order({a, lens, b}, 15);
+      std::vector<Tensor> out;
+      for (ReduceOp op : {ReduceOp::sum, ReduceOp::mean, ReduceOp::max, ReduceOp::min, ReduceOp::logsumexp}) {
+        out.push_back(reduce(x, op, {n}));
+        out.push_back(reduce(z, op, {lens}));
+      }
+      out.push_back(reduce_any(x > 2.0, {n}).astype(DType::f32));
+      out.push_back(reduce_all(z > -2.5, {lens}).astype(DType::f32));
+      return out;
+    }, 1e-4, 1e-4);
   }
   consistent("softmax", [&](Device dev) {
     Tensor x = input({d.time, d.batch, d.feat}, 13, dev);

@@ -10,6 +10,7 @@
 #include <dimx/error.h>
 #include <dimx/io.h>
 #include <dimx/matmul.h>
+#include <dimx/profile.h>
 #include <dimx/random.h>
 #include <dimx/reduce.h>
 #include <dimx/shape.h>

@@ -25,6 +25,8 @@ class CpuBackend final : public backend::Backend {
                   int64_t* y) override;
   void softmax(bool log, DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* lengths,
                void* y) override;
+  void softmax_backward(bool log, DType dt, int64_t A, int64_t N, int64_t B, const void* y, const void* g,
+                        const int64_t* lengths, void* dx) override;
   void cumsum(DType dt, int64_t A, int64_t N, int64_t B, const void* x, void* y) override;
   void gemm(DType dt, const backend::Gemm& g) override;
   void gemm_half(DType dt, const backend::Gemm& g);

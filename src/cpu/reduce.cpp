@@ -222,6 +222,30 @@ void softmax_impl(bool log, int64_t A, int64_t N, int64_t B, const T* x, const i
   });
 }
 
+template <class T>
+void softmax_backward_impl(bool log, int64_t A, int64_t N, int64_t B, const T* y, const T* g, const int64_t* len,
+                           T* dx) {
+  for_blocks(A, N, B, [&](int64_t a, int64_t b0, int64_t b1) {
+    const int64_t off = a * N * B;
+    const int64_t w = b1 - b0;
+    const int64_t* la = len ? len + a * B + b0 : nullptr;
+    std::vector<T> s(static_cast<size_t>(w), T(0));
+    for (int64_t n = 0; n < N; ++n) {
+      const T* yr = y + off + n * B + b0;
+      const T* gr = g + off + n * B + b0;
+      for (int64_t b = 0; b < w; ++b)
+        if (!la || n < la[b]) s[size_t(b)] += log ? gr[b] : gr[b] * yr[b];
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      const T* yr = y + off + n * B + b0;
+      const T* gr = g + off + n * B + b0;
+      T* out = dx + off + n * B + b0;
+      for (int64_t b = 0; b < w; ++b)
+        out[b] = la && n >= la[b] ? T(0) : log ? gr[b] - std::exp(yr[b]) * s[size_t(b)] : yr[b] * (gr[b] - s[size_t(b)]);
+    }
+  });
+}
+
 }  // namespace
 
 void CpuBackend::reduce(ReduceOp op, DType dt, int64_t A, int64_t N, int64_t B, const void* x,
@@ -254,6 +278,17 @@ void CpuBackend::softmax(bool log, DType dt, int64_t A, int64_t N, int64_t B, co
   if (dt == DType::f32) return softmax_impl<float>(log, A, N, B, static_cast<const float*>(x), lengths, static_cast<float*>(y));
   if (dt == DType::f64) return softmax_impl<double>(log, A, N, B, static_cast<const double*>(x), lengths, static_cast<double*>(y));
   throw Error(std::string(log ? "log_softmax" : "softmax") + ": needs a floating dtype, got " + dtype_name(dt));
+}
+
+void CpuBackend::softmax_backward(bool log, DType dt, int64_t A, int64_t N, int64_t B, const void* y, const void* g,
+                                  const int64_t* lengths, void* dx) {
+  if (dt == DType::f32)
+    return softmax_backward_impl<float>(log, A, N, B, static_cast<const float*>(y), static_cast<const float*>(g),
+                                        lengths, static_cast<float*>(dx));
+  if (dt == DType::f64)
+    return softmax_backward_impl<double>(log, A, N, B, static_cast<const double*>(y), static_cast<const double*>(g),
+                                         lengths, static_cast<double*>(dx));
+  throw Error(std::string(log ? "log_softmax" : "softmax") + " backward: needs f32 or f64, got " + dtype_name(dt));
 }
 
 void CpuBackend::cumsum(DType dt, int64_t A, int64_t N, int64_t B, const void* xv, void* yv) {

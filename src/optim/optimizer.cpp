@@ -1,6 +1,7 @@
 #include <dimx/autograd.h>
 #include <dimx/io.h>
 #include <dimx/optim/optimizer.h>
+#include <dimx/profile.h>
 
 #include <algorithm>
 #include <set>
@@ -46,6 +47,7 @@ const Tensor& Optimizer::param(const std::string& name) const {
 
 void Optimizer::step() {
   NoGradGuard no_grad;
+  ProfileSection section("optimizer step");
   for (const auto& [name, p] : params_) {
     if (!p->defined()) fail("parameter '" + name + "' is an undefined tensor");
     Tensor g = p->grad();
