@@ -7,6 +7,7 @@
 #include "autograd.h"
 #include "backend.h"
 #include "block.h"
+#include "softmax_grad.h"
 #include "tensor_impl.h"
 
 namespace dimx {
@@ -28,22 +29,25 @@ Tensor softmax_impl(bool log, const Tensor& x0, const Dim& axis, bool use_mask) 
                masked ? static_cast<const int64_t*>(len.data_ptr()) : nullptr, y.impl().data());
   if (x.feature_dim()) y = y.with_feature_dim(x.feature_dim());
   if (!needs_grad({&x0})) return y;
-  return record(op, y, {x0}, [op, log, x0, axis, masked, y](const Tensor& g) {
-    // One fused primitive: d/dx softmax = y (g - sum(g y)), d/dx log_softmax = g - exp(y) sum(g),
-    // sums over the valid frames and 0 on the padding. y is a contiguous block with `axis` in
-    // the middle, and g is laid out like it.
-    Block b = as_block(y, {axis});
-    Tensor gy = g.transpose_to(y.dims());
-    Tensor len = masked ? block_lengths(b, axis) : Tensor();
-    Tensor gx = empty(y.dims(), y.dtype(), y.device(), op);
-    backend::backend_for(y.device())
-        .softmax_backward(log, y.dtype(), b.A, b.N, b.B, y.impl().data(), gy.impl().data(),
-                          masked ? static_cast<const int64_t*>(len.data_ptr()) : nullptr, gx.impl().data());
-    return std::vector<Tensor>{sum_to(gx, x0)};
+  return record(op, y, {x0}, [log, x0, axis, use_mask, y](const Tensor& g) {
+    return std::vector<Tensor>{sum_to(softmax_backward(log, y, g, axis, use_mask), x0)};
   });
 }
 
 }  // namespace
+
+Tensor softmax_backward(bool log, const Tensor& y, const Tensor& g, const Dim& axis, bool use_mask) {
+  // One fused primitive over y as a contiguous block with `axis` in the middle, g laid out like it.
+  const bool masked = use_mask && axis.is_dynamic();
+  Block b = as_block(y, {axis});
+  Tensor gy = g.transpose_to(b.x.dims());
+  Tensor len = masked ? block_lengths(b, axis) : Tensor();
+  Tensor gx = empty(b.x.dims(), y.dtype(), y.device(), log ? "log_softmax" : "softmax");
+  backend::backend_for(y.device())
+      .softmax_backward(log, y.dtype(), b.A, b.N, b.B, b.x.impl().data(), gy.impl().data(),
+                        masked ? static_cast<const int64_t*>(len.data_ptr()) : nullptr, gx.impl().data());
+  return gx;
+}
 
 Tensor softmax(const Tensor& x, const Dim& axis, bool use_mask) { return softmax_impl(false, x, axis, use_mask); }
 Tensor log_softmax(const Tensor& x, const Dim& axis, bool use_mask) { return softmax_impl(true, x, axis, use_mask); }

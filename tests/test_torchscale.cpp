@@ -325,3 +325,39 @@ TEST_CASE("torchscale: errors name the module and the Dims", "[torchscale][error
   in.split_position = -3;
   CHECK_THROWS_WITH(m(q, t, in), Contains("split_position"));
 }
+
+TEST_CASE("torchscale: without weights, masks or dropout the scores take the fused attention primitive", "[torchscale]") {
+  Dim batch(2, "batch"), time(9, "time"), embed(16, "embed");
+  for (bool xpos : {false, true}) {
+    ts::Options o;
+    o.self_attention = true;
+    o.xpos_rel_pos = xpos;
+    o.subln = true;
+    Generator gen(2);
+    ts::MultiheadAttention m(embed, 4, gen, o);
+    Tensor x = random_normal({batch, time, embed}, gen);
+    ts::Inputs in;
+    in.need_weights = false;
+    auto attention_calls = [&](bool with_grad) {
+      Profiler prof;
+      EnableGradGuard on;
+      Tensor xi = with_grad ? x.with_requires_grad() : x;
+      Tensor y = m(xi, time, in).attn;
+      int64_t fused = 0, gemm_scores = 0;
+      for (const Profiler::Entry& e : prof.entries()) {
+        if (e.primitive.rfind("attention", 0) == 0) fused += e.calls;
+        if (e.primitive.find("m 9 n 9 k 4") != std::string::npos) gemm_scores += e.calls;
+      }
+      INFO("xpos " << xpos << ", grad " << with_grad << "\n" << prof.report(60));
+      CHECK(fused == 1);
+      CHECK(gemm_scores == 0);
+      return y;
+    };
+    Tensor plain = attention_calls(false);
+    in.need_weights = true;  // the same output through the unfused scores
+    Tensor unfused = m(x, time, in).attn;
+    in.need_weights = false;
+    CHECK_VEC_APPROX(plain.to_vector<double>({batch, time, embed}), unfused.to_vector<double>({batch, time, embed}), 1e-5, 1e-6);
+    attention_calls(true);
+  }
+}

@@ -12,6 +12,7 @@
 
 #include "autograd.h"
 #include "backend.h"
+#include "softmax_grad.h"
 #include "tensor_impl.h"
 
 namespace dimx::nn {
@@ -58,14 +59,15 @@ Tensor fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, con
   const DType dt = q0.dtype();
   if ((dt != DType::f32 && dt != DType::f64) || k0.dtype() != dt || v0.dtype() != dt) return {};
   if (k0.device() != q0.device() || v0.device() != q0.device()) return {};
-  if (q0.has_dim(kv_axis) || v0.has_dim(key_dim)) return {};
+  if (q0.has_dim(kv_axis)) return {};
   Dims batch, query, value;
   for (const Dim& d : q0.dims())
     if (d != key_dim) (k0.has_dim(d) || v0.has_dim(d) ? batch : query).push_back(d);
   for (const Dim& d : k0.dims())
     if (d != kv_axis && d != key_dim && !contains(batch, d)) return {};  // would broadcast the energies
+  // v may share q's key Dim (one head size for q, k and v): the output then has it as a value Dim.
   for (const Dim& d : v0.dims())
-    if (d != kv_axis && !q0.has_dim(d)) value.push_back(d);
+    if (d != kv_axis && (d == key_dim || !q0.has_dim(d))) value.push_back(d);
   Tensor lengths;
   if (kv_axis.is_dynamic()) {
     lengths = kv_axis.lengths();
@@ -160,11 +162,11 @@ Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const 
     Tensor w = softmax(matmul(qs, k, key_dim), kv_axis);
     // out = matmul(w, v, kv_axis): as matmul's own backward. Every contraction masks padded
     // frames (select, never 0 * NaN), and the energies' gradient is 0 on padded keys (softmax's
-    // own backward). Only the gradients asked for are computed.
+    // fused backward). Only the gradients asked for are computed.
     Tensor gv = need_v ? sum_to(matmul(w, g, minus_dims(w.dims(), v.dims())), v) : Tensor();
     if (!need_q && !need_k) return std::vector<Tensor>{Tensor(), Tensor(), gv};
     Tensor gw = sum_to(matmul(g, v, minus_dims(v.dims(), w.dims())), w);
-    Tensor ge = copy_masked(mul(w, sub(gw, reduce(mul(gw, w), ReduceOp::sum, {kv_axis}), true), true), {kv_axis});
+    Tensor ge = softmax_backward(false, w, gw, kv_axis, true);
     Tensor gq = need_q ? sum_to(matmul(ge, k, minus_dims(k.dims(), qs.dims())), qs) * scale : Tensor();
     Tensor gk = need_k ? sum_to(matmul(qs, ge, minus_dims(qs.dims(), k.dims())), k) : Tensor();
     return std::vector<Tensor>{gq, gk, gv};
