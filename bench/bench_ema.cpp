@@ -97,6 +97,7 @@ int main(int argc, char** argv) {
   struct Row {
     std::string name;
     double ms;
+    std::string peer_key;  // the peer's case it is compared with
   };
   std::vector<Row> rows;
   double worst_check = 0;
@@ -116,14 +117,28 @@ int main(int argc, char** argv) {
       Tensor k = m.compute_ema_kernel(taps);
       auto a = causal_conv(xs, k, ts, taps, ConvMethod::direct).to_vector<double>({ts, batch, size});
       auto b = causal_conv(xs, k, ts, taps, ConvMethod::fft).to_vector<double>({ts, batch, size});
+      // The module's scan (untruncated) against the convolution by its kernel.
+      auto c = m(xs, ts).first.to_vector<double>({ts, batch, size});
+      auto d = relu(causal_conv(xs, k, ts, taps, ConvMethod::fft) + xs * m.residual_weight).to_vector<double>({ts, batch, size});
       for (size_t i = 0; i < a.size(); ++i) worst_check = std::max(worst_check, std::abs(a[i] - b[i]));
+      for (size_t i = 0; i < c.size(); ++i) worst_check = std::max(worst_check, std::abs(c[i] - d[i]) / (1 + std::abs(d[i])));
     }
     const std::string tag = "B" + std::to_string(s.B) + " D" + std::to_string(s.D) + " L" + std::to_string(s.L) + " H" +
                             std::to_string(H);
+    // The module (its untruncated EMA runs as the scan), and the same layer through the
+    // convolution by its kernel (FFT), the original's formulation.
+    const Dim taps(s.L, "taps");
+    auto by_conv = [&](const Tensor& xi) {
+      return relu(causal_conv(xi, m.compute_ema_kernel(taps), time, taps) + xi * m.residual_weight);
+    };
     rows.push_back({"ema fwd " + tag, median_ms(n, dev, [&] {
                       NoGradGuard ng;
                       m(x, time);
-                    })});
+                    }), "ema fwd " + tag});
+    rows.push_back({"ema conv fwd " + tag, median_ms(n, dev, [&] {
+                      NoGradGuard ng;
+                      by_conv(x);
+                    }), "ema fwd " + tag});
     std::vector<Tensor> wrt;
     for (auto& [name, t] : nn::named_parameters(m)) wrt.push_back(*t);
     rows.push_back({"ema fwd_bwd " + tag, median_ms(n, dev, [&] {
@@ -131,7 +146,13 @@ int main(int argc, char** argv) {
                       wrt.push_back(xg);
                       grad(reduce_sum(m(xg, time).first * r, {time, batch, size}), wrt);
                       wrt.pop_back();
-                    })});
+                    }), "ema fwd_bwd " + tag});
+    rows.push_back({"ema conv fwd_bwd " + tag, median_ms(n, dev, [&] {
+                      Tensor xg = x.with_requires_grad();
+                      wrt.push_back(xg);
+                      grad(reduce_sum(by_conv(xg) * r, {time, batch, size}), wrt);
+                      wrt.pop_back();
+                    }), "ema fwd_bwd " + tag});
   }
   const bool ok = worst_check < 1e-3;
   std::string args = "--format tsv --device " + device + " --heads 16 --reps " + std::to_string(n) + " --shapes ";
@@ -140,10 +161,10 @@ int main(int argc, char** argv) {
   if (!cuda) args += " --threads 2";
   std::map<std::string, double> peer = bench::run_peer(peer_script, args);
   if (!json)
-    std::printf("check: direct vs FFT max abs diff %.2e (%s)\n%-36s %10s %10s %8s\n", worst_check, ok ? "ok" : "FAILED",
+    std::printf("check: direct vs FFT, scan vs FFT max diff %.2e (%s)\n%-36s %10s %10s %8s\n", worst_check, ok ? "ok" : "FAILED",
                 "case", "dimx ms", "torch ms", "ratio");
   for (const Row& r : rows) {
-    auto it = peer.find(r.name);
+    auto it = peer.find(r.peer_key);
     double p = it == peer.end() ? -1 : it->second;
     if (json)
       std::printf("{\"bench\": \"ema\", \"device\": \"%s\", \"case\": \"%s\", \"unit\": \"ms\", \"dimx\": %.3f, \"peer\": %s, "

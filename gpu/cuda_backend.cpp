@@ -51,6 +51,10 @@ WkvLaunch wkv_launch(const backend::Wkv& a) {
   return WkvLaunch{a.B, a.T, a.C, f(a.time_decay), f(a.u), f(a.k), f(a.v), a.lengths, {f(a.state[0]), f(a.state[1]), f(a.state[2])}};
 }
 
+EmaLaunch ema_launch(const backend::Ema& a) {
+  return EmaLaunch{a.B, a.L, a.C, a.H, a.x, a.gain, a.decay, a.weight, a.state, a.lengths};
+}
+
 // One instance per device; every entry point first makes its device current.
 class CudaBackend final : public backend::Backend {
  public:
@@ -221,6 +225,13 @@ class CudaBackend final : public backend::Backend {
       for (int i = 0; i < 3; ++i) so[i] = static_cast<float*>(state_out[i]);
     launch_wkv_forward(wkv_launch(a), static_cast<float*>(y), static_cast<float*>(log_den), state_out ? so : nullptr,
                        stream());
+  }
+  void ema_forward(DType dt, const backend::Ema& a, void* y, void* state_out) override {
+    launch_ema_forward(dt, ema_launch(a), y, state_out, stream());
+  }
+  void ema_backward(DType dt, const backend::Ema& a, const void* gy, const void* gfinal, void* gx, void* ggain,
+                    void* gdecay, void* gweight, void* gstate) override {
+    launch_ema_backward(dt, ema_launch(a), gy, gfinal, gx, ggain, gdecay, gweight, gstate, stream());
   }
   void causal_conv(DType dt, const backend::CausalConv& a, const void* x, const void* k, void* y) override {
     launch_causal_conv(dt, a.B, a.L, a.C, a.Lk, a.anti_causal, a.fft, x, k, y, stream());

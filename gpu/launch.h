@@ -71,6 +71,20 @@ struct WkvLaunch {
 void launch_wkv_forward(const WkvLaunch& a, float* y, float* log_den, float* const state_out[3], cudaStream_t s);
 void launch_wkv_backward(const WkvLaunch& a, const float* y, const float* log_den, const float* gy, float* gk,
                          float* gv, float* gtd, float* gu, cudaStream_t s);
+// The multi-head damped EMA (f32 or f64; see src/backend.h's Ema): contiguous x [B, L, C];
+// gain, decay, weight [C, H]; state (nullable) [B, C, H]; lengths (nullable) i64 [B].
+struct EmaLaunch {
+  int64_t B, L, C, H;
+  const void* x;
+  const void* gain;
+  const void* decay;
+  const void* weight;
+  const void* state;
+  const int64_t* lengths;
+};
+void launch_ema_forward(DType dt, const EmaLaunch& a, void* y, void* state_out, cudaStream_t s);
+void launch_ema_backward(DType dt, const EmaLaunch& a, const void* gy, const void* gfinal, void* gx, void* ggain,
+                         void* gdecay, void* gweight, void* gstate, cudaStream_t s);
 void launch_causal_conv(DType dt, int64_t B, int64_t L, int64_t C, int64_t Lk, bool anti, bool fft, const void* x,
                         const void* k, void* y, cudaStream_t s);
 void launch_causal_conv_kernel_grad(DType dt, int64_t B, int64_t L, int64_t C, int64_t Lk, bool fft, const void* x,

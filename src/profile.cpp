@@ -197,6 +197,15 @@ class TimedBackend final : public backend::Backend {
           },
           [&] { in_.causal_conv_kernel_grad(dt, a, x, g, dk); });
   }
+  void ema_forward(DType dt, const backend::Ema& a, void* y, void* state_out) override {
+    timed([&] { return std::string("ema_forward ") + dtype_name(dt) + " " + extents_str({a.B, a.L, a.C, a.H}); },
+          [&] { in_.ema_forward(dt, a, y, state_out); });
+  }
+  void ema_backward(DType dt, const backend::Ema& a, const void* gy, const void* gfinal, void* gx, void* ggain,
+                    void* gdecay, void* gweight, void* gstate) override {
+    timed([&] { return std::string("ema_backward ") + dtype_name(dt) + " " + extents_str({a.B, a.L, a.C, a.H}); },
+          [&] { in_.ema_backward(dt, a, gy, gfinal, gx, ggain, gdecay, gweight, gstate); });
+  }
   void wkv_forward(DType dt, const backend::Wkv& a, void* y, void* log_den, void* const state_out[3]) override {
     timed([&] { return std::string("wkv_forward ") + dtype_name(dt) + " " + extents_str({a.B, a.T, a.C}); },
           [&] { in_.wkv_forward(dt, a, y, log_den, state_out); });

@@ -2,6 +2,7 @@
 // run on the CPU and on cuda:0 and compared. Exits 4 (reported as skipped) without a device.
 #define CATCH_CONFIG_RUNNER
 #include <dimx/autograd.h>
+#include <dimx/ema.h>
 #include <dimx/gpu/runtime.h>
 #include <dimx/nn.h>
 
@@ -720,6 +721,36 @@ TEST_CASE("gpu: causal_conv and mega::MultiHeadDampedEMA with their gradients ma
     g.push_back(*st);
     return g;
   }, 1e-4, 1e-5);
+}
+
+TEST_CASE("gpu: the ema scan and its gradients (from y and the state) match the CPU", "[gpu][mega]") {
+  // Many chunks (few channels), one chunk (channels alone fill the GPU), more heads than one
+  // register group, padded sequences (one empty), f32 and f64.
+  struct Shape {
+    int64_t B, C, H;
+    std::vector<int32_t> lens;
+    DType dt;
+  };
+  for (const Shape& sh : {Shape{3, 5, 4, {300, 117, 0}, DType::f32}, Shape{2, 17000, 3, {6, 4}, DType::f32},
+                          Shape{2, 7, 20, {64, 33}, DType::f32}, Shape{3, 4, 16, {50, 1, 0}, DType::f64}}) {
+    Dim b(sh.B, "b"), c(sh.C, "c"), h(sh.H, "h");
+    Dim t = dynamic_dim(b, sh.lens, "t");
+    consistent("ema B" + std::to_string(sh.B) + " C" + std::to_string(sh.C) + " H" + std::to_string(sh.H), [&](Device dev) {
+      Tensor x = input({b, t, c}, 190, dev, -2, 2, sh.dt).with_requires_grad();
+      Tensor a = input({c, h}, 191, dev, -1, 1, sh.dt).with_requires_grad();
+      Tensor q = input({c, h}, 192, dev, 0.3, 0.99, sh.dt).with_requires_grad();
+      Tensor w = input({c, h}, 193, dev, -1, 1, sh.dt).with_requires_grad();
+      Tensor s0 = input({b, c, h}, 194, dev, -1, 1, sh.dt).with_requires_grad();
+      Tensor wy = input({b, t, c}, 195, dev, -1, 1, sh.dt), ws = input({b, c, h}, 196, dev, -1, 1, sh.dt);
+      EmaResult r = ema(x, a, q, w, t, h, s0);
+      Tensor loss = reduce_sum(copy_masked(r.y * wy, {t}), {b, t, c}) + reduce_sum(r.state * ws, {b, c, h});
+      std::vector<Tensor> out = grad(loss, {x, a, q, w, s0});
+      out[0] = copy_masked(out[0], {t});
+      out.push_back(copy_masked(r.y, {t}));
+      out.push_back(r.state);
+      return out;
+    }, 1e-4, 1e-4);
+  }
 }
 
 TEST_CASE("gpu: robustness checks (integer edges, NaN reductions, padding, lengths, states)", "[gpu][robustness]") {

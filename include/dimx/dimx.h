@@ -7,6 +7,7 @@
 #include <dimx/dim.h>
 #include <dimx/dtype.h>
 #include <dimx/elementwise.h>
+#include <dimx/ema.h>
 #include <dimx/error.h>
 #include <dimx/io.h>
 #include <dimx/matmul.h>

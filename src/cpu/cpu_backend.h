@@ -39,6 +39,9 @@ class CpuBackend final : public backend::Backend {
               void* y) override;
   void causal_conv(DType dt, const backend::CausalConv& a, const void* x, const void* k, void* y) override;
   void causal_conv_kernel_grad(DType dt, const backend::CausalConv& a, const void* x, const void* g, void* dk) override;
+  void ema_forward(DType dt, const backend::Ema& a, void* y, void* state_out) override;
+  void ema_backward(DType dt, const backend::Ema& a, const void* gy, const void* gfinal, void* gx, void* ggain,
+                    void* gdecay, void* gweight, void* gstate) override;
   void wkv_forward(DType dt, const backend::Wkv& a, void* y, void* log_den, void* const state_out[3]) override;
   void wkv_backward(DType dt, const backend::Wkv& a, const void* y, const void* log_den, const void* gy, void* gk,
                     void* gv, void* gtd, void* gu) override;

@@ -1,5 +1,6 @@
 #include <dimx/autograd.h>
 #include <dimx/conv.h>
+#include <dimx/ema.h>
 #include <dimx/elementwise.h>
 #include <dimx/nn/attention.h>
 #include <dimx/nn/mega.h>
@@ -110,44 +111,33 @@ std::pair<Tensor, std::optional<Tensor>> MultiHeadDampedEMA::operator()(const Te
       if (!x.has_dim(d)) fail(std::string(kOp) + ": mask " + mask.str() + " has '" + d.str() + "', which x = " + x.str() + " lacks");
     xe = where(mask.to(x.device()), 0.0, xe);
   }
-  if (!step) xe = copy_masked(xe, {axis});
   const Tensor residual = x * residual_weight;
 
   if (step) {
     auto [y, h] = ema_one_step(xe, state ? *state : Tensor());
     return {activate(options.activation, y + residual), state ? std::optional<Tensor>(h) : std::nullopt};
   }
-  if (!state) {
-    const int64_t L = axis.extent();
-    const Dim taps(options.truncation_length ? std::min(*options.truncation_length, L) : L, "ema_taps");
-    const Tensor y = causal_conv(xe, compute_ema_kernel(taps), axis, taps);
+  const int64_t L = axis.extent();
+  if (!state && options.truncation_length && *options.truncation_length < L) {
+    // The truncated kernel: a convolution (padded frames zeroed first).
+    const Dim taps(*options.truncation_length, "ema_taps");
+    const Tensor y = causal_conv(copy_masked(xe, {axis}), compute_ema_kernel(taps), axis, taps);
     return {activate(options.activation, y + residual), std::nullopt};
   }
-
-  // A chunk continuing a state h0: the untruncated EMA, y_t = (K * x)_t + sum_h gamma s q^(t+1) h0,
-  // and the state after each sequence's last valid frame, q^len h0 + sum_{j<len} p beta q^(len-1-j) x_j.
-  const Tensor& h0 = *state;
-  check_defined(kOp, h0);
-  {
+  // The untruncated EMA, from zeros or from the given state, as the recurrence itself:
+  // s_t = q s_{t-1} + (p beta) x_t, y_t = sum_h gamma sqrt(1 / heads) s_t.
+  auto [p, q] = compute_ema_coefficients();
+  const Tensor gain = p * squeeze(ema_expansion_matrix, one);
+  const Tensor weight = kernel_projection_matrix * scaling;
+  if (state) {
+    check_defined(kOp, *state);
     const Dims want = union_dims(minus_dims(x.dims(), {axis}), {heads});
-    if (h0.ndim() != want.size() || !contains_all(h0.dims(), want))
-      fail(std::string(kOp) + ": the state " + dims_str(h0.dims()) + " does not fit x " + dims_str(x.dims()) +
+    if (state->ndim() != want.size() || !contains_all(state->dims(), want))
+      fail(std::string(kOp) + ": the state " + dims_str(state->dims()) + " does not fit x " + dims_str(x.dims()) +
            " (it must be x's Dims without '" + axis.str() + "', plus '" + heads.str() + "')");
   }
-  auto [p, q] = compute_ema_coefficients();
-  const Tensor logq = log(q);
-  const Dim taps(axis.extent(), "ema_taps");
-  Tensor y = causal_conv(xe, compute_ema_kernel(taps), axis, taps);
-  const Tensor t1 = range_over_dim(axis, q.dtype(), q.device()) + 1.0;
-  y = y + reduce_sum(mul(mul(exp(mul(t1, logq, true)), h0, true), kernel_projection_matrix * scaling, true), {heads});
-  const Tensor len = axis.lengths(q.device()).astype(q.dtype());
-  // Exponents len - 1 - j, clamped at 0 for frames past the end (masked out by the sum anyway).
-  const Tensor e = maximum(sub(len - 1.0, range_over_dim(axis, q.dtype(), q.device()), true),
-                           Tensor::scalar(0, q.dtype(), q.device()));
-  const Tensor w = exp(mul(e, logq, true));  // {..., axis, size, heads}
-  Tensor h = mul(exp(mul(len, logq, true)), h0, true) +
-             mul(reduce_sum(mul(w, xe, true), {axis}), p * squeeze(ema_expansion_matrix, one), true);
-  return {activate(options.activation, y + residual), h};
+  EmaResult r = ema(xe, gain, q, weight, axis, heads, state ? *state : Tensor());
+  return {activate(options.activation, r.y + residual), state ? std::optional<Tensor>(r.state) : std::nullopt};
 }
 
 std::string MultiHeadDampedEMA::extra_repr() const {
