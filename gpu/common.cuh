@@ -11,16 +11,35 @@
 
 namespace dimx::gpu {
 
+// Offsets of element i (row-major over m.shape) in each operand. The outermost axis needs no
+// division; below 2^32 elements the divisions are 32-bit (several times cheaper than 64-bit
+// ones, which otherwise bound the strided kernels).
 template <int K>
 __device__ __forceinline__ void offsets(const Meta<K>& m, int64_t i, int64_t (&off)[K]) {
 #pragma unroll
   for (int k = 0; k < K; ++k) off[k] = 0;
-  for (int d = m.nd - 1; d >= 0; --d) {
-    int64_t e = m.shape[d];
-    int64_t q = i / e, r = i - q * e;
-    i = q;
+  if (m.n <= int64_t(0xffffffffu)) {
+    uint32_t j = uint32_t(i);
+    for (int d = m.nd - 1; d > 0; --d) {
+      const uint32_t e = uint32_t(m.shape[d]);
+      const uint32_t q = j / e, r = j - q * e;
+      j = q;
 #pragma unroll
-    for (int k = 0; k < K; ++k) off[k] += r * m.strides[k][d];
+      for (int k = 0; k < K; ++k) off[k] += int64_t(r) * m.strides[k][d];
+    }
+    i = j;
+  } else {
+    for (int d = m.nd - 1; d > 0; --d) {
+      const int64_t e = m.shape[d];
+      const int64_t q = i / e, r = i - q * e;
+      i = q;
+#pragma unroll
+      for (int k = 0; k < K; ++k) off[k] += r * m.strides[k][d];
+    }
+  }
+  if (m.nd > 0) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) off[k] += i * m.strides[k][0];
   }
 }
 

@@ -52,7 +52,7 @@ WkvLaunch wkv_launch(const backend::Wkv& a) {
 }
 
 EmaLaunch ema_launch(const backend::Ema& a) {
-  return EmaLaunch{a.B, a.L, a.C, a.H, a.x, a.gain, a.decay, a.weight, a.state, a.lengths};
+  return EmaLaunch{a.B, a.L, a.C, a.H, a.sb, a.st, a.x, a.gain, a.decay, a.weight, a.state, a.lengths};
 }
 
 // One instance per device; every entry point first makes its device current.

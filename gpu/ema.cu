@@ -25,6 +25,7 @@ constexpr int kGroup = 16;  // heads kept in registers at once
 
 struct Geometry {
   int64_t B, L, C, H, BC, Lc, chunks;
+  int64_t sb, st;  // x's strides over sequences and frames (channels contiguous)
   const int64_t* len;
   __device__ int64_t valid(int64_t b) const {
     if (!len) return L;
@@ -86,7 +87,7 @@ __global__ void fwd_summary(Geometry g, const T* x, const T* gain, const T* deca
     for (int64_t t = t0; t < t1; t += kUnroll) {
       T xv[kUnroll];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) xv[u] = t + u < t1 ? x[(b * g.L + t + u) * g.C + c] : T(0);
+      for (int u = 0; u < kUnroll; ++u) xv[u] = t + u < t1 ? x[b * g.sb + (t + u) * g.st + c] : T(0);
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u)
         if (t + u < t1) {
@@ -138,7 +139,7 @@ __global__ void fwd_main(Geometry g, const T* x, const T* gain, const T* decay, 
     for (int64_t t = t0; t < t1; t += kUnroll) {
       T xv[kUnroll];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) xv[u] = t + u < t1 ? x[(b * g.L + t + u) * g.C + c] : T(0);
+      for (int u = 0; u < kUnroll; ++u) xv[u] = t + u < t1 ? x[b * g.sb + (t + u) * g.st + c] : T(0);
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u)
         if (t + u < t1) {
@@ -148,7 +149,7 @@ __global__ void fwd_main(Geometry g, const T* x, const T* gain, const T* decay, 
             s[i] = p.q[i] * s[i] + p.a[i] * xv[u];
             acc += i < hn ? p.w[i] * s[i] : T(0);
           }
-          T* out = y + (b * g.L + t + u) * g.C + c;
+          T* out = y + b * g.sb + (t + u) * g.st + c;
           *out = h0 == 0 ? acc : *out + acc;
         }
     }
@@ -158,7 +159,7 @@ __global__ void fwd_main(Geometry g, const T* x, const T* gain, const T* decay, 
         if (i < hn) state_out[bc * g.H + h0 + i] = s[i];
     }
   }
-  for (int64_t t = t1 > t0 ? t1 : t0; t < te; ++t) y[(b * g.L + t) * g.C + c] = T(0);
+  for (int64_t t = t1 > t0 ? t1 : t0; t < te; ++t) y[b * g.sb + t * g.st + c] = T(0);
 }
 
 // ---- backward, in reverse time over (r, lambda, P) of src/cpu/ema.cpp:
@@ -197,7 +198,7 @@ __global__ void bwd_summary(Geometry g, const T* gy, const T* gfinal, const T* d
     for (int64_t t = t1 - 1; t >= t0; t -= kUnroll) {
       T gv[kUnroll];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) gv[u] = t - u >= t0 ? load_or_zero(gy, (b * g.L + t - u) * g.C + c) : T(0);
+      for (int u = 0; u < kUnroll; ++u) gv[u] = t - u >= t0 ? load_or_zero(gy, b * g.sb + (t - u) * g.st + c) : T(0);
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u)
         if (t - u >= t0) {
@@ -283,8 +284,8 @@ __global__ void bwd_main(Geometry g, const T* x, const T* gy, const T* gfinal, c
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const bool ok = t - u >= t0;
-        xv[u] = ok ? x[(b * g.L + t - u) * g.C + c] : T(0);
-        gv[u] = ok ? load_or_zero(gy, (b * g.L + t - u) * g.C + c) : T(0);
+        xv[u] = ok ? x[b * g.sb + (t - u) * g.st + c] : T(0);
+        gv[u] = ok ? load_or_zero(gy, b * g.sb + (t - u) * g.st + c) : T(0);
       }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u)
@@ -301,7 +302,7 @@ __global__ void bwd_main(Geometry g, const T* x, const T* gy, const T* gfinal, c
             sp[i] += xv[u] * P[i];
             acc += i < hn ? p.a[i] * lam[i] : T(0);
           }
-          T* out = gx + (b * g.L + t - u) * g.C + c;
+          T* out = gx + b * g.sb + (t - u) * g.st + c;
           *out = h0 == 0 ? acc : *out + acc;
         }
     }
@@ -320,7 +321,7 @@ __global__ void bwd_main(Geometry g, const T* x, const T* gy, const T* gfinal, c
       }
     }
   }
-  for (int64_t t = t1 > t0 ? t1 : t0; t < te; ++t) gx[(b * g.L + t) * g.C + c] = T(0);
+  for (int64_t t = t1 > t0 ? t1 : t0; t < te; ++t) gx[b * g.sb + t * g.st + c] = T(0);
 }
 
 // Per (sequence, channel, head): the parameter and state gradients (see src/cpu/ema.cpp).
@@ -349,7 +350,7 @@ __global__ void bwd_finish(Geometry g, const T* gain, const T* decay, const T* s
 // Frames per chunk: one chunk when the channels alone fill the GPU, else enough chunks for
 // about 512 threads per multiprocessor, as the WKV scan. DIMX_EMA_CHUNK overrides (tests).
 Geometry geometry(const EmaLaunch& a) {
-  Geometry g{a.B, a.L, a.C, a.H, a.B * a.C, a.L, 1, a.lengths};
+  Geometry g{a.B, a.L, a.C, a.H, a.B * a.C, a.L, 1, a.sb, a.st, a.lengths};
   int64_t Lc = 0;
   if (const char* e = std::getenv("DIMX_EMA_CHUNK")) Lc = std::atoll(e);
   if (Lc <= 0) {

@@ -71,10 +71,11 @@ struct WkvLaunch {
 void launch_wkv_forward(const WkvLaunch& a, float* y, float* log_den, float* const state_out[3], cudaStream_t s);
 void launch_wkv_backward(const WkvLaunch& a, const float* y, const float* log_den, const float* gy, float* gk,
                          float* gv, float* gtd, float* gu, cudaStream_t s);
-// The multi-head damped EMA (f32 or f64; see src/backend.h's Ema): contiguous x [B, L, C];
-// gain, decay, weight [C, H]; state (nullable) [B, C, H]; lengths (nullable) i64 [B].
+// The multi-head damped EMA (f32 or f64; see src/backend.h's Ema): x [B, L, C] at
+// b * sb + t * st + c (y, gy, gx alike); gain, decay, weight [C, H]; state (nullable) [B, C, H];
+// lengths (nullable) i64 [B].
 struct EmaLaunch {
-  int64_t B, L, C, H;
+  int64_t B, L, C, H, sb, st;
   const void* x;
   const void* gain;
   const void* decay;

@@ -83,11 +83,14 @@ struct CausalConv {
   bool fft = false;
 };
 
-// The multi-head damped EMA (see dimx/ema.h) over contiguous x [B, L, C] with gain, decay and
-// weight [C, H] and an optional incoming state [B, C, H] (null: zeros). lengths (nullable, i64
-// [B]): frames at t >= lengths[b] output 0, leave the state alone and get zero gradients.
+// The multi-head damped EMA (see dimx/ema.h) over x [B, L, C] with gain, decay and weight
+// [C, H] and an optional incoming state [B, C, H] (null: zeros). x[b, t, c] is at
+// b * sb + t * st + c (channels contiguous); y, and gy and gx in the backward, have the same
+// layout. lengths (nullable, i64 [B]): frames at t >= lengths[b] output 0, leave the state
+// alone and get zero gradients.
 struct Ema {
   int64_t B = 0, L = 0, C = 0, H = 0;
+  int64_t sb = 0, st = 0;
   const void* x = nullptr;
   const void* gain = nullptr;
   const void* decay = nullptr;
@@ -151,10 +154,10 @@ class Backend {
   // The kernel's gradient for the causal (not anti-causal) conv: dk [Lk, C],
   // dk[j, c] = sum_b sum_{t >= j} g[b, t, c] x[b, t - j, c].
   virtual void causal_conv_kernel_grad(DType dt, const CausalConv& a, const void* x, const void* g, void* dk) = 0;
-  // y [B, L, C]; state_out (nullable) [B, C, H], the state after each sequence's last valid frame.
+  // y (x's layout); state_out (nullable) [B, C, H], the state after each sequence's last valid frame.
   virtual void ema_forward(DType dt, const Ema& a, void* y, void* state_out) = 0;
   // Gradients of sum(gy * y) + sum(gfinal * state_out) for the forward with the same
-  // arguments (gy [B, L, C] and gfinal [B, C, H] each nullable: zeros): gx [B, L, C]; ggain,
+  // arguments (gy in x's layout and gfinal [B, C, H], each nullable: zeros): gx (x's layout); ggain,
   // gdecay, gweight [B, C, H] (to be summed over B by the caller); gstate (nullable) [B, C, H].
   virtual void ema_backward(DType dt, const Ema& a, const void* gy, const void* gfinal, void* gx, void* ggain,
                             void* gdecay, void* gweight, void* gstate) = 0;

@@ -1,5 +1,5 @@
-// The multi-head damped EMA: resolves Dims to a canonical contiguous [batch..., axis,
-// channels...] layout with parameters [channels..., heads] and calls the backend's scan;
+// The multi-head damped EMA: resolves Dims to x's own layout (or a canonical [batch..., axis,
+// channels...] one) with parameters [channels..., heads] and calls the backend's scan;
 // gradients come from the backend's reverse scan.
 #include <dimx/ema.h>
 
@@ -62,9 +62,19 @@ EmaResult ema(const Tensor& x0, const Tensor& gain0, const Tensor& decay0, const
     fail(std::string(kOp) + ": the state " + state0.str() + " must have x's batch Dims, the channels and heads " +
          dims_str(state_dims));
 
-  // Canonical operands (differentiable conversions: their own gradients handle the layouts).
-  const Dims xorder = cat(cat(batch, {axis}), channels);
+  // x as it is where its channels are innermost and contiguous (in gain's order) and its batch
+  // Dims merge into one stride (y then shares its layout, so what follows y sees matching
+  // layouts); else [batch..., axis, channels...]. Differentiable conversions: their own
+  // gradients handle the layouts.
+  int64_t ext, sc, sb, sl = x0.strides()[x0.axis_of(axis)];
+  const bool as_is =
+      x0.is_contiguous() && merged_stride(x0, channels, ext, sc) && (sc == 1 || ext <= 1) && merged_stride(x0, batch, ext, sb);
+  const Dims xorder = as_is ? x0.dims() : cat(cat(batch, {axis}), channels);
   const Tensor x = x0.transpose_to(xorder);
+  if (!as_is) {
+    sl = checked_numel(kOp, channels);
+    sb = sl * axis.extent();
+  }
   const Tensor gain = gain0.transpose_to(params), decay = decay0.transpose_to(params), weight = weight0.transpose_to(params);
   const Tensor state = state0.defined() ? state0.transpose_to(state_dims) : Tensor();
   const Device dev = x.device();
@@ -76,6 +86,8 @@ EmaResult ema(const Tensor& x0, const Tensor& gain0, const Tensor& decay0, const
   a.L = axis.extent();
   a.C = checked_numel(kOp, channels);
   a.H = heads.size();
+  a.sb = sb;
+  a.st = sl;
   a.x = ptr(x);
   a.gain = ptr(gain);
   a.decay = ptr(decay);

@@ -23,7 +23,7 @@
 namespace dimx {
 
 struct EmaResult {
-  Tensor y;      // x's Dims, laid out [batch..., axis, channels...]
+  Tensor y;      // x's Dims, in x's layout where the channels are innermost, else [batch..., axis, channels...]
   Tensor state;  // {batch..., channels..., heads}: after the last valid frame
 };
 

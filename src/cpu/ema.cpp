@@ -42,8 +42,8 @@ void ema_forward_rows(const backend::Ema& a, T* y, T* state_out) {
     std::vector<T> s(size_t(w * H), T(0));
     if (s0) std::copy(s0 + (b * C + c0) * H, s0 + (b * C + c1) * H, s.begin());
     for (int64_t t = 0; t < L; ++t) {
-      const T* xt = x + (b * L + t) * C;
-      T* yt = y + (b * L + t) * C;
+      const T* xt = x + b * a.sb + t * a.st;
+      T* yt = y + b * a.sb + t * a.st;
       if (t >= n) {
         std::fill(yt + c0, yt + c1, T(0));
         continue;
@@ -85,14 +85,14 @@ void ema_backward_rows(const backend::Ema& a, const T* gy, const T* gfinal, T* g
     const int64_t n = valid_len(a.lengths, b, L), w = c1 - c0;
     std::vector<T> r(size_t(w * H), T(0)), lam(r), P(r), sxr(r), sxlam(r), sxp(r);
     for (int64_t t = L - 1; t >= 0; --t) {
-      T* gxt = gx + (b * L + t) * C;
+      T* gxt = gx + b * a.sb + t * a.st;
       if (t >= n) {
         std::fill(gxt + c0, gxt + c1, T(0));
         continue;
       }
-      const T* xt = x + (b * L + t) * C;
+      const T* xt = x + b * a.sb + t * a.st;
       for (int64_t c = c0; c < c1; ++c) {
-        const T xv = xt[c], gv = gy ? gy[(b * L + t) * C + c] : T(0);
+        const T xv = xt[c], gv = gy ? gy[b * a.sb + t * a.st + c] : T(0);
         const size_t o = size_t((c - c0) * H);
         const T *ac = gain + c * H, *qc = decay + c * H, *wc = weight + c * H;
         T* __restrict rr = r.data() + o;
