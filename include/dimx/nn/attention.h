@@ -33,8 +33,10 @@ struct DotAttentionOptions {
   Generator* gen = nullptr;             // needed when att_dropout > 0 in training
   bool training = false;
   // The fused primitive (no [query, key] energies in memory) where the Dims map onto it and no
-  // dropout applies. Unset: as DIMX_FUSED_ATTENTION (0 / 1) says, else fused (the faster path
-  // on the CPU and on CUDA); true / false: prefer it / never (results agree within rounding).
+  // dropout applies. Unset: as DIMX_FUSED_ATTENTION (0 / 1) says, else fused, except on the
+  // CPU when a gradient will be taken (the backward would recompute the weights, which costs
+  // more there than keeping them); true / false: prefer it / never (results agree within
+  // rounding).
   std::optional<bool> fused;
 };
 

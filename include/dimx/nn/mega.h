@@ -5,9 +5,11 @@
 //   K[d, l] = sum_h (p * beta)[d, h] q[d, h]^l gamma[d, h] * sqrt(1 / heads)   the EMA kernel
 //   y = causal_conv(x with padded frames zeroed, K truncated to truncation_length)
 //   out = act(y + x * residual_weight)                                          act: relu or silu
-// with beta = ema_expansion_matrix, gamma = kernel_projection_matrix. One step of decoding is
-// the recurrence h = (p * beta) x + q h_prev, y = sum_h h gamma sqrt(1 / heads): the exact,
-// untruncated EMA (as the original: truncation applies to the full-sequence path only).
+// with beta = ema_expansion_matrix, gamma = kernel_projection_matrix. Untruncated, the same y
+// is the recurrence h = (p * beta) x + q h_prev, y = sum_h h gamma sqrt(1 / heads), which is
+// how it runs (dimx::ema, a scan) over a whole sequence and when continuing a state; with a
+// truncation_length shorter than the sequence, as the convolution. Decoding is always the
+// exact, untruncated EMA (as the original: truncation applies to the full-sequence path only).
 //
 // Parameters (the original's names and shapes):
 //   damping_factor, decay_factor, ema_expansion_matrix  {size, heads, one} [D, H, 1]
