@@ -29,6 +29,40 @@ struct TensorInfo {
   uint64_t end = 0;
 };
 
+// A JSON value from a file's metadata, parsed by dimx (no JSON library needed by the caller).
+// Accessors of the wrong kind, and missing members or indices, throw dimx::Error naming what
+// was asked and what the value is.
+class MetaValue {
+ public:
+  enum class Kind { null, boolean, number, string, array, object };
+  MetaValue() = default;
+  Kind kind() const { return kind_; }
+  bool is_null() const { return kind_ == Kind::null; }
+  bool as_bool() const;
+  double as_double() const;
+  int64_t as_int() const;  // a number with an exact integer value
+  const std::string& as_string() const;
+  const std::vector<MetaValue>& as_array() const;
+  const std::map<std::string, MetaValue>& as_object() const;
+  bool contains(const std::string& member) const;  // false for non-objects
+  const MetaValue& operator[](const std::string& member) const;
+  const MetaValue& operator[](size_t index) const;
+  size_t size() const;       // elements of an array or members of an object; 0 otherwise
+  std::string dump() const;  // compact JSON
+
+  // Parses `text`; `what` names it in the error for text that is not JSON.
+  static MetaValue parse(const std::string& text, const std::string& what);
+
+ private:
+  Kind kind_ = Kind::null;
+  bool bool_ = false;
+  double number_ = 0;
+  std::string string_;
+  std::vector<MetaValue> array_;
+  std::map<std::string, MetaValue> object_;
+  friend struct MetaValueBuilder;
+};
+
 // An open safetensors file: mapped read-only and validated in full by open(), so later calls
 // fail only on mismatches with what the caller asks for. Copies share the mapping, which is
 // released with the last copy. Loaded tensors are copies and never refer to the mapping.
@@ -45,7 +79,12 @@ class SafeTensors {
   bool contains(const std::string& key) const;
   size_t size() const;                    // number of tensors
   TensorInfo info(const std::string& key) const;
+  // "__metadata__": string values (the format's rule). metadata(key) is one of them, or
+  // nullopt; metadata_json(key) parses it as JSON (a config stored as a JSON string), and
+  // throws dimx::Error naming the file and the key if it is absent or not JSON.
   const std::map<std::string, std::string>& metadata() const;
+  std::optional<std::string> metadata(const std::string& key) const;
+  MetaValue metadata_json(const std::string& key) const;
 
   // Loads `key` as a CPU tensor over `dims`: the file's shape (row-major) must equal the Dims'
   // extents in this order. `dtype` defaults to the file's natural dtype (F64 -> f64;
@@ -55,6 +94,13 @@ class SafeTensors {
   Tensor load(const std::string& key, const Dims& dims, std::optional<DType> dtype = std::nullopt) const;
   // Loads with fresh static Dims named "dim0", "dim1", ... (for inspection).
   Tensor load(const std::string& key) const;
+  // Padded data: loads `key` over `dims` (static, in the file's order), then for each pair
+  // (file Dim, dynamic Dim) in `padded` keeps the first extent-of-the-dynamic-Dim frames of
+  // the file Dim and makes it the dynamic Dim (its lengths' Dims must be among `dims`). The
+  // file Dim's extent must be at least the dynamic Dim's; frames past each sequence's length
+  // become padding.
+  Tensor load(const std::string& key, const Dims& dims, const std::vector<std::pair<Dim, Dim>>& padded,
+              std::optional<DType> dtype = std::nullopt) const;
 
   struct Impl;
 
@@ -85,9 +131,23 @@ struct LoadReport {
   std::vector<std::string> mismatched;  // "key: file F32[3, 4] vs {out:4, in:3} (f32)" (not loaded)
 };
 
-// Copies every bound entry of `file` into its target. strict: any missing, unexpected or
-// mismatched key throws one dimx::Error that names all of them, and no target is modified.
-// Not strict: the entries that fit are loaded and the rest are reported.
+// What makes a load fail (one dimx::Error naming every problem; no target is modified):
+//   exact:  a missing, mis-shaped or unexpected key (unexpected: a file key in scope that no
+//           binding names);
+//   module: a missing or mis-shaped key; unexpected ones are only reported (the file holds
+//           more than the module, such as optimizer state or other layers);
+//   none:   nothing; the entries that fit are loaded and the rest reported.
+enum class Strictness { exact, module, none };
+
+struct LoadOptions {
+  Strictness strict = Strictness::exact;
+  // Only file keys starting with `scope` count as unexpected ("" = every key).
+  std::string scope;
+};
+
+// Copies every bound entry of `file` into its target, as `options` says.
+LoadReport load_into(const SafeTensors& file, const std::vector<LoadBinding>& bindings, const LoadOptions& options);
+// strict: Strictness::exact over the whole file; not strict: Strictness::none.
 LoadReport load_into(const SafeTensors& file, const std::vector<LoadBinding>& bindings, bool strict = true);
 
 }  // namespace dimx

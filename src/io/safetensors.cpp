@@ -3,6 +3,8 @@
 // checked (with overflow checks) before any byte of data is touched.
 #include <dimx/io.h>
 
+#include <dimx/shape.h>
+
 #include <algorithm>
 #include <bit>
 #include <cerrno>
@@ -508,6 +510,24 @@ const std::map<std::string, std::string>& SafeTensors::metadata() const {
   return need(impl_, "SafeTensors::metadata").metadata;
 }
 
+std::optional<std::string> SafeTensors::metadata(const std::string& key) const {
+  const auto& m = need(impl_, "SafeTensors::metadata").metadata;
+  auto it = m.find(key);
+  if (it == m.end()) return std::nullopt;
+  return it->second;
+}
+
+MetaValue SafeTensors::metadata_json(const std::string& key) const {
+  const Impl& f = need(impl_, "SafeTensors::metadata_json");
+  auto it = f.metadata.find(key);
+  if (it == f.metadata.end()) {
+    std::string have;
+    for (const auto& [k, v] : f.metadata) have += (have.empty() ? "" : ", ") + ("'" + clip(k, 40) + "'");
+    throw Error(file_prefix(f.path) + "no metadata entry '" + key + "' (entries: " + (have.empty() ? "none" : have) + ")");
+  }
+  return MetaValue::parse(it->second, file_prefix(f.path) + "metadata entry '" + key + "'");
+}
+
 namespace {
 
 // Converts `n` values of file dtype `fd` at `src` into `out` (dimx dtype `dt`).
@@ -599,6 +619,30 @@ Tensor SafeTensors::load(const std::string& key, const Dims& dims, std::optional
   return t;
 }
 
+Tensor SafeTensors::load(const std::string& key, const Dims& dims, const std::vector<std::pair<Dim, Dim>>& padded,
+                         std::optional<DType> dtype) const {
+  const std::string where = key_prefix(need(impl_, "SafeTensors::load").path, key);
+  for (const auto& [fd, dd] : padded) {
+    if (!dimx::contains(dims, fd)) throw Error(where + "padded file Dim '" + fd.str() + "' is not among " + dims_str(dims));
+    if (fd.is_dynamic()) throw Error(where + "padded file Dim '" + fd.str() + "' must be static");
+    if (!dd.is_dynamic()) throw Error(where + "'" + dd.str() + "' is not a dynamic Dim (padded loads make one)");
+    if (dimx::contains(dims, dd)) throw Error(where + "dynamic Dim '" + dd.str() + "' is also among the file's Dims " + dims_str(dims));
+    if (dd.extent() > fd.extent())
+      throw Error(where + "dynamic Dim '" + dd.str() + "' is longer than the stored '" + fd.str() + "'");
+    for (const Dim& l : dd.lengths().dims())
+      if (!dimx::contains(dims, l) || l == fd)
+        throw Error(where + "the lengths of '" + dd.str() + "' are over '" + l.str() + "', which the file's Dims " +
+                    dims_str(dims) + " lack");
+  }
+  Tensor t = load(key, dims, dtype);
+  for (const auto& [fd, dd] : padded) {
+    Dim kept(dd.extent(), fd.name());
+    t = slice(t, fd, 0, dd.extent(), 1, kept).first;
+    t = replace_dim(t, kept, dd).first;
+  }
+  return t.contiguous();
+}
+
 Tensor SafeTensors::load(const std::string& key) const {
   const Impl& f = need(impl_, "SafeTensors::load");
   const Impl::Entry& e = f.entry(key, "SafeTensors::load");
@@ -688,6 +732,10 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
 // ---- loading into existing tensors
 
 LoadReport load_into(const SafeTensors& file, const std::vector<LoadBinding>& bindings, bool strict) {
+  return load_into(file, bindings, LoadOptions{strict ? Strictness::exact : Strictness::none, ""});
+}
+
+LoadReport load_into(const SafeTensors& file, const std::vector<LoadBinding>& bindings, const LoadOptions& options) {
   const std::string& path = file.path();
   const std::string where = "load_into '" + path + "': ";
   std::set<std::string> bound;
@@ -720,7 +768,9 @@ LoadReport load_into(const SafeTensors& file, const std::vector<LoadBinding>& bi
     fitting.push_back({&b, std::move(order)});
   }
   for (const auto& k : file.keys())
-    if (!bound.count(k)) report.unexpected.push_back(k);
+    if (!bound.count(k) && k.rfind(options.scope, 0) == 0) report.unexpected.push_back(k);
+  const bool strict = options.strict != Strictness::none;
+  const bool fail_unexpected = options.strict == Strictness::exact;
 
   // Every value is converted before any target is written, so a failure (a value out of the
   // target dtype's range) never leaves some targets loaded and others not.
@@ -734,7 +784,8 @@ LoadReport load_into(const SafeTensors& file, const std::vector<LoadBinding>& bi
     }
   }
 
-  if (strict && (!report.missing.empty() || !report.unexpected.empty() || !report.mismatched.empty())) {
+  if (strict && (!report.missing.empty() || (fail_unexpected && !report.unexpected.empty()) ||
+                 !report.mismatched.empty())) {
     std::string msg = where + "strict load failed, nothing loaded";
     auto list = [&](const char* what, const std::vector<std::string>& v, bool quote) {
       if (v.empty()) return;
@@ -742,7 +793,7 @@ LoadReport load_into(const SafeTensors& file, const std::vector<LoadBinding>& bi
       for (size_t i = 0; i < v.size(); ++i) msg += (i ? ", " : "") + (quote ? "'" + v[i] + "'" : v[i]);
     };
     list("missing", report.missing, true);
-    list("unexpected", report.unexpected, true);
+    if (fail_unexpected) list("unexpected", report.unexpected, true);
     list("mis-shaped", report.mismatched, false);
     throw Error(msg);
   }

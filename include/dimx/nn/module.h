@@ -43,6 +43,9 @@
 //                            converted to the parameter's dtype. strict: one dimx::Error
 //                            naming every missing, unexpected and mis-shaped key, and nothing
 //                            is loaded; not strict: loads what fits, returns the rest.
+//   load_state(m, file|path, StateOptions) / save_state(m, path, StateOptions)
+//                            the same with a key prefix, a renaming, file layouts declared
+//                            per tensor by Dims, and a Strictness (see StateOptions).
 #include <dimx/error.h>
 #include <dimx/io.h>
 #include <dimx/random.h>
@@ -58,6 +61,8 @@
 #include <boost/hana/string.hpp>
 
 #include <array>
+#include <functional>
+#include <map>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -75,6 +80,22 @@ namespace dimx::nn {
 // Base of every module. `training` is not a parameter and is never reflected.
 struct Module {
   bool training = true;
+};
+
+// How a module's tensors map onto a file's keys and layouts (load_state / save_state):
+//   key of tensor `name` = prefix + rename(name)   (rename unset: the name itself)
+//   layouts[name]        the file's row-major order of that tensor's Dims (unset: the
+//                        tensor's own order), e.g. {in, out} for RETURNN's [in, out] weights
+//   strict               exact: every tensor found with the right shape and no other key
+//                        under the prefix; module: every tensor found with the right shape
+//                        (other keys, under the prefix or not, are only reported); none:
+//                        load what fits, report the rest. Keys outside the prefix are never
+//                        reported.
+struct StateOptions {
+  std::string prefix;
+  std::function<std::string(const std::string&)> rename;
+  std::map<std::string, Dims> layouts;
+  Strictness strict = Strictness::exact;
 };
 
 namespace detail {
@@ -169,6 +190,11 @@ concept HasExtraRepr = requires(const T& t) {
 std::string describe_tensor(const Tensor& t);  // "{out:4, in:8} f32, 32"
 std::string group_digits(int64_t n);           // 12345 -> "12,345"
 LoadReport load_state_bindings(const SafeTensors& file, std::vector<LoadBinding> bindings, bool strict);
+// The bindings of (name, tensor) pairs under `o` (checks that every layout names a tensor and
+// is a permutation of its Dims).
+std::vector<LoadBinding> state_bindings(const std::vector<std::pair<std::string, Tensor>>& tensors,
+                                        const StateOptions& o, const char* op);
+LoadReport load_state_bindings(const SafeTensors& file, std::vector<LoadBinding> bindings, const StateOptions& o);
 void save_state_tensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                         const std::map<std::string, std::string>& metadata);
 
@@ -335,6 +361,32 @@ LoadReport load_state(M& m, const SafeTensors& file, bool strict = true) {
 template <class M>
 LoadReport load_state(M& m, const std::string& path, bool strict = true) {
   return load_state(m, SafeTensors::open(path), strict);
+}
+
+// Loads parameters and buffers under a prefix, renamed, in declared layouts (StateOptions).
+template <class M>
+LoadReport load_state(M& m, const SafeTensors& file, const StateOptions& options) {
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const auto& [name, p] : named_tensors(m)) tensors.emplace_back(name, *p);
+  return detail::load_state_bindings(file, detail::state_bindings(tensors, options, "load_state"), options);
+}
+
+template <class M>
+LoadReport load_state(M& m, const std::string& path, const StateOptions& options) {
+  return load_state(m, SafeTensors::open(path), options);
+}
+
+// Writes parameters and buffers under a prefix, renamed, in declared layouts (options.strict
+// is not used).
+template <class M>
+void save_state(const M& m, const std::string& path, const StateOptions& options,
+                const std::map<std::string, std::string>& metadata = {}) {
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const auto& [name, p] : named_tensors(m)) tensors.emplace_back(name, *p);
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (const LoadBinding& b : detail::state_bindings(tensors, options, "save_state"))
+    out.emplace_back(b.key, b.target.transpose_to(b.file_order));
+  detail::save_state_tensors(path, out, metadata);
 }
 
 }  // namespace dimx::nn
