@@ -97,6 +97,20 @@ int main() {
         chunk_diff = std::max(chunk_diff, std::abs(ybv[size_t(i * out.size() + c)] - full[size_t((4 + i) * out.size() + c)]));
     check(chunk_diff < 1e-5, "the second chunk equals the whole sequence's frames");
 
+    // [doc:finished]
+    // Stepping a padded batch where sequences end at different frames: a sequence past its
+    // end takes no step (decoding_step: a one-frame dynamic Dim, length 0 where inactive).
+    auto kept = dec.default_initial_state({batch});
+    for (int64_t t = 0; t < time.extent(); ++t) {
+      Dim step = nn::decoding_step(less(Tensor::scalar(double(t), DType::i32), time.lengths(), true));
+      kept = dec(expand_dim(frame(x, time, t), step), step, kept).second;
+    }
+    // kept.accum_axis has lengths {7, 3, 5}: each history stopped at its sequence's end.
+    // [doc:finished]
+    check(kept.accum_axis.lengths().to_vector<int32_t>() == lens, "finished sequences took no step");
+    check(state.accum_axis.lengths().to_vector<int32_t>() == std::vector<int32_t>(3, int32_t(time.extent())),
+          "single_step_dim() steps every sequence");
+
     // [doc:cross]
     Dim enc_feat(12, "enc_feat"), enc_time(Tensor::from_vector<int32_t>({batch}, {9, 4, 6}), "enc_time");
     Tensor encoder = random_normal({batch, enc_time, enc_feat}, gen);

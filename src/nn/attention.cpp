@@ -198,6 +198,14 @@ const Dim& single_step_dim() {
   return d;
 }
 
+Dim decoding_step(const Tensor& active, const std::string& name) {
+  check_defined("decoding_step", active);
+  if (active.dtype() != DType::boolean)
+    fail("decoding_step: active must be bool (true = the sequence takes the step), got " + active.str());
+  if (active.ndim() == 0) fail("decoding_step: active must be over the batch Dims, got a scalar");
+  return Dim(active.astype(DType::i32).to(Device::cpu()), name);
+}
+
 Tensor dot_attention(const Tensor& q, const Tensor& k0, const Tensor& v0, const Dim& key_dim, const Dim& axis,
                      const DotAttentionOptions& o) {
   const char* op = "dot_attention";

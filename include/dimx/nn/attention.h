@@ -51,6 +51,15 @@ Dim causal_key_dim(const Dim& query, const Dim& axis);
 Dim causal_key_dim(const Tensor& query_pos, const Dim& axis);
 
 // Passed as `axis` to a stateful module to decode one frame: its input then has no time Dim.
+// Every sequence of the batch takes the step (its history grows by one frame).
 const Dim& single_step_dim();
+
+// The decoding step of a batch in which some sequences have finished: a one-frame dynamic Dim
+// whose length is 1 where `active` (bool over batch Dims) is true and 0 where it is false.
+// Given as the axis of a stateful module, with the input over it (expand_dim(x, step)), it is
+// a one-frame chunk: a finished sequence's state does not change (its history does not grow,
+// an EMA or WKV state is left alone) and its output frame is padding, while the active ones
+// step exactly as with single_step_dim().
+Dim decoding_step(const Tensor& active, const std::string& name = "step");
 
 }  // namespace dimx::nn
