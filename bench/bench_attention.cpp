@@ -104,6 +104,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  bench::print_runtime(json);
   const bool cuda = device == "cuda";
 #ifdef DIMX_BENCH_CUDA
   if (cuda && gpu::device_count() == 0) {

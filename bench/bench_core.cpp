@@ -23,6 +23,8 @@
 #include <string>
 #include <vector>
 
+#include "timer.h"
+
 extern "C" {
 // OpenBLAS extensions (declared in OpenBLAS's cblas.h; repeated here in case another cblas.h is found).
 int openblas_get_num_threads(void);
@@ -459,6 +461,7 @@ int main(int argc, char** argv) {
     else if (a == "-h" || a == "--help") usage(0);
     else usage(2);
   }
+  bench::print_runtime(g_opt.json);
   if (!g_opt.json) {
     std::printf("bench_core: %s, %d BLAS threads; reps %s; medians of interleaved runs\n",
                 openblas_get_config(), openblas_get_num_threads(),

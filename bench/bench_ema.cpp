@@ -55,6 +55,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  bench::print_runtime(json);
   const bool cuda = device == "cuda";
 #ifndef DIMX_BENCH_CUDA
   if (cuda) {

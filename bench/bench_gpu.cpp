@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "peer.h"
+#include "timer.h"
 
 using namespace dimx;
 
@@ -43,6 +44,7 @@ int main(int argc, char** argv) {
     if (a == "--json") json = true;
     else if (a == "--peer" && i + 1 < argc) peer_script = argv[++i];
   }
+  bench::print_runtime(json);
   if (gpu::device_count() == 0) {
     std::cerr << "bench_gpu: no CUDA device\n";
     return 1;

@@ -31,6 +31,7 @@
 
 #include "launch.h"
 #include "wkv_classic.h"
+#include "timer.h"
 #endif
 
 using namespace dimx;
@@ -408,6 +409,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  bench::print_runtime(o.json);
 #ifdef DIMX_BENCH_CUDA
   if (!o.cpu && gpu::device_count() > 0) {
     run_gpu(o);

@@ -6,6 +6,7 @@
 // to stderr, numbered in the order the cases are timed.
 #include <dimx/device.h>
 #include <dimx/profile.h>
+#include <dimx/runtime.h>
 #ifdef DIMX_BENCH_CUDA
 #include <dimx/gpu/runtime.h>
 #endif
@@ -24,6 +25,19 @@ inline void sync(Device dev) {
 #else
   (void)dev;
 #endif
+}
+
+// The machine and libraries a run measured (dimx::runtime_info), "# "-prefixed so JSON-line
+// readers skip it; to stderr with --json, else stdout.
+inline void print_runtime(bool json) {
+  std::string s = runtime_info().str(), out;
+  size_t start = 0;
+  while (start < s.size()) {
+    size_t end = s.find('\n', start);
+    out += "# " + s.substr(start, end - start) + "\n";
+    start = end + 1;
+  }
+  (json ? std::cerr : std::cout) << out;
 }
 
 inline bool& profiling() {

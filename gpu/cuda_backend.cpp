@@ -11,7 +11,7 @@
 #include "backend.h"
 #include "cpu/strided.h"
 #include "launch.h"
-#include "dimx/gpu/runtime.h"
+#include "runtime.h"
 
 namespace dimx::gpu {
 
@@ -255,9 +255,11 @@ class CudaBackend final : public backend::Backend {
   cublasHandle_t blas_ = nullptr;
 };
 
-// Registered when the library loads. Backends are never destroyed, since tensors held in
-// statics may be freed after other statics are gone.
+// Registered when the library loads (linked in, or loaded by libdimx on first use of a CUDA
+// device). Backends are never destroyed, since tensors held in statics may be freed after
+// other statics are gone.
 const bool g_registered = [] {
+  backend::register_device_layer(Device::Type::cuda, backend::DeviceLayer{cuda_device_count, cuda_device_name, cuda_versions});
   backend::register_backend(Device::Type::cuda, [](int index) -> backend::Backend* {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -273,7 +275,5 @@ const bool g_registered = [] {
 }();
 
 }  // namespace
-
-void synchronize(int index) { backend::backend_for(Device::cuda(index)).synchronize(); }
 
 }  // namespace dimx::gpu

@@ -1,13 +1,18 @@
-#include <dimx/error.h>
-#include <dimx/gpu/runtime.h>
-
+// The CUDA layer's device queries, registered with libdimx (src/backend.h's DeviceLayer) when
+// this library loads; the public functions of dimx/gpu/runtime.h live in libdimx.
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <cufft.h>
+
+#include <dimx/error.h>
 
 #include <string>
 
+#include "runtime.h"
+
 namespace dimx::gpu {
 
-int device_count() {
+int cuda_device_count() {
   int n = 0;
   // No driver or no device is not an error here: it means zero devices.
   if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -17,7 +22,7 @@ int device_count() {
   return n;
 }
 
-std::string device_name(int index) {
+std::string cuda_device_name(int index) {
   cudaDeviceProp prop{};
   cudaError_t err = cudaGetDeviceProperties(&prop, index);
   if (err != cudaSuccess) {
@@ -27,6 +32,22 @@ std::string device_name(int index) {
   }
   return std::string(prop.name) + " (sm_" + std::to_string(prop.major) + std::to_string(prop.minor) +
          ", " + std::to_string(prop.totalGlobalMem >> 30) + " GiB)";
+}
+
+std::string cuda_versions() {
+  auto ver = [](int v) { return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10); };
+  int runtime = 0, driver = 0;
+  cudaRuntimeGetVersion(&runtime);
+  cudaDriverGetVersion(&driver);
+  cudaGetLastError();
+  std::string s = "CUDA runtime " + ver(runtime) + ", driver " + (driver ? ver(driver) : std::string("none"));
+  int fft = 0;
+  if (cufftGetVersion(&fft) == CUFFT_SUCCESS)
+    s += ", cuFFT " + std::to_string(fft / 1000) + "." + std::to_string((fft % 1000) / 100) + "." + std::to_string(fft % 100);
+  s += ", cuBLAS " + std::to_string(CUBLAS_VER_MAJOR) + "." + std::to_string(CUBLAS_VER_MINOR) + "." +
+       std::to_string(CUBLAS_VER_PATCH) + " (built with)";
+  s += ", built for sm_" + std::string(DIMX_CUDA_ARCHS);
+  return s;
 }
 
 }  // namespace dimx::gpu

@@ -170,6 +170,18 @@ class Backend {
                             void* gv, void* gtd, void* gu) = 0;
 };
 
+// What a device library tells dimx besides its backends (the CUDA layer registers one when it
+// loads).
+struct DeviceLayer {
+  std::function<int()> device_count;
+  std::function<std::string(int)> device_name;
+  std::function<std::string()> versions;  // runtime, driver and library versions, one line
+};
+void register_device_layer(Device::Type type, DeviceLayer layer);
+// The layer of `type`, its library loaded on first use where the program was not linked with
+// it; null if there is none (`why` then says why).
+const DeviceLayer* device_layer(Device::Type type, std::string* why = nullptr);
+
 // The backend of one device (created on first use).
 Backend& backend_for(Device device);
 // Makes the backend of device `index`; throws dimx::Error if there is no such device.

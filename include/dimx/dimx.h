@@ -14,6 +14,7 @@
 #include <dimx/profile.h>
 #include <dimx/random.h>
 #include <dimx/reduce.h>
+#include <dimx/runtime.h>
 #include <dimx/shape.h>
 #include <dimx/softmax.h>
 #include <dimx/tensor.h>

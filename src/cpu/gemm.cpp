@@ -43,7 +43,10 @@ void CpuBackend::gemm_half(DType dt, const backend::Gemm& g) {
   }
 }
 
+void check_blas_kernels();  // src/runtime_info.cpp
+
 void CpuBackend::gemm(DType dt, const backend::Gemm& g) {
+  check_blas_kernels();
   const auto ta = g.trans_a ? CblasTrans : CblasNoTrans;
   const auto tb = g.trans_b ? CblasTrans : CblasNoTrans;
   if (is_half(dt)) return gemm_half(dt, g);
