@@ -121,7 +121,8 @@ struct TrainArgs {
   double lr = 3e-3, min_lr_ratio = 0.1, clip = 1.0, weight_decay = 0.01;
   uint64_t seed = 0;
   std::string out = "dimx-lm-run", resume, device = "cpu";
-  double minutes = 0;  // stop after this wall time (0: no limit)
+  double minutes = 0;     // stop after this wall time (0: no limit)
+  int64_t stop_after = 0;  // stop after this step, as if interrupted (0: never)
 };
 
 int train(const TrainArgs& a) {
@@ -174,6 +175,7 @@ int train(const TrainArgs& a) {
   };
   for (; step < a.steps && !g_stop; ++step) {
     if (a.minutes > 0 && seconds_since(t0) > a.minutes * 60) break;
+    if (a.stop_after > 0 && step >= a.stop_after) break;
     opt.set_lr(lr_at(step));
     Batch b = lm::make_batch(lm::training_lines(c, a.batch, seed, step), m.vocab, dev);
     Tensor loss = nll(m, b, dev);
@@ -303,6 +305,8 @@ int main(int argc, char** argv) {
   tr->add_option("--block", t.blocks, "block families, one per layer: " + lm::known_families())->delimiter(',');
   tr->add_option("--steps", t.steps, "training steps")->check(CLI::PositiveNumber);
   tr->add_option("--minutes", t.minutes, "stop after this much wall time (0: no limit)")->check(CLI::NonNegativeNumber);
+  tr->add_option("--stop-after", t.stop_after, "stop after this step as if interrupted (the schedule still spans --steps)")
+      ->check(CLI::NonNegativeNumber);
   tr->add_option("--batch", t.batch, "lines per batch")->check(CLI::PositiveNumber);
   tr->add_option("--max-len", t.max_len, "bytes per line at most (longer lines are cut)")->check(CLI::Range(2, 65536));
   tr->add_option("--model", t.model, "model width")->check(CLI::PositiveNumber);
