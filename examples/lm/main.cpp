@@ -95,7 +95,7 @@ std::string fmt_time(double s) {
   return buf;
 }
 
-void plot(const std::string& dir) {
+void plot(const std::string& dir, double unigram) {
   if (std::system("command -v gnuplot > /dev/null 2>&1") != 0) {
     std::cout << "gnuplot not found: no loss picture (install gnuplot-nox)\n";
     return;
@@ -106,7 +106,8 @@ void plot(const std::string& dir) {
     << "set datafile separator ','\nset key top right\nset xlabel 'step'\nset ylabel 'bits per byte'\n"
     << "set title 'dimx-lm: training and validation loss'\n"
     << "plot '" << dir << "/train.csv' using 1:3 skip 1 with lines lw 1 lc rgb '#7f7fbf' title 'train', '" << dir
-    << "/valid.csv' using 1:2 skip 1 with linespoints lw 2 lc rgb '#d04020' title 'validation'\n";
+    << "/valid.csv' using 1:2 skip 1 with linespoints lw 2 lc rgb '#d04020' title 'validation', " << unigram
+    << " with lines dt 2 lc rgb '#404040' title 'unigram baseline'\n";
   g.close();
   if (std::system(("gnuplot '" + script + "' 2> /dev/null").c_str()) == 0)
     std::cout << "loss picture: " << dir << "/loss.png\n";
@@ -208,7 +209,7 @@ int train(const TrainArgs& a) {
   const double final_valid = validation_bpb(m, c, a.batch, dev, a.eval_lines);
   std::cout << (g_stop ? "interrupted" : "stopped") << " at step " << step << "; checkpoint in " << a.out
             << "/checkpoint\nvalidation: " << final_valid << " bits per byte (unigram baseline " << unigram << ")\n";
-  plot(a.out);
+  plot(a.out, unigram);
   return 0;
 }
 
