@@ -31,6 +31,9 @@ std::vector<std::string> default_data() {
 
 Corpus load_corpus(const std::vector<std::string>& paths, int64_t max_len) {
   if (max_len < 2) throw Error("--max-len must be at least 2, got " + std::to_string(max_len));
+  if (paths.empty())
+    throw Error(std::string("no --data given, and the repository's text is not at ") + DIMX_LM_SOURCE_DIR +
+                " (give text files or folders with --data)");
   std::vector<fs::path> files;
   for (const std::string& p : paths) {
     const fs::path path(p);
