@@ -115,6 +115,52 @@ void plot(const std::string& dir, double unigram) {
     std::cout << "gnuplot failed: no loss picture\n";
 }
 
+// For every block with plain attention weights: the per-head maps of one validation line,
+// heads side by side, as attention_block<i>.png (drawn by gnuplot from attention_block<i>.dat).
+void attention_pictures(const Model& m, const Corpus& c, Device dev, const std::string& dir) {
+  if (std::system("command -v gnuplot > /dev/null 2>&1") != 0) return;
+  const std::string* pick_line = &c.valid[0];
+  for (const std::string& l : c.valid)
+    if (l.size() >= 24) {
+      pick_line = &l;
+      break;
+    }
+  const std::string line = pick_line->substr(0, 48);
+  NoGradGuard ng;
+  Batch b = lm::make_batch({&line}, m.vocab, dev);
+  auto maps = m.attention_weights(b.input, b.time);
+  for (size_t i = 0; i < maps.size(); ++i) {
+    if (!maps[i]) continue;
+    const auto& w = *maps[i];
+    const int64_t H = w.heads.size(), T = b.time.extent(), K = w.keys.extent();
+    const std::vector<double> v = w.w.to_vector<double>({w.heads, b.batch, b.time, w.keys});
+    const std::string base = dir + "/attention_block" + std::to_string(i);
+    std::ofstream data(base + ".dat");
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t t = 0; t < T; ++t) {
+        for (int64_t k = 0; k < K; ++k) data << (k ? " " : "") << v[size_t((h * T + t) * K + k)];
+        data << "\n";
+      }
+      data << "\n\n";
+    }
+    data.close();
+    std::string shown;
+    for (char ch : line) shown += (ch == '\'' || ch == '"' || ch == '\\') ? ' ' : ch;
+    std::ofstream g(base + ".gp");
+    g << "set terminal pngcairo size " << 320 * H << ",380 noenhanced\nset output '" << base << ".png'\n"
+      << "set multiplot layout 1," << H << " title 'block " << i << " (" << lm::family_name(m.config.blocks[i])
+      << "): \"" << shown << "\"'\nunset key\nset xlabel 'key'\nset ylabel 'query'\n"
+      << "set xrange [-0.5:" << K << "-0.5]\nset yrange [" << T << "-0.5:-0.5]\nset xtics 10\nset ytics 10\n"
+      << "set palette grey negative\nunset colorbox\nset size ratio -1\n";
+    for (int64_t h = 0; h < H; ++h)
+      g << "set title 'head " << h << "'\nplot '" << base << ".dat' index " << h << " matrix with image\n";
+    g << "unset multiplot\n";
+    g.close();
+    if (std::system(("gnuplot '" + base + ".gp' 2> /dev/null").c_str()) == 0)
+      std::cout << "attention picture: " << base << ".png\n";
+  }
+}
+
 struct TrainArgs {
   std::vector<std::string> data, blocks{"rwkv", "attention"};
   int64_t steps = 300, batch = 16, max_len = 128, model = 128, hidden = 512, heads = 4;
@@ -210,6 +256,7 @@ int train(const TrainArgs& a) {
   std::cout << (g_stop ? "interrupted" : "stopped") << " at step " << step << "; checkpoint in " << a.out
             << "/checkpoint\nvalidation: " << final_valid << " bits per byte (unigram baseline " << unigram << ")\n";
   plot(a.out, unigram);
+  attention_pictures(m, c, dev, a.out);
   return 0;
 }
 

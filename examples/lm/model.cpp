@@ -1,5 +1,6 @@
 #include "model.h"
 
+#include <cmath>
 #include <sstream>
 
 namespace lm {
@@ -147,6 +148,51 @@ std::pair<Tensor, State> Block::operator()(const Tensor& x, const Dim& axis, con
       mixer);
   Tensor y = x + a;
   return {y + fc2(nn::gelu(fc1(ln2(y)))), next};
+}
+
+std::optional<Block::Weights> Block::attention_weights(const Tensor& x, const Dim& axis) const {
+  const Tensor h = ln1(x);
+  const Dims batch = {x.dims()[0]};
+  return std::visit(
+      [&](const auto& m) -> std::optional<Weights> {
+        using M = std::decay_t<decltype(m)>;
+        if constexpr (std::is_same_v<M, nn::CausalSelfAttention>) {
+          // softmax(q k / sqrt(d)) over the keys each query sees (its own frame and earlier).
+          auto [q, k, v] = m.qkv_heads(h);
+          Dim kv = axis.copy(axis.name() + "_kv");
+          Dim keys = nn::causal_key_dim(axis, kv);
+          Tensor kk = replace_dim(replace_dim(k, axis, kv).first, kv, keys).first;
+          Tensor e = matmul(q * (1.0 / std::sqrt(double(m.key_dim_per_head.size()))), kk, {m.key_dim_per_head});
+          return Weights{softmax(e, keys), m.heads, keys};
+        } else if constexpr (std::is_same_v<M, nn::beats::MultiheadAttention>) {
+          nn::beats::Inputs in;
+          in.causal = true;
+          in.need_weights = true;
+          in.need_head_weights = true;
+          nn::beats::Output o = m(h, axis, in);
+          return Weights{o.weights, m.heads, o.keys};
+        } else if constexpr (std::is_same_v<M, nn::torchscale::MultiheadAttention>) {
+          nn::torchscale::Inputs in;
+          in.causal = true;
+          in.need_weights = true;
+          nn::torchscale::Output o = m(h, axis, in);
+          return Weights{o.weights, m.heads, o.keys};
+        } else {
+          return std::nullopt;
+        }
+      },
+      mixer);
+}
+
+std::vector<std::optional<Block::Weights>> Model::attention_weights(const Tensor& tokens, const Dim& axis) const {
+  Tensor h = embed(tokens);
+  std::vector<std::optional<Block::Weights>> out;
+  const Dims batch = {tokens.dims()[0]};
+  for (const Block& b : blocks) {
+    out.push_back(b.attention_weights(h, axis));
+    h = b(h, axis, b.initial_state(batch, tokens.device())).first;
+  }
+  return out;
 }
 
 Model::Model(const Config& c, Generator& gen)

@@ -9,6 +9,7 @@
 // one byte at a time. Padded frames of the dynamic time Dim are never appended to a state.
 #include <dimx/nn.h>
 
+#include <optional>
 #include <string>
 #include <variant>
 #include <vector>
@@ -46,6 +47,15 @@ struct Block : nn::Module {
   State initial_state(const Dims& batch, Device device) const;
   // x {batch, axis, model} (axis = nn::single_step_dim(): one frame).
   std::pair<Tensor, State> operator()(const Tensor& x, const Dim& axis, const State& state) const;
+
+  // The mixer's attention weights on x {batch, axis, model} (a whole sequence from the empty
+  // state), as {heads, batch, axis, keys} with `keys` returned, for the families that attend
+  // with plain softmax weights (attention, beats, torchscale); nullopt for the others.
+  struct Weights {
+    Tensor w;
+    Dim heads, keys;
+  };
+  std::optional<Weights> attention_weights(const Tensor& x, const Dim& axis) const;
 };
 
 struct Model : nn::Module {
@@ -58,6 +68,8 @@ struct Model : nn::Module {
   // tokens (i64 over {batch, axis}, or {batch} for a step) -> logits {batch, axis, vocab}.
   std::pair<Tensor, std::vector<State>> operator()(const Tensor& tokens, const Dim& axis,
                                                    const std::vector<State>& states) const;
+  // Block i's attention weights on `tokens` (see Block::attention_weights), for every block.
+  std::vector<std::optional<Block::Weights>> attention_weights(const Tensor& tokens, const Dim& axis) const;
 };
 
 }  // namespace lm

@@ -1,7 +1,7 @@
 # dimx-lm end to end (ctest): a 30-step run lowers the loss; a run stopped at step 15 and
 # resumed ends bitwise equal to the uninterrupted one; sampling with state equals recomputing
 # the prefix; bad flags, a missing data file and a corrupt checkpoint each exit with code 2 and
-# one message; the loss picture is a PNG where gnuplot is installed.
+# one message; the loss and attention pictures are PNGs where gnuplot is installed.
 # Run with: cmake -DLM=path/to/dimx-lm -DWORK_DIR=... -DDATA=... -P run.cmake
 file(REMOVE_RECURSE ${WORK_DIR})
 file(MAKE_DIRECTORY ${WORK_DIR})
@@ -78,12 +78,18 @@ lm(2 eval --checkpoint ${WORK_DIR}/corrupt)
 lm(2 sample --checkpoint ${WORK_DIR}/full/checkpoint --temperature 0)
 lm(2 train ${tiny} --device cuda:7)
 
-# 5. The loss picture, where gnuplot exists.
+# 5. The pictures, where gnuplot exists: the loss curves, and the attention block's map (the
+#    RWKV block has none).
 find_program(GNUPLOT gnuplot)
 if(GNUPLOT)
-  file(READ ${WORK_DIR}/full/loss.png head LIMIT 8 HEX)
-  if(NOT head STREQUAL "89504e470d0a1a0a")
-    message(FATAL_ERROR "loss.png is not a PNG (starts with ${head})")
+  foreach(png loss.png attention_block1.png)
+    file(READ ${WORK_DIR}/full/${png} head LIMIT 8 HEX)
+    if(NOT head STREQUAL "89504e470d0a1a0a")
+      message(FATAL_ERROR "${png} is not a PNG (starts with ${head})")
+    endif()
+  endforeach()
+  if(EXISTS ${WORK_DIR}/full/attention_block0.png)
+    message(FATAL_ERROR "an attention picture for the RWKV block")
   endif()
 endif()
 message(STATUS "dimx-lm: all checks passed")
