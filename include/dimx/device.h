@@ -1,5 +1,6 @@
 #pragma once
-// Where a tensor's storage lives. Ops need all operands on one device; moving is explicit.
+/// \file
+/// Where a tensor's storage lives. Ops need all operands on one device; moving is explicit.
 #include <string>
 
 namespace dimx {

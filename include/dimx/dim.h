@@ -1,10 +1,11 @@
 #pragma once
-// Dim: an axis identified by object identity, never by size, name or position.
-//
-// A Dim is a cheap handle; copies of the handle are the same Dim (an alias). A static Dim
-// has a fixed size. A dynamic Dim carries per-sequence lengths as an integer Tensor over
-// other Dims (usually {batch}); tensors store it padded to its extent, the max length.
-// Arithmetic on Dims is cached: the same expression on the same Dims yields the same Dim.
+/// \file
+/// Dim: an axis identified by object identity, never by size, name or position.
+///
+/// A Dim is a cheap handle; copies of the handle are the same Dim (an alias). A static Dim
+/// has a fixed size. A dynamic Dim carries per-sequence lengths as an integer Tensor over
+/// other Dims (usually {batch}); tensors store it padded to its extent, the max length.
+/// Arithmetic on Dims is cached: the same expression on the same Dims yields the same Dim.
 #include <dimx/device.h>
 
 #include <cstdint>
@@ -21,41 +22,41 @@ struct DimImpl;
 
 class Dim {
  public:
-  // A static Dim of `size` (>= 0).
+  /// A static Dim of `size` (>= 0).
   explicit Dim(int64_t size, std::string name = "");
-  // A dynamic Dim; `lengths` is an integer tensor (any Dims, not this one) with values in
-  // [0, 2^31). The Dim keeps its own copy: changing `lengths` later does not change the Dim.
+  /// A dynamic Dim; `lengths` is an integer tensor (any Dims, not this one) with values in
+  /// [0, 2^31). The Dim keeps its own copy: changing `lengths` later does not change the Dim.
   explicit Dim(const Tensor& lengths, std::string name = "");
 
   const std::string& name() const;
   uint64_t id() const;
   bool is_static() const;
   bool is_dynamic() const { return !is_static(); }
-  // The static size; throws for a dynamic Dim (use extent() or lengths()).
+  /// The static size; throws for a dynamic Dim (use extent() or lengths()).
   int64_t size() const;
-  // The extent a tensor stores: the static size, or the max length of a dynamic Dim.
+  /// The extent a tensor stores: the static size, or the max length of a dynamic Dim.
   int64_t extent() const;
-  // True for a dynamic Dim with a sequence shorter than the extent (a tensor over it has
-  // padded frames); false for static Dims and dynamic ones whose lengths all equal the extent.
+  /// True for a dynamic Dim with a sequence shorter than the extent (a tensor over it has
+  /// padded frames); false for static Dims and dynamic ones whose lengths all equal the extent.
   bool is_padded() const;
-  // Per-sequence lengths (i32, read-only: a private copy made when the Dim was, so they never
-  // change). For a static Dim: a scalar tensor holding the size.
+  /// Per-sequence lengths (i32, read-only: a private copy made when the Dim was, so they never
+  /// change). For a static Dim: a scalar tensor holding the size.
   Tensor lengths() const;
-  // lengths() on `device`: copied there once per device and kept with the Dim, so masking the
-  // same Dim again (every layer of a model) costs no host-to-device copy.
+  /// lengths() on `device`: copied there once per device and kept with the Dim, so masking the
+  /// same Dim again (every layer of a model) costs no host-to-device copy.
   Tensor lengths(Device device) const;
-  // A new Dim with the same size or lengths and a distinct identity.
+  /// A new Dim with the same size or lengths and a distinct identity.
   Dim copy(std::string name = "") const;
 
-  // "time:<=50 (dyn)" or "batch:8".
+  /// "time:<=50 (dyn)" or "batch:8".
   std::string str() const;
 
   bool operator==(const Dim& o) const { return impl_ == o.impl_; }
   bool operator!=(const Dim& o) const { return impl_ != o.impl_; }
-  // Ordered by creation, so containers of Dims iterate deterministically.
+  /// Ordered by creation, so containers of Dims iterate deterministically.
   bool operator<(const Dim& o) const { return id() < o.id(); }
 
-  // Cached Dim arithmetic; dynamic lengths follow elementwise. Division floors.
+  /// Cached Dim arithmetic; dynamic lengths follow elementwise. Division floors.
   friend Dim operator+(const Dim& a, int64_t k);
   friend Dim operator+(int64_t k, const Dim& a) { return a + k; }
   friend Dim operator-(const Dim& a, int64_t k);
@@ -74,7 +75,7 @@ class Dim {
 using Dims = std::vector<Dim>;
 
 std::ostream& operator<<(std::ostream& os, const Dim& d);
-// "{batch:8, time:<=50 (dyn)}"
+/// "{batch:8, time:<=50 (dyn)}"
 std::string dims_str(const Dims& dims);
 
 }  // namespace dimx

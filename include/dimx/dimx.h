@@ -1,6 +1,7 @@
 #pragma once
-// Umbrella header: Dims, tensors, every op, autograd and safetensors I/O (modules: dimx/nn.h,
-// optimizers: dimx/optim.h).
+/// \file
+/// Umbrella header: Dims, tensors, every op, autograd and safetensors I/O (modules: dimx/nn.h,
+/// optimizers: dimx/optim.h).
 #include <dimx/autograd.h>
 #include <dimx/device.h>
 #include <dimx/conv.h>

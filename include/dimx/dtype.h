@@ -1,7 +1,8 @@
 #pragma once
-// Element types. Binary ops never promote: mixing dtypes is an error, casts are explicit.
-// bf16 and f16 are storage types: they cast, copy, gather and matmul (with f32 accumulation);
-// other ops need astype(f32) first.
+/// \file
+/// Element types. Binary ops never promote: mixing dtypes is an error, casts are explicit.
+/// bf16 and f16 are storage types: they cast, copy, gather and matmul (with f32 accumulation);
+/// other ops need astype(f32) first.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -14,7 +15,7 @@ size_t dtype_size(DType dt);
 const char* dtype_name(DType dt);
 bool is_floating(DType dt);
 bool is_integer(DType dt);
-bool is_half(DType dt);  // bf16 or f16
+bool is_half(DType dt);  ///< bf16 or f16
 
 template <class T>
 constexpr DType dtype_of();

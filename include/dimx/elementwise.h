@@ -1,10 +1,11 @@
 #pragma once
-// Elementwise ops with broadcasting by Dim identity.
-//
-// The output has the union of the operands' Dims, laid out like the first operand that has
-// all of them (so it streams contiguously). If no operand has all output Dims the call is an error
-// unless allow_broadcast_all is set: an accidental outer product is the classic bug.
-// Operands must share dtype and device; comparisons return bool.
+/// \file
+/// Elementwise ops with broadcasting by Dim identity.
+///
+/// The output has the union of the operands' Dims, laid out like the first operand that has
+/// all of them (so it streams contiguously). If no operand has all output Dims the call is an error
+/// unless allow_broadcast_all is set: an accidental outer product is the classic bug.
+/// Operands must share dtype and device; comparisons return bool.
 #include <dimx/op_codes.h>
 #include <dimx/tensor.h>
 
@@ -17,7 +18,7 @@ Tensor combine(const Tensor& a, BinaryOp op, double b);
 Tensor combine(double a, BinaryOp op, const Tensor& b);
 Tensor apply(UnaryOp op, const Tensor& x);
 
-// where(cond, a, b): cond is bool; a and b share dtype (either may be a scalar).
+/// where(cond, a, b): cond is bool; a and b share dtype (either may be a scalar).
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b, bool allow_broadcast_all = false);
 Tensor where(const Tensor& cond, const Tensor& a, double b, bool allow_broadcast_all = false);
 Tensor where(const Tensor& cond, double a, const Tensor& b, bool allow_broadcast_all = false);
@@ -45,7 +46,7 @@ DIMX_UNARY_FN(floor) DIMX_UNARY_FN(ceil) DIMX_UNARY_FN(round) DIMX_UNARY_FN(logi
 DIMX_UNARY_FN(isnan)
 #undef DIMX_UNARY_FN
 
-// Operators: the same ops, with the broadcast guard on.
+/// Operators: the same ops, with the broadcast guard on.
 #define DIMX_BINARY_OPERATOR(sym, op)                                                           \
   inline Tensor operator sym(const Tensor& a, const Tensor& b) { return combine(a, BinaryOp::op, b); } \
   inline Tensor operator sym(const Tensor& a, double b) { return combine(a, BinaryOp::op, b); }        \

@@ -1,30 +1,31 @@
 #pragma once
-// A multi-head damped EMA (MEGA's, or any diagonal linear recurrence with a readout), a
-// differentiable primitive:
-//
-//   s[..., t, c, h] = decay[c, h] s[..., t - 1, c, h] + gain[c, h] x[..., t, c]     s[..., -1, c, h] = state
-//   y[..., t, c]    = sum_h weight[c, h] s[..., t, c, h]
-//
-// Without a state (zeros) this is causal_conv(x, K) with the untruncated kernel
-// K[j, c] = sum_h weight gain decay^j, computed as a scan: O(L H) work per channel and one read
-// of x, where the convolution costs O(L log L) through transforms (on CUDA the scan is split
-// into chunks of the sequence, each continued from the state its predecessors leave).
-//
-// Dims: the channels are the Dims of gain other than `heads`; gain, decay and weight have the
-// same Dims {channels..., heads}; x has the channels, `axis` and any batch Dims; a state has
-// the batch Dims, the channels and heads. A dynamic `axis` is honoured per sequence: frames
-// past a sequence's length output 0, get zero gradients and leave the state alone, so the
-// returned state is the one after each sequence's last valid frame.
-//
-// Gradients flow to x, gain, decay, weight and the incoming state, from y and from the
-// returned state (detach it to cut the graph between chunks). f32 and f64 on both devices.
+/// \file
+/// A multi-head damped EMA (MEGA's, or any diagonal linear recurrence with a readout), a
+/// differentiable primitive:
+///
+///   s[..., t, c, h] = decay[c, h] s[..., t - 1, c, h] + gain[c, h] x[..., t, c]     s[..., -1, c, h] = state
+///   y[..., t, c]    = sum_h weight[c, h] s[..., t, c, h]
+///
+/// Without a state (zeros) this is causal_conv(x, K) with the untruncated kernel
+/// K[j, c] = sum_h weight gain decay^j, computed as a scan: O(L H) work per channel and one read
+/// of x, where the convolution costs O(L log L) through transforms (on CUDA the scan is split
+/// into chunks of the sequence, each continued from the state its predecessors leave).
+///
+/// Dims: the channels are the Dims of gain other than `heads`; gain, decay and weight have the
+/// same Dims {channels..., heads}; x has the channels, `axis` and any batch Dims; a state has
+/// the batch Dims, the channels and heads. A dynamic `axis` is honoured per sequence: frames
+/// past a sequence's length output 0, get zero gradients and leave the state alone, so the
+/// returned state is the one after each sequence's last valid frame.
+///
+/// Gradients flow to x, gain, decay, weight and the incoming state, from y and from the
+/// returned state (detach it to cut the graph between chunks). f32 and f64 on both devices.
 #include <dimx/tensor.h>
 
 namespace dimx {
 
 struct EmaResult {
-  Tensor y;      // x's Dims, in x's layout where the channels are innermost, else [batch..., axis, channels...]
-  Tensor state;  // {batch..., channels..., heads}: after the last valid frame
+  Tensor y;      ///< x's Dims, in x's layout where the channels are innermost, else [batch..., axis, channels...]
+  Tensor state;  ///< {batch..., channels..., heads}: after the last valid frame
 };
 
 EmaResult ema(const Tensor& x, const Tensor& gain, const Tensor& decay, const Tensor& weight, const Dim& axis,

@@ -1,5 +1,6 @@
 #pragma once
-// The one exception type dimx throws for every misuse (bad Dims, dtypes, indices, files).
+/// \file
+/// The one exception type dimx throws for every misuse (bad Dims, dtypes, indices, files).
 #include <stdexcept>
 #include <string>
 

@@ -1,11 +1,12 @@
 #pragma once
-// Contraction by Dim identity: Dims in `reduce` are summed over; Dims in both operands and
-// not reduced are batch Dims; the rest come from one side. Output layout: batch Dims (a's
-// order), a's own Dims, b's own Dims. Lowers to one batched GEMM; operands are copied only
-// where their strides cannot be expressed as a GEMM. Padded frames of a dynamic reduce Dim
-// are selected out of both operands, so whatever they hold (NaN, inf) never reaches the
-// result; use_mask=false contracts them as stored. Gradients follow the same rule.
-// Floating dtypes (f32, f64; bf16 and f16 with f32 accumulation).
+/// \file
+/// Contraction by Dim identity: Dims in `reduce` are summed over; Dims in both operands and
+/// not reduced are batch Dims; the rest come from one side. Output layout: batch Dims (a's
+/// order), a's own Dims, b's own Dims. Lowers to one batched GEMM; operands are copied only
+/// where their strides cannot be expressed as a GEMM. Padded frames of a dynamic reduce Dim
+/// are selected out of both operands, so whatever they hold (NaN, inf) never reaches the
+/// result; use_mask=false contracts them as stored. Gradients follow the same rule.
+/// Floating dtypes (f32, f64; bf16 and f16 with f32 accumulation).
 #include <dimx/tensor.h>
 
 namespace dimx {
@@ -15,8 +16,8 @@ inline Tensor matmul(const Tensor& a, const Tensor& b, const Dim& reduce, bool u
   return matmul(a, b, Dims{reduce}, use_mask);
 }
 
-// TF32 for f32 matmuls on GPUs that have it (10-bit mantissa products, f32 accumulation):
-// off by default, so f32 results match the CPU to f32 rounding. A process-wide switch.
+/// TF32 for f32 matmuls on GPUs that have it (10-bit mantissa products, f32 accumulation):
+/// off by default, so f32 results match the CPU to f32 rounding. A process-wide switch.
 void set_allow_tf32(bool on);
 bool allow_tf32();
 

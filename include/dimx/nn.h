@@ -1,6 +1,7 @@
 #pragma once
-// Umbrella header for modules and layers: the module machinery (named parameters, train/eval,
-// reset, describe, load/save by name) and the basic layers.
+/// \file
+/// Umbrella header for modules and layers: the module machinery (named parameters, train/eval,
+/// reset, describe, load/save by name) and the basic layers.
 #include <dimx/dimx.h>
 #include <dimx/autograd.h>
 #include <dimx/io.h>

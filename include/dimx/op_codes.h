@@ -1,6 +1,7 @@
 #pragma once
-// The op codes shared by the frontend and every backend. Plain C++17, so the CUDA kernels can
-// include it without the tensor headers.
+/// \file
+/// The op codes shared by the frontend and every backend. Plain C++17, so the CUDA kernels can
+/// include it without the tensor headers.
 
 namespace dimx {
 

@@ -1,5 +1,6 @@
 #pragma once
-// Umbrella header: optimizers (SGD, Adam, AdamW) and gradient clipping, with PyTorch semantics.
+/// \file
+/// Umbrella header: optimizers (SGD, Adam, AdamW) and gradient clipping, with PyTorch semantics.
 #include <dimx/optim/adam.h>
 #include <dimx/optim/clip.h>
 #include <dimx/optim/optimizer.h>

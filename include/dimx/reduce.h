@@ -1,9 +1,10 @@
 #pragma once
-// Reductions over Dims. Padded frames of dynamic Dims never count: they are masked to the
-// reduction's identity (sum 0, max -inf, ...), mean divides by the true lengths, and an
-// all-padding row gives a finite identity value (0 for sum/mean/any, -inf for max and
-// logsumexp, +inf for min, true for all), never NaN. If a reduced Dim's lengths live on Dims
-// the input lacks (e.g. {batch}), the result gains those Dims.
+/// \file
+/// Reductions over Dims. Padded frames of dynamic Dims never count: they are masked to the
+/// reduction's identity (sum 0, max -inf, ...), mean divides by the true lengths, and an
+/// all-padding row gives a finite identity value (0 for sum/mean/any, -inf for max and
+/// logsumexp, +inf for min, true for all), never NaN. If a reduced Dim's lengths live on Dims
+/// the input lacks (e.g. {batch}), the result gains those Dims.
 #include <dimx/op_codes.h>
 #include <dimx/tensor.h>
 
@@ -20,8 +21,8 @@ inline Tensor reduce_logsumexp(const Tensor& x, const Dims& dims) { return reduc
 inline Tensor reduce_any(const Tensor& x, const Dims& dims) { return reduce(x, ReduceOp::any, dims); }
 inline Tensor reduce_all(const Tensor& x, const Dims& dims) { return reduce(x, ReduceOp::all, dims); }
 
-// Index (i64) of the max/min along `axis`, masked like reduce; sparse_dim of the result = axis.
-// Ties give the first index; an all-padding row gives 0.
+/// Index (i64) of the max/min along `axis`, masked like reduce; sparse_dim of the result = axis.
+/// Ties give the first index; an all-padding row gives 0.
 Tensor reduce_argmax(const Tensor& x, const Dim& axis, bool use_mask = true);
 Tensor reduce_argmin(const Tensor& x, const Dim& axis, bool use_mask = true);
 

@@ -1,7 +1,8 @@
 #pragma once
-// Softmax over one Dim, masked over its padding: padded frames get 0 (softmax) or -inf
-// (log_softmax); a row with no valid frame gives all 0 / all -inf, never NaN. If the
-// axis's lengths live on Dims x lacks, the result gains them. Output keeps x's layout.
+/// \file
+/// Softmax over one Dim, masked over its padding: padded frames get 0 (softmax) or -inf
+/// (log_softmax); a row with no valid frame gives all 0 / all -inf, never NaN. If the
+/// axis's lengths live on Dims x lacks, the result gains them. Output keeps x's layout.
 #include <dimx/tensor.h>
 
 namespace dimx {

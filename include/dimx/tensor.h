@@ -1,6 +1,7 @@
 #pragma once
-// Tensor: an immutable value with an ordered set of distinct Dims, a dtype, a device and
-// shared storage. The Dim order is only the storage layout; results never depend on it.
+/// \file
+/// Tensor: an immutable value with an ordered set of distinct Dims, a dtype, a device and
+/// shared storage. The Dim order is only the storage layout; results never depend on it.
 #include <dimx/device.h>
 #include <dimx/dim.h>
 #include <dimx/dtype.h>
@@ -19,10 +20,10 @@ struct TensorImpl;
 
 class Tensor {
  public:
-  Tensor() = default;  // undefined; most calls on it throw
+  Tensor() = default;  ///< undefined; most calls on it throw
   explicit Tensor(std::shared_ptr<const TensorImpl> impl) : impl_(std::move(impl)) {}
 
-  // ---- construction (data is row-major over `dims` in the given order)
+  /// ---- construction (data is row-major over `dims` in the given order)
   static Tensor from_raw(Dims dims, DType dtype, const void* data, size_t count);
   template <class T>
   static Tensor from_vector(Dims dims, std::span<const T> data) {
@@ -37,7 +38,7 @@ class Tensor {
       return from_raw(std::move(dims), dtype_of<T>(), data.data(), data.size());
     }
   }
-  // Filled on `device` itself (no host copy).
+  /// Filled on `device` itself (no host copy).
   static Tensor full(Dims dims, double value, DType dtype = DType::f32, Device device = Device::cpu());
   static Tensor zeros(Dims dims, DType dtype = DType::f32, Device device = Device::cpu()) {
     return full(std::move(dims), 0, dtype, device);
@@ -49,7 +50,7 @@ class Tensor {
     return full({}, value, dtype, device);
   }
 
-  // ---- metadata
+  /// ---- metadata
   bool defined() const { return impl_ != nullptr; }
   const Dims& dims() const;
   DType dtype() const;
@@ -57,25 +58,25 @@ class Tensor {
   size_t ndim() const { return dims().size(); }
   int64_t numel() const;
   bool has_dim(const Dim& d) const;
-  // Position of `d` in the storage layout; throws if absent.
+  /// Position of `d` in the storage layout; throws if absent.
   size_t axis_of(const Dim& d) const;
-  const std::vector<int64_t>& strides() const;  // in elements, per Dim in dims() order
-  bool is_contiguous() const;                    // row-major in dims() order
+  const std::vector<int64_t>& strides() const;  ///< in elements, per Dim in dims() order
+  bool is_contiguous() const;                    ///< row-major in dims() order
 
-  // Optional tags: the feature Dim, and for integer tensors the Dim its values index.
+  /// Optional tags: the feature Dim, and for integer tensors the Dim its values index.
   std::optional<Dim> feature_dim() const;
   std::optional<Dim> sparse_dim() const;
   Tensor with_feature_dim(std::optional<Dim> d) const;
   Tensor with_sparse_dim(std::optional<Dim> d) const;
 
-  // ---- layout and conversion
-  // Same values, stored row-major in `order` (a permutation of dims()); copies only if needed.
+  /// ---- layout and conversion
+  /// Same values, stored row-major in `order` (a permutation of dims()); copies only if needed.
   Tensor transpose_to(const Dims& order) const;
   Tensor contiguous() const { return transpose_to(dims()); }
   Tensor astype(DType dt) const;
   Tensor to(Device dev) const;
 
-  // ---- export: values row-major in `order` (default: dims()).
+  /// ---- export: values row-major in `order` (default: dims()).
   template <class T>
   std::vector<T> to_vector(const Dims& order) const {
     Tensor t = transpose_to(order).astype(dtype_of<T>()).to(Device::cpu());
@@ -85,30 +86,30 @@ class Tensor {
   template <class T>
   std::vector<T> to_vector() const { return to_vector<T>(dims()); }
   template <class T>
-  T item() const;  // the single value of a scalar (or one-element) tensor
+  T item() const;  ///< the single value of a scalar (or one-element) tensor
 
-  // ---- autograd (see autograd.h)
+  /// ---- autograd (see autograd.h)
   bool requires_grad() const;
-  // A leaf that records gradients (or, with false, a tensor that does not); shares storage.
+  /// A leaf that records gradients (or, with false, a tensor that does not); shares storage.
   Tensor with_requires_grad(bool on = true) const;
-  // Same values, cut from the graph.
+  /// Same values, cut from the graph.
   Tensor detach() const;
-  // The gradient accumulated by backward() into this leaf (undefined before any).
+  /// The gradient accumulated by backward() into this leaf (undefined before any).
   Tensor grad() const;
   void set_grad(const Tensor& g) const;
   void zero_grad() const { set_grad(Tensor()); }
 
-  // In-place overwrite with src's values (same Dims, any layout; cast to this dtype). For
-  // parameter updates and loading: the tensor keeps its identity, grad and optimizer state.
-  // Never use it on a tensor whose old values a recorded graph still needs.
+  /// In-place overwrite with src's values (same Dims, any layout; cast to this dtype). For
+  /// parameter updates and loading: the tensor keeps its identity, grad and optimizer state.
+  /// Never use it on a tensor whose old values a recorded graph still needs.
   void copy_from(const Tensor& src) const;
 
-  // Raw pointer to the first element (CPU tensors; respects strides()).
+  /// Raw pointer to the first element (CPU tensors; respects strides()).
   const void* data_ptr() const;
 
-  // "Tensor[f32, cpu]{batch:8, time:<=50 (dyn), feature:512}"
+  /// "Tensor[f32, cpu]{batch:8, time:<=50 (dyn), feature:512}"
   std::string str() const;
-  // Header plus values (at most `max_values` printed).
+  /// Header plus values (at most `max_values` printed).
   std::string to_string(size_t max_values = 200) const;
 
   const TensorImpl& impl() const;

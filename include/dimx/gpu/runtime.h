@@ -1,21 +1,22 @@
 #pragma once
-// CUDA device queries, in libdimx itself: a program linked with dimx::dimx alone reaches the
-// GPU. The CUDA layer (libdimx_cuda, installed next to libdimx when dimx is built with it) is
-// loaded on first use of a CUDA device or of these functions. Safe to call on a machine without
-// a GPU, a driver or the CUDA layer: there are then no devices.
+/// \file
+/// CUDA device queries, in libdimx itself: a program linked with dimx::dimx alone reaches the
+/// GPU. The CUDA layer (libdimx_cuda, installed next to libdimx when dimx is built with it) is
+/// loaded on first use of a CUDA device or of these functions. Safe to call on a machine without
+/// a GPU, a driver or the CUDA layer: there are then no devices.
 #include <string>
 
 namespace dimx::gpu {
 
-// Number of usable CUDA devices; 0 when there is no device, no driver or no CUDA layer.
+/// Number of usable CUDA devices; 0 when there is no device, no driver or no CUDA layer.
 int device_count();
-// "NVIDIA H100 80GB HBM3 (sm_90, 79 GiB)"; throws dimx::Error for a bad index or without the
-// CUDA layer (saying why it could not be loaded).
+/// "NVIDIA H100 80GB HBM3 (sm_90, 79 GiB)"; throws dimx::Error for a bad index or without the
+/// CUDA layer (saying why it could not be loaded).
 std::string device_name(int index);
-// Whether the CUDA layer is present (loaded now if needed); `why` gets the reason if not.
+/// Whether the CUDA layer is present (loaded now if needed); `why` gets the reason if not.
 bool cuda_layer_available(std::string* why = nullptr);
 
-// Waits until all work queued on cuda:index by dimx has finished (for timing).
+/// Waits until all work queued on cuda:index by dimx has finished (for timing).
 void synchronize(int index = 0);
 
 }  // namespace dimx::gpu

@@ -1,23 +1,24 @@
 #pragma once
-// Scaled dot-product attention by Dim (RETURNN's dot_attention).
-//
-//   energy  = matmul(q * scale, k, reduce = key_dim)      scale defaults to key_dim^-0.5
-//   weights = softmax(energy, axis)                        padded keys (axis's lengths) get 0
-//   weights = dropout(weights)                             training only; with broadcast,
-//                                                          the mask is shared over all Dims but axis
-//   out     = matmul(weights, v, reduce = axis)            v's Dims without axis, plus q's extra Dims
-//
-// q: {..., key_dim}; k: {..., axis, key_dim}; v: {..., axis}. If q has `axis` too
-// (self-attention), k and v are moved to a fresh key Dim with the same lengths first.
-// Causal: with causal_query_dim, key j is visible to query i iff j <= i (and j is a valid
-// frame of its sequence); this is a key Dim whose lengths are indexed by the query position,
-// so causality and padding are one mask. Padded query frames give finite, unspecified values.
-//
-// Fused lowering: where q is {batch..., query..., key_dim}, k {batch..., axis, key_dim} and v
-// {batch..., axis, value...} (batch: Dims q shares with k or v; k and v may broadcast over
-// some), and axis's lengths live on batch and query Dims, the device's fused attention
-// primitive computes the same without materializing the energies. Gradients recompute the
-// weights from q and k.
+/// \file
+/// Scaled dot-product attention by Dim (RETURNN's dot_attention).
+///
+///   energy  = matmul(q * scale, k, reduce = key_dim)      scale defaults to key_dim^-0.5
+///   weights = softmax(energy, axis)                        padded keys (axis's lengths) get 0
+///   weights = dropout(weights)                             training only; with broadcast,
+///                                                          the mask is shared over all Dims but axis
+///   out     = matmul(weights, v, reduce = axis)            v's Dims without axis, plus q's extra Dims
+///
+/// q: {..., key_dim}; k: {..., axis, key_dim}; v: {..., axis}. If q has `axis` too
+/// (self-attention), k and v are moved to a fresh key Dim with the same lengths first.
+/// Causal: with causal_query_dim, key j is visible to query i iff j <= i (and j is a valid
+/// frame of its sequence); this is a key Dim whose lengths are indexed by the query position,
+/// so causality and padding are one mask. Padded query frames give finite, unspecified values.
+///
+/// Fused lowering: where q is {batch..., query..., key_dim}, k {batch..., axis, key_dim} and v
+/// {batch..., axis, value...} (batch: Dims q shares with k or v; k and v may broadcast over
+/// some), and axis's lengths live on batch and query Dims, the device's fused attention
+/// primitive computes the same without materializing the energies. Gradients recompute the
+/// weights from q and k.
 #include <dimx/random.h>
 #include <dimx/tensor.h>
 
@@ -28,38 +29,38 @@ namespace dimx::nn {
 struct DotAttentionOptions {
   double att_dropout = 0;
   bool att_dropout_broadcast = false;
-  std::optional<Dim> causal_query_dim;  // q's time Dim, aligned with axis frame by frame
-  std::optional<double> scale;          // default: 1 / sqrt(key_dim.size())
-  Generator* gen = nullptr;             // needed when att_dropout > 0 in training
+  std::optional<Dim> causal_query_dim;  ///< q's time Dim, aligned with axis frame by frame
+  std::optional<double> scale;          ///< default: 1 / sqrt(key_dim.size())
+  Generator* gen = nullptr;             ///< needed when att_dropout > 0 in training
   bool training = false;
-  // The fused primitive (no [query, key] energies in memory) where the Dims map onto it and no
-  // dropout applies. Unset: as DIMX_FUSED_ATTENTION (0 / 1) says, else fused, except on the
-  // CPU when a gradient will be taken (the backward would recompute the weights, which costs
-  // more there than keeping them); true / false: prefer it / never (results agree within
-  // rounding).
+  /// The fused primitive (no [query, key] energies in memory) where the Dims map onto it and no
+  /// dropout applies. Unset: as DIMX_FUSED_ATTENTION (0 / 1) says, else fused, except on the
+  /// CPU when a gradient will be taken (the backward would recompute the weights, which costs
+  /// more there than keeping them); true / false: prefer it / never (results agree within
+  /// rounding).
   std::optional<bool> fused;
 };
 
 Tensor dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Dim& key_dim, const Dim& axis,
                      const DotAttentionOptions& options = {});
 
-// The key Dim of causal attention: frames of `axis`, where query i sees keys j <= i of its
-// sequence (lengths min(i + 1, len) over {query, axis's length Dims}). A new Dim per call.
+/// The key Dim of causal attention: frames of `axis`, where query i sees keys j <= i of its
+/// sequence (lengths min(i + 1, len) over {query, axis's length Dims}). A new Dim per call.
 Dim causal_key_dim(const Dim& query, const Dim& axis);
-// The general form: a query at absolute position p (integer `query_pos`, e.g. over {batch,
-// query}) sees keys j <= p of `axis`, capped by each sequence's length.
+/// The general form: a query at absolute position p (integer `query_pos`, e.g. over {batch,
+/// query}) sees keys j <= p of `axis`, capped by each sequence's length.
 Dim causal_key_dim(const Tensor& query_pos, const Dim& axis);
 
-// Passed as `axis` to a stateful module to decode one frame: its input then has no time Dim.
-// Every sequence of the batch takes the step (its history grows by one frame).
+/// Passed as `axis` to a stateful module to decode one frame: its input then has no time Dim.
+/// Every sequence of the batch takes the step (its history grows by one frame).
 const Dim& single_step_dim();
 
-// The decoding step of a batch in which some sequences have finished: a one-frame dynamic Dim
-// whose length is 1 where `active` (bool over batch Dims) is true and 0 where it is false.
-// Given as the axis of a stateful module, with the input over it (expand_dim(x, step)), it is
-// a one-frame chunk: a finished sequence's state does not change (its history does not grow,
-// an EMA or WKV state is left alone) and its output frame is padding, while the active ones
-// step exactly as with single_step_dim().
+/// The decoding step of a batch in which some sequences have finished: a one-frame dynamic Dim
+/// whose length is 1 where `active` (bool over batch Dims) is true and 0 where it is false.
+/// Given as the axis of a stateful module, with the input over it (expand_dim(x, step)), it is
+/// a one-frame chunk: a finished sequence's state does not change (its history does not grow,
+/// an EMA or WKV state is left alone) and its output frame is padding, while the active ones
+/// step exactly as with single_step_dim().
 Dim decoding_step(const Tensor& active, const std::string& name = "step");
 
 }  // namespace dimx::nn

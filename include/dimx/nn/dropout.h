@@ -1,8 +1,9 @@
 #pragma once
-// Dropout (torch.nn.Dropout): in training mode zeroes each element with probability p and
-// scales the rest by 1 / (1 - p); in eval mode (or p = 0) returns x unchanged. Randomness
-// comes from the Generator passed to each call, never from hidden state. `broadcast_over`
-// shares one mask along those Dims (e.g. {time} for variational dropout). No parameters.
+/// \file
+/// Dropout (torch.nn.Dropout): in training mode zeroes each element with probability p and
+/// scales the rest by 1 / (1 - p); in eval mode (or p = 0) returns x unchanged. Randomness
+/// comes from the Generator passed to each call, never from hidden state. `broadcast_over`
+/// shares one mask along those Dims (e.g. {time} for variational dropout). No parameters.
 #include <dimx/nn/module.h>
 
 namespace dimx::nn {

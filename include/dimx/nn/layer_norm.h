@@ -1,11 +1,12 @@
 #pragma once
-// LayerNorm over one Dim (torch.nn.LayerNorm with normalized_shape = [feature]).
-//
-//   y = (x - mean) / sqrt(var + eps) * weight + bias
-// mean and the biased variance (divided by N, not N - 1) are taken over `feature` only; x may
-// have any other Dims in any layout. Parameters (elementwise_affine): weight {feature} = 1,
-// bias {feature} = 0 (bias = false leaves it empty, like PyTorch's bias=False). `feature` must
-// be static. The result has x's Dims and layout.
+/// \file
+/// LayerNorm over one Dim (torch.nn.LayerNorm with normalized_shape = [feature]).
+///
+///   y = (x - mean) / sqrt(var + eps) * weight + bias
+/// mean and the biased variance (divided by N, not N - 1) are taken over `feature` only; x may
+/// have any other Dims in any layout. Parameters (elementwise_affine): weight {feature} = 1,
+/// bias {feature} = 0 (bias = false leaves it empty, like PyTorch's bias=False). `feature` must
+/// be static. The result has x's Dims and layout.
 #include <dimx/nn/module.h>
 
 namespace dimx::nn {
@@ -18,7 +19,7 @@ struct LayerNorm : Module {
   explicit LayerNorm(Dim feature, double eps = 1e-5, bool elementwise_affine = true, bool bias = true,
                      DType dtype = DType::f32);
 
-  // weight = 1, bias = 0 (the generator is not used).
+  /// weight = 1, bias = 0 (the generator is not used).
   void reset_parameters(Generator& gen);
   Tensor operator()(const Tensor& x) const;
   std::string extra_repr() const;

@@ -1,14 +1,15 @@
 #pragma once
-// Linear: y = x W^T + b, contracting `in_dim` (PyTorch's nn.Linear, by Dim).
-//
-// Parameters (PyTorch names and layout):
-//   weight  {out_dim, in_dim}   row-major [out, in], as in a PyTorch state_dict
-//   bias    {out_dim}           optional (bias = false leaves it empty)
-// Init (reset_parameters, as PyTorch): weight and bias ~ U(-1/sqrt(in), 1/sqrt(in)), which is
-// kaiming_uniform(a = sqrt(5)) for the weight.
-// Forward: x must have in_dim (static) and must not have out_dim; the result has x's other
-// Dims plus out_dim (layout: x's Dims, then out_dim). Batch Dims are any Dims of x; the input
-// layout never changes the result. Errors name the op and the Dims involved.
+/// \file
+/// Linear: y = x W^T + b, contracting `in_dim` (PyTorch's nn.Linear, by Dim).
+///
+/// Parameters (PyTorch names and layout):
+///   weight  {out_dim, in_dim}   row-major [out, in], as in a PyTorch state_dict
+///   bias    {out_dim}           optional (bias = false leaves it empty)
+/// Init (reset_parameters, as PyTorch): weight and bias ~ U(-1/sqrt(in), 1/sqrt(in)), which is
+/// kaiming_uniform(a = sqrt(5)) for the weight.
+/// Forward: x must have in_dim (static) and must not have out_dim; the result has x's other
+/// Dims plus out_dim (layout: x's Dims, then out_dim). Batch Dims are any Dims of x; the input
+/// layout never changes the result. Errors name the op and the Dims involved.
 #include <dimx/nn/module.h>
 
 namespace dimx::nn {
@@ -20,7 +21,7 @@ struct Linear : Module {
 
   Linear(Dim in_dim, Dim out_dim, Generator& gen, bool bias = true, DType dtype = DType::f32);
 
-  // Redraws weight and bias in place (identity and grad slots are kept).
+  /// Redraws weight and bias in place (identity and grad slots are kept).
   void reset_parameters(Generator& gen);
   Tensor operator()(const Tensor& x) const;
   std::string extra_repr() const;

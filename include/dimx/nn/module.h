@@ -1,51 +1,52 @@
 #pragma once
-// Modules: plain structs whose parameters and submodules are reflected with Boost.Hana.
-//
-//   struct Block : dimx::nn::Module {
-//     Dim feature;                                   // not reflected: Dims, hyper-parameters
-//     BOOST_HANA_DEFINE_STRUCT(Block,
-//       (LayerNorm, norm),                           // a submodule
-//       (Linear, ffn),
-//       (std::vector<Linear>, layers),               // indexed names: layers.0.weight, ...
-//       (std::optional<Tensor>, scale));             // skipped while empty
-//     Block(Dim f, Generator& gen) : feature(f), norm(f), ffn(f, f, gen) {}
-//   };
-//
-// The reflected members may be: Tensor (a parameter, or a buffer if it does not require
-// grad), a module (any struct deriving from Module and/or reflected with
-// BOOST_HANA_DEFINE_STRUCT), and std::optional, std::vector, std::array or std::variant of
-// these, nested (a variant is named as its active alternative: the member's name, no index).
-// Anything else in the reflected list is a compile error.
-// Members declared outside the macro are invisible to the functions below.
-//
-// Names follow PyTorch's state_dict: member names joined by '.', vector/array elements by
-// their index ("layers.2.ffn.weight"). A parameter reached twice through copies of the same
-// Tensor handle (tied weights) is listed once, under its first name.
-//
-// Functions (all recursive, no registration code needed):
-//   named_tensors(m)         [(name, Tensor*)] in declaration order: parameters and buffers
-//   named_parameters(m)      the same for the tensors that require grad (the parameters)
-//   parameters(m)            [Tensor*]
-//   num_parameters(m)        total number of elements
-//   train(m, on) / eval(m)   set Module::training on m and every submodule
-//   to(m, device)            move every parameter to a device (ties kept)
-//   reset_parameters(m, gen) calls each (sub)module's own `reset_parameters(Generator&)`
-//                            member, children before their parent (so a parent's custom
-//                            init of a child's weights wins)
-//   describe(m)              multi-line printout: module tree, parameters with Dims, total
-//   save_state(m, path)      safetensors file with every parameter under its name, each
-//                            row-major in the parameter's own Dim order
-//   load_state(m, file|path, strict)
-//                            copies each file tensor into the parameter of the same name
-//                            (in place: identity, grad and optimizer state are kept), the
-//                            file's row-major shape read in the parameter's own Dim order
-//                            (so PyTorch's [out, in] weights map onto Linear's {out, in}),
-//                            converted to the parameter's dtype. strict: one dimx::Error
-//                            naming every missing, unexpected and mis-shaped key, and nothing
-//                            is loaded; not strict: loads what fits, returns the rest.
-//   load_state(m, file|path, StateOptions) / save_state(m, path, StateOptions)
-//                            the same with a key prefix, a renaming, file layouts declared
-//                            per tensor by Dims, and a Strictness (see StateOptions).
+/// \file
+/// Modules: plain structs whose parameters and submodules are reflected with Boost.Hana.
+///
+///   struct Block : dimx::nn::Module {
+///     Dim feature;                                   // not reflected: Dims, hyper-parameters
+///     BOOST_HANA_DEFINE_STRUCT(Block,
+///       (LayerNorm, norm),                           // a submodule
+///       (Linear, ffn),
+///       (std::vector<Linear>, layers),               // indexed names: layers.0.weight, ...
+///       (std::optional<Tensor>, scale));             // skipped while empty
+///     Block(Dim f, Generator& gen) : feature(f), norm(f), ffn(f, f, gen) {}
+///   };
+///
+/// The reflected members may be: Tensor (a parameter, or a buffer if it does not require
+/// grad), a module (any struct deriving from Module and/or reflected with
+/// BOOST_HANA_DEFINE_STRUCT), and std::optional, std::vector, std::array or std::variant of
+/// these, nested (a variant is named as its active alternative: the member's name, no index).
+/// Anything else in the reflected list is a compile error.
+/// Members declared outside the macro are invisible to the functions below.
+///
+/// Names follow PyTorch's state_dict: member names joined by '.', vector/array elements by
+/// their index ("layers.2.ffn.weight"). A parameter reached twice through copies of the same
+/// Tensor handle (tied weights) is listed once, under its first name.
+///
+/// Functions (all recursive, no registration code needed):
+///   named_tensors(m)         [(name, Tensor*)] in declaration order: parameters and buffers
+///   named_parameters(m)      the same for the tensors that require grad (the parameters)
+///   parameters(m)            [Tensor*]
+///   num_parameters(m)        total number of elements
+///   train(m, on) / eval(m)   set Module::training on m and every submodule
+///   to(m, device)            move every parameter to a device (ties kept)
+///   reset_parameters(m, gen) calls each (sub)module's own `reset_parameters(Generator&)`
+///                            member, children before their parent (so a parent's custom
+///                            init of a child's weights wins)
+///   describe(m)              multi-line printout: module tree, parameters with Dims, total
+///   save_state(m, path)      safetensors file with every parameter under its name, each
+///                            row-major in the parameter's own Dim order
+///   load_state(m, file|path, strict)
+///                            copies each file tensor into the parameter of the same name
+///                            (in place: identity, grad and optimizer state are kept), the
+///                            file's row-major shape read in the parameter's own Dim order
+///                            (so PyTorch's [out, in] weights map onto Linear's {out, in}),
+///                            converted to the parameter's dtype. strict: one dimx::Error
+///                            naming every missing, unexpected and mis-shaped key, and nothing
+///                            is loaded; not strict: loads what fits, returns the rest.
+///   load_state(m, file|path, StateOptions) / save_state(m, path, StateOptions)
+///                            the same with a key prefix, a renaming, file layouts declared
+///                            per tensor by Dims, and a Strictness (see StateOptions).
 #include <dimx/error.h>
 #include <dimx/io.h>
 #include <dimx/random.h>
@@ -77,20 +78,20 @@
 
 namespace dimx::nn {
 
-// Base of every module. `training` is not a parameter and is never reflected.
+/// Base of every module. `training` is not a parameter and is never reflected.
 struct Module {
   bool training = true;
 };
 
-// How a module's tensors map onto a file's keys and layouts (load_state / save_state):
-//   key of tensor `name` = prefix + rename(name)   (rename unset: the name itself)
-//   layouts[name]        the file's row-major order of that tensor's Dims (unset: the
-//                        tensor's own order), e.g. {in, out} for RETURNN's [in, out] weights
-//   strict               exact: every tensor found with the right shape and no other key
-//                        under the prefix; module: every tensor found with the right shape
-//                        (other keys, under the prefix or not, are only reported); none:
-//                        load what fits, report the rest. Keys outside the prefix are never
-//                        reported.
+/// How a module's tensors map onto a file's keys and layouts (load_state / save_state):
+///   key of tensor `name` = prefix + rename(name)   (rename unset: the name itself)
+///   layouts[name]        the file's row-major order of that tensor's Dims (unset: the
+///                        tensor's own order), e.g. {in, out} for RETURNN's [in, out] weights
+///   strict               exact: every tensor found with the right shape and no other key
+///                        under the prefix; module: every tensor found with the right shape
+///                        (other keys, under the prefix or not, are only reported); none:
+///                        load what fits, report the rest. Keys outside the prefix are never
+///                        reported.
 struct StateOptions {
   std::string prefix;
   std::function<std::string(const std::string&)> rename;
@@ -133,9 +134,9 @@ inline std::string join(const std::string& prefix, const std::string& name) {
   return prefix.empty() ? name : prefix + "." + name;
 }
 
-// Visits every node reachable from `x` (which may be const). `on_tensor(name, Tensor&)` for
-// each defined Tensor; `on_module(name, M&, depth)` for each module before its children and
-// `after_module(name, M&, depth)` after them.
+/// Visits every node reachable from `x` (which may be const). `on_tensor(name, Tensor&)` for
+/// each defined Tensor; `on_module(name, M&, depth)` for each module before its children and
+/// `after_module(name, M&, depth)` after them.
 template <class T, class OnTensor, class OnModule, class AfterModule>
 void visit(T& x, const std::string& name, int depth, OnTensor&& on_tensor, OnModule&& on_module,
            AfterModule&& after_module) {
@@ -172,7 +173,7 @@ struct Ignore {
   void operator()(A&&...) const {}
 };
 
-// Module type name without namespace qualifications ("Linear", "Block<float>").
+/// Module type name without namespace qualifications ("Linear", "Block<float>").
 std::string unqualified(const std::string& demangled);
 template <class T>
 std::string type_name() {
@@ -187,11 +188,11 @@ concept HasExtraRepr = requires(const T& t) {
   { t.extra_repr() } -> std::convertible_to<std::string>;
 };
 
-std::string describe_tensor(const Tensor& t);  // "{out:4, in:8} f32, 32"
-std::string group_digits(int64_t n);           // 12345 -> "12,345"
+std::string describe_tensor(const Tensor& t);  ///< "{out:4, in:8} f32, 32"
+std::string group_digits(int64_t n);           ///< 12345 -> "12,345"
 LoadReport load_state_bindings(const SafeTensors& file, std::vector<LoadBinding> bindings, bool strict);
-// The bindings of (name, tensor) pairs under `o` (checks that every layout names a tensor and
-// is a permutation of its Dims).
+/// The bindings of (name, tensor) pairs under `o` (checks that every layout names a tensor and
+/// is a permutation of its Dims).
 std::vector<LoadBinding> state_bindings(const std::vector<std::pair<std::string, Tensor>>& tensors,
                                         const StateOptions& o, const char* op);
 LoadReport load_state_bindings(const SafeTensors& file, std::vector<LoadBinding> bindings, const StateOptions& o);
@@ -200,10 +201,10 @@ void save_state_tensors(const std::string& path, const std::vector<std::pair<std
 
 }  // namespace detail
 
-// (name, tensor) for every reflected tensor in declaration order: the parameters and the
-// buffers (tensors that do not require grad, such as a constant table a checkpoint carries).
-// Copies of one Tensor handle appear once (first name) unless remove_duplicate is false.
-// Pointers stay valid while the module is not resized. save_state, load_state and to use it.
+/// (name, tensor) for every reflected tensor in declaration order: the parameters and the
+/// buffers (tensors that do not require grad, such as a constant table a checkpoint carries).
+/// Copies of one Tensor handle appear once (first name) unless remove_duplicate is false.
+/// Pointers stay valid while the module is not resized. save_state, load_state and to use it.
 template <class M>
 auto named_tensors(M& m, bool remove_duplicate = true) {
   using Ptr = std::conditional_t<std::is_const_v<M>, const Tensor*, Tensor*>;
@@ -218,8 +219,8 @@ auto named_tensors(M& m, bool remove_duplicate = true) {
   return out;
 }
 
-// (name, parameter): the tensors that require grad (what an optimizer updates), in
-// declaration order, each once unless remove_duplicate is false.
+/// (name, parameter): the tensors that require grad (what an optimizer updates), in
+/// declaration order, each once unless remove_duplicate is false.
 template <class M>
 auto named_parameters(M& m, bool remove_duplicate = true) {
   auto all = named_tensors(m, remove_duplicate);
@@ -237,7 +238,7 @@ auto parameters(M& m) {
   return out;
 }
 
-// Total number of elements over all (distinct) parameters.
+/// Total number of elements over all (distinct) parameters.
 template <class M>
 int64_t num_parameters(const M& m) {
   int64_t n = 0;
@@ -245,7 +246,7 @@ int64_t num_parameters(const M& m) {
   return n;
 }
 
-// Sets `training` on m and every submodule.
+/// Sets `training` on m and every submodule.
 template <class M>
 void train(M& m, bool on = true) {
   detail::visit(
@@ -256,9 +257,9 @@ void train(M& m, bool on = true) {
       detail::Ignore{});
 }
 
-// Moves every parameter to `device` (fresh leaves with the same requires_grad; gradients are
-// dropped). Tied parameters stay tied. Pointers from named_parameters stay valid, so build
-// optimizers after the move or keep using the same ones.
+/// Moves every parameter to `device` (fresh leaves with the same requires_grad; gradients are
+/// dropped). Tied parameters stay tied. Pointers from named_parameters stay valid, so build
+/// optimizers after the move or keep using the same ones.
 template <class M>
 void to(M& m, Device device) {
   std::map<const void*, Tensor> moved;
@@ -276,7 +277,7 @@ void eval(M& m) {
   train(m, false);
 }
 
-// Calls reset_parameters(gen) on every (sub)module that has it, children before parents.
+/// Calls reset_parameters(gen) on every (sub)module that has it, children before parents.
 template <class M>
 void reset_parameters(M& m, Generator& gen) {
   detail::visit(m, "", 0, detail::Ignore{}, detail::Ignore{}, [&](const std::string&, auto& mod, int) {
@@ -284,12 +285,12 @@ void reset_parameters(M& m, Generator& gen) {
   });
 }
 
-// A readable printout:
-//   Block (train)
-//     norm: LayerNorm(feature=feature:16, eps=1e-05, affine=true)
-//       norm.weight  {feature:16} f32, 16
-//     ...
-//   total: 1,234 parameters in 5 tensors
+/// A readable printout:
+///   Block (train)
+///     norm: LayerNorm(feature=feature:16, eps=1e-05, affine=true)
+///       norm.weight  {feature:16} f32, 16
+///     ...
+///   total: 1,234 parameters in 5 tensors
 template <class M>
 std::string describe(const M& m) {
   std::ostringstream os;
@@ -299,7 +300,7 @@ std::string describe(const M& m) {
   detail::visit(
       m, "", 0,
       [&](const std::string&, const Tensor& t) {
-        // Parameters are printed by their module (below); here only the totals.
+        /// Parameters are printed by their module (below); here only the totals.
         if (seen.insert(t.impl_ptr().get()).second) {
           total += t.numel();
           ++count;
@@ -315,7 +316,7 @@ std::string describe(const M& m) {
           if (depth == 0) os << (mod.training ? " [train]" : " [eval]");
         }
         os << "\n";
-        // The module's own parameters (direct Tensor members, also inside optionals/vectors).
+        /// The module's own parameters (direct Tensor members, also inside optionals/vectors).
         if constexpr (detail::is_reflected_v<T>) {
           boost::hana::for_each(boost::hana::accessors<T>(), [&](auto pair) {
             const auto& member = boost::hana::second(pair)(mod);
@@ -341,7 +342,7 @@ std::string describe(const M& m) {
   return os.str();
 }
 
-// Writes every parameter under its name (see the top of this file).
+/// Writes every parameter under its name (see the top of this file).
 template <class M>
 void save_state(const M& m, const std::string& path, const std::map<std::string, std::string>& metadata = {}) {
   std::vector<std::pair<std::string, Tensor>> tensors;
@@ -349,8 +350,8 @@ void save_state(const M& m, const std::string& path, const std::map<std::string,
   detail::save_state_tensors(path, tensors, metadata);
 }
 
-// Loads parameters by name (see the top of this file). Returns what was loaded and, when not
-// strict, what was missing, unexpected or mis-shaped.
+/// Loads parameters by name (see the top of this file). Returns what was loaded and, when not
+/// strict, what was missing, unexpected or mis-shaped.
 template <class M>
 LoadReport load_state(M& m, const SafeTensors& file, bool strict = true) {
   std::vector<LoadBinding> bindings;
@@ -363,7 +364,7 @@ LoadReport load_state(M& m, const std::string& path, bool strict = true) {
   return load_state(m, SafeTensors::open(path), strict);
 }
 
-// Loads parameters and buffers under a prefix, renamed, in declared layouts (StateOptions).
+/// Loads parameters and buffers under a prefix, renamed, in declared layouts (StateOptions).
 template <class M>
 LoadReport load_state(M& m, const SafeTensors& file, const StateOptions& options) {
   std::vector<std::pair<std::string, Tensor>> tensors;
@@ -376,8 +377,8 @@ LoadReport load_state(M& m, const std::string& path, const StateOptions& options
   return load_state(m, SafeTensors::open(path), options);
 }
 
-// Writes parameters and buffers under a prefix, renamed, in declared layouts (options.strict
-// is not used).
+/// Writes parameters and buffers under a prefix, renamed, in declared layouts (options.strict
+/// is not used).
 template <class M>
 void save_state(const M& m, const std::string& path, const StateOptions& options,
                 const std::map<std::string, std::string>& metadata = {}) {

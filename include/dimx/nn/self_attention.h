@@ -1,13 +1,14 @@
 #pragma once
-// Multi-head self-attention (RETURNN's SelfAttention).
-//
-//   qkv = Linear(in_dim -> 2*Kt + Vt)   split head-major: (heads, 2*dk + dv), per head q|k|v
-//   out = dot_attention(q, k, v) over `axis`, merged head-major to Vt, then Linear(Vt -> proj_dim)
-//
-// Parameters: qkv.weight {qkv, in_dim} (Glorot-uniform), qkv.bias (zeros), and if proj_dim is
-// given proj.weight {proj_dim, Vt}, proj.bias. Weights use PyTorch's [out, in] layout. To load
-// torch.nn.MultiheadAttention weights, interleave its in_proj rows per head: dimx's qkv rows
-// are (q_h, k_h, v_h) for each head h, torch's are [q; k; v].
+/// \file
+/// Multi-head self-attention (RETURNN's SelfAttention).
+///
+///   qkv = Linear(in_dim -> 2*Kt + Vt)   split head-major: (heads, 2*dk + dv), per head q|k|v
+///   out = dot_attention(q, k, v) over `axis`, merged head-major to Vt, then Linear(Vt -> proj_dim)
+///
+/// Parameters: qkv.weight {qkv, in_dim} (Glorot-uniform), qkv.bias (zeros), and if proj_dim is
+/// given proj.weight {proj_dim, Vt}, proj.bias. Weights use PyTorch's [out, in] layout. To load
+/// torch.nn.MultiheadAttention weights, interleave its in_proj rows per head: dimx's qkv rows
+/// are (q_h, k_h, v_h) for each head h, torch's are [q; k; v].
 #include <dimx/nn/attention.h>
 #include <dimx/nn/linear.h>
 #include <dimx/nn/module.h>
@@ -27,14 +28,14 @@ struct SelfAttention : Module {
                 Generator& gen, bool with_bias = true, double att_dropout = 0.1, bool att_dropout_broadcast = false,
                 DType dtype = DType::f32);
   void reset_parameters(Generator& gen);
-  // Self-attention of x {..., axis, in_dim} over `axis` (padded frames masked). `gen` is
-  // needed for attention dropout in training.
+  /// Self-attention of x {..., axis, in_dim} over `axis` (padded frames masked). `gen` is
+  /// needed for attention dropout in training.
   Tensor operator()(const Tensor& x, const Dim& axis, Generator* gen = nullptr) const;
 
-  // The pieces shared by the attention variants built on this one:
-  // q, k, v of x per head: {..., heads, key_dim_per_head} (q, k) and {..., heads, value_dim_per_head}.
+  /// The pieces shared by the attention variants built on this one:
+  /// q, k, v of x per head: {..., heads, key_dim_per_head} (q, k) and {..., heads, value_dim_per_head}.
   std::array<Tensor, 3> qkv_heads(const Tensor& x) const;
-  // Heads merged back to value_dim_total, then the optional projection.
+  /// Heads merged back to value_dim_total, then the optional projection.
   Tensor merge_heads(const Tensor& att) const;
   DotAttentionOptions attention_options(Generator* gen) const;
 };

@@ -1,26 +1,27 @@
 #pragma once
-// torchscale's (and zeta's) multi-head attention: XPOS rotary positions with decay, sub-LN,
-// multiway routing.
-//
-//   q = q_proj(query) * d^-0.5, k = k_proj(key), v = v_proj(value)   split into heads
-//       (key defaults to the query, value to the key; self_attention: keys over the query's frames)
-//   XPOS (xpos_rel_pos, self-attention): k = xpos(k, downscale), q = xpos(q, offset = history)
-//   w = q . k (+ attn_mask after nan_to_num) + rel_pos, padded keys masked
-//   attn = out_proj(inner_attn_ln(merge_heads(dropout(softmax(w)) . v)))   (inner_attn_ln: subln)
-//
-// Parameters (the originals' state_dict names, PyTorch [out, in] shapes):
-//   q_proj, k_proj, v_proj, out_proj .weight {proj, embed} / {embed, proj} [E,E], .bias [E]
-//   inner_attn_ln.weight, .bias [E]  (subln, self-attention only)
-//   xpos.scale [d/2]                 a buffer (no grad): zeta_i = (2i + 0.4 d) / (1.4 d)
-// With multiway, every wrapped module (the four projections and inner_attn_ln) is there twice,
-// as `<name>.A.*` and `<name>.B.*` (zeta's names): positions before the split position use A,
-// the others B (-1: all A, 0: all B). reset_parameters: q/k/v Xavier-uniform with gain
-// 1/sqrt(2), out_proj Xavier-uniform with bias 0, on both branches (zeta's crashes there).
-//
-// dimx's choices where the originals differ (docs/tutorials/08-torchscale-attention.md): the
-// query offset of XPOS is the number of cached keys, so chunks of several tokens decode right
-// (the original is right for single tokens only); rel_pos without a batch Dim is broadcast;
-// both the output and the weights are returned; a row with no visible key gets zero weights.
+/// \file
+/// torchscale's (and zeta's) multi-head attention: XPOS rotary positions with decay, sub-LN,
+/// multiway routing.
+///
+///   q = q_proj(query) * d^-0.5, k = k_proj(key), v = v_proj(value)   split into heads
+///       (key defaults to the query, value to the key; self_attention: keys over the query's frames)
+///   XPOS (xpos_rel_pos, self-attention): k = xpos(k, downscale), q = xpos(q, offset = history)
+///   w = q . k (+ attn_mask after nan_to_num) + rel_pos, padded keys masked
+///   attn = out_proj(inner_attn_ln(merge_heads(dropout(softmax(w)) . v)))   (inner_attn_ln: subln)
+///
+/// Parameters (the originals' state_dict names, PyTorch [out, in] shapes):
+///   q_proj, k_proj, v_proj, out_proj .weight {proj, embed} / {embed, proj} [E,E], .bias [E]
+///   inner_attn_ln.weight, .bias [E]  (subln, self-attention only)
+///   xpos.scale [d/2]                 a buffer (no grad): zeta_i = (2i + 0.4 d) / (1.4 d)
+/// With multiway, every wrapped module (the four projections and inner_attn_ln) is there twice,
+/// as `<name>.A.*` and `<name>.B.*` (zeta's names): positions before the split position use A,
+/// the others B (-1: all A, 0: all B). reset_parameters: q/k/v Xavier-uniform with gain
+/// 1/sqrt(2), out_proj Xavier-uniform with bias 0, on both branches (zeta's crashes there).
+///
+/// dimx's choices where the originals differ (docs/tutorials/08-torchscale-attention.md): the
+/// query offset of XPOS is the number of cached keys, so chunks of several tokens decode right
+/// (the original is right for single tokens only); rel_pos without a batch Dim is broadcast;
+/// both the output and the weights are returned; a row with no visible key gets zero weights.
 #include <dimx/nn/causal_self_attention.h>
 #include <dimx/nn/layer_norm.h>
 #include <dimx/nn/linear.h>
@@ -31,30 +32,30 @@
 
 namespace dimx::nn::torchscale {
 
-// XPOS on x {..., axis, feature} (feature even, read as interleaved pairs (2i, 2i + 1)):
-//   n = L + offset (L: each sequence's length along axis; offset: an integer scalar or tensor
-//   over batch Dims), row r = offset + l, m = floor(-n / 2) + r,
-//   s = zeta_i ^ (m / scale_base) (1 / s when downscale), theta = r * 10000^(-i / (d/2)),
-//   out[2i] = s (x[2i] cos - x[2i+1] sin), out[2i+1] = s (x[2i+1] cos + x[2i] sin).
-// Differentiable in x; computed in f64 for f64 inputs and f32 otherwise. Queries and keys of one
-// sequence share n (keys: offset 0 over all keys; queries: offset = the keys before them), so
-// the scores depend on relative positions only.
+/// XPOS on x {..., axis, feature} (feature even, read as interleaved pairs (2i, 2i + 1)):
+///   n = L + offset (L: each sequence's length along axis; offset: an integer scalar or tensor
+///   over batch Dims), row r = offset + l, m = floor(-n / 2) + r,
+///   s = zeta_i ^ (m / scale_base) (1 / s when downscale), theta = r * 10000^(-i / (d/2)),
+///   out[2i] = s (x[2i] cos - x[2i+1] sin), out[2i+1] = s (x[2i+1] cos + x[2i] sin).
+/// Differentiable in x; computed in f64 for f64 inputs and f32 otherwise. Queries and keys of one
+/// sequence share n (keys: offset 0 over all keys; queries: offset = the keys before them), so
+/// the scores depend on relative positions only.
 Tensor xpos(const Tensor& x, const Dim& axis, const Dim& feature, const Tensor& offset = {}, bool downscale = false,
             double scale_base = 512);
 Tensor xpos(const Tensor& x, const Dim& axis, const Dim& feature, int64_t offset, bool downscale = false,
             double scale_base = 512);
 
-// Two copies of a module: positions before the split position use A, the rest B.
+/// Two copies of a module: positions before the split position use A, the rest B.
 template <class M>
 struct Multiway : Module {
   BOOST_HANA_DEFINE_STRUCT(Multiway, (M, A), (M, B));
   Multiway(M a, M b) : A(std::move(a)), B(std::move(b)) {}
 };
-// A wrapped module: plain (torchscale's names) or multiway (`.A.` / `.B.`).
+/// A wrapped module: plain (torchscale's names) or multiway (`.A.` / `.B.`).
 template <class M>
 using Wrapped = std::variant<M, Multiway<M>>;
 
-// The XPOS buffer, named xpos.scale.
+/// The XPOS buffer, named xpos.scale.
 struct XPos : Module {
   double scale_base = 512;
   BOOST_HANA_DEFINE_STRUCT(XPos, (Tensor, scale));
@@ -69,33 +70,33 @@ struct Options {
   bool xpos_rel_pos = false;
   double xpos_scale_base = 512;
   bool multiway = false;
-  std::optional<Dim> heads;  // the heads Dim (default: a new one)
+  std::optional<Dim> heads;  ///< the heads Dim (default: a new one)
   DType dtype = DType::f32;
 };
 
-// The un-rotated keys and values seen so far over a dynamic accum_axis (per-sequence counts).
+/// The un-rotated keys and values seen so far over a dynamic accum_axis (per-sequence counts).
 using State = CausalSelfAttentionState;
 
 struct Inputs {
-  Tensor key, value;             // {batch..., key_axis, embed}; key defaults to the query, value to key
-  std::optional<Dim> key_axis;   // needed when a key is given
+  Tensor key, value;             ///< {batch..., key_axis, embed}; key defaults to the query, value to key
+  std::optional<Dim> key_axis;   ///< needed when a key is given
   std::optional<State> incremental_state;
-  Tensor key_padding_mask;       // bool {batch..., key_axis}, true = pad (or the key Dim's lengths)
-  Tensor attn_mask;              // additive over {query_axis, key_axis}; the scores go through
-                                 // nan_to_num before it is added (as the original)
-  Tensor rel_pos;                // added to the scores: {heads, query_axis, K} (+ batch Dims)
-  bool is_first_step = false;    // accepted for the original's signature: the history decides
-  int64_t split_position = -1;   // multiway: -1 all A, 0 all B, p: positions < p use A
-  bool causal = false;           // self-attention: query i sees keys j <= i (+ a state's history)
+  Tensor key_padding_mask;       ///< bool {batch..., key_axis}, true = pad (or the key Dim's lengths)
+  Tensor attn_mask;              ///< additive over {query_axis, key_axis}; the scores go through
+                                 /// nan_to_num before it is added (as the original)
+  Tensor rel_pos;                ///< added to the scores: {heads, query_axis, K} (+ batch Dims)
+  bool is_first_step = false;    ///< accepted for the original's signature: the history decides
+  int64_t split_position = -1;   ///< multiway: -1 all A, 0 all B, p: positions < p use A
+  bool causal = false;           ///< self-attention: query i sees keys j <= i (+ a state's history)
   bool need_weights = true;
-  Generator* gen = nullptr;      // dropout in training
+  Generator* gen = nullptr;      ///< dropout in training
 };
 
 struct Output {
-  Tensor attn;                 // {batch..., query_axis, embed}
-  Tensor weights;              // {heads, batch..., query_axis, keys} (pre-dropout)
+  Tensor attn;                 ///< {batch..., query_axis, embed}
+  Tensor weights;              ///< {heads, batch..., query_axis, keys} (pre-dropout)
   Dim keys{0, "keys"};         // the key Dim of weights
-  std::optional<State> state;  // with incremental_state: the keys and values after this call
+  std::optional<State> state;  ///< with incremental_state: the keys and values after this call
 };
 
 struct MultiheadAttention : Module {
@@ -108,9 +109,9 @@ struct MultiheadAttention : Module {
   MultiheadAttention(Dim embed_dim, int64_t num_heads, Generator& gen, const Options& options = {});
   void reset_parameters(Generator& gen);
 
-  // query {batch..., query_axis, embed}; query_axis = single_step_dim() (no time Dim) for one step.
+  /// query {batch..., query_axis, embed}; query_axis = single_step_dim() (no time Dim) for one step.
   Output operator()(const Tensor& query, const Dim& query_axis, const Inputs& in = {}) const;
-  // The empty state over `batch` Dims.
+  /// The empty state over `batch` Dims.
   State initial_state(const Dims& batch) const;
   std::string extra_repr() const;
 };

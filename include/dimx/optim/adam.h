@@ -1,13 +1,14 @@
 #pragma once
-// Adam and AdamW as torch.optim.Adam / torch.optim.AdamW (single-tensor path):
-//   t += 1
-//   AdamW: p = p * (1 - lr * weight_decay)          (decoupled weight decay)
-//   Adam:  g = g + weight_decay * p                 (L2 penalty in the gradient)
-//   m = beta1 * m + (1 - beta1) * g
-//   v = beta2 * v + (1 - beta2) * g * g
-//   amsgrad: v_max = max(v_max, v), used instead of v below
-//   p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
-// State per parameter: `exp_avg`, `exp_avg_sq` and with amsgrad `max_exp_avg_sq`.
+/// \file
+/// Adam and AdamW as torch.optim.Adam / torch.optim.AdamW (single-tensor path):
+///   t += 1
+///   AdamW: p = p * (1 - lr * weight_decay)          (decoupled weight decay)
+///   Adam:  g = g + weight_decay * p                 (L2 penalty in the gradient)
+///   m = beta1 * m + (1 - beta1) * g
+///   v = beta2 * v + (1 - beta2) * g * g
+///   amsgrad: v_max = max(v_max, v), used instead of v below
+///   p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+/// State per parameter: `exp_avg`, `exp_avg_sq` and with amsgrad `max_exp_avg_sq`.
 #include <dimx/optim/optimizer.h>
 
 namespace dimx::optim {
@@ -22,7 +23,7 @@ struct AdamOptions {
   bool maximize = false;
 };
 
-// AdamW's options: Adam's, with PyTorch's default weight_decay of 1e-2.
+/// AdamW's options: Adam's, with PyTorch's default weight_decay of 1e-2.
 struct AdamWOptions {
   double lr = 1e-3;
   double beta1 = 0.9;
@@ -35,8 +36,8 @@ struct AdamWOptions {
 
 class Adam : public Optimizer {
  public:
-  // Throws dimx::Error for a negative lr, eps or weight_decay, betas outside [0, 1), an empty
-  // list, duplicate names or tensors, and a parameter that does not require grad.
+  /// Throws dimx::Error for a negative lr, eps or weight_decay, betas outside [0, 1), an empty
+  /// list, duplicate names or tensors, and a parameter that does not require grad.
   Adam(NamedParameters params, AdamOptions options = {});
   Adam(const std::vector<Tensor*>& params, AdamOptions options = {});
 

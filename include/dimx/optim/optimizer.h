@@ -1,17 +1,18 @@
 #pragma once
-// Optimizers with PyTorch's semantics (torch.optim): the base class.
-//
-// An optimizer holds pointers to parameter tensors (usually `named_parameters(module)`), reads
-// each parameter's grad() in step(), and overwrites the parameter in place (copy_from, under a
-// NoGradGuard), so the module keeps the same tensors and their identities. The update is written
-// with dimx ops, so it runs on whatever device the parameters live on. Parameters without a
-// gradient are skipped, as in PyTorch.
-//
-// Per-parameter state (step count and buffers such as Adam's `exp_avg`) is keyed by parameter
-// name. save_state() writes it to a safetensors file: tensors `state.<param>.<buffer>` in the
-// parameter's Dim order, and in the metadata the optimizer kind, its options (`options.lr`, ...)
-// and the step counts (`state.<param>.step`). load_state() validates everything before changing
-// anything and, like PyTorch's load_state_dict, also restores the saved options.
+/// \file
+/// Optimizers with PyTorch's semantics (torch.optim): the base class.
+///
+/// An optimizer holds pointers to parameter tensors (usually `named_parameters(module)`), reads
+/// each parameter's grad() in step(), and overwrites the parameter in place (copy_from, under a
+/// NoGradGuard), so the module keeps the same tensors and their identities. The update is written
+/// with dimx ops, so it runs on whatever device the parameters live on. Parameters without a
+/// gradient are skipped, as in PyTorch.
+///
+/// Per-parameter state (step count and buffers such as Adam's `exp_avg`) is keyed by parameter
+/// name. save_state() writes it to a safetensors file: tensors `state.<param>.<buffer>` in the
+/// parameter's Dim order, and in the metadata the optimizer kind, its options (`options.lr`, ...)
+/// and the step counts (`state.<param>.step`). load_state() validates everything before changing
+/// anything and, like PyTorch's load_state_dict, also restores the saved options.
 #include <dimx/tensor.h>
 
 #include <cstdint>
@@ -22,20 +23,20 @@
 
 namespace dimx::optim {
 
-// What nn::named_parameters(module) returns: PyTorch-style dotted names and the parameters.
+/// What nn::named_parameters(module) returns: PyTorch-style dotted names and the parameters.
 using NamedParameters = std::vector<std::pair<std::string, Tensor*>>;
 
-// Unnamed parameters get the names "0", "1", ... (their index, as in PyTorch's state_dict).
+/// Unnamed parameters get the names "0", "1", ... (their index, as in PyTorch's state_dict).
 NamedParameters number_parameters(const std::vector<Tensor*>& params);
 
-// The state of one parameter: how many updates it received and its buffers, each a tensor over
-// the parameter's Dims with its dtype and device. `step == 0` means no state yet (no buffers).
+/// The state of one parameter: how many updates it received and its buffers, each a tensor over
+/// the parameter's Dims with its dtype and device. `step == 0` means no state yet (no buffers).
 struct ParamState {
   int64_t step = 0;
   std::map<std::string, Tensor> buffers;
 };
 
-using OptimizerState = std::map<std::string, ParamState>;  // by parameter name
+using OptimizerState = std::map<std::string, ParamState>;  ///< by parameter name
 
 class Optimizer {
  public:
@@ -45,43 +46,43 @@ class Optimizer {
   Optimizer(Optimizer&&) = default;
   Optimizer& operator=(Optimizer&&) = default;
 
-  // "SGD", "Adam" or "AdamW"; every error message starts with it.
+  /// "SGD", "Adam" or "AdamW"; every error message starts with it.
   const std::string& kind() const { return kind_; }
   const NamedParameters& params() const { return params_; }
 
-  // One update of every parameter that has a gradient (grad().defined()).
+  /// One update of every parameter that has a gradient (grad().defined()).
   void step();
-  // Clears every parameter's gradient (PyTorch's zero_grad(set_to_none=True)).
+  /// Clears every parameter's gradient (PyTorch's zero_grad(set_to_none=True)).
   void zero_grad();
 
-  // The learning rate, e.g. for a schedule.
+  /// The learning rate, e.g. for a schedule.
   virtual double lr() const = 0;
   virtual void set_lr(double lr) = 0;
 
-  // ---- state
+  /// ---- state
   const OptimizerState& state() const { return state_; }
-  // Replaces the state. Validates first (names are parameters of this optimizer, each state
-  // has exactly the buffers this optimizer keeps, over the parameter's Dims with its dtype)
-  // and throws dimx::Error naming the optimizer, the parameter and the problem; on error
-  // nothing changes. Buffers are moved to the parameter's device.
+  /// Replaces the state. Validates first (names are parameters of this optimizer, each state
+  /// has exactly the buffers this optimizer keeps, over the parameter's Dims with its dtype)
+  /// and throws dimx::Error naming the optimizer, the parameter and the problem; on error
+  /// nothing changes. Buffers are moved to the parameter's device.
   void set_state(OptimizerState state);
-  // safetensors file, see the top of this header. The file is written atomically.
+  /// safetensors file, see the top of this header. The file is written atomically.
   void save_state(const std::string& path) const;
-  // Loads a file written by save_state of the same optimizer kind over parameters of the same
-  // names and extents; restores the options too. All-or-nothing.
+  /// Loads a file written by save_state of the same optimizer kind over parameters of the same
+  /// names and extents; restores the options too. All-or-nothing.
   void load_state(const std::string& path);
 
-  // The options as strings ("lr" -> "0.001", ...), as saved in the metadata.
+  /// The options as strings ("lr" -> "0.001", ...), as saved in the metadata.
   virtual std::map<std::string, std::string> options_map() const = 0;
 
  protected:
   Optimizer(std::string kind, NamedParameters params);
 
-  // Updates one parameter in place (the caller holds a NoGradGuard). `grad` is defined.
+  /// Updates one parameter in place (the caller holds a NoGradGuard). `grad` is defined.
   virtual void update(const std::string& name, const Tensor& param, const Tensor& grad, ParamState& st) = 0;
-  // Buffer names a parameter with step > 0 must have.
+  /// Buffer names a parameter with step > 0 must have.
   virtual std::vector<std::string> buffer_names() const = 0;
-  // Validates and applies options read from a file (as options_map() wrote them).
+  /// Validates and applies options read from a file (as options_map() wrote them).
   virtual void set_options_map(const std::map<std::string, std::string>& options) = 0;
 
   [[noreturn]] void fail(const std::string& msg) const;

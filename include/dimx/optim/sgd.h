@@ -1,10 +1,11 @@
 #pragma once
-// Stochastic gradient descent as torch.optim.SGD:
-//   g = grad (+ weight_decay * p)
-//   momentum != 0: buf = g on the first step, else buf = momentum * buf + (1 - dampening) * g;
-//                  g = nesterov ? g + momentum * buf : buf
-//   p = p - lr * g
-// State per parameter: `momentum_buffer` (only when momentum != 0).
+/// \file
+/// Stochastic gradient descent as torch.optim.SGD:
+///   g = grad (+ weight_decay * p)
+///   momentum != 0: buf = g on the first step, else buf = momentum * buf + (1 - dampening) * g;
+///                  g = nesterov ? g + momentum * buf : buf
+///   p = p - lr * g
+/// State per parameter: `momentum_buffer` (only when momentum != 0).
 #include <dimx/optim/optimizer.h>
 
 #include <limits>
@@ -12,7 +13,7 @@
 namespace dimx::optim {
 
 struct SGDOptions {
-  double lr = std::numeric_limits<double>::quiet_NaN();  // required
+  double lr = std::numeric_limits<double>::quiet_NaN();  ///< required
   double momentum = 0;
   double dampening = 0;
   double weight_decay = 0;
@@ -22,9 +23,9 @@ struct SGDOptions {
 
 class SGD : public Optimizer {
  public:
-  // Throws dimx::Error for a missing or negative lr, negative momentum or weight_decay,
-  // nesterov without momentum or with dampening, an empty list, duplicate names or tensors,
-  // and a parameter that does not require grad.
+  /// Throws dimx::Error for a missing or negative lr, negative momentum or weight_decay,
+  /// nesterov without momentum or with dampening, an empty list, duplicate names or tensors,
+  /// and a parameter that does not require grad.
   SGD(NamedParameters params, SGDOptions options);
   SGD(const std::vector<Tensor*>& params, SGDOptions options);
 
