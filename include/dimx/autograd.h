@@ -23,6 +23,7 @@ void backward(const Tensor& output, const Tensor& grad_output = {});
 std::vector<Tensor> grad(const Tensor& output, const std::vector<Tensor>& inputs, const Tensor& grad_output = {},
                          bool allow_unused = false);
 
+/// Whether ops record gradients on this thread (see NoGradGuard and EnableGradGuard).
 bool grad_enabled();
 
 /// Disables recording in its scope (per thread), e.g. for evaluation or optimizer updates.

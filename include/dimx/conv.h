@@ -19,8 +19,10 @@
 
 namespace dimx {
 
+/// How causal_conv() computes: automatic, direct or fft (see the file description).
 enum class ConvMethod { automatic, direct, fft };
 
+/// The causal convolution of x along `axis` with `kernel` along `kernel_axis` (see the file description).
 Tensor causal_conv(const Tensor& x, const Tensor& kernel, const Dim& axis, const Dim& kernel_axis,
                    ConvMethod method = ConvMethod::automatic);
 

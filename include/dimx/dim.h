@@ -20,6 +20,7 @@ namespace dimx {
 class Tensor;
 struct DimImpl;
 
+/// An axis: a handle compared by identity, static (fixed size) or dynamic (per-sequence lengths).
 class Dim {
  public:
   /// A static Dim of `size` (>= 0).
@@ -28,9 +29,13 @@ class Dim {
   /// [0, 2^31). The Dim keeps its own copy: changing `lengths` later does not change the Dim.
   explicit Dim(const Tensor& lengths, std::string name = "");
 
+  /// The name given at creation (for messages only; never used to match Dims).
   const std::string& name() const;
+  /// A process-unique id, increasing in creation order.
   uint64_t id() const;
+  /// True for a Dim with a fixed size.
   bool is_static() const;
+  /// True for a Dim with per-sequence lengths.
   bool is_dynamic() const { return !is_static(); }
   /// The static size; throws for a dynamic Dim (use extent() or lengths()).
   int64_t size() const;
@@ -51,19 +56,28 @@ class Dim {
   /// "time:<=50 (dyn)" or "batch:8".
   std::string str() const;
 
+  /// Same identity (the same Dim or a copy of its handle).
   bool operator==(const Dim& o) const { return impl_ == o.impl_; }
+  /// Different identity, even if the sizes are equal.
   bool operator!=(const Dim& o) const { return impl_ != o.impl_; }
   /// Ordered by creation, so containers of Dims iterate deterministically.
   bool operator<(const Dim& o) const { return id() < o.id(); }
 
   /// Cached Dim arithmetic; dynamic lengths follow elementwise. Division floors.
   friend Dim operator+(const Dim& a, int64_t k);
+  /// The same Dim as `a + k`.
   friend Dim operator+(int64_t k, const Dim& a) { return a + k; }
+  /// `a` minus `k`; throws if a size or length would become negative.
   friend Dim operator-(const Dim& a, int64_t k);
+  /// `a` times `k` (k >= 0).
   friend Dim operator*(const Dim& a, int64_t k);
+  /// The same Dim as `a * k`.
   friend Dim operator*(int64_t k, const Dim& a) { return a * k; }
+  /// `a` divided by `k` (k > 0), rounded down.
   friend Dim operator/(const Dim& a, int64_t k);
+  /// `a` divided by `k` (k > 0), rounded up.
   friend Dim ceil_div(const Dim& a, int64_t k);
+  /// The sum of two Dims (sizes, or lengths per sequence; dynamic if either is).
   friend Dim operator+(const Dim& a, const Dim& b);
 
  private:
@@ -72,15 +86,20 @@ class Dim {
   friend struct DimImpl;
 };
 
+/// A list of Dims, e.g. a tensor's Dims in storage order.
 using Dims = std::vector<Dim>;
 
+/// Writes d.str().
 std::ostream& operator<<(std::ostream& os, const Dim& d);
 /// "{batch:8, time:<=50 (dyn)}"
 std::string dims_str(const Dims& dims);
 
 }  // namespace dimx
 
+/// \cond
+/// Hashes a Dim by its id, for unordered containers.
 template <>
 struct std::hash<dimx::Dim> {
   size_t operator()(const dimx::Dim& d) const noexcept { return std::hash<uint64_t>()(d.id()); }
 };
+/// \endcond

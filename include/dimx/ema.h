@@ -23,11 +23,14 @@
 
 namespace dimx {
 
+/// What ema() returns: the output and the state after the scan.
 struct EmaResult {
   Tensor y;      ///< x's Dims, in x's layout where the channels are innermost, else [batch..., axis, channels...]
   Tensor state;  ///< {batch..., channels..., heads}: after the last valid frame
 };
 
+/// The damped EMA of x along `axis` with `heads` heads (see the file description), optionally
+/// continuing `state` (undefined: zeros).
 EmaResult ema(const Tensor& x, const Tensor& gain, const Tensor& decay, const Tensor& weight, const Dim& axis,
               const Dim& heads, const Tensor& state = {});
 

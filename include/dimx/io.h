@@ -27,7 +27,7 @@ struct TensorInfo {
   std::string dtype;           ///< as in the file: "F32", "F64", "F16", "BF16", "I64", "BOOL", ...
   std::vector<int64_t> shape;  ///< row-major; {} for a scalar
   uint64_t begin = 0;          ///< byte range [begin, end) within the data section
-  uint64_t end = 0;
+  uint64_t end = 0;            ///< one past the last byte (see begin)
 };
 
 /// A JSON value from a file's metadata, parsed by dimx (no JSON library needed by the caller).
@@ -35,19 +35,20 @@ struct TensorInfo {
 /// was asked and what the value is.
 class MetaValue {
  public:
+  /// The JSON kinds (every JSON number is a `number`, held as a double).
   enum class Kind { null, boolean, number, string, array, object };
-  MetaValue() = default;
-  Kind kind() const { return kind_; }
-  bool is_null() const { return kind_ == Kind::null; }
-  bool as_bool() const;
-  double as_double() const;
-  int64_t as_int() const;  ///< a number with an exact integer value
-  const std::string& as_string() const;
-  const std::vector<MetaValue>& as_array() const;
-  const std::map<std::string, MetaValue>& as_object() const;
-  bool contains(const std::string& member) const;  ///< false for non-objects
-  const MetaValue& operator[](const std::string& member) const;
-  const MetaValue& operator[](size_t index) const;
+  MetaValue() = default;                                          ///< a null value
+  Kind kind() const { return kind_; }                             ///< which JSON kind this value is
+  bool is_null() const { return kind_ == Kind::null; }            ///< kind() == Kind::null
+  bool as_bool() const;                                           ///< a boolean
+  double as_double() const;                                       ///< a number
+  int64_t as_int() const;                                         ///< a number with an exact integer value
+  const std::string& as_string() const;                           ///< a string
+  const std::vector<MetaValue>& as_array() const;                 ///< an array's elements
+  const std::map<std::string, MetaValue>& as_object() const;      ///< an object's members, by name
+  bool contains(const std::string& member) const;                 ///< false for non-objects
+  const MetaValue& operator[](const std::string& member) const;  ///< an object's member
+  const MetaValue& operator[](size_t index) const;                ///< an array's element
   size_t size() const;       ///< elements of an array or members of an object; 0 otherwise
   std::string dump() const;  ///< compact JSON
 
@@ -75,17 +76,18 @@ class SafeTensors {
   /// of the wrong size for shape and dtype, or overlapping another tensor.
   static SafeTensors open(const std::string& path);
 
-  const std::string& path() const;
+  const std::string& path() const;        ///< the path given to open()
   std::vector<std::string> keys() const;  ///< sorted; "__metadata__" is not a key
-  bool contains(const std::string& key) const;
+  bool contains(const std::string& key) const;  ///< whether the file has a tensor `key`
   size_t size() const;                    ///< number of tensors
+  /// The header entry of `key`; throws dimx::Error for a key the file lacks.
   TensorInfo info(const std::string& key) const;
   /// "__metadata__": string values (the format's rule). metadata(key) is one of them, or
   /// nullopt; metadata_json(key) parses it as JSON (a config stored as a JSON string), and
   /// throws dimx::Error naming the file and the key if it is absent or not JSON.
   const std::map<std::string, std::string>& metadata() const;
-  std::optional<std::string> metadata(const std::string& key) const;
-  MetaValue metadata_json(const std::string& key) const;
+  std::optional<std::string> metadata(const std::string& key) const;  ///< one entry, or nullopt
+  MetaValue metadata_json(const std::string& key) const;  ///< one entry parsed as JSON
 
   /// Loads `key` as a CPU tensor over `dims`: the file's shape (row-major) must equal the Dims'
   /// extents in this order. `dtype` defaults to the file's natural dtype (F64 -> f64;
@@ -125,6 +127,7 @@ struct LoadBinding {
   Dims file_order;  ///< target's Dims in the file's row-major order; empty: target.dims()
 };
 
+/// The outcome of a load, key by key.
 struct LoadReport {
   std::vector<std::string> loaded;      ///< keys copied into their targets
   std::vector<std::string> missing;     ///< bound keys the file lacks
@@ -140,8 +143,9 @@ struct LoadReport {
 ///   none:   nothing; the entries that fit are loaded and the rest reported.
 enum class Strictness { exact, module, none };
 
+/// How load_into() treats problems.
 struct LoadOptions {
-  Strictness strict = Strictness::exact;
+  Strictness strict = Strictness::exact;  ///< which problems make the load fail
   /// Only file keys starting with `scope` count as unexpected ("" = every key).
   std::string scope;
 };

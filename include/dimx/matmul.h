@@ -11,7 +11,9 @@
 
 namespace dimx {
 
+/// Contracts a and b over the Dims in `reduce` (see the file description).
 Tensor matmul(const Tensor& a, const Tensor& b, const Dims& reduce, bool use_mask = true);
+/// Contracts a and b over the single Dim `reduce`.
 inline Tensor matmul(const Tensor& a, const Tensor& b, const Dim& reduce, bool use_mask = true) {
   return matmul(a, b, Dims{reduce}, use_mask);
 }
@@ -19,6 +21,7 @@ inline Tensor matmul(const Tensor& a, const Tensor& b, const Dim& reduce, bool u
 /// TF32 for f32 matmuls on GPUs that have it (10-bit mantissa products, f32 accumulation):
 /// off by default, so f32 results match the CPU to f32 rounding. A process-wide switch.
 void set_allow_tf32(bool on);
+/// Whether TF32 is allowed (see set_allow_tf32()).
 bool allow_tf32();
 
 }  // namespace dimx

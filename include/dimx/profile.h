@@ -30,6 +30,7 @@ namespace dimx {
 /// innermost wins). Costs a thread-local store when no Profiler is alive. `name` must outlive it.
 class ProfileSection {
  public:
+  /// Makes `name` this thread's context until the destructor restores the previous one.
   explicit ProfileSection(const char* name);
   ~ProfileSection();
   ProfileSection(const ProfileSection&) = delete;
@@ -39,16 +40,21 @@ class ProfileSection {
   const char* prev_;
 };
 
+/// Times every device primitive while it lives and reports the times by context and primitive
+/// (see the top of this file).
 class Profiler {
  public:
+  /// The times of one (context, primitive) pair, summed over its calls.
   struct Entry {
     std::string context;    ///< the ProfileSection's name, or "forward"
     std::string primitive;  ///< the primitive, its op, dtype and extents
-    int64_t calls = 0;
+    int64_t calls = 0;      ///< number of calls
     double host_ms = 0;   ///< until the call returned
     double total_ms = 0;  ///< until the device had finished it (with synchronize)
   };
 
+  /// Starts profiling; `synchronize` as described at the top of this file. Throws dimx::Error
+  /// if another Profiler is alive.
   explicit Profiler(bool synchronize = true);
   ~Profiler();
   Profiler(const Profiler&) = delete;
@@ -62,6 +68,7 @@ class Profiler {
   double wall_ms() const;
   /// A table: wall time, time inside primitives, the contexts, and the `top` entries.
   std::string report(size_t top = 25) const;
+  /// Clears the entries and restarts the wall clock.
   void reset();
 };
 

@@ -8,10 +8,14 @@
 
 namespace dimx {
 
+/// A random stream: a seed and a counter offset that advances with each draw.
 class Generator {
  public:
+  /// Starts the stream of `seed` at offset 0.
   explicit Generator(uint64_t seed = 0) : seed_(seed) {}
+  /// The seed.
   uint64_t seed() const { return seed_; }
+  /// The next unused counter (the number of counters reserved so far).
   uint64_t offset() const { return offset_; }
   /// Reserves `n` 128-bit counters and returns the first; each call gets fresh numbers.
   uint64_t advance(uint64_t n) { uint64_t o = offset_; offset_ += n; return o; }
@@ -25,6 +29,7 @@ class Generator {
 /// numbers on every device).
 Tensor random_uniform(const Dims& dims, Generator& gen, double lo = 0, double hi = 1,
                       DType dtype = DType::f32, Device device = Device::cpu());
+/// Normal values with `mean` and `stddev` (finite, stddev >= 0); generated like random_uniform().
 Tensor random_normal(const Dims& dims, Generator& gen, double mean = 0, double stddev = 1,
                      DType dtype = DType::f32, Device device = Device::cpu());
 

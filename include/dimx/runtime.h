@@ -14,21 +14,23 @@
 
 namespace dimx {
 
+/// A description of the runtime, as returned by runtime_info().
 struct RuntimeInfo {
   std::string dimx;            ///< version and build ("0.1.0, Release, -march=native")
   std::string cpu;             ///< model name
   std::string cpu_features;    ///< "avx2 avx512f fma" (those that matter to the kernels)
   std::string blas;            ///< OpenBLAS's configuration string
   std::string blas_core;       ///< the kernels OpenBLAS picked ("SkylakeX", "Haswell", "Prescott")
-  int blas_threads = 0;
+  int blas_threads = 0;        ///< OpenBLAS's thread count
   int dimx_threads = 0;        ///< dimx's own CPU thread pool
   std::string blas_advice;     ///< empty, or what to do about slow BLAS kernels
   std::string cuda;            ///< library versions, or why there is no CUDA layer
-  std::vector<std::string> cuda_devices;
+  std::vector<std::string> cuda_devices;  ///< "cuda:<i> <name>" per device; empty without CUDA
   /// One "key: value" line per field.
   std::string str() const;
 };
 
+/// Collects the RuntimeInfo of this process.
 RuntimeInfo runtime_info();
 
 /// The advice for OpenBLAS kernels `core` (its core name) on a CPU with these features, or

@@ -43,6 +43,7 @@ Tensor gather(const Tensor& x, const Tensor& indices, std::optional<Dim> axis = 
 /// batched form takes an integer tensor of indices over batch Dims of x (e.g. lengths - 1 for
 /// each sequence's last frame); an index outside [0, length) gives 0. Differentiable in x.
 Tensor frame(const Tensor& x, const Dim& axis, int64_t index);
+/// The batched form of frame(): `indices` is an integer tensor over batch Dims of x.
 Tensor frame(const Tensor& x, const Dim& axis, const Tensor& indices);
 /// Sliding windows: out[t, w] = x[t + w - window_left] (0 outside the valid frames of axis).
 /// window_left defaults to (size - 1) / 2 ("same"); size - 1 gives a causal window.

@@ -7,7 +7,9 @@
 
 namespace dimx {
 
+/// exp(x) normalized to sum 1 along `axis`; use_mask=false treats padded frames as valid.
 Tensor softmax(const Tensor& x, const Dim& axis, bool use_mask = true);
+/// log(softmax(x, axis)); use_mask=false treats padded frames as valid.
 Tensor log_softmax(const Tensor& x, const Dim& axis, bool use_mask = true);
 
 }  // namespace dimx

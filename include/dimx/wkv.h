@@ -29,15 +29,25 @@
 
 namespace dimx {
 
+/// The scan state carried between calls (the empty one is wkv_initial_state()).
 struct WkvState {
   Tensor num, den, max;  ///< each over the batch Dims + channel
 };
 
+/// \var WkvState::num
+/// The numerator sum, scaled by e^-max.
+/// \var WkvState::den
+/// The denominator sum, scaled by e^-max.
+/// \var WkvState::max
+/// The log of the scale shared by num and den.
+
+/// What wkv() returns: the output and the state after the scan.
 struct WkvResult {
   Tensor y;        ///< k's Dims, layout [batch..., axis, channel]
   WkvState state;  ///< after the last (valid) frame
 };
 
+/// The WKV scan of k and v along `axis` (see the file description), optionally continuing `state`.
 WkvResult wkv(const Tensor& time_decay, const Tensor& time_first, const Tensor& k, const Tensor& v, const Dim& axis,
               const Dim& channel, const std::optional<WkvState>& state = std::nullopt);
 

@@ -19,6 +19,7 @@ using dimx::silu;
 using dimx::softplus;
 using dimx::tanh;
 
+/// Swish: the same function as silu, x * sigmoid(x).
 inline Tensor swish(const Tensor& x) { return dimx::silu(x); }
 
 }  // namespace dimx::nn

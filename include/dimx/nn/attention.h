@@ -26,13 +26,14 @@
 
 namespace dimx::nn {
 
+/// Options of dot_attention().
 struct DotAttentionOptions {
-  double att_dropout = 0;
-  bool att_dropout_broadcast = false;
+  double att_dropout = 0;               ///< dropout rate on the attention weights, in [0, 1)
+  bool att_dropout_broadcast = false;   ///< share the dropout mask over all Dims but the key axis
   std::optional<Dim> causal_query_dim;  ///< q's time Dim, aligned with axis frame by frame
   std::optional<double> scale;          ///< default: 1 / sqrt(key_dim.size())
   Generator* gen = nullptr;             ///< needed when att_dropout > 0 in training
-  bool training = false;
+  bool training = false;               ///< apply att_dropout only when true
   /// The fused primitive (no [query, key] energies in memory) where the Dims map onto it and no
   /// dropout applies. Unset: as DIMX_FUSED_ATTENTION (0 / 1) says, else fused, except on the
   /// CPU when a gradient will be taken (the backward would recompute the weights, which costs
@@ -41,6 +42,8 @@ struct DotAttentionOptions {
   std::optional<bool> fused;
 };
 
+/// Scaled dot-product attention of q over k and v along `axis`, reducing `key_dim` (see the
+/// file comment). Returns v's Dims without axis, plus q's extra Dims.
 Tensor dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Dim& key_dim, const Dim& axis,
                      const DotAttentionOptions& options = {});
 

@@ -8,13 +8,17 @@
 
 namespace dimx::nn {
 
+/// Dropout with an explicit Generator (see the file comment).
 struct Dropout : Module {
-  double p;
-  Dims broadcast_over;
+  double p;             ///< the probability of zeroing an element, in [0, 1]
+  Dims broadcast_over;  ///< Dims along which one mask is shared
 
+  /// p must be in [0, 1].
   explicit Dropout(double p = 0.5, Dims broadcast_over = {});
 
+  /// x with dropout drawn from `gen` in training mode; x itself in eval mode or if p = 0.
   Tensor operator()(const Tensor& x, Generator& gen) const;
+  /// "p=..." (and ", broadcast_over=..." if set), for describe().
   std::string extra_repr() const;
 };
 

@@ -13,15 +13,21 @@
 
 namespace dimx::nn {
 
+/// A lookup table of `feature` vectors, one per entry of `vocab` (see the file comment).
 struct Embedding : Module {
-  Dim vocab;
-  Dim feature;
+  Dim vocab;    ///< the entries (num_embeddings)
+  Dim feature;  ///< each entry's features (embedding_dim)
+  /// Parameter: weight {vocab, feature}.
   BOOST_HANA_DEFINE_STRUCT(Embedding, (Tensor, weight));
 
+  /// vocab and feature must be static and distinct, dtype floating.
   Embedding(Dim vocab, Dim feature, Generator& gen, DType dtype = DType::f32);
 
+  /// Redraws weight ~ N(0, 1) in place.
   void reset_parameters(Generator& gen);
+  /// The rows of weight at `indices`: {indices' Dims..., feature}.
   Tensor operator()(const Tensor& indices) const;
+  /// "vocab=..., feature=...", for describe().
   std::string extra_repr() const;
 };
 

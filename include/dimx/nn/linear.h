@@ -14,16 +14,21 @@
 
 namespace dimx::nn {
 
+/// An affine map from `in_dim` to `out_dim` (see the file comment).
 struct Linear : Module {
-  Dim in_dim;
-  Dim out_dim;
+  Dim in_dim;   ///< the input features, contracted
+  Dim out_dim;  ///< the output features
+  /// Parameters: weight {out_dim, in_dim} and the optional bias {out_dim}.
   BOOST_HANA_DEFINE_STRUCT(Linear, (Tensor, weight), (std::optional<Tensor>, bias));
 
+  /// in_dim and out_dim must be static and distinct, dtype floating.
   Linear(Dim in_dim, Dim out_dim, Generator& gen, bool bias = true, DType dtype = DType::f32);
 
   /// Redraws weight and bias in place (identity and grad slots are kept).
   void reset_parameters(Generator& gen);
+  /// x W^T + b: x {..., in_dim} -> {..., out_dim}.
   Tensor operator()(const Tensor& x) const;
+  /// "in=..., out=..., bias=true|false", for describe().
   std::string extra_repr() const;
 };
 

@@ -29,30 +29,45 @@
 
 namespace dimx::nn::mega {
 
+/// The activation applied to the output.
 enum class Activation { relu, silu };
 
+/// Options of MultiHeadDampedEMA.
 struct Options {
-  int64_t num_heads = 4;
-  Activation activation = Activation::relu;
+  int64_t num_heads = 4;                      ///< EMA heads H per feature (> 0)
+  Activation activation = Activation::relu;  ///< act of the output
   std::optional<int64_t> truncation_length;  ///< >= 1; the full-sequence kernel's length cap
-  DType dtype = DType::f32;
+  DType dtype = DType::f32;                   ///< the parameters' dtype (f32 or f64)
 };
 
+/// The EMA coefficients of compute_ema_coefficients().
 struct Coefficients {
+  /// \var p
+  /// {size, heads}: the damping p = sigmoid(damping_factor)
   Tensor p, q;  ///< {size, heads}: the damping (p) and the previous step's weight (q)
 };
 
+/// MEGA's multi-head damped EMA (see the file comment).
 struct MultiHeadDampedEMA : Module {
-  Dim size, heads, one{1, "one"};
-  Options options;
-  double scaling;
+  /// \var size
+  /// the features D of the input and output
+  /// \var heads
+  /// the EMA heads H (Options::num_heads)
+  Dim size, heads, one{1, "one"};  ///< the size-1 last Dim of damping_factor, decay_factor, ema_expansion_matrix
+  Options options;  ///< the options it was built with
+  double scaling;   ///< sqrt(1 / heads), the kernel's scale
+  /// The parameters: damping_factor, decay_factor, ema_expansion_matrix {size, heads, one},
+  /// kernel_projection_matrix {size, heads}, residual_weight {size}.
   BOOST_HANA_DEFINE_STRUCT(MultiHeadDampedEMA, (Tensor, damping_factor), (Tensor, decay_factor),
                            (Tensor, ema_expansion_matrix), (Tensor, kernel_projection_matrix),
                            (Tensor, residual_weight));
 
+  /// Builds the module over `size` features, initialized from gen.
   MultiHeadDampedEMA(Dim size, Generator& gen, const Options& options = {});
+  /// Re-initializes the parameters as described in the file comment.
   void reset_parameters(Generator& gen, double val = 0, double std1 = 0.2, double std2 = 1);
 
+  /// p = sigmoid(damping_factor), q = 1 - p * sigmoid(decay_factor), from the current parameters.
   Coefficients compute_ema_coefficients() const;
   /// The same (computed from the current parameters on every call: never stale).
   Coefficients get_ema_coefficients() const { return compute_ema_coefficients(); }
@@ -71,6 +86,7 @@ struct MultiHeadDampedEMA : Module {
                                                       const std::optional<Tensor>& state = std::nullopt) const;
   /// The zero state over `batch` Dims: {batch..., size, heads}.
   Tensor initial_state(const Dims& batch, Device device = Device::cpu()) const;
+  /// The sizes and options, for printing the module.
   std::string extra_repr() const;
 };
 

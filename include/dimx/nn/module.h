@@ -80,7 +80,7 @@ namespace dimx::nn {
 
 /// Base of every module. `training` is not a parameter and is never reflected.
 struct Module {
-  bool training = true;
+  bool training = true;  ///< training mode (true) or evaluation mode; set by train() and eval()
 };
 
 /// How a module's tensors map onto a file's keys and layouts (load_state / save_state):
@@ -93,10 +93,10 @@ struct Module {
 ///                        load what fits, report the rest. Keys outside the prefix are never
 ///                        reported.
 struct StateOptions {
-  std::string prefix;
-  std::function<std::string(const std::string&)> rename;
-  std::map<std::string, Dims> layouts;
-  Strictness strict = Strictness::exact;
+  std::string prefix;                                     ///< prepended to every key
+  std::function<std::string(const std::string&)> rename;  ///< tensor name -> key without the prefix
+  std::map<std::string, Dims> layouts;                    ///< file Dim order per tensor name
+  Strictness strict = Strictness::exact;                  ///< which problems make a load fail
 };
 
 namespace detail {
@@ -230,6 +230,7 @@ auto named_parameters(M& m, bool remove_duplicate = true) {
   return out;
 }
 
+/// The pointers of named_parameters(m), without the names.
 template <class M>
 auto parameters(M& m) {
   using Ptr = std::conditional_t<std::is_const_v<M>, const Tensor*, Tensor*>;
@@ -272,6 +273,7 @@ void to(M& m, Device device) {
   }
 }
 
+/// train(m, false): sets `training` to false on m and every submodule.
 template <class M>
 void eval(M& m) {
   train(m, false);
@@ -286,7 +288,7 @@ void reset_parameters(M& m, Generator& gen) {
 }
 
 /// A readable printout:
-///   Block (train)
+///   Block [train]
 ///     norm: LayerNorm(feature=feature:16, eps=1e-05, affine=true)
 ///       norm.weight  {feature:16} f32, 16
 ///     ...
@@ -359,6 +361,7 @@ LoadReport load_state(M& m, const SafeTensors& file, bool strict = true) {
   return detail::load_state_bindings(file, std::move(bindings), strict);
 }
 
+/// Opens the safetensors file at `path` and loads from it as above.
 template <class M>
 LoadReport load_state(M& m, const std::string& path, bool strict = true) {
   return load_state(m, SafeTensors::open(path), strict);
@@ -372,6 +375,7 @@ LoadReport load_state(M& m, const SafeTensors& file, const StateOptions& options
   return detail::load_state_bindings(file, detail::state_bindings(tensors, options, "load_state"), options);
 }
 
+/// Opens the safetensors file at `path` and loads from it as above.
 template <class M>
 LoadReport load_state(M& m, const std::string& path, const StateOptions& options) {
   return load_state(m, SafeTensors::open(path), options);

@@ -19,6 +19,8 @@
 
 namespace dimx::nn {
 
+/// The sinusoidal table {rel, feat_dim} of the positions j - i of kv_dim's frames j relative to
+/// query_dim's frames i (see above), on `device`, with its Dim `rel`.
 std::pair<Tensor, Dim> relative_positional_encoding(const Dim& query_dim, const Dim& kv_dim, const Dim& feat_dim,
                                                     int64_t query_offset = 0, DType dtype = DType::f32,
                                                     Device device = Device::cpu());
@@ -27,6 +29,7 @@ std::pair<Tensor, Dim> relative_positional_encoding(const Dim& query_dim, const 
 /// gets emb[j - (len - 1)]. Returns {kv_dim's length Dims..., kv_dim, feat_dim}.
 Tensor relative_positional_encoding_step(const Dim& kv_dim, const Dim& feat_dim, DType dtype = DType::f32);
 
+/// The table {spatial_dim, feat_dim} of positions offset, ..., offset + T - 1 (see above).
 Tensor sinusoidal_positional_encoding(const Dim& spatial_dim, const Dim& feat_dim, int64_t offset = 0,
                                       double base = 1e4, DType dtype = DType::f32);
 
@@ -36,17 +39,25 @@ Tensor sinusoidal_positional_encoding(const Dim& spatial_dim, const Dim& feat_di
 /// causal): every distance beyond c shares the first (or last) row.
 struct LearnedRelativePositionalEncoding : Module {
   Dim feat_dim, clipped_dim;
-  int64_t clipping = 16;
-  bool causal = false;
+  /// \var feat_dim
+  /// the embedding's features
+  /// \var clipped_dim
+  /// pos_emb's rows: 2c+1, or c+1 if causal
+  int64_t clipping = 16;  ///< c: the largest distance |j - i| with a row of its own
+  bool causal = false;    ///< rows only for r <= 0 (keys not after the query)
+  /// Parameter: pos_emb {clipped_dim, feat_dim}.
   BOOST_HANA_DEFINE_STRUCT(LearnedRelativePositionalEncoding, (Tensor, pos_emb));
 
+  /// clipping must be >= 0, feat_dim static and dtype floating.
   LearnedRelativePositionalEncoding(Dim feat_dim, Generator& gen, int64_t clipping = 16, bool causal = false,
                                     DType dtype = DType::f32);
+  /// Glorot-uniform pos_emb.
   void reset_parameters(Generator& gen);
   /// Over the same positions and Dim as relative_positional_encoding: {rel, feat_dim}.
   std::pair<Tensor, Dim> operator()(const Dim& query_dim, const Dim& kv_dim, int64_t query_offset = 0) const;
   /// {query_dim, kv_dim, feat_dim} with r = j - (i + query_offset).
   Tensor full_matrix(const Dim& query_dim, const Dim& kv_dim, int64_t query_offset = 0) const;
+  /// "feat=..., clipping=c" (", causal" if causal), for describe().
   std::string extra_repr() const;
 };
 

@@ -25,31 +25,54 @@
 
 namespace dimx::nn {
 
+/// Options of RelPosSelfAttention; the defaults are Transformer-XL's.
 struct RelPosSelfAttentionOptions {
-  bool with_bias = true;
-  bool with_linear_pos = true;
-  bool with_pos_bias = true;
-  bool learnable_pos_emb = false;
-  int64_t learnable_pos_emb_clipping = 16;
-  bool separate_pos_emb_per_head = true;
-  double pos_emb_dropout = 0;
-  double att_dropout = 0.1;
-  bool att_dropout_broadcast = false;
-  DType dtype = DType::f32;
+  bool with_bias = true;                    ///< biases in qkv and proj
+  bool with_linear_pos = true;              ///< project the encoding by linear_pos (in_dim -> Kt, no bias)
+  bool with_pos_bias = true;                ///< learned pos_bias_u and pos_bias_v {heads, dk}
+  bool learnable_pos_emb = false;           ///< learned_pos_emb instead of the fixed sinusoids
+  int64_t learnable_pos_emb_clipping = 16;  ///< learned_pos_emb's clipping distance
+  bool separate_pos_emb_per_head = true;    ///< without linear_pos: encoding of width Kt split per head, else dk shared
+  double pos_emb_dropout = 0;               ///< dropout rate on the position encoding (training only)
+  double att_dropout = 0.1;                 ///< dropout rate on the attention weights (training only)
+  bool att_dropout_broadcast = false;       ///< share the attention-dropout mask over all Dims but the keys
+  DType dtype = DType::f32;                 ///< the parameters' dtype
 };
 
+/// Multi-head self-attention with relative position scores (see the file comment).
 struct RelPosSelfAttention : Module {
   Dim in_dim, key_dim_total, value_dim_total;
   Dim heads, key_dim_per_head, value_dim_per_head, qkv_dim, qkv_per_head;
+  /// \var in_dim
+  /// the input features
+  /// \var key_dim_total
+  /// Kt: the keys' (and queries') width over all heads
+  /// \var value_dim_total
+  /// Vt: the values' width over all heads
+  /// \var heads
+  /// the attention heads (num_heads)
+  /// \var key_dim_per_head
+  /// dk = Kt / heads
+  /// \var value_dim_per_head
+  /// dv = Vt / heads
+  /// \var qkv_dim
+  /// qkv's output: 2*Kt + Vt
+  /// \var qkv_per_head
+  /// one head's part of qkv_dim: 2*dk + dv (q, k, v)
   Dim pos_feat_dim;  ///< in_dim with linear_pos, else Kt (per head) or dk (shared)
-  RelPosSelfAttentionOptions options;
+  RelPosSelfAttentionOptions options;  ///< the options given to the constructor
+  /// Parameters: qkv, proj (if proj_dim), linear_pos (if with_linear_pos), pos_bias_u and
+  /// pos_bias_v (if with_pos_bias), learned_pos_emb (if learnable_pos_emb).
   BOOST_HANA_DEFINE_STRUCT(RelPosSelfAttention, (Linear, qkv), (std::optional<Linear>, proj),
                            (std::optional<Linear>, linear_pos), (std::optional<Tensor>, pos_bias_u),
                            (std::optional<Tensor>, pos_bias_v),
                            (std::optional<LearnedRelativePositionalEncoding>, learned_pos_emb));
 
+  /// num_heads must divide key_dim_total and value_dim_total; proj_dim adds proj (Vt -> proj_dim).
+  /// The sinusoidal encoding needs an even pos_feat_dim.
   RelPosSelfAttention(Dim in_dim, std::optional<Dim> proj_dim, Dim key_dim_total, Dim value_dim_total,
                       int64_t num_heads, Generator& gen, const RelPosSelfAttentionOptions& options = {});
+  /// Glorot-uniform qkv weight, pos_bias_u and pos_bias_v, zero qkv bias.
   void reset_parameters(Generator& gen);
   /// Self-attention of x {..., axis, in_dim} over `axis` (padded frames masked).
   Tensor operator()(const Tensor& x, const Dim& axis, Generator* gen = nullptr) const;
@@ -64,9 +87,13 @@ struct RelPosSelfAttention : Module {
 /// step (axis = single_step_dim()) or a chunk continuing a state; positions count from the
 /// start of the history.
 struct RelPosCausalSelfAttention : RelPosSelfAttention {
+  /// The constructor of RelPosSelfAttention.
   using RelPosSelfAttention::RelPosSelfAttention;
 
+  /// Empty history (length 0) for every entry of `batch_dims`.
   CausalSelfAttentionState default_initial_state(const Dims& batch_dims) const;
+  /// x {..., axis, in_dim} (or {..., in_dim} with axis = single_step_dim()) continuing `state`:
+  /// the output and the state with x's keys and values appended.
   std::pair<Tensor, CausalSelfAttentionState> operator()(const Tensor& x, const Dim& axis,
                                                          const CausalSelfAttentionState& state,
                                                          Generator* gen = nullptr) const;

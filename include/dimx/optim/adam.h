@@ -13,40 +13,46 @@
 
 namespace dimx::optim {
 
+/// Adam's options, with PyTorch's defaults.
 struct AdamOptions {
-  double lr = 1e-3;
-  double beta1 = 0.9;
-  double beta2 = 0.999;
-  double eps = 1e-8;
-  double weight_decay = 0;
-  bool amsgrad = false;
-  bool maximize = false;
+  double lr = 1e-3;          ///< learning rate
+  double beta1 = 0.9;        ///< decay rate of the first moment (exp_avg)
+  double beta2 = 0.999;      ///< decay rate of the second moment (exp_avg_sq)
+  double eps = 1e-8;         ///< added to the denominator for numerical stability
+  double weight_decay = 0;   ///< L2 penalty added to the gradient
+  bool amsgrad = false;      ///< use the running maximum of the second moment (max_exp_avg_sq)
+  bool maximize = false;     ///< maximize the objective (the gradient is negated)
 };
 
 /// AdamW's options: Adam's, with PyTorch's default weight_decay of 1e-2.
 struct AdamWOptions {
-  double lr = 1e-3;
-  double beta1 = 0.9;
-  double beta2 = 0.999;
-  double eps = 1e-8;
-  double weight_decay = 1e-2;
-  bool amsgrad = false;
-  bool maximize = false;
+  double lr = 1e-3;            ///< learning rate
+  double beta1 = 0.9;          ///< decay rate of the first moment (exp_avg)
+  double beta2 = 0.999;        ///< decay rate of the second moment (exp_avg_sq)
+  double eps = 1e-8;           ///< added to the denominator for numerical stability
+  double weight_decay = 1e-2;  ///< decoupled weight decay: p *= 1 - lr * weight_decay
+  bool amsgrad = false;        ///< use the running maximum of the second moment (max_exp_avg_sq)
+  bool maximize = false;       ///< maximize the objective (the gradient is negated)
 };
 
+/// Adam (torch.optim.Adam): weight decay as an L2 penalty in the gradient.
 class Adam : public Optimizer {
  public:
   /// Throws dimx::Error for a negative lr, eps or weight_decay, betas outside [0, 1), an empty
   /// list, duplicate names or tensors, and a parameter that does not require grad.
   Adam(NamedParameters params, AdamOptions options = {});
+  /// Unnamed parameters, numbered "0", "1", ... (see number_parameters()).
   Adam(const std::vector<Tensor*>& params, AdamOptions options = {});
 
+  /// The current options (load_state() may have replaced them).
   const AdamOptions& options() const { return opt_; }
   double lr() const override { return opt_.lr; }
+  /// Sets options().lr; throws dimx::Error for a negative, NaN or infinite value.
   void set_lr(double lr) override;
   std::map<std::string, std::string> options_map() const override;
 
  protected:
+  /// For AdamW: `kind` names the optimizer, `decoupled` selects decoupled weight decay.
   Adam(std::string kind, NamedParameters params, AdamOptions options, bool decoupled);
   void update(const std::string& name, const Tensor& param, const Tensor& grad, ParamState& st) override;
   std::vector<std::string> buffer_names() const override;
@@ -58,9 +64,13 @@ class Adam : public Optimizer {
   bool decoupled_;
 };
 
+/// AdamW (torch.optim.AdamW): Adam with decoupled weight decay. options() returns the values
+/// as AdamOptions.
 class AdamW : public Adam {
  public:
+  /// Throws dimx::Error as Adam's constructor does.
   AdamW(NamedParameters params, AdamWOptions options = {});
+  /// Unnamed parameters, numbered "0", "1", ... (see number_parameters()).
   AdamW(const std::vector<Tensor*>& params, AdamWOptions options = {});
 };
 

@@ -15,13 +15,16 @@ namespace dimx::optim {
 /// (by NaN or 0), as PyTorch does.
 double clip_grad_norm(const NamedParameters& params, double max_norm, double norm_type = 2,
                       bool error_if_nonfinite = false);
+/// Unnamed parameters, numbered "0", "1", ... in error messages.
 double clip_grad_norm(const std::vector<Tensor*>& params, double max_norm, double norm_type = 2,
                       bool error_if_nonfinite = false);
 
+/// norm_type for the infinity norm (max |g|) in clip_grad_norm().
 inline constexpr double inf_norm = std::numeric_limits<double>::infinity();
 
 /// Clamps every gradient element into [-clip_value, clip_value].
 void clip_grad_value(const NamedParameters& params, double clip_value);
+/// Unnamed parameters, numbered "0", "1", ... in error messages.
 void clip_grad_value(const std::vector<Tensor*>& params, double clip_value);
 
 }  // namespace dimx::optim

@@ -32,22 +32,27 @@ NamedParameters number_parameters(const std::vector<Tensor*>& params);
 /// The state of one parameter: how many updates it received and its buffers, each a tensor over
 /// the parameter's Dims with its dtype and device. `step == 0` means no state yet (no buffers).
 struct ParamState {
-  int64_t step = 0;
-  std::map<std::string, Tensor> buffers;
+  int64_t step = 0;                       ///< number of updates applied to the parameter
+  std::map<std::string, Tensor> buffers;  ///< buffers by name (e.g. "exp_avg")
 };
 
 using OptimizerState = std::map<std::string, ParamState>;  ///< by parameter name
 
+/// The base of SGD, Adam and AdamW: holds the named parameters and their per-parameter state,
+/// runs step() and zero_grad(), and saves and loads the state. Subclasses implement the update.
 class Optimizer {
  public:
   virtual ~Optimizer() = default;
   Optimizer(const Optimizer&) = delete;
   Optimizer& operator=(const Optimizer&) = delete;
+  /// Optimizers are movable, not copyable.
   Optimizer(Optimizer&&) = default;
+  /// Optimizers are movable, not copyable.
   Optimizer& operator=(Optimizer&&) = default;
 
   /// "SGD", "Adam" or "AdamW"; every error message starts with it.
   const std::string& kind() const { return kind_; }
+  /// The parameters as given to the constructor (unnamed ones numbered "0", "1", ...).
   const NamedParameters& params() const { return params_; }
 
   /// One update of every parameter that has a gradient (grad().defined()).
@@ -57,6 +62,7 @@ class Optimizer {
 
   /// The learning rate, e.g. for a schedule.
   virtual double lr() const = 0;
+  /// Sets the learning rate; throws dimx::Error (and keeps the old one) if it is invalid.
   virtual void set_lr(double lr) = 0;
 
   /// ---- state
@@ -76,6 +82,9 @@ class Optimizer {
   virtual std::map<std::string, std::string> options_map() const = 0;
 
  protected:
+  /// Throws dimx::Error for an empty list, an empty or duplicate name, a null or undefined
+  /// tensor, a tensor that is not floating point or does not require grad, or the same tensor
+  /// given twice.
   Optimizer(std::string kind, NamedParameters params);
 
   /// Updates one parameter in place (the caller holds a NoGradGuard). `grad` is defined.
@@ -85,7 +94,9 @@ class Optimizer {
   /// Validates and applies options read from a file (as options_map() wrote them).
   virtual void set_options_map(const std::map<std::string, std::string>& options) = 0;
 
+  /// Throws dimx::Error with the message "<kind>: <msg>".
   [[noreturn]] void fail(const std::string& msg) const;
+  /// The parameter with this name; fails if there is none.
   const Tensor& param(const std::string& name) const;
 
  private:

@@ -12,25 +12,30 @@
 
 namespace dimx::optim {
 
+/// SGD's options, with PyTorch's defaults; lr has no default and must be set.
 struct SGDOptions {
   double lr = std::numeric_limits<double>::quiet_NaN();  ///< required
-  double momentum = 0;
-  double dampening = 0;
-  double weight_decay = 0;
-  bool nesterov = false;
-  bool maximize = false;
+  double momentum = 0;      ///< momentum factor; 0 disables momentum
+  double dampening = 0;     ///< dampening of the momentum
+  double weight_decay = 0;  ///< L2 penalty added to the gradient
+  bool nesterov = false;    ///< Nesterov momentum (needs momentum > 0 and dampening 0)
+  bool maximize = false;    ///< maximize the objective (the gradient is negated)
 };
 
+/// Stochastic gradient descent with optional momentum (torch.optim.SGD).
 class SGD : public Optimizer {
  public:
   /// Throws dimx::Error for a missing or negative lr, negative momentum or weight_decay,
   /// nesterov without momentum or with dampening, an empty list, duplicate names or tensors,
   /// and a parameter that does not require grad.
   SGD(NamedParameters params, SGDOptions options);
+  /// Unnamed parameters, numbered "0", "1", ... (see number_parameters()).
   SGD(const std::vector<Tensor*>& params, SGDOptions options);
 
+  /// The current options (load_state() may have replaced them).
   const SGDOptions& options() const { return opt_; }
   double lr() const override { return opt_.lr; }
+  /// Sets options().lr; throws dimx::Error for a negative, NaN or infinite value.
   void set_lr(double lr) override;
   std::map<std::string, std::string> options_map() const override;
 
