@@ -130,3 +130,40 @@ TEST_CASE("CrossAttention: parameter gradients match float64 finite differences"
   Tensor w = rnd({s.batch, dec, s.out}, 11, DType::f64);
   check_param_grads(att, [&] { return reduce_sum(att(x, att.transform_encoder(enc, s.time)) * w, {s.batch, dec, s.out}); });
 }
+
+TEST_CASE("attention_weights: the weights the modules attend with, causal or not", "[attention]") {
+  Dim batch(2, "batch"), e(8, "model"), kt(8, "kt"), vt(8, "vt");
+  Dim time = dynamic_dim(batch, {5, 3}, "time");
+  Generator gen(4);
+  Tensor x = random_normal({batch, time, e}, gen);
+  nn::CausalSelfAttention att(e, e, kt, vt, 2, gen, true, 0.0);
+  nn::RelPosSelfAttentionOptions ro;
+  ro.att_dropout = 0;
+  nn::RelPosCausalSelfAttention rel(e, e, kt, vt, 2, gen, ro);
+  for (bool causal : {false, true}) {
+    INFO("causal " << causal);
+    auto [w, keys] = att.attention_weights(x, time, causal);
+    // Each valid query's weights sum to 1; causal: nothing on later keys.
+    Tensor sums = copy_masked(reduce_sum(w, {keys}), {time});
+    for (double s : sums.to_vector<double>(sums.dims())) CHECK((s == Approx(1.0).epsilon(1e-5) || s == 0.0));
+    if (causal) {
+      auto v = w.to_vector<double>({batch, att.heads, time, keys});
+      for (int64_t q = 0; q < 5; ++q)
+        for (int64_t k = q + 1; k < 5; ++k) CHECK(v[size_t(q * 5 + k)] == 0.0);  // batch 0, head 0
+    }
+  }
+  // Against the modules' own outputs on the whole sequence (causal).
+  auto [w, keys] = att.attention_weights(x, time, true);
+  auto [q_, k_, vv] = att.qkv_heads(x);
+  Dim kv = time.copy("kv_for_test");
+  Tensor vkeys = replace_dim(replace_dim(vv, time, kv).first, kv, keys).first;
+  Tensor mine = copy_masked(att.merge_heads(matmul(w, vkeys, {keys})), {time});
+  Tensor theirs = copy_masked(att(x, time, att.default_initial_state({batch})).first, {time});
+  CHECK_VEC_APPROX(mine.to_vector<double>({batch, time, e}), theirs.to_vector<double>({batch, time, e}), 1e-5, 1e-6);
+  auto [wr, keys_r] = rel.attention_weights(x, time, true);
+  Tensor sums = copy_masked(reduce_sum(wr, {keys_r}), {time});
+  for (double s : sums.to_vector<double>(sums.dims())) CHECK((s == Approx(1.0).epsilon(1e-5) || s == 0.0));
+  auto vr = wr.to_vector<double>({batch, rel.heads, time, keys_r});
+  for (int64_t q = 0; q < 5; ++q)
+    for (int64_t k = q + 1; k < 5; ++k) CHECK(vr[size_t(q * 5 + k)] == 0.0);
+}

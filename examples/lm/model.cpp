@@ -156,14 +156,9 @@ std::optional<Block::Weights> Block::attention_weights(const Tensor& x, const Di
   return std::visit(
       [&](const auto& m) -> std::optional<Weights> {
         using M = std::decay_t<decltype(m)>;
-        if constexpr (std::is_same_v<M, nn::CausalSelfAttention>) {
-          // softmax(q k / sqrt(d)) over the keys each query sees (its own frame and earlier).
-          auto [q, k, v] = m.qkv_heads(h);
-          Dim kv = axis.copy(axis.name() + "_kv");
-          Dim keys = nn::causal_key_dim(axis, kv);
-          Tensor kk = replace_dim(replace_dim(k, axis, kv).first, kv, keys).first;
-          Tensor e = matmul(q * (1.0 / std::sqrt(double(m.key_dim_per_head.size()))), kk, {m.key_dim_per_head});
-          return Weights{softmax(e, keys), m.heads, keys};
+        if constexpr (std::is_same_v<M, nn::CausalSelfAttention> || std::is_same_v<M, nn::RelPosCausalSelfAttention>) {
+          auto [w, keys] = m.attention_weights(h, axis, /*causal=*/true);
+          return Weights{w, m.heads, keys};
         } else if constexpr (std::is_same_v<M, nn::beats::MultiheadAttention>) {
           nn::beats::Inputs in;
           in.causal = true;

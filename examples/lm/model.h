@@ -49,8 +49,8 @@ struct Block : nn::Module {
   std::pair<Tensor, State> operator()(const Tensor& x, const Dim& axis, const State& state) const;
 
   // The mixer's attention weights on x {batch, axis, model} (a whole sequence from the empty
-  // state), as {heads, batch, axis, keys} with `keys` returned, for the families that attend
-  // with plain softmax weights (attention, beats, torchscale); nullopt for the others.
+  // state), as {heads, batch, axis, keys} with `keys` returned, for the attention families
+  // (attention, relpos, beats, torchscale); nullopt for RWKV and MEGA.
   struct Weights {
     Tensor w;
     Dim heads, keys;

@@ -56,16 +56,14 @@ void RelPosSelfAttention::reset_parameters(Generator& gen) {
   if (pos_bias_v) glorot_uniform(*pos_bias_v, dk, h, gen);
 }
 
-Tensor RelPosSelfAttention::attend(const Tensor& q, const Tensor& k, const Tensor& v, const Dim& keys,
-                                   const Tensor& query_pos, const Dim& query_frames, Generator* gen) const {
+Tensor RelPosSelfAttention::weights(const Tensor& q, const Tensor& k, const Dim& keys, const Tensor& query_pos,
+                                    const Dim& query_frames, Generator* gen) const {
   const bool train = training;
-  if (train && (options.att_dropout > 0 || options.pos_emb_dropout > 0) && !gen)
-    fail(std::string(kOp) + ": dropout in training needs a Generator");
   // Encodings of positions -(Q-1) .. K-1 over `rel`.
   auto [pos, rel] = learned_pos_emb ? (*learned_pos_emb)(query_frames, keys)
                                     : relative_positional_encoding(query_frames, keys, pos_feat_dim, 0, options.dtype,
                                                                    q.device());
-  if (train && options.pos_emb_dropout > 0) pos = dropout(pos, options.pos_emb_dropout, *gen, true);
+  if (train && options.pos_emb_dropout > 0 && gen) pos = dropout(pos, options.pos_emb_dropout, *gen, true);
   if (linear_pos) pos = (*linear_pos)(pos);
   if (pos_feat_dim != key_dim_per_head) pos = split_dims(pos, key_dim_total, {heads, key_dim_per_head});
 
@@ -78,14 +76,34 @@ Tensor RelPosSelfAttention::attend(const Tensor& q, const Tensor& k, const Tenso
                    query_pos.astype(DType::i32), true);
   Tensor position = gather(by_rel, idx.with_sparse_dim(rel).to(q.device()), rel);
   Tensor scores = (content + position) * (1.0 / std::sqrt(double(key_dim_per_head.size())));
-  Tensor w = softmax(scores, keys);
-  if (train && options.att_dropout > 0) {
+  return softmax(scores, keys);
+}
+
+Tensor RelPosSelfAttention::attend(const Tensor& q, const Tensor& k, const Tensor& v, const Dim& keys,
+                                   const Tensor& query_pos, const Dim& query_frames, Generator* gen) const {
+  if (training && (options.att_dropout > 0 || options.pos_emb_dropout > 0) && !gen)
+    fail(std::string(kOp) + ": dropout in training needs a Generator");
+  Tensor w = weights(q, k, keys, query_pos, query_frames, gen);
+  if (training && options.att_dropout > 0) {
     Dims broadcast = options.att_dropout_broadcast ? minus_dims(w.dims(), {keys}) : Dims{};
     w = dropout(w, options.att_dropout, *gen, true, broadcast);
   }
   Tensor out = matmul(w, v, keys);  // masks padded values (select): their content never matters
   out = merge_dims(out, {heads, value_dim_per_head}, value_dim_total).first;
   return proj ? (*proj)(out) : out;
+}
+
+std::pair<Tensor, Dim> RelPosSelfAttention::attention_weights(const Tensor& x, const Dim& axis, bool causal) const {
+  check_defined(kOp, x);
+  check_has_dim(kOp, x, axis);
+  check_has_dim(kOp, x, in_dim);
+  auto [q, k, v] = split_qkv(split_dims(qkv(x), qkv_dim, {heads, qkv_per_head}), qkv_per_head, key_dim_per_head,
+                             value_dim_per_head);
+  const Dim kv = axis.copy(axis.name() + "_kv");
+  const Tensor query_pos = range_over_dim(axis, DType::i32).with_sparse_dim(std::nullopt);
+  const Dim keys = causal ? causal_key_dim(query_pos, kv) : kv;
+  Tensor kk = replace_dim(replace_dim(k, axis, kv).first, kv, keys).first;
+  return {weights(q, kk, keys, query_pos, axis, nullptr), keys};
 }
 
 Tensor RelPosSelfAttention::operator()(const Tensor& x, const Dim& axis, Generator* gen) const {

@@ -1,6 +1,10 @@
 #include <dimx/elementwise.h>
+#include <dimx/matmul.h>
 #include <dimx/nn/self_attention.h>
 #include <dimx/shape.h>
+#include <dimx/softmax.h>
+
+#include <cmath>
 
 #include "attention_common.h"
 #include "tensor_impl.h"
@@ -51,6 +55,18 @@ Tensor SelfAttention::operator()(const Tensor& x, const Dim& axis, Generator* ge
   check_has_dim("SelfAttention", x, in_dim);
   auto [q, k, v] = qkv_heads(x);
   return merge_heads(dot_attention(q, k, v, key_dim_per_head, axis, attention_options(gen)));
+}
+
+std::pair<Tensor, Dim> SelfAttention::attention_weights(const Tensor& x, const Dim& axis, bool causal) const {
+  check_defined("SelfAttention::attention_weights", x);
+  check_has_dim("SelfAttention::attention_weights", x, axis);
+  check_has_dim("SelfAttention::attention_weights", x, in_dim);
+  auto [q, k, v] = qkv_heads(x);
+  const Dim kv = axis.copy(axis.name() + "_kv");
+  const Dim keys = causal ? causal_key_dim(axis, kv) : kv;
+  const Tensor kk = replace_dim(replace_dim(k, axis, kv).first, kv, keys).first;
+  const Tensor e = matmul(q * (1.0 / std::sqrt(double(key_dim_per_head.size()))), kk, {key_dim_per_head});
+  return {softmax(e, keys), keys};
 }
 
 }  // namespace dimx::nn

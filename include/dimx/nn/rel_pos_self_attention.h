@@ -81,6 +81,14 @@ struct RelPosSelfAttention : Module {
   /// at position j and the queries at `query_pos` (integer) < query_frames.extent().
   Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v, const Dim& keys, const Tensor& query_pos,
                 const Dim& query_frames, Generator* gen) const;
+  /// The softmax weights attend() uses (before attention dropout): {..., heads, query, keys};
+  /// without a Generator, no positional-encoding dropout either.
+  Tensor weights(const Tensor& q, const Tensor& k, const Dim& keys, const Tensor& query_pos, const Dim& query_frames,
+                 Generator* gen) const;
+  /// The attention weights of x {..., axis, in_dim} (for inspection; no dropout):
+  /// {..., heads, axis, keys} over a new key Dim `keys`, returned with it. causal: query i
+  /// sees keys j <= i (as RelPosCausalSelfAttention on a whole sequence).
+  std::pair<Tensor, Dim> attention_weights(const Tensor& x, const Dim& axis, bool causal = false) const;
 };
 
 /// The causal variant with a decoding state, as CausalSelfAttention: a whole sequence, a single

@@ -51,6 +51,10 @@ struct SelfAttention : Module {
   /// Self-attention of x {..., axis, in_dim} over `axis` (padded frames masked). `gen` is
   /// needed for attention dropout in training.
   Tensor operator()(const Tensor& x, const Dim& axis, Generator* gen = nullptr) const;
+  /// The attention weights of x {..., axis, in_dim} (for inspection; no dropout):
+  /// {..., heads, axis, keys} over a new key Dim `keys`, returned with it. causal: query i
+  /// sees keys j <= i (as CausalSelfAttention on a whole sequence).
+  std::pair<Tensor, Dim> attention_weights(const Tensor& x, const Dim& axis, bool causal = false) const;
 
   /// The pieces shared by the attention variants built on this one:
   /// q, k, v of x per head: {..., heads, key_dim_per_head} (q, k) and {..., heads, value_dim_per_head}.
