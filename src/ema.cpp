@@ -104,7 +104,7 @@ EmaResult ema(const Tensor& x0, const Tensor& gain0, const Tensor& decay0, const
   // engine sums them.
   const bool need_state = state.defined() && state.requires_grad();
   auto backward_for = [&](bool of_y) {
-    // The closure holds every tensor the backend reads (a's pointers are set from them).
+    // The closure holds every tensor `a` points into, so its pointers stay valid.
     return [of_y, a, x, gain, decay, weight, state, lengths, batch, params, state_dims, xorder,
             need_state](const Tensor& g) {
       const DType dt = x.dtype();
@@ -114,14 +114,7 @@ EmaResult ema(const Tensor& x0, const Tensor& gain0, const Tensor& decay0, const
       Tensor gx = empty(xorder, dt, dev, kOp), ggain = empty(per_batch, dt, dev, kOp),
              gdecay = empty(per_batch, dt, dev, kOp), gweight = empty(per_batch, dt, dev, kOp);
       Tensor gstate = need_state ? empty(state_dims, dt, dev, kOp) : Tensor();
-      backend::Ema b = a;
-      b.x = ptr(x);
-      b.gain = ptr(gain);
-      b.decay = ptr(decay);
-      b.weight = ptr(weight);
-      b.state = ptr(state);
-      b.lengths = static_cast<const int64_t*>(ptr(lengths));
-      backend::backend_for(dev).ema_backward(dt, b, of_y ? gout.impl().data() : nullptr,
+      backend::backend_for(dev).ema_backward(dt, a, of_y ? gout.impl().data() : nullptr,
                                              of_y ? nullptr : gout.impl().data(), gx.impl().data(),
                                              ggain.impl().data(), gdecay.impl().data(), gweight.impl().data(),
                                              need_state ? gstate.impl().data() : nullptr);

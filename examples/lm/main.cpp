@@ -260,13 +260,19 @@ int train(const TrainArgs& a) {
   return 0;
 }
 
-int eval(const std::string& ckpt, const std::vector<std::string>& data, int64_t max_len, const std::string& device) {
-  const Device dev = device_from(device);
-  SafeTensors f = Checkpoint::open(ckpt);
+// The model of a checkpoint folder (built from its config, then its weights), on `dev`.
+Model load_model(const std::string& dir, Device dev) {
+  SafeTensors f = Checkpoint::open(dir);
   Generator gen(0);
   Model m(Config::parse(f.metadata_json("config")), gen);
   nn::load_state(m, f);
   nn::to(m, dev);
+  return m;
+}
+
+int eval(const std::string& ckpt, const std::vector<std::string>& data, int64_t max_len, const std::string& device) {
+  const Device dev = device_from(device);
+  const Model m = load_model(ckpt, dev);
   Corpus c = lm::load_corpus(data.empty() ? lm::default_data() : data, max_len);
   const double bpb = validation_bpb(m, c, 16, dev);
   std::cout << "validation: " << bpb << " bits per byte over " << c.valid.size() << " lines (unigram baseline "
@@ -297,11 +303,7 @@ int64_t pick(const std::vector<float>& logits, const SampleArgs& a, std::mt19937
 int sample(const SampleArgs& a) {
   if (!(a.temperature > 0)) throw Error("--temperature must be positive");
   const Device dev = device_from(a.device);
-  SafeTensors f = Checkpoint::open(a.checkpoint);
-  Generator gen(0);
-  Model m(Config::parse(f.metadata_json("config")), gen);
-  nn::load_state(m, f);
-  nn::to(m, dev);
+  const Model m = load_model(a.checkpoint, dev);
   NoGradGuard ng;
   std::mt19937_64 rng(a.seed);
   Dim batch(1, "batch");

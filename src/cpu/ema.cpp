@@ -29,13 +29,18 @@ void for_tasks(const backend::Ema& a, F&& fn) {
   });
 }
 
+// a's operands, typed.
+template <class T>
+struct Operands {
+  const T *x, *gain, *decay, *weight, *s0;
+  explicit Operands(const backend::Ema& a)
+      : x(static_cast<const T*>(a.x)), gain(static_cast<const T*>(a.gain)), decay(static_cast<const T*>(a.decay)),
+        weight(static_cast<const T*>(a.weight)), s0(static_cast<const T*>(a.state)) {}
+};
+
 template <class T>
 void ema_forward_rows(const backend::Ema& a, T* y, T* state_out) {
-  const T* x = static_cast<const T*>(a.x);
-  const T* gain = static_cast<const T*>(a.gain);
-  const T* decay = static_cast<const T*>(a.decay);
-  const T* weight = static_cast<const T*>(a.weight);
-  const T* s0 = static_cast<const T*>(a.state);
+  const auto [x, gain, decay, weight, s0] = Operands<T>(a);
   const int64_t L = a.L, C = a.C, H = a.H;
   for_tasks(a, [&](int64_t b, int64_t c0, int64_t c1) {
     const int64_t n = valid_len(a.lengths, b, L), w = c1 - c0;
@@ -75,11 +80,7 @@ void ema_forward_rows(const backend::Ema& a, T* y, T* state_out) {
 template <class T>
 void ema_backward_rows(const backend::Ema& a, const T* gy, const T* gfinal, T* gx, T* ggain, T* gdecay, T* gweight,
                        T* gstate) {
-  const T* x = static_cast<const T*>(a.x);
-  const T* gain = static_cast<const T*>(a.gain);
-  const T* decay = static_cast<const T*>(a.decay);
-  const T* weight = static_cast<const T*>(a.weight);
-  const T* s0 = static_cast<const T*>(a.state);
+  const auto [x, gain, decay, weight, s0] = Operands<T>(a);
   const int64_t L = a.L, C = a.C, H = a.H;
   for_tasks(a, [&](int64_t b, int64_t c0, int64_t c1) {
     const int64_t n = valid_len(a.lengths, b, L), w = c1 - c0;
