@@ -50,5 +50,12 @@ inline unsigned blocks_for(int64_t n, int threads = 256) {
 
 void check_launch(const char* what);
 
+// Frames per chunk of a scan over `rows` independent sequences of T frames (the WKV and EMA
+// scans): one chunk (T) when the rows alone fill the GPU, a single pass over the data; else
+// enough chunks for about 512 threads per multiprocessor (measured on an H100: more threads
+// make the sequential combine longer than they save), rounded up to 16 frames. The
+// environment variable `override_env`, if set to a positive number, decides instead.
+int64_t scan_chunk_frames(int64_t rows, int64_t T, const char* override_env);
+
 
 }  // namespace dimx::gpu

@@ -10,8 +10,8 @@
 //   backward: the same three steps in reverse time over (r, lambda, P) of src/cpu/ema.cpp;
 //             step 3 also writes per-chunk sums of x r, x lambda and x P, and 4. finish sums
 //             them over the chunks and adds the incoming state's terms.
+// Steps 1 and 3 are one kernel each way (fwd_scan, bwd_scan), without and with their outputs.
 // With enough channels to fill the GPU there is one chunk and only steps 3 (and 4) run.
-#include <cstdlib>
 
 #include "common.cuh"
 
@@ -71,36 +71,6 @@ struct Heads {
 
 // ---- forward
 
-template <class T>
-__global__ void fwd_summary(Geometry g, const T* x, const T* gain, const T* decay, const T* weight, T* summary) {
-  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (idx >= g.chunks * g.BC) return;
-  const int64_t j = idx / g.BC, bc = idx % g.BC, b = bc / g.C, c = bc % g.C;
-  int64_t t0, t1, te;
-  g.range(j, b, t0, t1, te);
-  for (int64_t h0 = 0; h0 < g.H; h0 += kGroup) {
-    const int hn = int(g.H - h0 < kGroup ? g.H - h0 : kGroup);
-    const Heads<T> p(gain, decay, weight, c, g.H, h0, hn);
-    T s[kGroup];
-#pragma unroll
-    for (int i = 0; i < kGroup; ++i) s[i] = 0;
-    for (int64_t t = t0; t < t1; t += kUnroll) {
-      T xv[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) xv[u] = t + u < t1 ? x[b * g.sb + (t + u) * g.st + c] : T(0);
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-        if (t + u < t1) {
-#pragma unroll
-          for (int i = 0; i < kGroup; ++i) s[i] = p.q[i] * s[i] + p.a[i] * xv[u];
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < kGroup; ++i)
-      if (i < hn) summary[idx * g.H + h0 + i] = s[i];
-  }
-}
-
 // Per (sequence, channel, head): replaces each chunk's summary by its incoming state.
 template <class T>
 __global__ void fwd_combine(Geometry g, const T* decay, const T* state, T* summary, T* state_out) {
@@ -121,10 +91,13 @@ __global__ void fwd_combine(Geometry g, const T* decay, const T* state, T* summa
   if (state_out) state_out[idx] = e;
 }
 
-// incoming: [chunks, BC, H] incoming states, or the state [BC, H] with one chunk, or null.
-template <class T>
-__global__ void fwd_main(Geometry g, const T* x, const T* gain, const T* decay, const T* weight, const T* incoming,
-                         T* y, T* state_out) {
+// One chunk's scan from its incoming state ([chunks, BC, H], or the state [BC, H] with one
+// chunk, or null: zeros). kOut writes y and, where `state` is given, the state after the
+// chunk to state[bc, h]; without kOut (step 1, from zeros) that state goes to state[idx, h],
+// the chunk's summary, and y is not written.
+template <class T, bool kOut>
+__global__ void fwd_scan(Geometry g, const T* x, const T* gain, const T* decay, const T* weight, const T* incoming,
+                         T* y, T* state) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (idx >= g.chunks * g.BC) return;
   const int64_t j = idx / g.BC, bc = idx % g.BC, b = bc / g.C, c = bc % g.C;
@@ -147,19 +120,23 @@ __global__ void fwd_main(Geometry g, const T* x, const T* gain, const T* decay, 
 #pragma unroll
           for (int i = 0; i < kGroup; ++i) {
             s[i] = p.q[i] * s[i] + p.a[i] * xv[u];
-            acc += i < hn ? p.w[i] * s[i] : T(0);
+            if constexpr (kOut) acc += i < hn ? p.w[i] * s[i] : T(0);
           }
-          T* out = y + b * g.sb + (t + u) * g.st + c;
-          *out = h0 == 0 ? acc : *out + acc;
+          if constexpr (kOut) {
+            T* out = y + b * g.sb + (t + u) * g.st + c;
+            *out = h0 == 0 ? acc : *out + acc;
+          }
         }
     }
-    if (state_out) {
+    if (state) {
+      T* dst = state + (kOut ? bc : idx) * g.H + h0;
 #pragma unroll
       for (int i = 0; i < kGroup; ++i)
-        if (i < hn) state_out[bc * g.H + h0 + i] = s[i];
+        if (i < hn) dst[i] = s[i];
     }
   }
-  for (int64_t t = t1 > t0 ? t1 : t0; t < te; ++t) y[b * g.sb + t * g.st + c] = T(0);
+  if constexpr (kOut)
+    for (int64_t t = t1 > t0 ? t1 : t0; t < te; ++t) y[b * g.sb + t * g.st + c] = T(0);
 }
 
 // ---- backward, in reverse time over (r, lambda, P) of src/cpu/ema.cpp:
@@ -171,55 +148,6 @@ __global__ void fwd_main(Geometry g, const T* x, const T* gain, const T* decay, 
 template <class T>
 __device__ __forceinline__ T load_or_zero(const T* p, int64_t i) {
   return p ? p[i] : T(0);
-}
-
-// Each chunk's (r, lambda, P) at its first frame, from zeros at its end, into rlp
-// [3, chunks, BC, H].
-template <class T>
-__global__ void bwd_summary(Geometry g, const T* gy, const T* gfinal, const T* decay, const T* weight, T* rlp) {
-  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (idx >= g.chunks * g.BC) return;
-  const int64_t j = idx / g.BC, bc = idx % g.BC, b = bc / g.C, c = bc % g.C;
-  const int64_t stride = g.chunks * g.BC * g.H;
-  int64_t t0, t1, te;
-  g.range(j, b, t0, t1, te);
-  const int64_t last = g.valid(b) - 1;
-  for (int64_t h0 = 0; h0 < g.H; h0 += kGroup) {
-    const int hn = int(g.H - h0 < kGroup ? g.H - h0 : kGroup);
-    T q[kGroup], w[kGroup], r[kGroup], lam[kGroup], P[kGroup], G[kGroup];
-#pragma unroll
-    for (int i = 0; i < kGroup; ++i) {
-      const int64_t p = c * g.H + h0 + (i < hn ? i : 0);
-      q[i] = decay[p];
-      w[i] = weight[p];
-      r[i] = lam[i] = P[i] = 0;
-      G[i] = gfinal && i < hn ? gfinal[bc * g.H + h0 + i] : T(0);
-    }
-    for (int64_t t = t1 - 1; t >= t0; t -= kUnroll) {
-      T gv[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) gv[u] = t - u >= t0 ? load_or_zero(gy, b * g.sb + (t - u) * g.st + c) : T(0);
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-        if (t - u >= t0) {
-          const bool at_last = t - u == last;
-#pragma unroll
-          for (int i = 0; i < kGroup; ++i) {
-            P[i] = lam[i] + q[i] * P[i];
-            r[i] = gv[u] + q[i] * r[i];
-            lam[i] = w[i] * gv[u] + q[i] * lam[i] + (at_last ? G[i] : T(0));
-          }
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < kGroup; ++i) {
-      if (i >= hn) continue;
-      const int64_t k = idx * g.H + h0 + i;
-      rlp[k] = r[i];
-      rlp[stride + k] = lam[i];
-      rlp[2 * stride + k] = P[i];
-    }
-  }
 }
 
 // Per (sequence, channel, head), from the last chunk to the first: replaces each chunk's
@@ -252,12 +180,13 @@ __global__ void bwd_combine(Geometry g, const T* decay, T* rlp, T* rlp0) {
   rlp0[2 * bch + idx] = P;
 }
 
-// in: incoming (r, lambda, P) per chunk [3, chunks, BC, H], or null with one chunk (then rlp0
-// gets the values at frame 0). Writes gx and the chunk's sums of x r, x lambda and x P into
-// sums [3, chunks, BC, H].
-template <class T>
-__global__ void bwd_main(Geometry g, const T* x, const T* gy, const T* gfinal, const T* gain, const T* decay,
-                         const T* weight, const T* in, T* gx, T* sums, T* rlp0) {
+// One chunk's reverse sweep from the values coming in from its right (`in`, [3, chunks, BC, H],
+// or null: zeros). kFull (step 3) writes gx and the chunk's sums of x r, x lambda and x P to
+// out [3, chunks, BC, H], and with no `in` (one chunk) the values at frame 0 to rlp0; without
+// kFull (step 1, from zeros) out gets the chunk's (r, lambda, P) at its first frame.
+template <class T, bool kFull>
+__global__ void bwd_scan(Geometry g, const T* x, const T* gy, const T* gfinal, const T* gain, const T* decay,
+                         const T* weight, const T* in, T* gx, T* out, T* rlp0) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (idx >= g.chunks * g.BC) return;
   const int64_t j = idx / g.BC, bc = idx % g.BC, b = bc / g.C, c = bc % g.C;
@@ -268,7 +197,7 @@ __global__ void bwd_main(Geometry g, const T* x, const T* gy, const T* gfinal, c
   for (int64_t h0 = 0; h0 < g.H; h0 += kGroup) {
     const int hn = int(g.H - h0 < kGroup ? g.H - h0 : kGroup);
     const Heads<T> p(gain, decay, weight, c, g.H, h0, hn);
-    T r[kGroup], lam[kGroup], P[kGroup], sr[kGroup], sl[kGroup], sp[kGroup], G[kGroup];
+    T r[kGroup], lam[kGroup], P[kGroup], sr[kGroup], sl[kGroup], sp[kGroup], G[kGroup], aw[kGroup];
 #pragma unroll
     for (int i = 0; i < kGroup; ++i) {
       const int64_t k = idx * g.H + h0 + i;
@@ -278,13 +207,14 @@ __global__ void bwd_main(Geometry g, const T* x, const T* gy, const T* gfinal, c
       P[i] = ok ? in[2 * stride + k] : T(0);
       sr[i] = sl[i] = sp[i] = 0;
       G[i] = gfinal && i < hn ? gfinal[bc * g.H + h0 + i] : T(0);
+      aw[i] = i < hn ? p.a[i] * p.w[i] : T(0);
     }
     for (int64_t t = t1 - 1; t >= t0; t -= kUnroll) {
       T xv[kUnroll], gv[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const bool ok = t - u >= t0;
-        xv[u] = ok ? x[b * g.sb + (t - u) * g.st + c] : T(0);
+        if constexpr (kFull) xv[u] = ok ? x[b * g.sb + (t - u) * g.st + c] : T(0);
         gv[u] = ok ? load_or_zero(gy, b * g.sb + (t - u) * g.st + c) : T(0);
       }
 #pragma unroll
@@ -297,23 +227,27 @@ __global__ void bwd_main(Geometry g, const T* x, const T* gy, const T* gfinal, c
             P[i] = lam[i] + p.q[i] * P[i];
             r[i] = gv[u] + p.q[i] * r[i];
             lam[i] = p.w[i] * gv[u] + p.q[i] * lam[i] + (at_last ? G[i] : T(0));
-            sr[i] += xv[u] * r[i];
-            sl[i] += xv[u] * lam[i];
-            sp[i] += xv[u] * P[i];
-            acc += i < hn ? p.a[i] * lam[i] : T(0);
+            if constexpr (kFull) {
+              sr[i] += xv[u] * r[i];
+              sl[i] += xv[u] * lam[i];
+              sp[i] += xv[u] * P[i];
+              acc += aw[i] * lam[i];
+            }
           }
-          T* out = gx + b * g.sb + (t - u) * g.st + c;
-          *out = h0 == 0 ? acc : *out + acc;
+          if constexpr (kFull) {
+            T* o = gx + b * g.sb + (t - u) * g.st + c;
+            *o = h0 == 0 ? acc : *o + acc;
+          }
         }
     }
 #pragma unroll
     for (int i = 0; i < kGroup; ++i) {
       if (i >= hn) continue;
       const int64_t k = idx * g.H + h0 + i;
-      sums[k] = sr[i];
-      sums[stride + k] = sl[i];
-      sums[2 * stride + k] = sp[i];
-      if (!in) {
+      out[k] = kFull ? sr[i] : r[i];
+      out[stride + k] = kFull ? sl[i] : lam[i];
+      out[2 * stride + k] = kFull ? sp[i] : P[i];
+      if (kFull && !in) {
         const int64_t bch = g.BC * g.H, k0 = bc * g.H + h0 + i;
         rlp0[k0] = r[i];
         rlp0[bch + k0] = lam[i];
@@ -321,7 +255,8 @@ __global__ void bwd_main(Geometry g, const T* x, const T* gy, const T* gfinal, c
       }
     }
   }
-  for (int64_t t = t1 > t0 ? t1 : t0; t < te; ++t) gx[b * g.sb + t * g.st + c] = T(0);
+  if constexpr (kFull)
+    for (int64_t t = t1 > t0 ? t1 : t0; t < te; ++t) gx[b * g.sb + t * g.st + c] = T(0);
 }
 
 // Per (sequence, channel, head): the parameter and state gradients (see src/cpu/ema.cpp).
@@ -347,30 +282,10 @@ __global__ void bwd_finish(Geometry g, const T* gain, const T* decay, const T* s
   if (gstate) gstate[idx] = g.valid(b) > 0 ? q * l0 : load_or_zero(gfinal, idx);
 }
 
-// Frames per chunk: one chunk when the channels alone fill the GPU, else enough chunks for
-// about 512 threads per multiprocessor, as the WKV scan. DIMX_EMA_CHUNK overrides (tests).
+// Chunks as the WKV scan's (scan_chunk_frames; DIMX_EMA_CHUNK overrides, for tests).
 Geometry geometry(const EmaLaunch& a) {
   Geometry g{a.B, a.L, a.C, a.H, a.B * a.C, a.L, 1, a.sb, a.st, a.lengths};
-  int64_t Lc = 0;
-  if (const char* e = std::getenv("DIMX_EMA_CHUNK")) Lc = std::atoll(e);
-  if (Lc <= 0) {
-    static const int64_t sms = [] {
-      int dev = 0, n = 0;
-      if (cudaGetDevice(&dev) != cudaSuccess ||
-          cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-        cudaGetLastError();
-        n = 132;
-      }
-      return int64_t(n);
-    }();
-    if (g.BC >= sms * 256) {
-      Lc = a.L;
-    } else {
-      const int64_t chunks = (sms * 512 + g.BC - 1) / g.BC;
-      Lc = (a.L + chunks - 1) / chunks;
-      Lc = (Lc + 15) / 16 * 16;
-    }
-  }
+  const int64_t Lc = scan_chunk_frames(g.BC, a.L, "DIMX_EMA_CHUNK");
   g.Lc = Lc < 1 ? 1 : Lc;
   g.chunks = a.L > g.Lc ? (a.L + g.Lc - 1) / g.Lc : 1;
   return g;
@@ -407,12 +322,12 @@ void forward(const EmaLaunch& a, T* y, T* state_out, cudaStream_t s) {
   auto state = static_cast<const T*>(a.state);
   const int64_t n = g.chunks * g.BC;
   if (g.chunks == 1) {
-    fwd_main<T><<<grid_for(n), kThreads, 0, s>>>(g, x, gain, decay, weight, state, y, state_out);
+    fwd_scan<T, true><<<grid_for(n), kThreads, 0, s>>>(g, x, gain, decay, weight, state, y, state_out);
   } else {
     Scratch<T> incoming(n * g.H, s);
-    fwd_summary<T><<<grid_for(n), kThreads, 0, s>>>(g, x, gain, decay, weight, incoming.p);
+    fwd_scan<T, false><<<grid_for(n), kThreads, 0, s>>>(g, x, gain, decay, weight, nullptr, nullptr, incoming.p);
     fwd_combine<T><<<grid_for(g.BC * g.H), kThreads, 0, s>>>(g, decay, state, incoming.p, state_out);
-    fwd_main<T><<<grid_for(n), kThreads, 0, s>>>(g, x, gain, decay, weight, incoming.p, y, nullptr);
+    fwd_scan<T, true><<<grid_for(n), kThreads, 0, s>>>(g, x, gain, decay, weight, incoming.p, y, nullptr);
   }
   check_launch("ema forward");
 }
@@ -432,12 +347,14 @@ void backward(const EmaLaunch& a, const T* gy, const T* gfinal, T* gx, T* ggain,
   if (a.L == 0) {  // no frames: only the final state's gradient flows, to the incoming state
     cudaMemsetAsync(rlp0, 0, size_t(3 * bch) * sizeof(T), s);
   } else if (g.chunks == 1) {
-    bwd_main<T><<<grid_for(n), kThreads, 0, s>>>(g, x, gy, gfinal, gain, decay, weight, nullptr, gx, sums.p, rlp0);
+    bwd_scan<T, true><<<grid_for(n), kThreads, 0, s>>>(g, x, gy, gfinal, gain, decay, weight, nullptr, gx, sums.p, rlp0);
   } else {
     Scratch<T> incoming(3 * n * g.H, s);
-    bwd_summary<T><<<grid_for(n), kThreads, 0, s>>>(g, gy, gfinal, decay, weight, incoming.p);
+    bwd_scan<T, false><<<grid_for(n), kThreads, 0, s>>>(g, x, gy, gfinal, gain, decay, weight, nullptr, nullptr,
+                                                         incoming.p, nullptr);
     bwd_combine<T><<<grid_for(bch), kThreads, 0, s>>>(g, decay, incoming.p, rlp0);
-    bwd_main<T><<<grid_for(n), kThreads, 0, s>>>(g, x, gy, gfinal, gain, decay, weight, incoming.p, gx, sums.p, nullptr);
+    bwd_scan<T, true><<<grid_for(n), kThreads, 0, s>>>(g, x, gy, gfinal, gain, decay, weight, incoming.p, gx, sums.p,
+                                                        nullptr);
   }
   Geometry gf = g;
   if (a.L == 0) gf.chunks = 0;  // no partial sums

@@ -6,8 +6,10 @@
 
 #include <dimx/error.h>
 
+#include <cstdlib>
 #include <string>
 
+#include "common.cuh"
 #include "runtime.h"
 
 namespace dimx::gpu {
@@ -48,6 +50,23 @@ std::string cuda_versions() {
        std::to_string(CUBLAS_VER_PATCH) + " (built with)";
   s += ", built for sm_" + std::string(DIMX_CUDA_ARCHS);
   return s;
+}
+
+int64_t scan_chunk_frames(int64_t rows, int64_t T, const char* override_env) {
+  if (const char* e = std::getenv(override_env))
+    if (const int64_t n = std::atoll(e); n > 0) return n;
+  static const int64_t sms = [] {
+    int dev = 0, n = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+      cudaGetLastError();
+      n = 132;
+    }
+    return int64_t(n);
+  }();
+  if (rows >= sms * 256) return T < 1 ? 1 : T;
+  const int64_t chunks = (sms * 512 + rows - 1) / rows;
+  const int64_t L = ((T + chunks - 1) / chunks + 15) / 16 * 16;
+  return L < 1 ? 1 : L;
 }
 
 }  // namespace dimx::gpu

@@ -9,7 +9,6 @@
 // over the data). The backward runs the same three steps in reverse time over the
 // accumulators of the future's gradient. Per-thread buffers have a fixed size (kUnroll
 // frames of prefetch), never one sized by T. Float32 math throughout.
-#include <cstdlib>
 
 #include "common.cuh"
 
@@ -334,31 +333,10 @@ __global__ void bwd_reduce(Geometry g, const float* __restrict__ pw, const float
   gu[bc] = b;
 }
 
-// Frames per chunk: one chunk when the channels alone fill the GPU (a single pass over the
-// data), else enough chunks for about 512 threads per multiprocessor (measured on an H100:
-// more threads make the sequential combine longer than they save). DIMX_WKV_CHUNK overrides
-// (benchmarks, tests).
+// Chunks as scan_chunk_frames says (DIMX_WKV_CHUNK overrides, for benchmarks and tests).
 Geometry geometry(const WkvLaunch& a) {
   Geometry g{a.B, a.T, a.C, a.B * a.C, a.T, 1, a.lengths};
-  int64_t L = 0;
-  if (const char* e = std::getenv("DIMX_WKV_CHUNK")) L = std::atoll(e);
-  if (L <= 0) {
-    static const int64_t sms = [] {
-      int dev = 0, n = 0;
-      if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-        cudaGetLastError();
-        n = 132;
-      }
-      return int64_t(n);
-    }();
-    if (g.BC >= sms * 256) {
-      L = a.T;
-    } else {
-      const int64_t chunks = (sms * 512 + g.BC - 1) / g.BC;
-      L = (a.T + chunks - 1) / chunks;
-      L = (L + 15) / 16 * 16;
-    }
-  }
+  const int64_t L = scan_chunk_frames(g.BC, a.T, "DIMX_WKV_CHUNK");
   g.L = L < 1 ? 1 : L;
   g.chunks = a.T > g.L ? (a.T + g.L - 1) / g.L : 1;
   return g;
