@@ -197,7 +197,7 @@ __global__ void bwd_scan(Geometry g, const T* x, const T* gy, const T* gfinal, c
   for (int64_t h0 = 0; h0 < g.H; h0 += kGroup) {
     const int hn = int(g.H - h0 < kGroup ? g.H - h0 : kGroup);
     const Heads<T> p(gain, decay, weight, c, g.H, h0, hn);
-    T r[kGroup], lam[kGroup], P[kGroup], sr[kGroup], sl[kGroup], sp[kGroup], G[kGroup], aw[kGroup];
+    T r[kGroup], lam[kGroup], P[kGroup], sr[kGroup], sl[kGroup], sp[kGroup], G[kGroup], a[kGroup];
 #pragma unroll
     for (int i = 0; i < kGroup; ++i) {
       const int64_t k = idx * g.H + h0 + i;
@@ -207,7 +207,7 @@ __global__ void bwd_scan(Geometry g, const T* x, const T* gy, const T* gfinal, c
       P[i] = ok ? in[2 * stride + k] : T(0);
       sr[i] = sl[i] = sp[i] = 0;
       G[i] = gfinal && i < hn ? gfinal[bc * g.H + h0 + i] : T(0);
-      aw[i] = i < hn ? p.a[i] * p.w[i] : T(0);
+      a[i] = i < hn ? p.a[i] : T(0);  // dx_t = sum_h gain lambda_t
     }
     for (int64_t t = t1 - 1; t >= t0; t -= kUnroll) {
       T xv[kUnroll], gv[kUnroll];
@@ -231,7 +231,7 @@ __global__ void bwd_scan(Geometry g, const T* x, const T* gy, const T* gfinal, c
               sr[i] += xv[u] * r[i];
               sl[i] += xv[u] * lam[i];
               sp[i] += xv[u] * P[i];
-              acc += aw[i] * lam[i];
+              acc += a[i] * lam[i];
             }
           }
           if constexpr (kFull) {
