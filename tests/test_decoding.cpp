@@ -149,3 +149,10 @@ TEST_CASE("decoding: finished sequences keep their state (beats and torchscale)"
         return std::vector<double>{double(st.accum_axis.lengths().to_vector<int32_t>()[size_t(bi)])};
       });
 }
+
+TEST_CASE("decoding: decoding_step errors name the op", "[decoding][errors]") {
+  Dim batch(3, "batch");
+  CHECK_THROWS_WITH(nn::decoding_step(Tensor::zeros({batch}, DType::i32)), Catch::Contains("decoding_step") && Catch::Contains("bool"));
+  CHECK_THROWS_WITH(nn::decoding_step(Tensor::scalar(1, DType::boolean)), Catch::Contains("decoding_step") && Catch::Contains("batch"));
+  CHECK_THROWS_WITH(nn::decoding_step(Tensor()), Catch::Contains("decoding_step"));
+}
