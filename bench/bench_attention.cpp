@@ -174,6 +174,16 @@ int main(int argc, char** argv) {
     nn::DotAttentionOptions o;
     o.causal_query_dim = time;
     rows.push_back({"dot_attention causal " + t2, median_ms(n, dev, [&] { nn::dot_attention(q, k, v, d, time, o); })});
+    // Forward + backward: the gradients of q, k and v for sum(out * r).
+    Tensor r = random_normal({batch, heads, time, dv}, gen).to(dev);
+    for (bool causal_rows : {false, true})
+      rows.push_back({std::string("dot_attention ") + (causal_rows ? "causal " : "") + "fwd+bwd " + t2,
+                      median_ms(n, dev, [&] {
+                        EnableGradGuard on;
+                        Tensor qg = q.with_requires_grad(), kg = k.with_requires_grad(), vg = v.with_requires_grad();
+                        Tensor y = nn::dot_attention(qg, kg, vg, d, time, causal_rows ? o : nn::DotAttentionOptions{});
+                        grad(reduce_sum(y * r, y.dims()), {qg, kg, vg});
+                      })});
   }
 
   // BEATs' attention as in a BEATs encoder layer (self-attention, need_weights = false), with

@@ -107,6 +107,16 @@ def main():
             ms = median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal), reps,
                            dev == "cuda")
         print(f"dot_attention{' causal' if causal else ''} B{b} H{h} T{t} d{d}\t{ms}", flush=True)
+        # Forward + backward: the gradients of q, k and v for sum(out * r), as bench_attention.
+        q, k, v = (x.requires_grad_() for x in (q, k, v))
+        r = torch.randn(b, h, t, d, device=dev)
+
+        def fwd_bwd():
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            torch.autograd.grad((out * r).sum(), (q, k, v))
+
+        ms = median_ms(fwd_bwd, reps, dev == "cuda")
+        print(f"dot_attention{' causal' if causal else ''} fwd+bwd B{b} H{h} T{t} d{d}\t{ms}", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,54 +13,14 @@
 
 #include <cmath>
 
+#include "attention_tiles.cuh"
 #include "common.cuh"
 
 namespace dimx::gpu {
 
 namespace {
 
-constexpr int kThreads = 128;
-
-template <class T>
-struct Vec;
-template <>
-struct Vec<float> {
-  using type = float4;
-};
-template <>
-struct Vec<double> {
-  using type = double2;
-};
-
-__device__ __forceinline__ float exp2_(float x) { return exp2f(x); }
-__device__ __forceinline__ double exp2_(double x) { return ::exp2(x); }
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  const int n = valid ? 16 : 0;  // 0: zero-fill
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::); }
-
-// rows x D tile of a row-major matrix into shared memory (row stride LD), zero outside
-// [nrows, ncols). VEC: 16-byte cp.async (ncols, row stride and base aligned to 16 bytes).
-template <class T, int D, int LD, bool VEC>
-__device__ __forceinline__ void load_tile(T* s, const T* g, int64_t row_stride, int rows, int nrows, int ncols) {
-  if constexpr (VEC) {
-    constexpr int VN = 16 / int(sizeof(T)), CH = D / VN;
-    for (int c = threadIdx.x; c < rows * CH; c += kThreads) {
-      const int r = c / CH, col = (c % CH) * VN;
-      const bool valid = r < nrows && col < ncols;
-      cp_async16(s + r * LD + col, valid ? g + r * row_stride + col : g, valid);
-    }
-  } else {
-    for (int c = threadIdx.x; c < rows * D; c += kThreads) {
-      const int r = c / D, col = c % D;
-      s[r * LD + col] = r < nrows && col < ncols ? g[r * row_stride + col] : T(0);
-    }
-  }
-}
+using namespace attention_tiles;
 
 // o[i][:] += sum_{j < n} Ps[j][row i] * Vs[j][the thread's columns]; U: unroll factor.
 template <class T, int D, int BM, int BN, int TX, int U>
@@ -237,6 +197,8 @@ __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs
     for (int off = TX / 2; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
     const int64_t r = i0 + ty * RM + i;
     if (r >= a.tq) continue;
+    // The row's log2-sum-exp2 of the scaled energies, for the backward (+inf: no visible key).
+    if (a.lse && tx == 0) static_cast<T*>(a.lse)[b * a.tq + r] = sum > T(0) ? m[i] + log2_(sum) : T(INFINITY);
     const T inv = sum > T(0) ? T(1) / sum : T(0);
     T* row = out + r * a.o_rs;
 #pragma unroll

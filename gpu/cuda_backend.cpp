@@ -177,14 +177,23 @@ class CudaBackend final : public backend::Backend {
           "cublasGemmStridedBatchedEx");
   }
 
+  static AttentionArgs attention_args(const backend::Attention& a) {
+    return AttentionArgs{a.batch[0], a.batch[1], a.tq, a.tk, a.d, a.dv, a.scale,
+                         a.q.data, a.q.batch_stride[0], a.q.batch_stride[1], a.q.row_stride,
+                         a.k.data, a.k.batch_stride[0], a.k.batch_stride[1], a.k.row_stride,
+                         a.v.data, a.v.batch_stride[0], a.v.batch_stride[1], a.v.row_stride,
+                         a.out, a.out_batch_stride[0], a.out_batch_stride[1], a.out_row_stride,
+                         a.key_lengths, a.lse};
+  }
   bool attention(DType dt, const backend::Attention& a) override {
-    const AttentionArgs g{a.batch[0], a.batch[1], a.tq, a.tk, a.d, a.dv, a.scale,
-                          a.q.data, a.q.batch_stride[0], a.q.batch_stride[1], a.q.row_stride,
-                          a.k.data, a.k.batch_stride[0], a.k.batch_stride[1], a.k.row_stride,
-                          a.v.data, a.v.batch_stride[0], a.v.batch_stride[1], a.v.row_stride,
-                          a.out, a.out_batch_stride[0], a.out_batch_stride[1], a.out_row_stride,
-                          a.key_lengths};
-    return launch_attention(dt, g, stream());
+    return launch_attention(dt, attention_args(a), stream());
+  }
+  bool attention_backward(DType dt, const backend::Attention& a, const backend::AttentionGrads& g) override {
+    const AttentionGradArgs ga{g.out_grad,
+                               g.dq.data, g.dq.batch_stride[0], g.dq.batch_stride[1], g.dq.row_stride,
+                               g.dk.data, g.dk.batch_stride[0], g.dk.batch_stride[1], g.dk.row_stride,
+                               g.dv.data, g.dv.batch_stride[0], g.dv.batch_stride[1], g.dv.row_stride};
+    return launch_attention_backward(dt, attention_args(a), ga, stream());
   }
 
   bool gather(DType dt, const Shape& shape, const In& x, int64_t axis_stride, int64_t extent, const In& idx, bool clip,

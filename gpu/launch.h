@@ -33,6 +33,18 @@ struct AttentionArgs {
   void* out;
   int64_t o_bs0, o_bs1, o_rs;
   const int64_t* key_lengths;
+  void* lse;  // nullable: the forward writes each row's log2-sum-exp2 of the scaled energies, [batch, tq]
+};
+// The backward of launch_attention's problem (the same AttentionArgs, with the lse its forward
+// wrote): g has out's strides; dq, dk, dv (each nullable: not computed) have their own strides.
+struct AttentionGradArgs {
+  const void* g;
+  void* dq;
+  int64_t dq_bs0, dq_bs1, dq_rs;
+  void* dk;
+  int64_t dk_bs0, dk_bs1, dk_rs;
+  void* dv;
+  int64_t dv_bs0, dv_bs1, dv_rs;
 };
 
 void launch_copy(DType src, DType dst, const Meta<2>& m, const void* x, void* y, cudaStream_t s);
@@ -57,6 +69,8 @@ void launch_scatter_add(DType dt, const Meta<3>& m, const void* x, int64_t axis_
                         const int64_t* idx, void* y, cudaStream_t s);
 // False where no kernel fits (dtype other than f32/f64, head size above 128).
 bool launch_attention(DType dt, const AttentionArgs& a, cudaStream_t s);
+// False where no kernel fits (as launch_attention) or a.lse is null.
+bool launch_attention_backward(DType dt, const AttentionArgs& a, const AttentionGradArgs& g, cudaStream_t s);
 // The WKV scan (float32; see src/backend.h's Wkv): contiguous [B, T, C] k, v; w, u [C];
 // lengths (nullable) i64 [B]; state (each nullable as a whole) [B, C].
 struct WkvLaunch {

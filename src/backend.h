@@ -55,6 +55,21 @@ struct Attention {
   int64_t out_batch_stride[2];
   int64_t out_row_stride;
   const int64_t* key_lengths;
+  // Nullable: where the device has a fused backward, its forward also writes each row's
+  // log2-sum-exp2 of the scaled energies here (contiguous, the element type, [batch, tq]).
+  void* lse = nullptr;
+};
+
+// Where attention_backward writes the gradients of q, k and v (each nullable: not wanted), in
+// the operands' indexing (two batch strides and a row stride; rows contiguous).
+struct AttentionGrads {
+  struct Operand {
+    void* data;
+    int64_t batch_stride[2];
+    int64_t row_stride;
+  };
+  const void* out_grad;  // the output's gradient, with out's strides
+  Operand dq, dk, dv;
 };
 
 enum class RandomKind { uniform, normal };
@@ -137,6 +152,11 @@ class Backend {
   // Returns false (computing nothing) where this device has no fused kernel for the dtype or
   // head size; the frontend then takes the unfused path.
   virtual bool attention(DType dt, const Attention& a) = 0;
+  // The gradients of `attention` with the same arguments, whose forward wrote a.lse: returns
+  // false (computing nothing) where this device has no fused backward; the frontend then
+  // recomputes the weights. Nothing of size [tq, tk] is materialized; the result is
+  // deterministic.
+  virtual bool attention_backward(DType, const Attention&, const AttentionGrads&) { return false; }
 
   // y[i] = x[i + idx[i] * axis_stride] over `shape` (x's strides exclude the gathered axis),
   // idx is i64. Returns false if an index is outside [0, extent) and clip is off.

@@ -167,6 +167,13 @@ class TimedBackend final : public backend::Backend {
                  },
                  [&] { return in_.attention(dt, a); });
   }
+  bool attention_backward(DType dt, const backend::Attention& a, const backend::AttentionGrads& g) override {
+    return timed([&] {
+                   return std::string("attention_backward ") + dtype_name(dt) + " " +
+                          extents_str({a.batch[0], a.batch[1], a.tq, a.tk, a.d, a.dv});
+                 },
+                 [&] { return in_.attention_backward(dt, a, g); });
+  }
   bool gather(DType dt, const Shape& shape, const In& x, int64_t axis_stride, int64_t extent, const In& idx, bool clip,
               const Out& y) override {
     return timed([&] { return std::string("gather ") + dtype_name(dt) + " " + extents_str(shape); },

@@ -5,9 +5,12 @@
 #include <dimx/ema.h>
 #include <dimx/gpu/runtime.h>
 #include <dimx/nn.h>
+#include <dimx/profile.h>
 
 #include <algorithm>
 #include <array>
+#include <cmath>
+#include <limits>
 #include <iostream>
 
 #include "padding_cases.h"
@@ -409,6 +412,63 @@ TEST_CASE("gpu: fused dot_attention and its gradients match the CPU", "[gpu]") {
       if (causal) o.causal_query_dim = time;
       o.fused = dev == kGpu;
       return std::vector<Tensor>{nn::dot_attention(q, k, v, key, time, o)};
+    }, 2e-5, 2e-5);
+}
+
+// The fused backward: it runs (the profiler sees its primitive and no softmax), gradients of a
+// packed projection, padded keys holding NaN, a sequence of length 0, v sharing q's key Dim,
+// and two runs giving the same bits.
+TEST_CASE("gpu: the fused dot_attention backward", "[gpu]") {
+  Dim batch(3, "batch"), heads(2, "heads"), key(64, "key");
+  Dim time = dynamic_dim(batch, {70, 33, 0}, "time");
+  auto run = [&](Device dev, bool fused) {
+    Tensor q = input({batch, time, heads, key}, 94, dev, -1, 1).with_requires_grad();
+    Tensor k = input({batch, time, heads, key}, 95, dev, -1, 1);
+    // NaN in the padded frames of k and v: a select keeps them out, never 0 * NaN.
+    k = where(sequence_mask({time}, dev), k, std::numeric_limits<double>::quiet_NaN()).with_requires_grad();
+    Tensor v = where(sequence_mask({time}, dev), input({batch, time, heads, key}, 96, dev, -1, 1), 
+                     std::numeric_limits<double>::quiet_NaN()).with_requires_grad();
+    nn::DotAttentionOptions o;
+    o.fused = fused;
+    Tensor out = copy_masked(nn::dot_attention(q, k, v, key, time, o), {time});
+    std::vector<Tensor> g = grad(reduce_sum(square(out) * input(out.dims(), 97, dev), out.dims()), {q, k, v});
+    for (Tensor& t : g) t = copy_masked(t, {time});
+    g.push_back(out);
+    return g;
+  };
+  consistent("padded with NaN, v sharing the key Dim", [&](Device dev) { return run(dev, dev == kGpu); }, 2e-5, 2e-5);
+  {
+    Profiler prof;
+    run(kGpu, true);
+    bool bwd = false, softmax_seen = false;
+    for (const Profiler::Entry& e : prof.entries()) {
+      bwd = bwd || e.primitive.rfind("attention_backward", 0) == 0;
+      softmax_seen = softmax_seen || e.primitive.find("softmax") != std::string::npos;
+    }
+    CHECK(bwd);
+    CHECK_FALSE(softmax_seen);
+  }
+  // Deterministic: no atomics, so two runs agree bit for bit.
+  std::vector<Tensor> a = run(kGpu, true), b = run(kGpu, true);
+  for (size_t i = 0; i < a.size(); ++i) {
+    std::vector<double> x = a[i].to_vector<double>(a[i].dims()), y = b[i].to_vector<double>(a[i].dims());
+    for (size_t j = 0; j < x.size(); ++j)
+      if (!(x[j] == y[j] || (std::isnan(x[j]) && std::isnan(y[j])))) FAIL("run 2 differs at " << j << " of output " << i);
+    for (double e : x) REQUIRE(std::isfinite(e));
+  }
+  // A packed projection sliced into q, k, v: the three gradients land in one tensor.
+  Dim t2(130, "t2"), per_head(3 * 64, "qkv"), value(64, "value");
+  for (bool causal : {false, true})
+    consistent(causal ? "packed causal, gradient" : "packed, gradient", [&](Device dev) {
+      Tensor x = input({batch, t2, heads, per_head}, 98, dev, -1, 1).transpose_to({batch, t2, heads, per_head});
+      x = x.with_requires_grad();
+      Tensor q = slice(x, per_head, 0, 64, 1, key).first, k = slice(x, per_head, 64, 128, 1, key).first;
+      Tensor v = slice(x, per_head, 128, 192, 1, value).first;
+      nn::DotAttentionOptions o;
+      if (causal) o.causal_query_dim = t2;
+      o.fused = dev == kGpu;
+      Tensor out = nn::dot_attention(q, k, v, key, t2, o);
+      return grad(reduce_sum(out * input(out.dims(), 99, dev), out.dims()), {x});
     }, 2e-5, 2e-5);
 }
 

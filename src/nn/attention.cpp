@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <optional>
 #include <string>
 
 #include "autograd.h"
@@ -52,10 +53,21 @@ Tensor inner(const Tensor& t, const Dims& last) {
   return t.transpose_to(cat(minus_dims(t.dims(), last), last));
 }
 
-// dot_attention on the device's fused primitive; undefined where the Dims do not map onto it
-// or the device has no kernel for it. q, k, v already have the key Dim kv_axis.
-Tensor fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, const Dim& key_dim, const Dim& kv_axis,
-                       double scale) {
+// A call of the device's fused primitive: the output and what its backward needs (the
+// operands as laid out for the primitive, the lengths and the rows' log-sum-exp, which the
+// arguments point into).
+struct Fused {
+  Tensor out;
+  backend::Attention args{};
+  Tensor q, k, v, lens, lse;
+  Dims g0, g1, query, value;
+};
+
+// dot_attention on the device's fused primitive; out undefined where the Dims do not map onto
+// it or the device has no kernel for it. q, k, v already have the key Dim kv_axis. with_lse:
+// keep the rows' log-sum-exp for a fused backward.
+Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, const Dim& key_dim, const Dim& kv_axis,
+                      double scale, bool with_lse) {
   const DType dt = q0.dtype();
   if ((dt != DType::f32 && dt != DType::f64) || k0.dtype() != dt || v0.dtype() != dt) return {};
   if (k0.device() != q0.device() || v0.device() != q0.device()) return {};
@@ -98,7 +110,8 @@ Tensor fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, con
     merged_stride(q, query, tq, q_rs);
     if (!batch_groups(batch, {&q, &k, &v, &out}, g0, g1)) return {};
   }
-  backend::Attention a{};
+  Fused f;
+  backend::Attention& a = f.args;
   auto operand = [&](const Tensor& t, bool rows_are_keys) {
     backend::Attention::Operand o{};
     o.data = t.impl().data();
@@ -126,18 +139,60 @@ Tensor fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, con
     merged_stride(out, g1, e, a.out_batch_stride[1]);
   }
   a.out_row_stride = o_rs;
-  Tensor lens;
   if (lengths.defined()) {
     // Per (problem, query): contiguous i64 over the batch Dims in group order, then the queries.
     Dims order = cat(cat(g0, g1), query);
     for (const Dim& d : batch)
       if (!contains(order, d)) order.insert(order.begin(), d);  // extent-1 batch Dims
-    lens = broadcast_to_include(kv_axis.lengths(q.device()).astype(DType::i64), order).transpose_to(order).contiguous();
-    a.key_lengths = reinterpret_cast<const int64_t*>(lens.impl().data());
+    f.lens = broadcast_to_include(kv_axis.lengths(q.device()).astype(DType::i64), order).transpose_to(order).contiguous();
+    a.key_lengths = reinterpret_cast<const int64_t*>(f.lens.impl().data());
+  }
+  if (with_lse) {
+    f.lse = empty({Dim(a.batch[0] * a.batch[1] * tq, "attention_rows")}, dt, q.device(), "dot_attention");
+    a.lse = f.lse.impl().data();
   }
   if (!backend::backend_for(q.device()).attention(dt, a)) return {};
-  if (auto f = v0.feature_dim(); f && out.has_dim(*f)) out = out.with_feature_dim(f);
-  return out;
+  f.out = out;
+  if (auto fd = v0.feature_dim(); fd && out.has_dim(*fd)) f.out = out.with_feature_dim(fd);
+  f.q = q;
+  f.k = k;
+  f.v = v;
+  f.g0 = g0;
+  f.g1 = g1;
+  f.query = query;
+  f.value = value;
+  return f;
+}
+
+// The gradients of q, k, v (those asked for) by the device's fused backward, in the Dims of
+// f's operands; empty where the device has none or an operand broadcasts over a batch Dim
+// (its gradient would be a sum the kernel does not form).
+std::optional<std::vector<Tensor>> fused_backward(const Fused& f, const Tensor& g, const Dim& key_dim,
+                                                  const Dim& kv_axis, bool need_q, bool need_k, bool need_v) {
+  if (!f.lse.defined()) return std::nullopt;
+  const Dims batch = cat(f.g0, f.g1);
+  for (const Dim& d : batch)
+    if (!f.k.has_dim(d) || !f.v.has_dim(d)) return std::nullopt;
+  const Tensor go = g.transpose_to(f.out.dims());  // out's strides: out is contiguous in its order
+  backend::AttentionGrads ga{};
+  ga.out_grad = go.impl().data();
+  // Each gradient: the operand's other (extent-1) Dims, the batch groups, then its rows and columns.
+  auto grad = [&](bool need, const Tensor& t, const Dims& rows, const Dims& cols, backend::AttentionGrads::Operand& o) {
+    if (!need) return Tensor();
+    const Dims tail = cat(cat(batch, rows), cols);
+    Tensor r = empty(cat(minus_dims(t.dims(), tail), tail), t.dtype(), t.device(), "dot_attention");
+    int64_t e;
+    o.data = r.impl().data();
+    merged_stride(r, f.g0, e, o.batch_stride[0]);
+    merged_stride(r, f.g1, e, o.batch_stride[1]);
+    merged_stride(r, rows, e, o.row_stride);
+    return r;
+  };
+  Tensor dq = grad(need_q, f.q, f.query, {key_dim}, ga.dq);
+  Tensor dk = grad(need_k, f.k, {kv_axis}, {key_dim}, ga.dk);
+  Tensor dv = grad(need_v, f.v, {kv_axis}, f.value, ga.dv);
+  if (!backend::backend_for(f.out.device()).attention_backward(f.out.dtype(), f.args, ga)) return std::nullopt;
+  return std::vector<Tensor>{dq, dk, dv};
 }
 
 // The default where DotAttentionOptions::fused is unset: DIMX_FUSED_ATTENTION=0/1 if set
@@ -154,14 +209,18 @@ bool fused_by_default(bool with_grad, Device device) {
   return !(with_grad && device.is_cpu());
 }
 
-// The fused forward with a node whose backward recomputes the weights from q and k.
+// The fused forward with a node whose backward is the device's fused backward where it has
+// one, else recomputes the weights from q and k with dimx ops.
 Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const Dim& key_dim, const Dim& kv_axis,
                        double scale) {
-  Tensor out = fused_attention(q, k, v, key_dim, kv_axis, scale);
-  if (!out.defined() || !needs_grad({&q, &k, &v})) return out;
+  const bool grad = needs_grad({&q, &k, &v});
+  Fused f = fused_attention(q, k, v, key_dim, kv_axis, scale, grad && !q.device().is_cpu());
+  if (!f.out.defined() || !grad) return f.out;
   const bool need_q = q.requires_grad(), need_k = k.requires_grad(), need_v = v.requires_grad();
+  Tensor out = f.out;
   return record("dot_attention", out, {q, k, v},
-                [q, k, v, key_dim, kv_axis, scale, need_q, need_k, need_v](const Tensor& g) {
+                [f = std::move(f), q, k, v, key_dim, kv_axis, scale, need_q, need_k, need_v](const Tensor& g) {
+    if (auto r = fused_backward(f, g, key_dim, kv_axis, need_q, need_k, need_v)) return *r;
     Tensor qs = q * scale;
     Tensor w = softmax(matmul(qs, k, key_dim), kv_axis);
     // out = matmul(w, v, kv_axis): as matmul's own backward. Every contraction masks padded

@@ -1,0 +1,395 @@
+// The backward of the fused attention (gpu/attention.cu), flash-attention style: the weights
+// are recomputed tile by tile from q, k and the forward's per-row log-sum-exp, so nothing of
+// size tq x tk touches device memory. With P = exp(scale q.k - lse) (0 past a row's length),
+// dO the output's gradient and Dr = sum_c dO[c] O[c] per row:
+//   dV = P^T dO,   dP = dO V^T,   dS = P (dP - Dr),   dK = scale dS^T Q,   dQ = scale dS K.
+// Three kernels, no atomics (two runs give the same bits):
+//   rows: Dr per row and, per query tile, the longest length of its rows;
+//   dkv:  a block owns BN keys and walks the query tiles that see any of them, dK and dV in
+//         registers;
+//   dq:   a block owns BM queries and walks the key tiles they see, dQ in registers.
+// Plain FMA in the element type (exact fp32 / fp64), as the forward.
+//
+// Both main kernels compute two score tiles per step (energies and dP) with one thread
+// mapping: thread t holds entries (a = t / 8 + 16 i, b = t % 8 + 8 e) of an [NA, NB] tile, and
+// accumulates into RK = NA_out / 16 contiguous output rows (t / 8) times the columns
+// t % 8 * VN + 8 VN g.
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+#include "attention_tiles.cuh"
+#include "common.cuh"
+
+namespace dimx::gpu {
+
+namespace {
+
+using namespace attention_tiles;
+
+// acc[i][e] = sum_c A[a_i][c] * B[b_e][c] over D columns, a_i = t / 8 + 16 i, b_e = t % 8 + 8 e.
+template <class T, int D, int NA, int NB, int LD>
+__device__ __forceinline__ void score_tile(const T* A, const T* B, T (&acc)[NA / 16][NB / 8]) {
+  constexpr int VN = 16 / int(sizeof(T));
+  using V = typename Vec<T>::type;
+  const int ta = threadIdx.x / 8, tb = threadIdx.x % 8;
+#pragma unroll
+  for (int i = 0; i < NA / 16; ++i)
+#pragma unroll
+    for (int e = 0; e < NB / 8; ++e) acc[i][e] = 0;
+#pragma unroll 4
+  for (int c = 0; c < D; c += VN) {
+    V av[NA / 16];
+#pragma unroll
+    for (int i = 0; i < NA / 16; ++i) av[i] = *reinterpret_cast<const V*>(A + (ta + 16 * i) * LD + c);
+#pragma unroll
+    for (int e = 0; e < NB / 8; ++e) {
+      const V bv = *reinterpret_cast<const V*>(B + (tb + 8 * e) * LD + c);
+#pragma unroll
+      for (int i = 0; i < NA / 16; ++i) {
+        if constexpr (VN == 4) {
+          acc[i][e] = fma(av[i].x, bv.x, acc[i][e]);
+          acc[i][e] = fma(av[i].y, bv.y, acc[i][e]);
+          acc[i][e] = fma(av[i].z, bv.z, acc[i][e]);
+          acc[i][e] = fma(av[i].w, bv.w, acc[i][e]);
+        } else {
+          acc[i][e] = fma(av[i].x, bv.x, acc[i][e]);
+          acc[i][e] = fma(av[i].y, bv.y, acc[i][e]);
+        }
+      }
+    }
+  }
+}
+
+// acc[i][g * VN + c] += sum_{r < n} W[r][t / 8 * RK + i] * X[r][t % 8 * VN + 8 VN g + c]
+// (W rows of stride LDW, X rows of stride LDX).
+template <class T, int D, int RK, int LDW, int LDX>
+__device__ __forceinline__ void accumulate(const T* W, const T* X, int n, T (&acc)[RK][D / 8]) {
+  constexpr int VN = 16 / int(sizeof(T)), CV = D / (8 * VN);
+  using V = typename Vec<T>::type;
+  const int tr = threadIdx.x / 8, tc = threadIdx.x % 8;
+#pragma unroll 4
+  for (int r = 0; r < n; ++r) {
+    T w[RK];
+#pragma unroll
+    for (int i = 0; i < RK; ++i) w[i] = W[r * LDW + tr * RK + i];
+#pragma unroll
+    for (int g = 0; g < CV; ++g) {
+      const V xv = *reinterpret_cast<const V*>(X + r * LDX + tc * VN + 8 * VN * g);
+#pragma unroll
+      for (int i = 0; i < RK; ++i) {
+        if constexpr (VN == 4) {
+          acc[i][g * 4 + 0] = fma(w[i], xv.x, acc[i][g * 4 + 0]);
+          acc[i][g * 4 + 1] = fma(w[i], xv.y, acc[i][g * 4 + 1]);
+          acc[i][g * 4 + 2] = fma(w[i], xv.z, acc[i][g * 4 + 2]);
+          acc[i][g * 4 + 3] = fma(w[i], xv.w, acc[i][g * 4 + 3]);
+        } else {
+          acc[i][g * 2 + 0] = fma(w[i], xv.x, acc[i][g * 2 + 0]);
+          acc[i][g * 2 + 1] = fma(w[i], xv.y, acc[i][g * 2 + 1]);
+        }
+      }
+    }
+  }
+}
+
+// Writes rows [0, nrows) x columns [0, ncols) of the thread's accumulators, times f.
+template <class T, int D, int RK>
+__device__ __forceinline__ void store_rows(T* out, int64_t row_stride, int nrows, int ncols, T f,
+                                           const T (&acc)[RK][D / 8]) {
+  constexpr int VN = 16 / int(sizeof(T)), CV = D / (8 * VN);
+  const int tr = threadIdx.x / 8, tc = threadIdx.x % 8;
+#pragma unroll
+  for (int i = 0; i < RK; ++i) {
+    const int r = tr * RK + i;
+    if (r >= nrows) continue;
+#pragma unroll
+    for (int g = 0; g < CV; ++g)
+#pragma unroll
+      for (int c = 0; c < VN; ++c) {
+        const int col = tc * VN + 8 * VN * g + c;
+        if (col < ncols) out[r * row_stride + col] = acc[i][g * VN + c] * f;
+      }
+  }
+}
+
+__device__ __forceinline__ int row_length(const AttentionArgs& a, int64_t b, int64_t r) {
+  if (r >= a.tq) return 0;
+  const int64_t l = a.key_lengths ? a.key_lengths[b * a.tq + r] : a.tk;
+  return int(l < 0 ? 0 : (l > a.tk ? a.tk : l));
+}
+
+// Dr[b, r] = sum_c g[b, r, c] out[b, r, c]; tile_kmax[b, tile] = the longest length of the
+// tile's BM rows. One block of 128 threads per (problem, query tile), a warp per row.
+template <class T, int BM>
+__global__ void __launch_bounds__(kThreads) rows_kernel(AttentionArgs a, const T* g, T* dr, int* tile_kmax) {
+  __shared__ int kmax_s;
+  const int64_t b = blockIdx.x, b0 = b / a.batch1, b1 = b % a.batch1;
+  const int64_t i0 = int64_t(blockIdx.y) * BM;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (threadIdx.x == 0) kmax_s = 0;
+  __syncthreads();
+  const int64_t off = b0 * a.o_bs0 + b1 * a.o_bs1;
+  const T* o = static_cast<const T*>(a.out) + off;
+  g += off;
+  int mine = 0;
+  for (int i = warp; i < BM; i += kThreads / 32) {
+    const int64_t r = i0 + i;
+    if (r >= a.tq) break;
+    T s = 0;
+    for (int64_t c = lane; c < a.dv; c += 32) s = fma(g[r * a.o_rs + c], o[r * a.o_rs + c], s);
+#pragma unroll
+    for (int w = 16; w > 0; w >>= 1) s += __shfl_xor_sync(0xffffffffu, s, w);
+    if (lane == 0) dr[b * a.tq + r] = s;
+    const int l = row_length(a, b, r);
+    mine = l > mine ? l : mine;
+  }
+  if (lane == 0 && mine > 0) atomicMax(&kmax_s, mine);
+  __syncthreads();
+  if (threadIdx.x == 0) tile_kmax[b * gridDim.y + blockIdx.y] = kmax_s;
+}
+
+// Loads a query tile's per-row values into shared memory: lse (log2 units), Dr, length.
+template <class T, int BM>
+__device__ __forceinline__ void load_rows(const AttentionArgs& a, int64_t b, int64_t i0, const T* dr, T* lse_s,
+                                          T* dr_s, int* len_s) {
+  for (int i = threadIdx.x; i < BM; i += kThreads) {
+    const int64_t r = i0 + i;
+    const bool in = r < a.tq;
+    lse_s[i] = in ? static_cast<const T*>(a.lse)[b * a.tq + r] : T(INFINITY);
+    dr_s[i] = in ? dr[b * a.tq + r] : T(0);
+    len_s[i] = row_length(a, b, r);
+  }
+}
+
+// dK and dV of BN keys of one problem (block (problem, key tile)).
+template <class T, int D, int BM, int BN, int MINB, bool VEC>
+__global__ void __launch_bounds__(kThreads, MINB)
+    dkv_kernel(AttentionArgs a, AttentionGradArgs ga, const T* dr, const int* tile_kmax) {
+  constexpr int VN = 16 / int(sizeof(T)), LDD = D + VN, LDS = BN + VN, RK = BN / 16;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* Ks = reinterpret_cast<T*>(smem_raw);  // [BN][LDD]
+  T* Vs = Ks + BN * LDD;                   // [BN][LDD]
+  T* Qs = Vs + BN * LDD;                   // [BM][LDD]
+  T* Gs = Qs + BM * LDD;                   // [BM][LDD]: dO
+  T* Ps = Gs + BM * LDD;                   // [BM][LDS]: P by query row
+  T* Ss = Ps + BM * LDS;                   // [BM][LDS]: dS by query row
+  __shared__ T lse_s[BM], dr_s[BM];
+  __shared__ int len_s[BM];
+
+  const int64_t b = blockIdx.x, b0 = b / a.batch1, b1 = b % a.batch1;
+  const int j0 = int(blockIdx.y) * BN;
+  const int nk = int(a.tk - j0 < BN ? a.tk - j0 : BN);
+  const int qtiles = int((a.tq + BM - 1) / BM);
+  const int d = int(a.d), dv = int(a.dv);
+  const T* q = static_cast<const T*>(a.q) + b0 * a.q_bs0 + b1 * a.q_bs1;
+  const T* g = static_cast<const T*>(ga.g) + b0 * a.o_bs0 + b1 * a.o_bs1;
+  const T* k = static_cast<const T*>(a.k) + b0 * a.k_bs0 + b1 * a.k_bs1 + int64_t(j0) * a.k_rs;
+  const T* v = static_cast<const T*>(a.v) + b0 * a.v_bs0 + b1 * a.v_bs1 + int64_t(j0) * a.v_rs;
+  load_tile<T, D, LDD, VEC>(Ks, k, a.k_rs, BN, nk, d);
+  load_tile<T, D, LDD, VEC>(Vs, v, a.v_rs, BN, nk, dv);
+  cp_async_commit();
+
+  T dk[RK][D / 8], dvv[RK][D / 8];
+#pragma unroll
+  for (int i = 0; i < RK; ++i)
+#pragma unroll
+    for (int c = 0; c < D / 8; ++c) dk[i][c] = dvv[i][c] = 0;
+  const T sl2 = T(a.scale * 1.4426950408889634);
+  const int ta = threadIdx.x / 8, tb = threadIdx.x % 8;
+
+  for (int qt = 0; qt < qtiles; ++qt) {
+    if (tile_kmax[b * qtiles + qt] <= j0) continue;  // no row of the tile sees these keys
+    const int64_t i0 = int64_t(qt) * BM;
+    const int nq = int(a.tq - i0 < BM ? a.tq - i0 : BM);
+    __syncthreads();  // the previous tile's Qs, Gs, Ps, Ss are consumed
+    load_tile<T, D, LDD, VEC>(Qs, q + i0 * a.q_rs, a.q_rs, BM, nq, d);
+    load_tile<T, D, LDD, VEC>(Gs, g + i0 * a.o_rs, a.o_rs, BM, nq, dv);
+    cp_async_commit();
+    load_rows<T, BM>(a, b, i0, dr, lse_s, dr_s, len_s);
+    cp_async_wait_all();
+    __syncthreads();
+
+    // Selects, never 0 * x: padded keys may hold anything, NaN included.
+    T p[RK][BM / 8];
+    score_tile<T, D, BN, BM, LDD>(Ks, Qs, p);  // keys ta + 16 i, rows tb + 8 e
+#pragma unroll
+    for (int i = 0; i < BN / 16; ++i)
+#pragma unroll
+      for (int e = 0; e < BM / 8; ++e) {
+        const int row = tb + 8 * e, key = j0 + ta + 16 * i;
+        p[i][e] = key < len_s[row] ? exp2_(p[i][e] * sl2 - lse_s[row]) : T(0);
+      }
+    T dp[RK][BM / 8];
+    score_tile<T, D, BN, BM, LDD>(Vs, Gs, dp);
+#pragma unroll
+    for (int i = 0; i < BN / 16; ++i)
+#pragma unroll
+      for (int e = 0; e < BM / 8; ++e) {
+        const int row = tb + 8 * e, key = ta + 16 * i;
+        Ps[row * LDS + key] = p[i][e];
+        Ss[row * LDS + key] = j0 + key < len_s[row] ? p[i][e] * (dp[i][e] - dr_s[row]) : T(0);
+      }
+    __syncthreads();
+    // Keys t / 8 * RK + i of the accumulators: P^T dO and dS^T Q.
+    accumulate<T, D, RK, LDS, LDD>(Ps, Gs, nq, dvv);
+    accumulate<T, D, RK, LDS, LDD>(Ss, Qs, nq, dk);
+  }
+  if (ga.dk) {
+    T* out = static_cast<T*>(ga.dk) + b0 * ga.dk_bs0 + b1 * ga.dk_bs1 + int64_t(j0) * ga.dk_rs;
+    store_rows<T, D, RK>(out, ga.dk_rs, nk, d, T(a.scale), dk);
+  }
+  if (ga.dv) {
+    T* out = static_cast<T*>(ga.dv) + b0 * ga.dv_bs0 + b1 * ga.dv_bs1 + int64_t(j0) * ga.dv_rs;
+    store_rows<T, D, RK>(out, ga.dv_rs, nk, dv, T(1), dvv);
+  }
+}
+
+// dQ of BM queries of one problem (block (problem, query tile)).
+template <class T, int D, int BM, int BN, int MINB, bool VEC>
+__global__ void __launch_bounds__(kThreads, MINB)
+    dq_kernel(AttentionArgs a, AttentionGradArgs ga, const T* dr, const int* tile_kmax) {
+  constexpr int VN = 16 / int(sizeof(T)), LDD = D + VN, LDS = BM + VN, RK = BM / 16;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* Qs = reinterpret_cast<T*>(smem_raw);  // [BM][LDD]
+  T* Gs = Qs + BM * LDD;                   // [BM][LDD]: dO
+  T* Ks = Gs + BM * LDD;                   // [BN][LDD]
+  T* Vs = Ks + BN * LDD;                   // [BN][LDD]
+  T* Ss = Vs + BN * LDD;                   // [BN][LDS]: dS by key
+  __shared__ T lse_s[BM], dr_s[BM];
+  __shared__ int len_s[BM];
+
+  const int64_t b = blockIdx.x, b0 = b / a.batch1, b1 = b % a.batch1;
+  const int qt = int(gridDim.y - 1 - blockIdx.y);  // the longest (causal) tiles first
+  const int64_t i0 = int64_t(qt) * BM;
+  const int nq = int(a.tq - i0 < BM ? a.tq - i0 : BM);
+  const int kmax = tile_kmax[b * gridDim.y + qt];
+  const int d = int(a.d), dv = int(a.dv);
+  const T* q = static_cast<const T*>(a.q) + b0 * a.q_bs0 + b1 * a.q_bs1 + i0 * a.q_rs;
+  const T* g = static_cast<const T*>(ga.g) + b0 * a.o_bs0 + b1 * a.o_bs1 + i0 * a.o_rs;
+  const T* k = static_cast<const T*>(a.k) + b0 * a.k_bs0 + b1 * a.k_bs1;
+  const T* v = static_cast<const T*>(a.v) + b0 * a.v_bs0 + b1 * a.v_bs1;
+  load_tile<T, D, LDD, VEC>(Qs, q, a.q_rs, BM, nq, d);
+  load_tile<T, D, LDD, VEC>(Gs, g, a.o_rs, BM, nq, dv);
+  cp_async_commit();
+  load_rows<T, BM>(a, b, i0, dr, lse_s, dr_s, len_s);
+
+  T dq[RK][D / 8];
+#pragma unroll
+  for (int i = 0; i < RK; ++i)
+#pragma unroll
+    for (int c = 0; c < D / 8; ++c) dq[i][c] = 0;
+  const T sl2 = T(a.scale * 1.4426950408889634);
+  const int ta = threadIdx.x / 8, tb = threadIdx.x % 8;
+
+  for (int j0 = 0; j0 < kmax; j0 += BN) {
+    const int nk = kmax - j0 < BN ? kmax - j0 : BN;
+    __syncthreads();  // the previous tile's Ks, Vs, Ss are consumed
+    load_tile<T, D, LDD, VEC>(Ks, k + int64_t(j0) * a.k_rs, a.k_rs, BN, nk, d);
+    load_tile<T, D, LDD, VEC>(Vs, v + int64_t(j0) * a.v_rs, a.v_rs, BN, nk, dv);
+    cp_async_commit();
+    cp_async_wait_all();
+    __syncthreads();
+
+    T p[RK][BN / 8];
+    score_tile<T, D, BM, BN, LDD>(Qs, Ks, p);  // rows ta + 16 i, keys tb + 8 e
+#pragma unroll
+    for (int i = 0; i < RK; ++i)
+#pragma unroll
+      for (int e = 0; e < BN / 8; ++e) {
+        const int row = ta + 16 * i, key = j0 + tb + 8 * e;
+        p[i][e] = key < len_s[row] ? exp2_(p[i][e] * sl2 - lse_s[row]) : T(0);
+      }
+    T dp[RK][BN / 8];
+    score_tile<T, D, BM, BN, LDD>(Gs, Vs, dp);
+#pragma unroll
+    for (int i = 0; i < RK; ++i)
+#pragma unroll
+      for (int e = 0; e < BN / 8; ++e) {
+        const int row = ta + 16 * i, key = tb + 8 * e;
+        Ss[key * LDS + row] = j0 + key < len_s[row] ? p[i][e] * (dp[i][e] - dr_s[row]) : T(0);
+      }
+    __syncthreads();
+    accumulate<T, D, RK, LDS, LDD>(Ss, Ks, nk, dq);  // rows t / 8 * RK + i: dS K
+  }
+  T* out = static_cast<T*>(ga.dq) + b0 * ga.dq_bs0 + b1 * ga.dq_bs1 + i0 * ga.dq_rs;
+  store_rows<T, D, RK>(out, ga.dq_rs, nq, d, T(a.scale), dq);
+}
+
+template <class K>
+void set_smem(K kernel, size_t smem) {
+  const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (attr != cudaSuccess) {
+    cudaGetLastError();
+    throw Error(std::string("dot_attention backward: cudaFuncSetAttribute failed: ") + cudaGetErrorString(attr));
+  }
+}
+
+template <class T, int D, int BM, int BN, int MINB, bool VEC>
+void launch(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s) {
+  static_assert(BM % 16 == 0 && BN % 16 == 0 && D % (8 * (16 / sizeof(T))) == 0, "tile shape");
+  constexpr int VN = 16 / int(sizeof(T));
+  const int64_t problems = a.batch0 * a.batch1, qtiles = (a.tq + BM - 1) / BM, ktiles = (a.tk + BN - 1) / BN;
+  if (qtiles > 65535 || ktiles > 65535)
+    throw Error("dot_attention backward: " + std::to_string(a.tq) + " queries or " + std::to_string(a.tk) +
+                " keys per problem are too many for cuda");
+  T* dr = nullptr;
+  int* tile_kmax = nullptr;
+  const size_t dr_bytes = size_t(problems * a.tq) * sizeof(T);
+  if (cudaMallocAsync(reinterpret_cast<void**>(&dr), dr_bytes + size_t(problems * qtiles) * sizeof(int), s) !=
+      cudaSuccess) {
+    cudaGetLastError();
+    throw Error("dot_attention backward: out of device memory for " + std::to_string(problems * a.tq) + " row sums");
+  }
+  tile_kmax = reinterpret_cast<int*>(reinterpret_cast<unsigned char*>(dr) + dr_bytes);
+  rows_kernel<T, BM><<<dim3(unsigned(problems), unsigned(qtiles)), kThreads, 0, s>>>(a, static_cast<const T*>(ga.g),
+                                                                                     dr, tile_kmax);
+  check_launch("dot_attention backward (rows)");
+  if (ga.dk || ga.dv) {
+    constexpr size_t smem = sizeof(T) * size_t((2 * BN + 2 * BM) * (D + VN) + 2 * BM * (BN + VN));
+    set_smem(dkv_kernel<T, D, BM, BN, MINB, VEC>, smem);
+    dkv_kernel<T, D, BM, BN, MINB, VEC><<<dim3(unsigned(problems), unsigned(ktiles)), kThreads, smem, s>>>(
+        a, ga, dr, tile_kmax);
+    check_launch("dot_attention backward (dk, dv)");
+  }
+  if (ga.dq) {
+    constexpr size_t smem = sizeof(T) * size_t((2 * BN + 2 * BM) * (D + VN) + BN * (BM + VN));
+    set_smem(dq_kernel<T, D, BM, BN, MINB, VEC>, smem);
+    dq_kernel<T, D, BM, BN, MINB, VEC><<<dim3(unsigned(problems), unsigned(qtiles)), kThreads, smem, s>>>(
+        a, ga, dr, tile_kmax);
+    check_launch("dot_attention backward (dq)");
+  }
+  cudaFreeAsync(dr, s);
+}
+
+template <class T, int D, int BM, int BN, int MINB>
+void launch_vec(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s) {
+  constexpr int64_t VN = 16 / int64_t(sizeof(T));
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const bool vec = a.d % VN == 0 && a.dv % VN == 0 && aligned(a.q) && aligned(a.k) && aligned(a.v) &&
+                   aligned(ga.g) && a.q_bs0 % VN == 0 && a.q_bs1 % VN == 0 && a.q_rs % VN == 0 &&
+                   a.k_bs0 % VN == 0 && a.k_bs1 % VN == 0 && a.k_rs % VN == 0 && a.v_bs0 % VN == 0 &&
+                   a.v_bs1 % VN == 0 && a.v_rs % VN == 0 && a.o_bs0 % VN == 0 && a.o_bs1 % VN == 0 &&
+                   a.o_rs % VN == 0;
+  if (vec) launch<T, D, BM, BN, MINB, true>(a, ga, s);
+  else launch<T, D, BM, BN, MINB, false>(a, ga, s);
+}
+
+}  // namespace
+
+bool launch_attention_backward(DType dt, const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s) {
+  const int64_t width = a.d > a.dv ? a.d : a.dv;
+  if (width > 128 || (dt != DType::f32 && dt != DType::f64) || !a.lse) return false;
+  if (a.batch0 * a.batch1 > 0x7fffffff) return false;
+  if (a.tq == 0 || a.tk == 0 || a.d == 0 || a.dv == 0) return false;  // nothing to recompute: the caller's zeros
+  if (a.batch0 * a.batch1 == 0 || (!ga.dq && !ga.dk && !ga.dv)) return true;
+  if (dt == DType::f32) {
+    if (width <= 64) launch_vec<float, 64, 64, 64, 2>(a, ga, s);
+    else launch_vec<float, 128, 64, 32, 1>(a, ga, s);
+  } else {
+    if (width <= 64) launch_vec<double, 64, 32, 32, 1>(a, ga, s);
+    else launch_vec<double, 128, 32, 32, 1>(a, ga, s);
+  }
+  return true;
+}
+
+}  // namespace dimx::gpu
