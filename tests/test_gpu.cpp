@@ -431,7 +431,7 @@ TEST_CASE("gpu: the fused dot_attention backward", "[gpu]") {
     nn::DotAttentionOptions o;
     o.fused = fused;
     Tensor out = copy_masked(nn::dot_attention(q, k, v, key, time, o), {time});
-    std::vector<Tensor> g = grad(reduce_sum(square(out) * input(out.dims(), 97, dev), out.dims()), {q, k, v});
+    std::vector<Tensor> g = grad(reduce_sum(square(out) * input({batch, time, heads, key}, 97, dev), out.dims()), {q, k, v});
     for (Tensor& t : g) t = copy_masked(t, {time});
     g.push_back(out);
     return g;
@@ -468,7 +468,7 @@ TEST_CASE("gpu: the fused dot_attention backward", "[gpu]") {
       if (causal) o.causal_query_dim = t2;
       o.fused = dev == kGpu;
       Tensor out = nn::dot_attention(q, k, v, key, t2, o);
-      return grad(reduce_sum(out * input(out.dims(), 99, dev), out.dims()), {x});
+      return grad(reduce_sum(out * input({batch, t2, heads, value}, 99, dev), out.dims()), {x});
     }, 2e-5, 2e-5);
 }
 

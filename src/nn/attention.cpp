@@ -214,7 +214,7 @@ bool fused_by_default(bool with_grad, Device device) {
 Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const Dim& key_dim, const Dim& kv_axis,
                        double scale) {
   const bool grad = needs_grad({&q, &k, &v});
-  Fused f = fused_attention(q, k, v, key_dim, kv_axis, scale, grad && !q.device().is_cpu());
+  Fused f = fused_attention(q, k, v, key_dim, kv_axis, scale, grad);
   if (!f.out.defined() || !grad) return f.out;
   const bool need_q = q.requires_grad(), need_k = k.requires_grad(), need_v = v.requires_grad();
   Tensor out = f.out;
