@@ -90,7 +90,7 @@ double check_against_loop(const nn::SelfAttention& att, const Tensor& x, const T
 
 int main(int argc, char** argv) {
   bool json = false;
-  std::string device = "cpu", peer_script = std::string(argv[0]) + "_peer.py";
+  std::string device = "cpu", peer_script = std::string(argv[0]) + "_peer.py", only;
   int reps = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -99,8 +99,9 @@ int main(int argc, char** argv) {
     else if (a == "--device" && i + 1 < argc) device = argv[++i];
     else if (a == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
     else if (a == "--peer" && i + 1 < argc) peer_script = argv[++i];
+    else if (a == "--only" && i + 1 < argc) only = argv[++i];
     else {
-      std::cerr << "usage: bench_attention [--json] [--device cpu|cuda] [--reps N] [--peer script.py] [--profile]\n";
+      std::cerr << "usage: bench_attention [--json] [--device cpu|cuda] [--reps N] [--peer script.py] [--profile] [--only substring]\n";
       return 2;
     }
   }
@@ -158,11 +159,14 @@ int main(int argc, char** argv) {
   const std::string tag = "B" + std::to_string(c.B) + " T" + std::to_string(c.T) + " E" + std::to_string(c.E) + " H" +
                           std::to_string(c.H);
   std::vector<Row> rows;
-  rows.push_back({"SelfAttention " + tag, median_ms(n, dev, [&] { att(x, time); })});
-  rows.push_back(
-      {"SelfAttention padded " + tag, median_ms(n, dev, [&] { att(xp, padded); })});
+  // Times a case unless --only names others.
+  auto time_row = [&](const std::string& name, const std::function<void()>& f) {
+    if (only.empty() || name.find(only) != std::string::npos) rows.push_back({name, median_ms(n, dev, f)});
+  };
+  time_row("SelfAttention " + tag, [&] { att(x, time); });
+  time_row("SelfAttention padded " + tag, [&] { att(xp, padded); });
   auto init = causal.default_initial_state({batch});
-  rows.push_back({"CausalSelfAttention " + tag, median_ms(n, dev, [&] { causal(x, time, init); })});
+  time_row("CausalSelfAttention " + tag, [&] { causal(x, time, init); });
   // The attention alone on contiguous {batch, heads, time, d} (the peer: torch's SDPA).
   {
     Dim heads(c.H, "heads"), d(c.E / c.H, "d"), dv(c.E / c.H, "dv");
@@ -170,20 +174,19 @@ int main(int argc, char** argv) {
     Tensor v = random_normal({batch, heads, time, dv}, gen).to(dev);
     const std::string t2 = "B" + std::to_string(c.B) + " H" + std::to_string(c.H) + " T" + std::to_string(c.T) + " d" +
                            std::to_string(d.size());
-    rows.push_back({"dot_attention " + t2, median_ms(n, dev, [&] { nn::dot_attention(q, k, v, d, time); })});
+    time_row("dot_attention " + t2, [&] { nn::dot_attention(q, k, v, d, time); });
     nn::DotAttentionOptions o;
     o.causal_query_dim = time;
-    rows.push_back({"dot_attention causal " + t2, median_ms(n, dev, [&] { nn::dot_attention(q, k, v, d, time, o); })});
+    time_row("dot_attention causal " + t2, [&] { nn::dot_attention(q, k, v, d, time, o); });
     // Forward + backward: the gradients of q, k and v for sum(out * r).
     Tensor r = random_normal({batch, heads, time, dv}, gen).to(dev);
     for (bool causal_rows : {false, true})
-      rows.push_back({std::string("dot_attention ") + (causal_rows ? "causal " : "") + "fwd+bwd " + t2,
-                      median_ms(n, dev, [&] {
-                        EnableGradGuard on;
-                        Tensor qg = q.with_requires_grad(), kg = k.with_requires_grad(), vg = v.with_requires_grad();
-                        Tensor y = nn::dot_attention(qg, kg, vg, d, time, causal_rows ? o : nn::DotAttentionOptions{});
-                        grad(reduce_sum(y * r, y.dims()), {qg, kg, vg});
-                      })});
+      time_row(std::string("dot_attention ") + (causal_rows ? "causal " : "") + "fwd+bwd " + t2, [&] {
+        EnableGradGuard on;
+        Tensor qg = q.with_requires_grad(), kg = k.with_requires_grad(), vg = v.with_requires_grad();
+        Tensor y = nn::dot_attention(qg, kg, vg, d, time, causal_rows ? o : nn::DotAttentionOptions{});
+        grad(reduce_sum(y * r, y.dims()), {qg, kg, vg});
+      });
   }
 
   // BEATs' attention as in a BEATs encoder layer (self-attention, need_weights = false), with
@@ -204,16 +207,16 @@ int main(int argc, char** argv) {
     in.need_weights = false;
     Tensor r = random_normal({batch, time, model}, g2).to(dev);
     const std::string name = std::string("BEATs ") + (with_bias ? "relbias+gru" : "no bias");
-    if (forward_row) rows.push_back({name + " fwd " + tag, median_ms(n, dev, [&] { beats(x, time, in); })});
+    if (forward_row) time_row(name + " fwd " + tag, [&] { beats(x, time, in); });
     std::vector<Tensor> wrt;
     for (auto& [pname, t] : nn::named_parameters(beats)) wrt.push_back(*t);
-    rows.push_back({name + " fwd+bwd " + tag, median_ms(n, dev, [&] {
+    time_row(name + " fwd+bwd " + tag, [&] {
                       EnableGradGuard on;
                       Tensor xg = x.with_requires_grad();
                       wrt.push_back(xg);
                       grad(reduce_sum(beats(xg, time, in).attn * r, {batch, time, model}), wrt);
                       wrt.pop_back();
-                    })});
+                    });
   };
   beats_rows(false, false);
   beats_rows(true, true);
@@ -231,16 +234,16 @@ int main(int argc, char** argv) {
     nn::torchscale::Inputs in;
     in.need_weights = false;
     Tensor r = random_normal({batch, time, model}, g3).to(dev);
-    rows.push_back({"torchscale xpos+subln fwd " + tag, median_ms(n, dev, [&] { ts(x, time, in); })});
+    time_row("torchscale xpos+subln fwd " + tag, [&] { ts(x, time, in); });
     std::vector<Tensor> wrt;
     for (auto& [pname, t] : nn::named_parameters(ts)) wrt.push_back(*t);
-    rows.push_back({"torchscale xpos+subln fwd+bwd " + tag, median_ms(n, dev, [&] {
+    time_row("torchscale xpos+subln fwd+bwd " + tag, [&] {
                       EnableGradGuard on;
                       Tensor xg = x.with_requires_grad();
                       wrt.push_back(xg);
                       grad(reduce_sum(ts(xg, time, in).attn * r, {batch, time, model}), wrt);
                       wrt.pop_back();
-                    })});
+                    });
   }
 
   std::map<std::string, double> peer = bench::run_peer(peer_script, device);
