@@ -3,17 +3,19 @@
 // size tq x tk touches device memory. With P = exp(scale q.k - lse) (0 past a row's length),
 // dO the output's gradient and Dr = sum_c dO[c] O[c] per row:
 //   dV = P^T dO,   dP = dO V^T,   dS = P (dP - Dr),   dK = scale dS^T Q,   dQ = scale dS K.
-// Three kernels, no atomics (two runs give the same bits):
-//   rows: Dr per row and, per query tile, the longest length of its rows;
-//   dkv:  a block owns BN keys and walks the query tiles that see any of them, dK and dV in
-//         registers;
-//   dq:   a block owns BM queries and walks the key tiles they see, dQ in registers.
+// Two kernels:
+//   rows: Dr per row and, per query tile, the longest length of its rows (zero dQ rows for a
+//         tile that sees no key);
+//   main: a block owns BN keys and walks the query tiles that see any of them, dK and dV in
+//         registers; each tile's share of dQ is added into a buffer in key-tile order (a block
+//         waits for the previous key tile's block to have added its share), and the last key
+//         tile writes dQ. The order is fixed, so two runs give the same bits; blocks take
+//         their tiles from a counter in that order, so the block waited for is always running.
 // Plain FMA in the element type (exact fp32 / fp64), as the forward.
 //
-// Both main kernels compute two score tiles per step (energies and dP) with one thread
-// mapping: thread t holds entries (a = t / 8 + 16 i, b = t % 8 + 8 e) of an [NA, NB] tile, and
-// accumulates into RK = NA_out / 16 contiguous output rows (t / 8) times the columns
-// t % 8 * VN + 8 VN g.
+// The score tiles (energies and dP) share one thread mapping: thread t holds entries
+// (a = t / 8 + 16 i, b = t % 8 + 8 e) of an [NA, NB] tile; the accumulators hold RK
+// contiguous output rows (t / 8) times the columns t % 8 * VN + 8 VN g.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -121,7 +123,9 @@ __device__ __forceinline__ int row_length(const AttentionArgs& a, int64_t b, int
 // Dr[b, r] = sum_c g[b, r, c] out[b, r, c]; tile_kmax[b, tile] = the longest length of the
 // tile's BM rows. One block of 128 threads per (problem, query tile), a warp per row.
 template <class T, int BM>
-__global__ void __launch_bounds__(kThreads) rows_kernel(AttentionArgs a, const T* g, T* dr, int* tile_kmax) {
+__global__ void __launch_bounds__(kThreads)
+    rows_kernel(AttentionArgs a, const T* g, T* dr, int* tile_kmax, T* dq, int64_t dq_bs0, int64_t dq_bs1,
+                int64_t dq_rs) {
   __shared__ int kmax_s;
   const int64_t b = blockIdx.x, b0 = b / a.batch1, b1 = b % a.batch1;
   const int64_t i0 = int64_t(blockIdx.y) * BM;
@@ -146,6 +150,13 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(AttentionArgs a, const T
   if (lane == 0 && mine > 0) atomicMax(&kmax_s, mine);
   __syncthreads();
   if (threadIdx.x == 0) tile_kmax[b * gridDim.y + blockIdx.y] = kmax_s;
+  if (kmax_s == 0 && dq) {  // no key block visits this tile: its dQ is 0
+    T* out = dq + b0 * dq_bs0 + b1 * dq_bs1;
+    for (int64_t i = threadIdx.x; i < int64_t(BM) * a.d; i += kThreads) {
+      const int64_t r = i0 + i / a.d;
+      if (r < a.tq) out[r * dq_rs + i % a.d] = T(0);
+    }
+  }
 }
 
 // Loads a query tile's per-row values into shared memory: lse (log2 units), Dr, length.
@@ -161,23 +172,37 @@ __device__ __forceinline__ void load_rows(const AttentionArgs& a, int64_t b, int
   }
 }
 
-// dK and dV of BN keys of one problem (block (problem, key tile)).
+// What the blocks of the main kernel share: the next tile's ticket, each (problem, query
+// tile)'s count of key tiles that have added their dQ share, and the dQ buffer [problem, tq, d].
+template <class T>
+struct DqShared {
+  int* ticket;
+  int* added;
+  T* acc;
+};
+
+// dK and dV of BN keys of one problem, and their share of dQ.
 template <class T, int D, int BM, int BN, int MINB, bool VEC>
 __global__ void __launch_bounds__(kThreads, MINB)
-    dkv_kernel(AttentionArgs a, AttentionGradArgs ga, const T* dr, const int* tile_kmax) {
-  constexpr int VN = 16 / int(sizeof(T)), LDD = D + VN, LDS = BN + VN, RK = BN / 16;
+    main_kernel(AttentionArgs a, AttentionGradArgs ga, const T* dr, const int* tile_kmax, DqShared<T> sh) {
+  constexpr int VN = 16 / int(sizeof(T)), LDD = D + VN, LDS = BN + VN, LDT = BM + VN, RK = BN / 16, RQ = BM / 16;
+  static_assert(BM * LDS >= BN * LDT, "dS^T fits where P was");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* Ks = reinterpret_cast<T*>(smem_raw);  // [BN][LDD]
   T* Vs = Ks + BN * LDD;                   // [BN][LDD]
   T* Qs = Vs + BN * LDD;                   // [BM][LDD]
   T* Gs = Qs + BM * LDD;                   // [BM][LDD]: dO
-  T* Ps = Gs + BM * LDD;                   // [BM][LDS]: P by query row
+  T* Ps = Gs + BM * LDD;                   // [BM][LDS]: P by query row; then dS^T [BN][LDT]
   T* Ss = Ps + BM * LDS;                   // [BM][LDS]: dS by query row
   __shared__ T lse_s[BM], dr_s[BM];
-  __shared__ int len_s[BM];
+  __shared__ int len_s[BM], ticket_s;
 
-  const int64_t b = blockIdx.x, b0 = b / a.batch1, b1 = b % a.batch1;
-  const int j0 = int(blockIdx.y) * BN;
+  // Tiles in key-tile-major order: every problem's key tile 0, then key tile 1, ...
+  if (threadIdx.x == 0) ticket_s = atomicAdd(sh.ticket, 1);
+  __syncthreads();
+  const int64_t problems = a.batch0 * a.batch1;
+  const int64_t b = ticket_s % problems, b0 = b / a.batch1, b1 = b % a.batch1;
+  const int jt = int(ticket_s / problems), j0 = jt * BN;
   const int nk = int(a.tk - j0 < BN ? a.tk - j0 : BN);
   const int qtiles = int((a.tq + BM - 1) / BM);
   const int d = int(a.d), dv = int(a.dv);
@@ -198,7 +223,9 @@ __global__ void __launch_bounds__(kThreads, MINB)
   const int ta = threadIdx.x / 8, tb = threadIdx.x % 8;
 
   for (int qt = 0; qt < qtiles; ++qt) {
-    if (tile_kmax[b * qtiles + qt] <= j0) continue;  // no row of the tile sees these keys
+    const int kmax = tile_kmax[b * qtiles + qt];
+    if (kmax <= j0) continue;  // no row of the tile sees these keys
+    const bool last = kmax <= j0 + BN;  // the tile's last key tile: it writes dQ
     const int64_t i0 = int64_t(qt) * BM;
     const int nq = int(a.tq - i0 < BM ? a.tq - i0 : BM);
     __syncthreads();  // the previous tile's Qs, Gs, Ps, Ss are consumed
@@ -213,7 +240,7 @@ __global__ void __launch_bounds__(kThreads, MINB)
     T p[RK][BM / 8];
     score_tile<T, D, BN, BM, LDD>(Ks, Qs, p);  // keys ta + 16 i, rows tb + 8 e
 #pragma unroll
-    for (int i = 0; i < BN / 16; ++i)
+    for (int i = 0; i < RK; ++i)
 #pragma unroll
       for (int e = 0; e < BM / 8; ++e) {
         const int row = tb + 8 * e, key = j0 + ta + 16 * i;
@@ -222,7 +249,7 @@ __global__ void __launch_bounds__(kThreads, MINB)
     T dp[RK][BM / 8];
     score_tile<T, D, BN, BM, LDD>(Vs, Gs, dp);
 #pragma unroll
-    for (int i = 0; i < BN / 16; ++i)
+    for (int i = 0; i < RK; ++i)
 #pragma unroll
       for (int e = 0; e < BM / 8; ++e) {
         const int row = tb + 8 * e, key = ta + 16 * i;
@@ -233,6 +260,52 @@ __global__ void __launch_bounds__(kThreads, MINB)
     // Keys t / 8 * RK + i of the accumulators: P^T dO and dS^T Q.
     accumulate<T, D, RK, LDS, LDD>(Ps, Gs, nq, dvv);
     accumulate<T, D, RK, LDS, LDD>(Ss, Qs, nq, dk);
+    if (!ga.dq) continue;
+    __syncthreads();  // Ps is free: dS^T goes there
+    T* St = Ps;
+    for (int i = threadIdx.x; i < BM * BN; i += kThreads) {
+      const int row = i / BN, key = i % BN;
+      St[key * LDT + row] = Ss[row * LDS + key];
+    }
+    __syncthreads();
+    T dq[RQ][D / 8];
+#pragma unroll
+    for (int i = 0; i < RQ; ++i)
+#pragma unroll
+      for (int c = 0; c < D / 8; ++c) dq[i][c] = 0;
+    accumulate<T, D, RQ, LDT, LDD>(St, Ks, nk, dq);  // rows t / 8 * RQ + i: dS K
+
+    // Add this share in key-tile order: wait for the key tiles before this one.
+    int* added = sh.added + b * qtiles + qt;
+    if (threadIdx.x == 0)
+      while (atomicAdd(added, 0) != jt) {
+      }
+    __syncthreads();
+    T* acc = sh.acc + (b * a.tq + i0) * D;
+    constexpr int VQ = 16 / int(sizeof(T)), CV = D / (8 * VQ);
+    const int tr = threadIdx.x / 8, tc = threadIdx.x % 8;
+    T* out = static_cast<T*>(ga.dq) + b0 * ga.dq_bs0 + b1 * ga.dq_bs1 + i0 * ga.dq_rs;
+#pragma unroll
+    for (int i = 0; i < RQ; ++i) {
+      const int r = tr * RQ + i;
+      if (r >= nq) continue;
+#pragma unroll
+      for (int gi = 0; gi < CV; ++gi)
+#pragma unroll
+        for (int c = 0; c < VQ; ++c) {
+          const int col = tc * VQ + 8 * VQ * gi + c;
+          T x = dq[i][gi * VQ + c];
+          if (jt > 0) x += __ldcg(acc + r * D + col);  // L2: written by another block
+          if (last) {
+            if (col < d) out[r * ga.dq_rs + col] = x * T(a.scale);
+          } else {
+            __stcg(acc + r * D + col, x);
+          }
+        }
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) atomicExch(added, jt + 1);
   }
   if (ga.dk) {
     T* out = static_cast<T*>(ga.dk) + b0 * ga.dk_bs0 + b1 * ga.dk_bs1 + int64_t(j0) * ga.dk_rs;
@@ -242,77 +315,6 @@ __global__ void __launch_bounds__(kThreads, MINB)
     T* out = static_cast<T*>(ga.dv) + b0 * ga.dv_bs0 + b1 * ga.dv_bs1 + int64_t(j0) * ga.dv_rs;
     store_rows<T, D, RK>(out, ga.dv_rs, nk, dv, T(1), dvv);
   }
-}
-
-// dQ of BM queries of one problem (block (problem, query tile)).
-template <class T, int D, int BM, int BN, int MINB, bool VEC>
-__global__ void __launch_bounds__(kThreads, MINB)
-    dq_kernel(AttentionArgs a, AttentionGradArgs ga, const T* dr, const int* tile_kmax) {
-  constexpr int VN = 16 / int(sizeof(T)), LDD = D + VN, LDS = BM + VN, RK = BM / 16;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* Qs = reinterpret_cast<T*>(smem_raw);  // [BM][LDD]
-  T* Gs = Qs + BM * LDD;                   // [BM][LDD]: dO
-  T* Ks = Gs + BM * LDD;                   // [BN][LDD]
-  T* Vs = Ks + BN * LDD;                   // [BN][LDD]
-  T* Ss = Vs + BN * LDD;                   // [BN][LDS]: dS by key
-  __shared__ T lse_s[BM], dr_s[BM];
-  __shared__ int len_s[BM];
-
-  const int64_t b = blockIdx.x, b0 = b / a.batch1, b1 = b % a.batch1;
-  const int qt = int(gridDim.y - 1 - blockIdx.y);  // the longest (causal) tiles first
-  const int64_t i0 = int64_t(qt) * BM;
-  const int nq = int(a.tq - i0 < BM ? a.tq - i0 : BM);
-  const int kmax = tile_kmax[b * gridDim.y + qt];
-  const int d = int(a.d), dv = int(a.dv);
-  const T* q = static_cast<const T*>(a.q) + b0 * a.q_bs0 + b1 * a.q_bs1 + i0 * a.q_rs;
-  const T* g = static_cast<const T*>(ga.g) + b0 * a.o_bs0 + b1 * a.o_bs1 + i0 * a.o_rs;
-  const T* k = static_cast<const T*>(a.k) + b0 * a.k_bs0 + b1 * a.k_bs1;
-  const T* v = static_cast<const T*>(a.v) + b0 * a.v_bs0 + b1 * a.v_bs1;
-  load_tile<T, D, LDD, VEC>(Qs, q, a.q_rs, BM, nq, d);
-  load_tile<T, D, LDD, VEC>(Gs, g, a.o_rs, BM, nq, dv);
-  cp_async_commit();
-  load_rows<T, BM>(a, b, i0, dr, lse_s, dr_s, len_s);
-
-  T dq[RK][D / 8];
-#pragma unroll
-  for (int i = 0; i < RK; ++i)
-#pragma unroll
-    for (int c = 0; c < D / 8; ++c) dq[i][c] = 0;
-  const T sl2 = T(a.scale * 1.4426950408889634);
-  const int ta = threadIdx.x / 8, tb = threadIdx.x % 8;
-
-  for (int j0 = 0; j0 < kmax; j0 += BN) {
-    const int nk = kmax - j0 < BN ? kmax - j0 : BN;
-    __syncthreads();  // the previous tile's Ks, Vs, Ss are consumed
-    load_tile<T, D, LDD, VEC>(Ks, k + int64_t(j0) * a.k_rs, a.k_rs, BN, nk, d);
-    load_tile<T, D, LDD, VEC>(Vs, v + int64_t(j0) * a.v_rs, a.v_rs, BN, nk, dv);
-    cp_async_commit();
-    cp_async_wait_all();
-    __syncthreads();
-
-    T p[RK][BN / 8];
-    score_tile<T, D, BM, BN, LDD>(Qs, Ks, p);  // rows ta + 16 i, keys tb + 8 e
-#pragma unroll
-    for (int i = 0; i < RK; ++i)
-#pragma unroll
-      for (int e = 0; e < BN / 8; ++e) {
-        const int row = ta + 16 * i, key = j0 + tb + 8 * e;
-        p[i][e] = key < len_s[row] ? exp2_(p[i][e] * sl2 - lse_s[row]) : T(0);
-      }
-    T dp[RK][BN / 8];
-    score_tile<T, D, BM, BN, LDD>(Gs, Vs, dp);
-#pragma unroll
-    for (int i = 0; i < RK; ++i)
-#pragma unroll
-      for (int e = 0; e < BN / 8; ++e) {
-        const int row = ta + 16 * i, key = tb + 8 * e;
-        Ss[key * LDS + row] = j0 + key < len_s[row] ? p[i][e] * (dp[i][e] - dr_s[row]) : T(0);
-      }
-    __syncthreads();
-    accumulate<T, D, RK, LDS, LDD>(Ss, Ks, nk, dq);  // rows t / 8 * RK + i: dS K
-  }
-  T* out = static_cast<T*>(ga.dq) + b0 * ga.dq_bs0 + b1 * ga.dq_bs1 + i0 * ga.dq_rs;
-  store_rows<T, D, RK>(out, ga.dq_rs, nq, d, T(a.scale), dq);
 }
 
 template <class K>
@@ -329,36 +331,33 @@ void launch(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s)
   static_assert(BM % 16 == 0 && BN % 16 == 0 && D % (8 * (16 / sizeof(T))) == 0, "tile shape");
   constexpr int VN = 16 / int(sizeof(T));
   const int64_t problems = a.batch0 * a.batch1, qtiles = (a.tq + BM - 1) / BM, ktiles = (a.tk + BN - 1) / BN;
-  if (qtiles > 65535 || ktiles > 65535)
+  if (qtiles > 65535 || problems * ktiles > 0x7fffffff)
     throw Error("dot_attention backward: " + std::to_string(a.tq) + " queries or " + std::to_string(a.tk) +
                 " keys per problem are too many for cuda");
-  T* dr = nullptr;
-  int* tile_kmax = nullptr;
+  // Scratch: Dr [problems, tq], the dQ buffer [problems, tq, D], tile lengths and counters.
   const size_t dr_bytes = size_t(problems * a.tq) * sizeof(T);
-  if (cudaMallocAsync(reinterpret_cast<void**>(&dr), dr_bytes + size_t(problems * qtiles) * sizeof(int), s) !=
-      cudaSuccess) {
+  const size_t acc_bytes = ga.dq ? size_t(problems * a.tq * D) * sizeof(T) : 0;
+  const size_t count_bytes = size_t(1 + problems * qtiles) * sizeof(int);
+  unsigned char* scratch = nullptr;
+  if (cudaMallocAsync(reinterpret_cast<void**>(&scratch), dr_bytes + acc_bytes + 2 * count_bytes, s) != cudaSuccess) {
     cudaGetLastError();
-    throw Error("dot_attention backward: out of device memory for " + std::to_string(problems * a.tq) + " row sums");
+    throw Error("dot_attention backward: out of device memory for its scratch (" +
+                std::to_string(dr_bytes + acc_bytes + 2 * count_bytes) + " bytes)");
   }
-  tile_kmax = reinterpret_cast<int*>(reinterpret_cast<unsigned char*>(dr) + dr_bytes);
-  rows_kernel<T, BM><<<dim3(unsigned(problems), unsigned(qtiles)), kThreads, 0, s>>>(a, static_cast<const T*>(ga.g),
-                                                                                     dr, tile_kmax);
+  T* dr = reinterpret_cast<T*>(scratch);
+  T* acc = reinterpret_cast<T*>(scratch + dr_bytes);
+  int* tile_kmax = reinterpret_cast<int*>(scratch + dr_bytes + acc_bytes);
+  int* counters = tile_kmax + 1 + problems * qtiles;  // the ticket, then one count per (problem, query tile)
+  cudaMemsetAsync(counters, 0, count_bytes, s);
+  rows_kernel<T, BM><<<dim3(unsigned(problems), unsigned(qtiles)), kThreads, 0, s>>>(
+      a, static_cast<const T*>(ga.g), dr, tile_kmax, static_cast<T*>(ga.dq), ga.dq_bs0, ga.dq_bs1, ga.dq_rs);
   check_launch("dot_attention backward (rows)");
-  if (ga.dk || ga.dv) {
-    constexpr size_t smem = sizeof(T) * size_t((2 * BN + 2 * BM) * (D + VN) + 2 * BM * (BN + VN));
-    set_smem(dkv_kernel<T, D, BM, BN, MINB, VEC>, smem);
-    dkv_kernel<T, D, BM, BN, MINB, VEC><<<dim3(unsigned(problems), unsigned(ktiles)), kThreads, smem, s>>>(
-        a, ga, dr, tile_kmax);
-    check_launch("dot_attention backward (dk, dv)");
-  }
-  if (ga.dq) {
-    constexpr size_t smem = sizeof(T) * size_t((2 * BN + 2 * BM) * (D + VN) + BN * (BM + VN));
-    set_smem(dq_kernel<T, D, BM, BN, MINB, VEC>, smem);
-    dq_kernel<T, D, BM, BN, MINB, VEC><<<dim3(unsigned(problems), unsigned(qtiles)), kThreads, smem, s>>>(
-        a, ga, dr, tile_kmax);
-    check_launch("dot_attention backward (dq)");
-  }
-  cudaFreeAsync(dr, s);
+  constexpr size_t smem = sizeof(T) * size_t((2 * BN + 2 * BM) * (D + VN) + 2 * BM * (BN + VN));
+  set_smem(main_kernel<T, D, BM, BN, MINB, VEC>, smem);
+  main_kernel<T, D, BM, BN, MINB, VEC><<<unsigned(problems * ktiles), kThreads, smem, s>>>(
+      a, ga, dr, tile_kmax, DqShared<T>{counters, counters + 1, acc});
+  check_launch("dot_attention backward");
+  cudaFreeAsync(scratch, s);
 }
 
 template <class T, int D, int BM, int BN, int MINB>
