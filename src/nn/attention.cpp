@@ -176,11 +176,21 @@ std::optional<std::vector<Tensor>> fused_backward(const Fused& f, const Tensor& 
   const Tensor go = g.transpose_to(f.out.dims());  // out's strides: out is contiguous in its order
   backend::AttentionGrads ga{};
   ga.out_grad = go.impl().data();
-  // Each gradient: the operand's other (extent-1) Dims, the batch groups, then its rows and columns.
+  // Each gradient in its operand's Dim order where the primitive's groups merge there (so that
+  // merging heads back needs no copy), else: the operand's other (extent-1) Dims, the batch
+  // groups, then its rows and columns.
   auto grad = [&](bool need, const Tensor& t, const Dims& rows, const Dims& cols, backend::AttentionGrads::Operand& o) {
     if (!need) return Tensor();
-    const Dims tail = cat(cat(batch, rows), cols);
-    Tensor r = empty(cat(minus_dims(t.dims(), tail), tail), t.dtype(), t.device(), "dot_attention");
+    auto fits = [&](const Tensor& r) {
+      int64_t e, s;
+      return merged_stride(r, f.g0, e, s) && merged_stride(r, f.g1, e, s) && merged_stride(r, rows, e, s) &&
+             merged_stride(r, cols, e, s) && (s == 1 || e <= 1);
+    };
+    Tensor r = empty(t.dims(), t.dtype(), t.device(), "dot_attention");
+    if (!fits(r)) {
+      const Dims tail = cat(cat(batch, rows), cols);
+      r = empty(cat(minus_dims(t.dims(), tail), tail), t.dtype(), t.device(), "dot_attention");
+    }
     int64_t e;
     o.data = r.impl().data();
     merged_stride(r, f.g0, e, o.batch_stride[0]);
