@@ -3,10 +3,10 @@
 //
 // Rows (B = 1) whose length is a multiple of 16 bytes' worth of elements, with 16-byte aligned
 // operands, and at most 1024 entries (768 for f64): a warp per row keeps the row in registers,
-// loaded 16 bytes per lane at a time, so the forward reads x once and writes y once, and the backward
-// reads x and g once and writes dx once. Its weight and bias gradients stay in the lanes'
-// registers over the rows a warp visits (a lane owns the same columns in every row); the
-// warps of a block are then summed in order into one partial row per block, and the last
+// loaded 16 bytes per lane at a time, so the forward reads x once and writes y once, and the
+// backward reads x and g once and writes dx once. Its weight and bias gradients stay in the
+// lanes' registers over the rows a warp visits (a lane owns the same columns in every row);
+// the warps of a block are then summed in order into one partial row per block, and the last
 // block to finish sums the blocks' rows in block order: one kernel, and the same result on
 // every run. Other rows: a warp (a block beyond 4096 entries) per row looping over it; columns
 // (B > 1): a thread per (a, b). Their parameter gradients take a second kernel (tiles of 32
