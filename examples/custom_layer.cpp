@@ -138,6 +138,18 @@ int main() {
     Tensor want = reduce_sum((model(x, gen) - target) * (2.0 / double(4 * 6 * 2)), {batch, time});
     auto gv = g_bias.to_vector<float>({out}), wv = want.to_vector<float>({out});
     check(std::fabs(gv[0] - wv[0]) < 1e-5 && std::fabs(gv[1] - wv[1]) < 1e-5, "head.bias gradient");
+
+    // [doc:layer_norm]
+    // LayerNorm is the layer_norm op with the module's parameters; the op takes any Dim.
+    Tensor h = layer_norm(x, feature, *model.final_norm.weight, *model.final_norm.bias);
+    Tensor per_time = layer_norm(x, time);  // normalized over time instead, no affine parameters
+    // [doc:layer_norm]
+    check(h.to_vector<float>({batch, time, feature}) == model.final_norm(x).to_vector<float>({batch, time, feature}),
+          "nn::LayerNorm == layer_norm");
+    auto pt = per_time.to_vector<double>({batch, feature, time});
+    double mean0 = 0;
+    for (int t = 0; t < 6; ++t) mean0 += pt[size_t(t)] / 6;
+    check(std::fabs(mean0) < 1e-6, "layer_norm over time: zero mean");
   } catch (const Error& e) {
     std::printf("FAIL dimx::Error: %s\n", e.what());
     return 1;

@@ -142,6 +142,19 @@ class CudaBackend final : public backend::Backend {
                         const int64_t* len, void* dx) override {
     launch_softmax_backward(log, dt, A, N, B, y, g, len, dx, stream());
   }
+  void layer_norm(DType dt, const backend::LayerNorm& a, void* y, void* mean, void* rstd) override {
+    launch_layer_norm(dt, LayerNormLaunch{a.A, a.N, a.B, a.eps, a.x, a.weight, a.bias}, y, mean, rstd, stream());
+  }
+  void layer_norm_backward(DType dt, const backend::LayerNorm& a, const void* mean, const void* rstd, const void* g,
+                           const bool* row_mask, void* dx, void* dweight, void* dbias) override {
+    launch_layer_norm_backward(dt, LayerNormLaunch{a.A, a.N, a.B, a.eps, a.x, a.weight, a.bias}, mean, rstd, g,
+                               row_mask, dx, dweight, dbias, stream());
+  }
+  void xpos(DType dt, const backend::Xpos& a) override {
+    const Meta<4> m = make_meta<4>(a.shape, {a.x_strides, a.y_strides, a.r_strides, a.m_strides});
+    launch_xpos(dt, m, XposLaunch{a.pairs, a.x, a.y, a.r, a.m, a.log_zeta, a.scale_base, a.downscale, a.inverse},
+                stream());
+  }
   void cumsum(DType dt, int64_t A, int64_t N, int64_t B, const void* x, void* y) override {
     launch_cumsum(dt, A, N, B, x, y, stream());
   }

@@ -100,6 +100,31 @@ struct EmaLaunch {
 void launch_ema_forward(DType dt, const EmaLaunch& a, void* y, void* state_out, cudaStream_t s);
 void launch_ema_backward(DType dt, const EmaLaunch& a, const void* gy, const void* gfinal, void* gx, void* ggain,
                          void* gdecay, void* gweight, void* gstate, cudaStream_t s);
+// Layer normalization (see src/backend.h's LayerNorm): f32, f64, bf16 or f16; mean and rstd
+// [A, B] in f64 for f64, else f32.
+struct LayerNormLaunch {
+  int64_t A, N, B;
+  double eps;
+  const void* x;
+  const void* weight;
+  const void* bias;
+};
+void launch_layer_norm(DType dt, const LayerNormLaunch& a, void* y, void* mean, void* rstd, cudaStream_t s);
+// dx, dweight, dbias nullable; mask (nullable, bool [A, B]) leaves rows out of dweight and dbias.
+void launch_layer_norm_backward(DType dt, const LayerNormLaunch& a, const void* mean, const void* rstd, const void* g,
+                                const bool* mask, void* dx, void* dweight, void* dbias, cudaStream_t s);
+// XPOS (see src/backend.h's Xpos) over the rows of m (operands x, y, r, m in that order).
+struct XposLaunch {
+  int64_t pairs;
+  const void* x;
+  void* y;
+  const double* r;
+  const double* m;
+  const double* log_zeta;  // null: the closed form
+  double scale_base;
+  bool downscale, inverse;
+};
+void launch_xpos(DType dt, const Meta<4>& m, const XposLaunch& a, cudaStream_t s);
 void launch_causal_conv(DType dt, int64_t B, int64_t L, int64_t C, int64_t Lk, bool anti, bool fft, const void* x,
                         const void* k, void* y, cudaStream_t s);
 void launch_causal_conv_kernel_grad(DType dt, int64_t B, int64_t L, int64_t C, int64_t Lk, bool fft, const void* x,

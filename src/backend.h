@@ -114,6 +114,42 @@ struct Ema {
   const int64_t* lengths = nullptr;
 };
 
+// Layer normalization along N of contiguous x [A, N, B] (dtype dt; bf16/f16 are computed in
+// f32), one row per (a, b):
+//   y = (x - mean) * rstd * weight[n] + bias[n],  rstd = 1 / sqrt(var + eps)
+// with the biased variance (divided by N). weight and bias are [N] in dt, each nullable (1, 0).
+// mean and rstd are [A, B] in the statistics dtype: f64 for f64, f32 otherwise.
+struct LayerNorm {
+  int64_t A = 0, N = 0, B = 0;
+  double eps = 0;
+  const void* x = nullptr;
+  const void* weight = nullptr;
+  const void* bias = nullptr;
+};
+
+// XPOS (see dimx/nn/torchscale.h) on rows of 2 * pairs contiguous elements, read as interleaved
+// pairs (2i, 2i + 1). Row k (a multi-index over `shape`) of x starts at x + sum_d k_d x_strides[d]
+// (elements), y likewise; its positions r and m (f64) are at r + sum_d k_d r_strides[d] and
+// m + sum_d k_d m_strides[d] (stride 0 where they broadcast). Per row and pair i, in f64:
+//   theta = r * 10000^(-i / pairs),  s = exp(m * (+-1 / scale_base) * log_zeta[i])  (- when downscale)
+//   c = s cos(theta), d = s sin(theta)   (-d when inverse: the rotation by -theta, same scale)
+// then, with c and d rounded to the compute type (f64 for f64, f32 otherwise):
+//   y[2i] = c x[2i] - d x[2i+1],  y[2i+1] = c x[2i+1] + d x[2i].
+// log_zeta is f64 [pairs], or null for zeta_i = (2i + 0.4 D) / (1.4 D), D = 2 * pairs.
+struct Xpos {
+  Shape shape;
+  Strides x_strides, y_strides, r_strides, m_strides;
+  int64_t pairs = 0;
+  const void* x = nullptr;
+  void* y = nullptr;
+  const double* r = nullptr;
+  const double* m = nullptr;
+  const double* log_zeta = nullptr;
+  double scale_base = 512;
+  bool downscale = false;
+  bool inverse = false;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -147,6 +183,17 @@ class Backend {
   // the masked frames get 0.
   virtual void softmax_backward(bool log, DType dt, int64_t A, int64_t N, int64_t B, const void* y, const void* g,
                                 const int64_t* lengths, void* dx) = 0;
+  // y [A, N, B] = layer_norm(x) as LayerNorm says; mean and rstd (each nullable) [A, B] get
+  // the statistics of each row for the backward.
+  virtual void layer_norm(DType dt, const LayerNorm& a, void* y, void* mean, void* rstd) = 0;
+  // Gradients of sum(g * y) for the forward with the same arguments, from its mean and rstd and
+  // the output's gradient g [A, N, B]: dx [A, N, B] (nullable), and dweight and dbias [N] in dt
+  // (each nullable) summed over the rows in a fixed order (the same on every run). row_mask
+  // (nullable, bool [A, B]): rows where it is false are left out of dweight and dbias.
+  virtual void layer_norm_backward(DType dt, const LayerNorm& a, const void* mean, const void* rstd, const void* g,
+                                   const bool* row_mask, void* dx, void* dweight, void* dbias) = 0;
+  // XPOS as Xpos says (the inverse rotation is the gradient's). dt may be bf16 or f16.
+  virtual void xpos(DType dt, const Xpos& a) = 0;
   virtual void cumsum(DType dt, int64_t A, int64_t N, int64_t B, const void* x, void* y) = 0;
   virtual void gemm(DType dt, const Gemm& g) = 0;
   // Returns false (computing nothing) where this device has no fused kernel for the dtype or

@@ -148,6 +148,24 @@ class TimedBackend final : public backend::Backend {
                        rows_str(A, N, B) + (len ? " masked" : ""); },
           [&] { in_.softmax_backward(log, dt, A, N, B, y, g, len, dx); });
   }
+  void layer_norm(DType dt, const backend::LayerNorm& a, void* y, void* mean, void* rstd) override {
+    timed([&] { return std::string("layer_norm ") + dtype_name(dt) + " " + rows_str(a.A, a.N, a.B); },
+          [&] { in_.layer_norm(dt, a, y, mean, rstd); });
+  }
+  void layer_norm_backward(DType dt, const backend::LayerNorm& a, const void* mean, const void* rstd, const void* g,
+                           const bool* row_mask, void* dx, void* dweight, void* dbias) override {
+    timed([&] { return std::string("layer_norm_backward ") + dtype_name(dt) + " " + rows_str(a.A, a.N, a.B) +
+                       (row_mask ? " masked" : ""); },
+          [&] { in_.layer_norm_backward(dt, a, mean, rstd, g, row_mask, dx, dweight, dbias); });
+  }
+  void xpos(DType dt, const backend::Xpos& a) override {
+    timed([&] {
+            Shape s = a.shape;
+            s.push_back(2 * a.pairs);
+            return std::string(a.inverse ? "xpos_inverse " : "xpos ") + dtype_name(dt) + " " + extents_str(s);
+          },
+          [&] { in_.xpos(dt, a); });
+  }
   void cumsum(DType dt, int64_t A, int64_t N, int64_t B, const void* x, void* y) override {
     timed([&] { return std::string("cumsum ") + dtype_name(dt) + " " + rows_str(A, N, B); },
           [&] { in_.cumsum(dt, A, N, B, x, y); });

@@ -5,6 +5,7 @@
 #include <dimx/ema.h>
 #include <dimx/gpu/runtime.h>
 #include <dimx/nn.h>
+#include <dimx/normalization.h>
 #include <dimx/profile.h>
 
 #include <algorithm>
@@ -744,6 +745,107 @@ TEST_CASE("gpu: torchscale::MultiheadAttention and its gradients match the CPU",
       return g;
     }, 1e-4, 1e-5);
   }
+}
+
+TEST_CASE("gpu: layer_norm and its gradients match the CPU", "[gpu][normalization]") {
+  Dims3 d;
+  // Row lengths for every path: the loop (odd, or beyond the registers; a block per row beyond
+  // 4096), and the register path (multiples of 4 up to 1024), with enough rows for several
+  // blocks of the fused parameter gradients and several rows per warp.
+  for (int64_t n : {7, 64, 768, 1000, 1028, 2048, 5000})
+    for (int64_t rows : {int64_t(3), n >= 2048 ? int64_t(300) : int64_t(2500)})
+      for (DType dt : {DType::f32, DType::f64}) {
+        Dim r(rows, "rows"), f(n, "f");
+        consistent("layer_norm rows " + std::to_string(rows) + " n " + std::to_string(n) + " " + dtype_name(dt),
+                   [&](Device dev) {
+                     Tensor x = input({r, f}, 300, dev, -1, 3, dt).transpose_to({r, f}).with_requires_grad();
+                     Tensor w = input({f}, 301, dev, -2, 2, dt).with_requires_grad();
+                     Tensor b = input({f}, 302, dev, -2, 2, dt).with_requires_grad();
+                     Tensor c = input({r, f}, 303, dev, -1, 1, dt);
+                     Tensor y = layer_norm(x, f, w, b);
+                     std::vector<Tensor> out = grad(reduce_sum(y * c, {r, f}), {x, w, b});
+                     out.push_back(y);
+                     // Without parameters (no parameter gradients), and with x alone requiring grad.
+                     Tensor y2 = layer_norm(x, f);
+                     out.push_back(y2);
+                     out.push_back(grad(reduce_sum(y2 * c, {r, f}), {x})[0]);
+                     return out;
+                   },
+                   1e-4, 1e-3);
+      }
+  // A padded batch (NaN in the padding), the feature Dim innermost or outermost (B > 1), and a
+  // strided x (a slice along time).
+  for (bool inner : {true, false})
+    consistent(std::string("layer_norm padded, feature ") + (inner ? "innermost" : "outermost"), [&](Device dev) {
+      Tensor x0 = copy_masked(input({d.batch, d.time, d.feat}, 310, dev), {d.time}, std::nan(""));
+      Tensor x = (inner ? x0.transpose_to({d.batch, d.time, d.feat}) : x0.transpose_to({d.feat, d.batch, d.time}))
+                     .with_requires_grad();
+      Tensor w = input({d.feat}, 311, dev).with_requires_grad(), b = input({d.feat}, 312, dev).with_requires_grad();
+      Tensor c = input({d.batch, d.time, d.feat}, 313, dev);
+      Tensor y = copy_masked(layer_norm(x, d.feat, w, b), {d.time});
+      std::vector<Tensor> out = grad(reduce_sum(y * c, {d.batch, d.time, d.feat}), {x, w, b});
+      out[0] = copy_masked(out[0], {d.time});
+      out.push_back(y);
+      return out;
+    }, 1e-4, 1e-5);
+  consistent("layer_norm strided", [&](Device dev) {
+    Dim big(9, "big"), t4(4, "t4");
+    Tensor xb = input({d.batch, big, d.feat}, 320, dev).transpose_to({d.batch, big, d.feat}).with_requires_grad();
+    Tensor x = slice(xb, big, 2, 6, 1, t4).first;
+    Tensor w = input({d.feat}, 321, dev).with_requires_grad();
+    Tensor c = input({d.batch, t4, d.feat}, 322, dev);
+    Tensor y = layer_norm(x, d.feat, w);
+    std::vector<Tensor> out = grad(reduce_sum(y * c, {d.batch, t4, d.feat}), {xb, w});
+    out.push_back(y);
+    return out;
+  }, 1e-4, 1e-5);
+  // bf16 / f16 (forward only: half tensors carry no gradient), vectorized rows and the loop.
+  for (DType dt : {DType::bf16, DType::f16})
+    for (int64_t n : {9, 256})
+      consistent(std::string("layer_norm ") + dtype_name(dt) + " n " + std::to_string(n), [&](Device dev) {
+        Dim f(n, "f");
+        Tensor x = input({d.batch, f}, 330, dev, -2, 2, dt).transpose_to({d.batch, f});
+        Tensor w = input({f}, 331, dev, -2, 2, dt), b = input({f}, 332, dev, -2, 2, dt);
+        return std::vector<Tensor>{layer_norm(x, f, w, b), layer_norm(x.transpose_to({f, d.batch}), f, w, b)};
+      }, 1e-2, 1e-2);
+  // Operands on different devices.
+  Tensor xg = Tensor::ones({d.batch, d.feat}).to(kGpu);
+  CHECK_THROWS_WITH(layer_norm(xg, d.feat, Tensor::ones({d.feat})),
+                    Catch::Contains("layer_norm") && Catch::Contains("different devices"));
+}
+
+TEST_CASE("gpu: xpos and its gradient match the CPU", "[gpu][xpos]") {
+  Dims3 d;
+  Dim heads(3, "heads"), hd(8, "hd"), three(3, "three"), one(1, "one");
+  for (DType dt : {DType::f32, DType::f64})
+    for (bool down : {false, true}) {
+      // q as the strided heads of a packed projection {batch, time, three, heads, hd}, over a
+      // padded batch, with an offset per sequence.
+      consistent(std::string("xpos packed q ") + dtype_name(dt) + (down ? " downscale" : ""), [&](Device dev) {
+        Tensor qkv = input({d.batch, d.time, three, heads, hd}, 340, dev, -2, 2, dt)
+                         .transpose_to({d.batch, d.time, three, heads, hd})
+                         .with_requires_grad();
+        Tensor q = squeeze(slice(qkv, three, 0, 1, 1, one).first, one);
+        Tensor offset = Tensor::from_vector<int64_t>({d.batch}, std::vector<int64_t>{0, 3, 1}).to(dev);
+        Tensor y = nn::torchscale::xpos(q, d.time, hd, offset, down, 16);
+        Tensor c = input({d.batch, d.time, heads, hd}, 341, dev, -1, 1, dt);
+        Tensor g = grad(reduce_sum(copy_masked(y * c, {d.time}), {d.batch, d.time, heads, hd}), {qkv})[0];
+        return std::vector<Tensor>{copy_masked(y, {d.time}), copy_masked(g, {d.time})};
+      }, 1e-4, 1e-5);
+      // A transposed x (the feature Dim not innermost: copied first) and a static axis.
+      consistent(std::string("xpos transposed ") + dtype_name(dt), [&](Device dev) {
+        Dim t(6, "t");
+        Tensor x = input({hd, t, heads}, 350, dev, -2, 2, dt).transpose_to({hd, t, heads}).with_requires_grad();
+        Tensor y = nn::torchscale::xpos(x, t, hd, 2, down, 512);
+        Tensor c = input({t, heads, hd}, 351, dev, -1, 1, dt);
+        return std::vector<Tensor>{y, grad(reduce_sum(y * c, {t, heads, hd}), {x})[0]};
+      }, 1e-4, 1e-5);
+    }
+  for (DType dt : {DType::bf16, DType::f16})
+    consistent(std::string("xpos ") + dtype_name(dt), [&](Device dev) {
+      Tensor x = input({d.batch, d.time, heads, hd}, 360, dev, -2, 2, dt);
+      return std::vector<Tensor>{copy_masked(nn::torchscale::xpos(x, d.time, hd, 0, true, 32).astype(DType::f32), {d.time})};
+    }, 1e-2, 1e-2);
 }
 
 TEST_CASE("gpu: causal_conv and mega::MultiHeadDampedEMA with their gradients match the CPU", "[gpu][mega]") {

@@ -156,6 +156,136 @@ TEST_CASE("torchscale: xpos matches the closed form, with offsets and downscalin
   CHECK_THROWS_WITH(ts::xpos(x, l, d, -1), Contains("offset"));
 }
 
+namespace {
+
+// XPOS by loops over elements in f64 (the formula of the original composite): x row-major over
+// {batch, time, heads, feat}; per batch entry its length along time and its offset. Padded
+// frames (t >= length) are rotated by the same formula.
+std::vector<double> naive_xpos(const std::vector<double>& x, int64_t B, int64_t T, int64_t H, int64_t D,
+                               const std::vector<int64_t>& len, const std::vector<int64_t>& off, bool down,
+                               double base) {
+  std::vector<double> y(x.size());
+  const int64_t P = D / 2;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t i = 0; i < P; ++i) {
+          const double n = double(len[size_t(b)] + off[size_t(b)]), r = double(off[size_t(b)] + t);
+          const double m = std::floor(-n / 2) + r;
+          const double z = (2.0 * double(i) + 0.4 * double(D)) / (1.4 * double(D));
+          double s = std::pow(z, m / base);
+          if (down) s = 1 / s;
+          const double theta = r * std::pow(10000.0, -double(i) / double(P));
+          const size_t e = size_t(((b * T + t) * H + h) * D + 2 * i);
+          y[e] = s * (x[e] * std::cos(theta) - x[e + 1] * std::sin(theta));
+          y[e + 1] = s * (x[e + 1] * std::cos(theta) + x[e] * std::sin(theta));
+        }
+  return y;
+}
+
+}  // namespace
+
+TEST_CASE("torchscale: xpos equals the element loop in every layout, with offsets per sequence and padding", "[torchscale][xpos]") {
+  Dim batch(3, "batch"), heads(2, "heads"), feat(8, "feat");
+  const std::vector<int32_t> lens{6, 3, 0};
+  for (bool dynamic : {false, true})
+    for (bool with_offset : {false, true})
+      for (bool down : {false, true})
+        for (DType dt : {DType::f32, DType::f64}) {
+          Dim time = dynamic ? dynamic_dim(batch, lens, "time") : Dim(6, "time");
+          std::vector<int64_t> len(3, 6), off(3, 0);
+          if (dynamic) len = {6, 3, 0};
+          Tensor offset;
+          if (with_offset) {
+            off = {2, 0, 5};
+            offset = Tensor::from_vector<int64_t>({batch}, off);
+          }
+          Tensor x = rnd({batch, time, heads, feat}, 7, dt);
+          const auto want = naive_xpos(x.to_vector<double>({batch, time, heads, feat}), 3, 6, 2, 8, len, off, down, 32);
+          const double tol = dt == DType::f64 ? 1e-12 : 1e-5;
+          // Every layout: the feature Dim innermost (read in place, heads broadcasting the
+          // positions) or not (copied first).
+          for (const Tensor& xl : layouts(x)) {
+            INFO("dynamic " << dynamic << " offset " << with_offset << " down " << down << " " << dtype_name(dt)
+                            << " layout " << dims_str(xl.dims()));
+            Tensor y = ts::xpos(xl, time, feat, offset, down, 32);
+            CHECK(y.dtype() == dt);
+            CHECK(y.ndim() == 4);
+            CHECK_VEC_APPROX(y.to_vector<double>({batch, time, heads, feat}), want, tol, tol);
+          }
+        }
+}
+
+TEST_CASE("torchscale: xpos reads strided views in place: heads of a packed projection, a time slice", "[torchscale][xpos]") {
+  Dim batch(2, "batch"), time(5, "time"), heads(3, "heads"), feat(6, "feat"), three(3, "three");
+  // q, k, v packed per frame as {three, heads, feat}: q is a strided view (rows 3 * 18 apart).
+  Tensor qkv = rnd({batch, time, three, heads, feat}, 11);
+  Dim one(1, "one");
+  Tensor q = squeeze(slice(qkv, three, 0, 1, 1, one).first, one);
+  const auto want = naive_xpos(q.to_vector<double>({batch, time, heads, feat}), 2, 5, 3, 6, {5, 5}, {0, 0}, false, 512);
+  CHECK_VEC_APPROX(ts::xpos(q, time, feat).to_vector<double>({batch, time, heads, feat}), want, 1e-5, 1e-6);
+  // Heads outside time: {batch, heads, time, feat}, a slice of a longer time axis.
+  Dim long_time(9, "long_time");
+  Tensor big = rnd({batch, heads, long_time, feat}, 12);
+  Tensor xs = slice(big, long_time, 2, 7, 1, time).first;
+  const auto want2 = naive_xpos(xs.to_vector<double>({batch, time, heads, feat}), 2, 5, 3, 6, {5, 5}, {3, 3}, true, 32);
+  CHECK_VEC_APPROX(ts::xpos(xs, time, feat, 3, true, 32).to_vector<double>({batch, time, heads, feat}), want2, 1e-5,
+                   1e-6);
+}
+
+TEST_CASE("torchscale: xpos of bf16 and f16 computes in f32 and keeps the dtype", "[torchscale][xpos][half]") {
+  Dim time(7, "time"), feat(16, "feat");
+  for (DType dt : {DType::bf16, DType::f16}) {
+    Tensor x = rnd({time, feat}, 13).astype(dt);
+    Tensor y = ts::xpos(x, time, feat, 2, true, 64);
+    CHECK(y.dtype() == dt);
+    CHECK(vec_identical(y.to_vector<float>({time, feat}),
+                        ts::xpos(x.astype(DType::f32), time, feat, 2, true, 64).astype(dt).to_vector<float>({time, feat})));
+  }
+}
+
+TEST_CASE("torchscale: xpos gradient of a strided, padded x with offsets matches float64 finite differences", "[torchscale][xpos][grad]") {
+  Dim batch(2, "batch"), heads(2, "heads"), feat(4, "feat"), long_time(7, "long_time");
+  Dim time = dynamic_dim(batch, {5, 3}, "time");
+  Tensor big = rnd({batch, long_time, heads, feat}, 14, DType::f64).with_requires_grad();
+  Tensor offset = Tensor::from_vector<int64_t>({batch}, std::vector<int64_t>{1, 4});
+  Tensor c = rnd({batch, time, heads, feat}, 15, DType::f64);
+  auto loss_t = [&] {
+    Tensor x = slice(big, long_time, 1, 6, 1, time).first;  // a strided view over padded frames
+    return reduce_sum(copy_masked(ts::xpos(x, time, feat, offset, true, 16) * c, {time}), {batch, time, heads, feat});
+  };
+  auto g = grad(loss_t(), {big})[0].to_vector<double>(big.dims());
+  auto base = big.to_vector<double>();
+  for (size_t j = 0; j < base.size(); ++j) {
+    auto at = [&](double delta) {
+      NoGradGuard ng;
+      auto v = base;
+      v[j] += delta;
+      big.copy_from(Tensor::from_vector<double>(big.dims(), v));
+      const double l = loss_t().item<double>();
+      big.copy_from(Tensor::from_vector<double>(big.dims(), base));
+      return l;
+    };
+    INFO("entry " << j);
+    CHECK(g[j] == Approx((at(1e-6) - at(-1e-6)) / 2e-6).epsilon(1e-6).margin(1e-8));
+  }
+}
+
+TEST_CASE("torchscale: xpos is one backend primitive each way", "[torchscale][xpos]") {
+  Dim batch(2, "batch"), time(5, "time"), heads(2, "heads"), feat(8, "feat");
+  Tensor x = rnd({batch, time, heads, feat}, 16).with_requires_grad();
+  Profiler prof;
+  grad(reduce_sum(ts::xpos(x, time, feat, 1, true, 32), {batch, time, heads, feat}), {x});
+  int forward = 0, inverse = 0;
+  for (const auto& e : prof.entries()) {
+    if (e.primitive.rfind("xpos_inverse ", 0) == 0) inverse += int(e.calls);
+    else if (e.primitive.rfind("xpos ", 0) == 0) forward += int(e.calls);
+  }
+  INFO(prof.report(40));
+  CHECK(forward == 1);
+  CHECK(inverse == 1);
+}
+
 TEST_CASE("torchscale: golden files, every flag combination", "[torchscale][golden]") {
   for (const char* name : {"plain_self", "xpos", "xpos_base32", "subln", "xpos_subln", "multiway_a", "multiway_b",
                            "multiway_split", "key_padding", "attn_mask", "attn_mask_nonfinite", "rel_pos_nobatch",

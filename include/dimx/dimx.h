@@ -12,6 +12,7 @@
 #include <dimx/error.h>
 #include <dimx/io.h>
 #include <dimx/matmul.h>
+#include <dimx/normalization.h>
 #include <dimx/profile.h>
 #include <dimx/random.h>
 #include <dimx/reduce.h>

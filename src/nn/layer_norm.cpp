@@ -1,7 +1,6 @@
 #include <dimx/autograd.h>
-#include <dimx/elementwise.h>
 #include <dimx/nn/layer_norm.h>
-#include <dimx/reduce.h>
+#include <dimx/normalization.h>
 
 #include <sstream>
 
@@ -28,13 +27,8 @@ Tensor LayerNorm::operator()(const Tensor& x) const {
   if (!x.defined()) throw Error("LayerNorm: undefined input (feature " + feature.str() + ")");
   if (!x.has_dim(feature))
     throw Error("LayerNorm: input " + dims_str(x.dims()) + " lacks feature Dim '" + feature.str() + "'");
-  if (!is_floating(x.dtype())) throw Error("LayerNorm: input must be floating, got " + x.str());
-  Tensor centered = x - reduce_mean(x, {feature});
-  Tensor var = reduce_mean(square(centered), {feature});
-  Tensor y = centered * rsqrt(var + eps);
-  if (weight) y = y * *weight;
-  if (bias) y = y + *bias;
-  return y;
+  if (!is_floating(x.dtype()) && !is_half(x.dtype())) throw Error("LayerNorm: input must be floating, got " + x.str());
+  return layer_norm(x, feature, weight ? *weight : Tensor(), bias ? *bias : Tensor(), eps);
 }
 
 std::string LayerNorm::extra_repr() const {

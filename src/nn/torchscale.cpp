@@ -14,6 +14,7 @@
 #include "attention_common.h"
 #include "kv_history.h"
 #include "tensor_impl.h"
+#include "xpos.h"
 
 namespace dimx::nn::torchscale {
 
@@ -27,61 +28,6 @@ Tensor zeta_of(const Dim& half, DType dtype) {
   std::vector<double> z(static_cast<size_t>(half.size()));
   for (int64_t i = 0; i < half.size(); ++i) z[size_t(i)] = (2.0 * double(i) + 0.4 * double(d)) / (1.4 * double(d));
   return Tensor::from_vector<double>({half}, z).astype(dtype);
-}
-
-// XPOS with the tables made on x's device from dimx ops (no host round trip, so decoding on a
-// GPU never waits for it). `offset` must be >= 0 (checked when `check_offset`).
-Tensor xpos_impl(const char* op, const Tensor& x, const Dim& axis, const Dim& feature, const Tensor& offset,
-                 bool downscale, double scale_base, const Tensor& zeta_in, bool check_offset = true) {
-  check_defined(op, x);
-  check_has_dim(op, x, axis);
-  check_has_dim(op, x, feature);
-  if (feature.is_dynamic() || feature.size() % 2 != 0)
-    fail(std::string(op) + ": xpos needs an even, static feature Dim, got '" + feature.str() + "' in x = " + x.str());
-  if (!(scale_base > 0) || !std::isfinite(scale_base))
-    fail(std::string(op) + ": xpos scale_base must be positive and finite, got " + std::to_string(scale_base));
-  if (!is_floating(x.dtype())) fail(std::string(op) + ": xpos needs a floating x, got " + x.str());
-  const Device dev = x.device();
-  const DType cdt = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
-  const Dim half(feature.size() / 2, "xpos_pairs"), two(2, "xpos_two");
-  Tensor cosine, sine;
-  {
-    NoGradGuard ng;
-    Tensor off = Tensor::scalar(0, DType::f64, dev);
-    if (offset.defined()) {
-      if (!is_integer(offset.dtype())) fail(std::string(op) + ": xpos offset must be integer, got " + offset.str());
-      for (const Dim& d : offset.dims())
-        if (!x.has_dim(d) || d == axis || d == feature)
-          fail(std::string(op) + ": xpos offset " + offset.str() + " must be over batch Dims of x = " + x.str());
-      if (check_offset && reduce_min(offset, offset.dims()).to(Device::cpu()).item<int64_t>() < 0)
-        fail(std::string(op) + ": xpos offset must be >= 0, got " + offset.str());
-      off = offset.with_sparse_dim(std::nullopt).astype(DType::f64).to(dev);
-    }
-    // zeta_i = (2i + 0.4 d) / (1.4 d), or the module's buffer; the inverse frequencies 10000^(-i/(d/2)).
-    const Tensor i = range_over_dim(half, DType::f64, dev).with_sparse_dim(std::nullopt);
-    const double d = double(feature.size());
-    const Tensor zeta = zeta_in.defined() ? replace_dim(zeta_in.detach().astype(DType::f64), zeta_in.dims()[0], half).first
-                                          : (i * 2.0 + 0.4 * d) * (1.0 / (1.4 * d));
-    const Tensor inv_freq = exp(i * (-std::log(10000.0) / double(half.size())));
-    // Row r = offset + l and its position m = floor(-n / 2) + r, n = the sequence's length + offset.
-    const Tensor r = add(range_over_dim(axis, DType::f64, dev).with_sparse_dim(std::nullopt), off, true);
-    const Tensor n = add(axis.lengths(dev).astype(DType::f64), off, true);
-    const Tensor m = add(floor(n * -0.5), r, true);
-    Tensor s = exp(mul(m * ((downscale ? -1.0 : 1.0) / scale_base), log(zeta), true));
-    const Tensor theta = mul(r, inv_freq, true);
-    cosine = mul(cos(theta), s, true).astype(cdt);
-    sine = mul(sin(theta), s, true).astype(cdt);
-  }
-  const Tensor xs = split_dims(x.astype(cdt), feature, {half, two});
-  auto [xe_s, de] = slice(xs, two, 0, 1);
-  auto [xo_s, dd] = slice(xs, two, 1, 2);
-  const Tensor xe = squeeze(xe_s, de), xo = squeeze(xo_s, dd);
-  const Tensor ye = sub(mul(xe, cosine, true), mul(xo, sine, true), true);
-  const Tensor yo = add(mul(xo, cosine, true), mul(xe, sine, true), true);
-  const Dim e1(1, "xpos_even"), o1(1, "xpos_odd");
-  auto [y, both] = concat({{expand_dim(ye, e1), e1}, {expand_dim(yo, o1), o1}});
-  Tensor out = merge_dims(replace_dim(y, both, two).first, {half, two}, feature).first;
-  return out.astype(x.dtype());
 }
 
 // A wrapped module applied to x {..., axis, ...}: positions before `p` through A, the rest
@@ -123,7 +69,7 @@ Tensor nan_to_num(const Tensor& w) {
 
 Tensor xpos(const Tensor& x, const Dim& axis, const Dim& feature, const Tensor& offset, bool downscale,
             double scale_base) {
-  return xpos_impl("xpos", x, axis, feature, offset, downscale, scale_base, Tensor());
+  return xpos_rotate("xpos", x, axis, feature, offset, downscale, scale_base, Tensor());
 }
 
 Tensor xpos(const Tensor& x, const Dim& axis, const Dim& feature, int64_t offset, bool downscale, double scale_base) {
@@ -219,8 +165,8 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
   // ---- XPOS without a state: keys and queries centred on the same frames (before a padding
   // mask cuts the keys to their lengths). With a state, the whole history is rotated below.
   if (xpos && !in.incremental_state) {
-    k = xpos_impl(kOp, k, new_axis, head_dim, Tensor(), true, xpos->scale_base, xpos->scale);
-    q = xpos_impl(kOp, q, qaxis, head_dim, Tensor(), false, xpos->scale_base, xpos->scale);
+    k = xpos_rotate(kOp, k, new_axis, head_dim, Tensor(), true, xpos->scale_base, xpos->scale);
+    q = xpos_rotate(kOp, q, qaxis, head_dim, Tensor(), false, xpos->scale_base, xpos->scale);
   }
 
   // ---- key padding: a bool mask becomes lengths of the new keys where it can
@@ -245,8 +191,8 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
     if (xpos) {
       // Keys over the whole history; the queries after the keys before them (per sequence).
       const Tensor history = in.incremental_state->accum_axis.lengths(dev);  // counts: never negative
-      k = xpos_impl(kOp, k, h.state.accum_axis, head_dim, Tensor(), true, xpos->scale_base, xpos->scale);
-      q = xpos_impl(kOp, q, qaxis, head_dim, history, false, xpos->scale_base, xpos->scale, /*check_offset=*/false);
+      k = xpos_rotate(kOp, k, h.state.accum_axis, head_dim, Tensor(), true, xpos->scale_base, xpos->scale);
+      q = xpos_rotate(kOp, q, qaxis, head_dim, history, false, xpos->scale_base, xpos->scale, /*check_offset=*/false);
     }
     if (keys != h.state.accum_axis) {
       k = replace_dim(k, h.state.accum_axis, keys).first;

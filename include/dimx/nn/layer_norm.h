@@ -6,7 +6,8 @@
 /// mean and the biased variance (divided by N, not N - 1) are taken over `feature` only; x may
 /// have any other Dims in any layout. Parameters (elementwise_affine): weight {feature} = 1,
 /// bias {feature} = 0 (bias = false leaves it empty, like PyTorch's bias=False). `feature` must
-/// be static. The result has x's Dims and layout.
+/// be static. The result has x's Dims and layout. The module calls dimx::layer_norm (one fused
+/// primitive each way; dimx/normalization.h).
 #include <dimx/nn/module.h>
 
 namespace dimx::nn {

@@ -37,9 +37,12 @@ namespace dimx::nn::torchscale {
 ///   over batch Dims), row r = offset + l, m = floor(-n / 2) + r,
 ///   s = zeta_i ^ (m / scale_base) (1 / s when downscale), theta = r * 10000^(-i / (d/2)),
 ///   out[2i] = s (x[2i] cos - x[2i+1] sin), out[2i+1] = s (x[2i+1] cos + x[2i] sin).
-/// Differentiable in x; computed in f64 for f64 inputs and f32 otherwise. Queries and keys of one
-/// sequence share n (keys: offset 0 over all keys; queries: offset = the keys before them), so
-/// the scores depend on relative positions only.
+/// Differentiable in x (the gradient is the inverse rotation, -theta with the same s). The
+/// angles and scales are computed in f64, the rotation in f64 for f64 inputs and in f32
+/// otherwise (bf16/f16 stored in their dtype); one fused primitive each way, reading x in place
+/// where its feature Dim is contiguous. Queries and keys of one sequence share n (keys: offset 0
+/// over all keys; queries: offset = the keys before them), so the scores depend on relative
+/// positions only.
 Tensor xpos(const Tensor& x, const Dim& axis, const Dim& feature, const Tensor& offset = {}, bool downscale = false,
             double scale_base = 512);
 /// The same with a constant integer offset (>= 0).
