@@ -4,7 +4,6 @@
 #include <dimx/nn/attention.h>
 #include <dimx/nn/torchscale.h>
 #include <dimx/random.h>
-#include <dimx/reduce.h>
 #include <dimx/shape.h>
 #include <dimx/softmax.h>
 
