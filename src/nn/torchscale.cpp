@@ -157,7 +157,8 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
     check_has_dim(kOp, v_src, embed, "value");
   }
   const double scaling = 1.0 / std::sqrt(double(head_dim.size()));
-  Tensor q = split_heads(run(q_proj, query, qaxis, p)) * scaling;
+  // q * scaling, applied where the scores are formed (XPOS is linear, so the order is free).
+  Tensor q = split_heads(run(q_proj, query, qaxis, p));
   Tensor k = split_heads(run(k_proj, k_src, new_axis, p));
   Tensor v = split_heads(run(v_proj, v_src, new_axis, p));
 
@@ -224,10 +225,10 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
   Tensor ctx;
   if (!in.need_weights && !attn_mask.defined() && !additive_pad.defined() && !rel_pos.defined() && !dropout_active) {
     DotAttentionOptions dopt;
-    dopt.scale = 1.0;  // q is scaled already
+    dopt.scale = scaling;
     ctx = dot_attention(q, k, v, head_dim, keys, dopt);
   } else {
-    Tensor w = matmul(q, k, {head_dim});
+    Tensor w = matmul(q * scaling, k, {head_dim});
     if (attn_mask.defined()) w = add(nan_to_num(w), attn_mask, true);
     if (additive_pad.defined()) w = add(w, additive_pad, true);
     if (rel_pos.defined()) w = add(w, rel_pos, true);
