@@ -122,10 +122,15 @@ __device__ __forceinline__ int row_length(const AttentionArgs& a, int64_t b, int
 
 // Dr[b, r] = sum_c g[b, r, c] out[b, r, c]; tile_kmax[b, tile] = the longest length of the
 // tile's BM rows. One block of 128 threads per (problem, query tile), a warp per row.
+// Per row: Dr[b, r] = sum_c g[b, r, c] out[b, r, c] and the row's length, 0 where its output
+// gradient is all zero (a padded query frame: its weights and q, which may hold anything, stay
+// out of every sum; the share it would add is exactly 0). Per query tile: tile_kmax[b, tile] =
+// the longest length of its BM rows, and dQ rows of 0 where that is 0 (no key tile visits it).
+// One block of 128 threads per (problem, query tile), a warp per row.
 template <class T, int BM>
 __global__ void __launch_bounds__(kThreads)
-    rows_kernel(AttentionArgs a, const T* g, T* dr, int* tile_kmax, T* dq, int64_t dq_bs0, int64_t dq_bs1,
-                int64_t dq_rs) {
+    rows_kernel(AttentionArgs a, const T* g, T* dr, int* row_len, int* tile_kmax, T* dq, int64_t dq_bs0,
+                int64_t dq_bs1, int64_t dq_rs) {
   __shared__ int kmax_s;
   const int64_t b = blockIdx.x, b0 = b / a.batch1, b1 = b % a.batch1;
   const int64_t i0 = int64_t(blockIdx.y) * BM;
@@ -140,17 +145,27 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t r = i0 + i;
     if (r >= a.tq) break;
     T s = 0;
-    for (int64_t c = lane; c < a.dv; c += 32) s = fma(g[r * a.o_rs + c], o[r * a.o_rs + c], s);
+    bool nonzero = false;
+    for (int64_t c = lane; c < a.dv; c += 32) {
+      const T gc = g[r * a.o_rs + c];
+      if (gc != T(0)) {
+        nonzero = true;
+        s = fma(gc, o[r * a.o_rs + c], s);
+      }
+    }
 #pragma unroll
     for (int w = 16; w > 0; w >>= 1) s += __shfl_xor_sync(0xffffffffu, s, w);
-    if (lane == 0) dr[b * a.tq + r] = s;
-    const int l = row_length(a, b, r);
+    const int l = __any_sync(0xffffffffu, nonzero) ? row_length(a, b, r) : 0;
+    if (lane == 0) {
+      dr[b * a.tq + r] = s;
+      row_len[b * a.tq + r] = l;
+    }
     mine = l > mine ? l : mine;
   }
   if (lane == 0 && mine > 0) atomicMax(&kmax_s, mine);
   __syncthreads();
   if (threadIdx.x == 0) tile_kmax[b * gridDim.y + blockIdx.y] = kmax_s;
-  if (kmax_s == 0 && dq) {  // no key block visits this tile: its dQ is 0
+  if (kmax_s == 0 && dq) {
     T* out = dq + b0 * dq_bs0 + b1 * dq_bs1;
     for (int64_t i = threadIdx.x; i < int64_t(BM) * a.d; i += kThreads) {
       const int64_t r = i0 + i / a.d;
@@ -161,14 +176,14 @@ __global__ void __launch_bounds__(kThreads)
 
 // Loads a query tile's per-row values into shared memory: lse (log2 units), Dr, length.
 template <class T, int BM>
-__device__ __forceinline__ void load_rows(const AttentionArgs& a, int64_t b, int64_t i0, const T* dr, T* lse_s,
-                                          T* dr_s, int* len_s) {
+__device__ __forceinline__ void load_rows(const AttentionArgs& a, int64_t b, int64_t i0, const T* dr,
+                                          const int* row_len, T* lse_s, T* dr_s, int* len_s) {
   for (int i = threadIdx.x; i < BM; i += kThreads) {
     const int64_t r = i0 + i;
     const bool in = r < a.tq;
     lse_s[i] = in ? static_cast<const T*>(a.lse)[b * a.tq + r] : T(INFINITY);
     dr_s[i] = in ? dr[b * a.tq + r] : T(0);
-    len_s[i] = row_length(a, b, r);
+    len_s[i] = in ? row_len[b * a.tq + r] : 0;
   }
 }
 
@@ -184,7 +199,8 @@ struct DqShared {
 // dK and dV of BN keys of one problem, and their share of dQ.
 template <class T, int D, int BM, int BN, int MINB, bool VEC>
 __global__ void __launch_bounds__(kThreads, MINB)
-    main_kernel(AttentionArgs a, AttentionGradArgs ga, const T* dr, const int* tile_kmax, DqShared<T> sh) {
+    main_kernel(AttentionArgs a, AttentionGradArgs ga, const T* dr, const int* row_len, const int* tile_kmax,
+                DqShared<T> sh) {
   constexpr int VN = 16 / int(sizeof(T)), LDD = D + VN, LDS = BN + VN, LDT = BM + VN, RK = BN / 16, RQ = BM / 16;
   static_assert(BM * LDS >= BN * LDT, "dS^T fits where P was");
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -203,15 +219,18 @@ __global__ void __launch_bounds__(kThreads, MINB)
   const int64_t problems = a.batch0 * a.batch1;
   const int64_t b = ticket_s % problems, b0 = b / a.batch1, b1 = b % a.batch1;
   const int jt = int(ticket_s / problems), j0 = jt * BN;
-  const int nk = int(a.tk - j0 < BN ? a.tk - j0 : BN);
   const int qtiles = int((a.tq + BM - 1) / BM);
+  // Keys no row sees are padding and may hold anything: they stay zeros here.
+  int kmax_b = 0;
+  for (int qt = 0; qt < qtiles; ++qt) kmax_b = max(kmax_b, tile_kmax[b * qtiles + qt]);
+  const int nk = int(a.tk - j0 < BN ? a.tk - j0 : BN), nk_seen = min(nk, kmax_b - j0);
   const int d = int(a.d), dv = int(a.dv);
   const T* q = static_cast<const T*>(a.q) + b0 * a.q_bs0 + b1 * a.q_bs1;
   const T* g = static_cast<const T*>(ga.g) + b0 * a.o_bs0 + b1 * a.o_bs1;
   const T* k = static_cast<const T*>(a.k) + b0 * a.k_bs0 + b1 * a.k_bs1 + int64_t(j0) * a.k_rs;
   const T* v = static_cast<const T*>(a.v) + b0 * a.v_bs0 + b1 * a.v_bs1 + int64_t(j0) * a.v_rs;
-  load_tile<T, D, LDD, VEC>(Ks, k, a.k_rs, BN, nk, d);
-  load_tile<T, D, LDD, VEC>(Vs, v, a.v_rs, BN, nk, dv);
+  load_tile<T, D, LDD, VEC>(Ks, k, a.k_rs, BN, nk_seen, d);
+  load_tile<T, D, LDD, VEC>(Vs, v, a.v_rs, BN, nk_seen, dv);
   cp_async_commit();
 
   T dk[RK][D / 8], dvv[RK][D / 8];
@@ -232,9 +251,16 @@ __global__ void __launch_bounds__(kThreads, MINB)
     load_tile<T, D, LDD, VEC>(Qs, q + i0 * a.q_rs, a.q_rs, BM, nq, d);
     load_tile<T, D, LDD, VEC>(Gs, g + i0 * a.o_rs, a.o_rs, BM, nq, dv);
     cp_async_commit();
-    load_rows<T, BM>(a, b, i0, dr, lse_s, dr_s, len_s);
+    load_rows<T, BM>(a, b, i0, dr, row_len, lse_s, dr_s, len_s);
     cp_async_wait_all();
     __syncthreads();
+    bool any_idle = false;  // rows without keys: their q rows become zeros (they may hold NaN)
+    for (int i = 0; i < nq; ++i) any_idle = any_idle || len_s[i] == 0;
+    if (any_idle) {
+      for (int i = threadIdx.x; i < nq * D; i += kThreads)
+        if (len_s[i / D] == 0) Qs[(i / D) * LDD + i % D] = T(0);
+      __syncthreads();
+    }
 
     // Selects, never 0 * x: padded keys may hold anything, NaN included.
     T p[RK][BM / 8];
@@ -338,24 +364,28 @@ void launch(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s)
   const size_t dr_bytes = size_t(problems * a.tq) * sizeof(T);
   const size_t acc_bytes = ga.dq ? size_t(problems * a.tq * D) * sizeof(T) : 0;
   const size_t count_bytes = size_t(1 + problems * qtiles) * sizeof(int);
+  const size_t len_bytes = size_t(problems * a.tq) * sizeof(int);
   unsigned char* scratch = nullptr;
-  if (cudaMallocAsync(reinterpret_cast<void**>(&scratch), dr_bytes + acc_bytes + 2 * count_bytes, s) != cudaSuccess) {
+  if (cudaMallocAsync(reinterpret_cast<void**>(&scratch), dr_bytes + acc_bytes + 2 * count_bytes + len_bytes, s) !=
+      cudaSuccess) {
     cudaGetLastError();
     throw Error("dot_attention backward: out of device memory for its scratch (" +
-                std::to_string(dr_bytes + acc_bytes + 2 * count_bytes) + " bytes)");
+                std::to_string(dr_bytes + acc_bytes + 2 * count_bytes + len_bytes) + " bytes)");
   }
   T* dr = reinterpret_cast<T*>(scratch);
   T* acc = reinterpret_cast<T*>(scratch + dr_bytes);
   int* tile_kmax = reinterpret_cast<int*>(scratch + dr_bytes + acc_bytes);
   int* counters = tile_kmax + 1 + problems * qtiles;  // the ticket, then one count per (problem, query tile)
+  int* row_len = counters + 1 + problems * qtiles;
   cudaMemsetAsync(counters, 0, count_bytes, s);
   rows_kernel<T, BM><<<dim3(unsigned(problems), unsigned(qtiles)), kThreads, 0, s>>>(
-      a, static_cast<const T*>(ga.g), dr, tile_kmax, static_cast<T*>(ga.dq), ga.dq_bs0, ga.dq_bs1, ga.dq_rs);
+      a, static_cast<const T*>(ga.g), dr, row_len, tile_kmax, static_cast<T*>(ga.dq), ga.dq_bs0, ga.dq_bs1,
+      ga.dq_rs);
   check_launch("dot_attention backward (rows)");
   constexpr size_t smem = sizeof(T) * size_t((2 * BN + 2 * BM) * (D + VN) + 2 * BM * (BN + VN));
   set_smem(main_kernel<T, D, BM, BN, MINB, VEC>, smem);
   main_kernel<T, D, BM, BN, MINB, VEC><<<unsigned(problems * ktiles), kThreads, smem, s>>>(
-      a, ga, dr, tile_kmax, DqShared<T>{counters, counters + 1, acc});
+      a, ga, dr, row_len, tile_kmax, DqShared<T>{counters, counters + 1, acc});
   check_launch("dot_attention backward");
   cudaFreeAsync(scratch, s);
 }

@@ -228,6 +228,61 @@ __global__ void binary_kernel(BinaryOp op, Meta<3> m, const T* a, const T* b, U*
   }
 }
 
+// Binary op where the innermost axis (extent C, a multiple of V) is contiguous in y and in
+// each input, or broadcast (stride 0): V elements per thread, one index division per vector.
+// `outer` is m without its innermost axis.
+template <class T, int V>
+__global__ void binary_inner_vec_kernel(BinaryOp op, Meta<3> outer, int64_t C, const T* a, const T* b, T* y,
+                                        bool a_vec, bool b_vec) {
+  using Vec = typename std::aligned_storage<sizeof(T) * V, 16>::type;
+  const int64_t cv = C / V, nv = outer.n * cv;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < nv; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / cv, c = (i - r * cv) * V;
+    int64_t o[3];
+    offsets(outer, r, o);
+    T va[V], vb[V];
+    if (a_vec) *reinterpret_cast<Vec*>(va) = *reinterpret_cast<const Vec*>(a + o[0] + c);
+    else
+#pragma unroll
+      for (int j = 0; j < V; ++j) va[j] = a[o[0]];
+    if (b_vec) *reinterpret_cast<Vec*>(vb) = *reinterpret_cast<const Vec*>(b + o[1] + c);
+    else
+#pragma unroll
+      for (int j = 0; j < V; ++j) vb[j] = b[o[1]];
+    Vec vy;
+    T* py = reinterpret_cast<T*>(&vy);
+#pragma unroll
+    for (int j = 0; j < V; ++j) py[j] = binary_arith(op, va[j], vb[j]);
+    *reinterpret_cast<Vec*>(y + o[2] + c) = vy;
+  }
+}
+
+// The innermost-axis vector path of launch_binary, if m fits it (see binary_inner_vec_kernel).
+template <class T>
+bool binary_inner_vec(BinaryOp op, const Meta<3>& m, const T* a, const T* b, T* y, cudaStream_t s) {
+  constexpr int V = 16 / int(sizeof(T));
+  if (m.nd < 2) return false;
+  const int last = m.nd - 1;
+  const int64_t C = m.shape[last];
+  if (C % V != 0 || m.strides[2][last] != 1) return false;
+  const T* ptr[3] = {a, b, y};
+  bool vec[3];
+  for (int k = 0; k < 3; ++k) {
+    const int64_t st = m.strides[k][last];
+    if (st != 0 && st != 1) return false;
+    vec[k] = st == 1;
+    if (!vec[k]) continue;
+    if (!aligned16(ptr[k])) return false;
+    for (int d = 0; d < last; ++d)
+      if (m.strides[k][d] % V != 0) return false;
+  }
+  Meta<3> outer = m;
+  outer.nd = last;
+  outer.n = m.n / C;
+  binary_inner_vec_kernel<T, V><<<blocks_for(outer.n * (C / V)), 256, 0, s>>>(op, outer, C, a, b, y, vec[0], vec[1]);
+  return true;
+}
+
 template <class T>
 __global__ void where_kernel(Meta<4> m, const bool* c, const T* a, const T* b, T* y) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < m.n; i += int64_t(gridDim.x) * blockDim.x) {
@@ -296,6 +351,8 @@ void launch_binary(BinaryOp op, DType dt, const Meta<3>& m, const void* a, const
             op, m.n, static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(y));
         return;
       }
+      if (!cmp && binary_inner_vec<T>(op, m, static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(y), s))
+        return;
     }
     if (cmp)
       binary_kernel<T, bool><<<blocks_for(m.n), 256, 0, s>>>(op, m, static_cast<const T*>(a), static_cast<const T*>(b),

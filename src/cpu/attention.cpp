@@ -82,7 +82,7 @@ template <class T>
 void attention_backward_impl(CpuBackend& be, DType dt, const backend::Attention& a, const backend::AttentionGrads& ga) {
   const int64_t batch = a.batch[0] * a.batch[1];
   const int64_t qb = query_block(a);
-  std::vector<T> p(size_t(qb * std::max<int64_t>(1, a.tk))), dp(p.size());
+  std::vector<T> p(size_t(qb * std::max<int64_t>(1, a.tk))), dp(p.size()), qs;
   std::vector<int64_t> lens(static_cast<size_t>(qb));
   const int64_t ldq = ld(a.q.row_stride, a.tq, a.d), ldk = ld(a.k.row_stride, a.tk, a.d);
   const int64_t ldv = ld(a.v.row_stride, a.tk, a.dv), ldo = ld(a.out_row_stride, a.tq, a.dv);
@@ -104,24 +104,46 @@ void attention_backward_impl(CpuBackend& be, DType dt, const backend::Attention&
     if (dv) zero_rows(dv, ga.dv.row_stride, a.tk, a.dv);
     for (int64_t i0 = 0; i0 < a.tq; i0 += qb) {
       const int64_t n = std::min(qb, a.tq - i0);
-      const int64_t kmax = block_lengths(a, b, i0, n, lens);
+      const T* gob = go + i0 * a.out_row_stride;
+      // A row whose output gradient is all zero (a padded query frame) sees no key here: its
+      // weights and q, which may hold anything, stay out of every sum (its share is exactly 0).
+      int64_t kmax = block_lengths(a, b, i0, n, lens);
+      bool idle = false;
+      for (int64_t r = 0; r < n; ++r) {
+        const T* row = gob + r * a.out_row_stride;
+        if (std::all_of(row, row + a.dv, [](T x) { return x == T(0); })) {
+          lens[size_t(r)] = 0;
+          idle = true;
+        } else if (!a.key_lengths) {
+          lens[size_t(r)] = a.tk;
+        }
+      }
+      if (idle) kmax = n > 0 ? *std::max_element(lens.begin(), lens.begin() + n) : 0;
       T* dqb = dq ? dq + i0 * ga.dq.row_stride : nullptr;
       if (kmax == 0 || a.d == 0) {
         if (dqb) zero_rows(dqb, ga.dq.row_stride, n, a.d);
         if (kmax == 0) continue;
       }
-      const int64_t* len = a.key_lengths ? lens.data() : nullptr;
-      if (a.d > 0) gemm_nt(q + i0 * a.q.row_stride, ldq, k, ldk, p.data(), kmax, n, kmax, a.d, a.scale);
+      const int64_t* len = a.key_lengths || idle ? lens.data() : nullptr;
+      const T* qb_rows = q + i0 * a.q.row_stride;
+      int64_t ldqb = ldq;
+      if (idle) {  // q's rows with the idle ones as zeros
+        qs.assign(size_t(n * std::max<int64_t>(1, a.d)), T(0));
+        for (int64_t r = 0; r < n; ++r)
+          if (lens[size_t(r)] > 0) std::copy(qb_rows + r * a.q.row_stride, qb_rows + r * a.q.row_stride + a.d, &qs[size_t(r * a.d)]);
+        qb_rows = qs.data();
+        ldqb = std::max<int64_t>(1, a.d);
+      }
+      if (a.d > 0) gemm_nt(qb_rows, ldqb, k, ldk, p.data(), kmax, n, kmax, a.d, a.scale);
       else std::fill(p.begin(), p.begin() + n * kmax, T(0));
       be.softmax(false, dt, n, kmax, 1, p.data(), len, p.data());
-      const T* gob = go + i0 * a.out_row_stride;
       if (dv) gemm_tn_acc(p.data(), kmax, gob, ldo, dv, ldgv, kmax, a.dv, n, 1.0);
       if ((!dq && !dk) || a.d == 0) continue;
       gemm_nt(gob, ldo, v, ldv, dp.data(), kmax, n, kmax, a.dv, 1.0);
       // dS in place of dP: p (dp - sum_j p dp) on the visible keys, 0 on the others.
       be.softmax_backward(false, dt, n, kmax, 1, p.data(), dp.data(), len, dp.data());
       if (dqb) gemm_nn(dp.data(), kmax, k, ldk, dqb, ldgq, n, a.d, kmax, a.scale);
-      if (dk) gemm_tn_acc(dp.data(), kmax, q + i0 * a.q.row_stride, ldq, dk, ldgk, kmax, a.d, n, a.scale);
+      if (dk) gemm_tn_acc(dp.data(), kmax, qb_rows, ldqb, dk, ldgk, kmax, a.d, n, a.scale);
     }
   }
 }
