@@ -64,8 +64,8 @@ __device__ __forceinline__ void score_tile(const T* A, const T* B, T (&acc)[NA /
 }
 
 // acc[i][g * VN + c] += sum_{r < n} W[r][t / 8 * RK + i] * X[r][t % 8 * VN + 8 VN g + c]
-// (W rows of stride LDW, X rows of stride LDX).
-template <class T, int D, int RK, int LDW, int LDX>
+// (W rows of stride LDW, X rows of stride LDX); WT: W is stored transposed, W[r][j] at j * LDW + r.
+template <class T, int D, int RK, int LDW, int LDX, bool WT = false>
 __device__ __forceinline__ void accumulate(const T* W, const T* X, int n, T (&acc)[RK][D / 8]) {
   constexpr int VN = 16 / int(sizeof(T)), CV = D / (8 * VN);
   using V = typename Vec<T>::type;
@@ -74,7 +74,7 @@ __device__ __forceinline__ void accumulate(const T* W, const T* X, int n, T (&ac
   for (int r = 0; r < n; ++r) {
     T w[RK];
 #pragma unroll
-    for (int i = 0; i < RK; ++i) w[i] = W[r * LDW + tr * RK + i];
+    for (int i = 0; i < RK; ++i) w[i] = WT ? W[(tr * RK + i) * LDW + r] : W[r * LDW + tr * RK + i];
 #pragma unroll
     for (int g = 0; g < CV; ++g) {
       const V xv = *reinterpret_cast<const V*>(X + r * LDX + tc * VN + 8 * VN * g);
@@ -202,14 +202,13 @@ __global__ void __launch_bounds__(kThreads, MINB)
     main_kernel(AttentionArgs a, AttentionGradArgs ga, const T* dr, const int* row_len, const int* tile_kmax,
                 DqShared<T> sh) {
   constexpr int VN = 16 / int(sizeof(T)), LDD = D + VN, LDS = BN + VN, LDT = BM + VN, RK = BN / 16, RQ = BM / 16;
-  static_assert(BM * LDS >= BN * LDT, "dS^T fits where P was");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* Ks = reinterpret_cast<T*>(smem_raw);  // [BN][LDD]
   T* Vs = Ks + BN * LDD;                   // [BN][LDD]
   T* Qs = Vs + BN * LDD;                   // [BM][LDD]
   T* Gs = Qs + BM * LDD;                   // [BM][LDD]: dO
-  T* Ps = Gs + BM * LDD;                   // [BM][LDS]: P by query row; then dS^T [BN][LDT]
-  T* Ss = Ps + BM * LDS;                   // [BM][LDS]: dS by query row
+  T* Ps = Gs + BM * LDD;                   // [BM][LDS]: P by query row
+  T* St = Ps + BM * LDS;                   // [BN][LDT]: dS by key
   __shared__ T lse_s[BM], dr_s[BM];
   __shared__ int len_s[BM], ticket_s;
 
@@ -247,7 +246,7 @@ __global__ void __launch_bounds__(kThreads, MINB)
     const bool last = kmax <= j0 + BN;  // the tile's last key tile: it writes dQ
     const int64_t i0 = int64_t(qt) * BM;
     const int nq = int(a.tq - i0 < BM ? a.tq - i0 : BM);
-    __syncthreads();  // the previous tile's Qs, Gs, Ps, Ss are consumed
+    __syncthreads();  // the previous tile's Qs, Gs, Ps, St are consumed
     load_tile<T, D, LDD, VEC>(Qs, q + i0 * a.q_rs, a.q_rs, BM, nq, d);
     load_tile<T, D, LDD, VEC>(Gs, g + i0 * a.o_rs, a.o_rs, BM, nq, dv);
     cp_async_commit();
@@ -280,20 +279,13 @@ __global__ void __launch_bounds__(kThreads, MINB)
       for (int e = 0; e < BM / 8; ++e) {
         const int row = tb + 8 * e, key = ta + 16 * i;
         Ps[row * LDS + key] = p[i][e];
-        Ss[row * LDS + key] = j0 + key < len_s[row] ? p[i][e] * (dp[i][e] - dr_s[row]) : T(0);
+        St[key * LDT + row] = j0 + key < len_s[row] ? p[i][e] * (dp[i][e] - dr_s[row]) : T(0);
       }
     __syncthreads();
     // Keys t / 8 * RK + i of the accumulators: P^T dO and dS^T Q.
     accumulate<T, D, RK, LDS, LDD>(Ps, Gs, nq, dvv);
-    accumulate<T, D, RK, LDS, LDD>(Ss, Qs, nq, dk);
+    accumulate<T, D, RK, LDT, LDD, true>(St, Qs, nq, dk);
     if (!ga.dq) continue;
-    __syncthreads();  // Ps is free: dS^T goes there
-    T* St = Ps;
-    for (int i = threadIdx.x; i < BM * BN; i += kThreads) {
-      const int row = i / BN, key = i % BN;
-      St[key * LDT + row] = Ss[row * LDS + key];
-    }
-    __syncthreads();
     T dq[RQ][D / 8];
 #pragma unroll
     for (int i = 0; i < RQ; ++i)
@@ -309,6 +301,7 @@ __global__ void __launch_bounds__(kThreads, MINB)
     __syncthreads();
     T* acc = sh.acc + (b * a.tq + i0) * D;
     constexpr int VQ = 16 / int(sizeof(T)), CV = D / (8 * VQ);
+    using V = typename Vec<T>::type;
     const int tr = threadIdx.x / 8, tc = threadIdx.x % 8;
     T* out = static_cast<T*>(ga.dq) + b0 * ga.dq_bs0 + b1 * ga.dq_bs1 + i0 * ga.dq_rs;
 #pragma unroll
@@ -316,18 +309,26 @@ __global__ void __launch_bounds__(kThreads, MINB)
       const int r = tr * RQ + i;
       if (r >= nq) continue;
 #pragma unroll
-      for (int gi = 0; gi < CV; ++gi)
+      for (int gi = 0; gi < CV; ++gi) {
+        const int col0 = tc * VQ + 8 * VQ * gi;
+        V* slot = reinterpret_cast<V*>(acc + r * D + col0);
+        T x[VQ];
 #pragma unroll
-        for (int c = 0; c < VQ; ++c) {
-          const int col = tc * VQ + 8 * VQ * gi + c;
-          T x = dq[i][gi * VQ + c];
-          if (jt > 0) x += __ldcg(acc + r * D + col);  // L2: written by another block
-          if (last) {
-            if (col < d) out[r * ga.dq_rs + col] = x * T(a.scale);
-          } else {
-            __stcg(acc + r * D + col, x);
-          }
+        for (int c = 0; c < VQ; ++c) x[c] = dq[i][gi * VQ + c];
+        if (jt > 0) {  // through L2: written by another block
+          const V prev = __ldcg(slot);
+          const T* pv = reinterpret_cast<const T*>(&prev);
+#pragma unroll
+          for (int c = 0; c < VQ; ++c) x[c] += pv[c];
         }
+        if (last) {
+#pragma unroll
+          for (int c = 0; c < VQ; ++c)
+            if (col0 + c < d) out[r * ga.dq_rs + col0 + c] = x[c] * T(a.scale);
+        } else {
+          __stcg(slot, *reinterpret_cast<const V*>(x));
+        }
+      }
     }
     __threadfence();
     __syncthreads();
@@ -382,7 +383,7 @@ void launch(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s)
       a, static_cast<const T*>(ga.g), dr, row_len, tile_kmax, static_cast<T*>(ga.dq), ga.dq_bs0, ga.dq_bs1,
       ga.dq_rs);
   check_launch("dot_attention backward (rows)");
-  constexpr size_t smem = sizeof(T) * size_t((2 * BN + 2 * BM) * (D + VN) + 2 * BM * (BN + VN));
+  constexpr size_t smem = sizeof(T) * size_t((2 * BN + 2 * BM) * (D + VN) + BM * (BN + VN) + BN * (BM + VN));
   set_smem(main_kernel<T, D, BM, BN, MINB, VEC>, smem);
   main_kernel<T, D, BM, BN, MINB, VEC><<<unsigned(problems * ktiles), kThreads, smem, s>>>(
       a, ga, dr, row_len, tile_kmax, DqShared<T>{counters, counters + 1, acc});
