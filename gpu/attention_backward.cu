@@ -362,7 +362,7 @@ void launch(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s)
     throw Error("dot_attention backward: " + std::to_string(a.tq) + " queries or " + std::to_string(a.tk) +
                 " keys per problem are too many for cuda");
   // Scratch: Dr [problems, tq], the dQ buffer [problems, tq, D], tile lengths and counters.
-  const size_t dr_bytes = size_t(problems * a.tq) * sizeof(T);
+  const size_t dr_bytes = (size_t(problems * a.tq) * sizeof(T) + 255) / 256 * 256;  // keeps the buffer 16-byte aligned
   const size_t acc_bytes = ga.dq ? size_t(problems * a.tq * D) * sizeof(T) : 0;
   const size_t count_bytes = size_t(1 + problems * qtiles) * sizeof(int);
   const size_t len_bytes = size_t(problems * a.tq) * sizeof(int);
