@@ -788,8 +788,8 @@ TEST_CASE("gpu: layer_norm and its gradients match the CPU", "[gpu][normalizatio
       out.push_back(y);
       return out;
     }, 1e-4, 1e-5);
+  Dim big(9, "big"), t4(4, "t4");  // outside the lambda: both devices' outputs share the Dims
   consistent("layer_norm strided", [&](Device dev) {
-    Dim big(9, "big"), t4(4, "t4");
     Tensor xb = input({d.batch, big, d.feat}, 320, dev).transpose_to({d.batch, big, d.feat}).with_requires_grad();
     Tensor x = slice(xb, big, 2, 6, 1, t4).first;
     Tensor w = input({d.feat}, 321, dev).with_requires_grad();
@@ -833,8 +833,8 @@ TEST_CASE("gpu: xpos and its gradient match the CPU", "[gpu][xpos]") {
         return std::vector<Tensor>{copy_masked(y, {d.time}), copy_masked(g, {d.time})};
       }, 1e-4, 1e-5);
       // A transposed x (the feature Dim not innermost: copied first) and a static axis.
+      const Dim t(6, "t");
       consistent(std::string("xpos transposed ") + dtype_name(dt), [&](Device dev) {
-        Dim t(6, "t");
         Tensor x = input({hd, t, heads}, 350, dev, -2, 2, dt).transpose_to({hd, t, heads}).with_requires_grad();
         Tensor y = nn::torchscale::xpos(x, t, hd, 2, down, 512);
         Tensor c = input({t, heads, hd}, 351, dev, -1, 1, dt);
