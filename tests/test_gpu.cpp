@@ -801,13 +801,14 @@ TEST_CASE("gpu: layer_norm and its gradients match the CPU", "[gpu][normalizatio
   }, 1e-4, 1e-5);
   // bf16 / f16 (forward only: half tensors carry no gradient), vectorized rows and the loop.
   for (DType dt : {DType::bf16, DType::f16})
-    for (int64_t n : {9, 256})
+    for (int64_t n : {9, 256}) {
+      const Dim f(n, "f");
       consistent(std::string("layer_norm ") + dtype_name(dt) + " n " + std::to_string(n), [&](Device dev) {
-        Dim f(n, "f");
         Tensor x = input({d.batch, f}, 330, dev, -2, 2, dt).transpose_to({d.batch, f});
         Tensor w = input({f}, 331, dev, -2, 2, dt), b = input({f}, 332, dev, -2, 2, dt);
         return std::vector<Tensor>{layer_norm(x, f, w, b), layer_norm(x.transpose_to({f, d.batch}), f, w, b)};
       }, 1e-2, 1e-2);
+    }
   // Operands on different devices.
   Tensor xg = Tensor::ones({d.batch, d.feat}).to(kGpu);
   CHECK_THROWS_WITH(layer_norm(xg, d.feat, Tensor::ones({d.feat})),
