@@ -2,6 +2,7 @@
 // the query, padding invariance, float64 gradients, dropout and errors.
 #include <dimx/nn.h>
 
+#include <cstdlib>
 #include <filesystem>
 
 #include "module_check.h"
@@ -251,6 +252,57 @@ TEST_CASE("dot_attention: fused gradients match the unfused path on random Dims 
         CHECK_VEC_APPROX(results[1], results[0], tol, tol);
       }
     }
+  }
+}
+
+// The path counters, and DIMX_STRICT_FUSED=1 (ctest runs this case once more with it set):
+// a fallback from the fused path is then an error that says why.
+TEST_CASE("dot_attention: path counters and strict fused mode", "[attention][strict]") {
+  const char* e = std::getenv("DIMX_STRICT_FUSED");
+  const bool strict = e && std::string(e) == "1";
+  Setup s;
+  Generator gen(3);
+  Tensor q = rnd({s.batch, s.time, s.heads, s.key}, 70).with_requires_grad();
+  Tensor k = rnd({s.batch, s.time, s.heads, s.key}, 71).with_requires_grad();
+  Tensor v = rnd({s.batch, s.time, s.heads, s.value}, 72).with_requires_grad();
+  nn::reset_attention_path_counts();
+  nn::DotAttentionOptions o;
+  o.fused = true;
+  Tensor out = nn::dot_attention(q, k, v, s.key, s.time, o);
+  grad(reduce_sum(out, out.dims()), {q, k, v});
+  nn::AttentionPathCounts c = nn::attention_path_counts();
+  CHECK(c.fused_forward == 1);
+  CHECK(c.fused_backward == 1);  // the CPU's fused backward
+  CHECK(c.unfused_forward == 0);
+  CHECK(c.unfused_backward == 0);
+  // Asked for unfused: counted, never an error.
+  o.fused = false;
+  nn::dot_attention(q, k, v, s.key, s.time, o);
+  CHECK(nn::attention_path_counts().unfused_forward == 1);
+  // Asked for fused, but dropout in training: a fallback.
+  o.fused = true;
+  o.att_dropout = 0.1;
+  o.training = true;
+  o.gen = &gen;
+  if (strict) {
+    CHECK_THROWS_WITH(nn::dot_attention(q, k, v, s.key, s.time, o),
+                      Catch::Contains("dot_attention") && Catch::Contains("DIMX_STRICT_FUSED") &&
+                          Catch::Contains("dropout"));
+  } else {
+    nn::dot_attention(q, k, v, s.key, s.time, o);
+    CHECK(nn::attention_path_counts().unfused_forward == 2);
+  }
+  // k broadcast over heads: the fused backward cannot form its gradient (a sum over heads).
+  o = {};
+  o.fused = true;
+  Tensor kb = rnd({s.batch, s.time, s.key}, 73).with_requires_grad();
+  Tensor out2 = nn::dot_attention(q, kb, v, s.key, s.time, o);
+  if (strict) {
+    CHECK_THROWS_WITH(grad(reduce_sum(out2, out2.dims()), {q, kb, v}),
+                      Catch::Contains("backward") && Catch::Contains("broadcasts"));
+  } else {
+    grad(reduce_sum(out2, out2.dims()), {q, kb, v});
+    CHECK(nn::attention_path_counts().unfused_backward == 1);
   }
 }
 

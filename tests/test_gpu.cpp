@@ -440,7 +440,12 @@ TEST_CASE("gpu: the fused dot_attention backward", "[gpu]") {
   consistent("padded with NaN, v sharing the key Dim", [&](Device dev) { return run(dev, dev == kGpu); }, 2e-5, 2e-5);
   {
     Profiler prof;
+    nn::reset_attention_path_counts();
     run(kGpu, true);
+    const nn::AttentionPathCounts c = nn::attention_path_counts();
+    CHECK(c.fused_forward == 1);
+    CHECK(c.fused_backward == 1);
+    CHECK(c.unfused_forward + c.unfused_backward == 0);
     bool bwd = false, softmax_seen = false;
     for (const Profiler::Entry& e : prof.entries()) {
       bwd = bwd || e.primitive.rfind("attention_backward", 0) == 0;

@@ -7,6 +7,7 @@
 #include <dimx/reduce.h>
 
 #include <cmath>
+#include <atomic>
 #include <cstdlib>
 #include <optional>
 #include <string>
@@ -19,6 +20,25 @@
 namespace dimx::nn {
 
 namespace {
+
+std::atomic<int64_t> g_fused_fwd{0}, g_unfused_fwd{0}, g_fused_bwd{0}, g_unfused_bwd{0};
+
+// DIMX_STRICT_FUSED=1: a fallback from the fused path is an error.
+bool strict_fused() {
+  static const bool on = [] {
+    const char* e = std::getenv("DIMX_STRICT_FUSED");
+    return e && std::string(e) == "1";
+  }();
+  return on;
+}
+
+// Counts an unfused forward or backward that the fused path was asked for; an error in strict mode.
+void fell_back(bool backward, const std::string& why) {
+  (backward ? g_unfused_bwd : g_unfused_fwd).fetch_add(1, std::memory_order_relaxed);
+  if (strict_fused())
+    fail(std::string("dot_attention: the ") + (backward ? "backward" : "forward") +
+         " cannot take the fused path (DIMX_STRICT_FUSED=1): " + why);
+}
 
 Dims cat(Dims a, const Dims& b) {
   a.insert(a.end(), b.begin(), b.end());
@@ -230,7 +250,13 @@ Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const 
   Tensor out = f.out;
   return record("dot_attention", out, {q, k, v},
                 [f = std::move(f), q, k, v, key_dim, kv_axis, scale, need_q, need_k, need_v](const Tensor& g) {
-    if (auto r = fused_backward(f, g, key_dim, kv_axis, need_q, need_k, need_v)) return *r;
+    if (auto r = fused_backward(f, g, key_dim, kv_axis, need_q, need_k, need_v)) {
+      g_fused_bwd.fetch_add(1, std::memory_order_relaxed);
+      return *r;
+    }
+    fell_back(true, "the device has no fused backward for " + std::string(dtype_name(q.dtype())) +
+                        " with these Dims, or k or v broadcasts over a batch Dim (q " + q.str() + ", k " + k.str() +
+                        ", v " + v.str() + ")");
     Tensor qs = q * scale;
     Tensor w = softmax(matmul(qs, k, key_dim), kv_axis);
     // out = matmul(w, v, kv_axis): as matmul's own backward. Every contraction masks padded
@@ -247,6 +273,22 @@ Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const 
 }
 
 }  // namespace
+
+AttentionPathCounts attention_path_counts() {
+  AttentionPathCounts c;
+  c.fused_forward = g_fused_fwd.load();
+  c.unfused_forward = g_unfused_fwd.load();
+  c.fused_backward = g_fused_bwd.load();
+  c.unfused_backward = g_unfused_bwd.load();
+  return c;
+}
+
+void reset_attention_path_counts() {
+  g_fused_fwd = 0;
+  g_unfused_fwd = 0;
+  g_fused_bwd = 0;
+  g_unfused_bwd = 0;
+}
 
 Dim causal_key_dim(const Dim& query, const Dim& axis) {
   if (query.extent() != axis.extent())
@@ -305,10 +347,20 @@ Tensor dot_attention(const Tensor& q, const Tensor& k0, const Tensor& v0, const 
   if (!(o.att_dropout >= 0 && o.att_dropout < 1))
     fail("dot_attention: att_dropout must be in [0, 1), got " + std::to_string(o.att_dropout));
   const bool dropout_active = o.att_dropout > 0 && o.training;
-  if (!dropout_active && o.fused.value_or(fused_by_default(needs_grad({&q, &k, &v}), q.device()))) {
+  const bool want_fused = o.fused.value_or(fused_by_default(needs_grad({&q, &k, &v}), q.device()));
+  if (want_fused && dropout_active) fell_back(false, "attention dropout in training");
+  if (!dropout_active && want_fused) {
     check_same_device(op, q, k);
     check_same_device(op, q, v);
-    if (Tensor out = fused_with_grad(q, k, v, key_dim, kv_axis, scale); out.defined()) return out;
+    if (Tensor out = fused_with_grad(q, k, v, key_dim, kv_axis, scale); out.defined()) {
+      g_fused_fwd.fetch_add(1, std::memory_order_relaxed);
+      return out;
+    }
+    fell_back(false, "no fused kernel for " + std::string(dtype_name(q.dtype())) + " on " + q.device().str() +
+                         " with these Dims (q " + q.str() + ", k " + k.str() + ", v " + v.str() + ", key Dim " +
+                         kv_axis.str() + ")");
+  } else if (!want_fused) {
+    g_unfused_fwd.fetch_add(1, std::memory_order_relaxed);
   }
   Tensor energy = matmul(q * scale, k, key_dim);
   Tensor weights = softmax(energy, kv_axis);

@@ -17,8 +17,12 @@
 /// Fused lowering: where q is {batch..., query..., key_dim}, k {batch..., axis, key_dim} and v
 /// {batch..., axis, value...} (batch: Dims q shares with k or v; k and v may broadcast over
 /// some), and axis's lengths live on batch and query Dims, the device's fused attention
-/// primitive computes the same without materializing the energies. Gradients recompute the
-/// weights from q and k.
+/// primitive computes the same without materializing the energies, and its fused backward the
+/// gradients of q, k and v (deterministic, nothing of size [query, key] in memory either). An
+/// operand that broadcasts over a batch Dim gets its gradient from an unfused recomputation.
+/// attention_path_counts() tells which paths ran; with DIMX_STRICT_FUSED=1 in the environment,
+/// a call that asks for the fused path (DotAttentionOptions::fused unset or true) and cannot
+/// take it, forward or backward, is a dimx::Error saying why instead of a silent fallback.
 #include <dimx/random.h>
 #include <dimx/tensor.h>
 
@@ -46,6 +50,19 @@ struct DotAttentionOptions {
 /// file comment). Returns v's Dims without axis, plus q's extra Dims.
 Tensor dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Dim& key_dim, const Dim& axis,
                      const DotAttentionOptions& options = {});
+
+/// How many dot_attention forwards and backwards took the fused primitive and how many the
+/// unfused matmul / softmax path, since the program started or the last reset (all threads).
+struct AttentionPathCounts {
+  int64_t fused_forward = 0;     ///< forwards on the fused primitive
+  int64_t unfused_forward = 0;   ///< forwards on matmul / softmax / matmul
+  int64_t fused_backward = 0;    ///< backwards of fused forwards on the fused primitive
+  int64_t unfused_backward = 0;  ///< backwards of fused forwards that recomputed the weights with dimx ops
+};
+/// The counts so far.
+AttentionPathCounts attention_path_counts();
+/// Sets every count to 0.
+void reset_attention_path_counts();
 
 /// The key Dim of causal attention: frames of `axis`, where query i sees keys j <= i of its
 /// sequence (lengths min(i + 1, len) over {query, axis's length Dims}). A new Dim per call.
