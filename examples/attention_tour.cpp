@@ -153,6 +153,34 @@ int main() {
     // [doc:relpos_causal]
     check(max_diff(rel_last.to_vector<double>({batch, out}), frame(rel_full, time, 2).to_vector<double>({batch, out})) < 1e-5,
           "relative-position decoding step by step equals the whole sequence");
+
+    // [doc:fused]
+    // dot_attention on its fused path, forward and backward: no {batch, heads, query, key}
+    // weights in memory. The path counters say what ran; fused = false is the unfused path.
+    Dim heads(4, "heads"), head(8, "head");
+    Tensor q = random_normal({batch, time, heads, head}, gen).with_requires_grad();
+    Tensor k = random_normal({batch, time, heads, head}, gen).with_requires_grad();
+    Tensor v = random_normal({batch, time, heads, head}, gen).with_requires_grad();
+    nn::DotAttentionOptions fused, unfused;
+    fused.fused = true;
+    unfused.fused = false;
+    nn::reset_attention_path_counts();
+    Tensor o1 = nn::dot_attention(q, k, v, head, time, fused);
+    std::vector<Tensor> g1 = grad(reduce_sum(o1 * o1, o1.dims()), {q, k, v});
+    const nn::AttentionPathCounts paths = nn::attention_path_counts();
+    std::printf("fused forwards %lld, fused backwards %lld\n", (long long)paths.fused_forward,
+                (long long)paths.fused_backward);
+    Tensor o2 = nn::dot_attention(q, k, v, head, time, unfused);
+    std::vector<Tensor> g2 = grad(reduce_sum(o2 * o2, o2.dims()), {q, k, v});
+    // [doc:fused]
+    check(paths.fused_forward == 1 && paths.fused_backward == 1, "the forward and the backward ran fused");
+    double worst = 0;
+    for (size_t i = 0; i < 3; ++i) {
+      const Dims dims = std::vector<Tensor>{q, k, v}[i].dims();
+      worst = std::max(worst, max_diff(copy_masked(g1[i], {time}).to_vector<double>(dims),
+                                       copy_masked(g2[i], {time}).to_vector<double>(dims)));
+    }
+    check(worst < 1e-4, "fused and unfused gradients agree (max diff " + std::to_string(worst) + ")");
   } catch (const Error& e) {
     std::printf("FAIL dimx::Error: %s\n", e.what());
     return 1;
