@@ -225,18 +225,14 @@ std::optional<std::vector<Tensor>> fused_backward(const Fused& f, const Tensor& 
   return std::vector<Tensor>{dq, dk, dv};
 }
 
-// The default where DotAttentionOptions::fused is unset: DIMX_FUSED_ATTENTION=0/1 if set
-// (for benchmarks), else fused, except on the CPU when a gradient will be taken: there the
-// backward's recomputation of the weights costs more than keeping them (bench_attention:
-// torchscale's forward + backward 0.77x torch unfused against 0.86x fused), while on CUDA the
-// two take the same time and the fused path keeps no [query, key] weights in memory.
-bool fused_by_default(bool with_grad, Device device) {
-  static const int env = [] {
+// The default where DotAttentionOptions::fused is unset: DIMX_FUSED_ATTENTION=0/1 if set (for
+// benchmarks), else fused.
+bool fused_by_default() {
+  static const bool fused = [] {
     const char* e = std::getenv("DIMX_FUSED_ATTENTION");
-    return e && *e ? (std::string(e) == "0" ? 0 : 1) : -1;
+    return !(e && std::string(e) == "0");
   }();
-  if (env >= 0) return env == 1;
-  return !(with_grad && device.is_cpu());
+  return fused;
 }
 
 // The fused forward with a node whose backward is the device's fused backward where it has
@@ -347,7 +343,7 @@ Tensor dot_attention(const Tensor& q, const Tensor& k0, const Tensor& v0, const 
   if (!(o.att_dropout >= 0 && o.att_dropout < 1))
     fail("dot_attention: att_dropout must be in [0, 1), got " + std::to_string(o.att_dropout));
   const bool dropout_active = o.att_dropout > 0 && o.training;
-  const bool want_fused = o.fused.value_or(fused_by_default(needs_grad({&q, &k, &v}), q.device()));
+  const bool want_fused = o.fused.value_or(fused_by_default());
   if (want_fused && dropout_active) fell_back(false, "attention dropout in training");
   if (!dropout_active && want_fused) {
     check_same_device(op, q, k);

@@ -38,11 +38,9 @@ struct DotAttentionOptions {
   std::optional<double> scale;          ///< default: 1 / sqrt(key_dim.size())
   Generator* gen = nullptr;             ///< needed when att_dropout > 0 in training
   bool training = false;               ///< apply att_dropout only when true
-  /// The fused primitive (no [query, key] energies in memory) where the Dims map onto it and no
-  /// dropout applies. Unset: as DIMX_FUSED_ATTENTION (0 / 1) says, else fused, except on the
-  /// CPU when a gradient will be taken (the backward would recompute the weights, which costs
-  /// more there than keeping them); true / false: prefer it / never (results agree within
-  /// rounding).
+  /// The fused primitive (no [query, key] energies in memory, forward or backward) where the
+  /// Dims map onto it and no dropout applies. Unset: as DIMX_FUSED_ATTENTION (0 / 1) says, else
+  /// fused; true / false: prefer it / never (results agree within rounding).
   std::optional<bool> fused;
 };
 
