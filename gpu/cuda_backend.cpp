@@ -11,6 +11,7 @@
 #include "backend.h"
 #include "cpu/strided.h"
 #include "launch.h"
+#include "optim_coeffs.h"
 #include "runtime.h"
 
 namespace dimx::gpu {
@@ -200,6 +201,24 @@ class CudaBackend final : public backend::Backend {
   }
   bool attention(DType dt, const backend::Attention& a) override {
     return launch_attention(dt, attention_args(a), stream());
+  }
+  void optim_step(DType dt, const backend::OptimStep& a) override {
+    if (dt != DType::f32 && dt != DType::f64)
+      throw Error(std::string("optimizer step: the fused update needs f32 or f64 on cuda, got ") + dtype_name(dt));
+    const bool adam = a.kind == backend::OptimStep::Kind::adam;
+    for (size_t i0 = 0; i0 < a.items.size(); i0 += kOptimMaxTensors) {
+      const int count = int(std::min<size_t>(kOptimMaxTensors, a.items.size() - i0));
+      OptimTensor t[kOptimMaxTensors];
+      optim_math::Coeffs<float> cf[kOptimMaxTensors];
+      optim_math::Coeffs<double> cd[kOptimMaxTensors];
+      for (int i = 0; i < count; ++i) {
+        const backend::OptimStep::Item& it = a.items[i0 + size_t(i)];
+        t[i] = OptimTensor{it.param, it.grad, {it.buf[0], it.buf[1], it.buf[2]}, it.n};
+        if (dt == DType::f32) cf[i] = optim_coeffs<float>(a, it);
+        else cd[i] = optim_coeffs<double>(a, it);
+      }
+      launch_optim_step(dt, adam, t, dt == DType::f32 ? static_cast<const void*>(cf) : cd, count, stream());
+    }
   }
   bool attention_backward(DType dt, const backend::Attention& a, const backend::AttentionGrads& g) override {
     const AttentionGradArgs ga{g.out_grad,

@@ -129,6 +129,16 @@ void launch_causal_conv(DType dt, int64_t B, int64_t L, int64_t C, int64_t Lk, b
                         const void* k, void* y, cudaStream_t s);
 void launch_causal_conv_kernel_grad(DType dt, int64_t B, int64_t L, int64_t C, int64_t Lk, bool fft, const void* x,
                                     const void* g, void* dk, cudaStream_t s);
+// The fused optimizer step (see backend::OptimStep): `count` (<= kOptimMaxTensors) tensors and
+// their coefficients (optim_math::Coeffs<T>, T the element type), one launch.
+constexpr int kOptimMaxTensors = 16;
+struct OptimTensor {
+  void* param;
+  const void* grad;
+  void* buf[3];
+  int64_t n;
+};
+void launch_optim_step(DType dt, bool adam, const OptimTensor* tensors, const void* coeffs, int count, cudaStream_t s);
 void launch_random(bool normal, DType dt, int64_t n, uint64_t seed, uint64_t offset, double a, double b, void* y,
                    cudaStream_t s);
 

@@ -6,6 +6,7 @@
 #include <dimx/reduce.h>
 
 #include <functional>
+#include <vector>
 
 #include "tensor_impl.h"
 
@@ -150,6 +151,33 @@ struct Xpos {
   bool inverse = false;
 };
 
+// One optimizer update of many tensors at once (multi-tensor), each i with n[i] contiguous
+// elements of param, grad and its state buffers in the same layout, updated in place:
+//   sgd:  d = (maximize ? -g : g) + weight_decay p; with momentum: buf0 = first[i] ? d :
+//         momentum buf0 + (1 - dampening) d, d = nesterov ? d + momentum buf0 : buf0; p -= lr d
+//   adam: g = maximize ? -g : g; decoupled: p *= 1 - lr weight_decay, else g += weight_decay p;
+//         buf0 = beta1 buf0 + (1 - beta1) g; buf1 = beta2 buf1 + (1 - beta2) g g;
+//         amsgrad: buf2 = max(buf2, buf1), used for v; p -= lr / bc1[i] buf0 / (sqrt(v) / sqrt(bc2[i]) + eps)
+// (bc1, bc2 = 1 - beta^t for the tensor's own step t). Arithmetic in the element type.
+struct OptimStep {
+  enum class Kind { sgd, adam } kind = Kind::adam;
+  double lr = 0, weight_decay = 0;
+  bool maximize = false;
+  double momentum = 0, dampening = 0;  // sgd
+  bool nesterov = false;
+  double beta1 = 0, beta2 = 0, eps = 0;  // adam
+  bool decoupled = false, amsgrad = false;
+  struct Item {
+    void* param;
+    const void* grad;
+    void* buf[3];  // sgd: momentum_buffer (with momentum); adam: exp_avg, exp_avg_sq, max_exp_avg_sq
+    int64_t n;
+    double bc1, bc2;  // adam
+    bool first;       // sgd: the momentum buffer starts as a copy of d
+  };
+  std::vector<Item> items;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -221,6 +249,8 @@ class Backend {
   // The kernel's gradient for the causal (not anti-causal) conv: dk [Lk, C],
   // dk[j, c] = sum_b sum_{t >= j} g[b, t, c] x[b, t - j, c].
   virtual void causal_conv_kernel_grad(DType dt, const CausalConv& a, const void* x, const void* g, void* dk) = 0;
+  // One update of every item of `a` (see OptimStep).
+  virtual void optim_step(DType dt, const OptimStep& a) = 0;
   // y (x's layout); state_out (nullable) [B, C, H], the state after each sequence's last valid frame.
   virtual void ema_forward(DType dt, const Ema& a, void* y, void* state_out) = 0;
   // Gradients of sum(gy * y) + sum(gfinal * state_out) for the forward with the same

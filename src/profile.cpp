@@ -185,6 +185,13 @@ class TimedBackend final : public backend::Backend {
                  },
                  [&] { return in_.attention(dt, a); });
   }
+  void optim_step(DType dt, const backend::OptimStep& a) override {
+    timed([&] {
+            return std::string(a.kind == backend::OptimStep::Kind::adam ? "adam_step " : "sgd_step ") +
+                   dtype_name(dt) + " " + std::to_string(a.items.size()) + " tensors";
+          },
+          [&] { in_.optim_step(dt, a); });
+  }
   bool attention_backward(DType dt, const backend::Attention& a, const backend::AttentionGrads& g) override {
     return timed([&] {
                    return std::string("attention_backward ") + dtype_name(dt) + " " +

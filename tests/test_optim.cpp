@@ -210,6 +210,87 @@ TEST_CASE("Adam and AdamW match torch.optim's formulas", "[optim]") {
   if (c.o.amsgrad) CHECK(max_abs_diff(st.buffers.at("max_exp_avg_sq").to_vector<double>({s.a, s.b}), want.vmax) < 1e-12);
 }
 
+// The fused multi-tensor step against the per-parameter dimx ops: several parameters of both
+// dtypes in one step, a parameter without a gradient, a gradient in another layout; each
+// optimizer and option set.
+TEST_CASE("the fused multi-tensor step equals the per-parameter update", "[optim]") {
+  Dim a(5, "a"), b(7, "b"), c(33, "c");
+  auto make = [&](std::vector<Tensor>& ps) {
+    ps.clear();
+    ps.push_back(Tensor::from_vector<double>({a, b}, random_doubles(35, 1, -1, 1)).with_requires_grad());
+    ps.push_back(Tensor::from_vector<double>({c}, random_doubles(33, 2, -1, 1)).astype(DType::f32).with_requires_grad());
+    ps.push_back(Tensor::from_vector<double>({b, a}, random_doubles(35, 3, -1, 1)).with_requires_grad());
+    ps.push_back(Tensor::from_vector<double>({c}, random_doubles(33, 4, -1, 1)).with_requires_grad());  // no grad
+  };
+  auto run_opt = [&](const std::function<std::unique_ptr<Optimizer>(NamedParameters)>& make_opt) {
+    std::vector<Tensor> ps;
+    make(ps);
+    NamedParameters named;
+    for (size_t i = 0; i < ps.size(); ++i) named.emplace_back("p" + std::to_string(i), &ps[i]);
+    std::unique_ptr<Optimizer> opt = make_opt(named);
+    for (int t = 0; t < 5; ++t) {
+      opt->zero_grad();
+      for (size_t i = 0; i + 1 < ps.size(); ++i) {
+        Tensor g = square(ps[i].detach()) - 0.3 + 0.1 * t;
+        ps[i].set_grad(i == 0 ? g.transpose_to({b, a}) : g);  // another layout for p0
+      }
+      opt->step();
+    }
+    std::vector<double> all;
+    for (const Tensor& p : ps) {
+      auto v = p.to_vector<double>(p.dims());
+      all.insert(all.end(), v.begin(), v.end());
+    }
+    for (size_t i = 0; i < ps.size(); ++i) {
+      auto st = opt->state().find("p" + std::to_string(i));
+      if (st == opt->state().end()) continue;
+      for (const auto& [bn, t] : st->second.buffers) {
+        auto v = t.to_vector<double>(ps[i].dims());  // in the parameter's order (buffers may differ)
+        all.insert(all.end(), v.begin(), v.end());
+      }
+    }
+    return all;
+  };
+  for (bool amsgrad : {false, true})
+    for (bool maximize : {false, true}) {
+      INFO("amsgrad " << amsgrad << " maximize " << maximize);
+      std::vector<double> r[2];
+      for (bool fused : {false, true})
+        r[fused] = run_opt([&](NamedParameters n) {
+          AdamWOptions o;
+          o.lr = 0.01;
+          o.amsgrad = amsgrad;
+          o.maximize = maximize;
+          o.fused = fused;
+          return std::unique_ptr<Optimizer>(new AdamW(std::move(n), o));
+        });
+      CHECK(max_abs_diff(r[1], r[0]) < 1e-6);
+      for (bool fused : {false, true})
+        r[fused] = run_opt([&](NamedParameters n) {
+          AdamOptions o;
+          o.lr = 0.01;
+          o.weight_decay = 0.1;
+          o.amsgrad = amsgrad;
+          o.maximize = maximize;
+          o.fused = fused;
+          return std::unique_ptr<Optimizer>(new Adam(std::move(n), o));
+        });
+      CHECK(max_abs_diff(r[1], r[0]) < 1e-6);
+      for (bool fused : {false, true})
+        r[fused] = run_opt([&](NamedParameters n) {
+          SGDOptions o;
+          o.lr = 0.05;
+          o.momentum = amsgrad ? 0.9 : 0;
+          o.nesterov = amsgrad;
+          o.weight_decay = 0.01;
+          o.maximize = maximize;
+          o.fused = fused;
+          return std::unique_ptr<Optimizer>(new SGD(std::move(n), o));
+        });
+      CHECK(max_abs_diff(r[1], r[0]) < 1e-6);
+    }
+}
+
 TEST_CASE("AdamW defaults are PyTorch's", "[optim]") {
   AdamWOptions w;
   CHECK(w.lr == 1e-3);

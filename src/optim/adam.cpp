@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "optim/fused_step.h"
 #include "optim_util.h"
 
 namespace dimx::optim {
@@ -11,7 +12,7 @@ namespace {
 std::string num(double v) { return detail::format_double(v); }
 
 AdamOptions from_w(const AdamWOptions& o) {
-  return {o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.amsgrad, o.maximize};
+  return {o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.amsgrad, o.maximize, o.fused};
 }
 }  // namespace
 
@@ -65,6 +66,7 @@ void Adam::set_options_map(const std::map<std::string, std::string>& m) {
   o.weight_decay = detail::parse_double(m.at("weight_decay"), bad);
   o.amsgrad = detail::parse_bool(m.at("amsgrad"), bad);
   o.maximize = detail::parse_bool(m.at("maximize"), bad);
+  o.fused = opt_.fused;  // how to run, not what to compute: not in the file
   validate(o);
   opt_ = o;
 }
@@ -72,6 +74,27 @@ void Adam::set_options_map(const std::map<std::string, std::string>& m) {
 std::vector<std::string> Adam::buffer_names() const {
   if (opt_.amsgrad) return {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
   return {"exp_avg", "exp_avg_sq"};
+}
+
+void Adam::update_all(const std::vector<Update>& updates) {
+  if (!opt_.fused) return Optimizer::update_all(updates);
+  const AdamOptions& o = opt_;
+  backend::OptimStep a;
+  a.kind = backend::OptimStep::Kind::adam;
+  a.lr = o.lr;
+  a.weight_decay = o.weight_decay;
+  a.maximize = o.maximize;
+  a.beta1 = o.beta1;
+  a.beta2 = o.beta2;
+  a.eps = o.eps;
+  a.decoupled = decoupled_;
+  a.amsgrad = o.amsgrad;
+  std::vector<Update> rest = detail::fused_step(updates, a, buffer_names(), [&](const Update& u, backend::OptimStep::Item& it) {
+    const double t = double(u.state->step + 1);
+    it.bc1 = 1 - std::pow(o.beta1, t);
+    it.bc2 = 1 - std::pow(o.beta2, t);
+  });
+  Optimizer::update_all(rest);
 }
 
 void Adam::update(const std::string& name, const Tensor& p, const Tensor& grad, ParamState& st) {

@@ -48,6 +48,7 @@ const Tensor& Optimizer::param(const std::string& name) const {
 void Optimizer::step() {
   NoGradGuard no_grad;
   ProfileSection section("optimizer step");
+  std::vector<Update> updates;
   for (const auto& [name, p] : params_) {
     if (!p->defined()) fail("parameter '" + name + "' is an undefined tensor");
     Tensor g = p->grad();
@@ -55,8 +56,13 @@ void Optimizer::step() {
     if (g.dtype() != p->dtype() || !(g.device() == p->device()))
       fail("step: gradient " + g.str() + " of parameter '" + name + "' does not match its dtype and device " +
            p->str());
-    update(name, *p, g, state_[name]);
+    updates.push_back({&name, p, g, &state_[name]});
   }
+  update_all(updates);
+}
+
+void Optimizer::update_all(const std::vector<Update>& updates) {
+  for (const Update& u : updates) update(*u.name, *u.param, u.grad, *u.state);
 }
 
 void Optimizer::zero_grad() {
@@ -94,9 +100,15 @@ void Optimizer::set_state(OptimizerState state) {
              dtype_name(p.dtype()) + " like the parameter");
     }
   }
+  // The optimizer owns its buffers (steps update them in place): copies in the parameter's
+  // Dim order on its device.
   for (auto& [name, st] : state) {
     const Tensor& p = param(name);
-    for (auto& [b, t] : st.buffers) t = t.to(p.device());
+    for (auto& [b, t] : st.buffers) {
+      Tensor own = Tensor::zeros(p.dims(), p.dtype(), p.device());
+      own.copy_from(t.to(p.device()));
+      t = own;
+    }
   }
   state_ = std::move(state);
 }

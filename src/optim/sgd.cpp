@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "optim/fused_step.h"
 #include "optim_util.h"
 
 namespace dimx::optim {
@@ -55,6 +56,7 @@ void SGD::set_options_map(const std::map<std::string, std::string>& m) {
   o.weight_decay = detail::parse_double(m.at("weight_decay"), bad);
   o.nesterov = detail::parse_bool(m.at("nesterov"), bad);
   o.maximize = detail::parse_bool(m.at("maximize"), bad);
+  o.fused = opt_.fused;  // how to run, not what to compute: not in the file
   validate(o);
   opt_ = o;
 }
@@ -62,6 +64,22 @@ void SGD::set_options_map(const std::map<std::string, std::string>& m) {
 std::vector<std::string> SGD::buffer_names() const {
   if (opt_.momentum != 0) return {"momentum_buffer"};
   return {};
+}
+
+void SGD::update_all(const std::vector<Update>& updates) {
+  if (!opt_.fused) return Optimizer::update_all(updates);
+  backend::OptimStep a;
+  a.kind = backend::OptimStep::Kind::sgd;
+  a.lr = opt_.lr;
+  a.weight_decay = opt_.weight_decay;
+  a.maximize = opt_.maximize;
+  a.momentum = opt_.momentum;
+  a.dampening = opt_.dampening;
+  a.nesterov = opt_.nesterov;
+  std::vector<Update> rest = detail::fused_step(updates, a, buffer_names(), [](const Update& u, backend::OptimStep::Item& it) {
+    it.first = !u.state->buffers.count("momentum_buffer");
+  });
+  Optimizer::update_all(rest);
 }
 
 void SGD::update(const std::string& name, const Tensor& p, const Tensor& grad, ParamState& st) {

@@ -66,11 +66,13 @@ class Optimizer {
   virtual void set_lr(double lr) = 0;
 
   /// ---- state
+  /// The state: its buffers are the optimizer's own, which each step updates in place.
   const OptimizerState& state() const { return state_; }
   /// Replaces the state. Validates first (names are parameters of this optimizer, each state
   /// has exactly the buffers this optimizer keeps, over the parameter's Dims with its dtype)
   /// and throws dimx::Error naming the optimizer, the parameter and the problem; on error
-  /// nothing changes. Buffers are moved to the parameter's device.
+  /// nothing changes. The buffers are copied (onto the parameter's device): later steps, which
+  /// update the optimizer's buffers in place, leave the given tensors alone.
   void set_state(OptimizerState state);
   /// safetensors file, see the top of this header. The file is written atomically.
   void save_state(const std::string& path) const;
@@ -81,6 +83,14 @@ class Optimizer {
   /// The options as strings ("lr" -> "0.001", ...), as saved in the metadata.
   virtual std::map<std::string, std::string> options_map() const = 0;
 
+  /// One parameter's part of a step.
+  struct Update {
+    const std::string* name;  ///< the parameter's name
+    Tensor* param;            ///< the parameter
+    Tensor grad;              ///< its gradient (defined, same dtype and device)
+    ParamState* state;        ///< its state
+  };
+
  protected:
   /// Throws dimx::Error for an empty list, an empty or duplicate name, a null or undefined
   /// tensor, a tensor that is not floating point or does not require grad, or the same tensor
@@ -89,6 +99,9 @@ class Optimizer {
 
   /// Updates one parameter in place (the caller holds a NoGradGuard). `grad` is defined.
   virtual void update(const std::string& name, const Tensor& param, const Tensor& grad, ParamState& st) = 0;
+  /// Updates the parameters of one step (the caller holds a NoGradGuard); the default calls
+  /// update() for each. SGD, Adam and AdamW override it with the fused multi-tensor update.
+  virtual void update_all(const std::vector<Update>& updates);
   /// Buffer names a parameter with step > 0 must have.
   virtual std::vector<std::string> buffer_names() const = 0;
   /// Validates and applies options read from a file (as options_map() wrote them).
