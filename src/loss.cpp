@@ -95,7 +95,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, const Dim& axi
     case Reduction::sum: loss = frames.empty() ? loss : reduce_sum(loss, frames); break;
     case Reduction::mean: loss = frames.empty() ? loss : reduce_mean(loss, frames); break;
   }
-  return loss.astype(logits.dtype());
+  return loss;
 }
 
 }  // namespace dimx

@@ -31,8 +31,8 @@ enum class Reduction {
 /// - the lengths of every dynamic Dim of logits must live on Dims logits has;
 /// - a target outside [0, axis size) on a valid frame throws dimx::Error naming the op.
 ///
-/// The result has logits' dtype (summed in f32, or f64 for f64). It is differentiable in
-/// logits (targets get no gradient); the gradient has no gradient of its own.
+/// The result is f32, or f64 for f64 logits (bf16 and f16 logits give an f32 loss). It is
+/// differentiable in logits (targets get no gradient); the gradient has no gradient of its own.
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, const Dim& axis,
                      Reduction reduction = Reduction::mean);
 
