@@ -4,7 +4,7 @@
 // of the row, so the logits are read once, and the pairs are merged by shuffles (and shared
 // memory across warps). Columns (B > 1): a thread per (a, b), reading coalesced along b. The
 // backward is elementwise given the saved log-sum-exp. bf16/f16 are computed in f32. Padded rows
-// are selected, never read.
+// are selected out (the row kernels do not read them).
 #include <dimx/error.h>
 
 #include <cmath>

@@ -188,8 +188,8 @@ class Backend {
   // target[a, b] (contiguous i64 [A, B]):
   //   lse[a, b] = log sum_n exp(x[a, n, b]),  loss[a, b] = lse[a, b] - x[a, target[a, b], b]
   // with the row maximum subtracted before exp. loss and lse are contiguous [A, B] in the compute
-  // type. valid (nullable: every row) is bool [A, B]: rows where it is false are padding, their x
-  // and target never read, and get loss = lse = 0. Returns false if a valid row's target is
+  // type. valid (nullable: every row) is bool [A, B]: rows where it is false are padding (nothing of
+  // their x or target reaches any output) and get loss = lse = 0. Returns false if a valid row's target is
   // outside [0, N) (that row's loss is then unspecified); devices report it after the whole call.
   virtual bool cross_entropy(DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* target,
                              const bool* valid, void* loss, void* lse) = 0;
