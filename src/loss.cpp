@@ -39,9 +39,9 @@ void check_operands(const Tensor& logits, const Tensor& targets, const Dim& axis
          dims_str(frame) + ", got targets = " + targets.str() + ", logits = " + logits.str());
   check_same_device(kOp, logits, targets);
   for (const Dim& d : frame)
-    if (d.is_dynamic() && !contains_all(logits.dims(), d.lengths().dims()))
+    if (d.is_dynamic() && (!contains_all(logits.dims(), d.lengths().dims()) || contains(d.lengths().dims(), axis)))
       fail(std::string(kOp) + ": the lengths of dynamic Dim '" + d.str() + "' are over " + dims_str(d.lengths().dims()) +
-           ", which logits = " + logits.str() + " lacks");
+           ", which must be Dims of logits = " + logits.str() + " other than the class Dim '" + axis.str() + "'");
 }
 
 const bool* bool_ptr(const Tensor& t) { return t.defined() ? static_cast<const bool*>(t.data_ptr()) : nullptr; }

@@ -288,6 +288,12 @@ TEST_CASE("cross_entropy: errors name the op and the Dims", "[loss][errors]") {
   Tensor xb = Tensor::zeros({per_beam, c.vocab}, DType::f32);
   CHECK_THROWS_WITH(cross_entropy(xb, Tensor::zeros({per_beam}, DType::i64).with_sparse_dim(c.vocab), c.vocab),
                     Contains("cross_entropy") && Contains("lengths") && Contains("beam"));
+  // Lengths over the class Dim itself.
+  Dim classes(3, "classes");
+  Dim per_class = dynamic_dim(classes, {2, 1, 2}, "per_class");
+  CHECK_THROWS_WITH(cross_entropy(Tensor::zeros({per_class, classes}, DType::f32),
+                                  Tensor::zeros({per_class}, DType::i64).with_sparse_dim(classes), classes),
+                    Contains("cross_entropy") && Contains("lengths") && Contains("classes"));
 }
 
 TEST_CASE("cross_entropy: matches torch.nn.functional.cross_entropy with ignore_index", "[loss][golden]") {

@@ -28,7 +28,7 @@ enum class Reduction {
 /// - logits: floating (f32, f64, bf16, f16), with the static Dim `axis` and any other Dims;
 /// - targets: integer, with sparse_dim() == axis and exactly the Dims of logits other than
 ///   `axis` (in any order; nothing is broadcast), on the same device;
-/// - the lengths of every dynamic Dim of logits must live on Dims logits has;
+/// - the lengths of every dynamic Dim of logits must live on Dims of logits other than `axis`;
 /// - a target outside [0, axis size) on a valid frame throws dimx::Error naming the op.
 ///
 /// The result is f32, or f64 for f64 logits (bf16 and f16 logits give an f32 loss). It is
