@@ -143,6 +143,25 @@ class CudaBackend final : public backend::Backend {
                         const int64_t* len, void* dx) override {
     launch_softmax_backward(log, dt, A, N, B, y, g, len, dx, stream());
   }
+  bool cross_entropy(DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* target,
+                     const bool* valid, void* loss, void* lse) override {
+    // A valid row's target out of range is reported through a device flag read back here, as
+    // gather does with clip off.
+    cudaStream_t s = stream();
+    int* bad = nullptr;
+    check(cudaMallocAsync(reinterpret_cast<void**>(&bad), sizeof(int), s), "cudaMallocAsync");
+    check(cudaMemsetAsync(bad, 0, sizeof(int), s), "cudaMemsetAsync");
+    launch_cross_entropy(dt, A, N, B, x, target, valid, loss, lse, bad, s);
+    int host = 0;
+    check(cudaMemcpyAsync(&host, bad, sizeof(int), cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync");
+    check(cudaFreeAsync(bad, s), "cudaFreeAsync");
+    check(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+    return host == 0;
+  }
+  void cross_entropy_backward(DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* target,
+                              const bool* valid, const void* lse, const void* g, void* dx) override {
+    launch_cross_entropy_backward(dt, A, N, B, x, target, valid, lse, g, dx, stream());
+  }
   void layer_norm(DType dt, const backend::LayerNorm& a, void* y, void* mean, void* rstd) override {
     launch_layer_norm(dt, LayerNormLaunch{a.A, a.N, a.B, a.eps, a.x, a.weight, a.bias}, y, mean, rstd, stream());
   }

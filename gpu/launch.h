@@ -61,6 +61,14 @@ void launch_softmax(bool log, DType dt, int64_t A, int64_t N, int64_t B, const v
                     cudaStream_t s);
 void launch_softmax_backward(bool log, DType dt, int64_t A, int64_t N, int64_t B, const void* y, const void* g,
                              const int64_t* len, void* dx, cudaStream_t s);
+// Cross-entropy along N of contiguous [A, N, B] logits (f32, f64, bf16, f16; see src/backend.h):
+// loss and lse [A, B] in f64 for f64, else f32; valid (nullable) bool [A, B]. bad (device int)
+// is set to 1 when a valid row's target is outside [0, N).
+void launch_cross_entropy(DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* target,
+                          const bool* valid, void* loss, void* lse, int* bad, cudaStream_t s);
+// dx [A, N, B] in dt from the forward's lse and the per-row gradient g [A, B] (compute type).
+void launch_cross_entropy_backward(DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* target,
+                                   const bool* valid, const void* lse, const void* g, void* dx, cudaStream_t s);
 void launch_cumsum(DType dt, int64_t A, int64_t N, int64_t B, const void* x, void* y, cudaStream_t s);
 // bad (device int) is set to 1 when an index is out of range and clip is off.
 void launch_gather(DType dt, const Meta<3>& m, const void* x, int64_t axis_stride, int64_t extent, const int64_t* idx,

@@ -211,6 +211,22 @@ class Backend {
   // the masked frames get 0.
   virtual void softmax_backward(bool log, DType dt, int64_t A, int64_t N, int64_t B, const void* y, const void* g,
                                 const int64_t* lengths, void* dx) = 0;
+  // Cross-entropy along N of contiguous logits x [A, N, B] (dt f32, f64, bf16 or f16; computed
+  // in the compute type: f64 for f64, f32 otherwise), one row per (a, b) with its class index
+  // target[a, b] (contiguous i64 [A, B]):
+  //   lse[a, b] = log sum_n exp(x[a, n, b]),  loss[a, b] = lse[a, b] - x[a, target[a, b], b]
+  // with the row maximum subtracted before exp. loss and lse are contiguous [A, B] in the compute
+  // type. valid (nullable: every row) is bool [A, B]: rows where it is false are padding (nothing of
+  // their x or target reaches any output) and get loss = lse = 0. Returns false if a valid row's target is
+  // outside [0, N) (that row's loss is then unspecified); devices report it after the whole call.
+  virtual bool cross_entropy(DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* target,
+                             const bool* valid, void* loss, void* lse) = 0;
+  // The gradient of cross_entropy with the same x, target and valid, from its lse and the
+  // per-row output gradient g (contiguous [A, B], compute type): dx [A, N, B] in dt,
+  //   dx[a, n, b] = g[a, b] * (exp(x[a, n, b] - lse[a, b]) - (n == target[a, b]))
+  // on valid rows, and 0 on the others (selected, so NaN there never reaches dx).
+  virtual void cross_entropy_backward(DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* target,
+                                      const bool* valid, const void* lse, const void* g, void* dx) = 0;
   // y [A, N, B] = layer_norm(x) as LayerNorm says; mean and rstd (each nullable) [A, B] get
   // the statistics of each row for the backward.
   virtual void layer_norm(DType dt, const LayerNorm& a, void* y, void* mean, void* rstd) = 0;

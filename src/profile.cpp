@@ -148,6 +148,18 @@ class TimedBackend final : public backend::Backend {
                        rows_str(A, N, B) + (len ? " masked" : ""); },
           [&] { in_.softmax_backward(log, dt, A, N, B, y, g, len, dx); });
   }
+  bool cross_entropy(DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* target,
+                     const bool* valid, void* loss, void* lse) override {
+    return timed([&] { return std::string("cross_entropy ") + dtype_name(dt) + " " + rows_str(A, N, B) +
+                              (valid ? " masked" : ""); },
+                 [&] { return in_.cross_entropy(dt, A, N, B, x, target, valid, loss, lse); });
+  }
+  void cross_entropy_backward(DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* target,
+                              const bool* valid, const void* lse, const void* g, void* dx) override {
+    timed([&] { return std::string("cross_entropy_backward ") + dtype_name(dt) + " " + rows_str(A, N, B) +
+                       (valid ? " masked" : ""); },
+          [&] { in_.cross_entropy_backward(dt, A, N, B, x, target, valid, lse, g, dx); });
+  }
   void layer_norm(DType dt, const backend::LayerNorm& a, void* y, void* mean, void* rstd) override {
     timed([&] { return std::string("layer_norm ") + dtype_name(dt) + " " + rows_str(a.A, a.N, a.B); },
           [&] { in_.layer_norm(dt, a, y, mean, rstd); });

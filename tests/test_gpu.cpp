@@ -948,6 +948,55 @@ TEST_CASE("gpu: the ema scan and its gradients (from y and the state) match the 
   }
 }
 
+TEST_CASE("gpu: cross_entropy and its gradient match the CPU", "[gpu][loss]") {
+  Dims3 d;  // time has lengths [5, 2, 0]
+  auto padded = [&](int64_t b, int64_t t) { return t >= std::array<int64_t, 3>{5, 2, 0}[size_t(b)]; };
+  // Class counts for every kernel: a warp per row (up to 1024), a block per row beyond, and a
+  // thread per column when the class Dim is not innermost. Padded frames hold NaN logits and
+  // out-of-range targets, which must reach nothing.
+  for (int64_t n : {7, 1000, 5000}) {
+    Dim vocab(n, "vocab");  // outside the lambda: both devices' outputs share the Dims
+    std::vector<int64_t> tv = random_int64s(15, 400 + uint32_t(n), 0, n - 1);
+    for (int64_t b = 0; b < 3; ++b)
+      for (int64_t t = 0; t < 5; ++t)
+        if (padded(b, t)) tv[size_t(b * 5 + t)] = -7 - t;
+    consistent("cross_entropy " + std::to_string(n), [&](Device dev) {
+      Tensor x = copy_masked(input({d.batch, d.time, vocab}, 401, dev, -4, 4), {d.time}, std::nan(""));
+      Tensor t = Tensor::from_vector<int64_t>({d.batch, d.time}, tv).with_sparse_dim(vocab).to(dev);
+      Tensor w = input({d.batch, d.time}, 402, dev);
+      std::vector<Tensor> out;
+      for (const Dims& order : {Dims{d.batch, d.time, vocab}, Dims{vocab, d.time, d.batch}}) {
+        Tensor lx = x.transpose_to(order).contiguous().with_requires_grad();
+        Tensor none = cross_entropy(lx, t, vocab, Reduction::none);
+        Tensor mean = cross_entropy(lx, t, vocab);
+        out.push_back(grad(reduce_sum(none * w, {d.batch, d.time}) + mean, {lx})[0]);
+        out.push_back(none);
+        out.push_back(mean);
+        out.push_back(cross_entropy(lx, t, vocab, Reduction::sum));
+      }
+      // bf16 logits (forward only: half tensors carry no gradient), computed in f32.
+      out.push_back(cross_entropy(x.astype(DType::bf16), t, vocab, Reduction::none));
+      return out;
+    }, 1e-4, 1e-5);
+  }
+  // A valid frame's target out of range is an error on the device too (read back from a device
+  // flag), on both kernels; a padded frame's is not.
+  Dim vocab(9, "vocab");
+  Tensor xg = input({d.batch, d.time, vocab}, 410, kGpu).transpose_to({d.batch, d.time, vocab}).contiguous();
+  for (int64_t bad : {9, -1}) {
+    std::vector<int64_t> tv(15, 0);
+    tv[1 * 5 + 1] = bad;  // sequence 1, frame 1 < its length 2
+    Tensor t = Tensor::from_vector<int64_t>({d.batch, d.time}, tv).with_sparse_dim(vocab).to(kGpu);
+    CHECK_THROWS_WITH(cross_entropy(xg, t, vocab), Catch::Contains("cross_entropy") && Catch::Contains("outside [0, 9)"));
+    CHECK_THROWS_WITH(cross_entropy(xg.transpose_to({vocab, d.batch, d.time}).contiguous(), t, vocab),
+                      Catch::Contains("outside [0, 9)"));
+    tv[1 * 5 + 1] = 0;
+    tv[1 * 5 + 3] = bad;  // sequence 1, frame 3: padding
+    Tensor tp = Tensor::from_vector<int64_t>({d.batch, d.time}, tv).with_sparse_dim(vocab).to(kGpu);
+    CHECK(std::isfinite(cross_entropy(xg, tp, vocab).item<double>()));
+  }
+}
+
 TEST_CASE("gpu: robustness checks (integer edges, NaN reductions, padding, lengths, states)", "[gpu][robustness]") {
   check_integer_edges<int32_t>(kGpu);
   check_integer_edges<int64_t>(kGpu);

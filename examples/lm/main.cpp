@@ -52,11 +52,11 @@ Device device_from(const std::string& s) {
   throw Error("--device must be cpu, cuda or cuda:N, got '" + s + "'");
 }
 
-// Mean negative log-likelihood (nats per byte) of the batch's targets, over valid frames only.
+// Mean negative log-likelihood (nats per byte) of the batch's targets, over valid frames only:
+// the fused cross-entropy reads the logits once and skips the padded frames.
 Tensor nll(const Model& m, const Batch& b, Device dev) {
-  Tensor logits = m(b.input, b.time, m.initial_state({b.batch}, dev)).first;
-  Tensor picked = gather(log_softmax(logits, m.vocab), b.target);
-  return -reduce_mean(picked, {b.batch, b.time});
+  Tensor logits = m(b.input, b.time, m.initial_state({b.batch}, dev)).first;  // {batch, time, vocab}
+  return cross_entropy(logits, b.target, m.vocab);  // the mean over valid frames
 }
 
 double validation_bpb(const Model& m, const Corpus& c, int64_t batch, Device dev, int64_t max_lines = -1) {

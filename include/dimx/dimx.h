@@ -11,6 +11,7 @@
 #include <dimx/ema.h>
 #include <dimx/error.h>
 #include <dimx/io.h>
+#include <dimx/loss.h>
 #include <dimx/matmul.h>
 #include <dimx/normalization.h>
 #include <dimx/profile.h>

@@ -27,6 +27,10 @@ class CpuBackend final : public backend::Backend {
                void* y) override;
   void softmax_backward(bool log, DType dt, int64_t A, int64_t N, int64_t B, const void* y, const void* g,
                         const int64_t* lengths, void* dx) override;
+  bool cross_entropy(DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* target,
+                     const bool* valid, void* loss, void* lse) override;
+  void cross_entropy_backward(DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* target,
+                              const bool* valid, const void* lse, const void* g, void* dx) override;
   void layer_norm(DType dt, const backend::LayerNorm& a, void* y, void* mean, void* rstd) override;
   void layer_norm_backward(DType dt, const backend::LayerNorm& a, const void* mean, const void* rstd, const void* g,
                            const bool* row_mask, void* dx, void* dweight, void* dbias) override;
