@@ -12,6 +12,7 @@
 #include "cpu/cpu_backend.h"
 #include "cpu/float_types.h"
 #include "cpu/parallel.h"
+#include "cpu/rows.h"
 
 namespace dimx::cpu {
 
@@ -73,32 +74,6 @@ struct Param {
     }
   }
 };
-
-// A row of S as compute-type values: the row itself, or widened into `scratch`.
-template <class S>
-const ComputeOf<S>* widened(const S* row, int64_t n, std::vector<ComputeOf<S>>& scratch) {
-  if constexpr (std::is_same_v<S, ComputeOf<S>>) {
-    return row;
-  } else {
-    scratch.resize(size_t(n));
-    for (int64_t i = 0; i < n; ++i) scratch[size_t(i)] = widen(row[i]);
-    return scratch.data();
-  }
-}
-
-// Splits [A, B] into tasks: rows a, and for B > 1 chunks of up to 512 columns b.
-template <class F>
-void for_row_blocks(int64_t A, int64_t N, int64_t B, F&& f) {
-  const int64_t chunk = B == 1 ? 1 : std::min<int64_t>(B, 512);
-  const int64_t nb = (B + chunk - 1) / chunk;
-  const int64_t per_task = std::max<int64_t>(1, N * chunk);
-  parallel_for(A * nb, std::max<int64_t>(1, kParallelGrain / per_task), [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t a = t / nb, b0 = (t % nb) * chunk;
-      f(a, b0, std::min(B, b0 + chunk));
-    }
-  });
-}
 
 template <class S>
 void forward(const backend::LayerNorm& a, S* y, ComputeOf<S>* mean_out, ComputeOf<S>* rstd_out) {

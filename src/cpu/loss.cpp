@@ -14,6 +14,7 @@
 #include "cpu/cpu_backend.h"
 #include "cpu/float_types.h"
 #include "cpu/parallel.h"
+#include "cpu/rows.h"
 
 namespace dimx::cpu {
 
@@ -23,14 +24,6 @@ constexpr const char* kOp = "cross_entropy";
 
 template <class T>
 using Vec = xsimd::batch<T>;
-
-// Loads n < W values, padding the other lanes with `fill`.
-template <class T>
-Vec<T> load_partial(const T* x, int64_t n, T fill) {
-  alignas(64) T buf[Vec<T>::size];
-  for (size_t j = 0; j < Vec<T>::size; ++j) buf[j] = int64_t(j) < n ? x[j] : fill;
-  return Vec<T>::load_aligned(buf);
-}
 
 // The maximum of a row (-inf for an empty one). A NaN may or may not survive here; the sum of
 // exp below carries it either way.
@@ -102,32 +95,6 @@ void exp_inplace(T* x, int64_t n) {
     alignas(64) T buf[W];
     xsimd::exp(load_partial(x + i, n - i, T(0))).store_aligned(buf);
     for (int64_t j = 0; j < n - i; ++j) x[i + j] = buf[j];
-  }
-}
-
-// Splits [A, B] into tasks: rows a, and for B > 1 chunks of up to 512 columns b.
-template <class F>
-void for_row_blocks(int64_t A, int64_t N, int64_t B, F&& f) {
-  const int64_t chunk = B == 1 ? 1 : std::min<int64_t>(B, 512);
-  const int64_t nb = (B + chunk - 1) / chunk;
-  const int64_t per_task = std::max<int64_t>(1, N * chunk);
-  parallel_for(A * nb, std::max<int64_t>(1, kParallelGrain / per_task), [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t a = t / nb, b0 = (t % nb) * chunk;
-      f(a, b0, std::min(B, b0 + chunk));
-    }
-  });
-}
-
-// A row of S as compute-type values: the row itself, or widened into `scratch`.
-template <class S>
-const ComputeOf<S>* widened(const S* row, int64_t n, std::vector<ComputeOf<S>>& scratch) {
-  if constexpr (std::is_same_v<S, ComputeOf<S>>) {
-    return row;
-  } else {
-    scratch.resize(size_t(n));
-    for (int64_t i = 0; i < n; ++i) scratch[size_t(i)] = widen(row[i]);
-    return scratch.data();
   }
 }
 

@@ -9,6 +9,7 @@
 
 #include "cpu/cpu_backend.h"
 #include "cpu/parallel.h"
+#include "cpu/rows.h"
 #include "reduce_math.h"
 
 namespace dimx::cpu {
@@ -22,14 +23,6 @@ using reduce_math::lowest;
 
 template <class T>
 using Vec = xsimd::batch<T>;
-
-// Loads n < W values, padding the other lanes with `fill`.
-template <class T>
-Vec<T> load_partial(const T* x, int64_t n, T fill) {
-  alignas(64) T buf[Vec<T>::size];
-  for (size_t j = 0; j < Vec<T>::size; ++j) buf[j] = int64_t(j) < n ? x[j] : fill;
-  return Vec<T>::load_aligned(buf);
-}
 
 template <class T>
 Vec<T> vcombine(ReduceOp op, const Vec<T>& a, const Vec<T>& b) {
