@@ -252,9 +252,10 @@ __global__ void __launch_bounds__(kThreads, MINB)
     cp_async_commit();
     load_rows<T, BM>(a, b, i0, dr, row_len, lse_s, dr_s, len_s);
     cp_async_wait_all();
-    __syncthreads();
-    bool any_idle = false;  // rows without keys: their q rows become zeros (they may hold NaN)
-    for (int i = 0; i < nq; ++i) any_idle = any_idle || len_s[i] == 0;
+    // Rows without keys (each thread checks the row it loaded): their q rows become zeros (they
+    // may hold NaN).
+    static_assert(BM <= kThreads, "a thread per row");
+    const bool any_idle = __syncthreads_or(int(threadIdx.x) < nq && len_s[threadIdx.x] == 0);
     if (any_idle) {
       for (int i = threadIdx.x; i < nq * D; i += kThreads)
         if (len_s[i / D] == 0) Qs[(i / D) * LDD + i % D] = T(0);
