@@ -8,6 +8,27 @@ namespace dimx::cpu {
 
 namespace {
 
+template <class T, bool Momentum>
+void sgd_loop(optim_math::Coeffs<T> c, T* __restrict p, const T* __restrict g, T* __restrict b, int64_t lo,
+              int64_t hi) {
+  if constexpr (Momentum) {
+    for (int64_t i = lo; i < hi; ++i) optim_math::sgd(c, p[i], g[i], b + i);
+  } else {
+    for (int64_t i = lo; i < hi; ++i) optim_math::sgd(c, p[i], g[i], static_cast<T*>(nullptr));
+  }
+}
+
+template <class T, bool Amsgrad>
+void adam_loop(optim_math::Coeffs<T> c, T* __restrict p, const T* __restrict g, T* __restrict m, T* __restrict v,
+               T* __restrict vm, int64_t lo, int64_t hi) {
+  c.amsgrad = Amsgrad;
+  if constexpr (Amsgrad) {
+    for (int64_t i = lo; i < hi; ++i) optim_math::adam(c, p[i], g[i], m[i], v[i], vm + i);
+  } else {
+    for (int64_t i = lo; i < hi; ++i) optim_math::adam(c, p[i], g[i], m[i], v[i], static_cast<T*>(nullptr));
+  }
+}
+
 template <class T>
 void step_impl(const backend::OptimStep& a) {
   for (const backend::OptimStep::Item& it : a.items) {
@@ -18,11 +39,15 @@ void step_impl(const backend::OptimStep& a) {
     T* b1 = static_cast<T*>(it.buf[1]);
     T* b2 = static_cast<T*>(it.buf[2]);
     const bool adam = a.kind == backend::OptimStep::Kind::adam;
+    // The flags are loop-invariant: each combination gets its own branch-free loop, which the
+    // compiler vectorizes.
     parallel_for(it.n, 1 << 14, [&](int64_t lo, int64_t hi) {
       if (adam) {
-        for (int64_t i = lo; i < hi; ++i) optim_math::adam(c, p[i], g[i], b0[i], b1[i], b2 ? b2 + i : nullptr);
+        if (b2) adam_loop<T, true>(c, p, g, b0, b1, b2, lo, hi);
+        else adam_loop<T, false>(c, p, g, b0, b1, b2, lo, hi);
       } else {
-        for (int64_t i = lo; i < hi; ++i) optim_math::sgd(c, p[i], g[i], b0 ? b0 + i : nullptr);
+        if (b0) sgd_loop<T, true>(c, p, g, b0, lo, hi);
+        else sgd_loop<T, false>(c, p, g, b0, lo, hi);
       }
     });
   }
