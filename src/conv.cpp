@@ -41,7 +41,8 @@ Tensor causal_conv(const Tensor& x0, const Tensor& kernel0, const Dim& axis, con
   const Dims channels = minus_dims(kernel0.dims(), {kernel_axis});
   for (const Dim& c : channels) check_has_dim(kOp, x0, c, "x");
   const Dims batch = minus_dims(x0.dims(), cat({axis}, channels));
-  for (const Dim& d : axis.lengths().dims())
+  const Tensor axis_lengths = axis.lengths();  // named: a range-for over a temporary's member dangles
+  for (const Dim& d : axis_lengths.dims())
     if (!contains(batch, d))
       fail(std::string(kOp) + ": the lengths of '" + axis.str() + "' are over " + dims_str(axis.lengths().dims()) +
            ", not batch Dims of x = " + x0.str());

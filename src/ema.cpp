@@ -53,7 +53,8 @@ EmaResult ema(const Tensor& x0, const Tensor& gain0, const Tensor& decay0, const
     if (t->dtype() != dt) fail(std::string(kOp) + ": dtype mismatch, x = " + x0.str() + " vs " + t->str());
   }
   const Dims batch = minus_dims(x0.dims(), cat({axis}, channels));
-  for (const Dim& d : axis.lengths().dims())
+  const Tensor axis_lengths = axis.lengths();  // named: a range-for over a temporary's member dangles
+  for (const Dim& d : axis_lengths.dims())
     if (!contains(batch, d))
       fail(std::string(kOp) + ": the lengths of '" + axis.str() + "' are over " + dims_str(axis.lengths().dims()) +
            ", not batch Dims of x = " + x0.str());

@@ -25,7 +25,8 @@ Dims padded_across(const Tensor& x, const Dims& dims) {
   Dims out;
   for (const Dim& d : x.dims()) {
     if (!d.is_padded() || contains(dims, d) || !contains_all(x.dims(), d.lengths().dims())) continue;
-    for (const Dim& l : d.lengths().dims())
+    const Tensor lens = d.lengths();  // named: a range-for over a temporary's member dangles
+    for (const Dim& l : lens.dims())
       if (contains(dims, l)) {
         out.push_back(d);
         break;

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <sstream>
 
@@ -279,10 +280,10 @@ bool active() { return g_active.load(std::memory_order_relaxed); }
 
 backend::Backend& wrap(backend::Backend& inner) {
   static std::mutex mu;
-  static std::map<backend::Backend*, TimedBackend*> wrappers;  // never freed, like the backends
+  static std::map<backend::Backend*, std::unique_ptr<TimedBackend>> wrappers;
   std::lock_guard<std::mutex> lk(mu);
-  TimedBackend*& w = wrappers[&inner];
-  if (!w) w = new TimedBackend(inner);
+  std::unique_ptr<TimedBackend>& w = wrappers[&inner];
+  if (!w) w = std::make_unique<TimedBackend>(inner);
   return *w;
 }
 

@@ -38,6 +38,8 @@ struct Fftw<float> {
   }
   static void exec_r2c(Plan p, float* in, Complex* out) { fftwf_execute_dft_r2c(p, in, out); }
   static void exec_c2r(Plan p, Complex* in, float* out) { fftwf_execute_dft_c2r(p, in, out); }
+  static void destroy(Plan p) { fftwf_destroy_plan(p); }
+  static void cleanup() { fftwf_cleanup(); }
 };
 template <>
 struct Fftw<double> {
@@ -53,6 +55,8 @@ struct Fftw<double> {
   }
   static void exec_r2c(Plan p, double* in, Complex* out) { fftw_execute_dft_r2c(p, in, out); }
   static void exec_c2r(Plan p, Complex* in, double* out) { fftw_execute_dft_c2r(p, in, out); }
+  static void destroy(Plan p) { fftw_destroy_plan(p); }
+  static void cleanup() { fftw_cleanup(); }
 };
 
 // An FFTW buffer (SIMD-aligned, as the plans expect).
@@ -83,12 +87,25 @@ constexpr int64_t kRows = 16;
 
 // Plans by (precision, n), made once with FFTW_MEASURE (a few milliseconds for the lengths
 // used): FFTW's planner is not thread-safe, its new-array execute functions are.
+// The cache is destroyed at exit: the plans first, then FFTW's planner memory.
 template <class T>
 struct Plans {
-  typename Fftw<T>::Plan r2c, c2r;
+  typename Fftw<T>::Plan r2c = nullptr, c2r = nullptr;
+  Plans() = default;
+  Plans(const Plans&) = delete;
+  Plans& operator=(const Plans&) = delete;
+  ~Plans() {
+    if (r2c) Fftw<T>::destroy(r2c);
+    if (c2r) Fftw<T>::destroy(c2r);
+  }
+};
+template <class T>
+struct PlannerCleanup {
+  ~PlannerCleanup() { Fftw<T>::cleanup(); }
 };
 template <class T>
 const Plans<T>& plans_for(int64_t n) {
+  static PlannerCleanup<T> cleanup;  // made before the cache, so destroyed after it
   static std::mutex mu;
   static std::map<int64_t, Plans<T>> cache;
   std::lock_guard<std::mutex> lock(mu);
@@ -97,10 +114,14 @@ const Plans<T>& plans_for(int64_t n) {
   using Cx = typename Fftw<T>::Complex;
   Buffer<T, T> re(size_t(n * kRows));
   Buffer<T, Cx> cx(size_t((n / 2 + 1) * kRows));
-  Plans<T> p{Fftw<T>::r2c(int(n), int(kRows), re.p, cx.p, FFTW_MEASURE),
-             Fftw<T>::c2r(int(n), int(kRows), cx.p, re.p, FFTW_MEASURE)};
-  if (!p.r2c || !p.c2r) throw Error("causal_conv: FFTW could not plan a transform of length " + std::to_string(n));
-  return cache.emplace(n, p).first->second;
+  Plans<T>& p = cache[n];
+  p.r2c = Fftw<T>::r2c(int(n), int(kRows), re.p, cx.p, FFTW_MEASURE);
+  p.c2r = Fftw<T>::c2r(int(n), int(kRows), cx.p, re.p, FFTW_MEASURE);
+  if (!p.r2c || !p.c2r) {
+    cache.erase(n);
+    throw Error("causal_conv: FFTW could not plan a transform of length " + std::to_string(n));
+  }
+  return p;
 }
 
 // rows[r][t] = src[t][c0 + r] for t < L (reversed in time if asked), zero up to n.

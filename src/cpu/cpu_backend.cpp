@@ -37,10 +37,12 @@ class BlockCache {
         return p;
       }
     }
-    void* p = std::aligned_alloc(kHuge, bytes);
+    // aligned_alloc wants a size that is a multiple of the alignment.
+    const size_t whole = (bytes + kHuge - 1) / kHuge * kHuge;
+    void* p = std::aligned_alloc(kHuge, whole);
     if (!p) {
       trim(0);
-      p = std::aligned_alloc(kHuge, bytes);
+      p = std::aligned_alloc(kHuge, whole);
     }
 #ifdef MADV_HUGEPAGE
     if (p) madvise(p, bytes, MADV_HUGEPAGE);

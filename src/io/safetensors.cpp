@@ -629,7 +629,8 @@ Tensor SafeTensors::load(const std::string& key, const Dims& dims, const std::ve
     if (dimx::contains(dims, dd)) throw Error(where + "dynamic Dim '" + dd.str() + "' is also among the file's Dims " + dims_str(dims));
     if (dd.extent() > fd.extent())
       throw Error(where + "dynamic Dim '" + dd.str() + "' is longer than the stored '" + fd.str() + "'");
-    for (const Dim& l : dd.lengths().dims())
+    const Tensor lens = dd.lengths();  // named: a range-for over a temporary's member dangles
+    for (const Dim& l : lens.dims())
       if (!dimx::contains(dims, l) || l == fd)
         throw Error(where + "the lengths of '" + dd.str() + "' are over '" + l.str() + "', which the file's Dims " +
                     dims_str(dims) + " lack");
