@@ -100,23 +100,9 @@ void exp_inplace(T* x, int64_t n) {
   exp_shifted(x, T(0), x, n);
 }
 
-// Splits [A, B] work: rows a in parallel, and for B > 1 also chunks of b.
-template <class F>
-void for_blocks(int64_t A, int64_t N, int64_t B, F&& f) {
-  const int64_t chunk = B == 1 ? 1 : std::min<int64_t>(B, 512);
-  const int64_t nb = (B + chunk - 1) / chunk;
-  const int64_t per_task = std::max<int64_t>(1, N * chunk);
-  parallel_for(A * nb, std::max<int64_t>(1, kParallelGrain / per_task), [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      int64_t a = t / nb, b0 = (t % nb) * chunk;
-      f(a, b0, std::min(B, b0 + chunk));
-    }
-  });
-}
-
 template <class T>
 void reduce_impl(ReduceOp op, int64_t A, int64_t N, int64_t B, const T* x, const int64_t* len, T* y) {
-  for_blocks(A, N, B, [&](int64_t a, int64_t b0, int64_t b1) {
+  for_row_blocks(A, N, B, [&](int64_t a, int64_t b0, int64_t b1) {
     const T* xa = x + a * N * B;
     if (B == 1) {
       int64_t L = reduce_math::valid_len(len, a, N);
@@ -166,7 +152,7 @@ template <class T>
 void softmax_impl(bool log, int64_t A, int64_t N, int64_t B, const T* x, const int64_t* len, T* y) {
   const T ninf = -std::numeric_limits<T>::infinity();
   const T pad = log ? ninf : T(0);
-  for_blocks(A, N, B, [&](int64_t a, int64_t b0, int64_t b1) {
+  for_row_blocks(A, N, B, [&](int64_t a, int64_t b0, int64_t b1) {
     const T* xa = x + a * N * B;
     T* ya = y + a * N * B;
     if (B == 1) {
@@ -218,7 +204,7 @@ void softmax_impl(bool log, int64_t A, int64_t N, int64_t B, const T* x, const i
 template <class T>
 void softmax_backward_impl(bool log, int64_t A, int64_t N, int64_t B, const T* y, const T* g, const int64_t* len,
                            T* dx) {
-  for_blocks(A, N, B, [&](int64_t a, int64_t b0, int64_t b1) {
+  for_row_blocks(A, N, B, [&](int64_t a, int64_t b0, int64_t b1) {
     const int64_t off = a * N * B;
     const int64_t w = b1 - b0;
     const int64_t* la = len ? len + a * B + b0 : nullptr;
@@ -254,7 +240,7 @@ void CpuBackend::arg_reduce(bool is_max, DType dt, int64_t A, int64_t N, int64_t
   dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
     const T* x = static_cast<const T*>(xv);
-    for_blocks(A, N, B, [&](int64_t a, int64_t b0, int64_t b1) {
+    for_row_blocks(A, N, B, [&](int64_t a, int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         int64_t L = reduce_math::valid_len(len, a * B + b, N), best = 0;
         for (int64_t n = 1; n < L; ++n) {
@@ -292,7 +278,7 @@ void CpuBackend::cumsum(DType dt, int64_t A, int64_t N, int64_t B, const void* x
     } else {
       const T* x = static_cast<const T*>(xv);
       T* y = static_cast<T*>(yv);
-      for_blocks(A, N, B, [&](int64_t a, int64_t b0, int64_t b1) {
+      for_row_blocks(A, N, B, [&](int64_t a, int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           T acc = 0;
           for (int64_t n = 0; n < N; ++n) {
