@@ -1,0 +1,253 @@
+// One training step (forward, backward, AdamW) of a small decoder-only language model, dimx
+// against libtorch's C++ API (Debian's libtorch-dev) in the same process, on the CPU:
+//   byte embedding (V = 256), 4 blocks of [LayerNorm, causal self-attention, residual,
+//   LayerNorm, Linear(E, 4E) - GELU - Linear(4E, E), residual], LayerNorm, Linear(E, V),
+//   cross-entropy over the valid frames of a padded batch.
+// Both sides start from the same weights and see the same batch; the losses of the first
+// three steps are printed side by side (they must agree to 1e-4 relative), then steps are
+// timed: dimx with its default threads, libtorch with 1 and with 2 threads (its best counts).
+//
+//   bench_train [--json] [--steps N]
+#include <dimx/dimx.h>
+#include <dimx/nn.h>
+#include <dimx/optim.h>
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <limits>
+#include <numeric>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "timer.h"
+
+namespace {
+
+constexpr int64_t B = 4, T = 128, E = 256, H = 4, V = 256, L = 4;
+const std::vector<int32_t> kLengths = {128, 101, 77, 64};
+
+// ---- dimx
+struct DimxBlock {
+  dimx::nn::LayerNorm ln1, ln2;
+  dimx::nn::CausalSelfAttention att;
+  dimx::nn::Linear fc1, fc2;
+};
+
+struct DimxModel {
+  dimx::Dim batch{B, "batch"}, model{E, "model"}, vocab{V, "vocab"}, ff{4 * E, "ff"};
+  dimx::Dim time;
+  dimx::nn::Embedding emb;
+  std::vector<DimxBlock> blocks;
+  dimx::nn::LayerNorm lnf;
+  dimx::nn::Linear head;
+
+  explicit DimxModel(dimx::Generator& gen)
+      : time(dimx::Tensor::from_vector<int32_t>({batch}, kLengths), "time"),
+        emb(vocab, model, gen),
+        lnf(model),
+        head(model, vocab, gen) {
+    for (int64_t l = 0; l < L; ++l)
+      blocks.push_back({dimx::nn::LayerNorm(model), dimx::nn::LayerNorm(model),
+                        dimx::nn::CausalSelfAttention(model, model, dimx::Dim(E, "att_key"), dimx::Dim(E, "att_value"), H,
+                                                      gen, true, 0.0),
+                        dimx::nn::Linear(model, ff, gen), dimx::nn::Linear(ff, model, gen)});
+  }
+  dimx::optim::NamedParameters params() {
+    dimx::optim::NamedParameters out;
+    auto add = [&](const std::string& prefix, auto& m) {
+      for (auto& [name, t] : dimx::nn::named_parameters(m)) out.emplace_back(prefix + name, t);
+    };
+    add("emb.", emb);
+    for (size_t l = 0; l < blocks.size(); ++l) {
+      const std::string p = "blocks." + std::to_string(l) + ".";
+      add(p + "ln1.", blocks[l].ln1);
+      add(p + "att.", blocks[l].att);
+      add(p + "ln2.", blocks[l].ln2);
+      add(p + "fc1.", blocks[l].fc1);
+      add(p + "fc2.", blocks[l].fc2);
+    }
+    add("lnf.", lnf);
+    add("head.", head);
+    return out;
+  }
+  dimx::Tensor loss(const dimx::Tensor& input, const dimx::Tensor& target) const {
+    dimx::Tensor x = emb(input);
+    for (const DimxBlock& b : blocks) {
+      x = x + b.att(b.ln1(x), time, b.att.default_initial_state({batch})).first;
+      x = x + b.fc2(dimx::nn::gelu(b.fc1(b.ln2(x))));
+    }
+    return dimx::cross_entropy(head(lnf(x)), target, vocab);
+  }
+};
+
+// ---- libtorch: the same math written with torch ops (qkv rows per head: q | k | v).
+struct TorchBlock {
+  torch::Tensor ln1_w, ln1_b, ln2_w, ln2_b, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b;
+};
+struct TorchModel {
+  torch::Tensor emb, lnf_w, lnf_b, head_w, head_b;
+  std::vector<TorchBlock> blocks;
+  std::vector<torch::Tensor> params() {
+    std::vector<torch::Tensor> p{emb};
+    for (TorchBlock& b : blocks)
+      for (torch::Tensor* t : {&b.ln1_w, &b.ln1_b, &b.qkv_w, &b.qkv_b, &b.proj_w, &b.proj_b, &b.ln2_w, &b.ln2_b,
+                               &b.fc1_w, &b.fc1_b, &b.fc2_w, &b.fc2_b})
+        p.push_back(*t);
+    for (torch::Tensor* t : {&lnf_w, &lnf_b, &head_w, &head_b}) p.push_back(*t);
+    return p;
+  }
+  torch::Tensor loss(const torch::Tensor& input, const torch::Tensor& target, const torch::Tensor& valid,
+                     const torch::Tensor& att_mask) const {
+    namespace F = torch::nn::functional;
+    const int64_t d = E / H;
+    torch::Tensor x = emb.index_select(0, input.reshape({-1})).reshape({B, T, E});
+    for (const TorchBlock& b : blocks) {
+      torch::Tensor h = torch::layer_norm(x, {E}, b.ln1_w, b.ln1_b, 1e-5);
+      torch::Tensor qkv = torch::linear(h, b.qkv_w, b.qkv_b).reshape({B, T, H, 3 * d});
+      torch::Tensor q = qkv.narrow(3, 0, d).transpose(1, 2), k = qkv.narrow(3, d, d).transpose(1, 2);
+      torch::Tensor v = qkv.narrow(3, 2 * d, d).transpose(1, 2);
+      torch::Tensor s = torch::matmul(q, k.transpose(2, 3)) / std::sqrt(double(d));
+      s = s.masked_fill(att_mask.logical_not(), -std::numeric_limits<float>::infinity());
+      torch::Tensor o = torch::matmul(torch::softmax(s, -1), v).transpose(1, 2).reshape({B, T, E});
+      x = x + torch::linear(o, b.proj_w, b.proj_b);
+      h = torch::layer_norm(x, {E}, b.ln2_w, b.ln2_b, 1e-5);
+      x = x + torch::linear(torch::gelu(torch::linear(h, b.fc1_w, b.fc1_b)), b.fc2_w, b.fc2_b);
+    }
+    torch::Tensor logits = torch::linear(torch::layer_norm(x, {E}, lnf_w, lnf_b, 1e-5), head_w, head_b);
+    torch::Tensor per = F::cross_entropy(logits.reshape({B * T, V}), target.reshape({B * T}),
+                                         F::CrossEntropyFuncOptions().reduction(torch::kNone));
+    torch::Tensor w = valid.reshape({B * T}).to(torch::kFloat);
+    return (per * w).sum() / w.sum();
+  }
+};
+
+// A dimx parameter as a torch tensor with the same values (dims in the given order).
+torch::Tensor to_torch(const dimx::Tensor& t, const dimx::Dims& order, std::vector<int64_t> shape) {
+  std::vector<float> v = t.to_vector<float>(order);
+  return torch::from_blob(v.data(), shape, torch::kFloat).clone().set_requires_grad(true);
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool json = false;
+  int steps = 10;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--json") json = true;
+    else if (a == "--steps" && i + 1 < argc) steps = std::max(1, std::atoi(argv[++i]));
+    else {
+      std::fprintf(stderr, "usage: bench_train [--json] [--steps N]\n");
+      return 2;
+    }
+  }
+  dimx::bench::print_runtime(json);
+  dimx::Generator gen(0);
+  DimxModel dm(gen);
+
+  // The batch: random bytes; targets are the next input's bytes (any values: a benchmark).
+  std::vector<int64_t> ids(size_t(B * T)), tgt(size_t(B * T));
+  uint64_t s = 12345;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+    ids[i] = int64_t((s >> 33) % V);
+    tgt[i] = int64_t((s >> 13) % V);
+  }
+  const dimx::Tensor input = dimx::Tensor::from_vector<int64_t>({dm.batch, dm.time}, ids).with_sparse_dim(dm.vocab);
+  const dimx::Tensor target = dimx::Tensor::from_vector<int64_t>({dm.batch, dm.time}, tgt).with_sparse_dim(dm.vocab);
+
+  // The torch model from dimx's initial weights.
+  TorchModel tm;
+  tm.emb = to_torch(dm.emb.weight, {dm.vocab, dm.model}, {V, E});
+  for (const DimxBlock& b : dm.blocks) {
+    TorchBlock t;
+    t.ln1_w = to_torch(*b.ln1.weight, {dm.model}, {E});
+    t.ln1_b = to_torch(*b.ln1.bias, {dm.model}, {E});
+    t.ln2_w = to_torch(*b.ln2.weight, {dm.model}, {E});
+    t.ln2_b = to_torch(*b.ln2.bias, {dm.model}, {E});
+    t.qkv_w = to_torch(b.att.qkv.weight, {b.att.qkv.out_dim, b.att.qkv.in_dim}, {3 * E, E});
+    t.qkv_b = to_torch(*b.att.qkv.bias, {b.att.qkv.out_dim}, {3 * E});
+    t.proj_w = to_torch(b.att.proj->weight, {b.att.proj->out_dim, b.att.proj->in_dim}, {E, E});
+    t.proj_b = to_torch(*b.att.proj->bias, {b.att.proj->out_dim}, {E});
+    t.fc1_w = to_torch(b.fc1.weight, {dm.ff, dm.model}, {4 * E, E});
+    t.fc1_b = to_torch(*b.fc1.bias, {dm.ff}, {4 * E});
+    t.fc2_w = to_torch(b.fc2.weight, {dm.model, dm.ff}, {E, 4 * E});
+    t.fc2_b = to_torch(*b.fc2.bias, {dm.model}, {E});
+    tm.blocks.push_back(t);
+  }
+  tm.lnf_w = to_torch(*dm.lnf.weight, {dm.model}, {E});
+  tm.lnf_b = to_torch(*dm.lnf.bias, {dm.model}, {E});
+  tm.head_w = to_torch(dm.head.weight, {dm.vocab, dm.model}, {V, E});
+  tm.head_b = to_torch(*dm.head.bias, {dm.vocab}, {V});
+  const torch::Tensor t_input = torch::tensor(ids).reshape({B, T}), t_target = torch::tensor(tgt).reshape({B, T});
+  torch::Tensor lens = torch::tensor(std::vector<int64_t>(kLengths.begin(), kLengths.end()));
+  torch::Tensor pos = torch::arange(T);
+  const torch::Tensor valid = pos.unsqueeze(0) < lens.unsqueeze(1);                            // [B, T]
+  const torch::Tensor causal = pos.unsqueeze(1) >= pos.unsqueeze(0);                            // [T, T]
+  const torch::Tensor att_mask = (causal.unsqueeze(0) & valid.unsqueeze(1)).unsqueeze(1);       // [B, 1, T, T]
+
+  dimx::optim::AdamW dopt(dm.params(), {});
+  torch::optim::AdamW topt(tm.params(), torch::optim::AdamWOptions(1e-3).weight_decay(1e-2));
+  auto dimx_step = [&] {
+    dopt.zero_grad();
+    dimx::Tensor l = dm.loss(input, target);
+    dimx::backward(l);
+    dopt.step();
+    return l.item<double>();
+  };
+  auto torch_step = [&] {
+    topt.zero_grad();
+    torch::Tensor l = tm.loss(t_input, t_target, valid, att_mask);
+    l.backward();
+    topt.step();
+    return l.item<double>();
+  };
+  double worst = 0;
+  for (int k = 0; k < 3; ++k) {
+    const double a = dimx_step(), b = torch_step();
+    worst = std::max(worst, std::abs(a - b) / std::abs(b));
+    if (!json) std::printf("step %d loss: dimx %.9f  libtorch %.9f\n", k + 1, a, b);
+  }
+  const bool same = worst < 1e-4;
+  using Clock = std::chrono::steady_clock;
+  auto time_steps = [&](auto&& step) {
+    std::vector<double> t;
+    for (int i = 0; i < steps; ++i) {
+      const auto a = Clock::now();
+      step();
+      t.push_back(std::chrono::duration<double, std::milli>(Clock::now() - a).count());
+    }
+    return median(t);
+  };
+  const double dimx_ms = time_steps(dimx_step);
+  torch::set_num_threads(1);
+  const double torch1 = time_steps(torch_step);
+  torch::set_num_threads(2);
+  const double torch2 = time_steps(torch_step);
+  const double best = std::min(torch1, torch2);
+  const double tokens = double(std::accumulate(kLengths.begin(), kLengths.end(), 0));
+  if (json) {
+    std::printf("{\"bench\": \"train\", \"device\": \"cpu\", \"B\": %lld, \"T\": %lld, \"E\": %lld, \"H\": %lld, "
+                "\"dimx_ms\": %.3f, \"libtorch_ms_1thread\": %.3f, \"libtorch_ms_2threads\": %.3f, \"ratio\": %.3f, "
+                "\"dimx_tokens_per_s\": %.1f, \"libtorch_tokens_per_s\": %.1f, \"loss_max_rel_diff\": %.3g}\n",
+                (long long)B, (long long)T, (long long)E, (long long)H, dimx_ms, torch1, torch2, dimx_ms / best,
+                tokens / dimx_ms * 1e3, tokens / best * 1e3, worst);
+  } else {
+    std::printf("losses agree: %s (max relative difference %.2e over 3 steps)\n", same ? "yes" : "NO", worst);
+    std::printf("training step (B%lld T%lld E%lld H%lld, %d blocks): dimx %.2f ms, libtorch %.2f ms (1 thread) / "
+                "%.2f ms (2 threads); ratio to the best %.2f; dimx %.0f tokens/s, libtorch %.0f tokens/s\n",
+                (long long)B, (long long)T, (long long)E, (long long)H, int(L), dimx_ms, torch1, torch2, dimx_ms / best,
+                tokens / dimx_ms * 1e3, tokens / best * 1e3);
+  }
+  return same ? 0 : 1;
+}
