@@ -7,10 +7,11 @@
 // three steps are printed side by side (they must agree to 1e-4 relative), then steps are
 // timed: dimx with its default threads, libtorch with 1 and with 2 threads (its best counts).
 //
-//   bench_train [--json] [--steps N]
+//   bench_train [--json] [--steps N] [--profile]   (--profile: one dimx step's profile to stderr)
 #include <dimx/dimx.h>
 #include <dimx/nn.h>
 #include <dimx/optim.h>
+#include <dimx/profile.h>
 
 #include <torch/torch.h>
 
@@ -140,14 +141,15 @@ double median(std::vector<double> v) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool json = false;
+  bool json = false, profile = false;
   int steps = 10;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--json") json = true;
     else if (a == "--steps" && i + 1 < argc) steps = std::max(1, std::atoi(argv[++i]));
+    else if (a == "--profile") profile = true;
     else {
-      std::fprintf(stderr, "usage: bench_train [--json] [--steps N]\n");
+      std::fprintf(stderr, "usage: bench_train [--json] [--steps N] [--profile]\n");
       return 2;
     }
   }
@@ -230,6 +232,11 @@ int main(int argc, char** argv) {
     return median(t);
   };
   const double dimx_ms = time_steps(dimx_step);
+  if (profile) {
+    dimx::Profiler prof;
+    dimx_step();
+    std::fprintf(stderr, "%s", prof.report(40).c_str());
+  }
   torch::set_num_threads(1);
   const double torch1 = time_steps(torch_step);
   torch::set_num_threads(2);

@@ -19,6 +19,22 @@ bool allow_tf32() { return g_allow_tf32; }
 
 namespace {
 
+// The Dims of matmul(a, b, reduce) in its output order: the batch Dims (a's, shared with b),
+// a's own, then b's own.
+Dims matmul_order(const Tensor& a, const Tensor& b, const Dims& reduce) {
+  Dims batch, m, n;
+  for (const Dim& d : a.dims()) {
+    if (contains(reduce, d)) continue;
+    (b.has_dim(d) ? batch : m).push_back(d);
+  }
+  for (const Dim& d : b.dims())
+    if (!contains(reduce, d) && !a.has_dim(d)) n.push_back(d);
+  batch.insert(batch.end(), m.begin(), m.end());
+  batch.insert(batch.end(), n.begin(), n.end());
+  return batch;
+}
+
+
 struct Operand {
   int64_t batch_stride, rows, cols, ld;
   bool trans;
@@ -95,8 +111,15 @@ Tensor matmul(const Tensor& a0, const Tensor& b0, const Dims& reduce, bool use_m
     // Only the gradients asked for: an operand that does not require grad costs no GEMM.
     const bool need_a = a.requires_grad(), need_b = b.requires_grad();
     return record("matmul", y, {a, b}, [a, b, a_own, b_own, need_a, need_b](const Tensor& g) {
-      return std::vector<Tensor>{need_a ? sum_to(matmul(g, b, b_own), a) : Tensor(),
-                                 need_b ? sum_to(matmul(a, g, a_own), b) : Tensor()};
+      // Each gradient with its operand's Dims in the operand's order where the order of the two
+      // factors decides it (a weight {out, in} gets {out, in}, not {in, out}), so that an
+      // optimizer reads it in place instead of copying it.
+      auto grad = [](const Tensor& other, const Tensor& gy, const Dims& reduce, const Tensor& like) {
+        return sum_to(matmul_order(gy, other, reduce) == like.dims() ? matmul(gy, other, reduce)
+                                                                    : matmul(other, gy, reduce),
+                      like);
+      };
+      return std::vector<Tensor>{need_a ? grad(b, g, b_own, a) : Tensor(), need_b ? grad(a, g, a_own, b) : Tensor()};
     });
   }
 
