@@ -3,6 +3,7 @@
 #include <xsimd/xsimd.hpp>
 
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 #include <limits>
 
@@ -253,6 +254,20 @@ void CpuBackend::where(DType dt, const Shape& shape, const In& cond, const In& a
                               bytes(y.strides, sizeof(T))};
     for_each_strided<4>(shape, st, base, kParallelGrain,
                         [](const std::array<char*, 4>& p, int64_t n, const std::array<int64_t, 4>& s) {
+                          constexpr int64_t es = int64_t(sizeof(T));
+                          T* y = reinterpret_cast<T*>(p[3]);
+                          if (s[0] == 0 && s[3] == es) {
+                            // One condition for the whole run (a mask over frames, broadcast
+                            // over features): a copy of a's run or of b's.
+                            const bool c = *reinterpret_cast<const bool*>(p[0]);
+                            const char* src = c ? p[1] : p[2];
+                            const int64_t ss = c ? s[1] : s[2];
+                            if (ss == es) std::memcpy(y, src, size_t(n) * sizeof(T));
+                            else if (ss == 0) std::fill(y, y + n, *reinterpret_cast<const T*>(src));
+                            else
+                              for (int64_t i = 0; i < n; ++i) y[i] = *reinterpret_cast<const T*>(src + i * ss);
+                            return;
+                          }
                           for (int64_t i = 0; i < n; ++i) {
                             bool c = *reinterpret_cast<const bool*>(p[0] + i * s[0]);
                             *reinterpret_cast<T*>(p[3] + i * s[3]) =
