@@ -56,8 +56,9 @@ struct Attention {
   int64_t out_batch_stride[2];
   int64_t out_row_stride;
   const int64_t* key_lengths;
-  // Nullable: where the device has a fused backward, its forward also writes each row's
-  // log2-sum-exp2 of the scaled energies here (contiguous, the element type, [batch, tq]).
+  // Nullable: the frontend passes it when a backward will follow. A device whose backward
+  // reads it (CUDA) writes each row's log2-sum-exp2 of the scaled energies here (contiguous,
+  // the element type, [batch, tq]); one that recomputes the rows instead (the CPU) ignores it.
   void* lse = nullptr;
 };
 

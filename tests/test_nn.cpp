@@ -87,26 +87,6 @@ Tensor f64(const Dims& dims, uint32_t seed) {
   return Tensor::from_vector<double>(dims, random_doubles(static_cast<size_t>(numel_of(dims)), seed, -1.5, 1.5));
 }
 
-// Central finite differences of loss() with respect to every element of `param` (changed in
-// place with copy_from, then restored).
-std::vector<double> finite_diff(const Tensor& param, const std::function<double()>& loss, double h = 1e-6) {
-  NoGradGuard ng;
-  std::vector<double> v = param.to_vector<double>();
-  std::vector<double> g(v.size());
-  for (size_t i = 0; i < v.size(); ++i) {
-    auto w = v;
-    w[i] = v[i] + h;
-    param.copy_from(Tensor::from_vector<double>(param.dims(), w));
-    double lp = loss();
-    w[i] = v[i] - h;
-    param.copy_from(Tensor::from_vector<double>(param.dims(), w));
-    double lm = loss();
-    g[i] = (lp - lm) / (2 * h);
-  }
-  param.copy_from(Tensor::from_vector<double>(param.dims(), v));
-  return g;
-}
-
 }  // namespace
 
 // ------------------------------------------------------------------------------------------

@@ -38,25 +38,6 @@ std::vector<double> naive(const std::vector<double>& x, int64_t rows, int64_t n,
   return y;
 }
 
-// Central differences of loss() in each entry of `param` (float64).
-std::vector<double> finite_diff(const Tensor& param, const std::function<double()>& loss, double h = 1e-6) {
-  NoGradGuard ng;
-  std::vector<double> v = param.to_vector<double>();
-  std::vector<double> g(v.size());
-  for (size_t i = 0; i < v.size(); ++i) {
-    auto w = v;
-    w[i] = v[i] + h;
-    param.copy_from(Tensor::from_vector<double>(param.dims(), w));
-    const double lp = loss();
-    w[i] = v[i] - h;
-    param.copy_from(Tensor::from_vector<double>(param.dims(), w));
-    const double lm = loss();
-    g[i] = (lp - lm) / (2 * h);
-  }
-  param.copy_from(Tensor::from_vector<double>(param.dims(), v));
-  return g;
-}
-
 }  // namespace
 
 TEST_CASE("layer_norm matches a float64 loop in every layout, with and without weight and bias", "[normalization]") {

@@ -2,6 +2,7 @@
 // Shared helpers for the dimx Catch2 tests. Keep the existing functions stable: several test
 // files include this header.
 #include <catch2/catch.hpp>
+#include <dimx/autograd.h>
 #include <dimx/dimx.h>
 
 #include <algorithm>
@@ -225,6 +226,26 @@ inline int64_t offset_in(const Dims& dims, const Dims& coord_dims, const std::ve
     off = off * dims[i].extent() + coords[static_cast<size_t>(j)];
   }
   return off;
+}
+
+// Central finite differences of loss() with respect to every element of `param` (changed in
+// place with copy_from, then restored).
+inline std::vector<double> finite_diff(const Tensor& param, const std::function<double()>& loss, double h = 1e-6) {
+  dimx::NoGradGuard ng;
+  std::vector<double> v = param.to_vector<double>();
+  std::vector<double> g(v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    auto w = v;
+    w[i] = v[i] + h;
+    param.copy_from(Tensor::from_vector<double>(param.dims(), w));
+    const double lp = loss();
+    w[i] = v[i] - h;
+    param.copy_from(Tensor::from_vector<double>(param.dims(), w));
+    const double lm = loss();
+    g[i] = (lp - lm) / (2 * h);
+  }
+  param.copy_from(Tensor::from_vector<double>(param.dims(), v));
+  return g;
 }
 
 inline constexpr float kInf = std::numeric_limits<float>::infinity();
