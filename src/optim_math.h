@@ -14,15 +14,17 @@ namespace dimx::optim_math {
 // Scalars of one tensor's update, converted to T once.
 template <class T>
 struct Coeffs {
-  T lr, weight_decay, momentum, damp, beta1, beta2, one_m_beta1, one_m_beta2, eps, step_size, sqrt_bc2, decay;
-  bool maximize, nesterov, decoupled, amsgrad, first;
+  // sign: -1 to maximize. decay: 1 - lr * weight_decay for decoupled (AdamW) decay, else 1;
+  // coupled_decay: weight_decay added to the gradient (SGD, Adam), else 0. Written as
+  // arithmetic rather than flags so that the loops have no branches and vectorize.
+  T lr, sign, coupled_decay, momentum, damp, beta1, beta2, one_m_beta1, one_m_beta2, eps, step_size, sqrt_bc2, decay;
+  bool nesterov, amsgrad, first;
 };
 
 // SGD: p, and the momentum buffer b (null without momentum).
 template <class T>
 DIMX_HD void sgd(const Coeffs<T>& c, T& p, T g, T* b) {
-  T d = c.maximize ? -g : g;
-  if (c.weight_decay != T(0)) d += c.weight_decay * p;
+  T d = c.sign * g + c.coupled_decay * p;
   if (b) {
     *b = c.first ? d : c.momentum * *b + c.damp * d;
     d = c.nesterov ? d + c.momentum * *b : *b;
@@ -33,9 +35,8 @@ DIMX_HD void sgd(const Coeffs<T>& c, T& p, T g, T* b) {
 // Adam / AdamW: p, exp_avg m, exp_avg_sq v, and max_exp_avg_sq vm (amsgrad only).
 template <class T>
 DIMX_HD void adam(const Coeffs<T>& c, T& p, T g, T& m, T& v, T* vm) {
-  if (c.maximize) g = -g;
-  if (c.decoupled) p *= c.decay;
-  else if (c.weight_decay != T(0)) g += c.weight_decay * p;
+  p *= c.decay;
+  g = c.sign * g + c.coupled_decay * p;
   m = c.beta1 * m + c.one_m_beta1 * g;
   v = c.beta2 * v + (c.one_m_beta2 * g) * g;
   T vv = v;
