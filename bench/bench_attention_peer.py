@@ -118,6 +118,45 @@ def main():
         ms = median_ms(fwd_bwd, reps, dev == "cuda")
         print(f"dot_attention{' causal' if causal else ''} fwd+bwd B{b} H{h} T{t} d{d}\t{ms}", flush=True)
 
+    if dev == "cuda":
+        half_cases(b, t, e, h, reps)
+
+
+def half_cases(b, t, e, h, reps):
+    """bf16 and f16 SDPA on [B, H, T, d] with each backend torch offers, without and with
+    per-sequence lengths in [T/2, T] (an additive mask, which the flash backend does not take):
+    forward (inference mode) and forward + backward (gradients of q, k, v for sum(out * r))."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    d = e // h
+    lens = [t - (t // 2) * i // max(1, b - 1) for i in range(b)]
+    keep = torch.arange(t, device="cuda")[None, :] < torch.tensor(lens, device="cuda")[:, None]
+    backends = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION}
+    for dt, name in ((torch.bfloat16, "bf16"), (torch.float16, "f16")):
+        for pad in (False, True):
+            q, k, v, r = (torch.randn(b, h, t, d, device="cuda", dtype=dt) for _ in range(4))
+            mask = None
+            if pad:
+                mask = torch.zeros(b, 1, 1, t, device="cuda", dtype=dt).masked_fill(~keep[:, None, None, :], float("-inf"))
+            tag = f"{name}{' lengths' if pad else ''} B{b} H{h} T{t} d{d}"
+            for bname, backend in backends.items():
+                try:
+                    with sdpa_kernel(backend):
+                        with torch.inference_mode():
+                            ms = median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+                                           reps, True)
+                        print(f"dot_attention {tag} [{bname}]\t{ms}", flush=True)
+                        qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+
+                        def fwd_bwd():
+                            out = torch.nn.functional.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask)
+                            torch.autograd.grad(out, (qg, kg, vg), r)
+
+                        ms = median_ms(fwd_bwd, reps, True)
+                        print(f"dot_attention fwd+bwd {tag} [{bname}]\t{ms}", flush=True)
+                except RuntimeError as err:  # the backend does not take this case
+                    print(f"# {bname} {tag}: {str(err).splitlines()[0][:100]}", file=sys.stderr, flush=True)
+
 
 if __name__ == "__main__":
     main()

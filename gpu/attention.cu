@@ -244,8 +244,9 @@ void launch_vec(const AttentionArgs& a, cudaStream_t s) {
 
 bool launch_attention(DType dt, const AttentionArgs& a, cudaStream_t s) {
   const int64_t width = a.d > a.dv ? a.d : a.dv;
-  if (width > 128 || (dt != DType::f32 && dt != DType::f64)) return false;
+  if (width > 128 || (dt != DType::f32 && dt != DType::f64 && dt != DType::bf16 && dt != DType::f16)) return false;
   if (a.batch0 * a.batch1 == 0 || a.tq == 0 || a.dv == 0) return true;
+  if (dt == DType::bf16 || dt == DType::f16) return launch_attention_mma(dt, a, nullptr, s);
   if (a.batch0 * a.batch1 > 0x7fffffff) return false;
   if (dt == DType::f32) {
     // Up to 64: 128 queries per block in 8-lane row groups (8 x 8 energies per thread), which

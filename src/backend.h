@@ -58,7 +58,7 @@ struct Attention {
   const int64_t* key_lengths;
   // Nullable: the frontend passes it when a backward will follow. A device whose backward
   // reads it (CUDA) writes each row's log2-sum-exp2 of the scaled energies here (contiguous,
-  // the element type, [batch, tq]); one that recomputes the rows instead (the CPU) ignores it.
+  // the element type, f32 for bf16/f16, [batch, tq]); one that recomputes the rows instead (the CPU) ignores it.
   void* lse = nullptr;
 };
 

@@ -116,7 +116,7 @@ Tensor Tensor::transpose_to(const Dims& order) const {
 Tensor Tensor::astype(DType dt) const {
   const TensorImpl& t = impl();
   if (dt == t.dtype) return *this;
-  if (is_floating(dt) && needs_grad({this})) {
+  if ((is_floating(dt) || is_half(dt)) && needs_grad({this})) {
     Tensor y;
     {
       NoGradGuard no_grad;

@@ -505,6 +505,66 @@ TEST_CASE("gpu: the fused dot_attention backward", "[gpu]") {
     }, 2e-5, 2e-5);
 }
 
+TEST_CASE("gpu: bf16 and f16 dot_attention on tensor cores, forward and backward", "[gpu][half]") {
+  // The inputs rounded to the half dtype; the reference is the CPU's float64 attention of the
+  // same rounded values, so what differs is the kernel's rounding of the weights and dS (and
+  // of the outputs). NaN fills the padded frames of k and v.
+  Dim batch(3, "batch"), heads(2, "heads");
+  Dim time = dynamic_dim(batch, {70, 33, 0}, "time"), t2(130, "t2");
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  struct Setup {
+    const char* name;
+    int64_t width;
+    bool causal, padded;
+  };
+  for (DType dt : {DType::bf16, DType::f16})
+    for (Setup st : {Setup{"padded, head size 64", 64, false, true}, Setup{"causal, head size 128", 128, true, false},
+                     Setup{"padded causal, head size 32", 32, true, true}}) {
+      INFO(dtype_name(dt) << ", " << st.name);
+      const Dim key(st.width, "key"), t = st.padded ? time : t2;
+      const Dims dims{batch, t, heads, key};
+      auto leaf = [&](uint32_t seed, Device dev, bool pad_nan) {
+        Tensor x = input(dims, seed, Device::cpu(), -1, 1).astype(dt).astype(DType::f64);
+        if (pad_nan && st.padded) x = where(sequence_mask({t}), x, nan);
+        return x.to(dev);
+      };
+      Tensor gout = copy_masked(input(dims, 104, Device::cpu(), -1, 1), {t}).astype(dt).astype(DType::f64);
+      auto run = [&](Device dev, DType cdt) {
+        Tensor q = leaf(101, dev, false).astype(cdt).with_requires_grad(), k = leaf(102, dev, true).astype(cdt).with_requires_grad();
+        Tensor v = leaf(103, dev, true).astype(cdt).with_requires_grad();
+        nn::DotAttentionOptions o;
+        if (st.causal) o.causal_query_dim = t;
+        // The CPU's reference in f64; on the GPU, f32 leaves cast to the half dtype.
+        Tensor out = cdt == DType::f64 ? nn::dot_attention(q, k, v, key, t, o)
+                                       : nn::dot_attention(q.astype(dt), k.astype(dt), v.astype(dt), key, t, o);
+        CHECK(out.dtype() == (cdt == DType::f64 ? cdt : dt));
+        std::vector<Tensor> r = grad(out, {q, k, v}, gout.astype(out.dtype()).to(dev));
+        r.push_back(out);
+        for (Tensor& x : r) x = copy_masked(x.astype(DType::f64).to(Device::cpu()), {t});
+        return r;
+      };
+      std::vector<Tensor> want = run(Device::cpu(), DType::f64);
+      nn::reset_attention_path_counts();
+      std::vector<Tensor> got = run(kGpu, DType::f32);
+      const nn::AttentionPathCounts c = nn::attention_path_counts();
+      CHECK(c.fused_forward == 1);
+      CHECK(c.fused_backward == 1);
+      CHECK(c.unfused_forward + c.unfused_backward == 0);
+      const double tol = dt == DType::bf16 ? 3e-2 : 4e-3;
+      const char* names[] = {"dq", "dk", "dv", "out"};
+      for (size_t i = 0; i < want.size(); ++i) {
+        INFO(names[i]);
+        std::vector<double> g = got[i].to_vector<double>(want[i].dims()), w = want[i].to_vector<double>(want[i].dims());
+        CHECK_VEC_APPROX(g, w, tol, tol);
+        for (double e : g) REQUIRE(std::isfinite(e));
+      }
+      // Deterministic: two runs agree bit for bit.
+      std::vector<Tensor> again = run(kGpu, DType::f32);
+      for (size_t i = 0; i < got.size(); ++i)
+        CHECK(again[i].to_vector<double>(got[i].dims()) == got[i].to_vector<double>(got[i].dims()));
+    }
+}
+
 TEST_CASE("gpu: the attention modules and their parameter gradients match the CPU", "[gpu]") {
   Dims3 d;
   Dim model(8, "model"), kt(8, "kt"), vt(8, "vt"), out(6, "out"), enc(5, "enc"), dec(3, "dec");

@@ -90,7 +90,7 @@ class Tensor {
   Tensor transpose_to(const Dims& order) const;
   /// Same values, stored row-major in dims() order; copies only if needed.
   Tensor contiguous() const { return transpose_to(dims()); }
-  /// The values cast to `dt` (this tensor itself if it already has it); differentiable to f32/f64.
+  /// The values cast to `dt` (this tensor itself if it already has it); differentiable to every floating dtype (the gradient is cast back).
   Tensor astype(DType dt) const;
   /// A copy on `dev` (this tensor itself if already there); differentiable.
   Tensor to(Device dev) const;

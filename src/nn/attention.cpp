@@ -89,7 +89,8 @@ struct Fused {
 Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, const Dim& key_dim, const Dim& kv_axis,
                       double scale, bool with_lse) {
   const DType dt = q0.dtype();
-  if ((dt != DType::f32 && dt != DType::f64) || k0.dtype() != dt || v0.dtype() != dt) return {};
+  if (!is_floating(dt) && !is_half(dt)) return {};
+  if (k0.dtype() != dt || v0.dtype() != dt) return {};
   if (k0.device() != q0.device() || v0.device() != q0.device()) return {};
   if (q0.has_dim(kv_axis)) return {};
   Dims batch, query, value;
@@ -168,7 +169,8 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
     a.key_lengths = reinterpret_cast<const int64_t*>(f.lens.impl().data());
   }
   if (with_lse) {
-    f.lse = empty({Dim(a.batch[0] * a.batch[1] * tq, "attention_rows")}, dt, q.device(), "dot_attention");
+    f.lse = empty({Dim(a.batch[0] * a.batch[1] * tq, "attention_rows")}, is_half(dt) ? DType::f32 : dt, q.device(),
+                  "dot_attention");
     a.lse = f.lse.impl().data();
   }
   if (!backend::backend_for(q.device()).attention(dt, a)) return {};

@@ -1,0 +1,620 @@
+// Fused attention for bf16 and f16 on tensor cores (mma.sync m16n8k16, f32 accumulation),
+// forward and backward, for the problems of gpu/attention.cu (the same AttentionArgs: strided
+// q, k, v, out; per (problem, query) key lengths; the forward writes each row's log2-sum-exp2,
+// in f32, for the backward).
+//
+// Forward: a block of 4 warps owns 64 queries (16 per warp) and walks the keys they can see in
+// tiles of 64. A warp's energies S = Q K^T stay in the accumulator fragments, the online
+// softmax works on them in registers, and the weights become the A operand of O += P V
+// without leaving registers (the m16n8 accumulator layout of two adjacent key tiles is the
+// m16k16 operand layout). V reaches its operand layout through ldmatrix.trans.
+// Backward (P = exp2(S scale log2e - lse), Dr = rowsum(dO O), dS = P (dP - Dr)), three kernels:
+//   rows: Dr, each row's effective length (0 where dO's row is all zero: a padded query
+//         frame stays out of every sum) and each query tile's longest length;
+//   keys: a block owns 64 keys (16 per warp) and walks the query tiles that see any of them:
+//         S^T, P^T, dV += P^T dO, dP^T = V dO^T, dK += dS^T Q;
+//   queries: a block owns 64 queries and walks their keys: S, P, dP = dO V^T, dQ += dS K.
+// Splitting dQ from dK/dV recomputes S and dP once more, but every gradient is a sum in one
+// block in a fixed order: two runs give the same bits, with no atomics.
+// Weights and dS enter the products rounded to the element type, as in the usual flash
+// attention; everything else accumulates in f32.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "attention_tiles.cuh"
+#include "common.cuh"
+
+namespace dimx::gpu {
+
+namespace {
+
+using namespace attention_tiles;
+
+constexpr int kTile = 64;  // queries and keys per tile; 16 rows per warp
+
+// Two floats rounded to the element type, packed as an mma operand register (first in the low half).
+template <class T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  } else {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+}
+
+template <class T>
+__device__ __forceinline__ void store2(T* p, float lo, float hi) {
+  *reinterpret_cast<uint32_t*>(p) = pack2<T>(lo, hi);
+}
+
+// c += a b for an m16n8k16 tile: a row-major 16x16, b column-major 16x8, c 16x8 in f32.
+template <class T>
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+__device__ __forceinline__ uint32_t lds32(const void* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// Four 8x8 matrices of 16-bit elements, transposed on the way (ldmatrix.trans); lane l gives
+// the address of row l % 8 of matrix l / 8.
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+
+// The A operand (16 rows x 16 columns at column c0) of a warp's rows r0.. of a row-major
+// shared tile with row stride LD.
+template <class T, int LD>
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* s, int r0, int c0) {
+  const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  const T* p = s + (r0 + g) * LD + c0 + 2 * t;
+  a[0] = lds32(p);
+  a[1] = lds32(p + 8 * LD);
+  a[2] = lds32(p + 8);
+  a[3] = lds32(p + 8 * LD + 8);
+}
+
+// acc[n] = A . X[rows x0 + 8 n ..][:D]^T: a warp's 16 rows (A operands af, one per 16
+// columns) times the rows of X (row-major, stride LD) as columns, NT tiles of 8 rows of X.
+template <class T, int D, int NT, int LD>
+__device__ __forceinline__ void rows_times_rows(float (&acc)[NT][4], const uint32_t (&af)[D / 16][4], const T* X,
+                                                int x0) {
+  const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+#pragma unroll
+  for (int n = 0; n < NT; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[n][e] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk)
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      const T* p = X + (x0 + 8 * n + g) * LD + 16 * kk + 2 * t;
+      mma<T>(acc[n], af[kk], lds32(p), lds32(p + 8));
+    }
+}
+
+// acc[n] += P . Y[rows y0 ..][cols 8 n ..] over NK rows of Y: P given as A operands (pf: one per
+// 16 rows of Y), Y row-major (stride LD) through ldmatrix.trans; D / 8 output tiles.
+template <class T, int D, int NK, int LD>
+__device__ __forceinline__ void weights_times_rows(float (&acc)[D / 8][4], const uint32_t (&pf)[NK / 16][4],
+                                                   const T* Y, int y0) {
+  const int lane = threadIdx.x % 32;
+  const int row = (lane & 7) + ((lane >> 3) & 1) * 8, col = (lane >> 4) * 8;
+#pragma unroll
+  for (int kk = 0; kk < NK / 16; ++kk)
+#pragma unroll
+    for (int np = 0; np < D / 16; ++np) {
+      uint32_t r[4];
+      ldsm_x4_t(r, Y + (y0 + 16 * kk + row) * LD + 16 * np + col);
+      mma<T>(acc[2 * np], pf[kk], r[0], r[1]);
+      mma<T>(acc[2 * np + 1], pf[kk], r[2], r[3]);
+    }
+}
+
+// Accumulator tiles (16 x 8 each, NT of them along the columns) as A operands of the next
+// product (16 x 16 each), rounded to T.
+template <class T, int NT>
+__device__ __forceinline__ void as_operand(uint32_t (&pf)[NT / 2][4], const float (&s)[NT][4]) {
+#pragma unroll
+  for (int kk = 0; kk < NT / 2; ++kk) {
+    pf[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+    pf[kk][1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+    pf[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    pf[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+  }
+}
+
+__device__ __forceinline__ int row_length(const AttentionArgs& a, int64_t b, int64_t r) {
+  if (r >= a.tq) return 0;
+  const int64_t l = a.key_lengths ? a.key_lengths[b * a.tq + r] : a.tk;
+  return int(l < 0 ? 0 : (l > a.tk ? a.tk : l));
+}
+
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
+  constexpr int LD = D + 8, NT = kTile / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* Qs = reinterpret_cast<T*>(smem_raw);  // [kTile][LD]
+  T* Ks = Qs + kTile * LD;
+  T* Vs = Ks + kTile * LD;
+  __shared__ int kmax_s;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t b = blockIdx.x, b0 = b / a.batch1, b1 = b % a.batch1;
+  const int64_t i0 = int64_t(gridDim.y - 1 - blockIdx.y) * kTile;  // longest (causal) blocks first
+  const T* q = static_cast<const T*>(a.q) + b0 * a.q_bs0 + b1 * a.q_bs1 + i0 * a.q_rs;
+  const T* k = static_cast<const T*>(a.k) + b0 * a.k_bs0 + b1 * a.k_bs1;
+  const T* v = static_cast<const T*>(a.v) + b0 * a.v_bs0 + b1 * a.v_bs1;
+
+  if (threadIdx.x == 0) kmax_s = 0;
+  __syncthreads();
+  const int64_t r_lo = i0 + warp * 16 + g;
+  const int len_lo = row_length(a, b, r_lo), len_hi = row_length(a, b, r_lo + 8);
+  const int mine = len_lo > len_hi ? len_lo : len_hi;
+  if (mine > 0) atomicMax(&kmax_s, mine);
+  __syncthreads();
+  const int kmax = kmax_s, d = int(a.d), dv = int(a.dv);
+
+  load_tile<T, D, LD, true>(Qs, q, a.q_rs, kTile, int(a.tq - i0 < kTile ? a.tq - i0 : kTile), d);
+  if (kmax > 0) load_tile<T, D, LD, true>(Ks, k, a.k_rs, kTile, kmax < kTile ? kmax : kTile, d);
+  cp_async_commit();
+  if (kmax > 0) load_tile<T, D, LD, true>(Vs, v, a.v_rs, kTile, kmax < kTile ? kmax : kTile, dv);
+  cp_async_commit();
+
+  float o[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  const float sl2 = float(a.scale * 1.4426950408889634);
+  uint32_t qf[D / 16][4];
+
+  for (int j0 = 0; j0 < kmax; j0 += kTile) {
+    cp_async_wait1();  // Q and this K tile are in
+    __syncthreads();
+    if (j0 == 0) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) load_a<T, LD>(qf[kk], Qs, warp * 16, 16 * kk);
+    }
+    float s[NT][4];
+    rows_times_rows<T, D, NT, LD>(s, qf, Ks, 0);
+    __syncthreads();  // every warp is done with Ks
+    const int next = j0 + kTile;
+    if (next < kmax)
+      load_tile<T, D, LD, true>(Ks, k + int64_t(next) * a.k_rs, a.k_rs, kTile, kmax - next < kTile ? kmax - next : kTile,
+                                d);
+    cp_async_commit();
+
+    // Online softmax of rows g (e = 0, 1) and g + 8 (e = 2, 3); a row lives in one quad.
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = j0 + 8 * n + 2 * t + (e & 1);
+        s[n][e] = key < (e < 2 ? len_lo : len_hi) ? s[n][e] * sl2 : -INFINITY;
+        mx[e / 2] = fmaxf(mx[e / 2], s[n][e]);
+      }
+    float alpha[2], base[2], sum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+      const float mnew = fmaxf(m[h], mx[h]);
+      base[h] = mnew == -INFINITY ? 0.f : mnew;  // no visible key yet: all weights 0
+      alpha[h] = exp2f(m[h] - base[h]);
+      m[h] = mnew;
+    }
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[n][e] = exp2f(s[n][e] - base[e / 2]);
+        sum[e / 2] += s[n][e];
+      }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) l[h] = l[h] * alpha[h] + sum[h];  // the quad's partial sums
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      o[n][0] *= alpha[0];
+      o[n][1] *= alpha[0];
+      o[n][2] *= alpha[1];
+      o[n][3] *= alpha[1];
+    }
+    uint32_t pf[NT / 2][4];
+    as_operand<T, NT>(pf, s);
+    cp_async_wait1();  // this V tile is in
+    __syncthreads();
+    weights_times_rows<T, D, kTile, LD>(o, pf, Vs, 0);
+    __syncthreads();  // every warp is done with Vs
+    if (next < kmax)
+      load_tile<T, D, LD, true>(Vs, v + int64_t(next) * a.v_rs, a.v_rs, kTile, kmax - next < kTile ? kmax - next : kTile,
+                                dv);
+    cp_async_commit();
+  }
+  cp_async_wait_all();
+
+  T* out = static_cast<T*>(a.out) + b0 * a.o_bs0 + b1 * a.o_bs1;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float total = l[h];
+    total += __shfl_xor_sync(0xffffffffu, total, 1);
+    total += __shfl_xor_sync(0xffffffffu, total, 2);
+    const int64_t r = r_lo + 8 * h;
+    if (r >= a.tq) continue;
+    if (a.lse && t == 0) static_cast<float*>(a.lse)[b * a.tq + r] = total > 0.f ? m[h] + log2f(total) : INFINITY;
+    const float inv = total > 0.f ? 1.f / total : 0.f;
+    T* row = out + r * a.o_rs;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      const int col = 8 * n + 2 * t;
+      if (col < dv) store2<T>(row + col, o[n][2 * h] * inv, o[n][2 * h + 1] * inv);
+    }
+  }
+}
+
+// Dr, effective row lengths and each query tile's longest one (see the top of the file). A
+// block of 128 threads per (problem, query tile), a warp per row.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    rows_kernel(AttentionArgs a, const T* g, float* dr, int* row_len, int* tile_kmax) {
+  __shared__ int kmax_s;
+  const int64_t b = blockIdx.x, b0 = b / a.batch1, b1 = b % a.batch1;
+  const int64_t i0 = int64_t(blockIdx.y) * kTile;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (threadIdx.x == 0) kmax_s = 0;
+  __syncthreads();
+  const int64_t off = b0 * a.o_bs0 + b1 * a.o_bs1;
+  const T* o = static_cast<const T*>(a.out) + off;
+  g += off;
+  int mine = 0;
+  for (int i = warp; i < kTile; i += kThreads / 32) {
+    const int64_t r = i0 + i;
+    if (r >= a.tq) break;
+    float s = 0.f;
+    bool nonzero = false;
+    for (int64_t c = lane; c < a.dv; c += 32) {
+      const float gc = float(g[r * a.o_rs + c]);
+      if (gc != 0.f) {
+        nonzero = true;
+        s = fmaf(gc, float(o[r * a.o_rs + c]), s);
+      }
+    }
+#pragma unroll
+    for (int w = 16; w > 0; w >>= 1) s += __shfl_xor_sync(0xffffffffu, s, w);
+    const int l = __any_sync(0xffffffffu, nonzero) ? row_length(a, b, r) : 0;
+    if (lane == 0) {
+      dr[b * a.tq + r] = s;
+      row_len[b * a.tq + r] = l;
+    }
+    mine = l > mine ? l : mine;
+  }
+  if (lane == 0 && mine > 0) atomicMax(&kmax_s, mine);
+  __syncthreads();
+  if (threadIdx.x == 0) tile_kmax[b * gridDim.y + blockIdx.y] = kmax_s;
+}
+
+// dK and dV of 64 keys of one problem (16 per warp).
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads)
+    keys_kernel(AttentionArgs a, AttentionGradArgs ga, const float* dr, const int* row_len, const int* tile_kmax) {
+  constexpr int LD = D + 8, NT = kTile / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* Ks = reinterpret_cast<T*>(smem_raw);  // [kTile][LD]
+  T* Vs = Ks + kTile * LD;
+  T* Qs = Vs + kTile * LD;   // two stages of [kTile][LD]
+  T* Gs = Qs + 2 * kTile * LD;  // dO, two stages
+  __shared__ float lse_s[2][kTile], dr_s[2][kTile];
+  __shared__ int len_s[2][kTile];
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t ktiles = (a.tk + kTile - 1) / kTile, qtiles = (a.tq + kTile - 1) / kTile;
+  const int64_t b = blockIdx.x / ktiles, b0 = b / a.batch1, b1 = b % a.batch1;
+  const int j0 = int(blockIdx.x % ktiles) * kTile, nk = int(a.tk - j0 < kTile ? a.tk - j0 : kTile);
+  const int d = int(a.d), dv = int(a.dv);
+  const T* q = static_cast<const T*>(a.q) + b0 * a.q_bs0 + b1 * a.q_bs1;
+  const T* go = static_cast<const T*>(ga.g) + b0 * a.o_bs0 + b1 * a.o_bs1;
+  const float* lse = static_cast<const float*>(a.lse) + b * a.tq;
+
+  load_tile<T, D, LD, true>(Ks, static_cast<const T*>(a.k) + b0 * a.k_bs0 + b1 * a.k_bs1 + int64_t(j0) * a.k_rs,
+                            a.k_rs, kTile, nk, d);
+  load_tile<T, D, LD, true>(Vs, static_cast<const T*>(a.v) + b0 * a.v_bs0 + b1 * a.v_bs1 + int64_t(j0) * a.v_rs,
+                            a.v_rs, kTile, nk, dv);
+  // The query tiles that see a key of this tile, in order.
+  auto visits = [&](int64_t it) { return tile_kmax[b * qtiles + it] > j0; };
+  auto stage = [&](int64_t it, int buf) {
+    const int64_t i0 = it * kTile;
+    const int nq = int(a.tq - i0 < kTile ? a.tq - i0 : kTile);
+    load_tile<T, D, LD, true>(Qs + buf * kTile * LD, q + i0 * a.q_rs, a.q_rs, kTile, nq, d);
+    load_tile<T, D, LD, true>(Gs + buf * kTile * LD, go + i0 * a.o_rs, a.o_rs, kTile, nq, dv);
+    for (int i = threadIdx.x; i < kTile; i += kThreads) {
+      const int64_t r = i0 + i;
+      const bool in = r < a.tq;
+      lse_s[buf][i] = in ? lse[r] : INFINITY;
+      dr_s[buf][i] = in ? dr[b * a.tq + r] : 0.f;
+      len_s[buf][i] = in ? row_len[b * a.tq + r] : 0;
+    }
+  };
+  int64_t it = 0;
+  while (it < qtiles && !visits(it)) ++it;
+  if (it < qtiles) stage(it, 0);
+  cp_async_commit();
+
+  float dk[D / 8][4], dvv[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[n][e] = dvv[n][e] = 0.f;
+  const float sl2 = float(a.scale * 1.4426950408889634);
+  const int key_lo = j0 + warp * 16 + g;  // this thread's keys: key_lo and key_lo + 8
+
+  for (int buf = 0; it < qtiles; buf ^= 1) {
+    int64_t nx = it + 1;
+    while (nx < qtiles && !visits(nx)) ++nx;
+    if (nx < qtiles) stage(nx, buf ^ 1);
+    cp_async_commit();
+    cp_async_wait1();
+    __syncthreads();
+    T* Q = Qs + buf * kTile * LD;
+    const T* G = Gs + buf * kTile * LD;
+    // A padded query row (length 0) may hold anything: zero it, so that 0 weights stay 0.
+    for (int i = threadIdx.x; i < kTile * (D / 8); i += kThreads) {
+      const int r = i / (D / 8);
+      if (len_s[buf][r] == 0) *reinterpret_cast<uint4*>(Q + r * LD + (i % (D / 8)) * 8) = make_uint4(0, 0, 0, 0);
+    }
+    __syncthreads();
+    // The warp's keys and values as A operands, from shared memory each time (registers are
+    // scarce next to the dK and dV accumulators).
+    uint32_t af[D / 16][4];
+    float s[NT][4], dp[NT][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) load_a<T, LD>(af[kk], Ks, warp * 16, 16 * kk);
+    rows_times_rows<T, D, NT, LD>(s, af, Q, 0);  // S^T: keys x queries
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) load_a<T, LD>(af[kk], Vs, warp * 16, 16 * kk);
+    rows_times_rows<T, D, NT, LD>(dp, af, G, 0);  // dP^T
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = 8 * n + 2 * t + (e & 1), key = key_lo + 8 * (e / 2);
+        const bool seen = key < len_s[buf][r];
+        const float p = seen ? exp2f(s[n][e] * sl2 - lse_s[buf][r]) : 0.f;
+        s[n][e] = p;
+        dp[n][e] = seen ? p * (dp[n][e] - dr_s[buf][r]) : 0.f;
+      }
+    uint32_t pf[NT / 2][4];
+    as_operand<T, NT>(pf, s);
+    weights_times_rows<T, D, kTile, LD>(dvv, pf, G, 0);  // dV += P^T dO
+    as_operand<T, NT>(pf, dp);
+    weights_times_rows<T, D, kTile, LD>(dk, pf, Q, 0);  // dK += dS^T Q
+    __syncthreads();  // this stage's buffers are free
+    it = nx;
+  }
+  cp_async_wait_all();
+
+  const float sc = float(a.scale);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int kr = warp * 16 + g + 8 * h;
+    if (kr >= nk) continue;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      const int col = 8 * n + 2 * t;
+      if (ga.dk && col < d)
+        store2<T>(static_cast<T*>(ga.dk) + b0 * ga.dk_bs0 + b1 * ga.dk_bs1 + int64_t(j0 + kr) * ga.dk_rs + col,
+                  dk[n][2 * h] * sc, dk[n][2 * h + 1] * sc);
+      if (ga.dv && col < dv)
+        store2<T>(static_cast<T*>(ga.dv) + b0 * ga.dv_bs0 + b1 * ga.dv_bs1 + int64_t(j0 + kr) * ga.dv_rs + col,
+                  dvv[n][2 * h], dvv[n][2 * h + 1]);
+    }
+  }
+}
+
+// dQ of 64 queries of one problem (16 per warp).
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads)
+    queries_kernel(AttentionArgs a, AttentionGradArgs ga, const float* dr, const int* row_len, const int* tile_kmax) {
+  constexpr int LD = D + 8, NT = kTile / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* Qs = reinterpret_cast<T*>(smem_raw);  // [kTile][LD]
+  T* Gs = Qs + kTile * LD;
+  T* Ks = Gs + kTile * LD;
+  T* Vs = Ks + kTile * LD;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t b = blockIdx.x, b0 = b / a.batch1, b1 = b % a.batch1;
+  const int64_t i0 = int64_t(gridDim.y - 1 - blockIdx.y) * kTile;
+  const int nq = int(a.tq - i0 < kTile ? a.tq - i0 : kTile);
+  const int kmax = tile_kmax[b * gridDim.y + (gridDim.y - 1 - blockIdx.y)], d = int(a.d), dv = int(a.dv);
+  const T* k = static_cast<const T*>(a.k) + b0 * a.k_bs0 + b1 * a.k_bs1;
+  const T* v = static_cast<const T*>(a.v) + b0 * a.v_bs0 + b1 * a.v_bs1;
+
+  load_tile<T, D, LD, true>(Qs, static_cast<const T*>(a.q) + b0 * a.q_bs0 + b1 * a.q_bs1 + i0 * a.q_rs, a.q_rs, kTile,
+                            nq, d);
+  load_tile<T, D, LD, true>(Gs, static_cast<const T*>(ga.g) + b0 * a.o_bs0 + b1 * a.o_bs1 + i0 * a.o_rs, a.o_rs,
+                            kTile, nq, dv);
+  if (kmax > 0) load_tile<T, D, LD, true>(Ks, k, a.k_rs, kTile, kmax < kTile ? kmax : kTile, d);
+  cp_async_commit();
+  if (kmax > 0) load_tile<T, D, LD, true>(Vs, v, a.v_rs, kTile, kmax < kTile ? kmax : kTile, dv);
+  cp_async_commit();
+
+  const int64_t r_lo = i0 + warp * 16 + g;
+  int len[2];
+  float lse[2], drr[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t r = r_lo + 8 * h;
+    const bool in = r < a.tq;
+    len[h] = in ? row_len[b * a.tq + r] : 0;
+    lse[h] = in ? static_cast<const float*>(a.lse)[b * a.tq + r] : INFINITY;
+    drr[h] = in ? dr[b * a.tq + r] : 0.f;
+  }
+  float dq[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dq[n][e] = 0.f;
+  const float sl2 = float(a.scale * 1.4426950408889634);
+  uint32_t qf[D / 16][4], gf[D / 16][4];
+
+  for (int j0 = 0; j0 < kmax; j0 += kTile) {
+    cp_async_wait_all();  // Q, dO, this K and V tile
+    __syncthreads();
+    if (j0 == 0) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        load_a<T, LD>(qf[kk], Qs, warp * 16, 16 * kk);
+        load_a<T, LD>(gf[kk], Gs, warp * 16, 16 * kk);
+      }
+    }
+    float s[NT][4], dp[NT][4];
+    rows_times_rows<T, D, NT, LD>(s, qf, Ks, 0);
+    rows_times_rows<T, D, NT, LD>(dp, gf, Vs, 0);
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = j0 + 8 * n + 2 * t + (e & 1), h = e / 2;
+        const bool seen = key < len[h];
+        const float p = seen ? exp2f(s[n][e] * sl2 - lse[h]) : 0.f;
+        dp[n][e] = seen ? p * (dp[n][e] - drr[h]) : 0.f;
+      }
+    uint32_t pf[NT / 2][4];
+    as_operand<T, NT>(pf, dp);
+    weights_times_rows<T, D, kTile, LD>(dq, pf, Ks, 0);  // dQ += dS K
+    __syncthreads();  // every warp is done with Ks and Vs
+    const int next = j0 + kTile;
+    if (next < kmax) {
+      const int n = kmax - next < kTile ? kmax - next : kTile;
+      load_tile<T, D, LD, true>(Ks, k + int64_t(next) * a.k_rs, a.k_rs, kTile, n, d);
+      load_tile<T, D, LD, true>(Vs, v + int64_t(next) * a.v_rs, a.v_rs, kTile, n, dv);
+    }
+    cp_async_commit();
+  }
+  cp_async_wait_all();
+
+  if (!ga.dq) return;
+  const float sc = float(a.scale);
+  T* out = static_cast<T*>(ga.dq) + b0 * ga.dq_bs0 + b1 * ga.dq_bs1;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t r = r_lo + 8 * h;
+    if (r >= a.tq) continue;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      const int col = 8 * n + 2 * t;
+      if (col < d) store2<T>(out + r * ga.dq_rs + col, dq[n][2 * h] * sc, dq[n][2 * h + 1] * sc);
+    }
+  }
+}
+
+template <class K>
+void set_smem(K kernel, size_t smem, const char* what) {
+  const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (attr != cudaSuccess) {
+    cudaGetLastError();
+    throw Error(std::string(what) + ": cudaFuncSetAttribute failed: " + cudaGetErrorString(attr));
+  }
+}
+
+// The tensor-core kernels need 16-byte rows: d and dv multiples of 8, every base and stride too.
+bool aligned(const AttentionArgs& a, const AttentionGradArgs* ga) {
+  auto p = [](const void* x) { return x == nullptr || reinterpret_cast<uintptr_t>(x) % 16 == 0; };
+  bool ok = a.d % 8 == 0 && a.dv % 8 == 0 && p(a.q) && p(a.k) && p(a.v) && p(a.out);
+  for (int64_t s : {a.q_bs0, a.q_bs1, a.q_rs, a.k_bs0, a.k_bs1, a.k_rs, a.v_bs0, a.v_bs1, a.v_rs, a.o_bs0, a.o_bs1,
+                    a.o_rs})
+    ok = ok && s % 8 == 0;
+  if (ga) {
+    ok = ok && p(ga->g) && p(ga->dq) && p(ga->dk) && p(ga->dv);
+    for (int64_t s : {ga->dq_bs0, ga->dq_bs1, ga->dq_rs, ga->dk_bs0, ga->dk_bs1, ga->dk_rs, ga->dv_bs0, ga->dv_bs1,
+                      ga->dv_rs})
+      ok = ok && s % 2 == 0;  // the gradients are written in pairs
+  }
+  return ok;
+}
+
+template <class T, int D>
+void forward(const AttentionArgs& a, cudaStream_t s) {
+  constexpr size_t smem = sizeof(T) * size_t(3 * kTile * (D + 8));
+  set_smem(forward_kernel<T, D>, smem, "dot_attention");
+  const dim3 grid(unsigned(a.batch0 * a.batch1), unsigned((a.tq + kTile - 1) / kTile));
+  forward_kernel<T, D><<<grid, kThreads, smem, s>>>(a);
+  check_launch("dot_attention");
+}
+
+template <class T, int D>
+void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s) {
+  const int64_t problems = a.batch0 * a.batch1, qtiles = (a.tq + kTile - 1) / kTile, ktiles = (a.tk + kTile - 1) / kTile;
+  if (problems * ktiles > 0x7fffffff)
+    throw Error("dot_attention backward: " + std::to_string(a.tk) + " keys per problem are too many for cuda");
+  // Scratch: Dr [problems, tq] (f32), row lengths [problems, tq], tile lengths [problems, qtiles].
+  const size_t rows = size_t(problems * a.tq), bytes = rows * 8 + size_t(problems * qtiles) * 4;
+  unsigned char* scratch = nullptr;
+  if (cudaMallocAsync(reinterpret_cast<void**>(&scratch), bytes, s) != cudaSuccess) {
+    cudaGetLastError();
+    throw Error("dot_attention backward: out of device memory for its scratch (" + std::to_string(bytes) + " bytes)");
+  }
+  float* dr = reinterpret_cast<float*>(scratch);
+  int* row_len = reinterpret_cast<int*>(scratch + rows * 4);
+  int* tile_kmax = row_len + rows;
+  rows_kernel<T><<<dim3(unsigned(problems), unsigned(qtiles)), kThreads, 0, s>>>(a, static_cast<const T*>(ga.g), dr,
+                                                                                 row_len, tile_kmax);
+  check_launch("dot_attention backward (rows)");
+  if (ga.dk || ga.dv) {
+    constexpr size_t smem = sizeof(T) * size_t(6 * kTile * (D + 8));
+    set_smem(keys_kernel<T, D>, smem, "dot_attention backward");
+    keys_kernel<T, D><<<unsigned(problems * ktiles), kThreads, smem, s>>>(a, ga, dr, row_len, tile_kmax);
+    check_launch("dot_attention backward (keys)");
+  }
+  if (ga.dq) {
+    constexpr size_t smem = sizeof(T) * size_t(4 * kTile * (D + 8));
+    set_smem(queries_kernel<T, D>, smem, "dot_attention backward");
+    queries_kernel<T, D><<<dim3(unsigned(problems), unsigned(qtiles)), kThreads, smem, s>>>(a, ga, dr, row_len,
+                                                                                          tile_kmax);
+    check_launch("dot_attention backward (queries)");
+  }
+  cudaFreeAsync(scratch, s);
+}
+
+template <class T>
+bool dispatch_width(const AttentionArgs& a, const AttentionGradArgs* ga, cudaStream_t s) {
+  const int64_t width = a.d > a.dv ? a.d : a.dv;
+  if (width > 128 || !aligned(a, ga)) return false;
+  if ((a.tq + kTile - 1) / kTile > 65535 || a.batch0 * a.batch1 > 0x7fffffff) return false;
+  if (width <= 64) ga ? backward<T, 64>(a, *ga, s) : forward<T, 64>(a, s);
+  else ga ? backward<T, 128>(a, *ga, s) : forward<T, 128>(a, s);
+  return true;
+}
+
+}  // namespace
+
+bool launch_attention_mma(DType dt, const AttentionArgs& a, const AttentionGradArgs* ga, cudaStream_t s) {
+  if (dt == DType::bf16) return dispatch_width<__nv_bfloat16>(a, ga, s);
+  if (dt == DType::f16) return dispatch_width<__half>(a, ga, s);
+  return false;
+}
+
+}  // namespace dimx::gpu
