@@ -95,29 +95,35 @@ __device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* s, int r0, int
   a[3] = lds32(p + 8 * LD + 8);
 }
 
-// acc[n] = A . X[rows x0 + 8 n ..][:D]^T: a warp's 16 rows (A operands af, one per 16
-// columns) times the rows of X (row-major, stride LD) as columns, NT tiles of 8 rows of X.
-template <class T, int D, int NT, int LD>
-__device__ __forceinline__ void rows_times_rows(float (&acc)[NT][4], const uint32_t (&af)[D / 16][4], const T* X,
-                                                int x0) {
+// acc[m][n] = A_m . X[rows x0 + 8 n ..][:D]^T: a warp's WM tiles of 16 rows (A operands af, one
+// per 16 columns) times the rows of X (row-major, stride LD) as columns, NT tiles of 8 rows of
+// X. Each operand of X is loaded once for the WM tiles.
+template <class T, int D, int NT, int LD, int WM>
+__device__ __forceinline__ void rows_times_rows(float (&acc)[WM][NT][4], const uint32_t (&af)[WM][D / 16][4],
+                                                const T* X, int x0) {
   const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
 #pragma unroll
-  for (int n = 0; n < NT; ++n)
+  for (int m = 0; m < WM; ++m)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) acc[n][e] = 0.f;
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[m][n][e] = 0.f;
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk)
 #pragma unroll
     for (int n = 0; n < NT; ++n) {
       const T* p = X + (x0 + 8 * n + g) * LD + 16 * kk + 2 * t;
-      mma<T>(acc[n], af[kk], lds32(p), lds32(p + 8));
+      const uint32_t b0 = lds32(p), b1 = lds32(p + 8);
+#pragma unroll
+      for (int m = 0; m < WM; ++m) mma<T>(acc[m][n], af[m][kk], b0, b1);
     }
 }
 
-// acc[n] += P . Y[rows y0 ..][cols 8 n ..] over NK rows of Y: P given as A operands (pf: one per
-// 16 rows of Y), Y row-major (stride LD) through ldmatrix.trans; D / 8 output tiles.
-template <class T, int D, int NK, int LD>
-__device__ __forceinline__ void weights_times_rows(float (&acc)[D / 8][4], const uint32_t (&pf)[NK / 16][4],
+// acc[m][n] += P_m . Y[rows y0 ..][cols 8 n ..] over NK rows of Y: the weights of WM row tiles as
+// A operands (pf: one per 16 rows of Y), Y row-major (stride LD) through ldmatrix.trans; D / 8
+// output tiles.
+template <class T, int D, int NK, int LD, int WM>
+__device__ __forceinline__ void weights_times_rows(float (&acc)[WM][D / 8][4], const uint32_t (&pf)[WM][NK / 16][4],
                                                    const T* Y, int y0) {
   const int lane = threadIdx.x % 32;
   const int row = (lane & 7) + ((lane >> 3) & 1) * 8, col = (lane >> 4) * 8;
@@ -127,8 +133,11 @@ __device__ __forceinline__ void weights_times_rows(float (&acc)[D / 8][4], const
     for (int np = 0; np < D / 16; ++np) {
       uint32_t r[4];
       ldsm_x4_t(r, Y + (y0 + 16 * kk + row) * LD + 16 * np + col);
-      mma<T>(acc[2 * np], pf[kk], r[0], r[1]);
-      mma<T>(acc[2 * np + 1], pf[kk], r[2], r[3]);
+#pragma unroll
+      for (int m = 0; m < WM; ++m) {
+        mma<T>(acc[m][2 * np], pf[m][kk], r[0], r[1]);
+        mma<T>(acc[m][2 * np + 1], pf[m][kk], r[2], r[3]);
+      }
     }
 }
 
@@ -151,128 +160,148 @@ __device__ __forceinline__ int row_length(const AttentionArgs& a, int64_t b, int
   return int(l < 0 ? 0 : (l > a.tk ? a.tk : l));
 }
 
-template <class T, int D>
+// The forward: 4 warps of WM tiles of 16 queries each (BM = 64 WM queries per block), key
+// tiles of BN.
+template <class T, int D, int WM, int BN>
 __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
-  constexpr int LD = D + 8, NT = kTile / 8;
+  constexpr int LD = D + 8, NT = BN / 8, BM = 64 * WM;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* Qs = reinterpret_cast<T*>(smem_raw);  // [kTile][LD]
-  T* Ks = Qs + kTile * LD;
-  T* Vs = Ks + kTile * LD;
+  T* Qs = reinterpret_cast<T*>(smem_raw);  // [BM][LD]
+  T* Ks = Qs + BM * LD;                    // [BN][LD]
+  T* Vs = Ks + BN * LD;                    // [BN][LD]
   __shared__ int kmax_s;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t b = blockIdx.x, b0 = b / a.batch1, b1 = b % a.batch1;
-  const int64_t i0 = int64_t(gridDim.y - 1 - blockIdx.y) * kTile;  // longest (causal) blocks first
+  const int64_t i0 = int64_t(gridDim.y - 1 - blockIdx.y) * BM;  // longest (causal) blocks first
   const T* q = static_cast<const T*>(a.q) + b0 * a.q_bs0 + b1 * a.q_bs1 + i0 * a.q_rs;
   const T* k = static_cast<const T*>(a.k) + b0 * a.k_bs0 + b1 * a.k_bs1;
   const T* v = static_cast<const T*>(a.v) + b0 * a.v_bs0 + b1 * a.v_bs1;
 
   if (threadIdx.x == 0) kmax_s = 0;
   __syncthreads();
-  const int64_t r_lo = i0 + warp * 16 + g;
-  const int len_lo = row_length(a, b, r_lo), len_hi = row_length(a, b, r_lo + 8);
-  const int mine = len_lo > len_hi ? len_lo : len_hi;
+  // This thread's rows: r0 + 16 m + 8 h (m < WM, h < 2).
+  const int64_t r0 = i0 + warp * 16 * WM + g;
+  int len[WM][2], mine = 0;
+#pragma unroll
+  for (int m = 0; m < WM; ++m)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      len[m][h] = row_length(a, b, r0 + 16 * m + 8 * h);
+      mine = len[m][h] > mine ? len[m][h] : mine;
+    }
   if (mine > 0) atomicMax(&kmax_s, mine);
   __syncthreads();
   const int kmax = kmax_s, d = int(a.d), dv = int(a.dv);
 
-  load_tile<T, D, LD, true>(Qs, q, a.q_rs, kTile, int(a.tq - i0 < kTile ? a.tq - i0 : kTile), d);
-  if (kmax > 0) load_tile<T, D, LD, true>(Ks, k, a.k_rs, kTile, kmax < kTile ? kmax : kTile, d);
+  load_tile<T, D, LD, true>(Qs, q, a.q_rs, BM, int(a.tq - i0 < BM ? a.tq - i0 : BM), d);
+  if (kmax > 0) load_tile<T, D, LD, true>(Ks, k, a.k_rs, BN, kmax < BN ? kmax : BN, d);
   cp_async_commit();
-  if (kmax > 0) load_tile<T, D, LD, true>(Vs, v, a.v_rs, kTile, kmax < kTile ? kmax : kTile, dv);
+  if (kmax > 0) load_tile<T, D, LD, true>(Vs, v, a.v_rs, BN, kmax < BN ? kmax : BN, dv);
   cp_async_commit();
 
-  float o[D / 8][4];
+  float o[WM][D / 8][4];
+  float m_[WM][2], l[WM][2];
 #pragma unroll
-  for (int n = 0; n < D / 8; ++n)
+  for (int m = 0; m < WM; ++m) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[m][n][e] = 0.f;
+    m_[m][0] = m_[m][1] = -INFINITY;
+    l[m][0] = l[m][1] = 0.f;
+  }
   const float sl2 = float(a.scale * 1.4426950408889634);
-  uint32_t qf[D / 16][4];
+  uint32_t qf[WM][D / 16][4];
 
-  for (int j0 = 0; j0 < kmax; j0 += kTile) {
+  for (int j0 = 0; j0 < kmax; j0 += BN) {
     cp_async_wait1();  // Q and this K tile are in
     __syncthreads();
     if (j0 == 0) {
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) load_a<T, LD>(qf[kk], Qs, warp * 16, 16 * kk);
+      for (int m = 0; m < WM; ++m)
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) load_a<T, LD>(qf[m][kk], Qs, warp * 16 * WM + 16 * m, 16 * kk);
     }
-    float s[NT][4];
-    rows_times_rows<T, D, NT, LD>(s, qf, Ks, 0);
+    float s[WM][NT][4];
+    rows_times_rows<T, D, NT, LD, WM>(s, qf, Ks, 0);
     __syncthreads();  // every warp is done with Ks
-    const int next = j0 + kTile;
+    const int next = j0 + BN;
     if (next < kmax)
-      load_tile<T, D, LD, true>(Ks, k + int64_t(next) * a.k_rs, a.k_rs, kTile, kmax - next < kTile ? kmax - next : kTile,
-                                d);
+      load_tile<T, D, LD, true>(Ks, k + int64_t(next) * a.k_rs, a.k_rs, BN, kmax - next < BN ? kmax - next : BN, d);
     cp_async_commit();
 
-    // Online softmax of rows g (e = 0, 1) and g + 8 (e = 2, 3); a row lives in one quad.
-    float mx[2] = {-INFINITY, -INFINITY};
+    // Online softmax of rows g (e = 0, 1) and g + 8 (e = 2, 3) of each tile; a row lives in one quad.
+    uint32_t pf[WM][NT / 2][4];
 #pragma unroll
-    for (int n = 0; n < NT; ++n)
+    for (int m = 0; m < WM; ++m) {
+      float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = j0 + 8 * n + 2 * t + (e & 1);
-        s[n][e] = key < (e < 2 ? len_lo : len_hi) ? s[n][e] * sl2 : -INFINITY;
-        mx[e / 2] = fmaxf(mx[e / 2], s[n][e]);
-      }
-    float alpha[2], base[2], sum[2] = {0.f, 0.f};
+      for (int n = 0; n < NT; ++n)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
-      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-      const float mnew = fmaxf(m[h], mx[h]);
-      base[h] = mnew == -INFINITY ? 0.f : mnew;  // no visible key yet: all weights 0
-      alpha[h] = exp2f(m[h] - base[h]);
-      m[h] = mnew;
-    }
+        for (int e = 0; e < 4; ++e) {
+          const int key = j0 + 8 * n + 2 * t + (e & 1);
+          s[m][n][e] = key < len[m][e / 2] ? s[m][n][e] * sl2 : -INFINITY;
+          mx[e / 2] = fmaxf(mx[e / 2], s[m][n][e]);
+        }
+      float alpha[2], base[2], sum[2] = {0.f, 0.f};
 #pragma unroll
-    for (int n = 0; n < NT; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[n][e] = exp2f(s[n][e] - base[e / 2]);
-        sum[e / 2] += s[n][e];
+      for (int h = 0; h < 2; ++h) {
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+        const float mnew = fmaxf(m_[m][h], mx[h]);
+        base[h] = mnew == -INFINITY ? 0.f : mnew;  // no visible key yet: all weights 0
+        alpha[h] = exp2f(m_[m][h] - base[h]);
+        m_[m][h] = mnew;
       }
 #pragma unroll
-    for (int h = 0; h < 2; ++h) l[h] = l[h] * alpha[h] + sum[h];  // the quad's partial sums
+      for (int n = 0; n < NT; ++n)
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      o[n][0] *= alpha[0];
-      o[n][1] *= alpha[0];
-      o[n][2] *= alpha[1];
-      o[n][3] *= alpha[1];
+        for (int e = 0; e < 4; ++e) {
+          s[m][n][e] = exp2f(s[m][n][e] - base[e / 2]);
+          sum[e / 2] += s[m][n][e];
+        }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) l[m][h] = l[m][h] * alpha[h] + sum[h];  // the quad's partial sums
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        o[m][n][0] *= alpha[0];
+        o[m][n][1] *= alpha[0];
+        o[m][n][2] *= alpha[1];
+        o[m][n][3] *= alpha[1];
+      }
+      as_operand<T, NT>(pf[m], s[m]);
     }
-    uint32_t pf[NT / 2][4];
-    as_operand<T, NT>(pf, s);
     cp_async_wait1();  // this V tile is in
     __syncthreads();
-    weights_times_rows<T, D, kTile, LD>(o, pf, Vs, 0);
+    weights_times_rows<T, D, BN, LD, WM>(o, pf, Vs, 0);
     __syncthreads();  // every warp is done with Vs
     if (next < kmax)
-      load_tile<T, D, LD, true>(Vs, v + int64_t(next) * a.v_rs, a.v_rs, kTile, kmax - next < kTile ? kmax - next : kTile,
-                                dv);
+      load_tile<T, D, LD, true>(Vs, v + int64_t(next) * a.v_rs, a.v_rs, BN, kmax - next < BN ? kmax - next : BN, dv);
     cp_async_commit();
   }
   cp_async_wait_all();
 
   T* out = static_cast<T*>(a.out) + b0 * a.o_bs0 + b1 * a.o_bs1;
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float total = l[h];
-    total += __shfl_xor_sync(0xffffffffu, total, 1);
-    total += __shfl_xor_sync(0xffffffffu, total, 2);
-    const int64_t r = r_lo + 8 * h;
-    if (r >= a.tq) continue;
-    if (a.lse && t == 0) static_cast<float*>(a.lse)[b * a.tq + r] = total > 0.f ? m[h] + log2f(total) : INFINITY;
-    const float inv = total > 0.f ? 1.f / total : 0.f;
-    T* row = out + r * a.o_rs;
+  for (int m = 0; m < WM; ++m)
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      const int col = 8 * n + 2 * t;
-      if (col < dv) store2<T>(row + col, o[n][2 * h] * inv, o[n][2 * h + 1] * inv);
+    for (int h = 0; h < 2; ++h) {
+      float total = l[m][h];
+      total += __shfl_xor_sync(0xffffffffu, total, 1);
+      total += __shfl_xor_sync(0xffffffffu, total, 2);
+      const int64_t r = r0 + 16 * m + 8 * h;
+      if (r >= a.tq) continue;
+      if (a.lse && t == 0)
+        static_cast<float*>(a.lse)[b * a.tq + r] = total > 0.f ? m_[m][h] + log2f(total) : INFINITY;
+      const float inv = total > 0.f ? 1.f / total : 0.f;
+      T* row = out + r * a.o_rs;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const int col = 8 * n + 2 * t;
+        if (col < dv) store2<T>(row + col, o[m][n][2 * h] * inv, o[m][n][2 * h + 1] * inv);
+      }
     }
-  }
 }
 
 // Dr, effective row lengths and each query tile's longest one (see the top of the file). A
@@ -316,40 +345,42 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) tile_kmax[b * gridDim.y + blockIdx.y] = kmax_s;
 }
 
-// dK and dV of 64 keys of one problem (16 per warp).
-template <class T, int D>
+// dK and dV of BK = 64 WM keys of one problem (WM tiles of 16 per warp), walking the query
+// tiles (BQ queries, two stages in shared memory) that see any of them.
+template <class T, int D, int WM, int BQ>
 __global__ void __launch_bounds__(kThreads)
     keys_kernel(AttentionArgs a, AttentionGradArgs ga, const float* dr, const int* row_len, const int* tile_kmax) {
-  constexpr int LD = D + 8, NT = kTile / 8;
+  constexpr int LD = D + 8, NT = BQ / 8, BK = 64 * WM;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* Ks = reinterpret_cast<T*>(smem_raw);  // [kTile][LD]
-  T* Vs = Ks + kTile * LD;
-  T* Qs = Vs + kTile * LD;   // two stages of [kTile][LD]
-  T* Gs = Qs + 2 * kTile * LD;  // dO, two stages
-  __shared__ float lse_s[2][kTile], dr_s[2][kTile];
-  __shared__ int len_s[2][kTile];
+  T* Ks = reinterpret_cast<T*>(smem_raw);  // [BK][LD]
+  T* Vs = Ks + BK * LD;                    // [BK][LD]
+  T* Qs = Vs + BK * LD;                    // two stages of [BQ][LD]
+  T* Gs = Qs + 2 * BQ * LD;                // dO, two stages
+  __shared__ float lse_s[2][BQ], dr_s[2][BQ];
+  __shared__ int len_s[2][BQ];
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int64_t ktiles = (a.tk + kTile - 1) / kTile, qtiles = (a.tq + kTile - 1) / kTile;
+  const int64_t ktiles = (a.tk + BK - 1) / BK, qtiles = (a.tq + BQ - 1) / BQ, rtiles = (a.tq + kTile - 1) / kTile;
   const int64_t b = blockIdx.x / ktiles, b0 = b / a.batch1, b1 = b % a.batch1;
-  const int j0 = int(blockIdx.x % ktiles) * kTile, nk = int(a.tk - j0 < kTile ? a.tk - j0 : kTile);
+  const int j0 = int(blockIdx.x % ktiles) * BK, nk = int(a.tk - j0 < BK ? a.tk - j0 : BK);
   const int d = int(a.d), dv = int(a.dv);
   const T* q = static_cast<const T*>(a.q) + b0 * a.q_bs0 + b1 * a.q_bs1;
   const T* go = static_cast<const T*>(ga.g) + b0 * a.o_bs0 + b1 * a.o_bs1;
   const float* lse = static_cast<const float*>(a.lse) + b * a.tq;
 
   load_tile<T, D, LD, true>(Ks, static_cast<const T*>(a.k) + b0 * a.k_bs0 + b1 * a.k_bs1 + int64_t(j0) * a.k_rs,
-                            a.k_rs, kTile, nk, d);
+                            a.k_rs, BK, nk, d);
   load_tile<T, D, LD, true>(Vs, static_cast<const T*>(a.v) + b0 * a.v_bs0 + b1 * a.v_bs1 + int64_t(j0) * a.v_rs,
-                            a.v_rs, kTile, nk, dv);
-  // The query tiles that see a key of this tile, in order.
-  auto visits = [&](int64_t it) { return tile_kmax[b * qtiles + it] > j0; };
+                            a.v_rs, BK, nk, dv);
+  // The query tiles that see a key of this block, in order (the row tiles of the rows kernel
+  // are 64 queries, a multiple of BQ).
+  auto visits = [&](int64_t it) { return tile_kmax[b * rtiles + it * BQ / kTile] > j0; };
   auto stage = [&](int64_t it, int buf) {
-    const int64_t i0 = it * kTile;
-    const int nq = int(a.tq - i0 < kTile ? a.tq - i0 : kTile);
-    load_tile<T, D, LD, true>(Qs + buf * kTile * LD, q + i0 * a.q_rs, a.q_rs, kTile, nq, d);
-    load_tile<T, D, LD, true>(Gs + buf * kTile * LD, go + i0 * a.o_rs, a.o_rs, kTile, nq, dv);
-    for (int i = threadIdx.x; i < kTile; i += kThreads) {
+    const int64_t i0 = it * BQ;
+    const int nq = int(a.tq - i0 < BQ ? a.tq - i0 : BQ);
+    load_tile<T, D, LD, true>(Qs + buf * BQ * LD, q + i0 * a.q_rs, a.q_rs, BQ, nq, d);
+    load_tile<T, D, LD, true>(Gs + buf * BQ * LD, go + i0 * a.o_rs, a.o_rs, BQ, nq, dv);
+    for (int i = threadIdx.x; i < BQ; i += kThreads) {
       const int64_t r = i0 + i;
       const bool in = r < a.tq;
       lse_s[buf][i] = in ? lse[r] : INFINITY;
@@ -362,13 +393,15 @@ __global__ void __launch_bounds__(kThreads)
   if (it < qtiles) stage(it, 0);
   cp_async_commit();
 
-  float dk[D / 8][4], dvv[D / 8][4];
+  float dk[WM][D / 8][4], dvv[WM][D / 8][4];
 #pragma unroll
-  for (int n = 0; n < D / 8; ++n)
+  for (int m = 0; m < WM; ++m)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) dk[n][e] = dvv[n][e] = 0.f;
+    for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dk[m][n][e] = dvv[m][n][e] = 0.f;
   const float sl2 = float(a.scale * 1.4426950408889634);
-  const int key_lo = j0 + warp * 16 + g;  // this thread's keys: key_lo and key_lo + 8
+  const int key0 = j0 + warp * 16 * WM + g;  // this thread's keys: key0 + 16 m + 8 h
 
   for (int buf = 0; it < qtiles; buf ^= 1) {
     int64_t nx = it + 1;
@@ -377,39 +410,47 @@ __global__ void __launch_bounds__(kThreads)
     cp_async_commit();
     cp_async_wait1();
     __syncthreads();
-    T* Q = Qs + buf * kTile * LD;
-    const T* G = Gs + buf * kTile * LD;
+    T* Q = Qs + buf * BQ * LD;
+    const T* G = Gs + buf * BQ * LD;
     // A padded query row (length 0) may hold anything: zero it, so that 0 weights stay 0.
-    for (int i = threadIdx.x; i < kTile * (D / 8); i += kThreads) {
+    for (int i = threadIdx.x; i < BQ * (D / 8); i += kThreads) {
       const int r = i / (D / 8);
       if (len_s[buf][r] == 0) *reinterpret_cast<uint4*>(Q + r * LD + (i % (D / 8)) * 8) = make_uint4(0, 0, 0, 0);
     }
     __syncthreads();
     // The warp's keys and values as A operands, from shared memory each time (registers are
     // scarce next to the dK and dV accumulators).
-    uint32_t af[D / 16][4];
-    float s[NT][4], dp[NT][4];
+    uint32_t af[WM][D / 16][4];
+    float s[WM][NT][4], dp[WM][NT][4];
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) load_a<T, LD>(af[kk], Ks, warp * 16, 16 * kk);
-    rows_times_rows<T, D, NT, LD>(s, af, Q, 0);  // S^T: keys x queries
+    for (int m = 0; m < WM; ++m)
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) load_a<T, LD>(af[kk], Vs, warp * 16, 16 * kk);
-    rows_times_rows<T, D, NT, LD>(dp, af, G, 0);  // dP^T
+      for (int kk = 0; kk < D / 16; ++kk) load_a<T, LD>(af[m][kk], Ks, warp * 16 * WM + 16 * m, 16 * kk);
+    rows_times_rows<T, D, NT, LD, WM>(s, af, Q, 0);  // S^T: keys x queries
 #pragma unroll
-    for (int n = 0; n < NT; ++n)
+    for (int m = 0; m < WM; ++m)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = 8 * n + 2 * t + (e & 1), key = key_lo + 8 * (e / 2);
-        const bool seen = key < len_s[buf][r];
-        const float p = seen ? exp2f(s[n][e] * sl2 - lse_s[buf][r]) : 0.f;
-        s[n][e] = p;
-        dp[n][e] = seen ? p * (dp[n][e] - dr_s[buf][r]) : 0.f;
-      }
-    uint32_t pf[NT / 2][4];
-    as_operand<T, NT>(pf, s);
-    weights_times_rows<T, D, kTile, LD>(dvv, pf, G, 0);  // dV += P^T dO
-    as_operand<T, NT>(pf, dp);
-    weights_times_rows<T, D, kTile, LD>(dk, pf, Q, 0);  // dK += dS^T Q
+      for (int kk = 0; kk < D / 16; ++kk) load_a<T, LD>(af[m][kk], Vs, warp * 16 * WM + 16 * m, 16 * kk);
+    rows_times_rows<T, D, NT, LD, WM>(dp, af, G, 0);  // dP^T
+    uint32_t pf[WM][NT / 2][4];
+#pragma unroll
+    for (int m = 0; m < WM; ++m) {
+#pragma unroll
+      for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = 8 * n + 2 * t + (e & 1), key = key0 + 16 * m + 8 * (e / 2);
+          const bool seen = key < len_s[buf][r];
+          const float p = seen ? exp2f(s[m][n][e] * sl2 - lse_s[buf][r]) : 0.f;
+          s[m][n][e] = p;
+          dp[m][n][e] = seen ? p * (dp[m][n][e] - dr_s[buf][r]) : 0.f;
+        }
+      as_operand<T, NT>(pf[m], s[m]);
+    }
+    weights_times_rows<T, D, BQ, LD, WM>(dvv, pf, G, 0);  // dV += P^T dO
+#pragma unroll
+    for (int m = 0; m < WM; ++m) as_operand<T, NT>(pf[m], dp[m]);
+    weights_times_rows<T, D, BQ, LD, WM>(dk, pf, Q, 0);  // dK += dS^T Q
     __syncthreads();  // this stage's buffers are free
     it = nx;
   }
@@ -417,101 +458,119 @@ __global__ void __launch_bounds__(kThreads)
 
   const float sc = float(a.scale);
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int kr = warp * 16 + g + 8 * h;
-    if (kr >= nk) continue;
+  for (int m = 0; m < WM; ++m)
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      const int col = 8 * n + 2 * t;
-      if (ga.dk && col < d)
-        store2<T>(static_cast<T*>(ga.dk) + b0 * ga.dk_bs0 + b1 * ga.dk_bs1 + int64_t(j0 + kr) * ga.dk_rs + col,
-                  dk[n][2 * h] * sc, dk[n][2 * h + 1] * sc);
-      if (ga.dv && col < dv)
-        store2<T>(static_cast<T*>(ga.dv) + b0 * ga.dv_bs0 + b1 * ga.dv_bs1 + int64_t(j0 + kr) * ga.dv_rs + col,
-                  dvv[n][2 * h], dvv[n][2 * h + 1]);
+    for (int h = 0; h < 2; ++h) {
+      const int kr = warp * 16 * WM + 16 * m + g + 8 * h;
+      if (kr >= nk) continue;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const int col = 8 * n + 2 * t;
+        if (ga.dk && col < d)
+          store2<T>(static_cast<T*>(ga.dk) + b0 * ga.dk_bs0 + b1 * ga.dk_bs1 + int64_t(j0 + kr) * ga.dk_rs + col,
+                    dk[m][n][2 * h] * sc, dk[m][n][2 * h + 1] * sc);
+        if (ga.dv && col < dv)
+          store2<T>(static_cast<T*>(ga.dv) + b0 * ga.dv_bs0 + b1 * ga.dv_bs1 + int64_t(j0 + kr) * ga.dv_rs + col,
+                    dvv[m][n][2 * h], dvv[m][n][2 * h + 1]);
+      }
     }
-  }
 }
 
-// dQ of 64 queries of one problem (16 per warp).
-template <class T, int D>
+// dQ of BM = 64 WM queries of one problem (WM tiles of 16 per warp), walking their keys in
+// tiles of BK.
+template <class T, int D, int WM, int BK>
 __global__ void __launch_bounds__(kThreads)
     queries_kernel(AttentionArgs a, AttentionGradArgs ga, const float* dr, const int* row_len, const int* tile_kmax) {
-  constexpr int LD = D + 8, NT = kTile / 8;
+  constexpr int LD = D + 8, NT = BK / 8, BM = 64 * WM;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* Qs = reinterpret_cast<T*>(smem_raw);  // [kTile][LD]
-  T* Gs = Qs + kTile * LD;
-  T* Ks = Gs + kTile * LD;
-  T* Vs = Ks + kTile * LD;
+  T* Qs = reinterpret_cast<T*>(smem_raw);  // [BM][LD]
+  T* Gs = Qs + BM * LD;                    // [BM][LD]
+  T* Ks = Gs + BM * LD;                    // [BK][LD]
+  T* Vs = Ks + BK * LD;                    // [BK][LD]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t b = blockIdx.x, b0 = b / a.batch1, b1 = b % a.batch1;
-  const int64_t i0 = int64_t(gridDim.y - 1 - blockIdx.y) * kTile;
-  const int nq = int(a.tq - i0 < kTile ? a.tq - i0 : kTile);
-  const int kmax = tile_kmax[b * gridDim.y + (gridDim.y - 1 - blockIdx.y)], d = int(a.d), dv = int(a.dv);
+  const int64_t i0 = int64_t(gridDim.y - 1 - blockIdx.y) * BM, rtiles = (a.tq + kTile - 1) / kTile;
+  const int nq = int(a.tq - i0 < BM ? a.tq - i0 : BM);
+  int kmax = 0;
+  for (int64_t rt = i0 / kTile; rt < rtiles && rt < (i0 + BM) / kTile; ++rt)
+    kmax = tile_kmax[b * rtiles + rt] > kmax ? tile_kmax[b * rtiles + rt] : kmax;
+  const int d = int(a.d), dv = int(a.dv);
   const T* k = static_cast<const T*>(a.k) + b0 * a.k_bs0 + b1 * a.k_bs1;
   const T* v = static_cast<const T*>(a.v) + b0 * a.v_bs0 + b1 * a.v_bs1;
 
-  load_tile<T, D, LD, true>(Qs, static_cast<const T*>(a.q) + b0 * a.q_bs0 + b1 * a.q_bs1 + i0 * a.q_rs, a.q_rs, kTile,
+  // Copies in flight in the order V, then K (dP needs V first; V is free before K is).
+  load_tile<T, D, LD, true>(Qs, static_cast<const T*>(a.q) + b0 * a.q_bs0 + b1 * a.q_bs1 + i0 * a.q_rs, a.q_rs, BM,
                             nq, d);
-  load_tile<T, D, LD, true>(Gs, static_cast<const T*>(ga.g) + b0 * a.o_bs0 + b1 * a.o_bs1 + i0 * a.o_rs, a.o_rs,
-                            kTile, nq, dv);
-  if (kmax > 0) load_tile<T, D, LD, true>(Ks, k, a.k_rs, kTile, kmax < kTile ? kmax : kTile, d);
+  load_tile<T, D, LD, true>(Gs, static_cast<const T*>(ga.g) + b0 * a.o_bs0 + b1 * a.o_bs1 + i0 * a.o_rs, a.o_rs, BM,
+                            nq, dv);
+  if (kmax > 0) load_tile<T, D, LD, true>(Vs, v, a.v_rs, BK, kmax < BK ? kmax : BK, dv);
   cp_async_commit();
-  if (kmax > 0) load_tile<T, D, LD, true>(Vs, v, a.v_rs, kTile, kmax < kTile ? kmax : kTile, dv);
+  if (kmax > 0) load_tile<T, D, LD, true>(Ks, k, a.k_rs, BK, kmax < BK ? kmax : BK, d);
   cp_async_commit();
 
-  const int64_t r_lo = i0 + warp * 16 + g;
-  int len[2];
-  float lse[2], drr[2];
+  const int64_t r0 = i0 + warp * 16 * WM + g;  // this thread's rows: r0 + 16 m + 8 h
+  int len[WM][2];
+  float lse[WM][2], drr[WM][2];
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int64_t r = r_lo + 8 * h;
-    const bool in = r < a.tq;
-    len[h] = in ? row_len[b * a.tq + r] : 0;
-    lse[h] = in ? static_cast<const float*>(a.lse)[b * a.tq + r] : INFINITY;
-    drr[h] = in ? dr[b * a.tq + r] : 0.f;
-  }
-  float dq[D / 8][4];
+  for (int m = 0; m < WM; ++m)
 #pragma unroll
-  for (int n = 0; n < D / 8; ++n)
+    for (int h = 0; h < 2; ++h) {
+      const int64_t r = r0 + 16 * m + 8 * h;
+      const bool in = r < a.tq;
+      len[m][h] = in ? row_len[b * a.tq + r] : 0;
+      lse[m][h] = in ? static_cast<const float*>(a.lse)[b * a.tq + r] : INFINITY;
+      drr[m][h] = in ? dr[b * a.tq + r] : 0.f;
+    }
+  float dq[WM][D / 8][4];
 #pragma unroll
-    for (int e = 0; e < 4; ++e) dq[n][e] = 0.f;
+  for (int m = 0; m < WM; ++m)
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dq[m][n][e] = 0.f;
   const float sl2 = float(a.scale * 1.4426950408889634);
-  uint32_t qf[D / 16][4], gf[D / 16][4];
+  uint32_t qf[WM][D / 16][4], gf[WM][D / 16][4];
 
-  for (int j0 = 0; j0 < kmax; j0 += kTile) {
-    cp_async_wait_all();  // Q, dO, this K and V tile
+  for (int j0 = 0; j0 < kmax; j0 += BK) {
+    cp_async_wait1();  // Q, dO and this V tile
     __syncthreads();
     if (j0 == 0) {
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        load_a<T, LD>(qf[kk], Qs, warp * 16, 16 * kk);
-        load_a<T, LD>(gf[kk], Gs, warp * 16, 16 * kk);
-      }
-    }
-    float s[NT][4], dp[NT][4];
-    rows_times_rows<T, D, NT, LD>(s, qf, Ks, 0);
-    rows_times_rows<T, D, NT, LD>(dp, gf, Vs, 0);
+      for (int m = 0; m < WM; ++m)
 #pragma unroll
-    for (int n = 0; n < NT; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = j0 + 8 * n + 2 * t + (e & 1), h = e / 2;
-        const bool seen = key < len[h];
-        const float p = seen ? exp2f(s[n][e] * sl2 - lse[h]) : 0.f;
-        dp[n][e] = seen ? p * (dp[n][e] - drr[h]) : 0.f;
-      }
-    uint32_t pf[NT / 2][4];
-    as_operand<T, NT>(pf, dp);
-    weights_times_rows<T, D, kTile, LD>(dq, pf, Ks, 0);  // dQ += dS K
-    __syncthreads();  // every warp is done with Ks and Vs
-    const int next = j0 + kTile;
-    if (next < kmax) {
-      const int n = kmax - next < kTile ? kmax - next : kTile;
-      load_tile<T, D, LD, true>(Ks, k + int64_t(next) * a.k_rs, a.k_rs, kTile, n, d);
-      load_tile<T, D, LD, true>(Vs, v + int64_t(next) * a.v_rs, a.v_rs, kTile, n, dv);
+        for (int kk = 0; kk < D / 16; ++kk) {
+          load_a<T, LD>(qf[m][kk], Qs, warp * 16 * WM + 16 * m, 16 * kk);
+          load_a<T, LD>(gf[m][kk], Gs, warp * 16 * WM + 16 * m, 16 * kk);
+        }
     }
+    float s[WM][NT][4], dp[WM][NT][4];
+    rows_times_rows<T, D, NT, LD, WM>(dp, gf, Vs, 0);
+    __syncthreads();  // every warp is done with Vs
+    const int next = j0 + BK;
+    const int n_next = kmax - next < BK ? kmax - next : BK;
+    if (next < kmax) load_tile<T, D, LD, true>(Vs, v + int64_t(next) * a.v_rs, a.v_rs, BK, n_next, dv);
+    cp_async_commit();
+    cp_async_wait1();  // this K tile
+    __syncthreads();
+    rows_times_rows<T, D, NT, LD, WM>(s, qf, Ks, 0);
+    uint32_t pf[WM][NT / 2][4];
+#pragma unroll
+    for (int m = 0; m < WM; ++m) {
+#pragma unroll
+      for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = j0 + 8 * n + 2 * t + (e & 1), h = e / 2;
+          const bool seen = key < len[m][h];
+          const float p = seen ? exp2f(s[m][n][e] * sl2 - lse[m][h]) : 0.f;
+          dp[m][n][e] = seen ? p * (dp[m][n][e] - drr[m][h]) : 0.f;
+        }
+      as_operand<T, NT>(pf[m], dp[m]);
+    }
+    weights_times_rows<T, D, BK, LD, WM>(dq, pf, Ks, 0);  // dQ += dS K
+    __syncthreads();  // every warp is done with Ks
+    if (next < kmax) load_tile<T, D, LD, true>(Ks, k + int64_t(next) * a.k_rs, a.k_rs, BK, n_next, d);
     cp_async_commit();
   }
   cp_async_wait_all();
@@ -520,15 +579,17 @@ __global__ void __launch_bounds__(kThreads)
   const float sc = float(a.scale);
   T* out = static_cast<T*>(ga.dq) + b0 * ga.dq_bs0 + b1 * ga.dq_bs1;
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int64_t r = r_lo + 8 * h;
-    if (r >= a.tq) continue;
+  for (int m = 0; m < WM; ++m)
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      const int col = 8 * n + 2 * t;
-      if (col < d) store2<T>(out + r * ga.dq_rs + col, dq[n][2 * h] * sc, dq[n][2 * h + 1] * sc);
+    for (int h = 0; h < 2; ++h) {
+      const int64_t r = r0 + 16 * m + 8 * h;
+      if (r >= a.tq) continue;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const int col = 8 * n + 2 * t;
+        if (col < d) store2<T>(out + r * ga.dq_rs + col, dq[m][n][2 * h] * sc, dq[m][n][2 * h + 1] * sc);
+      }
     }
-  }
 }
 
 template <class K>
@@ -556,22 +617,27 @@ bool aligned(const AttentionArgs& a, const AttentionGradArgs* ga) {
   return ok;
 }
 
-template <class T, int D>
+template <class T, int D, int WM, int BN>
 void forward(const AttentionArgs& a, cudaStream_t s) {
-  constexpr size_t smem = sizeof(T) * size_t(3 * kTile * (D + 8));
-  set_smem(forward_kernel<T, D>, smem, "dot_attention");
-  const dim3 grid(unsigned(a.batch0 * a.batch1), unsigned((a.tq + kTile - 1) / kTile));
-  forward_kernel<T, D><<<grid, kThreads, smem, s>>>(a);
+  constexpr int BM = 64 * WM;
+  constexpr size_t smem = sizeof(T) * size_t((BM + 2 * BN) * (D + 8));
+  set_smem(forward_kernel<T, D, WM, BN>, smem, "dot_attention");
+  const dim3 grid(unsigned(a.batch0 * a.batch1), unsigned((a.tq + BM - 1) / BM));
+  forward_kernel<T, D, WM, BN><<<grid, kThreads, smem, s>>>(a);
   check_launch("dot_attention");
 }
 
-template <class T, int D>
+// Backward tiles: WK key tiles of 16 per warp and query tiles of BQ in the keys kernel, WQ
+// query tiles per warp and key tiles of BK in the queries kernel.
+template <class T, int D, int WK, int BQ, int WQ, int BK>
 void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s) {
-  const int64_t problems = a.batch0 * a.batch1, qtiles = (a.tq + kTile - 1) / kTile, ktiles = (a.tk + kTile - 1) / kTile;
-  if (problems * ktiles > 0x7fffffff)
+  static_assert(kTile % BQ == 0, "query tiles of the keys kernel divide the row tiles");
+  const int64_t problems = a.batch0 * a.batch1, rtiles = (a.tq + kTile - 1) / kTile;
+  const int64_t kblocks = (a.tk + 64 * WK - 1) / (64 * WK), qblocks = (a.tq + 64 * WQ - 1) / (64 * WQ);
+  if (problems * kblocks > 0x7fffffff)
     throw Error("dot_attention backward: " + std::to_string(a.tk) + " keys per problem are too many for cuda");
-  // Scratch: Dr [problems, tq] (f32), row lengths [problems, tq], tile lengths [problems, qtiles].
-  const size_t rows = size_t(problems * a.tq), bytes = rows * 8 + size_t(problems * qtiles) * 4;
+  // Scratch: Dr [problems, tq] (f32), row lengths [problems, tq], row tile lengths [problems, rtiles].
+  const size_t rows = size_t(problems * a.tq), bytes = rows * 8 + size_t(problems * rtiles) * 4;
   unsigned char* scratch = nullptr;
   if (cudaMallocAsync(reinterpret_cast<void**>(&scratch), bytes, s) != cudaSuccess) {
     cudaGetLastError();
@@ -580,20 +646,20 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
   float* dr = reinterpret_cast<float*>(scratch);
   int* row_len = reinterpret_cast<int*>(scratch + rows * 4);
   int* tile_kmax = row_len + rows;
-  rows_kernel<T><<<dim3(unsigned(problems), unsigned(qtiles)), kThreads, 0, s>>>(a, static_cast<const T*>(ga.g), dr,
+  rows_kernel<T><<<dim3(unsigned(problems), unsigned(rtiles)), kThreads, 0, s>>>(a, static_cast<const T*>(ga.g), dr,
                                                                                  row_len, tile_kmax);
   check_launch("dot_attention backward (rows)");
   if (ga.dk || ga.dv) {
-    constexpr size_t smem = sizeof(T) * size_t(6 * kTile * (D + 8));
-    set_smem(keys_kernel<T, D>, smem, "dot_attention backward");
-    keys_kernel<T, D><<<unsigned(problems * ktiles), kThreads, smem, s>>>(a, ga, dr, row_len, tile_kmax);
+    constexpr size_t smem = sizeof(T) * size_t((2 * 64 * WK + 4 * BQ) * (D + 8));
+    set_smem(keys_kernel<T, D, WK, BQ>, smem, "dot_attention backward");
+    keys_kernel<T, D, WK, BQ><<<unsigned(problems * kblocks), kThreads, smem, s>>>(a, ga, dr, row_len, tile_kmax);
     check_launch("dot_attention backward (keys)");
   }
   if (ga.dq) {
-    constexpr size_t smem = sizeof(T) * size_t(4 * kTile * (D + 8));
-    set_smem(queries_kernel<T, D>, smem, "dot_attention backward");
-    queries_kernel<T, D><<<dim3(unsigned(problems), unsigned(qtiles)), kThreads, smem, s>>>(a, ga, dr, row_len,
-                                                                                          tile_kmax);
+    constexpr size_t smem = sizeof(T) * size_t((2 * 64 * WQ + 2 * BK) * (D + 8));
+    set_smem(queries_kernel<T, D, WQ, BK>, smem, "dot_attention backward");
+    queries_kernel<T, D, WQ, BK><<<dim3(unsigned(problems), unsigned(qblocks)), kThreads, smem, s>>>(a, ga, dr, row_len,
+                                                                                                  tile_kmax);
     check_launch("dot_attention backward (queries)");
   }
   cudaFreeAsync(scratch, s);
@@ -604,8 +670,10 @@ bool dispatch_width(const AttentionArgs& a, const AttentionGradArgs* ga, cudaStr
   const int64_t width = a.d > a.dv ? a.d : a.dv;
   if (width > 128 || !aligned(a, ga)) return false;
   if ((a.tq + kTile - 1) / kTile > 65535 || a.batch0 * a.batch1 > 0x7fffffff) return false;
-  if (width <= 64) ga ? backward<T, 64>(a, *ga, s) : forward<T, 64>(a, s);
-  else ga ? backward<T, 128>(a, *ga, s) : forward<T, 128>(a, s);
+  // Forward: 32 queries per warp up to head size 64 (each K and V operand serves two row
+  // tiles, halving the shared-memory reads per product), 16 above (registers).
+  if (width <= 64) ga ? backward<T, 64, 2, 32, 2, 32>(a, *ga, s) : forward<T, 64, 2, 64>(a, s);
+  else ga ? backward<T, 128, 1, 64, 1, 64>(a, *ga, s) : forward<T, 128, 1, 64>(a, s);
   return true;
 }
 
