@@ -69,6 +69,19 @@ def torchscale_cases(b, t, e, h, dev, reps, tag):
     print(f"torchscale xpos+subln fwd {tag}\t{ms}", flush=True)
     print(f"torchscale xpos+subln fwd+bwd {tag}\t{train_ms(m, x, r, reps, dev, lambda xg: m(xg, xg, xg)[0])}",
           flush=True)
+    if dev == "cuda":
+        # The same under bf16 autocast (f32 parameters, matmuls in bf16), as mixed-precision
+        # training runs it.
+        def autocast(fn):
+            def run(*args):
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    return fn(*args)
+            return run
+        with torch.inference_mode():
+            ms = median_ms(autocast(lambda: m(x, x, x)), reps, True)
+        print(f"torchscale xpos+subln fwd bf16 autocast {tag}\t{ms}", flush=True)
+        ms = train_ms(m, x, r, reps, dev, autocast(lambda xg: m(xg, xg, xg)[0]))
+        print(f"torchscale xpos+subln fwd+bwd bf16 autocast {tag}\t{ms}", flush=True)
 
 
 def train_ms(m, x, r, reps, dev, forward=None):
