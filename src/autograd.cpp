@@ -1,5 +1,6 @@
 #include "autograd.h"
 
+#include <dimx/autocast.h>
 #include <dimx/elementwise.h>
 #include <dimx/profile.h>
 #include <dimx/reduce.h>
@@ -179,6 +180,7 @@ void run(const char* op, const Tensor& output, const Tensor& grad_output, Leaf&&
                 output.str());
   }
   NoGradGuard no_grad;
+  AutocastGuard no_autocast(DType::f32, /*enabled=*/false);  // gradients keep the forward's dtypes
   ProfileSection engine("backward");
   if (!om->grad_fn) {
     on_leaf(om, g0);

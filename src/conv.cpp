@@ -1,6 +1,7 @@
 #include <dimx/autograd.h>
 #include <dimx/conv.h>
 
+#include "autocast.h"
 #include "autograd.h"
 #include "backend.h"
 #include "padding.h"
@@ -26,6 +27,8 @@ bool use_fft(ConvMethod m, int64_t L, int64_t K) {
 }  // namespace
 
 Tensor causal_conv(const Tensor& x0, const Tensor& kernel0, const Dim& axis, const Dim& kernel_axis, ConvMethod method) {
+  if (autocast_widens({&x0, &kernel0}))
+    return causal_conv(autocast_f32(x0), autocast_f32(kernel0), axis, kernel_axis, method);
   check_defined(kOp, x0);
   check_defined(kOp, kernel0);
   check_same_device(kOp, x0, kernel0);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "autocast.h"
 #include "autograd.h"
 #include "backend.h"
 #include "tensor_impl.h"
@@ -167,6 +168,7 @@ Tensor unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor
 }  // namespace
 
 Tensor combine(const Tensor& a, BinaryOp op, const Tensor& b, bool allow_broadcast_all) {
+  if (auto c = autocast_operands(op, a, b)) return combine(c->first, op, c->second, allow_broadcast_all);
   Tensor y = combine_impl(a, op, b, allow_broadcast_all);
   if (!is_floating(y.dtype()) || !needs_grad({&a, &b})) return y;
   const bool need_a = a.requires_grad(), need_b = b.requires_grad();
@@ -188,6 +190,7 @@ Tensor combine(double a, BinaryOp op, const Tensor& b) {
 }
 
 Tensor apply(UnaryOp op, const Tensor& x) {
+  if (autocast_widens(op, x)) return apply(op, autocast_f32(x));
   const char* name = op_name(op);
   check_defined(name, x);
   check_not_half(name, x);
@@ -206,6 +209,7 @@ Tensor apply(UnaryOp op, const Tensor& x) {
 }
 
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b, bool allow_broadcast_all) {
+  if (auto c = autocast_operands(a, b)) return where(cond, c->first, c->second, allow_broadcast_all);
   check_defined("where", cond);
   check_defined("where", a);
   check_defined("where", b);

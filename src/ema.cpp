@@ -5,6 +5,7 @@
 
 #include <dimx/reduce.h>
 
+#include "autocast.h"
 #include "autograd.h"
 #include "backend.h"
 #include "tensor_impl.h"
@@ -28,6 +29,9 @@ const void* ptr(const Tensor& t) { return t.defined() ? t.impl().data() : nullpt
 
 EmaResult ema(const Tensor& x0, const Tensor& gain0, const Tensor& decay0, const Tensor& weight0, const Dim& axis,
               const Dim& heads, const Tensor& state0) {
+  if (autocast_widens({&x0, &gain0, &decay0, &weight0, &state0}))
+    return ema(autocast_f32(x0), autocast_f32(gain0), autocast_f32(decay0), autocast_f32(weight0), axis, heads,
+               autocast_f32(state0));
   for (const Tensor* t : {&x0, &gain0, &decay0, &weight0}) check_defined(kOp, *t);
   check_has_dim(kOp, x0, axis, "x");
   check_has_dim(kOp, gain0, heads, "gain");

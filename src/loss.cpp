@@ -7,6 +7,7 @@
 #include <dimx/reduce.h>
 #include <dimx/shape.h>
 
+#include "autocast.h"
 #include "autograd.h"
 #include "backend.h"
 #include "block.h"
@@ -86,6 +87,7 @@ Tensor frame_losses(const Tensor& logits, const Tensor& targets, const Dim& axis
 }  // namespace
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, const Dim& axis, Reduction reduction) {
+  if (autocast_widens({&logits})) return cross_entropy(autocast_f32(logits), targets, axis, reduction);
   check_operands(logits, targets, axis);
   Tensor loss = frame_losses(logits, targets, axis);
   const Dims frames = loss.dims();

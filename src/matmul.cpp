@@ -3,6 +3,7 @@
 
 #include <atomic>
 
+#include "autocast.h"
 #include "autograd.h"
 #include "backend.h"
 #include "padding.h"
@@ -73,6 +74,7 @@ Operand prepare(Tensor& t, const Dims& batch, const Dims& rows, const Dims& cols
 }  // namespace
 
 Tensor matmul(const Tensor& a0, const Tensor& b0, const Dims& reduce, bool use_mask) {
+  if (autocast_lowers({&a0, &b0})) return matmul(autocast_low(a0), autocast_low(b0), reduce, use_mask);
   check_defined("matmul", a0);
   check_defined("matmul", b0);
   check_same_device("matmul", a0, b0);

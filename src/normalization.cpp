@@ -8,6 +8,7 @@
 
 #include <cmath>
 
+#include "autocast.h"
 #include "autograd.h"
 #include "backend.h"
 #include "block.h"
@@ -49,6 +50,8 @@ Tensor valid_rows(const Block& b) {
 }  // namespace
 
 Tensor layer_norm(const Tensor& x, const Dim& feature, const Tensor& weight, const Tensor& bias, double eps) {
+  if (autocast_widens({&x, &weight, &bias}))
+    return layer_norm(autocast_f32(x), feature, autocast_f32(weight), autocast_f32(bias), eps);
   check_defined(kOp, x);
   check_has_dim(kOp, x, feature);
   if (feature.is_dynamic()) fail(std::string(kOp) + ": the feature Dim must be static, got '" + feature.str() + "' in x = " + x.str());

@@ -2,6 +2,7 @@
 #include <dimx/reduce.h>
 #include <dimx/shape.h>
 
+#include "autocast.h"
 #include "autograd.h"
 #include "backend.h"
 #include "block.h"
@@ -170,6 +171,7 @@ std::vector<Tensor> reduce_backward(ReduceOp op, const Tensor& x, const Dims& di
 }  // namespace
 
 Tensor reduce(const Tensor& x, ReduceOp op, const Dims& dims, bool use_mask) {
+  if (autocast_widens(op, x)) return reduce(autocast_f32(x), op, dims, use_mask);
   const char* name = reduce_name(op);
   check_dims(name, x, dims);
   check_dtype(op, x);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "autocast.h"
 #include "autograd.h"
 #include "backend.h"
 #include "block.h"
@@ -435,6 +436,7 @@ Tensor shift_right(const Tensor& x, const Dim& axis, int64_t amount, double pad_
 }
 
 Tensor cumsum(const Tensor& x0, const Dim& axis) {
+  if (autocast_widens({&x0})) return cumsum(autocast_f32(x0), axis);
   check_defined("cumsum", x0);
   check_has_dim("cumsum", x0, axis);
   if (x0.dtype() == DType::boolean) fail("cumsum: dtype not supported for x = " + x0.str());

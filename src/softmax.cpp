@@ -4,6 +4,7 @@
 #include <dimx/reduce.h>
 #include <dimx/shape.h>
 
+#include "autocast.h"
 #include "autograd.h"
 #include "backend.h"
 #include "block.h"
@@ -15,6 +16,7 @@ namespace dimx {
 namespace {
 
 Tensor softmax_impl(bool log, const Tensor& x0, const Dim& axis, bool use_mask) {
+  if (autocast_widens({&x0})) return softmax_impl(log, autocast_f32(x0), axis, use_mask);
   const char* op = log ? "log_softmax" : "softmax";
   check_defined(op, x0);
   check_has_dim(op, x0, axis);

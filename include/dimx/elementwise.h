@@ -6,6 +6,9 @@
 /// all of them (so it streams contiguously). If no operand has all output Dims the call is an error
 /// unless allow_broadcast_all is set: an accidental outer product is the classic bug.
 /// Operands must share dtype and device; comparisons return bool.
+///
+/// Under autocast (dimx/autocast.h) floating operands of different dtypes are cast to the
+/// wider one, and pow and the exp/log family run in f32; outside it mixing dtypes is an error.
 #include <dimx/op_codes.h>
 #include <dimx/tensor.h>
 

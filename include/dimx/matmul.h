@@ -6,7 +6,8 @@
 /// where their strides cannot be expressed as a GEMM. Padded frames of a dynamic reduce Dim
 /// are selected out of both operands, so whatever they hold (NaN, inf) never reaches the
 /// result; use_mask=false contracts them as stored. Gradients follow the same rule.
-/// Floating dtypes (f32, f64; bf16 and f16 with f32 accumulation).
+/// Floating dtypes (f32, f64; bf16 and f16 with f32 accumulation). Under autocast
+/// (dimx/autocast.h) f32 operands are cast to the low dtype first, so the result is in it.
 #include <dimx/tensor.h>
 
 namespace dimx {

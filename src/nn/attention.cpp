@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 
+#include "autocast.h"
 #include "autograd.h"
 #include "backend.h"
 #include "softmax_grad.h"
@@ -317,6 +318,8 @@ Dim decoding_step(const Tensor& active, const std::string& name) {
 
 Tensor dot_attention(const Tensor& q, const Tensor& k0, const Tensor& v0, const Dim& key_dim, const Dim& axis,
                      const DotAttentionOptions& o) {
+  if (autocast_lowers({&q, &k0, &v0}))
+    return dot_attention(autocast_low(q), autocast_low(k0), autocast_low(v0), key_dim, axis, o);
   const char* op = "dot_attention";
   check_defined(op, q);
   check_defined(op, k0);

@@ -5,6 +5,8 @@
 
 #include <cmath>
 
+#include "autocast.h"
+
 namespace dimx::nn {
 
 Linear::Linear(Dim in, Dim out, Generator& gen, bool with_bias, DType dtype)
@@ -37,7 +39,7 @@ Tensor Linear::operator()(const Tensor& x) const {
     throw Error("Linear: input " + dims_str(x.dims()) + " already has out_dim '" + out_dim.str() + "' (weight " +
                 dims_str(weight.dims()) + ")");
   Tensor y = matmul(x, weight, in_dim);
-  if (bias) y = y + *bias;
+  if (bias) y = y + autocast_low(*bias);  // under autocast the bias joins matmul's low dtype, as in PyTorch
   return y;
 }
 

@@ -1,3 +1,4 @@
+#include <dimx/autocast.h>
 #include <dimx/autograd.h>
 #include <dimx/io.h>
 #include <dimx/optim/optimizer.h>
@@ -59,6 +60,7 @@ void Optimizer::step() {
     updates.push_back({&name, p, g, &state_[name]});
   }
   update_all(updates);
+  clear_autocast_cache();  // casts of the old values must not outlive the step
 }
 
 void Optimizer::update_all(const std::vector<Update>& updates) {

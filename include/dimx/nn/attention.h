@@ -23,6 +23,10 @@
 /// attention_path_counts() tells which paths ran; with DIMX_STRICT_FUSED=1 in the environment,
 /// a call that asks for the fused path (DotAttentionOptions::fused unset or true) and cannot
 /// take it, forward or backward, is a dimx::Error saying why instead of a silent fallback.
+///
+/// Under autocast (dimx/autocast.h) q, k and v are cast to the low dtype first: the
+/// contractions run there, the softmax in f32, and the result is in the low dtype. The fused
+/// primitives take f32 and f64 only, so this is the unfused path.
 #include <dimx/random.h>
 #include <dimx/tensor.h>
 

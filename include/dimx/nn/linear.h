@@ -10,6 +10,8 @@
 /// Forward: x must have in_dim (static) and must not have out_dim; the result has x's other
 /// Dims plus out_dim (layout: x's Dims, then out_dim). Batch Dims are any Dims of x; the input
 /// layout never changes the result. Errors name the op and the Dims involved.
+/// Under autocast (dimx/autocast.h) x, weight and bias are cast to the low dtype (the weight's
+/// cast once per outermost guard) and so is the result, as PyTorch's F.linear.
 #include <dimx/nn/module.h>
 
 namespace dimx::nn {
