@@ -116,7 +116,9 @@ Tensor Tensor::transpose_to(const Dims& order) const {
 Tensor Tensor::astype(DType dt) const {
   const TensorImpl& t = impl();
   if (dt == t.dtype) return *this;
-  if (is_floating(dt) && needs_grad({this})) {
+  // Differentiable between floating dtypes (f32, f64, bf16, f16, any direction): the gradient
+  // is cast back to the source dtype. A cast to an integer or bool dtype cuts the graph.
+  if (is_float_like(dt) && needs_grad({this})) {
     Tensor y;
     {
       NoGradGuard no_grad;

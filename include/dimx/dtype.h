@@ -17,11 +17,13 @@ enum class DType : uint8_t { f32, f64, i32, i64, boolean, bf16, f16 };
 size_t dtype_size(DType dt);
 /// "f32", "f64", "i32", "i64", "bool", "bf16" or "f16".
 const char* dtype_name(DType dt);
-/// f32 or f64 (not the half types; see is_half()).
+/// f32 or f64 (not the half types; see is_half() and is_float_like()).
 bool is_floating(DType dt);
 /// i32 or i64.
 bool is_integer(DType dt);
 bool is_half(DType dt);  ///< bf16 or f16
+/// f32, f64, bf16 or f16: the dtypes of real numbers, the ones that can require grad.
+bool is_float_like(DType dt);
 
 /// The DType of C++ type T (defined for float, double, int32_t, int64_t and bool).
 template <class T>
