@@ -78,7 +78,6 @@ Tensor Tensor::full(Dims dims, double value, DType dtype, Device device) {
     throw Error("Tensor::full: value " + os.str() + " is not representable in " + dtype_name(dtype) + " for dims " +
                 dims_str(dims));
   }
-  if (is_half(dtype)) return full(std::move(dims), value, DType::f32, device).astype(dtype);
   Tensor t = empty(std::move(dims), dtype, device, "Tensor::full");
   backend::backend_for(device).fill(dtype, t.numel(), t.impl().data(), value);
   return t;

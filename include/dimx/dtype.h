@@ -1,8 +1,9 @@
 #pragma once
 /// \file
 /// Element types. Binary ops never promote: mixing dtypes is an error, casts are explicit.
-/// bf16 and f16 are storage types: they cast, copy, gather and matmul (with f32 accumulation);
-/// other ops need astype(f32) first.
+/// bf16 and f16 are stored in their dtype and computed in f32: every op takes them, works on
+/// the values widened to f32 (matmul accumulates in f32) and rounds its result once to the
+/// operands' dtype. They carry gradients, which are stored in the tensor's dtype.
 #include <cstddef>
 #include <cstdint>
 #include <string>
