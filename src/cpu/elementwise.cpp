@@ -84,27 +84,55 @@ void vec_map(const Shape& shape, const std::array<const void*, K>& in, const std
   });
 }
 
-// y = f(x...) with K vector inputs of bf16 or f16 (S): each run of lanes is widened to f32,
-// computed by the f32 kernel (so every value is the one an f32 operand would give) and rounded
-// once on the way out.
+// cnt values of bf16 or f16 (S) at `src` (byte stride `stride`) widened into dst. The
+// contiguous and broadcast runs are plain loops the compiler vectorizes.
+template <class S>
+void widen_run(const char* src, int64_t stride, int64_t cnt, float* dst) {
+  if (stride == int64_t(sizeof(S))) {
+    const S* p = reinterpret_cast<const S*>(src);
+    for (int64_t j = 0; j < cnt; ++j) dst[j] = widen(p[j]);
+  } else if (stride == 0) {
+    std::fill(dst, dst + cnt, widen(*reinterpret_cast<const S*>(src)));
+  } else {
+    for (int64_t j = 0; j < cnt; ++j) dst[j] = widen(*reinterpret_cast<const S*>(src + j * stride));
+  }
+}
+
+// cnt f32 values rounded to bf16 or f16 (S) into `dst` (byte stride `stride`).
+template <class S>
+void narrow_run(const float* src, int64_t cnt, char* dst, int64_t stride) {
+  if (stride == int64_t(sizeof(S))) {
+    S* p = reinterpret_cast<S*>(dst);
+    for (int64_t j = 0; j < cnt; ++j) p[j] = narrow<S>(src[j]);
+  } else {
+    for (int64_t j = 0; j < cnt; ++j) *reinterpret_cast<S*>(dst + j * stride) = narrow<S>(src[j]);
+  }
+}
+
+// y = f(x...) with K vector inputs of bf16 or f16 (S): each block of a run is widened to f32,
+// computed by the f32 kernel lane by lane (so every value is the one an f32 operand would
+// give) and rounded once on the way out.
 template <class S, size_t K, class F>
 void half_vec_map(const Shape& shape, const std::array<const void*, K>& in, const std::array<Strides, K>& in_strides,
                   void* out, const Strides& out_strides, F f) {
   auto [base, st] = operands<K>(in, in_strides, sizeof(S), out, out_strides, sizeof(S));
-  constexpr int64_t W = int64_t(Vec<float>::size);
+  constexpr int64_t W = int64_t(Vec<float>::size), kBlock = 64 * W;
   for_each_strided<K + 1>(shape, st, base, kParallelGrain, [&](const std::array<char*, K + 1>& p, int64_t n,
                                                               const std::array<int64_t, K + 1>& s) {
-    alignas(64) float lanes[K][W] = {};
-    alignas(64) float res[W];
-    for (int64_t i = 0; i < n; i += W) {
-      const int64_t cnt = std::min(W, n - i);
-      for (size_t k = 0; k < K; ++k)
-        for (int64_t j = 0; j < cnt; ++j) lanes[k][j] = widen(*reinterpret_cast<const S*>(p[k] + (i + j) * s[k]));
-      Vec<float> r;
-      if constexpr (K == 1) r = f(Vec<float>::load_aligned(lanes[0]));
-      else r = f(Vec<float>::load_aligned(lanes[0]), Vec<float>::load_aligned(lanes[1]));
-      r.store_aligned(res);
-      for (int64_t j = 0; j < cnt; ++j) *reinterpret_cast<S*>(p[K] + (i + j) * s[K]) = narrow<S>(res[j]);
+    alignas(64) float buf[K + 1][kBlock];
+    for (int64_t i = 0; i < n; i += kBlock) {
+      const int64_t cnt = std::min(kBlock, n - i), lanes = (cnt + W - 1) / W * W;
+      for (size_t k = 0; k < K; ++k) {
+        widen_run<S>(p[k] + i * s[k], s[k], cnt, buf[k]);
+        std::fill(buf[k] + cnt, buf[k] + lanes, 0.0f);  // the last vector's unused lanes
+      }
+      for (int64_t j = 0; j < cnt; j += W) {
+        Vec<float> r;
+        if constexpr (K == 1) r = f(Vec<float>::load_aligned(buf[0] + j));
+        else r = f(Vec<float>::load_aligned(buf[0] + j), Vec<float>::load_aligned(buf[1] + j));
+        r.store_aligned(buf[K] + j);
+      }
+      narrow_run<S>(buf[K], cnt, p[K] + i * s[K], s[K]);
     }
   });
 }
