@@ -270,6 +270,26 @@ int main(int argc, char** argv) {
                       grad(reduce_sum(ts(xg, time, in).attn * r, {batch, time, model}), wrt);
                       wrt.pop_back();
                     });
+    // The same under bf16 autocast (f32 parameters, contractions and attention in bf16), as
+    // mixed-precision training runs it; the peer runs torch.autocast the same way.
+    if (!dev.is_cpu()) {
+      time_row("torchscale xpos+subln fwd bf16 autocast " + tag, [&] {
+        AutocastGuard amp(DType::bf16);
+        ts(x, time, in);
+      });
+      time_row("torchscale xpos+subln fwd+bwd bf16 autocast " + tag, [&] {
+        EnableGradGuard on;
+        Tensor xg = x.with_requires_grad();
+        wrt.push_back(xg);
+        Tensor loss;
+        {
+          AutocastGuard amp(DType::bf16);
+          loss = reduce_sum(ts(xg, time, in).attn * r, {batch, time, model});
+        }
+        grad(loss, wrt);
+        wrt.pop_back();
+      });
+    }
   }
 
   std::map<std::string, double> peer = bench::run_peer(peer_script, device);

@@ -285,6 +285,37 @@ bool binary_inner_vec(BinaryOp op, const Meta<3>& m, const T* a, const T* b, T* 
   return true;
 }
 
+// bf16 and f16 (T) in and out, f32 math: each value widened, computed as an f32 value is and
+// rounded once; comparisons compare the widened values.
+template <class T>
+__global__ void unary_half_kernel(UnaryOp op, Meta<2> m, const T* x, T* y) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < m.n; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t o[2];
+    offsets(m, i, o);
+    y[o[1]] = cast<T>(unary_float(op, widen(x[o[0]])));
+  }
+}
+
+template <class T, class U>
+__global__ void binary_half_kernel(BinaryOp op, Meta<3> m, const T* a, const T* b, U* y) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < m.n; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t o[3];
+    offsets(m, i, o);
+    const float va = widen(a[o[0]]), vb = widen(b[o[1]]);
+    if constexpr (std::is_same_v<U, bool>) y[o[2]] = compare(op, va, vb);
+    else y[o[2]] = cast<T>(binary_arith(op, va, vb));
+  }
+}
+
+// Calls f(T{}) with T the CUDA type of bf16 or f16; false for the other dtypes.
+template <class F>
+bool dispatch_half(DType dt, F&& f) {
+  if (dt == DType::bf16) f(__nv_bfloat16{});
+  else if (dt == DType::f16) f(__half{});
+  else return false;
+  return true;
+}
+
 template <class T>
 __global__ void where_kernel(Meta<4> m, const bool* c, const T* a, const T* b, T* y) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < m.n; i += int64_t(gridDim.x) * blockDim.x) {
@@ -308,6 +339,15 @@ void launch_copy(DType src, DType dst, const Meta<2>& m, const void* x, void* y,
 }
 
 void launch_fill(DType dt, int64_t n, void* y, double value, cudaStream_t s) {
+  if (dt == DType::bf16) {
+    fill_kernel<__nv_bfloat16><<<blocks_for(n), 256, 0, s>>>(n, static_cast<__nv_bfloat16*>(y),
+                                                             __float2bfloat16_rn(float(value)));
+    return check_launch("fill");
+  }
+  if (dt == DType::f16) {
+    fill_kernel<__half><<<blocks_for(n), 256, 0, s>>>(n, static_cast<__half*>(y), __float2half_rn(float(value)));
+    return check_launch("fill");
+  }
   dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
     T v;
@@ -327,6 +367,11 @@ void launch_iota(DType dt, int64_t n, void* y, cudaStream_t s) {
 }
 
 void launch_unary(UnaryOp op, DType dt, const Meta<2>& m, const void* x, void* y, cudaStream_t s) {
+  if (dispatch_half(dt, [&](auto tag) {
+        using T = decltype(tag);
+        unary_half_kernel<T><<<blocks_for(m.n), 256, 0, s>>>(op, m, static_cast<const T*>(x), static_cast<T*>(y));
+      }))
+    return check_launch(op_name(op));
   dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
     if constexpr (std::is_floating_point_v<T>) {
@@ -344,6 +389,16 @@ void launch_unary(UnaryOp op, DType dt, const Meta<2>& m, const void* x, void* y
 
 void launch_binary(BinaryOp op, DType dt, const Meta<3>& m, const void* a, const void* b, void* y, cudaStream_t s) {
   bool cmp = op >= BinaryOp::equal;
+  if (dispatch_half(dt, [&](auto tag) {
+        using T = decltype(tag);
+        if (cmp)
+          binary_half_kernel<T, bool><<<blocks_for(m.n), 256, 0, s>>>(op, m, static_cast<const T*>(a),
+                                                                      static_cast<const T*>(b), static_cast<bool*>(y));
+        else
+          binary_half_kernel<T, T><<<blocks_for(m.n), 256, 0, s>>>(op, m, static_cast<const T*>(a),
+                                                                   static_cast<const T*>(b), static_cast<T*>(y));
+      }))
+    return check_launch(op_name(op));
   dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
     if constexpr (std::is_floating_point_v<T>) {
@@ -367,6 +422,11 @@ void launch_binary(BinaryOp op, DType dt, const Meta<3>& m, const void* a, const
 }
 
 void launch_where(DType dt, const Meta<4>& m, const void* c, const void* a, const void* b, void* y, cudaStream_t s) {
+  if (dt == DType::bf16 || dt == DType::f16) {  // a selection moves bits: 2-byte words will do
+    where_kernel<uint16_t><<<blocks_for(m.n), 256, 0, s>>>(m, static_cast<const bool*>(c), static_cast<const uint16_t*>(a),
+                                                           static_cast<const uint16_t*>(b), static_cast<uint16_t*>(y));
+    return check_launch("where");
+  }
   dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
     where_kernel<T><<<blocks_for(m.n), 256, 0, s>>>(m, static_cast<const bool*>(c), static_cast<const T*>(a),

@@ -84,8 +84,8 @@ Tensor Tensor::with_requires_grad(bool on) const {
   auto impl = std::make_shared<TensorImpl>(this->impl());
   impl->autograd = nullptr;
   if (on) {
-    if (!is_floating(dtype()) && !is_half(dtype()))
-      throw Error("with_requires_grad: only floating tensors can require grad, got " + str());
+    if (!is_float_like(dtype()))
+      throw Error("with_requires_grad: only floating tensors (f32, f64, bf16, f16) can require grad, got " + str());
     impl->autograd = std::make_shared<AutogradMeta>();
     impl->autograd->requires_grad = true;
   }

@@ -4,6 +4,7 @@
 #include "autocast.h"
 #include "autograd.h"
 #include "backend.h"
+#include "half_compute.h"
 #include "padding.h"
 #include "tensor_impl.h"
 
@@ -38,8 +39,7 @@ Tensor causal_conv(const Tensor& x0, const Tensor& kernel0, const Dim& axis, con
     fail(std::string(kOp) + ": kernel_axis '" + kernel_axis.str() + "' is also in x = " + x0.str());
   if (kernel0.has_dim(axis)) fail(std::string(kOp) + ": the kernel " + kernel0.str() + " has the time axis '" + axis.str() + "'");
   if (x0.dtype() != kernel0.dtype()) fail(std::string(kOp) + ": dtype mismatch, x = " + x0.str() + " vs kernel = " + kernel0.str());
-  if (x0.dtype() != DType::f32 && x0.dtype() != DType::f64)
-    fail(std::string(kOp) + ": needs f32 or f64, got x = " + x0.str());
+  if (!is_float_like(x0.dtype())) fail(std::string(kOp) + ": needs f32, f64, bf16 or f16, got x = " + x0.str());
   if (kernel_axis.is_dynamic()) fail(std::string(kOp) + ": kernel_axis '" + kernel_axis.str() + "' must be static");
   const Dims channels = minus_dims(kernel0.dims(), {kernel_axis});
   for (const Dim& c : channels) check_has_dim(kOp, x0, c, "x");
@@ -49,6 +49,8 @@ Tensor causal_conv(const Tensor& x0, const Tensor& kernel0, const Dim& axis, con
     if (!contains(batch, d))
       fail(std::string(kOp) + ": the lengths of '" + axis.str() + "' are over " + dims_str(axis.lengths().dims()) +
            ", not batch Dims of x = " + x0.str());
+  if (is_half(x0.dtype()))
+    return round_to(causal_conv(widen_half(x0), widen_half(kernel0), axis, kernel_axis, method), x0.dtype());
 
   // Canonical operands: x [batch, L, channels], kernel [K, channels], padded frames zeroed.
   const Dims xorder = cat(cat(batch, {axis}), channels);

@@ -33,6 +33,7 @@ const char* dtype_name(DType dt) {
 bool is_floating(DType dt) { return dt == DType::f32 || dt == DType::f64; }
 bool is_integer(DType dt) { return dt == DType::i32 || dt == DType::i64; }
 bool is_half(DType dt) { return dt == DType::bf16 || dt == DType::f16; }
+bool is_float_like(DType dt) { return is_floating(dt) || is_half(dt); }
 
 std::string Device::str() const {
   return type == Type::cpu ? std::string("cpu") : "cuda:" + std::to_string(index);

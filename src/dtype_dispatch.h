@@ -1,6 +1,7 @@
 #pragma once
 // dispatch(dt, f): calls f(T{}) with T the C++ type of a computing dtype. Shared by the CPU
-// and CUDA backends (host code only); bf16/f16 have no computing type and throw.
+// and CUDA backends (host code only). bf16/f16 have no computing type and throw: the ops widen
+// them to f32 before they reach a kernel that has no half form (src/half_compute.h).
 #include <dimx/dtype.h>
 #include <dimx/error.h>
 
@@ -20,8 +21,8 @@ decltype(auto) dispatch(DType dt, F&& f) {
     case DType::bf16:
     case DType::f16: break;
   }
-  throw Error(std::string("dtype ") + dtype_name(dt) +
-              " supports only casts, copies, gather and matmul; astype(f32) first");
+  throw Error(std::string("internal error: dtype ") + dtype_name(dt) +
+              " reached a kernel that has no half form (the op should compute it in f32)");
 }
 
 }  // namespace dimx

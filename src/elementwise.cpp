@@ -8,6 +8,8 @@
 #include "autocast.h"
 #include "autograd.h"
 #include "backend.h"
+#include "half.h"
+#include "half_compute.h"
 #include "tensor_impl.h"
 
 namespace dimx {
@@ -61,14 +63,16 @@ std::optional<Dim> common_feature_dim(const std::vector<const Tensor*>& ts) {
 }  // namespace
 
 namespace {
-Tensor combine_impl(const Tensor& a, BinaryOp op, const Tensor& b, bool allow_broadcast_all) {
+
+// The checks of combine() on the operands as given (before a half dtype is widened); returns
+// the output Dims.
+Dims check_binary(const Tensor& a, BinaryOp op, const Tensor& b, bool allow_broadcast_all) {
   const char* name = op_name(op);
   check_defined(name, a);
   check_defined(name, b);
   check_same_device(name, a, b);
   if (a.dtype() != b.dtype())
     fail(std::string(name) + ": dtype mismatch, a = " + a.str() + " vs b = " + b.str() + "; cast with astype()");
-  check_not_half(name, a);
   DType dt = a.dtype();
   if (is_logical(op) && dt != DType::boolean)
     fail(std::string(name) + ": needs bool operands, got a = " + a.str());
@@ -76,12 +80,18 @@ Tensor combine_impl(const Tensor& a, BinaryOp op, const Tensor& b, bool allow_br
     fail(std::string(name) + ": not defined for bool operands (a = " + a.str() + ")");
   if (op == BinaryOp::div && is_integer(dt))
     fail(std::string(name) + ": integer operands (a = " + a.str() + "); use floordiv, or astype() to a float dtype");
+  return output_dims(name, {&a, &b}, allow_broadcast_all);
+}
+
+Tensor combine_impl(const Tensor& a, BinaryOp op, const Tensor& b, bool allow_broadcast_all) {
+  const char* name = op_name(op);
+  Dims out = check_binary(a, op, b, allow_broadcast_all);
+  DType dt = a.dtype();
   if ((op == BinaryOp::floordiv || op == BinaryOp::mod) && is_integer(dt)) {
     Tensor zero = Tensor::scalar(0, dt, b.device());
     Tensor bz = combine(b, BinaryOp::equal, zero);
     if (reduce_any(bz, bz.dims()).item<bool>()) fail(std::string(name) + ": integer division by zero in b = " + b.str());
   }
-  Dims out = output_dims(name, {&a, &b}, allow_broadcast_all);
   DType odt = is_comparison(op) ? DType::boolean : dt;
   Tensor y = empty(out, odt, a.device(), name);
   const TensorImpl& ya = y.impl();
@@ -167,25 +177,51 @@ Tensor unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor
 
 }  // namespace
 
+// bf16 and f16 operands go to the backends' elementwise kernels as they are (half loads and
+// stores, f32 math: the value the widened f32 op would round to); the backward runs in f32 on
+// the widened operands, output and gradient, and rounds each gradient once.
 Tensor combine(const Tensor& a, BinaryOp op, const Tensor& b, bool allow_broadcast_all) {
   if (auto c = autocast_operands(op, a, b)) return combine(c->first, op, c->second, allow_broadcast_all);
   Tensor y = combine_impl(a, op, b, allow_broadcast_all);
-  if (!is_floating(y.dtype()) || !needs_grad({&a, &b})) return y;
+  if (!is_float_like(y.dtype()) || !needs_grad({&a, &b})) return y;
   const bool need_a = a.requires_grad(), need_b = b.requires_grad();
   return record(op_name(op), y, {a, b}, [op, a, b, y, need_a, need_b](const Tensor& g) {
-    return combine_backward(op, a, b, y, g, need_a, need_b);
+    if (!is_half(y.dtype())) return combine_backward(op, a, b, y, g, need_a, need_b);
+    std::vector<Tensor> gs =
+        combine_backward(op, widen_half(a), widen_half(b), widen_half(y), widen_half(g), need_a, need_b);
+    for (Tensor& t : gs) t = round_to(t, y.dtype());
+    return gs;
   });
 }
 
+namespace {
+// True if `v` as f32 is a number of the half dtype `dt` too: a half scalar then computes what
+// the f32 scalar of the widened op would.
+bool exact_in_half(double v, DType dt) {
+  const float f = float(v);
+  return (dt == DType::bf16 ? half::bf16_to_f32(half::f32_to_bf16(f)) : half::f16_to_f32(half::f32_to_f16(f))) == f;
+}
+}  // namespace
+
+// A scalar operand of a half tensor is an f32 scalar of the widened op, never rounded to half
+// first (a scalar that is a half number, 0.5 or 2, takes the half kernels directly).
 Tensor combine(const Tensor& a, BinaryOp op, double b) {
   check_defined(op_name(op), a);
   check_representable(op_name(op), b, a);
+  if (is_half(a.dtype()) && !exact_in_half(b, a.dtype())) {
+    check_binary(a, op, a, false);  // errors name a as given
+    return round_to(combine(widen_half(a), op, b), a.dtype());
+  }
   return combine(a, op, Tensor::scalar(b, a.dtype(), a.device()));
 }
 
 Tensor combine(double a, BinaryOp op, const Tensor& b) {
   check_defined(op_name(op), b);
   check_representable(op_name(op), a, b);
+  if (is_half(b.dtype()) && !exact_in_half(a, b.dtype())) {
+    check_binary(b, op, b, false);
+    return round_to(combine(a, op, widen_half(b)), b.dtype());
+  }
   return combine(Tensor::scalar(a, b.dtype(), b.device()), op, b);
 }
 
@@ -193,19 +229,22 @@ Tensor apply(UnaryOp op, const Tensor& x) {
   if (autocast_widens(op, x)) return apply(op, autocast_f32(x));
   const char* name = op_name(op);
   check_defined(name, x);
-  check_not_half(name, x);
   if (op == UnaryOp::isnan) return combine(x, BinaryOp::not_equal, x);
   if ((op == UnaryOp::logical_not) != (x.dtype() == DType::boolean))
     fail(std::string(name) + ": not defined for x = " + x.str());
-  if (!is_floating(x.dtype()) && op != UnaryOp::neg && op != UnaryOp::abs && op != UnaryOp::sign &&
+  if (!is_float_like(x.dtype()) && op != UnaryOp::neg && op != UnaryOp::abs && op != UnaryOp::sign &&
       op != UnaryOp::square && op != UnaryOp::logical_not)
     fail(std::string(name) + ": needs a floating dtype, got x = " + x.str() + "; cast with astype()");
   Tensor y = empty(x.dims(), x.dtype(), x.device(), name);
   backend::backend_for(x.device())
       .unary(op, x.dtype(), extents(x.dims()), {x.impl().data(), x.strides()}, {y.impl().data(), y.strides()});
   if (x.feature_dim()) y = y.with_feature_dim(x.feature_dim());
-  if (!is_floating(y.dtype()) || !needs_grad({&x})) return y;
-  return record(name, y, {x}, [op, x, y](const Tensor& g) { return std::vector<Tensor>{unary_backward(op, x, y, g)}; });
+  if (!is_float_like(y.dtype()) || !needs_grad({&x})) return y;
+  // As combine(): half kernels forward, the backward in f32 rounded once.
+  return record(name, y, {x}, [op, x, y](const Tensor& g) {
+    if (!is_half(y.dtype())) return std::vector<Tensor>{unary_backward(op, x, y, g)};
+    return std::vector<Tensor>{round_to(unary_backward(op, widen_half(x), widen_half(y), widen_half(g)), y.dtype())};
+  });
 }
 
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b, bool allow_broadcast_all) {
@@ -217,7 +256,7 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b, bool allow_br
   check_same_device("where", a, b);
   if (cond.dtype() != DType::boolean) fail("where: cond must be bool, got cond = " + cond.str());
   if (a.dtype() != b.dtype()) fail("where: dtype mismatch, a = " + a.str() + " vs b = " + b.str());
-  check_not_half("where", a);
+  // Half operands need no widening: a selection is exact, the backends move their bits.
   Dims out = output_dims("where", {&a, &b, &cond}, allow_broadcast_all);
   Tensor y = empty(out, a.dtype(), a.device(), "where");
   backend::backend_for(a.device())
@@ -251,6 +290,7 @@ Tensor clip(const Tensor& x, double lo, double hi) {
   if (std::isnan(lo) || std::isnan(hi))
     fail("clip: NaN bound (lo " + std::to_string(lo) + ", hi " + std::to_string(hi) + ") for x = " + x.str());
   if (lo > hi) fail("clip: lo " + std::to_string(lo) + " > hi " + std::to_string(hi) + " for x = " + x.str());
+  if (is_half(x.dtype())) return round_to(clip(widen_half(x), lo, hi), x.dtype());
   if (is_integer(x.dtype())) {
     // Bounds outside the dtype's range clamp to it; fractional bounds round inward.
     const double lim_lo = x.dtype() == DType::i32 ? -2147483648.0 : -9223372036854775808.0;

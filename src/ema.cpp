@@ -8,6 +8,7 @@
 #include "autocast.h"
 #include "autograd.h"
 #include "backend.h"
+#include "half_compute.h"
 #include "tensor_impl.h"
 
 namespace dimx {
@@ -50,11 +51,16 @@ EmaResult ema(const Tensor& x0, const Tensor& gain0, const Tensor& decay0, const
     if (!same_dim_set(others[i]->dims(), params))
       fail(std::string(kOp) + ": " + names[i] + " " + others[i]->str() + " must have gain's Dims " + dims_str(params));
   const DType dt = x0.dtype();
-  if (dt != DType::f32 && dt != DType::f64) fail(std::string(kOp) + ": needs f32 or f64, got x = " + x0.str());
+  if (!is_float_like(dt)) fail(std::string(kOp) + ": needs f32, f64, bf16 or f16, got x = " + x0.str());
   for (const Tensor* t : {&gain0, &decay0, &weight0, &state0}) {
     if (!t->defined()) continue;
     check_same_device(kOp, x0, *t);
     if (t->dtype() != dt) fail(std::string(kOp) + ": dtype mismatch, x = " + x0.str() + " vs " + t->str());
+  }
+  if (is_half(dt)) {
+    EmaResult r = ema(widen_half(x0), widen_half(gain0), widen_half(decay0), widen_half(weight0), axis, heads,
+                      widen_half(state0));
+    return {round_to(r.y, dt), round_to(r.state, dt)};
   }
   const Dims batch = minus_dims(x0.dims(), cat({axis}, channels));
   const Tensor axis_lengths = axis.lengths();  // named: a range-for over a temporary's member dangles

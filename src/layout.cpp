@@ -162,12 +162,6 @@ void check_has_dim(const char* op, const Tensor& t, const Dim& d, const char* wh
   fail(std::string(op) + ": dim '" + d.str() + "' not in " + what + " = " + dims_str(t.dims()) + hint);
 }
 
-void check_not_half(const char* op, const Tensor& t) {
-  if (is_half(t.dtype()))
-    fail(std::string(op) + ": " + dtype_name(t.dtype()) + " tensors support casts, copies, gather and matmul only; " +
-         "astype(f32) first (x = " + t.str() + ")");
-}
-
 void check_unique(const char* op, const Dims& dims) {
   for (size_t i = 0; i < dims.size(); ++i)
     for (size_t j = i + 1; j < dims.size(); ++j)

@@ -6,6 +6,7 @@
 #include "autograd.h"
 #include "backend.h"
 #include "block.h"
+#include "half_compute.h"
 #include "padding.h"
 #include "reduce_math.h"
 #include "tensor_impl.h"
@@ -21,10 +22,9 @@ const char* reduce_name(ReduceOp op) {
 }
 
 void check_dtype(ReduceOp op, const Tensor& x) {
-  check_not_half(reduce_name(op), x);
   DType dt = x.dtype();
   bool ok = op == ReduceOp::any || op == ReduceOp::all ? dt == DType::boolean
-            : op == ReduceOp::mean || op == ReduceOp::logsumexp ? is_floating(dt)
+            : op == ReduceOp::mean || op == ReduceOp::logsumexp ? is_float_like(dt)
                                                                 : dt != DType::boolean;
   if (!ok) fail(std::string(reduce_name(op)) + ": dtype not supported for x = " + x.str());
 }
@@ -52,7 +52,7 @@ Tensor arg_reduce(bool is_max, const Tensor& x0, const Dim& axis, bool use_mask)
   const char* op = is_max ? "reduce_argmax" : "reduce_argmin";
   check_dims(op, x0, {axis});
   if (x0.dtype() == DType::boolean) fail(std::string(op) + ": dtype not supported for x = " + x0.str());
-  check_not_half(op, x0);
+  if (is_half(x0.dtype())) return arg_reduce(is_max, widen_half(x0), axis, use_mask);
   bool masked = use_mask && axis.is_dynamic();
   Tensor x = masked ? broadcast_to_include(x0, axis.lengths().dims()) : x0;
   Block b = as_block(x, {axis});
@@ -176,6 +176,7 @@ Tensor reduce(const Tensor& x, ReduceOp op, const Dims& dims, bool use_mask) {
   check_dims(name, x, dims);
   check_dtype(op, x);
   if (dims.empty()) return x;
+  if (is_half(x.dtype())) return round_to(reduce(widen_half(x), op, dims, use_mask), x.dtype());
   // Static Dims of extent 1 are dropped as views: reducing one element is that element (a
   // padded Dim whose lengths may say 0 is reduced as usual). Their sequences are nobody's.
   {

@@ -8,6 +8,7 @@
 #include "autograd.h"
 #include "backend.h"
 #include "block.h"
+#include "half_compute.h"
 #include "padding.h"
 #include "tensor_impl.h"
 
@@ -368,20 +369,21 @@ Tensor gather(const Tensor& x, const Tensor& indices, std::optional<Dim> axis_, 
   Tensor r = y;
   if (x.feature_dim() && r.has_dim(*x.feature_dim())) r = r.with_feature_dim(x.feature_dim());
   if (x.sparse_dim()) r = r.with_sparse_dim(x.sparse_dim());
-  if (!is_floating(x.dtype()) || !needs_grad({&x})) return r;
+  if (!is_float_like(x.dtype()) || !needs_grad({&x})) return r;
   return record("gather", r, {x, indices}, [x, idx, axis, out, padded](const Tensor& g0) {
     // The adjoint: scatter-add g back to the gathered positions; padded frames add nothing.
-    Tensor g = g0;
+    // A half gradient is summed in f32 and rounded once.
+    Tensor g = widen_half(g0);
     for (const Dim& d : padded) g = zero_padding(g, d);
-    Tensor gx = Tensor::zeros(x.dims(), x.dtype(), x.device());
+    Tensor gx = Tensor::zeros(x.dims(), g.dtype(), x.device());
     Strides gs(out.size(), 0);
     for (size_t i = 0; i < out.size(); ++i)
       if (out[i] != axis && x.has_dim(out[i]) && out[i].extent() != 1) gs[i] = gx.strides()[gx.axis_of(out[i])];
     backend::backend_for(x.device())
-        .scatter_add(x.dtype(), extents(out), {g.impl().data(), aligned_strides(g.impl(), out)},
+        .scatter_add(gx.dtype(), extents(out), {g.impl().data(), aligned_strides(g.impl(), out)},
                      gx.strides()[gx.axis_of(axis)], axis.extent(), {idx.impl().data(), aligned_strides(idx.impl(), out)},
                      {gx.impl().data(), gs});
-    return std::vector<Tensor>{gx, Tensor()};
+    return std::vector<Tensor>{round_to(gx, x.dtype()), Tensor()};
   });
 }
 
@@ -440,7 +442,7 @@ Tensor cumsum(const Tensor& x0, const Dim& axis) {
   check_defined("cumsum", x0);
   check_has_dim("cumsum", x0, axis);
   if (x0.dtype() == DType::boolean) fail("cumsum: dtype not supported for x = " + x0.str());
-  check_not_half("cumsum", x0);
+  if (is_half(x0.dtype())) return round_to(cumsum(widen_half(x0), axis), x0.dtype());
   Tensor x = copy_masked(x0, {axis});
   Block b = as_block(x, {axis});
   Tensor y = empty(b.x.dims(), x.dtype(), x.device(), "cumsum");

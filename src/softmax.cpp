@@ -8,6 +8,7 @@
 #include "autograd.h"
 #include "backend.h"
 #include "block.h"
+#include "half_compute.h"
 #include "softmax_grad.h"
 #include "tensor_impl.h"
 
@@ -20,7 +21,8 @@ Tensor softmax_impl(bool log, const Tensor& x0, const Dim& axis, bool use_mask) 
   const char* op = log ? "log_softmax" : "softmax";
   check_defined(op, x0);
   check_has_dim(op, x0, axis);
-  if (!is_floating(x0.dtype())) fail(std::string(op) + ": needs a floating dtype, got x = " + x0.str());
+  if (!is_float_like(x0.dtype())) fail(std::string(op) + ": needs a floating dtype, got x = " + x0.str());
+  if (is_half(x0.dtype())) return round_to(softmax_impl(log, widen_half(x0), axis, use_mask), x0.dtype());
   bool masked = use_mask && axis.is_dynamic();
   Tensor x = masked ? broadcast_to_include(x0, axis.lengths().dims()) : x0;
   Block b = as_block(x, {axis});
@@ -39,6 +41,8 @@ Tensor softmax_impl(bool log, const Tensor& x0, const Dim& axis, bool use_mask) 
 }  // namespace
 
 Tensor softmax_backward(bool log, const Tensor& y, const Tensor& g, const Dim& axis, bool use_mask) {
+  if (is_half(y.dtype()))
+    return round_to(softmax_backward(log, widen_half(y), widen_half(g), axis, use_mask), y.dtype());
   // One fused primitive over y as a contiguous block with `axis` in the middle, g laid out like it.
   const bool masked = use_mask && axis.is_dynamic();
   Block b = as_block(y, {axis});

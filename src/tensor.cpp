@@ -78,7 +78,6 @@ Tensor Tensor::full(Dims dims, double value, DType dtype, Device device) {
     throw Error("Tensor::full: value " + os.str() + " is not representable in " + dtype_name(dtype) + " for dims " +
                 dims_str(dims));
   }
-  if (is_half(dtype)) return full(std::move(dims), value, DType::f32, device).astype(dtype);
   Tensor t = empty(std::move(dims), dtype, device, "Tensor::full");
   backend::backend_for(device).fill(dtype, t.numel(), t.impl().data(), value);
   return t;
@@ -116,7 +115,9 @@ Tensor Tensor::transpose_to(const Dims& order) const {
 Tensor Tensor::astype(DType dt) const {
   const TensorImpl& t = impl();
   if (dt == t.dtype) return *this;
-  if ((is_floating(dt) || is_half(dt)) && needs_grad({this})) {
+  // Differentiable between floating dtypes (f32, f64, bf16, f16, any direction): the gradient
+  // is cast back to the source dtype. A cast to an integer or bool dtype cuts the graph.
+  if (is_float_like(dt) && needs_grad({this})) {
     Tensor y;
     {
       NoGradGuard no_grad;

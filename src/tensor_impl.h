@@ -73,8 +73,6 @@ void check_defined(const char* op, const Tensor& t);
 void check_same_device(const char* op, const Tensor& a, const Tensor& b);
 void check_has_dim(const char* op, const Tensor& t, const Dim& d, const char* what = "x");
 void check_unique(const char* op, const Dims& dims);
-// bf16/f16 tensors only cast, copy, gather and matmul; other ops ask for astype(f32).
-void check_not_half(const char* op, const Tensor& t);
 [[noreturn]] void fail(const std::string& msg);
 // A scalar operand `v` of `op` must be exactly representable in like's dtype: an integer tensor
 // never silently truncates 2.5 to 2, nor wraps 1e10; a bool tensor takes 0 or 1 only.

@@ -180,7 +180,7 @@ TEST_CASE("ema errors name the op and the Dims", "[ema][errors]") {
   CHECK_THROWS_WITH(ema(x, p.gain, p.decay, p.weight, t, other), Contains("ema") && Contains("other"));
   CHECK_THROWS_WITH(ema(x, p.gain, rnd({p.c, other}, 1), p.weight, t, p.h), Contains("decay") && Contains("other"));
   CHECK_THROWS_WITH(ema(x, p.gain, p.decay.astype(DType::f64), p.weight, t, p.h), Contains("dtype"));
-  CHECK_THROWS_WITH(ema(x.astype(DType::i32), p.gain, p.decay, p.weight, t, p.h), Contains("f32 or f64"));
+  CHECK_THROWS_WITH(ema(x.astype(DType::i32), p.gain, p.decay, p.weight, t, p.h), Contains("needs f32, f64, bf16 or f16") && Contains("i32"));
   CHECK_THROWS_WITH(ema(random_tensor({b, t}, 1), p.gain, p.decay, p.weight, t, p.h), Contains("c:3"));
   CHECK_THROWS_WITH(ema(x, p.gain, p.decay, p.weight, t, p.h, random_tensor({b, p.c}, 2)), Contains("state"));
   Dim t2 = dynamic_dim(other, {1, 2, 3}, "t2");

@@ -15,6 +15,7 @@
 #include <limits>
 #include <iostream>
 
+#include "half_cases.h"
 #include "padding_cases.h"
 #include "robustness_checks.h"
 #include "test_util.h"
@@ -210,6 +211,27 @@ TEST_CASE("gpu: bf16 and f16 casts, gather and matmul match the CPU", "[gpu]") {
       Tensor b = input({h, d.batch, k}, 54, dev).astype(dt);
       return std::vector<Tensor>{matmul(a, w, d.feat), matmul(a, b, h)};
     }, 1e-2, 1e-2);
+  }
+}
+
+TEST_CASE("gpu: every op on bf16 and f16 and its gradients match float64 within the half tolerances", "[gpu][half]") {
+  // The table of test_half_grad (half_cases.h), run on the GPU against the f64 reference on the CPU.
+  check_half_cases(kGpu);
+}
+
+TEST_CASE("gpu: half ops round what the CPU rounds", "[gpu][half]") {
+  Dims3 d;
+  Dim h(5, "h");
+  for (DType dt : {DType::bf16, DType::f16}) {
+    consistent(std::string("half ops ") + dtype_name(dt), [&](Device dev) {
+      Tensor x = input({d.batch, d.time, d.feat}, 70, dev, -2, 2, dt).with_requires_grad();
+      Tensor w = input({h, d.feat}, 71, dev, -1, 1, dt).with_requires_grad();
+      Tensor e = softmax(gelu(matmul(x, w, d.feat)), h);
+      Tensor y = matmul(e, w, h) * x.astype(DType::f32).astype(dt) + cumsum(x, d.time);
+      Tensor loss = reduce_mean(reduce_logsumexp(y, {d.feat}), {d.batch, d.time});
+      std::vector<Tensor> g = grad(loss, {x, w});
+      return std::vector<Tensor>{y, loss, g[0], g[1], where(y > 0.0, y, 0.5)};
+    }, dt == DType::bf16 ? 2e-2 : 2e-3, dt == DType::bf16 ? 2e-2 : 2e-3);
   }
 }
 

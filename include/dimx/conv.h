@@ -10,7 +10,8 @@
 /// longer (taps past the sequence are unused). The result has x's Dims, laid out as
 /// {batch..., axis, channels...}. Padded frames of a dynamic axis come after each sequence's
 /// valid ones, so they never reach a valid output; they are zeroed first, so garbage there
-/// (NaN) does not spread through an FFT either. Differentiable in x and the kernel (f32, f64).
+/// (NaN) does not spread through an FFT either. Differentiable in x and the kernel. dtypes: f32
+/// and f64; bf16 and f16 are computed in f32.
 ///
 /// method: direct sums the taps (O(L K) per channel, best for short kernels); fft multiplies
 /// transforms (FFTW on the CPU, cuFFT on CUDA: O(L log L)); automatic picks by size. Both give

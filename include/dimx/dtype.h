@@ -1,8 +1,9 @@
 #pragma once
 /// \file
 /// Element types. Binary ops never promote: mixing dtypes is an error, casts are explicit.
-/// bf16 and f16 are storage types: they cast, copy, gather and matmul (with f32 accumulation);
-/// other ops need astype(f32) first.
+/// bf16 and f16 are stored in their dtype and computed in f32: every op takes them, works on
+/// the values widened to f32 (matmul accumulates in f32) and rounds its result once to the
+/// operands' dtype. They carry gradients, which are stored in the tensor's dtype.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -17,11 +18,13 @@ enum class DType : uint8_t { f32, f64, i32, i64, boolean, bf16, f16 };
 size_t dtype_size(DType dt);
 /// "f32", "f64", "i32", "i64", "bool", "bf16" or "f16".
 const char* dtype_name(DType dt);
-/// f32 or f64 (not the half types; see is_half()).
+/// f32 or f64 (not the half types; see is_half() and is_float_like()).
 bool is_floating(DType dt);
 /// i32 or i64.
 bool is_integer(DType dt);
 bool is_half(DType dt);  ///< bf16 or f16
+/// f32, f64, bf16 or f16: the dtypes of real numbers, the ones that can require grad.
+bool is_float_like(DType dt);
 
 /// The DType of C++ type T (defined for float, double, int32_t, int64_t and bool).
 template <class T>

@@ -18,7 +18,8 @@
 /// returned state is the one after each sequence's last valid frame.
 ///
 /// Gradients flow to x, gain, decay, weight and the incoming state, from y and from the
-/// returned state (detach it to cut the graph between chunks). f32 and f64 on both devices.
+/// returned state (detach it to cut the graph between chunks). f32 and f64 on both devices;
+/// bf16 and f16 are computed in f32.
 #include <dimx/tensor.h>
 
 namespace dimx {

@@ -26,7 +26,7 @@ class Generator {
 };
 
 /// Values are generated row-major over `dims` in the given order, on `device` (the same
-/// numbers on every device).
+/// numbers on every device). bf16 and f16 values are the f32 ones rounded.
 Tensor random_uniform(const Dims& dims, Generator& gen, double lo = 0, double hi = 1,
                       DType dtype = DType::f32, Device device = Device::cpu());
 /// Normal values with `mean` and `stddev` (finite, stddev >= 0); generated like random_uniform().

@@ -90,7 +90,8 @@ class Tensor {
   Tensor transpose_to(const Dims& order) const;
   /// Same values, stored row-major in dims() order; copies only if needed.
   Tensor contiguous() const { return transpose_to(dims()); }
-  /// The values cast to `dt` (this tensor itself if it already has it); differentiable to every floating dtype (the gradient is cast back).
+  /// The values cast to `dt` (this tensor itself if it already has it); differentiable between
+  /// the floating dtypes (f32, f64, bf16, f16) in every direction, the gradient cast back.
   Tensor astype(DType dt) const;
   /// A copy on `dev` (this tensor itself if already there); differentiable.
   Tensor to(Device dev) const;
@@ -111,6 +112,7 @@ class Tensor {
   /// ---- autograd (see autograd.h)
   bool requires_grad() const;
   /// A leaf that records gradients (or, with false, a tensor that does not); shares storage.
+  /// Floating dtypes only (f32, f64, bf16, f16); a half leaf's gradient is stored in its dtype.
   Tensor with_requires_grad(bool on = true) const;
   /// Same values, cut from the graph.
   Tensor detach() const;

@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "cpu/cpu_backend.h"
+#include "cpu/float_types.h"
 #include "cpu/strided.h"
 #include "half.h"
 #include "int_math.h"
@@ -83,6 +84,76 @@ void vec_map(const Shape& shape, const std::array<const void*, K>& in, const std
   });
 }
 
+// cnt values of bf16 or f16 (S) at `src` (byte stride `stride`) widened into dst. The
+// contiguous and broadcast runs are plain loops the compiler vectorizes.
+template <class S>
+void widen_run(const char* src, int64_t stride, int64_t cnt, float* dst) {
+  if (stride == int64_t(sizeof(S))) {
+    const S* p = reinterpret_cast<const S*>(src);
+    for (int64_t j = 0; j < cnt; ++j) dst[j] = widen(p[j]);
+  } else if (stride == 0) {
+    std::fill(dst, dst + cnt, widen(*reinterpret_cast<const S*>(src)));
+  } else {
+    for (int64_t j = 0; j < cnt; ++j) dst[j] = widen(*reinterpret_cast<const S*>(src + j * stride));
+  }
+}
+
+// cnt f32 values rounded to bf16 or f16 (S) into `dst` (byte stride `stride`).
+template <class S>
+void narrow_run(const float* src, int64_t cnt, char* dst, int64_t stride) {
+  if (stride == int64_t(sizeof(S))) {
+    S* p = reinterpret_cast<S*>(dst);
+    for (int64_t j = 0; j < cnt; ++j) p[j] = narrow<S>(src[j]);
+  } else {
+    for (int64_t j = 0; j < cnt; ++j) *reinterpret_cast<S*>(dst + j * stride) = narrow<S>(src[j]);
+  }
+}
+
+// y = f(x...) with K vector inputs of bf16 or f16 (S): each block of a run is widened to f32,
+// computed by the f32 kernel lane by lane (so every value is the one an f32 operand would
+// give) and rounded once on the way out.
+template <class S, size_t K, class F>
+void half_vec_map(const Shape& shape, const std::array<const void*, K>& in, const std::array<Strides, K>& in_strides,
+                  void* out, const Strides& out_strides, F f) {
+  auto [base, st] = operands<K>(in, in_strides, sizeof(S), out, out_strides, sizeof(S));
+  constexpr int64_t W = int64_t(Vec<float>::size), kBlock = 64 * W;
+  for_each_strided<K + 1>(shape, st, base, kParallelGrain, [&](const std::array<char*, K + 1>& p, int64_t n,
+                                                              const std::array<int64_t, K + 1>& s) {
+    alignas(64) float buf[K + 1][kBlock];
+    for (int64_t i = 0; i < n; i += kBlock) {
+      const int64_t cnt = std::min(kBlock, n - i), lanes = (cnt + W - 1) / W * W;
+      for (size_t k = 0; k < K; ++k) {
+        widen_run<S>(p[k] + i * s[k], s[k], cnt, buf[k]);
+        std::fill(buf[k] + cnt, buf[k] + lanes, 0.0f);  // the last vector's unused lanes
+      }
+      for (int64_t j = 0; j < cnt; j += W) {
+        Vec<float> r;
+        if constexpr (K == 1) r = f(Vec<float>::load_aligned(buf[0] + j));
+        else r = f(Vec<float>::load_aligned(buf[0] + j), Vec<float>::load_aligned(buf[1] + j));
+        r.store_aligned(buf[K] + j);
+      }
+      narrow_run<S>(buf[K], cnt, p[K] + i * s[K], s[K]);
+    }
+  });
+}
+
+// The vector map of storage type S: vec_map, or half_vec_map for bf16 and f16.
+template <class S, size_t K, class F>
+void float_map(const Shape& shape, const std::array<const void*, K>& in, const std::array<Strides, K>& in_strides,
+               void* out, const Strides& out_strides, F f) {
+  if constexpr (std::is_same_v<S, Bf16> || std::is_same_v<S, F16>)
+    half_vec_map<S, K>(shape, in, in_strides, out, out_strides, f);
+  else
+    vec_map<S, K>(shape, in, in_strides, out, out_strides, f);
+}
+
+// A stored value as the type it is compared in (bf16 and f16 as f32).
+template <class S>
+auto compared(S v) {
+  if constexpr (std::is_same_v<S, Bf16> || std::is_same_v<S, F16>) return widen(v);
+  else return v;
+}
+
 // y = f(x...) elementwise on scalars, with input type T and output type U.
 template <class T, class U, size_t K, class F>
 void scalar_map(const Shape& shape, const std::array<const void*, K>& in, const std::array<Strides, K>& in_strides,
@@ -98,12 +169,14 @@ void scalar_map(const Shape& shape, const std::array<const void*, K>& in, const 
   });
 }
 
-template <class T>
+// S: the stored type (float, double, Bf16, F16); the math is in T = ComputeOf<S>.
+template <class S>
 void float_unary(UnaryOp op, const Shape& sh, const backend::In& x, const backend::Out& y) {
+  using T = ComputeOf<S>;
   using V = Vec<T>;
   std::array<const void*, 1> in{x.data};
   std::array<Strides, 1> is{x.strides};
-  auto go = [&](auto f) { vec_map<T, 1>(sh, in, is, y.data, y.strides, f); };
+  auto go = [&](auto f) { float_map<S, 1>(sh, in, is, y.data, y.strides, f); };
   const V one(T(1)), zero(T(0)), half(T(0.5));
   switch (op) {
     case UnaryOp::neg: return go([](V v) { return -v; });
@@ -149,31 +222,35 @@ void int_unary(UnaryOp op, const Shape& sh, const backend::In& x, const backend:
   }
 }
 
+// T: the stored type; bf16 and f16 are compared as f32.
 template <class T>
 void compare(BinaryOp op, const Shape& sh, const std::array<const void*, 2>& in, const std::array<Strides, 2>& is,
              const backend::Out& y) {
-  auto go = [&](auto f) { scalar_map<T, bool, 2>(sh, in, is, y.data, y.strides, f); };
+  auto go = [&](auto f) {
+    scalar_map<T, bool, 2>(sh, in, is, y.data, y.strides, [f](T a, T b) { return f(compared(a), compared(b)); });
+  };
   switch (op) {
-    case BinaryOp::equal: return go([](T a, T b) { return a == b; });
-    case BinaryOp::not_equal: return go([](T a, T b) { return a != b; });
-    case BinaryOp::less: return go([](T a, T b) { return a < b; });
-    case BinaryOp::less_equal: return go([](T a, T b) { return a <= b; });
-    case BinaryOp::greater: return go([](T a, T b) { return a > b; });
-    case BinaryOp::greater_equal: return go([](T a, T b) { return a >= b; });
-    case BinaryOp::logical_and: return go([](T a, T b) { return bool(a) && bool(b); });
-    case BinaryOp::logical_or: return go([](T a, T b) { return bool(a) || bool(b); });
-    case BinaryOp::logical_xor: return go([](T a, T b) { return bool(a) != bool(b); });
+    case BinaryOp::equal: return go([](auto a, auto b) { return a == b; });
+    case BinaryOp::not_equal: return go([](auto a, auto b) { return a != b; });
+    case BinaryOp::less: return go([](auto a, auto b) { return a < b; });
+    case BinaryOp::less_equal: return go([](auto a, auto b) { return a <= b; });
+    case BinaryOp::greater: return go([](auto a, auto b) { return a > b; });
+    case BinaryOp::greater_equal: return go([](auto a, auto b) { return a >= b; });
+    case BinaryOp::logical_and: return go([](auto a, auto b) { return bool(a) && bool(b); });
+    case BinaryOp::logical_or: return go([](auto a, auto b) { return bool(a) || bool(b); });
+    case BinaryOp::logical_xor: return go([](auto a, auto b) { return bool(a) != bool(b); });
     default: throw Error(std::string(op_name(op)) + ": not a comparison");
   }
 }
 
 bool is_comparison(BinaryOp op) { return op >= BinaryOp::equal; }
 
-template <class T>
+// S: the stored type (float, double, Bf16, F16); the math is in ComputeOf<S>.
+template <class S>
 void float_binary(BinaryOp op, const Shape& sh, const std::array<const void*, 2>& in,
                   const std::array<Strides, 2>& is, const backend::Out& y) {
-  using V = Vec<T>;
-  auto go = [&](auto f) { vec_map<T, 2>(sh, in, is, y.data, y.strides, f); };
+  using V = Vec<ComputeOf<S>>;
+  auto go = [&](auto f) { float_map<S, 2>(sh, in, is, y.data, y.strides, f); };
   switch (op) {
     case BinaryOp::add: return go([](V a, V b) { return a + b; });
     case BinaryOp::sub: return go([](V a, V b) { return a - b; });
@@ -225,6 +302,8 @@ U convert(T v) {
 void CpuBackend::unary(UnaryOp op, DType dt, const Shape& shape, const In& x, const Out& y) {
   if (dt == DType::f32) return float_unary<float>(op, shape, x, y);
   if (dt == DType::f64) return float_unary<double>(op, shape, x, y);
+  if (dt == DType::bf16) return float_unary<Bf16>(op, shape, x, y);
+  if (dt == DType::f16) return float_unary<F16>(op, shape, x, y);
   if (dt == DType::i32) return int_unary<int32_t>(op, shape, x, y);
   if (dt == DType::i64) return int_unary<int64_t>(op, shape, x, y);
   if (op != UnaryOp::logical_not) throw Error(std::string(op_name(op)) + ": not supported for bool");
@@ -234,10 +313,16 @@ void CpuBackend::unary(UnaryOp op, DType dt, const Shape& shape, const In& x, co
 void CpuBackend::binary(BinaryOp op, DType dt, const Shape& shape, const In& a, const In& b, const Out& y) {
   std::array<const void*, 2> in{a.data, b.data};
   std::array<Strides, 2> is{a.strides, b.strides};
-  if (is_comparison(op)) return dispatch(dt, [&](auto t) { compare<decltype(t)>(op, shape, in, is, y); });
+  if (is_comparison(op)) {
+    if (dt == DType::bf16) return compare<Bf16>(op, shape, in, is, y);
+    if (dt == DType::f16) return compare<F16>(op, shape, in, is, y);
+    return dispatch(dt, [&](auto t) { compare<decltype(t)>(op, shape, in, is, y); });
+  }
   switch (dt) {
     case DType::f32: return float_binary<float>(op, shape, in, is, y);
     case DType::f64: return float_binary<double>(op, shape, in, is, y);
+    case DType::bf16: return float_binary<Bf16>(op, shape, in, is, y);
+    case DType::f16: return float_binary<F16>(op, shape, in, is, y);
     case DType::i32: return int_binary<int32_t>(op, shape, in, is, y);
     case DType::i64: return int_binary<int64_t>(op, shape, in, is, y);
     default: throw Error(std::string(op_name(op)) + ": not supported for bool");
@@ -245,7 +330,8 @@ void CpuBackend::binary(BinaryOp op, DType dt, const Shape& shape, const In& a, 
 }
 
 void CpuBackend::where(DType dt, const Shape& shape, const In& cond, const In& a, const In& b, const Out& y) {
-  dispatch(dt, [&](auto tag) {
+  // A selection moves values: bf16 and f16 as 2-byte words.
+  auto select = [&](auto tag) {
     using T = decltype(tag);
     std::array<char*, 4> base{static_cast<char*>(const_cast<void*>(cond.data)),
                               static_cast<char*>(const_cast<void*>(a.data)),
@@ -274,7 +360,9 @@ void CpuBackend::where(DType dt, const Shape& shape, const In& cond, const In& a
                                 *reinterpret_cast<const T*>((c ? p[1] + i * s[1] : p[2] + i * s[2]));
                           }
                         });
-  });
+  };
+  if (is_half(dt)) return select(uint16_t{});
+  dispatch(dt, select);
 }
 
 void CpuBackend::copy(const Shape& shape, DType src_dt, const In& src, DType dst_dt, const Out& dst) {
@@ -332,6 +420,12 @@ void CpuBackend::copy(const Shape& shape, DType src_dt, const In& src, DType dst
 }
 
 void CpuBackend::fill(DType dt, int64_t n, void* dst, double value) {
+  if (is_half(dt)) {
+    const float f = float(value);
+    const uint16_t bits = dt == DType::bf16 ? half::f32_to_bf16(f) : half::f32_to_f16(f);
+    std::fill(static_cast<uint16_t*>(dst), static_cast<uint16_t*>(dst) + n, bits);
+    return;
+  }
   dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
     T v = convert<T>(value);
