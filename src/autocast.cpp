@@ -41,15 +41,6 @@ DType wider(DType a, DType b) {
   return DType::f32;
 }
 
-Tensor cast_low(const Tensor& x, DType low) {
-  Tensor y = x.astype(low);
-  if (grad_enabled() && x.requires_grad() && !y.requires_grad())
-    fail(std::string("autocast: casting ") + x.str() + " to " + dtype_name(low) +
-         " would drop its gradient (this build does not differentiate casts to bf16/f16); train with autocast "
-         "disabled, or run the forward in a NoGradGuard");
-  return y;
-}
-
 }  // namespace
 
 AutocastGuard::AutocastGuard(DType dtype, bool enabled, bool cache)
@@ -89,11 +80,11 @@ Tensor autocast_low(const Tensor& x) {
   if (!t_state.enabled || !x.defined()) return x;
   const DType low = t_state.dtype;
   if (!castable_to_low(x.dtype(), low)) return x;
-  if (!t_state.cache || !is_leaf_param(x)) return cast_low(x, low);
+  if (!t_state.cache || !is_leaf_param(x)) return x.astype(low);
   CacheKey key{&x.impl(), low, grad_enabled()};
   auto it = t_cache.find(key);
   if (it != t_cache.end()) return it->second.second;
-  Tensor y = cast_low(x, low);
+  Tensor y = x.astype(low);
   t_cache.emplace(key, std::make_pair(x, y));
   return y;
 }

@@ -1,8 +1,4 @@
 // Autocast (dimx/autocast.h) and dynamic loss scaling (dimx/optim/grad_scaler.h).
-//
-// Test cases tagged [needs-half-grad] need elementwise ops, gradients and differentiable casts
-// on bf16/f16 tensors; they are hidden ([.]) until those exist and run with
-// `test_autocast "[needs-half-grad]"`.
 #include <dimx/nn.h>
 #include <dimx/optim.h>
 
@@ -631,7 +627,7 @@ double train_mlp(std::optional<DType> amp, bool scaled, int steps, int* skipped 
 
 }  // namespace
 
-TEST_CASE("autocast: Linear and dot_attention run in the low dtype", "[needs-half-grad][.][autocast]") {
+TEST_CASE("autocast: Linear and dot_attention run in the low dtype", "[autocast]") {
   Generator gen(3);
   Dim batch(2, "batch"), time(5, "time"), feat(8, "feat"), hid(6, "hid");
   nn::Linear lin(feat, hid, gen);
@@ -651,7 +647,7 @@ TEST_CASE("autocast: Linear and dot_attention run in the low dtype", "[needs-hal
   }
 }
 
-TEST_CASE("autocast: f32 parameters get f32 gradients through low casts", "[needs-half-grad][.][autocast][autograd]") {
+TEST_CASE("autocast: f32 parameters get f32 gradients through low casts", "[autocast][autograd]") {
   Generator gen(4);
   Dim batch(3, "batch"), feat(8, "feat"), hid(4, "hid");
   nn::Linear lin(feat, hid, gen);
@@ -671,14 +667,14 @@ TEST_CASE("autocast: f32 parameters get f32 gradients through low casts", "[need
   CHECK(vec_approx(lin.weight.grad().to_vector<float>(), g[0].to_vector<float>(lin.weight.grad().dims()), 3e-2, 3e-2));
 }
 
-TEST_CASE("autocast: an MLP trained 200 steps in bf16 ends within 2% of f32", "[needs-half-grad][.][autocast]") {
+TEST_CASE("autocast: an MLP trained 200 steps in bf16 ends within 2% of f32", "[autocast]") {
   const double f32 = train_mlp(std::nullopt, false, 200);
   const double bf16 = train_mlp(DType::bf16, false, 200);
   INFO("f32 " << f32 << ", bf16 " << bf16);
   CHECK(std::abs(bf16 - f32) <= 0.02 * f32);
 }
 
-TEST_CASE("autocast: f16 with a GradScaler ends within 2% of f32", "[needs-half-grad][.][autocast][grad_scaler]") {
+TEST_CASE("autocast: f16 with a GradScaler ends within 2% of f32", "[autocast][grad_scaler]") {
   const double f32 = train_mlp(std::nullopt, false, 200);
   int skipped = 0;
   const double f16 = train_mlp(DType::f16, true, 200, &skipped);

@@ -15,6 +15,7 @@
 #include "autocast.h"
 #include "autograd.h"
 #include "backend.h"
+#include "half_compute.h"
 #include "softmax_grad.h"
 #include "tensor_impl.h"
 
@@ -353,7 +354,12 @@ Tensor dot_attention(const Tensor& q, const Tensor& k0, const Tensor& v0, const 
   if (!dropout_active && want_fused) {
     check_same_device(op, q, k);
     check_same_device(op, q, v);
-    if (Tensor out = fused_with_grad(q, k, v, key_dim, kv_axis, scale); out.defined()) {
+    // The CPU computes bf16/f16 attention in f32 (half_compute.h), rounding the output once.
+    const bool widen = is_half(q.dtype()) && q.device().is_cpu() && k.dtype() == q.dtype() && v.dtype() == q.dtype();
+    Tensor out = widen ? round_to(fused_with_grad(widen_half(q), widen_half(k), widen_half(v), key_dim, kv_axis, scale),
+                                  q.dtype())
+                       : fused_with_grad(q, k, v, key_dim, kv_axis, scale);
+    if (out.defined()) {
       g_fused_fwd.fetch_add(1, std::memory_order_relaxed);
       return out;
     }
