@@ -32,8 +32,6 @@ bool is_leaf_param(const Tensor& x) { return x.requires_grad() && !x.impl().auto
 
 bool castable_to_low(DType dt, DType low) { return (dt == DType::f32 || is_half(dt)) && dt != low; }
 
-bool is_float_like(DType dt) { return is_floating(dt) || is_half(dt); }
-
 // f64 > f32 > bf16, f16; bf16 with f16 meet at f32.
 DType wider(DType a, DType b) {
   if (a == b) return a;

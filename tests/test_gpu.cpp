@@ -861,6 +861,77 @@ TEST_CASE("gpu: torchscale::MultiheadAttention and its gradients match the CPU",
   }
 }
 
+TEST_CASE("gpu: the attention modules run fused under bf16 autocast, forward and backward", "[gpu][autocast]") {
+  // torchscale (XPOS, sub-LN) and BEATs (no bias) on a padded batch under bf16 autocast: the
+  // scores take the tensor-core kernels both ways (no fallback), the f32 parameters get f32
+  // gradients, and the outputs stay within bf16 rounding of the f32 result on the CPU.
+  Dim batch(3, "batch"), model(64, "model");
+  Dim time = dynamic_dim(batch, {37, 20, 0}, "time");
+  Generator gen(23);
+  nn::torchscale::Options to;
+  to.self_attention = true;
+  to.xpos_rel_pos = true;
+  to.subln = true;
+  nn::torchscale::MultiheadAttention ts_cpu(model, 4, gen, to), ts_gpu = ts_cpu;
+  nn::beats::Options bo;
+  bo.self_attention = true;
+  nn::beats::MultiheadAttention bt_cpu(model, 4, gen, bo), bt_gpu = bt_cpu;
+  nn::to(ts_gpu, kGpu);
+  nn::to(bt_gpu, kGpu);
+  auto run = [&](Device dev, bool amp, bool beats) {
+    Tensor x = input({batch, time, model}, 180, dev, -1, 1);
+    Tensor y;
+    {
+      AutocastGuard guard(DType::bf16, amp);
+      if (beats) {
+        nn::beats::Inputs in;
+        in.need_weights = false;
+        y = (dev == kGpu ? bt_gpu : bt_cpu)(x, time, in).attn;
+      } else {
+        nn::torchscale::Inputs in;
+        in.need_weights = false;
+        y = (dev == kGpu ? ts_gpu : ts_cpu)(x, time, in).attn;
+      }
+    }
+    y = copy_masked(y.astype(DType::f32), {time});
+    Tensor loss = reduce_sum(square(y), {batch, time, model});
+    std::vector<Tensor> g;
+    auto params = beats ? nn::named_parameters(dev == kGpu ? bt_gpu : bt_cpu)
+                        : nn::named_parameters(dev == kGpu ? ts_gpu : ts_cpu);
+    std::vector<Tensor> wrt;
+    for (auto& [name, t] : params) wrt.push_back(*t);
+    g = grad(loss, wrt);
+    g.push_back(y);
+    return g;
+  };
+  for (bool beats : {false, true}) {
+    INFO((beats ? "beats" : "torchscale"));
+    std::vector<Tensor> want = run(Device::cpu(), false, beats);
+    nn::reset_attention_path_counts();
+    std::vector<Tensor> got = run(kGpu, true, beats);
+    const nn::AttentionPathCounts c = nn::attention_path_counts();
+    CHECK(c.fused_forward == 1);
+    CHECK(c.fused_backward == 1);
+    CHECK(c.unfused_forward + c.unfused_backward == 0);
+    REQUIRE(got.size() == want.size());
+    double overall = 0;  // the largest gradient entry of all
+    for (size_t i = 0; i + 1 < want.size(); ++i)
+      for (double e : want[i].to_vector<double>()) overall = std::max(overall, std::abs(e));
+    for (size_t i = 0; i < got.size(); ++i) {
+      INFO("output " << i << ": " << want[i].str());
+      CHECK(got[i].dtype() == DType::f32);
+      std::vector<double> g = got[i].to_vector<double>(want[i].dims()), w = want[i].to_vector<double>(want[i].dims());
+      double scale = 0;
+      for (double e : w) scale = std::max(scale, std::abs(e));
+      for (double e : g) REQUIRE(std::isfinite(e));
+      // A gradient that is 0 in exact arithmetic (the key projection's bias: the softmax does
+      // not see a constant added to every key) is bf16 noise around 0 on the GPU.
+      if (i + 1 < got.size() && scale < 1e-5 * overall) scale = 1e-2 * overall;
+      CHECK_VEC_APPROX(g, w, 5e-2, 3e-2 * scale);
+    }
+  }
+}
+
 TEST_CASE("gpu: layer_norm and its gradients match the CPU", "[gpu][normalization]") {
   Dims3 d;
   // Row lengths for every path: the loop (odd, or beyond the registers; a block per row beyond
