@@ -15,20 +15,6 @@ using namespace dimx_test;
 
 namespace {
 
-struct TempFile {
-  std::filesystem::path path;
-  explicit TempFile(const std::string& stem) {
-    static int counter = 0;
-    path = std::filesystem::temp_directory_path() /
-           ("dimx_test_autocast_" + stem + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++) +
-            ".safetensors");
-  }
-  ~TempFile() {
-    std::error_code ec;
-    std::filesystem::remove(path, ec);
-  }
-  std::string str() const { return path.string(); }
-};
 
 // Calls of the copy primitive that cast f32 to `dt` while `f` runs.
 template <class F>

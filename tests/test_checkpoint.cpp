@@ -14,21 +14,12 @@
 
 using namespace dimx;
 using dimx_test::dynamic_dim;
+using dimx_test::TempFile;
 using Catch::Contains;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct TempFile {
-  std::string path;
-  TempFile() {
-    static std::atomic<int> counter{0};
-    path = (fs::temp_directory_path() /
-            ("dimx_test_checkpoint_" + std::to_string(::getpid()) + "_" + std::to_string(counter++) + ".safetensors"))
-               .string();
-  }
-  ~TempFile() { fs::remove(path); }
-};
 
 // A two-Linear block, as one layer of someone's encoder.
 struct Block : nn::Module {
@@ -61,7 +52,7 @@ void write_foreign(const std::string& path, const Dim& model, const Dim& hidden)
 
 TEST_CASE("checkpoint: one layer out of a multi-layer file, by prefix", "[io][checkpoint]") {
   Dim model(4, "model"), hidden(6, "hidden");
-  TempFile f;
+  TempFile f("checkpoint");
   write_foreign(f.path, model, hidden);
   Generator gen(1);
   Block b(model, hidden, gen);
@@ -78,7 +69,7 @@ TEST_CASE("checkpoint: one layer out of a multi-layer file, by prefix", "[io][ch
 
 TEST_CASE("checkpoint: renamed keys and RETURNN's [in, out] layout declared by Dims", "[io][checkpoint]") {
   Dim in(3, "in"), out(5, "out");
-  TempFile f;
+  TempFile f("checkpoint");
   // RETURNN-style names and layouts: "kernel" [in, out], "b" [out].
   save_safetensors(f.path, {{"lin/kernel", ramp({in, out}, 1)}, {"lin/b", ramp({out}, 2)}});
   Generator gen(1);
@@ -91,7 +82,7 @@ TEST_CASE("checkpoint: renamed keys and RETURNN's [in, out] layout declared by D
   // The {out, in} parameter holds the transposed file data: value (i, o) = file[i][o].
   CHECK(lin.weight.to_vector<float>({in, out}) == ramp({in, out}, 1).to_vector<float>({in, out}));
   // Saving under the same options writes the same keys and layouts back.
-  TempFile g;
+  TempFile g("checkpoint");
   nn::save_state(lin, g.path, o, {{"origin", "returnn"}});
   SafeTensors s = SafeTensors::open(g.path);
   CHECK(s.keys() == std::vector<std::string>{"lin/b", "lin/kernel"});
@@ -102,7 +93,7 @@ TEST_CASE("checkpoint: renamed keys and RETURNN's [in, out] layout declared by D
 
 TEST_CASE("checkpoint: exact, module and none strictness", "[io][checkpoint]") {
   Dim model(4, "model"), hidden(6, "hidden");
-  TempFile f;
+  TempFile f("checkpoint");
   write_foreign(f.path, model, hidden);
   Generator gen(1);
   // A module with only fc1 under "encoder.layers.0.": fc2's keys are unexpected within the prefix.
@@ -138,7 +129,7 @@ TEST_CASE("checkpoint: misuse of the options names the tensor and the Dims", "[i
   Dim in(3, "in"), out(5, "out"), other(2, "other");
   Generator gen(1);
   nn::Linear lin(in, out, gen);
-  TempFile f;
+  TempFile f("checkpoint");
   nn::StateOptions o;
   o.layouts["kernel"] = {in, out};
   CHECK_THROWS_WITH(nn::save_state(lin, f.path, o), Contains("kernel") && Contains("weight") && Contains("lacks"));
@@ -152,7 +143,7 @@ TEST_CASE("checkpoint: misuse of the options names the tensor and the Dims", "[i
 
 TEST_CASE("checkpoint: padded data loads onto a dynamic Dim in one call", "[io][checkpoint]") {
   Dim batch(2, "batch"), stored(10, "stored"), feat(3, "feat");
-  TempFile f;
+  TempFile f("checkpoint");
   save_safetensors(f.path, {{"x", ramp({batch, stored, feat}, 0)}});
   SafeTensors s = SafeTensors::open(f.path);
   Dim time = dynamic_dim(batch, {7, 4}, "time");
@@ -179,7 +170,7 @@ TEST_CASE("checkpoint: padded data loads onto a dynamic Dim in one call", "[io][
 
 TEST_CASE("checkpoint: typed metadata, JSON parsed by dimx", "[io][checkpoint]") {
   Dim model(4, "model"), hidden(6, "hidden");
-  TempFile f;
+  TempFile f("checkpoint");
   write_foreign(f.path, model, hidden);
   SafeTensors s = SafeTensors::open(f.path);
   CHECK(s.metadata("format") == std::optional<std::string>("pt"));
@@ -199,7 +190,7 @@ TEST_CASE("checkpoint: typed metadata, JSON parsed by dimx", "[io][checkpoint]")
   CHECK_THROWS_WITH(s.metadata_json("format"), Contains("'format'") && Contains("not JSON"));
   CHECK_THROWS_WITH(s.metadata_json("absent"), Contains("'absent'") && Contains("config"));
   // Deep nesting is refused, never a stack overflow.
-  TempFile g;
+  TempFile g("checkpoint");
   save_safetensors(g.path, {{"x", ramp({model}, 0)}}, {{"deep", std::string(100000, '[') + std::string(100000, ']')}});
   CHECK_THROWS_WITH(SafeTensors::open(g.path).metadata_json("deep"), Contains("deeper"));
   CHECK(MetaValue::parse("[1, 2.5, null, true, {\"a\": \"b\"}]", "text").dump() == "[1.0,2.5,null,true,{\"a\":\"b\"}]");

@@ -15,24 +15,10 @@
 using namespace dimx;
 using namespace dimx::optim;
 using dimx_test::random_doubles;
+using dimx_test::TempFile;
 
 namespace {
 
-// A unique path in the temp directory, removed when the object dies.
-struct TempFile {
-  std::filesystem::path path;
-  explicit TempFile(const std::string& stem) {
-    static int counter = 0;
-    path = std::filesystem::temp_directory_path() /
-           ("dimx_test_optim_" + stem + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++) +
-            ".safetensors");
-  }
-  ~TempFile() {
-    std::error_code ec;
-    std::filesystem::remove(path, ec);
-  }
-  std::string str() const { return path.string(); }
-};
 
 // The synthetic gradient at step t: depends on the current values so the trajectory matters.
 double grad_fn(double p, size_t i, int t) { return p * p - 0.5 + 0.1 * t - 0.03 * static_cast<double>(i); }

@@ -6,6 +6,8 @@
 #include <dimx/dimx.h>
 
 #include <algorithm>
+#include <atomic>
+#include <filesystem>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -16,6 +18,8 @@
 #include <unordered_map>
 #include <functional>
 #include <vector>
+
+#include <unistd.h>
 
 namespace dimx_test {
 
@@ -186,6 +190,25 @@ inline Dim dynamic_dim(const Dim& batch, const std::vector<int32_t>& lengths, co
   REQUIRE(static_cast<int64_t>(lengths.size()) == batch.extent());
   return Dim(Tensor::from_vector<int32_t>({batch}, lengths), name);
 }
+
+// A unique path in the temp directory (dimx_test_<stem>_<pid>_<n>.safetensors), removed when
+// the object dies.
+struct TempFile {
+  std::string path;
+  explicit TempFile(const std::string& stem = "file") {
+    static std::atomic<int> counter{0};
+    path = (std::filesystem::temp_directory_path() /
+            ("dimx_test_" + stem + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++) + ".safetensors"))
+               .string();
+  }
+  ~TempFile() {
+    std::error_code ec;
+    std::filesystem::remove(path, ec);
+  }
+  TempFile(const TempFile&) = delete;
+  TempFile& operator=(const TempFile&) = delete;
+  const std::string& str() const { return path; }
+};
 
 // ---- row-major index helpers for naive reference loops
 
