@@ -114,66 +114,6 @@ __device__ __forceinline__ void store_rows(T* out, int64_t row_stride, int nrows
   }
 }
 
-__device__ __forceinline__ int row_length(const AttentionArgs& a, int64_t b, int64_t r) {
-  if (r >= a.tq) return 0;
-  const int64_t l = a.key_lengths ? a.key_lengths[b * a.tq + r] : a.tk;
-  return int(l < 0 ? 0 : (l > a.tk ? a.tk : l));
-}
-
-// Dr[b, r] = sum_c g[b, r, c] out[b, r, c]; tile_kmax[b, tile] = the longest length of the
-// tile's BM rows. One block of 128 threads per (problem, query tile), a warp per row.
-// Per row: Dr[b, r] = sum_c g[b, r, c] out[b, r, c] and the row's length, 0 where its output
-// gradient is all zero (a padded query frame: its weights and q, which may hold anything, stay
-// out of every sum; the share it would add is exactly 0). Per query tile: tile_kmax[b, tile] =
-// the longest length of its BM rows, and dQ rows of 0 where that is 0 (no key tile visits it).
-// One block of 128 threads per (problem, query tile), a warp per row.
-template <class T, int BM>
-__global__ void __launch_bounds__(kThreads)
-    rows_kernel(AttentionArgs a, const T* g, T* dr, int* row_len, int* tile_kmax, T* dq, int64_t dq_bs0,
-                int64_t dq_bs1, int64_t dq_rs) {
-  __shared__ int kmax_s;
-  const int64_t b = blockIdx.x, b0 = b / a.batch1, b1 = b % a.batch1;
-  const int64_t i0 = int64_t(blockIdx.y) * BM;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (threadIdx.x == 0) kmax_s = 0;
-  __syncthreads();
-  const int64_t off = b0 * a.o_bs0 + b1 * a.o_bs1;
-  const T* o = static_cast<const T*>(a.out) + off;
-  g += off;
-  int mine = 0;
-  for (int i = warp; i < BM; i += kThreads / 32) {
-    const int64_t r = i0 + i;
-    if (r >= a.tq) break;
-    T s = 0;
-    bool nonzero = false;
-    for (int64_t c = lane; c < a.dv; c += 32) {
-      const T gc = g[r * a.o_rs + c];
-      if (gc != T(0)) {
-        nonzero = true;
-        s = fma(gc, o[r * a.o_rs + c], s);
-      }
-    }
-#pragma unroll
-    for (int w = 16; w > 0; w >>= 1) s += __shfl_xor_sync(0xffffffffu, s, w);
-    const int l = __any_sync(0xffffffffu, nonzero) ? row_length(a, b, r) : 0;
-    if (lane == 0) {
-      dr[b * a.tq + r] = s;
-      row_len[b * a.tq + r] = l;
-    }
-    mine = l > mine ? l : mine;
-  }
-  if (lane == 0 && mine > 0) atomicMax(&kmax_s, mine);
-  __syncthreads();
-  if (threadIdx.x == 0) tile_kmax[b * gridDim.y + blockIdx.y] = kmax_s;
-  if (kmax_s == 0 && dq) {
-    T* out = dq + b0 * dq_bs0 + b1 * dq_bs1;
-    for (int64_t i = threadIdx.x; i < int64_t(BM) * a.d; i += kThreads) {
-      const int64_t r = i0 + i / a.d;
-      if (r < a.tq) out[r * dq_rs + i % a.d] = T(0);
-    }
-  }
-}
-
 // Loads a query tile's per-row values into shared memory: lse (log2 units), Dr, length.
 template <class T, int BM>
 __device__ __forceinline__ void load_rows(const AttentionArgs& a, int64_t b, int64_t i0, const T* dr,
@@ -380,7 +320,7 @@ void launch(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s)
   int* counters = tile_kmax + 1 + problems * qtiles;  // the ticket, then one count per (problem, query tile)
   int* row_len = counters + 1 + problems * qtiles;
   cudaMemsetAsync(counters, 0, count_bytes, s);
-  rows_kernel<T, BM><<<dim3(unsigned(problems), unsigned(qtiles)), kThreads, 0, s>>>(
+  rows_kernel<T, T, BM><<<dim3(unsigned(problems), unsigned(qtiles)), kThreads, 0, s>>>(
       a, static_cast<const T*>(ga.g), dr, row_len, tile_kmax, static_cast<T*>(ga.dq), ga.dq_bs0, ga.dq_bs1,
       ga.dq_rs);
   check_launch("dot_attention backward (rows)");

@@ -154,11 +154,6 @@ __device__ __forceinline__ void as_operand(uint32_t (&pf)[NT / 2][4], const floa
   }
 }
 
-__device__ __forceinline__ int row_length(const AttentionArgs& a, int64_t b, int64_t r) {
-  if (r >= a.tq) return 0;
-  const int64_t l = a.key_lengths ? a.key_lengths[b * a.tq + r] : a.tk;
-  return int(l < 0 ? 0 : (l > a.tk ? a.tk : l));
-}
 
 // The forward: 4 warps of WM tiles of 16 queries each (BM = 64 WM queries per block), key
 // tiles of BN.
@@ -302,47 +297,6 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
         if (col < dv) store2<T>(row + col, o[m][n][2 * h] * inv, o[m][n][2 * h + 1] * inv);
       }
     }
-}
-
-// Dr, effective row lengths and each query tile's longest one (see the top of the file). A
-// block of 128 threads per (problem, query tile), a warp per row.
-template <class T>
-__global__ void __launch_bounds__(kThreads)
-    rows_kernel(AttentionArgs a, const T* g, float* dr, int* row_len, int* tile_kmax) {
-  __shared__ int kmax_s;
-  const int64_t b = blockIdx.x, b0 = b / a.batch1, b1 = b % a.batch1;
-  const int64_t i0 = int64_t(blockIdx.y) * kTile;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (threadIdx.x == 0) kmax_s = 0;
-  __syncthreads();
-  const int64_t off = b0 * a.o_bs0 + b1 * a.o_bs1;
-  const T* o = static_cast<const T*>(a.out) + off;
-  g += off;
-  int mine = 0;
-  for (int i = warp; i < kTile; i += kThreads / 32) {
-    const int64_t r = i0 + i;
-    if (r >= a.tq) break;
-    float s = 0.f;
-    bool nonzero = false;
-    for (int64_t c = lane; c < a.dv; c += 32) {
-      const float gc = float(g[r * a.o_rs + c]);
-      if (gc != 0.f) {
-        nonzero = true;
-        s = fmaf(gc, float(o[r * a.o_rs + c]), s);
-      }
-    }
-#pragma unroll
-    for (int w = 16; w > 0; w >>= 1) s += __shfl_xor_sync(0xffffffffu, s, w);
-    const int l = __any_sync(0xffffffffu, nonzero) ? row_length(a, b, r) : 0;
-    if (lane == 0) {
-      dr[b * a.tq + r] = s;
-      row_len[b * a.tq + r] = l;
-    }
-    mine = l > mine ? l : mine;
-  }
-  if (lane == 0 && mine > 0) atomicMax(&kmax_s, mine);
-  __syncthreads();
-  if (threadIdx.x == 0) tile_kmax[b * gridDim.y + blockIdx.y] = kmax_s;
 }
 
 // dK and dV of BK = 64 WM keys of one problem (WM tiles of 16 per warp), walking the query
@@ -646,8 +600,8 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
   float* dr = reinterpret_cast<float*>(scratch);
   int* row_len = reinterpret_cast<int*>(scratch + rows * 4);
   int* tile_kmax = row_len + rows;
-  rows_kernel<T><<<dim3(unsigned(problems), unsigned(rtiles)), kThreads, 0, s>>>(a, static_cast<const T*>(ga.g), dr,
-                                                                                 row_len, tile_kmax);
+  rows_kernel<T, float, kTile><<<dim3(unsigned(problems), unsigned(rtiles)), kThreads, 0, s>>>(
+      a, static_cast<const T*>(ga.g), dr, row_len, tile_kmax, static_cast<T*>(nullptr), 0, 0, 0);
   check_launch("dot_attention backward (rows)");
   if (ga.dk || ga.dv) {
     constexpr size_t smem = sizeof(T) * size_t((2 * 64 * WK + 4 * BQ) * (D + 8));

@@ -5,7 +5,12 @@
 
 #include <cstdint>
 
+#include "float_types.cuh"
+#include "launch.h"
+
 namespace dimx::gpu::attention_tiles {
+
+using gpu::AttentionArgs;
 
 constexpr int kThreads = 128;
 
@@ -49,6 +54,65 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t row_stride, 
     for (int c = threadIdx.x; c < rows * D; c += kThreads) {
       const int r = c / D, col = c % D;
       s[r * LD + col] = r < nrows && col < ncols ? g[r * row_stride + col] : T(0);
+    }
+  }
+}
+
+__device__ __forceinline__ int row_length(const AttentionArgs& a, int64_t b, int64_t r) {
+  if (r >= a.tq) return 0;
+  const int64_t l = a.key_lengths ? a.key_lengths[b * a.tq + r] : a.tk;
+  return int(l < 0 ? 0 : (l > a.tk ? a.tk : l));
+}
+
+// The first kernel of each backward. Per row: Dr[b, r] = sum_c g[b, r, c] out[b, r, c] (in C)
+// and the row's length, 0 where its output gradient is all zero (a padded query frame: its
+// weights and q, which may hold anything, stay out of every sum; the share it would add is
+// exactly 0). Per query tile: tile_kmax[b, tile] = the longest length of its BM rows, and,
+// where dq is given, dQ rows of 0 where that is 0 (no key tile visits it). One block of 128
+// threads per (problem, query tile), a warp per row. S: the stored type, C: the computing one.
+template <class S, class C, int BM>
+__global__ void __launch_bounds__(kThreads)
+    rows_kernel(AttentionArgs a, const S* g, C* dr, int* row_len, int* tile_kmax, S* dq, int64_t dq_bs0,
+                int64_t dq_bs1, int64_t dq_rs) {
+  __shared__ int kmax_s;
+  const int64_t b = blockIdx.x, b0 = b / a.batch1, b1 = b % a.batch1;
+  const int64_t i0 = int64_t(blockIdx.y) * BM;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (threadIdx.x == 0) kmax_s = 0;
+  __syncthreads();
+  const int64_t off = b0 * a.o_bs0 + b1 * a.o_bs1;
+  const S* o = static_cast<const S*>(a.out) + off;
+  g += off;
+  int mine = 0;
+  for (int i = warp; i < BM; i += kThreads / 32) {
+    const int64_t r = i0 + i;
+    if (r >= a.tq) break;
+    C s = 0;
+    bool nonzero = false;
+    for (int64_t c = lane; c < a.dv; c += 32) {
+      const C gc = C(widen(g[r * a.o_rs + c]));
+      if (gc != C(0)) {
+        nonzero = true;
+        s = fma(gc, C(widen(o[r * a.o_rs + c])), s);
+      }
+    }
+#pragma unroll
+    for (int w = 16; w > 0; w >>= 1) s += __shfl_xor_sync(0xffffffffu, s, w);
+    const int l = __any_sync(0xffffffffu, nonzero) ? row_length(a, b, r) : 0;
+    if (lane == 0) {
+      dr[b * a.tq + r] = s;
+      row_len[b * a.tq + r] = l;
+    }
+    mine = l > mine ? l : mine;
+  }
+  if (lane == 0 && mine > 0) atomicMax(&kmax_s, mine);
+  __syncthreads();
+  if (threadIdx.x == 0) tile_kmax[b * gridDim.y + blockIdx.y] = kmax_s;
+  if (kmax_s == 0 && dq) {
+    S* out = dq + b0 * dq_bs0 + b1 * dq_bs1;
+    for (int64_t i = threadIdx.x; i < int64_t(BM) * a.d; i += kThreads) {
+      const int64_t r = i0 + i / a.d;
+      if (r < a.tq) out[r * dq_rs + i % a.d] = narrow<S>(ComputeOf<S>(0));
     }
   }
 }
