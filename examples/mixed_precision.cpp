@@ -1,7 +1,7 @@
 // mixed_precision: autocast (which ops run in bf16/f16 and which in f32), dynamic loss scaling
 // with GradScaler, clipping after unscale, and saving the scaler with a checkpoint. A small
 // classifier is trained in f32 and under autocast, and the two runs are compared.
-// docs/tutorials/13-mixed-precision.md walks through it. Exits non-zero if a check fails.
+// docs/tutorials/10-mixed-precision.md walks through it. Exits non-zero if a check fails.
 #include <dimx/autocast.h>
 #include <dimx/autograd.h>
 #include <dimx/nn.h>
