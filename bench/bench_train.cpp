@@ -1,22 +1,28 @@
-// One training step (forward, backward, AdamW) of a small decoder-only language model, dimx
-// against libtorch's C++ API (Debian's libtorch-dev) in the same process, on the CPU:
+// One training step (forward, backward, AdamW) of a decoder-only language model, dimx against
+// a peer computing the same model from the same weights on the same padded batch:
 //   byte embedding (V = 256), 4 blocks of [LayerNorm, causal self-attention, residual,
 //   LayerNorm, Linear(E, 4E) - GELU - Linear(4E, E), residual], LayerNorm, Linear(E, V),
 //   cross-entropy over the valid frames of a padded batch.
-// Both sides start from the same weights and see the same batch; the losses of the first
-// three steps are printed side by side (they must agree to 1e-4 relative), then steps are
-// timed: dimx with its default threads, libtorch with 1 and with 2 threads (its best counts).
+// CPU (B=4 T=128 E=256 H=4): the peer is the same math in libtorch's C++ API (Debian's
+// libtorch-dev) in this process, timed with 1 and with 2 threads. CUDA (B=16 T=1024 E=768
+// H=12): the peer is PyTorch eager in Python (bench_train_peer.py, reading the weights and the
+// batch this program writes), fp32 with TF32 off and under bf16 autocast. The losses of the
+// first three fp32 steps must agree to 1e-4 relative on both devices.
 //
-//   bench_train [--json] [--steps N] [--profile]   (--profile: one dimx step's profile to stderr)
+//   bench_train [--json] [--device cpu|cuda] [--steps N] [--profile] [--peer script.py]
+//   (--profile: one dimx step's profile to stderr)
 #include <dimx/dimx.h>
 #include <dimx/nn.h>
 #include <dimx/optim.h>
 #include <dimx/profile.h>
 
+#ifdef DIMX_BENCH_LIBTORCH
 #include <torch/torch.h>
+#endif
 
 #include <algorithm>
 #include <limits>
+#include <map>
 #include <numeric>
 #include <chrono>
 #include <cmath>
@@ -25,12 +31,17 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
+#include "peer.h"
 #include "timer.h"
 
 namespace {
 
-constexpr int64_t B = 4, T = 128, E = 256, H = 4, V = 256, L = 4;
-const std::vector<int32_t> kLengths = {128, 101, 77, 64};
+// The shapes: the CPU's by default, the GPU's with --device cuda.
+int64_t B = 4, T = 128, E = 256, H = 4;
+constexpr int64_t V = 256, L = 4;
+std::vector<int32_t> kLengths = {128, 101, 77, 64};
 
 // ---- dimx
 struct DimxBlock {
@@ -86,6 +97,7 @@ struct DimxModel {
   }
 };
 
+#ifdef DIMX_BENCH_LIBTORCH
 // ---- libtorch: the same math written with torch ops (qkv rows per head: q | k | v).
 struct TorchBlock {
   torch::Tensor ln1_w, ln1_b, ln2_w, ln2_b, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b;
@@ -133,9 +145,54 @@ torch::Tensor to_torch(const dimx::Tensor& t, const dimx::Dims& order, std::vect
   return torch::from_blob(v.data(), shape, torch::kFloat).clone().set_requires_grad(true);
 }
 
+#endif
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
+}
+
+// The weights in the peer's names and layouts (qkv rows per head: q | k | v, as dimx's).
+std::vector<std::pair<std::string, dimx::Tensor>> peer_weights(DimxModel& dm) {
+  std::vector<std::pair<std::string, dimx::Tensor>> w;
+  auto add = [&](const std::string& name, const dimx::Tensor& t, const dimx::Dims& order) {
+    w.emplace_back(name, t.to(dimx::Device::cpu()).transpose_to(order).contiguous());
+  };
+  add("emb", dm.emb.weight, {dm.vocab, dm.model});
+  for (size_t l = 0; l < dm.blocks.size(); ++l) {
+    const DimxBlock& b = dm.blocks[l];
+    const std::string p = "blocks." + std::to_string(l) + ".";
+    add(p + "ln1_w", *b.ln1.weight, {dm.model});
+    add(p + "ln1_b", *b.ln1.bias, {dm.model});
+    add(p + "qkv_w", b.att.qkv.weight, {b.att.qkv.out_dim, b.att.qkv.in_dim});
+    add(p + "qkv_b", *b.att.qkv.bias, {b.att.qkv.out_dim});
+    add(p + "proj_w", b.att.proj->weight, {b.att.proj->out_dim, b.att.proj->in_dim});
+    add(p + "proj_b", *b.att.proj->bias, {b.att.proj->out_dim});
+    add(p + "ln2_w", *b.ln2.weight, {dm.model});
+    add(p + "ln2_b", *b.ln2.bias, {dm.model});
+    add(p + "fc1_w", b.fc1.weight, {dm.ff, dm.model});
+    add(p + "fc1_b", *b.fc1.bias, {dm.ff});
+    add(p + "fc2_w", b.fc2.weight, {dm.model, dm.ff});
+    add(p + "fc2_b", *b.fc2.bias, {dm.model});
+  }
+  add("lnf_w", *dm.lnf.weight, {dm.model});
+  add("lnf_b", *dm.lnf.bias, {dm.model});
+  add("head_w", dm.head.weight, {dm.vocab, dm.model});
+  add("head_b", *dm.head.bias, {dm.vocab});
+  return w;
+}
+
+void move_to(DimxModel& dm, dimx::Device dev) {
+  dimx::nn::to(dm.emb, dev);
+  for (DimxBlock& b : dm.blocks) {
+    dimx::nn::to(b.ln1, dev);
+    dimx::nn::to(b.att, dev);
+    dimx::nn::to(b.ln2, dev);
+    dimx::nn::to(b.fc1, dev);
+    dimx::nn::to(b.fc2, dev);
+  }
+  dimx::nn::to(dm.lnf, dev);
+  dimx::nn::to(dm.head, dev);
 }
 
 }  // namespace
@@ -143,16 +200,26 @@ double median(std::vector<double> v) {
 int main(int argc, char** argv) {
   bool json = false, profile = false;
   int steps = 10;
+  std::string device = "cpu", peer_script = std::string(argv[0]) + "_peer.py";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--json") json = true;
     else if (a == "--steps" && i + 1 < argc) steps = std::max(1, std::atoi(argv[++i]));
     else if (a == "--profile") profile = true;
+    else if (a == "--device" && i + 1 < argc) device = argv[++i];
+    else if (a == "--peer" && i + 1 < argc) peer_script = argv[++i];
     else {
-      std::fprintf(stderr, "usage: bench_train [--json] [--steps N] [--profile]\n");
+      std::fprintf(stderr, "usage: bench_train [--json] [--device cpu|cuda] [--steps N] [--profile] [--peer script.py]\n");
       return 2;
     }
   }
+  const bool gpu = device == "cuda";
+  if (gpu) {
+    B = 16, T = 1024, E = 768, H = 12;
+    kLengths.clear();
+    for (int64_t b = 0; b < B; ++b) kLengths.push_back(int32_t(T - 32 * b));
+  }
+  const dimx::Device dev = gpu ? dimx::Device::cuda(0) : dimx::Device::cpu();
   dimx::bench::print_runtime(json);
   dimx::Generator gen(0);
   DimxModel dm(gen);
@@ -165,9 +232,85 @@ int main(int argc, char** argv) {
     ids[i] = int64_t((s >> 33) % V);
     tgt[i] = int64_t((s >> 13) % V);
   }
-  const dimx::Tensor input = dimx::Tensor::from_vector<int64_t>({dm.batch, dm.time}, ids).with_sparse_dim(dm.vocab);
-  const dimx::Tensor target = dimx::Tensor::from_vector<int64_t>({dm.batch, dm.time}, tgt).with_sparse_dim(dm.vocab);
+  const dimx::Tensor input =
+      dimx::Tensor::from_vector<int64_t>({dm.batch, dm.time}, ids).with_sparse_dim(dm.vocab).to(dev);
+  const dimx::Tensor target =
+      dimx::Tensor::from_vector<int64_t>({dm.batch, dm.time}, tgt).with_sparse_dim(dm.vocab).to(dev);
+  const double tokens = double(std::accumulate(kLengths.begin(), kLengths.end(), 0));
 
+  // The peer's inputs are written before any step changes the weights.
+  std::string weights_file;
+  if (gpu) {
+    auto w = peer_weights(dm);
+    w.emplace_back("input", dimx::Tensor::from_vector<int64_t>({dm.batch, dm.time}, ids));
+    w.emplace_back("target", dimx::Tensor::from_vector<int64_t>({dm.batch, dm.time}, tgt));
+    std::vector<int64_t> lens(kLengths.begin(), kLengths.end());
+    w.emplace_back("lengths", dimx::Tensor::from_vector<int64_t>({dm.batch}, lens));
+    w.emplace_back("heads", dimx::Tensor::scalar(double(H), dimx::DType::i64));
+    weights_file = "/tmp/dimx_bench_train_" + std::to_string(::getpid()) + ".safetensors";
+    dimx::save_safetensors(weights_file, w);
+    move_to(dm, dev);
+  }
+
+  dimx::optim::AdamW dopt(dm.params(), {});
+  auto dimx_loss = [&](bool amp) {
+    dimx::AutocastGuard guard(dimx::DType::bf16, amp);
+    return dm.loss(input, target);
+  };
+  auto dimx_step = [&](bool amp) {
+    dopt.zero_grad();
+    dimx::Tensor l = dimx_loss(amp);
+    dimx::backward(l);
+    dopt.step();
+    return l;
+  };
+
+  if (gpu) {
+    std::vector<double> dl;
+    for (int k = 0; k < 3; ++k) dl.push_back(dimx_step(false).item<double>());
+    const std::map<std::string, double> peer =
+        dimx::bench::run_peer(peer_script, "cuda " + weights_file + " " + std::to_string(steps));
+    std::remove(weights_file.c_str());
+    double worst = 0;
+    for (int k = 0; k < 3; ++k) {
+      auto it = peer.find("loss " + std::to_string(k + 1));
+      const double p = it == peer.end() ? std::nan("") : it->second;
+      worst = std::max(worst, std::abs(dl[size_t(k)] - p) / std::abs(p));
+      if (!json) std::printf("step %d loss: dimx %.9f  torch %.9f\n", k + 1, dl[size_t(k)], p);
+    }
+    const bool same = worst < 1e-4;
+    int rc = same ? 0 : 1;
+    if (!json) std::printf("losses agree: %s (max relative difference %.2e over 3 steps)\n", same ? "yes" : "NO", worst);
+    for (bool amp : {false, true}) {
+      const double ms = dimx::bench::median_ms(steps, dev, [&] { dimx_step(amp); });
+      if (profile) {
+        dimx::Profiler prof;
+        dimx_step(amp);
+        dimx::bench::sync(dev);
+        std::fprintf(stderr, "---- %s step\n%s", amp ? "bf16 autocast" : "fp32", prof.report(40).c_str());
+      }
+      const std::string name = amp ? "bf16 autocast" : "fp32";
+      auto it = peer.find("step " + name);
+      const double p = it == peer.end() ? -1 : it->second;
+      if (json)
+        std::printf("{\"bench\": \"train\", \"device\": \"cuda\", \"precision\": \"%s\", \"B\": %lld, \"T\": %lld, "
+                    "\"E\": %lld, \"H\": %lld, \"dimx_ms\": %.3f, \"torch_eager_ms\": %.3f, \"ratio\": %.3f, "
+                    "\"dimx_tokens_per_s\": %.1f, \"torch_tokens_per_s\": %.1f, \"loss_max_rel_diff\": %.3g}\n",
+                    name.c_str(), (long long)B, (long long)T, (long long)E, (long long)H, ms, p, p > 0 ? ms / p : 0.0,
+                    tokens / ms * 1e3, p > 0 ? tokens / p * 1e3 : 0.0, worst);
+      else
+        std::printf("training step %s (B%lld T%lld E%lld H%lld, %d blocks): dimx %.2f ms, torch eager %.2f ms, "
+                    "ratio %.2f; dimx %.0f tokens/s, torch %.0f tokens/s\n",
+                    name.c_str(), (long long)B, (long long)T, (long long)E, (long long)H, int(L), ms, p,
+                    p > 0 ? ms / p : 0.0, tokens / ms * 1e3, p > 0 ? tokens / p * 1e3 : 0.0);
+      if (p < 0) rc = 1;
+    }
+    for (const auto& [name, ms] : peer)
+      if (name.rfind("info ", 0) == 0 && !json) std::printf("%s: %.2f\n", name.c_str(), ms);
+    return rc;
+  }
+
+#ifdef DIMX_BENCH_LIBTORCH
   // The torch model from dimx's initial weights.
   TorchModel tm;
   tm.emb = to_torch(dm.emb.weight, {dm.vocab, dm.model}, {V, E});
@@ -198,15 +341,8 @@ int main(int argc, char** argv) {
   const torch::Tensor causal = pos.unsqueeze(1) >= pos.unsqueeze(0);                            // [T, T]
   const torch::Tensor att_mask = (causal.unsqueeze(0) & valid.unsqueeze(1)).unsqueeze(1);       // [B, 1, T, T]
 
-  dimx::optim::AdamW dopt(dm.params(), {});
   torch::optim::AdamW topt(tm.params(), torch::optim::AdamWOptions(1e-3).weight_decay(1e-2));
-  auto dimx_step = [&] {
-    dopt.zero_grad();
-    dimx::Tensor l = dm.loss(input, target);
-    dimx::backward(l);
-    dopt.step();
-    return l.item<double>();
-  };
+  auto cpu_step = [&] { return dimx_step(false).item<double>(); };
   auto torch_step = [&] {
     topt.zero_grad();
     torch::Tensor l = tm.loss(t_input, t_target, valid, att_mask);
@@ -216,7 +352,7 @@ int main(int argc, char** argv) {
   };
   double worst = 0;
   for (int k = 0; k < 3; ++k) {
-    const double a = dimx_step(), b = torch_step();
+    const double a = cpu_step(), b = torch_step();
     worst = std::max(worst, std::abs(a - b) / std::abs(b));
     if (!json) std::printf("step %d loss: dimx %.9f  libtorch %.9f\n", k + 1, a, b);
   }
@@ -231,10 +367,10 @@ int main(int argc, char** argv) {
     }
     return median(t);
   };
-  const double dimx_ms = time_steps(dimx_step);
+  const double dimx_ms = time_steps(cpu_step);
   if (profile) {
     dimx::Profiler prof;
-    dimx_step();
+    cpu_step();
     std::fprintf(stderr, "%s", prof.report(40).c_str());
   }
   torch::set_num_threads(1);
@@ -242,7 +378,6 @@ int main(int argc, char** argv) {
   torch::set_num_threads(2);
   const double torch2 = time_steps(torch_step);
   const double best = std::min(torch1, torch2);
-  const double tokens = double(std::accumulate(kLengths.begin(), kLengths.end(), 0));
   if (json) {
     std::printf("{\"bench\": \"train\", \"device\": \"cpu\", \"B\": %lld, \"T\": %lld, \"E\": %lld, \"H\": %lld, "
                 "\"dimx_ms\": %.3f, \"libtorch_ms_1thread\": %.3f, \"libtorch_ms_2threads\": %.3f, \"ratio\": %.3f, "
@@ -257,4 +392,10 @@ int main(int argc, char** argv) {
                 tokens / dimx_ms * 1e3, tokens / best * 1e3);
   }
   return same ? 0 : 1;
+#else
+  std::printf("bench_train on the CPU compares against libtorch's C++ API, which this build lacks "
+              "(apt-get install libtorch-dev); dimx alone: %.2f ms a step\n",
+              dimx::bench::median_ms(steps, dev, [&] { dimx_step(false); }));
+  return 0;
+#endif
 }

@@ -1,5 +1,6 @@
 #include "kv_history.h"
 
+#include <dimx/autocast.h>
 #include <dimx/elementwise.h>
 #include <dimx/shape.h>
 
@@ -18,10 +19,17 @@ CausalSelfAttentionState empty_kv(const Dims& batch_dims, const Dim& heads, cons
   return {Tensor::zeros(kd, dtype, device), Tensor::zeros(vd, dtype, device), accum};
 }
 
-KvHistory append_kv(const char* op, const CausalSelfAttentionState& st, const Tensor& k, const Tensor& v,
+KvHistory append_kv(const char* op, const CausalSelfAttentionState& st0, const Tensor& k, const Tensor& v,
                     const Dim& axis, bool causal) {
-  check_defined(op, st.k_accum);
-  check_defined(op, st.v_accum);
+  check_defined(op, st0.k_accum);
+  check_defined(op, st0.v_accum);
+  // Under autocast the new keys come in the low dtype: a floating history (the f32 initial
+  // state, or frames of an earlier step) joins them in theirs.
+  CausalSelfAttentionState st = st0;
+  if (autocast_enabled() && is_float_like(st.k_accum.dtype()) && is_float_like(k.dtype())) {
+    st.k_accum = st.k_accum.astype(k.dtype());
+    st.v_accum = st.v_accum.astype(v.dtype());
+  }
   check_has_dim(op, st.k_accum, st.accum_axis, "state.k_accum");
   check_has_dim(op, st.v_accum, st.accum_axis, "state.v_accum");
   const bool step = axis == single_step_dim();
