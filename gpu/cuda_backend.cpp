@@ -120,6 +120,10 @@ class CudaBackend final : public backend::Backend {
   void unary(UnaryOp op, DType dt, const Shape& shape, const In& x, const Out& y) override {
     launch_unary(op, dt, make_meta<2>(shape, {x.strides, y.strides}), x.data, y.data, stream());
   }
+  void unary_backward(UnaryOp op, DType dt, const Shape& shape, const In& x, const In& g, const Out& y) override {
+    launch_unary_backward(op, dt, make_meta<3>(shape, {x.strides, g.strides, y.strides}), x.data, g.data, y.data,
+                          stream());
+  }
   void binary(BinaryOp op, DType dt, const Shape& shape, const In& a, const In& b, const Out& y) override {
     launch_binary(op, dt, make_meta<3>(shape, {a.strides, b.strides, y.strides}), a.data, b.data, y.data, stream());
   }

@@ -316,6 +316,36 @@ bool dispatch_half(DType dt, F&& f) {
   return true;
 }
 
+// g * op'(x) in C (f32 for bf16/f16, else the type itself), for the ops of
+// backend::has_fused_derivative.
+template <class C>
+__device__ __forceinline__ C derivative_times(UnaryOp op, C x, C g) {
+  switch (op) {
+    case UnaryOp::gelu: {
+      const C cdf = C(0.5) * (C(1) + ::erf(x * C(0.70710678118654752440)));
+      return g * (cdf + x * ::exp(x * x * C(-0.5)) * C(0.39894228040143267794));
+    }
+    case UnaryOp::silu: {
+      const C sg = C(1) / (C(1) + ::exp(-x));
+      return g * sg * (C(1) + x * (C(1) - sg));
+    }
+    case UnaryOp::softplus: return g / (C(1) + ::exp(-x));
+    case UnaryOp::erf: return g * ::exp(-(x * x)) * C(1.12837916709551257390);
+    default: return C(0);
+  }
+}
+
+// S: the stored type (float, double, __nv_bfloat16, __half).
+template <class S>
+__global__ void unary_backward_kernel(UnaryOp op, Meta<3> m, const S* x, const S* g, S* y) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < m.n; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t o[3];
+    offsets(m, i, o);
+    if constexpr (std::is_floating_point_v<S>) y[o[2]] = derivative_times<S>(op, x[o[0]], g[o[1]]);
+    else y[o[2]] = cast<S>(derivative_times<float>(op, widen(x[o[0]]), widen(g[o[1]])));
+  }
+}
+
 template <class T>
 __global__ void where_kernel(Meta<4> m, const bool* c, const T* a, const T* b, T* y) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < m.n; i += int64_t(gridDim.x) * blockDim.x) {
@@ -418,6 +448,18 @@ void launch_binary(BinaryOp op, DType dt, const Meta<3>& m, const void* a, const
       binary_kernel<T, T><<<blocks_for(m.n), 256, 0, s>>>(op, m, static_cast<const T*>(a), static_cast<const T*>(b),
                                                           static_cast<T*>(y));
   });
+  check_launch(op_name(op));
+}
+
+void launch_unary_backward(UnaryOp op, DType dt, const Meta<3>& m, const void* x, const void* g, void* y, cudaStream_t s) {
+  auto go = [&](auto tag) {
+    using S = decltype(tag);
+    unary_backward_kernel<S><<<blocks_for(m.n), 256, 0, s>>>(op, m, static_cast<const S*>(x), static_cast<const S*>(g),
+                                                             static_cast<S*>(y));
+  };
+  if (dt == DType::f32) go(float{});
+  else if (dt == DType::f64) go(double{});
+  else if (!dispatch_half(dt, go)) throw Error(std::string(op_name(op)) + ": the gradient needs a floating dtype");
   check_launch(op_name(op));
 }
 

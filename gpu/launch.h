@@ -52,6 +52,8 @@ void launch_fill(DType dt, int64_t n, void* y, double value, cudaStream_t s);
 void launch_iota(DType dt, int64_t n, void* y, cudaStream_t s);
 void launch_unary(UnaryOp op, DType dt, const Meta<2>& m, const void* x, void* y, cudaStream_t s);
 void launch_binary(BinaryOp op, DType dt, const Meta<3>& m, const void* a, const void* b, void* y, cudaStream_t s);
+// y = g * op'(x) for the ops of backend::has_fused_derivative (floating dtypes).
+void launch_unary_backward(UnaryOp op, DType dt, const Meta<3>& m, const void* x, const void* g, void* y, cudaStream_t s);
 void launch_where(DType dt, const Meta<4>& m, const void* c, const void* a, const void* b, void* y, cudaStream_t s);
 void launch_reduce(ReduceOp op, DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* len,
                    void* y, cudaStream_t s);

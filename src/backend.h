@@ -12,6 +12,11 @@
 
 namespace dimx::backend {
 
+// Whether Backend::unary_backward computes op's gradient.
+inline bool has_fused_derivative(UnaryOp op) {
+  return op == UnaryOp::gelu || op == UnaryOp::silu || op == UnaryOp::softplus || op == UnaryOp::erf;
+}
+
 struct In {
   const void* data;
   Strides strides;
@@ -195,6 +200,9 @@ class Backend {
   virtual void unary(UnaryOp op, DType dt, const Shape& shape, const In& x, const Out& y) = 0;
   // Inputs share dtype `dt`; the output is bool for comparisons and logical ops.
   virtual void binary(BinaryOp op, DType dt, const Shape& shape, const In& a, const In& b, const Out& y) = 0;
+  // y = g * op'(x) for the unary ops whose derivative is a function of x alone (gelu, silu,
+  // softplus, erf; see has_fused_derivative), floating dtypes, the math in f32 for bf16/f16.
+  virtual void unary_backward(UnaryOp op, DType dt, const Shape& shape, const In& x, const In& g, const Out& y) = 0;
   virtual void where(DType dt, const Shape& shape, const In& cond, const In& a, const In& b, const Out& y) = 0;
 
   // x is contiguous [A, N, B], y contiguous [A, B]. lengths (nullable) is contiguous i64

@@ -242,6 +242,14 @@ Tensor apply(UnaryOp op, const Tensor& x) {
   if (!is_float_like(y.dtype()) || !needs_grad({&x})) return y;
   // As combine(): half kernels forward, the backward in f32 rounded once.
   return record(name, y, {x}, [op, x, y](const Tensor& g) {
+    // One fused pass where the derivative is a function of x alone (half dtypes included).
+    if (backend::has_fused_derivative(op) && g.dtype() == x.dtype() && g.device() == x.device()) {
+      Tensor gx = empty(x.dims(), x.dtype(), x.device(), op_name(op));
+      backend::backend_for(x.device())
+          .unary_backward(op, x.dtype(), extents(x.dims()), {x.impl().data(), x.strides()},
+                          {g.impl().data(), aligned_strides(g.impl(), x.dims())}, {gx.impl().data(), gx.strides()});
+      return std::vector<Tensor>{x.feature_dim() ? gx.with_feature_dim(x.feature_dim()) : gx};
+    }
     if (!is_half(y.dtype())) return std::vector<Tensor>{unary_backward(op, x, y, g)};
     return std::vector<Tensor>{round_to(unary_backward(op, widen_half(x), widen_half(y), widen_half(g)), y.dtype())};
   });

@@ -18,6 +18,7 @@ class CpuBackend final : public backend::Backend {
   void iota(DType dt, int64_t n, void* dst) override;
   void unary(UnaryOp op, DType dt, const Shape& shape, const In& x, const Out& y) override;
   void binary(BinaryOp op, DType dt, const Shape& shape, const In& a, const In& b, const Out& y) override;
+  void unary_backward(UnaryOp op, DType dt, const Shape& shape, const In& x, const In& g, const Out& y) override;
   void where(DType dt, const Shape& shape, const In& cond, const In& a, const In& b, const Out& y) override;
   void reduce(ReduceOp op, DType dt, int64_t A, int64_t N, int64_t B, const void* x, const int64_t* lengths,
               void* y) override;

@@ -208,6 +208,34 @@ void float_unary(UnaryOp op, const Shape& sh, const backend::In& x, const backen
   }
 }
 
+// y = g * op'(x) (Backend::unary_backward), S the stored type, the math in ComputeOf<S>.
+template <class S>
+void float_unary_backward(UnaryOp op, const Shape& sh, const backend::In& x, const backend::In& g,
+                          const backend::Out& y) {
+  using T = ComputeOf<S>;
+  using V = Vec<T>;
+  std::array<const void*, 2> in{x.data, g.data};
+  std::array<Strides, 2> is{x.strides, g.strides};
+  auto go = [&](auto f) { float_map<S, 2>(sh, in, is, y.data, y.strides, f); };
+  const V one(T(1)), half(T(0.5));
+  switch (op) {
+    case UnaryOp::gelu:  // Phi(x) + x phi(x)
+      return go([&](V v, V d) {
+        const V cdf = half * (one + xsimd::erf(v * V(T(0.70710678118654752440))));
+        const V pdf = xsimd::exp(v * v * V(T(-0.5))) * V(T(0.39894228040143267794));
+        return d * (cdf + v * pdf);
+      });
+    case UnaryOp::silu:
+      return go([&](V v, V d) {
+        const V sg = one / (one + xsimd::exp(-v));
+        return d * sg * (one + v * (one - sg));
+      });
+    case UnaryOp::softplus: return go([&](V v, V d) { return d / (one + xsimd::exp(-v)); });
+    case UnaryOp::erf: return go([&](V v, V d) { return d * xsimd::exp(-(v * v)) * V(T(1.12837916709551257390)); });
+    default: throw Error(std::string(op_name(op)) + ": no fused derivative");
+  }
+}
+
 template <class T>
 void int_unary(UnaryOp op, const Shape& sh, const backend::In& x, const backend::Out& y) {
   std::array<const void*, 1> in{x.data};
@@ -308,6 +336,16 @@ void CpuBackend::unary(UnaryOp op, DType dt, const Shape& shape, const In& x, co
   if (dt == DType::i64) return int_unary<int64_t>(op, shape, x, y);
   if (op != UnaryOp::logical_not) throw Error(std::string(op_name(op)) + ": not supported for bool");
   scalar_map<bool, bool, 1>(shape, {x.data}, {x.strides}, y.data, y.strides, [](bool v) { return !v; });
+}
+
+void CpuBackend::unary_backward(UnaryOp op, DType dt, const Shape& shape, const In& x, const In& g, const Out& y) {
+  switch (dt) {
+    case DType::f32: return float_unary_backward<float>(op, shape, x, g, y);
+    case DType::f64: return float_unary_backward<double>(op, shape, x, g, y);
+    case DType::bf16: return float_unary_backward<Bf16>(op, shape, x, g, y);
+    case DType::f16: return float_unary_backward<F16>(op, shape, x, g, y);
+    default: throw Error(std::string(op_name(op)) + ": the gradient needs a floating dtype");
+  }
 }
 
 void CpuBackend::binary(BinaryOp op, DType dt, const Shape& shape, const In& a, const In& b, const Out& y) {
