@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "common.cuh"
+#include "float_types.cuh"
 #include "reduce_math.h"
 
 namespace dimx::gpu {
@@ -41,16 +42,23 @@ __device__ T block_reduce(ReduceOp op, T v) {
   return r;
 }
 
+// An input value as the accumulating type T (bf16/f16 widened to f32).
+template <class T, class S>
+__device__ __forceinline__ T ld(S v) {
+  if constexpr (std::is_same_v<S, T>) return v;
+  else return T(widen(v));
+}
+
 // A block per output t = a * B + b and chunk z = blockIdx.y of N (n in [z * chunk, (z + 1) *
 // chunk)): its threads stride over the chunk's entries (B apart). The result goes to
 // y[t * gridDim.y + z]: with one chunk the output, with several partial results for a second
 // pass. logsumexp takes one chunk.
-template <class T>
-__global__ void reduce_rows(ReduceOp op, int64_t N, int64_t B, const T* x, const int64_t* len, int64_t chunk, T* y) {
+template <class T, class S = T>
+__global__ void reduce_rows(ReduceOp op, int64_t N, int64_t B, const S* x, const int64_t* len, int64_t chunk, T* y) {
   const int64_t t = blockIdx.x, a = t / B, b = t % B, z = blockIdx.y;
   const int64_t begin = z * chunk, end = min(valid_len(len, t, N), begin + chunk);
-  const T* row = x + a * N * B + b;
-  if constexpr (std::is_floating_point_v<T>) {
+  const S* row = x + a * N * B + b;
+  if constexpr (std::is_floating_point_v<T> && std::is_same_v<S, T>) {
     if (op == ReduceOp::logsumexp) {
       T m = lowest<T>();
       for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) m = combine(ReduceOp::max, m, row[i * B]);
@@ -64,7 +72,7 @@ __global__ void reduce_rows(ReduceOp op, int64_t N, int64_t B, const T* x, const
     }
   }
   T acc = identity<T>(op);
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) acc = combine(op, acc, row[i * B]);
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) acc = combine(op, acc, ld<T>(row[i * B]));
   acc = block_reduce(op, acc);
   if (threadIdx.x == 0) y[t * gridDim.y + z] = acc;
 }
@@ -75,8 +83,8 @@ __global__ void reduce_rows(ReduceOp op, int64_t N, int64_t B, const T* x, const
 // output, with several a block of partial results for a second pass over z.
 constexpr int kTileRows = 8;
 
-template <class T>
-__global__ void reduce_col_tiles(ReduceOp op, int64_t A, int64_t N, int64_t B, const T* x, const int64_t* len,
+template <class T, class S = T>
+__global__ void reduce_col_tiles(ReduceOp op, int64_t A, int64_t N, int64_t B, const S* x, const int64_t* len,
                                  int64_t chunk, T* y) {
   __shared__ unsigned char raw[kTileRows * 33 * sizeof(double)];
   T(*sh)[33] = reinterpret_cast<T(*)[33]>(raw);
@@ -85,8 +93,8 @@ __global__ void reduce_col_tiles(ReduceOp op, int64_t A, int64_t N, int64_t B, c
     T acc = identity<T>(op);
     if (b < B) {
       const int64_t end = min(valid_len(len, a * B + b, N), (z + 1) * chunk);
-      const T* col = x + a * N * B + b;
-      for (int64_t n = z * chunk + threadIdx.y; n < end; n += kTileRows) acc = combine(op, acc, col[n * B]);
+      const S* col = x + a * N * B + b;
+      for (int64_t n = z * chunk + threadIdx.y; n < end; n += kTileRows) acc = combine(op, acc, ld<T>(col[n * B]));
     }
     sh[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
@@ -98,13 +106,13 @@ __global__ void reduce_col_tiles(ReduceOp op, int64_t A, int64_t N, int64_t B, c
   }
 }
 
-template <class T>
-__global__ void reduce_cols(ReduceOp op, int64_t A, int64_t N, int64_t B, const T* x, const int64_t* len, T* y) {
+template <class T, class S = T>
+__global__ void reduce_cols(ReduceOp op, int64_t A, int64_t N, int64_t B, const S* x, const int64_t* len, T* y) {
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < A * B; t += int64_t(gridDim.x) * blockDim.x) {
     const int64_t a = t / B, b = t % B;
     const int64_t L = valid_len(len, t, N);
-    const T* col = x + a * N * B + b;
-    if constexpr (std::is_floating_point_v<T>) {
+    const S* col = x + a * N * B + b;
+    if constexpr (std::is_floating_point_v<T> && std::is_same_v<S, T>) {
       if (op == ReduceOp::logsumexp) {
         T m = lowest<T>();
         for (int64_t n = 0; n < L; ++n) m = combine(ReduceOp::max, m, col[n * B]);
@@ -116,7 +124,7 @@ __global__ void reduce_cols(ReduceOp op, int64_t A, int64_t N, int64_t B, const 
       }
     }
     T acc = identity<T>(op);
-    for (int64_t n = 0; n < L; ++n) acc = combine(op, acc, col[n * B]);
+    for (int64_t n = 0; n < L; ++n) acc = combine(op, acc, ld<T>(col[n * B]));
     y[t] = acc;
   }
 }
@@ -300,9 +308,11 @@ void launch_reduce(ReduceOp op, DType dt, int64_t A, int64_t N, int64_t B, const
   // Blocks enough to fill an H100/H200 a few times over (132 multiprocessors).
   constexpr int64_t kWantBlocks = 1024;
   const int64_t outputs = A * B;
-  dispatch(dt, [&](auto tag) {
-    using T = decltype(tag);
-    const T* xs = static_cast<const T*>(x);
+  // T: the accumulating (and output) type; S: the stored input type (bf16/f16 sums: T = f32).
+  auto go = [&](auto t_tag, auto s_tag) {
+    using T = decltype(t_tag);
+    using S = decltype(s_tag);
+    const S* xs = static_cast<const S*>(x);
     T* ys = static_cast<T*>(y);
     // Partial results [outputs, parts] (rows) or [A, parts, B] (tiles) of a first pass.
     auto scratch = [&](int64_t parts) {
@@ -322,10 +332,10 @@ void launch_reduce(ReduceOp op, DType dt, int64_t A, int64_t N, int64_t B, const
                                 : std::max<int64_t>(1, std::min({kWantBlocks / outputs, N / 2048, int64_t(65535)}));
       const int64_t chunk = (N + parts - 1) / parts;
       if (parts == 1) {
-        reduce_rows<T><<<unsigned(outputs), kThreads, 0, s>>>(op, N, B, xs, len, chunk, ys);
+        reduce_rows<T, S><<<unsigned(outputs), kThreads, 0, s>>>(op, N, B, xs, len, chunk, ys);
       } else {
         T* part = scratch(parts);
-        reduce_rows<T><<<dim3(unsigned(outputs), unsigned(parts)), kThreads, 0, s>>>(op, N, B, xs, len, chunk, part);
+        reduce_rows<T, S><<<dim3(unsigned(outputs), unsigned(parts)), kThreads, 0, s>>>(op, N, B, xs, len, chunk, part);
         reduce_rows<T><<<unsigned(outputs), kThreads, 0, s>>>(op, parts, 1, part, nullptr, parts, ys);
         cudaFreeAsync(part, s);
       }
@@ -336,18 +346,21 @@ void launch_reduce(ReduceOp op, DType dt, int64_t A, int64_t N, int64_t B, const
       const int64_t chunk = (N + parts - 1) / parts;
       const dim3 block(32, kTileRows), grid(unsigned(tiles), unsigned(std::min<int64_t>(A, 65535)), unsigned(parts));
       if (parts == 1) {
-        reduce_col_tiles<T><<<grid, block, 0, s>>>(op, A, N, B, xs, len, chunk, ys);
+        reduce_col_tiles<T, S><<<grid, block, 0, s>>>(op, A, N, B, xs, len, chunk, ys);
       } else {
         T* part = scratch(parts);
-        reduce_col_tiles<T><<<grid, block, 0, s>>>(op, A, N, B, xs, len, chunk, part);
+        reduce_col_tiles<T, S><<<grid, block, 0, s>>>(op, A, N, B, xs, len, chunk, part);
         const dim3 grid2(unsigned(tiles), unsigned(std::min<int64_t>(A, 65535)), 1);
         reduce_col_tiles<T><<<grid2, block, 0, s>>>(op, A, parts, B, part, nullptr, parts, ys);
         cudaFreeAsync(part, s);
       }
     } else {
-      reduce_cols<T><<<blocks_for(outputs), kThreads, 0, s>>>(op, A, N, B, xs, len, ys);
+      reduce_cols<T, S><<<blocks_for(outputs), kThreads, 0, s>>>(op, A, N, B, xs, len, ys);
     }
-  });
+  };
+  if (dt == DType::bf16) go(float{}, __nv_bfloat16{});
+  else if (dt == DType::f16) go(float{}, __half{});
+  else dispatch(dt, [&](auto tag) { go(tag, tag); });
   check_launch("reduce");
 }
 

@@ -206,7 +206,8 @@ class Backend {
   virtual void where(DType dt, const Shape& shape, const In& cond, const In& a, const In& b, const Out& y) = 0;
 
   // x is contiguous [A, N, B], y contiguous [A, B]. lengths (nullable) is contiguous i64
-  // [A, B]: only the first lengths[a, b] entries along N count. op is never mean.
+  // [A, B]: only the first lengths[a, b] entries along N count. op is never mean. y has the
+  // dtype dt, except for bf16/f16 x (op sum only): y is f32, accumulated in f32.
   virtual void reduce(ReduceOp op, DType dt, int64_t A, int64_t N, int64_t B, const void* x,
                       const int64_t* lengths, void* y) = 0;
   virtual void arg_reduce(bool is_max, DType dt, int64_t A, int64_t N, int64_t B, const void* x,

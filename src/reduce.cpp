@@ -34,7 +34,8 @@ Tensor reduce_block(const Tensor& x0, ReduceOp op, const Dims& dims, const std::
   Tensor x = masked ? broadcast_to_include(x0, masked->lengths().dims()) : x0;
   Block b = as_block(x, dims);
   Tensor len = masked ? block_lengths(b, *masked) : Tensor();
-  Tensor y = empty(b.outer(), x.dtype(), x.device(), reduce_name(op));
+  // bf16/f16 sums accumulate and come out in f32 (rounded once by the caller).
+  Tensor y = empty(b.outer(), is_half(x.dtype()) ? DType::f32 : x.dtype(), x.device(), reduce_name(op));
   backend::backend_for(x.device())
       .reduce(op, x.dtype(), b.A, b.N, b.B, b.x.impl().data(),
               masked ? static_cast<const int64_t*>(len.data_ptr()) : nullptr, y.impl().data());
@@ -89,6 +90,8 @@ Tensor mask_across(const Tensor& x, ReduceOp op, const Dims& across) {
     case DType::i32: id = Tensor::from_vector<int32_t>({}, std::vector<int32_t>{reduce_math::identity<int32_t>(id_op)}); break;
     case DType::i64: id = Tensor::from_vector<int64_t>({}, std::vector<int64_t>{reduce_math::identity<int64_t>(id_op)}); break;
     case DType::boolean: id = Tensor::scalar(id_op == ReduceOp::all ? 1 : 0, DType::boolean); break;
+    case DType::bf16:
+    case DType::f16: id = Tensor::scalar(reduce_math::identity<float>(id_op), x.dtype()); break;
     default: fail(std::string(reduce_name(op)) + ": dtype not supported for x = " + x.str());
   }
   return where(valid, x, id.to(x.device()), true);
@@ -176,7 +179,9 @@ Tensor reduce(const Tensor& x, ReduceOp op, const Dims& dims, bool use_mask) {
   check_dims(name, x, dims);
   check_dtype(op, x);
   if (dims.empty()) return x;
-  if (is_half(x.dtype())) return round_to(reduce(widen_half(x), op, dims, use_mask), x.dtype());
+  // A half sum reads its 16-bit input in the kernel (f32 accumulation, one rounding); the other
+  // reductions widen first (their backward computes in f32 too).
+  if (is_half(x.dtype()) && op != ReduceOp::sum) return round_to(reduce(widen_half(x), op, dims, use_mask), x.dtype());
   // Static Dims of extent 1 are dropped as views: reducing one element is that element (a
   // padded Dim whose lengths may say 0 is reduced as usual). Their sequences are nobody's.
   {
@@ -191,9 +196,9 @@ Tensor reduce(const Tensor& x, ReduceOp op, const Dims& dims, bool use_mask) {
   Tensor y;
   {
     NoGradGuard no_grad;
-    y = reduce_forward(x, op, dims, use_mask);
+    y = round_to(reduce_forward(x, op, dims, use_mask), x.dtype());
   }
-  if (!is_floating(x.dtype()) || !needs_grad({&x})) return y;
+  if (!is_float_like(x.dtype()) || !needs_grad({&x})) return y;
   return record(name, y, {x}, [op, x, dims, use_mask, y](const Tensor& g) {
     return reduce_backward(op, x, dims, use_mask, y, g);
   });

@@ -229,6 +229,13 @@ void softmax_backward_impl(bool log, int64_t A, int64_t N, int64_t B, const T* y
 
 void CpuBackend::reduce(ReduceOp op, DType dt, int64_t A, int64_t N, int64_t B, const void* x,
                         const int64_t* lengths, void* y) {
+  if (is_half(dt)) {  // widened block by block of the copy kernel, then summed in f32
+    std::unique_ptr<float[]> wide(new float[size_t(A * N * B)]);
+    const Shape shape{A, N, B};
+    const Strides st{N * B, B, 1};
+    copy(shape, dt, {x, st}, DType::f32, {wide.get(), st});
+    return reduce_impl<float>(op, A, N, B, wide.get(), lengths, static_cast<float*>(y));
+  }
   dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
     reduce_impl<T>(op, A, N, B, static_cast<const T*>(x), lengths, static_cast<T*>(y));
