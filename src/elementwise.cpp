@@ -179,14 +179,20 @@ Tensor unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor
 
 // bf16 and f16 operands go to the backends' elementwise kernels as they are (half loads and
 // stores, f32 math: the value the widened f32 op would round to); the backward runs in f32 on
-// the widened operands, output and gradient, and rounds each gradient once.
+// the widened operands, output and gradient, and rounds each gradient once (where the half
+// kernels would not give the same values).
 Tensor combine(const Tensor& a, BinaryOp op, const Tensor& b, bool allow_broadcast_all) {
   if (auto c = autocast_operands(op, a, b)) return combine(c->first, op, c->second, allow_broadcast_all);
   Tensor y = combine_impl(a, op, b, allow_broadcast_all);
   if (!is_float_like(y.dtype()) || !needs_grad({&a, &b})) return y;
   const bool need_a = a.requires_grad(), need_b = b.requires_grad();
   return record(op_name(op), y, {a, b}, [op, a, b, y, need_a, need_b](const Tensor& g) {
-    if (!is_half(y.dtype())) return combine_backward(op, a, b, y, g, need_a, need_b);
+    // add, sub, mul, maximum and minimum: their backwards run on the half kernels as they are
+    // (each gradient a selection or a product rounded once; a gradient summed over broadcast
+    // Dims accumulates the rounded products in f32), which saves widening four tensors.
+    const bool native = op == BinaryOp::add || op == BinaryOp::sub || op == BinaryOp::mul ||
+                               op == BinaryOp::maximum || op == BinaryOp::minimum;
+    if (!is_half(y.dtype()) || native) return combine_backward(op, a, b, y, g, need_a, need_b);
     std::vector<Tensor> gs =
         combine_backward(op, widen_half(a), widen_half(b), widen_half(y), widen_half(g), need_a, need_b);
     for (Tensor& t : gs) t = round_to(t, y.dtype());
