@@ -20,21 +20,28 @@ bool allow_tf32() { return g_allow_tf32; }
 
 namespace {
 
-// The Dims of matmul(a, b, reduce) in its output order: the batch Dims (a's, shared with b),
-// a's own, then b's own.
-Dims matmul_order(const Tensor& a, const Tensor& b, const Dims& reduce) {
+// matmul(a, b, reduce)'s Dims in groups: batch (a's, shared with b), a's own, b's own; the
+// output has them in that order.
+struct MatmulDims {
   Dims batch, m, n;
+  Dims out() const {
+    Dims o = batch;
+    o.insert(o.end(), m.begin(), m.end());
+    o.insert(o.end(), n.begin(), n.end());
+    return o;
+  }
+};
+
+MatmulDims matmul_dims(const Tensor& a, const Tensor& b, const Dims& reduce) {
+  MatmulDims r;
   for (const Dim& d : a.dims()) {
     if (contains(reduce, d)) continue;
-    (b.has_dim(d) ? batch : m).push_back(d);
+    (b.has_dim(d) ? r.batch : r.m).push_back(d);
   }
   for (const Dim& d : b.dims())
-    if (!contains(reduce, d) && !a.has_dim(d)) n.push_back(d);
-  batch.insert(batch.end(), m.begin(), m.end());
-  batch.insert(batch.end(), n.begin(), n.end());
-  return batch;
+    if (!contains(reduce, d) && !a.has_dim(d)) r.n.push_back(d);
+  return r;
 }
-
 
 struct Operand {
   int64_t batch_stride, rows, cols, ld;
@@ -117,7 +124,7 @@ Tensor matmul(const Tensor& a0, const Tensor& b0, const Dims& reduce, bool use_m
       // factors decides it (a weight {out, in} gets {out, in}, not {in, out}), so that an
       // optimizer reads it in place instead of copying it.
       auto grad = [](const Tensor& other, const Tensor& gy, const Dims& reduce, const Tensor& like) {
-        return sum_to(matmul_order(gy, other, reduce) == like.dims() ? matmul(gy, other, reduce)
+        return sum_to(matmul_dims(gy, other, reduce).out() == like.dims() ? matmul(gy, other, reduce)
                                                                     : matmul(other, gy, reduce),
                       like);
       };
@@ -125,17 +132,9 @@ Tensor matmul(const Tensor& a0, const Tensor& b0, const Dims& reduce, bool use_m
     });
   }
 
-  Dims batch, m_dims, n_dims;
-  for (const Dim& d : a.dims()) {
-    if (contains(reduce, d)) continue;
-    (b.has_dim(d) ? batch : m_dims).push_back(d);
-  }
-  for (const Dim& d : b.dims())
-    if (!contains(reduce, d) && !a.has_dim(d)) n_dims.push_back(d);
-
-  Dims out = batch;
-  out.insert(out.end(), m_dims.begin(), m_dims.end());
-  out.insert(out.end(), n_dims.begin(), n_dims.end());
+  const MatmulDims md = matmul_dims(a, b, reduce);
+  const Dims &batch = md.batch, &m_dims = md.m, &n_dims = md.n;
+  const Dims out = md.out();
   Tensor y = empty(out, a.dtype(), a.device(), "matmul");
   if (y.numel() == 0) return y;
   if (numel_of(extents(reduce)) == 0) {
