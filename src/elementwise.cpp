@@ -34,16 +34,23 @@ namespace {
 bool is_logical(BinaryOp op) { return op >= BinaryOp::logical_and; }
 bool is_comparison(BinaryOp op) { return op >= BinaryOp::equal; }
 
-std::string operands(const std::vector<const Tensor*>& ts) {
+std::string operands(std::initializer_list<const Tensor*> ts) {
   std::string s;
   const char* names[] = {"a", "b", "c"};
-  for (size_t i = 0; i < ts.size(); ++i) s += std::string(i ? ", " : "") + names[i] + " = " + ts[i]->str();
+  size_t i = 0;
+  for (const Tensor* t : ts) s += std::string(i ? ", " : "") + names[i++] + " = " + t->str();
   return s;
 }
 
 // Output Dims of an elementwise op: the layout of the first operand holding all Dims, so
 // that operand streams contiguously; without one, broadcasting all sources needs opt-in.
-Dims output_dims(const char* op, const std::vector<const Tensor*>& ts, bool allow_broadcast_all) {
+Dims output_dims(const char* op, std::initializer_list<const Tensor*> ts, bool allow_broadcast_all) {
+  // The common case first, without building the union: an operand that holds every Dim.
+  for (const Tensor* t : ts) {
+    bool all_in = true;
+    for (const Tensor* u : ts) all_in = all_in && (u == t || contains_all(t->dims(), u->dims()));
+    if (all_in) return t->dims();
+  }
   Dims all;
   for (const Tensor* t : ts) all = union_dims(all, t->dims());
   for (const Tensor* t : ts)
@@ -54,7 +61,7 @@ Dims output_dims(const char* op, const std::vector<const Tensor*>& ts, bool allo
   return all;
 }
 
-std::optional<Dim> common_feature_dim(const std::vector<const Tensor*>& ts) {
+std::optional<Dim> common_feature_dim(std::initializer_list<const Tensor*> ts) {
   for (const Tensor* t : ts)
     if (t->feature_dim()) return t->feature_dim();
   return std::nullopt;
@@ -243,7 +250,7 @@ Tensor apply(UnaryOp op, const Tensor& x) {
     fail(std::string(name) + ": needs a floating dtype, got x = " + x.str() + "; cast with astype()");
   Tensor y = empty(x.dims(), x.dtype(), x.device(), name);
   backend::backend_for(x.device())
-      .unary(op, x.dtype(), extents(x.dims()), {x.impl().data(), x.strides()}, {y.impl().data(), y.strides()});
+      .unary(op, x.dtype(), extents(x.dims()), {x.impl().data(), x.impl().strides}, {y.impl().data(), y.impl().strides});
   if (x.feature_dim()) y = y.with_feature_dim(x.feature_dim());
   if (!is_float_like(y.dtype()) || !needs_grad({&x})) return y;
   // As combine(): half kernels forward, the backward in f32 rounded once.
@@ -252,8 +259,8 @@ Tensor apply(UnaryOp op, const Tensor& x) {
     if (backend::has_fused_derivative(op) && g.dtype() == x.dtype() && g.device() == x.device()) {
       Tensor gx = empty(x.dims(), x.dtype(), x.device(), op_name(op));
       backend::backend_for(x.device())
-          .unary_backward(op, x.dtype(), extents(x.dims()), {x.impl().data(), x.strides()},
-                          {g.impl().data(), aligned_strides(g.impl(), x.dims())}, {gx.impl().data(), gx.strides()});
+          .unary_backward(op, x.dtype(), extents(x.dims()), {x.impl().data(), x.impl().strides},
+                          {g.impl().data(), aligned_strides(g.impl(), x.dims())}, {gx.impl().data(), gx.impl().strides});
       return std::vector<Tensor>{x.feature_dim() ? gx.with_feature_dim(x.feature_dim()) : gx};
     }
     if (!is_half(y.dtype())) return std::vector<Tensor>{unary_backward(op, x, y, g)};
@@ -276,7 +283,7 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b, bool allow_br
   backend::backend_for(a.device())
       .where(a.dtype(), extents(out), {cond.impl().data(), aligned_strides(cond.impl(), out)},
              {a.impl().data(), aligned_strides(a.impl(), out)}, {b.impl().data(), aligned_strides(b.impl(), out)},
-             {y.impl().data(), y.strides()});
+             {y.impl().data(), y.impl().strides});
   if (auto f = common_feature_dim({&a, &b})) y = y.with_feature_dim(f);
   if (!needs_grad({&a, &b})) return y;
   const bool need_a = a.requires_grad(), need_b = b.requires_grad();

@@ -174,7 +174,12 @@ Tensor empty(Dims dims, DType dtype, Device device, const char* op) {
   if (__builtin_mul_overflow(n, int64_t(dtype_size(dtype)), &bytes))
     fail(std::string(op) + ": the byte size of " + dims_str(dims) + " (" + dtype_name(dtype) + ") overflows int64");
   auto impl = std::make_shared<TensorImpl>();
-  impl->strides = contiguous_strides(extents(dims));
+  impl->strides.resize(dims.size());
+  int64_t acc = 1;
+  for (size_t i = dims.size(); i-- > 0;) {
+    impl->strides[i] = acc;
+    acc *= dims[i].extent();
+  }
   impl->dims = std::move(dims);
   impl->dtype = dtype;
   impl->storage = backend::backend_for(device).allocate(size_t(bytes));
@@ -200,7 +205,7 @@ Tensor broadcast_to_include(const Tensor& x, const Dims& dims) {
   if (missing.empty()) return x;
   checked_numel("broadcast", union_dims(x.dims(), missing));
   Dims nd = x.dims();
-  Strides ns = x.strides();
+  Strides ns = x.impl().strides;
   for (const Dim& d : missing) {
     nd.push_back(d);
     ns.push_back(0);

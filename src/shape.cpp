@@ -165,7 +165,7 @@ std::pair<Tensor, Dim> replace_dim(const Tensor& x, const Dim& in_dim, std::opti
   check_new_dim("replace_dim", x, out);
   if (out.extent() != in_dim.extent())
     fail("replace_dim: out_dim '" + out.str() + "' has another extent than '" + in_dim.str() + "' in x = " + x.str());
-  Tensor y = make_view(x, replace_in(x.dims(), in_dim, {out}), x.strides(), x.impl().offset);
+  Tensor y = make_view(x, replace_in(x.dims(), in_dim, {out}), x.impl().strides, x.impl().offset);
   if (x.feature_dim() == in_dim) y = y.with_feature_dim(out);
   if (x.sparse_dim() == in_dim) y = y.with_sparse_dim(out);
   y = record("replace_dim", y, {x}, [in_dim, out](const Tensor& g) {
@@ -310,7 +310,7 @@ std::pair<Tensor, Dim> slice(const Tensor& x, const Dim& axis, int64_t start, st
     fail("slice: out_dim '" + out.str() + "' does not have the " + std::to_string(count) + " frames of the slice");
   check_new_dim("slice", x, out);
   size_t ax = x.axis_of(axis);
-  Strides st = x.strides();
+  Strides st = x.impl().strides;
   int64_t offset = x.impl().offset + start * st[ax];
   st[ax] *= step;
   Tensor y = make_view(x, replace_in(x.dims(), axis, {out}), st, count ? offset : x.impl().offset);
@@ -362,7 +362,7 @@ Tensor gather(const Tensor& x, const Tensor& indices, std::optional<Dim> axis_, 
   bool ok = backend::backend_for(x.device())
                 .gather(x.dtype(), extents(out), {x.impl().data(), xs}, x.strides()[x.axis_of(axis)],
                         axis.extent(), {idx.impl().data(), aligned_strides(idx.impl(), out)}, clip_to_valid,
-                        {y.impl().data(), y.strides()});
+                        {y.impl().data(), y.impl().strides});
   if (!ok)
     fail("gather: index out of range [0, " + std::to_string(axis.extent()) + ") for axis '" + axis.str() +
          "' of x = " + x.str() + ", indices = " + indices.str());
@@ -509,7 +509,7 @@ Tensor squeeze(const Tensor& x, const Dim& axis) {
   if (axis.extent() != 1) fail("squeeze: dim '" + axis.str() + "' of x = " + x.str() + " does not have extent 1");
   size_t ax = x.axis_of(axis);
   Dims nd = x.dims();
-  Strides ns = x.strides();
+  Strides ns = x.impl().strides;
   nd.erase(nd.begin() + long(ax));
   ns.erase(ns.begin() + long(ax));
   return record("squeeze", make_view(x, nd, ns, x.impl().offset), {x},

@@ -23,7 +23,7 @@ DType Tensor::dtype() const { return need(impl_, "Tensor::dtype").dtype; }
 Device Tensor::device() const { return need(impl_, "Tensor::device").device(); }
 int64_t Tensor::numel() const { return numel_of(extents(dims())); }
 bool Tensor::has_dim(const Dim& d) const { return contains(dims(), d); }
-const std::vector<int64_t>& Tensor::strides() const { return impl().strides; }
+std::span<const int64_t> Tensor::strides() const { return {impl().strides.data(), impl().strides.size()}; }
 std::optional<Dim> Tensor::feature_dim() const { return impl().feature_dim; }
 std::optional<Dim> Tensor::sparse_dim() const { return impl().sparse_dim; }
 const void* Tensor::data_ptr() const { return impl().data(); }

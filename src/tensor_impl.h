@@ -2,13 +2,16 @@
 // Internal representation of tensors: Dims with per-Dim strides into shared storage.
 #include <dimx/tensor.h>
 
+#include <boost/container/small_vector.hpp>
+
 #include <functional>
 #include <memory>
 
 namespace dimx {
 
-using Shape = std::vector<int64_t>;
-using Strides = std::vector<int64_t>;
+// Extents and strides live inline up to 6 Dims: building one for an op allocates nothing.
+using Shape = boost::container::small_vector<int64_t, 6>;
+using Strides = boost::container::small_vector<int64_t, 6>;
 
 // A device buffer; freed by the backend that allocated it.
 struct Storage {

@@ -32,7 +32,7 @@ void check_roundtrip(const std::vector<T>& data, const Dims& dims) {
     CHECK(y.dims() == perm);
     CHECK(y.dtype() == dtype_of<T>());
     CHECK(y.is_contiguous());
-    CHECK(y.strides() == row_major_strides(perm));
+    CHECK(std::ranges::equal(y.strides(), row_major_strides(perm)));
     CHECK(y.to_vector<T>() == want);
     // Raw storage of the transposed tensor is row-major in perm.
     const T* p = static_cast<const T*>(y.data_ptr());
@@ -86,13 +86,13 @@ TEST_CASE("Tensor: metadata", "[tensor]") {
   CHECK(x.axis_of(b) == 1);
   CHECK(x.axis_of(c) == 2);
   CHECK_THROWS_AS(x.axis_of(other), Error);
-  CHECK(x.strides() == std::vector<int64_t>{12, 4, 1});
+  CHECK(std::ranges::equal(x.strides(), std::vector<int64_t>{12, 4, 1}));
   CHECK(x.device() == Device::cpu());
   CHECK(x.device().is_cpu());
   Tensor y = x.transpose_to({c, a, b});
   CHECK(y.axis_of(c) == 0);
   CHECK(y.axis_of(a) == 1);
-  CHECK(y.strides() == std::vector<int64_t>{6, 3, 1});
+  CHECK(std::ranges::equal(y.strides(), std::vector<int64_t>{6, 3, 1}));
 
   Tensor u;
   CHECK_FALSE(u.defined());

@@ -10,6 +10,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <boost/container/small_vector.hpp>
+
 #include <memory>
 #include <ostream>
 #include <string>
@@ -86,8 +88,9 @@ class Dim {
   friend struct DimImpl;
 };
 
-/// A list of Dims, e.g. a tensor's Dims in storage order.
-using Dims = std::vector<Dim>;
+/// A list of Dims, e.g. a tensor's Dims in storage order. A vector that keeps up to 6 Dims
+/// inline (no allocation), with std::vector's interface.
+using Dims = boost::container::small_vector<Dim, 6>;
 
 /// Writes d.str().
 std::ostream& operator<<(std::ostream& os, const Dim& d);

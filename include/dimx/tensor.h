@@ -73,7 +73,7 @@ class Tensor {
   bool has_dim(const Dim& d) const;
   /// Position of `d` in the storage layout; throws if absent.
   size_t axis_of(const Dim& d) const;
-  const std::vector<int64_t>& strides() const;  ///< in elements, per Dim in dims() order
+  std::span<const int64_t> strides() const;  ///< in elements, per Dim in dims() order
   bool is_contiguous() const;                    ///< row-major in dims() order
 
   /// Optional tags: the feature Dim, and for integer tensors the Dim its values index.

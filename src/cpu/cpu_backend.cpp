@@ -1,5 +1,6 @@
 #include "cpu/cpu_backend.h"
 
+#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -89,6 +90,44 @@ BlockCache& cache() {
   return *c;
 }
 
+// Small blocks (up to 4 KiB, in 64-byte classes) are kept per thread after release: the
+// tensors of small ops are allocated and freed at a high rate, and aligned_alloc costs more
+// than the arithmetic on them. A block freed on another thread joins that thread's lists.
+class SmallBlocks {
+ public:
+  static constexpr size_t kMax = 4096, kClass = 64, kKeep = 32;
+
+  ~SmallBlocks() {
+    alive_ = false;
+    for (auto& f : free_)
+      for (void* p : f) std::free(p);
+  }
+  void* get(size_t rounded) {
+    auto& f = free_[rounded / kClass - 1];
+    if (!alive_ || f.empty()) return std::aligned_alloc(64, rounded);
+    void* p = f.back();
+    f.pop_back();
+    return p;
+  }
+  static void put(void* p, size_t rounded);
+
+ private:
+  static thread_local bool alive_;
+  std::array<std::vector<void*>, kMax / kClass> free_;
+};
+
+thread_local bool SmallBlocks::alive_ = true;
+thread_local SmallBlocks t_small;
+
+void SmallBlocks::put(void* p, size_t rounded) {
+  // After this thread's lists are gone (a tensor released by a later thread_local or static
+  // destructor), the block goes back to the system.
+  if (!alive_) return std::free(p);
+  auto& f = t_small.free_[rounded / kClass - 1];
+  if (f.size() < kKeep) f.push_back(p);
+  else std::free(p);
+}
+
 }  // namespace
 
 std::shared_ptr<Storage> CpuBackend::allocate(size_t bytes) {
@@ -101,8 +140,14 @@ std::shared_ptr<Storage> CpuBackend::allocate(size_t bytes) {
     s->release = [rounded](void* p) { cache().put(p, rounded); };
   } else {
     // 64-byte alignment for full-width vector loads; never a null pointer, even for 0 bytes.
-    s->data = std::aligned_alloc(64, bytes ? (bytes + 63) / 64 * 64 : 64);
-    s->release = [](void* p) { std::free(p); };
+    const size_t rounded = bytes ? (bytes + 63) / 64 * 64 : 64;
+    if (rounded <= SmallBlocks::kMax) {
+      s->data = t_small.get(rounded);
+      s->release = [rounded](void* p) { SmallBlocks::put(p, rounded); };
+    } else {
+      s->data = std::aligned_alloc(64, rounded);
+      s->release = [](void* p) { std::free(p); };
+    }
   }
   if (!s->data) {
     s->release = nullptr;

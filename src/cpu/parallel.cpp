@@ -29,7 +29,7 @@ class Pool {
   int size() const { return n_; }
 
   // Returns false if the pool is busy with another caller.
-  bool run(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+  bool run(int64_t n, const RangeFn& fn) {
     std::unique_lock<std::mutex> busy(call_mu_, std::try_to_lock);
     if (!busy.owns_lock()) return false;
     {
@@ -76,7 +76,7 @@ class Pool {
   std::vector<std::thread> workers_;
   std::mutex call_mu_, mu_;
   std::condition_variable cv_, done_cv_;
-  const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
+  const RangeFn* fn_ = nullptr;
   int64_t n_items_ = 0;
   int pending_ = 0;
   uint64_t generation_ = 0;
@@ -95,7 +95,7 @@ Pool& pool() {
 
 int num_threads() { return pool().size(); }
 
-void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+void parallel_for(int64_t n, int64_t grain, RangeFn fn) {
   if (n <= 0) return;
   if (n < grain || t_in_parallel || pool().size() == 1 || !pool().run(n, fn)) fn(0, n);
 }

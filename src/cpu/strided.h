@@ -7,18 +7,19 @@
 #include <vector>
 
 #include "cpu/parallel.h"
+#include "tensor_impl.h"
 
 namespace dimx::cpu {
 
 template <size_t N>
 struct StridedSpace {
-  std::vector<int64_t> shape;
-  std::array<std::vector<int64_t>, N> strides;  // bytes
+  Shape shape;
+  std::array<Strides, N> strides;  // bytes
 };
 
 // Drops extent-1 axes and merges neighbours that are contiguous for every operand.
 template <size_t N>
-StridedSpace<N> collapse(const std::vector<int64_t>& shape, const std::array<std::vector<int64_t>, N>& strides) {
+StridedSpace<N> collapse(const Shape& shape, const std::array<Strides, N>& strides) {
   StridedSpace<N> s;
   for (size_t d = 0; d < shape.size(); ++d) {
     if (shape[d] == 1) continue;
@@ -36,7 +37,7 @@ StridedSpace<N> collapse(const std::vector<int64_t>& shape, const std::array<std
 }
 
 template <size_t N, class F>
-void for_each_strided(const std::vector<int64_t>& shape0, const std::array<std::vector<int64_t>, N>& strides0,
+void for_each_strided(const Shape& shape0, const std::array<Strides, N>& strides0,
                       const std::array<char*, N>& base, int64_t grain, F&& fn) {
   for (int64_t e : shape0)
     if (e == 0) return;
@@ -54,7 +55,7 @@ void for_each_strided(const std::vector<int64_t>& shape0, const std::array<std::
   for (size_t k = 0; k < N; ++k) istr[k] = s.strides[k][nd - 1];
 
   auto run = [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> idx(nd);
+    Shape idx(nd);
     std::array<char*, N> p = base;
     int64_t rem = begin;
     for (size_t d = nd; d-- > 0;) {
@@ -80,8 +81,8 @@ void for_each_strided(const std::vector<int64_t>& shape0, const std::array<std::
 }
 
 // Element strides to byte strides.
-inline std::vector<int64_t> bytes(const std::vector<int64_t>& s, size_t elem) {
-  std::vector<int64_t> b(s.size());
+inline Strides bytes(const Strides& s, size_t elem) {
+  Strides b(s.size());
   for (size_t i = 0; i < s.size(); ++i) b[i] = s[i] * int64_t(elem);
   return b;
 }

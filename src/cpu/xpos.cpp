@@ -39,7 +39,7 @@ void rotate(const backend::Xpos& a, const std::vector<double>& log_zeta, const s
   std::stable_partition(order.begin(), order.end(),
                         [&](size_t d) { return a.r_strides[d] != 0 || a.m_strides[d] != 0; });
   Shape shape;
-  std::array<std::vector<int64_t>, 4> st;
+  std::array<Strides, 4> st;
   for (size_t d : order) {
     shape.push_back(a.shape[d]);
     st[0].push_back(a.x_strides[d] * int64_t(sizeof(S)));
