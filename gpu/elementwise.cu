@@ -174,50 +174,6 @@ __device__ __forceinline__ bool compare(BinaryOp op, T a, T b) {
   }
 }
 
-// All operands contiguous and 16-byte aligned: 16-byte loads and stores, V elements each.
-template <class T, class U, int V>
-__global__ void binary_contig_kernel(BinaryOp op, int64_t n, const T* a, const T* b, U* y) {
-  using Vec = typename std::aligned_storage<sizeof(T) * V, 16>::type;
-  const int64_t nv = n / V;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < nv; i += int64_t(gridDim.x) * blockDim.x) {
-    Vec va = reinterpret_cast<const Vec*>(a)[i], vb = reinterpret_cast<const Vec*>(b)[i], vy;
-    const T* pa = reinterpret_cast<const T*>(&va);
-    const T* pb = reinterpret_cast<const T*>(&vb);
-    T* py = reinterpret_cast<T*>(&vy);
-#pragma unroll
-    for (int j = 0; j < V; ++j) py[j] = binary_arith(op, pa[j], pb[j]);
-    reinterpret_cast<Vec*>(y)[i] = vy;
-  }
-  for (int64_t i = nv * V + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    y[i] = binary_arith(op, a[i], b[i]);
-}
-
-template <class T, int V>
-__global__ void unary_contig_kernel(UnaryOp op, int64_t n, const T* x, T* y) {
-  using Vec = typename std::aligned_storage<sizeof(T) * V, 16>::type;
-  const int64_t nv = n / V;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < nv; i += int64_t(gridDim.x) * blockDim.x) {
-    Vec vx = reinterpret_cast<const Vec*>(x)[i], vy;
-    const T* px = reinterpret_cast<const T*>(&vx);
-    T* py = reinterpret_cast<T*>(&vy);
-#pragma unroll
-    for (int j = 0; j < V; ++j) py[j] = unary_float(op, px[j]);
-    reinterpret_cast<Vec*>(y)[i] = vy;
-  }
-  for (int64_t i = nv * V + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    y[i] = unary_float(op, x[i]);
-}
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
-template <int K>
-bool all_contiguous(const Meta<K>& m) {
-  if (m.nd != 1) return m.nd == 0;
-  for (int k = 0; k < K; ++k)
-    if (m.strides[k][0] != 1) return false;
-  return true;
-}
-
 template <class T, class U>
 __global__ void binary_kernel(BinaryOp op, Meta<3> m, const T* a, const T* b, U* y) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < m.n; i += int64_t(gridDim.x) * blockDim.x) {
@@ -226,63 +182,6 @@ __global__ void binary_kernel(BinaryOp op, Meta<3> m, const T* a, const T* b, U*
     if constexpr (std::is_same_v<U, bool>) y[o[2]] = compare(op, a[o[0]], b[o[1]]);
     else y[o[2]] = binary_arith(op, a[o[0]], b[o[1]]);
   }
-}
-
-// Binary op where the innermost axis (extent C, a multiple of V) is contiguous in y and in
-// each input, or broadcast (stride 0): V elements per thread, one index division per vector.
-// `outer` is m without its innermost axis.
-template <class T, int V>
-__global__ void binary_inner_vec_kernel(BinaryOp op, Meta<3> outer, int64_t C, const T* a, const T* b, T* y,
-                                        bool a_vec, bool b_vec) {
-  using Vec = typename std::aligned_storage<sizeof(T) * V, 16>::type;
-  const int64_t cv = C / V, nv = outer.n * cv;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < nv; i += int64_t(gridDim.x) * blockDim.x) {
-    // 32-bit division where it fits (several times cheaper than 64-bit).
-    const int64_t r = nv <= int64_t(0xffffffffu) ? int64_t(uint32_t(i) / uint32_t(cv)) : i / cv;
-    const int64_t c = (i - r * cv) * V;
-    int64_t o[3];
-    offsets(outer, r, o);
-    T va[V], vb[V];
-    if (a_vec) *reinterpret_cast<Vec*>(va) = *reinterpret_cast<const Vec*>(a + o[0] + c);
-    else
-#pragma unroll
-      for (int j = 0; j < V; ++j) va[j] = a[o[0]];
-    if (b_vec) *reinterpret_cast<Vec*>(vb) = *reinterpret_cast<const Vec*>(b + o[1] + c);
-    else
-#pragma unroll
-      for (int j = 0; j < V; ++j) vb[j] = b[o[1]];
-    Vec vy;
-    T* py = reinterpret_cast<T*>(&vy);
-#pragma unroll
-    for (int j = 0; j < V; ++j) py[j] = binary_arith(op, va[j], vb[j]);
-    *reinterpret_cast<Vec*>(y + o[2] + c) = vy;
-  }
-}
-
-// The innermost-axis vector path of launch_binary, if m fits it (see binary_inner_vec_kernel).
-template <class T>
-bool binary_inner_vec(BinaryOp op, const Meta<3>& m, const T* a, const T* b, T* y, cudaStream_t s) {
-  constexpr int V = 16 / int(sizeof(T));
-  if (m.nd < 2) return false;
-  const int last = m.nd - 1;
-  const int64_t C = m.shape[last];
-  if (C % V != 0 || m.strides[2][last] != 1) return false;
-  const T* ptr[3] = {a, b, y};
-  bool vec[3];
-  for (int k = 0; k < 3; ++k) {
-    const int64_t st = m.strides[k][last];
-    if (st != 0 && st != 1) return false;
-    vec[k] = st == 1;
-    if (!vec[k]) continue;
-    if (!aligned16(ptr[k])) return false;
-    for (int d = 0; d < last; ++d)
-      if (m.strides[k][d] % V != 0) return false;
-  }
-  Meta<3> outer = m;
-  outer.nd = last;
-  outer.n = m.n / C;
-  binary_inner_vec_kernel<T, V><<<blocks_for(outer.n * (C / V)), 256, 0, s>>>(op, outer, C, a, b, y, vec[0], vec[1]);
-  return true;
 }
 
 // bf16 and f16 (T) in and out, f32 math: each value widened, computed as an f32 value is and
@@ -305,6 +204,172 @@ __global__ void binary_half_kernel(BinaryOp op, Meta<3> m, const T* a, const T* 
     if constexpr (std::is_same_v<U, bool>) y[o[2]] = compare(op, va, vb);
     else y[o[2]] = cast<T>(binary_arith(op, va, vb));
   }
+}
+
+// ---- Vector path: the innermost axis of an op's (collapsed) index space is contiguous in the
+// output and contiguous or broadcast (stride 0) in each input. A thread then handles V
+// consecutive elements with one index division and one 16-byte (or narrower) access per
+// operand; the strided kernels above do one element, and a division per axis, per thread.
+
+// V elements of T, aligned for one vector access.
+template <class T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+
+// The V elements of a run at p (cnt of them valid), or p's one value V times when broadcast.
+template <class T, int V>
+__device__ __forceinline__ Pack<T, V> load_pack(const T* p, bool vec, int cnt) {
+  Pack<T, V> r;
+  if (vec && cnt == V) return *reinterpret_cast<const Pack<T, V>*>(p);
+#pragma unroll
+  for (int j = 0; j < V; ++j) r.v[j] = p[vec && j < cnt ? j : 0];
+  return r;
+}
+
+template <class T, int V>
+__device__ __forceinline__ void store_pack(T* p, const Pack<T, V>& r, int cnt) {
+  if (cnt == V) {
+    *reinterpret_cast<Pack<T, V>*>(p) = r;
+    return;
+  }
+  for (int j = 0; j < cnt; ++j) p[j] = r.v[j];
+}
+
+// m without its innermost axis (outer), that axis' extent C, and which operands run along it
+// (vec; the others are broadcast over it). Operand K - 1 is the output.
+template <int K>
+struct InnerVec {
+  Meta<K> outer;
+  int64_t C;
+  bool vec[K];
+};
+
+// The vector plan of m with V elements per thread, if it fits: the output contiguous along the
+// innermost axis, each input contiguous or broadcast there, and every vector access aligned
+// (base pointer, outer strides, and C a multiple of V unless there is a single row).
+template <int K>
+bool inner_vec_plan(const Meta<K>& m, int V, const void* const (&ptr)[K], const int (&elem)[K], InnerVec<K>& p) {
+  if (m.nd == 0 || m.n == 0) return false;
+  const int last = m.nd - 1;
+  p.C = m.shape[last];
+  p.outer = m;
+  p.outer.nd = last;
+  p.outer.n = m.n / p.C;
+  if (m.strides[K - 1][last] != 1 || (p.C % V != 0 && p.outer.n != 1)) return false;
+  for (int k = 0; k < K; ++k) {
+    const int64_t st = m.strides[k][last];
+    if (st != 0 && st != 1) return false;
+    p.vec[k] = st == 1;
+    if (!p.vec[k]) continue;
+    if (reinterpret_cast<uintptr_t>(ptr[k]) % uintptr_t(elem[k] * V) != 0) return false;
+    for (int d = 0; d < last; ++d)
+      if (m.strides[k][d] % V != 0) return false;
+  }
+  return true;
+}
+
+// Runs op(o, c, cnt) for every vector: o the offsets of its row in each operand, c its first
+// element along the innermost axis, cnt its valid elements (V but in a single row's tail).
+template <int K, int V, class Op>
+__global__ void inner_vec_kernel(InnerVec<K> p, Op op) {
+  const int64_t cv = (p.C + V - 1) / V, nv = p.outer.n * cv;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < nv; i += int64_t(gridDim.x) * blockDim.x) {
+    // 32-bit division where it fits (several times cheaper than 64-bit).
+    const int64_t r = nv <= int64_t(0xffffffffu) ? int64_t(uint32_t(i) / uint32_t(cv)) : i / cv;
+    const int64_t c = (i - r * cv) * V;
+    int64_t o[K];
+    offsets(p.outer, r, o);
+    op(o, c, p.vec, int(p.C - c < V ? p.C - c : V));
+  }
+}
+
+template <int K, int V, class Op>
+void launch_inner_vec(const InnerVec<K>& p, const Op& op, cudaStream_t s) {
+  inner_vec_kernel<K, V><<<blocks_for(p.outer.n * ((p.C + V - 1) / V)), 256, 0, s>>>(p, op);
+}
+
+// The value of a (stored) element in the type its op computes in: f32 for bf16 and f16.
+template <class T>
+__device__ __forceinline__ auto compute_value(T v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>) return widen(v);
+  else return v;
+}
+
+template <class T, class U, int V>
+struct BinaryVecOp {
+  BinaryOp op;
+  const T* a;
+  const T* b;
+  U* y;
+  __device__ void operator()(const int64_t (&o)[3], int64_t c, const bool (&vec)[3], int cnt) const {
+    const Pack<T, V> pa = load_pack<T, V>(a + o[0] + (vec[0] ? c : 0), vec[0], cnt);
+    const Pack<T, V> pb = load_pack<T, V>(b + o[1] + (vec[1] ? c : 0), vec[1], cnt);
+    Pack<U, V> py;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const auto va = compute_value(pa.v[j]), vb = compute_value(pb.v[j]);
+      if constexpr (std::is_same_v<U, bool>) py.v[j] = compare(op, va, vb);
+      else py.v[j] = cast<U>(binary_arith(op, va, vb));
+    }
+    store_pack<U, V>(y + o[2] + c, py, cnt);
+  }
+};
+
+template <class T, int V>
+struct UnaryVecOp {
+  UnaryOp op;
+  const T* x;
+  T* y;
+  __device__ void operator()(const int64_t (&o)[2], int64_t c, const bool (&vec)[2], int cnt) const {
+    const Pack<T, V> px = load_pack<T, V>(x + o[0] + (vec[0] ? c : 0), vec[0], cnt);
+    Pack<T, V> py;
+#pragma unroll
+    for (int j = 0; j < V; ++j) py.v[j] = cast<T>(unary_float(op, compute_value(px.v[j])));
+    store_pack<T, V>(y + o[1] + c, py, cnt);
+  }
+};
+
+template <class T, class U, int V>
+struct CopyVecOp {
+  const T* x;
+  U* y;
+  __device__ void operator()(const int64_t (&o)[2], int64_t c, const bool (&vec)[2], int cnt) const {
+    const Pack<T, V> px = load_pack<T, V>(x + o[0] + (vec[0] ? c : 0), vec[0], cnt);
+    Pack<U, V> py;
+#pragma unroll
+    for (int j = 0; j < V; ++j) py.v[j] = cast<U>(px.v[j]);
+    store_pack<U, V>(y + o[1] + c, py, cnt);
+  }
+};
+
+template <class T, int V>
+struct WhereVecOp {
+  const bool* cond;
+  const T* a;
+  const T* b;
+  T* y;
+  __device__ void operator()(const int64_t (&o)[4], int64_t c, const bool (&vec)[4], int cnt) const {
+    const Pack<bool, V> pc = load_pack<bool, V>(cond + o[0] + (vec[0] ? c : 0), vec[0], cnt);
+    const Pack<T, V> pa = load_pack<T, V>(a + o[1] + (vec[1] ? c : 0), vec[1], cnt);
+    const Pack<T, V> pb = load_pack<T, V>(b + o[2] + (vec[2] ? c : 0), vec[2], cnt);
+    Pack<T, V> py;
+#pragma unroll
+    for (int j = 0; j < V; ++j) py.v[j] = pc.v[j] ? pa.v[j] : pb.v[j];
+    store_pack<T, V>(y + o[3] + c, py, cnt);
+  }
+};
+
+// Defined below derivative_times.
+template <class S, int V>
+struct UnaryBackwardVecOp;
+
+// Vector elements per thread for operands of `bytes` bytes at most: 16-byte accesses.
+template <class... T>
+constexpr int vec_width() {
+  size_t m = 1;
+  ((m = sizeof(T) > m ? sizeof(T) : m), ...);
+  return int(16 / m);
 }
 
 // Calls f(T{}) with T the CUDA type of bf16 or f16; false for the other dtypes.
@@ -346,6 +411,25 @@ __global__ void unary_backward_kernel(UnaryOp op, Meta<3> m, const S* x, const S
   }
 }
 
+template <class S, int V>
+struct UnaryBackwardVecOp {
+  UnaryOp op;
+  const S* x;
+  const S* g;
+  S* y;
+  __device__ void operator()(const int64_t (&o)[3], int64_t c, const bool (&vec)[3], int cnt) const {
+    const Pack<S, V> px = load_pack<S, V>(x + o[0] + (vec[0] ? c : 0), vec[0], cnt);
+    const Pack<S, V> pg = load_pack<S, V>(g + o[1] + (vec[1] ? c : 0), vec[1], cnt);
+    Pack<S, V> py;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      if constexpr (std::is_floating_point_v<S>) py.v[j] = derivative_times<S>(op, px.v[j], pg.v[j]);
+      else py.v[j] = cast<S>(derivative_times<float>(op, widen(px.v[j]), widen(pg.v[j])));
+    }
+    store_pack<S, V>(y + o[2] + c, py, cnt);
+  }
+};
+
 template <class T>
 __global__ void where_kernel(Meta<4> m, const bool* c, const T* a, const T* b, T* y) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < m.n; i += int64_t(gridDim.x) * blockDim.x) {
@@ -362,29 +446,49 @@ void launch_copy(DType src, DType dst, const Meta<2>& m, const void* x, void* y,
     dispatch_with_half(dst, [&](auto dt) {
       using T = decltype(st);
       using U = decltype(dt);
+      constexpr int V = vec_width<T, U>();
+      InnerVec<2> p;
+      if (inner_vec_plan<2>(m, V, {x, y}, {int(sizeof(T)), int(sizeof(U))}, p))
+        return launch_inner_vec<2, V>(p, CopyVecOp<T, U, V>{static_cast<const T*>(x), static_cast<U*>(y)}, s);
       copy_kernel<T, U><<<blocks_for(m.n), 256, 0, s>>>(m, static_cast<const T*>(x), static_cast<U*>(y));
     });
   });
   check_launch("copy");
 }
 
-void launch_fill(DType dt, int64_t n, void* y, double value, cudaStream_t s) {
-  if (dt == DType::bf16) {
-    fill_kernel<__nv_bfloat16><<<blocks_for(n), 256, 0, s>>>(n, static_cast<__nv_bfloat16*>(y),
-                                                             __float2bfloat16_rn(float(value)));
-    return check_launch("fill");
-  }
-  if (dt == DType::f16) {
-    fill_kernel<__half><<<blocks_for(n), 256, 0, s>>>(n, static_cast<__half*>(y), __float2half_rn(float(value)));
-    return check_launch("fill");
-  }
-  dispatch(dt, [&](auto tag) {
-    using T = decltype(tag);
-    T v;
-    if constexpr (std::is_same_v<T, bool>) v = value != 0;
-    else v = T(value);
+namespace {
+// 16 bytes per store where the run is aligned; the rest element by element.
+template <class T>
+__global__ void fill_vec_kernel(int64_t n, T* y, T v) {
+  constexpr int V = 16 / int(sizeof(T));
+  Pack<T, V> pv;
+#pragma unroll
+  for (int j = 0; j < V; ++j) pv.v[j] = v;
+  const int64_t nv = n / V;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < nv; i += int64_t(gridDim.x) * blockDim.x)
+    reinterpret_cast<Pack<T, V>*>(y)[i] = pv;
+  for (int64_t i = nv * V + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = v;
+}
+
+template <class T>
+void fill_as(int64_t n, void* y, T v, cudaStream_t s) {
+  if (reinterpret_cast<uintptr_t>(y) % 16 == 0)
+    fill_vec_kernel<T><<<blocks_for(n / (16 / sizeof(T)) + 1), 256, 0, s>>>(n, static_cast<T*>(y), v);
+  else
     fill_kernel<T><<<blocks_for(n), 256, 0, s>>>(n, static_cast<T*>(y), v);
-  });
+}
+}  // namespace
+
+void launch_fill(DType dt, int64_t n, void* y, double value, cudaStream_t s) {
+  if (dt == DType::bf16) fill_as(n, y, __float2bfloat16_rn(float(value)), s);
+  else if (dt == DType::f16) fill_as(n, y, __float2half_rn(float(value)), s);
+  else
+    dispatch(dt, [&](auto tag) {
+      using T = decltype(tag);
+      if constexpr (std::is_same_v<T, bool>) fill_as(n, y, value != 0, s);
+      else fill_as(n, y, T(value), s);
+    });
   check_launch("fill");
 }
 
@@ -397,56 +501,49 @@ void launch_iota(DType dt, int64_t n, void* y, cudaStream_t s) {
 }
 
 void launch_unary(UnaryOp op, DType dt, const Meta<2>& m, const void* x, void* y, cudaStream_t s) {
-  if (dispatch_half(dt, [&](auto tag) {
-        using T = decltype(tag);
-        unary_half_kernel<T><<<blocks_for(m.n), 256, 0, s>>>(op, m, static_cast<const T*>(x), static_cast<T*>(y));
-      }))
-    return check_launch(op_name(op));
-  dispatch(dt, [&](auto tag) {
+  dispatch_with_half(dt, [&](auto tag) {
     using T = decltype(tag);
-    if constexpr (std::is_floating_point_v<T>) {
-      if (all_contiguous(m) && aligned16(x) && aligned16(y)) {
-        constexpr int V = 16 / sizeof(T);
-        unary_contig_kernel<T, V><<<blocks_for(m.n / V + 1), 256, 0, s>>>(op, m.n, static_cast<const T*>(x),
-                                                                          static_cast<T*>(y));
-        return;
-      }
+    constexpr bool half = std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>;
+    if constexpr (half || std::is_floating_point_v<T>) {
+      constexpr int V = vec_width<T>();
+      InnerVec<2> p;
+      if (inner_vec_plan<2>(m, V, {x, y}, {int(sizeof(T)), int(sizeof(T))}, p))
+        return launch_inner_vec<2, V>(p, UnaryVecOp<T, V>{op, static_cast<const T*>(x), static_cast<T*>(y)}, s);
     }
-    unary_kernel<T><<<blocks_for(m.n), 256, 0, s>>>(op, m, static_cast<const T*>(x), static_cast<T*>(y));
+    if constexpr (half)
+      unary_half_kernel<T><<<blocks_for(m.n), 256, 0, s>>>(op, m, static_cast<const T*>(x), static_cast<T*>(y));
+    else
+      unary_kernel<T><<<blocks_for(m.n), 256, 0, s>>>(op, m, static_cast<const T*>(x), static_cast<T*>(y));
   });
   check_launch(op_name(op));
 }
 
 void launch_binary(BinaryOp op, DType dt, const Meta<3>& m, const void* a, const void* b, void* y, cudaStream_t s) {
-  bool cmp = op >= BinaryOp::equal;
-  if (dispatch_half(dt, [&](auto tag) {
-        using T = decltype(tag);
-        if (cmp)
-          binary_half_kernel<T, bool><<<blocks_for(m.n), 256, 0, s>>>(op, m, static_cast<const T*>(a),
-                                                                      static_cast<const T*>(b), static_cast<bool*>(y));
-        else
-          binary_half_kernel<T, T><<<blocks_for(m.n), 256, 0, s>>>(op, m, static_cast<const T*>(a),
-                                                                   static_cast<const T*>(b), static_cast<T*>(y));
-      }))
-    return check_launch(op_name(op));
-  dispatch(dt, [&](auto tag) {
+  const bool cmp = op >= BinaryOp::equal;
+  dispatch_with_half(dt, [&](auto tag) {
     using T = decltype(tag);
-    if constexpr (std::is_floating_point_v<T>) {
-      if (!cmp && all_contiguous(m) && aligned16(a) && aligned16(b) && aligned16(y)) {
-        constexpr int V = 16 / sizeof(T);
-        binary_contig_kernel<T, T, V><<<blocks_for(m.n / V + 1), 256, 0, s>>>(
-            op, m.n, static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(y));
-        return;
-      }
-      if (!cmp && binary_inner_vec<T>(op, m, static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(y), s))
-        return;
+    constexpr bool half = std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>;
+    const T* pa = static_cast<const T*>(a);
+    const T* pb = static_cast<const T*>(b);
+    if (cmp) {
+      constexpr int V = vec_width<T>();
+      InnerVec<3> p;
+      if (inner_vec_plan<3>(m, V, {a, b, y}, {int(sizeof(T)), int(sizeof(T)), 1}, p))
+        return launch_inner_vec<3, V>(p, BinaryVecOp<T, bool, V>{op, pa, pb, static_cast<bool*>(y)}, s);
+      if constexpr (half)
+        binary_half_kernel<T, bool><<<blocks_for(m.n), 256, 0, s>>>(op, m, pa, pb, static_cast<bool*>(y));
+      else
+        binary_kernel<T, bool><<<blocks_for(m.n), 256, 0, s>>>(op, m, pa, pb, static_cast<bool*>(y));
+    } else if constexpr (!std::is_same_v<T, bool>) {
+      constexpr int V = vec_width<T>();
+      InnerVec<3> p;
+      if (inner_vec_plan<3>(m, V, {a, b, y}, {int(sizeof(T)), int(sizeof(T)), int(sizeof(T))}, p))
+        return launch_inner_vec<3, V>(p, BinaryVecOp<T, T, V>{op, pa, pb, static_cast<T*>(y)}, s);
+      if constexpr (half)
+        binary_half_kernel<T, T><<<blocks_for(m.n), 256, 0, s>>>(op, m, pa, pb, static_cast<T*>(y));
+      else
+        binary_kernel<T, T><<<blocks_for(m.n), 256, 0, s>>>(op, m, pa, pb, static_cast<T*>(y));
     }
-    if (cmp)
-      binary_kernel<T, bool><<<blocks_for(m.n), 256, 0, s>>>(op, m, static_cast<const T*>(a), static_cast<const T*>(b),
-                                                             static_cast<bool*>(y));
-    else if constexpr (!std::is_same_v<T, bool>)
-      binary_kernel<T, T><<<blocks_for(m.n), 256, 0, s>>>(op, m, static_cast<const T*>(a), static_cast<const T*>(b),
-                                                          static_cast<T*>(y));
   });
   check_launch(op_name(op));
 }
@@ -454,6 +551,12 @@ void launch_binary(BinaryOp op, DType dt, const Meta<3>& m, const void* a, const
 void launch_unary_backward(UnaryOp op, DType dt, const Meta<3>& m, const void* x, const void* g, void* y, cudaStream_t s) {
   auto go = [&](auto tag) {
     using S = decltype(tag);
+    constexpr int V = vec_width<S>();
+    InnerVec<3> p;
+    const int e = int(sizeof(S));
+    if (inner_vec_plan<3>(m, V, {x, g, y}, {e, e, e}, p))
+      return launch_inner_vec<3, V>(
+          p, UnaryBackwardVecOp<S, V>{op, static_cast<const S*>(x), static_cast<const S*>(g), static_cast<S*>(y)}, s);
     unary_backward_kernel<S><<<blocks_for(m.n), 256, 0, s>>>(op, m, static_cast<const S*>(x), static_cast<const S*>(g),
                                                              static_cast<S*>(y));
   };
@@ -463,17 +566,26 @@ void launch_unary_backward(UnaryOp op, DType dt, const Meta<3>& m, const void* x
   check_launch(op_name(op));
 }
 
+namespace {
+// A selection moves bits: T is the storage word (2 bytes for bf16 and f16).
+template <class T>
+void where_as(const Meta<4>& m, const void* c, const void* a, const void* b, void* y, cudaStream_t s) {
+  constexpr int V = vec_width<T>();
+  const bool* pc = static_cast<const bool*>(c);
+  const T* pa = static_cast<const T*>(a);
+  const T* pb = static_cast<const T*>(b);
+  T* py = static_cast<T*>(y);
+  InnerVec<4> p;
+  const int e = int(sizeof(T));
+  if (inner_vec_plan<4>(m, V, {c, a, b, y}, {1, e, e, e}, p))
+    return launch_inner_vec<4, V>(p, WhereVecOp<T, V>{pc, pa, pb, py}, s);
+  where_kernel<T><<<blocks_for(m.n), 256, 0, s>>>(m, pc, pa, pb, py);
+}
+}  // namespace
+
 void launch_where(DType dt, const Meta<4>& m, const void* c, const void* a, const void* b, void* y, cudaStream_t s) {
-  if (dt == DType::bf16 || dt == DType::f16) {  // a selection moves bits: 2-byte words will do
-    where_kernel<uint16_t><<<blocks_for(m.n), 256, 0, s>>>(m, static_cast<const bool*>(c), static_cast<const uint16_t*>(a),
-                                                           static_cast<const uint16_t*>(b), static_cast<uint16_t*>(y));
-    return check_launch("where");
-  }
-  dispatch(dt, [&](auto tag) {
-    using T = decltype(tag);
-    where_kernel<T><<<blocks_for(m.n), 256, 0, s>>>(m, static_cast<const bool*>(c), static_cast<const T*>(a),
-                                                    static_cast<const T*>(b), static_cast<T*>(y));
-  });
+  if (dt == DType::bf16 || dt == DType::f16) where_as<uint16_t>(m, c, a, b, y, s);
+  else dispatch(dt, [&](auto tag) { where_as<decltype(tag)>(m, c, a, b, y, s); });
   check_launch("where");
 }
 

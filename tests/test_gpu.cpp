@@ -91,6 +91,44 @@ TEST_CASE("gpu: elementwise ops match the CPU", "[gpu]") {
   });
 }
 
+// The elementwise kernels take a vector path (V elements per thread) when the innermost axis is
+// contiguous in the output and contiguous or broadcast in each input, and every access is
+// aligned; else the strided path. Each case below sits on one side of that line.
+TEST_CASE("gpu: elementwise vector and strided paths match the CPU in every dtype", "[gpu]") {
+  Dim row(6, "row"), col(24, "col"), tail(13, "tail"), c8(16, "c8"), c1(16, "c1");
+  for (DType dt : {DType::f32, DType::f64, DType::bf16, DType::f16}) {
+    INFO(dtype_name(dt));
+    const double tol = dt == DType::bf16 ? 1e-2 : (dt == DType::f16 ? 1e-3 : 1e-6);
+    consistent(std::string("vector paths ") + dtype_name(dt), [&](Device dev) {
+      auto in = [&](const Dims& dims, uint32_t seed) {
+        return Tensor::from_vector<double>(dims, random_doubles(size_t(numel_of(dims)), seed, 0.5, 2)).astype(dt).to(dev);
+      };
+      Tensor a = in({row, col}, 1), b = in({row, col}, 2), r = in({row}, 3), t = in({tail}, 4), t2 = in({tail}, 5);
+      Tensor at = in({col, row}, 6).transpose_to({row, col});  // inner stride 6: strided path
+      Tensor s8 = slice(a, col, 8, 24, 1, c8).first;  // aligned view, row stride 24
+      Tensor s1 = slice(a, col, 1, 17, 1, c1).first;  // offset 1: unaligned
+      Tensor b8 = slice(b, col, 0, 16, 1, c8).first, b1 = slice(b, col, 0, 16, 1, c1).first;
+      Tensor cond = r > 1.0;
+      std::vector<Tensor> out{a + b,     a * r,     r - a,      at / b,     s8 * b8,         s1 - b1,
+                              t + t2,    t * 3.0,   exp(a),     exp(s8),    sqrt(at),        gelu(t),
+                              a > b,     r < a,     t >= t2,    where(cond, a, 0.0), where(cond, a, b),
+                              where(a > 1.0, r, at),            a.astype(DType::f32).astype(dt),
+                              s8.contiguous(),      s1.contiguous(),      at.contiguous()};
+      Tensor ag = a.with_requires_grad(), sg = s8.with_requires_grad();
+      std::vector<Tensor> g = grad(reduce_sum(gelu(ag) * b, {row, col}) + reduce_sum(silu(sg), {row, c8}), {ag, sg});
+      out.insert(out.end(), g.begin(), g.end());
+      Tensor f = Tensor::zeros({row, col}, dt, dev);
+      out.push_back(f + 0.5);
+      return out;
+    }, tol, tol);
+  }
+  consistent("vector paths i32 and bool", [&](Device dev) {
+    Tensor a = Tensor::from_vector<double>({row, col}, random_doubles(144, 7, -50, 50)).astype(DType::i32).to(dev);
+    Tensor r = Tensor::from_vector<double>({row}, random_doubles(6, 8, -50, 50)).astype(DType::i32).to(dev);
+    return std::vector<Tensor>{a + r, a * a, a > r, where(a > r, a, r), logical_not(a > r), (a > r).astype(DType::f32)};
+  });
+}
+
 TEST_CASE("gpu: reductions and softmax match the CPU", "[gpu]") {
   Dims3 d;
   for (ReduceOp op : {ReduceOp::sum, ReduceOp::mean, ReduceOp::max, ReduceOp::min, ReduceOp::logsumexp})
