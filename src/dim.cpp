@@ -1,5 +1,7 @@
 #include <dimx/elementwise.h>
 #include <dimx/reduce.h>
+#include <dimx/shape.h>
+#include <dimx/autograd.h>
 #include <dimx/tensor.h>
 
 #include <algorithm>
@@ -10,6 +12,7 @@
 #include <sstream>
 #include <tuple>
 
+#include "padding.h"
 #include "tensor_impl.h"
 
 namespace dimx {
@@ -29,6 +32,9 @@ struct DimImpl {
   mutable std::mutex mu;
   mutable std::map<std::tuple<int, uint64_t, int64_t>, Dim> derived;
   mutable std::map<std::pair<int, int>, Tensor> device_lengths;  // (device type, index) -> lengths
+  // (device type, index) -> valid_frames, with a stand-in Dim for this one (a tensor over this
+  // Dim held here would keep it alive forever).
+  mutable std::map<std::pair<int, int>, Tensor> device_masks;
 
   static uint64_t next_id() {
     static std::atomic<uint64_t> counter{1};
@@ -161,6 +167,30 @@ Tensor Dim::lengths(Device device) const {
     it = impl_->device_lengths.emplace(key, l).first;
   }
   return it->second;
+}
+
+Tensor valid_frames(const Dim& d, Device device) {
+  const DimImpl& impl = DimImpl::of(d);
+  const Tensor len = d.lengths(device);
+  Tensor m;
+  {
+    std::lock_guard<std::mutex> lock(impl.mu);
+    auto key = std::make_pair(int(device.type), device.index);
+    auto it = impl.device_masks.find(key);
+    if (it == impl.device_masks.end()) {
+      NoGradGuard ng;
+      const Dim stand_in(d.extent(), d.name());
+      Tensor v = less(range_over_dim(stand_in, DType::i32, device).with_sparse_dim(std::nullopt), len, true);
+      v.impl().storage->read_only = true;
+      it = impl.device_masks.emplace(key, v).first;
+    }
+    m = it->second;
+  }
+  // The cached mask with d in place of its stand-in (zero-copy).
+  Dims dims = m.dims();
+  for (Dim& x : dims)
+    if (!contains(len.dims(), x)) x = d;
+  return make_view(m, dims, m.impl().strides, m.impl().offset);
 }
 
 Dim Dim::copy(std::string name) const {

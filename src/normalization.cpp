@@ -12,6 +12,7 @@
 #include "autograd.h"
 #include "backend.h"
 #include "block.h"
+#include "padding.h"
 #include "tensor_impl.h"
 
 namespace dimx {
@@ -40,7 +41,7 @@ Tensor valid_rows(const Block& b) {
   Tensor valid;
   for (const Dim& d : outer) {
     if (!d.is_padded() || !contains_all(outer, d.lengths().dims())) continue;
-    Tensor v = less(range_over_dim(d, DType::i32, dev).with_sparse_dim(std::nullopt), d.lengths(dev), true);
+    const Tensor v = valid_frames(d, dev);
     valid = valid.defined() ? logical_and(valid, v) : v;
   }
   if (!valid.defined()) return valid;

@@ -12,11 +12,14 @@ Tensor zero_padding(const Tensor& t, const Dim& d) {
   if (!d.is_padded()) return t;
   Tensor len = d.lengths(t.device());
   const Dims missing = minus_dims(len.dims(), t.dims());
-  if (!missing.empty()) {
+  Tensor valid;
+  if (missing.empty()) {
+    valid = valid_frames(d, t.device());
+  } else {
     NoGradGuard ng;
     len = reduce(len, ReduceOp::max, missing);
+    valid = less(range_over_dim(d, DType::i32, t.device()).with_sparse_dim(std::nullopt), len, true);
   }
-  const Tensor valid = less(range_over_dim(d, DType::i32, t.device()).with_sparse_dim(std::nullopt), len, true);
   Tensor r = where(valid, t, 0.0);
   return t.sparse_dim() && is_integer(r.dtype()) ? r.with_sparse_dim(t.sparse_dim()) : r;
 }

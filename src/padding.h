@@ -13,6 +13,10 @@ namespace dimx {
 // broadcast: frames some query can see are data.
 Tensor zero_padding(const Tensor& t, const Dim& d);
 
+// The bool mask of dynamic `d`'s valid frames (frame < length) over d and its lengths' Dims,
+// on `device`; computed once per Dim and device (a read-only tensor).
+Tensor valid_frames(const Dim& d, Device device);
+
 // The padded Dims of x that stay when `dims` are summed away but whose lengths live on some
 // of `dims` (time, with lengths over batch, when summing over batch): a reduction or
 // contraction over `dims` must leave their padded frames out too.
