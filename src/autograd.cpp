@@ -54,7 +54,8 @@ bool needs_grad(std::initializer_list<const Tensor*> inputs) {
   return false;
 }
 
-Tensor record(const char* name, const Tensor& out, std::vector<Tensor> inputs, BackwardFn fn) {
+Tensor record(const char* name, const Tensor& out, std::vector<Tensor> inputs, BackwardFn fn,
+              AccumulateFn accumulate_into) {
   if (!t_grad_enabled) return out;
   bool any = false;
   for (const Tensor& t : inputs) any = any || (t.defined() && t.requires_grad());
@@ -62,8 +63,13 @@ Tensor record(const char* name, const Tensor& out, std::vector<Tensor> inputs, B
   auto impl = std::make_shared<TensorImpl>(out.impl());
   impl->autograd = std::make_shared<AutogradMeta>();
   impl->autograd->requires_grad = true;
-  impl->autograd->grad_fn = std::make_shared<Node>(Node{name, std::move(inputs), std::move(fn)});
+  impl->autograd->grad_fn =
+      std::make_shared<Node>(Node{name, std::move(inputs), std::move(fn), std::move(accumulate_into)});
   return Tensor(std::move(impl));
+}
+
+bool exclusively_owned(const Tensor& t) {
+  return t.defined() && t.impl_ptr().use_count() == 1 && t.impl().storage.use_count() == 1;
 }
 
 Tensor sum_to(const Tensor& g, const Tensor& like) {
@@ -194,6 +200,14 @@ void run(const char* op, const Tensor& output, const Tensor& grad_output, Leaf&&
     Tensor g = it->second;
     acc.erase(it);
     on_node(n, g);
+    if (n->accumulate_into && n->inputs.size() == 1) {
+      const AutogradMeta* m = meta_of(n->inputs[0]);
+      if (m && m->requires_grad && m->grad_fn) {
+        ProfileSection in_node(n->name);
+        n->accumulate_into(g, acc[m->grad_fn.get()]);
+        continue;
+      }
+    }
     std::vector<Tensor> grads;
     {
       ProfileSection in_node(n->name);

@@ -314,21 +314,40 @@ std::pair<Tensor, Dim> slice(const Tensor& x, const Dim& axis, int64_t start, st
   int64_t offset = x.impl().offset + start * st[ax];
   st[ax] *= step;
   Tensor y = make_view(x, replace_in(x.dims(), axis, {out}), st, count ? offset : x.impl().offset);
-  y = record("slice", y, {x}, [x, axis, start, step, count, out](const Tensor& g) {
-    // Zeros with g copied into the sliced frames (a strided view of them): no gather.
-    Tensor gx = Tensor::zeros(x.dims(), x.dtype(), x.device());
-    if (count == 0) return std::vector<Tensor>{gx};
+  // The gradient: g into the sliced frames (a strided view of them) of a zero tensor, or,
+  // where x's gradient so far is the engine's alone, added into those frames in place.
+  auto into_frames = [axis, start, step, out](const Tensor& g, const Tensor& gx, bool add) {
     const TensorImpl& gi = gx.impl();
-    const size_t ax = gx.axis_of(axis);
     Strides st = gi.strides;
+    const size_t ax = gx.axis_of(axis);
     const int64_t off = start * st[ax];
     st[ax] *= step;
     const Dims vd = replace_in(gi.dims, axis, {out});
-    backend::backend_for(gx.device())
-        .copy(extents(vd), g.dtype(), {g.impl().data(), aligned_strides(g.impl(), vd)}, gx.dtype(),
-              {gi.data() + off * int64_t(dtype_size(gx.dtype())), st});
-    return std::vector<Tensor>{gx};
-  });
+    char* region = gi.data() + off * int64_t(dtype_size(gx.dtype()));
+    backend::Backend& be = backend::backend_for(gx.device());
+    if (add)
+      be.binary(BinaryOp::add, gx.dtype(), extents(vd), {region, st}, {g.impl().data(), aligned_strides(g.impl(), vd)},
+                {region, st});
+    else
+      be.copy(extents(vd), g.dtype(), {g.impl().data(), aligned_strides(g.impl(), vd)}, gx.dtype(), {region, st});
+  };
+  auto full = [x, count, into_frames](const Tensor& g) {
+    Tensor gx = Tensor::zeros(x.dims(), x.dtype(), x.device());
+    if (count > 0) into_frames(g, gx, false);
+    return gx;
+  };
+  y = record(
+      "slice", y, {x}, [full](const Tensor& g) { return std::vector<Tensor>{full(g)}; },
+      [x, count, full, into_frames](const Tensor& g, Tensor& acc) {
+        if (!acc.defined()) {
+          acc = full(g);
+        } else if (exclusively_owned(acc) && acc.dims() == x.dims() && acc.dtype() == x.dtype() &&
+                   g.dtype() == x.dtype() && acc.device() == x.device() && acc.is_contiguous()) {
+          if (count > 0) into_frames(g, acc, true);
+        } else {
+          acc = add(acc, full(g));
+        }
+      });
   return {y, out};
 }
 

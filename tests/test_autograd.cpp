@@ -295,3 +295,32 @@ TEST_CASE("autograd: the profiler names each primitive's context and counts its 
   (void)matmul(x, w, i);
   CHECK(again.entries().size() >= 1);
 }
+
+// Slices of a tensor that is not a leaf add their gradients into one buffer (in place where the
+// engine holds it alone); overlapping slices, strided slices, a consumer of the whole tensor
+// (a broadcast gradient, not written in place) and the order of consumers all give the sum.
+TEST_CASE("autograd: slices of one tensor accumulate into one gradient", "[autograd]") {
+  Dim t(6, "t"), f(3, "f");
+  std::vector<double> xv(18);
+  for (size_t i = 0; i < xv.size(); ++i) xv[i] = 0.5 + 0.25 * double(i);
+  for (int variant = 0; variant < 3; ++variant) {
+    INFO("variant " << variant);
+    Tensor x = Tensor::from_vector<double>({t, f}, xv).with_requires_grad();
+    Tensor h = x * 2.0;  // not a leaf: its gradient is accumulated by the engine
+    Tensor a = slice(h, t, 0, 4).first, b = slice(h, t, 2, 6).first, c = slice(h, t, 1, 6, 2).first;
+    std::vector<Tensor> terms{reduce_sum(a * a, a.dims()), reduce_sum(b * 3.0, b.dims()), reduce_sum(c, c.dims())};
+    if (variant == 1) terms.push_back(reduce_sum(h, {t, f}));
+    if (variant == 2) std::reverse(terms.begin(), terms.end());
+    Tensor loss = terms[0];
+    for (size_t i = 1; i < terms.size(); ++i) loss = loss + terms[i];
+    Tensor gx = grad(loss, {x})[0];
+    std::vector<double> want(18);
+    for (int i = 0; i < 6; ++i)
+      for (int j = 0; j < 3; ++j) {
+        const double hv = 2.0 * xv[size_t(i * 3 + j)];
+        double dh = (i < 4 ? 2.0 * hv : 0.0) + (i >= 2 ? 3.0 : 0.0) + (i % 2 == 1 ? 1.0 : 0.0) + (variant == 1 ? 1.0 : 0.0);
+        want[size_t(i * 3 + j)] = 2.0 * dh;
+      }
+    CHECK_VEC_APPROX(gx.to_vector<double>({t, f}), want, 1e-12, 1e-12);
+  }
+}
