@@ -149,9 +149,13 @@ __device__ __forceinline__ T warp_reduce(ReduceOp op, T v) {
 }
 
 // One warp per row of up to 32 * E elements, kept in registers: one read, one write, no
-// shared memory. E is a power of two picked from the row length.
-template <class T, int E>
+// shared memory. E is a power of two picked from the row length; each lane reads runs of V
+// consecutive elements (one 16-byte access for V = 16 / sizeof(T)), and each exp is taken once.
+template <class T, int E, int V>
 __global__ void softmax_warp_rows(bool log, int64_t A, int64_t N, const T* x, const int64_t* len, T* y) {
+  struct alignas(sizeof(T) * V) Run {
+    T v[V];
+  };
   const int64_t a = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
   if (a >= A) return;
   const int lane = threadIdx.x % 32;
@@ -162,39 +166,71 @@ __global__ void softmax_warp_rows(bool log, int64_t A, int64_t N, const T* x, co
   T v[E];
   T m = ninf;
 #pragma unroll
-  for (int j = 0; j < E; ++j) {
-    int64_t i = lane + 32 * j;
-    v[j] = i < L ? row[i] : ninf;
-    m = v[j] > m ? v[j] : m;
+  for (int j = 0; j < E / V; ++j) {
+    const int64_t i0 = (lane + 32 * int64_t(j)) * V;
+    Run r;
+    if (V > 1 && i0 + V <= L) {
+      r = *reinterpret_cast<const Run*>(row + i0);
+    } else {
+#pragma unroll
+      for (int u = 0; u < V; ++u) r.v[u] = i0 + u < L ? row[i0 + u] : ninf;
+    }
+#pragma unroll
+    for (int u = 0; u < V; ++u) {
+      v[j * V + u] = r.v[u];
+      m = r.v[u] > m ? r.v[u] : m;
+    }
   }
   m = warp_reduce(ReduceOp::max, m);
   T s = 0;
 #pragma unroll
   for (int j = 0; j < E; ++j) {
     v[j] -= m;
-    if (m != ninf) s += ::exp(v[j]);
+    if (m != ninf) {
+      const T e = ::exp(v[j]);
+      s += e;
+      if (!log) v[j] = e;
+    }
   }
   s = warp_reduce(ReduceOp::sum, s);
   const T ls = ::log(s), inv = T(1) / s;
 #pragma unroll
-  for (int j = 0; j < E; ++j) {
-    int64_t i = lane + 32 * j;
-    if (i < N) {
-      bool valid = i < L && m != ninf;
-      out[i] = valid ? (log ? v[j] - ls : ::exp(v[j]) * inv) : (log ? ninf : T(0));
+  for (int j = 0; j < E / V; ++j) {
+    const int64_t i0 = (lane + 32 * int64_t(j)) * V;
+    Run r;
+#pragma unroll
+    for (int u = 0; u < V; ++u) {
+      const bool valid = i0 + u < L && m != ninf;
+      r.v[u] = valid ? (log ? v[j * V + u] - ls : v[j * V + u] * inv) : (log ? ninf : T(0));
+    }
+    if (V > 1 && i0 + V <= N) {
+      *reinterpret_cast<Run*>(out + i0) = r;
+    } else {
+#pragma unroll
+      for (int u = 0; u < V; ++u)
+        if (i0 + u < N) out[i0 + u] = r.v[u];
     }
   }
 }
 
+template <class T, int E>
+void launch_warp_rows_e(bool log, int64_t A, int64_t N, const T* x, const int64_t* len, T* y, cudaStream_t s) {
+  const unsigned blocks = unsigned((A + 7) / 8);  // 8 rows (warps) per block of 256
+  constexpr int V = E < int(16 / sizeof(T)) ? E : int(16 / sizeof(T));
+  // Vector runs need every row 16-byte aligned.
+  const bool aligned = N % V == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0;
+  if (V > 1 && aligned) softmax_warp_rows<T, E, V><<<blocks, 256, 0, s>>>(log, A, N, x, len, y);
+  else softmax_warp_rows<T, E, 1><<<blocks, 256, 0, s>>>(log, A, N, x, len, y);
+}
+
 template <class T>
 void launch_warp_rows(bool log, int64_t A, int64_t N, const T* x, const int64_t* len, T* y, cudaStream_t s) {
-  const unsigned blocks = unsigned((A + 7) / 8);  // 8 rows (warps) per block of 256
-  if (N <= 32) softmax_warp_rows<T, 1><<<blocks, 256, 0, s>>>(log, A, N, x, len, y);
-  else if (N <= 64) softmax_warp_rows<T, 2><<<blocks, 256, 0, s>>>(log, A, N, x, len, y);
-  else if (N <= 128) softmax_warp_rows<T, 4><<<blocks, 256, 0, s>>>(log, A, N, x, len, y);
-  else if (N <= 256) softmax_warp_rows<T, 8><<<blocks, 256, 0, s>>>(log, A, N, x, len, y);
-  else if (N <= 512) softmax_warp_rows<T, 16><<<blocks, 256, 0, s>>>(log, A, N, x, len, y);
-  else softmax_warp_rows<T, 32><<<blocks, 256, 0, s>>>(log, A, N, x, len, y);
+  if (N <= 32) launch_warp_rows_e<T, 1>(log, A, N, x, len, y, s);
+  else if (N <= 64) launch_warp_rows_e<T, 2>(log, A, N, x, len, y, s);
+  else if (N <= 128) launch_warp_rows_e<T, 4>(log, A, N, x, len, y, s);
+  else if (N <= 256) launch_warp_rows_e<T, 8>(log, A, N, x, len, y, s);
+  else if (N <= 512) launch_warp_rows_e<T, 16>(log, A, N, x, len, y, s);
+  else launch_warp_rows_e<T, 32>(log, A, N, x, len, y, s);
 }
 
 // Rows longer than a warp's registers hold: three passes over global memory.

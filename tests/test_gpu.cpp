@@ -141,7 +141,7 @@ TEST_CASE("gpu: reductions and softmax match the CPU", "[gpu]") {
     return std::vector<Tensor>{reduce_argmax(x, d.time), reduce_argmin(x, d.feat), reduce_any(x > 1.5, {d.time}),
                                reduce_all(x > -1.9, {d.feat, d.time})};
   });
-  for (int64_t n : {40, 700, 3000, 9000}) {
+  for (int64_t n : {40, 130, 700, 3000, 9000}) {
     Dim big(n, "big");
     Dim lens = dynamic_dim(d.batch, {int32_t(n), int32_t(n / 2), 1}, "lens");
     consistent("long rows " + std::to_string(n), [&](Device dev) {
