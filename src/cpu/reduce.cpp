@@ -2,6 +2,7 @@
 // optional per-(a, b) valid lengths along N.
 #include <xsimd/xsimd.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -127,9 +128,19 @@ void reduce_impl(ReduceOp op, int64_t A, int64_t N, int64_t B, const T* x, const
     std::fill(acc.get(), acc.get() + w, identity<T>(op == ReduceOp::logsumexp ? ReduceOp::max : op));
     const int64_t* la = len ? len + a * B + b0 : nullptr;
     ReduceOp first = op == ReduceOp::logsumexp ? ReduceOp::max : op;
-    for (int64_t n = 0; n < N; ++n) {
+    // Lengths that are the same for the whole column block (a sequence's length broadcast over
+    // its features) bound the row loop instead, so the inner loop vectorizes.
+    int64_t rows = N;
+    if (la && std::all_of(la, la + w, [&](int64_t l) { return l == la[0]; })) {
+      rows = std::clamp<int64_t>(la[0], 0, N);
+      la = nullptr;
+    }
+    for (int64_t n = 0; n < rows; ++n) {
       const T* row = xa + n * B + b0;
-      if (!la)
+      T* ac = acc.get();
+      if (!la && first == ReduceOp::sum && std::is_floating_point_v<T>)
+        for (int64_t b = 0; b < w; ++b) ac[b] += row[b];
+      else if (!la)
         for (int64_t b = 0; b < w; ++b) acc[b] = combine(first, acc[b], row[b]);
       else
         for (int64_t b = 0; b < w; ++b)
@@ -137,7 +148,7 @@ void reduce_impl(ReduceOp op, int64_t A, int64_t N, int64_t B, const T* x, const
     }
     if constexpr (std::is_floating_point_v<T>) if (op == ReduceOp::logsumexp) {
       std::vector<T> s(size_t(w), T(0));
-      for (int64_t n = 0; n < N; ++n) {
+      for (int64_t n = 0; n < rows; ++n) {
         const T* row = xa + n * B + b0;
         for (int64_t b = 0; b < w; ++b)
           if ((!la || n < la[b]) && !reduce_math::lse_trivial(acc[b])) s[b] += std::exp(row[b] - acc[b]);
