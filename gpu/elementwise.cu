@@ -274,9 +274,10 @@ bool inner_vec_plan(const Meta<K>& m, int V, const void* const (&ptr)[K], const 
 template <int K, int V, class Op>
 __global__ void inner_vec_kernel(InnerVec<K> p, Op op) {
   const int64_t cv = (p.C + V - 1) / V, nv = p.outer.n * cv;
+  const bool one_row = p.outer.n == 1;  // all operands contiguous or scalars: no division
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < nv; i += int64_t(gridDim.x) * blockDim.x) {
     // 32-bit division where it fits (several times cheaper than 64-bit).
-    const int64_t r = nv <= int64_t(0xffffffffu) ? int64_t(uint32_t(i) / uint32_t(cv)) : i / cv;
+    const int64_t r = one_row ? 0 : nv <= int64_t(0xffffffffu) ? int64_t(uint32_t(i) / uint32_t(cv)) : i / cv;
     const int64_t c = (i - r * cv) * V;
     int64_t o[K];
     offsets(p.outer, r, o);
