@@ -265,6 +265,40 @@ int main(int argc, char** argv) {
     return l;
   };
 
+  // One step split into its phases (the device synchronized after each): the medians of the
+  // forward (to the loss), the backward and the optimizer step. The whole-step figures above
+  // let phases overlap; these show where a step's time goes, and the backward / forward ratio.
+  auto print_phases = [&](bool amp) {
+    using Clock = std::chrono::steady_clock;
+    std::vector<double> f, b, o;
+    auto ms_since = [](Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); };
+    for (int k = 0; k < std::max(3, steps); ++k) {
+      dopt.zero_grad();
+      dimx::bench::sync(dev);
+      auto t = Clock::now();
+      dimx::Tensor l = dimx_loss(amp);
+      dimx::bench::sync(dev);
+      f.push_back(ms_since(t));
+      t = Clock::now();
+      dimx::backward(l);
+      dimx::bench::sync(dev);
+      b.push_back(ms_since(t));
+      t = Clock::now();
+      dopt.step();
+      dimx::bench::sync(dev);
+      o.push_back(ms_since(t));
+    }
+    const double fm = median(f), bm = median(b), om = median(o);
+    const char* name = amp ? "bf16 autocast" : "fp32";
+    if (json)
+      std::printf("{\"bench\": \"train_phases\", \"device\": \"%s\", \"precision\": \"%s\", \"forward_ms\": %.3f, "
+                  "\"backward_ms\": %.3f, \"optimizer_ms\": %.3f, \"backward_over_forward\": %.3f}\n",
+                  gpu ? "cuda" : "cpu", name, fm, bm, om, bm / fm);
+    else
+      std::printf("dimx phases %s: forward %.2f ms, backward %.2f ms (%.2fx the forward), optimizer %.2f ms\n", name,
+                  fm, bm, bm / fm, om);
+  };
+
   if (gpu) {
     std::vector<double> dl;
     for (int k = 0; k < 3; ++k) dl.push_back(dimx_step(false).item<double>());
@@ -304,6 +338,7 @@ int main(int argc, char** argv) {
                     name.c_str(), (long long)B, (long long)T, (long long)E, (long long)H, int(L), ms, p,
                     p > 0 ? ms / p : 0.0, tokens / ms * 1e3, p > 0 ? tokens / p * 1e3 : 0.0);
       if (p < 0) rc = 1;
+      print_phases(amp);
     }
     for (const auto& [name, ms] : peer)
       if (name.rfind("info ", 0) == 0 && !json) std::printf("%s: %.2f\n", name.c_str(), ms);
@@ -391,11 +426,13 @@ int main(int argc, char** argv) {
                 (long long)B, (long long)T, (long long)E, (long long)H, int(L), dimx_ms, torch1, torch2, dimx_ms / best,
                 tokens / dimx_ms * 1e3, tokens / best * 1e3);
   }
+  print_phases(false);
   return same ? 0 : 1;
 #else
   std::printf("bench_train on the CPU compares against libtorch's C++ API, which this build lacks "
               "(apt-get install libtorch-dev); dimx alone: %.2f ms a step\n",
               dimx::bench::median_ms(steps, dev, [&] { dimx_step(false); }));
+  print_phases(false);
   return 0;
 #endif
 }
