@@ -225,7 +225,7 @@ Tensor combine(const Tensor& a, BinaryOp op, double b) {
     check_binary(a, op, a, false);  // errors name a as given
     return round_to(combine(widen_half(a), op, b), a.dtype());
   }
-  return combine(a, op, Tensor::scalar(b, a.dtype(), a.device()));
+  return combine(a, op, constant_scalar(b, a.dtype(), a.device()));
 }
 
 Tensor combine(double a, BinaryOp op, const Tensor& b) {
@@ -235,7 +235,7 @@ Tensor combine(double a, BinaryOp op, const Tensor& b) {
     check_binary(b, op, b, false);
     return round_to(combine(a, op, widen_half(b)), b.dtype());
   }
-  return combine(Tensor::scalar(a, b.dtype(), b.device()), op, b);
+  return combine(constant_scalar(a, b.dtype(), b.device()), op, b);
 }
 
 Tensor apply(UnaryOp op, const Tensor& x) {
@@ -297,13 +297,13 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b, bool allow_br
 Tensor where(const Tensor& cond, const Tensor& a, double b, bool allow_broadcast_all) {
   check_defined("where", a);
   check_representable("where", b, a);
-  return where(cond, a, Tensor::scalar(b, a.dtype(), a.device()), allow_broadcast_all);
+  return where(cond, a, constant_scalar(b, a.dtype(), a.device()), allow_broadcast_all);
 }
 
 Tensor where(const Tensor& cond, double a, const Tensor& b, bool allow_broadcast_all) {
   check_defined("where", b);
   check_representable("where", a, b);
-  return where(cond, Tensor::scalar(a, b.dtype(), b.device()), b, allow_broadcast_all);
+  return where(cond, constant_scalar(a, b.dtype(), b.device()), b, allow_broadcast_all);
 }
 
 Tensor clip(const Tensor& x, double lo, double hi) {
@@ -320,7 +320,7 @@ Tensor clip(const Tensor& x, double lo, double hi) {
     hi = std::clamp(std::floor(hi), lim_lo, lim_hi);
     if (lo > hi) fail("clip: no integer in [lo, hi] for x = " + x.str());
   }
-  return minimum(maximum(x, Tensor::scalar(lo, x.dtype(), x.device())), Tensor::scalar(hi, x.dtype(), x.device()));
+  return minimum(maximum(x, constant_scalar(lo, x.dtype(), x.device())), constant_scalar(hi, x.dtype(), x.device()));
 }
 
 }  // namespace dimx

@@ -1,6 +1,9 @@
 #include <dimx/tensor.h>
 
 #include <algorithm>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <cstring>
 #include <sstream>
 
@@ -68,6 +71,32 @@ Tensor Tensor::from_raw(Dims dims, DType dtype, const void* data, size_t count) 
   if (n) std::memcpy(t.impl().data(), data, size_t(n) * dtype_size(dtype));
   return t;
 }
+
+// Scalars on a device are filled once per (device, dtype, value) and shared, read-only: the
+// scalar operands of elementwise ops (the zeros of the padding masks, a factor 0.5) cost a fill
+// launch per op otherwise. A bounded number are kept; the CPU fills its own (cheaper than a lookup).
+Tensor constant_scalar(double value, DType dtype, Device device) {
+  if (device.is_cpu()) return Tensor::scalar(value, dtype, device);
+  using Key = std::tuple<int, int, int, uint64_t>;
+  static std::mutex mu;
+  static auto* cache = new std::map<Key, Tensor>;  // never destroyed: device memory outlives statics
+  uint64_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  const Key key{int(device.type), device.index, int(dtype), bits};
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    auto it = cache->find(key);
+    if (it != cache->end()) return it->second;
+  }
+  Tensor t = Tensor::scalar(value, dtype, device);
+  std::lock_guard<std::mutex> lk(mu);
+  if (cache->size() < 256) {
+    t.impl().storage->read_only = true;
+    cache->emplace(key, t);
+  }
+  return t;
+}
+
 
 Tensor Tensor::full(Dims dims, double value, DType dtype, Device device) {
   check_unique("Tensor::full", dims);
