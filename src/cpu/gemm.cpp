@@ -1,5 +1,6 @@
 // Batched GEMM through OpenBLAS: one cblas call per batch entry on strided operands.
 #include <cblas.h>
+#include <xsimd/xsimd.hpp>
 
 #include <cstring>
 
@@ -19,6 +20,34 @@ void widen(DType dt, const uint16_t* m, int64_t rows, int64_t cols, bool trans, 
       uint16_t h = trans ? m[c * ld + r] : m[r * ld + c];
       out[r * cols + c] = dt == DType::bf16 ? half::bf16_to_f32(h) : half::f16_to_f32(h);
     }
+}
+
+// C = op(A) op(B) for one small matrix product (m * n * k <= kSmallGemm): each vector of a row
+// of C stays in a register over the k products (fused multiply-adds); the rest, and transposed
+// B, element by element. OpenBLAS's call and buffer setup cost more than the whole product at
+// these sizes.
+constexpr int64_t kSmallGemm = 4096;
+
+template <class T>
+void small_gemm(const backend::Gemm& g, const T* __restrict a, const T* __restrict b, T* __restrict c) {
+  using V = xsimd::batch<T>;
+  constexpr int64_t W = int64_t(V::size);
+  auto A = [&](int64_t r, int64_t p) { return g.trans_a ? a[p * g.lda + r] : a[r * g.lda + p]; };
+  for (int64_t r = 0; r < g.m; ++r) {
+    T* __restrict cr = c + r * g.ldc;
+    int64_t j0 = 0;
+    if (!g.trans_b)  // whole vectors of C's row kept in a register over the k products
+      for (; j0 + W <= g.n; j0 += W) {
+        V s(T(0));
+        for (int64_t p = 0; p < g.k; ++p) s = xsimd::fma(V(A(r, p)), V::load_unaligned(b + p * g.ldb + j0), s);
+        s.store_unaligned(cr + j0);
+      }
+    for (int64_t j = j0; j < g.n; ++j) {
+      T s = 0;
+      for (int64_t p = 0; p < g.k; ++p) s += A(r, p) * (g.trans_b ? b[j * g.ldb + p] : b[p * g.ldb + j]);
+      cr[j] = s;
+    }
+  }
 }
 
 }  // namespace
@@ -46,12 +75,13 @@ void CpuBackend::gemm_half(DType dt, const backend::Gemm& g) {
 void check_blas_kernels();  // src/runtime_info.cpp
 
 void CpuBackend::gemm(DType dt, const backend::Gemm& g) {
-  check_blas_kernels();
   const auto ta = g.trans_a ? CblasTrans : CblasNoTrans;
   const auto tb = g.trans_b ? CblasTrans : CblasNoTrans;
   if (is_half(dt)) return gemm_half(dt, g);
   if (dt != DType::f32 && dt != DType::f64)
     throw Error(std::string("matmul: dtype ") + dtype_name(dt) + " not supported (f32, f64, bf16, f16)");
+  const bool small = g.m * g.n * g.k <= kSmallGemm;
+  if (!small) check_blas_kernels();
   const size_t es = dtype_size(dt);
   for (int64_t i = 0; i < g.batch; ++i) {
     char* c = static_cast<char*>(g.c) + i * g.stride_c * int64_t(es);
@@ -61,6 +91,13 @@ void CpuBackend::gemm(DType dt, const backend::Gemm& g) {
     }
     const char* a = static_cast<const char*>(g.a) + i * g.stride_a * int64_t(es);
     const char* b = static_cast<const char*>(g.b) + i * g.stride_b * int64_t(es);
+    if (small) {
+      if (dt == DType::f32)
+        small_gemm(g, reinterpret_cast<const float*>(a), reinterpret_cast<const float*>(b), reinterpret_cast<float*>(c));
+      else
+        small_gemm(g, reinterpret_cast<const double*>(a), reinterpret_cast<const double*>(b), reinterpret_cast<double*>(c));
+      continue;
+    }
     if (dt == DType::f32)
       cblas_sgemm(CblasRowMajor, ta, tb, blasint(g.m), blasint(g.n), blasint(g.k), 1.0f,
                   reinterpret_cast<const float*>(a), blasint(g.lda), reinterpret_cast<const float*>(b),
