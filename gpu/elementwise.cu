@@ -233,7 +233,10 @@ __device__ __forceinline__ void store_pack(T* p, const Pack<T, V>& r, int cnt) {
     *reinterpret_cast<Pack<T, V>*>(p) = r;
     return;
   }
-  for (int j = 0; j < cnt; ++j) p[j] = r.v[j];
+  // Constant indices only: a pack indexed by a runtime value would live in local memory.
+#pragma unroll
+  for (int j = 0; j < V; ++j)
+    if (j < cnt) p[j] = r.v[j];
 }
 
 // m without its innermost axis (outer), that axis' extent C, and which operands run along it
