@@ -1,7 +1,7 @@
+#include <dimx/autograd.h>
 #include <dimx/elementwise.h>
 #include <dimx/reduce.h>
 #include <dimx/shape.h>
-#include <dimx/autograd.h>
 #include <dimx/tensor.h>
 
 #include <algorithm>

@@ -45,7 +45,6 @@ std::string operands(std::initializer_list<const Tensor*> ts) {
 // Output Dims of an elementwise op: the layout of the first operand holding all Dims, so
 // that operand streams contiguously; without one, broadcasting all sources needs opt-in.
 Dims output_dims(const char* op, std::initializer_list<const Tensor*> ts, bool allow_broadcast_all) {
-  // The common case first, without building the union: an operand that holds every Dim.
   for (const Tensor* t : ts) {
     bool all_in = true;
     for (const Tensor* u : ts) all_in = all_in && (u == t || contains_all(t->dims(), u->dims()));
@@ -53,8 +52,6 @@ Dims output_dims(const char* op, std::initializer_list<const Tensor*> ts, bool a
   }
   Dims all;
   for (const Tensor* t : ts) all = union_dims(all, t->dims());
-  for (const Tensor* t : ts)
-    if (t->ndim() == all.size()) return t->dims();
   if (!allow_broadcast_all)
     fail(std::string(op) + ": no operand has all dims " + dims_str(all) + " (" + operands(ts) +
          "); pass allow_broadcast_all=true if the outer product is intended");

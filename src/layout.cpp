@@ -174,12 +174,7 @@ Tensor empty(Dims dims, DType dtype, Device device, const char* op) {
   if (__builtin_mul_overflow(n, int64_t(dtype_size(dtype)), &bytes))
     fail(std::string(op) + ": the byte size of " + dims_str(dims) + " (" + dtype_name(dtype) + ") overflows int64");
   auto impl = std::make_shared<TensorImpl>();
-  impl->strides.resize(dims.size());
-  int64_t acc = 1;
-  for (size_t i = dims.size(); i-- > 0;) {
-    impl->strides[i] = acc;
-    acc *= dims[i].extent();
-  }
+  impl->strides = contiguous_strides(extents(dims));
   impl->dims = std::move(dims);
   impl->dtype = dtype;
   impl->storage = backend::backend_for(device).allocate(size_t(bytes));

@@ -12,7 +12,6 @@
 #include "autograd.h"
 #include "backend.h"
 #include "block.h"
-#include "padding.h"
 #include "tensor_impl.h"
 
 namespace dimx {
@@ -38,14 +37,11 @@ const void* ptr(const Tensor& t) { return t.defined() ? t.impl().data() : nullpt
 Tensor valid_rows(const Block& b) {
   const Dims outer = b.outer();
   const Device dev = b.x.device();
-  Tensor valid;
-  for (const Dim& d : outer) {
-    if (!d.is_padded() || !contains_all(outer, d.lengths().dims())) continue;
-    const Tensor v = valid_frames(d, dev);
-    valid = valid.defined() ? logical_and(valid, v) : v;
-  }
-  if (!valid.defined()) return valid;
-  return broadcast_to_include(valid, outer).transpose_to(outer);
+  Dims padded;
+  for (const Dim& d : outer)
+    if (d.is_padded() && contains_all(outer, d.lengths().dims())) padded.push_back(d);
+  if (padded.empty()) return Tensor();
+  return broadcast_to_include(sequence_mask(padded, dev), outer).transpose_to(outer);
 }
 
 }  // namespace

@@ -488,8 +488,7 @@ Tensor sequence_mask(const Dims& dims, Device device) {
   Tensor mask;
   for (const Dim& d : dims) {
     if (d.is_static()) continue;
-    // Made on `device` from the lengths kept there: no host copy per call.
-    Tensor m = less(range_over_dim(d, DType::i32, device).with_sparse_dim(std::nullopt), d.lengths(device), true);
+    const Tensor m = valid_frames(d, device);  // kept with the Dim, per device
     mask = mask.defined() ? logical_and(mask, m, true) : m;
   }
   return mask.defined() ? mask : Tensor::scalar(1, DType::boolean, device);

@@ -8,10 +8,10 @@
 /// Arithmetic on Dims is cached: the same expression on the same Dims yields the same Dim.
 #include <dimx/device.h>
 
-#include <cstdint>
-#include <functional>
 #include <boost/container/small_vector.hpp>
 
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <ostream>
 #include <string>

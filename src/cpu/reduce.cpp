@@ -137,9 +137,8 @@ void reduce_impl(ReduceOp op, int64_t A, int64_t N, int64_t B, const T* x, const
     }
     for (int64_t n = 0; n < rows; ++n) {
       const T* row = xa + n * B + b0;
-      T* ac = acc.get();
       if (!la && first == ReduceOp::sum && std::is_floating_point_v<T>)
-        for (int64_t b = 0; b < w; ++b) ac[b] += row[b];
+        for (int64_t b = 0; b < w; ++b) acc[b] += row[b];
       else if (!la)
         for (int64_t b = 0; b < w; ++b) acc[b] = combine(first, acc[b], row[b]);
       else
