@@ -58,7 +58,8 @@ Tensor cumsum(const Tensor& x, const Dim& axis);
 /// [0, 1, ..., extent-1] over `dim`, with sparse_dim = dim.
 Tensor range_over_dim(const Dim& dim, DType dtype = DType::i32, Device device = Device::cpu());
 /// True on valid frames: over each dynamic Dim of `dims` plus its lengths' Dims; static Dims
-/// add nothing (all valid); with no dynamic Dim the result is a scalar true.
+/// add nothing (all valid); with no dynamic Dim the result is a scalar true. Each Dim's mask is
+/// computed once per device and kept with the Dim, read-only as Dim::lengths().
 Tensor sequence_mask(const Dims& dims, Device device = Device::cpu());
 /// x with padded frames of the dynamic Dims among `dims` set to `value`.
 Tensor copy_masked(const Tensor& x, const Dims& dims, double value = 0);
