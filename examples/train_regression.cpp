@@ -139,9 +139,9 @@ int main() {
     std::cout << prof.report(8);
     int64_t backward_gemms = 0;
     for (const Profiler::Entry& e : prof.entries())
-      if (e.context == "matmul" && e.primitive.rfind("gemm", 0) == 0) backward_gemms += e.calls;
-    // Each of the model's Linear layers' matmuls has two gradient GEMMs (input and weight), the
-    // first layer's one (its input needs no gradient).
+      if (e.context.rfind("matmul", 0) == 0 && e.primitive.rfind("gemm", 0) == 0) backward_gemms += e.calls;
+    // Each of the model's Linear layers (matmul_add: the product and its bias) has two gradient
+    // GEMMs (input and weight), the first layer's one (its input needs no gradient).
     check("the profiler saw the backward's GEMMs", backward_gemms >= 3);
     bool optimizer_seen = false;
     for (const Profiler::Entry& e : prof.by_context()) optimizer_seen = optimizer_seen || e.context == "optimizer step";

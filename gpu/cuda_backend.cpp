@@ -1,15 +1,14 @@
-// The CUDA backend: stream-ordered pooled allocation, cuBLAS GEMM and the kernels of gpu/*.cu
+// The CUDA backend: stream-ordered pooled allocation, GEMM (gemm.h) and the kernels of gpu/*.cu
 // behind the positional interface of src/backend.h. Registered for Device::cuda when this
 // library loads. Every CUDA and cuBLAS call is checked and turned into a dimx::Error.
-#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <memory>
 #include <mutex>
-
-#include <dimx/matmul.h>
 
 #include "backend.h"
 #include "cpu/strided.h"
+#include "gemm.h"
 #include "launch.h"
 #include "optim_coeffs.h"
 #include "runtime.h"
@@ -23,10 +22,6 @@ void check(cudaError_t e, const char* call) {
     cudaGetLastError();  // clear the sticky-free error state so later calls can go on
     throw Error(std::string(call) + " failed: " + cudaGetErrorString(e));
   }
-}
-
-void check(cublasStatus_t s, const char* call) {
-  if (s != CUBLAS_STATUS_SUCCESS) throw Error(std::string(call) + " failed: cuBLAS status " + std::to_string(int(s)));
 }
 
 template <int K>
@@ -73,8 +68,7 @@ class CudaBackend final : public backend::Backend {
       // Keep freed blocks in the pool instead of returning them to the driver at each sync.
       uint64_t keep = ~uint64_t(0);
       check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute");
-      check(cublasCreate(&blas_), "cublasCreate");
-      check(cublasSetStream(blas_, stream_), "cublasSetStream");
+      gemms_ = std::make_unique<Gemms>(*this, stream_);
     });
     return stream_;
   }
@@ -184,34 +178,8 @@ class CudaBackend final : public backend::Backend {
   }
 
   void gemm(DType dt, const backend::Gemm& g) override {
-    if (dt != DType::f32 && dt != DType::f64 && !is_half(dt))
-      throw Error(std::string("matmul: dtype ") + dtype_name(dt) + " not supported on cuda (f32, f64, bf16, f16)");
     stream();  // makes this device current
-    if (g.k == 0) {
-      for (int64_t i = 0; i < g.batch; ++i)
-        check(cudaMemset2DAsync(static_cast<char*>(g.c) + i * g.stride_c * int64_t(dtype_size(dt)),
-                                size_t(g.ldc) * dtype_size(dt), 0, size_t(g.n) * dtype_size(dt), size_t(g.m), stream_),
-              "cudaMemset2DAsync");
-      return;
-    }
-    // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
-    // bf16/f16 accumulate in f32.
-    const cudaDataType t = dt == DType::f32    ? CUDA_R_32F
-                           : dt == DType::f64  ? CUDA_R_64F
-                           : dt == DType::bf16 ? CUDA_R_16BF
-                                               : CUDA_R_16F;
-    const cublasComputeType_t ct = dt == DType::f64 ? CUBLAS_COMPUTE_64F
-                                   : dt == DType::f32 && allow_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                                                      : CUBLAS_COMPUTE_32F;
-    const float one_f = 1, zero_f = 0;
-    const double one_d = 1, zero_d = 0;
-    const void* one = dt == DType::f64 ? static_cast<const void*>(&one_d) : &one_f;
-    const void* zero = dt == DType::f64 ? static_cast<const void*>(&zero_d) : &zero_f;
-    check(cublasGemmStridedBatchedEx(blas_, g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                     int(g.n), int(g.m), int(g.k), one, g.b, t, int(g.ldb), g.stride_b, g.a, t,
-                                     int(g.lda), g.stride_a, zero, g.c, t, int(g.ldc), g.stride_c, int(g.batch), ct,
-                                     CUBLAS_GEMM_DEFAULT),
-          "cublasGemmStridedBatchedEx");
+    gemms_->run(dt, g);
   }
 
   static AttentionArgs attention_args(const backend::Attention& a) {
@@ -316,7 +284,7 @@ class CudaBackend final : public backend::Backend {
   int index_;
   std::once_flag init_;
   cudaStream_t stream_ = nullptr;
-  cublasHandle_t blas_ = nullptr;
+  std::unique_ptr<Gemms> gemms_;
 };
 
 // Registered when the library loads (linked in, or loaded by libdimx on first use of a CUDA

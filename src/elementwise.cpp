@@ -38,7 +38,10 @@ std::string operands(std::initializer_list<const Tensor*> ts) {
   std::string s;
   const char* names[] = {"a", "b", "c"};
   size_t i = 0;
-  for (const Tensor* t : ts) s += std::string(i ? ", " : "") + names[i++] + " = " + t->str();
+  for (const Tensor* t : ts) {
+    s += std::string(i ? ", " : "") + names[i] + " = " + t->str();
+    ++i;
+  }
   return s;
 }
 

@@ -152,6 +152,22 @@ TEST_CASE("autograd: matmul (batched, several and dynamic reduce Dims)", "[autog
   gradcheck([&](const std::vector<Tensor>& v) { return matmul(v[0], v[0], s.feat); }, {w});
 }
 
+TEST_CASE("autograd: matmul_add (bias in the GEMM, and the two-pass fallback)", "[autograd]") {
+  Setup s;
+  Dim h(3, "h"), two(2, "two");
+  Tensor a = rand64({s.batch, s.time, s.feat}, 21);
+  Tensor w = rand64({h, s.feat}, 22), bias = rand64({h}, 23);
+  gradcheck([&](const std::vector<Tensor>& v) { return matmul_add(v[0], v[1], s.feat, v[2]); }, {a, w, bias});
+  // A bias over part of b's own Dims (broadcast over `two`), and one over a's Dims (fallback).
+  Tensor w2 = rand64({two, h, s.feat}, 24), bias_b = rand64({s.batch}, 25);
+  gradcheck([&](const std::vector<Tensor>& v) { return matmul_add(v[0], v[1], s.feat, v[2]); }, {a, w2, bias});
+  gradcheck([&](const std::vector<Tensor>& v) { return matmul_add(v[0], v[1], s.feat, v[2]); }, {a, w, bias_b});
+  // Contracting the padded time (masked: the fallback) with a bias over b's own Dim.
+  Tensor b = rand64({s.batch, s.time, h}, 26), bias_f = rand64({h}, 27);
+  gradcheck([&](const std::vector<Tensor>& v) { return matmul_add(v[0], v[1], Dims{s.batch, s.time}, v[2]); },
+            {a, b, bias_f});
+}
+
 // Dims an op creates are made once, outside the function under test, so every evaluation
 // produces the same output Dims.
 TEST_CASE("autograd: shape ops", "[autograd]") {

@@ -203,6 +203,41 @@ TEST_CASE("gpu: matmul matches the CPU", "[gpu]") {
     return std::vector<Tensor>{matmul(a, w, d.feat), matmul(a, b, d.time), matmul(w, c, h),
                                matmul(a, b, Dims{d.batch, d.time}), matmul(w.transpose_to({d.feat, h}), c, h)};
   }, 1e-4, 1e-4);
+  // The bias in the GEMM (cuBLASLt's epilogue), also with a GEMM batch Dim and in bf16.
+  consistent("matmul_add", [&](Device dev) {
+    Tensor x = input({d.batch, d.time, d.feat}, 20, dev).transpose_to({d.batch, d.time, d.feat});
+    Tensor w = input({h, d.feat}, 21, dev).transpose_to({h, d.feat}), bias = input({h}, 22, dev);
+    Tensor wb = input({d.batch, h, d.feat}, 23, dev).transpose_to({d.batch, h, d.feat});
+    const DType bf = DType::bf16;
+    return std::vector<Tensor>{matmul_add(x, w, d.feat, bias), matmul_add(x, wb, d.feat, bias),
+                               matmul_add(x.astype(bf), w.astype(bf), d.feat, bias.astype(bf)).astype(DType::f32),
+                               matmul_add(x, w.transpose_to({d.feat, h}), d.feat, bias)};
+  }, 1e-2, 1e-2);
+  consistent("matmul_add gradients", [&](Device dev) {
+    Tensor x = input({d.batch, d.time, d.feat}, 28, dev).with_requires_grad();
+    Tensor w = input({h, d.feat}, 29, dev).with_requires_grad(), bias = input({h}, 30, dev).with_requires_grad();
+    Tensor y = matmul_add(x, w, d.feat, bias);
+    Tensor loss = reduce_sum(mul(y, input(y.dims(), 31, dev), true), y.dims());
+    return grad(reduce_sum(loss, loss.dims()), {x, w, bias});
+  }, 1e-4, 1e-4);
+  // Padded frames (NaN here) left out by the GEMM itself: contracting batch and time, also
+  // with a GEMM batch Dim, in f32, f64 and bf16 (f32 accumulation over the sequences).
+  consistent("matmul over padded (batch, time)", [&](Device dev) {
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    Dim two(2, "two");
+    auto padded = [&](const Dims& dims, uint32_t seed, DType dt) {
+      return copy_masked(input(dims, seed, dev, -2, 2, dt).transpose_to(dims), {d.time}, nan);
+    };
+    std::vector<Tensor> out;
+    for (DType dt : {DType::f32, DType::f64, DType::bf16}) {
+      Tensor a = padded({d.batch, d.time, d.feat}, 24, dt), b = padded({d.batch, d.time, h}, 25, dt);
+      Tensor a2 = padded({two, d.batch, d.time, d.feat}, 26, dt), b2 = padded({two, d.batch, d.time, h}, 27, dt);
+      out.push_back(matmul(a, b, Dims{d.batch, d.time}).astype(DType::f32));
+      out.push_back(matmul(a2, b2, Dims{d.batch, d.time}).astype(DType::f32));
+      out.push_back(matmul(a.transpose_to({d.time, d.batch, d.feat}), b, Dims{d.batch, d.time}).astype(DType::f32));
+    }
+    return out;
+  }, 1e-2, 1e-3);
   consistent("matmul f64", [&](Device dev) {
     Tensor a = input({d.batch, d.feat}, 18, dev, -1, 1, DType::f64), b = input({d.feat, h}, 19, dev, -1, 1, DType::f64);
     return std::vector<Tensor>{matmul(a, b, d.feat)};

@@ -405,6 +405,34 @@ TEMPLATE_TEST_CASE("matmul: dynamic reduce Dim masks garbage in padded frames", 
     Ref rb{{key, n}, mm_round<T>(mm_rand(8, 54))};
     mm_all_layouts<T>(ra, rb, {key}, {q, n}, cvalid, false);
   }
+  SECTION("batch and time both contracted (a weight gradient), every layout") {
+    // Where K is laid out as (batch, time) in both operands, the GEMM leaves each sequence's
+    // padded frames out itself (one product per sequence); other layouts select them out.
+    Ref ra = fill({bt, time, m}, 55), rb = fill({bt, time, n}, 56);
+    mm_all_layouts<T>(ra, rb, {bt, time}, {m, n}, valid);
+    mm_all_layouts<T>(ra, rb, {time, bt}, {m, n}, valid);
+    // With a GEMM batch Dim (f) as well, and a static contracted Dim between batch and time.
+    Ref rc = fill({f, bt, time, m}, 57), rd = fill({f, bt, time, n}, 58);
+    mm_all_layouts<T>(rc, rd, {bt, time}, {f, m, n}, valid, true, 5);
+    Ref re = fill({bt, f, time, m}, 59), rf = fill({bt, f, time, n}, 60);
+    mm_all_layouts<T>(re, rf, {bt, f, time}, {m, n}, valid, true, 5);
+    // The (batch, time) layout takes the GEMM's own path: nothing selects padded frames.
+    Profiler prof;
+    Tensor c = matmul(mm_make<T>(ra.dims, ra.v), mm_make<T>(rb.dims, rb.v), Dims{bt, time});
+    int64_t gemms = 0;
+    for (const Profiler::Entry& e : prof.entries()) {
+      CHECK(e.primitive.rfind("where", 0) == std::string::npos);
+      if (e.primitive.rfind("gemm", 0) == 0) gemms += e.calls;
+    }
+    CHECK(gemms == 1);
+    mm_check<T>(c.to_vector<T>({m, n}), naive_matmul(ra, rb, {bt, time}, {m, n}, valid), "grouped");
+  }
+  SECTION("batch and time contracted, every sequence empty: zeros") {
+    Dim empty_time(Tensor::from_vector<int32_t>({bt}, {0, 0, 0, 0}), "empty_time");
+    Tensor a = Tensor::full({bt, empty_time, m}, std::numeric_limits<double>::quiet_NaN(), dtype_of<T>());
+    Tensor b = Tensor::full({bt, empty_time, n}, std::numeric_limits<double>::infinity(), dtype_of<T>());
+    for (T v : matmul(a, b, Dims{bt, empty_time}).to_vector<T>({m, n})) CHECK(v == T(0));
+  }
   SECTION("use_mask=false with zero padding gives the same result") {
     Ref ra = fill({bt, time, m}, 47), rb = fill({bt, time, n}, 48);
     Idx idx;
@@ -468,3 +496,74 @@ TEST_CASE("matmul: f64 keeps double precision", "[matmul]") {
   CHECK(got[2] == Approx(4 + 5e-12).epsilon(1e-15));
   CHECK(got[3] == Approx(5.0).epsilon(1e-15));
 }
+
+TEMPLATE_TEST_CASE("matmul_add: the bias in the GEMM equals matmul + bias", "[matmul]", float, double) {
+  using T = TestType;
+  Dim bt(3, "batch"), time(5, "time"), in(6, "in"), out(4, "out"), two(2, "two");
+  Ref rx{{bt, time, in}, mm_round<T>(mm_rand(3 * 5 * 6, 71))}, rw{{out, in}, mm_round<T>(mm_rand(4 * 6, 72))};
+  Ref rb{{out}, mm_round<T>(mm_rand(4, 73))};
+  Tensor x = mm_make<T>(rx.dims, rx.v), w = mm_make<T>(rw.dims, rw.v), bias = mm_make<T>(rb.dims, rb.v);
+  // Reference: the product plus the bias, element by element.
+  auto with_bias = [&](MMRef r, const Dims& order, const Ref& b) {
+    Idx idx;
+    size_t pos = 0;
+    dimx_test::for_each_dim_index(order, idx, [&](Idx& i) {
+      r.val[pos] += b.at(i);
+      r.abssum[pos] += std::abs(b.at(i));
+      ++pos;
+    });
+    return r;
+  };
+  for (const Dims& layout : {Dims{bt, time, in}, Dims{in, time, bt}, Dims{time, in, bt}}) {
+    INFO(dims_str(layout));
+    Tensor y = matmul_add(x.transpose_to(layout), w, in, bias);
+    REQUIRE(same_dim_set(y.dims(), {bt, time, out}));
+    mm_check<T>(y.to_vector<T>({bt, time, out}),
+                with_bias(naive_matmul(rx, rw, {in}, {bt, time, out}), {bt, time, out}, rb), "bias over out");
+  }
+  // b with two own Dims, the bias over one of them; a bias over a's Dims (two passes).
+  Ref rw2{{two, out, in}, mm_round<T>(mm_rand(2 * 4 * 6, 74))}, rbt{{bt}, mm_round<T>(mm_rand(3, 75))};
+  Tensor y2 = matmul_add(x, mm_make<T>(rw2.dims, rw2.v), in, bias);
+  mm_check<T>(y2.to_vector<T>({bt, time, two, out}),
+              with_bias(naive_matmul(rx, rw2, {in}, {bt, time, two, out}), {bt, time, two, out}, rb), "bias over part");
+  Tensor y3 = matmul_add(x, w, in, mm_make<T>(rbt.dims, rbt.v));
+  mm_check<T>(y3.to_vector<T>({bt, time, out}),
+              with_bias(naive_matmul(rx, rw, {in}, {bt, time, out}), {bt, time, out}, rbt), "bias over batch");
+  // A bias when nothing is contracted (extent 0): the bias alone.
+  Dim none(0, "none");
+  Tensor y4 = matmul_add(Tensor::zeros({bt, none}, dtype_of<T>()), Tensor::zeros({out, none}, dtype_of<T>()), none, bias);
+  CHECK(y4.to_vector<T>({bt, out}) == std::vector<T>{T(rb.v[0]), T(rb.v[1]), T(rb.v[2]), T(rb.v[3]), T(rb.v[0]),
+                                                     T(rb.v[1]), T(rb.v[2]), T(rb.v[3]), T(rb.v[0]), T(rb.v[1]),
+                                                     T(rb.v[2]), T(rb.v[3])});
+}
+
+TEST_CASE("matmul_add: errors name the op and the operands", "[matmul]") {
+  Dim bt(3, "batch"), in(6, "in"), out(4, "out");
+  Tensor x = Tensor::zeros({bt, in}), w = Tensor::zeros({out, in});
+  CHECK_THROWS_WITH(matmul_add(x, w, in, Tensor()), Catch::Contains("matmul_add") && Catch::Contains("undefined"));
+  CHECK_THROWS_WITH(matmul_add(x, w.astype(DType::f64), in, Tensor::zeros({out})),
+                    Catch::Contains("matmul_add") && Catch::Contains("dtype mismatch"));
+  CHECK_THROWS_WITH(matmul_add(x, Tensor::zeros({out, bt}), in, Tensor::zeros({out})),
+                    Catch::Contains("matmul_add") && Catch::Contains("in"));
+}
+
+TEST_CASE("matmul: bf16 and f16 over padded (batch, time) sum the sequences in f32, rounded once", "[matmul]") {
+  const std::vector<int32_t> lens{40, 0, 17, 33};
+  Dim bt(4, "batch"), m(5, "m"), n(3, "n");
+  Dim time(Tensor::from_vector<int32_t>({bt}, lens), "time");
+  Tensor a = random_normal({bt, time, m}, *std::make_unique<Generator>(5));
+  Tensor b = random_normal({bt, time, n}, *std::make_unique<Generator>(6));
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  a = copy_masked(a, {time}, nan);
+  b = copy_masked(b, {time}, nan);
+  for (DType dt : {DType::bf16, DType::f16}) {
+    INFO(dtype_name(dt));
+    const Tensor ah = a.astype(dt), bh = b.astype(dt);
+    const std::vector<float> got = matmul(ah, bh, Dims{bt, time}).to_vector<float>({m, n});
+    const std::vector<double> want =
+        matmul(ah.astype(DType::f64), bh.astype(DType::f64), Dims{bt, time}).to_vector<double>({m, n});
+    const double half_ulp = dt == DType::bf16 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -11);
+    for (size_t i = 0; i < want.size(); ++i) CHECK(std::abs(got[i] - want[i]) <= half_ulp * std::abs(want[i]) + 1e-5);
+  }
+}
+

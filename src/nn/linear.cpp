@@ -5,7 +5,6 @@
 
 #include <cmath>
 
-#include "autocast.h"
 
 namespace dimx::nn {
 
@@ -38,9 +37,8 @@ Tensor Linear::operator()(const Tensor& x) const {
   if (x.has_dim(out_dim))
     throw Error("Linear: input " + dims_str(x.dims()) + " already has out_dim '" + out_dim.str() + "' (weight " +
                 dims_str(weight.dims()) + ")");
-  Tensor y = matmul(x, weight, in_dim);
-  if (bias) y = y + autocast_low(*bias);  // under autocast the bias joins matmul's low dtype, as in PyTorch
-  return y;
+  // Under autocast the bias joins matmul's low dtype, as in PyTorch; it is added in the GEMM.
+  return bias ? matmul_add(x, weight, in_dim, *bias) : matmul(x, weight, in_dim);
 }
 
 std::string Linear::extra_repr() const {
