@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <string>
 
+#include "launch.h"
+
 namespace dimx::gpu {
 
 namespace {
@@ -85,10 +87,13 @@ void Gemms::run(DType dt, const backend::Gemm& g) {
     if (g.k_groups <= 0 || g.k % g.k_groups != 0)
       throw Error("matmul: internal error: " + std::to_string(g.k_groups) + " K groups do not divide k = " +
                   std::to_string(g.k));
-    return grouped(dt, g);
+    if (g.k_groups > kMaxKGroups)
+      throw Error("matmul: internal error: " + std::to_string(g.k_groups) + " K groups, at most " +
+                  std::to_string(kMaxKGroups) + " on cuda");
+    return packed(dt, g);
   }
   if (g.bias && g.k > 0 && with_bias(dt, g)) return;
-  plain(dt, g, g.a, g.b, g.k, g.c, dt, g.ldc, g.stride_c, false);
+  plain(dt, g, g.a, g.b, g.k);
   if (g.bias) {  // no cuBLASLt plan for this shape: the bias in a pass of its own
     const Shape shape{g.batch, g.m, g.n};
     const Strides cs{g.stride_c, g.ldc, 1};
@@ -96,59 +101,66 @@ void Gemms::run(DType dt, const backend::Gemm& g) {
   }
 }
 
-// C (+)= op(A) op(B) over k contracted indices, C in c_dt (dt, or f32 for a half accumulator).
-void Gemms::plain(DType dt, const backend::Gemm& g, const void* a, const void* b, int64_t k, void* c, DType c_dt,
-                  int64_t ldc, int64_t stride_c, bool accumulate) {
+// C = op(A) op(B) with g's shapes and C, over k contracted indices of a and b.
+void Gemms::plain(DType dt, const backend::Gemm& g, const void* a, const void* b, int64_t k) {
+  const int64_t es = int64_t(dtype_size(dt));
   if (k == 0) {
-    if (accumulate) return;
     for (int64_t i = 0; i < g.batch; ++i)
-      check(cudaMemset2DAsync(static_cast<char*>(c) + i * stride_c * int64_t(dtype_size(c_dt)),
-                              size_t(ldc) * dtype_size(c_dt), 0, size_t(g.n) * dtype_size(c_dt), size_t(g.m), stream_),
+      check(cudaMemset2DAsync(static_cast<char*>(g.c) + i * g.stride_c * es, size_t(g.ldc * es), 0, size_t(g.n * es),
+                              size_t(g.m), stream_),
             "cudaMemset2DAsync");
     return;
   }
   // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
-  const float one_f = 1, beta_f = accumulate ? 1 : 0;
-  const double one_d = 1, beta_d = accumulate ? 1 : 0;
+  const float one_f = 1, zero_f = 0;
+  const double one_d = 1, zero_d = 0;
   const bool f64 = dt == DType::f64;
   const void* one = f64 ? static_cast<const void*>(&one_d) : &one_f;
-  const void* beta = f64 ? static_cast<const void*>(&beta_d) : &beta_f;
+  const void* zero = f64 ? static_cast<const void*>(&zero_d) : &zero_f;
   const cudaDataType t = cuda_type(dt);
   check(cublasGemmStridedBatchedEx(blas_, g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
                                    int(g.n), int(g.m), int(k), one, b, t, int(g.ldb), g.stride_b, a, t, int(g.lda),
-                                   g.stride_a, beta, c, cuda_type(c_dt), int(ldc), stride_c, int(g.batch),
-                                   compute_type(dt), CUBLAS_GEMM_DEFAULT),
+                                   g.stride_a, zero, g.c, t, int(g.ldc), g.stride_c, int(g.batch), compute_type(dt),
+                                   CUBLAS_GEMM_DEFAULT),
         "cublasGemmStridedBatchedEx");
 }
 
-// One product per K group over its valid indices, each added into C in order; bf16/f16 add
-// into an f32 buffer that is rounded into C once at the end.
-void Gemms::grouped(DType dt, const backend::Gemm& g) {
-  const bool half = is_half(dt);
-  std::shared_ptr<Storage> acc;
-  void* c = g.c;
-  int64_t ldc = g.ldc, stride_c = g.stride_c;
-  if (half) {
-    acc = be_.allocate(size_t(g.batch * g.m * g.n) * sizeof(float));
-    c = acc->data;
-    ldc = g.n;
-    stride_c = g.m * g.n;
-  }
-  const DType c_dt = half ? DType::f32 : dt;
-  const int64_t kg = g.k / g.k_groups, es = int64_t(dtype_size(dt));
-  bool written = false;
+// The valid K indices of both operands packed densely, then one product over them: a product
+// per group would leave most of the GPU idle where the groups are short or C is small (the
+// groups' products depend on each other through C).
+void Gemms::packed(DType dt, const backend::Gemm& g) {
+  KGroups kg{};
+  kg.n = int(g.k_groups);
+  kg.group = g.k / g.k_groups;
+  int64_t total = 0;
   for (int64_t o = 0; o < g.k_groups; ++o) {
-    const int64_t len = std::clamp<int64_t>(g.k_lengths[o], 0, kg), k0 = o * kg;
-    if (len == 0) continue;
-    const char* a = static_cast<const char*>(g.a) + (g.trans_a ? k0 * g.lda : k0) * es;
-    const char* b = static_cast<const char*>(g.b) + (g.trans_b ? k0 : k0 * g.ldb) * es;
-    plain(dt, g, a, b, len, c, c_dt, ldc, stride_c, written);
-    written = true;
+    kg.start[o] = total;
+    total += std::clamp<int64_t>(g.k_lengths[o], 0, kg.group);
   }
-  if (!written) plain(dt, g, g.a, g.b, 0, c, c_dt, ldc, stride_c, false);
-  if (half)
-    be_.copy(Shape{g.batch, g.m, g.n}, DType::f32, {c, Strides{stride_c, ldc, 1}}, dt,
-             {g.c, Strides{g.stride_c, g.ldc, 1}});
+  kg.start[g.k_groups] = total;
+  if (total >= int64_t(1) << 31 || g.m >= int64_t(1) << 31 || g.n >= int64_t(1) << 31)
+    throw Error("matmul: a product over " + std::to_string(total) + " valid frames of " + std::to_string(g.m) + " x " +
+                std::to_string(g.n) + " is too large for one launch on cuda");
+  backend::Gemm h = g;
+  h.k = total;
+  h.k_lengths = nullptr;
+  h.k_groups = 0;
+  if (total == 0) {
+    plain(dt, h, g.a, g.b, 0);
+    return;
+  }
+  const int64_t es = int64_t(dtype_size(dt));
+  // op(A) is [m, k]: stored [k, m] (trans_a: K selects rows) or [m, k]; op(B) is [k, n]:
+  // stored [k, n] (K selects rows) or [n, k] (trans_b). Packed, each keeps its transposition.
+  std::shared_ptr<Storage> pa = be_.allocate(size_t(g.batch * total * g.m * es));
+  std::shared_ptr<Storage> pb = be_.allocate(size_t(g.batch * total * g.n * es));
+  launch_compact_k(es, g.a, g.lda, g.m, g.trans_a, g.batch, g.stride_a, total, kg, pa->data, stream_);
+  launch_compact_k(es, g.b, g.ldb, g.n, !g.trans_b, g.batch, g.stride_b, total, kg, pb->data, stream_);
+  h.lda = g.trans_a ? g.m : total;
+  h.stride_a = total * g.m;
+  h.ldb = g.trans_b ? total : g.n;
+  h.stride_b = total * g.n;
+  plain(dt, h, pa->data, pb->data, total);
 }
 
 // C = op(A) op(B) + bias through cuBLASLt's bias epilogue; false where it has no algorithm

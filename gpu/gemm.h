@@ -1,8 +1,8 @@
 #pragma once
 // cuBLAS and cuBLASLt behind backend::Gemm on one device: plain products through
 // cublasGemmStridedBatchedEx, a bias through cuBLASLt's bias epilogue (one plan per shape,
-// kept), K groups (padded frames left out) as one product per group added into C (in an f32
-// buffer for bf16/f16, rounded once).
+// kept), K groups (padded frames left out) by packing the valid K indices of both operands
+// densely and taking one product over them.
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -29,9 +29,8 @@ class Gemms {
   struct Plan;
   using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, bool, bool, int64_t, int64_t, int64_t, int64_t,
                          int64_t, int64_t, bool, int>;
-  void plain(DType dt, const backend::Gemm& g, const void* a, const void* b, int64_t k, void* c, DType c_dt,
-             int64_t ldc, int64_t stride_c, bool accumulate);
-  void grouped(DType dt, const backend::Gemm& g);
+  void plain(DType dt, const backend::Gemm& g, const void* a, const void* b, int64_t k);
+  void packed(DType dt, const backend::Gemm& g);
   bool with_bias(DType dt, const backend::Gemm& g);
 
   backend::Backend& be_;

@@ -48,6 +48,21 @@ struct AttentionGradArgs {
 };
 
 void launch_copy(DType src, DType dst, const Meta<2>& m, const void* x, void* y, cudaStream_t s);
+
+// The valid indices of a K axis in groups (backend::Gemm's k_lengths): group o holds source
+// indices [o * group, o * group + len_o) and packs to [start[o], start[o + 1]).
+constexpr int kMaxKGroups = 256;
+struct KGroups {
+  int n;
+  int64_t group;
+  int64_t start[kMaxKGroups + 1];
+};
+// Packs the valid K indices of `batch` matrices (element size es, batch stride in elements)
+// densely into y: k_major, K selects rows of `other` contiguous elements (stride ld), packed
+// as [total, other]; else K runs along each of `other` rows (stride ld), packed as
+// [other, total]. y holds batch * total * other elements.
+void launch_compact_k(int64_t es, const void* x, int64_t ld, int64_t other, bool k_major, int64_t batch,
+                      int64_t batch_stride, int64_t total, const KGroups& g, void* y, cudaStream_t s);
 void launch_fill(DType dt, int64_t n, void* y, double value, cudaStream_t s);
 void launch_iota(DType dt, int64_t n, void* y, cudaStream_t s);
 void launch_unary(UnaryOp op, DType dt, const Meta<2>& m, const void* x, void* y, cudaStream_t s);

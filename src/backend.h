@@ -30,11 +30,11 @@ struct Out {
 // Two optional parts, never both in one call:
 // - bias (nullable): C[b] = op(A[b]) @ op(B[b]) + bias, a contiguous vector of n in the dtype
 //   of C, broadcast over the rows and the batch (added before C is rounded);
-// - k_lengths (nullable, host memory, k_groups entries): the contracted index is k_groups
-//   groups of k / k_groups consecutive indices, of which only the first k_lengths[o] of group
-//   o take part (a padded Dim innermost in K, its lengths over the Dims outside it). Indices
-//   past a group's length are never read into the result, whatever they hold; the groups are
-//   summed in order, in the accumulation precision (f32 for bf16/f16), and C rounded once.
+// - k_lengths (nullable, host memory, k_groups <= 256 entries): the contracted index is
+//   k_groups groups of k / k_groups consecutive indices, of which only the first k_lengths[o]
+//   of group o take part (a padded Dim innermost in K, its lengths over the Dims outside it).
+//   Indices past a group's length never reach the result, whatever they hold; the sum is in
+//   the accumulation precision (f32 for bf16/f16) and C is rounded once.
 struct Gemm {
   int64_t batch, m, n, k;
   bool trans_a, trans_b;

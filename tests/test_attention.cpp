@@ -348,6 +348,48 @@ TEST_CASE("dot_attention: fused and unfused gradients agree", "[attention]") {
   }
 }
 
+TEST_CASE("dot_attention: q, k and v sliced from one projection get their gradients in one buffer", "[attention]") {
+  // A fused projection {batch, time, heads, 3 * key} split into q | k | v: the fused backward
+  // writes the three gradients straight into one buffer shaped like the projection.
+  Setup s;
+  Dim packed(3 * s.key.size(), "packed"), val(s.key.size(), "val");
+  for (bool causal : {false, true}) {
+    INFO((causal ? "causal" : "padded"));
+    nn::DotAttentionOptions o;
+    if (causal) o.causal_query_dim = s.time;
+    const Dims layout{s.batch, s.time, s.heads, packed};
+    Tensor p = rnd(layout, 63, DType::f64).transpose_to(layout).contiguous().with_requires_grad();
+    const int64_t e = s.key.size();
+    auto loss_of = [&](const Tensor& q, const Tensor& k, const Tensor& v) {
+      Tensor out = copy_masked(nn::dot_attention(q, k, v, s.key, s.time, o), {s.time});
+      return reduce_sum(square(out), out.dims());
+    };
+    // Reference: q, k and v as separate leaves (copies), their gradients side by side.
+    Tensor k0 = slice(p.detach(), packed, 0, e, 1, s.key).first.contiguous().with_requires_grad();
+    Tensor v0 = slice(p.detach(), packed, e, 2 * e, 1, val).first.contiguous().with_requires_grad();
+    Tensor q0 = slice(p.detach(), packed, 2 * e, 3 * e, 1, s.key).first.contiguous().with_requires_grad();
+    std::vector<Tensor> g0 = grad(loss_of(q0, k0, v0), {q0, k0, v0});
+    std::vector<double> want;
+    for (const auto& [g, d] : {std::pair{g0[0], s.key}, {g0[1], s.key}, {g0[2], val}}) {
+      const std::vector<double> x = g.to_vector<double>({s.batch, s.time, s.heads, d});
+      want.insert(want.end(), x.begin(), x.end());
+    }
+    // The sliced version, in the slices' order k | v | q: the buffer is filled wherever they lie.
+    Tensor k = slice(p, packed, 0, e, 1, s.key).first, v = slice(p, packed, e, 2 * e, 1, val).first;
+    Tensor q = slice(p, packed, 2 * e, 3 * e, 1, s.key).first;
+    Profiler prof;
+    Tensor gp = grad(loss_of(q, k, v), {p})[0];
+    for (const Profiler::Entry& en : prof.entries()) CHECK(en.context != "slice");  // no per-slice copies or adds
+    std::vector<double> got;
+    const std::vector<double> all = gp.to_vector<double>({s.batch, s.time, s.heads, packed});
+    // Reorder k | v | q into q | k | v per (batch, time, heads) row.
+    for (size_t part : {2, 0, 1})
+      for (size_t r = 0; r < all.size() / size_t(3 * e); ++r)
+        got.insert(got.end(), all.begin() + long(r * 3 * e + part * e), all.begin() + long(r * 3 * e + (part + 1) * e));
+    CHECK_VEC_APPROX(got, want, 1e-10, 1e-12);
+  }
+}
+
 TEST_CASE("dot_attention: dropout only in training, and errors name the Dims", "[attention]") {
   Setup s;
   Tensor q = rnd({s.batch, s.time, s.heads, s.key}, 14), k = rnd({s.batch, s.time, s.heads, s.key}, 15);

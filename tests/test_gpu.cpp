@@ -222,9 +222,9 @@ TEST_CASE("gpu: matmul matches the CPU", "[gpu]") {
   }, 1e-4, 1e-4);
   // Padded frames (NaN here) left out by the GEMM itself: contracting batch and time, also
   // with a GEMM batch Dim, in f32, f64 and bf16 (f32 accumulation over the sequences).
+  Dim two(2, "two");
   consistent("matmul over padded (batch, time)", [&](Device dev) {
     const double nan = std::numeric_limits<double>::quiet_NaN();
-    Dim two(2, "two");
     auto padded = [&](const Dims& dims, uint32_t seed, DType dt) {
       return copy_masked(input(dims, seed, dev, -2, 2, dt).transpose_to(dims), {d.time}, nan);
     };

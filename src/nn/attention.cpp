@@ -6,8 +6,10 @@
 
 #include <dimx/reduce.h>
 
-#include <cmath>
+#include <algorithm>
+#include <array>
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <optional>
 #include <string>
@@ -191,8 +193,11 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
 // The gradients of q, k, v (those asked for) by the device's fused backward, in the Dims of
 // f's operands; empty where the device has none or an operand broadcasts over a batch Dim
 // (its gradient would be a sum the kernel does not form).
+// `packed`: where set, each gradient goes into the view of this buffer that the operand is of
+// its source (see packed_source); the views are returned.
 std::optional<std::vector<Tensor>> fused_backward(const Fused& f, const Tensor& g, const Dim& key_dim,
-                                                  const Dim& kv_axis, bool need_q, bool need_k, bool need_v) {
+                                                  const Dim& kv_axis, bool need_q, bool need_k, bool need_v,
+                                                  const Tensor* packed = nullptr, const Tensor* source = nullptr) {
   if (!f.lse.defined()) return std::nullopt;
   const Dims batch = cat(f.g0, f.g1);
   for (const Dim& d : batch)
@@ -210,6 +215,17 @@ std::optional<std::vector<Tensor>> fused_backward(const Fused& f, const Tensor& 
       return merged_stride(r, f.g0, e, s) && merged_stride(r, f.g1, e, s) && merged_stride(r, rows, e, s) &&
              merged_stride(r, cols, e, s) && (s == 1 || e <= 1);
     };
+    if (packed) {
+      const Tensor r = make_view(*packed, t.dims(), Strides(t.strides().begin(), t.strides().end()),
+                                 packed->impl().offset + t.impl().offset - source->impl().offset);
+      if (!fits(r)) return Tensor();
+      int64_t e;
+      o.data = r.impl().data();
+      merged_stride(r, f.g0, e, o.batch_stride[0]);
+      merged_stride(r, f.g1, e, o.batch_stride[1]);
+      merged_stride(r, rows, e, o.row_stride);
+      return r;
+    }
     Tensor r = empty(t.dims(), t.dtype(), t.device(), "dot_attention");
     if (!fits(r)) {
       const Dims tail = cat(cat(batch, rows), cols);
@@ -225,8 +241,99 @@ std::optional<std::vector<Tensor>> fused_backward(const Fused& f, const Tensor& 
   Tensor dq = grad(need_q, f.q, f.query, {key_dim}, ga.dq);
   Tensor dk = grad(need_k, f.k, {kv_axis}, {key_dim}, ga.dk);
   Tensor dv = grad(need_v, f.v, {kv_axis}, f.value, ga.dv);
+  if (packed && (!dq.defined() || !dk.defined() || !dv.defined())) return std::nullopt;
   if (!backend::backend_for(f.out.device()).attention_backward(f.out.dtype(), f.args, ga)) return std::nullopt;
   return std::vector<Tensor>{dq, dk, dv};
+}
+
+// Where q, k and v are slices along one Dim of one contiguous tensor that they tile exactly
+// (a fused projection split into q | k | v) and the fused primitive reads them in place, that
+// tensor: the backward then writes dq, dk and dv straight into one gradient buffer shaped like
+// it, instead of three buffers that the slices' nodes add into a fourth.
+// The tensor t was sliced from (through renaming views: dot_attention gives k and v their own
+// key Dim), and the slice itself in `sliced`; null if t is not such a view.
+const Tensor* sliced_from(const Tensor& t, const Tensor*& sliced) {
+  const Tensor* cur = &t;
+  for (int hops = 0; hops < 4; ++hops) {
+    const AutogradMeta* m = cur->impl().autograd.get();
+    if (!m || !m->grad_fn || m->grad_fn->inputs.size() != 1) return nullptr;
+    const std::string name = m->grad_fn->name;
+    if (name == "slice") {
+      sliced = cur;
+      return &m->grad_fn->inputs[0];
+    }
+    if (name != "replace_dim") return nullptr;
+    cur = &m->grad_fn->inputs[0];
+  }
+  return nullptr;
+}
+
+std::optional<Tensor> packed_source(const Fused& f, const Tensor& q, const Tensor& k, const Tensor& v) {
+  const Tensor* source = nullptr;
+  std::array<const Tensor*, 3> slices{};
+  for (size_t i = 0; i < 3; ++i) {
+    const Tensor* in = sliced_from(i == 0 ? q : i == 1 ? k : v, slices[i]);
+    if (!in || (source && &in->impl() != &source->impl())) return std::nullopt;
+    source = in;
+  }
+  const Tensor& src = *source;
+  if (!src.is_contiguous() || !src.requires_grad()) return std::nullopt;
+  // Each a step-1 slice of the same Dim: src's other Dims with src's strides, one new Dim with
+  // the sliced Dim's stride; together their frames cover that Dim once.
+  std::optional<Dim> axis;
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+  for (const Tensor* t : slices) {
+    if (t->impl().storage != src.impl().storage || t->ndim() != src.ndim()) return std::nullopt;
+    std::optional<Dim> own;
+    for (size_t i = 0; i < t->ndim(); ++i) {
+      const Dim& d = t->dims()[i];
+      if (src.has_dim(d)) {
+        if (t->strides()[i] != src.strides()[src.axis_of(d)]) return std::nullopt;
+      } else if (own) {
+        return std::nullopt;
+      } else {
+        own = d;
+      }
+    }
+    if (!own) return std::nullopt;
+    Dim a = minus_dims(src.dims(), t->dims()).at(0);
+    if (axis && a != *axis) return std::nullopt;
+    axis = a;
+    const int64_t stride = src.strides()[src.axis_of(a)];
+    if (t->strides()[t->axis_of(*own)] != stride && own->extent() > 1) return std::nullopt;
+    const int64_t rel = t->impl().offset - src.impl().offset;
+    if (stride <= 0 || rel % stride != 0) return std::nullopt;
+    ranges.emplace_back(rel / stride, rel / stride + own->extent());
+  }
+  std::sort(ranges.begin(), ranges.end());
+  int64_t at = 0;
+  for (auto [b, e] : ranges) {
+    if (b != at) return std::nullopt;
+    at = e;
+  }
+  if (at != axis->extent()) return std::nullopt;
+  // The primitive must read the slices themselves (no copies made for its layout).
+  for (const auto& [op, t] : {std::pair{&f.q, &q}, {&f.k, &k}, {&f.v, &v}})
+    if (op->impl().storage != t->impl().storage) return std::nullopt;
+  return src;
+}
+
+// The gradients of q, k, v (those asked for) with dimx ops, recomputing the weights from q and k.
+std::vector<Tensor> unfused_grads(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
+                                  const Dim& key_dim, const Dim& kv_axis, double scale, bool need_q, bool need_k,
+                                  bool need_v) {
+  Tensor qs = q * scale;
+  Tensor w = softmax(matmul(qs, k, key_dim), kv_axis);
+  // out = matmul(w, v, kv_axis): as matmul's own backward. Every contraction masks padded
+  // frames (select, never 0 * NaN), and the energies' gradient is 0 on padded keys (softmax's
+  // fused backward). Only the gradients asked for are computed.
+  Tensor gv = need_v ? sum_to(matmul(w, g, minus_dims(w.dims(), v.dims())), v) : Tensor();
+  if (!need_q && !need_k) return std::vector<Tensor>{Tensor(), Tensor(), gv};
+  Tensor gw = sum_to(matmul(g, v, minus_dims(v.dims(), w.dims())), w);
+  Tensor ge = softmax_backward(false, w, gw, kv_axis, true);
+  Tensor gq = need_q ? sum_to(matmul(ge, k, minus_dims(k.dims(), qs.dims())), qs) * scale : Tensor();
+  Tensor gk = need_k ? sum_to(matmul(qs, ge, minus_dims(qs.dims(), k.dims())), k) : Tensor();
+  return std::vector<Tensor>{gq, gk, gv};
 }
 
 // The default where DotAttentionOptions::fused is unset: DIMX_FUSED_ATTENTION=0/1 if set (for
@@ -246,8 +353,31 @@ Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const 
   const bool grad = needs_grad({&q, &k, &v});
   Fused f = fused_attention(q, k, v, key_dim, kv_axis, scale, grad);
   if (!f.out.defined() || !grad) return f.out;
-  const bool need_q = q.requires_grad(), need_k = k.requires_grad(), need_v = v.requires_grad();
   Tensor out = f.out;
+  if (std::optional<Tensor> src = packed_source(f, q, k, v)) {
+    return record("dot_attention", out, {*src}, [f = std::move(f), q, k, v, src = *src, key_dim, kv_axis, scale](
+                                                  const Tensor& g) {
+      Tensor d = empty(src.dims(), src.dtype(), src.device(), "dot_attention");
+      if (fused_backward(f, g, key_dim, kv_axis, true, true, true, &d, &src)) {
+        g_fused_bwd.fetch_add(1, std::memory_order_relaxed);
+        return std::vector<Tensor>{d};
+      }
+      fell_back(true, "the device has no fused backward for " + std::string(dtype_name(q.dtype())) +
+                          " with these Dims (q " + q.str() + ", k " + k.str() + ", v " + v.str() + ")");
+      // Each unfused gradient copied into its slice's frames of the buffer (they tile it).
+      const std::vector<Tensor> gs = unfused_grads(q, k, v, g, key_dim, kv_axis, scale, true, true, true);
+      for (size_t i = 0; i < 3; ++i) {
+        const Tensor& t = i == 0 ? q : i == 1 ? k : v;
+        const Strides st(t.strides().begin(), t.strides().end());
+        const Tensor view = make_view(d, t.dims(), st, d.impl().offset + t.impl().offset - src.impl().offset);
+        backend::backend_for(d.device()).copy(extents(t.dims()), gs[i].dtype(),
+                                              {gs[i].impl().data(), aligned_strides(gs[i].impl(), t.dims())},
+                                              d.dtype(), {view.impl().data(), st});
+      }
+      return std::vector<Tensor>{d};
+    });
+  }
+  const bool need_q = q.requires_grad(), need_k = k.requires_grad(), need_v = v.requires_grad();
   return record("dot_attention", out, {q, k, v},
                 [f = std::move(f), q, k, v, key_dim, kv_axis, scale, need_q, need_k, need_v](const Tensor& g) {
     if (auto r = fused_backward(f, g, key_dim, kv_axis, need_q, need_k, need_v)) {
@@ -257,18 +387,7 @@ Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const 
     fell_back(true, "the device has no fused backward for " + std::string(dtype_name(q.dtype())) +
                         " with these Dims, or k or v broadcasts over a batch Dim (q " + q.str() + ", k " + k.str() +
                         ", v " + v.str() + ")");
-    Tensor qs = q * scale;
-    Tensor w = softmax(matmul(qs, k, key_dim), kv_axis);
-    // out = matmul(w, v, kv_axis): as matmul's own backward. Every contraction masks padded
-    // frames (select, never 0 * NaN), and the energies' gradient is 0 on padded keys (softmax's
-    // fused backward). Only the gradients asked for are computed.
-    Tensor gv = need_v ? sum_to(matmul(w, g, minus_dims(w.dims(), v.dims())), v) : Tensor();
-    if (!need_q && !need_k) return std::vector<Tensor>{Tensor(), Tensor(), gv};
-    Tensor gw = sum_to(matmul(g, v, minus_dims(v.dims(), w.dims())), w);
-    Tensor ge = softmax_backward(false, w, gw, kv_axis, true);
-    Tensor gq = need_q ? sum_to(matmul(ge, k, minus_dims(k.dims(), qs.dims())), qs) * scale : Tensor();
-    Tensor gk = need_k ? sum_to(matmul(qs, ge, minus_dims(qs.dims(), k.dims())), k) : Tensor();
-    return std::vector<Tensor>{gq, gk, gv};
+    return unfused_grads(q, k, v, g, key_dim, kv_axis, scale, need_q, need_k, need_v);
   });
 }
 
