@@ -30,21 +30,35 @@ void widen(DType dt, const uint16_t* m, int64_t rows, int64_t cols, bool trans, 
 // product at these sizes.
 constexpr int64_t kSmallGemm = 4096;
 
-template <class T>
-void small_gemm(const backend::Gemm& g, int64_t k, const T* __restrict a, const T* __restrict b, T* __restrict c,
-                bool accumulate) {
-  using V = xsimd::batch<T>;
+// Columns [j0, ...) of row r of C in whole vectors of V, each kept in a register over the k
+// products (fused multiply-adds); returns the first column not covered.
+template <class V, class T>
+int64_t row_vectors(const backend::Gemm& g, int64_t k, const T* __restrict a, const T* __restrict b, T* __restrict cr,
+                    int64_t r, int64_t j0, bool accumulate) {
   constexpr int64_t W = int64_t(V::size);
+  for (; j0 + W <= g.n; j0 += W) {
+    V s = accumulate ? V::load_unaligned(cr + j0) : V(T(0));
+    for (int64_t p = 0; p < k; ++p)
+      s = xsimd::fma(V(g.trans_a ? a[p * g.lda + r] : a[r * g.lda + p]), V::load_unaligned(b + p * g.ldb + j0), s);
+    s.store_unaligned(cr + j0);
+  }
+  return j0;
+}
+
+template <class T>
+void small_gemm(const backend::Gemm& g, int64_t k, const T* __restrict a, const T* __restrict b, T* __restrict cr0,
+                bool accumulate) {
+  // The widest vectors first, then half-width ones (an 8-wide row under AVX-512), then scalars.
+  using Wide = xsimd::batch<T>;
+  using Half = xsimd::make_sized_batch_t<T, Wide::size / 2>;
   auto A = [&](int64_t r, int64_t p) { return g.trans_a ? a[p * g.lda + r] : a[r * g.lda + p]; };
   for (int64_t r = 0; r < g.m; ++r) {
-    T* __restrict cr = c + r * g.ldc;
+    T* __restrict cr = cr0 + r * g.ldc;
     int64_t j0 = 0;
-    if (!g.trans_b)  // whole vectors of C's row kept in a register over the k products
-      for (; j0 + W <= g.n; j0 += W) {
-        V s = accumulate ? V::load_unaligned(cr + j0) : V(T(0));
-        for (int64_t p = 0; p < k; ++p) s = xsimd::fma(V(A(r, p)), V::load_unaligned(b + p * g.ldb + j0), s);
-        s.store_unaligned(cr + j0);
-      }
+    if (!g.trans_b) {
+      j0 = row_vectors<Wide>(g, k, a, b, cr, r, j0, accumulate);
+      if constexpr (!std::is_void_v<Half>) j0 = row_vectors<Half>(g, k, a, b, cr, r, j0, accumulate);
+    }
     for (int64_t j = j0; j < g.n; ++j) {
       T s = accumulate ? cr[j] : T(0);
       for (int64_t p = 0; p < k; ++p) s += A(r, p) * (g.trans_b ? b[j * g.ldb + p] : b[p * g.ldb + j]);

@@ -25,8 +25,13 @@ using reduce_math::lowest;
 template <class T>
 using Vec = xsimd::batch<T>;
 
+// Half-width vectors for the tail of a row (void where the machine has none): an 8-float
+// row under AVX-512 takes one of these instead of a padded partial vector.
 template <class T>
-Vec<T> vcombine(ReduceOp op, const Vec<T>& a, const Vec<T>& b) {
+using HalfVec = xsimd::make_sized_batch_t<T, Vec<T>::size / 2>;
+
+template <class V>
+V vcombine(ReduceOp op, const V& a, const V& b) {
   return op == ReduceOp::sum ? a + b : (op == ReduceOp::max ? xsimd::max(a, b) : xsimd::min(a, b));
 }
 
@@ -54,6 +59,19 @@ T reduce_row(ReduceOp op, const T* x, int64_t n) {
         acc[0] = vcombine(op, acc[0], v);
         if (track_nan) nan = nan | xsimd::isnan(v);
       }
+      T half_out = id;
+      if constexpr (!std::is_void_v<HalfVec<T>>) {
+        using H = HalfVec<T>;
+        constexpr int64_t HW = int64_t(H::size);
+        if (i + HW <= n) {
+          const H v = H::load_unaligned(x + i);
+          if (track_nan && xsimd::any(xsimd::isnan(v))) return std::numeric_limits<T>::quiet_NaN();
+          alignas(64) T lanes[HW];
+          v.store_aligned(lanes);
+          for (int64_t j = 0; j < HW; ++j) half_out = combine(op, half_out, lanes[j]);
+          i += HW;
+        }
+      }
       if (i < n) {
         const Vec<T> v = load_partial(x + i, n - i, id);
         acc[1] = vcombine(op, acc[1], v);
@@ -65,7 +83,7 @@ T reduce_row(ReduceOp op, const T* x, int64_t n) {
       r.store_aligned(lanes);
       T out = lanes[0];
       for (int64_t j = 1; j < W; ++j) out = combine(op, out, lanes[j]);
-      return out;
+      return combine(op, out, half_out);
     }
   }
   T acc = identity<T>(op);
@@ -85,7 +103,18 @@ T exp_shifted(const T* x, T m, T* y, int64_t n) {
     e.store_unaligned(y + i);
     sum += e;
   }
-  if (i < n) {
+  T half_sum = 0;
+  if constexpr (!std::is_void_v<HalfVec<T>>) {
+    using H = HalfVec<T>;
+    if (i + int64_t(H::size) <= n) {
+      H e = xsimd::exp(H::load_unaligned(x + i) - H(m));
+      e.store_unaligned(y + i);
+      half_sum = xsimd::hadd(e);
+      i += int64_t(H::size);
+    }
+  }
+  if (i == n) return xsimd::hadd(sum) + half_sum;
+  {
     // Pad with m so the padded lanes give exp(0) = 1, then keep them out of the sum.
     alignas(64) T buf[W];
     xsimd::exp(load_partial(x + i, n - i, m) - vm).store_aligned(buf);
@@ -93,7 +122,7 @@ T exp_shifted(const T* x, T m, T* y, int64_t n) {
     for (int64_t j = n - i; j < W; ++j) buf[j] = 0;
     sum += Vec<T>::load_aligned(buf);
   }
-  return xsimd::hadd(sum);
+  return xsimd::hadd(sum) + half_sum;
 }
 
 template <class T>
