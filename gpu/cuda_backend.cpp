@@ -121,6 +121,11 @@ class CudaBackend final : public backend::Backend {
   void binary(BinaryOp op, DType dt, const Shape& shape, const In& a, const In& b, const Out& y) override {
     launch_binary(op, dt, make_meta<3>(shape, {a.strides, b.strides, y.strides}), a.data, b.data, y.data, stream());
   }
+  void binary_widening(BinaryOp op, DType a_dt, DType b_dt, const Shape& shape, const In& a, const In& b,
+                       const Out& y) override {
+    launch_binary_widening(op, a_dt, b_dt, make_meta<3>(shape, {a.strides, b.strides, y.strides}), a.data, b.data,
+                           y.data, stream());
+  }
   void where(DType dt, const Shape& shape, const In& c, const In& a, const In& b, const Out& y) override {
     launch_where(dt, make_meta<4>(shape, {c.strides, a.strides, b.strides, y.strides}), c.data, a.data, b.data, y.data,
                  stream());

@@ -552,6 +552,59 @@ void launch_binary(BinaryOp op, DType dt, const Meta<3>& m, const void* a, const
   check_launch(op_name(op));
 }
 
+namespace {
+
+// f32 out of one f32 and one bf16/f16 operand (either side), each value widened as loaded.
+template <class TA, class TB, int V>
+struct WideningVecOp {
+  BinaryOp op;
+  const TA* a;
+  const TB* b;
+  float* y;
+  __device__ void operator()(const int64_t (&o)[3], int64_t c, const bool (&vec)[3], int cnt) const {
+    const Pack<TA, V> pa = load_pack<TA, V>(a + o[0] + (vec[0] ? c : 0), vec[0], cnt);
+    const Pack<TB, V> pb = load_pack<TB, V>(b + o[1] + (vec[1] ? c : 0), vec[1], cnt);
+    Pack<float, V> py;
+#pragma unroll
+    for (int j = 0; j < V; ++j) py.v[j] = binary_arith(op, widen(pa.v[j]), widen(pb.v[j]));
+    store_pack<float, V>(y + o[2] + c, py, cnt);
+  }
+};
+
+template <class TA, class TB>
+__global__ void widening_kernel(BinaryOp op, Meta<3> m, const TA* a, const TB* b, float* y) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < m.n; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t o[3];
+    offsets(m, i, o);
+    y[o[2]] = binary_arith(op, widen(a[o[0]]), widen(b[o[1]]));
+  }
+}
+
+}  // namespace
+
+void launch_binary_widening(BinaryOp op, DType a_dt, DType b_dt, const Meta<3>& m, const void* a, const void* b,
+                            void* y, cudaStream_t s) {
+  auto go = [&](auto ta, auto tb) {
+    using TA = decltype(ta);
+    using TB = decltype(tb);
+    constexpr int V = vec_width<float>();
+    const TA* pa = static_cast<const TA*>(a);
+    const TB* pb = static_cast<const TB*>(b);
+    float* py = static_cast<float*>(y);
+    InnerVec<3> p;
+    if (inner_vec_plan<3>(m, V, {a, b, y}, {int(sizeof(TA)), int(sizeof(TB)), int(sizeof(float))}, p))
+      return launch_inner_vec<3, V>(p, WideningVecOp<TA, TB, V>{op, pa, pb, py}, s);
+    widening_kernel<TA, TB><<<blocks_for(m.n), 256, 0, s>>>(op, m, pa, pb, py);
+  };
+  const DType h = a_dt == DType::f32 ? b_dt : a_dt;
+  const bool ok = dispatch_half(h, [&](auto half) {
+    if (a_dt == DType::f32) go(float{}, half);
+    else go(half, float{});
+  });
+  if (!ok) throw Error(std::string("binary_widening: needs f32 and bf16/f16 operands, got ") + dtype_name(a_dt) + " and " + dtype_name(b_dt));
+  check_launch(op_name(op));
+}
+
 void launch_unary_backward(UnaryOp op, DType dt, const Meta<3>& m, const void* x, const void* g, void* y, cudaStream_t s) {
   auto go = [&](auto tag) {
     using S = decltype(tag);

@@ -67,6 +67,9 @@ void launch_fill(DType dt, int64_t n, void* y, double value, cudaStream_t s);
 void launch_iota(DType dt, int64_t n, void* y, cudaStream_t s);
 void launch_unary(UnaryOp op, DType dt, const Meta<2>& m, const void* x, void* y, cudaStream_t s);
 void launch_binary(BinaryOp op, DType dt, const Meta<3>& m, const void* a, const void* b, void* y, cudaStream_t s);
+// add or sub of f32 and bf16/f16 operands (either side) into f32, the half one widened as read.
+void launch_binary_widening(BinaryOp op, DType a_dt, DType b_dt, const Meta<3>& m, const void* a, const void* b,
+                            void* y, cudaStream_t s);
 // y = g * op'(x) for the ops of backend::has_fused_derivative (floating dtypes).
 void launch_unary_backward(UnaryOp op, DType dt, const Meta<3>& m, const void* x, const void* g, void* y, cudaStream_t s);
 void launch_where(DType dt, const Meta<4>& m, const void* c, const void* a, const void* b, void* y, cudaStream_t s);

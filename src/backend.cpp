@@ -14,6 +14,18 @@ namespace dimx::backend {
 
 Backend& cpu_backend();  // src/cpu/cpu_backend.cpp
 
+void Backend::binary_widening(BinaryOp op, DType a_dt, DType b_dt, const Shape& shape, const In& a, const In& b,
+                              const Out& y) {
+  // The half operand widened into a contiguous f32 buffer over `shape` (broadcasts expanded).
+  const bool a_half = a_dt != DType::f32;
+  const In& h = a_half ? a : b;
+  std::shared_ptr<Storage> buf = allocate(size_t(numel_of(shape)) * sizeof(float));
+  const Strides dense = contiguous_strides(shape);
+  copy(shape, a_half ? a_dt : b_dt, h, DType::f32, {buf->data, dense});
+  const In w{buf->data, dense};
+  binary(op, DType::f32, shape, a_half ? w : a, a_half ? b : w, y);
+}
+
 namespace {
 std::mutex g_mu;
 std::array<BackendFactory, 2> g_factories{};

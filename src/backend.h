@@ -211,6 +211,11 @@ class Backend {
   virtual void unary(UnaryOp op, DType dt, const Shape& shape, const In& x, const Out& y) = 0;
   // Inputs share dtype `dt`; the output is bool for comparisons and logical ops.
   virtual void binary(BinaryOp op, DType dt, const Shape& shape, const In& a, const In& b, const Out& y) = 0;
+  // add or sub of an f32 operand and a bf16/f16 one (either side), the output f32 (autocast's
+  // residual connections). The default widens the half operand into a buffer first; a
+  // backend may read it as it is.
+  virtual void binary_widening(BinaryOp op, DType a_dt, DType b_dt, const Shape& shape, const In& a, const In& b,
+                               const Out& y);
   // y = g * op'(x) for the unary ops whose derivative is a function of x alone (gelu, silu,
   // softplus, erf; see has_fused_derivative), floating dtypes, the math in f32 for bf16/f16.
   virtual void unary_backward(UnaryOp op, DType dt, const Shape& shape, const In& x, const In& g, const Out& y) = 0;

@@ -188,7 +188,37 @@ Tensor unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor
 // stores, f32 math: the value the widened f32 op would round to); the backward runs in f32 on
 // the widened operands, output and gradient, and rounds each gradient once (where the half
 // kernels would not give the same values).
+namespace {
+
+// Under autocast, f32 +/- bf16/f16 (a residual connection around a low-precision branch): one
+// pass that widens the half operand as it reads it, instead of a widened copy and an add.
+std::optional<Tensor> widening_add(const Tensor& a, BinaryOp op, const Tensor& b, bool allow_broadcast_all) {
+  if ((op != BinaryOp::add && op != BinaryOp::sub) || !autocast_enabled() || !a.defined() || !b.defined())
+    return std::nullopt;
+  const DType da = a.dtype(), db = b.dtype();
+  if (!(da == DType::f32 && is_half(db)) && !(is_half(da) && db == DType::f32)) return std::nullopt;
+  const char* name = op_name(op);
+  check_same_device(name, a, b);
+  const Dims out = output_dims(name, {&a, &b}, allow_broadcast_all);
+  Tensor y = empty(out, DType::f32, a.device(), name);
+  const TensorImpl& yi = y.impl();
+  backend::backend_for(a.device())
+      .binary_widening(op, da, db, extents(out), {a.impl().data(), aligned_strides(a.impl(), out)},
+                       {b.impl().data(), aligned_strides(b.impl(), out)}, {yi.data(), yi.strides});
+  if (auto f = common_feature_dim({&a, &b})) y = y.with_feature_dim(f);
+  if (!needs_grad({&a, &b})) return y;
+  const bool need_a = a.requires_grad(), need_b = b.requires_grad();
+  return record(name, y, {a, b}, [op, a, b, need_a, need_b](const Tensor& g) {
+    // Each gradient summed over the Dims its operand lacks, in f32, and rounded once to it.
+    return std::vector<Tensor>{need_a ? sum_to(g, a).astype(a.dtype()) : Tensor(),
+                               need_b ? sum_to(op == BinaryOp::sub ? -g : g, b).astype(b.dtype()) : Tensor()};
+  });
+}
+
+}  // namespace
+
 Tensor combine(const Tensor& a, BinaryOp op, const Tensor& b, bool allow_broadcast_all) {
+  if (auto y = widening_add(a, op, b, allow_broadcast_all)) return *y;
   if (auto c = autocast_operands(op, a, b)) return combine(c->first, op, c->second, allow_broadcast_all);
   Tensor y = combine_impl(a, op, b, allow_broadcast_all);
   if (!is_float_like(y.dtype()) || !needs_grad({&a, &b})) return y;

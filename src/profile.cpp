@@ -122,6 +122,12 @@ class TimedBackend final : public backend::Backend {
     timed([&] { return std::string("binary ") + op_name(op) + " " + dtype_name(dt) + " " + extents_str(shape); },
           [&] { in_.binary(op, dt, shape, a, b, y); });
   }
+  void binary_widening(BinaryOp op, DType a_dt, DType b_dt, const Shape& shape, const In& a, const In& b,
+                       const Out& y) override {
+    timed([&] { return std::string("binary ") + op_name(op) + " " + dtype_name(a_dt) + "+" + dtype_name(b_dt) + " " +
+                       extents_str(shape); },
+          [&] { in_.binary_widening(op, a_dt, b_dt, shape, a, b, y); });
+  }
   void unary_backward(UnaryOp op, DType dt, const Shape& shape, const In& x, const In& g, const Out& y) override {
     timed([&] { return std::string("unary_backward ") + op_name(op) + " " + dtype_name(dt) + " " + extents_str(shape); },
           [&] { in_.unary_backward(op, dt, shape, x, g, y); });

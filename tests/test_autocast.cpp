@@ -267,6 +267,35 @@ TEST_CASE("autocast: f32 leaves get f32 gradients through promoted ops", "[autoc
   CHECK(w.grad().to_vector<float>() == x.astype(DType::f32).to_vector<float>());
 }
 
+TEST_CASE("autocast: f32 +/- bf16 or f16 gives f32, gradients in each operand's dtype", "[autocast][autograd]") {
+  // A residual connection around a low-precision branch: one pass reading the half operand as
+  // it is, the same values as widening it first.
+  Dim n(5, "n"), m(3, "m");
+  for (DType dt : {DType::bf16, DType::f16}) {
+    INFO(dtype_name(dt));
+    Tensor x = random_tensor({m, n}, 18).with_requires_grad();
+    Tensor h = random_tensor({n}, 19).astype(dt).with_requires_grad();  // broadcast over m
+    Tensor w = random_tensor({m, n}, 20);
+    Tensor y, z;
+    {
+      AutocastGuard amp(dt);
+      y = x + h;
+      z = h - x;
+    }
+    CHECK(y.dtype() == DType::f32);
+    CHECK(vec_identical(y.to_vector<float>({m, n}), (x.detach() + h.detach().astype(DType::f32)).to_vector<float>({m, n})));
+    CHECK(vec_identical(z.to_vector<float>({m, n}), (h.detach().astype(DType::f32) - x.detach()).to_vector<float>({m, n})));
+    std::vector<Tensor> g = grad(reduce_sum(y * w, {m, n}) + reduce_sum(z * w * 2.0, {m, n}), {x, h});
+    CHECK(g[0].dtype() == DType::f32);
+    CHECK(g[1].dtype() == dt);
+    // d/dx = w - 2 w = -w; d/dh: each use's sum over m of w (then 2 w) rounded to dt, then the
+    // two added in dt.
+    CHECK_VEC_APPROX(g[0].to_vector<double>({m, n}), (-w).to_vector<double>({m, n}), 1e-6, 1e-6);
+    Tensor want = reduce_sum(w, {m}).astype(dt) + reduce_sum(w * 2.0, {m}).astype(dt);
+    CHECK(g[1].to_vector<float>({n}) == want.to_vector<float>({n}));
+  }
+}
+
 TEST_CASE("autocast: backward runs with autocast off", "[autocast][autograd]") {
   // A graph recorded in f32, differentiated inside a guard: matmul's backward stays in f32.
   Dim m(3, "m"), k(5, "k"), n(2, "n");

@@ -244,6 +244,26 @@ TEST_CASE("gpu: matmul matches the CPU", "[gpu]") {
   }, 1e-12, 1e-12);
 }
 
+TEST_CASE("gpu: f32 +/- bf16 under autocast matches the CPU", "[gpu]") {
+  Dims3 d;
+  for (DType dt : {DType::bf16, DType::f16})
+    consistent(std::string("widening add ") + dtype_name(dt), [&](Device dev) {
+      Tensor x = input({d.batch, d.time, d.feat}, 40, dev).with_requires_grad();
+      Tensor h = input({d.time, d.batch, d.feat}, 41, dev, -2, 2, dt).with_requires_grad();
+      Tensor hb = input({d.feat}, 42, dev, -2, 2, dt).with_requires_grad();  // broadcast
+      Tensor y;
+      {
+        AutocastGuard amp(dt);
+        y = (x + h) - hb + (hb - x);
+      }
+      Tensor loss = reduce_sum(mul(y, input(y.dims(), 43, dev), true), y.dims());
+      std::vector<Tensor> out = grad(loss, {x, h, hb});
+      for (Tensor& t : out) t = t.astype(DType::f32);
+      out.push_back(y);
+      return out;
+    }, 1e-2, 1e-2);
+}
+
 TEST_CASE("gpu: shape ops match the CPU", "[gpu]") {
   Dims3 d;
   Dim time2 = dynamic_dim(d.batch, {1, 3, 2}, "time2"), six(6, "six"), two(2, "two"), three(3, "three");

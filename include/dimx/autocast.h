@@ -15,7 +15,7 @@
 /// | --- | --- |
 /// | `matmul`, `nn::dot_attention`, `nn::Linear` (weight and bias too), and what is built on them (the attention modules, projections) | f32 inputs (and the other half type) cast to low; run there; results in low (matmul accumulates in f32) |
 /// | `softmax`, `log_softmax`, `reduce` with sum, mean or logsumexp, `cumsum`, `layer_norm` (x, weight, bias), `cross_entropy`, `exp`, `expm1`, `log`, `log1p`, `reciprocal`, `rsqrt`, `softplus`, `pow`, `causal_conv`, `ema` | bf16 and f16 inputs cast to f32; results in f32 |
-/// | binary elementwise ops (`combine`, the operators, `where`) whose operands are floating of different dtypes | both cast to the wider one (f64 > f32 > bf16, f16; bf16 with f16 gives f32) |
+/// | binary elementwise ops (`combine`, the operators, `where`) whose operands are floating of different dtypes | both cast to the wider one (f64 > f32 > bf16, f16; bf16 with f16 gives f32); f32 plus or minus bf16/f16 (a residual connection) reads the half operand as it is, with the same result, and returns each gradient in its operand's dtype |
 /// | everything else (relu, gelu, max/min reductions, gather, concat, wkv, ...) | runs in its inputs' dtype |
 ///
 /// Overriding it for one op: switch autocast off in a scope and cast explicitly there. A cast
