@@ -78,6 +78,7 @@ T reduce_row(ReduceOp op, const T* x, int64_t n) {
         if (track_nan) nan = nan | xsimd::isnan(v);
       }
       if (track_nan && xsimd::any(nan)) return std::numeric_limits<T>::quiet_NaN();
+      if (n < W && i == n) return half_out;  // a short row the half vector covered
       Vec<T> r = vcombine(op, vcombine(op, acc[0], acc[1]), vcombine(op, acc[2], acc[3]));
       alignas(64) T lanes[W];
       r.store_aligned(lanes);
