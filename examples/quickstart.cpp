@@ -68,6 +68,19 @@ int main() {
   float h000 = 0;
   for (int f = 0; f < 4; ++f) h000 += xv[f] * wv[f * 2];
   check("matmul", near(hv[0], h000));
+  // matmul_add: the product plus a bias over the result's Dims, the bias added inside the GEMM.
+  Tensor bias = random_normal({hidden}, gen);
+  Tensor hb = matmul_add(x, w, {feature}, bias);
+  check("matmul_add", near(hb.to_vector<float>({batch, time, hidden})[0], h000 + bias.to_vector<float>()[0]));
+  // Summing over batch and time (a weight gradient's shape) skips each sequence's padded
+  // frames inside the product, whatever they hold.
+  Dim feature2(4, "feature2");
+  Tensor gram = matmul(x, replace_dim(x, feature, feature2).first, {batch, time});  // {feature, feature2}
+  const int lens[3] = {5, 2, 3};
+  float g00 = 0;
+  for (int b = 0; b < 3; ++b)
+    for (int t = 0; t < lens[b]; ++t) g00 += xv[(b * 5 + t) * 4] * xv[(b * 5 + t) * 4];
+  check("matmul over padded (batch, time)", near(gram.to_vector<float>({feature, feature2})[0], g00));
 
   // 6. softmax over a padded axis gives exactly 0 on the padding.
   Tensor att = softmax(reduce_sum(h, {hidden}), time);
