@@ -6,9 +6,9 @@
 // loaded 16 bytes per lane at a time, so the forward reads x once and writes y once, and the
 // backward reads x and g once and writes dx once. Its weight and bias gradients stay in the
 // lanes' registers over the rows a warp visits (a lane owns the same columns in every row);
-// the warps of a block are then summed in order into one partial row per block, and the last
-// block to finish sums the blocks' rows in block order: one kernel, and the same result on
-// every run. Other rows: a warp (a block beyond 4096 entries) per row looping over it; columns
+// the warps of a block are then summed in order into one partial row per block, and a second
+// kernel sums the blocks' rows in block order, 32 columns per block (a single block doing all
+// of them took most of the backward's time): the same result on every run. Other rows: a warp (a block beyond 4096 entries) per row looping over it; columns
 // (B > 1): a thread per (a, b). Their parameter gradients take a second kernel (tiles of 32
 // columns for rows, a block per n for columns), also summed in a fixed order.
 #include <dimx/error.h>
@@ -25,7 +25,7 @@ namespace {
 
 constexpr int kWarps = 8;  // warps per block of the row kernels
 constexpr int kThreads = 32 * kWarps;
-constexpr int kMaxParamBlocks = 256;  // blocks (partial rows) of the fused backward
+constexpr int kMaxParamBlocks = 512;  // blocks (partial rows) of the fused backward
 constexpr int64_t kWarpLoopMax = 4096;  // longer rows get a block each
 
 template <int V>
@@ -198,25 +198,36 @@ __global__ void forward_cols(int64_t A, int64_t N, int64_t B, const S* x, const 
 // ---- backward: dx = rstd (g w - mean_n(g w) - xhat mean_n(g w xhat)), xhat = (x - mean) rstd;
 // dweight = sum_rows g xhat, dbias = sum_rows g.
 
-// The last block to finish (counted by *ticket, zero at launch) sums part [gridDim.x, 2, N]
-// over the blocks in order into dweight and dbias. Every thread of every block calls it after
-// writing its block's partial row.
+// dweight and dbias from part [P, 2, N] (a partial row per block of backward_rows): a block
+// of 32 x kWarps threads per 32 columns; warp y sums partial rows y, y + kWarps, ... in order
+// (eight loads in flight at a time), then the kWarps sums are added in order. Every column
+// gets the same order on every run.
 template <class S>
-__device__ void sum_partials(const ComputeOf<S>* part, int64_t N, unsigned* ticket, S* dw, S* db) {
+__global__ void __launch_bounds__(kThreads) sum_partials(const ComputeOf<S>* part, int P, int64_t N, S* dw, S* db) {
   using C = ComputeOf<S>;
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(ticket, 1u) == gridDim.x - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  for (int64_t c = threadIdx.x; c < 2 * N; c += blockDim.x) {
-    C s = 0;
-    for (unsigned p = 0; p < gridDim.x; ++p) s += __ldcg(part + int64_t(p) * 2 * N + c);
-    S* out = c < N ? dw : db;
-    if (out) out[c < N ? c : c - N] = narrow<S>(s);
+  __shared__ C sh[kWarps][32];
+  const int64_t c = int64_t(blockIdx.x) * 32 + threadIdx.x;  // column of [2, N]
+  const int y = threadIdx.y;
+  C s = 0;
+  if (c < 2 * N) {
+    int p = y;
+    for (; p + 7 * kWarps < P; p += 8 * kWarps) {
+      C v[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) v[k] = __ldcg(part + int64_t(p + k * kWarps) * 2 * N + c);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) s += v[k];
+    }
+    for (; p < P; p += kWarps) s += __ldcg(part + int64_t(p) * 2 * N + c);
   }
+  sh[y][threadIdx.x] = s;
+  __syncthreads();
+  if (y != 0 || c >= 2 * N) return;
+  C t = 0;
+#pragma unroll
+  for (int k = 0; k < kWarps; ++k) t += sh[k][threadIdx.x];
+  S* out = c < N ? dw : db;
+  if (out) out[c < N ? c : c - N] = narrow<S>(t);
 }
 
 // A warp per row as forward_rows; the warps stride over the rows (row += gridDim.x * kWarps).
@@ -224,8 +235,7 @@ __device__ void sum_partials(const ComputeOf<S>* part, int64_t N, unsigned* tick
 template <class S, int V, int E>
 __global__ void __launch_bounds__(kThreads) backward_rows(int64_t A, int N, const S* x, const S* w,
                                                           const ComputeOf<S>* mean, const ComputeOf<S>* rstd,
-                                                          const S* g, const bool* mask, S* dx, ComputeOf<S>* part,
-                                                          unsigned* ticket, S* dw, S* db) {
+                                                          const S* g, const bool* mask, S* dx, ComputeOf<S>* part) {
   using C = ComputeOf<S>;
   const int wi = threadIdx.x / 32, lane = threadIdx.x % 32;
   const C inv_n = C(1) / C(N);
@@ -304,7 +314,6 @@ __global__ void __launch_bounds__(kThreads) backward_rows(int64_t A, int N, cons
       }
       __syncthreads();
     }
-  sum_partials<S>(part, N, ticket, dw, db);
 }
 
 // dx of any row: a warp (kBlock: the block) per row.
@@ -489,21 +498,20 @@ void launch_layer_norm_backward(DType dt, const LayerNormLaunch& a, const void* 
             constexpr int E = decltype(e)::value;
             if (!params) {
               backward_rows<S, V, E><<<row_blocks(a.A), kThreads, 0, s>>>(a.A, int(a.N), x, w, ms, rs, gs, mask, dxs,
-                                                                          nullptr, nullptr, nullptr, nullptr);
+                                                                          nullptr);
               return;
             }
-            // Scratch: the ticket (16 bytes), then a partial row [2, N] per block.
+            // Scratch: a partial row [2, N] per block, summed by a second kernel.
             const unsigned blocks = unsigned(std::min<int64_t>((a.A + kWarps - 1) / kWarps, kMaxParamBlocks));
-            const size_t bytes = 16 + size_t(blocks) * 2 * size_t(a.N) * sizeof(C);
-            char* scratch = nullptr;
-            if (cudaMallocAsync(reinterpret_cast<void**>(&scratch), bytes, s) != cudaSuccess ||
-                cudaMemsetAsync(scratch, 0, 16, s) != cudaSuccess) {
+            const size_t bytes = size_t(blocks) * 2 * size_t(a.N) * sizeof(C);
+            C* scratch = nullptr;
+            if (cudaMallocAsync(reinterpret_cast<void**>(&scratch), bytes, s) != cudaSuccess) {
               cudaGetLastError();
               throw Error("layer_norm: cudaMallocAsync of " + std::to_string(bytes) + " bytes failed");
             }
-            backward_rows<S, V, E><<<blocks, kThreads, 0, s>>>(a.A, int(a.N), x, w, ms, rs, gs, mask, dxs,
-                                                               reinterpret_cast<C*>(scratch + 16),
-                                                               reinterpret_cast<unsigned*>(scratch), dws, dbs);
+            backward_rows<S, V, E><<<blocks, kThreads, 0, s>>>(a.A, int(a.N), x, w, ms, rs, gs, mask, dxs, scratch);
+            sum_partials<S><<<unsigned((2 * a.N + 31) / 32), dim3(32, kWarps), 0, s>>>(scratch, int(blocks), a.N, dws,
+                                                                                       dbs);
             cudaFreeAsync(scratch, s);
           }))
         return;
