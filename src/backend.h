@@ -58,11 +58,19 @@ struct Gemm {
 // len(b, i) = key_lengths[b * tq + i] (contiguous i64 [batch, tq]; null: every row sees tk
 // keys), clamped to [0, tk]: this covers padding and causality alike. A row that sees no key
 // gets 0. The energies [tq, tk] are never materialized as a whole.
+// With a bias, the energy of (b, i, j) is scale * q . k + bias[batch_offset[b] + i * row_stride
+// + j * col_stride] (the element type; strides may be 0: the term broadcasts over queries or
+// keys; batch_offset, i64 [batch] in the device's memory, null: 0 for every problem).
 struct Attention {
   struct Operand {
     const void* data;
     int64_t batch_stride[2];
     int64_t row_stride;
+  };
+  struct Bias {
+    const void* data;
+    const int64_t* batch_offset;
+    int64_t row_stride, col_stride;
   };
   int64_t batch[2];
   int64_t tq, tk, d, dv;
@@ -72,6 +80,7 @@ struct Attention {
   int64_t out_batch_stride[2];
   int64_t out_row_stride;
   const int64_t* key_lengths;
+  Bias bias;  // bias.data null: none
   // Nullable: the frontend passes it when a backward will follow. A device whose backward
   // reads it (CUDA) writes each row's log2-sum-exp2 of the scaled energies here (contiguous,
   // the element type, f32 for bf16/f16, [batch, tq]); one that recomputes the rows instead (the CPU) ignores it.
@@ -88,6 +97,10 @@ struct AttentionGrads {
   };
   const void* out_grad;  // the output's gradient, with out's strides
   Operand dq, dk, dv;
+  // Nullable: the bias's gradient, added into (+=) the element each (b, i, j) of the forward
+  // read (the bias's own indexing), so that a broadcast bias gets the sum over what it spans;
+  // the frontend zero-fills it. Summed in a fixed order (the same on every run).
+  void* dbias;
 };
 
 enum class RandomKind { uniform, normal };

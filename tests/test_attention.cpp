@@ -390,6 +390,92 @@ TEST_CASE("dot_attention: q, k and v sliced from one projection get their gradie
   }
 }
 
+TEST_CASE("dot_attention: an additive bias, fused == unfused, forward and gradients", "[attention]") {
+  // The bias over any subset of q's Dims and the keys, broadcast over the rest: the fused
+  // primitive (CPU) against matmul + bias + softmax + matmul, outputs and the gradients of q,
+  // k, v and the bias, float64.
+  Setup s;
+  Dim qt(3, "qt");
+  struct Case {
+    const char* name;
+    Dims bias_dims;
+    bool self;
+  };
+  Dim kb(s.time.extent(), "kb");  // the keys' Dim of a self-attention bias
+  const std::vector<Case> cases{{"{batch, heads, qt, time}", {s.batch, s.heads, qt, s.time}, false},
+                                {"{heads, qt, time}", {s.heads, qt, s.time}, false},
+                                {"{time, heads}", {s.time, s.heads}, false},
+                                {"{qt, batch}", {qt, s.batch}, false},
+                                {"self, causal: {heads, time, kb}", {s.heads, s.time, kb}, true},
+                                {"self, causal: {kb, batch}", {kb, s.batch}, true}};
+  for (const Case& c : cases) {
+    INFO(c.name);
+    std::vector<std::vector<double>> results;
+    for (bool fused : {false, true}) {
+      nn::DotAttentionOptions o;
+      o.fused = fused;
+      const Dim query = c.self ? s.time : qt;
+      Tensor q = rnd({s.batch, query, s.heads, s.key}, 70, DType::f64).with_requires_grad();
+      Tensor k = rnd({s.heads, s.time, s.batch, s.key}, 71, DType::f64).with_requires_grad();
+      Tensor v = rnd({s.time, s.batch, s.value, s.heads}, 72, DType::f64).with_requires_grad();
+      Tensor bias = rnd(c.bias_dims, 73, DType::f64, -2, 2).with_requires_grad();
+      o.bias = bias;
+      if (c.self) {
+        o.causal_query_dim = s.time;
+        o.bias_key_dim = kb;
+      }
+      nn::reset_attention_path_counts();
+      Tensor out = copy_masked(nn::dot_attention(q, k, v, s.key, s.time, o), {c.self ? s.time : qt});
+      CHECK(nn::attention_path_counts().fused_forward == (fused ? 1 : 0));
+      std::vector<Tensor> g = grad(reduce_sum(square(out), out.dims()), {q, k, v, bias});
+      CHECK(nn::attention_path_counts().unfused_backward == 0);
+      std::vector<double> all = out.to_vector<double>({s.batch, query, s.heads, s.value});
+      const std::vector<Tensor> ins{q, k, v, bias};
+      for (size_t i = 0; i < 4; ++i) {
+        REQUIRE(g[i].defined());
+        auto x = g[i].to_vector<double>(ins[i].dims());
+        all.insert(all.end(), x.begin(), x.end());
+      }
+      results.push_back(all);
+    }
+    CHECK_VEC_APPROX(results[1], results[0], 1e-10, 1e-12);
+  }
+}
+
+TEST_CASE("dot_attention: the bias's gradient matches float64 finite differences", "[attention]") {
+  Setup s;
+  Dim qt(3, "qt");
+  Tensor q = rnd({s.batch, qt, s.heads, s.key}, 74, DType::f64);
+  Tensor k = rnd({s.batch, s.time, s.heads, s.key}, 75, DType::f64);
+  Tensor v = rnd({s.batch, s.time, s.heads, s.value}, 76, DType::f64);
+  Tensor bias = rnd({s.heads, qt, s.time}, 77, DType::f64, -2, 2).contiguous().with_requires_grad();
+  Tensor w = rnd({s.batch, qt, s.heads, s.value}, 78, DType::f64);
+  nn::DotAttentionOptions o;
+  o.bias = bias;
+  auto loss = [&] { return reduce_sum(nn::dot_attention(q, k, v, s.key, s.time, o) * w, {s.batch, qt, s.heads, s.value}); };
+  const std::vector<double> analytic = grad(loss(), {bias})[0].to_vector<double>(bias.dims());
+  // Padded key frames get no weight, so the bias there has no effect: its gradient is 0.
+  const std::vector<double> numeric = finite_diff(bias, [&] { return loss().item<double>(); });
+  CHECK_VEC_APPROX(analytic, numeric, 1e-7, 1e-8);
+}
+
+TEST_CASE("dot_attention: a bias over the wrong Dims or dtype is an error naming them", "[attention][errors]") {
+  Setup s;
+  Dim qt(3, "qt"), other(2, "other"), kb(4, "kb");
+  Tensor q = rnd({s.batch, qt, s.heads, s.key}, 79), k = rnd({s.batch, s.time, s.heads, s.key}, 80);
+  Tensor v = rnd({s.batch, s.time, s.heads, s.value}, 81);
+  nn::DotAttentionOptions o;
+  o.bias = rnd({s.heads, other}, 82);
+  CHECK_THROWS_WITH(nn::dot_attention(q, k, v, s.key, s.time, o), Catch::Contains("dot_attention") && Catch::Contains("other"));
+  o.bias = rnd({s.heads, s.key}, 83);
+  CHECK_THROWS_WITH(nn::dot_attention(q, k, v, s.key, s.time, o), Catch::Contains("bias") && Catch::Contains("key"));
+  o.bias = rnd({s.heads, s.time}, 84, DType::f64);
+  CHECK_THROWS_WITH(nn::dot_attention(q, k, v, s.key, s.time, o), Catch::Contains("dtype"));
+  o.bias = rnd({s.heads, kb}, 85);
+  o.bias_key_dim = kb;  // extent 4, axis has 5
+  CHECK_THROWS_WITH(nn::dot_attention(q, k, v, s.key, s.time, o), Catch::Contains("bias_key_dim") && Catch::Contains("kb"));
+}
+
 TEST_CASE("dot_attention: dropout only in training, and errors name the Dims", "[attention]") {
   Setup s;
   Tensor q = rnd({s.batch, s.time, s.heads, s.key}, 14), k = rnd({s.batch, s.time, s.heads, s.key}, 15);

@@ -477,6 +477,22 @@ TEST_CASE("gpu: causal dot_attention and its gradients match the CPU", "[gpu]") 
     g.push_back(out);
     return g;
   }, 1e-4, 1e-5);
+  // With an additive bias over {heads, time, keys} (fused on the CPU; the GPU takes the
+  // unfused path until its kernels read a bias).
+  Dim kb(d.time.extent(), "kb");
+  consistent("dot_attention with a bias", [&](Device dev) {
+    nn::DotAttentionOptions ob = o;
+    Tensor q = input({d.batch, d.time, heads, key}, 73, dev).with_requires_grad();
+    Tensor k = input({heads, d.time, d.batch, key}, 74, dev).with_requires_grad();
+    Tensor v = input({d.time, d.batch, heads, value}, 75, dev).with_requires_grad();
+    Tensor bias = input({heads, d.time, kb}, 76, dev).with_requires_grad();
+    ob.bias = bias;
+    ob.bias_key_dim = kb;
+    Tensor out = copy_masked(nn::dot_attention(q, k, v, key, d.time, ob), {d.time});
+    std::vector<Tensor> g = grad(reduce_sum(square(out), {d.batch, d.time, heads, value}), {q, k, v, bias});
+    g.push_back(out);
+    return g;
+  }, 1e-4, 1e-5);
 }
 
 // The fused primitive on the GPU against the CPU (the CPU's unfused path, by default): self,

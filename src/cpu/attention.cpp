@@ -73,6 +73,25 @@ int64_t block_lengths(const backend::Attention& a, int64_t b, int64_t i0, int64_
   return kmax;
 }
 
+// The bias of problem b, query rows i0.. i0 + n, added to the block's energies e [n, kmax], or
+// the block's energy gradients added into the bias's gradient (dbias non-null).
+template <class T>
+void bias_block(const backend::Attention& a, int64_t b, int64_t i0, int64_t n, int64_t kmax, T* e, T* dbias) {
+  const backend::Attention::Bias& bi = a.bias;
+  const int64_t off = bi.batch_offset ? bi.batch_offset[b] : 0;
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t row = off + (i0 + r) * bi.row_stride;
+    T* er = e + r * kmax;
+    if (dbias) {
+      T* d = dbias + row;
+      for (int64_t j = 0; j < kmax; ++j) d[j * bi.col_stride] += er[j];
+    } else {
+      const T* x = static_cast<const T*>(bi.data) + row;
+      for (int64_t j = 0; j < kmax; ++j) er[j] += x[j * bi.col_stride];
+    }
+  }
+}
+
 template <class T>
 void zero_rows(T* p, int64_t row_stride, int64_t rows, int64_t cols) {
   for (int64_t r = 0; r < rows; ++r) std::fill(p + r * row_stride, p + r * row_stride + cols, T(0));
@@ -136,12 +155,15 @@ void attention_backward_impl(CpuBackend& be, DType dt, const backend::Attention&
       }
       if (a.d > 0) gemm_nt(qb_rows, ldqb, k, ldk, p.data(), kmax, n, kmax, a.d, a.scale);
       else std::fill(p.begin(), p.begin() + n * kmax, T(0));
+      if (a.bias.data) bias_block<T>(a, b, i0, n, kmax, p.data(), nullptr);
       be.softmax(false, dt, n, kmax, 1, p.data(), len, p.data());
       if (dv) gemm_tn_acc(p.data(), kmax, gob, ldo, dv, ldgv, kmax, a.dv, n, 1.0);
-      if ((!dq && !dk) || a.d == 0) continue;
+      if (!dqb && !dk && !ga.dbias) continue;
       gemm_nt(gob, ldo, v, ldv, dp.data(), kmax, n, kmax, a.dv, 1.0);
       // dS in place of dP: p (dp - sum_j p dp) on the visible keys, 0 on the others.
       be.softmax_backward(false, dt, n, kmax, 1, p.data(), dp.data(), len, dp.data());
+      if (ga.dbias) bias_block<T>(a, b, i0, n, kmax, dp.data(), static_cast<T*>(ga.dbias));
+      if (a.d == 0) continue;
       if (dqb) gemm_nn(dp.data(), kmax, k, ldk, dqb, ldgq, n, a.d, kmax, a.scale);
       if (dk) gemm_tn_acc(dp.data(), kmax, qb_rows, ldqb, dk, ldgk, kmax, a.d, n, a.scale);
     }
@@ -175,6 +197,7 @@ void attention_impl(CpuBackend& be, DType dt, const backend::Attention& a) {
         gemm_nt(q + i0 * a.q.row_stride, ldq, k, ldk, s.data(), kmax, n, kmax, a.d, a.scale);
       else
         std::fill(s.begin(), s.begin() + n * kmax, T(0));
+      if (a.bias.data) bias_block<T>(a, b, i0, n, kmax, s.data(), nullptr);
       // Keys j >= lens[r] get weight 0; a row that sees no key is all 0.
       be.softmax(false, dt, n, kmax, 1, s.data(), a.key_lengths ? lens.data() : nullptr, s.data());
       gemm_nn(s.data(), kmax, v, ldv, o, ldo, n, a.dv, kmax);

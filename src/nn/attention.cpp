@@ -84,17 +84,60 @@ struct Fused {
   Tensor out;
   backend::Attention args{};
   Tensor q, k, v, lens, lse;
+  Tensor bias, bias_offsets;  // the bias as laid out for the primitive, its per-problem offsets
   Dims g0, g1, query, value;
 };
+
+// The bias laid out for the primitive (contiguous, its query Dims adjacent in q's order) and
+// its backend descriptor (the per-problem offsets into `offsets`); false where it cannot be.
+bool bias_operand(const Tensor& bias, const Dims& g0, const Dims& g1, const Dims& batch, const Dims& query,
+                  const Dim& kv_axis, Device device, Tensor& bc, Tensor& offsets, backend::Attention::Bias& out) {
+  Dims allowed = cat(cat(batch, query), {kv_axis});
+  for (const Dim& d : bias.dims())
+    if (!contains(allowed, d)) return false;
+  bc = bias;
+  Dims bq;
+  for (const Dim& d : query)
+    if (bc.has_dim(d)) bq.push_back(d);
+  // Over part of several query Dims: expanded over the rest (a query index must be one stride).
+  if (!bq.empty() && bq.size() != query.size()) bc = broadcast_to_include(bc, query);
+  int64_t e, rs = 0;
+  if (!bq.empty() && !merged_stride(bc, query, e, rs)) bc = bc.transpose_to(cat(minus_dims(bc.dims(), query), query));
+  bc = bc.contiguous();
+  if (!bq.empty()) merged_stride(bc, query, e, rs);
+  out.data = bc.impl().data();
+  out.row_stride = bq.empty() ? 0 : rs;
+  out.col_stride = bc.has_dim(kv_axis) ? bc.strides()[bc.axis_of(kv_axis)] : 0;
+  out.batch_offset = nullptr;
+  // Problem p enumerates g0's Dims then g1's, each row-major.
+  Dims groups = cat(g0, g1);
+  bool any = false;
+  for (const Dim& d : groups) any = any || bc.has_dim(d);
+  if (!any) return true;
+  int64_t problems = numel_of(extents(groups));
+  std::vector<int64_t> offs(size_t(problems), 0);
+  for (int64_t p = 0; p < problems; ++p) {
+    int64_t rest = p, off = 0;
+    for (size_t i = groups.size(); i-- > 0;) {
+      const int64_t idx = rest % groups[i].extent();
+      rest /= groups[i].extent();
+      if (bc.has_dim(groups[i])) off += idx * bc.strides()[bc.axis_of(groups[i])];
+    }
+    offs[size_t(p)] = off;
+  }
+  offsets = Tensor::from_vector<int64_t>({Dim(problems, "attention_problems")}, offs).to(device);
+  out.batch_offset = reinterpret_cast<const int64_t*>(offsets.impl().data());
+  return true;
+}
 
 // dot_attention on the device's fused primitive; out undefined where the Dims do not map onto
 // it or the device has no kernel for it. q, k, v already have the key Dim kv_axis. with_lse:
 // keep the rows' log-sum-exp for a fused backward.
-Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, const Dim& key_dim, const Dim& kv_axis,
-                      double scale, bool with_lse) {
+Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, const Tensor& bias, const Dim& key_dim,
+                      const Dim& kv_axis, double scale, bool with_lse) {
   const DType dt = q0.dtype();
   if (!is_floating(dt) && !is_half(dt)) return {};
-  if (k0.dtype() != dt || v0.dtype() != dt) return {};
+  if (k0.dtype() != dt || v0.dtype() != dt || (bias.defined() && bias.dtype() != dt)) return {};
   if (k0.device() != q0.device() || v0.device() != q0.device()) return {};
   if (q0.has_dim(kv_axis)) return {};
   Dims batch, query, value;
@@ -172,6 +215,9 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
     f.lens = broadcast_to_include(kv_axis.lengths(q.device()).astype(DType::i64), order).transpose_to(order).contiguous();
     a.key_lengths = reinterpret_cast<const int64_t*>(f.lens.impl().data());
   }
+  if (bias.defined() &&
+      !bias_operand(bias, g0, g1, batch, query, kv_axis, q.device(), f.bias, f.bias_offsets, a.bias))
+    return {};
   if (with_lse) {
     f.lse = empty({Dim(a.batch[0] * a.batch[1] * tq, "attention_rows")}, is_half(dt) ? DType::f32 : dt, q.device(),
                   "dot_attention");
@@ -197,7 +243,8 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
 // its source (see packed_source); the views are returned.
 std::optional<std::vector<Tensor>> fused_backward(const Fused& f, const Tensor& g, const Dim& key_dim,
                                                   const Dim& kv_axis, bool need_q, bool need_k, bool need_v,
-                                                  const Tensor* packed = nullptr, const Tensor* source = nullptr) {
+                                                  bool need_bias, const Tensor* packed = nullptr,
+                                                  const Tensor* source = nullptr) {
   if (!f.lse.defined()) return std::nullopt;
   const Dims batch = cat(f.g0, f.g1);
   for (const Dim& d : batch)
@@ -242,8 +289,13 @@ std::optional<std::vector<Tensor>> fused_backward(const Fused& f, const Tensor& 
   Tensor dk = grad(need_k, f.k, {kv_axis}, {key_dim}, ga.dk);
   Tensor dv = grad(need_v, f.v, {kv_axis}, f.value, ga.dv);
   if (packed && (!dq.defined() || !dk.defined() || !dv.defined())) return std::nullopt;
+  Tensor dbias;
+  if (need_bias && f.bias.defined()) {
+    dbias = Tensor::zeros(f.bias.dims(), f.bias.dtype(), f.bias.device());
+    ga.dbias = dbias.impl().data();
+  }
   if (!backend::backend_for(f.out.device()).attention_backward(f.out.dtype(), f.args, ga)) return std::nullopt;
-  return std::vector<Tensor>{dq, dk, dv};
+  return std::vector<Tensor>{dq, dk, dv, dbias};
 }
 
 // Where q, k and v are slices along one Dim of one contiguous tensor that they tile exactly
@@ -319,21 +371,22 @@ std::optional<Tensor> packed_source(const Fused& f, const Tensor& q, const Tenso
 }
 
 // The gradients of q, k, v (those asked for) with dimx ops, recomputing the weights from q and k.
-std::vector<Tensor> unfused_grads(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
-                                  const Dim& key_dim, const Dim& kv_axis, double scale, bool need_q, bool need_k,
-                                  bool need_v) {
+std::vector<Tensor> unfused_grads(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
+                                  const Tensor& g, const Dim& key_dim, const Dim& kv_axis, double scale, bool need_q,
+                                  bool need_k, bool need_v, bool need_bias) {
   Tensor qs = q * scale;
-  Tensor w = softmax(matmul(qs, k, key_dim), kv_axis);
+  Tensor w = softmax(bias.defined() ? matmul(qs, k, key_dim) + bias : matmul(qs, k, key_dim), kv_axis);
   // out = matmul(w, v, kv_axis): as matmul's own backward. Every contraction masks padded
   // frames (select, never 0 * NaN), and the energies' gradient is 0 on padded keys (softmax's
   // fused backward). Only the gradients asked for are computed.
   Tensor gv = need_v ? sum_to(matmul(w, g, minus_dims(w.dims(), v.dims())), v) : Tensor();
-  if (!need_q && !need_k) return std::vector<Tensor>{Tensor(), Tensor(), gv};
+  if (!need_q && !need_k && !need_bias) return std::vector<Tensor>{Tensor(), Tensor(), gv, Tensor()};
   Tensor gw = sum_to(matmul(g, v, minus_dims(v.dims(), w.dims())), w);
   Tensor ge = softmax_backward(false, w, gw, kv_axis, true);
   Tensor gq = need_q ? sum_to(matmul(ge, k, minus_dims(k.dims(), qs.dims())), qs) * scale : Tensor();
   Tensor gk = need_k ? sum_to(matmul(qs, ge, minus_dims(qs.dims(), k.dims())), k) : Tensor();
-  return std::vector<Tensor>{gq, gk, gv};
+  Tensor gb = need_bias && bias.defined() ? sum_to(ge, bias) : Tensor();
+  return std::vector<Tensor>{gq, gk, gv, gb};
 }
 
 // The default where DotAttentionOptions::fused is unset: DIMX_FUSED_ATTENTION=0/1 if set (for
@@ -348,24 +401,26 @@ bool fused_by_default() {
 
 // The fused forward with a node whose backward is the device's fused backward where it has
 // one, else recomputes the weights from q and k with dimx ops.
-Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const Dim& key_dim, const Dim& kv_axis,
-                       double scale) {
-  const bool grad = needs_grad({&q, &k, &v});
-  Fused f = fused_attention(q, k, v, key_dim, kv_axis, scale, grad);
+Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, const Dim& key_dim,
+                       const Dim& kv_axis, double scale) {
+  const bool grad = needs_grad({&q, &k, &v, &bias});
+  Fused f = fused_attention(q, k, v, bias, key_dim, kv_axis, scale, grad);
   if (!f.out.defined() || !grad) return f.out;
   Tensor out = f.out;
-  if (std::optional<Tensor> src = packed_source(f, q, k, v)) {
+  std::optional<Tensor> src = bias.defined() ? std::nullopt : packed_source(f, q, k, v);
+  if (src) {
     return record("dot_attention", out, {*src}, [f = std::move(f), q, k, v, src = *src, key_dim, kv_axis, scale](
                                                   const Tensor& g) {
       Tensor d = empty(src.dims(), src.dtype(), src.device(), "dot_attention");
-      if (fused_backward(f, g, key_dim, kv_axis, true, true, true, &d, &src)) {
+      if (fused_backward(f, g, key_dim, kv_axis, true, true, true, false, &d, &src)) {
         g_fused_bwd.fetch_add(1, std::memory_order_relaxed);
         return std::vector<Tensor>{d};
       }
       fell_back(true, "the device has no fused backward for " + std::string(dtype_name(q.dtype())) +
                           " with these Dims (q " + q.str() + ", k " + k.str() + ", v " + v.str() + ")");
       // Each unfused gradient copied into its slice's frames of the buffer (they tile it).
-      const std::vector<Tensor> gs = unfused_grads(q, k, v, g, key_dim, kv_axis, scale, true, true, true);
+      const std::vector<Tensor> gs =
+          unfused_grads(q, k, v, Tensor(), g, key_dim, kv_axis, scale, true, true, true, false);
       for (size_t i = 0; i < 3; ++i) {
         const Tensor& t = i == 0 ? q : i == 1 ? k : v;
         const Strides st(t.strides().begin(), t.strides().end());
@@ -378,16 +433,25 @@ Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const 
     });
   }
   const bool need_q = q.requires_grad(), need_k = k.requires_grad(), need_v = v.requires_grad();
-  return record("dot_attention", out, {q, k, v},
-                [f = std::move(f), q, k, v, key_dim, kv_axis, scale, need_q, need_k, need_v](const Tensor& g) {
-    if (auto r = fused_backward(f, g, key_dim, kv_axis, need_q, need_k, need_v)) {
+  const bool need_bias = bias.defined() && bias.requires_grad();
+  std::vector<Tensor> inputs{q, k, v};
+  if (bias.defined()) inputs.push_back(bias);
+  return record("dot_attention", out, inputs,
+                [f = std::move(f), q, k, v, bias, key_dim, kv_axis, scale, need_q, need_k, need_v, need_bias](
+                    const Tensor& g) {
+    std::vector<Tensor> r;
+    if (auto fused = fused_backward(f, g, key_dim, kv_axis, need_q, need_k, need_v, need_bias)) {
       g_fused_bwd.fetch_add(1, std::memory_order_relaxed);
-      return *r;
+      r = *fused;
+      if (r[3].defined()) r[3] = sum_to(r[3], bias);  // over the Dims the laid-out bias was expanded to
+    } else {
+      fell_back(true, "the device has no fused backward for " + std::string(dtype_name(q.dtype())) +
+                          " with these Dims, or k or v broadcasts over a batch Dim (q " + q.str() + ", k " + k.str() +
+                          ", v " + v.str() + ")");
+      r = unfused_grads(q, k, v, bias, g, key_dim, kv_axis, scale, need_q, need_k, need_v, need_bias);
     }
-    fell_back(true, "the device has no fused backward for " + std::string(dtype_name(q.dtype())) +
-                        " with these Dims, or k or v broadcasts over a batch Dim (q " + q.str() + ", k " + k.str() +
-                        ", v " + v.str() + ")");
-    return unfused_grads(q, k, v, g, key_dim, kv_axis, scale, need_q, need_k, need_v);
+    if (!bias.defined()) r.pop_back();
+    return r;
   });
 }
 
@@ -438,8 +502,13 @@ Dim decoding_step(const Tensor& active, const std::string& name) {
 
 Tensor dot_attention(const Tensor& q, const Tensor& k0, const Tensor& v0, const Dim& key_dim, const Dim& axis,
                      const DotAttentionOptions& o) {
-  if (autocast_lowers({&q, &k0, &v0}))
-    return dot_attention(autocast_low(q), autocast_low(k0), autocast_low(v0), key_dim, axis, o);
+  const Tensor no_bias;
+  const Tensor& bias0 = o.bias ? *o.bias : no_bias;
+  if (autocast_lowers({&q, &k0, &v0, &bias0})) {
+    DotAttentionOptions lo = o;
+    if (o.bias) lo.bias = autocast_low(*o.bias);
+    return dot_attention(autocast_low(q), autocast_low(k0), autocast_low(v0), key_dim, axis, lo);
+  }
   const char* op = "dot_attention";
   check_defined(op, q);
   check_defined(op, k0);
@@ -462,6 +531,28 @@ Tensor dot_attention(const Tensor& q, const Tensor& k0, const Tensor& v0, const 
     v = replace_dim(v, axis, kv_axis).first;
   }
   if (key_dim.is_dynamic()) fail("dot_attention: key_dim '" + key_dim.str() + "' must be static");
+  // The bias over q's Dims and the keys (axis, or bias_key_dim), moved onto the key Dim.
+  Tensor bias;
+  if (o.bias) {
+    bias = *o.bias;
+    check_defined(op, bias);
+    check_same_device(op, q, bias);
+    if (bias.dtype() != q.dtype())
+      fail("dot_attention: bias must have q's dtype, got bias = " + bias.str() + " and q = " + q.str());
+    const Dim bias_key = o.bias_key_dim ? *o.bias_key_dim : axis;
+    if (o.bias_key_dim) {
+      check_has_dim(op, bias, bias_key, "bias");
+      if (bias_key.extent() != axis.extent() || bias_key.is_dynamic())
+        fail("dot_attention: bias_key_dim '" + bias_key.str() + "' must be static with the extent of axis '" +
+             axis.str() + "'");
+    }
+    const bool keyed = bias.has_dim(bias_key) && (o.bias_key_dim || !q.has_dim(axis));
+    if (keyed && bias_key != kv_axis) bias = replace_dim(bias, bias_key, kv_axis).first;
+    for (const Dim& d : bias.dims())
+      if (d == key_dim || (d != kv_axis && !q.has_dim(d)))
+        fail("dot_attention: the bias's Dims must be among q's (but key_dim '" + key_dim.str() +
+             "') and the keys' (axis, or bias_key_dim), got bias = " + bias.str() + " for q = " + q.str());
+  }
   const double scale = o.scale.value_or(1.0 / std::sqrt(double(key_dim.size())));
   if (!std::isfinite(scale))
     fail("dot_attention: scale must be finite, got " + std::to_string(scale) + " (q = " + q.str() + ")");
@@ -475,20 +566,22 @@ Tensor dot_attention(const Tensor& q, const Tensor& k0, const Tensor& v0, const 
     check_same_device(op, q, v);
     // The CPU computes bf16/f16 attention in f32 (half_compute.h), rounding the output once.
     const bool widen = is_half(q.dtype()) && q.device().is_cpu() && k.dtype() == q.dtype() && v.dtype() == q.dtype();
-    Tensor out = widen ? round_to(fused_with_grad(widen_half(q), widen_half(k), widen_half(v), key_dim, kv_axis, scale),
+    Tensor out = widen ? round_to(fused_with_grad(widen_half(q), widen_half(k), widen_half(v), widen_half(bias), key_dim,
+                                                  kv_axis, scale),
                                   q.dtype())
-                       : fused_with_grad(q, k, v, key_dim, kv_axis, scale);
+                       : fused_with_grad(q, k, v, bias, key_dim, kv_axis, scale);
     if (out.defined()) {
       g_fused_fwd.fetch_add(1, std::memory_order_relaxed);
       return out;
     }
     fell_back(false, "no fused kernel for " + std::string(dtype_name(q.dtype())) + " on " + q.device().str() +
-                         " with these Dims (q " + q.str() + ", k " + k.str() + ", v " + v.str() + ", key Dim " +
-                         kv_axis.str() + ")");
+                         " with these Dims" + (bias.defined() ? " and a bias (" + bias.str() + ")" : std::string()) +
+                         " (q " + q.str() + ", k " + k.str() + ", v " + v.str() + ", key Dim " + kv_axis.str() + ")");
   } else if (!want_fused) {
     g_unfused_fwd.fetch_add(1, std::memory_order_relaxed);
   }
   Tensor energy = matmul(q * scale, k, key_dim);
+  if (bias.defined()) energy = energy + bias;
   Tensor weights = softmax(energy, kv_axis);
   if (o.att_dropout > 0 && o.training) {
     Dims broadcast = o.att_dropout_broadcast ? minus_dims(weights.dims(), {kv_axis}) : Dims{};

@@ -329,11 +329,35 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
   out.state = state_out;
   out.position_bias = returned_bias;
   const bool dropout_active = train && o.dropout > 0;
-  const bool extra_terms = attn_mask.defined() || additive_pad.defined() || position_bias.defined();
   Tensor ctx;
-  if (!need_weights && !in.before_softmax && !extra_terms && !dropout_active) {
+  // The gated position bias, per (batch, query, head) when grep_linear is set.
+  auto gated_bias = [&](const Tensor& e_dims_from) {
+    Tensor pb = position_bias;
+    if (!grep_linear) return pb;
+    // gate = a * (b * grep_a - 1) + 2 from the raw q projection, per (batch, query, head).
+    Tensor g = split_dims((*grep_linear)(qr), grep, {grep_pair, grep_four});
+    g = sigmoid(reduce_sum(g, {grep_four}));
+    auto [as, ad] = slice(g, grep_pair, 0, 1);
+    auto [bs, bd] = slice(g, grep_pair, 1, 2);
+    Tensor a = squeeze(as, ad), b = squeeze(bs, bd);
+    Tensor ga = squeeze(squeeze(squeeze(*grep_a, a_1), a_2), a_3);
+    Tensor gate = mul(a, mul(b, ga, true) - 1.0, true) + 2.0;
+    // Laid out as the energies' leading Dims, so the product streams in their order.
+    Dims order;
+    for (const Dim& d : e_dims_from.dims())
+      if (gate.has_dim(d)) order.push_back(d);
+    return mul(gate.transpose_to(order), pb, true);
+  };
+  if (!need_weights && !in.before_softmax && !dropout_active) {
+    // The mask, padding and position terms summed into one additive bias of the fused primitive.
     DotAttentionOptions dopt;
     dopt.scale = scaling;
+    Tensor bias;
+    auto plus = [&](const Tensor& t) { bias = bias.defined() ? add(bias, t, true) : t; };
+    if (attn_mask.defined()) plus(attn_mask);
+    if (additive_pad.defined()) plus(additive_pad);
+    if (position_bias.defined()) plus(gated_bias(qr));
+    if (bias.defined()) dopt.bias = bias.astype(qr.dtype());
     ctx = dot_attention(qr, k, v, head_dim, keys, dopt);
   } else {
     Tensor e = matmul(qr * scaling, k, {head_dim});  // {batch..., heads, query, keys}
@@ -349,25 +373,7 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
     }
     if (attn_mask.defined()) e = add(e, attn_mask, true);
     if (additive_pad.defined()) e = add(e, additive_pad, true);
-    if (position_bias.defined()) {
-      Tensor pb = position_bias;
-      if (grep_linear) {
-        // gate = a * (b * grep_a - 1) + 2 from the raw q projection, per (batch, query, head).
-        Tensor g = split_dims((*grep_linear)(qr), grep, {grep_pair, grep_four});
-        g = sigmoid(reduce_sum(g, {grep_four}));
-        auto [as, ad] = slice(g, grep_pair, 0, 1);
-        auto [bs, bd] = slice(g, grep_pair, 1, 2);
-        Tensor a = squeeze(as, ad), b = squeeze(bs, bd);
-        Tensor ga = squeeze(squeeze(squeeze(*grep_a, a_1), a_2), a_3);
-        Tensor gate = mul(a, mul(b, ga, true) - 1.0, true) + 2.0;
-        // Laid out as the energies' leading Dims, so the product streams in their order.
-        Dims order;
-        for (const Dim& d : e.dims())
-          if (gate.has_dim(d)) order.push_back(d);
-        pb = mul(gate.transpose_to(order), pb, true);
-      }
-      e = add(e, pb, true);
-    }
+    if (position_bias.defined()) e = add(e, gated_bias(e), true);
     Tensor w = softmax(e, keys);
     if (need_weights) out.weights = in.need_head_weights ? w : reduce_mean(w, {heads});
     if (dropout_active) w = dropout(w, o.dropout, *in.gen, true);

@@ -223,9 +223,14 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
   out.keys = keys;
   out.state = state_out;
   Tensor ctx;
-  if (!in.need_weights && !attn_mask.defined() && !additive_pad.defined() && !rel_pos.defined() && !dropout_active) {
+  // The padding and relative-position terms go to the fused primitive as one additive bias; an
+  // attn_mask keeps the unfused path (the original replaces NaN energies before adding it).
+  if (!in.need_weights && !attn_mask.defined() && !dropout_active) {
     DotAttentionOptions dopt;
     dopt.scale = scaling;
+    Tensor bias = additive_pad;
+    if (rel_pos.defined()) bias = bias.defined() ? add(bias, rel_pos, true) : rel_pos;
+    if (bias.defined()) dopt.bias = bias.astype(q.dtype());
     ctx = dot_attention(q, k, v, head_dim, keys, dopt);
   } else {
     Tensor w = matmul(q * scaling, k, {head_dim});

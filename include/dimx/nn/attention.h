@@ -3,6 +3,7 @@
 /// Scaled dot-product attention by Dim (RETURNN's dot_attention).
 ///
 ///   energy  = matmul(q * scale, k, reduce = key_dim)      scale defaults to key_dim^-0.5
+///           (+ bias)                                       DotAttentionOptions::bias
 ///   weights = softmax(energy, axis)                        padded keys (axis's lengths) get 0
 ///   weights = dropout(weights)                             training only; with broadcast,
 ///                                                          the mask is shared over all Dims but axis
@@ -24,9 +25,12 @@
 /// a call that asks for the fused path (DotAttentionOptions::fused unset or true) and cannot
 /// take it, forward or backward, is a dimx::Error saying why instead of a silent fallback.
 ///
-/// Under autocast (dimx/autocast.h) q, k and v are cast to the low dtype first: the
-/// contractions run there, the softmax in f32, and the result is in the low dtype. The fused
-/// primitives take f32 and f64 only, so this is the unfused path.
+/// A bias runs fused on the CPU (forward and backward, its gradient summed in a fixed order);
+/// the CUDA kernels take none yet, so there it is the unfused path (counted as a fallback).
+///
+/// Under autocast (dimx/autocast.h) q, k, v and the bias are cast to the low dtype first; the
+/// result is in the low dtype (bf16/f16 run on the GPU's tensor-core kernels with f32
+/// accumulation and f32 row statistics, and on the CPU in f32).
 #include <dimx/random.h>
 #include <dimx/tensor.h>
 
@@ -46,6 +50,14 @@ struct DotAttentionOptions {
   /// Dims map onto it and no dropout applies. Unset: as DIMX_FUSED_ATTENTION (0 / 1) says, else
   /// fused; true / false: prefer it / never (results agree within rounding).
   std::optional<bool> fused;
+  /// An additive term on the energies before the softmax (a relative-position bias, an additive
+  /// mask), over any of q's Dims but key_dim and the keys' Dim; it broadcasts over the Dims it
+  /// lacks and is never expanded; q's dtype. Its gradient is the sum over what it broadcasts
+  /// over (padded frames left out).
+  std::optional<Tensor> bias;
+  /// The bias's Dim over the keys: `axis` by default where q lacks axis; in self-attention (q
+  /// has axis as its query Dim) a Dim of axis's extent standing for the keys.
+  std::optional<Dim> bias_key_dim;
 };
 
 /// Scaled dot-product attention of q over k and v along `axis`, reducing `key_dim` (see the
