@@ -181,6 +181,28 @@ int main() {
                                        copy_masked(g2[i], {time}).to_vector<double>(dims)));
     }
     check(worst < 1e-4, "fused and unfused gradients agree (max diff " + std::to_string(worst) + ")");
+
+    // [doc:bias]
+    // An additive bias on the scores (here a learned bias per head and relative position,
+    // gathered into {heads, time, keys}): one more input of the fused primitive, broadcast over
+    // the batch, with its own gradient. In self-attention the bias names its key Dim.
+    Dim keys(time.extent(), "keys"), rel(2 * time.extent() - 1, "rel");
+    Tensor table = (random_normal({heads, rel}, gen) * 0.1).with_requires_grad();
+    std::vector<int32_t> idx;
+    for (int64_t i = 0; i < time.extent(); ++i)
+      for (int64_t j = 0; j < keys.extent(); ++j) idx.push_back(int32_t(j - i + time.extent() - 1));
+    Tensor rel_idx = Tensor::from_vector<int32_t>({time, keys}, idx).with_sparse_dim(rel);
+    nn::DotAttentionOptions with_bias;
+    with_bias.bias = gather(table, rel_idx);  // {heads, time, keys}
+    with_bias.bias_key_dim = keys;
+    nn::reset_attention_path_counts();
+    Tensor o3 = nn::dot_attention(q, k, v, head, time, with_bias);
+    std::vector<Tensor> g3 = grad(reduce_sum(copy_masked(o3 * o3, {time}), o3.dims()), {q, table});
+    std::printf("with a bias: fused forwards %lld, table gradient %s\n",
+                (long long)nn::attention_path_counts().fused_forward, g3[1].str().c_str());
+    // [doc:bias]
+    check(nn::attention_path_counts().fused_backward == 1, "the biased attention ran fused both ways");
+    check(g3[1].has_dim(heads) && g3[1].has_dim(rel), "the table gets its gradient");
   } catch (const Error& e) {
     std::printf("FAIL dimx::Error: %s\n", e.what());
     return 1;
