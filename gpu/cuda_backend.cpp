@@ -195,7 +195,8 @@ class CudaBackend final : public backend::Backend {
                          a.out, a.out_batch_stride[0], a.out_batch_stride[1], a.out_row_stride,
                          a.key_lengths, a.lse};
   }
-  // The kernels take no additive bias yet: with one, the frontend's unfused path runs.
+  // The kernels take no additive bias yet (attention_takes_bias is false): with one, the
+  // frontend's unfused path runs.
   bool attention(DType dt, const backend::Attention& a) override {
     if (a.bias.data) return false;
     return launch_attention(dt, attention_args(a), stream());

@@ -282,6 +282,9 @@ class Backend {
   // Returns false (computing nothing) where this device has no fused kernel for the dtype or
   // head size; the frontend then takes the unfused path.
   virtual bool attention(DType dt, const Attention& a) = 0;
+  // Whether attention and attention_backward read Attention::bias (false: they decline any
+  // call with one, and the frontend does not lay one out).
+  virtual bool attention_takes_bias() const { return false; }
   // The gradients of `attention` with the same arguments, whose forward wrote a.lse: returns
   // false (computing nothing) where this device has no fused backward; the frontend then
   // recomputes the weights. Nothing of size [tq, tk] is materialized; the result is

@@ -201,6 +201,7 @@ class TimedBackend final : public backend::Backend {
           },
           [&] { in_.gemm(dt, g); });
   }
+  bool attention_takes_bias() const override { return in_.attention_takes_bias(); }
   bool attention(DType dt, const backend::Attention& a) override {
     return timed([&] {
                    return std::string("attention ") + dtype_name(dt) + " " +

@@ -138,6 +138,7 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
   const DType dt = q0.dtype();
   if (!is_floating(dt) && !is_half(dt)) return {};
   if (k0.dtype() != dt || v0.dtype() != dt || (bias.defined() && bias.dtype() != dt)) return {};
+  if (bias.defined() && !backend::backend_for(q0.device()).attention_takes_bias()) return {};
   if (k0.device() != q0.device() || v0.device() != q0.device()) return {};
   if (q0.has_dim(kv_axis)) return {};
   Dims batch, query, value;
