@@ -1,5 +1,6 @@
 #include <dimx/elementwise.h>
 #include <dimx/matmul.h>
+#include <dimx/nn/attention.h>
 #include <dimx/nn/rel_pos_self_attention.h>
 #include <dimx/shape.h>
 #include <dimx/softmax.h>
@@ -56,8 +57,8 @@ void RelPosSelfAttention::reset_parameters(Generator& gen) {
   if (pos_bias_v) glorot_uniform(*pos_bias_v, dk, h, gen);
 }
 
-Tensor RelPosSelfAttention::weights(const Tensor& q, const Tensor& k, const Dim& keys, const Tensor& query_pos,
-                                    const Dim& query_frames, Generator* gen) const {
+std::pair<Tensor, Tensor> RelPosSelfAttention::score_terms(const Tensor& q, const Dim& keys, const Tensor& query_pos,
+                                                           const Dim& query_frames, Generator* gen) const {
   const bool train = training;
   // Encodings of positions -(Q-1) .. K-1 over `rel`.
   auto [pos, rel] = learned_pos_emb ? (*learned_pos_emb)(query_frames, keys)
@@ -69,13 +70,17 @@ Tensor RelPosSelfAttention::weights(const Tensor& q, const Tensor& k, const Dim&
 
   Tensor qu = pos_bias_u ? q + *pos_bias_u : q;
   Tensor qv = pos_bias_v ? q + *pos_bias_v : q;
-  Tensor content = matmul(qu, k, key_dim_per_head);
   Tensor by_rel = matmul(qv, pos, key_dim_per_head);
   // The rel-shift: key j of a query at position p reads rel row j - p + (Q - 1).
   Tensor idx = sub(range_over_dim(keys, DType::i32).with_sparse_dim(std::nullopt) + double(query_frames.extent() - 1),
                    query_pos.astype(DType::i32), true);
-  Tensor position = gather(by_rel, idx.with_sparse_dim(rel).to(q.device()), rel);
-  Tensor scores = (content + position) * (1.0 / std::sqrt(double(key_dim_per_head.size())));
+  return {qu, gather(by_rel, idx.with_sparse_dim(rel).to(q.device()), rel)};
+}
+
+Tensor RelPosSelfAttention::weights(const Tensor& q, const Tensor& k, const Dim& keys, const Tensor& query_pos,
+                                    const Dim& query_frames, Generator* gen) const {
+  auto [qu, position] = score_terms(q, keys, query_pos, query_frames, gen);
+  Tensor scores = (matmul(qu, k, key_dim_per_head) + position) * (1.0 / std::sqrt(double(key_dim_per_head.size())));
   return softmax(scores, keys);
 }
 
@@ -83,12 +88,22 @@ Tensor RelPosSelfAttention::attend(const Tensor& q, const Tensor& k, const Tenso
                                    const Tensor& query_pos, const Dim& query_frames, Generator* gen) const {
   if (training && (options.att_dropout > 0 || options.pos_emb_dropout > 0) && !gen)
     fail(std::string(kOp) + ": dropout in training needs a Generator");
-  Tensor w = weights(q, k, keys, query_pos, query_frames, gen);
+  Tensor out;
   if (training && options.att_dropout > 0) {
+    Tensor w = weights(q, k, keys, query_pos, query_frames, gen);
     Dims broadcast = options.att_dropout_broadcast ? minus_dims(w.dims(), {keys}) : Dims{};
     w = dropout(w, options.att_dropout, *gen, true, broadcast);
+    out = matmul(w, v, keys);  // masks padded values (select): their content never matters
+  } else {
+    // The content term is dot_attention's own product (of q + u with k); the position term,
+    // which depends on q, is its additive bias.
+    auto [qu, position] = score_terms(q, keys, query_pos, query_frames, gen);
+    const double scale = 1.0 / std::sqrt(double(key_dim_per_head.size()));
+    DotAttentionOptions o;
+    o.scale = scale;
+    o.bias = position * scale;
+    out = dot_attention(qu, k, v, key_dim_per_head, keys, o);
   }
-  Tensor out = matmul(w, v, keys);  // masks padded values (select): their content never matters
   out = merge_dims(out, {heads, value_dim_per_head}, value_dim_total).first;
   return proj ? (*proj)(out) : out;
 }

@@ -89,6 +89,11 @@ struct RelPosSelfAttention : Module {
   /// {..., heads, axis, keys} over a new key Dim `keys`, returned with it. causal: query i
   /// sees keys j <= i (as RelPosCausalSelfAttention on a whole sequence).
   std::pair<Tensor, Dim> attention_weights(const Tensor& x, const Dim& axis, bool causal = false) const;
+
+ private:
+  // q + pos_bias_u, and the position term (q + pos_bias_v) . P[j - p] gathered over the keys.
+  std::pair<Tensor, Tensor> score_terms(const Tensor& q, const Dim& keys, const Tensor& query_pos,
+                                        const Dim& query_frames, Generator* gen) const;
 };
 
 /// The causal variant with a decoding state, as CausalSelfAttention: a whole sequence, a single
