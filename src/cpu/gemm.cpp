@@ -24,47 +24,63 @@ void widen(DType dt, const uint16_t* m, int64_t rows, int64_t cols, bool trans, 
     }
 }
 
-// C (+)= op(A) op(B) for one small matrix product (m * n * k <= kSmallGemm): each vector of a
-// row of C stays in a register over the k products (fused multiply-adds); the rest, and
+// C (+)= op(A) op(B) for one small matrix product (m * n * k <= kSmallGemm): each vector of
+// four rows of C stays in a register over the k products (fused multiply-adds); the rest, and
 // transposed B, element by element. OpenBLAS's call and buffer setup cost more than the whole
 // product at these sizes.
 constexpr int64_t kSmallGemm = 4096;
 
-// Columns [j0, ...) of row r of C in whole vectors of V, each kept in a register over the k
-// products (fused multiply-adds); returns the first column not covered.
-template <class V, class T>
-int64_t row_vectors(const backend::Gemm& g, int64_t k, const T* __restrict a, const T* __restrict b, T* __restrict cr,
-                    int64_t r, int64_t j0, bool accumulate) {
+// Columns [j0, ...) of rows r.. r + R of C in whole vectors of V, each kept in a register over
+// the k products (fused multiply-adds; R rows at once give R independent chains); returns the
+// first column not covered.
+template <class V, int R, class T>
+int64_t rows_vectors(const backend::Gemm& g, int64_t k, const T* __restrict a, const T* __restrict b,
+                     T* __restrict c, int64_t r, int64_t j0, bool accumulate) {
   constexpr int64_t W = int64_t(V::size);
+  auto A = [&](int64_t row, int64_t p) { return g.trans_a ? a[p * g.lda + row] : a[row * g.lda + p]; };
   for (; j0 + W <= g.n; j0 += W) {
-    V s = accumulate ? V::load_unaligned(cr + j0) : V(T(0));
-    for (int64_t p = 0; p < k; ++p)
-      s = xsimd::fma(V(g.trans_a ? a[p * g.lda + r] : a[r * g.lda + p]), V::load_unaligned(b + p * g.ldb + j0), s);
-    s.store_unaligned(cr + j0);
+    V s[R];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) s[i] = accumulate ? V::load_unaligned(c + (r + i) * g.ldc + j0) : V(T(0));
+    for (int64_t p = 0; p < k; ++p) {
+      const V bv = V::load_unaligned(b + p * g.ldb + j0);
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) s[i] = xsimd::fma(V(A(r + i, p)), bv, s[i]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) s[i].store_unaligned(c + (r + i) * g.ldc + j0);
   }
   return j0;
 }
 
-template <class T>
-void small_gemm(const backend::Gemm& g, int64_t k, const T* __restrict a, const T* __restrict b, T* __restrict cr0,
-                bool accumulate) {
-  // The widest vectors first, then half-width ones (an 8-wide row under AVX-512), then scalars.
+// Rows r.. r + R of C: the widest vectors first, then half-width ones (an 8-wide row under
+// AVX-512), then scalars.
+template <int R, class T>
+void rows(const backend::Gemm& g, int64_t k, const T* __restrict a, const T* __restrict b, T* __restrict c, int64_t r,
+          bool accumulate) {
   using Wide = xsimd::batch<T>;
   using Half = xsimd::make_sized_batch_t<T, Wide::size / 2>;
-  auto A = [&](int64_t r, int64_t p) { return g.trans_a ? a[p * g.lda + r] : a[r * g.lda + p]; };
-  for (int64_t r = 0; r < g.m; ++r) {
-    T* __restrict cr = cr0 + r * g.ldc;
-    int64_t j0 = 0;
-    if (!g.trans_b) {
-      j0 = row_vectors<Wide>(g, k, a, b, cr, r, j0, accumulate);
-      if constexpr (!std::is_void_v<Half>) j0 = row_vectors<Half>(g, k, a, b, cr, r, j0, accumulate);
-    }
-    for (int64_t j = j0; j < g.n; ++j) {
-      T s = accumulate ? cr[j] : T(0);
-      for (int64_t p = 0; p < k; ++p) s += A(r, p) * (g.trans_b ? b[j * g.ldb + p] : b[p * g.ldb + j]);
-      cr[j] = s;
-    }
+  int64_t j0 = 0;
+  if (!g.trans_b) {
+    j0 = rows_vectors<Wide, R>(g, k, a, b, c, r, j0, accumulate);
+    if constexpr (!std::is_void_v<Half>) j0 = rows_vectors<Half, R>(g, k, a, b, c, r, j0, accumulate);
   }
+  auto A = [&](int64_t row, int64_t p) { return g.trans_a ? a[p * g.lda + row] : a[row * g.lda + p]; };
+  for (int i = 0; i < R; ++i)
+    for (int64_t j = j0; j < g.n; ++j) {
+      T* cr = c + (r + i) * g.ldc;
+      T sum = accumulate ? cr[j] : T(0);
+      for (int64_t p = 0; p < k; ++p) sum += A(r + i, p) * (g.trans_b ? b[j * g.ldb + p] : b[p * g.ldb + j]);
+      cr[j] = sum;
+    }
+}
+
+template <class T>
+void small_gemm(const backend::Gemm& g, int64_t k, const T* __restrict a, const T* __restrict b, T* __restrict c,
+                bool accumulate) {
+  int64_t r = 0;
+  for (; r + 4 <= g.m; r += 4) rows<4>(g, k, a, b, c, r, accumulate);
+  for (; r < g.m; ++r) rows<1>(g, k, a, b, c, r, accumulate);
 }
 
 // C (+)= op(A) op(B) over k contracted indices, one matrix.
