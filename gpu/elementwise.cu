@@ -195,14 +195,15 @@ __global__ void unary_half_kernel(UnaryOp op, Meta<2> m, const T* x, T* y) {
   }
 }
 
-template <class T, class U>
-__global__ void binary_half_kernel(BinaryOp op, Meta<3> m, const T* a, const T* b, U* y) {
+// Also f32 with bf16/f16 operands (TA != TB), each widened as read (binary_widening).
+template <class TA, class TB, class U>
+__global__ void binary_half_kernel(BinaryOp op, Meta<3> m, const TA* a, const TB* b, U* y) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < m.n; i += int64_t(gridDim.x) * blockDim.x) {
     int64_t o[3];
     offsets(m, i, o);
     const float va = widen(a[o[0]]), vb = widen(b[o[1]]);
     if constexpr (std::is_same_v<U, bool>) y[o[2]] = compare(op, va, vb);
-    else y[o[2]] = cast<T>(binary_arith(op, va, vb));
+    else y[o[2]] = cast<U>(binary_arith(op, va, vb));
   }
 }
 
@@ -300,15 +301,16 @@ __device__ __forceinline__ auto compute_value(T v) {
   else return v;
 }
 
-template <class T, class U, int V>
+// TA and TB differ only for f32 with bf16/f16 (binary_widening), both computed in f32.
+template <class TA, class TB, class U, int V>
 struct BinaryVecOp {
   BinaryOp op;
-  const T* a;
-  const T* b;
+  const TA* a;
+  const TB* b;
   U* y;
   __device__ void operator()(const int64_t (&o)[3], int64_t c, const bool (&vec)[3], int cnt) const {
-    const Pack<T, V> pa = load_pack<T, V>(a + o[0] + (vec[0] ? c : 0), vec[0], cnt);
-    const Pack<T, V> pb = load_pack<T, V>(b + o[1] + (vec[1] ? c : 0), vec[1], cnt);
+    const Pack<TA, V> pa = load_pack<TA, V>(a + o[0] + (vec[0] ? c : 0), vec[0], cnt);
+    const Pack<TB, V> pb = load_pack<TB, V>(b + o[1] + (vec[1] ? c : 0), vec[1], cnt);
     Pack<U, V> py;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
@@ -533,54 +535,24 @@ void launch_binary(BinaryOp op, DType dt, const Meta<3>& m, const void* a, const
       constexpr int V = vec_width<T>();
       InnerVec<3> p;
       if (inner_vec_plan<3>(m, V, {a, b, y}, {int(sizeof(T)), int(sizeof(T)), 1}, p))
-        return launch_inner_vec<3, V>(p, BinaryVecOp<T, bool, V>{op, pa, pb, static_cast<bool*>(y)}, s);
+        return launch_inner_vec<3, V>(p, BinaryVecOp<T, T, bool, V>{op, pa, pb, static_cast<bool*>(y)}, s);
       if constexpr (half)
-        binary_half_kernel<T, bool><<<blocks_for(m.n), 256, 0, s>>>(op, m, pa, pb, static_cast<bool*>(y));
+        binary_half_kernel<T, T, bool><<<blocks_for(m.n), 256, 0, s>>>(op, m, pa, pb, static_cast<bool*>(y));
       else
         binary_kernel<T, bool><<<blocks_for(m.n), 256, 0, s>>>(op, m, pa, pb, static_cast<bool*>(y));
     } else if constexpr (!std::is_same_v<T, bool>) {
       constexpr int V = vec_width<T>();
       InnerVec<3> p;
       if (inner_vec_plan<3>(m, V, {a, b, y}, {int(sizeof(T)), int(sizeof(T)), int(sizeof(T))}, p))
-        return launch_inner_vec<3, V>(p, BinaryVecOp<T, T, V>{op, pa, pb, static_cast<T*>(y)}, s);
+        return launch_inner_vec<3, V>(p, BinaryVecOp<T, T, T, V>{op, pa, pb, static_cast<T*>(y)}, s);
       if constexpr (half)
-        binary_half_kernel<T, T><<<blocks_for(m.n), 256, 0, s>>>(op, m, pa, pb, static_cast<T*>(y));
+        binary_half_kernel<T, T, T><<<blocks_for(m.n), 256, 0, s>>>(op, m, pa, pb, static_cast<T*>(y));
       else
         binary_kernel<T, T><<<blocks_for(m.n), 256, 0, s>>>(op, m, pa, pb, static_cast<T*>(y));
     }
   });
   check_launch(op_name(op));
 }
-
-namespace {
-
-// f32 out of one f32 and one bf16/f16 operand (either side), each value widened as loaded.
-template <class TA, class TB, int V>
-struct WideningVecOp {
-  BinaryOp op;
-  const TA* a;
-  const TB* b;
-  float* y;
-  __device__ void operator()(const int64_t (&o)[3], int64_t c, const bool (&vec)[3], int cnt) const {
-    const Pack<TA, V> pa = load_pack<TA, V>(a + o[0] + (vec[0] ? c : 0), vec[0], cnt);
-    const Pack<TB, V> pb = load_pack<TB, V>(b + o[1] + (vec[1] ? c : 0), vec[1], cnt);
-    Pack<float, V> py;
-#pragma unroll
-    for (int j = 0; j < V; ++j) py.v[j] = binary_arith(op, widen(pa.v[j]), widen(pb.v[j]));
-    store_pack<float, V>(y + o[2] + c, py, cnt);
-  }
-};
-
-template <class TA, class TB>
-__global__ void widening_kernel(BinaryOp op, Meta<3> m, const TA* a, const TB* b, float* y) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < m.n; i += int64_t(gridDim.x) * blockDim.x) {
-    int64_t o[3];
-    offsets(m, i, o);
-    y[o[2]] = binary_arith(op, widen(a[o[0]]), widen(b[o[1]]));
-  }
-}
-
-}  // namespace
 
 void launch_binary_widening(BinaryOp op, DType a_dt, DType b_dt, const Meta<3>& m, const void* a, const void* b,
                             void* y, cudaStream_t s) {
@@ -593,15 +565,17 @@ void launch_binary_widening(BinaryOp op, DType a_dt, DType b_dt, const Meta<3>& 
     float* py = static_cast<float*>(y);
     InnerVec<3> p;
     if (inner_vec_plan<3>(m, V, {a, b, y}, {int(sizeof(TA)), int(sizeof(TB)), int(sizeof(float))}, p))
-      return launch_inner_vec<3, V>(p, WideningVecOp<TA, TB, V>{op, pa, pb, py}, s);
-    widening_kernel<TA, TB><<<blocks_for(m.n), 256, 0, s>>>(op, m, pa, pb, py);
+      return launch_inner_vec<3, V>(p, BinaryVecOp<TA, TB, float, V>{op, pa, pb, py}, s);
+    binary_half_kernel<TA, TB, float><<<blocks_for(m.n), 256, 0, s>>>(op, m, pa, pb, py);
   };
   const DType h = a_dt == DType::f32 ? b_dt : a_dt;
   const bool ok = dispatch_half(h, [&](auto half) {
     if (a_dt == DType::f32) go(float{}, half);
     else go(half, float{});
   });
-  if (!ok) throw Error(std::string("binary_widening: needs f32 and bf16/f16 operands, got ") + dtype_name(a_dt) + " and " + dtype_name(b_dt));
+  if (!ok)
+    throw Error(std::string("binary_widening: needs f32 and bf16/f16 operands, got ") + dtype_name(a_dt) + " and " +
+                dtype_name(b_dt));
   check_launch(op_name(op));
 }
 

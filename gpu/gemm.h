@@ -17,7 +17,7 @@ namespace dimx::gpu {
 
 class Gemms {
  public:
-  // `be` is the device's backend (the cast of an f32 accumulator, the fallback bias add).
+  // `be` is the device's backend (the packed operands' buffers, the fallback bias add).
   Gemms(backend::Backend& be, cudaStream_t s);
   ~Gemms();
   Gemms(const Gemms&) = delete;

@@ -16,12 +16,21 @@ Backend& cpu_backend();  // src/cpu/cpu_backend.cpp
 
 void Backend::binary_widening(BinaryOp op, DType a_dt, DType b_dt, const Shape& shape, const In& a, const In& b,
                               const Out& y) {
-  // The half operand widened into a contiguous f32 buffer over `shape` (broadcasts expanded).
+  // The half operand widened into a dense f32 buffer of its own elements (its broadcast axes
+  // stay broadcast: stride 0).
   const bool a_half = a_dt != DType::f32;
   const In& h = a_half ? a : b;
-  std::shared_ptr<Storage> buf = allocate(size_t(numel_of(shape)) * sizeof(float));
-  const Strides dense = contiguous_strides(shape);
-  copy(shape, a_half ? a_dt : b_dt, h, DType::f32, {buf->data, dense});
+  Shape own(shape.size(), 1);
+  Strides dense(shape.size(), 0);
+  int64_t n = 1;
+  for (size_t i = shape.size(); i-- > 0;)
+    if (h.strides[i] != 0) {
+      own[i] = shape[i];
+      dense[i] = n;
+      n *= shape[i];
+    }
+  std::shared_ptr<Storage> buf = allocate(size_t(n) * sizeof(float));
+  copy(own, a_half ? a_dt : b_dt, h, DType::f32, {buf->data, dense});
   const In w{buf->data, dense};
   binary(op, DType::f32, shape, a_half ? w : a, a_half ? b : w, y);
 }

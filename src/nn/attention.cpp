@@ -237,6 +237,12 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
   return f;
 }
 
+// The view of `buffer` (laid out as `source`, which t is a view of) at t's place in source.
+Tensor same_place(const Tensor& buffer, const Tensor& t, const Tensor& source) {
+  return make_view(buffer, t.dims(), Strides(t.strides().begin(), t.strides().end()),
+                   buffer.impl().offset + t.impl().offset - source.impl().offset);
+}
+
 // The gradients of q, k, v (those asked for) by the device's fused backward, in the Dims of
 // f's operands; empty where the device has none or an operand broadcasts over a batch Dim
 // (its gradient would be a sum the kernel does not form).
@@ -263,21 +269,16 @@ std::optional<std::vector<Tensor>> fused_backward(const Fused& f, const Tensor& 
       return merged_stride(r, f.g0, e, s) && merged_stride(r, f.g1, e, s) && merged_stride(r, rows, e, s) &&
              merged_stride(r, cols, e, s) && (s == 1 || e <= 1);
     };
+    Tensor r;
     if (packed) {
-      const Tensor r = make_view(*packed, t.dims(), Strides(t.strides().begin(), t.strides().end()),
-                                 packed->impl().offset + t.impl().offset - source->impl().offset);
+      r = same_place(*packed, t, *source);
       if (!fits(r)) return Tensor();
-      int64_t e;
-      o.data = r.impl().data();
-      merged_stride(r, f.g0, e, o.batch_stride[0]);
-      merged_stride(r, f.g1, e, o.batch_stride[1]);
-      merged_stride(r, rows, e, o.row_stride);
-      return r;
-    }
-    Tensor r = empty(t.dims(), t.dtype(), t.device(), "dot_attention");
-    if (!fits(r)) {
-      const Dims tail = cat(cat(batch, rows), cols);
-      r = empty(cat(minus_dims(t.dims(), tail), tail), t.dtype(), t.device(), "dot_attention");
+    } else {
+      r = empty(t.dims(), t.dtype(), t.device(), "dot_attention");
+      if (!fits(r)) {
+        const Dims tail = cat(cat(batch, rows), cols);
+        r = empty(cat(minus_dims(t.dims(), tail), tail), t.dtype(), t.device(), "dot_attention");
+      }
     }
     int64_t e;
     o.data = r.impl().data();
@@ -299,10 +300,6 @@ std::optional<std::vector<Tensor>> fused_backward(const Fused& f, const Tensor& 
   return std::vector<Tensor>{dq, dk, dv, dbias};
 }
 
-// Where q, k and v are slices along one Dim of one contiguous tensor that they tile exactly
-// (a fused projection split into q | k | v) and the fused primitive reads them in place, that
-// tensor: the backward then writes dq, dk and dv straight into one gradient buffer shaped like
-// it, instead of three buffers that the slices' nodes add into a fourth.
 // The tensor t was sliced from (through renaming views: dot_attention gives k and v their own
 // key Dim), and the slice itself in `sliced`; null if t is not such a view.
 const Tensor* sliced_from(const Tensor& t, const Tensor*& sliced) {
@@ -321,6 +318,10 @@ const Tensor* sliced_from(const Tensor& t, const Tensor*& sliced) {
   return nullptr;
 }
 
+// Where q, k and v are slices along one Dim of one contiguous tensor that they tile exactly
+// (a fused projection split into q | k | v) and the fused primitive reads them in place, that
+// tensor: the backward then writes dq, dk and dv straight into one gradient buffer shaped like
+// it, instead of three buffers that the slices' nodes add into a fourth.
 std::optional<Tensor> packed_source(const Fused& f, const Tensor& q, const Tensor& k, const Tensor& v) {
   const Tensor* source = nullptr;
   std::array<const Tensor*, 3> slices{};
@@ -424,11 +425,10 @@ Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const 
           unfused_grads(q, k, v, Tensor(), g, key_dim, kv_axis, scale, true, true, true, false);
       for (size_t i = 0; i < 3; ++i) {
         const Tensor& t = i == 0 ? q : i == 1 ? k : v;
-        const Strides st(t.strides().begin(), t.strides().end());
-        const Tensor view = make_view(d, t.dims(), st, d.impl().offset + t.impl().offset - src.impl().offset);
+        const Tensor view = same_place(d, t, src);
         backend::backend_for(d.device()).copy(extents(t.dims()), gs[i].dtype(),
                                               {gs[i].impl().data(), aligned_strides(gs[i].impl(), t.dims())},
-                                              d.dtype(), {view.impl().data(), st});
+                                              d.dtype(), {view.impl().data(), view.impl().strides});
       }
       return std::vector<Tensor>{d};
     });
