@@ -12,7 +12,7 @@ Dims Block::outer() const {
 
 Block as_block(const Tensor& x, const Dims& mid) {
   const Dims& xd = x.dims();
-  std::vector<size_t> pos;
+  boost::container::small_vector<size_t, 6> pos;
   for (const Dim& d : mid) pos.push_back(x.axis_of(d));
   std::sort(pos.begin(), pos.end());
   bool consecutive = pos.empty() || pos.back() - pos.front() + 1 == pos.size();

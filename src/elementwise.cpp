@@ -100,11 +100,11 @@ Tensor combine_impl(const Tensor& a, BinaryOp op, const Tensor& b, bool allow_br
     if (reduce_any(bz, bz.dims()).item<bool>()) fail(std::string(name) + ": integer division by zero in b = " + b.str());
   }
   DType odt = is_comparison(op) ? DType::boolean : dt;
-  Tensor y = empty(out, odt, a.device(), name);
+  Tensor y = empty(std::move(out), odt, a.device(), name);
   const TensorImpl& ya = y.impl();
   backend::backend_for(a.device())
-      .binary(op, dt, extents(out), {a.impl().data(), aligned_strides(a.impl(), out)},
-              {b.impl().data(), aligned_strides(b.impl(), out)}, {ya.data(), ya.strides});
+      .binary(op, dt, extents(ya.dims), {a.impl().data(), aligned_strides(a.impl(), ya.dims)},
+              {b.impl().data(), aligned_strides(b.impl(), ya.dims)}, {ya.data(), ya.strides});
   if (auto f = common_feature_dim({&a, &b}); f && !is_comparison(op)) return y.with_feature_dim(f);
   return y;
 }

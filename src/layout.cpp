@@ -69,11 +69,13 @@ bool merged_stride(const Tensor& t, const Dims& group, int64_t& extent, int64_t&
   extent = 1;
   stride = 0;
   int64_t expect = -1;
+  const TensorImpl& ti = t.impl();
   for (size_t i = group.size(); i-- > 0;) {
     const int64_t e = group[i].extent();
     extent *= e;
     if (e == 1) continue;
-    const int64_t s = t.has_dim(group[i]) ? t.strides()[t.axis_of(group[i])] : 0;
+    const auto it = std::find(ti.dims.begin(), ti.dims.end(), group[i]);
+    const int64_t s = it == ti.dims.end() ? 0 : ti.strides[size_t(it - ti.dims.begin())];
     if (expect < 0) stride = s;
     else if (s != expect) return false;
     expect = s * e;
@@ -114,6 +116,7 @@ Dims minus_dims(const Dims& a, const Dims& b) {
 }
 
 Strides aligned_strides(const TensorImpl& t, const Dims& out) {
+  if (t.dims == out) return t.strides;  // already aligned (an extent-1 Dim's stride never matters)
   Strides s(out.size(), 0);
   for (size_t i = 0; i < t.dims.size(); ++i) {
     auto it = std::find(out.begin(), out.end(), t.dims[i]);
@@ -169,12 +172,14 @@ void check_unique(const char* op, const Dims& dims) {
 }
 
 Tensor empty(Dims dims, DType dtype, Device device, const char* op) {
-  const int64_t n = checked_numel(op, dims);
+  const Shape shape = extents(dims);
+  int64_t n;
+  if (!product(shape, n)) fail(std::string(op) + ": the element count of " + dims_str(dims) + " overflows int64");
   int64_t bytes;
   if (__builtin_mul_overflow(n, int64_t(dtype_size(dtype)), &bytes))
     fail(std::string(op) + ": the byte size of " + dims_str(dims) + " (" + dtype_name(dtype) + ") overflows int64");
   auto impl = std::make_shared<TensorImpl>();
-  impl->strides = contiguous_strides(extents(dims));
+  impl->strides = contiguous_strides(shape);
   impl->dims = std::move(dims);
   impl->dtype = dtype;
   impl->storage = backend::backend_for(device).allocate(size_t(bytes));

@@ -114,8 +114,7 @@ bool k_groups(const Tensor& a, const Tensor& b, const Dims& reduce, const Dims& 
 // in the order `reduce`, K groups as k_groups() found them (lens empty: none).
 Tensor product(Tensor a, Tensor b, const Dims& reduce, const Tensor& bias, const std::vector<int64_t>& lens) {
   const MatmulDims md = matmul_dims(a, b, reduce);
-  const Dims out = md.out();
-  Tensor y = empty(out, a.dtype(), a.device(), "matmul");
+  Tensor y = empty(md.out(), a.dtype(), a.device(), "matmul");
   if (y.numel() == 0) return y;
   backend::Backend& be = backend::backend_for(a.device());
   if (numel_of(extents(reduce)) == 0) {  // nothing contracted: zeros, or the bias in every row
@@ -186,6 +185,8 @@ void check_operands(const char* op, const Tensor& a0, const Tensor& b0, const Di
 // batch, when batch is contracted).
 Dims masked_dims(const Tensor& a0, const Tensor& b0, const Dims& reduce) {
   Dims masked;
+  auto any_padded = [](const Dims& ds) { return std::any_of(ds.begin(), ds.end(), [](const Dim& d) { return d.is_padded(); }); };
+  if (!any_padded(a0.dims()) && !any_padded(b0.dims())) return masked;  // reduce's Dims are among a0's
   for (const Dim& d : reduce)
     if (d.is_padded()) masked.push_back(d);
   for (const Dim& d : union_dims(padded_across(a0, reduce), padded_across(b0, reduce)))

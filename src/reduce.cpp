@@ -184,7 +184,7 @@ Tensor reduce(const Tensor& x, ReduceOp op, const Dims& dims, bool use_mask) {
   if (is_half(x.dtype()) && op != ReduceOp::sum) return round_to(reduce(widen_half(x), op, dims, use_mask), x.dtype());
   // Static Dims of extent 1 are dropped as views: reducing one element is that element (a
   // padded Dim whose lengths may say 0 is reduced as usual). Their sequences are nobody's.
-  {
+  if (std::any_of(dims.begin(), dims.end(), [](const Dim& d) { return d.is_static() && d.extent() == 1; })) {
     Dims rest;
     Tensor v = x;
     for (const Dim& d : dims) {

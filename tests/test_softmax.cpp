@@ -135,3 +135,50 @@ TEST_CASE("softmax: large tensor, axis in the middle", "[softmax]") {
     CHECK_VEC_APPROX(log_softmax(lx, T).to_vector<double>({B, T, F}), wantl, 1e-5, 1e-5);
   }
 }
+
+// Rows of one to two SIMD vectors take their own paths (a row in one vector, or several rows'
+// exponentials in one run): every row length from 1 to 40, padded to per-row lengths that
+// include 0 and the full row, with -inf entries and rows of only -inf, f32 and f64.
+template <class T>
+void check_short_rows() {
+  for (int64_t n = 1; n <= 40; ++n) {
+    INFO("row length " << n);
+    const int64_t rows = 7;
+    Dim R(rows, "rows");
+    std::vector<int32_t> lens(static_cast<size_t>(rows), 0);
+    for (int64_t r = 0; r < rows; ++r) lens[size_t(r)] = int32_t(r == 0 ? 0 : r == 1 ? n : (n * r) / rows + 1);
+    Dim N(Tensor::from_vector<int32_t>({R}, lens), "n");
+    auto data = random_doubles(static_cast<size_t>(rows * N.extent()), uint32_t(n), -5, 5);
+    for (int64_t j = 0; j < N.extent(); ++j) data[size_t(2 * N.extent() + j)] = -kInf;  // a row of only -inf
+    data[size_t(3 * N.extent())] = -kInf;
+    std::vector<T> typed(data.begin(), data.end());
+    Tensor x = Tensor::from_vector<T>({R, N}, typed);
+    for (bool lg : {false, true}) {
+      INFO((lg ? "log_softmax" : "softmax"));
+      auto got = (lg ? log_softmax(x, N) : softmax(x, N)).template to_vector<double>({R, N});
+      const double pad = lg ? -kInf : 0.0;
+      for (int64_t r = 0; r < rows; ++r) {
+        INFO("row " << r << " length " << lens[size_t(r)]);
+        const int64_t l = lens[size_t(r)];
+        const double* v = data.data() + r * N.extent();
+        double m = -kInf, s = 0;
+        for (int64_t j = 0; j < l; ++j) m = std::max(m, double(T(v[j])));
+        for (int64_t j = 0; j < l; ++j) s += std::exp(double(T(v[j])) - m);
+        for (int64_t j = 0; j < N.extent(); ++j) {
+          const double g = got[size_t(r * N.extent() + j)];
+          if (j >= l || m == -kInf || double(T(v[j])) == -kInf) {
+            CHECK(g == pad);
+            continue;
+          }
+          const double z = double(T(v[j])) - m, want = lg ? z - std::log(s) : std::exp(z) / s;
+          CHECK(g == Approx(want).epsilon(sizeof(T) == 4 ? 2e-6 : 1e-13).margin(sizeof(T) == 4 ? 1e-6 : 1e-14));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("softmax: short rows of every length, padded, with -inf", "[softmax]") {
+  check_short_rows<float>();
+  check_short_rows<double>();
+}

@@ -54,14 +54,34 @@ std::pair<std::array<char*, K + 1>, std::array<Strides, K + 1>> operands(
   return r;
 }
 
+// Runs `run` (as for_each_strided calls it) over flat ranges where every operand is dense
+// over `shape` (elements of size sizeof(T)); false, running nothing, otherwise.
+template <class T, size_t K, class F>
+bool dense_map(const Shape& shape, const std::array<const void*, K>& in, const std::array<Strides, K>& in_strides,
+               void* out, const Strides& out_strides, F& run) {
+  std::array<const Strides*, K + 1> all;
+  for (size_t k = 0; k < K; ++k) all[k] = &in_strides[k];
+  all[K] = &out_strides;
+  const int64_t n = dense_count<K + 1>(shape, all);
+  if (n < 0) return false;
+  std::array<int64_t, K + 1> unit;
+  unit.fill(int64_t(sizeof(T)));
+  auto range = [&](int64_t b, int64_t e) {
+    std::array<char*, K + 1> p;
+    for (size_t k = 0; k < K; ++k) p[k] = static_cast<char*>(const_cast<void*>(in[k])) + b * int64_t(sizeof(T));
+    p[K] = static_cast<char*>(out) + b * int64_t(sizeof(T));
+    run(p, e - b, unit);
+  };
+  if (n > 0) parallel_for(n, kParallelGrain, range);
+  return true;
+}
+
 // y = f(x...) with K vector inputs; operand K is the output.
 template <class T, size_t K, class F>
 void vec_map(const Shape& shape, const std::array<const void*, K>& in, const std::array<Strides, K>& in_strides,
              void* out, const Strides& out_strides, F f) {
-  auto [base, st] = operands<K>(in, in_strides, sizeof(T), out, out_strides, sizeof(T));
   constexpr int64_t W = int64_t(Vec<T>::size);
-  for_each_strided<K + 1>(shape, st, base, kParallelGrain, [&](const std::array<char*, K + 1>& p, int64_t n,
-                                                              const std::array<int64_t, K + 1>& s) {
+  auto run = [&](const std::array<char*, K + 1>& p, int64_t n, const std::array<int64_t, K + 1>& s) {
     int64_t i = 0;
     bool contiguous = true;
     for (size_t k = 0; k <= K; ++k) contiguous = contiguous && s[k] == int64_t(sizeof(T));
@@ -81,7 +101,10 @@ void vec_map(const Shape& shape, const std::array<const void*, K>& in, const std
       else r = f(load_lanes<T>(p[0] + i * s[0], s[0], cnt), load_lanes<T>(p[1] + i * s[1], s[1], cnt));
       store_lanes<T>(r, p[K] + i * s[K], s[K], cnt);
     }
-  });
+  };
+  if (dense_map<T, K>(shape, in, in_strides, out, out_strides, run)) return;
+  auto [base, st] = operands<K>(in, in_strides, sizeof(T), out, out_strides, sizeof(T));
+  for_each_strided<K + 1>(shape, st, base, kParallelGrain, run);
 }
 
 // cnt values of bf16 or f16 (S) at `src` (byte stride `stride`) widened into dst. The
@@ -115,10 +138,8 @@ void narrow_run(const float* src, int64_t cnt, char* dst, int64_t stride) {
 template <class S, size_t K, class F>
 void half_vec_map(const Shape& shape, const std::array<const void*, K>& in, const std::array<Strides, K>& in_strides,
                   void* out, const Strides& out_strides, F f) {
-  auto [base, st] = operands<K>(in, in_strides, sizeof(S), out, out_strides, sizeof(S));
   constexpr int64_t W = int64_t(Vec<float>::size), kBlock = 64 * W;
-  for_each_strided<K + 1>(shape, st, base, kParallelGrain, [&](const std::array<char*, K + 1>& p, int64_t n,
-                                                              const std::array<int64_t, K + 1>& s) {
+  auto run = [&](const std::array<char*, K + 1>& p, int64_t n, const std::array<int64_t, K + 1>& s) {
     alignas(64) float buf[K + 1][kBlock];
     for (int64_t i = 0; i < n; i += kBlock) {
       const int64_t cnt = std::min(kBlock, n - i), lanes = (cnt + W - 1) / W * W;
@@ -134,7 +155,10 @@ void half_vec_map(const Shape& shape, const std::array<const void*, K>& in, cons
       }
       narrow_run<S>(buf[K], cnt, p[K] + i * s[K], s[K]);
     }
-  });
+  };
+  if (dense_map<S, K>(shape, in, in_strides, out, out_strides, run)) return;
+  auto [base, st] = operands<K>(in, in_strides, sizeof(S), out, out_strides, sizeof(S));
+  for_each_strided<K + 1>(shape, st, base, kParallelGrain, run);
 }
 
 // The vector map of storage type S: vec_map, or half_vec_map for bf16 and f16.

@@ -188,8 +188,120 @@ void reduce_impl(ReduceOp op, int64_t A, int64_t N, int64_t B, const T* x, const
   });
 }
 
+// Max and sum of a short row in four independent chains (a single chain of dependent
+// compares or adds would take most of the time of a short row).
+template <class T>
+T short_max(const T* x, int64_t n) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  T m[4] = {ninf, ninf, ninf, ninf};
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4)
+    for (int c = 0; c < 4; ++c) m[c] = x[j + c] > m[c] ? x[j + c] : m[c];
+  for (; j < n; ++j) m[0] = x[j] > m[0] ? x[j] : m[0];
+  const T a = m[0] > m[1] ? m[0] : m[1], b = m[2] > m[3] ? m[2] : m[3];
+  return a > b ? a : b;
+}
+
+template <class T>
+T short_sum(const T* x, int64_t n) {
+  T s[4] = {0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4)
+    for (int c = 0; c < 4; ++c) s[c] += x[j + c];
+  for (; j < n; ++j) s[0] += x[j];
+  return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+// Softmax of one row of n <= V::size values held in one vector V; lanes past the valid length
+// l read as -inf, so they come out as 0 (softmax) or -inf (log_softmax), the padding values.
+template <class T, class V>
+void softmax_row_in_vector(bool log, const T* x, int64_t l, int64_t n, T* y) {
+  constexpr int64_t S = int64_t(V::size);
+  const T ninf = -std::numeric_limits<T>::infinity();
+  alignas(64) T buf[S];
+  V v;
+  if (l == S) {
+    v = V::load_unaligned(x);
+    v.store_aligned(buf);
+  } else {
+    for (int64_t j = 0; j < S; ++j) buf[j] = j < l ? x[j] : ninf;
+    v = V::load_aligned(buf);
+  }
+  const T m = short_max(buf, l);
+  if (l == 0 || m == ninf) {
+    std::fill(y, y + n, log ? ninf : T(0));
+    return;
+  }
+  const V e = xsimd::exp(v - V(m));
+  const T sum = xsimd::hadd(e);
+  const V r = log ? (v - V(m)) - V(std::log(sum)) : e * V(T(1) / sum);
+  if (n == S) return r.store_unaligned(y);
+  r.store_aligned(buf);
+  std::copy(buf, buf + n, y);
+}
+
+// Softmax of short contiguous rows (B == 1, N up to two vectors): a row that fits one vector
+// is computed in it; longer ones in passes over up to 64 rows, the shifted values of all of
+// them exponentiated as one run of full vectors instead of a partial vector per row.
+template <class T>
+void softmax_short_rows(bool log, int64_t A, int64_t N, const T* x, const int64_t* len, T* y) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const T pad = log ? ninf : T(0);
+  parallel_for(A, std::max<int64_t>(1, kParallelGrain / N), [&](int64_t a0, int64_t a1) {
+    // Rows that fit one vector (a half one where the machine has them): one vector each.
+    constexpr int64_t W = int64_t(Vec<T>::size);
+    if (N <= W) {
+      for (int64_t a = a0; a < a1; ++a) {
+        const int64_t l = reduce_math::valid_len(len, a, N);
+        if constexpr (!std::is_void_v<HalfVec<T>>)
+          if (N <= int64_t(HalfVec<T>::size)) {
+            softmax_row_in_vector<T, HalfVec<T>>(log, x + a * N, l, N, y + a * N);
+            continue;
+          }
+        softmax_row_in_vector<T, Vec<T>>(log, x + a * N, l, N, y + a * N);
+      }
+      return;
+    }
+    constexpr int64_t R = 64;
+    T m[R];
+    int64_t L[R];
+    for (int64_t r0 = a0; r0 < a1; r0 += R) {
+      const int64_t rows = std::min(R, a1 - r0);
+      const T* xr = x + r0 * N;
+      T* yr = y + r0 * N;
+      for (int64_t i = 0; i < rows; ++i) {
+        const T* xi = xr + i * N;
+        L[i] = reduce_math::valid_len(len, r0 + i, N);
+        const T mi = short_max(xi, L[i]);
+        m[i] = mi;
+        const T shift = mi == ninf ? T(0) : mi;
+        for (int64_t j = 0; j < N; ++j) yr[i * N + j] = xi[j] - shift;
+      }
+      exp_inplace(yr, rows * N);  // padded frames too; overwritten below
+      for (int64_t i = 0; i < rows; ++i) {
+        const T* xi = xr + i * N;
+        T* yi = yr + i * N;
+        if (L[i] == 0 || m[i] == ninf) {
+          std::fill(yi, yi + N, pad);
+          continue;
+        }
+        const T sum = short_sum(yi, L[i]);
+        if (log) {
+          const T ls = std::log(sum);
+          for (int64_t j = 0; j < L[i]; ++j) yi[j] = xi[j] - m[i] - ls;
+        } else {
+          const T inv = T(1) / sum;
+          for (int64_t j = 0; j < L[i]; ++j) yi[j] *= inv;
+        }
+        std::fill(yi + L[i], yi + N, pad);
+      }
+    }
+  });
+}
+
 template <class T>
 void softmax_impl(bool log, int64_t A, int64_t N, int64_t B, const T* x, const int64_t* len, T* y) {
+  if (B == 1 && N <= 2 * int64_t(Vec<T>::size)) return softmax_short_rows(log, A, N, x, len, y);
   const T ninf = -std::numeric_limits<T>::infinity();
   const T pad = log ? ninf : T(0);
   for_row_blocks(A, N, B, [&](int64_t a, int64_t b0, int64_t b1) {

@@ -80,6 +80,23 @@ void for_each_strided(const Shape& shape0, const std::array<Strides, N>& strides
   parallel_for(total, grain, run);
 }
 
+// The element count of `shape` when every operand (element strides) lays it out dense and
+// row-major, as a fresh tensor does; -1 otherwise. Same-layout operands, the common case,
+// then run as one flat range: no collapse, no byte strides, no index arithmetic.
+template <size_t N>
+int64_t dense_count(const Shape& shape, const std::array<const Strides*, N>& strides) {
+  int64_t n = 1;
+  for (size_t d = shape.size(); d-- > 0;) {
+    if (shape[d] == 1) continue;
+    for (size_t k = 0; k < N; ++k)
+      if ((*strides[k])[d] != n) return -1;
+    n *= shape[d];
+  }
+  for (int64_t e : shape)
+    if (e == 0) return 0;
+  return n;
+}
+
 // Element strides to byte strides.
 inline Strides bytes(const Strides& s, size_t elem) {
   Strides b(s.size());
