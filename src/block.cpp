@@ -29,9 +29,11 @@ Block as_block(const Tensor& x, const Dims& mid) {
     order.insert(order.end(), mid.begin(), mid.end());
     b.x = x.transpose_to(order);
   }
-  b.A = numel_of(extents(b.before));
-  b.N = numel_of(extents(b.mid));
-  b.B = numel_of(extents(b.after));
+  const Shape shape = extents(b.x.dims());
+  const size_t nb = b.before.size(), nm = b.mid.size();
+  b.A = numel_of(Shape(shape.begin(), shape.begin() + long(nb)));
+  b.N = numel_of(Shape(shape.begin() + long(nb), shape.begin() + long(nb + nm)));
+  b.B = numel_of(Shape(shape.begin() + long(nb + nm), shape.end()));
   return b;
 }
 

@@ -40,9 +40,12 @@ size_t Tensor::axis_of(const Dim& d) const {
 
 bool Tensor::is_contiguous() const {
   const TensorImpl& t = impl();
-  Strides c = contiguous_strides(extents(t.dims));
-  for (size_t i = 0; i < c.size(); ++i)
-    if (t.dims[i].extent() != 1 && t.strides[i] != c[i]) return false;
+  int64_t expect = 1;
+  for (size_t i = t.dims.size(); i-- > 0;) {
+    const int64_t e = t.dims[i].extent();
+    if (e != 1 && t.strides[i] != expect) return false;
+    expect *= e;
+  }
   return true;
 }
 
