@@ -9,6 +9,7 @@
 // tx * VN + TX VN g + c. A row group lies within one warp, so row maxima and sums are
 // shuffles. K and V tiles arrive by cp.async, each while the other half of the
 // iteration computes; causal and padded blocks stop at the last key any of their rows sees.
+// An additive bias (AttentionArgs::bias) is read where an energy is formed.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -112,6 +113,7 @@ __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs
     for (int c = 0; c < OG * VN; ++c) o[i][c] = 0;
   }
   const T sl2 = T(a.scale * 1.4426950408889634);  // energies in log2 units: exp2 below
+  const BiasRows<T, T> bias(a, b);
 
   for (int j0 = 0; j0 < kmax; j0 += BN) {
     cp_async_wait1();  // Q and this K tile are in (this V tile may not be)
@@ -155,7 +157,8 @@ __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs
       T mx = -INFINITY;
 #pragma unroll
       for (int e = 0; e < CN; ++e) {
-        s[i][e] = j0 + tx + TX * e < len[i] ? s[i][e] * sl2 : T(-INFINITY);
+        const int key = j0 + tx + TX * e;
+        s[i][e] = key < len[i] ? s[i][e] * sl2 + bias(i0 + ty * RM + i, key) : T(-INFINITY);
         mx = s[i][e] > mx ? s[i][e] : mx;
       }
 #pragma unroll

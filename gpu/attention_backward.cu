@@ -11,7 +11,9 @@
 //         waits for the previous key tile's block to have added its share), and the last key
 //         tile writes dQ. The order is fixed, so two runs give the same bits; blocks take
 //         their tiles from a counter in that order, so the block waited for is always running.
-// Plain FMA in the element type (exact fp32 / fp64), as the forward.
+// Plain FMA in the element type (exact fp32 / fp64), as the forward. With a bias, its gradient
+// is dS at each element the forward read, written by the block that owns the key (each
+// problem's part of it is its own: no two blocks add into one element).
 //
 // The score tiles (energies and dP) share one thread mapping: thread t holds entries
 // (a = t / 8 + 16 i, b = t % 8 + 8 e) of an [NA, NB] tile; the accumulators hold RK
@@ -179,6 +181,11 @@ __global__ void __launch_bounds__(kThreads, MINB)
     for (int c = 0; c < D / 8; ++c) dk[i][c] = dvv[i][c] = 0;
   const T sl2 = T(a.scale * 1.4426950408889634);
   const int ta = threadIdx.x / 8, tb = threadIdx.x % 8;
+  const BiasRows<T, T> bias(a, b);
+  // The bias's gradient: dS itself at each (row, key) bias element, or its sum over the rows
+  // where the bias is one per key (this thread's key threadIdx.x, summed in row order).
+  T* dbias = dbias_part<T>(a, ga, b);
+  T dbias_key = 0;
 
   for (int qt = 0; qt < qtiles; ++qt) {
     const int kmax = tile_kmax[b * qtiles + qt];
@@ -210,7 +217,7 @@ __global__ void __launch_bounds__(kThreads, MINB)
 #pragma unroll
       for (int e = 0; e < BM / 8; ++e) {
         const int row = tb + 8 * e, key = j0 + ta + 16 * i;
-        p[i][e] = key < len_s[row] ? exp2_(p[i][e] * sl2 - lse_s[row]) : T(0);
+        p[i][e] = key < len_s[row] ? exp2_(p[i][e] * sl2 + bias(i0 + row, key) - lse_s[row]) : T(0);
       }
     T dp[RK][BM / 8];
     score_tile<T, D, BN, BM, LDD>(Vs, Gs, dp);
@@ -223,6 +230,16 @@ __global__ void __launch_bounds__(kThreads, MINB)
         St[key * LDT + row] = j0 + key < len_s[row] ? p[i][e] * (dp[i][e] - dr_s[row]) : T(0);
       }
     __syncthreads();
+    if (dbias) {
+      if (a.bias_rs != 0) {
+        for (int x = threadIdx.x; x < nq * nk; x += kThreads) {  // keys fastest: contiguous bias rows
+          const int row = x / nk, key = x % nk;
+          dbias[(i0 + row) * a.bias_rs + int64_t(j0 + key) * a.bias_cs] += St[key * LDT + row];
+        }
+      } else if (int(threadIdx.x) < nk) {
+        for (int row = 0; row < nq; ++row) dbias_key += St[threadIdx.x * LDT + row];
+      }
+    }
     // Keys t / 8 * RK + i of the accumulators: P^T dO and dS^T Q.
     accumulate<T, D, RK, LDS, LDD>(Ps, Gs, nq, dvv);
     accumulate<T, D, RK, LDT, LDD, true>(St, Qs, nq, dk);
@@ -275,6 +292,8 @@ __global__ void __launch_bounds__(kThreads, MINB)
     __syncthreads();
     if (threadIdx.x == 0) atomicExch(added, jt + 1);
   }
+  static_assert(BN <= kThreads, "a thread per key");
+  if (dbias && a.bias_rs == 0 && int(threadIdx.x) < nk) dbias[int64_t(j0 + threadIdx.x) * a.bias_cs] += dbias_key;
   if (ga.dk) {
     T* out = static_cast<T*>(ga.dk) + b0 * ga.dk_bs0 + b1 * ga.dk_bs1 + int64_t(j0) * ga.dk_rs;
     store_rows<T, D, RK>(out, ga.dk_rs, nk, d, T(a.scale), dk);
@@ -353,7 +372,7 @@ bool launch_attention_backward(DType dt, const AttentionArgs& a, const Attention
   if (width > 128 || (dt != DType::f32 && dt != DType::f64 && !half) || !a.lse) return false;
   if (a.batch0 * a.batch1 > 0x7fffffff) return false;
   if (a.tq == 0 || a.tk == 0 || a.d == 0 || a.dv == 0) return false;  // nothing to recompute: the caller's zeros
-  if (a.batch0 * a.batch1 == 0 || (!ga.dq && !ga.dk && !ga.dv)) return true;
+  if (a.batch0 * a.batch1 == 0 || (!ga.dq && !ga.dk && !ga.dv && !ga.dbias)) return true;
   if (half) return launch_attention_mma(dt, a, &ga, s);
   if (dt == DType::f32) {
     if (width <= 64) launch_vec<float, 64, 64, 64, 2>(a, ga, s);

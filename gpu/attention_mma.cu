@@ -17,7 +17,8 @@
 // Splitting dQ from dK/dV recomputes S and dP once more, but every gradient is a sum in one
 // block in a fixed order: two runs give the same bits, with no atomics.
 // Weights and dS enter the products rounded to the element type, as in the usual flash
-// attention; everything else accumulates in f32.
+// attention; everything else accumulates in f32. An additive bias is read where an energy is
+// formed; its gradient (f32) is written by the keys kernel from dS before rounding.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -207,6 +208,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
     l[m][0] = l[m][1] = 0.f;
   }
   const float sl2 = float(a.scale * 1.4426950408889634);
+  const BiasRows<T, float> bias(a, b);
   uint32_t qf[WM][D / 16][4];
 
   for (int j0 = 0; j0 < kmax; j0 += BN) {
@@ -236,7 +238,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int key = j0 + 8 * n + 2 * t + (e & 1);
-          s[m][n][e] = key < len[m][e / 2] ? s[m][n][e] * sl2 : -INFINITY;
+          s[m][n][e] = key < len[m][e / 2] ? s[m][n][e] * sl2 + bias(r0 + 16 * m + 8 * (e / 2), key) : -INFINITY;
           mx[e / 2] = fmaxf(mx[e / 2], s[m][n][e]);
         }
       float alpha[2], base[2], sum[2] = {0.f, 0.f};
@@ -356,6 +358,11 @@ __global__ void __launch_bounds__(kThreads)
       for (int e = 0; e < 4; ++e) dk[m][n][e] = dvv[m][n][e] = 0.f;
   const float sl2 = float(a.scale * 1.4426950408889634);
   const int key0 = j0 + warp * 16 * WM + g;  // this thread's keys: key0 + 16 m + 8 h
+  const BiasRows<T, float> bias(a, b);
+  // The bias's gradient (f32): dS itself at each (row, key) element, or, for a bias over the
+  // keys alone, the sum over the rows (the thread's partial sums, then over its quad).
+  float* dbias = dbias_part<float>(a, ga, b);
+  float dbias_key[WM][2] = {};
 
   for (int buf = 0; it < qtiles; buf ^= 1) {
     int64_t nx = it + 1;
@@ -366,6 +373,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     T* Q = Qs + buf * BQ * LD;
     const T* G = Gs + buf * BQ * LD;
+    const int64_t i0 = it * BQ;
     // A padded query row (length 0) may hold anything: zero it, so that 0 weights stay 0.
     for (int i = threadIdx.x; i < BQ * (D / 8); i += kThreads) {
       const int r = i / (D / 8);
@@ -395,9 +403,13 @@ __global__ void __launch_bounds__(kThreads)
         for (int e = 0; e < 4; ++e) {
           const int r = 8 * n + 2 * t + (e & 1), key = key0 + 16 * m + 8 * (e / 2);
           const bool seen = key < len_s[buf][r];
-          const float p = seen ? exp2f(s[m][n][e] * sl2 - lse_s[buf][r]) : 0.f;
+          const float p = seen ? exp2f(s[m][n][e] * sl2 + bias(i0 + r, key) - lse_s[buf][r]) : 0.f;
           s[m][n][e] = p;
           dp[m][n][e] = seen ? p * (dp[m][n][e] - dr_s[buf][r]) : 0.f;
+          if (dbias && seen) {
+            if (a.bias_rs != 0) dbias[(i0 + r) * a.bias_rs + int64_t(key) * a.bias_cs] += dp[m][n][e];
+            else dbias_key[m][e / 2] += dp[m][n][e];
+          }
         }
       as_operand<T, NT>(pf[m], s[m]);
     }
@@ -416,6 +428,12 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int kr = warp * 16 * WM + 16 * m + g + 8 * h;
+      if (dbias && a.bias_rs == 0) {  // a quad holds one key's rows
+        float x = dbias_key[m][h];
+        x += __shfl_xor_sync(0xffffffffu, x, 1);
+        x += __shfl_xor_sync(0xffffffffu, x, 2);
+        if (t == 0 && kr < nk) dbias[int64_t(j0 + kr) * a.bias_cs] += x;
+      }
       if (kr >= nk) continue;
 #pragma unroll
       for (int n = 0; n < D / 8; ++n) {
@@ -484,6 +502,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int e = 0; e < 4; ++e) dq[m][n][e] = 0.f;
   const float sl2 = float(a.scale * 1.4426950408889634);
+  const BiasRows<T, float> bias(a, b);
   uint32_t qf[WM][D / 16][4], gf[WM][D / 16][4];
 
   for (int j0 = 0; j0 < kmax; j0 += BK) {
@@ -517,7 +536,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int e = 0; e < 4; ++e) {
           const int key = j0 + 8 * n + 2 * t + (e & 1), h = e / 2;
           const bool seen = key < len[m][h];
-          const float p = seen ? exp2f(s[m][n][e] * sl2 - lse[m][h]) : 0.f;
+          const float p = seen ? exp2f(s[m][n][e] * sl2 + bias(r0 + 16 * m + 8 * h, key) - lse[m][h]) : 0.f;
           dp[m][n][e] = seen ? p * (dp[m][n][e] - drr[m][h]) : 0.f;
         }
       as_operand<T, NT>(pf[m], dp[m]);
@@ -603,7 +622,7 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
   rows_kernel<T, float, kTile><<<dim3(unsigned(problems), unsigned(rtiles)), kThreads, 0, s>>>(
       a, static_cast<const T*>(ga.g), dr, row_len, tile_kmax, static_cast<T*>(nullptr), 0, 0, 0);
   check_launch("dot_attention backward (rows)");
-  if (ga.dk || ga.dv) {
+  if (ga.dk || ga.dv || ga.dbias) {
     constexpr size_t smem = sizeof(T) * size_t((2 * 64 * WK + 4 * BQ) * (D + 8));
     set_smem(keys_kernel<T, D, WK, BQ>, smem, "dot_attention backward");
     keys_kernel<T, D, WK, BQ><<<unsigned(problems * kblocks), kThreads, smem, s>>>(a, ga, dr, row_len, tile_kmax);

@@ -58,6 +58,29 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t row_stride, 
   }
 }
 
+// The bias term of problem b's rows, in log2 units (the energies' units in the kernels).
+template <class T, class C>
+struct BiasRows {
+  const T* base;  // null: no bias
+  int64_t rs, cs;
+  __device__ BiasRows(const AttentionArgs& a, int64_t b)
+      : base(a.bias ? static_cast<const T*>(a.bias) + (a.bias_off ? a.bias_off[b] : 0) : nullptr),
+        rs(a.bias_rs),
+        cs(a.bias_cs) {}
+  __device__ __forceinline__ C operator()(int64_t r, int64_t j) const {
+    return base ? C(widen(base[r * rs + j * cs])) * C(1.4426950408889634) : C(0);
+  }
+};
+
+// Where problem b's part of the bias gradient starts (null: none wanted, or the bias
+// broadcasts over keys, where the gradient is exactly 0: each row's dS sums to 0).
+template <class G>
+__device__ __forceinline__ G* dbias_part(const AttentionArgs& a, const AttentionGradArgs& ga, int64_t b) {
+  if (!ga.dbias || a.bias_cs == 0) return nullptr;
+  const int64_t* off = ga.dbias_off ? ga.dbias_off : a.bias_off;
+  return static_cast<G*>(ga.dbias) + (off ? off[b] : 0);
+}
+
 __device__ __forceinline__ int row_length(const AttentionArgs& a, int64_t b, int64_t r) {
   if (r >= a.tq) return 0;
   const int64_t l = a.key_lengths ? a.key_lengths[b * a.tq + r] : a.tk;

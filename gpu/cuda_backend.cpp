@@ -193,12 +193,11 @@ class CudaBackend final : public backend::Backend {
                          a.k.data, a.k.batch_stride[0], a.k.batch_stride[1], a.k.row_stride,
                          a.v.data, a.v.batch_stride[0], a.v.batch_stride[1], a.v.row_stride,
                          a.out, a.out_batch_stride[0], a.out_batch_stride[1], a.out_row_stride,
-                         a.key_lengths, a.lse};
+                         a.key_lengths, a.lse,
+                         a.bias.data, a.bias.batch_offset, a.bias.row_stride, a.bias.col_stride};
   }
-  // The kernels take no additive bias yet (attention_takes_bias is false): with one, the
-  // frontend's unfused path runs.
+  bool attention_takes_bias() const override { return true; }
   bool attention(DType dt, const backend::Attention& a) override {
-    if (a.bias.data) return false;
     return launch_attention(dt, attention_args(a), stream());
   }
   void optim_step(DType dt, const backend::OptimStep& a) override {
@@ -220,11 +219,11 @@ class CudaBackend final : public backend::Backend {
     }
   }
   bool attention_backward(DType dt, const backend::Attention& a, const backend::AttentionGrads& g) override {
-    if (a.bias.data || g.dbias) return false;
     const AttentionGradArgs ga{g.out_grad,
                                g.dq.data, g.dq.batch_stride[0], g.dq.batch_stride[1], g.dq.row_stride,
                                g.dk.data, g.dk.batch_stride[0], g.dk.batch_stride[1], g.dk.row_stride,
-                               g.dv.data, g.dv.batch_stride[0], g.dv.batch_stride[1], g.dv.row_stride};
+                               g.dv.data, g.dv.batch_stride[0], g.dv.batch_stride[1], g.dv.row_stride,
+                               g.dbias, g.dbias_batch_offset};
     return launch_attention_backward(dt, attention_args(a), ga, stream());
   }
 

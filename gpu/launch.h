@@ -34,6 +34,11 @@ struct AttentionArgs {
   int64_t o_bs0, o_bs1, o_rs;
   const int64_t* key_lengths;
   void* lse;  // nullable: the forward writes each row's log2-sum-exp2 of the scaled energies, [batch, tq]
+  // Nullable: an additive term of the energies (backend::Attention::Bias), the element type:
+  // (b, i, j) reads bias[bias_off[b] + i * bias_rs + j * bias_cs] (bias_off null: 0).
+  const void* bias;
+  const int64_t* bias_off;
+  int64_t bias_rs, bias_cs;
 };
 // The backward of launch_attention's problem (the same AttentionArgs, with the lse its forward
 // wrote): g has out's strides; dq, dk, dv (each nullable: not computed) have their own strides.
@@ -45,6 +50,11 @@ struct AttentionGradArgs {
   int64_t dk_bs0, dk_bs1, dk_rs;
   void* dv;
   int64_t dv_bs0, dv_bs1, dv_rs;
+  // Nullable: the bias's gradient (the element type, f32 for bf16/f16), added into at the
+  // bias's strides from dbias_off[b] (null: bias_off). Each problem's part is its own (the
+  // frontend guarantees it), so the kernels write without ordering problems.
+  void* dbias;
+  const int64_t* dbias_off;
 };
 
 void launch_copy(DType src, DType dst, const Meta<2>& m, const void* x, void* y, cudaStream_t s);

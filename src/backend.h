@@ -99,8 +99,14 @@ struct AttentionGrads {
   Operand dq, dk, dv;
   // Nullable: the bias's gradient, added into (+=) the element each (b, i, j) of the forward
   // read (the bias's own indexing), so that a broadcast bias gets the sum over what it spans;
-  // the frontend zero-fills it. Summed in a fixed order (the same on every run).
+  // the frontend zero-fills it. Summed in a fixed order (the same on every run). The element
+  // type, f32 for bf16/f16.
   void* dbias;
+  // Nullable: where problem b's part of dbias starts (i64 [batch] in the device's memory; null:
+  // the bias's batch_offset), with the bias's row and column strides. The frontend gives every
+  // problem its own part where problems share a bias (a bias without a batch or head Dim), and
+  // sums them after, so that a device may write each problem's share without ordering them.
+  const int64_t* dbias_batch_offset = nullptr;
 };
 
 enum class RandomKind { uniform, normal };

@@ -696,6 +696,92 @@ TEST_CASE("gpu: bf16 and f16 dot_attention on tensor cores, forward and backward
     }
 }
 
+// The additive bias read inside the fused kernels, forward and backward (its gradient too),
+// in every precision: over every problem's own (batch, heads, query, key) elements; shared by
+// the batch (each problem's share added by the frontend after); over the keys alone (a sum
+// over the rows); over the queries alone (a gradient of exactly 0); causal with a bias over
+// its own key Dim. NaN fills the padded key frames of k, v and the bias. f32/f64 against the
+// CPU's fused primitive, bf16/f16 against the CPU's float64 of the rounded inputs; every call
+// fused on the GPU, and two runs equal bit for bit.
+TEST_CASE("gpu: fused dot_attention with an additive bias, every precision", "[gpu][attention]") {
+  Dim batch(2, "batch"), heads(3, "heads");
+  Dim time = dynamic_dim(batch, {77, 50}, "time"), qt(37, "qt");
+  Dim kb(time.extent(), "kb");
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  struct BiasCase {
+    const char* name;
+    Dims dims;
+    bool self;
+  };
+  const std::vector<BiasCase> cases{{"{batch, heads, qt, time}", {batch, heads, qt, time}, false},
+                                    {"{heads, qt, time}: shared by the batch", {heads, qt, time}, false},
+                                    {"{time, batch}: over the keys", {time, batch}, false},
+                                    {"{qt, heads}: over the queries", {qt, heads}, false},
+                                    {"self, causal: {heads, time, kb}", {heads, time, kb}, true}};
+  for (int64_t width : {64, 128})
+    for (const BiasCase& c : cases)
+      for (DType dt : {DType::f32, DType::f64, DType::bf16, DType::f16}) {
+        INFO(c.name << ", head size " << width << ", " << dtype_name(dt));
+        const Dim key(width, "key"), query = c.self ? time : qt;
+        const bool half = is_half(dt);
+        auto leaf = [&](const Dims& dims, uint32_t seed, bool pad_nan) {
+          Tensor x = input(dims, seed, Device::cpu(), -1, 1, DType::f64);
+          if (half) x = x.astype(dt).astype(DType::f64);
+          if (pad_nan && x.has_dim(time) && !(c.self && x.has_dim(kb))) x = copy_masked(x, {time}, nan);
+          return x;
+        };
+        const Tensor q0 = leaf({batch, query, heads, key}, 110, false), k0 = leaf({batch, time, heads, key}, 111, true);
+        const Tensor v0 = leaf({time, batch, heads, key}, 112, true), b0 = leaf(c.dims, 113, !c.self);
+        Tensor gout = copy_masked(input({batch, query, heads, key}, 114, Device::cpu(), -1, 1, DType::f64), {query});
+        if (half) gout = gout.astype(dt).astype(DType::f64);
+        // Leaves of dtype `ldt` on `dev`; the CPU's reference is float64 for the half dtypes.
+        auto run = [&](Device dev, DType ldt) {
+          std::vector<Tensor> leaves;
+          for (const Tensor* t : {&q0, &k0, &v0, &b0}) leaves.push_back(t->astype(ldt).to(dev).with_requires_grad());
+          nn::DotAttentionOptions o;
+          o.fused = true;
+          o.bias = leaves[3];
+          if (c.self) {
+            o.causal_query_dim = time;
+            o.bias_key_dim = kb;
+          }
+          Tensor out = nn::dot_attention(leaves[0], leaves[1], leaves[2], key, time, o);
+          std::vector<Tensor> r = grad(out, leaves, gout.astype(ldt).to(dev));
+          r.push_back(out);
+          for (Tensor& x : r) {
+            x = x.astype(DType::f64).to(Device::cpu());
+            if (x.has_dim(query) && x.has_dim(batch)) x = copy_masked(x, {query});
+            if (x.has_dim(time) && x.has_dim(batch) && query != time) x = copy_masked(x, {time});
+          }
+          return r;
+        };
+        std::vector<Tensor> want = run(Device::cpu(), half ? DType::f64 : dt);
+        nn::reset_attention_path_counts();
+        std::vector<Tensor> got = run(kGpu, dt);
+        const nn::AttentionPathCounts pc = nn::attention_path_counts();
+        CHECK(pc.fused_forward == 1);
+        CHECK(pc.fused_backward == 1);
+        CHECK(pc.unfused_forward + pc.unfused_backward == 0);
+        const double tol = dt == DType::f64 ? 1e-10 : dt == DType::f32 ? 3e-5 : dt == DType::bf16 ? 3e-2 : 4e-3;
+        const char* names[] = {"dq", "dk", "dv", "dbias", "out"};
+        for (size_t i = 0; i < want.size(); ++i) {
+          INFO(names[i]);
+          std::vector<double> g = got[i].to_vector<double>(want[i].dims()), w = want[i].to_vector<double>(want[i].dims());
+          // A bias gradient sums over a whole batch or many rows: scaled to its largest value.
+          double scale = 1;
+          if (i == 3)
+            for (double e : w) scale = std::max(scale, std::abs(e));
+          CHECK_VEC_APPROX(g, w, tol, tol * scale);
+          for (double e : g) REQUIRE(std::isfinite(e));
+        }
+        if (dt == DType::f32 || dt == DType::bf16) {  // deterministic: two runs agree bit for bit
+          std::vector<Tensor> again = run(kGpu, dt);
+          for (size_t i = 0; i < got.size(); ++i)
+            CHECK(again[i].to_vector<double>(got[i].dims()) == got[i].to_vector<double>(got[i].dims()));
+        }
+      }
+}
+
 TEST_CASE("gpu: the attention modules and their parameter gradients match the CPU", "[gpu]") {
   Dims3 d;
   Dim model(8, "model"), kt(8, "kt"), vt(8, "vt"), out(6, "out"), enc(5, "enc"), dec(3, "dec");

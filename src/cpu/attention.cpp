@@ -76,9 +76,11 @@ int64_t block_lengths(const backend::Attention& a, int64_t b, int64_t i0, int64_
 // The bias of problem b, query rows i0.. i0 + n, added to the block's energies e [n, kmax], or
 // the block's energy gradients added into the bias's gradient (dbias non-null).
 template <class T>
-void bias_block(const backend::Attention& a, int64_t b, int64_t i0, int64_t n, int64_t kmax, T* e, T* dbias) {
+void bias_block(const backend::Attention& a, int64_t b, int64_t i0, int64_t n, int64_t kmax, T* e, T* dbias,
+                const int64_t* dbias_offset = nullptr) {
   const backend::Attention::Bias& bi = a.bias;
-  const int64_t off = bi.batch_offset ? bi.batch_offset[b] : 0;
+  const int64_t* offsets = dbias && dbias_offset ? dbias_offset : bi.batch_offset;
+  const int64_t off = offsets ? offsets[b] : 0;
   for (int64_t r = 0; r < n; ++r) {
     const int64_t row = off + (i0 + r) * bi.row_stride;
     T* er = e + r * kmax;
@@ -162,7 +164,7 @@ void attention_backward_impl(CpuBackend& be, DType dt, const backend::Attention&
       gemm_nt(gob, ldo, v, ldv, dp.data(), kmax, n, kmax, a.dv, 1.0);
       // dS in place of dP: p (dp - sum_j p dp) on the visible keys, 0 on the others.
       be.softmax_backward(false, dt, n, kmax, 1, p.data(), dp.data(), len, dp.data());
-      if (ga.dbias) bias_block<T>(a, b, i0, n, kmax, dp.data(), static_cast<T*>(ga.dbias));
+      if (ga.dbias) bias_block<T>(a, b, i0, n, kmax, dp.data(), static_cast<T*>(ga.dbias), ga.dbias_batch_offset);
       if (a.d == 0) continue;
       if (dqb) gemm_nn(dp.data(), kmax, k, ldk, dqb, ldgq, n, a.d, kmax, a.scale);
       if (dk) gemm_tn_acc(dp.data(), kmax, qb_rows, ldqb, dk, ldgk, kmax, a.d, n, a.scale);

@@ -88,6 +88,26 @@ struct Fused {
   Dims g0, g1, query, value;
 };
 
+// Where each problem's part of t starts (i64 [problems] on `device`; problem p enumerates the
+// Dims of `groups` row-major); undefined where t has none of them (every problem starts at 0).
+Tensor problem_offsets(const Tensor& t, const Dims& groups, Device device) {
+  bool any = false;
+  for (const Dim& d : groups) any = any || t.has_dim(d);
+  if (!any) return Tensor();
+  const int64_t problems = numel_of(extents(groups));
+  std::vector<int64_t> offs(size_t(problems), 0);
+  for (int64_t p = 0; p < problems; ++p) {
+    int64_t rest = p, off = 0;
+    for (size_t i = groups.size(); i-- > 0;) {
+      const int64_t idx = rest % groups[i].extent();
+      rest /= groups[i].extent();
+      if (t.has_dim(groups[i])) off += idx * t.strides()[t.axis_of(groups[i])];
+    }
+    offs[size_t(p)] = off;
+  }
+  return Tensor::from_vector<int64_t>({Dim(problems, "attention_problems")}, offs).to(device);
+}
+
 // The bias laid out for the primitive (contiguous, its query Dims adjacent in q's order) and
 // its backend descriptor (the per-problem offsets into `offsets`); false where it cannot be.
 bool bias_operand(const Tensor& bias, const Dims& g0, const Dims& g1, const Dims& batch, const Dims& query,
@@ -109,24 +129,8 @@ bool bias_operand(const Tensor& bias, const Dims& g0, const Dims& g1, const Dims
   out.row_stride = bq.empty() ? 0 : rs;
   out.col_stride = bc.has_dim(kv_axis) ? bc.strides()[bc.axis_of(kv_axis)] : 0;
   out.batch_offset = nullptr;
-  // Problem p enumerates g0's Dims then g1's, each row-major.
-  Dims groups = cat(g0, g1);
-  bool any = false;
-  for (const Dim& d : groups) any = any || bc.has_dim(d);
-  if (!any) return true;
-  int64_t problems = numel_of(extents(groups));
-  std::vector<int64_t> offs(size_t(problems), 0);
-  for (int64_t p = 0; p < problems; ++p) {
-    int64_t rest = p, off = 0;
-    for (size_t i = groups.size(); i-- > 0;) {
-      const int64_t idx = rest % groups[i].extent();
-      rest /= groups[i].extent();
-      if (bc.has_dim(groups[i])) off += idx * bc.strides()[bc.axis_of(groups[i])];
-    }
-    offs[size_t(p)] = off;
-  }
-  offsets = Tensor::from_vector<int64_t>({Dim(problems, "attention_problems")}, offs).to(device);
-  out.batch_offset = reinterpret_cast<const int64_t*>(offsets.impl().data());
+  offsets = problem_offsets(bc, cat(g0, g1), device);
+  if (offsets.defined()) out.batch_offset = reinterpret_cast<const int64_t*>(offsets.impl().data());
   return true;
 }
 
@@ -291,12 +295,27 @@ std::optional<std::vector<Tensor>> fused_backward(const Fused& f, const Tensor& 
   Tensor dk = grad(need_k, f.k, {kv_axis}, {key_dim}, ga.dk);
   Tensor dv = grad(need_v, f.v, {kv_axis}, f.value, ga.dv);
   if (packed && (!dq.defined() || !dk.defined() || !dv.defined())) return std::nullopt;
-  Tensor dbias;
+  // The bias's gradient, in f32 for bf16/f16. Where problems share the bias (it lacks a batch
+  // or head Dim), each problem gets its own part, summed here after: the device then writes
+  // each share without ordering the problems.
+  Tensor dbias, dbias_offsets;
+  Dims shared;
   if (need_bias && f.bias.defined()) {
-    dbias = Tensor::zeros(f.bias.dims(), f.bias.dtype(), f.bias.device());
+    for (const Dim& d : batch)
+      if (!f.bias.has_dim(d) && d.extent() > 1) shared.push_back(d);
+    dbias = Tensor::zeros(cat(shared, f.bias.dims()), is_half(f.bias.dtype()) ? DType::f32 : f.bias.dtype(),
+                          f.bias.device());
     ga.dbias = dbias.impl().data();
+    if (!shared.empty()) {
+      dbias_offsets = problem_offsets(dbias, batch, f.bias.device());
+      ga.dbias_batch_offset = reinterpret_cast<const int64_t*>(dbias_offsets.impl().data());
+    }
   }
   if (!backend::backend_for(f.out.device()).attention_backward(f.out.dtype(), f.args, ga)) return std::nullopt;
+  if (dbias.defined()) {
+    if (!shared.empty()) dbias = reduce_sum(dbias, shared);
+    if (dbias.dtype() != f.bias.dtype()) dbias = round_to(dbias, f.bias.dtype());
+  }
   return std::vector<Tensor>{dq, dk, dv, dbias};
 }
 
