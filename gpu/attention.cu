@@ -155,10 +155,11 @@ __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs
 #pragma unroll
     for (int i = 0; i < RM; ++i) {
       T mx = -INFINITY;
+      const T* brow = bias.base ? bias.row(i0 + ty * RM + i) : nullptr;
 #pragma unroll
       for (int e = 0; e < CN; ++e) {
         const int key = j0 + tx + TX * e;
-        s[i][e] = key < len[i] ? s[i][e] * sl2 + bias(i0 + ty * RM + i, key) : T(-INFINITY);
+        s[i][e] = key < len[i] ? s[i][e] * sl2 + (brow ? bias.at(brow, key) : T(0)) : T(-INFINITY);
         mx = s[i][e] > mx ? s[i][e] : mx;
       }
 #pragma unroll

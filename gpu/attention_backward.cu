@@ -232,9 +232,14 @@ __global__ void __launch_bounds__(kThreads, MINB)
     __syncthreads();
     if (dbias) {
       if (a.bias_rs != 0) {
-        for (int x = threadIdx.x; x < nq * nk; x += kThreads) {  // keys fastest: contiguous bias rows
-          const int row = x / nk, key = x % nk;
-          dbias[(i0 + row) * a.bias_rs + int64_t(j0 + key) * a.bias_cs] += St[key * LDT + row];
+        // A thread per key (consecutive threads, consecutive keys: contiguous bias rows), the
+        // rows split over the kThreads / BN threads of each key.
+        static_assert(kThreads % BN == 0, "threads per key");
+        const int key = threadIdx.x % BN;
+        if (key < nk) {
+          T* col = dbias + (i0 + threadIdx.x / BN) * a.bias_rs + int64_t(j0 + key) * a.bias_cs;
+          for (int row = threadIdx.x / BN; row < nq; row += kThreads / BN, col += (kThreads / BN) * a.bias_rs)
+            *col += St[key * LDT + row];
         }
       } else if (int(threadIdx.x) < nk) {
         for (int row = 0; row < nq; ++row) dbias_key += St[threadIdx.x * LDT + row];

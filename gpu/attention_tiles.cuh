@@ -70,6 +70,11 @@ struct BiasRows {
   __device__ __forceinline__ C operator()(int64_t r, int64_t j) const {
     return base ? C(widen(base[r * rs + j * cs])) * C(1.4426950408889634) : C(0);
   }
+  // Row r's start (the bias of key j is row[j * cs]).
+  __device__ __forceinline__ const T* row(int64_t r) const { return base + r * rs; }
+  __device__ __forceinline__ C at(const T* row, int j) const {
+    return C(widen(row[int64_t(j) * cs])) * C(1.4426950408889634);
+  }
 };
 
 // Where problem b's part of the bias gradient starts (null: none wanted, or the bias
