@@ -67,14 +67,13 @@ struct BiasRows {
       : base(a.bias ? static_cast<const T*>(a.bias) + (a.bias_off ? a.bias_off[b] : 0) : nullptr),
         rs(a.bias_rs),
         cs(a.bias_cs) {}
-  __device__ __forceinline__ C operator()(int64_t r, int64_t j) const {
-    return base ? C(widen(base[r * rs + j * cs])) * C(1.4426950408889634) : C(0);
-  }
-  // Row r's start (the bias of key j is row[j * cs]).
+  // Row r's start (base non-null), and key j of such a row.
   __device__ __forceinline__ const T* row(int64_t r) const { return base + r * rs; }
-  __device__ __forceinline__ C at(const T* row, int j) const {
-    return C(widen(row[int64_t(j) * cs])) * C(1.4426950408889634);
+  __device__ __forceinline__ C at(const T* row, int64_t j) const {
+    return C(widen(row[j * cs])) * C(1.4426950408889634);
   }
+  // The term of (r, j); 0 without a bias.
+  __device__ __forceinline__ C operator()(int64_t r, int64_t j) const { return base ? at(row(r), j) : C(0); }
 };
 
 // Where problem b's part of the bias gradient starts (null: none wanted, or the bias

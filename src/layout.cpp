@@ -47,9 +47,11 @@ int64_t numel_of(const Shape& shape) {
   return n;
 }
 
-int64_t checked_numel(const char* op, const Dims& dims) {
+int64_t checked_numel(const char* op, const Dims& dims) { return checked_numel(op, dims, extents(dims)); }
+
+int64_t checked_numel(const char* op, const Dims& dims, const Shape& shape) {
   int64_t n;
-  if (!product(extents(dims), n)) fail(std::string(op) + ": the element count of " + dims_str(dims) + " overflows int64");
+  if (!product(shape, n)) fail(std::string(op) + ": the element count of " + dims_str(dims) + " overflows int64");
   return n;
 }
 
@@ -173,8 +175,7 @@ void check_unique(const char* op, const Dims& dims) {
 
 Tensor empty(Dims dims, DType dtype, Device device, const char* op) {
   const Shape shape = extents(dims);
-  int64_t n;
-  if (!product(shape, n)) fail(std::string(op) + ": the element count of " + dims_str(dims) + " overflows int64");
+  const int64_t n = checked_numel(op, dims, shape);
   int64_t bytes;
   if (__builtin_mul_overflow(n, int64_t(dtype_size(dtype)), &bytes))
     fail(std::string(op) + ": the byte size of " + dims_str(dims) + " (" + dtype_name(dtype) + ") overflows int64");

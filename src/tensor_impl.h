@@ -54,6 +54,8 @@ Shape extents(const Dims& dims);
 int64_t numel_of(const Shape& shape);
 // The element count of `dims`; throws naming `op` and the Dims on overflow.
 int64_t checked_numel(const char* op, const Dims& dims);
+// The same for `shape`, the extents of `dims` already at hand.
+int64_t checked_numel(const char* op, const Dims& dims, const Shape& shape);
 // a * b and a + b for sizes; throw naming `op` and `what` on int64 overflow.
 int64_t checked_mul(const char* op, int64_t a, int64_t b, const std::string& what);
 int64_t checked_add(const char* op, int64_t a, int64_t b, const std::string& what);
