@@ -236,3 +236,16 @@ TEST_CASE("robustness: constructor errors name the module", "[robustness]") {
   CHECK_THROWS_WITH(nn::RelPosSelfAttention(in, std::nullopt, kt, vt, -3, gen), Contains("RelPosSelfAttention") &&
                                                                                    Contains("num_heads"));
 }
+
+// ---- inputs the fuzz harnesses (tests/fuzz) found; docs/reliability.md, "Fuzzing"
+TEST_CASE("robustness: row kernels over a block without columns", "[robustness][fuzz]") {
+  // [A, N, B] with B = 0 (an empty Dim after the reduced one) divided by zero in the task split.
+  Dim batch(2, "batch"), empty(0, "empty");
+  Dim time = dynamic_dim(batch, {3, 1});
+  Tensor x = Tensor::zeros({time, empty});
+  CHECK(reduce_argmax(x, time).numel() == 0);
+  CHECK(reduce_argmin(x, time).numel() == 0);
+  CHECK(cumsum(x, time).numel() == 0);
+  CHECK(softmax(x, time).numel() == 0);
+  CHECK(reduce_max(x, {time}).numel() == 0);
+}
