@@ -249,3 +249,15 @@ TEST_CASE("robustness: row kernels over a block without columns", "[robustness][
   CHECK(softmax(x, time).numel() == 0);
   CHECK(reduce_max(x, {time}).numel() == 0);
 }
+
+TEST_CASE("robustness: a reduction over an extent-1 Dim and a dynamic Dim whose lengths run over it", "[robustness][fuzz]") {
+  // The extent-1 batch was dropped first, so the masked pass over time gave it back.
+  Dim batch(1, "batch");
+  Dim time = dynamic_dim(batch, {2});
+  Tensor x = Tensor::from_vector<float>({batch, time}, std::vector<float>{1, 2});
+  for (ReduceOp op : {ReduceOp::sum, ReduceOp::mean, ReduceOp::max}) {
+    Tensor y = reduce(x, op, {batch, time});
+    CHECK(y.dims().empty());
+  }
+  CHECK(reduce_sum(x, {time, batch}).item<float>() == 3);
+}
