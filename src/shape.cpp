@@ -252,8 +252,13 @@ std::pair<Tensor, Dim> concat(const std::vector<std::pair<Tensor, Dim>>& parts, 
     }
     offset = add(offset, len, true);
   }
-  // The lengths' Dims of the parts (say {batch}) are the output's too, even where no part had them.
+  // The lengths' Dims of the parts (say {batch}) are the output's too, even where no part had them
+  // (and where every part is empty, so that y never met them).
   layout = union_dims(layout, y.dims());
+  for (const auto& [t, d] : parts) {
+    const Tensor len = d.lengths();  // named: its Dims outlive the call
+    layout = union_dims(layout, len.dims());
+  }
   return {broadcast_to_include(y, layout).transpose_to(layout), out};
 }
 

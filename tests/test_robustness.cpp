@@ -261,3 +261,15 @@ TEST_CASE("robustness: a reduction over an extent-1 Dim and a dynamic Dim whose 
   }
   CHECK(reduce_sum(x, {time, batch}).item<float>() == 3);
 }
+
+TEST_CASE("robustness: a dynamic concat of empty parts keeps the lengths' Dims", "[robustness][fuzz]") {
+  // With every part of extent 0 the result lacked the Dims the lengths run over.
+  Dim batch(2, "batch");
+  Dim a = dynamic_dim(batch, {0, 0}, "a"), b = dynamic_dim(batch, {0, 0}, "b");
+  auto [y, ab] = concat({{Tensor::zeros({a}), a}, {Tensor::zeros({b}), b}});
+  CHECK(y.has_dim(batch));
+  CHECK(y.has_dim(ab));
+  Dim c = dynamic_dim(batch, {1, 0}, "c");
+  auto [z, cc] = concat({{Tensor::zeros({c}), c}, {Tensor::zeros({b}), b}});
+  CHECK(z.has_dim(batch));
+}
