@@ -273,3 +273,20 @@ TEST_CASE("robustness: a dynamic concat of empty parts keeps the lengths' Dims",
   auto [z, cc] = concat({{Tensor::zeros({c}), c}, {Tensor::zeros({b}), b}});
   CHECK(z.has_dim(batch));
 }
+
+TEST_CASE("robustness: integer division by a divisor with padded frames", "[robustness][fuzz]") {
+  Dim batch(2, "batch");
+  Dim time = dynamic_dim(batch, {3, 1});
+  // A zero in a padded frame (batch 1, frame 1) is padding content: no error, no trap.
+  Tensor b = Tensor::from_vector<int32_t>({batch, time}, std::vector<int32_t>{1, 2, 3, 4, 0, 0});
+  Tensor a = Tensor::full({batch, time}, 7, DType::i32);
+  std::vector<int32_t> q = floordiv(a, b).to_vector<int32_t>();
+  CHECK(std::vector<int32_t>(q.begin(), q.begin() + 4) == std::vector<int32_t>{7, 3, 2, 1});
+  CHECK(mod(a, b).to_vector<int32_t>()[3] == 3);
+  CHECK_THROWS_WITH(floordiv(a, Tensor::zeros({batch, time}, DType::i32)), Contains("floordiv") && Contains("division by zero"));
+  // A divisor without the Dims the lengths run over: its frames are some sequence's data.
+  Tensor c = Tensor::from_vector<int64_t>({time}, std::vector<int64_t>{2, 1, 4});
+  CHECK(floordiv(Tensor::full({time}, 8, DType::i64), c).to_vector<int64_t>() == std::vector<int64_t>{4, 8, 2});
+  Tensor z = Tensor::from_vector<int64_t>({time}, std::vector<int64_t>{2, 1, 0});
+  CHECK_THROWS_WITH(mod(Tensor::full({time}, 8, DType::i64), z), Contains("mod") && Contains("division by zero"));
+}
