@@ -290,3 +290,19 @@ TEST_CASE("robustness: integer division by a divisor with padded frames", "[robu
   Tensor z = Tensor::from_vector<int64_t>({time}, std::vector<int64_t>{2, 1, 0});
   CHECK_THROWS_WITH(mod(Tensor::full({time}, 8, DType::i64), z), Contains("mod") && Contains("division by zero"));
 }
+
+TEST_CASE("robustness: pow's special cases on the CPU are IEEE's", "[robustness][fuzz]") {
+  const double inf = std::numeric_limits<double>::infinity();
+  const std::vector<double> base = {0.0, 0.0, 0.0, -0.0, 1.0, inf, -1.0, -2.0, 1e-310};
+  const std::vector<double> power = {0.0, -0.25, -1.0, -1.0, inf, 0.0, inf, 1e300, 0.5};
+  Dim n(int64_t(base.size()), "n");
+  for (DType dt : {DType::f32, DType::f64}) {
+    Tensor x = Tensor::from_vector<double>({n}, base).astype(dt), e = Tensor::from_vector<double>({n}, power).astype(dt);
+    const std::vector<double> xs = x.to_vector<double>(), es = e.to_vector<double>(), got = pow(x, e).to_vector<double>();
+    for (size_t i = 0; i < got.size(); ++i) {
+      const double want = dt == DType::f32 ? double(std::pow(float(xs[i]), float(es[i]))) : std::pow(xs[i], es[i]);
+      INFO(dtype_name(dt) << " pow(" << xs[i] << ", " << es[i] << ")");
+      CHECK(got[i] == Approx(want));
+    }
+  }
+}
