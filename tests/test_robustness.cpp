@@ -306,3 +306,27 @@ TEST_CASE("robustness: pow's special cases on the CPU are IEEE's", "[robustness]
     }
   }
 }
+
+TEST_CASE("robustness: floor, ceil, round, floordiv and mod of NaN, inf and huge values", "[robustness][fuzz]") {
+  // Without SSE4.1 xsimd's f64 floor converted NaN and huge lanes to int64 (undefined behaviour).
+  const double inf = std::numeric_limits<double>::infinity(), nan = std::numeric_limits<double>::quiet_NaN();
+  Dim n(6, "n");
+  Tensor x = Tensor::from_vector<double>({n}, std::vector<double>{nan, inf, -inf, 1e300, -2.5, 4503599627370497.0});
+  for (DType dt : {DType::f64, DType::f32}) {
+    Tensor t = x.astype(dt);
+    const std::vector<double> want = t.to_vector<double>();
+    for (UnaryOp op : {UnaryOp::floor, UnaryOp::ceil, UnaryOp::round}) {
+      const std::vector<double> got = apply(op, t).to_vector<double>();
+      CHECK(std::isnan(got[0]));
+      CHECK(std::vector<double>(got.begin() + 1, got.begin() + 4) == std::vector<double>(want.begin() + 1, want.begin() + 4));
+      CHECK(got[5] == want[5]);
+    }
+    CHECK(floor(t).to_vector<double>()[4] == -3);
+    CHECK(ceil(t).to_vector<double>()[4] == -2);
+    const std::vector<double> q = floordiv(t, Tensor::scalar(1, dt)).to_vector<double>();
+    CHECK(std::isnan(q[0]));
+    CHECK(q[1] == inf);
+    CHECK(q[4] == -3);
+    CHECK(std::isnan(mod(t, Tensor::scalar(2, dt)).to_vector<double>()[0]));
+  }
+}
