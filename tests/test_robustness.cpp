@@ -330,3 +330,18 @@ TEST_CASE("robustness: floor, ceil, round, floordiv and mod of NaN, inf and huge
     CHECK(std::isnan(mod(t, Tensor::scalar(2, dt)).to_vector<double>()[0]));
   }
 }
+
+TEST_CASE("robustness: a slice of one frame with a huge step copies without overflow", "[robustness][fuzz]") {
+  // The step went into the view's stride, and its byte stride overflowed int64 in the next copy.
+  Dim a(3, "a"), b(5, "b");
+  Tensor x = Tensor::from_vector<float>({a, b}, random_floats(15));
+  const int64_t kMax = std::numeric_limits<int64_t>::max();
+  auto [y, one] = slice(x, b, 1, std::nullopt, kMax - 3);
+  CHECK(one.extent() == 1);
+  const std::vector<float> all = x.to_vector<float>();
+  CHECK(y.transpose_to({one, a}).to_vector<float>() == std::vector<float>{all[1], all[6], all[11]});
+  CHECK(add(y, y).to_vector<float>({a, one}) == std::vector<float>{2 * all[1], 2 * all[6], 2 * all[11]});
+  Tensor w = x.with_requires_grad();
+  backward(reduce_sum(slice(w, b, 4, std::nullopt, kMax).first, {a}));
+  CHECK(w.grad().to_vector<float>()[4] == 1);
+}
