@@ -345,3 +345,30 @@ TEST_CASE("robustness: a slice of one frame with a huge step copies without over
   backward(reduce_sum(slice(w, b, 4, std::nullopt, kMax).first, {a}));
   CHECK(w.grad().to_vector<float>()[4] == 1);
 }
+
+TEST_CASE("robustness: a Dim plus a Dim whose lengths run over it is not kept forever", "[robustness][fuzz]") {
+  // batch + time (time's lengths over batch) was cached in batch and held batch through its
+  // lengths: a cycle that leaked both (LeakSanitizer); (batch + batch) + time likewise, one
+  // step longer. The cache now holds derived Dims weakly; identities hold while they exist.
+  Dim batch(2, "batch");
+  Dim time = dynamic_dim(batch, {3, 1});
+  std::weak_ptr<const TensorImpl> lengths;
+  {
+    Dim b = Dim(2, "b");
+    Dim t = dynamic_dim(b, {2, 0});
+    Dim sum = b + t;
+    CHECK(sum.lengths().to_vector<int32_t>() == std::vector<int32_t>{4, 2});
+    lengths = sum.lengths().impl_ptr();
+  }
+  CHECK(lengths.expired());
+  {
+    Dim b = Dim(1, "b");
+    Dim t = dynamic_dim(b, {2});
+    lengths = ((b + b) + t).lengths().impl_ptr();
+  }
+  CHECK(lengths.expired());
+  CHECK(time + time == time + time);
+  CHECK((time + 1) + 2 == (time + 1) + 2);
+  auto [y, d] = concat({{Tensor::ones({batch}), batch}, {Tensor::ones({batch, time}), time}});
+  CHECK(d.lengths().to_vector<int32_t>() == std::vector<int32_t>{5, 3});
+}
