@@ -1456,7 +1456,7 @@ void Harness::op_pad() {
   Val fill = is_fp(x.ref.dt) ? known_float(in_dtype(x.ref.dt, value), 0) : known_int(int64_t(value));
   for (size_t i = 0; i < axes.size(); ++i) {
     const Dim& d = axes[i];
-    const auto [l, rr] = padding[i];
+    const int64_t l = padding[i].first, rr = padding[i].second;
     if (l == 0 && rr == 0) {
       if (outs[i] != d) fail("pad by (0, 0) changed the Dim");
       continue;

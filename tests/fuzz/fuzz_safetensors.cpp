@@ -226,7 +226,9 @@ void check_entry(const SafeTensors& st, const std::string& key, const unsigned c
 }
 
 void check_metadata(const SafeTensors& st) {
-  for (const auto& [k, v] : st.metadata()) {
+  for (const auto& entry : st.metadata()) {
+    const std::string& k = entry.first;  // a plain reference: Clang 14's lambdas cannot capture bindings
+    const std::string& v = entry.second;
     if (st.metadata(k) != v) finding("metadata('" + k + "') differs from metadata()");
     MetaValue m;
     if (!run_guarded("SafeTensors::metadata_json", [&] { m = st.metadata_json(k); })) continue;
