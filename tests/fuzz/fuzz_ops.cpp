@@ -254,7 +254,7 @@ const char* dt_name(DType dt) { return dtype_name(dt); }
 
 class Harness {
  public:
-  explicit Harness(ByteReader& r) : r_(r) {}
+  explicit Harness(ByteReader& r) : r_(r), trace_(std::getenv("DIMX_FUZZ_TRACE") != nullptr) {}
   void run();
 
  private:
@@ -263,6 +263,7 @@ class Harness {
   std::vector<Entry> pool_;
   size_t next_slot_ = 0;
   std::string desc_;  // the op now running, for findings
+  bool trace_;        // DIMX_FUZZ_TRACE set: each op is printed
 
   [[noreturn]] void fail(const std::string& what) const { finding(desc_ + ": " + what); }
 
@@ -1697,6 +1698,7 @@ void Harness::run() {
       case 15: op_astype(); break;
       default: op_matmul(); break;
     }
+    if (trace_) std::fprintf(stderr, "op %d: %s\n", i, desc_.c_str());
   }
 }
 
