@@ -228,11 +228,6 @@ void check_padded_load(ByteReader& r, const SafeTensors& st) {
 
 }  // namespace
 
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  dimx_fuzz::single_threaded();
-  return 0;
-}
-
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   ByteReader r(data, size);
   const uint8_t mode = r.byte();

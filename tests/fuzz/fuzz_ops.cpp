@@ -58,17 +58,17 @@ bool subset(const Dims& a, const Dims& b) {
 
 bool same_set(const Dims& a, const Dims& b) { return a.size() == b.size() && subset(a, b); }
 
+// a's Dims that b lacks; a's Dims, then b's that a lacks.
 Dims without(const Dims& a, const Dims& b) {
   Dims out;
-  for (const Dim& d : a)
-    if (!has(b, d)) out.push_back(d);
+  std::copy_if(a.begin(), a.end(), std::back_inserter(out), [&](const Dim& d) { return !has(b, d); });
   return out;
 }
 
 Dims joined(const Dims& a, const Dims& b) {
   Dims out = a;
-  for (const Dim& d : b)
-    if (!has(out, d)) out.push_back(d);
+  const Dims more = without(b, a);
+  out.insert(out.end(), more.begin(), more.end());
   return out;
 }
 
@@ -283,6 +283,8 @@ class Harness {
 
   void op_create();
   void op_binary(bool with_scalar);
+  void op_binary_tensors() { op_binary(false); }
+  void op_binary_scalar() { op_binary(true); }
   void op_unary();
   void op_where();
   void op_reduce();
@@ -449,6 +451,27 @@ void Harness::make_world() {
   dynamic(s, 3, "keys");  // lengths over another static Dim (a causal key Dim over queries)
 }
 
+// A tensor holding ref's values (garbage included), row-major over ref.dims.
+template <class T>
+Tensor values_of(const Ref& ref) {
+  std::vector<T> v;
+  for (const Val& x : ref.vals) {
+    if constexpr (std::is_floating_point_v<T>) v.push_back(T(in_dtype(dtype_of<T>(), x.v)));
+    else v.push_back(T(x.i));
+  }
+  return Tensor::from_vector<T>(ref.dims, v);
+}
+
+Tensor tensor_of(const Ref& ref) {
+  switch (ref.dt) {
+    case DType::f64: return values_of<double>(ref);
+    case DType::f32: return values_of<float>(ref);
+    case DType::i64: return values_of<int64_t>(ref);
+    case DType::i32: return values_of<int32_t>(ref);
+    default: return values_of<bool>(ref);
+  }
+}
+
 void Harness::op_create() {
   Ref ref;
   ref.dims = pick_dims(3);
@@ -460,40 +483,7 @@ void Harness::op_create() {
   for_each_index(ref.dims, [&](const Index& idx) {
     ref.vals[k++] = w_.padding(ref.dims, idx) ? garbage(ref.dt) : random_val(ref.dt);
   });
-  Tensor t;
-  const size_t n = ref.vals.size();
-  switch (ref.dt) {
-    case DType::f64: {
-      std::vector<double> v(n);
-      for (size_t i = 0; i < n; ++i) v[i] = ref.vals[i].v;
-      t = Tensor::from_vector<double>(ref.dims, v);
-      break;
-    }
-    case DType::f32: {
-      std::vector<float> v(n);
-      for (size_t i = 0; i < n; ++i) v[i] = float(in_dtype(DType::f32, ref.vals[i].v));
-      t = Tensor::from_vector<float>(ref.dims, v);
-      break;
-    }
-    case DType::i64: {
-      std::vector<int64_t> v(n);
-      for (size_t i = 0; i < n; ++i) v[i] = ref.vals[i].i;
-      t = Tensor::from_vector<int64_t>(ref.dims, v);
-      break;
-    }
-    case DType::i32: {
-      std::vector<int32_t> v(n);
-      for (size_t i = 0; i < n; ++i) v[i] = int32_t(ref.vals[i].i);
-      t = Tensor::from_vector<int32_t>(ref.dims, v);
-      break;
-    }
-    default: {
-      std::vector<bool> v(n);
-      for (size_t i = 0; i < n; ++i) v[i] = ref.vals[i].i != 0;
-      t = Tensor::from_vector<bool>(ref.dims, v);
-      break;
-    }
-  }
+  Tensor t = tensor_of(ref);
   store(t, std::move(ref));
 }
 
@@ -1682,35 +1672,20 @@ void Harness::run() {
   op_create();
   for (int i = 0; i < kMaxOps && !r_.empty(); ++i) {
     if (pool_.empty()) op_create();
-    switch (r_.byte() % 17) {
-      case 0: op_create(); break;
-      case 1: op_binary(false); break;
-      case 2: op_binary(true); break;
-      case 3: op_unary(); break;
-      case 4: op_where(); break;
-      case 5: op_reduce(); break;
-      case 6: op_arg(); break;
-      case 7: op_matmul(); break;
-      case 8: op_split(); break;
-      case 9: op_merge(); break;
-      case 10: op_concat(); break;
-      case 11: op_gather(); break;
-      case 12: op_pad(); break;
-      case 13: op_slice(); break;
-      case 14: op_view(); break;
-      case 15: op_astype(); break;
-      default: op_matmul(); break;
-    }
+    // Every op once, matmul twice (it has the most cases).
+    using Op = void (Harness::*)();
+    static constexpr Op kOps[] = {&Harness::op_create, &Harness::op_binary_tensors, &Harness::op_binary_scalar,
+                                  &Harness::op_unary,  &Harness::op_where,          &Harness::op_reduce,
+                                  &Harness::op_arg,    &Harness::op_matmul,         &Harness::op_split,
+                                  &Harness::op_merge,  &Harness::op_concat,         &Harness::op_gather,
+                                  &Harness::op_pad,    &Harness::op_slice,          &Harness::op_view,
+                                  &Harness::op_astype, &Harness::op_matmul};
+    (this->*kOps[r_.pick(std::size(kOps))])();
     if (trace_) std::fprintf(stderr, "op %d: %s\n", i, desc_.c_str());
   }
 }
 
 }  // namespace
-
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  dimx_fuzz::single_threaded();
-  return 0;
-}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   ByteReader r(data, size);

@@ -48,47 +48,30 @@ uint64_t read_uint(const unsigned char* p, size_t n) {
   return v;
 }
 
-// IEEE binary16 by its definition: sign, 5-bit exponent (bias 15), 10-bit fraction.
-double ref_f16(uint64_t h) {
-  const int e = int((h >> 10) & 31);
-  const double f = double(h & 1023);
+// A binary floating format by its definition: sign, `eb` exponent bits (bias 2^(eb-1) - 1),
+// `mb` fraction bits, subnormals. `ieee`: the top exponent holds inf and NaN (IEEE binary16,
+// OCP FP8 E5M2); otherwise only the all-ones pattern is NaN and there is no inf (OCP FP8
+// E4M3 "fn").
+double ref_minifloat(uint64_t bits, int eb, int mb, bool ieee) {
+  const uint64_t top = (uint64_t(1) << eb) - 1, fmask = (uint64_t(1) << mb) - 1;
+  const uint64_t e = (bits >> mb) & top, f = bits & fmask;
+  const int bias = int(top >> 1);
   double mag;
-  if (e == 31) mag = f == 0 ? std::numeric_limits<double>::infinity() : std::numeric_limits<double>::quiet_NaN();
-  else if (e == 0) mag = std::ldexp(f, -24);
-  else mag = std::ldexp(1024 + f, e - 25);
-  return (h & 0x8000) ? -mag : mag;
-}
-
-// OCP FP8 E5M2: bias 15, IEEE-like infinities and NaNs.
-double ref_e5m2(uint64_t b) {
-  const int e = int((b >> 2) & 31);
-  const double f = double(b & 3);
-  double mag;
-  if (e == 31) mag = f == 0 ? std::numeric_limits<double>::infinity() : std::numeric_limits<double>::quiet_NaN();
-  else if (e == 0) mag = std::ldexp(f, -16);
-  else mag = std::ldexp(4 + f, e - 17);
-  return (b & 0x80) ? -mag : mag;
-}
-
-// OCP FP8 E4M3 ("fn"): bias 7, no infinities, S.1111.111 is NaN.
-double ref_e4m3(uint64_t b) {
-  const int e = int((b >> 3) & 15);
-  const double f = double(b & 7);
-  double mag;
-  if (e == 15 && f == 7) mag = std::numeric_limits<double>::quiet_NaN();
-  else if (e == 0) mag = std::ldexp(f, -9);
-  else mag = std::ldexp(8 + f, e - 10);
-  return (b & 0x80) ? -mag : mag;
+  if ((ieee && e == top && f != 0) || (!ieee && e == top && f == fmask)) mag = std::numeric_limits<double>::quiet_NaN();
+  else if (ieee && e == top) mag = std::numeric_limits<double>::infinity();
+  else if (e == 0) mag = std::ldexp(double(f), 1 - bias - mb);
+  else mag = std::ldexp(double(f | (fmask + 1)), int(e) - bias - mb);
+  return ((bits >> (eb + mb)) & 1) ? -mag : mag;
 }
 
 // Element i of a floating entry, exactly, as double.
 double ref_float(const std::string& dt, const unsigned char* p) {
   if (dt == "F64") return std::bit_cast<double>(read_uint(p, 8));
   if (dt == "F32") return double(std::bit_cast<float>(uint32_t(read_uint(p, 4))));
-  if (dt == "F16") return ref_f16(read_uint(p, 2));
+  if (dt == "F16") return ref_minifloat(read_uint(p, 2), 5, 10, true);
   if (dt == "BF16") return double(std::bit_cast<float>(uint32_t(read_uint(p, 2)) << 16));
-  if (dt == "F8_E5M2") return ref_e5m2(p[0]);
-  return ref_e4m3(p[0]);
+  if (dt == "F8_E5M2") return ref_minifloat(p[0], 5, 2, true);
+  return ref_minifloat(p[0], 4, 3, false);
 }
 
 // Element i of an integer entry; `huge` is set for a U64 value beyond int64.
@@ -244,11 +227,6 @@ void check_metadata(const SafeTensors& st) {
 }
 
 }  // namespace
-
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  dimx_fuzz::single_threaded();
-  return 0;
-}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string bytes(reinterpret_cast<const char*>(data), size);
