@@ -178,6 +178,27 @@ class World {
     return false;
   }
 
+  // Whether element `idx` of a tensor over `dims` is data of some sequence: inside the lengths
+  // of every dynamic Dim of `dims` for one index of the lengths' Dims `dims` lacks (each Dim on
+  // its own may be valid for different sequences; together they may be nobody's frame).
+  bool data_somewhere(const Dims& dims, const Index& idx) const {
+    Dims missing;
+    for (const Dim& d : dims)
+      if (at(d).dynamic) missing = joined(missing, without(at(d).over, dims));
+    const Dims space = joined(dims, missing);
+    Index full = idx;
+    full.resize(space.size(), 0);
+    bool found = false;
+    for_each_index(missing, [&](const Index& m) {
+      std::copy(m.begin(), m.end(), full.begin() + long(dims.size()));
+      bool all = true;
+      for (size_t i = 0; i < dims.size() && all; ++i)
+        all = !at(dims[i]).dynamic || idx[i] < valid_len(dims[i], space, full);
+      found = found || all;
+    });
+    return found;
+  }
+
   // The Dims a tensor over `dims` gains when dynamic `d` is masked: its lengths' Dims it lacks.
   Dims gained(const Dim& d, const Dims& dims) const { return without(at(d).over, dims); }
 
@@ -682,14 +703,14 @@ void Harness::op_binary(bool with_scalar) {
   if (!refusal.empty()) return finish(Expect::fail, run, {}, nullptr);
   if (space_size(*out) > kMaxSpace) return;
 
-  // Integer division: refused for a zero divisor in a valid frame; zeros in padded frames are
-  // padding content and must not matter.
+  // Integer division: refused for a zero divisor in a frame that is some sequence's data; zeros
+  // elsewhere are padding content and must not matter.
   Expect ex = Expect::pass;
   if (is_int(dt) && (op == BinaryOp::floordiv || op == BinaryOp::mod)) {
     const std::vector<int64_t> bs = strides_in(b.ref.dims, b.ref.dims);
     for_each_index(b.ref.dims, [&](const Index& idx) {
       const Val& v = b.ref.vals[size_t(flat(bs, idx))];
-      if (w_.padding(b.ref.dims, idx)) return;
+      if (!w_.data_somewhere(b.ref.dims, idx)) return;
       if (!v.known && ex == Expect::pass) ex = Expect::either;
       if (v.known && v.i == 0) ex = Expect::fail;
     });
