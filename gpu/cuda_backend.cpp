@@ -75,7 +75,7 @@ class CudaBackend final : public backend::Backend {
 
   std::shared_ptr<Storage> allocate(size_t bytes) override {
     cudaStream_t s = stream();
-    auto st = std::make_shared<Storage>();
+    auto st = make_pooled<Storage>();
     st->bytes = bytes;
     st->device = Device::cuda(index_);
     void* p = nullptr;
