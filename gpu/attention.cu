@@ -9,7 +9,8 @@
 // tx * VN + TX VN g + c. A row group lies within one warp, so row maxima and sums are
 // shuffles. K and V tiles arrive by cp.async, each while the other half of the
 // iteration computes; causal and padded blocks stop at the last key any of their rows sees.
-// An additive bias (AttentionArgs::bias) is read where an energy is formed.
+// An additive bias (AttentionArgs::bias) is read where an energy is formed; dropout drops
+// weights (Philox by element index) after the row sums have taken them.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -114,6 +115,7 @@ __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs
   }
   const T sl2 = T(a.scale * 1.4426950408889634);  // energies in log2 units: exp2 below
   const BiasRows<T, T> bias(a, b);
+  const DropMask<T> drop(a, b0, b1);
 
   for (int j0 = 0; j0 < kmax; j0 += BN) {
     cp_async_wait1();  // Q and this K tile are in (this V tile may not be)
@@ -175,8 +177,9 @@ __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs
 #pragma unroll
       for (int e = 0; e < CN; ++e) {
         const T p = exp2_(s[i][e] - base);
-        sum += p;
-        Ps[(tx + TX * e) * LDP + ty * RM + i] = p;
+        sum += p;  // the softmax's sum: before dropout
+        Ps[(tx + TX * e) * LDP + ty * RM + i] =
+            drop.on && p != T(0) ? (drop.keep(i0 + ty * RM + i, j0 + tx + TX * e) ? p * drop.scale : T(0)) : p;
       }
       l[i] = l[i] * alpha + sum;  // per-thread partial sum; the row's total is summed at the end
 #pragma unroll

@@ -11,6 +11,8 @@
 //         waits for the previous key tile's block to have added its share), and the last key
 //         tile writes dQ. The order is fixed, so two runs give the same bits; blocks take
 //         their tiles from a counter in that order, so the block waited for is always running.
+// With dropout (the forward's mask, regenerated), dV = P~^T dO and dS = P (dP~ - Dr), where P~
+// and dP~ are P and dP with the dropped weights 0 and the kept ones scaled.
 // Plain FMA in the element type (exact fp32 / fp64), as the forward. With a bias, its gradient
 // is dS at each element the forward read, written by the block that owns the key (each
 // problem's part of it is its own: no two blocks add into one element).
@@ -182,6 +184,7 @@ __global__ void __launch_bounds__(kThreads, MINB)
   const T sl2 = T(a.scale * 1.4426950408889634);
   const int ta = threadIdx.x / 8, tb = threadIdx.x % 8;
   const BiasRows<T, T> bias(a, b);
+  const DropMask<T> drop(a, b0, b1);
   // The bias's gradient: dS itself at each (row, key) bias element, or its sum over the rows
   // where the bias is one per key (this thread's key threadIdx.x, summed in row order).
   T* dbias = dbias_part<T>(a, ga, b);
@@ -226,8 +229,15 @@ __global__ void __launch_bounds__(kThreads, MINB)
 #pragma unroll
       for (int e = 0; e < BM / 8; ++e) {
         const int row = tb + 8 * e, key = ta + 16 * i;
-        Ps[row * LDS + key] = p[i][e];
-        St[key * LDT + row] = j0 + key < len_s[row] ? p[i][e] * (dp[i][e] - dr_s[row]) : T(0);
+        // With dropout the output took the dropped weights: dV from them, dP through the mask.
+        T pd = p[i][e], dpd = dp[i][e];
+        if (drop.on && pd != T(0)) {
+          const bool kept = drop.keep(i0 + row, j0 + key);
+          pd = kept ? pd * drop.scale : T(0);
+          dpd = kept ? dpd * drop.scale : T(0);
+        }
+        Ps[row * LDS + key] = pd;
+        St[key * LDT + row] = j0 + key < len_s[row] ? p[i][e] * (dpd - dr_s[row]) : T(0);
       }
     __syncthreads();
     if (dbias) {

@@ -18,7 +18,10 @@
 // block in a fixed order: two runs give the same bits, with no atomics.
 // Weights and dS enter the products rounded to the element type, as in the usual flash
 // attention; everything else accumulates in f32. An additive bias is read where an energy is
-// formed; its gradient (f32) is written by the keys kernel from dS before rounding.
+// formed; its gradient (f32) is written by the keys kernel from dS before rounding. Dropout
+// regenerates its mask (Philox by element index) wherever a weight is formed: the forward drops
+// weights after the row sums, the backward takes dV from the dropped weights and dP through
+// the mask.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -209,6 +212,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
   }
   const float sl2 = float(a.scale * 1.4426950408889634);
   const BiasRows<T, float> bias(a, b);
+  const DropMask<float> drop(a, b0, b1);
   uint32_t qf[WM][D / 16][4];
 
   for (int j0 = 0; j0 < kmax; j0 += BN) {
@@ -258,6 +262,20 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
           s[m][n][e] = exp2f(s[m][n][e] - base[e / 2]);
           sum[e / 2] += s[m][n][e];
         }
+      if (drop.on) {  // after the sums: the softmax is taken before dropout
+#pragma unroll
+        for (int n = 0; n < NT; ++n)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            philox::KeepStream keep = drop.stream();  // keys 2t and 2t + 1 mostly share a counter
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              float& w = s[m][n][2 * h + c];
+              if (w != 0.f)
+                w = keep(drop.index(r0 + 16 * m + 8 * h, j0 + 8 * n + 2 * t + c)) ? w * drop.scale : 0.f;
+            }
+          }
+      }
 #pragma unroll
       for (int h = 0; h < 2; ++h) l[m][h] = l[m][h] * alpha[h] + sum[h];  // the quad's partial sums
 #pragma unroll
@@ -359,6 +377,7 @@ __global__ void __launch_bounds__(kThreads)
   const float sl2 = float(a.scale * 1.4426950408889634);
   const int key0 = j0 + warp * 16 * WM + g;  // this thread's keys: key0 + 16 m + 8 h
   const BiasRows<T, float> bias(a, b);
+  const DropMask<float> drop(a, b0, b1);
   // The bias's gradient (f32): dS itself at each (row, key) element, or, for a bias over the
   // keys alone, the sum over the rows (the thread's partial sums, then over its quad).
   float* dbias = dbias_part<float>(a, ga, b);
@@ -404,8 +423,14 @@ __global__ void __launch_bounds__(kThreads)
           const int r = 8 * n + 2 * t + (e & 1), key = key0 + 16 * m + 8 * (e / 2);
           const bool seen = key < len_s[buf][r];
           const float p = seen ? exp2f(s[m][n][e] * sl2 + bias(i0 + r, key) - lse_s[buf][r]) : 0.f;
+          float dpd = dp[m][n][e];
           s[m][n][e] = p;
-          dp[m][n][e] = seen ? p * (dp[m][n][e] - dr_s[buf][r]) : 0.f;
+          if (drop.on && p != 0.f) {  // dV from the dropped weights, dP through the mask
+            const bool kept = drop.keep(i0 + r, key);
+            s[m][n][e] = kept ? p * drop.scale : 0.f;
+            dpd = kept ? dpd * drop.scale : 0.f;
+          }
+          dp[m][n][e] = seen ? p * (dpd - dr_s[buf][r]) : 0.f;
           if (dbias && seen) {
             if (a.bias_rs != 0) dbias[(i0 + r) * a.bias_rs + int64_t(key) * a.bias_cs] += dp[m][n][e];
             else dbias_key[m][e / 2] += dp[m][n][e];
@@ -503,6 +528,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int e = 0; e < 4; ++e) dq[m][n][e] = 0.f;
   const float sl2 = float(a.scale * 1.4426950408889634);
   const BiasRows<T, float> bias(a, b);
+  const DropMask<float> drop(a, b0, b1);
   uint32_t qf[WM][D / 16][4], gf[WM][D / 16][4];
 
   for (int j0 = 0; j0 < kmax; j0 += BK) {
@@ -537,7 +563,9 @@ __global__ void __launch_bounds__(kThreads)
           const int key = j0 + 8 * n + 2 * t + (e & 1), h = e / 2;
           const bool seen = key < len[m][h];
           const float p = seen ? exp2f(s[m][n][e] * sl2 + bias(r0 + 16 * m + 8 * h, key) - lse[m][h]) : 0.f;
-          dp[m][n][e] = seen ? p * (dp[m][n][e] - drr[m][h]) : 0.f;
+          float dpd = dp[m][n][e];
+          if (drop.on && p != 0.f) dpd = drop.keep(r0 + 16 * m + 8 * h, key) ? dpd * drop.scale : 0.f;
+          dp[m][n][e] = seen ? p * (dpd - drr[m][h]) : 0.f;
         }
       as_operand<T, NT>(pf[m], dp[m]);
     }

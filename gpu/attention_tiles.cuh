@@ -7,6 +7,7 @@
 
 #include "float_types.cuh"
 #include "launch.h"
+#include "philox.h"
 
 namespace dimx::gpu::attention_tiles {
 
@@ -74,6 +75,33 @@ struct BiasRows {
   }
   // The term of (r, j); 0 without a bias.
   __device__ __forceinline__ C operator()(int64_t r, int64_t j) const { return base ? at(row(r), j) : C(0); }
+};
+
+// The dropout mask of problem (b0, b1) (AttentionArgs' drop fields); `on` false without dropout.
+// Elements are regenerated where they are needed (the backward draws the forward's mask).
+template <class C>
+struct DropMask {
+  uint64_t seed, offset, threshold;
+  int64_t base, rs, cs;
+  C scale;  // 1 / (1 - p): the kept weights' factor
+  bool on, f64;
+  __device__ DropMask(const AttentionArgs& a, int64_t b0, int64_t b1)
+      : seed(a.drop_seed),
+        offset(a.drop_offset),
+        threshold(a.drop_threshold),
+        base(b0 * a.drop_s0 + b1 * a.drop_s1),
+        rs(a.drop_rs),
+        cs(a.drop_cs),
+        scale(C(a.drop_scale)),
+        on(a.drop_p > 0),
+        f64(a.drop_f64) {}
+  __device__ __forceinline__ philox::KeepStream stream() const { return {seed, offset, threshold, f64}; }
+  __device__ __forceinline__ uint64_t index(int64_t r, int64_t j) const { return uint64_t(base + r * rs + j * cs); }
+  // Whether weight (r, j) is kept.
+  __device__ __forceinline__ bool keep(int64_t r, int64_t j) const {
+    philox::KeepStream s = stream();
+    return s(index(r, j));
+  }
 };
 
 // Where problem b's part of the bias gradient starts (null: none wanted, or the bias

@@ -194,7 +194,10 @@ class CudaBackend final : public backend::Backend {
                          a.v.data, a.v.batch_stride[0], a.v.batch_stride[1], a.v.row_stride,
                          a.out, a.out_batch_stride[0], a.out_batch_stride[1], a.out_row_stride,
                          a.key_lengths, a.lse,
-                         a.bias.data, a.bias.batch_offset, a.bias.row_stride, a.bias.col_stride};
+                         a.bias.data, a.bias.batch_offset, a.bias.row_stride, a.bias.col_stride,
+                         a.dropout.p, a.dropout.scale, a.dropout.seed, a.dropout.offset, a.dropout.threshold,
+                         a.dropout.stride[0], a.dropout.stride[1], a.dropout.row_stride, a.dropout.col_stride,
+                         a.dropout.f64};
   }
   bool attention_takes_bias() const override { return true; }
   // Measured on the H200 (BEATs layer, B=8 T=1024 H=12, f32): the exact f32/f64 kernels reading

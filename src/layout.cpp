@@ -67,22 +67,27 @@ int64_t checked_add(const char* op, int64_t a, int64_t b, const std::string& wha
   return r;
 }
 
-bool merged_stride(const Tensor& t, std::span<const Dim> group, int64_t& extent, int64_t& stride) {
+bool merged_stride(const Dims& dims, std::span<const int64_t> strides, std::span<const Dim> group, int64_t& extent,
+                   int64_t& stride) {
   extent = 1;
   stride = 0;
   int64_t expect = -1;
-  const TensorImpl& ti = t.impl();
   for (size_t i = group.size(); i-- > 0;) {
     const int64_t e = group[i].extent();
     extent *= e;
     if (e == 1) continue;
-    const auto it = std::find(ti.dims.begin(), ti.dims.end(), group[i]);
-    const int64_t s = it == ti.dims.end() ? 0 : ti.strides[size_t(it - ti.dims.begin())];
+    const auto it = std::find(dims.begin(), dims.end(), group[i]);
+    const int64_t s = it == dims.end() ? 0 : strides[size_t(it - dims.begin())];
     if (expect < 0) stride = s;
     else if (s != expect) return false;
     expect = s * e;
   }
   return true;
+}
+
+bool merged_stride(const Tensor& t, std::span<const Dim> group, int64_t& extent, int64_t& stride) {
+  const TensorImpl& ti = t.impl();
+  return merged_stride(ti.dims, {ti.strides.data(), ti.strides.size()}, group, extent, stride);
 }
 
 Strides contiguous_strides(const Shape& shape) {

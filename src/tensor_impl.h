@@ -71,6 +71,9 @@ Strides aligned_strides(const TensorImpl& t, const Dims& out);
 // Extent and stride of `group` as one row-major index of t (stride 0 where t lacks a Dim);
 // false if t's strides do not allow it. Extent-1 Dims are ignored.
 bool merged_stride(const Tensor& t, std::span<const Dim> group, int64_t& extent, int64_t& stride);
+// The same over a layout given as Dims and their strides.
+bool merged_stride(const Dims& dims, std::span<const int64_t> strides, std::span<const Dim> group, int64_t& extent,
+                   int64_t& stride);
 inline bool merged_stride(const Tensor& t, const Dims& group, int64_t& extent, int64_t& stride) {
   return merged_stride(t, std::span<const Dim>(group.data(), group.size()), extent, stride);
 }

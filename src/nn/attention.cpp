@@ -4,6 +4,7 @@
 #include <dimx/shape.h>
 #include <dimx/softmax.h>
 
+#include <dimx/random.h>
 #include <dimx/reduce.h>
 
 #include <algorithm>
@@ -18,6 +19,7 @@
 #include "autograd.h"
 #include "backend.h"
 #include "half_compute.h"
+#include "philox.h"
 #include "softmax_grad.h"
 #include "tensor_impl.h"
 
@@ -76,6 +78,55 @@ Tensor inner(const Tensor& t, const Dims& last) {
   if (merged_stride(t, last, e, s) && (s == 1 || e <= 1)) return t;
   return t.transpose_to(cat(minus_dims(t.dims(), last), last));
 }
+
+// Attention dropout in training: the mask that dropout() draws over the weights' Dims (in
+// creation order, less those it broadcasts over) at the counters reserved for it here, so that
+// the fused kernels (which regenerate it per element, backend::Attention::Dropout) and the
+// unfused path drop the same weights.
+struct DropoutPlan {
+  double p = 0;
+  uint64_t seed = 0, offset = 0;
+  Dims mask;                 // sorted by creation
+  DType dtype = DType::f32;  // of the mask's values: f64 for f64 weights, else f32 (as dropout())
+
+  bool active() const { return p > 0; }
+  // The kept weights, true over `mask`.
+  Tensor keep(Device device) const {
+    Generator g(seed);
+    g.advance(offset);
+    return random_uniform(mask, g, 0, 1, dtype, device) >= p;
+  }
+  // Weights after dropout: the kept ones scaled by 1 / (1 - p), the others 0.
+  Tensor apply(const Tensor& w) const { return where(keep(w.device()), w * (1.0 / (1.0 - p)), 0.0); }
+
+  // The primitive's descriptor for problems over groups g0, g1, queries `query` and keys
+  // kv_axis; false where the mask's index is not linear in those (a group's Dims not adjacent
+  // in the mask's order).
+  bool describe(const Dims& g0, const Dims& g1, const Dims& query, const Dim& kv_axis,
+                backend::Attention::Dropout& out) const {
+    Strides strides(mask.size());
+    int64_t acc = 1;
+    for (size_t i = mask.size(); i-- > 0;) {
+      strides[i] = acc;
+      acc *= mask[i].extent();
+    }
+    const std::span<const int64_t> ms(strides.data(), strides.size());
+    int64_t e;
+    const Dims key{kv_axis};
+    if (!merged_stride(mask, ms, {g0.data(), g0.size()}, e, out.stride[0]) ||
+        !merged_stride(mask, ms, {g1.data(), g1.size()}, e, out.stride[1]) ||
+        !merged_stride(mask, ms, {query.data(), query.size()}, e, out.row_stride) ||
+        !merged_stride(mask, ms, {key.data(), key.size()}, e, out.col_stride))
+      return false;
+    out.p = p;
+    out.scale = 1.0 / (1.0 - p);
+    out.seed = seed;
+    out.offset = offset;
+    out.f64 = dtype == DType::f64;
+    out.threshold = philox::keep_threshold(p, out.f64);
+    return true;
+  }
+};
 
 // A call of the device's fused primitive: the output and what its backward needs (the
 // operands as laid out for the primitive, the lengths and the rows' log-sum-exp, which the
@@ -138,7 +189,7 @@ bool bias_operand(const Tensor& bias, const Dims& g0, const Dims& g1, const Dims
 // it or the device has no kernel for it. q, k, v already have the key Dim kv_axis. with_lse:
 // keep the rows' log-sum-exp for a fused backward.
 Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, const Tensor& bias, const Dim& key_dim,
-                      const Dim& kv_axis, double scale, bool with_lse) {
+                      const Dim& kv_axis, double scale, const DropoutPlan& drop, bool with_lse) {
   const DType dt = q0.dtype();
   if (!is_floating(dt) && !is_half(dt)) return {};
   if (k0.dtype() != dt || v0.dtype() != dt || (bias.defined() && bias.dtype() != dt)) return {};
@@ -223,6 +274,7 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
   if (bias.defined() &&
       !bias_operand(bias, g0, g1, batch, query, kv_axis, q.device(), f.bias, f.bias_offsets, a.bias))
     return {};
+  if (drop.active() && !drop.describe(g0, g1, query, kv_axis, a.dropout)) return {};
   if (with_lse) {
     f.lse = empty({Dim(a.batch[0] * a.batch[1] * tq, "attention_rows")}, is_half(dt) ? DType::f32 : dt, q.device(),
                   "dot_attention");
@@ -393,16 +445,20 @@ std::optional<Tensor> packed_source(const Fused& f, const Tensor& q, const Tenso
 
 // The gradients of q, k, v (those asked for) with dimx ops, recomputing the weights from q and k.
 std::vector<Tensor> unfused_grads(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
-                                  const Tensor& g, const Dim& key_dim, const Dim& kv_axis, double scale, bool need_q,
-                                  bool need_k, bool need_v, bool need_bias) {
+                                  const Tensor& g, const Dim& key_dim, const Dim& kv_axis, double scale,
+                                  const DropoutPlan& drop, bool need_q, bool need_k, bool need_v, bool need_bias) {
   Tensor qs = q * scale;
   Tensor w = softmax(bias.defined() ? matmul(qs, k, key_dim) + bias : matmul(qs, k, key_dim), kv_axis);
-  // out = matmul(w, v, kv_axis): as matmul's own backward. Every contraction masks padded
-  // frames (select, never 0 * NaN), and the energies' gradient is 0 on padded keys (softmax's
-  // fused backward). Only the gradients asked for are computed.
-  Tensor gv = need_v ? sum_to(matmul(w, g, minus_dims(w.dims(), v.dims())), v) : Tensor();
+  // out = matmul(dropout(w), v, kv_axis): as matmul's own backward. Every contraction masks
+  // padded frames (select, never 0 * NaN), and the energies' gradient is 0 on padded keys
+  // (softmax's fused backward). Only the gradients asked for are computed.
+  const Tensor keep = drop.active() ? drop.keep(q.device()) : Tensor();
+  const double kept_scale = drop.active() ? 1.0 / (1.0 - drop.p) : 1.0;
+  const Tensor wd = drop.active() ? where(keep, w * kept_scale, 0.0) : w;
+  Tensor gv = need_v ? sum_to(matmul(wd, g, minus_dims(wd.dims(), v.dims())), v) : Tensor();
   if (!need_q && !need_k && !need_bias) return std::vector<Tensor>{Tensor(), Tensor(), gv, Tensor()};
   Tensor gw = sum_to(matmul(g, v, minus_dims(v.dims(), w.dims())), w);
+  if (drop.active()) gw = where(keep, gw * kept_scale, 0.0);
   Tensor ge = softmax_backward(false, w, gw, kv_axis, true);
   Tensor gq = need_q ? sum_to(matmul(ge, k, minus_dims(k.dims(), qs.dims())), qs) * scale : Tensor();
   Tensor gk = need_k ? sum_to(matmul(qs, ge, minus_dims(qs.dims(), k.dims())), k) : Tensor();
@@ -423,14 +479,14 @@ bool fused_by_default() {
 // The fused forward with a node whose backward is the device's fused backward where it has
 // one, else recomputes the weights from q and k with dimx ops.
 Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, const Dim& key_dim,
-                       const Dim& kv_axis, double scale) {
+                       const Dim& kv_axis, double scale, const DropoutPlan& drop) {
   const bool grad = needs_grad({&q, &k, &v, &bias});
-  Fused f = fused_attention(q, k, v, bias, key_dim, kv_axis, scale, grad);
+  Fused f = fused_attention(q, k, v, bias, key_dim, kv_axis, scale, drop, grad);
   if (!f.out.defined() || !grad) return f.out;
   Tensor out = f.out;
   std::optional<Tensor> src = bias.defined() ? std::nullopt : packed_source(f, q, k, v);
   if (src) {
-    return record("dot_attention", out, {*src}, [f = std::move(f), q, k, v, src = *src, key_dim, kv_axis, scale](
+    return record("dot_attention", out, {*src}, [f = std::move(f), q, k, v, src = *src, key_dim, kv_axis, scale, drop](
                                                   const Tensor& g) {
       Tensor d = empty(src.dims(), src.dtype(), src.device(), "dot_attention");
       if (fused_backward(f, g, key_dim, kv_axis, true, true, true, false, &d, &src)) {
@@ -441,7 +497,7 @@ Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const 
                           " with these Dims (q " + q.str() + ", k " + k.str() + ", v " + v.str() + ")");
       // Each unfused gradient copied into its slice's frames of the buffer (they tile it).
       const std::vector<Tensor> gs =
-          unfused_grads(q, k, v, Tensor(), g, key_dim, kv_axis, scale, true, true, true, false);
+          unfused_grads(q, k, v, Tensor(), g, key_dim, kv_axis, scale, drop, true, true, true, false);
       for (size_t i = 0; i < 3; ++i) {
         const Tensor& t = i == 0 ? q : i == 1 ? k : v;
         const Tensor view = same_place(d, t, src);
@@ -457,7 +513,7 @@ Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const 
   std::vector<Tensor> inputs{q, k, v};
   if (bias.defined()) inputs.push_back(bias);
   return record("dot_attention", out, inputs,
-                [f = std::move(f), q, k, v, bias, key_dim, kv_axis, scale, need_q, need_k, need_v, need_bias](
+                [f = std::move(f), q, k, v, bias, key_dim, kv_axis, scale, drop, need_q, need_k, need_v, need_bias](
                     const Tensor& g) {
     std::vector<Tensor> r;
     if (auto fused = fused_backward(f, g, key_dim, kv_axis, need_q, need_k, need_v, need_bias)) {
@@ -468,7 +524,7 @@ Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const 
       fell_back(true, "the device has no fused backward for " + std::string(dtype_name(q.dtype())) +
                           " with these Dims, or k or v broadcasts over a batch Dim (q " + q.str() + ", k " + k.str() +
                           ", v " + v.str() + ")");
-      r = unfused_grads(q, k, v, bias, g, key_dim, kv_axis, scale, need_q, need_k, need_v, need_bias);
+      r = unfused_grads(q, k, v, bias, g, key_dim, kv_axis, scale, drop, need_q, need_k, need_v, need_bias);
     }
     if (!bias.defined()) r.pop_back();
     return r;
@@ -578,35 +634,44 @@ Tensor dot_attention(const Tensor& q, const Tensor& k0, const Tensor& v0, const 
     fail("dot_attention: scale must be finite, got " + std::to_string(scale) + " (q = " + q.str() + ")");
   if (!(o.att_dropout >= 0 && o.att_dropout < 1))
     fail("dot_attention: att_dropout must be in [0, 1), got " + std::to_string(o.att_dropout));
-  const bool dropout_active = o.att_dropout > 0 && o.training;
+  // Dropout in training: its mask's counters are reserved here, whichever path runs.
+  DropoutPlan drop;
+  if (o.att_dropout > 0 && o.training) {
+    const Dims weights = union_dims(minus_dims(q.dims(), {key_dim}), minus_dims(k.dims(), {key_dim}));
+    drop.mask = o.att_dropout_broadcast ? Dims{kv_axis} : weights;
+    std::sort(drop.mask.begin(), drop.mask.end());
+    drop.dtype = q.dtype() == DType::f64 ? DType::f64 : DType::f32;
+    const int64_t n = checked_numel(op, drop.mask);
+    const int64_t per = philox::values_per_counter(drop.dtype);
+    drop.p = o.att_dropout;
+    drop.seed = o.gen->seed();
+    drop.offset = o.gen->advance(uint64_t((n + per - 1) / per));
+  }
   const bool want_fused = o.fused.value_or(fused_by_default());
-  if (want_fused && dropout_active) fell_back(false, "attention dropout in training");
-  if (!dropout_active && want_fused) {
+  if (want_fused) {
     check_same_device(op, q, k);
     check_same_device(op, q, v);
     // The CPU computes bf16/f16 attention in f32 (half_compute.h), rounding the output once.
     const bool widen = is_half(q.dtype()) && q.device().is_cpu() && k.dtype() == q.dtype() && v.dtype() == q.dtype();
     Tensor out = widen ? round_to(fused_with_grad(widen_half(q), widen_half(k), widen_half(v), widen_half(bias), key_dim,
-                                                  kv_axis, scale),
+                                                  kv_axis, scale, drop),
                                   q.dtype())
-                       : fused_with_grad(q, k, v, bias, key_dim, kv_axis, scale);
+                       : fused_with_grad(q, k, v, bias, key_dim, kv_axis, scale, drop);
     if (out.defined()) {
       g_fused_fwd.fetch_add(1, std::memory_order_relaxed);
       return out;
     }
     fell_back(false, "no fused kernel for " + std::string(dtype_name(q.dtype())) + " on " + q.device().str() +
                          " with these Dims" + (bias.defined() ? " and a bias (" + bias.str() + ")" : std::string()) +
-                         " (q " + q.str() + ", k " + k.str() + ", v " + v.str() + ", key Dim " + kv_axis.str() + ")");
-  } else if (!want_fused) {
+                         (drop.active() ? " and dropout" : "") + " (q " + q.str() + ", k " + k.str() + ", v " +
+                         v.str() + ", key Dim " + kv_axis.str() + ")");
+  } else {
     g_unfused_fwd.fetch_add(1, std::memory_order_relaxed);
   }
   Tensor energy = matmul(q * scale, k, key_dim);
   if (bias.defined()) energy = energy + bias;
   Tensor weights = softmax(energy, kv_axis);
-  if (o.att_dropout > 0 && o.training) {
-    Dims broadcast = o.att_dropout_broadcast ? minus_dims(weights.dims(), {kv_axis}) : Dims{};
-    weights = dropout(weights, o.att_dropout, *o.gen, true, broadcast);
-  }
+  if (drop.active()) weights = drop.apply(weights);
   // The weights are 0 on padded keys already; matmul's mask keeps padded values out too.
   return matmul(weights, v, kv_axis);
 }
