@@ -161,7 +161,7 @@ __device__ __forceinline__ void as_operand(uint32_t (&pf)[NT / 2][4], const floa
 
 // The forward: 4 warps of WM tiles of 16 queries each (BM = 64 WM queries per block), key
 // tiles of BN.
-template <class T, int D, int WM, int BN>
+template <class T, int D, int WM, int BN, bool EXTRA>
 __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
   constexpr int LD = D + 8, NT = BN / 8, BM = 64 * WM;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -211,8 +211,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
     l[m][0] = l[m][1] = 0.f;
   }
   const float sl2 = float(a.scale * 1.4426950408889634);
-  const BiasRows<T, float> bias(a, b);
-  const DropMask<float> drop(a, b0, b1);
+  const BiasRows<T, float> bias(a, b, EXTRA);
+  const DropMask<float> drop(a, b0, b1, EXTRA);
   uint32_t qf[WM][D / 16][4];
 
   for (int j0 = 0; j0 < kmax; j0 += BN) {
@@ -321,7 +321,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
 
 // dK and dV of BK = 64 WM keys of one problem (WM tiles of 16 per warp), walking the query
 // tiles (BQ queries, two stages in shared memory) that see any of them.
-template <class T, int D, int WM, int BQ>
+template <class T, int D, int WM, int BQ, bool EXTRA>
 __global__ void __launch_bounds__(kThreads)
     keys_kernel(AttentionArgs a, AttentionGradArgs ga, const float* dr, const int* row_len, const int* tile_kmax) {
   constexpr int LD = D + 8, NT = BQ / 8, BK = 64 * WM;
@@ -376,11 +376,11 @@ __global__ void __launch_bounds__(kThreads)
       for (int e = 0; e < 4; ++e) dk[m][n][e] = dvv[m][n][e] = 0.f;
   const float sl2 = float(a.scale * 1.4426950408889634);
   const int key0 = j0 + warp * 16 * WM + g;  // this thread's keys: key0 + 16 m + 8 h
-  const BiasRows<T, float> bias(a, b);
-  const DropMask<float> drop(a, b0, b1);
+  const BiasRows<T, float> bias(a, b, EXTRA);
+  const DropMask<float> drop(a, b0, b1, EXTRA);
   // The bias's gradient (f32): dS itself at each (row, key) element, or, for a bias over the
   // keys alone, the sum over the rows (the thread's partial sums, then over its quad).
-  float* dbias = dbias_part<float>(a, ga, b);
+  float* dbias = dbias_part<float>(a, ga, b, EXTRA);
   float dbias_key[WM][2] = {};
 
   for (int buf = 0; it < qtiles; buf ^= 1) {
@@ -475,7 +475,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // dQ of BM = 64 WM queries of one problem (WM tiles of 16 per warp), walking their keys in
 // tiles of BK.
-template <class T, int D, int WM, int BK>
+template <class T, int D, int WM, int BK, bool EXTRA>
 __global__ void __launch_bounds__(kThreads)
     queries_kernel(AttentionArgs a, AttentionGradArgs ga, const float* dr, const int* row_len, const int* tile_kmax) {
   constexpr int LD = D + 8, NT = BK / 8, BM = 64 * WM;
@@ -527,8 +527,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int e = 0; e < 4; ++e) dq[m][n][e] = 0.f;
   const float sl2 = float(a.scale * 1.4426950408889634);
-  const BiasRows<T, float> bias(a, b);
-  const DropMask<float> drop(a, b0, b1);
+  const BiasRows<T, float> bias(a, b, EXTRA);
+  const DropMask<float> drop(a, b0, b1, EXTRA);
   uint32_t qf[WM][D / 16][4], gf[WM][D / 16][4];
 
   for (int j0 = 0; j0 < kmax; j0 += BK) {
@@ -557,16 +557,25 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int m = 0; m < WM; ++m) {
 #pragma unroll
-      for (int n = 0; n < NT; ++n)
+      for (int n = 0; n < NT; ++n) {
+        bool kept[4] = {true, true, true, true};
+        if (drop.on) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            philox::KeepStream keep = drop.stream();  // keys 2t and 2t + 1 mostly share a counter
+#pragma unroll
+            for (int c = 0; c < 2; ++c) kept[2 * h + c] = keep(drop.index(r0 + 16 * m + 8 * h, j0 + 8 * n + 2 * t + c));
+          }
+        }
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int key = j0 + 8 * n + 2 * t + (e & 1), h = e / 2;
           const bool seen = key < len[m][h];
           const float p = seen ? exp2f(s[m][n][e] * sl2 + bias(r0 + 16 * m + 8 * h, key) - lse[m][h]) : 0.f;
-          float dpd = dp[m][n][e];
-          if (drop.on && p != 0.f) dpd = drop.keep(r0 + 16 * m + 8 * h, key) ? dpd * drop.scale : 0.f;
+          const float dpd = kept[e] ? dp[m][n][e] * (drop.on ? drop.scale : 1.f) : 0.f;
           dp[m][n][e] = seen ? p * (dpd - drr[m][h]) : 0.f;
         }
+      }
       as_operand<T, NT>(pf[m], dp[m]);
     }
     weights_times_rows<T, D, BK, LD, WM>(dq, pf, Ks, 0);  // dQ += dS K
@@ -618,19 +627,19 @@ bool aligned(const AttentionArgs& a, const AttentionGradArgs* ga) {
   return ok;
 }
 
-template <class T, int D, int WM, int BN>
+template <class T, int D, int WM, int BN, bool EXTRA>
 void forward(const AttentionArgs& a, cudaStream_t s) {
   constexpr int BM = 64 * WM;
   constexpr size_t smem = sizeof(T) * size_t((BM + 2 * BN) * (D + 8));
-  set_smem(forward_kernel<T, D, WM, BN>, smem, "dot_attention");
+  set_smem(forward_kernel<T, D, WM, BN, EXTRA>, smem, "dot_attention");
   const dim3 grid(unsigned(a.batch0 * a.batch1), unsigned((a.tq + BM - 1) / BM));
-  forward_kernel<T, D, WM, BN><<<grid, kThreads, smem, s>>>(a);
+  forward_kernel<T, D, WM, BN, EXTRA><<<grid, kThreads, smem, s>>>(a);
   check_launch("dot_attention");
 }
 
 // Backward tiles: WK key tiles of 16 per warp and query tiles of BQ in the keys kernel, WQ
 // query tiles per warp and key tiles of BK in the queries kernel.
-template <class T, int D, int WK, int BQ, int WQ, int BK>
+template <class T, int D, int WK, int BQ, int WQ, int BK, bool EXTRA>
 void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s) {
   static_assert(kTile % BQ == 0, "query tiles of the keys kernel divide the row tiles");
   const int64_t problems = a.batch0 * a.batch1, rtiles = (a.tq + kTile - 1) / kTile;
@@ -652,18 +661,25 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
   check_launch("dot_attention backward (rows)");
   if (ga.dk || ga.dv || ga.dbias) {
     constexpr size_t smem = sizeof(T) * size_t((2 * 64 * WK + 4 * BQ) * (D + 8));
-    set_smem(keys_kernel<T, D, WK, BQ>, smem, "dot_attention backward");
-    keys_kernel<T, D, WK, BQ><<<unsigned(problems * kblocks), kThreads, smem, s>>>(a, ga, dr, row_len, tile_kmax);
+    set_smem(keys_kernel<T, D, WK, BQ, EXTRA>, smem, "dot_attention backward");
+    keys_kernel<T, D, WK, BQ, EXTRA><<<unsigned(problems * kblocks), kThreads, smem, s>>>(a, ga, dr, row_len, tile_kmax);
     check_launch("dot_attention backward (keys)");
   }
   if (ga.dq) {
     constexpr size_t smem = sizeof(T) * size_t((2 * 64 * WQ + 2 * BK) * (D + 8));
-    set_smem(queries_kernel<T, D, WQ, BK>, smem, "dot_attention backward");
-    queries_kernel<T, D, WQ, BK><<<dim3(unsigned(problems), unsigned(qblocks)), kThreads, smem, s>>>(a, ga, dr, row_len,
+    set_smem(queries_kernel<T, D, WQ, BK, EXTRA>, smem, "dot_attention backward");
+    queries_kernel<T, D, WQ, BK, EXTRA><<<dim3(unsigned(problems), unsigned(qblocks)), kThreads, smem, s>>>(a, ga, dr, row_len,
                                                                                                   tile_kmax);
     check_launch("dot_attention backward (queries)");
   }
   cudaFreeAsync(scratch, s);
+}
+
+template <class T, bool EXTRA>
+bool run(const AttentionArgs& a, const AttentionGradArgs* ga, int64_t width, cudaStream_t s) {
+  if (width <= 64) ga ? backward<T, 64, 2, 32, 2, 32, EXTRA>(a, *ga, s) : forward<T, 64, 2, 64, EXTRA>(a, s);
+  else ga ? backward<T, 128, 1, 64, 1, 64, EXTRA>(a, *ga, s) : forward<T, 128, 1, 64, EXTRA>(a, s);
+  return true;
 }
 
 template <class T>
@@ -673,9 +689,8 @@ bool dispatch_width(const AttentionArgs& a, const AttentionGradArgs* ga, cudaStr
   if ((a.tq + kTile - 1) / kTile > 65535 || a.batch0 * a.batch1 > 0x7fffffff) return false;
   // Forward: 32 queries per warp up to head size 64 (each K and V operand serves two row
   // tiles, halving the shared-memory reads per product), 16 above (registers).
-  if (width <= 64) ga ? backward<T, 64, 2, 32, 2, 32>(a, *ga, s) : forward<T, 64, 2, 64>(a, s);
-  else ga ? backward<T, 128, 1, 64, 1, 64>(a, *ga, s) : forward<T, 128, 1, 64>(a, s);
-  return true;
+  if (attention_extras(a)) return run<T, true>(a, ga, width, s);
+  return run<T, false>(a, ga, width, s);
 }
 
 }  // namespace

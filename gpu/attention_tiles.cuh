@@ -64,8 +64,9 @@ template <class T, class C>
 struct BiasRows {
   const T* base;  // null: no bias
   int64_t rs, cs;
-  __device__ BiasRows(const AttentionArgs& a, int64_t b)
-      : base(a.bias ? static_cast<const T*>(a.bias) + (a.bias_off ? a.bias_off[b] : 0) : nullptr),
+  // enabled: a compile-time constant of the kernel (false: no bias, and its code folds away).
+  __device__ BiasRows(const AttentionArgs& a, int64_t b, bool enabled)
+      : base(enabled && a.bias ? static_cast<const T*>(a.bias) + (a.bias_off ? a.bias_off[b] : 0) : nullptr),
         rs(a.bias_rs),
         cs(a.bias_cs) {}
   // Row r's start (base non-null), and key j of such a row.
@@ -85,7 +86,8 @@ struct DropMask {
   int64_t base, rs, cs;
   C scale;  // 1 / (1 - p): the kept weights' factor
   bool on, f64;
-  __device__ DropMask(const AttentionArgs& a, int64_t b0, int64_t b1)
+  // enabled: as BiasRows's.
+  __device__ DropMask(const AttentionArgs& a, int64_t b0, int64_t b1, bool enabled)
       : seed(a.drop_seed),
         offset(a.drop_offset),
         threshold(a.drop_threshold),
@@ -93,7 +95,7 @@ struct DropMask {
         rs(a.drop_rs),
         cs(a.drop_cs),
         scale(C(a.drop_scale)),
-        on(a.drop_p > 0),
+        on(enabled && a.drop_p > 0),
         f64(a.drop_f64) {}
   __device__ __forceinline__ philox::KeepStream stream() const { return {seed, offset, threshold, f64}; }
   __device__ __forceinline__ uint64_t index(int64_t r, int64_t j) const { return uint64_t(base + r * rs + j * cs); }
@@ -104,11 +106,15 @@ struct DropMask {
   }
 };
 
+// Whether a call needs the kernels' bias and dropout code (their EXTRA variants): the plain
+// variants leave it out, so that it costs no registers where neither is asked for.
+inline bool attention_extras(const AttentionArgs& a) { return a.bias || a.drop_p > 0; }
+
 // Where problem b's part of the bias gradient starts (null: none wanted, or the bias
 // broadcasts over keys, where the gradient is exactly 0: each row's dS sums to 0).
 template <class G>
-__device__ __forceinline__ G* dbias_part(const AttentionArgs& a, const AttentionGradArgs& ga, int64_t b) {
-  if (!ga.dbias || a.bias_cs == 0) return nullptr;
+__device__ __forceinline__ G* dbias_part(const AttentionArgs& a, const AttentionGradArgs& ga, int64_t b, bool enabled) {
+  if (!enabled || !ga.dbias || a.bias_cs == 0) return nullptr;
   const int64_t* off = ga.dbias_off ? ga.dbias_off : a.bias_off;
   return static_cast<G*>(ga.dbias) + (off ? off[b] : 0);
 }

@@ -80,6 +80,32 @@ TEST_CASE("dot_attention: self-attention over padded sequences matches a naive l
   check_valid(s, out, naive(s, q, k, v, false));
 }
 
+TEST_CASE("dimx::dot_attention: the op over a key Dim of k and v's own, and its errors", "[attention]") {
+  // The op itself: k and v carry the keys' Dim (here causal), the scale is explicit.
+  Setup s;
+  Tensor q = rnd({s.batch, s.time, s.heads, s.key}, 4), k = rnd({s.batch, s.time, s.heads, s.key}, 5);
+  Tensor v = rnd({s.batch, s.time, s.heads, s.value}, 6);
+  const Dim keys = nn::causal_key_dim(s.time, s.time);
+  const Tensor kc = replace_dim(k, s.time, keys).first, vc = replace_dim(v, s.time, keys).first;
+  AttentionOptions o;
+  o.scale = 0.5;  // 1 / sqrt(4)
+  o.fused = GENERATE(false, true);
+  check_valid(s, dot_attention(q, kc, vc, s.key, keys, o), naive(s, q, k, v, true));
+  // q with the keys' Dim, dropout without a Generator or out of range, a bias over a Dim q lacks.
+  CHECK_THROWS_WITH(dot_attention(kc, kc, vc, s.key, keys, o),
+                    Catch::Contains("dot_attention") && Catch::Contains("must not have the keys' Dim"));
+  AttentionOptions d = o;
+  d.dropout = 0.2;
+  CHECK_THROWS_WITH(dot_attention(q, kc, vc, s.key, keys, d), Catch::Contains("Generator"));
+  d.dropout = 1.0;
+  CHECK_THROWS_WITH(dot_attention(q, kc, vc, s.key, keys, d), Catch::Contains("[0, 1)"));
+  AttentionOptions b = o;
+  Dim other(3, "other");
+  b.bias = rnd({other, keys}, 7);
+  CHECK_THROWS_WITH(dot_attention(q, kc, vc, s.key, keys, b),
+                    Catch::Contains("bias") && Catch::Contains("other") && Catch::Contains(keys.str()));
+}
+
 TEST_CASE("dot_attention: causal masking is a key Dim indexed by the query", "[attention]") {
   Setup s;
   Tensor q = rnd({s.batch, s.time, s.heads, s.key}, 4), k = rnd({s.batch, s.time, s.heads, s.key}, 5);
