@@ -7,7 +7,7 @@
 #include <mutex>
 
 #include "backend.h"
-#include "cpu/strided.h"
+#include "strided_space.h"
 #include "gemm.h"
 #include "launch.h"
 #include "optim_coeffs.h"
@@ -26,7 +26,7 @@ void check(cudaError_t e, const char* call) {
 
 template <int K>
 Meta<K> make_meta(const Shape& shape, const std::array<Strides, K>& strides) {
-  cpu::StridedSpace<K> c = cpu::collapse<K>(shape, strides);
+  StridedSpace<K> c = collapse<K>(shape, strides);
   if (c.shape.size() > size_t(kMaxDims)) throw Error("cuda: more than 8 non-mergeable axes are not supported");
   Meta<K> m;
   m.nd = int(c.shape.size());
