@@ -161,6 +161,59 @@ __device__ __forceinline__ void as_operand(uint32_t (&pf)[NT / 2][4], const floa
 
 // The forward: 4 warps of WM tiles of 16 queries each (BM = 64 WM queries per block), key
 // tiles of BN.
+// The dropout decisions of the four weights a thread holds of an 8-key column tile in the
+// forward and dQ layout: rows row0 + 8 h, keys key0 + 2 t + c, element 2 h + c (key0 a
+// multiple of 8). Where the mask comes in aligned groups of four keys, lanes t and t ^ 1 hold
+// halves of the same group of both rows: each draws one row's block and hands the other lane
+// its half. Every lane of the warp must call it (shuffles).
+__device__ __forceinline__ void keep_by_rows(const DropMask<float>& drop, int64_t row0, int64_t key0, int t,
+                                             bool (&kept)[4]) {
+  if (drop.quads) {
+    const int par = t & 1;
+    uint32_t u[4];
+    philox::block(drop.offset + drop.index(row0 + 8 * par, key0 + 4 * (t >> 1)) / 4, drop.seed, u);
+    const uint32_t give0 = par ? u[0] : u[2], give1 = par ? u[1] : u[3];  // the words t ^ 1 needs
+    const uint32_t got0 = __shfl_xor_sync(0xffffffffu, give0, 1), got1 = __shfl_xor_sync(0xffffffffu, give1, 1);
+    const bool own0 = drop.kept_word(par ? u[2] : u[0]), own1 = drop.kept_word(par ? u[3] : u[1]);
+    kept[0] = par ? drop.kept_word(got0) : own0;
+    kept[1] = par ? drop.kept_word(got1) : own1;
+    kept[2] = par ? own0 : drop.kept_word(got0);
+    kept[3] = par ? own1 : drop.kept_word(got1);
+    return;
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    philox::KeepStream keep = drop.stream();  // keys 2t and 2t + 1 mostly share a counter
+#pragma unroll
+    for (int c = 0; c < 2; ++c) kept[2 * h + c] = keep(drop.index(row0 + 8 * h, key0 + 2 * t + c));
+  }
+}
+
+// The same in the dK/dV layout (transposed): rows row0 + c, keys key0 + k + 8 h, element
+// 2 h + c, where k = g % 4 and key0 a multiple of 4. The lanes of one t and four consecutive g
+// hold one aligned group of four keys for each (h, c): each draws one of the four blocks and
+// they exchange words in four steps (lane k takes word k of every block).
+__device__ __forceinline__ void keep_by_keys(const DropMask<float>& drop, int64_t row0, int64_t key0, int k,
+                                             bool (&kept)[4]) {
+  if (drop.quads) {
+    uint32_t u[4];
+    philox::block(drop.offset + drop.index(row0 + (k & 1), key0 + 8 * (k >> 1)) / 4, drop.seed, u);
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+      const int w = k ^ s;  // lane k ^ s wants word k ^ s of this lane's block
+      const uint32_t out = w == 0 ? u[0] : w == 1 ? u[1] : w == 2 ? u[2] : u[3];
+      const uint32_t in = s == 0 ? out : __shfl_xor_sync(0xffffffffu, out, s << 2);
+      const bool x = drop.kept_word(in);  // word k of block k ^ s
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if ((k ^ s) == e) kept[e] = x;
+    }
+    return;
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) kept[e] = drop.keep(row0 + (e & 1), key0 + k + 8 * (e >> 1));
+}
+
 template <class T, int D, int WM, int BN, bool EXTRA>
 __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
   constexpr int LD = D + 8, NT = BN / 8, BM = 64 * WM;
@@ -264,17 +317,12 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
         }
       if (drop.on) {  // after the sums: the softmax is taken before dropout
 #pragma unroll
-        for (int n = 0; n < NT; ++n)
+        for (int n = 0; n < NT; ++n) {
+          bool kept[4];
+          keep_by_rows(drop, r0 + 16 * m, j0 + 8 * n, t, kept);
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            philox::KeepStream keep = drop.stream();  // keys 2t and 2t + 1 mostly share a counter
-#pragma unroll
-            for (int c = 0; c < 2; ++c) {
-              float& w = s[m][n][2 * h + c];
-              if (w != 0.f)
-                w = keep(drop.index(r0 + 16 * m + 8 * h, j0 + 8 * n + 2 * t + c)) ? w * drop.scale : 0.f;
-            }
-          }
+          for (int e = 0; e < 4; ++e) s[m][n][e] = kept[e] ? s[m][n][e] * drop.scale : 0.f;
+        }
       }
 #pragma unroll
       for (int h = 0; h < 2; ++h) l[m][h] = l[m][h] * alpha[h] + sum[h];  // the quad's partial sums
@@ -417,25 +465,24 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int m = 0; m < WM; ++m) {
 #pragma unroll
-      for (int n = 0; n < NT; ++n)
+      for (int n = 0; n < NT; ++n) {
+        bool kept[4] = {true, true, true, true};  // dV from the dropped weights, dP through the mask
+        if (drop.on) keep_by_keys(drop, i0 + 8 * n + 2 * t, key0 - (g & 3) + 16 * m, g & 3, kept);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int r = 8 * n + 2 * t + (e & 1), key = key0 + 16 * m + 8 * (e / 2);
           const bool seen = key < len_s[buf][r];
           const float p = seen ? exp2f(s[m][n][e] * sl2 + bias(i0 + r, key) - lse_s[buf][r]) : 0.f;
-          float dpd = dp[m][n][e];
-          s[m][n][e] = p;
-          if (drop.on && p != 0.f) {  // dV from the dropped weights, dP through the mask
-            const bool kept = drop.keep(i0 + r, key);
-            s[m][n][e] = kept ? p * drop.scale : 0.f;
-            dpd = kept ? dpd * drop.scale : 0.f;
-          }
+          const float f = drop.on ? drop.scale : 1.f;
+          const float dpd = kept[e] ? dp[m][n][e] * f : 0.f;
+          s[m][n][e] = kept[e] ? p * f : 0.f;
           dp[m][n][e] = seen ? p * (dpd - dr_s[buf][r]) : 0.f;
           if (dbias && seen) {
             if (a.bias_rs != 0) dbias[(i0 + r) * a.bias_rs + int64_t(key) * a.bias_cs] += dp[m][n][e];
             else dbias_key[m][e / 2] += dp[m][n][e];
           }
         }
+      }
       as_operand<T, NT>(pf[m], s[m]);
     }
     weights_times_rows<T, D, BQ, LD, WM>(dvv, pf, G, 0);  // dV += P^T dO
@@ -559,14 +606,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int n = 0; n < NT; ++n) {
         bool kept[4] = {true, true, true, true};
-        if (drop.on) {
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            philox::KeepStream keep = drop.stream();  // keys 2t and 2t + 1 mostly share a counter
-#pragma unroll
-            for (int c = 0; c < 2; ++c) kept[2 * h + c] = keep(drop.index(r0 + 16 * m + 8 * h, j0 + 8 * n + 2 * t + c));
-          }
-        }
+        if (drop.on) keep_by_rows(drop, r0 + 16 * m, j0 + 8 * n, t, kept);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int key = j0 + 8 * n + 2 * t + (e & 1), h = e / 2;

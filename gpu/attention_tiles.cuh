@@ -86,6 +86,10 @@ struct DropMask {
   int64_t base, rs, cs;
   C scale;  // 1 / (1 - p): the kept weights' factor
   bool on, f64;
+  // The mask's counters cover aligned groups of four consecutive keys of a row (f32 values,
+  // keys contiguous in the mask, rows and problems starting at multiples of 4): the kernels
+  // then draw a group's block once and share it between lanes.
+  bool quads;
   // enabled: as BiasRows's.
   __device__ DropMask(const AttentionArgs& a, int64_t b0, int64_t b1, bool enabled)
       : seed(a.drop_seed),
@@ -96,7 +100,10 @@ struct DropMask {
         cs(a.drop_cs),
         scale(C(a.drop_scale)),
         on(enabled && a.drop_p > 0),
-        f64(a.drop_f64) {}
+        f64(a.drop_f64),
+        quads(!a.drop_f64 && a.drop_cs == 1 && a.drop_rs % 4 == 0 && (b0 * a.drop_s0 + b1 * a.drop_s1) % 4 == 0) {}
+  // Whether word x of a block keeps its weight (f32 values: the top 24 bits).
+  __device__ __forceinline__ bool kept_word(uint32_t x) const { return (x >> 8) >= threshold; }
   __device__ __forceinline__ philox::KeepStream stream() const { return {seed, offset, threshold, f64}; }
   __device__ __forceinline__ uint64_t index(int64_t r, int64_t j) const { return uint64_t(base + r * rs + j * cs); }
   // Whether weight (r, j) is kept.

@@ -793,20 +793,23 @@ TEST_CASE("gpu: fused dot_attention with an additive bias, every precision", "[g
 TEST_CASE("gpu: fused dot_attention with dropout, every precision", "[gpu][attention]") {
   Dim batch(2, "batch"), heads(3, "heads");
   Dim time = dynamic_dim(batch, {77, 50}, "time"), qt(37, "qt");
-  Dim kb(time.extent(), "kb");
+  // Rows of a multiple of 4 keys: the tensor-core kernels then share each Philox block between lanes.
+  Dim time4 = dynamic_dim(batch, {64, 50}, "time4");
+  // Variants: padded; causal self-attention; a bias over the keys; self-attention over time4.
   for (int64_t width : {64, 128})
-    for (int variant = 0; variant < 3; ++variant)  // padded; causal self-attention; a bias over the keys
+    for (int variant = 0; variant < 4; ++variant)
       for (DType dt : {DType::f32, DType::f64, DType::bf16, DType::f16}) {
-        if (width == 128 && variant != 1) continue;
+        if (width == 128 && variant == 0) continue;
         INFO("variant " << variant << ", head size " << width << ", " << dtype_name(dt));
-        const Dim key(width, "key"), query = variant == 1 ? time : qt;
+        const Dim& kt = variant == 3 ? time4 : time;
+        const Dim key(width, "key"), query = variant == 1 ? time : variant == 3 ? time4 : qt;
         const bool half = is_half(dt);
         auto leaf = [&](const Dims& dims, uint32_t seed) {
           Tensor x = input(dims, seed, Device::cpu(), -1, 1, DType::f64);
           return half ? x.astype(dt).astype(DType::f64) : x;
         };
-        const Tensor q0 = leaf({batch, query, heads, key}, 120), k0 = leaf({batch, time, heads, key}, 121);
-        const Tensor v0 = leaf({time, batch, heads, key}, 122), b0 = leaf({time, batch}, 123);
+        const Tensor q0 = leaf({batch, query, heads, key}, 120), k0 = leaf({batch, kt, heads, key}, 121);
+        const Tensor v0 = leaf({kt, batch, heads, key}, 122), b0 = leaf({kt, batch}, 123);
         Tensor gout = copy_masked(input({batch, query, heads, key}, 124, Device::cpu(), -1, 1, DType::f64), {query});
         if (half) gout = gout.astype(dt).astype(DType::f64);
         auto run = [&](Device dev, DType ldt, uint64_t& offset) {
@@ -821,14 +824,14 @@ TEST_CASE("gpu: fused dot_attention with dropout, every precision", "[gpu][atten
           o.gen = &gen;
           if (variant == 1) o.causal_query_dim = time;
           if (variant == 2) o.bias = leaves[3];
-          Tensor out = nn::dot_attention(leaves[0], leaves[1], leaves[2], key, time, o);
+          Tensor out = nn::dot_attention(leaves[0], leaves[1], leaves[2], key, kt, o);
           if (variant != 2) leaves.pop_back();
           std::vector<Tensor> r = grad(out, leaves, gout.astype(ldt).to(dev));
           r.push_back(out);
           for (Tensor& x : r) {
             x = x.astype(DType::f64).to(Device::cpu());
             if (x.has_dim(query) && x.has_dim(batch)) x = copy_masked(x, {query});
-            if (x.has_dim(time) && x.has_dim(batch) && query != time) x = copy_masked(x, {time});
+            if (x.has_dim(kt) && x.has_dim(batch) && query != kt) x = copy_masked(x, {kt});
           }
           offset = gen.offset();
           return r;
