@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -56,8 +57,10 @@ Dims cat(Dims a, const Dims& b) {
 }
 
 // Splits the batch Dims (in order) into at most two groups that merge into one strided index
-// in every tensor; false if more are needed.
-bool batch_groups(const Dims& batch, const std::vector<const Tensor*>& ts, Dims& g0, Dims& g1) {
+// in every tensor (and, where given, in the dropout mask's layout: `also`); false if more are
+// needed.
+bool batch_groups(const Dims& batch, const std::vector<const Tensor*>& ts, Dims& g0, Dims& g1,
+                  const std::function<bool(const Dims&)>& also = {}) {
   std::vector<Dims> groups;
   for (const Dim& d : batch) {
     if (d.extent() == 1) continue;
@@ -66,6 +69,7 @@ bool batch_groups(const Dims& batch, const std::vector<const Tensor*>& ts, Dims&
       Dims trial = cat(groups.back(), {d});
       int64_t e, s;
       for (const Tensor* t : ts) join = join && merged_stride(*t, trial, e, s);
+      join = join && (!also || also(trial));
     }
     if (join) groups.back().push_back(d);
     else groups.push_back({d});
@@ -103,18 +107,30 @@ struct DropoutPlan {
   // Weights after dropout: the kept ones scaled by 1 / (1 - p), the others 0.
   Tensor apply(const Tensor& w) const { return where(keep(w.device()), w * (1.0 / (1.0 - p)), 0.0); }
 
+  // The mask's row-major strides.
+  Strides strides() const {
+    Strides st(mask.size());
+    int64_t acc = 1;
+    for (size_t i = mask.size(); i-- > 0;) {
+      st[i] = acc;
+      acc *= mask[i].extent();
+    }
+    return st;
+  }
+  // Whether `group` merges into one strided index of the mask.
+  bool merges(const Dims& group) const {
+    const Strides st = strides();
+    int64_t e, stride;
+    return merged_stride(mask, {st.data(), st.size()}, {group.data(), group.size()}, e, stride);
+  }
+
   // The primitive's descriptor for problems over groups g0, g1, queries `query` and keys
   // kv_axis; false where the mask's index is not linear in those (a group's Dims not adjacent
   // in the mask's order).
   bool describe(const Dims& g0, const Dims& g1, const Dims& query, const Dim& kv_axis,
                 backend::Attention::Dropout& out) const {
-    Strides strides(mask.size());
-    int64_t acc = 1;
-    for (size_t i = mask.size(); i-- > 0;) {
-      strides[i] = acc;
-      acc *= mask[i].extent();
-    }
-    const std::span<const int64_t> ms(strides.data(), strides.size());
+    const Strides st = strides();
+    const std::span<const int64_t> ms(st.data(), st.size());
     int64_t e;
     const Dims key{kv_axis};
     if (!merged_stride(mask, ms, {g0.data(), g0.size()}, e, out.stride[0]) ||
@@ -231,12 +247,15 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
   }
 
   Dims g0, g1;
-  if (!batch_groups(batch, {&q, &k, &v, &out}, g0, g1)) {
+  // Batch groups that merge in the dropout mask too (its Dims are in creation order).
+  std::function<bool(const Dims&)> in_mask;
+  if (drop.active()) in_mask = [&drop](const Dims& group) { return drop.merges(group); };
+  if (!batch_groups(batch, {&q, &k, &v, &out}, g0, g1, in_mask)) {
     q = q.transpose_to(cat(cat(batch, query), {key_dim}));
     k = k.transpose_to(cat(cat(minus_dims(k.dims(), {kv_axis, key_dim}), {kv_axis}), {key_dim}));
     v = v.transpose_to(cat(cat(minus_dims(v.dims(), cat({kv_axis}, value)), {kv_axis}), value));
     merged_stride(q, query, tq, q_rs);
-    if (!batch_groups(batch, {&q, &k, &v, &out}, g0, g1)) return {};
+    if (!batch_groups(batch, {&q, &k, &v, &out}, g0, g1, in_mask)) return {};
   }
   Fused f;
   backend::Attention& a = f.args;

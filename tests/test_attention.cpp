@@ -386,7 +386,10 @@ TEST_CASE("dot_attention: fused dropout drops the weights the unfused path drops
   Setup s;
   Dim bias_key(s.time.extent(), "bias_key");
   for (DType dt : {DType::f64, DType::f32})
-    for (int variant = 0; variant < 4; ++variant) {  // padded, causal, padded with a bias, mask shared over rows
+    // padded, causal, padded with a bias, mask shared over rows, and q, k, v laid out
+    // {batch, heads, time} (batch and heads merge there, but not in the mask, whose Dims are in
+    // creation order: batch, time, heads, keys)
+    for (int variant = 0; variant < 5; ++variant) {
       INFO("dtype " << dtype_name(dt) << ", variant " << variant);
       nn::DotAttentionOptions o;
       o.att_dropout = 0.3;
@@ -400,9 +403,15 @@ TEST_CASE("dot_attention: fused dropout drops the weights the unfused path drops
         Generator gen(11);
         gen.advance(5);
         o.gen = &gen;
-        Tensor q = rnd({s.batch, s.time, s.heads, s.key}, 80, dt).with_requires_grad();
-        Tensor k = rnd({s.heads, s.time, s.batch, s.key}, 81, dt).with_requires_grad();
-        Tensor v = rnd({s.time, s.batch, s.value, s.heads}, 82, dt).with_requires_grad();
+        // rnd lays its tensors out in a permuted order; variant 4 lays them out as named.
+        auto laid = [&](const Dims& dims, uint32_t seed) {
+          Tensor t = rnd(dims, seed, dt);
+          return (variant == 4 ? t.transpose_to(dims) : t).with_requires_grad();
+        };
+        const bool bh = variant == 4;
+        Tensor q = laid(bh ? Dims{s.batch, s.heads, s.time, s.key} : Dims{s.batch, s.time, s.heads, s.key}, 80);
+        Tensor k = laid(bh ? Dims{s.batch, s.heads, s.time, s.key} : Dims{s.heads, s.time, s.batch, s.key}, 81);
+        Tensor v = laid(bh ? Dims{s.batch, s.heads, s.time, s.value} : Dims{s.time, s.batch, s.value, s.heads}, 82);
         Tensor bias = rnd({s.heads, s.time, bias_key}, 83, dt).with_requires_grad();
         if (variant == 2) {
           o.bias = bias;
