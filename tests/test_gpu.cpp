@@ -840,10 +840,13 @@ TEST_CASE("gpu: fused dot_attention with dropout, every precision", "[gpu][atten
         std::vector<Tensor> want = run(Device::cpu(), half ? DType::f32 : dt, want_offset);
         nn::reset_attention_path_counts();
         std::vector<Tensor> got = run(kGpu, dt, got_offset);
+        // The exact kernels decline dropout (measured slower than the unfused path); the
+        // tensor-core ones take it.
         const nn::AttentionPathCounts pc = nn::attention_path_counts();
-        CHECK(pc.fused_forward == 1);
-        CHECK(pc.fused_backward == 1);
-        CHECK(pc.unfused_forward + pc.unfused_backward == 0);
+        CHECK(pc.fused_forward == (half ? 1 : 0));
+        CHECK(pc.fused_backward == (half ? 1 : 0));
+        CHECK(pc.unfused_forward == (half ? 0 : 1));
+        CHECK(pc.unfused_backward == 0);
         CHECK(got_offset == want_offset);
         const double tol = dt == DType::f64 ? 1e-10 : dt == DType::f32 ? 3e-5 : dt == DType::bf16 ? 3e-2 : 4e-3;
         for (size_t i = 0; i < want.size(); ++i) {
