@@ -28,9 +28,13 @@ struct DimImpl {
   Tensor lengths;     // dynamic only: i32
   int64_t extent = 0;
   bool padded = false;  // dynamic with some length < extent
-  // Derived Dims by (op, other Dim's id or constant): the same expression, the same Dim.
+  // Derived Dims by (op, other Dim's id or constant): the same expression, the same Dim, for as
+  // long as that Dim exists. Held weakly, while each derived Dim holds the Dim it was derived
+  // from (`parent`, set once when it is made): a derived Dim whose lengths run over this one,
+  // directly or not (batch + time, time's lengths over batch), forms no reference cycle.
   mutable std::mutex mu;
-  mutable std::map<std::tuple<int, uint64_t, int64_t>, Dim> derived;
+  mutable std::map<std::tuple<int, uint64_t, int64_t>, std::weak_ptr<const DimImpl>> derived;
+  mutable std::shared_ptr<const DimImpl> parent;
   mutable std::map<std::pair<int, int>, Tensor> device_lengths;  // (device type, index) -> lengths
   // (device type, index) -> valid_frames, with a stand-in Dim for this one (a tensor over this
   // Dim held here would keep it alive forever).
@@ -42,6 +46,8 @@ struct DimImpl {
   }
   static Dim make(std::shared_ptr<DimImpl> p) { return Dim(std::shared_ptr<const DimImpl>(std::move(p))); }
   static const DimImpl& of(const Dim& d) { return *d.impl_; }
+  static const std::shared_ptr<const DimImpl>& ptr(const Dim& d) { return d.impl_; }
+  static Dim from(std::shared_ptr<const DimImpl> p) { return Dim(std::move(p)); }
 };
 
 namespace {
@@ -87,9 +93,12 @@ Dim derive(const Dim& base, int op, uint64_t other, int64_t k, Make&& make) {
   std::lock_guard<std::mutex> lock(b.mu);
   auto key = std::make_tuple(op, other, k);
   auto it = b.derived.find(key);
-  if (it != b.derived.end()) return it->second;
+  if (it != b.derived.end())
+    if (std::shared_ptr<const DimImpl> p = it->second.lock()) return DimImpl::from(std::move(p));
   Dim d = make();
-  b.derived.emplace(key, d);
+  DimImpl::of(d).parent = DimImpl::ptr(base);
+  std::erase_if(b.derived, [](const auto& e) { return e.second.expired(); });
+  b.derived[key] = DimImpl::ptr(d);
   return d;
 }
 

@@ -94,17 +94,25 @@ Tensor combine_impl(const Tensor& a, BinaryOp op, const Tensor& b, bool allow_br
   const char* name = op_name(op);
   Dims out = check_binary(a, op, b, allow_broadcast_all);
   DType dt = a.dtype();
+  Tensor divisor = b;
   if ((op == BinaryOp::floordiv || op == BinaryOp::mod) && is_integer(dt)) {
+    // A zero in a valid frame of b is an error. Zeros in padded frames are padding content: they
+    // must not trap, so the kernel divides by 1 there (padded output frames are unspecified).
     Tensor zero = Tensor::scalar(0, dt, b.device());
     Tensor bz = combine(b, BinaryOp::equal, zero);
-    if (reduce_any(bz, bz.dims()).item<bool>()) fail(std::string(name) + ": integer division by zero in b = " + b.str());
+    // Over the lengths' Dims b lacks, if any: one flag per sequence.
+    const std::vector<bool> hit = reduce_any(bz, bz.dims()).to_vector<bool>();
+    if (std::find(hit.begin(), hit.end(), true) != hit.end())
+      fail(std::string(name) + ": integer division by zero in b = " + b.str());
+    if (reduce(bz, ReduceOp::any, bz.dims(), /*use_mask=*/false).item<bool>())
+      divisor = where(bz, Tensor::scalar(1, dt, b.device()), b);
   }
   DType odt = is_comparison(op) ? DType::boolean : dt;
   Tensor y = empty(std::move(out), odt, a.device(), name);
   const TensorImpl& ya = y.impl();
   backend::backend_for(a.device())
       .binary(op, dt, extents(ya.dims), {a.impl().data(), aligned_strides(a.impl(), ya.dims)},
-              {b.impl().data(), aligned_strides(b.impl(), ya.dims)}, {ya.data(), ya.strides});
+              {divisor.impl().data(), aligned_strides(divisor.impl(), ya.dims)}, {ya.data(), ya.strides});
   if (auto f = common_feature_dim({&a, &b}); f && !is_comparison(op)) return y.with_feature_dim(f);
   return y;
 }

@@ -183,12 +183,18 @@ Tensor reduce(const Tensor& x, ReduceOp op, const Dims& dims, bool use_mask) {
   // reductions widen first (their backward computes in f32 too).
   if (is_half(x.dtype()) && op != ReduceOp::sum) return round_to(reduce(widen_half(x), op, dims, use_mask), x.dtype());
   // Static Dims of extent 1 are dropped as views: reducing one element is that element (a
-  // padded Dim whose lengths may say 0 is reduced as usual). Their sequences are nobody's.
+  // padded Dim whose lengths may say 0 is reduced as usual). Their sequences are nobody's. A
+  // Dim that the lengths of a reduced dynamic Dim run over stays: without it, the masked pass
+  // would give the result that Dim back.
+  auto indexes_lengths = [&](const Dim& d) {
+    return std::any_of(dims.begin(), dims.end(),
+                       [&](const Dim& o) { return o.is_dynamic() && contains(o.lengths().dims(), d); });
+  };
   if (std::any_of(dims.begin(), dims.end(), [](const Dim& d) { return d.is_static() && d.extent() == 1; })) {
     Dims rest;
     Tensor v = x;
     for (const Dim& d : dims) {
-      if (d.is_static() && d.extent() == 1 && padded_across(v, {d}).empty()) v = squeeze(v, d);
+      if (d.is_static() && d.extent() == 1 && padded_across(v, {d}).empty() && !indexes_lengths(d)) v = squeeze(v, d);
       else rest.push_back(d);
     }
     if (rest.size() != dims.size()) return rest.empty() ? v : reduce(v, op, rest, use_mask);

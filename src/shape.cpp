@@ -252,8 +252,13 @@ std::pair<Tensor, Dim> concat(const std::vector<std::pair<Tensor, Dim>>& parts, 
     }
     offset = add(offset, len, true);
   }
-  // The lengths' Dims of the parts (say {batch}) are the output's too, even where no part had them.
+  // The lengths' Dims of the parts (say {batch}) are the output's too, even where no part had them
+  // (and where every part is empty, so that y never met them).
   layout = union_dims(layout, y.dims());
+  for (const auto& [t, d] : parts) {
+    const Tensor len = d.lengths();  // named: its Dims outlive the call
+    layout = union_dims(layout, len.dims());
+  }
   return {broadcast_to_include(y, layout).transpose_to(layout), out};
 }
 
@@ -312,16 +317,18 @@ std::pair<Tensor, Dim> slice(const Tensor& x, const Dim& axis, int64_t start, st
   size_t ax = x.axis_of(axis);
   Strides st = x.impl().strides;
   int64_t offset = x.impl().offset + start * st[ax];
-  st[ax] *= step;
+  // The step of one frame or none never matters (and the product could overflow): for two or
+  // more frames start + step < extent bounds it.
+  if (count > 1) st[ax] *= step;
   Tensor y = make_view(x, replace_in(x.dims(), axis, {out}), st, count ? offset : x.impl().offset);
   // The gradient: g into the sliced frames (a strided view of them) of a zero tensor, or,
   // where x's gradient so far is the engine's alone, added into those frames in place.
-  auto into_frames = [axis, start, step, out](const Tensor& g, const Tensor& gx, bool add) {
+  auto into_frames = [axis, start, step, count, out](const Tensor& g, const Tensor& gx, bool add) {
     const TensorImpl& gi = gx.impl();
     Strides st = gi.strides;
     const size_t ax = gx.axis_of(axis);
     const int64_t off = start * st[ax];
-    st[ax] *= step;
+    if (count > 1) st[ax] *= step;
     const Dims vd = replace_in(gi.dims, axis, {out});
     char* region = gi.data() + off * int64_t(dtype_size(gx.dtype()));
     backend::Backend& be = backend::backend_for(gx.device());

@@ -5,7 +5,8 @@
 /// A Dim is a cheap handle; copies of the handle are the same Dim (an alias). A static Dim
 /// has a fixed size. A dynamic Dim carries per-sequence lengths as an integer Tensor over
 /// other Dims (usually {batch}); tensors store it padded to its extent, the max length.
-/// Arithmetic on Dims is cached: the same expression on the same Dims yields the same Dim.
+/// Arithmetic on Dims is cached: the same expression on the same Dims yields the same Dim (for
+/// as long as that Dim exists: the cache does not keep it alive).
 #include <dimx/device.h>
 
 #include <boost/container/small_vector.hpp>

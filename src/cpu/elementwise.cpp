@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <limits>
 
@@ -310,7 +311,16 @@ void float_binary(BinaryOp op, const Shape& sh, const std::array<const void*, 2>
     case BinaryOp::div: return go([](V a, V b) { return a / b; });
     case BinaryOp::floordiv: return go([](V a, V b) { return xsimd::floor(a / b); });
     case BinaryOp::mod: return go([](V a, V b) { return a - xsimd::floor(a / b) * b; });
-    case BinaryOp::pow: return go([](V a, V b) { return xsimd::pow(a, b); });
+    case BinaryOp::pow:
+      // Per lane with std::pow: xsimd::pow misses IEEE's special cases (0^0, x^0 of inf and NaN,
+      // 1^inf, 0 to a negative power, subnormal bases); CUDA's pow has them too.
+      return go([](V a, V b) {
+        alignas(V) std::array<typename V::value_type, V::size> x, y;
+        a.store_aligned(x.data());
+        b.store_aligned(y.data());
+        for (size_t i = 0; i < V::size; ++i) x[i] = std::pow(x[i], y[i]);
+        return V::load_aligned(x.data());
+      });
     case BinaryOp::maximum: return go([](V a, V b) { return xsimd::max(a, b); });
     case BinaryOp::minimum: return go([](V a, V b) { return xsimd::min(a, b); });
     default: throw Error(std::string(op_name(op)) + ": not supported for floating dtypes");

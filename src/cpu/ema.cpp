@@ -40,7 +40,9 @@ struct Operands {
 
 template <class T>
 void ema_forward_rows(const backend::Ema& a, T* y, T* state_out) {
-  const auto [x, gain, decay, weight, s0] = Operands<T>(a);
+  // Plain variables, not a structured binding: lambdas capture them under Clang 14 too.
+  const Operands<T> ops(a);
+  const T *x = ops.x, *gain = ops.gain, *decay = ops.decay, *weight = ops.weight, *s0 = ops.s0;
   const int64_t L = a.L, C = a.C, H = a.H;
   for_tasks(a, [&](int64_t b, int64_t c0, int64_t c1) {
     const int64_t n = valid_len(a.lengths, b, L), w = c1 - c0;
@@ -80,7 +82,9 @@ void ema_forward_rows(const backend::Ema& a, T* y, T* state_out) {
 template <class T>
 void ema_backward_rows(const backend::Ema& a, const T* gy, const T* gfinal, T* gx, T* ggain, T* gdecay, T* gweight,
                        T* gstate) {
-  const auto [x, gain, decay, weight, s0] = Operands<T>(a);
+  // Plain variables, not a structured binding: lambdas capture them under Clang 14 too.
+  const Operands<T> ops(a);
+  const T *x = ops.x, *gain = ops.gain, *decay = ops.decay, *weight = ops.weight, *s0 = ops.s0;
   const int64_t L = a.L, C = a.C, H = a.H;
   for_tasks(a, [&](int64_t b, int64_t c0, int64_t c1) {
     const int64_t n = valid_len(a.lengths, b, L), w = c1 - c0;

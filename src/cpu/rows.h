@@ -16,8 +16,10 @@
 namespace dimx::cpu {
 
 // Splits [A, B] into tasks: rows a, and for B > 1 chunks of up to 512 columns b; f(a, b0, b1).
+// A block without columns (B = 0) has no rows to visit.
 template <class F>
 void for_row_blocks(int64_t A, int64_t N, int64_t B, F&& f) {
+  if (B == 0) return;
   const int64_t chunk = B == 1 ? 1 : std::min<int64_t>(B, 512);
   const int64_t nb = (B + chunk - 1) / chunk;
   const int64_t per_task = std::max<int64_t>(1, N * chunk);

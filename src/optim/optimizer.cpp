@@ -76,7 +76,7 @@ void Optimizer::set_state(OptimizerState state) {
   std::vector<std::string> want = buffer_names();
   std::sort(want.begin(), want.end());
   for (auto& [name, st] : state) {
-    bool known = std::any_of(params_.begin(), params_.end(), [&](const auto& np) { return np.first == name; });
+    bool known = std::any_of(params_.begin(), params_.end(), [&n = name](const auto& np) { return np.first == n; });
     if (!known) fail("set_state: state for unknown parameter '" + name + "'");
     const Tensor& p = param(name);
     if (st.step < 0) fail("set_state: parameter '" + name + "' has a negative step count");
@@ -94,7 +94,7 @@ void Optimizer::set_state(OptimizerState state) {
     }
     for (auto& [b, t] : st.buffers) {
       if (!t.defined()) fail("set_state: buffer '" + b + "' of parameter '" + name + "' is undefined");
-      if (t.ndim() != p.ndim() || !std::all_of(p.dims().begin(), p.dims().end(), [&](const Dim& d) { return t.has_dim(d); }))
+      if (t.ndim() != p.ndim() || !std::all_of(p.dims().begin(), p.dims().end(), [&t = t](const Dim& d) { return t.has_dim(d); }))
         fail("set_state: buffer '" + b + "' " + t.str() + " of parameter '" + name +
              "' does not have the parameter's Dims " + dims_str(p.dims()));
       if (t.dtype() != p.dtype())
@@ -158,7 +158,7 @@ void Optimizer::load_state(const std::string& path) {
       std::string name = k.substr(6, k.size() - 11);
       bool known = std::any_of(params_.begin(), params_.end(), [&](const auto& np) { return np.first == name; });
       if (!known) fail("load_state: '" + path + "' has state for unknown parameter '" + name + "'");
-      int64_t s = detail::parse_int(v, [&](const std::string& m) { fail("load_state: " + k + ": " + m); });
+      int64_t s = detail::parse_int(v, [&, &k = k](const std::string& m) { fail("load_state: " + k + ": " + m); });
       if (s <= 0) fail("load_state: " + k + " = " + v + " is not a positive step count");
       steps[name] = s;
     } else {
