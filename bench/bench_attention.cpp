@@ -187,6 +187,17 @@ int main(int argc, char** argv) {
         Tensor y = nn::dot_attention(qg, kg, vg, d, time, causal_rows ? o : nn::DotAttentionOptions{});
         grad(reduce_sum(y * r, y.dims()), {qg, kg, vg});
       });
+    // Training with attention dropout 0.1: the mask is drawn inside the fused kernels.
+    nn::DotAttentionOptions drop;
+    drop.att_dropout = 0.1;
+    drop.training = true;
+    drop.gen = &gen;
+    time_row("dot_attention dropout0.1 fwd+bwd " + t2, [&] {
+      EnableGradGuard on;
+      Tensor qg = q.with_requires_grad(), kg = k.with_requires_grad(), vg = v.with_requires_grad();
+      Tensor y = nn::dot_attention(qg, kg, vg, d, time, drop);
+      grad(reduce_sum(y * r, y.dims()), {qg, kg, vg});
+    });
   }
 
   // The same in bf16 and f16 on the GPU (tensor cores), without and with per-sequence lengths
@@ -212,6 +223,17 @@ int main(int argc, char** argv) {
           Tensor qg = q.with_requires_grad(), kg = k.with_requires_grad(), vg = v.with_requires_grad();
           grad(nn::dot_attention(qg, kg, vg, d, t), {qg, kg, vg}, r);
         });
+        if (!pad) {
+          nn::DotAttentionOptions drop;
+          drop.att_dropout = 0.1;
+          drop.training = true;
+          drop.gen = &gen;
+          time_row("dot_attention dropout0.1 fwd+bwd " + t2, [&] {
+            EnableGradGuard on;
+            Tensor qg = q.with_requires_grad(), kg = k.with_requires_grad(), vg = v.with_requires_grad();
+            grad(nn::dot_attention(qg, kg, vg, d, t, drop), {qg, kg, vg}, r);
+          });
+        }
       }
   }
 

@@ -130,6 +130,13 @@ def main():
 
         ms = median_ms(fwd_bwd, reps, dev == "cuda")
         print(f"dot_attention{' causal' if causal else ''} fwd+bwd B{b} H{h} T{t} d{d}\t{ms}", flush=True)
+        if not causal:  # training with attention dropout 0.1
+            def fwd_bwd_dropout():
+                out = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=0.1)
+                torch.autograd.grad((out * r).sum(), (q, k, v))
+
+            ms = median_ms(fwd_bwd_dropout, reps, dev == "cuda")
+            print(f"dot_attention dropout0.1 fwd+bwd B{b} H{h} T{t} d{d}\t{ms}", flush=True)
 
     if dev == "cuda":
         half_cases(b, t, e, h, reps)
@@ -167,6 +174,17 @@ def half_cases(b, t, e, h, reps):
 
                         ms = median_ms(fwd_bwd, reps, True)
                         print(f"dot_attention fwd+bwd {tag} [{bname}]\t{ms}", flush=True)
+                        if not pad:  # training with attention dropout 0.1
+                            def fwd_bwd_dropout():
+                                out = torch.nn.functional.scaled_dot_product_attention(qg, kg, vg, dropout_p=0.1)
+                                torch.autograd.grad(out, (qg, kg, vg), r)
+
+                            try:
+                                ms = median_ms(fwd_bwd_dropout, reps, True)
+                                print(f"dot_attention dropout0.1 fwd+bwd {tag} [{bname}]\t{ms}", flush=True)
+                            except RuntimeError as err:
+                                print(f"# {bname} dropout {tag}: {str(err).splitlines()[0][:100]}", file=sys.stderr,
+                                      flush=True)
                 except RuntimeError as err:  # the backend does not take this case
                     print(f"# {bname} {tag}: {str(err).splitlines()[0][:100]}", file=sys.stderr, flush=True)
 

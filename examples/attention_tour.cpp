@@ -203,6 +203,27 @@ int main() {
     // [doc:bias]
     check(nn::attention_path_counts().fused_backward == 1, "the biased attention ran fused both ways");
     check(g3[1].has_dim(heads) && g3[1].has_dim(rel), "the table gets its gradient");
+
+    // [doc:dropout]
+    // Dropout on the weights in training stays fused: the kernels draw the mask that dropout()
+    // would draw over the weights from the Generator's state, element by element, and draw it
+    // again in the backward. The same state on the unfused path drops the same weights.
+    nn::DotAttentionOptions drop;
+    drop.att_dropout = 0.1;
+    drop.training = true;
+    Generator g_fused(5), g_unfused(5);
+    drop.gen = &g_fused;
+    nn::reset_attention_path_counts();
+    Tensor o4 = nn::dot_attention(q, k, v, head, time, drop);
+    std::printf("with dropout: fused forwards %lld\n", (long long)nn::attention_path_counts().fused_forward);
+    drop.gen = &g_unfused;
+    drop.fused = false;
+    Tensor o5 = nn::dot_attention(q, k, v, head, time, drop);
+    // [doc:dropout]
+    const Dims od{batch, time, heads, head};
+    check(max_diff(copy_masked(o4, {time}).to_vector<double>(od), copy_masked(o5, {time}).to_vector<double>(od)) < 1e-5,
+          "both paths drop the same weights");
+    check(g_fused.offset() == g_unfused.offset(), "both paths advance the Generator alike");
   } catch (const Error& e) {
     std::printf("FAIL dimx::Error: %s\n", e.what());
     return 1;

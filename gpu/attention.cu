@@ -9,7 +9,8 @@
 // tx * VN + TX VN g + c. A row group lies within one warp, so row maxima and sums are
 // shuffles. K and V tiles arrive by cp.async, each while the other half of the
 // iteration computes; causal and padded blocks stop at the last key any of their rows sees.
-// An additive bias (AttentionArgs::bias) is read where an energy is formed.
+// An additive bias (AttentionArgs::bias) is read where an energy is formed; dropout drops
+// weights (Philox by element index) after the row sums have taken them.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -54,7 +55,7 @@ __device__ __forceinline__ void pv_tile(const T* Ps, const T* Vs, T (&o)[BM * TX
   }
 }
 
-template <class T, int D, int BM, int BN, int TX, int MINB, bool VEC>
+template <class T, int D, int BM, int BN, int TX, int MINB, bool VEC, bool EXTRA>
 __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs a) {
   constexpr int VN = 16 / int(sizeof(T));  // elements per 16-byte vector
   constexpr int RM = BM * TX / kThreads, CN = BN / TX, OG = D / (TX * VN);
@@ -113,7 +114,8 @@ __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs
     for (int c = 0; c < OG * VN; ++c) o[i][c] = 0;
   }
   const T sl2 = T(a.scale * 1.4426950408889634);  // energies in log2 units: exp2 below
-  const BiasRows<T, T> bias(a, b);
+  const BiasRows<T, T> bias(a, b, EXTRA);
+  const DropMask<T> drop(a, b0, b1, EXTRA);
 
   for (int j0 = 0; j0 < kmax; j0 += BN) {
     cp_async_wait1();  // Q and this K tile are in (this V tile may not be)
@@ -175,8 +177,9 @@ __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs
 #pragma unroll
       for (int e = 0; e < CN; ++e) {
         const T p = exp2_(s[i][e] - base);
-        sum += p;
-        Ps[(tx + TX * e) * LDP + ty * RM + i] = p;
+        sum += p;  // the softmax's sum: before dropout
+        Ps[(tx + TX * e) * LDP + ty * RM + i] =
+            drop.on && p != T(0) ? (drop.keep(i0 + ty * RM + i, j0 + tx + TX * e) ? p * drop.scale : T(0)) : p;
       }
       l[i] = l[i] * alpha + sum;  // per-thread partial sum; the row's total is summed at the end
 #pragma unroll
@@ -215,11 +218,11 @@ __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs
   }
 }
 
-template <class T, int D, int BM, int BN, int TX, int MINB, bool VEC>
+template <class T, int D, int BM, int BN, int TX, int MINB, bool VEC, bool EXTRA>
 void launch(const AttentionArgs& a, cudaStream_t s) {
   constexpr int VN = 16 / int(sizeof(T));
   constexpr size_t smem = sizeof(T) * size_t(BM * (D + VN) + 2 * BN * (D + VN) + BN * (BM + VN));
-  const cudaError_t attr = cudaFuncSetAttribute(attention_kernel<T, D, BM, BN, TX, MINB, VEC>,
+  const cudaError_t attr = cudaFuncSetAttribute(attention_kernel<T, D, BM, BN, TX, MINB, VEC, EXTRA>,
                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (attr != cudaSuccess) {
     cudaGetLastError();
@@ -228,7 +231,7 @@ void launch(const AttentionArgs& a, cudaStream_t s) {
   const int64_t qblocks = (a.tq + BM - 1) / BM;
   if (qblocks > 65535) throw Error("dot_attention: " + std::to_string(a.tq) + " queries per problem is too many for cuda");
   const dim3 grid(unsigned(a.batch0 * a.batch1), unsigned(qblocks));
-  attention_kernel<T, D, BM, BN, TX, MINB, VEC><<<grid, kThreads, smem, s>>>(a);
+  attention_kernel<T, D, BM, BN, TX, MINB, VEC, EXTRA><<<grid, kThreads, smem, s>>>(a);
   check_launch("dot_attention");
 }
 
@@ -240,8 +243,9 @@ void launch_vec(const AttentionArgs& a, cudaStream_t s) {
                    a.q_bs0 % VN == 0 && a.q_bs1 % VN == 0 && a.q_rs % VN == 0 && a.k_bs0 % VN == 0 &&
                    a.k_bs1 % VN == 0 && a.k_rs % VN == 0 && a.v_bs0 % VN == 0 && a.v_bs1 % VN == 0 &&
                    a.v_rs % VN == 0;
-  if (vec) launch<T, D, BM, BN, TX, MINB, true>(a, s);
-  else launch<T, D, BM, BN, TX, MINB, false>(a, s);
+  const bool extra = attention_extras(a);
+  if (vec) extra ? launch<T, D, BM, BN, TX, MINB, true, true>(a, s) : launch<T, D, BM, BN, TX, MINB, true, false>(a, s);
+  else extra ? launch<T, D, BM, BN, TX, MINB, false, true>(a, s) : launch<T, D, BM, BN, TX, MINB, false, false>(a, s);
 }
 
 }  // namespace

@@ -11,6 +11,8 @@
 //         waits for the previous key tile's block to have added its share), and the last key
 //         tile writes dQ. The order is fixed, so two runs give the same bits; blocks take
 //         their tiles from a counter in that order, so the block waited for is always running.
+// With dropout (the forward's mask, regenerated), dV = P~^T dO and dS = P (dP~ - Dr), where P~
+// and dP~ are P and dP with the dropped weights 0 and the kept ones scaled.
 // Plain FMA in the element type (exact fp32 / fp64), as the forward. With a bias, its gradient
 // is dS at each element the forward read, written by the block that owns the key (each
 // problem's part of it is its own: no two blocks add into one element).
@@ -139,7 +141,7 @@ struct DqShared {
 };
 
 // dK and dV of BN keys of one problem, and their share of dQ.
-template <class T, int D, int BM, int BN, int MINB, bool VEC>
+template <class T, int D, int BM, int BN, int MINB, bool VEC, bool EXTRA>
 __global__ void __launch_bounds__(kThreads, MINB)
     main_kernel(AttentionArgs a, AttentionGradArgs ga, const T* dr, const int* row_len, const int* tile_kmax,
                 DqShared<T> sh) {
@@ -181,10 +183,11 @@ __global__ void __launch_bounds__(kThreads, MINB)
     for (int c = 0; c < D / 8; ++c) dk[i][c] = dvv[i][c] = 0;
   const T sl2 = T(a.scale * 1.4426950408889634);
   const int ta = threadIdx.x / 8, tb = threadIdx.x % 8;
-  const BiasRows<T, T> bias(a, b);
+  const BiasRows<T, T> bias(a, b, EXTRA);
+  const DropMask<T> drop(a, b0, b1, EXTRA);
   // The bias's gradient: dS itself at each (row, key) bias element, or its sum over the rows
   // where the bias is one per key (this thread's key threadIdx.x, summed in row order).
-  T* dbias = dbias_part<T>(a, ga, b);
+  T* dbias = dbias_part<T>(a, ga, b, EXTRA);
   T dbias_key = 0;
 
   for (int qt = 0; qt < qtiles; ++qt) {
@@ -226,8 +229,15 @@ __global__ void __launch_bounds__(kThreads, MINB)
 #pragma unroll
       for (int e = 0; e < BM / 8; ++e) {
         const int row = tb + 8 * e, key = ta + 16 * i;
-        Ps[row * LDS + key] = p[i][e];
-        St[key * LDT + row] = j0 + key < len_s[row] ? p[i][e] * (dp[i][e] - dr_s[row]) : T(0);
+        // With dropout the output took the dropped weights: dV from them, dP through the mask.
+        T pd = p[i][e], dpd = dp[i][e];
+        if (drop.on && pd != T(0)) {
+          const bool kept = drop.keep(i0 + row, j0 + key);
+          pd = kept ? pd * drop.scale : T(0);
+          dpd = kept ? dpd * drop.scale : T(0);
+        }
+        Ps[row * LDS + key] = pd;
+        St[key * LDT + row] = j0 + key < len_s[row] ? p[i][e] * (dpd - dr_s[row]) : T(0);
       }
     __syncthreads();
     if (dbias) {
@@ -318,7 +328,7 @@ void set_smem(K kernel, size_t smem) {
   }
 }
 
-template <class T, int D, int BM, int BN, int MINB, bool VEC>
+template <class T, int D, int BM, int BN, int MINB, bool VEC, bool EXTRA>
 void launch(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s) {
   static_assert(BM % 16 == 0 && BN % 16 == 0 && D % (8 * (16 / sizeof(T))) == 0, "tile shape");
   constexpr int VN = 16 / int(sizeof(T));
@@ -349,8 +359,8 @@ void launch(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s)
       ga.dq_rs);
   check_launch("dot_attention backward (rows)");
   constexpr size_t smem = sizeof(T) * size_t((2 * BN + 2 * BM) * (D + VN) + BM * (BN + VN) + BN * (BM + VN));
-  set_smem(main_kernel<T, D, BM, BN, MINB, VEC>, smem);
-  main_kernel<T, D, BM, BN, MINB, VEC><<<unsigned(problems * ktiles), kThreads, smem, s>>>(
+  set_smem(main_kernel<T, D, BM, BN, MINB, VEC, EXTRA>, smem);
+  main_kernel<T, D, BM, BN, MINB, VEC, EXTRA><<<unsigned(problems * ktiles), kThreads, smem, s>>>(
       a, ga, dr, row_len, tile_kmax, DqShared<T>{counters, counters + 1, acc});
   check_launch("dot_attention backward");
   cudaFreeAsync(scratch, s);
@@ -365,8 +375,9 @@ void launch_vec(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_
                    a.k_bs0 % VN == 0 && a.k_bs1 % VN == 0 && a.k_rs % VN == 0 && a.v_bs0 % VN == 0 &&
                    a.v_bs1 % VN == 0 && a.v_rs % VN == 0 && a.o_bs0 % VN == 0 && a.o_bs1 % VN == 0 &&
                    a.o_rs % VN == 0;
-  if (vec) launch<T, D, BM, BN, MINB, true>(a, ga, s);
-  else launch<T, D, BM, BN, MINB, false>(a, ga, s);
+  const bool extra = attention_extras(a);
+  if (vec) extra ? launch<T, D, BM, BN, MINB, true, true>(a, ga, s) : launch<T, D, BM, BN, MINB, true, false>(a, ga, s);
+  else extra ? launch<T, D, BM, BN, MINB, false, true>(a, ga, s) : launch<T, D, BM, BN, MINB, false, false>(a, ga, s);
 }
 
 }  // namespace

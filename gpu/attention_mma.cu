@@ -18,7 +18,10 @@
 // block in a fixed order: two runs give the same bits, with no atomics.
 // Weights and dS enter the products rounded to the element type, as in the usual flash
 // attention; everything else accumulates in f32. An additive bias is read where an energy is
-// formed; its gradient (f32) is written by the keys kernel from dS before rounding.
+// formed; its gradient (f32) is written by the keys kernel from dS before rounding. Dropout
+// regenerates its mask (Philox by element index) wherever a weight is formed: the forward drops
+// weights after the row sums, the backward takes dV from the dropped weights and dP through
+// the mask.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -158,7 +161,60 @@ __device__ __forceinline__ void as_operand(uint32_t (&pf)[NT / 2][4], const floa
 
 // The forward: 4 warps of WM tiles of 16 queries each (BM = 64 WM queries per block), key
 // tiles of BN.
-template <class T, int D, int WM, int BN>
+// The dropout decisions of the four weights a thread holds of an 8-key column tile in the
+// forward and dQ layout: rows row0 + 8 h, keys key0 + 2 t + c, element 2 h + c (key0 a
+// multiple of 8). Where the mask comes in aligned groups of four keys, lanes t and t ^ 1 hold
+// halves of the same group of both rows: each draws one row's block and hands the other lane
+// its half. Every lane of the warp must call it (shuffles).
+__device__ __forceinline__ void keep_by_rows(const DropMask<float>& drop, int64_t row0, int64_t key0, int t,
+                                             bool (&kept)[4]) {
+  if (drop.quads) {
+    const int par = t & 1;
+    uint32_t u[4];
+    philox::block(drop.offset + drop.index(row0 + 8 * par, key0 + 4 * (t >> 1)) / 4, drop.seed, u);
+    const uint32_t give0 = par ? u[0] : u[2], give1 = par ? u[1] : u[3];  // the words t ^ 1 needs
+    const uint32_t got0 = __shfl_xor_sync(0xffffffffu, give0, 1), got1 = __shfl_xor_sync(0xffffffffu, give1, 1);
+    const bool own0 = drop.kept_word(par ? u[2] : u[0]), own1 = drop.kept_word(par ? u[3] : u[1]);
+    kept[0] = par ? drop.kept_word(got0) : own0;
+    kept[1] = par ? drop.kept_word(got1) : own1;
+    kept[2] = par ? own0 : drop.kept_word(got0);
+    kept[3] = par ? own1 : drop.kept_word(got1);
+    return;
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    philox::KeepStream keep = drop.stream();  // keys 2t and 2t + 1 mostly share a counter
+#pragma unroll
+    for (int c = 0; c < 2; ++c) kept[2 * h + c] = keep(drop.index(row0 + 8 * h, key0 + 2 * t + c));
+  }
+}
+
+// The same in the dK/dV layout (transposed): rows row0 + c, keys key0 + k + 8 h, element
+// 2 h + c, where k = g % 4 and key0 a multiple of 4. The lanes of one t and four consecutive g
+// hold one aligned group of four keys for each (h, c): each draws one of the four blocks and
+// they exchange words in four steps (lane k takes word k of every block).
+__device__ __forceinline__ void keep_by_keys(const DropMask<float>& drop, int64_t row0, int64_t key0, int k,
+                                             bool (&kept)[4]) {
+  if (drop.quads) {
+    uint32_t u[4];
+    philox::block(drop.offset + drop.index(row0 + (k & 1), key0 + 8 * (k >> 1)) / 4, drop.seed, u);
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+      const int w = k ^ s;  // lane k ^ s wants word k ^ s of this lane's block
+      const uint32_t out = w == 0 ? u[0] : w == 1 ? u[1] : w == 2 ? u[2] : u[3];
+      const uint32_t in = s == 0 ? out : __shfl_xor_sync(0xffffffffu, out, s << 2);
+      const bool x = drop.kept_word(in);  // word k of block k ^ s
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if ((k ^ s) == e) kept[e] = x;
+    }
+    return;
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) kept[e] = drop.keep(row0 + (e & 1), key0 + k + 8 * (e >> 1));
+}
+
+template <class T, int D, int WM, int BN, bool EXTRA>
 __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
   constexpr int LD = D + 8, NT = BN / 8, BM = 64 * WM;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -208,7 +264,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
     l[m][0] = l[m][1] = 0.f;
   }
   const float sl2 = float(a.scale * 1.4426950408889634);
-  const BiasRows<T, float> bias(a, b);
+  const BiasRows<T, float> bias(a, b, EXTRA);
+  const DropMask<float> drop(a, b0, b1, EXTRA);
   uint32_t qf[WM][D / 16][4];
 
   for (int j0 = 0; j0 < kmax; j0 += BN) {
@@ -258,6 +315,15 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
           s[m][n][e] = exp2f(s[m][n][e] - base[e / 2]);
           sum[e / 2] += s[m][n][e];
         }
+      if (drop.on) {  // after the sums: the softmax is taken before dropout
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+          bool kept[4];
+          keep_by_rows(drop, r0 + 16 * m, j0 + 8 * n, t, kept);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[m][n][e] = kept[e] ? s[m][n][e] * drop.scale : 0.f;
+        }
+      }
 #pragma unroll
       for (int h = 0; h < 2; ++h) l[m][h] = l[m][h] * alpha[h] + sum[h];  // the quad's partial sums
 #pragma unroll
@@ -303,7 +369,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
 
 // dK and dV of BK = 64 WM keys of one problem (WM tiles of 16 per warp), walking the query
 // tiles (BQ queries, two stages in shared memory) that see any of them.
-template <class T, int D, int WM, int BQ>
+template <class T, int D, int WM, int BQ, bool EXTRA>
 __global__ void __launch_bounds__(kThreads)
     keys_kernel(AttentionArgs a, AttentionGradArgs ga, const float* dr, const int* row_len, const int* tile_kmax) {
   constexpr int LD = D + 8, NT = BQ / 8, BK = 64 * WM;
@@ -358,10 +424,11 @@ __global__ void __launch_bounds__(kThreads)
       for (int e = 0; e < 4; ++e) dk[m][n][e] = dvv[m][n][e] = 0.f;
   const float sl2 = float(a.scale * 1.4426950408889634);
   const int key0 = j0 + warp * 16 * WM + g;  // this thread's keys: key0 + 16 m + 8 h
-  const BiasRows<T, float> bias(a, b);
+  const BiasRows<T, float> bias(a, b, EXTRA);
+  const DropMask<float> drop(a, b0, b1, EXTRA);
   // The bias's gradient (f32): dS itself at each (row, key) element, or, for a bias over the
   // keys alone, the sum over the rows (the thread's partial sums, then over its quad).
-  float* dbias = dbias_part<float>(a, ga, b);
+  float* dbias = dbias_part<float>(a, ga, b, EXTRA);
   float dbias_key[WM][2] = {};
 
   for (int buf = 0; it < qtiles; buf ^= 1) {
@@ -398,19 +465,24 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int m = 0; m < WM; ++m) {
 #pragma unroll
-      for (int n = 0; n < NT; ++n)
+      for (int n = 0; n < NT; ++n) {
+        bool kept[4] = {true, true, true, true};  // dV from the dropped weights, dP through the mask
+        if (drop.on) keep_by_keys(drop, i0 + 8 * n + 2 * t, key0 - (g & 3) + 16 * m, g & 3, kept);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int r = 8 * n + 2 * t + (e & 1), key = key0 + 16 * m + 8 * (e / 2);
           const bool seen = key < len_s[buf][r];
           const float p = seen ? exp2f(s[m][n][e] * sl2 + bias(i0 + r, key) - lse_s[buf][r]) : 0.f;
-          s[m][n][e] = p;
-          dp[m][n][e] = seen ? p * (dp[m][n][e] - dr_s[buf][r]) : 0.f;
+          const float f = drop.on ? drop.scale : 1.f;
+          const float dpd = kept[e] ? dp[m][n][e] * f : 0.f;
+          s[m][n][e] = kept[e] ? p * f : 0.f;
+          dp[m][n][e] = seen ? p * (dpd - dr_s[buf][r]) : 0.f;
           if (dbias && seen) {
             if (a.bias_rs != 0) dbias[(i0 + r) * a.bias_rs + int64_t(key) * a.bias_cs] += dp[m][n][e];
             else dbias_key[m][e / 2] += dp[m][n][e];
           }
         }
+      }
       as_operand<T, NT>(pf[m], s[m]);
     }
     weights_times_rows<T, D, BQ, LD, WM>(dvv, pf, G, 0);  // dV += P^T dO
@@ -450,7 +522,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // dQ of BM = 64 WM queries of one problem (WM tiles of 16 per warp), walking their keys in
 // tiles of BK.
-template <class T, int D, int WM, int BK>
+template <class T, int D, int WM, int BK, bool EXTRA>
 __global__ void __launch_bounds__(kThreads)
     queries_kernel(AttentionArgs a, AttentionGradArgs ga, const float* dr, const int* row_len, const int* tile_kmax) {
   constexpr int LD = D + 8, NT = BK / 8, BM = 64 * WM;
@@ -502,7 +574,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int e = 0; e < 4; ++e) dq[m][n][e] = 0.f;
   const float sl2 = float(a.scale * 1.4426950408889634);
-  const BiasRows<T, float> bias(a, b);
+  const BiasRows<T, float> bias(a, b, EXTRA);
+  const DropMask<float> drop(a, b0, b1, EXTRA);
   uint32_t qf[WM][D / 16][4], gf[WM][D / 16][4];
 
   for (int j0 = 0; j0 < kmax; j0 += BK) {
@@ -531,14 +604,18 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int m = 0; m < WM; ++m) {
 #pragma unroll
-      for (int n = 0; n < NT; ++n)
+      for (int n = 0; n < NT; ++n) {
+        bool kept[4] = {true, true, true, true};
+        if (drop.on) keep_by_rows(drop, r0 + 16 * m, j0 + 8 * n, t, kept);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int key = j0 + 8 * n + 2 * t + (e & 1), h = e / 2;
           const bool seen = key < len[m][h];
           const float p = seen ? exp2f(s[m][n][e] * sl2 + bias(r0 + 16 * m + 8 * h, key) - lse[m][h]) : 0.f;
-          dp[m][n][e] = seen ? p * (dp[m][n][e] - drr[m][h]) : 0.f;
+          const float dpd = kept[e] ? dp[m][n][e] * (drop.on ? drop.scale : 1.f) : 0.f;
+          dp[m][n][e] = seen ? p * (dpd - drr[m][h]) : 0.f;
         }
+      }
       as_operand<T, NT>(pf[m], dp[m]);
     }
     weights_times_rows<T, D, BK, LD, WM>(dq, pf, Ks, 0);  // dQ += dS K
@@ -590,19 +667,19 @@ bool aligned(const AttentionArgs& a, const AttentionGradArgs* ga) {
   return ok;
 }
 
-template <class T, int D, int WM, int BN>
+template <class T, int D, int WM, int BN, bool EXTRA>
 void forward(const AttentionArgs& a, cudaStream_t s) {
   constexpr int BM = 64 * WM;
   constexpr size_t smem = sizeof(T) * size_t((BM + 2 * BN) * (D + 8));
-  set_smem(forward_kernel<T, D, WM, BN>, smem, "dot_attention");
+  set_smem(forward_kernel<T, D, WM, BN, EXTRA>, smem, "dot_attention");
   const dim3 grid(unsigned(a.batch0 * a.batch1), unsigned((a.tq + BM - 1) / BM));
-  forward_kernel<T, D, WM, BN><<<grid, kThreads, smem, s>>>(a);
+  forward_kernel<T, D, WM, BN, EXTRA><<<grid, kThreads, smem, s>>>(a);
   check_launch("dot_attention");
 }
 
 // Backward tiles: WK key tiles of 16 per warp and query tiles of BQ in the keys kernel, WQ
 // query tiles per warp and key tiles of BK in the queries kernel.
-template <class T, int D, int WK, int BQ, int WQ, int BK>
+template <class T, int D, int WK, int BQ, int WQ, int BK, bool EXTRA>
 void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s) {
   static_assert(kTile % BQ == 0, "query tiles of the keys kernel divide the row tiles");
   const int64_t problems = a.batch0 * a.batch1, rtiles = (a.tq + kTile - 1) / kTile;
@@ -624,18 +701,25 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
   check_launch("dot_attention backward (rows)");
   if (ga.dk || ga.dv || ga.dbias) {
     constexpr size_t smem = sizeof(T) * size_t((2 * 64 * WK + 4 * BQ) * (D + 8));
-    set_smem(keys_kernel<T, D, WK, BQ>, smem, "dot_attention backward");
-    keys_kernel<T, D, WK, BQ><<<unsigned(problems * kblocks), kThreads, smem, s>>>(a, ga, dr, row_len, tile_kmax);
+    set_smem(keys_kernel<T, D, WK, BQ, EXTRA>, smem, "dot_attention backward");
+    keys_kernel<T, D, WK, BQ, EXTRA><<<unsigned(problems * kblocks), kThreads, smem, s>>>(a, ga, dr, row_len, tile_kmax);
     check_launch("dot_attention backward (keys)");
   }
   if (ga.dq) {
     constexpr size_t smem = sizeof(T) * size_t((2 * 64 * WQ + 2 * BK) * (D + 8));
-    set_smem(queries_kernel<T, D, WQ, BK>, smem, "dot_attention backward");
-    queries_kernel<T, D, WQ, BK><<<dim3(unsigned(problems), unsigned(qblocks)), kThreads, smem, s>>>(a, ga, dr, row_len,
+    set_smem(queries_kernel<T, D, WQ, BK, EXTRA>, smem, "dot_attention backward");
+    queries_kernel<T, D, WQ, BK, EXTRA><<<dim3(unsigned(problems), unsigned(qblocks)), kThreads, smem, s>>>(a, ga, dr, row_len,
                                                                                                   tile_kmax);
     check_launch("dot_attention backward (queries)");
   }
   cudaFreeAsync(scratch, s);
+}
+
+template <class T, bool EXTRA>
+bool run(const AttentionArgs& a, const AttentionGradArgs* ga, int64_t width, cudaStream_t s) {
+  if (width <= 64) ga ? backward<T, 64, 2, 32, 2, 32, EXTRA>(a, *ga, s) : forward<T, 64, 2, 64, EXTRA>(a, s);
+  else ga ? backward<T, 128, 1, 64, 1, 64, EXTRA>(a, *ga, s) : forward<T, 128, 1, 64, EXTRA>(a, s);
+  return true;
 }
 
 template <class T>
@@ -645,9 +729,8 @@ bool dispatch_width(const AttentionArgs& a, const AttentionGradArgs* ga, cudaStr
   if ((a.tq + kTile - 1) / kTile > 65535 || a.batch0 * a.batch1 > 0x7fffffff) return false;
   // Forward: 32 queries per warp up to head size 64 (each K and V operand serves two row
   // tiles, halving the shared-memory reads per product), 16 above (registers).
-  if (width <= 64) ga ? backward<T, 64, 2, 32, 2, 32>(a, *ga, s) : forward<T, 64, 2, 64>(a, s);
-  else ga ? backward<T, 128, 1, 64, 1, 64>(a, *ga, s) : forward<T, 128, 1, 64>(a, s);
-  return true;
+  if (attention_extras(a)) return run<T, true>(a, ga, width, s);
+  return run<T, false>(a, ga, width, s);
 }
 
 }  // namespace

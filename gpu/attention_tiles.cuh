@@ -7,6 +7,7 @@
 
 #include "float_types.cuh"
 #include "launch.h"
+#include "philox.h"
 
 namespace dimx::gpu::attention_tiles {
 
@@ -63,8 +64,9 @@ template <class T, class C>
 struct BiasRows {
   const T* base;  // null: no bias
   int64_t rs, cs;
-  __device__ BiasRows(const AttentionArgs& a, int64_t b)
-      : base(a.bias ? static_cast<const T*>(a.bias) + (a.bias_off ? a.bias_off[b] : 0) : nullptr),
+  // enabled: a compile-time constant of the kernel (false: no bias, and its code folds away).
+  __device__ BiasRows(const AttentionArgs& a, int64_t b, bool enabled)
+      : base(enabled && a.bias ? static_cast<const T*>(a.bias) + (a.bias_off ? a.bias_off[b] : 0) : nullptr),
         rs(a.bias_rs),
         cs(a.bias_cs) {}
   // Row r's start (base non-null), and key j of such a row.
@@ -76,11 +78,50 @@ struct BiasRows {
   __device__ __forceinline__ C operator()(int64_t r, int64_t j) const { return base ? at(row(r), j) : C(0); }
 };
 
+// The dropout mask of problem (b0, b1) (AttentionArgs' drop fields); `on` false without dropout.
+// Elements are regenerated where they are needed (the backward draws the forward's mask).
+template <class C>
+struct DropMask {
+  uint64_t seed, offset, threshold;
+  int64_t base, rs, cs;
+  C scale;  // 1 / (1 - p): the kept weights' factor
+  bool on, f64;
+  // The mask's counters cover aligned groups of four consecutive keys of a row (f32 values,
+  // keys contiguous in the mask, rows and problems starting at multiples of 4): the kernels
+  // then draw a group's block once and share it between lanes.
+  bool quads;
+  // enabled: as BiasRows's.
+  __device__ DropMask(const AttentionArgs& a, int64_t b0, int64_t b1, bool enabled)
+      : seed(a.drop_seed),
+        offset(a.drop_offset),
+        threshold(a.drop_threshold),
+        base(b0 * a.drop_s0 + b1 * a.drop_s1),
+        rs(a.drop_rs),
+        cs(a.drop_cs),
+        scale(C(a.drop_scale)),
+        on(enabled && a.drop_p > 0),
+        f64(a.drop_f64),
+        quads(!a.drop_f64 && a.drop_cs == 1 && a.drop_rs % 4 == 0 && (b0 * a.drop_s0 + b1 * a.drop_s1) % 4 == 0) {}
+  // Whether word x of a block keeps its weight (f32 values: the top 24 bits).
+  __device__ __forceinline__ bool kept_word(uint32_t x) const { return (x >> 8) >= threshold; }
+  __device__ __forceinline__ philox::KeepStream stream() const { return {seed, offset, threshold, f64}; }
+  __device__ __forceinline__ uint64_t index(int64_t r, int64_t j) const { return uint64_t(base + r * rs + j * cs); }
+  // Whether weight (r, j) is kept.
+  __device__ __forceinline__ bool keep(int64_t r, int64_t j) const {
+    philox::KeepStream s = stream();
+    return s(index(r, j));
+  }
+};
+
+// Whether a call needs the kernels' bias and dropout code (their EXTRA variants): the plain
+// variants leave it out, so that it costs no registers where neither is asked for.
+inline bool attention_extras(const AttentionArgs& a) { return a.bias || a.drop_p > 0; }
+
 // Where problem b's part of the bias gradient starts (null: none wanted, or the bias
 // broadcasts over keys, where the gradient is exactly 0: each row's dS sums to 0).
 template <class G>
-__device__ __forceinline__ G* dbias_part(const AttentionArgs& a, const AttentionGradArgs& ga, int64_t b) {
-  if (!ga.dbias || a.bias_cs == 0) return nullptr;
+__device__ __forceinline__ G* dbias_part(const AttentionArgs& a, const AttentionGradArgs& ga, int64_t b, bool enabled) {
+  if (!enabled || !ga.dbias || a.bias_cs == 0) return nullptr;
   const int64_t* off = ga.dbias_off ? ga.dbias_off : a.bias_off;
   return static_cast<G*>(ga.dbias) + (off ? off[b] : 0);
 }

@@ -7,7 +7,7 @@
 #include <mutex>
 
 #include "backend.h"
-#include "cpu/strided.h"
+#include "strided_space.h"
 #include "gemm.h"
 #include "launch.h"
 #include "optim_coeffs.h"
@@ -26,7 +26,7 @@ void check(cudaError_t e, const char* call) {
 
 template <int K>
 Meta<K> make_meta(const Shape& shape, const std::array<Strides, K>& strides) {
-  cpu::StridedSpace<K> c = cpu::collapse<K>(shape, strides);
+  StridedSpace<K> c = collapse<K>(shape, strides);
   if (c.shape.size() > size_t(kMaxDims)) throw Error("cuda: more than 8 non-mergeable axes are not supported");
   Meta<K> m;
   m.nd = int(c.shape.size());
@@ -75,7 +75,7 @@ class CudaBackend final : public backend::Backend {
 
   std::shared_ptr<Storage> allocate(size_t bytes) override {
     cudaStream_t s = stream();
-    auto st = std::make_shared<Storage>();
+    auto st = make_pooled<Storage>();
     st->bytes = bytes;
     st->device = Device::cuda(index_);
     void* p = nullptr;
@@ -194,7 +194,10 @@ class CudaBackend final : public backend::Backend {
                          a.v.data, a.v.batch_stride[0], a.v.batch_stride[1], a.v.row_stride,
                          a.out, a.out_batch_stride[0], a.out_batch_stride[1], a.out_row_stride,
                          a.key_lengths, a.lse,
-                         a.bias.data, a.bias.batch_offset, a.bias.row_stride, a.bias.col_stride};
+                         a.bias.data, a.bias.batch_offset, a.bias.row_stride, a.bias.col_stride,
+                         a.dropout.p, a.dropout.scale, a.dropout.seed, a.dropout.offset, a.dropout.threshold,
+                         a.dropout.stride[0], a.dropout.stride[1], a.dropout.row_stride, a.dropout.col_stride,
+                         a.dropout.f64};
   }
   bool attention_takes_bias() const override { return true; }
   // Measured on the H200 (BEATs layer, B=8 T=1024 H=12, f32): the exact f32/f64 kernels reading
@@ -202,9 +205,14 @@ class CudaBackend final : public backend::Backend {
   // unfused path (forward 3.87 vs 3.37 ms, forward + backward 12.6 vs 10.5 ms), so they decline
   // it (counted as an unfused call); a bias over the keys or the queries alone, and every bias
   // in bf16/f16, stays fused.
+  // Dropout in the exact kernels, which draw a Philox block per weight in the forward and again
+  // in the backward, measured slower than the unfused path too (dot_attention fwd+bwd, B=8 H=12
+  // T=1024 d=64 f32: 6.63 vs 4.45 ms), so they decline it as well; the tensor-core kernels share
+  // each block between lanes and keep it (bf16: 2.1 ms fused against 3.85 unfused).
   bool attention(DType dt, const backend::Attention& a) override {
-    if (a.bias.data && a.bias.row_stride != 0 && a.bias.col_stride != 0 && (dt == DType::f32 || dt == DType::f64))
-      return false;
+    const bool exact = dt == DType::f32 || dt == DType::f64;
+    if (exact && a.bias.data && a.bias.row_stride != 0 && a.bias.col_stride != 0) return false;
+    if (exact && a.dropout.p > 0) return false;
     return launch_attention(dt, attention_args(a), stream());
   }
   void optim_step(DType dt, const backend::OptimStep& a) override {

@@ -39,6 +39,13 @@ struct AttentionArgs {
   const void* bias;
   const int64_t* bias_off;
   int64_t bias_rs, bias_cs;
+  // Dropout of the weights (backend::Attention::Dropout; drop_p == 0: none): weight (b0, b1, i,
+  // j) is kept (and scaled by drop_scale) where philox::KeepStream keeps element
+  // b0 drop_s0 + b1 drop_s1 + i drop_rs + j drop_cs.
+  double drop_p, drop_scale;
+  uint64_t drop_seed, drop_offset, drop_threshold;
+  int64_t drop_s0, drop_s1, drop_rs, drop_cs;
+  bool drop_f64;
 };
 // The backward of launch_attention's problem (the same AttentionArgs, with the lse its forward
 // wrote): g has out's strides; dq, dk, dv (each nullable: not computed) have their own strides.

@@ -60,7 +60,7 @@ Tensor record(const char* name, const Tensor& out, std::vector<Tensor> inputs, B
   bool any = false;
   for (const Tensor& t : inputs) any = any || (t.defined() && t.requires_grad());
   if (!any) return out;
-  auto impl = std::make_shared<TensorImpl>(out.impl());
+  auto impl = make_pooled<TensorImpl>(out.impl());
   impl->autograd = std::make_shared<AutogradMeta>();
   impl->autograd->requires_grad = true;
   impl->autograd->grad_fn =
@@ -87,7 +87,7 @@ bool Tensor::requires_grad() const {
 }
 
 Tensor Tensor::with_requires_grad(bool on) const {
-  auto impl = std::make_shared<TensorImpl>(this->impl());
+  auto impl = make_pooled<TensorImpl>(this->impl());
   impl->autograd = nullptr;
   if (on) {
     if (!is_float_like(dtype()))

@@ -81,6 +81,17 @@ struct Attention {
   int64_t out_row_stride;
   const int64_t* key_lengths;
   Bias bias;  // bias.data null: none
+  // Dropout of the weights (p == 0: none): weight (b0, b1, i, j) is kept, and scaled by
+  // `scale` (1 / (1 - p)), where philox::keep(seed, offset, f, f64, threshold) holds for
+  // f = b0 * stride[0] + b1 * stride[1] + i * row_stride + j * col_stride (its index in the mask
+  // that dropout() would draw over the weights' Dims). The backward regenerates it.
+  struct Dropout {
+    double p = 0, scale = 1;
+    uint64_t seed = 0, offset = 0, threshold = 0;
+    bool f64 = false;
+    int64_t stride[2] = {0, 0};
+    int64_t row_stride = 0, col_stride = 0;
+  } dropout;
   // Nullable: the frontend passes it when a backward will follow. A device whose backward
   // reads it (CUDA) writes each row's log2-sum-exp2 of the scaled energies here (contiguous,
   // the element type, f32 for bf16/f16, [batch, tq]); one that recomputes the rows instead (the CPU) ignores it.

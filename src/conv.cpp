@@ -78,7 +78,7 @@ Tensor causal_conv(const Tensor& x0, const Tensor& kernel0, const Dim& axis, con
       be.causal_conv(x.dtype(), adj, g.impl().data(), kernel.impl().data(), gx.impl().data());
     }
     if (need_k) {
-      gk = empty(kernel.dims(), kernel.dtype(), kernel.device(), kOp);
+      gk = empty_like(kernel, kernel.dtype(), kOp);
       be.causal_conv_kernel_grad(x.dtype(), a, x.impl().data(), g.impl().data(), gk.impl().data());
     }
     return std::vector<Tensor>{gx, gk};

@@ -286,7 +286,7 @@ Tensor apply(UnaryOp op, const Tensor& x) {
   if (!is_float_like(x.dtype()) && op != UnaryOp::neg && op != UnaryOp::abs && op != UnaryOp::sign &&
       op != UnaryOp::square && op != UnaryOp::logical_not)
     fail(std::string(name) + ": needs a floating dtype, got x = " + x.str() + "; cast with astype()");
-  Tensor y = empty(x.dims(), x.dtype(), x.device(), name);
+  Tensor y = empty_like(x, x.dtype(), name);
   backend::backend_for(x.device())
       .unary(op, x.dtype(), extents(x.dims()), {x.impl().data(), x.impl().strides}, {y.impl().data(), y.impl().strides});
   if (x.feature_dim()) y = y.with_feature_dim(x.feature_dim());
@@ -295,7 +295,7 @@ Tensor apply(UnaryOp op, const Tensor& x) {
   return record(name, y, {x}, [op, x, y](const Tensor& g) {
     // One fused pass where the derivative is a function of x alone (half dtypes included).
     if (backend::has_fused_derivative(op) && g.dtype() == x.dtype() && g.device() == x.device()) {
-      Tensor gx = empty(x.dims(), x.dtype(), x.device(), op_name(op));
+      Tensor gx = empty_like(x, x.dtype(), op_name(op));
       backend::backend_for(x.device())
           .unary_backward(op, x.dtype(), extents(x.dims()), {x.impl().data(), x.impl().strides},
                           {g.impl().data(), aligned_strides(g.impl(), x.dims())}, {gx.impl().data(), gx.impl().strides});

@@ -67,22 +67,27 @@ int64_t checked_add(const char* op, int64_t a, int64_t b, const std::string& wha
   return r;
 }
 
-bool merged_stride(const Tensor& t, const Dims& group, int64_t& extent, int64_t& stride) {
+bool merged_stride(const Dims& dims, std::span<const int64_t> strides, std::span<const Dim> group, int64_t& extent,
+                   int64_t& stride) {
   extent = 1;
   stride = 0;
   int64_t expect = -1;
-  const TensorImpl& ti = t.impl();
   for (size_t i = group.size(); i-- > 0;) {
     const int64_t e = group[i].extent();
     extent *= e;
     if (e == 1) continue;
-    const auto it = std::find(ti.dims.begin(), ti.dims.end(), group[i]);
-    const int64_t s = it == ti.dims.end() ? 0 : ti.strides[size_t(it - ti.dims.begin())];
+    const auto it = std::find(dims.begin(), dims.end(), group[i]);
+    const int64_t s = it == dims.end() ? 0 : strides[size_t(it - dims.begin())];
     if (expect < 0) stride = s;
     else if (s != expect) return false;
     expect = s * e;
   }
   return true;
+}
+
+bool merged_stride(const Tensor& t, std::span<const Dim> group, int64_t& extent, int64_t& stride) {
+  const TensorImpl& ti = t.impl();
+  return merged_stride(ti.dims, {ti.strides.data(), ti.strides.size()}, group, extent, stride);
 }
 
 Strides contiguous_strides(const Shape& shape) {
@@ -174,23 +179,52 @@ void check_unique(const char* op, const Dims& dims) {
 }
 
 Tensor empty(Dims dims, DType dtype, Device device, const char* op) {
-  const Shape shape = extents(dims);
-  const int64_t n = checked_numel(op, dims, shape);
+  auto impl = make_pooled<TensorImpl>();
+  // Strides and the element count in one pass; the full check (with its message) only where
+  // the running product might have overflowed or a Dim is empty.
+  impl->strides.resize(dims.size());
+  int64_t n = 1;
+  bool exact = true;
+  for (size_t i = dims.size(); i-- > 0;) {
+    impl->strides[i] = n;
+    const int64_t e = dims[i].extent();
+    if (e == 0 || __builtin_mul_overflow(n, e, &n)) exact = false;
+  }
+  if (!exact) {
+    n = checked_numel(op, dims);
+    impl->strides = contiguous_strides(extents(dims));
+  }
   int64_t bytes;
   if (__builtin_mul_overflow(n, int64_t(dtype_size(dtype)), &bytes))
     fail(std::string(op) + ": the byte size of " + dims_str(dims) + " (" + dtype_name(dtype) + ") overflows int64");
-  auto impl = std::make_shared<TensorImpl>();
-  impl->strides = contiguous_strides(shape);
   impl->dims = std::move(dims);
   impl->dtype = dtype;
   impl->storage = backend::backend_for(device).allocate(size_t(bytes));
   return Tensor(std::move(impl));
 }
 
+Tensor empty_like(const Tensor& x, DType dtype, const char* op) {
+  const TensorImpl& t = x.impl();
+  auto impl = make_pooled<TensorImpl>();
+  impl->dims = t.dims;
+  impl->strides.resize(t.dims.size());
+  int64_t n = 1;
+  for (size_t i = t.dims.size(); i-- > 0;) {
+    impl->strides[i] = n;
+    n *= t.dims[i].extent();
+  }
+  int64_t bytes;
+  if (__builtin_mul_overflow(n, int64_t(dtype_size(dtype)), &bytes))
+    fail(std::string(op) + ": the byte size of " + dims_str(t.dims) + " (" + dtype_name(dtype) + ") overflows int64");
+  impl->dtype = dtype;
+  impl->storage = backend::backend_for(t.device()).allocate(size_t(bytes));
+  return Tensor(std::move(impl));
+}
+
 Tensor make_view(const Tensor& base, Dims dims, Strides strides, int64_t offset) {
   const TensorImpl& b = base.impl();
   checked_numel("view", dims);
-  auto impl = std::make_shared<TensorImpl>();
+  auto impl = make_pooled<TensorImpl>();
   impl->dims = std::move(dims);
   impl->strides = std::move(strides);
   impl->offset = offset;

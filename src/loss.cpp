@@ -53,7 +53,7 @@ Tensor frame_losses(const Tensor& logits, const Tensor& targets, const Dim& axis
   const DType dt = logits.dtype();
   const DType ct = dt == DType::f64 ? DType::f64 : DType::f32;
   const Device dev = logits.device();
-  const Block b = as_block(logits, {axis});
+  const Block b = as_block(logits, axis);
   const Dims outer = b.outer();
   const Tensor tgt = targets.with_sparse_dim(std::nullopt).astype(DType::i64).transpose_to(outer).contiguous();
   Dims dynamic;
@@ -76,7 +76,7 @@ Tensor frame_losses(const Tensor& logits, const Tensor& targets, const Dim& axis
   return record(kOp, loss, {logits}, [=](const Tensor& g0) {
     // g over the frames in the compute type; its padded entries are never used.
     const Tensor g = broadcast_to_include(g0.astype(ct), outer).transpose_to(outer).contiguous();
-    Tensor dx = empty(x.dims(), dt, dev, kOp);
+    Tensor dx = empty_like(x, dt, kOp);
     backend::backend_for(dev).cross_entropy_backward(dt, A, N, B, x.impl().data(),
                                                      static_cast<const int64_t*>(tgt.data_ptr()), bool_ptr(valid),
                                                      lse.impl().data(), g.impl().data(), dx.impl().data());

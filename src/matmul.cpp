@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <span>
 #include <vector>
 
 #include "autocast.h"
@@ -22,26 +23,32 @@ bool allow_tf32() { return g_allow_tf32; }
 
 namespace {
 
-// matmul(a, b, reduce)'s Dims in groups: batch (a's, shared with b), a's own, b's own; the
-// output has them in that order.
+// matmul(a, b, reduce)'s output Dims in three groups: batch (a's, shared with b), a's own,
+// b's own.
 struct MatmulDims {
-  Dims batch, m, n;
-  Dims out() const {
-    Dims o = batch;
-    o.insert(o.end(), m.begin(), m.end());
-    o.insert(o.end(), n.begin(), n.end());
-    return o;
-  }
+  Dims out;
+  size_t nb = 0, nm = 0;  // how many are batch Dims, how many a's own
 };
+
+using DimSpan = std::span<const Dim>;
+DimSpan batch_of(const Dims& out, const MatmulDims& md) { return {out.data(), md.nb}; }
+DimSpan m_of(const Dims& out, const MatmulDims& md) { return {out.data() + md.nb, md.nm}; }
+DimSpan n_of(const Dims& out, const MatmulDims& md) { return {out.data() + md.nb + md.nm, out.size() - md.nb - md.nm}; }
+DimSpan span_of(const Dims& ds) { return {ds.data(), ds.size()}; }
 
 MatmulDims matmul_dims(const Tensor& a, const Tensor& b, const Dims& reduce) {
   MatmulDims r;
+  boost::container::small_vector<const Dim*, 6> own;
   for (const Dim& d : a.dims()) {
     if (contains(reduce, d)) continue;
-    (b.has_dim(d) ? r.batch : r.m).push_back(d);
+    if (b.has_dim(d)) r.out.push_back(d);
+    else own.push_back(&d);
   }
+  r.nb = r.out.size();
+  r.nm = own.size();
+  for (const Dim* d : own) r.out.push_back(*d);
   for (const Dim& d : b.dims())
-    if (!contains(reduce, d) && !a.has_dim(d)) r.n.push_back(d);
+    if (!contains(reduce, d) && !a.has_dim(d)) r.out.push_back(d);
   return r;
 }
 
@@ -51,7 +58,7 @@ struct Operand {
 };
 
 // Describes t as batch-strided matrices [rows, cols]; false if a copy is needed.
-bool as_matrix(const Tensor& t, const Dims& batch, const Dims& rows, const Dims& cols, Operand& o) {
+bool as_matrix(const Tensor& t, DimSpan batch, DimSpan rows, DimSpan cols, Operand& o) {
   int64_t nb, sr, sc;
   if (!merged_stride(t, batch, nb, o.batch_stride) || !merged_stride(t, rows, o.rows, sr) ||
       !merged_stride(t, cols, o.cols, sc))
@@ -69,15 +76,23 @@ bool as_matrix(const Tensor& t, const Dims& batch, const Dims& rows, const Dims&
   return false;
 }
 
-Operand prepare(Tensor& t, const Dims& batch, const Dims& rows, const Dims& cols) {
+// t as batch-strided matrices, or a copy of it in `copy` (batch, rows, cols) where t is not one.
+Operand prepare(const Tensor& t, Tensor& copy, DimSpan batch, DimSpan rows, DimSpan cols) {
   Operand o{};
   if (as_matrix(t, batch, rows, cols, o)) return o;
-  Dims order = batch;
+  Dims order(batch.begin(), batch.end());
   order.insert(order.end(), rows.begin(), rows.end());
   order.insert(order.end(), cols.begin(), cols.end());
-  t = t.transpose_to(order);
-  if (!as_matrix(t, batch, rows, cols, o)) fail("matmul: internal error: contiguous operand not a matrix");
+  copy = t.transpose_to(order);
+  if (!as_matrix(copy, batch, rows, cols, o)) fail("matmul: internal error: contiguous operand not a matrix");
   return o;
+}
+
+// The product of the extents of `dims`.
+int64_t numel_over(DimSpan dims) {
+  int64_t n = 1;
+  for (const Dim& d : dims) n *= d.extent();
+  return n;
 }
 
 // The padded frames of a contracted Dim left out by the GEMM itself instead of selected out of
@@ -100,7 +115,9 @@ bool k_groups(const Tensor& a, const Tensor& b, const Dims& reduce, const Dims& 
   order.push_back(d);
   const MatmulDims md = matmul_dims(a, b, order);
   Operand oa, ob;
-  if (!as_matrix(a, md.batch, md.m, order, oa) || !as_matrix(b, md.batch, order, md.n, ob)) return false;
+  if (!as_matrix(a, batch_of(md.out, md), m_of(md.out, md), span_of(order), oa) ||
+      !as_matrix(b, batch_of(md.out, md), span_of(order), n_of(md.out, md), ob))
+    return false;
   lens = broadcast_to_include(l.astype(DType::i64), outer).transpose_to(outer).contiguous().to_vector<int64_t>();
   // Few long groups: the CPU takes one product per group, CUDA packs the valid frames first;
   // many short groups are cheaper selected out.
@@ -112,13 +129,15 @@ bool k_groups(const Tensor& a, const Tensor& b, const Dims& reduce, const Dims& 
 
 // y = a b (+ bias, a contiguous vector over the n Dims) on the backend, the contracted Dims
 // in the order `reduce`, K groups as k_groups() found them (lens empty: none).
-Tensor product(Tensor a, Tensor b, const Dims& reduce, const Tensor& bias, const std::vector<int64_t>& lens) {
-  const MatmulDims md = matmul_dims(a, b, reduce);
-  Tensor y = empty(md.out(), a.dtype(), a.device(), "matmul");
+Tensor product(const Tensor& a, const Tensor& b, const Dims& reduce, const Tensor& bias,
+               const std::vector<int64_t>& lens) {
+  MatmulDims md = matmul_dims(a, b, reduce);
+  Tensor y = empty(std::move(md.out), a.dtype(), a.device(), "matmul");
   if (y.numel() == 0) return y;
+  const Dims& out = y.dims();
   backend::Backend& be = backend::backend_for(a.device());
-  if (numel_of(extents(reduce)) == 0) {  // nothing contracted: zeros, or the bias in every row
-    const int64_t n = numel_of(extents(md.n));
+  if (numel_over(span_of(reduce)) == 0) {  // nothing contracted: zeros, or the bias in every row
+    const int64_t n = numel_over(n_of(out, md));
     if (bias.defined())
       be.copy(Shape{y.numel() / n, n}, a.dtype(), {bias.impl().data(), Strides{0, 1}}, a.dtype(),
               {y.impl().data(), Strides{n, 1}});
@@ -126,19 +145,20 @@ Tensor product(Tensor a, Tensor b, const Dims& reduce, const Tensor& bias, const
       be.fill(a.dtype(), y.numel(), y.impl().data(), 0);
     return y;
   }
-  Operand oa = prepare(a, md.batch, md.m, reduce);
-  Operand ob = prepare(b, md.batch, reduce, md.n);
+  Tensor ac, bc;  // copies of a and b where they are not matrices as they lie
+  const Operand oa = prepare(a, ac, batch_of(out, md), m_of(out, md), span_of(reduce));
+  const Operand ob = prepare(b, bc, batch_of(out, md), span_of(reduce), n_of(out, md));
   backend::Gemm g{};
-  g.batch = numel_of(extents(md.batch));
+  g.batch = numel_over(batch_of(out, md));
   g.m = oa.rows;
   g.k = oa.cols;
   g.n = ob.cols;
   g.trans_a = oa.trans;
   g.trans_b = ob.trans;
-  g.a = a.impl().data();
+  g.a = (ac.defined() ? ac : a).impl().data();
   g.lda = oa.ld;
   g.stride_a = oa.batch_stride;
-  g.b = b.impl().data();
+  g.b = (bc.defined() ? bc : b).impl().data();
   g.ldb = ob.ld;
   g.stride_b = ob.batch_stride;
   g.c = y.impl().data();
@@ -158,7 +178,7 @@ Tensor product(Tensor a, Tensor b, const Dims& reduce, const Tensor& bias, const
 // {in, out}), so that an optimizer reads it in place instead of copying it. Only those asked for.
 std::vector<Tensor> product_grads(const Tensor& a, const Tensor& b, const Tensor& g, bool need_a, bool need_b) {
   auto grad = [](const Tensor& other, const Tensor& gy, const Dims& reduce, const Tensor& like) {
-    return sum_to(matmul_dims(gy, other, reduce).out() == like.dims() ? matmul(gy, other, reduce)
+    return sum_to(matmul_dims(gy, other, reduce).out == like.dims() ? matmul(gy, other, reduce)
                                                                 : matmul(other, gy, reduce),
                   like);
   };
@@ -208,21 +228,25 @@ Tensor matmul(const Tensor& a0, const Tensor& b0, const Dims& reduce, bool use_m
   // Padded frames of a masked Dim (masked_dims) never reach the result or the gradients: the
   // GEMM leaves them out (k_groups), or they are selected out of both operands (0 * NaN would
   // be NaN).
-  Tensor a = a0, b = b0;
-  Dims order = reduce;
+  Tensor am, bm;  // the operands with padded frames selected out, where there are any
+  Dims order;     // the contracted Dims in K-group order, where the GEMM groups them
   std::vector<int64_t> lens;
   if (use_mask) {
     const Dims masked = masked_dims(a0, b0, reduce);
     const bool grouped = !masked.empty() && !needs_grad({&a0, &b0}) && k_groups(a0, b0, reduce, masked, order, lens);
     if (!grouped) {
-      order = reduce;
+      order.clear();
       lens.clear();
       for (const Dim& d : masked) {
-        if (a.has_dim(d) || contains(reduce, d)) a = zero_padding(a, d);
-        if (b.has_dim(d) || contains(reduce, d)) b = zero_padding(b, d);
+        const Tensor& a1 = am.defined() ? am : a0;
+        if (a1.has_dim(d) || contains(reduce, d)) am = zero_padding(a1, d);
+        const Tensor& b1 = bm.defined() ? bm : b0;
+        if (b1.has_dim(d) || contains(reduce, d)) bm = zero_padding(b1, d);
       }
     }
   }
+  const Tensor& a = am.defined() ? am : a0;
+  const Tensor& b = bm.defined() ? bm : b0;
 
   if (needs_grad({&a, &b})) {
     // Record on the masked operands: their own nodes carry the gradient back to a0 and b0.
@@ -236,7 +260,7 @@ Tensor matmul(const Tensor& a0, const Tensor& b0, const Dims& reduce, bool use_m
       return product_grads(a, b, g, need_a, need_b);
     });
   }
-  return with_feature_dim_of(product(a, b, order, Tensor(), lens), b0);
+  return with_feature_dim_of(product(a, b, order.empty() ? reduce : order, Tensor(), lens), b0);
 }
 
 Tensor matmul_add(const Tensor& a0, const Tensor& b0, const Dims& reduce, const Tensor& bias0, bool use_mask) {
@@ -246,9 +270,11 @@ Tensor matmul_add(const Tensor& a0, const Tensor& b0, const Dims& reduce, const 
   check_defined("matmul_add", bias0);
   check_same_device("matmul_add", a0, bias0);
   const MatmulDims md = matmul_dims(a0, b0, reduce);
+  const DimSpan ns = n_of(md.out, md);
+  const Dims n(ns.begin(), ns.end());
   // In the GEMM where the bias lies along b's own Dims (a Linear's bias) and nothing is masked;
   // otherwise the same sum in two passes.
-  const bool fused = bias0.dtype() == a0.dtype() && contains_all(md.n, bias0.dims()) &&
+  const bool fused = bias0.dtype() == a0.dtype() && contains_all(n, bias0.dims()) &&
                      (!use_mask || masked_dims(a0, b0, reduce).empty());
   if (!fused) return add(matmul(a0, b0, reduce, use_mask), bias0);
   if (needs_grad({&a0, &b0, &bias0})) {
@@ -265,7 +291,7 @@ Tensor matmul_add(const Tensor& a0, const Tensor& b0, const Dims& reduce, const 
     });
   }
   // The bias as one contiguous vector over the n Dims in the output's order (n elements).
-  const Tensor bias = broadcast_to_include(bias0, md.n).transpose_to(md.n).contiguous();
+  const Tensor bias = broadcast_to_include(bias0, n).transpose_to(n).contiguous();
   return with_feature_dim_of(product(a0, b0, reduce, bias, {}), b0);
 }
 

@@ -62,11 +62,11 @@ Tensor layer_norm(const Tensor& x, const Dim& feature, const Tensor& weight, con
   const DType dt = x.dtype(), sdt = dt == DType::f64 ? DType::f64 : DType::f32;
   const Device dev = x.device();
   // In x's own Dim order: a view when x is contiguous, else one copy.
-  const Block b = as_block(x.detach().contiguous(), {feature});
+  const Block b = as_block(x.detach().contiguous(), feature);
   const Tensor w = weight.defined() ? weight.detach().contiguous() : Tensor();
   const Tensor bi = bias.defined() ? bias.detach().contiguous() : Tensor();
   const bool grad = needs_grad({&x, &weight, &bias});
-  Tensor y = empty(b.x.dims(), dt, dev, kOp);
+  Tensor y = empty_like(b.x, dt, kOp);
   Tensor mean = grad ? empty(b.outer(), sdt, dev, kOp) : Tensor();
   Tensor rstd = grad ? empty(b.outer(), sdt, dev, kOp) : Tensor();
   const backend::LayerNorm a{b.A, b.N, b.B, eps, ptr(b.x), ptr(w), ptr(bi)};
@@ -79,7 +79,7 @@ Tensor layer_norm(const Tensor& x, const Dim& feature, const Tensor& weight, con
     const bool want_w = weight.defined() && weight.requires_grad();
     const bool want_b = bias.defined() && bias.requires_grad();
     const Tensor gb = g.astype(dt).transpose_to(b.x.dims());
-    Tensor dx = want_x ? empty(b.x.dims(), dt, dev, kOp) : Tensor();
+    Tensor dx = want_x ? empty_like(b.x, dt, kOp) : Tensor();
     Tensor dw = want_w ? empty({feature}, dt, dev, kOp) : Tensor();
     Tensor db = want_b ? empty({feature}, dt, dev, kOp) : Tensor();
     const Tensor mask = want_w || want_b ? valid_rows(b) : Tensor();

@@ -64,4 +64,38 @@ DIMX_HD inline void values(bool normal, bool f64, uint64_t seed, uint64_t counte
   }
 }
 
+// Whether element `flat` of a dropout mask is kept, as random_uniform(dims, gen) >= p decides
+// it for the stream (seed, offset): f32 values (4 per counter, 24 random bits) unless f64 (2
+// per counter, 53 bits). `threshold` is p in those units, rounded up (keep_threshold), so that
+// the comparison is exact in integers. The last counter's block is kept: neighbouring elements
+// cost one Philox block per counter.
+struct KeepStream {
+  uint64_t seed, offset, threshold;
+  bool f64;
+  uint64_t counter = ~uint64_t(0);
+  uint32_t u[4] = {0, 0, 0, 0};
+
+  DIMX_HD bool operator()(uint64_t flat) {
+    const uint64_t c = offset + (f64 ? flat / 2 : flat / 4);
+    if (c != counter) {
+      block(c, seed, u);
+      counter = c;
+    }
+    if (f64) {
+      const bool hi = flat % 2;
+      const uint64_t x = (uint64_t(hi ? u[2] : u[0]) << 21) ^ ((hi ? u[3] : u[1]) >> 11);
+      return x >= threshold;
+    }
+    const uint32_t lane = uint32_t(flat % 4);
+    const uint32_t x = lane == 0 ? u[0] : lane == 1 ? u[1] : lane == 2 ? u[2] : u[3];
+    return (x >> 8) >= threshold;
+  }
+};
+
+// KeepStream's threshold of drop probability p in [0, 1): p as the mask's dtype holds it (f32
+// unless f64), times 2^24 (2^53 for f64), rounded up.
+inline uint64_t keep_threshold(double p, bool f64) {
+  return f64 ? uint64_t(std::ceil(std::ldexp(p, 53))) : uint64_t(std::ceil(std::ldexp(double(float(p)), 24)));
+}
+
 }  // namespace dimx::philox

@@ -56,7 +56,7 @@ Tensor arg_reduce(bool is_max, const Tensor& x0, const Dim& axis, bool use_mask)
   if (is_half(x0.dtype())) return arg_reduce(is_max, widen_half(x0), axis, use_mask);
   bool masked = use_mask && axis.is_dynamic();
   Tensor x = masked ? broadcast_to_include(x0, axis.lengths().dims()) : x0;
-  Block b = as_block(x, {axis});
+  Block b = as_block(x, axis);
   Tensor len = masked ? block_lengths(b, axis) : Tensor();
   Tensor y = empty(b.outer(), DType::i64, x.device(), op);
   backend::backend_for(x.device())

@@ -470,8 +470,8 @@ Tensor cumsum(const Tensor& x0, const Dim& axis) {
   if (x0.dtype() == DType::boolean) fail("cumsum: dtype not supported for x = " + x0.str());
   if (is_half(x0.dtype())) return round_to(cumsum(widen_half(x0), axis), x0.dtype());
   Tensor x = copy_masked(x0, {axis});
-  Block b = as_block(x, {axis});
-  Tensor y = empty(b.x.dims(), x.dtype(), x.device(), "cumsum");
+  Block b = as_block(x, axis);
+  Tensor y = empty_like(b.x, x.dtype(), "cumsum");
   backend::backend_for(x.device()).cumsum(x.dtype(), b.A, b.N, b.B, b.x.impl().data(), y.impl().data());
   if (x.feature_dim()) y = y.with_feature_dim(x.feature_dim());
   if (!is_floating(x.dtype()) || !needs_grad({&x})) return y;

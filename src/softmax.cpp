@@ -24,10 +24,12 @@ Tensor softmax_impl(bool log, const Tensor& x0, const Dim& axis, bool use_mask) 
   if (!is_float_like(x0.dtype())) fail(std::string(op) + ": needs a floating dtype, got x = " + x0.str());
   if (is_half(x0.dtype())) return round_to(softmax_impl(log, widen_half(x0), axis, use_mask), x0.dtype());
   bool masked = use_mask && axis.is_dynamic();
-  Tensor x = masked ? broadcast_to_include(x0, axis.lengths().dims()) : x0;
-  Block b = as_block(x, {axis});
+  Tensor xb;  // x0 over the Dims of axis's lengths too, where they are needed
+  if (masked) xb = broadcast_to_include(x0, axis.lengths().dims());
+  const Tensor& x = masked ? xb : x0;
+  Block b = as_block(x, axis);
   Tensor len = masked ? block_lengths(b, axis) : Tensor();
-  Tensor y = empty(b.x.dims(), x.dtype(), x.device(), op);
+  Tensor y = empty_like(b.x, x.dtype(), op);
   backend::backend_for(x.device())
       .softmax(log, x.dtype(), b.A, b.N, b.B, b.x.impl().data(),
                masked ? static_cast<const int64_t*>(len.data_ptr()) : nullptr, y.impl().data());
@@ -45,10 +47,10 @@ Tensor softmax_backward(bool log, const Tensor& y, const Tensor& g, const Dim& a
     return round_to(softmax_backward(log, widen_half(y), widen_half(g), axis, use_mask), y.dtype());
   // One fused primitive over y as a contiguous block with `axis` in the middle, g laid out like it.
   const bool masked = use_mask && axis.is_dynamic();
-  Block b = as_block(y, {axis});
+  Block b = as_block(y, axis);
   Tensor gy = g.transpose_to(b.x.dims());
   Tensor len = masked ? block_lengths(b, axis) : Tensor();
-  Tensor gx = empty(b.x.dims(), y.dtype(), y.device(), log ? "log_softmax" : "softmax");
+  Tensor gx = empty_like(b.x, y.dtype(), log ? "log_softmax" : "softmax");
   backend::backend_for(y.device())
       .softmax_backward(log, y.dtype(), b.A, b.N, b.B, b.x.impl().data(), gy.impl().data(),
                         masked ? static_cast<const int64_t*>(len.data_ptr()) : nullptr, gx.impl().data());

@@ -14,8 +14,12 @@
 namespace dimx {
 
 namespace {
-const TensorImpl& need(const std::shared_ptr<const TensorImpl>& p, const char* what) {
-  if (!p) throw Error(std::string(what) + ": undefined tensor");
+[[noreturn, gnu::cold, gnu::noinline]] void undefined_tensor(const char* what) {
+  throw Error(std::string(what) + ": undefined tensor");
+}
+
+inline const TensorImpl& need(const std::shared_ptr<const TensorImpl>& p, const char* what) {
+  if (!p) [[unlikely]] undefined_tensor(what);
   return *p;
 }
 }  // namespace
@@ -24,7 +28,11 @@ const TensorImpl& Tensor::impl() const { return need(impl_, "Tensor"); }
 const Dims& Tensor::dims() const { return need(impl_, "Tensor::dims").dims; }
 DType Tensor::dtype() const { return need(impl_, "Tensor::dtype").dtype; }
 Device Tensor::device() const { return need(impl_, "Tensor::device").device(); }
-int64_t Tensor::numel() const { return numel_of(extents(dims())); }
+int64_t Tensor::numel() const {
+  int64_t n = 1;  // fits: every tensor's element count was checked where it was made
+  for (const Dim& d : dims()) n *= d.extent();
+  return n;
+}
 bool Tensor::has_dim(const Dim& d) const { return contains(dims(), d); }
 std::span<const int64_t> Tensor::strides() const { return {impl().strides.data(), impl().strides.size()}; }
 std::optional<Dim> Tensor::feature_dim() const { return impl().feature_dim; }
@@ -51,7 +59,7 @@ bool Tensor::is_contiguous() const {
 
 Tensor Tensor::with_feature_dim(std::optional<Dim> d) const {
   if (d && !has_dim(*d)) throw Error("with_feature_dim: dim '" + d->str() + "' not in " + dims_str(dims()));
-  auto p = std::make_shared<TensorImpl>(impl());
+  auto p = make_pooled<TensorImpl>(impl());
   p->feature_dim = d;
   return Tensor(std::move(p));
 }
@@ -59,7 +67,7 @@ Tensor Tensor::with_feature_dim(std::optional<Dim> d) const {
 Tensor Tensor::with_sparse_dim(std::optional<Dim> d) const {
   if (d && !is_integer(dtype()))
     throw Error("with_sparse_dim: sparse_dim needs an integer tensor, got " + str());
-  auto p = std::make_shared<TensorImpl>(impl());
+  auto p = make_pooled<TensorImpl>(impl());
   p->sparse_dim = d;
   return Tensor(std::move(p));
 }
@@ -137,7 +145,7 @@ Tensor Tensor::transpose_to(const Dims& order) const {
   for (size_t i = 0; i < c.size(); ++i) in_order = in_order && (shape[i] == 1 || s[i] == c[i]);
   if (in_order) return make_view(*this, order, c, t.offset);
   Tensor out = empty(order, t.dtype, t.device(), "transpose_to");
-  auto p = std::make_shared<TensorImpl>(out.impl());
+  auto p = make_pooled<TensorImpl>(out.impl());
   p->feature_dim = t.feature_dim;
   p->sparse_dim = t.sparse_dim;
   backend::backend_for(t.device()).copy(shape, t.dtype, {t.data(), s}, t.dtype, {p->data(), p->strides});
@@ -159,7 +167,7 @@ Tensor Tensor::astype(DType dt) const {
     return record("astype", y, {*this}, [src](const Tensor& g) { return std::vector<Tensor>{g.astype(src)}; });
   }
   Tensor out = empty(t.dims, dt, t.device(), "astype");
-  auto p = std::make_shared<TensorImpl>(out.impl());
+  auto p = make_pooled<TensorImpl>(out.impl());
   p->feature_dim = t.feature_dim;
   if (is_integer(dt)) p->sparse_dim = t.sparse_dim;
   backend::backend_for(t.device()).copy(extents(t.dims), t.dtype, {t.data(), t.strides}, dt, {p->data(), p->strides});
@@ -180,7 +188,7 @@ Tensor Tensor::to(Device dev) const {
   }
   Tensor src = contiguous();
   Tensor out = empty(t.dims, t.dtype, dev, "to");
-  auto p = std::make_shared<TensorImpl>(out.impl());
+  auto p = make_pooled<TensorImpl>(out.impl());
   p->feature_dim = t.feature_dim;
   p->sparse_dim = t.sparse_dim;
   size_t bytes = size_t(numel()) * dtype_size(t.dtype);

@@ -6,6 +6,9 @@
 
 #include <functional>
 #include <memory>
+#include <span>
+
+#include "pooled.h"
 
 namespace dimx {
 
@@ -45,6 +48,9 @@ struct TensorImpl {
 // Fresh contiguous tensor (uninitialized) on `device`. Throws, naming `op` and the Dims, when
 // the element count or the byte size overflows.
 Tensor empty(Dims dims, DType dtype, Device device, const char* op);
+// Fresh contiguous tensor over x's Dims in x's order, on x's device (its element count is
+// known to fit, so only the byte size of `dtype` is checked).
+Tensor empty_like(const Tensor& x, DType dtype, const char* op);
 // A view of `base`'s storage with new dims/strides/offset; tags are taken from `base` where
 // their Dims remain. Its element count must fit in int64 (checked), so every tensor has one.
 Tensor make_view(const Tensor& base, Dims dims, Strides strides, int64_t offset);
@@ -64,7 +70,13 @@ Strides contiguous_strides(const Shape& shape);
 Strides aligned_strides(const TensorImpl& t, const Dims& out);
 // Extent and stride of `group` as one row-major index of t (stride 0 where t lacks a Dim);
 // false if t's strides do not allow it. Extent-1 Dims are ignored.
-bool merged_stride(const Tensor& t, const Dims& group, int64_t& extent, int64_t& stride);
+bool merged_stride(const Tensor& t, std::span<const Dim> group, int64_t& extent, int64_t& stride);
+// The same over a layout given as Dims and their strides.
+bool merged_stride(const Dims& dims, std::span<const int64_t> strides, std::span<const Dim> group, int64_t& extent,
+                   int64_t& stride);
+inline bool merged_stride(const Tensor& t, const Dims& group, int64_t& extent, int64_t& stride) {
+  return merged_stride(t, std::span<const Dim>(group.data(), group.size()), extent, stride);
+}
 // True if every Dim of `sub` is in `dims`.
 bool contains_all(const Dims& dims, const Dims& sub);
 bool contains(const Dims& dims, const Dim& d);

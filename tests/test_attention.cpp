@@ -80,6 +80,32 @@ TEST_CASE("dot_attention: self-attention over padded sequences matches a naive l
   check_valid(s, out, naive(s, q, k, v, false));
 }
 
+TEST_CASE("dimx::dot_attention: the op over a key Dim of k and v's own, and its errors", "[attention]") {
+  // The op itself: k and v carry the keys' Dim (here causal), the scale is explicit.
+  Setup s;
+  Tensor q = rnd({s.batch, s.time, s.heads, s.key}, 4), k = rnd({s.batch, s.time, s.heads, s.key}, 5);
+  Tensor v = rnd({s.batch, s.time, s.heads, s.value}, 6);
+  const Dim keys = nn::causal_key_dim(s.time, s.time);
+  const Tensor kc = replace_dim(k, s.time, keys).first, vc = replace_dim(v, s.time, keys).first;
+  AttentionOptions o;
+  o.scale = 0.5;  // 1 / sqrt(4)
+  o.fused = GENERATE(false, true);
+  check_valid(s, dot_attention(q, kc, vc, s.key, keys, o), naive(s, q, k, v, true));
+  // q with the keys' Dim, dropout without a Generator or out of range, a bias over a Dim q lacks.
+  CHECK_THROWS_WITH(dot_attention(kc, kc, vc, s.key, keys, o),
+                    Catch::Contains("dot_attention") && Catch::Contains("must not have the keys' Dim"));
+  AttentionOptions d = o;
+  d.dropout = 0.2;
+  CHECK_THROWS_WITH(dot_attention(q, kc, vc, s.key, keys, d), Catch::Contains("Generator"));
+  d.dropout = 1.0;
+  CHECK_THROWS_WITH(dot_attention(q, kc, vc, s.key, keys, d), Catch::Contains("[0, 1)"));
+  AttentionOptions b = o;
+  Dim other(3, "other");
+  b.bias = rnd({other, keys}, 7);
+  CHECK_THROWS_WITH(dot_attention(q, kc, vc, s.key, keys, b),
+                    Catch::Contains("bias") && Catch::Contains("other") && Catch::Contains(keys.str()));
+}
+
 TEST_CASE("dot_attention: causal masking is a key Dim indexed by the query", "[attention]") {
   Setup s;
   Tensor q = rnd({s.batch, s.time, s.heads, s.key}, 4), k = rnd({s.batch, s.time, s.heads, s.key}, 5);
@@ -279,17 +305,22 @@ TEST_CASE("dot_attention: path counters and strict fused mode", "[attention][str
   o.fused = false;
   nn::dot_attention(q, k, v, s.key, s.time, o);
   CHECK(nn::attention_path_counts().unfused_forward == 1);
-  // Asked for fused, but dropout in training: a fallback.
+  // Dropout in training runs fused too.
   o.fused = true;
   o.att_dropout = 0.1;
   o.training = true;
   o.gen = &gen;
+  nn::dot_attention(q, k, v, s.key, s.time, o);
+  CHECK(nn::attention_path_counts().fused_forward == 2);
+  // Asked for fused, but k has a Dim q lacks (the energies would broadcast over it): a fallback.
+  Dim extra(2, "extra");
+  Tensor kx = rnd({s.batch, s.time, s.heads, s.key, extra}, 74);
   if (strict) {
-    CHECK_THROWS_WITH(nn::dot_attention(q, k, v, s.key, s.time, o),
+    CHECK_THROWS_WITH(nn::dot_attention(q, kx, v, s.key, s.time, o),
                       Catch::Contains("dot_attention") && Catch::Contains("DIMX_STRICT_FUSED") &&
-                          Catch::Contains("dropout"));
+                          Catch::Contains("and dropout"));
   } else {
-    nn::dot_attention(q, k, v, s.key, s.time, o);
+    nn::dot_attention(q, kx, v, s.key, s.time, o);
     CHECK(nn::attention_path_counts().unfused_forward == 2);
   }
   // k broadcast over heads: the fused backward cannot form its gradient (a sum over heads).
@@ -345,6 +376,97 @@ TEST_CASE("dot_attention: fused and unfused gradients agree", "[attention]") {
       results.push_back(all);
     }
     CHECK_VEC_APPROX(results[1], results[0], 1e-10, 1e-12);
+  }
+}
+
+// Dropout in training: the fused path drops exactly the weights the unfused path (dropout() of
+// the weights, from the same Generator state) drops, in the forward and, regenerated, in the
+// backward; both leave the Generator at the same state.
+TEST_CASE("dot_attention: fused dropout drops the weights the unfused path drops", "[attention]") {
+  Setup s;
+  Dim bias_key(s.time.extent(), "bias_key");
+  for (DType dt : {DType::f64, DType::f32})
+    // padded, causal, padded with a bias, mask shared over rows, and q, k, v laid out
+    // {batch, heads, time} (batch and heads merge there, but not in the mask, whose Dims are in
+    // creation order: batch, time, heads, keys)
+    for (int variant = 0; variant < 5; ++variant) {
+      INFO("dtype " << dtype_name(dt) << ", variant " << variant);
+      nn::DotAttentionOptions o;
+      o.att_dropout = 0.3;
+      o.training = true;
+      if (variant == 1) o.causal_query_dim = s.time;
+      if (variant == 3) o.att_dropout_broadcast = true;
+      std::vector<std::vector<double>> results;
+      uint64_t offsets[2];
+      for (bool fused : {false, true}) {
+        o.fused = fused;
+        Generator gen(11);
+        gen.advance(5);
+        o.gen = &gen;
+        // rnd lays its tensors out in a permuted order; variant 4 lays them out as named.
+        auto laid = [&](const Dims& dims, uint32_t seed) {
+          Tensor t = rnd(dims, seed, dt);
+          return (variant == 4 ? t.transpose_to(dims) : t).with_requires_grad();
+        };
+        const bool bh = variant == 4;
+        Tensor q = laid(bh ? Dims{s.batch, s.heads, s.time, s.key} : Dims{s.batch, s.time, s.heads, s.key}, 80);
+        Tensor k = laid(bh ? Dims{s.batch, s.heads, s.time, s.key} : Dims{s.heads, s.time, s.batch, s.key}, 81);
+        Tensor v = laid(bh ? Dims{s.batch, s.heads, s.time, s.value} : Dims{s.time, s.batch, s.value, s.heads}, 82);
+        Tensor bias = rnd({s.heads, s.time, bias_key}, 83, dt).with_requires_grad();
+        if (variant == 2) {
+          o.bias = bias;
+          o.bias_key_dim = bias_key;
+        }
+        nn::reset_attention_path_counts();
+        Tensor out = copy_masked(nn::dot_attention(q, k, v, s.key, s.time, o), {s.time});
+        std::vector<Tensor> g = variant == 2 ? grad(reduce_sum(square(out), out.dims()), {q, k, v, bias})
+                                             : grad(reduce_sum(square(out), out.dims()), {q, k, v});
+        const nn::AttentionPathCounts c = nn::attention_path_counts();
+        CHECK(c.fused_forward == (fused ? 1 : 0));
+        CHECK(c.fused_backward == (fused ? 1 : 0));
+        std::vector<double> all = out.to_vector<double>({s.batch, s.time, s.heads, s.value});
+        for (size_t i = 0; i < 3; ++i) {
+          auto x = g[i].to_vector<double>(std::vector<Tensor>{q, k, v}[i].dims());
+          all.insert(all.end(), x.begin(), x.end());
+        }
+        if (variant == 2) {
+          auto x = g[3].to_vector<double>(bias.dims());
+          all.insert(all.end(), x.begin(), x.end());
+        }
+        results.push_back(all);
+        offsets[fused] = gen.offset();
+      }
+      CHECK(offsets[0] == offsets[1]);
+      if (dt == DType::f64) CHECK_VEC_APPROX(results[1], results[0], 1e-10, 1e-12);
+      else CHECK_VEC_APPROX(results[1], results[0], 1e-4, 1e-5);
+    }
+}
+
+// The keep rate, read off the output: with q = 0 every visible key has weight 1 / n, and with
+// v one-hot per key, out[i, j] = kept(i, j) / (n (1 - p)).
+TEST_CASE("dot_attention: fused dropout keeps 1 - p of the weights", "[attention]") {
+  Dim batch(4, "batch"), time(64, "time"), key(8, "key"), keys_v(64, "keys_v");
+  for (double p : {0.1, 0.5, 0.9}) {
+    INFO("p = " << p);
+    std::vector<double> onehot(size_t(64 * 64), 0.0);
+    for (int64_t j = 0; j < 64; ++j) onehot[size_t(j * 64 + j)] = 1.0;
+    Tensor v = Tensor::from_vector<double>({time, keys_v}, onehot);
+    Tensor q = Tensor::zeros({batch, time, key}, DType::f64), k = rnd({time, key}, 90, DType::f64);
+    nn::DotAttentionOptions o;
+    o.fused = true;
+    o.training = true;
+    o.att_dropout = p;
+    Generator gen(7);
+    o.gen = &gen;
+    const std::vector<double> out = nn::dot_attention(q, k, v, key, time, o).to_vector<double>({batch, time, keys_v});
+    int64_t kept = 0;
+    const double w = 1.0 / (64 * (1 - p));
+    for (double x : out) {
+      REQUIRE((x == 0.0 || std::abs(x - w) < 1e-12));
+      kept += x != 0.0;
+    }
+    const double n = double(out.size()), rate = double(kept) / n;
+    CHECK(std::abs(rate - (1 - p)) < 4 * std::sqrt(p * (1 - p) / n));  // 4 standard deviations
   }
 }
 

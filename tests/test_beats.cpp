@@ -491,6 +491,43 @@ TEST_CASE("beats: training applies dropout and q_noise without touching the stor
   CHECK(grad(l, {m.q_proj.weight})[0].defined());
 }
 
+TEST_CASE("beats: dropout in training takes the fused primitive and drops what the unfused path drops", "[beats]") {
+  // need_weights keeps the unfused path; without it the scores, the gated position bias and
+  // the key padding go to the fused primitive, which drops the same weights (same Generator
+  // state): the outputs and the gradients agree.
+  Generator gen(4);
+  Dim e(16, "embed"), b(2, "b");
+  Dim t = dynamic_dim(b, {7, 4}, "t");
+  beats::Options o;
+  o.self_attention = true;
+  o.dropout = 0.25;
+  o.has_relative_attention_bias = true;
+  o.num_buckets = 8;
+  o.max_distance = 16;
+  o.gru_rel_pos = true;
+  beats::MultiheadAttention m(e, 4, gen, o);
+  nn::train(m);
+  Tensor x = random_tensor({b, t, e}, 5);
+  std::vector<std::vector<double>> runs;
+  for (bool need_weights : {true, false}) {
+    Generator g(9);
+    beats::Inputs in;
+    in.gen = &g;
+    in.need_weights = need_weights;
+    nn::reset_attention_path_counts();
+    Tensor y = copy_masked(m(x, t, in).attn, {t});
+    std::vector<Tensor> grads = grad(reduce_sum(square(y), y.dims()), {m.q_proj.weight, m.k_proj.weight, m.v_proj.weight});
+    CHECK(nn::attention_path_counts().fused_forward == (need_weights ? 0 : 1));
+    std::vector<double> all = y.to_vector<double>({b, t, e});
+    for (const Tensor& gr : grads) {
+      const std::vector<double> v = gr.to_vector<double>();
+      all.insert(all.end(), v.begin(), v.end());
+    }
+    runs.push_back(all);
+  }
+  CHECK_VEC_APPROX(runs[1], runs[0], 1e-4, 1e-5);
+}
+
 TEST_CASE("beats: a query row with no visible key gives zero weights and a zero row, never NaN", "[beats]") {
   Golden g("fully_padded");
   Dim src = dynamic_dim(g.batch, g.lengths(), "src_len");

@@ -1,4 +1,6 @@
 // Tensor construction, export in any Dim order, transpose_to, astype, printing, tags, item().
+#include <thread>
+
 #include "test_util.h"
 
 using namespace dimx;
@@ -287,4 +289,30 @@ TEST_CASE("Tensor: transpose_to moving only extent-1 Dims is a view", "[tensor]"
   Tensor z = x.transpose_to({b, one, a});  // a real permutation still copies
   CHECK(z.data_ptr() != x.data_ptr());
   CHECK(z.to_vector<float>({a, one, b}) == v);
+}
+
+TEST_CASE("Tensor: tensors made on one thread and released on another keep their values", "[tensor]") {
+  // Tensors and their storage come from per-thread free lists; a tensor outlives the thread
+  // that made it, and blocks released on a thread join that thread's lists.
+  Dim r(3, "r"), c(5, "c");
+  std::vector<float> vals(15);
+  for (size_t i = 0; i < vals.size(); ++i) vals[i] = float(i) * 0.5f - 2.f;
+  const Tensor base = Tensor::from_vector({r, c}, vals);
+  std::vector<Tensor> made(64);
+  for (int round = 0; round < 3; ++round) {
+    std::thread worker([&] {
+      for (size_t i = 0; i < made.size(); ++i) made[i] = base * float(i + 1) + float(round);
+    });
+    worker.join();  // the worker's lists are gone; its tensors live on
+    for (size_t i = 0; i < made.size(); ++i) {
+      const std::vector<float> got = made[i].to_vector<float>();
+      for (size_t j = 0; j < vals.size(); ++j) REQUIRE(got[j] == vals[j] * float(i + 1) + float(round));
+    }
+    made.assign(made.size(), Tensor());  // released here, on the main thread
+    // Many short-lived tensors on this thread reuse blocks released by the worker's tensors.
+    Tensor acc = Tensor::zeros({r, c});
+    for (int i = 0; i < 1000; ++i) acc = acc + base;
+    const std::vector<float> sum = acc.to_vector<float>();
+    for (size_t j = 0; j < vals.size(); ++j) CHECK(sum[j] == Approx(1000.f * vals[j]));
+  }
 }

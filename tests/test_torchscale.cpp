@@ -456,6 +456,39 @@ TEST_CASE("torchscale: errors name the module and the Dims", "[torchscale][error
   CHECK_THROWS_WITH(m(q, t, in), Contains("split_position"));
 }
 
+TEST_CASE("torchscale: dropout in training takes the fused primitive and drops what the unfused path drops", "[torchscale]") {
+  Dim batch(2, "batch"), embed(16, "embed");
+  Dim time = dynamic_dim(batch, {9, 6}, "time");
+  ts::Options o;
+  o.self_attention = true;
+  o.xpos_rel_pos = true;
+  o.dropout = 0.25;
+  Generator gen(2);
+  ts::MultiheadAttention m(embed, 4, gen, o);
+  nn::train(m);
+  Tensor x = random_normal({batch, time, embed}, gen);
+  std::vector<std::vector<double>> runs;
+  for (bool need_weights : {true, false}) {
+    Generator g(9);
+    ts::Inputs in;
+    in.gen = &g;
+    in.need_weights = need_weights;
+    nn::reset_attention_path_counts();
+    Tensor y = copy_masked(m(x, time, in).attn, {time});
+    std::vector<Tensor> params;
+    for (Tensor* p : nn::parameters(m)) params.push_back(*p);
+    std::vector<Tensor> grads = grad(reduce_sum(square(y), y.dims()), params);
+    CHECK(nn::attention_path_counts().fused_forward == (need_weights ? 0 : 1));
+    std::vector<double> all = y.to_vector<double>({batch, time, embed});
+    for (const Tensor& gr : grads) {
+      const std::vector<double> v = gr.to_vector<double>();
+      all.insert(all.end(), v.begin(), v.end());
+    }
+    runs.push_back(all);
+  }
+  CHECK_VEC_APPROX(runs[1], runs[0], 1e-4, 1e-5);
+}
+
 TEST_CASE("torchscale: without weights, masks or dropout the scores take the fused attention primitive (on the CPU)", "[torchscale]") {
   Dim batch(2, "batch"), time(9, "time"), embed(16, "embed");
   for (bool xpos : {false, true}) {

@@ -1,7 +1,8 @@
 #pragma once
 /// \file
-/// Umbrella header: Dims, tensors, every op, autograd, autocast and safetensors I/O (modules: dimx/nn.h,
+/// Umbrella header: Dims, tensors, every op (attention included), autograd, autocast and safetensors I/O (modules: dimx/nn.h,
 /// optimizers: dimx/optim.h).
+#include <dimx/attention.h>
 #include <dimx/autocast.h>
 #include <dimx/autograd.h>
 #include <dimx/device.h>

@@ -5,7 +5,8 @@
 // skip the keys after their last query. The backward walks the same blocks: it recomputes
 // the block's weights P the same way, then dP = dO v^T, dS = the softmax's backward of dP,
 // dq = scale dS k, and accumulates dk += scale dS^T q and dv += P^T dO over the blocks in
-// order (so two runs agree bit for bit).
+// order (so two runs agree bit for bit). Dropout regenerates its mask per block (Philox by
+// element index): the output takes the dropped weights, dP goes through the same mask.
 #include <cblas.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "cpu/cpu_backend.h"
+#include "philox.h"
 
 namespace dimx::cpu {
 
@@ -94,6 +96,23 @@ void bias_block(const backend::Attention& a, int64_t b, int64_t i0, int64_t n, i
   }
 }
 
+// y = the weights x [n, kmax] of problem (b0, b1), rows i0.., after dropout: kept ones times
+// the scale, the others 0 (the mask of backend::Attention::Dropout).
+template <class T>
+void dropout_block(const backend::Attention& a, int64_t b0, int64_t b1, int64_t i0, int64_t n, int64_t kmax,
+                   const T* x, T* y) {
+  const backend::Attention::Dropout& dr = a.dropout;
+  philox::KeepStream keep{dr.seed, dr.offset, dr.threshold, dr.f64};
+  const T scale = T(dr.scale);
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t base = b0 * dr.stride[0] + b1 * dr.stride[1] + (i0 + r) * dr.row_stride;
+    for (int64_t j = 0; j < kmax; ++j) {
+      const int64_t e = r * kmax + j;
+      y[e] = keep(uint64_t(base + j * dr.col_stride)) ? x[e] * scale : T(0);
+    }
+  }
+}
+
 template <class T>
 void zero_rows(T* p, int64_t row_stride, int64_t rows, int64_t cols) {
   for (int64_t r = 0; r < rows; ++r) std::fill(p + r * row_stride, p + r * row_stride + cols, T(0));
@@ -103,7 +122,8 @@ template <class T>
 void attention_backward_impl(CpuBackend& be, DType dt, const backend::Attention& a, const backend::AttentionGrads& ga) {
   const int64_t batch = a.batch[0] * a.batch[1];
   const int64_t qb = query_block(a);
-  std::vector<T> p(size_t(qb * std::max<int64_t>(1, a.tk))), dp(p.size()), qs;
+  const bool drop = a.dropout.p > 0;
+  std::vector<T> p(size_t(qb * std::max<int64_t>(1, a.tk))), dp(p.size()), pd(drop ? p.size() : 0), qs;
   std::vector<int64_t> lens(static_cast<size_t>(qb));
   const int64_t ldq = ld(a.q.row_stride, a.tq, a.d), ldk = ld(a.k.row_stride, a.tk, a.d);
   const int64_t ldv = ld(a.v.row_stride, a.tk, a.dv), ldo = ld(a.out_row_stride, a.tq, a.dv);
@@ -159,9 +179,12 @@ void attention_backward_impl(CpuBackend& be, DType dt, const backend::Attention&
       else std::fill(p.begin(), p.begin() + n * kmax, T(0));
       if (a.bias.data) bias_block<T>(a, b, i0, n, kmax, p.data(), nullptr);
       be.softmax(false, dt, n, kmax, 1, p.data(), len, p.data());
-      if (dv) gemm_tn_acc(p.data(), kmax, gob, ldo, dv, ldgv, kmax, a.dv, n, 1.0);
+      // With dropout, the output took the dropped weights: dv from them, and dP through the mask.
+      if (drop) dropout_block<T>(a, b0, b1, i0, n, kmax, p.data(), pd.data());
+      if (dv) gemm_tn_acc(drop ? pd.data() : p.data(), kmax, gob, ldo, dv, ldgv, kmax, a.dv, n, 1.0);
       if (!dqb && !dk && !ga.dbias) continue;
       gemm_nt(gob, ldo, v, ldv, dp.data(), kmax, n, kmax, a.dv, 1.0);
+      if (drop) dropout_block<T>(a, b0, b1, i0, n, kmax, dp.data(), dp.data());
       // dS in place of dP: p (dp - sum_j p dp) on the visible keys, 0 on the others.
       be.softmax_backward(false, dt, n, kmax, 1, p.data(), dp.data(), len, dp.data());
       if (ga.dbias) bias_block<T>(a, b, i0, n, kmax, dp.data(), static_cast<T*>(ga.dbias), ga.dbias_batch_offset);
@@ -202,6 +225,7 @@ void attention_impl(CpuBackend& be, DType dt, const backend::Attention& a) {
       if (a.bias.data) bias_block<T>(a, b, i0, n, kmax, s.data(), nullptr);
       // Keys j >= lens[r] get weight 0; a row that sees no key is all 0.
       be.softmax(false, dt, n, kmax, 1, s.data(), a.key_lengths ? lens.data() : nullptr, s.data());
+      if (a.dropout.p > 0) dropout_block<T>(a, b0, b1, i0, n, kmax, s.data(), s.data());
       gemm_nn(s.data(), kmax, v, ldv, o, ldo, n, a.dv, kmax);
     }
   }

@@ -131,7 +131,7 @@ void SmallBlocks::put(void* p, size_t rounded) {
 }  // namespace
 
 std::shared_ptr<Storage> CpuBackend::allocate(size_t bytes) {
-  auto s = std::make_shared<Storage>();
+  auto s = make_pooled<Storage>();
   s->bytes = bytes;
   s->device = Device::cpu();
   if (bytes >= BlockCache::kMinCached) {

@@ -7,34 +7,10 @@
 #include <vector>
 
 #include "cpu/parallel.h"
+#include "strided_space.h"
 #include "tensor_impl.h"
 
 namespace dimx::cpu {
-
-template <size_t N>
-struct StridedSpace {
-  Shape shape;
-  std::array<Strides, N> strides;  // bytes
-};
-
-// Drops extent-1 axes and merges neighbours that are contiguous for every operand.
-template <size_t N>
-StridedSpace<N> collapse(const Shape& shape, const std::array<Strides, N>& strides) {
-  StridedSpace<N> s;
-  for (size_t d = 0; d < shape.size(); ++d) {
-    if (shape[d] == 1) continue;
-    bool merge = !s.shape.empty();
-    for (size_t k = 0; merge && k < N; ++k) merge = s.strides[k].back() == strides[k][d] * shape[d];
-    if (merge) {
-      s.shape.back() *= shape[d];
-      for (size_t k = 0; k < N; ++k) s.strides[k].back() = strides[k][d];
-    } else {
-      s.shape.push_back(shape[d]);
-      for (size_t k = 0; k < N; ++k) s.strides[k].push_back(strides[k][d]);
-    }
-  }
-  return s;
-}
 
 template <size_t N, class F>
 void for_each_strided(const Shape& shape0, const std::array<Strides, N>& strides0,

@@ -1,497 +1,14 @@
+#include <dimx/attention.h>
 #include <dimx/elementwise.h>
-#include <dimx/matmul.h>
 #include <dimx/nn/attention.h>
 #include <dimx/shape.h>
-#include <dimx/softmax.h>
 
-#include <dimx/reduce.h>
-
-#include <algorithm>
-#include <array>
-#include <atomic>
 #include <cmath>
-#include <cstdlib>
-#include <optional>
 #include <string>
 
-#include "autocast.h"
-#include "autograd.h"
-#include "backend.h"
-#include "half_compute.h"
-#include "softmax_grad.h"
 #include "tensor_impl.h"
 
 namespace dimx::nn {
-
-namespace {
-
-std::atomic<int64_t> g_fused_fwd{0}, g_unfused_fwd{0}, g_fused_bwd{0}, g_unfused_bwd{0};
-
-// DIMX_STRICT_FUSED=1: a fallback from the fused path is an error.
-bool strict_fused() {
-  static const bool on = [] {
-    const char* e = std::getenv("DIMX_STRICT_FUSED");
-    return e && std::string(e) == "1";
-  }();
-  return on;
-}
-
-// Counts an unfused forward or backward that the fused path was asked for; an error in strict mode.
-void fell_back(bool backward, const std::string& why) {
-  (backward ? g_unfused_bwd : g_unfused_fwd).fetch_add(1, std::memory_order_relaxed);
-  if (strict_fused())
-    fail(std::string("dot_attention: the ") + (backward ? "backward" : "forward") +
-         " cannot take the fused path (DIMX_STRICT_FUSED=1): " + why);
-}
-
-Dims cat(Dims a, const Dims& b) {
-  a.insert(a.end(), b.begin(), b.end());
-  return a;
-}
-
-// Splits the batch Dims (in order) into at most two groups that merge into one strided index
-// in every tensor; false if more are needed.
-bool batch_groups(const Dims& batch, const std::vector<const Tensor*>& ts, Dims& g0, Dims& g1) {
-  std::vector<Dims> groups;
-  for (const Dim& d : batch) {
-    if (d.extent() == 1) continue;
-    bool join = !groups.empty();
-    if (join) {
-      Dims trial = cat(groups.back(), {d});
-      int64_t e, s;
-      for (const Tensor* t : ts) join = join && merged_stride(*t, trial, e, s);
-    }
-    if (join) groups.back().push_back(d);
-    else groups.push_back({d});
-  }
-  if (groups.size() > 2) return false;
-  g0 = groups.size() > 1 ? groups[0] : Dims{};
-  g1 = groups.empty() ? Dims{} : groups.back();
-  return true;
-}
-
-// t with `last` as its innermost Dims, stored contiguously there (copies if needed).
-Tensor inner(const Tensor& t, const Dims& last) {
-  int64_t e, s;
-  if (merged_stride(t, last, e, s) && (s == 1 || e <= 1)) return t;
-  return t.transpose_to(cat(minus_dims(t.dims(), last), last));
-}
-
-// A call of the device's fused primitive: the output and what its backward needs (the
-// operands as laid out for the primitive, the lengths and the rows' log-sum-exp, which the
-// arguments point into).
-struct Fused {
-  Tensor out;
-  backend::Attention args{};
-  Tensor q, k, v, lens, lse;
-  Tensor bias, bias_offsets;  // the bias as laid out for the primitive, its per-problem offsets
-  Dims g0, g1, query, value;
-};
-
-// Where each problem's part of t starts (i64 [problems] on `device`; problem p enumerates the
-// Dims of `groups` row-major); undefined where t has none of them (every problem starts at 0).
-Tensor problem_offsets(const Tensor& t, const Dims& groups, Device device) {
-  bool any = false;
-  for (const Dim& d : groups) any = any || t.has_dim(d);
-  if (!any) return Tensor();
-  const int64_t problems = numel_of(extents(groups));
-  std::vector<int64_t> offs(size_t(problems), 0);
-  for (int64_t p = 0; p < problems; ++p) {
-    int64_t rest = p, off = 0;
-    for (size_t i = groups.size(); i-- > 0;) {
-      const int64_t idx = rest % groups[i].extent();
-      rest /= groups[i].extent();
-      if (t.has_dim(groups[i])) off += idx * t.strides()[t.axis_of(groups[i])];
-    }
-    offs[size_t(p)] = off;
-  }
-  return Tensor::from_vector<int64_t>({Dim(problems, "attention_problems")}, offs).to(device);
-}
-
-// The bias laid out for the primitive (contiguous, its query Dims adjacent in q's order) and
-// its backend descriptor (the per-problem offsets into `offsets`); false where it cannot be.
-bool bias_operand(const Tensor& bias, const Dims& g0, const Dims& g1, const Dims& batch, const Dims& query,
-                  const Dim& kv_axis, Device device, Tensor& bc, Tensor& offsets, backend::Attention::Bias& out) {
-  Dims allowed = cat(cat(batch, query), {kv_axis});
-  for (const Dim& d : bias.dims())
-    if (!contains(allowed, d)) return false;
-  bc = bias;
-  Dims bq;
-  for (const Dim& d : query)
-    if (bc.has_dim(d)) bq.push_back(d);
-  // Over part of several query Dims: expanded over the rest (a query index must be one stride).
-  if (!bq.empty() && bq.size() != query.size()) bc = broadcast_to_include(bc, query);
-  int64_t e, rs = 0;
-  if (!bq.empty() && !merged_stride(bc, query, e, rs)) bc = bc.transpose_to(cat(minus_dims(bc.dims(), query), query));
-  bc = bc.contiguous();
-  if (!bq.empty()) merged_stride(bc, query, e, rs);
-  out.data = bc.impl().data();
-  out.row_stride = bq.empty() ? 0 : rs;
-  out.col_stride = bc.has_dim(kv_axis) ? bc.strides()[bc.axis_of(kv_axis)] : 0;
-  out.batch_offset = nullptr;
-  offsets = problem_offsets(bc, cat(g0, g1), device);
-  if (offsets.defined()) out.batch_offset = reinterpret_cast<const int64_t*>(offsets.impl().data());
-  return true;
-}
-
-// dot_attention on the device's fused primitive; out undefined where the Dims do not map onto
-// it or the device has no kernel for it. q, k, v already have the key Dim kv_axis. with_lse:
-// keep the rows' log-sum-exp for a fused backward.
-Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, const Tensor& bias, const Dim& key_dim,
-                      const Dim& kv_axis, double scale, bool with_lse) {
-  const DType dt = q0.dtype();
-  if (!is_floating(dt) && !is_half(dt)) return {};
-  if (k0.dtype() != dt || v0.dtype() != dt || (bias.defined() && bias.dtype() != dt)) return {};
-  if (bias.defined() && !backend::backend_for(q0.device()).attention_takes_bias()) return {};
-  if (k0.device() != q0.device() || v0.device() != q0.device()) return {};
-  if (q0.has_dim(kv_axis)) return {};
-  Dims batch, query, value;
-  for (const Dim& d : q0.dims())
-    if (d != key_dim) (k0.has_dim(d) || v0.has_dim(d) ? batch : query).push_back(d);
-  for (const Dim& d : k0.dims())
-    if (d != kv_axis && d != key_dim && !contains(batch, d)) return {};  // would broadcast the energies
-  // v may share q's key Dim (one head size for q, k and v): the output then has it as a value Dim.
-  for (const Dim& d : v0.dims())
-    if (d != kv_axis && (d == key_dim || !q0.has_dim(d))) value.push_back(d);
-  Tensor lengths;
-  if (kv_axis.is_dynamic()) {
-    lengths = kv_axis.lengths();
-    for (const Dim& d : lengths.dims())
-      if (!contains(batch, d) && !contains(query, d)) return {};
-  }
-
-  Tensor q = inner(q0, {key_dim}), k = inner(k0, {key_dim}), v = inner(v0, value);
-  int64_t tq, q_rs, tk = kv_axis.extent(), dv, unused;
-  if (!merged_stride(q, query, tq, q_rs)) q = q.transpose_to(cat(cat(batch, query), {key_dim}));
-  merged_stride(q, query, tq, q_rs);
-  merged_stride(v, value, dv, unused);
-  // The output follows q's layout with the value Dims in key_dim's place at the end, so that
-  // merging heads afterwards needs no copy where q came from a packed projection; if its query
-  // Dims do not merge there, batch, query, value in order.
-  Tensor out = empty(cat(minus_dims(q.dims(), {key_dim}), value), dt, q.device(), "dot_attention");
-  int64_t o_rs;
-  if (!merged_stride(out, query, tq, o_rs)) {
-    out = empty(cat(cat(batch, query), value), dt, q.device(), "dot_attention");
-    merged_stride(out, query, tq, o_rs);
-  }
-
-  Dims g0, g1;
-  if (!batch_groups(batch, {&q, &k, &v, &out}, g0, g1)) {
-    q = q.transpose_to(cat(cat(batch, query), {key_dim}));
-    k = k.transpose_to(cat(cat(minus_dims(k.dims(), {kv_axis, key_dim}), {kv_axis}), {key_dim}));
-    v = v.transpose_to(cat(cat(minus_dims(v.dims(), cat({kv_axis}, value)), {kv_axis}), value));
-    merged_stride(q, query, tq, q_rs);
-    if (!batch_groups(batch, {&q, &k, &v, &out}, g0, g1)) return {};
-  }
-  Fused f;
-  backend::Attention& a = f.args;
-  auto operand = [&](const Tensor& t, bool rows_are_keys) {
-    backend::Attention::Operand o{};
-    o.data = t.impl().data();
-    int64_t e;
-    merged_stride(t, g0, e, o.batch_stride[0]);
-    merged_stride(t, g1, e, o.batch_stride[1]);
-    if (rows_are_keys) o.row_stride = tk > 1 ? t.strides()[t.axis_of(kv_axis)] : 0;
-    return o;
-  };
-  a.batch[0] = numel_of(extents(g0));
-  a.batch[1] = numel_of(extents(g1));
-  a.tq = tq;
-  a.tk = tk;
-  a.d = key_dim.size();
-  a.dv = dv;
-  a.scale = scale;
-  a.q = operand(q, false);
-  a.q.row_stride = q_rs;
-  a.k = operand(k, true);
-  a.v = operand(v, true);
-  a.out = out.impl().data();
-  {
-    int64_t e;
-    merged_stride(out, g0, e, a.out_batch_stride[0]);
-    merged_stride(out, g1, e, a.out_batch_stride[1]);
-  }
-  a.out_row_stride = o_rs;
-  if (lengths.defined()) {
-    // Per (problem, query): contiguous i64 over the batch Dims in group order, then the queries.
-    Dims order = cat(cat(g0, g1), query);
-    for (const Dim& d : batch)
-      if (!contains(order, d)) order.insert(order.begin(), d);  // extent-1 batch Dims
-    f.lens = broadcast_to_include(kv_axis.lengths(q.device()).astype(DType::i64), order).transpose_to(order).contiguous();
-    a.key_lengths = reinterpret_cast<const int64_t*>(f.lens.impl().data());
-  }
-  if (bias.defined() &&
-      !bias_operand(bias, g0, g1, batch, query, kv_axis, q.device(), f.bias, f.bias_offsets, a.bias))
-    return {};
-  if (with_lse) {
-    f.lse = empty({Dim(a.batch[0] * a.batch[1] * tq, "attention_rows")}, is_half(dt) ? DType::f32 : dt, q.device(),
-                  "dot_attention");
-    a.lse = f.lse.impl().data();
-  }
-  if (!backend::backend_for(q.device()).attention(dt, a)) return {};
-  f.out = out;
-  if (auto fd = v0.feature_dim(); fd && out.has_dim(*fd)) f.out = out.with_feature_dim(fd);
-  f.q = q;
-  f.k = k;
-  f.v = v;
-  f.g0 = g0;
-  f.g1 = g1;
-  f.query = query;
-  f.value = value;
-  return f;
-}
-
-// The view of `buffer` (laid out as `source`, which t is a view of) at t's place in source.
-Tensor same_place(const Tensor& buffer, const Tensor& t, const Tensor& source) {
-  return make_view(buffer, t.dims(), Strides(t.strides().begin(), t.strides().end()),
-                   buffer.impl().offset + t.impl().offset - source.impl().offset);
-}
-
-// The gradients of q, k, v (those asked for) by the device's fused backward, in the Dims of
-// f's operands; empty where the device has none or an operand broadcasts over a batch Dim
-// (its gradient would be a sum the kernel does not form).
-// `packed`: where set, each gradient goes into the view of this buffer that the operand is of
-// its source (see packed_source); the views are returned.
-std::optional<std::vector<Tensor>> fused_backward(const Fused& f, const Tensor& g, const Dim& key_dim,
-                                                  const Dim& kv_axis, bool need_q, bool need_k, bool need_v,
-                                                  bool need_bias, const Tensor* packed = nullptr,
-                                                  const Tensor* source = nullptr) {
-  if (!f.lse.defined()) return std::nullopt;
-  const Dims batch = cat(f.g0, f.g1);
-  for (const Dim& d : batch)
-    if (!f.k.has_dim(d) || !f.v.has_dim(d)) return std::nullopt;
-  const Tensor go = g.transpose_to(f.out.dims());  // out's strides: out is contiguous in its order
-  backend::AttentionGrads ga{};
-  ga.out_grad = go.impl().data();
-  // Each gradient in its operand's Dim order where the primitive's groups merge there (so that
-  // merging heads back needs no copy), else: the operand's other (extent-1) Dims, the batch
-  // groups, then its rows and columns.
-  auto grad = [&](bool need, const Tensor& t, const Dims& rows, const Dims& cols, backend::AttentionGrads::Operand& o) {
-    if (!need) return Tensor();
-    auto fits = [&](const Tensor& r) {
-      int64_t e, s;
-      return merged_stride(r, f.g0, e, s) && merged_stride(r, f.g1, e, s) && merged_stride(r, rows, e, s) &&
-             merged_stride(r, cols, e, s) && (s == 1 || e <= 1);
-    };
-    Tensor r;
-    if (packed) {
-      r = same_place(*packed, t, *source);
-      if (!fits(r)) return Tensor();
-    } else {
-      r = empty(t.dims(), t.dtype(), t.device(), "dot_attention");
-      if (!fits(r)) {
-        const Dims tail = cat(cat(batch, rows), cols);
-        r = empty(cat(minus_dims(t.dims(), tail), tail), t.dtype(), t.device(), "dot_attention");
-      }
-    }
-    int64_t e;
-    o.data = r.impl().data();
-    merged_stride(r, f.g0, e, o.batch_stride[0]);
-    merged_stride(r, f.g1, e, o.batch_stride[1]);
-    merged_stride(r, rows, e, o.row_stride);
-    return r;
-  };
-  Tensor dq = grad(need_q, f.q, f.query, {key_dim}, ga.dq);
-  Tensor dk = grad(need_k, f.k, {kv_axis}, {key_dim}, ga.dk);
-  Tensor dv = grad(need_v, f.v, {kv_axis}, f.value, ga.dv);
-  if (packed && (!dq.defined() || !dk.defined() || !dv.defined())) return std::nullopt;
-  // The bias's gradient, in f32 for bf16/f16. Where problems share the bias (it lacks a batch
-  // or head Dim), each problem gets its own part, summed here after: the device then writes
-  // each share without ordering the problems.
-  Tensor dbias, dbias_offsets;
-  Dims shared;
-  if (need_bias && f.bias.defined()) {
-    for (const Dim& d : batch)
-      if (!f.bias.has_dim(d) && d.extent() > 1) shared.push_back(d);
-    dbias = Tensor::zeros(cat(shared, f.bias.dims()), is_half(f.bias.dtype()) ? DType::f32 : f.bias.dtype(),
-                          f.bias.device());
-    ga.dbias = dbias.impl().data();
-    if (!shared.empty()) {
-      dbias_offsets = problem_offsets(dbias, batch, f.bias.device());
-      ga.dbias_batch_offset = reinterpret_cast<const int64_t*>(dbias_offsets.impl().data());
-    }
-  }
-  if (!backend::backend_for(f.out.device()).attention_backward(f.out.dtype(), f.args, ga)) return std::nullopt;
-  if (dbias.defined()) {
-    if (!shared.empty()) dbias = reduce_sum(dbias, shared);
-    if (dbias.dtype() != f.bias.dtype()) dbias = round_to(dbias, f.bias.dtype());
-  }
-  return std::vector<Tensor>{dq, dk, dv, dbias};
-}
-
-// The tensor t was sliced from (through renaming views: dot_attention gives k and v their own
-// key Dim), and the slice itself in `sliced`; null if t is not such a view.
-const Tensor* sliced_from(const Tensor& t, const Tensor*& sliced) {
-  const Tensor* cur = &t;
-  for (int hops = 0; hops < 4; ++hops) {
-    const AutogradMeta* m = cur->impl().autograd.get();
-    if (!m || !m->grad_fn || m->grad_fn->inputs.size() != 1) return nullptr;
-    const std::string name = m->grad_fn->name;
-    if (name == "slice") {
-      sliced = cur;
-      return &m->grad_fn->inputs[0];
-    }
-    if (name != "replace_dim") return nullptr;
-    cur = &m->grad_fn->inputs[0];
-  }
-  return nullptr;
-}
-
-// Where q, k and v are slices along one Dim of one contiguous tensor that they tile exactly
-// (a fused projection split into q | k | v) and the fused primitive reads them in place, that
-// tensor: the backward then writes dq, dk and dv straight into one gradient buffer shaped like
-// it, instead of three buffers that the slices' nodes add into a fourth.
-std::optional<Tensor> packed_source(const Fused& f, const Tensor& q, const Tensor& k, const Tensor& v) {
-  const Tensor* source = nullptr;
-  std::array<const Tensor*, 3> slices{};
-  for (size_t i = 0; i < 3; ++i) {
-    const Tensor* in = sliced_from(i == 0 ? q : i == 1 ? k : v, slices[i]);
-    if (!in || (source && &in->impl() != &source->impl())) return std::nullopt;
-    source = in;
-  }
-  const Tensor& src = *source;
-  if (!src.is_contiguous() || !src.requires_grad()) return std::nullopt;
-  // Each a step-1 slice of the same Dim: src's other Dims with src's strides, one new Dim with
-  // the sliced Dim's stride; together their frames cover that Dim once.
-  std::optional<Dim> axis;
-  std::vector<std::pair<int64_t, int64_t>> ranges;
-  for (const Tensor* t : slices) {
-    if (t->impl().storage != src.impl().storage || t->ndim() != src.ndim()) return std::nullopt;
-    std::optional<Dim> own;
-    for (size_t i = 0; i < t->ndim(); ++i) {
-      const Dim& d = t->dims()[i];
-      if (src.has_dim(d)) {
-        if (t->strides()[i] != src.strides()[src.axis_of(d)]) return std::nullopt;
-      } else if (own) {
-        return std::nullopt;
-      } else {
-        own = d;
-      }
-    }
-    if (!own) return std::nullopt;
-    Dim a = minus_dims(src.dims(), t->dims()).at(0);
-    if (axis && a != *axis) return std::nullopt;
-    axis = a;
-    const int64_t stride = src.strides()[src.axis_of(a)];
-    if (t->strides()[t->axis_of(*own)] != stride && own->extent() > 1) return std::nullopt;
-    const int64_t rel = t->impl().offset - src.impl().offset;
-    if (stride <= 0 || rel % stride != 0) return std::nullopt;
-    ranges.emplace_back(rel / stride, rel / stride + own->extent());
-  }
-  std::sort(ranges.begin(), ranges.end());
-  int64_t at = 0;
-  for (auto [b, e] : ranges) {
-    if (b != at) return std::nullopt;
-    at = e;
-  }
-  if (at != axis->extent()) return std::nullopt;
-  // The primitive must read the slices themselves (no copies made for its layout).
-  for (const auto& [op, t] : {std::pair{&f.q, &q}, {&f.k, &k}, {&f.v, &v}})
-    if (op->impl().storage != t->impl().storage) return std::nullopt;
-  return src;
-}
-
-// The gradients of q, k, v (those asked for) with dimx ops, recomputing the weights from q and k.
-std::vector<Tensor> unfused_grads(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
-                                  const Tensor& g, const Dim& key_dim, const Dim& kv_axis, double scale, bool need_q,
-                                  bool need_k, bool need_v, bool need_bias) {
-  Tensor qs = q * scale;
-  Tensor w = softmax(bias.defined() ? matmul(qs, k, key_dim) + bias : matmul(qs, k, key_dim), kv_axis);
-  // out = matmul(w, v, kv_axis): as matmul's own backward. Every contraction masks padded
-  // frames (select, never 0 * NaN), and the energies' gradient is 0 on padded keys (softmax's
-  // fused backward). Only the gradients asked for are computed.
-  Tensor gv = need_v ? sum_to(matmul(w, g, minus_dims(w.dims(), v.dims())), v) : Tensor();
-  if (!need_q && !need_k && !need_bias) return std::vector<Tensor>{Tensor(), Tensor(), gv, Tensor()};
-  Tensor gw = sum_to(matmul(g, v, minus_dims(v.dims(), w.dims())), w);
-  Tensor ge = softmax_backward(false, w, gw, kv_axis, true);
-  Tensor gq = need_q ? sum_to(matmul(ge, k, minus_dims(k.dims(), qs.dims())), qs) * scale : Tensor();
-  Tensor gk = need_k ? sum_to(matmul(qs, ge, minus_dims(qs.dims(), k.dims())), k) : Tensor();
-  Tensor gb = need_bias && bias.defined() ? sum_to(ge, bias) : Tensor();
-  return std::vector<Tensor>{gq, gk, gv, gb};
-}
-
-// The default where DotAttentionOptions::fused is unset: DIMX_FUSED_ATTENTION=0/1 if set (for
-// benchmarks), else fused.
-bool fused_by_default() {
-  static const bool fused = [] {
-    const char* e = std::getenv("DIMX_FUSED_ATTENTION");
-    return !(e && std::string(e) == "0");
-  }();
-  return fused;
-}
-
-// The fused forward with a node whose backward is the device's fused backward where it has
-// one, else recomputes the weights from q and k with dimx ops.
-Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, const Dim& key_dim,
-                       const Dim& kv_axis, double scale) {
-  const bool grad = needs_grad({&q, &k, &v, &bias});
-  Fused f = fused_attention(q, k, v, bias, key_dim, kv_axis, scale, grad);
-  if (!f.out.defined() || !grad) return f.out;
-  Tensor out = f.out;
-  std::optional<Tensor> src = bias.defined() ? std::nullopt : packed_source(f, q, k, v);
-  if (src) {
-    return record("dot_attention", out, {*src}, [f = std::move(f), q, k, v, src = *src, key_dim, kv_axis, scale](
-                                                  const Tensor& g) {
-      Tensor d = empty(src.dims(), src.dtype(), src.device(), "dot_attention");
-      if (fused_backward(f, g, key_dim, kv_axis, true, true, true, false, &d, &src)) {
-        g_fused_bwd.fetch_add(1, std::memory_order_relaxed);
-        return std::vector<Tensor>{d};
-      }
-      fell_back(true, "the device has no fused backward for " + std::string(dtype_name(q.dtype())) +
-                          " with these Dims (q " + q.str() + ", k " + k.str() + ", v " + v.str() + ")");
-      // Each unfused gradient copied into its slice's frames of the buffer (they tile it).
-      const std::vector<Tensor> gs =
-          unfused_grads(q, k, v, Tensor(), g, key_dim, kv_axis, scale, true, true, true, false);
-      for (size_t i = 0; i < 3; ++i) {
-        const Tensor& t = i == 0 ? q : i == 1 ? k : v;
-        const Tensor view = same_place(d, t, src);
-        backend::backend_for(d.device()).copy(extents(t.dims()), gs[i].dtype(),
-                                              {gs[i].impl().data(), aligned_strides(gs[i].impl(), t.dims())},
-                                              d.dtype(), {view.impl().data(), view.impl().strides});
-      }
-      return std::vector<Tensor>{d};
-    });
-  }
-  const bool need_q = q.requires_grad(), need_k = k.requires_grad(), need_v = v.requires_grad();
-  const bool need_bias = bias.defined() && bias.requires_grad();
-  std::vector<Tensor> inputs{q, k, v};
-  if (bias.defined()) inputs.push_back(bias);
-  return record("dot_attention", out, inputs,
-                [f = std::move(f), q, k, v, bias, key_dim, kv_axis, scale, need_q, need_k, need_v, need_bias](
-                    const Tensor& g) {
-    std::vector<Tensor> r;
-    if (auto fused = fused_backward(f, g, key_dim, kv_axis, need_q, need_k, need_v, need_bias)) {
-      g_fused_bwd.fetch_add(1, std::memory_order_relaxed);
-      r = *fused;
-      if (r[3].defined()) r[3] = sum_to(r[3], bias);  // over the Dims the laid-out bias was expanded to
-    } else {
-      fell_back(true, "the device has no fused backward for " + std::string(dtype_name(q.dtype())) +
-                          " with these Dims, or k or v broadcasts over a batch Dim (q " + q.str() + ", k " + k.str() +
-                          ", v " + v.str() + ")");
-      r = unfused_grads(q, k, v, bias, g, key_dim, kv_axis, scale, need_q, need_k, need_v, need_bias);
-    }
-    if (!bias.defined()) r.pop_back();
-    return r;
-  });
-}
-
-}  // namespace
-
-AttentionPathCounts attention_path_counts() {
-  AttentionPathCounts c;
-  c.fused_forward = g_fused_fwd.load();
-  c.unfused_forward = g_unfused_fwd.load();
-  c.fused_backward = g_fused_bwd.load();
-  c.unfused_backward = g_unfused_bwd.load();
-  return c;
-}
-
-void reset_attention_path_counts() {
-  g_fused_fwd = 0;
-  g_unfused_fwd = 0;
-  g_fused_bwd = 0;
-  g_unfused_bwd = 0;
-}
 
 Dim causal_key_dim(const Dim& query, const Dim& axis) {
   if (query.extent() != axis.extent())
@@ -522,13 +39,6 @@ Dim decoding_step(const Tensor& active, const std::string& name) {
 
 Tensor dot_attention(const Tensor& q, const Tensor& k0, const Tensor& v0, const Dim& key_dim, const Dim& axis,
                      const DotAttentionOptions& o) {
-  const Tensor no_bias;
-  const Tensor& bias0 = o.bias ? *o.bias : no_bias;
-  if (autocast_lowers({&q, &k0, &v0, &bias0})) {
-    DotAttentionOptions lo = o;
-    if (o.bias) lo.bias = autocast_low(*o.bias);
-    return dot_attention(autocast_low(q), autocast_low(k0), autocast_low(v0), key_dim, axis, lo);
-  }
   const char* op = "dot_attention";
   check_defined(op, q);
   check_defined(op, k0);
@@ -537,7 +47,11 @@ Tensor dot_attention(const Tensor& q, const Tensor& k0, const Tensor& v0, const 
   check_has_dim(op, k0, key_dim, "k");
   check_has_dim(op, k0, axis, "k");
   check_has_dim(op, v0, axis, "v");
+  if (!(o.att_dropout >= 0 && o.att_dropout < 1))
+    fail("dot_attention: att_dropout must be in [0, 1), got " + std::to_string(o.att_dropout));
   if (o.att_dropout > 0 && o.training && !o.gen) fail("dot_attention: att_dropout in training needs a Generator");
+  if (key_dim.is_dynamic()) fail("dot_attention: key_dim '" + key_dim.str() + "' must be static");
+  // The keys' Dim: causal (indexed by the query), or in self-attention a copy of axis.
   Tensor k = k0, v = v0;
   Dim kv_axis = axis;
   if (o.causal_query_dim) {
@@ -550,15 +64,11 @@ Tensor dot_attention(const Tensor& q, const Tensor& k0, const Tensor& v0, const 
     k = replace_dim(k, axis, kv_axis).first;
     v = replace_dim(v, axis, kv_axis).first;
   }
-  if (key_dim.is_dynamic()) fail("dot_attention: key_dim '" + key_dim.str() + "' must be static");
+  AttentionOptions a;
   // The bias over q's Dims and the keys (axis, or bias_key_dim), moved onto the key Dim.
-  Tensor bias;
   if (o.bias) {
-    bias = *o.bias;
+    Tensor bias = *o.bias;
     check_defined(op, bias);
-    check_same_device(op, q, bias);
-    if (bias.dtype() != q.dtype())
-      fail("dot_attention: bias must have q's dtype, got bias = " + bias.str() + " and q = " + q.str());
     const Dim bias_key = o.bias_key_dim ? *o.bias_key_dim : axis;
     if (o.bias_key_dim) {
       check_has_dim(op, bias, bias_key, "bias");
@@ -568,47 +78,16 @@ Tensor dot_attention(const Tensor& q, const Tensor& k0, const Tensor& v0, const 
     }
     const bool keyed = bias.has_dim(bias_key) && (o.bias_key_dim || !q.has_dim(axis));
     if (keyed && bias_key != kv_axis) bias = replace_dim(bias, bias_key, kv_axis).first;
-    for (const Dim& d : bias.dims())
-      if (d == key_dim || (d != kv_axis && !q.has_dim(d)))
-        fail("dot_attention: the bias's Dims must be among q's (but key_dim '" + key_dim.str() +
-             "') and the keys' (axis, or bias_key_dim), got bias = " + bias.str() + " for q = " + q.str());
+    a.bias = bias;
   }
-  const double scale = o.scale.value_or(1.0 / std::sqrt(double(key_dim.size())));
-  if (!std::isfinite(scale))
-    fail("dot_attention: scale must be finite, got " + std::to_string(scale) + " (q = " + q.str() + ")");
-  if (!(o.att_dropout >= 0 && o.att_dropout < 1))
-    fail("dot_attention: att_dropout must be in [0, 1), got " + std::to_string(o.att_dropout));
-  const bool dropout_active = o.att_dropout > 0 && o.training;
-  const bool want_fused = o.fused.value_or(fused_by_default());
-  if (want_fused && dropout_active) fell_back(false, "attention dropout in training");
-  if (!dropout_active && want_fused) {
-    check_same_device(op, q, k);
-    check_same_device(op, q, v);
-    // The CPU computes bf16/f16 attention in f32 (half_compute.h), rounding the output once.
-    const bool widen = is_half(q.dtype()) && q.device().is_cpu() && k.dtype() == q.dtype() && v.dtype() == q.dtype();
-    Tensor out = widen ? round_to(fused_with_grad(widen_half(q), widen_half(k), widen_half(v), widen_half(bias), key_dim,
-                                                  kv_axis, scale),
-                                  q.dtype())
-                       : fused_with_grad(q, k, v, bias, key_dim, kv_axis, scale);
-    if (out.defined()) {
-      g_fused_fwd.fetch_add(1, std::memory_order_relaxed);
-      return out;
-    }
-    fell_back(false, "no fused kernel for " + std::string(dtype_name(q.dtype())) + " on " + q.device().str() +
-                         " with these Dims" + (bias.defined() ? " and a bias (" + bias.str() + ")" : std::string()) +
-                         " (q " + q.str() + ", k " + k.str() + ", v " + v.str() + ", key Dim " + kv_axis.str() + ")");
-  } else if (!want_fused) {
-    g_unfused_fwd.fetch_add(1, std::memory_order_relaxed);
+  a.scale = o.scale.value_or(1.0 / std::sqrt(double(key_dim.size())));
+  if (o.training) {
+    a.dropout = o.att_dropout;
+    a.dropout_broadcast = o.att_dropout_broadcast;
+    a.gen = o.gen;
   }
-  Tensor energy = matmul(q * scale, k, key_dim);
-  if (bias.defined()) energy = energy + bias;
-  Tensor weights = softmax(energy, kv_axis);
-  if (o.att_dropout > 0 && o.training) {
-    Dims broadcast = o.att_dropout_broadcast ? minus_dims(weights.dims(), {kv_axis}) : Dims{};
-    weights = dropout(weights, o.att_dropout, *o.gen, true, broadcast);
-  }
-  // The weights are 0 on padded keys already; matmul's mask keeps padded values out too.
-  return matmul(weights, v, kv_axis);
+  a.fused = o.fused;
+  return dimx::dot_attention(q, k, v, key_dim, kv_axis, a);
 }
 
 }  // namespace dimx::nn

@@ -348,10 +348,16 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
       if (gate.has_dim(d)) order.push_back(d);
     return mul(gate.transpose_to(order), pb, true);
   };
-  if (!need_weights && !in.before_softmax && !dropout_active) {
-    // The mask, padding and position terms summed into one additive bias of the fused primitive.
+  if (!need_weights && !in.before_softmax) {
+    // The mask, padding and position terms summed into one additive bias of the fused primitive
+    // (which drops the weights dropout() below would drop).
     DotAttentionOptions dopt;
     dopt.scale = scaling;
+    if (dropout_active) {
+      dopt.att_dropout = o.dropout;
+      dopt.training = true;
+      dopt.gen = in.gen;
+    }
     Tensor bias;
     auto plus = [&](const Tensor& t) { bias = bias.defined() ? add(bias, t, true) : t; };
     if (attn_mask.defined()) plus(attn_mask);

@@ -225,9 +225,14 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
   Tensor ctx;
   // The padding and relative-position terms go to the fused primitive as one additive bias; an
   // attn_mask keeps the unfused path (the original replaces NaN energies before adding it).
-  if (!in.need_weights && !attn_mask.defined() && !dropout_active) {
+  if (!in.need_weights && !attn_mask.defined()) {
     DotAttentionOptions dopt;
     dopt.scale = scaling;
+    if (dropout_active) {  // the fused primitive drops the weights dropout() below would drop
+      dopt.att_dropout = o.dropout;
+      dopt.training = true;
+      dopt.gen = in.gen;
+    }
     Tensor bias = additive_pad;
     if (rel_pos.defined()) bias = bias.defined() ? add(bias, rel_pos, true) : rel_pos;
     if (bias.defined()) dopt.bias = bias.astype(q.dtype());

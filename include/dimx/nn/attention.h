@@ -15,22 +15,16 @@
 /// frame of its sequence); this is a key Dim whose lengths are indexed by the query position,
 /// so causality and padding are one mask. Padded query frames give finite, unspecified values.
 ///
-/// Fused lowering: where q is {batch..., query..., key_dim}, k {batch..., axis, key_dim} and v
-/// {batch..., axis, value...} (batch: Dims q shares with k or v; k and v may broadcast over
-/// some), and axis's lengths live on batch and query Dims, the device's fused attention
-/// primitive computes the same without materializing the energies, and its fused backward the
-/// gradients of q, k and v (deterministic, nothing of size [query, key] in memory either). An
-/// operand that broadcasts over a batch Dim gets its gradient from an unfused recomputation.
-/// attention_path_counts() tells which paths ran; with DIMX_STRICT_FUSED=1 in the environment,
-/// a call that asks for the fused path (DotAttentionOptions::fused unset or true) and cannot
-/// take it, forward or backward, is a dimx::Error saying why instead of a silent fallback.
-///
-/// A bias runs fused on the CPU (forward and backward, its gradient summed in a fixed order);
-/// the CUDA kernels take none yet, so there it is the unfused path (counted as a fallback).
+/// This is dimx::dot_attention (dimx/attention.h) with RETURNN's conventions: it makes the
+/// keys' Dim (a copy of axis in self-attention, the causal key Dim), moves the bias onto it,
+/// defaults the scale and applies dropout in training only. That op's lowering applies: the
+/// fused primitive (bias and dropout included) where the Dims map onto it, path counters
+/// (attention_path_counts()) and DIMX_STRICT_FUSED=1.
 ///
 /// Under autocast (dimx/autocast.h) q, k, v and the bias are cast to the low dtype first; the
 /// result is in the low dtype (bf16/f16 run on the GPU's tensor-core kernels with f32
 /// accumulation and f32 row statistics, and on the CPU in f32).
+#include <dimx/attention.h>
 #include <dimx/random.h>
 #include <dimx/tensor.h>
 
@@ -47,7 +41,7 @@ struct DotAttentionOptions {
   Generator* gen = nullptr;             ///< needed when att_dropout > 0 in training
   bool training = false;               ///< apply att_dropout only when true
   /// The fused primitive (no [query, key] energies in memory, forward or backward) where the
-  /// Dims map onto it and no dropout applies. Unset: as DIMX_FUSED_ATTENTION (0 / 1) says, else
+  /// Dims map onto it. Unset: as DIMX_FUSED_ATTENTION (0 / 1) says, else
   /// fused; true / false: prefer it / never (results agree within rounding).
   std::optional<bool> fused;
   /// An additive term on the energies before the softmax (a relative-position bias, an additive
@@ -65,18 +59,10 @@ struct DotAttentionOptions {
 Tensor dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Dim& key_dim, const Dim& axis,
                      const DotAttentionOptions& options = {});
 
-/// How many dot_attention forwards and backwards took the fused primitive and how many the
-/// unfused matmul / softmax path, since the program started or the last reset (all threads).
-struct AttentionPathCounts {
-  int64_t fused_forward = 0;     ///< forwards on the fused primitive
-  int64_t unfused_forward = 0;   ///< forwards on matmul / softmax / matmul
-  int64_t fused_backward = 0;    ///< backwards of fused forwards on the fused primitive
-  int64_t unfused_backward = 0;  ///< backwards of fused forwards that recomputed the weights with dimx ops
-};
-/// The counts so far.
-AttentionPathCounts attention_path_counts();
-/// Sets every count to 0.
-void reset_attention_path_counts();
+/// The path counters of dimx::dot_attention, which this one is.
+using dimx::AttentionPathCounts;
+using dimx::attention_path_counts;
+using dimx::reset_attention_path_counts;
 
 /// The key Dim of causal attention: frames of `axis`, where query i sees keys j <= i of its
 /// sequence (lengths min(i + 1, len) over {query, axis's length Dims}). A new Dim per call.

@@ -1,0 +1,68 @@
+#pragma once
+/// \file
+/// Scaled dot-product attention as one op, which the devices lower to a fused primitive.
+///
+///   out = matmul(dropout(softmax(scale * matmul(q, k, key_dim) + bias, kv_axis)), v, kv_axis)
+///
+/// q: {..., key_dim} without kv_axis; k: {..., kv_axis, key_dim}; v: {..., kv_axis}. Keys past
+/// kv_axis's lengths get weight 0; those lengths may run over q's Dims (a query-indexed key Dim
+/// is causal attention: nn::causal_key_dim). The bias, optional, is over any of q's Dims but
+/// key_dim, and kv_axis; it broadcasts over the Dims it lacks and is never expanded. Dropout
+/// (options.dropout > 0) drops each weight where dropout() of the weights would, drawing from
+/// options.gen: the weights' Dims in creation order (only kv_axis with dropout_broadcast).
+/// Returns v's Dims without kv_axis, plus q's other Dims. nn::dot_attention is the same op with
+/// RETURNN's conventions on top (self-attention over one time Dim, the causal key Dim, the
+/// bias's own key Dim, dropout only in training).
+///
+/// Lowering: where q is {batch..., query..., key_dim}, k {batch..., kv_axis, key_dim} and v
+/// {batch..., kv_axis, value...} (batch: Dims q shares with k or v; k and v may broadcast over
+/// some), and kv_axis's lengths live on batch and query Dims, the device's fused primitive
+/// computes the op without materializing the weights, bias and dropout included, and its fused
+/// backward the gradients of q, k, v and the bias (deterministic, nothing of size [query, key]
+/// in memory either); the dropout mask is regenerated from the Generator's state, never
+/// stored. An operand that broadcasts over a batch Dim gets its gradient from an unfused
+/// recomputation. attention_path_counts() tells which paths ran; with DIMX_STRICT_FUSED=1 in
+/// the environment, a call that asks for the fused path (options.fused unset or true) and
+/// cannot take it, forward or backward, is a dimx::Error saying why instead of a silent
+/// fallback.
+///
+/// Under autocast (dimx/autocast.h) q, k, v and the bias are cast to the low dtype first; the
+/// result is in the low dtype (bf16/f16 run on the GPU's tensor-core kernels with f32
+/// accumulation and f32 row statistics, and on the CPU in f32).
+#include <dimx/random.h>
+#include <dimx/tensor.h>
+
+#include <optional>
+
+namespace dimx {
+
+/// Options of dot_attention().
+struct AttentionOptions {
+  double scale = 1;                ///< the energies' factor (finite)
+  Tensor bias;                     ///< undefined: none; q's dtype
+  double dropout = 0;              ///< drop probability of each weight, in [0, 1); > 0 needs gen
+  bool dropout_broadcast = false;  ///< one mask over kv_axis, shared by all other Dims
+  Generator* gen = nullptr;        ///< where the dropout mask is drawn from
+  /// The fused primitive where the Dims map onto it. Unset: as DIMX_FUSED_ATTENTION (0 / 1)
+  /// says, else fused; true / false: prefer it / never (results agree within rounding).
+  std::optional<bool> fused;
+};
+
+/// The op of the file comment.
+Tensor dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Dim& key_dim, const Dim& kv_axis,
+                     const AttentionOptions& options);
+
+/// How many dot_attention forwards and backwards took the fused primitive and how many the
+/// unfused matmul / softmax path, since the program started or the last reset (all threads).
+struct AttentionPathCounts {
+  int64_t fused_forward = 0;     ///< forwards on the fused primitive
+  int64_t unfused_forward = 0;   ///< forwards on matmul / softmax / matmul
+  int64_t fused_backward = 0;    ///< backwards of fused forwards on the fused primitive
+  int64_t unfused_backward = 0;  ///< backwards of fused forwards that recomputed the weights with dimx ops
+};
+/// The counts so far.
+AttentionPathCounts attention_path_counts();
+/// Sets every count to 0.
+void reset_attention_path_counts();
+
+}  // namespace dimx
