@@ -2,6 +2,24 @@
 
 #include <cstdint>
 
+// Under AddressSanitizer a block on a free list is poisoned, so that a use after free through
+// a pooled block is reported as it would be for the system allocator.
+#if defined(__SANITIZE_ADDRESS__)
+#define DIMX_POOL_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define DIMX_POOL_ASAN 1
+#endif
+#endif
+#ifdef DIMX_POOL_ASAN
+#include <sanitizer/asan_interface.h>
+#define DIMX_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define DIMX_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define DIMX_POISON(p, n) ((void)(p), (void)(n))
+#define DIMX_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 namespace dimx::pool {
 
 namespace {
@@ -27,6 +45,7 @@ struct Releaser {
     t_lists.dead = true;
     for (size_t c = 0; c < kClasses; ++c)
       while (FreeBlock* b = t_lists.head[c]) {
+        DIMX_UNPOISON(b, (c + 1) * kGrain);
         t_lists.head[c] = b->next;
         ::operator delete(b);
       }
@@ -43,6 +62,7 @@ void* get(size_t bytes) {
     Lists& l = t_lists;
     const size_t c = class_of(bytes);
     if (FreeBlock* b = l.head[c]) {
+      DIMX_UNPOISON(b, (c + 1) * kGrain);
       l.head[c] = b->next;
       --l.count[c];
       return b;
@@ -65,6 +85,7 @@ void put(void* p, size_t bytes) noexcept {
   b->next = l.head[c];
   l.head[c] = b;
   ++l.count[c];
+  DIMX_POISON(b, (c + 1) * kGrain);
 }
 
 }  // namespace dimx::pool
