@@ -314,7 +314,7 @@ class CudaBackend final : public backend::Backend {
 // device). Backends are never destroyed, since tensors held in statics may be freed after
 // other statics are gone.
 const bool g_registered = [] {
-  backend::register_device_layer(Device::Type::cuda, backend::DeviceLayer{cuda_device_count, cuda_device_name, cuda_versions});
+  backend::register_device_layer(Device::Type::cuda, backend::DeviceLayer{cuda_device_count, cuda_device_name, cuda_versions, cuda_pool_bytes, cuda_reset_pool_peak});
   backend::register_backend(Device::Type::cuda, [](int index) -> backend::Backend* {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {

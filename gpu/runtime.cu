@@ -52,6 +52,44 @@ std::string cuda_versions() {
   return s;
 }
 
+namespace {
+cudaMemPool_t default_pool(int index) {
+  cudaMemPool_t pool;
+  cudaError_t e = cudaDeviceGetDefaultMemPool(&pool, index);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    throw Error("memory_stats: cudaDeviceGetDefaultMemPool(" + std::to_string(index) + ") failed: " + cudaGetErrorString(e));
+  }
+  return pool;
+}
+
+uint64_t pool_attribute(cudaMemPool_t pool, cudaMemPoolAttr attr) {
+  uint64_t v = 0;
+  cudaError_t e = cudaMemPoolGetAttribute(pool, attr, &v);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    throw Error(std::string("memory_stats: cudaMemPoolGetAttribute failed: ") + cudaGetErrorString(e));
+  }
+  return v;
+}
+}  // namespace
+
+std::array<size_t, 3> cuda_pool_bytes(int index) {
+  cudaMemPool_t pool = default_pool(index);
+  return {size_t(pool_attribute(pool, cudaMemPoolAttrUsedMemCurrent)),
+          size_t(pool_attribute(pool, cudaMemPoolAttrReservedMemCurrent)),
+          size_t(pool_attribute(pool, cudaMemPoolAttrUsedMemHigh))};
+}
+
+void cuda_reset_pool_peak(int index) {
+  uint64_t zero = 0;
+  cudaError_t e = cudaMemPoolSetAttribute(default_pool(index), cudaMemPoolAttrUsedMemHigh, &zero);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    throw Error(std::string("reset_peak_memory: cudaMemPoolSetAttribute failed: ") + cudaGetErrorString(e));
+  }
+}
+
 int64_t scan_chunk_frames(int64_t rows, int64_t T, const char* override_env) {
   if (const char* e = std::getenv(override_env))
     if (const int64_t n = std::atoll(e); n > 0) return n;

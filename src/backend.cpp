@@ -142,4 +142,30 @@ bool cuda_layer_available(std::string* why) { return backend::device_layer(Devic
 
 void synchronize(int index) { backend::backend_for(Device::cuda(index)).synchronize(); }
 
+namespace {
+const backend::DeviceLayer& layer_for(const char* op, int index) {
+  std::string why;
+  const backend::DeviceLayer* l = backend::device_layer(Device::Type::cuda, &why);
+  if (!l) throw Error(std::string(op) + ": " + why);
+  const int n = l->device_count();
+  if (index < 0 || index >= n)
+    throw Error(std::string(op) + ": no device cuda:" + std::to_string(index) + " (" + std::to_string(n) +
+                " CUDA device" + (n == 1 ? "" : "s") + ")");
+  return *l;
+}
+}  // namespace
+
+MemoryStats memory_stats(int index) {
+  const backend::DeviceLayer& l = layer_for("memory_stats", index);
+  synchronize(index);
+  const std::array<size_t, 3> b = l.pool_bytes(index);
+  return {b[0], b[1], b[2]};
+}
+
+void reset_peak_memory(int index) {
+  const backend::DeviceLayer& l = layer_for("reset_peak_memory", index);
+  synchronize(index);
+  l.reset_pool_peak(index);
+}
+
 }  // namespace dimx::gpu

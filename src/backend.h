@@ -5,6 +5,7 @@
 #include <dimx/elementwise.h>
 #include <dimx/reduce.h>
 
+#include <array>
 #include <functional>
 #include <vector>
 
@@ -348,6 +349,9 @@ struct DeviceLayer {
   std::function<int()> device_count;
   std::function<std::string(int)> device_name;
   std::function<std::string()> versions;  // runtime, driver and library versions, one line
+  // Bytes of the device's stream-ordered pool: in use, reserved, peak in use; and a peak reset.
+  std::function<std::array<size_t, 3>(int)> pool_bytes;
+  std::function<void(int)> reset_pool_peak;
 };
 void register_device_layer(Device::Type type, DeviceLayer layer);
 // The layer of `type`, its library loaded on first use where the program was not linked with

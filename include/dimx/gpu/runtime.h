@@ -4,6 +4,7 @@
 /// GPU. The CUDA layer (libdimx_cuda, installed next to libdimx when dimx is built with it) is
 /// loaded on first use of a CUDA device or of these functions. Safe to call on a machine without
 /// a GPU, a driver or the CUDA layer: there are then no devices.
+#include <cstddef>
 #include <string>
 
 namespace dimx::gpu {
@@ -18,5 +19,20 @@ bool cuda_layer_available(std::string* why = nullptr);
 
 /// Waits until all work queued on cuda:index by dimx has finished (for timing).
 void synchronize(int index = 0);
+
+/// Device memory of cuda:index in dimx's stream-ordered pool, read after the device's queued
+/// work has finished: bytes held by tensors and kernel scratch now (`in_use`), bytes the pool
+/// holds from the driver (`reserved`, at least `in_use`; freed blocks stay there for reuse) and
+/// the most bytes in use since the start or the last reset_peak_memory(). Library workspaces
+/// outside the pool (cuBLAS, cuFFT plans, cuDNN) are not counted.
+struct MemoryStats {
+  size_t in_use = 0;
+  size_t reserved = 0;
+  size_t peak_in_use = 0;
+};
+/// Throws dimx::Error (naming memory_stats) for a bad index or without the CUDA layer.
+MemoryStats memory_stats(int index = 0);
+/// Starts a new high-water mark of memory_stats().peak_in_use at the bytes in use now.
+void reset_peak_memory(int index = 0);
 
 }  // namespace dimx::gpu
