@@ -1446,7 +1446,7 @@ TEST_CASE("gpu: robustness checks (integer edges, NaN reductions, padding, lengt
   check_state_mismatch(kGpu);
 }
 
-TEST_CASE("gpu: no module lets padded content reach valid outputs or gradients", "[gpu][padding]") {
+TEST_CASE("gpu: no module lets padded content reach valid outputs or gradients; a sequence alone equals its frames of the batch", "[gpu][padding]") {
   check_padding_cases(kGpu, 1e-4, 1e-5);
 }
 
