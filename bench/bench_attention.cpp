@@ -163,6 +163,29 @@ int main(int argc, char** argv) {
   auto time_row = [&](const std::string& name, const std::function<void()>& f) {
     if (only.empty() || name.find(only) != std::string::npos) rows.push_back({name, median_ms(n, dev, f)});
   };
+  // Peak device memory of a forward + backward, against the bytes of q, k, v, the output and
+  // their four gradients (the least any implementation holds at its peak).
+  struct MemRow {
+    std::string name;
+    double peak_mib, io_mib;
+  };
+  std::vector<MemRow> mem_rows;
+  auto memory_row = [&](const std::string& name, const std::vector<const Tensor*>& qkv, const std::function<void()>& f) {
+#ifdef DIMX_BENCH_CUDA
+    if (dev.is_cpu() || !(only.empty() || name.find(only) != std::string::npos)) return;
+    double in_bytes = 0;  // q, k, v: resident before the call
+    for (const Tensor* t : qkv) in_bytes += double(t->numel() * int64_t(dtype_size(t->dtype())));
+    const double out_bytes = double(qkv[2]->numel() * int64_t(dtype_size(qkv[2]->dtype())));
+    f();
+    const size_t base = gpu::memory_stats(0).in_use;  // q, k, v, the output gradient and the rest
+    gpu::reset_peak_memory(0);
+    f();
+    const double peak = double(gpu::memory_stats(0).peak_in_use - base) + in_bytes + out_bytes;
+    mem_rows.push_back({name, peak / (1 << 20), 2 * (in_bytes + out_bytes) / (1 << 20)});
+#else
+    (void)name, (void)qkv, (void)f;
+#endif
+  };
   time_row("SelfAttention " + tag, [&] { att(x, time); });
   time_row("SelfAttention padded " + tag, [&] { att(xp, padded); });
   auto init = causal.default_initial_state({batch});
@@ -180,13 +203,17 @@ int main(int argc, char** argv) {
     time_row("dot_attention causal " + t2, [&] { nn::dot_attention(q, k, v, d, time, o); });
     // Forward + backward: the gradients of q, k and v for sum(out * r).
     Tensor r = random_normal({batch, heads, time, dv}, gen).to(dev);
-    for (bool causal_rows : {false, true})
-      time_row(std::string("dot_attention ") + (causal_rows ? "causal " : "") + "fwd+bwd " + t2, [&] {
+    for (bool causal_rows : {false, true}) {
+      auto fb = [&] {
         EnableGradGuard on;
         Tensor qg = q.with_requires_grad(), kg = k.with_requires_grad(), vg = v.with_requires_grad();
         Tensor y = nn::dot_attention(qg, kg, vg, d, time, causal_rows ? o : nn::DotAttentionOptions{});
-        grad(reduce_sum(y * r, y.dims()), {qg, kg, vg});
-      });
+        grad(y, {qg, kg, vg}, r);
+      };
+      const std::string name = std::string("dot_attention ") + (causal_rows ? "causal " : "") + "fwd+bwd " + t2;
+      time_row(name, fb);
+      memory_row(name, {&q, &k, &v}, fb);
+    }
     // Training with attention dropout 0.1: the mask is drawn inside the fused kernels.
     nn::DotAttentionOptions drop;
     drop.att_dropout = 0.1;
@@ -218,11 +245,13 @@ int main(int argc, char** argv) {
         const std::string t2 = std::string(dtype_name(dt)) + (pad ? " lengths" : "") + " B" + std::to_string(c.B) +
                                " H" + std::to_string(c.H) + " T" + std::to_string(c.T) + " d" + std::to_string(d.size());
         time_row("dot_attention " + t2, [&] { nn::dot_attention(q, k, v, d, t); });
-        time_row("dot_attention fwd+bwd " + t2, [&] {
+        auto fb = [&] {
           EnableGradGuard on;
           Tensor qg = q.with_requires_grad(), kg = k.with_requires_grad(), vg = v.with_requires_grad();
           grad(nn::dot_attention(qg, kg, vg, d, t), {qg, kg, vg}, r);
-        });
+        };
+        time_row("dot_attention fwd+bwd " + t2, fb);
+        memory_row("dot_attention fwd+bwd " + t2, {&q, &k, &v}, fb);
         if (!pad) {
           nn::DotAttentionOptions drop;
           drop.att_dropout = 0.1;
@@ -335,6 +364,15 @@ int main(int argc, char** argv) {
     else
       std::printf("%-44s %10.3f %10.3f %8.3f %10.1f\n", r.name.c_str(), r.ms, p, p > 0 ? r.ms / p : 0.0,
                   flops / r.ms / 1e6);
+  }
+  for (const MemRow& m : mem_rows) {
+    if (json)
+      std::printf("{\"bench\": \"attention_memory\", \"device\": \"%s\", \"case\": \"%s\", \"unit\": \"MiB\", "
+                  "\"peak\": %.1f, \"qkv_out_and_grads\": %.1f, \"ratio\": %.3f}\n",
+                  device.c_str(), m.name.c_str(), m.peak_mib, m.io_mib, m.peak_mib / m.io_mib);
+    else
+      std::printf("peak memory %-44s %8.1f MiB = %.3f x q, k, v, out and their gradients (%.1f MiB)\n",
+                  m.name.c_str(), m.peak_mib, m.peak_mib / m.io_mib, m.io_mib);
   }
   if (!json)
     for (const auto& [pname, ms] : peer)

@@ -1,5 +1,5 @@
-// GPU tour: tensors and modules on cuda:0, a training step there, the TF32 switch, and a
-// check of every result against the CPU. docs/tutorials/04-gpu.md walks through it.
+// GPU tour: tensors and modules on cuda:0, a training step there, the TF32 switch, device
+// memory, and a check of every result against the CPU. docs/tutorials/04-gpu.md walks through it.
 // Exits 4 (reported as skipped by the test suite) on a machine without a CUDA device.
 #include <dimx/gpu/runtime.h>
 #include <dimx/nn.h>
@@ -61,8 +61,19 @@ int main() {
   double rel = max_diff(fast, exact) / std::sqrt(double(k.size()));
   std::cout << "TF32 vs f32: max |diff| / sqrt(k) = " << rel << "\n";
 
+  // 5. Device memory: what tensors hold in dimx's pool now, what the pool keeps, the peak.
+  gpu::reset_peak_memory(0);
+  size_t step_peak = 0;
+  {
+    Tensor big = matmul(a, b, k) * 2.0;  // the product, then the doubled copy: 8 MiB at the peak
+    step_peak = gpu::memory_stats(0).peak_in_use;
+  }
+  gpu::MemoryStats ms = gpu::memory_stats(0);
+  std::cout << "device pool: " << (ms.in_use >> 20) << " MiB in use, " << (ms.reserved >> 20) << " MiB reserved, peak "
+            << (step_peak >> 20) << " MiB since the reset\n";
+
   bool ok = d1 < 1e-4 && std::isfinite(loss.item<float>()) && proj.weight.grad().device() == cuda && rel < 1e-2 &&
-            rel > 0;
+            rel > 0 && step_peak >= ms.in_use + (size_t(8) << 20) && ms.reserved >= ms.in_use;
   std::cout << (ok ? "gpu_tour: ok" : "gpu_tour: WRONG RESULT") << "\n";
   return ok ? 0 : 1;
 }
