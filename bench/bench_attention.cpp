@@ -2,6 +2,7 @@
 // (bench_attention_peer.py, run as a subprocess in the same run).
 //
 //   bench_attention [--json] [--device cpu|cuda] [--reps N] [--peer script.py]
+//   bench_attention --table [--json] [--reps N]      (CUDA: the fused attention table below)
 //
 // CPU: B=8 T=512 E=512 H=8, float32; the peer runs with 2 threads (set DIMX_NUM_THREADS=2 and
 // OPENBLAS_NUM_THREADS=2 alike for a fair ratio on a larger machine). CUDA (when built with
@@ -12,12 +13,15 @@
 // frames (CPU) or against the CPU result (CUDA). Two more cases time dot_attention alone on
 // {batch, heads, time, d} against torch's scaled_dot_product_attention (GFLOP/s there counts
 // the modules' FLOPs, so ignore it).
+#include <dimx/attention.h>
 #include <dimx/nn.h>
+#include <dimx/nn/beats.h>
 #ifdef DIMX_BENCH_CUDA
 #include <dimx/gpu/runtime.h>
 #endif
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -86,22 +90,160 @@ double check_against_loop(const nn::SelfAttention& att, const Tensor& x, const T
   return worst;
 }
 
+#ifdef DIMX_BENCH_CUDA
+// The fused attention table (CUDA): dot_attention on {batch, heads, time, d} for
+// (B, H, T, d) = (8, 12, 1024, 64) and (4, 16, 4096, 64). bf16: no mask; per-sequence key lengths
+// T - (T/2) b / (B - 1) (in [T/2, T], mean fill 3/4 at B = 8, 5/6 at B = 4); the T5 bias
+// (table {buckets: 320, heads}, max distance 800, BEATs's) with those lengths. f32: no mask,
+// the T5 bias. Forward and forward + backward (gradients of q, k, v and, with the bias, of the
+// table). The bias is gathered from the table inside the timed call, as a module does. Each row
+// is printed with the fastest peer (SDPA's backends and FlexAttention from
+// bench_attention_peer.py's table mode, same cases) and the peers' own rows; then the bias
+// and padding cost (time with both / (time without either x mean fill)) and peak memory.
+int run_table(bool json, int reps, const std::string& peer_script, const std::string& only) {
+  const Device dev = Device::cuda(0);
+  set_allow_tf32(false);
+  struct Row {
+    std::string name;
+    double ms;
+  };
+  std::vector<Row> rows;
+  std::vector<std::string> notes;
+  Generator gen(0);
+  for (auto [B, H, T, D] : {std::array<int64_t, 4>{8, 12, 1024, 64}, std::array<int64_t, 4>{4, 16, 4096, 64}}) {
+    Dim batch(B, "batch"), heads(H, "heads"), d(D, "d"), buckets(320, "buckets");
+    std::vector<int32_t> lens;
+    double fill = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      lens.push_back(int32_t(T - (T / 2) * b / std::max<int64_t>(1, B - 1)));
+      fill += double(lens.back()) / double(T * B);
+    }
+    Dim full_q(T, "time"), full_k(T, "keys");
+    Dim pad_q(Tensor::from_vector<int32_t>({batch}, lens), "time"), pad_k = pad_q.copy("keys");
+    const std::string shape = "B" + std::to_string(B) + " H" + std::to_string(H) + " T" + std::to_string(T) + " d" +
+                              std::to_string(D);
+    std::map<std::string, double> mine;
+    for (DType dt : {DType::bf16, DType::f32})
+      for (const char* c : dt == DType::bf16 ? std::vector<const char*>{"none", "lengths", "t5 lengths"}
+                                             : std::vector<const char*>{"none", "t5"}) {
+        const std::string cs = c;
+        const bool lengths = cs.find("lengths") != std::string::npos, t5 = cs.find("t5") != std::string::npos;
+        const Dim& tq = lengths ? pad_q : full_q;
+        const Dim& tk = lengths ? pad_k : full_k;
+        const std::string tag = std::string(dtype_name(dt)) + " " + cs + " " + shape;
+        if (!only.empty() && ("table " + tag).find(only) == std::string::npos) continue;
+        Tensor q = random_normal({batch, heads, tq, d}, gen, 0, 1, DType::f32, dev).astype(dt);
+        Tensor k = random_normal({batch, heads, tk, d}, gen, 0, 1, DType::f32, dev).astype(dt);
+        Tensor v = random_normal({batch, heads, tk, d}, gen, 0, 1, DType::f32, dev).astype(dt);
+        Tensor r = random_normal({batch, heads, tq, d}, gen, 0, 1, DType::f32, dev).astype(dt);
+        Tensor table = random_normal({buckets, heads}, gen, 0, 1, DType::f32, dev);
+        Tensor idx;
+        if (t5) {
+          Tensor rel = range_over_dim(tk, DType::i64, dev) - range_over_dim(tq, DType::i64, dev);
+          idx = nn::beats::relative_position_bucket(rel, buckets.size(), 800).with_sparse_dim(buckets);
+        }
+        auto call = [&](const Tensor& qq, const Tensor& kk, const Tensor& vv, const Tensor& tab) {
+          AttentionOptions o;
+          o.scale = 1 / std::sqrt(double(D));
+          o.fused = true;
+          if (t5) o.bias = gather(tab, idx, buckets, /*clip_to_valid=*/true).astype(dt);
+          return dot_attention(qq, kk, vv, d, tk, o);
+        };
+        {
+          NoGradGuard ng;
+          mine["fwd " + tag] = median_ms(reps, dev, [&] { call(q, k, v, table); });
+        }
+        mine["fwd+bwd " + tag] = median_ms(reps, dev, [&] {
+          EnableGradGuard on;
+          Tensor qg = q.with_requires_grad(), kg = k.with_requires_grad(), vg = v.with_requires_grad();
+          Tensor tg = table.with_requires_grad();
+          std::vector<Tensor> wrt{qg, kg, vg};
+          if (t5) wrt.push_back(tg);
+          grad(call(qg, kg, vg, tg), wrt, r);
+        });
+        rows.push_back({"table " + tag + " fwd", mine["fwd " + tag]});
+        rows.push_back({"table " + tag + " fwd+bwd", mine["fwd+bwd " + tag]});
+        // Peak memory of the forward + backward over q, k, v, out and their gradients.
+        {
+          EnableGradGuard on;
+          auto fb = [&] {
+            Tensor qg = q.with_requires_grad(), kg = k.with_requires_grad(), vg = v.with_requires_grad();
+            Tensor tg = table.with_requires_grad();
+            std::vector<Tensor> wrt{qg, kg, vg};
+            if (t5) wrt.push_back(tg);
+            grad(call(qg, kg, vg, tg), wrt, r);
+          };
+          const double io = double(4 * q.numel() * int64_t(dtype_size(dt)));  // q, k, v, out
+          fb();
+          const size_t base = gpu::memory_stats(0).in_use;  // q, k, v, r and the table resident
+          gpu::reset_peak_memory(0);
+          fb();
+          const double peak = double(gpu::memory_stats(0).peak_in_use - base) + io;
+          char line[256];
+          std::snprintf(line, sizeof line, "peak memory table %s fwd+bwd: %.1f MiB = %.3f x q, k, v, out and gradients",
+                        tag.c_str(), peak / (1 << 20), peak / (2 * io));
+          notes.push_back(line);
+        }
+      }
+    const std::string nb = "bf16 none " + shape, tb = "bf16 t5 lengths " + shape;
+    for (const char* pass : {"fwd", "fwd+bwd"})
+      if (mine.count(std::string(pass) + " " + nb) && mine.count(std::string(pass) + " " + tb)) {
+        char line[256];
+        std::snprintf(line, sizeof line, "bias and padding cost %s %s: %.3f (t5 lengths / (none x fill %.3f))", pass,
+                      shape.c_str(), mine[std::string(pass) + " " + tb] / (mine[std::string(pass) + " " + nb] * fill),
+                      fill);
+        notes.push_back(line);
+      }
+  }
+  AttentionPathCounts pc = attention_path_counts();
+  notes.push_back("paths: fused forward " + std::to_string(pc.fused_forward) + ", unfused forward " +
+                  std::to_string(pc.unfused_forward) + ", fused backward " + std::to_string(pc.fused_backward) +
+                  ", unfused backward " + std::to_string(pc.unfused_backward));
+
+  std::map<std::string, double> peer = bench::run_peer(peer_script, "cuda table");
+  if (!json) std::printf("%-48s %10s %10s %8s  %s\n", "case", "dimx ms", "peer ms", "ratio", "fastest peer");
+  for (const Row& r : rows) {
+    double p = -1;
+    std::string who = "none";
+    for (const auto& [pname, ms] : peer)
+      if (pname.rfind(r.name + " [", 0) == 0 && (p < 0 || ms < p)) {
+        p = ms;
+        who = pname.substr(r.name.size() + 2, pname.size() - r.name.size() - 3);
+      }
+    if (json)
+      std::printf("{\"bench\": \"attention_table\", \"case\": \"%s\", \"unit\": \"ms\", \"dimx\": %.4f, "
+                  "\"peer\": %s, \"peer_name\": \"%s\", \"speedup\": %s}\n",
+                  r.name.c_str(), r.ms, p < 0 ? "null" : std::to_string(p).c_str(), who.c_str(),
+                  p < 0 ? "null" : std::to_string(p / r.ms).c_str());
+    else
+      std::printf("%-48s %10.3f %10.3f %8.3f  %s\n", r.name.c_str(), r.ms, p, p > 0 ? p / r.ms : 0.0, who.c_str());
+  }
+  for (const auto& [pname, ms] : peer)
+    if (!json) std::printf("  peer %-60s %10.3f\n", pname.c_str(), ms);
+  for (const std::string& n : notes) std::printf("%s%s\n", json ? "# " : "", n.c_str());
+  return 0;
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
   bool json = false;
   std::string device = "cpu", peer_script = std::string(argv[0]) + "_peer.py", only;
   int reps = 0;
+  bool table = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--json") json = true;
+    else if (a == "--table") table = true;
     else if (a == "--profile") bench::profiling() = true;
     else if (a == "--device" && i + 1 < argc) device = argv[++i];
     else if (a == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
     else if (a == "--peer" && i + 1 < argc) peer_script = argv[++i];
     else if (a == "--only" && i + 1 < argc) only = argv[++i];
     else {
-      std::cerr << "usage: bench_attention [--json] [--device cpu|cuda] [--reps N] [--peer script.py] [--profile] [--only substring]\n";
+      std::cerr << "usage: bench_attention [--json] [--device cpu|cuda] [--table] [--reps N] [--peer script.py] [--profile] "
+                   "[--only substring]\n";
       return 2;
     }
   }
@@ -115,6 +257,20 @@ int main(int argc, char** argv) {
 #else
   if (cuda) {
     std::cerr << "bench_attention: built without the CUDA layer\n";
+    return 1;
+  }
+#endif
+#ifdef DIMX_BENCH_CUDA
+  if (table) {
+    if (!cuda) {
+      std::cerr << "bench_attention: --table needs --device cuda\n";
+      return 2;
+    }
+    return run_table(json, reps > 0 ? reps : 20, peer_script, only);
+  }
+#else
+  if (table) {
+    std::cerr << "bench_attention: --table needs the CUDA layer\n";
     return 1;
   }
 #endif

@@ -1,6 +1,10 @@
 """PyTorch peer of bench_attention: torch.nn.MultiheadAttention on the same shapes.
 
     python3 bench_attention_peer.py cpu|cuda
+    python3 bench_attention_peer.py cuda table
+
+The table mode times the peers of bench_attention --table: SDPA with each backend and
+FlexAttention (compiled; score_mod for the T5 bias, block_mask for the lengths).
 
 Prints "case<TAB>median ms" per line; the last two cases time the attention alone
 (torch.nn.functional.scaled_dot_product_attention on [B, H, T, d]). CPU: 2 threads, eval mode, inference_mode,
@@ -189,5 +193,90 @@ def half_cases(b, t, e, h, reps):
                     print(f"# {bname} {tag}: {str(err).splitlines()[0][:100]}", file=sys.stderr, flush=True)
 
 
+TABLE_SHAPES = ((8, 12, 1024, 64), (4, 16, 4096, 64))
+TABLE_BUCKETS, TABLE_MAX_DISTANCE = 320, 800
+
+
+def table_cases(reps):
+    """The fused attention table: for each shape, bf16 without a mask, with per-sequence key
+    lengths in [T/2, T], with the T5 bias (a learnable [buckets, H] table, BEATs' 320 buckets
+    and max distance 800) and lengths; f32 without and with the T5 bias. Forward (inference
+    mode) and forward + backward (the gradients of q, k, v and the table). SDPA takes lengths
+    and bias as one additive attn_mask; FlexAttention a block_mask and a score_mod."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from beats_reference import relative_position_bucket
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        flex = torch.compile(flex_attention)
+    except Exception as err:  # no FlexAttention in this torch
+        print(f"# flex: {str(err).splitlines()[0][:100]}", file=sys.stderr, flush=True)
+        flex = None
+    backends = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION}
+    for b, h, t, d in TABLE_SHAPES:
+        lens = torch.tensor([t - (t // 2) * i // max(1, b - 1) for i in range(b)], device="cuda")
+        keep = torch.arange(t, device="cuda")[None, :] < lens[:, None]
+        pos = torch.arange(t, device="cuda")
+        bucket = relative_position_bucket(pos[None, :] - pos[:, None], TABLE_BUCKETS, TABLE_MAX_DISTANCE)
+        for dt, dname in ((torch.bfloat16, "bf16"), (torch.float32, "f32")):
+            for case in (("none", "lengths", "t5 lengths") if dt == torch.bfloat16 else ("none", "t5")):
+                lengths, t5 = "lengths" in case, "t5" in case
+                q, k, v, r = (torch.randn(b, h, t, d, device="cuda", dtype=dt) for _ in range(4))
+                table = torch.randn(TABLE_BUCKETS, h, device="cuda")
+                tag = f"{dname} {case} B{b} H{h} T{t} d{d}"
+
+                def mask(tab):
+                    m = None
+                    if t5:
+                        m = tab[bucket].permute(2, 0, 1)[None].to(dt)
+                    if lengths:
+                        pm = torch.zeros(b, 1, 1, t, device="cuda", dtype=dt).masked_fill(~keep[:, None, None, :],
+                                                                                         float("-inf"))
+                        m = pm if m is None else m + pm
+                    return m
+
+                def timed(label, fwd):
+                    qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+                    tg = table.detach().requires_grad_()
+                    wrt = (qg, kg, vg, tg) if t5 else (qg, kg, vg)
+
+                    def fwd_bwd():
+                        torch.autograd.grad(fwd(qg, kg, vg, tg), wrt, r)
+
+                    try:
+                        with torch.inference_mode():
+                            ms = median_ms(lambda: fwd(q, k, v, table), reps, True)
+                        print(f"table {tag} fwd [{label}]\t{ms}", flush=True)
+                        ms = median_ms(fwd_bwd, reps, True)
+                        print(f"table {tag} fwd+bwd [{label}]\t{ms}", flush=True)
+                    except Exception as err:  # the backend does not take this case
+                        print(f"# {label} {tag}: {str(err).splitlines()[0][:100]}", file=sys.stderr, flush=True)
+
+                for bname, backend in backends.items():
+                    def run_sdpa(q_, k_, v_, tab, backend=backend):
+                        with sdpa_kernel(backend):
+                            return sdpa(q_, k_, v_, attn_mask=mask(tab))
+                    timed(bname, run_sdpa)
+                if flex is not None:
+                    block_mask = None
+                    if lengths:
+                        block_mask = create_block_mask(lambda b_, h_, qi, ki: ki < lens[b_], b, None, t, t)
+
+                    def run_flex(q_, k_, v_, tab):
+                        score_mod = None
+                        if t5:
+                            def score_mod(score, b_, h_, qi, ki):
+                                return score + tab[bucket[qi, ki], h_]
+                        return flex(q_, k_, v_, score_mod=score_mod, block_mask=block_mask)
+                    timed("flex", run_flex)
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 2 and sys.argv[2] == "table":
+        torch.manual_seed(0)
+        table_cases(20)
+    else:
+        main()
