@@ -252,7 +252,7 @@ void launch_vec(const AttentionArgs& a, cudaStream_t s) {
 
 bool launch_attention(DType dt, const AttentionArgs& a, cudaStream_t s) {
   const int64_t width = a.d > a.dv ? a.d : a.dv;
-  if (width > 128 || (dt != DType::f32 && dt != DType::f64 && dt != DType::bf16 && dt != DType::f16)) return false;
+  if (width > 256 || (dt != DType::f32 && dt != DType::f64 && dt != DType::bf16 && dt != DType::f16)) return false;
   if (a.batch0 * a.batch1 == 0 || a.tq == 0 || a.dv == 0) return true;
   if (dt == DType::bf16 || dt == DType::f16) return launch_attention_mma(dt, a, nullptr, s);
   if (a.batch0 * a.batch1 > 0x7fffffff) return false;
@@ -261,10 +261,12 @@ bool launch_attention(DType dt, const AttentionArgs& a, cudaStream_t s) {
     // halves the shared-memory traffic per FMA against 16-lane groups (measured 0.71-0.77 vs
     // 0.76-0.80 ms on bench_attention's dot_attention case, H100).
     if (width <= 64) launch_vec<float, 64, 128, 64, 8, 2>(a, s);
-    else launch_vec<float, 128, 64, 32, 16, 2>(a, s);
+    else if (width <= 128) launch_vec<float, 128, 64, 32, 16, 2>(a, s);
+    else launch_vec<float, 256, 32, 32, 16, 1>(a, s);
   } else {
     if (width <= 64) launch_vec<double, 64, 32, 64, 16, 1>(a, s);
-    else launch_vec<double, 128, 32, 32, 16, 1>(a, s);
+    else if (width <= 128) launch_vec<double, 128, 32, 32, 16, 1>(a, s);
+    else launch_vec<double, 256, 32, 16, 16, 1>(a, s);
   }
   return true;
 }

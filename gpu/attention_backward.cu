@@ -385,17 +385,19 @@ void launch_vec(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_
 bool launch_attention_backward(DType dt, const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s) {
   const int64_t width = a.d > a.dv ? a.d : a.dv;
   const bool half = dt == DType::bf16 || dt == DType::f16;
-  if (width > 128 || (dt != DType::f32 && dt != DType::f64 && !half) || !a.lse) return false;
+  if (width > 256 || (dt != DType::f32 && dt != DType::f64 && !half) || !a.lse) return false;
   if (a.batch0 * a.batch1 > 0x7fffffff) return false;
   if (a.tq == 0 || a.tk == 0 || a.d == 0 || a.dv == 0) return false;  // nothing to recompute: the caller's zeros
   if (a.batch0 * a.batch1 == 0 || (!ga.dq && !ga.dk && !ga.dv && !ga.dbias)) return true;
   if (half) return launch_attention_mma(dt, a, &ga, s);
   if (dt == DType::f32) {
     if (width <= 64) launch_vec<float, 64, 64, 64, 2>(a, ga, s);
-    else launch_vec<float, 128, 64, 32, 1>(a, ga, s);
+    else if (width <= 128) launch_vec<float, 128, 64, 32, 1>(a, ga, s);
+    else launch_vec<float, 256, 32, 32, 1>(a, ga, s);
   } else {
     if (width <= 64) launch_vec<double, 64, 32, 32, 1>(a, ga, s);
-    else launch_vec<double, 128, 32, 32, 1>(a, ga, s);
+    else if (width <= 128) launch_vec<double, 128, 32, 32, 1>(a, ga, s);
+    else launch_vec<double, 256, 16, 16, 1>(a, ga, s);
   }
   return true;
 }

@@ -718,14 +718,16 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
 template <class T, bool EXTRA>
 bool run(const AttentionArgs& a, const AttentionGradArgs* ga, int64_t width, cudaStream_t s) {
   if (width <= 64) ga ? backward<T, 64, 2, 32, 2, 32, EXTRA>(a, *ga, s) : forward<T, 64, 2, 64, EXTRA>(a, s);
-  else ga ? backward<T, 128, 1, 64, 1, 64, EXTRA>(a, *ga, s) : forward<T, 128, 1, 64, EXTRA>(a, s);
+  else if (width <= 128) ga ? backward<T, 128, 1, 64, 1, 64, EXTRA>(a, *ga, s) : forward<T, 128, 1, 64, EXTRA>(a, s);
+  // Up to 256: half the key tiles (registers; the backward still spills some).
+  else ga ? backward<T, 256, 1, 16, 1, 32, EXTRA>(a, *ga, s) : forward<T, 256, 1, 32, EXTRA>(a, s);
   return true;
 }
 
 template <class T>
 bool dispatch_width(const AttentionArgs& a, const AttentionGradArgs* ga, cudaStream_t s) {
   const int64_t width = a.d > a.dv ? a.d : a.dv;
-  if (width > 128 || !aligned(a, ga)) return false;
+  if (width > 256 || !aligned(a, ga)) return false;
   if ((a.tq + kTile - 1) / kTile > 65535 || a.batch0 * a.batch1 > 0x7fffffff) return false;
   // Forward: 32 queries per warp up to head size 64 (each K and V operand serves two row
   // tiles, halving the shared-memory reads per product), 16 above (registers).

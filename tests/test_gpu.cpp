@@ -530,7 +530,8 @@ TEST_CASE("gpu: fused dot_attention and its gradients match the CPU", "[gpu]") {
       {"cross", 5, 37, 64, 48, true, false, false},        {"Tq=1", 1, 1000, 64, 64, true, false, false},
       {"Tk=1", 33, 1, 64, 64, false, false, false},        {"Tk=1000", 9, 1000, 80, 80, false, false, false},
       {"d=80", 67, 67, 80, 80, true, true, true},          {"d=128", 40, 70, 128, 128, true, false, false},
-      {"odd d", 20, 30, 7, 5, true, false, false},         {"d=200 (unfused)", 10, 12, 200, 8, false, false, false}};
+      {"odd d", 20, 30, 7, 5, true, false, false},         {"d=200", 10, 12, 200, 8, false, false, false},
+      {"d=256 causal", 70, 70, 256, 256, true, true, true}, {"d=300 (unfused)", 10, 12, 300, 8, false, false, false}};
   for (const Case& c : cases)
     for (DType dt : {DType::f32, DType::f64}) {
       Dim key(c.dk, "key"), value(c.dv, "value");
@@ -670,7 +671,8 @@ TEST_CASE("gpu: bf16 and f16 dot_attention on tensor cores, forward and backward
   };
   for (DType dt : {DType::bf16, DType::f16})
     for (Setup st : {Setup{"padded, head size 64", 64, false, true}, Setup{"causal, head size 128", 128, true, false},
-                     Setup{"padded causal, head size 32", 32, true, true}}) {
+                     Setup{"padded causal, head size 32", 32, true, true}, Setup{"padded, head size 256", 256, false, true},
+                     Setup{"causal, head size 200", 200, true, false}}) {
       INFO(dtype_name(dt) << ", " << st.name);
       const Dim key(st.width, "key"), t = st.padded ? time : t2;
       const Dims dims{batch, t, heads, key};
