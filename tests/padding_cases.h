@@ -147,6 +147,15 @@ inline std::vector<PaddingCase> padding_cases() {
     Tensor x = padded_input(p, dev, pad);
     return padded_outputs(m, p, x, m(x), p.time, {p.batch, p.time, p.feat});
   });
+  add(
+      "Dropout (training)",
+      [](Device dev, double pad, const PaddedBatch& p) {
+        nn::Dropout m(0.3);
+        Generator drop(5);
+        Tensor x = padded_input(p, dev, pad);
+        return padded_outputs(m, p, x, m(x, drop), p.time, {p.batch, p.time, p.feat});
+      },
+      /*per_sequence=*/false);
   add("Embedding (garbage token ids in padded frames)", [](Device dev, double pad, const PaddedBatch& p) {
     Generator gen(2);
     Dim vocab(11, "vocab");
