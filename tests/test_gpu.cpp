@@ -483,6 +483,36 @@ TEST_CASE("gpu: the gradient of every differentiable op matches the CPU", "[gpu]
   }, 1e-4, 1e-5);
 }
 
+// The gradient of gather (scatter_add) sums each destination in a fixed order: an embedding
+// table, a table gathered entry-wise along a shared batch Dim, and a T5-style bias table
+// indexed by {query, key} with most positions in a few rows (long runs); against the CPU, and
+// two runs give the same bits.
+TEST_CASE("gpu: the gradient of gather is deterministic and matches the CPU", "[gpu]") {
+  Dim vocab(7, "vocab"), feat(33, "feat"), a(300, "a"), b(17, "b"), batch(3, "batch"), heads(12, "heads");
+  Dim q(200, "q"), k(300, "k"), buckets(20, "buckets");
+  std::vector<int32_t> ids(size_t(a.size() * b.size())), bids(size_t(batch.size() * a.size()));
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t((i * 7919) % 13 % 7);
+  for (size_t i = 0; i < bids.size(); ++i) bids[i] = int32_t(i * 31 % 7);
+  std::vector<int32_t> rel(size_t(q.size() * k.size()));
+  for (int64_t i = 0; i < q.size(); ++i)
+    for (int64_t j = 0; j < k.size(); ++j) rel[size_t(i * k.size() + j)] = int32_t(std::min<int64_t>(19, std::abs(j - i) / 8));
+  auto run = [&](Device dev) {
+    Tensor emb = input({vocab, feat}, 70, dev).with_requires_grad();
+    Tensor bt = input({batch, vocab, feat}, 71, dev).with_requires_grad();
+    Tensor table = input({buckets, heads}, 72, dev).with_requires_grad();
+    Tensor idx = Tensor::from_vector<int32_t>({a, b}, ids).with_sparse_dim(vocab).to(dev);
+    Tensor bidx = Tensor::from_vector<int32_t>({batch, a}, bids).with_sparse_dim(vocab).to(dev);
+    Tensor ridx = Tensor::from_vector<int32_t>({q, k}, rel).with_sparse_dim(buckets).to(dev);
+    Tensor l1 = reduce_sum(gather(emb, idx) * input({a, b, feat}, 73, dev), {a, b, feat});
+    Tensor l2 = reduce_sum(gather(bt, bidx) * input({batch, a, feat}, 74, dev), {batch, a, feat});
+    Tensor l3 = reduce_sum(gather(table, ridx) * input({q, k, heads}, 75, dev), {q, k, heads});
+    return grad(l1 + l2 + l3, {emb, bt, table});
+  };
+  consistent("gather gradients", run, 1e-4, 1e-4);
+  std::vector<Tensor> g1 = run(kGpu), g2 = run(kGpu);
+  for (size_t i = 0; i < g1.size(); ++i) CHECK(g1[i].to_vector<float>(g1[i].dims()) == g2[i].to_vector<float>(g1[i].dims()));
+}
+
 TEST_CASE("gpu: causal dot_attention and its gradients match the CPU", "[gpu]") {
   Dims3 d;
   Dim heads(2, "heads"), key(8, "key"), value(5, "value");
