@@ -3,8 +3,10 @@
 // library loads. Every CUDA and cuBLAS call is checked and turned into a dimx::Error.
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "backend.h"
 #include "strided_space.h"
@@ -69,6 +71,7 @@ class CudaBackend final : public backend::Backend {
       uint64_t keep = ~uint64_t(0);
       check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute");
       gemms_ = std::make_unique<Gemms>(*this, stream_);
+      register_release(this);
     });
     return stream_;
   }
@@ -184,7 +187,35 @@ class CudaBackend final : public backend::Backend {
 
   void gemm(DType dt, const backend::Gemm& g) override {
     stream();  // makes this device current
+    if (!gemms_) throw Error("matmul: the CUDA backend of cuda:" + std::to_string(index_) + " was released at exit");
     gemms_->run(dt, g);
+  }
+
+  // At exit, before the CUDA runtime goes: finishes the queued work and frees what the
+  // backend holds for the process's lifetime (cuBLAS handles and workspaces, cached device
+  // constants), so that nothing is left allocated. The stream and its pool stay usable for
+  // tensors that statics free later.
+  void release() {
+    if (cudaSetDevice(index_) != cudaSuccess || cudaStreamSynchronize(stream_) != cudaSuccess) {
+      cudaGetLastError();
+      return;
+    }
+    release_device_constants(Device::cuda(index_));
+    cudaStreamSynchronize(stream_);
+    gemms_.reset();
+    cudaGetLastError();
+  }
+
+  static void register_release(CudaBackend* b) {
+    static std::mutex mu;
+    static std::vector<CudaBackend*>* all = new std::vector<CudaBackend*>;
+    std::lock_guard<std::mutex> lk(mu);
+    // Registered after the runtime's own exit handler (the stream exists), so it runs first.
+    if (all->empty()) std::atexit([] {
+        std::lock_guard<std::mutex> lk2(mu);
+        for (CudaBackend* x : *all) x->release();
+      });
+    all->push_back(b);
   }
 
   static AttentionArgs attention_args(const backend::Attention& a) {

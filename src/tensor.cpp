@@ -86,11 +86,36 @@ Tensor Tensor::from_raw(Dims dims, DType dtype, const void* data, size_t count) 
 // Scalars on a device are filled once per (device, dtype, value) and shared, read-only: the
 // scalar operands of elementwise ops (the zeros of the padding masks, a factor 0.5) cost a fill
 // launch per op otherwise. A bounded number are kept; the CPU fills its own (cheaper than a lookup).
+namespace {
+using ConstantKey = std::tuple<int, int, int, uint64_t>;
+std::mutex& constants_mu() {
+  static std::mutex mu;
+  return mu;
+}
+// Never destroyed (device memory outlives statics); emptied by release_device_constants().
+std::map<ConstantKey, Tensor>& constants() {
+  static auto* cache = new std::map<ConstantKey, Tensor>;
+  return *cache;
+}
+}  // namespace
+
+void release_device_constants(Device device) {
+  std::map<ConstantKey, Tensor> gone;
+  std::lock_guard<std::mutex> lk(constants_mu());
+  auto& cache = constants();
+  for (auto it = cache.begin(); it != cache.end();)
+    if (std::get<0>(it->first) == int(device.type) && std::get<1>(it->first) == device.index) {
+      gone.insert(cache.extract(it++));
+    } else {
+      ++it;
+    }
+}
+
 Tensor constant_scalar(double value, DType dtype, Device device) {
   if (device.is_cpu()) return Tensor::scalar(value, dtype, device);
-  using Key = std::tuple<int, int, int, uint64_t>;
-  static std::mutex mu;
-  static auto* cache = new std::map<Key, Tensor>;  // never destroyed: device memory outlives statics
+  using Key = ConstantKey;
+  auto& mu = constants_mu();
+  auto* cache = &constants();
   uint64_t bits;
   std::memcpy(&bits, &value, sizeof bits);
   const Key key{int(device.type), device.index, int(dtype), bits};

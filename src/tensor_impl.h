@@ -99,6 +99,8 @@ bool representable(double v, DType dt);
 // Tensor::scalar(value, dtype, device) for use as an operand only (never written): on a GPU
 // one shared read-only tensor per value, filled once.
 Tensor constant_scalar(double value, DType dtype, Device device);
+// Drops the cached constants of `device` (the CUDA layer's release at exit).
+void release_device_constants(Device device);
 
 // x broadcast (zero-copy) so it has every Dim of `dims` too; its own Dims stay first.
 Tensor broadcast_to_include(const Tensor& x, const Dims& dims);
