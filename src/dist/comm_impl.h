@@ -1,0 +1,63 @@
+#pragma once
+// Internal: the MPI communicator behind dist::Communicator, its deadline-bounded waits and the
+// agreement check that precedes each collective.
+#include <dimx/dist/communicator.h>
+
+#include <mpi.h>
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace dimx::dist {
+
+struct Communicator::Impl {
+  // Two duplicates of the group: `control` carries the agreement messages, `data` the
+  // collectives, so that a rank in an agreement never matches a rank in a data collective.
+  MPI_Comm control = MPI_COMM_NULL, data = MPI_COMM_NULL;
+  int rank = 0, size = 1;
+  double timeout = 300;
+  int tag_ub = 32767;
+  uint64_t seq = 0;  // agreements so far: their tag
+  bool broken = false;
+  std::string broken_why;
+  // Buffers of requests abandoned by a failed wait: MPI may still write into them.
+  std::vector<std::shared_ptr<void>> abandoned;
+
+  // Duplicates `comm` twice; collective over comm.
+  explicit Impl(MPI_Comm comm);
+  ~Impl();
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+
+  // "<op>: rank R of N: " (op as given, e.g. "dist::all_reduce").
+  std::string prefix(const std::string& op) const;
+  // Throws if broken.
+  void check_usable(const std::string& op) const;
+  // Polls `reqs` until all complete or timeout seconds pass. On timeout: marks the communicator
+  // broken, keeps `keep` alive (MPI may still write into it) and throws prefix(op) + what.
+  // `progress`, if given, is called on each poll (nothing else waits meanwhile).
+  void wait(const std::string& op, std::span<MPI_Request> reqs, std::shared_ptr<void> keep, const std::string& what);
+  // Marks broken with `why` and throws prefix(op) + why.
+  [[noreturn]] void fail_broken(const std::string& op, const std::string& why);
+  // The agreement: every rank passes its description of the call; throws on every rank if
+  // one differs or a rank does not answer (see communicator.h).
+  void agree(const std::string& op, const std::string& description);
+};
+
+// The MPI datatype of a dtype's elements (bool as unsigned char); half dtypes have none.
+MPI_Datatype mpi_type(DType dt);
+// The order in which a tensor's values are exchanged: its Dims sorted by name, ties in layout order.
+Dims exchange_order(const Tensor& x);
+// "f32 {batch:4, time:<=9 (dyn, lengths #1a2b3c4d)}" in exchange order.
+std::string describe(const Tensor& x);
+// A CPU copy of x's values, row-major in `order`, as bytes.
+std::shared_ptr<std::vector<char>> host_bytes(const Tensor& x, const Dims& order);
+// Deadline polling helper: seconds since an arbitrary epoch (steady clock).
+double now_seconds();
+// Sleeps a little between polls: nothing for the first polls, then up to 1 ms.
+void poll_pause(int64_t polls);
+
+}  // namespace dimx::dist
