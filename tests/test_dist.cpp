@@ -228,6 +228,8 @@ TEST_CASE("dist: 2-rank DataParallel training equals single-process training on 
     auto [x, y] = batch_rows(in, out, c.rank() * (kRows / 2), kRows / 2, s, b);
     opt.zero_grad();
     backward(mse(m(x), y, b, out));
+    // Every bucket started inside the backward, each as soon as its gradients were final.
+    CHECK(dp.overlapped_buckets() == int64_t(dp.buckets().size()));
     optim::clip_grad_norm(params, 0.5);
     opt.step();
   }

@@ -44,6 +44,7 @@ struct DataParallel::Impl {
   std::vector<Bucket> buckets;
   std::vector<char> ready;  // per parameter, this pass
   size_t next_launch = 0;
+  int64_t overlapped = 0;  // buckets of the last pass started before its end
   bool in_pass = false;
   bool enabled = true;
   std::vector<HookHandle> hooks;
@@ -127,6 +128,7 @@ void DataParallel::Impl::reset_pass() {
 void DataParallel::Impl::finish() {
   if (!enabled || !in_pass) return;
   Communicator::Impl& c = comm.impl();
+  overlapped = int64_t(next_launch);
   while (next_launch < buckets.size()) launch(next_launch++);
   const double inv = 1.0 / double(c.size);
   for (size_t b = 0; b < buckets.size(); ++b) {
@@ -222,6 +224,8 @@ void DataParallel::set_enabled(bool on) {
 }
 
 bool DataParallel::enabled() const { return impl_->enabled; }
+
+int64_t DataParallel::overlapped_buckets() const { return impl_->overlapped; }
 
 void DataParallel::broadcast_parameters(int root) {
   NoGradGuard ng;

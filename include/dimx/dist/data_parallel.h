@@ -87,6 +87,9 @@ class DataParallel {
   void set_enabled(bool on);
   /// Whether averaging is on.
   bool enabled() const;
+  /// How many buckets of the last backward() started their all-reduce before that backward()
+  /// ended (the communication that overlapped the rest of the backward).
+  int64_t overlapped_buckets() const;
   /// Copies rank `root`'s parameter values into every rank's parameters (collective), e.g.
   /// after loading a checkpoint on rank 0 only.
   void broadcast_parameters(int root = 0);
