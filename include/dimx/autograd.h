@@ -33,6 +33,7 @@ class HookHandle {
   /// Holds `remove`, called once by remove() or the destructor.
   explicit HookHandle(std::function<void()> remove) : remove_(std::move(remove)) {}
   ~HookHandle() { remove(); }
+  /// Takes over o's hook (o becomes empty).
   HookHandle(HookHandle&& o) noexcept : remove_(std::move(o.remove_)) { o.remove_ = nullptr; }
   /// Removes this handle's hook, then takes over o's.
   HookHandle& operator=(HookHandle&& o) noexcept {
