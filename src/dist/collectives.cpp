@@ -29,6 +29,16 @@ Tensor from_bytes(const Dims& dims, DType dt, const std::vector<char>& b) {
   return Tensor::from_raw(dims, dt, b.data(), b.size() / dtype_size(dt));
 }
 
+// A new device tensor over `dims` holding x's values (in dims' order), which the caller owns
+// alone and may write in place.
+Tensor private_copy(const Tensor& x, const Dims& dims, DType dt) {
+  Tensor t = Tensor::zeros(dims, dt, x.device());
+  t.copy_from(x);
+  return t;
+}
+
+void* writable(const Tensor& t) { return const_cast<void*>(t.data_ptr()); }
+
 }  // namespace
 
 const char* reduce_op_name(ReduceOp op) {
@@ -68,6 +78,12 @@ Tensor Communicator::all_reduce(const Tensor& x, ReduceOp op) const {
   c.agree(name, std::string("all_reduce(") + reduce_op_name(op) + ") " + describe(x));
   const DType wdt = wire_dtype(dt);
   const Dims order = exchange_order(x);
+  if (DeviceTransport* t = c.transport_for(x.device())) {
+    // Device libraries reduce half dtypes themselves; the mean divides afterwards.
+    Tensor r = private_copy(x, order, dt);
+    c.on_device(name, [&] { t->all_reduce(writable(r), size_t(r.numel()), dt, op == ReduceOp::max ? op : ReduceOp::sum, c.timeout); });
+    return op == ReduceOp::mean ? (r * (1.0 / double(c.size))).astype(dt) : r;
+  }
   auto buf = host_bytes(x.astype(wdt), order);
   const int64_t n = int64_t(buf->size() / dtype_size(wdt));
   std::vector<MPI_Request> reqs;
@@ -92,6 +108,11 @@ Tensor Communicator::broadcast(const Tensor& x, int root) const {
                 std::to_string(c.size) + ")");
   c.agree(name, "broadcast(root " + std::to_string(root) + ") " + describe(x));
   const Dims order = exchange_order(x);
+  if (DeviceTransport* t = c.transport_for(x.device())) {
+    Tensor r = private_copy(x, order, x.dtype());
+    c.on_device(name, [&] { t->broadcast(writable(r), size_t(r.numel()) * dtype_size(r.dtype()), root, c.timeout); });
+    return r;
+  }
   auto buf = host_bytes(x, order);
   std::vector<MPI_Request> reqs;
   // As bytes: every dtype travels unchanged.
@@ -115,6 +136,14 @@ Tensor Communicator::all_gather(const Tensor& x, const Dim& ranks) const {
   if (x.has_dim(ranks)) throw Error(name + ": " + x.str() + " already has the ranks Dim " + ranks.str());
   c.agree(name, "all_gather " + describe(x));
   const Dims order = exchange_order(x);
+  Dims out{ranks};
+  out.insert(out.end(), order.begin(), order.end());
+  if (DeviceTransport* t = c.transport_for(x.device())) {
+    Tensor s = private_copy(x, order, x.dtype());
+    Tensor r = Tensor::zeros(out, x.dtype(), x.device());
+    c.on_device(name, [&] { t->all_gather(s.data_ptr(), writable(r), size_t(s.numel()) * dtype_size(s.dtype()), c.timeout); });
+    return r;
+  }
   auto send = host_bytes(x, order);
   const int64_t n = int64_t(send->size());
   if (n > INT_MAX) throw Error(name + ": " + x.str() + " has more than 2^31 bytes; gather it in parts");
@@ -123,8 +152,6 @@ Tensor Communicator::all_gather(const Tensor& x, const Dim& ranks) const {
   MPI_Request req;
   MPI_Iallgather(send->data(), int(n), MPI_BYTE, both->second.data(), int(n), MPI_BYTE, c.data, &req);
   c.wait(name, std::span<MPI_Request>(&req, 1), both, "all_gather");
-  Dims out{ranks};
-  out.insert(out.end(), order.begin(), order.end());
   return from_bytes(out, x.dtype(), both->second).to(x.device());
 }
 

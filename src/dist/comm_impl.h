@@ -13,6 +13,18 @@
 
 namespace dimx::dist {
 
+// The collectives of device tensors through a device library (NCCL: gpu/nccl_transport.cpp).
+// Each call works in place on device memory the caller owns alone, is ordered after the
+// device's queued work, and returns once the result is there, or throws dimx::Error after
+// `timeout` seconds (having aborted the device communicator).
+struct DeviceTransport {
+  virtual ~DeviceTransport() = default;
+  virtual Device device() const = 0;
+  virtual void all_reduce(void* data, size_t count, DType dt, ReduceOp op, double timeout) = 0;
+  virtual void broadcast(void* data, size_t bytes, int root, double timeout) = 0;
+  virtual void all_gather(const void* send, void* recv, size_t bytes, double timeout) = 0;
+};
+
 struct Communicator::Impl {
   // Two duplicates of the group: `control` carries the agreement messages, `data` the
   // collectives, so that a rank in an agreement never matches a rank in a data collective.
@@ -25,6 +37,20 @@ struct Communicator::Impl {
   std::string broken_why;
   // Buffers of requests abandoned by a failed wait: MPI may still write into them.
   std::vector<std::shared_ptr<void>> abandoned;
+  // Collectives of tensors on device->device() go through it; others through MPI.
+  std::shared_ptr<DeviceTransport> device;
+
+  // The transport for tensors on `d`, or null.
+  DeviceTransport* transport_for(Device d) const { return device && device->device() == d ? device.get() : nullptr; }
+  // Runs a transport call; a failure marks the communicator broken and rethrows with prefix(op).
+  template <class F>
+  void on_device(const std::string& op, F&& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      fail_broken(op, e.what());
+    }
+  }
 
   // Duplicates `comm` twice; collective over comm.
   explicit Impl(MPI_Comm comm);

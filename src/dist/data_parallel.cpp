@@ -28,10 +28,15 @@ struct Bucket {
   std::vector<size_t> params;
   DType wire;
   Device device;
-  int64_t numel = 0;  // gradients, then one "has a gradient" count per parameter
+  int64_t grad_numel = 0;  // the gradients' elements
   size_t ready = 0;
   bool launched = false;
+  // Host bytes: the gradients (unless on a device transport), then one "has a gradient" count
+  // per parameter.
   std::shared_ptr<std::vector<char>> buf;
+  int64_t flags_at = 0;  // where the counts start in buf, in elements
+  // On a device transport: each parameter's gradient summed over the ranks, on its device.
+  std::vector<Tensor> device_sums;
   std::vector<MPI_Request> reqs;
 };
 
@@ -72,17 +77,30 @@ void DataParallel::Impl::launch(size_t b) {
   Bucket& k = buckets[b];
   Communicator::Impl& c = comm.impl();
   c.check_usable(kName);
+  DeviceTransport* t = c.transport_for(k.device);
   const size_t es = dtype_size(k.wire);
-  const int64_t n_grad = k.numel - int64_t(k.params.size());
-  k.buf = std::make_shared<std::vector<char>>(size_t(k.numel) * es, 0);
+  k.flags_at = t ? 0 : k.grad_numel;
+  const int64_t host_numel = k.flags_at + int64_t(k.params.size());
+  k.buf = std::make_shared<std::vector<char>>(size_t(host_numel) * es, 0);
   char* base = k.buf->data();
+  k.device_sums.assign(t ? k.params.size() : 0, Tensor());
   for (size_t j = 0; j < k.params.size(); ++j) {
     const Param& pr = params[k.params[j]];
     Tensor g = pr.p->grad();
-    char* flag = base + size_t(n_grad + int64_t(j)) * es;
+    char* flag = base + size_t(k.flags_at + int64_t(j)) * es;
+    if (t) {
+      // The device library sums in place, in the parameter's dtype, on a buffer of our own.
+      Tensor sum = Tensor::zeros(pr.p->dims(), pr.p->dtype(), k.device);
+      if (g.defined()) sum.copy_from(g);
+      c.on_device(kName, [&] {
+        t->all_reduce(const_cast<void*>(sum.data_ptr()), size_t(pr.numel), sum.dtype(), ReduceOp::sum, c.timeout);
+      });
+      k.device_sums[j] = sum;
+    } else if (g.defined()) {
+      Tensor h = g.astype(k.wire).transpose_to(pr.p->dims()).to(Device::cpu());
+      std::memcpy(base + size_t(pr.offset) * es, h.data_ptr(), size_t(pr.numel) * es);
+    }
     if (!g.defined()) continue;
-    Tensor h = g.astype(k.wire).transpose_to(pr.p->dims()).to(Device::cpu());
-    std::memcpy(base + size_t(pr.offset) * es, h.data_ptr(), size_t(pr.numel) * es);
     if (k.wire == DType::f32) {
       const float one = 1;
       std::memcpy(flag, &one, es);
@@ -93,9 +111,9 @@ void DataParallel::Impl::launch(size_t b) {
   }
   constexpr int64_t chunk = int64_t(1) << 30;
   k.reqs.clear();
-  for (int64_t i = 0; i < k.numel; i += chunk) {
+  for (int64_t i = 0; i < host_numel; i += chunk) {
     k.reqs.emplace_back();
-    const int rc = MPI_Iallreduce(MPI_IN_PLACE, base + size_t(i) * es, int(std::min(chunk, k.numel - i)),
+    const int rc = MPI_Iallreduce(MPI_IN_PLACE, base + size_t(i) * es, int(std::min(chunk, host_numel - i)),
                                   mpi_type(k.wire), MPI_SUM, c.data, &k.reqs.back());
     if (rc != MPI_SUCCESS) c.fail_broken(kName, "MPI_Iallreduce of bucket " + std::to_string(b) + " failed");
   }
@@ -120,6 +138,7 @@ void DataParallel::Impl::reset_pass() {
     k.launched = false;
     k.buf.reset();
     k.reqs.clear();
+    k.device_sums.clear();
   }
   next_launch = 0;
   in_pass = false;
@@ -135,11 +154,10 @@ void DataParallel::Impl::finish() {
     Bucket& k = buckets[b];
     c.wait(kName, k.reqs, k.buf, "the gradient all_reduce of bucket " + std::to_string(b));
     const size_t es = dtype_size(k.wire);
-    const int64_t n_grad = k.numel - int64_t(k.params.size());
     for (size_t j = 0; j < k.params.size(); ++j) {
       const Param& pr = params[k.params[j]];
       double count = 0;
-      const char* flag = k.buf->data() + size_t(n_grad + int64_t(j)) * es;
+      const char* flag = k.buf->data() + size_t(k.flags_at + int64_t(j)) * es;
       if (k.wire == DType::f32) {
         float f;
         std::memcpy(&f, flag, es);
@@ -148,7 +166,9 @@ void DataParallel::Impl::finish() {
         std::memcpy(&count, flag, es);
       }
       if (count == 0) continue;  // no rank has a gradient for it
-      Tensor sum = Tensor::from_raw(pr.p->dims(), k.wire, k.buf->data() + size_t(pr.offset) * es, size_t(pr.numel));
+      Tensor sum = k.device_sums.empty()
+                       ? Tensor::from_raw(pr.p->dims(), k.wire, k.buf->data() + size_t(pr.offset) * es, size_t(pr.numel))
+                       : k.device_sums[j];
       pr.p->set_grad((sum * inv).astype(pr.p->dtype()).to(pr.p->device()));
     }
   }
@@ -187,18 +207,18 @@ DataParallel::DataParallel(std::vector<std::pair<std::string, Tensor*>> named, C
     const Device dev = pr.p->device();
     const int64_t bytes = pr.numel * int64_t(dtype_size(w));
     if (d.buckets.empty() || d.buckets.back().wire != w || !(d.buckets.back().device == dev) ||
-        (d.buckets.back().numel > 0 && d.buckets.back().numel * int64_t(dtype_size(w)) + bytes > options.bucket_bytes)) {
+        (d.buckets.back().grad_numel > 0 &&
+         d.buckets.back().grad_numel * int64_t(dtype_size(w)) + bytes > options.bucket_bytes)) {
       d.buckets.emplace_back();
       d.buckets.back().wire = w;
       d.buckets.back().device = dev;
     }
     Bucket& k = d.buckets.back();
     pr.bucket = d.buckets.size() - 1;
-    pr.offset = k.numel;
-    k.numel += pr.numel;
+    pr.offset = k.grad_numel;
+    k.grad_numel += pr.numel;
     k.params.push_back(i);
   }
-  for (Bucket& k : d.buckets) k.numel += int64_t(k.params.size());  // the "has a gradient" counts
   d.ready.assign(d.params.size(), 0);
   for (size_t i = 0; i < d.params.size(); ++i)
     d.hooks.push_back(register_grad_ready_hook(*d.params[i].p, [&d, i](const Tensor&) { d.on_ready(i); }));
