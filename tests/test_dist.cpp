@@ -104,6 +104,11 @@ TEST_CASE("dist: ranks that differ in Dims or op all get an error naming the ran
                       Catch::Contains("rank 1 of 2 called all_reduce(sum) f32 {a:6, feature:8}"));
     CHECK_THAT(m, Catch::Contains("all_reduce(sum) f32 {a:4, feature:8}"));
   }
+  // A dynamic Dim must have the same lengths on every rank.
+  Dim batch(2, "batch");
+  Dim time(Tensor::from_vector<int32_t>({batch}, std::vector<int32_t>{3, c.rank() == 0 ? 1 : 2}), "time");
+  CHECK_THROWS_WITH(c.all_reduce(Tensor::zeros({batch, time})),
+                    Catch::Contains("time:<=3 (dyn, lengths #") && Catch::Contains("but rank"));
   // A mismatch is found before any data moves: the communicator goes on.
   CHECK_FALSE(c.broken());
   Dim same(2, "same");
@@ -243,6 +248,29 @@ TEST_CASE("dist: 2-rank DataParallel training equals single-process training on 
   Dim k(int64_t(got.size()), "k");
   Tensor mine = Tensor::from_vector<double>({k}, got);
   CHECK(c.all_reduce(mine, dist::ReduceOp::max).to_vector<double>() == got);
+}
+
+TEST_CASE("dist: DataParallel with parameters unused on some ranks", "[dist][data_parallel]") {
+  auto c = comm();
+  Dim n(3, "n");
+  Tensor used = Tensor::ones({n}).with_requires_grad();
+  Tensor rank0_only = Tensor::ones({n}).with_requires_grad();
+  Tensor never = Tensor::ones({n}).with_requires_grad();
+  optim::NamedParameters ps{{"used", &used}, {"rank0_only", &rank0_only}, {"never", &never}};
+  dist::DataParallel dp(ps, c, {.bucket_bytes = 8});
+  CHECK(dp.buckets().size() == 3);
+  Tensor loss = reduce_sum(used * double(c.rank() + 1), {n});
+  if (c.rank() == 0) loss = loss + reduce_sum(rank0_only * 4.0, {n});
+  backward(loss);
+  // used: (1 + 2) / 2; rank0_only: (4 + 0) / 2; never: no gradient on any rank.
+  CHECK(used.grad().to_vector<float>() == std::vector<float>(3, 1.5f));
+  CHECK(rank0_only.grad().to_vector<float>() == std::vector<float>(3, 2.0f));
+  CHECK_FALSE(never.grad().defined());
+  // Averaging off: local gradients.
+  used.zero_grad();
+  dp.set_enabled(false);
+  backward(reduce_sum(used * double(c.rank() + 1), {n}));
+  CHECK(used.grad().to_vector<float>() == std::vector<float>(3, float(c.rank() + 1)));
 }
 
 TEST_CASE("dist: DataParallel with GradScaler skips the same steps on every rank; checkpoints resume",

@@ -3,6 +3,10 @@
 // agreement check that precedes each collective.
 #include <dimx/dist/communicator.h>
 
+// The C API only (not OpenMPI's deprecated C++ bindings).
+#ifndef OMPI_SKIP_MPICXX
+#define OMPI_SKIP_MPICXX 1
+#endif
 #include <mpi.h>
 
 #include <cstdint>
