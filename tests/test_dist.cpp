@@ -266,6 +266,9 @@ TEST_CASE("dist: DataParallel with parameters unused on some ranks", "[dist][dat
   CHECK(used.grad().to_vector<float>() == std::vector<float>(3, 1.5f));
   CHECK(rank0_only.grad().to_vector<float>() == std::vector<float>(3, 2.0f));
   CHECK_FALSE(never.grad().defined());
+  // Accumulation: a second backward adds its average to the average so far.
+  backward(reduce_sum(used * double(c.rank() + 1), {n}));
+  CHECK(used.grad().to_vector<float>() == std::vector<float>(3, 3.0f));
   // Averaging off: local gradients.
   used.zero_grad();
   dp.set_enabled(false);
