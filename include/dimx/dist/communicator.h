@@ -14,7 +14,8 @@
 ///   }
 ///
 /// Launch with `mpirun -np N program`. Every collective is called by every rank of the
-/// communicator, in the same order.
+/// communicator, in the same order, and one thread at a time uses a communicator (threads
+/// that communicate concurrently each take their own duplicate()).
 ///
 /// Agreement. Before each collective the ranks agree on what they call: rank 0 gathers every
 /// rank's description (the op, its arguments, the dtype and the Dims) and answers each rank. A
