@@ -36,9 +36,9 @@
 /// broken: later calls on it throw at once. A failed collective leaves MPI unable to go on, so
 /// the error should end the job: abort_on_error() does that.
 ///
-/// Devices. CPU tensors go through MPI. CUDA tensors are staged through host memory by this
-/// communicator (their result is on their device); a communicator over NCCL for device
-/// tensors (its unique id bootstrapped over MPI) fits the same interface.
+/// Devices. CPU tensors go through MPI. CUDA tensors are staged through host memory (their
+/// result is on their device), unless the communicator comes from dist::with_nccl
+/// (dimx/dist/nccl.h), whose collectives of its device's tensors run on the GPUs through NCCL.
 ///
 /// bf16 and f16 are reduced in f32 and rounded once; bool supports max (logical or),
 /// broadcast and all_gather; integers support sum and max, not mean.
@@ -112,6 +112,7 @@ class Communicator {
 
   /// A new communicator over the same ranks with its own message space (collective: every
   /// rank calls it), e.g. for a library that must not interleave with the caller's traffic.
+  /// It goes through MPI only (no NCCL).
   Communicator duplicate() const;
 
   /// The implementation (used by the library itself).

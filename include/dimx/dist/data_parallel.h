@@ -43,8 +43,10 @@
 ///   write them (`if (comm.rank() == 0) ...`) and every rank load the same files to resume
 ///   (construct the DataParallel after loading, or load into the parameters on every rank).
 ///
-/// Every rank runs the same number of backward() passes over the parameters. The gradient of
-/// a half parameter is reduced in f32 and rounded once. Errors (a rank that died, a
+/// Every rank runs the same number of backward() passes over the parameters. Through MPI the
+/// gradient of a half parameter is reduced in f32 and rounded once; on a communicator from
+/// dist::with_nccl the gradients of its device are summed on the GPUs in their dtype, each
+/// when its bucket starts, and only the per-parameter counts go through MPI. Errors (a rank that died, a
 /// mismatch, the timeout) throw dimx::Error from backward() or the constructor, naming the
 /// rank; the communicator is then unusable (see communicator.h, and abort_on_error()).
 #include <dimx/autograd.h>
