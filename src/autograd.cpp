@@ -6,6 +6,7 @@
 #include <dimx/reduce.h>
 
 #include <algorithm>
+#include <atomic>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -18,7 +19,76 @@ namespace {
 thread_local bool t_grad_enabled = true;
 
 const AutogradMeta* meta_of(const Tensor& t) { return t.defined() ? t.impl().autograd.get() : nullptr; }
+
+// Grad-ready hooks registered and not yet removed, process-wide: the engine looks for the
+// leaves' last uses only while there are any.
+std::atomic<int64_t> g_leaf_hooks{0};
+std::atomic<uint64_t> g_next_hook_id{1};
+
+struct EndHooks {
+  std::mutex mu;
+  std::vector<std::pair<uint64_t, std::function<void()>>> list;
+};
+EndHooks& end_hooks() {
+  static EndHooks* h = new EndHooks;  // never destroyed: handles may outlive static destruction
+  return *h;
+}
+
+bool has_grad_ready_hooks(const AutogradMeta* m) {
+  std::lock_guard<std::mutex> lk(m->mu);
+  return !m->grad_ready_hooks.empty();
+}
+
+void run_grad_ready_hooks(const AutogradMeta* m) {
+  std::vector<std::function<void(const Tensor&)>> fns;
+  Tensor g;
+  {
+    std::lock_guard<std::mutex> lk(m->mu);
+    for (const auto& [id, fn] : m->grad_ready_hooks) fns.push_back(fn);
+    g = m->grad;
+  }
+  for (const auto& fn : fns) fn(g);
+}
 }  // namespace
+
+HookHandle register_grad_ready_hook(const Tensor& leaf, std::function<void(const Tensor& grad)> fn) {
+  if (!leaf.defined()) throw Error("register_grad_ready_hook: undefined tensor");
+  if (!fn) throw Error("register_grad_ready_hook: empty function for " + leaf.str());
+  const std::shared_ptr<AutogradMeta>& sm = leaf.impl().autograd;
+  if (!sm || !sm->requires_grad) throw Error("register_grad_ready_hook: " + leaf.str() + " does not require grad");
+  if (sm->grad_fn)
+    throw Error("register_grad_ready_hook: " + leaf.str() + " is not a leaf (it is the output of '" +
+                std::string(sm->grad_fn->name) + "')");
+  const uint64_t id = g_next_hook_id++;
+  {
+    std::lock_guard<std::mutex> lk(sm->mu);
+    sm->grad_ready_hooks.emplace_back(id, std::move(fn));
+  }
+  ++g_leaf_hooks;
+  std::weak_ptr<AutogradMeta> weak = sm;
+  return HookHandle([weak, id] {
+    --g_leaf_hooks;
+    if (auto m = weak.lock()) {
+      std::lock_guard<std::mutex> lk(m->mu);
+      std::erase_if(m->grad_ready_hooks, [&](const auto& e) { return e.first == id; });
+    }
+  });
+}
+
+HookHandle register_backward_end_hook(std::function<void()> fn) {
+  if (!fn) throw Error("register_backward_end_hook: empty function");
+  const uint64_t id = g_next_hook_id++;
+  EndHooks& h = end_hooks();
+  {
+    std::lock_guard<std::mutex> lk(h.mu);
+    h.list.emplace_back(id, std::move(fn));
+  }
+  return HookHandle([id] {
+    EndHooks& h = end_hooks();
+    std::lock_guard<std::mutex> lk(h.mu);
+    std::erase_if(h.list, [&](const auto& e) { return e.first == id; });
+  });
+}
 
 bool grad_enabled() { return t_grad_enabled; }
 NoGradGuard::NoGradGuard() : prev_(t_grad_enabled) { t_grad_enabled = false; }
@@ -169,7 +239,8 @@ Tensor accumulate(const Tensor& acc, const Tensor& g) { return acc.defined() ? a
 // Runs the graph from `output`; calls on_leaf(meta, grad) for each leaf gradient and
 // on_node(node, grad) with each node's total gradient.
 template <class Leaf, class NodeCb>
-void run(const char* op, const Tensor& output, const Tensor& grad_output, Leaf&& on_leaf, NodeCb&& on_node) {
+void run(const char* op, const Tensor& output, const Tensor& grad_output, bool track_leaves, Leaf&& on_leaf,
+         NodeCb&& on_node) {
   if (!output.defined()) throw Error(std::string(op) + ": undefined output");
   const AutogradMeta* om = meta_of(output);
   if (!om || !om->requires_grad)
@@ -190,13 +261,38 @@ void run(const char* op, const Tensor& output, const Tensor& grad_output, Leaf&&
   ProfileSection engine("backward");
   if (!om->grad_fn) {
     on_leaf(om, g0);
+    if (track_leaves && g_leaf_hooks.load() > 0) run_grad_ready_hooks(om);
     return;
   }
   Pass p = topo(om->grad_fn);
+  // Grad-ready hooks: each hooked leaf is final once the last node of the pass that has it as
+  // an input has run (or been skipped for lack of a gradient).
+  std::vector<std::vector<const AutogradMeta*>> due;
+  std::unordered_set<const AutogradMeta*> reached;
+  if (track_leaves && g_leaf_hooks.load() > 0) {
+    std::unordered_map<const AutogradMeta*, size_t> last;
+    for (size_t i = 0; i < p.order.size(); ++i)
+      for (const Tensor& in : p.order[i]->inputs) {
+        const AutogradMeta* m = meta_of(in);
+        if (m && m->requires_grad && !m->grad_fn) last[m] = i;
+      }
+    due.resize(p.order.size());
+    for (const auto& [m, i] : last)
+      if (has_grad_ready_hooks(m)) due[i].push_back(m);
+  }
+  auto node_done = [&](size_t i) {
+    if (due.empty()) return;
+    for (const AutogradMeta* m : due[i])
+      if (reached.count(m)) run_grad_ready_hooks(m);
+  };
   std::unordered_map<Node*, Tensor> acc{{om->grad_fn.get(), g0}};
-  for (Node* n : p.order) {
+  for (size_t ni = 0; ni < p.order.size(); ++ni) {
+    Node* n = p.order[ni];
     auto it = acc.find(n);
-    if (it == acc.end()) continue;
+    if (it == acc.end()) {
+      node_done(ni);
+      continue;
+    }
     Tensor g = it->second;
     acc.erase(it);
     on_node(n, g);
@@ -205,6 +301,7 @@ void run(const char* op, const Tensor& output, const Tensor& grad_output, Leaf&&
       if (m && m->requires_grad && m->grad_fn) {
         ProfileSection in_node(n->name);
         n->accumulate_into(g, acc[m->grad_fn.get()]);
+        node_done(ni);
         continue;
       }
     }
@@ -221,21 +318,35 @@ void run(const char* op, const Tensor& output, const Tensor& grad_output, Leaf&&
       if (gi.ndim() != in.ndim() || !contains_all(in.dims(), gi.dims()))
         throw Error(std::string(op) + ": internal error: gradient of '" + n->name + "' has Dims " +
                     dims_str(gi.dims()) + " for input " + in.str());
-      if (m->grad_fn) acc[m->grad_fn.get()] = accumulate(acc[m->grad_fn.get()], gi);
-      else on_leaf(m, gi);
+      if (m->grad_fn) {
+        acc[m->grad_fn.get()] = accumulate(acc[m->grad_fn.get()], gi);
+      } else {
+        on_leaf(m, gi);
+        if (!due.empty()) reached.insert(m);
+      }
     }
+    node_done(ni);
   }
 }
 
 }  // namespace
 
 void backward(const Tensor& output, const Tensor& grad_output) {
-  run("backward", output, grad_output,
+  run("backward", output, grad_output, /*track_leaves=*/true,
       [](const AutogradMeta* m, const Tensor& g) {
         std::lock_guard<std::mutex> lk(m->mu);
         const_cast<AutogradMeta*>(m)->grad = accumulate(m->grad, g);
       },
       [](Node*, const Tensor&) {});
+  std::vector<std::function<void()>> fns;
+  {
+    EndHooks& h = end_hooks();
+    std::lock_guard<std::mutex> lk(h.mu);
+    for (const auto& [id, fn] : h.list) fns.push_back(fn);
+  }
+  if (fns.empty()) return;
+  NoGradGuard no_grad;
+  for (const auto& fn : fns) fn();
 }
 
 std::vector<Tensor> grad(const Tensor& output, const std::vector<Tensor>& inputs, const Tensor& grad_output,
@@ -245,7 +356,7 @@ std::vector<Tensor> grad(const Tensor& output, const std::vector<Tensor>& inputs
     const AutogradMeta* m = meta_of(in);
     if (!m || !m->requires_grad) throw Error("grad: input " + in.str() + " does not require grad");
   }
-  run("grad", output, grad_output,
+  run("grad", output, grad_output, /*track_leaves=*/false,
       [&](const AutogradMeta* m, const Tensor& g) { found[m] = accumulate(found[m], g); },
       [&](Node* n, const Tensor& g) { found[n] = g; });
   std::vector<Tensor> out;

@@ -34,6 +34,8 @@ struct AutogradMeta {
   std::shared_ptr<Node> grad_fn;  // null for leaves
   mutable std::mutex mu;
   Tensor grad;  // leaves: accumulated by backward()
+  // Leaves: register_grad_ready_hook's callbacks, by registration id (guarded by mu).
+  std::vector<std::pair<uint64_t, std::function<void(const Tensor&)>>> grad_ready_hooks;
 };
 
 // True if recording is on and any of `inputs` requires grad.

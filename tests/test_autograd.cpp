@@ -340,3 +340,67 @@ TEST_CASE("autograd: slices of one tensor accumulate into one gradient", "[autog
     CHECK_VEC_APPROX(gx.to_vector<double>({t, f}), want, 1e-12, 1e-12);
   }
 }
+
+TEST_CASE("autograd: grad-ready hooks fire once per pass when a leaf's gradient is final", "[autograd][hooks]") {
+  Dim a(3, "a"), b(4, "b");
+  Tensor w = Tensor::from_vector<double>({a, b}, random_doubles(12, 1)).with_requires_grad();
+  Tensor v = Tensor::from_vector<double>({b}, random_doubles(4, 2)).with_requires_grad();
+  Tensor x = Tensor::from_vector<double>({a, b}, random_doubles(12, 3));
+  std::vector<std::string> events;
+  std::vector<double> seen_w;
+  HookHandle hw = register_grad_ready_hook(w, [&](const Tensor& g) {
+    events.push_back("w");
+    seen_w = g.to_vector<double>({a, b});
+  });
+  HookHandle hv = register_grad_ready_hook(v, [&](const Tensor&) { events.push_back("v"); });
+  HookHandle he = register_backward_end_hook([&] { events.push_back("end"); });
+  // w is used twice (early and late in the graph): its hook sees the sum of both uses.
+  Tensor h = mul(x, w);
+  Tensor y = add(mul(h, v), w * 2.0);
+  Tensor loss = reduce_sum(y, {a, b});
+  backward(loss);
+  REQUIRE(events.size() == 3);
+  CHECK(events.back() == "end");
+  CHECK(std::count(events.begin(), events.end(), "w") == 1);
+  CHECK(std::count(events.begin(), events.end(), "v") == 1);
+  CHECK(seen_w == w.grad().to_vector<double>({a, b}));
+  // A second pass: the hook sees the accumulated gradient again.
+  events.clear();
+  backward(reduce_sum(w * 1.0, {a, b}));
+  CHECK(events == std::vector<std::string>{"w", "end"});
+  // grad() does not touch leaves and calls no hook.
+  events.clear();
+  (void)grad(reduce_sum(w * 3.0, {a, b}), {w});
+  CHECK(events.empty());
+  // Removed hooks are not called.
+  hw.remove();
+  he.remove();
+  events.clear();
+  backward(reduce_sum(mul(w, v), {a, b}));
+  CHECK(events == std::vector<std::string>{"v"});
+}
+
+TEST_CASE("autograd: a grad-ready hook runs before the rest of the graph is done", "[autograd][hooks]") {
+  // loss = sum(f2(f1(x * w1) * w2)): w2's gradient is final before w1's is computed.
+  Dim n(5, "n");
+  Tensor w1 = Tensor::from_vector<double>({n}, random_doubles(5, 4)).with_requires_grad();
+  Tensor w2 = Tensor::from_vector<double>({n}, random_doubles(5, 5)).with_requires_grad();
+  Tensor x = Tensor::from_vector<double>({n}, random_doubles(5, 6));
+  std::vector<std::string> order;
+  HookHandle h1 = register_grad_ready_hook(w1, [&](const Tensor&) { order.push_back("w1"); });
+  HookHandle h2 = register_grad_ready_hook(w2, [&](const Tensor&) {
+    order.push_back("w2");
+    CHECK(!w1.grad().defined());
+  });
+  backward(reduce_sum(mul(tanh(mul(x, w1)), w2), {n}));
+  CHECK(order == std::vector<std::string>{"w2", "w1"});
+}
+
+TEST_CASE("autograd: hook registration errors", "[autograd][hooks]") {
+  Dim n(2, "n");
+  Tensor w = Tensor::zeros({n}).with_requires_grad();
+  CHECK_THROWS_WITH(register_grad_ready_hook(Tensor::zeros({n}), [](const Tensor&) {}),
+                    Catch::Contains("register_grad_ready_hook") && Catch::Contains("does not require grad"));
+  CHECK_THROWS_WITH(register_grad_ready_hook(w * 2.0, [](const Tensor&) {}),
+                    Catch::Contains("is not a leaf"));
+}

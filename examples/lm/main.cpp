@@ -2,6 +2,7 @@
 // families. docs/tutorials/11-training-a-model.md walks through it.
 //
 //   dimx-lm train  [--data PATH...] [--block rwkv,attention] [--steps N] [--out DIR] [--resume DIR] ...
+//   mpirun -np N dimx-lm train --distributed ...   (data-parallel over N processes)
 //   dimx-lm eval   --checkpoint DIR [--data PATH...]
 //   dimx-lm sample --checkpoint DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K]
 //
@@ -9,6 +10,9 @@
 #include <CLI/CLI.hpp>
 #include <dimx/gpu/runtime.h>
 #include <dimx/optim.h>
+#if DIMX_LM_DIST
+#include <dimx/dist.h>
+#endif
 
 #include <atomic>
 #include <chrono>
@@ -170,10 +174,57 @@ struct TrainArgs {
   std::string out = "dimx-lm-run", resume, device = "cpu";
   double minutes = 0;     // stop after this wall time (0: no limit)
   int64_t stop_after = 0;  // stop after this step, as if interrupted (0: never)
+  bool distributed = false;  // data-parallel under mpirun: each rank a share of every step's lines
+};
+
+// The ranks of a --distributed run (one rank, 0, otherwise). Every decision that ends the loop
+// is taken by all ranks together, so no rank waits for one that has stopped.
+struct Ranks {
+  int rank = 0, size = 1;
+#if DIMX_LM_DIST
+  std::optional<dist::Communicator> comm;
+#endif
+  bool root() const { return rank == 0; }
+  // Sums (tokens, stop) over the ranks.
+  std::pair<double, bool> sum_tokens_and_stop(double tokens, bool stop) const {
+#if DIMX_LM_DIST
+    if (comm) {
+      Dim two(2, "tokens_and_stop");
+      const auto v = comm->all_reduce(Tensor::from_vector<double>({two}, std::vector<double>{tokens, stop ? 1.0 : 0.0}))
+                         .to_vector<double>();
+      return {v[0], v[1] > 0};
+    }
+#endif
+    return {tokens, stop};
+  }
+  double sum(double x) const {
+#if DIMX_LM_DIST
+    if (comm) return comm->all_reduce(Tensor::scalar(x, DType::f64)).item<double>();
+#endif
+    return x;
+  }
 };
 
 int train(const TrainArgs& a) {
-  const Device dev = device_from(a.device);
+  Ranks ranks;
+#if DIMX_LM_DIST
+  if (a.distributed) {
+    ranks.comm = dist::world();
+    ranks.rank = ranks.comm->rank();
+    ranks.size = ranks.comm->size();
+  }
+#endif
+  if (a.batch % ranks.size != 0)
+    throw Error("--batch " + std::to_string(a.batch) + " is not a multiple of the " + std::to_string(ranks.size) +
+                " ranks");
+  // Under --distributed with --device cuda, rank r takes GPU r mod (GPUs on its machine).
+  std::string device = a.device;
+  if (ranks.size > 1 && device == "cuda") {
+    std::string why;
+    if (gpu::cuda_layer_available(&why) && gpu::device_count() > 0)
+      device = "cuda:" + std::to_string(ranks.rank % gpu::device_count());
+  }
+  const Device dev = device_from(device);
   Corpus c = lm::load_corpus(a.data.empty() ? lm::default_data() : a.data, a.max_len);
   Config cfg;
   int64_t start = 0;
@@ -196,22 +247,41 @@ int train(const TrainArgs& a) {
   if (resumed) nn::load_state(m, *resumed);
   nn::to(m, dev);
   auto params = nn::named_parameters(m);
+#if DIMX_LM_DIST
+  // Every rank built (or loaded) the same model; the gradients are averaged during backward().
+  std::optional<dist::DataParallel> dp;
+  if (ranks.comm) dp.emplace(params, *ranks.comm);
+#endif
   optim::AdamW opt(params, {.lr = a.lr, .weight_decay = a.weight_decay});
+  // Every rank loads the same optimizer state, so the updates stay equal.
   if (resumed) opt.load_state(a.resume + "/optimizer.safetensors");
 
-  fs::create_directories(a.out);
+  // Rank 0 alone prints and writes files.
+  std::ofstream nowhere;
+  nowhere.setstate(std::ios::badbit);
+  std::ostream& say = ranks.root() ? std::cout : nowhere;
+  if (ranks.root()) fs::create_directories(a.out);
   const bool append = !a.resume.empty() && fs::exists(a.out + "/train.csv");
-  std::ofstream train_csv(a.out + "/train.csv", append ? std::ios::app : std::ios::trunc);
-  std::ofstream valid_csv(a.out + "/valid.csv", append ? std::ios::app : std::ios::trunc);
+  std::ofstream train_csv, valid_csv;
+  if (ranks.root()) {
+    train_csv.open(a.out + "/train.csv", append ? std::ios::app : std::ios::trunc);
+    valid_csv.open(a.out + "/valid.csv", append ? std::ios::app : std::ios::trunc);
+  } else {
+    train_csv.setstate(std::ios::badbit);
+    valid_csv.setstate(std::ios::badbit);
+  }
   if (!append) {
     train_csv << "step,lr,train_bpb,tokens_per_s\n";
     valid_csv << "step,valid_bpb\n";
   }
   const double unigram = lm::unigram_bits_per_byte(c);
-  std::cout << "data: " << c.description << "\nmodel: " << cfg.str() << ", " << nn::num_parameters(m)
-            << " parameters, on " << dev.str() << "\nunigram baseline: " << unigram << " bits per byte\n";
+  say << "data: " << c.description << "\nmodel: " << cfg.str() << ", " << nn::num_parameters(m)
+      << " parameters, on " << dev.str() << "\nunigram baseline: " << unigram << " bits per byte\n";
+  if (ranks.size > 1)
+    say << "data-parallel over " << ranks.size << " ranks: " << a.batch / ranks.size << " of each step's " << a.batch
+        << " lines per rank\n";
   std::signal(SIGINT, on_sigint);
-  const bool tty = isatty(STDOUT_FILENO);
+  const bool tty = ranks.root() && isatty(STDOUT_FILENO);
   const auto t0 = Clock::now();
   double tokens_done = 0, last_valid = std::nan("");
   int64_t step = start;
@@ -220,28 +290,39 @@ int train(const TrainArgs& a) {
     const double p = double(s - a.warmup) / double(std::max<int64_t>(1, a.steps - a.warmup));
     return a.lr * (a.min_lr_ratio + (1 - a.min_lr_ratio) * 0.5 * (1 + std::cos(M_PI * std::min(1.0, p))));
   };
-  for (; step < a.steps && !g_stop; ++step) {
-    if (a.minutes > 0 && seconds_since(t0) > a.minutes * 60) break;
+  for (; step < a.steps; ++step) {
     if (a.stop_after > 0 && step >= a.stop_after) break;
     opt.set_lr(lr_at(step));
-    Batch b = lm::make_batch(lm::training_lines(c, a.batch, seed, step), m.vocab, dev);
-    Tensor loss = nll(m, b, dev);
+    // This rank's share of the step's lines (all of them in a single process).
+    std::vector<const std::string*> lines = lm::training_lines(c, a.batch, seed, step);
+    const size_t share = lines.size() / size_t(ranks.size);
+    lines = std::vector<const std::string*>(lines.begin() + long(share) * ranks.rank,
+                                            lines.begin() + long(share) * (ranks.rank + 1));
+    Batch b = lm::make_batch(lines, m.vocab, dev);
+    // Stopping (Ctrl-C, --minutes) is decided by all ranks together, with the step's token count.
+    const bool stop_here = g_stop || (a.minutes > 0 && seconds_since(t0) > a.minutes * 60);
+    const auto [tokens, stop] = ranks.sum_tokens_and_stop(double(b.tokens), stop_here);
+    if (stop) break;
+    // The mean over this rank's tokens, weighted by its share of the step's tokens: the
+    // averaged gradient is that of the mean over every rank's tokens, as in one process.
+    Tensor rank_loss = nll(m, b, dev);
+    Tensor loss = ranks.size > 1 ? rank_loss * (double(b.tokens) * ranks.size / tokens) : rank_loss;
     opt.zero_grad();
     backward(loss);
     optim::clip_grad_norm(params, a.clip);
     opt.step();
-    const double bpb = loss.item<double>() / std::log(2.0);
-    tokens_done += double(b.tokens);
+    const double bpb = ranks.sum(loss.item<double>() / ranks.size) / std::log(2.0);
+    tokens_done += tokens;
     const double el = seconds_since(t0), rate = tokens_done / std::max(el, 1e-9);
     train_csv << step + 1 << "," << opt.lr() << "," << bpb << "," << rate << "\n";
-    if ((step + 1) % a.eval_every == 0 || step + 1 == a.steps) {
+    if (ranks.root() && ((step + 1) % a.eval_every == 0 || step + 1 == a.steps)) {
       last_valid = validation_bpb(m, c, a.batch, dev, a.eval_lines);
       valid_csv << step + 1 << "," << last_valid << "\n";
       valid_csv.flush();
       train_csv.flush();
     }
-    if ((step + 1) % a.ckpt_every == 0) Checkpoint::save(a.out + "/checkpoint", m, opt, step + 1, seed);
-    if (tty || (step + 1) % a.print_every == 0 || step + 1 == a.steps) {
+    if (ranks.root() && (step + 1) % a.ckpt_every == 0) Checkpoint::save(a.out + "/checkpoint", m, opt, step + 1, seed);
+    if (ranks.root() && (tty || (step + 1) % a.print_every == 0 || step + 1 == a.steps)) {
       const double eta = double(a.steps - step - 1) * el / double(step + 1 - start);
       char line[256];
       std::snprintf(line, sizeof line, "step %lld/%lld  loss %.3f bpb  valid %.3f  %.0f tok/s  ETA %s",
@@ -251,6 +332,7 @@ int train(const TrainArgs& a) {
     }
   }
   if (tty) std::cout << "\n";
+  if (!ranks.root()) return 0;
   Checkpoint::save(a.out + "/checkpoint", m, opt, step, seed);
   const double final_valid = validation_bpb(m, c, a.batch, dev, a.eval_lines);
   std::cout << (g_stop ? "interrupted" : "stopped") << " at step " << step << "; checkpoint in " << a.out
@@ -373,6 +455,9 @@ int main(int argc, char** argv) {
   tr->add_option("--out", t.out, "output folder");
   tr->add_option("--resume", t.resume, "continue from a checkpoint folder (its config, step and seed)");
   tr->add_option("--device", t.device, "cpu, cuda or cuda:N");
+  tr->add_flag("--distributed", t.distributed,
+               "data-parallel training under mpirun -np N: each rank trains on its share of every step's lines, "
+               "rank 0 prints and writes the files");
 
   std::string ckpt, device = "cpu";
   std::vector<std::string> data;
@@ -401,6 +486,16 @@ int main(int argc, char** argv) {
     if (e.get_exit_code() == 0) return app.exit(e);
     std::cerr << "dimx-lm: " << e.what() << " (see dimx-lm --help)\n";
     return 2;
+  }
+  if (tr->parsed() && t.distributed) {
+#if DIMX_LM_DIST
+    // Any error on one rank ends every rank, with the rank named.
+    dist::init(argc, argv);
+    return dist::abort_on_error([&] { return train(t); });
+#else
+    std::cerr << "dimx-lm: --distributed: this dimx-lm was built without MPI (install libopenmpi-dev and rebuild)\n";
+    return 2;
+#endif
   }
   try {
     if (tr->parsed()) return train(t);

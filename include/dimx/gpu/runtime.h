@@ -26,9 +26,9 @@ void synchronize(int index = 0);
 /// the most bytes in use since the start or the last reset_peak_memory(). Library workspaces
 /// outside the pool (cuBLAS, cuFFT plans, cuDNN) are not counted.
 struct MemoryStats {
-  size_t in_use = 0;
-  size_t reserved = 0;
-  size_t peak_in_use = 0;
+  size_t in_use = 0;       ///< bytes in live tensors
+  size_t reserved = 0;     ///< bytes held from the driver (at least in_use)
+  size_t peak_in_use = 0;  ///< the most bytes in use since the start or the last reset_peak_memory()
 };
 /// Throws dimx::Error (naming memory_stats) for a bad index or without the CUDA layer.
 MemoryStats memory_stats(int index = 0);
