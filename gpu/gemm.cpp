@@ -164,8 +164,14 @@ void Gemms::packed(DType dt, const backend::Gemm& g) {
 }
 
 // C = op(A) op(B) + bias through cuBLASLt's bias epilogue; false where it has no algorithm
-// for this shape (the caller then adds the bias itself).
+// for this shape (the caller then adds the bias itself), or where DIMX_GEMM_EPILOGUE=0 asks
+// for the plain GEMM and a separate bias addition (a switch for checking tools).
 bool Gemms::with_bias(DType dt, const backend::Gemm& g) {
+  static const bool epilogue = [] {
+    const char* e = std::getenv("DIMX_GEMM_EPILOGUE");
+    return !(e && std::string(e) == "0");
+  }();
+  if (!epilogue) return false;
   const int align = std::min({alignment(g.a), alignment(g.b), alignment(g.c), alignment(g.bias)});
   const Key key{int(dt), g.batch,    g.m,        g.n,        g.k,        g.trans_a,   g.trans_b, g.lda,
                 g.ldb,   g.ldc,      g.stride_a, g.stride_b, g.stride_c, allow_tf32(), align};
