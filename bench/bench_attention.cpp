@@ -90,6 +90,15 @@ double check_against_loop(const nn::SelfAttention& att, const Tensor& x, const T
   return worst;
 }
 
+// Attention dropout 0.1 in training, drawn from gen (the dropout rows).
+nn::DotAttentionOptions training_dropout(Generator& gen) {
+  nn::DotAttentionOptions o;
+  o.att_dropout = 0.1;
+  o.training = true;
+  o.gen = &gen;
+  return o;
+}
+
 #ifdef DIMX_BENCH_CUDA
 // The fused attention table (CUDA): dot_attention on {batch, heads, time, d} for
 // (B, H, T, d) = (8, 12, 1024, 64) and (4, 16, 4096, 64). bf16: no mask; per-sequence key lengths
@@ -153,26 +162,19 @@ int run_table(bool json, int reps, const std::string& peer_script, const std::st
           NoGradGuard ng;
           mine["fwd " + tag] = median_ms(reps, dev, [&] { call(q, k, v, table); });
         }
-        mine["fwd+bwd " + tag] = median_ms(reps, dev, [&] {
+        auto fb = [&] {
           EnableGradGuard on;
           Tensor qg = q.with_requires_grad(), kg = k.with_requires_grad(), vg = v.with_requires_grad();
           Tensor tg = table.with_requires_grad();
           std::vector<Tensor> wrt{qg, kg, vg};
           if (t5) wrt.push_back(tg);
           grad(call(qg, kg, vg, tg), wrt, r);
-        });
+        };
+        mine["fwd+bwd " + tag] = median_ms(reps, dev, fb);
         rows.push_back({"table " + tag + " fwd", mine["fwd " + tag]});
         rows.push_back({"table " + tag + " fwd+bwd", mine["fwd+bwd " + tag]});
         // Peak memory of the forward + backward over q, k, v, out and their gradients.
         {
-          EnableGradGuard on;
-          auto fb = [&] {
-            Tensor qg = q.with_requires_grad(), kg = k.with_requires_grad(), vg = v.with_requires_grad();
-            Tensor tg = table.with_requires_grad();
-            std::vector<Tensor> wrt{qg, kg, vg};
-            if (t5) wrt.push_back(tg);
-            grad(call(qg, kg, vg, tg), wrt, r);
-          };
           const double io = double(4 * q.numel() * int64_t(dtype_size(dt)));  // q, k, v, out
           fb();
           const size_t base = gpu::memory_stats(0).in_use;  // q, k, v, r and the table resident
@@ -371,10 +373,7 @@ int main(int argc, char** argv) {
       memory_row(name, {&q, &k, &v}, fb);
     }
     // Training with attention dropout 0.1: the mask is drawn inside the fused kernels.
-    nn::DotAttentionOptions drop;
-    drop.att_dropout = 0.1;
-    drop.training = true;
-    drop.gen = &gen;
+    const nn::DotAttentionOptions drop = training_dropout(gen);
     time_row("dot_attention dropout0.1 fwd+bwd " + t2, [&] {
       EnableGradGuard on;
       Tensor qg = q.with_requires_grad(), kg = k.with_requires_grad(), vg = v.with_requires_grad();
@@ -409,10 +408,7 @@ int main(int argc, char** argv) {
         time_row("dot_attention fwd+bwd " + t2, fb);
         memory_row("dot_attention fwd+bwd " + t2, {&q, &k, &v}, fb);
         if (!pad) {
-          nn::DotAttentionOptions drop;
-          drop.att_dropout = 0.1;
-          drop.training = true;
-          drop.gen = &gen;
+          const nn::DotAttentionOptions drop = training_dropout(gen);
           time_row("dot_attention dropout0.1 fwd+bwd " + t2, [&] {
             EnableGradGuard on;
             Tensor qg = q.with_requires_grad(), kg = k.with_requires_grad(), vg = v.with_requires_grad();
