@@ -9,6 +9,7 @@
 #include <string>
 
 #include "launch.h"
+#include "sanitizer_marks.h"
 
 namespace dimx::gpu {
 
@@ -124,6 +125,7 @@ void Gemms::plain(DType dt, const backend::Gemm& g, const void* a, const void* b
                                    g.stride_a, zero, g.c, t, int(g.ldc), g.stride_c, int(g.batch), compute_type(dt),
                                    CUBLAS_GEMM_DEFAULT),
         "cublasGemmStridedBatchedEx");
+  if (is_half(dt)) mark_initialized(stream_, g.c, g.batch, g.m, g.n, g.ldc, g.stride_c, size_t(es));
 }
 
 // The valid K indices of both operands packed densely, then one product over them: a product
@@ -228,6 +230,7 @@ bool Gemms::with_bias(DType dt, const backend::Gemm& g) {
                        f64 ? static_cast<const void*>(&zero_d) : &zero_f, g.c, p->c, g.c, p->c, &p->algo, workspace_,
                        kWorkspaceBytes, stream_),
         "cublasLtMatmul");
+  if (is_half(dt)) mark_initialized(stream_, g.c, g.batch, g.m, g.n, g.ldc, g.stride_c, dtype_size(dt));
   return true;
 }
 
