@@ -148,7 +148,9 @@ int run_table(bool json, int reps, const std::string& peer_script, const std::st
         Tensor table = random_normal({buckets, heads}, gen, 0, 1, DType::f32, dev);
         Tensor idx;
         if (t5) {
-          Tensor rel = range_over_dim(tk, DType::i64, dev) - range_over_dim(tq, DType::i64, dev);
+          // key - query over {keys, time}: an outer difference of the two ranges.
+          Tensor rel = sub(range_over_dim(tk, DType::i64, dev).with_sparse_dim(std::nullopt),
+                           range_over_dim(tq, DType::i64, dev).with_sparse_dim(std::nullopt), true);
           idx = nn::beats::relative_position_bucket(rel, buckets.size(), 800).with_sparse_dim(buckets);
         }
         auto call = [&](const Tensor& qq, const Tensor& kk, const Tensor& vv, const Tensor& tab) {
@@ -173,6 +175,9 @@ int run_table(bool json, int reps, const std::string& peer_script, const std::st
         mine["fwd+bwd " + tag] = median_ms(reps, dev, fb);
         rows.push_back({"table " + tag + " fwd", mine["fwd " + tag]});
         rows.push_back({"table " + tag + " fwd+bwd", mine["fwd+bwd " + tag]});
+        // As measured (stderr), so that a run stopped before the peers still shows dimx's rows.
+        std::fprintf(stderr, "# measured %s: fwd %.3f ms, fwd+bwd %.3f ms\n", tag.c_str(), mine["fwd " + tag],
+                     mine["fwd+bwd " + tag]);
         // Peak memory of the forward + backward over q, k, v, out and their gradients.
         {
           const double io = double(4 * q.numel() * int64_t(dtype_size(dt)));  // q, k, v, out
@@ -184,6 +189,7 @@ int run_table(bool json, int reps, const std::string& peer_script, const std::st
           char line[256];
           std::snprintf(line, sizeof line, "peak memory table %s fwd+bwd: %.1f MiB = %.3f x q, k, v, out and gradients",
                         tag.c_str(), peak / (1 << 20), peak / (2 * io));
+          std::fprintf(stderr, "# %s\n", line);
           notes.push_back(line);
         }
       }
