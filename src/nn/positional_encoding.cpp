@@ -32,7 +32,9 @@ void check_feat(const char* op, const Dim& feat, int64_t min) {
     fail(std::string(op) + ": feat_dim '" + feat.str() + "' must be static, even and >= " + std::to_string(min));
 }
 
-// The Dim of positions -(tq-1)-offset .. tk-1-offset, shared by equal sizes.
+// The Dim of positions -(tq-1)-offset .. tk-1-offset, shared by equal sizes while they are
+// remembered: at most 1,024 (step-by-step decoding asks for a new size every step, and would
+// otherwise keep one Dim per step for the life of the program).
 Dim rel_pos_dim(const Dim& query_dim, const Dim& kv_dim, int64_t query_offset) {
   const int64_t tq = query_dim.extent(), tk = kv_dim.extent();
   if (tq < 1 || tk < 1)
@@ -42,7 +44,10 @@ Dim rel_pos_dim(const Dim& query_dim, const Dim& kv_dim, int64_t query_offset) {
   std::lock_guard<std::mutex> lk(mu);
   auto key = std::make_tuple(tq, tk, query_offset);
   auto it = dims.find(key);
-  if (it == dims.end()) it = dims.emplace(key, Dim(tq - 1 + tk, "rel_pos")).first;
+  if (it == dims.end()) {
+    if (dims.size() >= 1024) dims.clear();
+    it = dims.emplace(key, Dim(tq - 1 + tk, "rel_pos")).first;
+  }
   return it->second;
 }
 
