@@ -204,6 +204,27 @@ int main() {
     check(nn::attention_path_counts().fused_backward == 1, "the biased attention ran fused both ways");
     check(g3[1].has_dim(heads) && g3[1].has_dim(rel), "the table gets its gradient");
 
+    // [doc:relative_bias]
+    // The same table given as a bias by relative position: the CPU's fused primitive reads
+    // element j - i + (T - 1) of `rel` for query i and key j in place, so nothing of size
+    // {time, keys} is formed, forward or backward; the table's gradient sums each position's
+    // shares in a fixed order. `rel` runs over -(T - 1) .. T - 1, as above.
+    nn::DotAttentionOptions in_place;
+    in_place.relative_bias = RelativeBias{table, time, rel};
+    nn::reset_attention_path_counts();
+    Tensor o6 = nn::dot_attention(q, k, v, head, time, in_place);
+    std::vector<Tensor> g6 = grad(reduce_sum(copy_masked(o6 * o6, {time}), o6.dims()), {q, table});
+    std::printf("relative bias: fused forwards %lld, gathered over {time, keys} %lld\n",
+                (long long)nn::attention_path_counts().fused_forward,
+                (long long)nn::attention_path_counts().relative_bias_gathered);
+    // [doc:relative_bias]
+    const Dims o3d{batch, time, heads, head};
+    check(max_diff(copy_masked(o6, {time}).to_vector<double>(o3d), copy_masked(o3, {time}).to_vector<double>(o3d)) < 1e-5,
+          "the table read in place gives the gathered bias's output");
+    check(max_diff(g6[1].to_vector<double>(g3[1].dims()), g3[1].to_vector<double>(g3[1].dims())) < 1e-4,
+          "and its gradient");
+    check(nn::attention_path_counts().relative_bias_gathered == 0, "nothing was gathered over {time, keys}");
+
     // [doc:dropout]
     // Dropout on the weights in training stays fused: the kernels draw the mask that dropout()
     // would draw over the weights from the Generator's state, element by element, and draw it

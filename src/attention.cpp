@@ -32,7 +32,7 @@ namespace dimx {
 
 namespace {
 
-std::atomic<int64_t> g_fused_fwd{0}, g_unfused_fwd{0}, g_fused_bwd{0}, g_unfused_bwd{0};
+std::atomic<int64_t> g_fused_fwd{0}, g_unfused_fwd{0}, g_fused_bwd{0}, g_unfused_bwd{0}, g_rel_gathered{0};
 
 // DIMX_STRICT_FUSED=1: a fallback from the fused path is an error.
 bool strict_fused() {
@@ -156,6 +156,7 @@ struct Fused {
   backend::Attention args{};
   Tensor q, k, v, lens, lse;
   Tensor bias, bias_offsets;  // the bias as laid out for the primitive, its per-problem offsets
+  int64_t bias_shift = 0;     // elements from a problem's part of the bias to what (0, 0) reads
   Dims g0, g1, query, value;
 };
 
@@ -205,15 +206,38 @@ bool bias_operand(const Tensor& bias, const Dims& g0, const Dims& g1, const Dims
   return true;
 }
 
+// A relative bias laid out for the primitive: the table contiguous with its positions innermost,
+// read through the view that gives (i, j) the element j - i + (tq - 1) of a problem's positions
+// (row stride -1, column stride 1, the start shifted by tq - 1: `shift`); false where the table
+// has Dims other than the problems' and its positions.
+bool relative_operand(const RelativeBias& rel, const Dims& g0, const Dims& g1, const Dims& batch, int64_t tq,
+                      Device device, Tensor& bc, Tensor& offsets, int64_t& shift, backend::Attention::Bias& out) {
+  for (const Dim& d : rel.table.dims())
+    if (d != rel.positions && !contains(batch, d)) return false;
+  bc = rel.table.transpose_to(cat(minus_dims(rel.table.dims(), {rel.positions}), {rel.positions})).contiguous();
+  shift = tq - 1;
+  out.data = static_cast<const char*>(bc.impl().data()) + shift * int64_t(dtype_size(bc.dtype()));
+  out.row_stride = -1;
+  out.col_stride = 1;
+  out.batch_offset = nullptr;
+  offsets = problem_offsets(bc, cat(g0, g1), device);
+  if (offsets.defined()) out.batch_offset = reinterpret_cast<const int64_t*>(offsets.impl().data());
+  return true;
+}
+
 // dot_attention on the device's fused primitive; out undefined where the Dims do not map onto
 // it or the device has no kernel for it. q, k, v already have the key Dim kv_axis. with_lse:
 // keep the rows' log-sum-exp for a fused backward.
-Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, const Tensor& bias, const Dim& key_dim,
-                      const Dim& kv_axis, double scale, const DropoutPlan& drop, bool with_lse) {
+Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, const Tensor& bias,
+                      const RelativeBias* rel, const Dim& key_dim, const Dim& kv_axis, double scale,
+                      const DropoutPlan& drop, bool with_lse) {
   const DType dt = q0.dtype();
   if (!is_floating(dt) && !is_half(dt)) return {};
   if (k0.dtype() != dt || v0.dtype() != dt || (bias.defined() && bias.dtype() != dt)) return {};
   if (bias.defined() && !backend::backend_for(q0.device()).attention_takes_bias()) return {};
+  if (rel && (bias.defined() || rel->table.dtype() != dt ||
+              !backend::backend_for(q0.device()).attention_takes_relative_bias()))
+    return {};
   if (k0.device() != q0.device() || v0.device() != q0.device()) return {};
   if (q0.has_dim(kv_axis)) return {};
   Dims batch, query, value;
@@ -296,6 +320,10 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
   }
   if (bias.defined() &&
       !bias_operand(bias, g0, g1, batch, query, kv_axis, q.device(), f.bias, f.bias_offsets, a.bias))
+    return {};
+  // A relative bias needs the queries to be its query Dim alone (one row index).
+  if (rel && (query != Dims{rel->query} ||
+              !relative_operand(*rel, g0, g1, batch, tq, q.device(), f.bias, f.bias_offsets, f.bias_shift, a.bias)))
     return {};
   if (drop.active() && !drop.describe(g0, g1, query, kv_axis, a.dropout)) return {};
   if (with_lse) {
@@ -380,7 +408,7 @@ std::optional<std::vector<Tensor>> fused_backward(const Fused& f, const Tensor& 
       if (!f.bias.has_dim(d) && d.extent() > 1) shared.push_back(d);
     dbias = Tensor::zeros(cat(shared, f.bias.dims()), is_half(f.bias.dtype()) ? DType::f32 : f.bias.dtype(),
                           f.bias.device());
-    ga.dbias = dbias.impl().data();
+    ga.dbias = static_cast<char*>(dbias.impl().data()) + f.bias_shift * int64_t(dtype_size(dbias.dtype()));
     if (!shared.empty()) {
       dbias_offsets = problem_offsets(dbias, batch, f.bias.device());
       ga.dbias_batch_offset = reinterpret_cast<const int64_t*>(dbias_offsets.impl().data());
@@ -489,6 +517,15 @@ std::vector<Tensor> unfused_grads(const Tensor& q, const Tensor& k, const Tensor
   return std::vector<Tensor>{gq, gk, gv, gb};
 }
 
+// The relative bias gathered over {query, kv_axis}: element j - i + (tq - 1) of its positions.
+Tensor relative_term(const RelativeBias& rel, const Dim& kv_axis) {
+  const Device dev = rel.table.device();
+  Tensor idx = sub(range_over_dim(kv_axis, DType::i64, dev).with_sparse_dim(std::nullopt),
+                   range_over_dim(rel.query, DType::i64, dev).with_sparse_dim(std::nullopt), true) +
+               double(rel.query.extent() - 1);
+  return gather(rel.table, idx.with_sparse_dim(rel.positions), rel.positions);
+}
+
 // The default where DotAttentionOptions::fused is unset: DIMX_FUSED_ATTENTION=0/1 if set (for
 // benchmarks), else fused.
 bool fused_by_default() {
@@ -501,13 +538,17 @@ bool fused_by_default() {
 
 // The fused forward with a node whose backward is the device's fused backward where it has
 // one, else recomputes the weights from q and k with dimx ops.
-Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, const Dim& key_dim,
-                       const Dim& kv_axis, double scale, const DropoutPlan& drop) {
-  const bool grad = needs_grad({&q, &k, &v, &bias});
-  Fused f = fused_attention(q, k, v, bias, key_dim, kv_axis, scale, drop, grad);
+// With `rel` (and no bias) the primitive reads the relative bias in place; the node's fourth
+// input is then its table.
+Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
+                       const std::optional<RelativeBias>& rel, const Dim& key_dim, const Dim& kv_axis, double scale,
+                       const DropoutPlan& drop) {
+  const Tensor b = rel ? rel->table : bias;  // the input whose gradient the primitive's dbias is
+  const bool grad = needs_grad({&q, &k, &v, &b});
+  Fused f = fused_attention(q, k, v, bias, rel ? &*rel : nullptr, key_dim, kv_axis, scale, drop, grad);
   if (!f.out.defined() || !grad) return f.out;
   Tensor out = f.out;
-  std::optional<Tensor> src = bias.defined() ? std::nullopt : packed_source(f, q, k, v);
+  std::optional<Tensor> src = b.defined() ? std::nullopt : packed_source(f, q, k, v);
   if (src) {
     return record("dot_attention", out, {*src}, [f = std::move(f), q, k, v, src = *src, key_dim, kv_axis, scale, drop](
                                                   const Tensor& g) {
@@ -532,24 +573,30 @@ Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const 
     });
   }
   const bool need_q = q.requires_grad(), need_k = k.requires_grad(), need_v = v.requires_grad();
-  const bool need_bias = bias.defined() && bias.requires_grad();
+  const bool need_bias = b.defined() && b.requires_grad();
   std::vector<Tensor> inputs{q, k, v};
-  if (bias.defined()) inputs.push_back(bias);
+  if (b.defined()) inputs.push_back(b);
   return record("dot_attention", out, inputs,
-                [f = std::move(f), q, k, v, bias, key_dim, kv_axis, scale, drop, need_q, need_k, need_v, need_bias](
+                [f = std::move(f), q, k, v, b, rel, key_dim, kv_axis, scale, drop, need_q, need_k, need_v, need_bias](
                     const Tensor& g) {
     std::vector<Tensor> r;
     if (auto fused = fused_backward(f, g, key_dim, kv_axis, need_q, need_k, need_v, need_bias)) {
       g_fused_bwd.fetch_add(1, std::memory_order_relaxed);
       r = *fused;
-      if (r[3].defined()) r[3] = sum_to(r[3], bias);  // over the Dims the laid-out bias was expanded to
+      if (r[3].defined()) r[3] = sum_to(r[3], b);  // over the Dims the laid-out bias was expanded to
     } else {
       fell_back(true, "the device has no fused backward for " + std::string(dtype_name(q.dtype())) +
                           " with these Dims, or k or v broadcasts over a batch Dim (q " + q.str() + ", k " + k.str() +
                           ", v " + v.str() + ")");
-      r = unfused_grads(q, k, v, bias, g, key_dim, kv_axis, scale, drop, need_q, need_k, need_v, need_bias);
+      const Tensor full = rel ? relative_term(*rel, kv_axis) : b;
+      r = unfused_grads(q, k, v, full, g, key_dim, kv_axis, scale, drop, need_q, need_k, need_v, need_bias);
+      if (rel && r[3].defined()) {  // the table's gradient: the gather's backward of the full term's
+        EnableGradGuard on;
+        const Tensor t = rel->table.detach().with_requires_grad();
+        r[3] = dimx::grad(relative_term({t, rel->query, rel->positions}, kv_axis), {t}, r[3])[0];
+      }
     }
-    if (!bias.defined()) r.pop_back();
+    if (!b.defined()) r.pop_back();
     return r;
   });
 }
@@ -563,6 +610,7 @@ AttentionPathCounts attention_path_counts() {
   c.unfused_forward = g_unfused_fwd.load();
   c.fused_backward = g_fused_bwd.load();
   c.unfused_backward = g_unfused_bwd.load();
+  c.relative_bias_gathered = g_rel_gathered.load();
   return c;
 }
 
@@ -571,13 +619,17 @@ void reset_attention_path_counts() {
   g_unfused_fwd = 0;
   g_fused_bwd = 0;
   g_unfused_bwd = 0;
+  g_rel_gathered = 0;
 }
 
 Tensor dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Dim& key_dim, const Dim& kv_axis,
                      const AttentionOptions& o) {
-  if (autocast_lowers({&q, &k, &v, &o.bias})) {
+  static const Tensor none;
+  const Tensor& table = o.relative_bias ? o.relative_bias->table : none;
+  if (autocast_lowers({&q, &k, &v, &o.bias, &table})) {
     AttentionOptions lo = o;
     if (o.bias.defined()) lo.bias = autocast_low(o.bias);
+    if (table.defined()) lo.relative_bias->table = autocast_low(table);
     return dot_attention(autocast_low(q), autocast_low(k), autocast_low(v), key_dim, kv_axis, lo);
   }
   const char* op = "dot_attention";
@@ -592,7 +644,7 @@ Tensor dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Di
     fail("dot_attention: q must not have the keys' Dim '" + kv_axis.str() + "' (q = " + q.str() +
          "); self-attention gives k and v a key Dim of their own (nn::dot_attention does)");
   if (key_dim.is_dynamic()) fail("dot_attention: key_dim '" + key_dim.str() + "' must be static");
-  const Tensor& bias = o.bias;
+  Tensor bias = o.bias;
   if (bias.defined()) {
     check_same_device(op, q, bias);
     if (bias.dtype() != q.dtype())
@@ -602,6 +654,40 @@ Tensor dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Di
         fail("dot_attention: the bias's Dims must be among q's (but key_dim '" + key_dim.str() +
              "') and the keys' ('" + kv_axis.str() + "'), got bias = " + bias.str() + " for q = " + q.str());
   }
+  std::optional<RelativeBias> rel = o.relative_bias;
+  if (rel) {
+    const Tensor& t = rel->table;
+    const Dim& rq = rel->query;
+    const Dim& pos = rel->positions;
+    check_defined(op, t);
+    check_same_device(op, q, t);
+    if (t.dtype() != q.dtype())
+      fail("dot_attention: relative_bias.table must have q's dtype, got table = " + t.str() + " and q = " + q.str());
+    if (!q.has_dim(rq) || rq == key_dim)
+      fail("dot_attention: relative_bias.query '" + rq.str() + "' must be one of q's Dims but key_dim (q = " +
+           q.str() + ")");
+    check_has_dim(op, t, pos, "relative_bias.table");
+    if (q.has_dim(pos) || pos == kv_axis || k.has_dim(pos))
+      fail("dot_attention: relative_bias.positions '" + pos.str() + "' must be a Dim of its own, not q's or the keys' (q = " +
+           q.str() + ", k = " + k.str() + ")");
+    if (pos.is_dynamic() || pos.extent() != rq.extent() + kv_axis.extent() - 1)
+      fail("dot_attention: relative_bias.positions '" + pos.str() + "' must be static with extent " +
+           std::to_string(rq.extent() + kv_axis.extent() - 1) + " (query '" + rq.str() + "' + keys '" +
+           kv_axis.str() + "' - 1)");
+    for (const Dim& d : t.dims())
+      if (d != pos && (d == key_dim || d == rq || !q.has_dim(d)))
+        fail("dot_attention: relative_bias.table's Dims must be its positions '" + pos.str() +
+             "' and q's Dims but key_dim '" + key_dim.str() + "' and its query '" + rq.str() + "', got table = " +
+             t.str() + " for q = " + q.str());
+  }
+  // The relative bias over {query, keys}, added to the bias: where the fused primitive cannot
+  // read it in place.
+  auto gather_relative = [&] {
+    g_rel_gathered.fetch_add(1, std::memory_order_relaxed);
+    const Tensor full = relative_term(*rel, kv_axis);
+    bias = bias.defined() ? add(bias, full, true) : full;
+    rel.reset();
+  };
   const double scale = o.scale;
   if (!std::isfinite(scale))
     fail("dot_attention: scale must be finite, got " + std::to_string(scale) + " (q = " + q.str() + ")");
@@ -622,15 +708,26 @@ Tensor dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Di
     drop.offset = o.gen->advance(uint64_t((n + per - 1) / per));
   }
   const bool want_fused = o.fused.value_or(fused_by_default());
+  if (rel && (!want_fused || bias.defined() || !backend::backend_for(q.device()).attention_takes_relative_bias()))
+    gather_relative();
   if (want_fused) {
     check_same_device(op, q, k);
     check_same_device(op, q, v);
     // The CPU computes bf16/f16 attention in f32 (half_compute.h), rounding the output once.
     const bool widen = is_half(q.dtype()) && q.device().is_cpu() && k.dtype() == q.dtype() && v.dtype() == q.dtype();
-    Tensor out = widen ? round_to(fused_with_grad(widen_half(q), widen_half(k), widen_half(v), widen_half(bias), key_dim,
-                                                  kv_axis, scale, drop),
-                                  q.dtype())
-                       : fused_with_grad(q, k, v, bias, key_dim, kv_axis, scale, drop);
+    auto fused = [&] {
+      if (!widen) return fused_with_grad(q, k, v, bias, rel, key_dim, kv_axis, scale, drop);
+      std::optional<RelativeBias> wide = rel;
+      if (wide) wide->table = widen_half(wide->table);
+      return round_to(fused_with_grad(widen_half(q), widen_half(k), widen_half(v), widen_half(bias), wide, key_dim,
+                                      kv_axis, scale, drop),
+                      q.dtype());
+    };
+    Tensor out = fused();
+    if (!out.defined() && rel) {  // the Dims do not fit the in-place view: gathered, once more
+      gather_relative();
+      out = fused();
+    }
     if (out.defined()) {
       g_fused_fwd.fetch_add(1, std::memory_order_relaxed);
       return out;

@@ -606,6 +606,161 @@ TEST_CASE("dot_attention: a bias over the wrong Dims or dtype is an error naming
   CHECK_THROWS_WITH(nn::dot_attention(q, k, v, s.key, s.time, o), Catch::Contains("bias_key_dim") && Catch::Contains("kb"));
 }
 
+// The bias a relative table gives (i, j), by loops: table[.., j - i + tq - 1] over
+// {batch, heads, query, keys} (the table's other Dims broadcast).
+Tensor relative_by_loops(const Tensor& table, const Dim& batch, const Dim& heads, const Dim& query, const Dim& keys,
+                         const Dim& positions) {
+  Tensor t = table;
+  for (const Dim& d : {batch, heads})
+    if (!t.has_dim(d)) t = expand_dim(t, d);
+  const std::vector<double> tv = t.to_vector<double>({batch, heads, positions});
+  const int64_t B = batch.extent(), H = heads.extent(), TQ = query.extent(), TK = keys.extent(), P = positions.extent();
+  std::vector<double> out;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < TQ; ++i)
+        for (int64_t j = 0; j < TK; ++j) out.push_back(tv[size_t((b * H + h) * P + (j - i + TQ - 1))]);
+  return Tensor::from_vector<double>({batch, heads, query, keys}, out);
+}
+
+TEST_CASE("dot_attention: a relative bias read in place equals the bias it stands for", "[attention]") {
+  // A table by relative position (j - i) against the same bias written out over {query, keys}
+  // by loops: outputs and the gradients of q, k, v and the table (the written-out bias's
+  // gradient summed along each diagonal), float64; padded and causal keys; the CPU's fused
+  // primitive reads the table in place (nothing gathered over {query, keys}).
+  Setup s;
+  const Dim keys = s.time.copy("keys");
+  const Dim causal = nn::causal_key_dim(s.time, s.time);
+  const Dim positions(s.time.extent() * 2 - 1, "positions");
+  struct Case {
+    const char* name;
+    Dims table_dims;
+    bool causal;
+  };
+  const std::vector<Case> cases{{"{positions, heads}", {positions, s.heads}, false},
+                                {"{positions}: shared by batch and heads", {positions}, false},
+                                {"{batch, positions, heads}", {s.batch, positions, s.heads}, false},
+                                {"causal, {heads, positions}", {s.heads, positions}, true}};
+  for (const Case& c : cases) {
+    INFO(c.name);
+    const Dim& kd = c.causal ? causal : keys;
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    const Tensor q = rnd({s.batch, s.time, s.heads, s.key}, 90, DType::f64).with_requires_grad();
+    const Tensor k = replace_dim(copy_masked(rnd({s.batch, s.time, s.heads, s.key}, 91, DType::f64), {s.time}, nan),
+                                 s.time, kd).first.contiguous().with_requires_grad();
+    const Tensor v = replace_dim(copy_masked(rnd({s.time, s.batch, s.value, s.heads}, 92, DType::f64), {s.time}, nan),
+                                 s.time, kd).first.contiguous().with_requires_grad();
+    const Tensor table = rnd(c.table_dims, 93, DType::f64, -2, 2).with_requires_grad();
+    const Tensor w = copy_masked(rnd({s.batch, s.time, s.heads, s.value}, 94, DType::f64), {s.time});
+    AttentionOptions o;
+    o.scale = 0.5;
+    o.fused = true;
+    auto run = [&](const AttentionOptions& opt, const Tensor& b) {
+      Tensor out = copy_masked(dot_attention(q, k, v, s.key, kd, opt), {s.time});
+      std::vector<Tensor> g = grad(reduce_sum(out * w, out.dims()), {q, k, v, b});
+      std::vector<double> all = out.to_vector<double>({s.batch, s.time, s.heads, s.value});
+      for (size_t i = 0; i < 3; ++i) {
+        // k's and v's frames as the sequence's time frames (a causal key Dim's lengths also
+        // run over the queries); valid frames only.
+        Tensor gi = g[i].has_dim(kd) ? replace_dim(g[i], kd, s.time).first : g[i];
+        auto x = copy_masked(gi, {s.time}).to_vector<double>({s.batch, s.time, s.heads, i == 2 ? s.value : s.key});
+        all.insert(all.end(), x.begin(), x.end());
+      }
+      return std::pair{all, g[3]};
+    };
+    nn::reset_attention_path_counts();
+    AttentionOptions r = o;
+    r.relative_bias = RelativeBias{table, s.time, positions};
+    auto [got, dtable] = run(r, table);
+    const AttentionPathCounts pc = attention_path_counts();
+    CHECK(pc.fused_forward == 1);
+    CHECK(pc.fused_backward == 1);
+    CHECK(pc.relative_bias_gathered == 0);
+    // The reference: the bias written out, a leaf of its own; its gradient summed by diagonal.
+    const Tensor full = replace_dim(relative_by_loops(table, s.batch, s.heads, s.time, keys, positions), keys, kd)
+                            .first.with_requires_grad();
+    AttentionOptions f = o;
+    f.bias = full;
+    auto [want, dfull] = run(f, full);
+    CHECK_VEC_APPROX(got, want, 1e-11, 1e-12);
+    const std::vector<double> gf = dfull.to_vector<double>({s.batch, s.heads, s.time, kd});
+    const int64_t T = s.time.extent(), P = positions.extent();
+    std::vector<double> by_diag(size_t(3 * 2 * P), 0.0);
+    for (int64_t b = 0; b < 3; ++b)
+      for (int64_t h = 0; h < 2; ++h)
+        for (int64_t i = 0; i < T; ++i)
+          for (int64_t j = 0; j < T; ++j)
+            by_diag[size_t((b * 2 + h) * P + j - i + T - 1)] += gf[size_t(((b * 2 + h) * T + i) * T + j)];
+    Tensor expect = Tensor::from_vector<double>({s.batch, s.heads, positions}, by_diag);
+    for (const Dim& d : {s.batch, s.heads})
+      if (!table.has_dim(d)) expect = reduce_sum(expect, {d});
+    CHECK_VEC_APPROX(dtable.to_vector<double>(table.dims()), expect.to_vector<double>(table.dims()), 1e-11, 1e-12);
+    // Two backward runs agree bit for bit.
+    CHECK(run(r, table).second.to_vector<double>(table.dims()) == dtable.to_vector<double>(table.dims()));
+    // Unfused, or with a bias as well: gathered over {query, keys} first, the same values.
+    AttentionOptions u = r;
+    u.fused = false;
+    nn::reset_attention_path_counts();
+    CHECK_VEC_APPROX(run(u, table).first, want, 1e-11, 1e-12);
+    CHECK(attention_path_counts().relative_bias_gathered == 1);
+    AttentionOptions both = r;
+    both.bias = Tensor::zeros({s.heads, kd}, DType::f64);
+    nn::reset_attention_path_counts();
+    CHECK_VEC_APPROX(run(both, table).first, want, 1e-11, 1e-12);
+    CHECK(attention_path_counts().relative_bias_gathered == 1);
+    CHECK(attention_path_counts().fused_forward == 1);
+  }
+}
+
+TEST_CASE("dot_attention: the relative table's gradient matches float64 finite differences; bf16 and errors",
+          "[attention]") {
+  Setup s;
+  const Dim keys = s.time.copy("keys");
+  const Dim positions(s.time.extent() * 2 - 1, "positions");
+  Tensor q = rnd({s.batch, s.time, s.heads, s.key}, 95, DType::f64);
+  Tensor k = replace_dim(rnd({s.batch, s.time, s.heads, s.key}, 96, DType::f64), s.time, keys).first;
+  Tensor v = replace_dim(rnd({s.batch, s.time, s.heads, s.value}, 97, DType::f64), s.time, keys).first;
+  Tensor table = rnd({s.heads, positions}, 98, DType::f64, -2, 2).contiguous().with_requires_grad();
+  Tensor w = copy_masked(rnd({s.batch, s.time, s.heads, s.value}, 99, DType::f64), {s.time});
+  AttentionOptions o;
+  o.relative_bias = RelativeBias{table, s.time, positions};
+  auto loss = [&] { return reduce_sum(dot_attention(q, k, v, s.key, keys, o) * w, {s.batch, s.time, s.heads, s.value}); };
+  const std::vector<double> analytic = grad(loss(), {table})[0].to_vector<double>(table.dims());
+  const std::vector<double> numeric = finite_diff(table, [&] { return loss().item<double>(); });
+  CHECK_VEC_APPROX(analytic, numeric, 1e-7, 1e-8);
+
+  // bf16 on the CPU runs in f32 with the table read in place: within bf16's rounding of f64.
+  {
+    AttentionOptions h;
+    h.relative_bias = RelativeBias{table.detach().astype(DType::bf16), s.time, positions};
+    nn::reset_attention_path_counts();
+    Tensor got = dot_attention(q.astype(DType::bf16), k.astype(DType::bf16), v.astype(DType::bf16), s.key, keys, h);
+    CHECK(attention_path_counts().relative_bias_gathered == 0);
+    AttentionOptions r;
+    r.relative_bias = RelativeBias{table.detach().astype(DType::bf16).astype(DType::f64), s.time, positions};
+    Tensor want = dot_attention(q.astype(DType::bf16).astype(DType::f64), k.astype(DType::bf16).astype(DType::f64),
+                                v.astype(DType::bf16).astype(DType::f64), s.key, keys, r);
+    const Dims d{s.batch, s.time, s.heads, s.value};
+    CHECK_VEC_APPROX(copy_masked(got.astype(DType::f64), {s.time}).to_vector<double>(d),
+                     copy_masked(want, {s.time}).to_vector<double>(d), 2e-2, 2e-2);
+  }
+
+  // Errors name the op and the Dims.
+  const Dim short_pos(positions.extent() - 1, "short_pos"), other(2, "other");
+  AttentionOptions e;
+  e.relative_bias = RelativeBias{rnd({s.heads, short_pos}, 100, DType::f64), s.time, short_pos};
+  CHECK_THROWS_WITH(dot_attention(q, k, v, s.key, keys, e),
+                    Catch::Contains("dot_attention") && Catch::Contains("short_pos") && Catch::Contains("extent 9"));
+  e.relative_bias = RelativeBias{rnd({s.heads, positions, other}, 101, DType::f64), s.time, positions};
+  CHECK_THROWS_WITH(dot_attention(q, k, v, s.key, keys, e), Catch::Contains("relative_bias") && Catch::Contains("other"));
+  e.relative_bias = RelativeBias{rnd({s.heads, positions}, 102, DType::f64), other, positions};
+  CHECK_THROWS_WITH(dot_attention(q, k, v, s.key, keys, e), Catch::Contains("relative_bias.query") && Catch::Contains("other"));
+  e.relative_bias = RelativeBias{rnd({s.heads, positions}, 103, DType::f32), s.time, positions};
+  CHECK_THROWS_WITH(dot_attention(q, k, v, s.key, keys, e), Catch::Contains("dtype"));
+  e.relative_bias = RelativeBias{rnd({s.heads, s.time}, 104, DType::f64), s.time, s.heads};
+  CHECK_THROWS_WITH(dot_attention(q, k, v, s.key, keys, e), Catch::Contains("positions") && Catch::Contains("heads"));
+}
+
 TEST_CASE("dot_attention: dropout only in training, and errors name the Dims", "[attention]") {
   Setup s;
   Tensor q = rnd({s.batch, s.time, s.heads, s.key}, 14), k = rnd({s.batch, s.time, s.heads, s.key}, 15);

@@ -839,6 +839,45 @@ TEST_CASE("gpu: fused dot_attention with an additive bias, every precision", "[g
       }
 }
 
+// A bias by relative position: the CUDA backend gathers the table over {query, keys} and runs
+// its fused kernels on that (the CPU reads the table in place); outputs and the gradients of q,
+// k, v and the table agree, padded keys included.
+TEST_CASE("gpu: a relative bias matches the CPU, forward and gradients", "[gpu][attention]") {
+  Dim batch(2, "batch"), heads(3, "heads"), key(32, "key");
+  Dim time = dynamic_dim(batch, {37, 20}, "time");
+  const Dim keys = time.copy("keys"), positions(2 * time.extent() - 1, "positions");
+  for (DType dt : {DType::f32, DType::bf16}) {
+    INFO(dtype_name(dt));
+    consistent(
+        "relative bias",
+        [&](Device dev) {
+          const Tensor q = input({batch, time, heads, key}, 120, dev, -1, 1, dt).with_requires_grad();
+          const Tensor k = replace_dim(input({batch, time, heads, key}, 121, dev, -1, 1, dt), time, keys).first
+                               .with_requires_grad();
+          const Tensor v = replace_dim(input({batch, time, heads, key}, 122, dev, -1, 1, dt), time, keys).first
+                               .with_requires_grad();
+          const Tensor table = input({heads, positions}, 123, dev, -1, 1, DType::f32).with_requires_grad();
+          AttentionOptions o;
+          o.scale = 0.125;
+          o.fused = true;
+          o.relative_bias = RelativeBias{table.astype(dt), time, positions};
+          nn::reset_attention_path_counts();
+          Tensor out = dot_attention(q, k, v, key, keys, o);
+          const Tensor w = copy_masked(input({batch, time, heads, key}, 124, dev, -1, 1, DType::f32), {time});
+          std::vector<Tensor> g = grad(reduce_sum(out.astype(DType::f32) * w, w.dims()), {q, k, v, table});
+          const AttentionPathCounts pc = attention_path_counts();
+          CHECK(pc.fused_forward == 1);
+          CHECK(pc.fused_backward == 1);
+          CHECK(pc.relative_bias_gathered == (dev.is_cpu() ? 0 : 1));
+          std::vector<Tensor> r{copy_masked(out, {time}).astype(DType::f32), copy_masked(g[0], {time}).astype(DType::f32),
+                                copy_masked(g[1], {keys}).astype(DType::f32), copy_masked(g[2], {keys}).astype(DType::f32),
+                                g[3]};
+          return r;
+        },
+        dt == DType::f32 ? 1e-4 : 5e-2, dt == DType::f32 ? 1e-4 : 5e-2);
+  }
+}
+
 // Dropout in the fused kernels: the mask is a function of the Generator's state and the
 // weight's index, so the GPU drops exactly the weights the CPU drops (forward, and regenerated
 // in the backward). The half dtypes draw an f32 mask: their reference is the CPU in f32.

@@ -36,10 +36,24 @@
 
 namespace dimx {
 
+/// A bias by relative position: the term of query frame i and key frame j is `table` at index
+/// j - i + (query.extent() - 1) of `positions`, i.e. `positions` runs over the relative positions
+/// -(tq - 1) .. tk - 1 in order (as relative_positional_encoding numbers them). The table is over
+/// `positions` and any of q's Dims but key_dim and `query`; it is never expanded over
+/// {query, key} where the device's fused primitive reads it in place (the CPU's), and its
+/// gradient is the table's (summed per position, in a fixed order).
+struct RelativeBias {
+  Tensor table;   ///< over `positions` and q's Dims but key_dim and `query`; q's dtype
+  Dim query;      ///< the Dim of q whose frames the positions are relative to
+  Dim positions;  ///< extent query.extent() + kv_axis.extent() - 1
+};
+
 /// Options of dot_attention().
 struct AttentionOptions {
   double scale = 1;                ///< the energies' factor (finite)
   Tensor bias;                     ///< undefined: none; q's dtype
+  /// A bias by relative position, added to `bias` where both are set (see RelativeBias).
+  std::optional<RelativeBias> relative_bias;
   double dropout = 0;              ///< drop probability of each weight, in [0, 1); > 0 needs gen
   bool dropout_broadcast = false;  ///< one mask over kv_axis, shared by all other Dims
   Generator* gen = nullptr;        ///< where the dropout mask is drawn from
@@ -59,6 +73,9 @@ struct AttentionPathCounts {
   int64_t unfused_forward = 0;   ///< forwards on matmul / softmax / matmul
   int64_t fused_backward = 0;    ///< backwards of fused forwards on the fused primitive
   int64_t unfused_backward = 0;  ///< backwards of fused forwards that recomputed the weights with dimx ops
+  /// Forwards whose relative_bias was gathered over {query, key} first (the unfused path, a
+  /// device that reads no table in place, or a call that also has a bias); the others read it in place.
+  int64_t relative_bias_gathered = 0;
 };
 /// The counts so far.
 AttentionPathCounts attention_path_counts();

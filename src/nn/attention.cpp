@@ -80,6 +80,7 @@ Tensor dot_attention(const Tensor& q, const Tensor& k0, const Tensor& v0, const 
     if (keyed && bias_key != kv_axis) bias = replace_dim(bias, bias_key, kv_axis).first;
     a.bias = bias;
   }
+  a.relative_bias = o.relative_bias;
   a.scale = o.scale.value_or(1.0 / std::sqrt(double(key_dim.size())));
   if (o.training) {
     a.dropout = o.att_dropout;

@@ -52,6 +52,10 @@ struct DotAttentionOptions {
   /// The bias's Dim over the keys: `axis` by default where q lacks axis; in self-attention (q
   /// has axis as its query Dim) a Dim of axis's extent standing for the keys.
   std::optional<Dim> bias_key_dim;
+  /// A bias by relative position (dimx::RelativeBias: a table over the positions j - i of the
+  /// keys relative to its query Dim), added to `bias` where both are set; the CPU's fused
+  /// primitive reads the table in place, never forming {query, key}.
+  std::optional<RelativeBias> relative_bias;
 };
 
 /// Scaled dot-product attention of q over k and v along `axis`, reducing `key_dim` (see the
