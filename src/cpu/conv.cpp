@@ -85,8 +85,12 @@ int64_t fast_size(int64_t m) {
 // (time innermost), moved in and out of the [L, C] layout by a blocked transpose.
 constexpr int64_t kRows = 16;
 
-// Plans by (precision, n), made once with FFTW_MEASURE (a few milliseconds for the lengths
-// used): FFTW's planner is not thread-safe, its new-array execute functions are.
+// Plans by (precision, n), made once with FFTW_ESTIMATE: FFTW_MEASURE picks among algorithms by
+// timing them, so two processes could round differently (bench_ema's FFT-vs-direct check came
+// out 4.29e-6 in one run and 3.81e-6 in the next), and a run resumed from a checkpoint would
+// not repeat an uninterrupted one bit for bit; ESTIMATE's plans are fixed, and measured as fast
+// for these lengths (docs/performance.md). FFTW's planner is not thread-safe, its new-array
+// execute functions are.
 // The cache is destroyed at exit: the plans first, then FFTW's planner memory.
 template <class T>
 struct Plans {
@@ -115,8 +119,8 @@ const Plans<T>& plans_for(int64_t n) {
   Buffer<T, T> re(size_t(n * kRows));
   Buffer<T, Cx> cx(size_t((n / 2 + 1) * kRows));
   Plans<T>& p = cache[n];
-  p.r2c = Fftw<T>::r2c(int(n), int(kRows), re.p, cx.p, FFTW_MEASURE);
-  p.c2r = Fftw<T>::c2r(int(n), int(kRows), cx.p, re.p, FFTW_MEASURE);
+  p.r2c = Fftw<T>::r2c(int(n), int(kRows), re.p, cx.p, FFTW_ESTIMATE);
+  p.c2r = Fftw<T>::c2r(int(n), int(kRows), cx.p, re.p, FFTW_ESTIMATE);
   if (!p.r2c || !p.c2r) {
     cache.erase(n);
     throw Error("causal_conv: FFTW could not plan a transform of length " + std::to_string(n));
