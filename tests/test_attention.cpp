@@ -712,6 +712,45 @@ TEST_CASE("dot_attention: a relative bias read in place equals the bias it stand
   }
 }
 
+TEST_CASE("dot_attention: a relative bias where q has a second query Dim is gathered, same values", "[attention]") {
+  // q over {beam, time}: two query Dims, so the in-place view (one row index) does not apply;
+  // the op gathers the table over {time, keys} and the fused primitive reads that.
+  Setup s;
+  const Dim beam(2, "beam"), keys = s.time.copy("keys"), positions(s.time.extent() * 2 - 1, "positions");
+  const Tensor q = rnd({s.batch, beam, s.time, s.heads, s.key}, 105, DType::f64).with_requires_grad();
+  const Tensor k = replace_dim(rnd({s.batch, s.time, s.heads, s.key}, 106, DType::f64), s.time, keys).first;
+  const Tensor v = replace_dim(rnd({s.batch, s.time, s.heads, s.value}, 107, DType::f64), s.time, keys).first;
+  const Tensor table = rnd({s.heads, positions}, 108, DType::f64, -2, 2).with_requires_grad();
+  AttentionOptions r;
+  r.fused = true;
+  r.relative_bias = RelativeBias{table, s.time, positions};
+  nn::reset_attention_path_counts();
+  const Tensor got = dot_attention(q, k, v, s.key, keys, r);
+  CHECK(attention_path_counts().relative_bias_gathered == 1);
+  CHECK(attention_path_counts().fused_forward == 1);
+  const std::vector<Tensor> gg = grad(reduce_sum(copy_masked(got, {s.time}), got.dims()), {q, table});
+  AttentionOptions f;
+  f.fused = true;
+  const Tensor full = relative_by_loops(table, s.batch, s.heads, s.time, keys, positions).with_requires_grad();
+  f.bias = full;
+  const Tensor want = dot_attention(q, k, v, s.key, keys, f);
+  const std::vector<Tensor> gw = grad(reduce_sum(copy_masked(want, {s.time}), want.dims()), {q, full});
+  const Dims od{s.batch, beam, s.time, s.heads, s.value};
+  CHECK_VEC_APPROX(copy_masked(got, {s.time}).to_vector<double>(od), copy_masked(want, {s.time}).to_vector<double>(od),
+                   1e-11, 1e-12);
+  CHECK_VEC_APPROX(copy_masked(gg[0], {s.time}).to_vector<double>(q.dims()),
+                   copy_masked(gw[0], {s.time}).to_vector<double>(q.dims()), 1e-11, 1e-12);
+  // The table's gradient: the written-out bias's, summed along each diagonal and over the batch.
+  const std::vector<double> gf = gw[1].to_vector<double>({s.batch, s.heads, s.time, keys});
+  const int64_t T = s.time.extent(), P = positions.extent();
+  std::vector<double> by_diag(size_t(2 * P), 0.0);
+  for (int64_t b = 0; b < 3; ++b)
+    for (int64_t h = 0; h < 2; ++h)
+      for (int64_t i = 0; i < T; ++i)
+        for (int64_t j = 0; j < T; ++j) by_diag[size_t(h * P + j - i + T - 1)] += gf[size_t(((b * 2 + h) * T + i) * T + j)];
+  CHECK_VEC_APPROX(gg[1].to_vector<double>({s.heads, positions}), by_diag, 1e-11, 1e-12);
+}
+
 TEST_CASE("dot_attention: the relative table's gradient matches float64 finite differences; bf16 and errors",
           "[attention]") {
   Setup s;
