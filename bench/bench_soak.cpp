@@ -9,9 +9,9 @@
 // steps) the resident set and the pool's reserved bytes must stay within 5% of their values at
 // the end of the warm-up; the program prints one JSON line with the verdict and exits 1 when one
 // grew more. The pool's bytes in use are reported, not judged: they include dimx's bounded
-// caches keyed by sequence length (BEATs's bucket indices, relative-position tables, device
-// scalars), which fill as batches of new lengths arrive and then stop; their growth over the
-// second half of the run shows that they have.
+// caches keyed by sequence length (relative-position tables, device scalars), which fill as
+// batches of new lengths arrive and then stop; their growth over the second half of the run
+// shows that they have.
 //
 //   bench_soak [--device cpu|cuda] [--steps N] [--every K] [--out DIR]
 // writes DIR/soak-<device>.csv (step, rss_mib, pool_in_use_mib, pool_reserved_mib, loss) and

@@ -8,11 +8,10 @@
 #include <dimx/shape.h>
 #include <dimx/softmax.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
-#include <map>
-#include <mutex>
-#include <tuple>
+#include <vector>
 
 #include "attention_common.h"
 #include "kv_history.h"
@@ -43,45 +42,39 @@ int64_t bucket_of(int64_t rel, int64_t num_buckets, int64_t max_distance) {
   return b + std::min<int64_t>(nb - 1, max_exact + int64_t(f));
 }
 
-// The relative positions j - i - offset as buckets {query, key} (+ offset's Dims), on `dev`.
-// Tables without an offset are kept: every layer of a forward pass asks for the same one.
-Tensor bucket_table(const Dim& query, const Dim& key, const Tensor& offset, int64_t num_buckets, int64_t max_distance,
-                    Device dev) {
+// The T5 bias from `table` {buckets, heads} for the relative positions j - i - offset over
+// {query, key} (+ offset's Dims): each position that occurs gets its bucket once, on the host
+// (tq + tk - 1 of them, plus the spread of the offsets), the table's rows are gathered per
+// position ({positions, heads}, small), and those rows per (query, key) by the position's
+// index, computed on the device. Nothing of size {query, key} is built on the host or kept
+// between calls.
+Tensor t5_bias(const Tensor& table, const Dim& buckets, const Dim& query, const Dim& key, const Tensor& offset,
+               int64_t num_buckets, int64_t max_distance) {
+  const Device dev = table.device();
   const int64_t tq = query.extent(), tk = key.extent();
-  auto build = [&](const std::vector<int64_t>& offs, const Dims& off_dims) {
-    std::vector<int64_t> v;
-    v.reserve(offs.size() * size_t(tq * tk));
-    for (int64_t o : offs)
-      for (int64_t i = 0; i < tq; ++i)
-        for (int64_t j = 0; j < tk; ++j) v.push_back(bucket_of(j - i - o, num_buckets, max_distance));
-    Dims dims = off_dims;
-    dims.insert(dims.end(), {query, key});
-    return Tensor::from_vector<int64_t>(dims, v);
-  };
+  Tensor o;
+  int64_t omin = 0, omax = 0;
   if (offset.defined()) {
-    const Tensor o = offset.astype(DType::i64).to(Device::cpu());
-    return build(o.to_vector<int64_t>(), o.dims()).to(dev);
+    o = offset.astype(DType::i64);
+    const std::vector<int64_t> offs = o.to(Device::cpu()).to_vector<int64_t>();
+    if (!offs.empty()) {
+      omin = *std::min_element(offs.begin(), offs.end());
+      omax = *std::max_element(offs.begin(), offs.end());
+    }
   }
-  // Cached by sizes and device; the Dims are re-attached per call (views, no copy).
-  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int, int>;
-  static std::mutex mu;
-  static std::map<Key, Tensor> cache;
-  const Key key_{num_buckets, max_distance, tq, tk, int(dev.type), dev.index};
-  Tensor t;
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    auto it = cache.find(key_);
-    if (it != cache.end()) t = it->second;
-  }
-  if (!t.defined()) {
-    Dim a(tq, "q"), b(tk, "k");
-    t = build({0}, {}).to(dev);
-    t = replace_dim(replace_dim(t, query, a).first, key, b).first;
-    std::lock_guard<std::mutex> lock(mu);
-    if (cache.size() >= 16) cache.erase(cache.begin());
-    cache.emplace(key_, t);
-  }
-  return replace_dim(replace_dim(t, t.dims()[0], query).first, t.dims()[1], key).first;
+  const int64_t dmin = -(tq - 1) - omax, dmax = tk - 1 - omin;
+  const Dim positions(std::max<int64_t>(1, dmax - dmin + 1), "t5_positions");
+  std::vector<int64_t> b(size_t(positions.size()));
+  for (int64_t d = 0; d < positions.size(); ++d) b[size_t(d)] = bucket_of(dmin + d, num_buckets, max_distance);
+  // The buckets are in range by construction: clamping skips the device's range report.
+  const Tensor rows = gather(table, Tensor::from_vector<int64_t>({positions}, b).to(dev).with_sparse_dim(buckets),
+                             buckets, /*clip_to_valid=*/true);
+  // -i - (-j) = j - i over {query, key}, less the offset, as an index into `positions`.
+  Tensor idx = sub(range_over_dim(query, DType::i64, dev).with_sparse_dim(std::nullopt) * -1.0,
+                   range_over_dim(key, DType::i64, dev).with_sparse_dim(std::nullopt) * -1.0, true) +
+               double(-dmin);
+  if (o.defined()) idx = sub(idx, o.to(dev), true);
+  return gather(rows, idx.with_sparse_dim(positions), positions, /*clip_to_valid=*/true);
 }
 
 // fairseq's quant noise on a copy of a Linear weight {out, in}: each (row, block of `block`
@@ -180,10 +173,8 @@ void MultiheadAttention::reset_parameters(Generator& gen) {
 Tensor MultiheadAttention::compute_bias(const Dim& query, const Dim& key, const Tensor& query_offset) const {
   if (!relative_attention_bias) fail(std::string(kOp) + ": compute_bias needs has_relative_attention_bias");
   if (query == key) fail(std::string(kOp) + ": compute_bias needs distinct query and key Dims, got " + query.str());
-  const Tensor& table = relative_attention_bias->weight;
-  Tensor idx = bucket_table(query, key, query_offset, options.num_buckets, options.max_distance, table.device());
-  // The buckets are in range by construction: clamping skips the device's range report.
-  return gather(table, idx.with_sparse_dim(buckets), buckets, /*clip_to_valid=*/true);
+  return t5_bias(relative_attention_bias->weight, buckets, query, key, query_offset, options.num_buckets,
+                 options.max_distance);
 }
 
 State MultiheadAttention::initial_state(const Dims& batch) const {
