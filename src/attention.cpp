@@ -663,9 +663,9 @@ Tensor dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Di
     check_same_device(op, q, t);
     if (t.dtype() != q.dtype())
       fail("dot_attention: relative_bias.table must have q's dtype, got table = " + t.str() + " and q = " + q.str());
-    if (!q.has_dim(rq) || rq == key_dim)
-      fail("dot_attention: relative_bias.query '" + rq.str() + "' must be one of q's Dims but key_dim (q = " +
-           q.str() + ")");
+    if (!q.has_dim(rq) || rq == key_dim || k.has_dim(rq) || v.has_dim(rq))
+      fail("dot_attention: relative_bias.query '" + rq.str() + "' must be one of q's Dims that k and v lack (q = " +
+           q.str() + ", k = " + k.str() + ", v = " + v.str() + ")");
     check_has_dim(op, t, pos, "relative_bias.table");
     if (q.has_dim(pos) || pos == kv_axis || k.has_dim(pos))
       fail("dot_attention: relative_bias.positions '" + pos.str() + "' must be a Dim of its own, not q's or the keys' (q = " +

@@ -794,6 +794,9 @@ TEST_CASE("dot_attention: the relative table's gradient matches float64 finite d
   CHECK_THROWS_WITH(dot_attention(q, k, v, s.key, keys, e), Catch::Contains("relative_bias") && Catch::Contains("other"));
   e.relative_bias = RelativeBias{rnd({s.heads, positions}, 102, DType::f64), other, positions};
   CHECK_THROWS_WITH(dot_attention(q, k, v, s.key, keys, e), Catch::Contains("relative_bias.query") && Catch::Contains("other"));
+  e.relative_bias = RelativeBias{rnd({s.heads, positions}, 102, DType::f64), s.heads, positions};
+  CHECK_THROWS_WITH(dot_attention(q, k, v, s.key, keys, e),
+                    Catch::Contains("relative_bias.query") && Catch::Contains("heads") && Catch::Contains("k and v lack"));
   e.relative_bias = RelativeBias{rnd({s.heads, positions}, 103, DType::f32), s.time, positions};
   CHECK_THROWS_WITH(dot_attention(q, k, v, s.key, keys, e), Catch::Contains("dtype"));
   e.relative_bias = RelativeBias{rnd({s.heads, s.time}, 104, DType::f64), s.time, s.heads};
