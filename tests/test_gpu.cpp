@@ -839,9 +839,9 @@ TEST_CASE("gpu: fused dot_attention with an additive bias, every precision", "[g
       }
 }
 
-// A bias by relative position: the CUDA backend gathers the table over {query, keys} and runs
-// its fused kernels on that (the CPU reads the table in place); outputs and the gradients of q,
-// k, v and the table agree, padded keys included.
+// A bias by relative position: the CUDA backend gathers the table over {query, keys} (the CPU
+// reads it in place); outputs and the gradients of q, k, v and the table agree, padded keys
+// included.
 TEST_CASE("gpu: a relative bias matches the CPU, forward and gradients", "[gpu][attention]") {
   Dim batch(2, "batch"), heads(3, "heads"), key(32, "key");
   Dim time = dynamic_dim(batch, {37, 20}, "time");
@@ -865,9 +865,12 @@ TEST_CASE("gpu: a relative bias matches the CPU, forward and gradients", "[gpu][
           Tensor out = dot_attention(q, k, v, key, keys, o);
           const Tensor w = copy_masked(input({batch, time, heads, key}, 124, dev, -1, 1, DType::f32), {time});
           std::vector<Tensor> g = grad(reduce_sum(out.astype(DType::f32) * w, w.dims()), {q, k, v, table});
+          // On cuda the gathered bias varies over queries and keys: the exact f32 kernels decline
+          // it (the unfused path, autograd's backward), the tensor-core ones take it.
           const AttentionPathCounts pc = attention_path_counts();
-          CHECK(pc.fused_forward == 1);
-          CHECK(pc.fused_backward == 1);
+          const bool fused = dev.is_cpu() || is_half(dt);
+          CHECK(pc.fused_forward == (fused ? 1 : 0));
+          CHECK(pc.fused_backward == (fused ? 1 : 0));
           CHECK(pc.relative_bias_gathered == (dev.is_cpu() ? 0 : 1));
           std::vector<Tensor> r{copy_masked(out, {time}).astype(DType::f32), copy_masked(g[0], {time}).astype(DType::f32),
                                 copy_masked(g[1], {keys}).astype(DType::f32), copy_masked(g[2], {keys}).astype(DType::f32),
