@@ -519,10 +519,7 @@ std::vector<Tensor> unfused_grads(const Tensor& q, const Tensor& k, const Tensor
 
 // The relative bias gathered over {query, kv_axis}: element j - i + (tq - 1) of its positions.
 Tensor relative_term(const RelativeBias& rel, const Dim& kv_axis) {
-  const Device dev = rel.table.device();
-  Tensor idx = sub(range_over_dim(kv_axis, DType::i64, dev).with_sparse_dim(std::nullopt),
-                   range_over_dim(rel.query, DType::i64, dev).with_sparse_dim(std::nullopt), true) +
-               double(rel.query.extent() - 1);
+  const Tensor idx = relative_positions(rel.query, kv_axis, rel.query.extent() - 1, rel.table.device());
   return gather(rel.table, idx.with_sparse_dim(rel.positions), rel.positions);
 }
 

@@ -491,6 +491,13 @@ Tensor range_over_dim(const Dim& dim, DType dtype, Device device) {
   return is_integer(dtype) ? y.with_sparse_dim(dim) : y;
 }
 
+Tensor relative_positions(const Dim& query, const Dim& key, int64_t shift, Device device) {
+  // -i - (-j) = j - i, with the query's Dim first.
+  return sub(range_over_dim(query, DType::i64, device).with_sparse_dim(std::nullopt) * -1.0,
+             range_over_dim(key, DType::i64, device).with_sparse_dim(std::nullopt) * -1.0, true) +
+         double(shift);
+}
+
 Tensor sequence_mask(const Dims& dims, Device device) {
   Tensor mask;
   for (const Dim& d : dims) {

@@ -102,6 +102,11 @@ Tensor constant_scalar(double value, DType dtype, Device device);
 // Drops the cached constants of `device` (the CUDA layer's release at exit).
 void release_device_constants(Device device);
 
+// j - i + shift for key frame j and query frame i, over {query, key} (i64 on `device`): the
+// index of a relative position in a table over relative positions (dot_attention's relative
+// bias, BEATs's T5 buckets).
+Tensor relative_positions(const Dim& query, const Dim& key, int64_t shift, Device device);
+
 // x broadcast (zero-copy) so it has every Dim of `dims` too; its own Dims stay first.
 Tensor broadcast_to_include(const Tensor& x, const Dims& dims);
 

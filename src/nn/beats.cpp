@@ -69,10 +69,8 @@ Tensor t5_bias(const Tensor& table, const Dim& buckets, const Dim& query, const 
   // The buckets are in range by construction: clamping skips the device's range report.
   const Tensor rows = gather(table, Tensor::from_vector<int64_t>({positions}, b).to(dev).with_sparse_dim(buckets),
                              buckets, /*clip_to_valid=*/true);
-  // -i - (-j) = j - i over {query, key}, less the offset, as an index into `positions`.
-  Tensor idx = sub(range_over_dim(query, DType::i64, dev).with_sparse_dim(std::nullopt) * -1.0,
-                   range_over_dim(key, DType::i64, dev).with_sparse_dim(std::nullopt) * -1.0, true) +
-               double(-dmin);
+  // j - i - offset over {query, key}, as an index into `positions`.
+  Tensor idx = relative_positions(query, key, -dmin, dev);
   if (o.defined()) idx = sub(idx, o.to(dev), true);
   return gather(rows, idx.with_sparse_dim(positions), positions, /*clip_to_valid=*/true);
 }
