@@ -11,6 +11,11 @@
 //
 //   bench_train [--json] [--device cpu|cuda] [--steps N] [--profile] [--peer script.py]
 //   (--profile: one dimx step's profile to stderr)
+//   mpirun -np N bench_train --device cuda --distributed [--steps N] [--json]
+//   (data-parallel over N GPUs, built with dimx_dist_nccl: each rank drives GPU rank mod the
+//   machine's GPUs with the GPU shapes above as its own batch, gradients summed by NCCL;
+//   against one GPU alone (the same ranks, averaging off) and against PyTorch DDP in the
+//   same run: step time, the scaling N * t(one GPU) / t(N GPUs), fp32 and bf16 autocast)
 #include <dimx/dimx.h>
 #include <dimx/nn.h>
 #include <dimx/optim.h>
@@ -18,6 +23,11 @@
 
 #ifdef DIMX_BENCH_LIBTORCH
 #include <torch/torch.h>
+#endif
+#include <dimx/gpu/runtime.h>
+#ifdef DIMX_BENCH_DIST
+#include <dimx/dist.h>
+#include <dimx/dist/nccl.h>
 #endif
 
 #include <algorithm>
@@ -197,7 +207,93 @@ void move_to(DimxModel& dm, dimx::Device dev) {
 
 }  // namespace
 
+#ifdef DIMX_BENCH_DIST
+// The data-parallel run (see the file comment); every rank calls it with its own batch.
+int run_distributed(DimxModel& dm, const dimx::Tensor& input, const dimx::Tensor& target, double tokens,
+                    const std::string& weights_file, dimx::Device dev, int steps, bool json,
+                    const std::string& peer_script) {
+  namespace dist = dimx::dist;
+  dist::Communicator world = dist::world();
+  const int rank = world.rank(), n = world.size();
+  dist::Communicator gpus = dist::with_nccl(world, dev);
+  auto params = dm.params();
+  dist::DataParallel dp(params, gpus);
+  dimx::optim::AdamW opt(params, {});
+  auto step = [&](bool amp) {
+    opt.zero_grad();
+    dimx::Tensor l;
+    {
+      dimx::AutocastGuard guard(dimx::DType::bf16, amp);
+      l = dm.loss(input, target);
+    }
+    dimx::backward(l);
+    opt.step();
+  };
+  // The slowest rank's median: a data-parallel step ends on every rank together.
+  auto slowest = [&](double ms) { return world.all_reduce(dimx::Tensor::scalar(ms), dist::ReduceOp::max).item<double>(); };
+  std::map<std::string, double> ours;
+  int64_t overlapped = 0;
+  for (bool amp : {false, true}) {
+    const std::string name = amp ? "bf16 autocast" : "fp32";
+    dp.set_enabled(false);  // every rank trains alone: one GPU's step
+    world.barrier();
+    ours["single " + name] = slowest(dimx::bench::median_ms(steps, dev, [&] { step(amp); }));
+    dp.set_enabled(true);
+    dp.broadcast_parameters(0);
+    world.barrier();
+    ours["ddp " + name] = slowest(dimx::bench::median_ms(steps, dev, [&] { step(amp); }));
+    overlapped = dp.overlapped_buckets();
+  }
+  // PyTorch DDP: every rank starts its peer together (rank and size from mpirun's environment).
+  world.barrier();
+  const std::map<std::string, double> peer =
+      dimx::bench::run_peer(peer_script, "ddp " + weights_file + " " + std::to_string(steps));
+  std::remove(weights_file.c_str());
+  world.barrier();
+  if (rank != 0) return 0;
+  int rc = 0;
+  for (const char* name : {"fp32", "bf16 autocast"}) {
+    const std::string nm = name;
+    const double one = ours["single " + nm], all = ours["ddp " + nm];
+    auto get = [&](const std::string& k) {
+      auto it = peer.find(k);
+      return it == peer.end() ? -1.0 : it->second;
+    };
+    const double p_one = get("single " + nm), p_all = get("ddp " + nm);
+    if (p_all < 0) rc = 1;
+    const double scaling = n * one / all, p_scaling = p_all > 0 ? n * p_one / p_all : 0.0;
+    if (json)
+      std::printf("{\"bench\": \"train_data_parallel\", \"device\": \"cuda\", \"ranks\": %d, \"precision\": \"%s\", "
+                  "\"B_per_rank\": %lld, \"T\": %lld, \"dimx_one_gpu_ms\": %.3f, \"dimx_ms\": %.3f, \"dimx_scaling\": %.3f, "
+                  "\"torch_one_gpu_ms\": %.3f, \"torch_ddp_ms\": %.3f, \"torch_scaling\": %.3f, "
+                  "\"throughput_over_ddp\": %.3f, \"dimx_tokens_per_s\": %.1f, \"overlapped_buckets\": %lld, "
+                  "\"buckets\": %zu}\n",
+                  n, name, (long long)B, (long long)T, one, all, scaling, p_one, p_all, p_scaling,
+                  p_all > 0 ? p_all / all : 0.0, n * tokens / all * 1e3, (long long)overlapped, dp.buckets().size());
+    else
+      std::printf("data-parallel step %s over %d GPUs (B%lld per rank, T%lld): dimx %.2f ms (one GPU %.2f ms, "
+                  "scaling %.2fx), torch DDP %.2f ms (one GPU %.2f ms, scaling %.2fx); throughput vs DDP %.2fx; "
+                  "%lld of %zu buckets started inside the backward\n",
+                  name, n, (long long)B, (long long)T, all, one, scaling, p_all, p_one, p_scaling,
+                  p_all > 0 ? p_all / all : 0.0, (long long)overlapped, dp.buckets().size());
+  }
+  return rc;
+}
+#endif
+
 int main(int argc, char** argv) {
+  bool distributed = false;
+  for (int i = 1; i < argc; ++i) distributed = distributed || std::string(argv[i]) == "--distributed";
+  int rank = 0;
+  if (distributed) {
+#ifdef DIMX_BENCH_DIST
+    dimx::dist::init(argc, argv);
+    rank = dimx::dist::world().rank();
+#else
+    std::fprintf(stderr, "bench_train: --distributed needs dimx_dist_nccl (CUDA, NCCL and MPI at build time)\n");
+    return 2;
+#endif
+  }
   bool json = false, profile = false;
   int steps = 10;
   std::string device = "cpu", peer_script = std::string(argv[0]) + "_peer.py";
@@ -208,25 +304,31 @@ int main(int argc, char** argv) {
     else if (a == "--profile") profile = true;
     else if (a == "--device" && i + 1 < argc) device = argv[++i];
     else if (a == "--peer" && i + 1 < argc) peer_script = argv[++i];
+    else if (a == "--distributed") continue;
     else {
-      std::fprintf(stderr, "usage: bench_train [--json] [--device cpu|cuda] [--steps N] [--profile] [--peer script.py]\n");
+      std::fprintf(stderr, "usage: bench_train [--json] [--device cpu|cuda] [--steps N] [--profile] [--peer script.py] "
+                           "[--distributed]\n");
       return 2;
     }
   }
   const bool gpu = device == "cuda";
+  if (distributed && !gpu) {
+    std::fprintf(stderr, "bench_train: --distributed measures GPUs: add --device cuda\n");
+    return 2;
+  }
   if (gpu) {
     B = 16, T = 1024, E = 768, H = 12;
     kLengths.clear();
     for (int64_t b = 0; b < B; ++b) kLengths.push_back(int32_t(T - 32 * b));
   }
-  const dimx::Device dev = gpu ? dimx::Device::cuda(0) : dimx::Device::cpu();
-  dimx::bench::print_runtime(json);
+  const dimx::Device dev = !gpu ? dimx::Device::cpu() : dimx::Device::cuda(distributed ? rank % dimx::gpu::device_count() : 0);
+  if (rank == 0) dimx::bench::print_runtime(json);
   dimx::Generator gen(0);
   DimxModel dm(gen);
 
   // The batch: random bytes; targets are the next input's bytes (any values: a benchmark).
   std::vector<int64_t> ids(size_t(B * T)), tgt(size_t(B * T));
-  uint64_t s = 12345;
+  uint64_t s = 12345 + 1000003 * uint64_t(rank);  // each rank a batch of its own
   for (size_t i = 0; i < ids.size(); ++i) {
     s = s * 6364136223846793005ULL + 1442695040888963407ULL;
     ids[i] = int64_t((s >> 33) % V);
@@ -251,6 +353,9 @@ int main(int argc, char** argv) {
     dimx::save_safetensors(weights_file, w);
     move_to(dm, dev);
   }
+#ifdef DIMX_BENCH_DIST
+  if (distributed) return run_distributed(dm, input, target, tokens, weights_file, dev, steps, json, peer_script);
+#endif
 
   dimx::optim::AdamW dopt(dm.params(), {});
   auto dimx_loss = [&](bool amp) {

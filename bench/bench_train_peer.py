@@ -6,8 +6,16 @@ autocast, AdamW(lr 1e-3, weight decay 1e-2) as torch's default (foreach) path.
 
 Prints "loss 1..3<TAB>value" (three fp32 steps from the initial weights), then
 "step fp32<TAB>median ms" and "step bf16 autocast<TAB>median ms" (CUDA events).
+
+    python3 bench_train_peer.py ddp weights.safetensors steps   (one per rank, under mpirun)
+
+Data-parallel with DistributedDataParallel over NCCL: rank and size from mpirun's environment
+(OMPI_COMM_WORLD_RANK / _SIZE), GPU rank mod the GPUs, each rank its own file's batch. Rank 0
+prints, per precision, "single <p><TAB>ms" (every rank alone, no DDP) and "ddp <p><TAB>ms"
+(DDP, gradient buckets as DDP's defaults), the slowest rank's median.
 """
 import json
+import os
 import struct
 import sys
 
@@ -35,6 +43,15 @@ def load(path):
 
 def main():
     dev, path, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    ddp = dev == "ddp"
+    if ddp:
+        import torch.distributed as tdist
+        rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
+        size = int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))
+        dev = f"cuda:{rank % torch.cuda.device_count()}"
+        torch.cuda.set_device(dev)
+        port = os.environ.get("DIMX_BENCH_PORT", "29517")
+        tdist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     w = load(path)
@@ -67,6 +84,9 @@ def main():
         m = valid.reshape(-1).float()
         return (per * m).sum() / m.sum()
 
+    if ddp:
+        run_ddp(loss_fn, fresh, steps, rank, size)
+        return
     for amp in (False, True):
         p = fresh()
         opt = torch.optim.AdamW(list(p.values()), lr=1e-3, weight_decay=1e-2)
@@ -83,6 +103,44 @@ def main():
             for i in range(3):
                 print(f"loss {i + 1}\t{step().item()!r}", flush=True)
         print(f"step {'bf16 autocast' if amp else 'fp32'}\t{median_ms(step, steps, True)}", flush=True)
+
+
+def run_ddp(loss_fn, fresh, steps, rank, size):
+    import torch.distributed as tdist
+
+    class Model(torch.nn.Module):
+        def __init__(self, p):
+            super().__init__()
+            self.names = list(p)
+            self.params = torch.nn.ParameterList([torch.nn.Parameter(x.detach()) for x in p.values()])
+
+        def forward(self):
+            return loss_fn(dict(zip(self.names, self.params)))
+
+    def slowest(ms):
+        t = torch.tensor([ms], device="cuda")
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        return t.item()
+
+    for amp in (False, True):
+        name = "bf16 autocast" if amp else "fp32"
+        for wrapped in (False, True):
+            m = Model(fresh())
+            run = torch.nn.parallel.DistributedDataParallel(m) if wrapped else m
+            opt = torch.optim.AdamW(list(m.parameters()), lr=1e-3, weight_decay=1e-2)
+
+            def step():
+                opt.zero_grad()
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                    loss = run()
+                loss.backward()
+                opt.step()
+
+            tdist.barrier()
+            ms = slowest(median_ms(step, steps, True))
+            if rank == 0:
+                print(f"{'ddp' if wrapped else 'single'} {name}\t{ms}", flush=True)
+    tdist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -108,6 +108,7 @@ class CudaBackend final : public backend::Backend {
   }
 
   void synchronize() override { check(cudaStreamSynchronize(stream()), "cudaStreamSynchronize"); }
+  void* native_stream() override { return stream(); }
 
   void copy(const Shape& shape, DType src_dt, const In& src, DType dst_dt, const Out& dst) override {
     launch_copy(src_dt, dst_dt, make_meta<2>(shape, {src.strides, dst.strides}), src.data, dst.data, stream());

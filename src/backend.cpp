@@ -155,6 +155,11 @@ const backend::DeviceLayer& layer_for(const char* op, int index) {
 }
 }  // namespace
 
+void* stream(int index) {
+  layer_for("gpu::stream", index);
+  return backend::backend_for(Device::cuda(index)).native_stream();
+}
+
 MemoryStats memory_stats(int index) {
   const backend::DeviceLayer& l = layer_for("memory_stats", index);
   synchronize(index);

@@ -234,6 +234,9 @@ class Backend {
   virtual void copy_to_host(void* dst, const void* src, size_t bytes) = 0;
   // Waits until every primitive issued so far has finished (a no-op where calls are synchronous).
   virtual void synchronize() {}
+  // The native queue the primitives are issued on (a cudaStream_t on CUDA), null where calls
+  // are synchronous.
+  virtual void* native_stream() { return nullptr; }
 
   // dst = cast(src) elementwise over `shape`.
   virtual void copy(const Shape& shape, DType src_dt, const In& src, DType dst_dt, const Out& dst) = 0;

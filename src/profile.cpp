@@ -102,6 +102,7 @@ class TimedBackend final : public backend::Backend {
     timed([&] { return "copy_to_host " + std::to_string(bytes) + " B"; }, [&] { in_.copy_to_host(dst, src, bytes); });
   }
   void synchronize() override { in_.synchronize(); }
+  void* native_stream() override { return in_.native_stream(); }
   void copy(const Shape& shape, DType src_dt, const In& src, DType dst_dt, const Out& dst) override {
     timed([&] { return std::string("copy ") + dtype_name(src_dt) + "->" + dtype_name(dst_dt) + " " + extents_str(shape); },
           [&] { in_.copy(shape, src_dt, src, dst_dt, dst); });

@@ -67,7 +67,10 @@ TEST_CASE("dist nccl: DataParallel on the GPUs trains as on the CPU", "[dist][nc
   Net on_cpu(in, hidden, out, g1), on_gpu(in, hidden, out, g2);
   nn::to(on_gpu, g_dev);
   auto pc = nn::named_parameters(on_cpu), pg = nn::named_parameters(on_gpu);
-  dist::DataParallel dc(pc, cpu), dg(pg, g_nccl);
+  // One bucket, or one per parameter (each started as backward() finishes it).
+  const int64_t bucket_bytes = GENERATE(int64_t(25) << 20, int64_t(16));
+  dist::DataParallel dc(pc, cpu), dg(pg, g_nccl, {.bucket_bytes = bucket_bytes});
+  CHECK(dg.buckets().size() == (bucket_bytes == 16 ? pg.size() : 1));
   optim::SGD oc(pc, {.lr = 0.1}), og(pg, {.lr = 0.1});
   for (int s = 0; s < 3; ++s) {
     Dim batch(4, "batch");
@@ -81,6 +84,8 @@ TEST_CASE("dist nccl: DataParallel on the GPUs trains as on the CPU", "[dist][nc
       Tensor diff = (*run)(x.to(d)) - y.to(d);
       backward(reduce_mean(diff * diff, {batch, out}));
     }
+    // The buckets after the first started while the backward still ran.
+    if (bucket_bytes == 16) CHECK(dg.overlapped_buckets() >= 1);
     oc.step();
     og.step();
     oc.zero_grad();
@@ -90,6 +95,52 @@ TEST_CASE("dist nccl: DataParallel on the GPUs trains as on the CPU", "[dist][nc
     const auto w = pc[i].second->to_vector<double>(), g = pg[i].second->to_vector<double>(pc[i].second->dims());
     for (size_t j = 0; j < w.size(); ++j) CHECK(std::abs(w[j] - g[j]) <= 1e-4);
   }
+}
+
+TEST_CASE("dist nccl: a bf16 gradient; one missing on some ranks counts as zero, one missing everywhere stays missing",
+          "[dist][nccl]") {
+  auto cpu = dist::world();
+  Dim in(5, "in"), out(4, "out"), batch(3, "batch");
+  Generator gen(11);
+  nn::Linear used(in, out, gen), sometimes(in, out, gen, true, DType::bf16), never(in, out, gen);
+  nn::to(used, g_dev);
+  nn::to(sometimes, g_dev);
+  nn::to(never, g_dev);
+  auto named = [](const char* prefix, nn::Linear& l) {
+    auto v = nn::named_parameters(l);
+    for (auto& e : v) e.first = std::string(prefix) + "." + e.first;
+    return v;
+  };
+  std::vector<std::pair<std::string, Tensor*>> all;
+  for (auto& e : named("used", used)) all.push_back(e);
+  for (auto& e : named("sometimes", sometimes)) all.push_back(e);
+  for (auto& e : named("never", never)) all.push_back(e);
+  dist::DataParallel dp(all, g_nccl, {.bucket_bytes = 64});
+  std::vector<double> xs;
+  for (int64_t i = 0; i < 15; ++i) xs.push_back(std::cos(0.7 * double(i) + cpu.rank()));
+  Tensor x = Tensor::from_vector<double>({batch, in}, xs).astype(DType::f32).to(g_dev);
+  // Rank 0 alone uses `sometimes`; nobody uses `never`.
+  Tensor loss = reduce_sum(used(x), {batch, out});
+  if (cpu.rank() == 0) loss = loss + reduce_sum(sometimes(x.astype(DType::bf16)), {batch, out}).astype(DType::f32);
+  backward(loss);
+  // The gradients of the weights: d(sum of y)/dW[o, i] = sum over the batch of x[., i], summed
+  // over the ranks that used the layer and divided by the number of ranks.
+  Tensor xsum = cpu.all_reduce(reduce_sum(x.to(Device::cpu()), {batch}));
+  Tensor x0 = cpu.broadcast(reduce_sum(x.astype(DType::bf16).astype(DType::f32).to(Device::cpu()), {batch}), 0);
+  const double n = cpu.size();
+  const auto want_used = (xsum / n).to_vector<double>({in});
+  const auto want_some = (x0 / n).to_vector<double>({in});
+  const Tensor gu = used.weight.grad(), gs = sometimes.weight.grad();
+  REQUIRE(gu.defined());
+  REQUIRE(gs.defined());
+  CHECK_FALSE(never.weight.grad().defined());
+  const auto got_u = gu.to_vector<double>({out, in}), got_s = gs.to_vector<double>({out, in});
+  for (int64_t o = 0; o < 4; ++o)
+    for (int64_t i = 0; i < 5; ++i) {
+      CHECK(std::abs(got_u[size_t(o * 5 + i)] - want_used[size_t(i)]) <= 1e-5);
+      // bf16: each rank's gradient rounded once, their sum in f32 rounded once more.
+      CHECK(std::abs(got_s[size_t(o * 5 + i)] - want_some[size_t(i)]) <= 0.02 * (1 + std::abs(want_some[size_t(i)])));
+    }
 }
 
 int main(int argc, char** argv) {

@@ -61,6 +61,11 @@ struct Dims3 {
 TEST_CASE("gpu: device query names the device", "[gpu]") {
   REQUIRE(gpu::device_count() > 0);
   CHECK(gpu::device_name(0).find("sm_") != std::string::npos);
+  // dimx's stream: one per device, the same under a profiler (which wraps the backend).
+  void* s = gpu::stream(0);
+  CHECK(s != nullptr);
+  Profiler prof;
+  CHECK(gpu::stream(0) == s);
 }
 
 TEST_CASE("gpu: memory_stats counts what tensors hold on the device", "[gpu]") {

@@ -49,10 +49,12 @@ TEST_CASE("runtime: runtime_info names every field", "[runtime]") {
     CHECK_THAT(why, Contains("libdimx_cuda"));
     CHECK_THROWS_WITH(gpu::device_name(0), Contains("libdimx_cuda"));
     CHECK_THROWS_WITH(gpu::memory_stats(0), Contains("memory_stats") && Contains("libdimx_cuda"));
+    CHECK_THROWS_WITH(gpu::stream(0), Contains("gpu::stream") && Contains("libdimx_cuda"));
   } else {
     CHECK_THAT(r.cuda, Contains("CUDA runtime"));
     const int n = gpu::device_count();
     CHECK_THROWS_WITH(gpu::memory_stats(n), Contains("memory_stats") && Contains("no device cuda:" + std::to_string(n)));
     CHECK_THROWS_WITH(gpu::reset_peak_memory(-1), Contains("reset_peak_memory") && Contains("cuda:-1"));
+    CHECK_THROWS_WITH(gpu::stream(n), Contains("gpu::stream") && Contains("no device cuda:" + std::to_string(n)));
   }
 }

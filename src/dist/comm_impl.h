@@ -27,6 +27,12 @@ struct DeviceTransport {
   virtual void all_reduce(void* data, size_t count, DType dt, ReduceOp op, double timeout) = 0;
   virtual void broadcast(void* data, size_t bytes, int root, double timeout) = 0;
   virtual void all_gather(const void* send, void* recv, size_t bytes, double timeout) = 0;
+  // The all-reduce started without waiting: queued behind the device's work so far, on a
+  // queue of its own, so that it runs while the device goes on with later work. `data` must
+  // stay allocated and untouched until wait(ticket) returns; wait polls against `timeout` as
+  // above and leaves the result ready for the device's later work.
+  virtual uint64_t start_all_reduce(void* data, size_t count, DType dt, ReduceOp op) = 0;
+  virtual void wait(uint64_t ticket, double timeout) = 0;
 };
 
 struct Communicator::Impl {

@@ -3,8 +3,10 @@
 // everything waited for and averaged at the end of backward().
 #include <dimx/dist/data_parallel.h>
 #include <dimx/elementwise.h>
+#include <dimx/shape.h>
 
 #include <cstring>
+#include <optional>
 
 #include "comm_impl.h"
 
@@ -22,7 +24,22 @@ struct Param {
   size_t bucket;
   int64_t offset;  // in elements of the bucket's wire dtype
   int64_t numel;
+  Dim flat;  // its elements in a row, inside the bucket of a device transport
 };
+
+// x (over the parameter's Dims) as one row over pr.flat, and back.
+Tensor to_row(const Tensor& x, const Param& pr) {
+  const Dims& d = pr.p->dims();
+  if (d.empty()) return expand_dim(x, pr.flat);
+  if (d.size() == 1) return replace_dim(x, d[0], pr.flat).first;
+  return merge_dims(x, d, pr.flat).first;
+}
+Tensor from_row(const Tensor& row, const Param& pr) {
+  const Dims& d = pr.p->dims();
+  if (d.empty()) return squeeze(row, pr.flat);
+  if (d.size() == 1) return replace_dim(row, pr.flat, d[0]).first;
+  return split_dims(row, pr.flat, d);
+}
 
 struct Bucket {
   std::vector<size_t> params;
@@ -35,8 +52,11 @@ struct Bucket {
   // per parameter.
   std::shared_ptr<std::vector<char>> buf;
   int64_t flags_at = 0;  // where the counts start in buf, in elements
-  // On a device transport: each parameter's gradient summed over the ranks, on its device.
-  std::vector<Tensor> device_sums;
+  // On a device transport: the gradients in a row over flat_dim (wire dtype, on the device),
+  // summed in place by the all-reduce started as `ticket`.
+  std::optional<Dim> flat_dim;
+  Tensor flat;
+  uint64_t ticket = 0;
   std::vector<MPI_Request> reqs;
 };
 
@@ -74,6 +94,7 @@ void DataParallel::Impl::on_ready(size_t i) {
 }
 
 void DataParallel::Impl::launch(size_t b) {
+  NoGradGuard ng;
   Bucket& k = buckets[b];
   Communicator::Impl& c = comm.impl();
   c.check_usable(kName);
@@ -83,24 +104,20 @@ void DataParallel::Impl::launch(size_t b) {
   const int64_t host_numel = k.flags_at + int64_t(k.params.size());
   k.buf = std::make_shared<std::vector<char>>(size_t(host_numel) * es, 0);
   char* base = k.buf->data();
-  k.device_sums.assign(t ? k.params.size() : 0, Tensor());
+  std::vector<std::pair<Tensor, Dim>> rows;
   for (size_t j = 0; j < k.params.size(); ++j) {
     const Param& pr = params[k.params[j]];
     Tensor g = pr.p->grad();
-    char* flag = base + size_t(k.flags_at + int64_t(j)) * es;
     if (t) {
-      // The device library sums in place, in the parameter's dtype, on a buffer of our own.
-      Tensor sum = Tensor::zeros(pr.p->dims(), pr.p->dtype(), k.device);
-      if (g.defined()) sum.copy_from(g);
-      c.on_device(kName, [&] {
-        t->all_reduce(const_cast<void*>(sum.data_ptr()), size_t(pr.numel), sum.dtype(), ReduceOp::sum, c.timeout);
-      });
-      k.device_sums[j] = sum;
+      // A parameter without a gradient on this rank adds zeros.
+      rows.emplace_back(to_row(g.defined() ? g.astype(k.wire) : Tensor::zeros(pr.p->dims(), k.wire, k.device), pr),
+                        pr.flat);
     } else if (g.defined()) {
       Tensor h = g.astype(k.wire).transpose_to(pr.p->dims()).to(Device::cpu());
       std::memcpy(base + size_t(pr.offset) * es, h.data_ptr(), size_t(pr.numel) * es);
     }
     if (!g.defined()) continue;
+    char* flag = base + size_t(k.flags_at + int64_t(j)) * es;
     if (k.wire == DType::f32) {
       const float one = 1;
       std::memcpy(flag, &one, es);
@@ -108,6 +125,14 @@ void DataParallel::Impl::launch(size_t b) {
       const double one = 1;
       std::memcpy(flag, &one, es);
     }
+  }
+  if (t) {
+    // One all-reduce per bucket over a row of its own (concat copies), started behind the
+    // backward's queued work: the device sums it while the backward goes on.
+    k.flat = concat(rows, *k.flat_dim).first;
+    c.on_device(kName, [&] {
+      k.ticket = t->start_all_reduce(const_cast<void*>(k.flat.data_ptr()), size_t(k.grad_numel), k.wire, ReduceOp::sum);
+    });
   }
   constexpr int64_t chunk = int64_t(1) << 30;
   k.reqs.clear();
@@ -138,7 +163,7 @@ void DataParallel::Impl::reset_pass() {
     k.launched = false;
     k.buf.reset();
     k.reqs.clear();
-    k.device_sums.clear();
+    k.flat = Tensor();
   }
   next_launch = 0;
   in_pass = false;
@@ -146,6 +171,7 @@ void DataParallel::Impl::reset_pass() {
 
 void DataParallel::Impl::finish() {
   if (!enabled || !in_pass) return;
+  NoGradGuard ng;
   Communicator::Impl& c = comm.impl();
   overlapped = int64_t(next_launch);
   while (next_launch < buckets.size()) launch(next_launch++);
@@ -153,6 +179,10 @@ void DataParallel::Impl::finish() {
   for (size_t b = 0; b < buckets.size(); ++b) {
     Bucket& k = buckets[b];
     c.wait(kName, k.reqs, k.buf, "the gradient all_reduce of bucket " + std::to_string(b));
+    if (k.flat.defined()) {
+      DeviceTransport* t = c.transport_for(k.device);
+      c.on_device(kName, [&] { t->wait(k.ticket, c.timeout); });
+    }
     const size_t es = dtype_size(k.wire);
     for (size_t j = 0; j < k.params.size(); ++j) {
       const Param& pr = params[k.params[j]];
@@ -166,9 +196,9 @@ void DataParallel::Impl::finish() {
         std::memcpy(&count, flag, es);
       }
       if (count == 0) continue;  // no rank has a gradient for it
-      Tensor sum = k.device_sums.empty()
-                       ? Tensor::from_raw(pr.p->dims(), k.wire, k.buf->data() + size_t(pr.offset) * es, size_t(pr.numel))
-                       : k.device_sums[j];
+      Tensor sum = k.flat.defined()
+                       ? from_row(slice(k.flat, *k.flat_dim, pr.offset, pr.offset + pr.numel, 1, pr.flat).first, pr)
+                       : Tensor::from_raw(pr.p->dims(), k.wire, k.buf->data() + size_t(pr.offset) * es, size_t(pr.numel));
       pr.p->set_grad((sum * inv).astype(pr.p->dtype()).to(pr.p->device()));
     }
   }
@@ -193,7 +223,7 @@ DataParallel::DataParallel(std::vector<std::pair<std::string, Tensor*>> named, C
     if (p == nullptr || !p->defined()) throw Error(std::string(kName) + ": parameter '" + name + "' is undefined");
     if (!p->requires_grad()) throw Error(std::string(kName) + ": parameter '" + name + "' " + p->str() + " does not require grad");
     desc += name + " " + describe(*p) + "; ";
-    d.params.push_back({name, p, 0, 0, p->numel()});
+    d.params.push_back({name, p, 0, 0, p->numel(), Dim(p->numel(), "dp_" + name)});
   }
   d.comm.check_same(kName, std::to_string(named.size()) + " parameters: " + desc);
   {
@@ -219,6 +249,7 @@ DataParallel::DataParallel(std::vector<std::pair<std::string, Tensor*>> named, C
     k.grad_numel += pr.numel;
     k.params.push_back(i);
   }
+  for (Bucket& k : d.buckets) k.flat_dim = Dim(k.grad_numel, "dp_bucket");
   d.ready.assign(d.params.size(), 0);
   for (size_t i = 0; i < d.params.size(); ++i)
     d.hooks.push_back(register_grad_ready_hook(*d.params[i].p, [&d, i](const Tensor&) { d.on_ready(i); }));

@@ -45,8 +45,11 @@
 ///
 /// Every rank runs the same number of backward() passes over the parameters. Through MPI the
 /// gradient of a half parameter is reduced in f32 and rounded once; on a communicator from
-/// dist::with_nccl the gradients of its device are summed on the GPUs in their dtype, each
-/// when its bucket starts, and only the per-parameter counts go through MPI. Errors (a rank that died, a
+/// dist::with_nccl the gradients of its device stay there: a bucket's gradients are copied into
+/// one row (f32 for half parameters, as through MPI) and summed by one NCCL all-reduce, queued
+/// on a stream of its own behind the backward's work so far without the host waiting: the GPU
+/// sums a finished bucket while it computes the rest of the backward. Only the per-parameter
+/// counts go through MPI. Errors (a rank that died, a
 /// mismatch, the timeout) throw dimx::Error from backward() or the constructor, naming the
 /// rank; the communicator is then unusable (see communicator.h, and abort_on_error()).
 #include <dimx/autograd.h>

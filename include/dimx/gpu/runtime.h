@@ -19,6 +19,12 @@ bool cuda_layer_available(std::string* why = nullptr);
 
 /// Waits until all work queued on cuda:index by dimx has finished (for timing).
 void synchronize(int index = 0);
+/// The CUDA stream (a `cudaStream_t`, non-blocking) on which dimx queues all its work for
+/// cuda:index, for work of one's own ordered with dimx's (events, NCCL, custom kernels):
+/// what reads a dimx tensor goes after an event recorded on it, and dimx's later work on
+/// something one wrote waits (cudaStreamWaitEvent) for one's own. Throws dimx::Error
+/// (naming gpu::stream) for a bad index or without the CUDA layer.
+void* stream(int index = 0);
 
 /// Device memory of cuda:index in dimx's stream-ordered pool, read after the device's queued
 /// work has finished: bytes held by tensors and kernel scratch now (`in_use`), bytes the pool
