@@ -102,10 +102,11 @@ TEST_CASE("dist nccl: a bf16 gradient; one missing on some ranks counts as zero,
   auto cpu = dist::world();
   Dim in(5, "in"), out(4, "out"), batch(3, "batch");
   Generator gen(11);
-  nn::Linear used(in, out, gen), sometimes(in, out, gen, true, DType::bf16), never(in, out, gen);
+  nn::Linear used(in, out, gen), never(in, out, gen);
   nn::to(used, g_dev);
-  nn::to(sometimes, g_dev);
   nn::to(never, g_dev);
+  // A bf16 leaf of our own (modules keep f32 parameters; autocast gives them bf16 compute).
+  Tensor sometimes = Tensor::zeros({out, in}, DType::bf16, g_dev).with_requires_grad();
   auto named = [](const char* prefix, nn::Linear& l) {
     auto v = nn::named_parameters(l);
     for (auto& e : v) e.first = std::string(prefix) + "." + e.first;
@@ -113,7 +114,7 @@ TEST_CASE("dist nccl: a bf16 gradient; one missing on some ranks counts as zero,
   };
   std::vector<std::pair<std::string, Tensor*>> all;
   for (auto& e : named("used", used)) all.push_back(e);
-  for (auto& e : named("sometimes", sometimes)) all.push_back(e);
+  all.emplace_back("sometimes", &sometimes);
   for (auto& e : named("never", never)) all.push_back(e);
   dist::DataParallel dp(all, g_nccl, {.bucket_bytes = 64});
   std::vector<double> xs;
@@ -121,7 +122,7 @@ TEST_CASE("dist nccl: a bf16 gradient; one missing on some ranks counts as zero,
   Tensor x = Tensor::from_vector<double>({batch, in}, xs).astype(DType::f32).to(g_dev);
   // Rank 0 alone uses `sometimes`; nobody uses `never`.
   Tensor loss = reduce_sum(used(x), {batch, out});
-  if (cpu.rank() == 0) loss = loss + reduce_sum(sometimes(x.astype(DType::bf16)), {batch, out}).astype(DType::f32);
+  if (cpu.rank() == 0) loss = loss + reduce_sum(matmul(x.astype(DType::bf16), sometimes, {in}), {batch, out}).astype(DType::f32);
   backward(loss);
   // The gradients of the weights: d(sum of y)/dW[o, i] = sum over the batch of x[., i], summed
   // over the ranks that used the layer and divided by the number of ranks.
@@ -130,10 +131,11 @@ TEST_CASE("dist nccl: a bf16 gradient; one missing on some ranks counts as zero,
   const double n = cpu.size();
   const auto want_used = (xsum / n).to_vector<double>({in});
   const auto want_some = (x0 / n).to_vector<double>({in});
-  const Tensor gu = used.weight.grad(), gs = sometimes.weight.grad();
+  const Tensor gu = used.weight.grad(), gs = sometimes.grad();
   REQUIRE(gu.defined());
   REQUIRE(gs.defined());
   CHECK_FALSE(never.weight.grad().defined());
+  CHECK(gs.dtype() == DType::bf16);
   const auto got_u = gu.to_vector<double>({out, in}), got_s = gs.to_vector<double>({out, in});
   for (int64_t o = 0; o < 4; ++o)
     for (int64_t i = 0; i < 5; ++i) {

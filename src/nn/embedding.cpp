@@ -8,7 +8,7 @@ Embedding::Embedding(Dim v, Dim f, Generator& gen, DType dtype) : vocab(std::mov
   if (vocab.is_dynamic() || feature.is_dynamic())
     throw Error("Embedding: vocab and feature must be static, got vocab " + vocab.str() + ", feature " + feature.str());
   if (vocab == feature) throw Error("Embedding: vocab and feature must be distinct Dims, got " + vocab.str());
-  if (!is_floating(dtype)) throw Error(std::string("Embedding: parameters must be floating, got ") + dtype_name(dtype));
+  if (!is_floating(dtype)) throw Error(std::string("Embedding: parameters must be f32 or f64 (bf16 / f16 compute comes from autocast), got ") + dtype_name(dtype));
   weight = Tensor::zeros({vocab, feature}, dtype).with_requires_grad();
   reset_parameters(gen);
 }

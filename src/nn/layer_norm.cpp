@@ -10,7 +10,7 @@ LayerNorm::LayerNorm(Dim f, double eps_, bool elementwise_affine, bool with_bias
     : feature(std::move(f)), eps(eps_) {
   if (feature.is_dynamic()) throw Error("LayerNorm: feature Dim must be static, got " + feature.str());
   if (!(eps >= 0)) throw Error("LayerNorm: eps must be >= 0, got " + std::to_string(eps));
-  if (!is_floating(dtype)) throw Error(std::string("LayerNorm: parameters must be floating, got ") + dtype_name(dtype));
+  if (!is_floating(dtype)) throw Error(std::string("LayerNorm: parameters must be f32 or f64 (bf16 / f16 compute comes from autocast), got ") + dtype_name(dtype));
   if (elementwise_affine) {
     weight = Tensor::ones({feature}, dtype).with_requires_grad();
     if (with_bias) bias = Tensor::zeros({feature}, dtype).with_requires_grad();

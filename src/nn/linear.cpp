@@ -15,7 +15,7 @@ Linear::Linear(Dim in, Dim out, Generator& gen, bool with_bias, DType dtype)
   if (in_dim == out_dim)
     throw Error("Linear: in_dim and out_dim must be distinct Dims, got " + in_dim.str() +
                 " for both (use out_dim = in_dim.copy())");
-  if (!is_floating(dtype)) throw Error(std::string("Linear: parameters must be floating, got ") + dtype_name(dtype));
+  if (!is_floating(dtype)) throw Error(std::string("Linear: parameters must be f32 or f64 (bf16 / f16 compute comes from autocast), got ") + dtype_name(dtype));
   weight = Tensor::zeros({out_dim, in_dim}, dtype).with_requires_grad();
   if (with_bias) bias = Tensor::zeros({out_dim}, dtype).with_requires_grad();
   reset_parameters(gen);

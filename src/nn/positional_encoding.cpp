@@ -109,7 +109,7 @@ LearnedRelativePositionalEncoding::LearnedRelativePositionalEncoding(Dim feat, G
       causal(is_causal) {
   if (c < 0) fail("LearnedRelativePositionalEncoding: clipping must be >= 0, got " + std::to_string(c));
   if (feat.is_dynamic()) fail("LearnedRelativePositionalEncoding: feat_dim '" + feat.str() + "' must be static");
-  if (!is_floating(dtype)) fail(std::string("LearnedRelativePositionalEncoding: dtype must be floating, got ") + dtype_name(dtype));
+  if (!is_floating(dtype)) fail(std::string("LearnedRelativePositionalEncoding: dtype must be f32 or f64 (bf16 / f16 compute comes from autocast), got ") + dtype_name(dtype));
   pos_emb = Tensor::zeros({clipped_dim, feat_dim}, dtype).with_requires_grad();
   reset_parameters(gen);
 }

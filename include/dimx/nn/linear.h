@@ -23,7 +23,7 @@ struct Linear : Module {
   /// Parameters: weight {out_dim, in_dim} and the optional bias {out_dim}.
   BOOST_HANA_DEFINE_STRUCT(Linear, (Tensor, weight), (std::optional<Tensor>, bias));
 
-  /// in_dim and out_dim must be static and distinct, dtype floating.
+  /// in_dim and out_dim must be static and distinct, dtype f32 or f64 (autocast gives bf16 / f16 compute).
   Linear(Dim in_dim, Dim out_dim, Generator& gen, bool bias = true, DType dtype = DType::f32);
 
   /// Redraws weight and bias in place (identity and grad slots are kept).
