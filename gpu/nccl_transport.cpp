@@ -95,7 +95,9 @@ class NcclTransport final : public DeviceTransport {
   }
 
  private:
-  static ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::max ? ncclMax : ncclSum; }
+  static ncclRedOp_t nccl_op(ReduceOp op) {
+    return op == ReduceOp::max ? ncclMax : op == ReduceOp::mean ? ncclAvg : ncclSum;
+  }
   void check(const char* what, ncclResult_t r) {
     if (r != ncclSuccess && r != ncclInProgress)
       throw Error(std::string(what) + " failed on rank " + std::to_string(rank_) + ": " + ncclGetErrorString(r));

@@ -27,6 +27,8 @@ struct DeviceTransport {
   virtual void all_reduce(void* data, size_t count, DType dt, ReduceOp op, double timeout) = 0;
   virtual void broadcast(void* data, size_t bytes, int root, double timeout) = 0;
   virtual void all_gather(const void* send, void* recv, size_t bytes, double timeout) = 0;
+  // all_reduce takes sum and max; the started form takes mean as well (the sum divided by the
+  // ranks, on the device).
   // The all-reduce started without waiting: queued behind the device's work so far, on a
   // queue of its own, so that it runs while the device goes on with later work. `data` must
   // stay allocated and untouched until wait(ticket) returns; wait polls against `timeout` as

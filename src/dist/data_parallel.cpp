@@ -127,11 +127,12 @@ void DataParallel::Impl::launch(size_t b) {
     }
   }
   if (t) {
-    // One all-reduce per bucket over a row of its own (concat copies), started behind the
-    // backward's queued work: the device sums it while the backward goes on.
+    // One all-reduce (the mean over ranks) per bucket over a row of its own (concat copies),
+    // started behind the backward's queued work: the device averages it while the backward
+    // goes on.
     k.flat = concat(rows, *k.flat_dim).first;
     c.on_device(kName, [&] {
-      k.ticket = t->start_all_reduce(const_cast<void*>(k.flat.data_ptr()), size_t(k.grad_numel), k.wire, ReduceOp::sum);
+      k.ticket = t->start_all_reduce(const_cast<void*>(k.flat.data_ptr()), size_t(k.grad_numel), k.wire, ReduceOp::mean);
     });
   }
   constexpr int64_t chunk = int64_t(1) << 30;
@@ -196,9 +197,13 @@ void DataParallel::Impl::finish() {
         std::memcpy(&count, flag, es);
       }
       if (count == 0) continue;  // no rank has a gradient for it
-      Tensor sum = k.flat.defined()
-                       ? from_row(slice(k.flat, *k.flat_dim, pr.offset, pr.offset + pr.numel, 1, pr.flat).first, pr)
-                       : Tensor::from_raw(pr.p->dims(), k.wire, k.buf->data() + size_t(pr.offset) * es, size_t(pr.numel));
+      if (k.flat.defined()) {
+        // Averaged on the device already: the gradient is a view of the bucket's row.
+        pr.p->set_grad(from_row(slice(k.flat, *k.flat_dim, pr.offset, pr.offset + pr.numel, 1, pr.flat).first, pr)
+                           .astype(pr.p->dtype()));
+        continue;
+      }
+      Tensor sum = Tensor::from_raw(pr.p->dims(), k.wire, k.buf->data() + size_t(pr.offset) * es, size_t(pr.numel));
       pr.p->set_grad((sum * inv).astype(pr.p->dtype()).to(pr.p->device()));
     }
   }
