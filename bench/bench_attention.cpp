@@ -105,7 +105,10 @@ nn::DotAttentionOptions training_dropout(Generator& gen) {
 // T - (T/2) b / (B - 1) (in [T/2, T], mean fill 3/4 at B = 8, 5/6 at B = 4); the T5 bias
 // (table {buckets: 320, heads}, max distance 800, BEATs's) with those lengths. f32: no mask,
 // the T5 bias. Forward and forward + backward (gradients of q, k, v and, with the bias, of the
-// table). The bias is gathered from the table inside the timed call, as a module does. Each row
+// table). Inside the timed call, as a module does, the table's buckets become one row of
+// per-position terms (2T - 1 of them per head), passed as AttentionOptions::relative_bias
+// ("t5"), or are gathered over {time, keys} into an additive bias ("t5 gathered", bf16 only,
+// no peer row: the same math). Each row
 // is printed with the fastest peer (SDPA's backends and FlexAttention from
 // bench_attention_peer.py's table mode, same cases) and the peers' own rows; then the bias
 // and padding cost (time with both / (time without either x mean fill)) and peak memory.
@@ -133,10 +136,12 @@ int run_table(bool json, int reps, const std::string& peer_script, const std::st
                               std::to_string(D);
     std::map<std::string, double> mine;
     for (DType dt : {DType::bf16, DType::f32})
-      for (const char* c : dt == DType::bf16 ? std::vector<const char*>{"none", "lengths", "t5 lengths"}
-                                             : std::vector<const char*>{"none", "t5"}) {
+      for (const char* c : dt == DType::bf16
+                               ? std::vector<const char*>{"none", "lengths", "t5 lengths", "t5 gathered lengths"}
+                               : std::vector<const char*>{"none", "t5"}) {
         const std::string cs = c;
         const bool lengths = cs.find("lengths") != std::string::npos, t5 = cs.find("t5") != std::string::npos;
+        const bool gathered = cs.find("gathered") != std::string::npos;
         const Dim& tq = lengths ? pad_q : full_q;
         const Dim& tk = lengths ? pad_k : full_k;
         const std::string tag = std::string(dtype_name(dt)) + " " + cs + " " + shape;
@@ -147,17 +152,23 @@ int run_table(bool json, int reps, const std::string& peer_script, const std::st
         Tensor r = random_normal({batch, heads, tq, d}, gen, 0, 1, DType::f32, dev).astype(dt);
         Tensor table = random_normal({buckets, heads}, gen, 0, 1, DType::f32, dev);
         Tensor idx;
-        if (t5) {
+        const Dim positions(2 * T - 1, "positions");
+        if (t5 && gathered) {
           // key - query over {keys, time}: an outer difference of the two ranges.
           Tensor rel = sub(range_over_dim(tk, DType::i64, dev).with_sparse_dim(std::nullopt),
                            range_over_dim(tq, DType::i64, dev).with_sparse_dim(std::nullopt), true);
+          idx = nn::beats::relative_position_bucket(rel, buckets.size(), 800).with_sparse_dim(buckets);
+        } else if (t5) {
+          // Position p holds the bucket of key - query = p - (T - 1).
+          Tensor rel = range_over_dim(positions, DType::i64, dev).with_sparse_dim(std::nullopt) - (T - 1);
           idx = nn::beats::relative_position_bucket(rel, buckets.size(), 800).with_sparse_dim(buckets);
         }
         auto call = [&](const Tensor& qq, const Tensor& kk, const Tensor& vv, const Tensor& tab) {
           AttentionOptions o;
           o.scale = 1 / std::sqrt(double(D));
           o.fused = true;
-          if (t5) o.bias = gather(tab, idx, buckets, /*clip_to_valid=*/true).astype(dt);
+          if (t5 && gathered) o.bias = gather(tab, idx, buckets, /*clip_to_valid=*/true).astype(dt);
+          else if (t5) o.relative_bias = RelativeBias{gather(tab, idx, buckets, true).astype(dt), tq, positions};
           return dot_attention(qq, kk, vv, d, tk, o);
         };
         {

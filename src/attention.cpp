@@ -535,6 +535,13 @@ bool fused_by_default() {
 
 // The fused forward with a node whose backward is the device's fused backward where it has
 // one, else recomputes the weights from q and k with dimx ops.
+// The table's gradient from that of its gathered term (the gather's backward).
+Tensor table_grad(const RelativeBias& rel, const Dim& kv_axis, const Tensor& term_grad) {
+  EnableGradGuard on;
+  const Tensor t = rel.table.detach().with_requires_grad();
+  return dimx::grad(relative_term({t, rel.query, rel.positions}, kv_axis), {t}, term_grad)[0];
+}
+
 // With `rel` (and no bias) the primitive reads the relative bias in place; the node's fourth
 // input is then its table.
 Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
@@ -577,21 +584,34 @@ Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const 
                 [f = std::move(f), q, k, v, b, rel, key_dim, kv_axis, scale, drop, need_q, need_k, need_v, need_bias](
                     const Tensor& g) {
     std::vector<Tensor> r;
-    if (auto fused = fused_backward(f, g, key_dim, kv_axis, need_q, need_k, need_v, need_bias)) {
+    auto fused = fused_backward(f, g, key_dim, kv_axis, need_q, need_k, need_v, need_bias);
+    bool gathered = false;
+    if (!fused && rel && need_bias) {
+      // The device read the table in place but does not add its gradient along diagonals: the
+      // backward alone takes it gathered over {query, keys}.
+      Fused fg = f;
+      const Tensor full = relative_term(*rel, kv_axis);
+      if (bias_operand(full, f.g0, f.g1, cat(f.g0, f.g1), f.query, kv_axis, full.device(), fg.bias, fg.bias_offsets,
+                       fg.args.bias)) {
+        fg.bias_shift = 0;
+        g_rel_gathered.fetch_add(1, std::memory_order_relaxed);
+        fused = fused_backward(fg, g, key_dim, kv_axis, need_q, need_k, need_v, need_bias);
+        gathered = true;
+      }
+    }
+    if (fused) {
       g_fused_bwd.fetch_add(1, std::memory_order_relaxed);
       r = *fused;
-      if (r[3].defined()) r[3] = sum_to(r[3], b);  // over the Dims the laid-out bias was expanded to
+      // The gathered term's gradient back to the table, or a laid-out bias's summed over the Dims
+      // it was expanded to.
+      if (r[3].defined()) r[3] = gathered ? table_grad(*rel, kv_axis, r[3]) : sum_to(r[3], b);
     } else {
       fell_back(true, "the device has no fused backward for " + std::string(dtype_name(q.dtype())) +
                           " with these Dims, or k or v broadcasts over a batch Dim (q " + q.str() + ", k " + k.str() +
                           ", v " + v.str() + ")");
       const Tensor full = rel ? relative_term(*rel, kv_axis) : b;
       r = unfused_grads(q, k, v, full, g, key_dim, kv_axis, scale, drop, need_q, need_k, need_v, need_bias);
-      if (rel && r[3].defined()) {  // the table's gradient: the gather's backward of the full term's
-        EnableGradGuard on;
-        const Tensor t = rel->table.detach().with_requires_grad();
-        r[3] = dimx::grad(relative_term({t, rel->query, rel->positions}, kv_axis), {t}, r[3])[0];
-      }
+      if (rel && r[3].defined()) r[3] = table_grad(*rel, kv_axis, r[3]);
     }
     if (!b.defined()) r.pop_back();
     return r;

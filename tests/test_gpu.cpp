@@ -844,9 +844,11 @@ TEST_CASE("gpu: fused dot_attention with an additive bias, every precision", "[g
       }
 }
 
-// A bias by relative position: the CUDA backend gathers the table over {query, keys} (the CPU
-// reads it in place); outputs and the gradients of q, k, v and the table agree, padded keys
-// included.
+// A bias by relative position: the tensor-core kernels read the table in place in the forward
+// and in a backward that leaves the table alone; for the table's gradient the backward takes
+// it gathered over {query, keys} (the CPU reads it in place throughout); the exact f32 kernels
+// decline a bias over queries and keys. Outputs and the gradients of q, k, v and the table
+// agree, padded keys included.
 TEST_CASE("gpu: a relative bias matches the CPU, forward and gradients", "[gpu][attention]") {
   Dim batch(2, "batch"), heads(3, "heads"), key(32, "key");
   Dim time = dynamic_dim(batch, {37, 20}, "time");
@@ -866,17 +868,31 @@ TEST_CASE("gpu: a relative bias matches the CPU, forward and gradients", "[gpu][
           o.scale = 0.125;
           o.fused = true;
           o.relative_bias = RelativeBias{table.astype(dt), time, positions};
+          const Tensor w = copy_masked(input({batch, time, heads, key}, 124, dev, -1, 1, DType::f32), {time});
+          auto loss_of = [&](const Tensor& out) { return reduce_sum(out.astype(DType::f32) * w, w.dims()); };
+          // The gradients of q, k and v alone first: the tensor-core backward reads the table in place.
+          nn::reset_attention_path_counts();
+          const std::vector<Tensor> g3 = grad(loss_of(dot_attention(q, k, v, key, keys, o)), {q, k, v});
+          const AttentionPathCounts p3 = attention_path_counts();
           nn::reset_attention_path_counts();
           Tensor out = dot_attention(q, k, v, key, keys, o);
-          const Tensor w = copy_masked(input({batch, time, heads, key}, 124, dev, -1, 1, DType::f32), {time});
-          std::vector<Tensor> g = grad(reduce_sum(out.astype(DType::f32) * w, w.dims()), {q, k, v, table});
-          // On cuda the gathered bias varies over queries and keys: the exact f32 kernels decline
-          // it (the unfused path, autograd's backward), the tensor-core ones take it.
+          std::vector<Tensor> g = grad(loss_of(out), {q, k, v, table});
+          // On cuda the exact f32 kernels decline the bias (gathered once, then the unfused
+          // path and autograd's backward); the tensor-core ones take it, gathered only for the
+          // backward that wants the table's gradient.
           const AttentionPathCounts pc = attention_path_counts();
           const bool fused = dev.is_cpu() || is_half(dt);
+          CHECK(p3.fused_forward == (fused ? 1 : 0));
+          CHECK(p3.fused_backward == (fused ? 1 : 0));
+          CHECK(p3.relative_bias_gathered == (fused ? 0 : 1));
           CHECK(pc.fused_forward == (fused ? 1 : 0));
           CHECK(pc.fused_backward == (fused ? 1 : 0));
           CHECK(pc.relative_bias_gathered == (dev.is_cpu() ? 0 : 1));
+          for (size_t i = 0; i < 3; ++i) {
+            const Dim& rows = i == 0 ? time : keys;
+            CHECK(copy_masked(g3[i], {rows}).astype(DType::f32).to_vector<float>(g[i].dims()) ==
+                  copy_masked(g[i], {rows}).astype(DType::f32).to_vector<float>());
+          }
           std::vector<Tensor> r{copy_masked(out, {time}).astype(DType::f32), copy_masked(g[0], {time}).astype(DType::f32),
                                 copy_masked(g[1], {keys}).astype(DType::f32), copy_masked(g[2], {keys}).astype(DType::f32),
                                 g[3]};
