@@ -222,6 +222,9 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
   T* Ks = Qs + BM * LD;                    // [BN][LD]
   T* Vs = Ks + BN * LD;                    // [BN][LD]
   __shared__ int kmax_s;
+  // A relative bias (row stride = -column stride): the band of terms a key tile's (row, key)
+  // pairs read, key - row from j0 - (i0 + BM - 1) up, in log2 units; two, by key tile parity.
+  __shared__ float band_s[2][EXTRA ? BM + BN : 1];
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t b = blockIdx.x, b0 = b / a.batch1, b1 = b % a.batch1;
@@ -265,10 +268,17 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
   }
   const float sl2 = float(a.scale * 1.4426950408889634);
   const BiasRows<T, float> bias(a, b, EXTRA);
+  const bool banded = EXTRA && bias.base && a.bias_cs != 0 && a.bias_rs == -a.bias_cs;
   const DropMask<float> drop(a, b0, b1, EXTRA);
   uint32_t qf[WM][D / 16][4];
 
   for (int j0 = 0; j0 < kmax; j0 += BN) {
+    float* band = band_s[(j0 / BN) & 1];  // the other one may still be read by the previous tile
+    if (banded)
+      for (int i = threadIdx.x; i < BM + BN - 1; i += kThreads) {
+        const int64_t p = int64_t(j0) + i - (i0 + BM - 1);  // key - row; the table covers (-tq, tk)
+        band[i] = p > -a.tq && p < a.tk ? bias.at(bias.base, p) : 0.f;
+      }
     cp_async_wait1();  // Q and this K tile are in
     __syncthreads();
     if (j0 == 0) {
@@ -295,7 +305,9 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int key = j0 + 8 * n + 2 * t + (e & 1);
-          s[m][n][e] = key < len[m][e / 2] ? s[m][n][e] * sl2 + bias(r0 + 16 * m + 8 * (e / 2), key) : -INFINITY;
+          const int64_t row = r0 + 16 * m + 8 * (e / 2);
+          const float term = banded ? band[key - row + (i0 + BM - 1) - j0] : bias(row, key);
+          s[m][n][e] = key < len[m][e / 2] ? s[m][n][e] * sl2 + term : -INFINITY;
           mx[e / 2] = fmaxf(mx[e / 2], s[m][n][e]);
         }
       float alpha[2], base[2], sum[2] = {0.f, 0.f};

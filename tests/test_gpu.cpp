@@ -851,10 +851,12 @@ TEST_CASE("gpu: fused dot_attention with an additive bias, every precision", "[g
 // agree, padded keys included.
 TEST_CASE("gpu: a relative bias matches the CPU, forward and gradients", "[gpu][attention]") {
   Dim batch(2, "batch"), heads(3, "heads"), key(32, "key");
-  Dim time = dynamic_dim(batch, {37, 20}, "time");
-  const Dim keys = time.copy("keys"), positions(2 * time.extent() - 1, "positions");
+  // Shorter than one tile of queries and keys, and several tiles of each.
+  for (const std::vector<int32_t>& lens : {std::vector<int32_t>{37, 20}, std::vector<int32_t>{203, 150}})
   for (DType dt : {DType::f32, DType::bf16}) {
-    INFO(dtype_name(dt));
+    Dim time = dynamic_dim(batch, lens, "time");
+    const Dim keys = time.copy("keys"), positions(2 * time.extent() - 1, "positions");
+    INFO(dtype_name(dt) << ", time " << time.extent());
     consistent(
         "relative bias",
         [&](Device dev) {
