@@ -379,17 +379,30 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
     }
 }
 
+// Whether the bias is a table by relative position read through its view (row stride = -column
+// stride: element j - i of a problem's row of positions).
+__device__ __forceinline__ bool relative_view(const AttentionArgs& a) {
+  return a.bias && a.bias_cs != 0 && a.bias_rs == -a.bias_cs;
+}
+
 // dK and dV of BK = 64 WM keys of one problem (WM tiles of 16 per warp), walking the query
 // tiles (BQ queries, two stages in shared memory) that see any of them.
+// A relative bias's gradient goes to `diag` instead of the table: per (problem, key tile), the
+// sums of dS along each diagonal key - row = p, at p - j0 + tq - 1 of a row of tq + BK - 1
+// (zeros on entry). Each tile pair's dS goes through shared memory, a thread sums one diagonal
+// in row order and adds it to the row in global memory; the query tiles come in order, so
+// every element gets its shares in a fixed order.
 template <class T, int D, int WM, int BQ, bool EXTRA>
 __global__ void __launch_bounds__(kThreads)
-    keys_kernel(AttentionArgs a, AttentionGradArgs ga, const float* dr, const int* row_len, const int* tile_kmax) {
-  constexpr int LD = D + 8, NT = BQ / 8, BK = 64 * WM;
+    keys_kernel(AttentionArgs a, AttentionGradArgs ga, const float* dr, const int* row_len, const int* tile_kmax,
+                float* diag) {
+  constexpr int LD = D + 8, NT = BQ / 8, BK = 64 * WM, LS = BQ + 1;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* Ks = reinterpret_cast<T*>(smem_raw);  // [BK][LD]
   T* Vs = Ks + BK * LD;                    // [BK][LD]
   T* Qs = Vs + BK * LD;                    // two stages of [BQ][LD]
   T* Gs = Qs + 2 * BQ * LD;                // dO, two stages
+  float* Ss = reinterpret_cast<float*>(Gs + 2 * BQ * LD);  // dS of a tile pair, [BK][LS] (relative bias)
   __shared__ float lse_s[2][BQ], dr_s[2][BQ];
   __shared__ int len_s[2][BQ];
 
@@ -442,6 +455,9 @@ __global__ void __launch_bounds__(kThreads)
   // keys alone, the sum over the rows (the thread's partial sums, then over its quad).
   float* dbias = dbias_part<float>(a, ga, b, EXTRA);
   float dbias_key[WM][2] = {};
+  const bool by_diagonal = EXTRA && dbias && diag && relative_view(a);
+  if (by_diagonal) dbias = nullptr;
+  float* diag_row = by_diagonal ? diag + (b * ktiles + blockIdx.x % ktiles) * (a.tq + BK - 1) : nullptr;
 
   for (int buf = 0; it < qtiles; buf ^= 1) {
     int64_t nx = it + 1;
@@ -493,6 +509,7 @@ __global__ void __launch_bounds__(kThreads)
             if (a.bias_rs != 0) dbias[(i0 + r) * a.bias_rs + int64_t(key) * a.bias_cs] += dp[m][n][e];
             else dbias_key[m][e / 2] += dp[m][n][e];
           }
+          if (diag_row) Ss[(key - j0) * LS + r] = dp[m][n][e];
         }
       }
       as_operand<T, NT>(pf[m], s[m]);
@@ -501,6 +518,18 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int m = 0; m < WM; ++m) as_operand<T, NT>(pf[m], dp[m]);
     weights_times_rows<T, D, BQ, LD, WM>(dk, pf, Q, 0);  // dK += dS^T Q
+    if (diag_row) {
+      __syncthreads();  // the tile pair's dS is in
+      // Diagonal c holds key - row = c - (BQ - 1) of the tile pair, p = j0 - i0 + c - (BQ - 1).
+      for (int c = threadIdx.x; c < BK + BQ - 1; c += kThreads) {
+        const int dl = c - (BQ - 1);
+        const int lo = dl < 0 ? -dl : 0, hi = BK - dl < BQ ? BK - dl : BQ;
+        float x = 0.f;
+        for (int r = lo; r < hi; ++r) x += Ss[(r + dl) * LS + r];
+        const int64_t at = int64_t(dl) - i0 + a.tq - 1;  // p - j0 + tq - 1
+        if (at >= 0 && at < a.tq + BK - 1) diag_row[at] += x;
+      }
+    }
     __syncthreads();  // this stage's buffers are free
     it = nx;
   }
@@ -654,6 +683,24 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
+// A relative bias's gradient from the keys kernel's diagonal sums: element p of problem b's
+// table part is the sum over its key tiles (in order) of their rows' sums along key - row = p.
+__global__ void relative_dbias_kernel(AttentionArgs a, AttentionGradArgs ga, const float* diag, int64_t ktiles,
+                                      int bk) {
+  const int64_t width = a.tq + bk - 1, n = a.tq + a.tk - 1;
+  for (int64_t b = blockIdx.y; b < a.batch0 * a.batch1; b += gridDim.y) {
+    float* part = dbias_part<float>(a, ga, b, true);
+    for (int64_t pos = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; pos < n; pos += int64_t(gridDim.x) * blockDim.x) {
+      // Key tile kt holds pos at pos - kt bk (p - j0 + tq - 1 with pos = p + tq - 1).
+      const int64_t first = pos >= width ? (pos - width) / bk + 1 : 0;
+      const int64_t last = pos / bk < ktiles - 1 ? pos / bk : ktiles - 1;
+      float x = 0.f;
+      for (int64_t kt = first; kt <= last; ++kt) x += diag[(b * ktiles + kt) * width + pos - kt * bk];
+      part[(pos - (a.tq - 1)) * a.bias_cs] = x;
+    }
+  }
+}
+
 template <class K>
 void set_smem(K kernel, size_t smem, const char* what) {
   const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
@@ -711,11 +758,35 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
   rows_kernel<T, float, kTile><<<dim3(unsigned(problems), unsigned(rtiles)), kThreads, 0, s>>>(
       a, static_cast<const T*>(ga.g), dr, row_len, tile_kmax, static_cast<T*>(nullptr), 0, 0, 0);
   check_launch("dot_attention backward (rows)");
+  // A relative bias's gradient: the keys kernel's diagonal sums, [problems, key tiles, tq + BK - 1].
+  float* diag = nullptr;
+  const int64_t diag_width = a.tq + 64 * WK - 1;
+  const bool relative = EXTRA && ga.dbias && a.bias && a.bias_cs != 0 && a.bias_rs == -a.bias_cs;
+  if (relative) {
+    const size_t dbytes = size_t(problems * kblocks * diag_width) * sizeof(float);
+    if (cudaMallocAsync(reinterpret_cast<void**>(&diag), dbytes, s) != cudaSuccess) {
+      cudaGetLastError();
+      cudaFreeAsync(scratch, s);
+      throw Error("dot_attention backward: out of device memory for the relative bias's diagonal sums (" +
+                  std::to_string(dbytes) + " bytes)");
+    }
+    cudaMemsetAsync(diag, 0, dbytes, s);
+  }
   if (ga.dk || ga.dv || ga.dbias) {
-    constexpr size_t smem = sizeof(T) * size_t((2 * 64 * WK + 4 * BQ) * (D + 8));
+    const size_t smem = sizeof(T) * size_t((2 * 64 * WK + 4 * BQ) * (D + 8)) +
+                        (relative ? sizeof(float) * size_t(64 * WK * (BQ + 1)) : 0);
     set_smem(keys_kernel<T, D, WK, BQ, EXTRA>, smem, "dot_attention backward");
-    keys_kernel<T, D, WK, BQ, EXTRA><<<unsigned(problems * kblocks), kThreads, smem, s>>>(a, ga, dr, row_len, tile_kmax);
+    keys_kernel<T, D, WK, BQ, EXTRA><<<unsigned(problems * kblocks), kThreads, smem, s>>>(a, ga, dr, row_len, tile_kmax,
+                                                                                          diag);
     check_launch("dot_attention backward (keys)");
+  }
+  if (relative) {
+    const int64_t n = a.tq + a.tk - 1;
+    const unsigned blocks = unsigned((n + 255) / 256 < 1024 ? (n + 255) / 256 : 1024);
+    const unsigned ys = unsigned(problems < 65535 ? problems : 65535);
+    relative_dbias_kernel<<<dim3(blocks, ys), 256, 0, s>>>(a, ga, diag, kblocks, 64 * WK);
+    check_launch("dot_attention backward (relative bias)");
+    cudaFreeAsync(diag, s);
   }
   if (ga.dq) {
     constexpr size_t smem = sizeof(T) * size_t((2 * 64 * WQ + 2 * BK) * (D + 8));

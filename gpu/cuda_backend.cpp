@@ -232,9 +232,8 @@ class CudaBackend final : public backend::Backend {
                          a.dropout.f64};
   }
   bool attention_takes_bias() const override { return true; }
-  // A relative bias is read in place by the forward and by a backward that leaves its table
-  // alone; a backward wanting the table's gradient declines (the kernels write dS per (row,
-  // key), and a table's elements are shared along diagonals): the frontend gathers for it.
+  // A relative bias is read in place by the tensor-core forward and backward; the backward sums
+  // the table's gradient along diagonals, per key tile, in a fixed order.
   bool attention_takes_relative_bias() const override { return true; }
   // Measured on the H200 (BEATs layer, B=8 T=1024 H=12, f32): the exact f32/f64 kernels reading
   // a bias that varies over both queries and keys from device memory are slower than the
@@ -275,7 +274,9 @@ class CudaBackend final : public backend::Backend {
                                g.dk.data, g.dk.batch_stride[0], g.dk.batch_stride[1], g.dk.row_stride,
                                g.dv.data, g.dv.batch_stride[0], g.dv.batch_stride[1], g.dv.row_stride,
                                g.dbias, g.dbias_batch_offset};
-    if (g.dbias && a.bias.data && a.bias.row_stride < 0) return false;  // a relative table's gradient
+    // A relative table's gradient: the tensor-core kernels sum it by diagonals; the exact ones
+    // never get such a call (their forward declines a bias over queries and keys).
+    if (g.dbias && a.bias.data && a.bias.row_stride < 0 && dt != DType::bf16 && dt != DType::f16) return false;
     return launch_attention_backward(dt, attention_args(a), ga, stream());
   }
 

@@ -844,11 +844,10 @@ TEST_CASE("gpu: fused dot_attention with an additive bias, every precision", "[g
       }
 }
 
-// A bias by relative position: the tensor-core kernels read the table in place in the forward
-// and in a backward that leaves the table alone; for the table's gradient the backward takes
-// it gathered over {query, keys} (the CPU reads it in place throughout); the exact f32 kernels
-// decline a bias over queries and keys. Outputs and the gradients of q, k, v and the table
-// agree, padded keys included.
+// A bias by relative position: the tensor-core kernels read the table in place, forward and
+// backward, and sum its gradient by diagonals (as the CPU reads it in place); the exact f32
+// kernels decline a bias over queries and keys. Outputs and the gradients of q, k, v and the
+// table agree, padded keys included, and the table's gradient is the same in two runs.
 TEST_CASE("gpu: a relative bias matches the CPU, forward and gradients", "[gpu][attention]") {
   Dim batch(2, "batch"), heads(3, "heads"), key(32, "key");
   // Shorter than one tile of queries and keys, and several tiles of each.
@@ -882,8 +881,7 @@ TEST_CASE("gpu: a relative bias matches the CPU, forward and gradients", "[gpu][
           Tensor out = dot_attention(q, k, v, key, keys, o);
           std::vector<Tensor> g = grad(loss_of(out), {q, k, v, table});
           // On cuda the exact f32 kernels decline the bias (gathered once, then the unfused
-          // path and autograd's backward); the tensor-core ones take it, gathered only for the
-          // backward that wants the table's gradient.
+          // path and autograd's backward); the tensor-core ones take it in place.
           const AttentionPathCounts pc = attention_path_counts();
           const bool fused = dev.is_cpu() || is_half(dt);
           CHECK(p3.fused_forward == (fused ? 1 : 0));
@@ -891,7 +889,9 @@ TEST_CASE("gpu: a relative bias matches the CPU, forward and gradients", "[gpu][
           CHECK(p3.relative_bias_gathered == (fused ? 0 : 1));
           CHECK(pc.fused_forward == (fused ? 1 : 0));
           CHECK(pc.fused_backward == (fused ? 1 : 0));
-          CHECK(pc.relative_bias_gathered == (dev.is_cpu() ? 0 : 1));
+          CHECK(pc.relative_bias_gathered == (fused ? 0 : 1));
+          const Tensor again = grad(loss_of(dot_attention(q, k, v, key, keys, o)), {table})[0];
+          CHECK(again.to_vector<float>(g[3].dims()) == g[3].to_vector<float>());
           for (size_t i = 0; i < 3; ++i) {
             const Dim& rows = i == 0 ? time : keys;
             CHECK(copy_masked(g3[i], {rows}).astype(DType::f32).to_vector<float>(g[i].dims()) ==
