@@ -40,9 +40,8 @@ namespace dimx {
 /// j - i + (query.extent() - 1) of `positions`, i.e. `positions` runs over the relative positions
 /// -(tq - 1) .. tk - 1 in order (as relative_positional_encoding numbers them). The table is over
 /// `positions` and any of q's Dims but key_dim and `query`; it is never expanded over
-/// {query, key} where the device's fused primitive reads it in place (the CPU's; CUDA's bf16 /
-/// f16 forward, and its backward where the table wants no gradient), and its gradient is the
-/// table's (summed per position, in a fixed order).
+/// {query, key} where the device's fused primitive reads it in place (the CPU's, CUDA's in bf16
+/// and f16), and its gradient is the table's (summed per position, in a fixed order).
 struct RelativeBias {
   Tensor table;   ///< over `positions` and q's Dims but key_dim and `query`; q's dtype
   Dim query;      ///< the Dim of q whose frames the positions are relative to
@@ -75,9 +74,9 @@ struct AttentionPathCounts {
   int64_t fused_backward = 0;    ///< backwards of fused forwards on the fused primitive
   int64_t unfused_backward = 0;  ///< backwards of fused forwards that recomputed the weights with dimx ops
   /// Calls whose relative_bias was gathered over {query, key}: forwards (the unfused path, a
-  /// device that reads no table in place, or a call that also has a bias), and backwards
-  /// that want the table's gradient from a device whose kernels do not sum it in place (CUDA
-  /// for now). The others read it in place.
+  /// device or dtype whose kernels read no table in place, or a call that also has a bias),
+  /// and backwards that want the table's gradient from kernels that do not sum it in place.
+  /// The others read it in place.
   int64_t relative_bias_gathered = 0;
 };
 /// The counts so far.
