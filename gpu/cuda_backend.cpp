@@ -274,9 +274,6 @@ class CudaBackend final : public backend::Backend {
                                g.dk.data, g.dk.batch_stride[0], g.dk.batch_stride[1], g.dk.row_stride,
                                g.dv.data, g.dv.batch_stride[0], g.dv.batch_stride[1], g.dv.row_stride,
                                g.dbias, g.dbias_batch_offset};
-    // A relative table's gradient: the tensor-core kernels sum it by diagonals; the exact ones
-    // never get such a call (their forward declines a bias over queries and keys).
-    if (g.dbias && a.bias.data && a.bias.row_stride < 0 && dt != DType::bf16 && dt != DType::f16) return false;
     return launch_attention_backward(dt, attention_args(a), ga, stream());
   }
 

@@ -584,27 +584,10 @@ Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const 
                 [f = std::move(f), q, k, v, b, rel, key_dim, kv_axis, scale, drop, need_q, need_k, need_v, need_bias](
                     const Tensor& g) {
     std::vector<Tensor> r;
-    auto fused = fused_backward(f, g, key_dim, kv_axis, need_q, need_k, need_v, need_bias);
-    bool gathered = false;
-    if (!fused && rel && need_bias) {
-      // The device read the table in place but does not add its gradient along diagonals: the
-      // backward alone takes it gathered over {query, keys}.
-      Fused fg = f;
-      const Tensor full = relative_term(*rel, kv_axis);
-      if (bias_operand(full, f.g0, f.g1, cat(f.g0, f.g1), f.query, kv_axis, full.device(), fg.bias, fg.bias_offsets,
-                       fg.args.bias)) {
-        fg.bias_shift = 0;
-        g_rel_gathered.fetch_add(1, std::memory_order_relaxed);
-        fused = fused_backward(fg, g, key_dim, kv_axis, need_q, need_k, need_v, need_bias);
-        gathered = true;
-      }
-    }
-    if (fused) {
+    if (auto fused = fused_backward(f, g, key_dim, kv_axis, need_q, need_k, need_v, need_bias)) {
       g_fused_bwd.fetch_add(1, std::memory_order_relaxed);
       r = *fused;
-      // The gathered term's gradient back to the table, or a laid-out bias's summed over the Dims
-      // it was expanded to.
-      if (r[3].defined()) r[3] = gathered ? table_grad(*rel, kv_axis, r[3]) : sum_to(r[3], b);
+      if (r[3].defined()) r[3] = sum_to(r[3], b);  // over the Dims the laid-out bias was expanded to
     } else {
       fell_back(true, "the device has no fused backward for " + std::string(dtype_name(q.dtype())) +
                           " with these Dims, or k or v broadcasts over a batch Dim (q " + q.str() + ", k " + k.str() +

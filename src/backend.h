@@ -308,9 +308,8 @@ class Backend {
   virtual bool attention_takes_bias() const { return false; }
   // Whether attention and attention_backward take a bias whose elements several (i, j) share:
   // a table by relative position, read through a view with row stride = -column stride
-  // (element j - i of a row of positions). A backward that adds into dbias must add every
-  // (i, j)'s share in a fixed order, or return false: the frontend then gathers the bias over
-  // [tq, tk] for the backward alone. False: the frontend gathers such a bias first.
+  // (element j - i of a row of positions). The backward must then add every (i, j)'s share
+  // into dbias in a fixed order. False: the frontend gathers such a bias over [tq, tk] first.
   virtual bool attention_takes_relative_bias() const { return false; }
   // The gradients of `attention` with the same arguments, whose forward wrote a.lse: returns
   // false (computing nothing) where this device has no fused backward; the frontend then

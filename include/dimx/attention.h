@@ -73,10 +73,9 @@ struct AttentionPathCounts {
   int64_t unfused_forward = 0;   ///< forwards on matmul / softmax / matmul
   int64_t fused_backward = 0;    ///< backwards of fused forwards on the fused primitive
   int64_t unfused_backward = 0;  ///< backwards of fused forwards that recomputed the weights with dimx ops
-  /// Calls whose relative_bias was gathered over {query, key}: forwards (the unfused path, a
-  /// device or dtype whose kernels read no table in place, or a call that also has a bias),
-  /// and backwards that want the table's gradient from kernels that do not sum it in place.
-  /// The others read it in place.
+  /// Forwards whose relative_bias was gathered over {query, key} first (the unfused path, a
+  /// device or dtype whose kernels read no table in place, or a call that also has a bias);
+  /// the others read it in place, forward and backward.
   int64_t relative_bias_gathered = 0;
 };
 /// The counts so far.
