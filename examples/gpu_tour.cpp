@@ -1,9 +1,12 @@
 // GPU tour: tensors and modules on cuda:0, a training step there, the TF32 switch, device
-// memory, and a check of every result against the CPU. docs/tutorials/04-gpu.md walks through it.
+// memory, work of one's own on dimx's stream, and a check of every result against the CPU.
+// docs/tutorials/04-gpu.md walks through it.
 // Exits 4 (reported as skipped by the test suite) on a machine without a CUDA device.
 #include <dimx/gpu/runtime.h>
 #include <dimx/nn.h>
 #include <dimx/optim.h>
+
+#include <cuda_runtime.h>
 
 #include <cmath>
 #include <iostream>
@@ -72,8 +75,18 @@ int main() {
   std::cout << "device pool: " << (ms.in_use >> 20) << " MiB in use, " << (ms.reserved >> 20) << " MiB reserved, peak "
             << (step_peak >> 20) << " MiB since the reset\n";
 
+  // 6. Work of one's own on dimx's stream: queued behind dimx's kernels, no host wait between.
+  Tensor tripled = a * 3.0;  // a fresh tensor: contiguous in its Dims' order
+  std::vector<float> copied(size_t(tripled.numel()));
+  cudaStream_t stream = static_cast<cudaStream_t>(gpu::stream(0));
+  cudaError_t e = cudaMemcpyAsync(copied.data(), tripled.data_ptr(), copied.size() * sizeof(float),
+                                  cudaMemcpyDeviceToHost, stream);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
+  const bool same_stream = e == cudaSuccess && copied == tripled.to_vector<float>();
+  std::cout << "a copy queued on dimx's stream: " << (same_stream ? "the values dimx computed" : "WRONG") << "\n";
+
   bool ok = d1 < 1e-4 && std::isfinite(loss.item<float>()) && proj.weight.grad().device() == cuda && rel < 1e-2 &&
-            rel > 0 && step_peak >= ms.in_use + (size_t(8) << 20) && ms.reserved >= ms.in_use;
+            rel > 0 && step_peak >= ms.in_use + (size_t(8) << 20) && ms.reserved >= ms.in_use && same_stream;
   std::cout << (ok ? "gpu_tour: ok" : "gpu_tour: WRONG RESULT") << "\n";
   return ok ? 0 : 1;
 }
