@@ -246,6 +246,7 @@ class CudaBackend final : public backend::Backend {
   // each block between lanes and keep it (bf16: 2.1 ms fused against 3.85 unfused).
   bool attention(DType dt, const backend::Attention& a) override {
     const bool exact = dt == DType::f32 || dt == DType::f64;
+    if (a.bias.row_scale) return false;  // not taken (attention_takes_bias_row_scale); the frontend multiplies it out
     if (exact && a.bias.data && a.bias.row_stride != 0 && a.bias.col_stride != 0) return false;
     if (exact && a.dropout.p > 0) return false;
     return launch_attention(dt, attention_args(a), stream());

@@ -157,6 +157,7 @@ struct Fused {
   Tensor q, k, v, lens, lse;
   Tensor bias, bias_offsets;  // the bias as laid out for the primitive, its per-problem offsets
   int64_t bias_shift = 0;     // elements from a problem's part of the bias to what (0, 0) reads
+  Tensor row_scale, row_scale_offsets;  // a relative bias's scale as laid out, its offsets
   Dims g0, g1, query, value;
 };
 
@@ -211,9 +212,25 @@ bool bias_operand(const Tensor& bias, const Dims& g0, const Dims& g1, const Dims
 // (row stride -1, column stride 1, the start shifted by tq - 1: `shift`); false where the table
 // has Dims other than the problems' and its positions.
 bool relative_operand(const RelativeBias& rel, const Dims& g0, const Dims& g1, const Dims& batch, int64_t tq,
-                      Device device, Tensor& bc, Tensor& offsets, int64_t& shift, backend::Attention::Bias& out) {
+                      Device device, Fused& f, backend::Attention::Bias& out) {
+  Tensor& bc = f.bias;
+  Tensor& offsets = f.bias_offsets;
+  int64_t& shift = f.bias_shift;
   for (const Dim& d : rel.table.dims())
     if (d != rel.positions && !contains(batch, d)) return false;
+  if (rel.scale.defined()) {
+    // The scale: its query frames innermost (one row stride), the problems' offsets into it.
+    for (const Dim& d : rel.scale.dims())
+      if (d != rel.query && !contains(batch, d)) return false;
+    const bool rows = rel.scale.has_dim(rel.query);
+    f.row_scale = rows ? rel.scale.transpose_to(cat(minus_dims(rel.scale.dims(), {rel.query}), {rel.query})).contiguous()
+                       : rel.scale.contiguous();
+    out.row_scale = f.row_scale.impl().data();
+    out.row_scale_stride = rows && rel.query.extent() > 1 ? 1 : 0;
+    f.row_scale_offsets = problem_offsets(f.row_scale, cat(g0, g1), device);
+    if (f.row_scale_offsets.defined())
+      out.row_scale_offset = reinterpret_cast<const int64_t*>(f.row_scale_offsets.impl().data());
+  }
   bc = rel.table.transpose_to(cat(minus_dims(rel.table.dims(), {rel.positions}), {rel.positions})).contiguous();
   shift = tq - 1;
   out.data = static_cast<const char*>(bc.impl().data()) + shift * int64_t(dtype_size(bc.dtype()));
@@ -237,6 +254,9 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
   if (bias.defined() && !backend::backend_for(q0.device()).attention_takes_bias()) return {};
   if (rel && (bias.defined() || rel->table.dtype() != dt ||
               !backend::backend_for(q0.device()).attention_takes_relative_bias()))
+    return {};
+  if (rel && rel->scale.defined() &&
+      (rel->scale.dtype() != dt || !backend::backend_for(q0.device()).attention_takes_bias_row_scale()))
     return {};
   if (k0.device() != q0.device() || v0.device() != q0.device()) return {};
   if (q0.has_dim(kv_axis)) return {};
@@ -323,7 +343,7 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
     return {};
   // A relative bias needs the queries to be its query Dim alone (one row index).
   if (rel && (query != Dims{rel->query} ||
-              !relative_operand(*rel, g0, g1, batch, tq, q.device(), f.bias, f.bias_offsets, f.bias_shift, a.bias)))
+              !relative_operand(*rel, g0, g1, batch, tq, q.device(), f, a.bias)))
     return {};
   if (drop.active() && !drop.describe(g0, g1, query, kv_axis, a.dropout)) return {};
   if (with_lse) {
@@ -358,7 +378,7 @@ Tensor same_place(const Tensor& buffer, const Tensor& t, const Tensor& source) {
 std::optional<std::vector<Tensor>> fused_backward(const Fused& f, const Tensor& g, const Dim& key_dim,
                                                   const Dim& kv_axis, bool need_q, bool need_k, bool need_v,
                                                   bool need_bias, const Tensor* packed = nullptr,
-                                                  const Tensor* source = nullptr) {
+                                                  const Tensor* source = nullptr, bool need_scale = false) {
   if (!f.lse.defined()) return std::nullopt;
   const Dims batch = cat(f.g0, f.g1);
   for (const Dim& d : batch)
@@ -414,12 +434,30 @@ std::optional<std::vector<Tensor>> fused_backward(const Fused& f, const Tensor& 
       ga.dbias_batch_offset = reinterpret_cast<const int64_t*>(dbias_offsets.impl().data());
     }
   }
+  // The row scale's gradient likewise.
+  Tensor dscale, dscale_offsets;
+  Dims shared_s;
+  if (need_scale && f.row_scale.defined()) {
+    for (const Dim& d : batch)
+      if (!f.row_scale.has_dim(d) && d.extent() > 1) shared_s.push_back(d);
+    dscale = Tensor::zeros(cat(shared_s, f.row_scale.dims()), is_half(f.row_scale.dtype()) ? DType::f32 : f.row_scale.dtype(),
+                           f.row_scale.device());
+    ga.drow_scale = dscale.impl().data();
+    if (!shared_s.empty()) {
+      dscale_offsets = problem_offsets(dscale, batch, f.row_scale.device());
+      ga.drow_scale_offset = reinterpret_cast<const int64_t*>(dscale_offsets.impl().data());
+    }
+  }
   if (!backend::backend_for(f.out.device()).attention_backward(f.out.dtype(), f.args, ga)) return std::nullopt;
   if (dbias.defined()) {
     if (!shared.empty()) dbias = reduce_sum(dbias, shared);
     if (dbias.dtype() != f.bias.dtype()) dbias = round_to(dbias, f.bias.dtype());
   }
-  return std::vector<Tensor>{dq, dk, dv, dbias};
+  if (dscale.defined()) {
+    if (!shared_s.empty()) dscale = reduce_sum(dscale, shared_s);
+    if (dscale.dtype() != f.row_scale.dtype()) dscale = round_to(dscale, f.row_scale.dtype());
+  }
+  return std::vector<Tensor>{dq, dk, dv, dbias, dscale};
 }
 
 // The tensor t was sliced from (through renaming views: dot_attention gives k and v their own
@@ -520,7 +558,8 @@ std::vector<Tensor> unfused_grads(const Tensor& q, const Tensor& k, const Tensor
 // The relative bias gathered over {query, kv_axis}: element j - i + (tq - 1) of its positions.
 Tensor relative_term(const RelativeBias& rel, const Dim& kv_axis) {
   const Tensor idx = relative_positions(rel.query, kv_axis, rel.query.extent() - 1, rel.table.device());
-  return gather(rel.table, idx.with_sparse_dim(rel.positions), rel.positions);
+  const Tensor term = gather(rel.table, idx.with_sparse_dim(rel.positions), rel.positions);
+  return rel.scale.defined() ? mul(rel.scale, term, true) : term;
 }
 
 // The default where DotAttentionOptions::fused is unset: DIMX_FUSED_ATTENTION=0/1 if set (for
@@ -533,22 +572,30 @@ bool fused_by_default() {
   return fused;
 }
 
-// The fused forward with a node whose backward is the device's fused backward where it has
-// one, else recomputes the weights from q and k with dimx ops.
-// The table's gradient from that of its gathered term (the gather's backward).
-Tensor table_grad(const RelativeBias& rel, const Dim& kv_axis, const Tensor& term_grad) {
+// The gradients of the table and of the scale (undefined without one) from that of the
+// gathered term (the gather's and the product's backward).
+std::pair<Tensor, Tensor> table_grad(const RelativeBias& rel, const Dim& kv_axis, const Tensor& term_grad) {
   EnableGradGuard on;
-  const Tensor t = rel.table.detach().with_requires_grad();
-  return dimx::grad(relative_term({t, rel.query, rel.positions}, kv_axis), {t}, term_grad)[0];
+  RelativeBias r = rel;
+  r.table = rel.table.detach().with_requires_grad();
+  if (r.scale.defined()) r.scale = rel.scale.detach().with_requires_grad();
+  std::vector<Tensor> wrt{r.table};
+  if (r.scale.defined()) wrt.push_back(r.scale);
+  std::vector<Tensor> g = dimx::grad(relative_term(r, kv_axis), wrt, term_grad);
+  return {g[0], g.size() > 1 ? g[1] : Tensor()};
 }
 
+// The fused forward with a node whose backward is the device's fused backward where it has
+// one, else recomputes the weights from q and k with dimx ops.
 // With `rel` (and no bias) the primitive reads the relative bias in place; the node's fourth
-// input is then its table.
+// input is then its table, and its fifth the relative bias's scale where it has one.
 Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
                        const std::optional<RelativeBias>& rel, const Dim& key_dim, const Dim& kv_axis, double scale,
                        const DropoutPlan& drop) {
   const Tensor b = rel ? rel->table : bias;  // the input whose gradient the primitive's dbias is
-  const bool grad = needs_grad({&q, &k, &v, &b});
+  static const Tensor none;
+  const Tensor& rs = rel ? rel->scale : none;  // the input whose gradient drow_scale is
+  const bool grad = needs_grad({&q, &k, &v, &b, &rs});
   Fused f = fused_attention(q, k, v, bias, rel ? &*rel : nullptr, key_dim, kv_axis, scale, drop, grad);
   if (!f.out.defined() || !grad) return f.out;
   Tensor out = f.out;
@@ -577,25 +624,32 @@ Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const 
     });
   }
   const bool need_q = q.requires_grad(), need_k = k.requires_grad(), need_v = v.requires_grad();
-  const bool need_bias = b.defined() && b.requires_grad();
+  const bool need_bias = b.defined() && b.requires_grad(), need_scale = rs.defined() && rs.requires_grad();
   std::vector<Tensor> inputs{q, k, v};
   if (b.defined()) inputs.push_back(b);
+  if (rs.defined()) inputs.push_back(rs);
   return record("dot_attention", out, inputs,
-                [f = std::move(f), q, k, v, b, rel, key_dim, kv_axis, scale, drop, need_q, need_k, need_v, need_bias](
-                    const Tensor& g) {
+                [f = std::move(f), q, k, v, b, rs, rel, key_dim, kv_axis, scale, drop, need_q, need_k, need_v, need_bias,
+                 need_scale](const Tensor& g) {
     std::vector<Tensor> r;
-    if (auto fused = fused_backward(f, g, key_dim, kv_axis, need_q, need_k, need_v, need_bias)) {
+    if (auto fused = fused_backward(f, g, key_dim, kv_axis, need_q, need_k, need_v, need_bias, nullptr, nullptr,
+                                    need_scale)) {
       g_fused_bwd.fetch_add(1, std::memory_order_relaxed);
       r = *fused;
-      if (r[3].defined()) r[3] = sum_to(r[3], b);  // over the Dims the laid-out bias was expanded to
+      // Over the Dims the laid-out bias and scale were expanded to.
+      if (r[3].defined()) r[3] = sum_to(r[3], b);
+      if (r[4].defined()) r[4] = sum_to(r[4], rs);
     } else {
       fell_back(true, "the device has no fused backward for " + std::string(dtype_name(q.dtype())) +
                           " with these Dims, or k or v broadcasts over a batch Dim (q " + q.str() + ", k " + k.str() +
                           ", v " + v.str() + ")");
       const Tensor full = rel ? relative_term(*rel, kv_axis) : b;
-      r = unfused_grads(q, k, v, full, g, key_dim, kv_axis, scale, drop, need_q, need_k, need_v, need_bias);
-      if (rel && r[3].defined()) r[3] = table_grad(*rel, kv_axis, r[3]);
+      r = unfused_grads(q, k, v, full, g, key_dim, kv_axis, scale, drop, need_q, need_k, need_v,
+                        need_bias || need_scale);
+      r.push_back(Tensor());
+      if (rel && r[3].defined()) std::tie(r[3], r[4]) = table_grad(*rel, kv_axis, r[3]);
     }
+    if (!rs.defined()) r.pop_back();
     if (!b.defined()) r.pop_back();
     return r;
   });
@@ -626,10 +680,12 @@ Tensor dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Di
                      const AttentionOptions& o) {
   static const Tensor none;
   const Tensor& table = o.relative_bias ? o.relative_bias->table : none;
-  if (autocast_lowers({&q, &k, &v, &o.bias, &table})) {
+  const Tensor& rscale = o.relative_bias ? o.relative_bias->scale : none;
+  if (autocast_lowers({&q, &k, &v, &o.bias, &table, &rscale})) {
     AttentionOptions lo = o;
     if (o.bias.defined()) lo.bias = autocast_low(o.bias);
     if (table.defined()) lo.relative_bias->table = autocast_low(table);
+    if (rscale.defined()) lo.relative_bias->scale = autocast_low(rscale);
     return dot_attention(autocast_low(q), autocast_low(k), autocast_low(v), key_dim, kv_axis, lo);
   }
   const char* op = "dot_attention";
@@ -679,6 +735,15 @@ Tensor dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Di
         fail("dot_attention: relative_bias.table's Dims must be its positions '" + pos.str() +
              "' and q's Dims but key_dim '" + key_dim.str() + "' and its query '" + rq.str() + "', got table = " +
              t.str() + " for q = " + q.str());
+    if (const Tensor& sc = rel->scale; sc.defined()) {
+      check_same_device(op, q, sc);
+      if (sc.dtype() != q.dtype())
+        fail("dot_attention: relative_bias.scale must have q's dtype, got scale = " + sc.str() + " and q = " + q.str());
+      for (const Dim& d : sc.dims())
+        if (d == key_dim || !q.has_dim(d))
+          fail("dot_attention: relative_bias.scale's Dims must be among q's but key_dim '" + key_dim.str() +
+               "', got scale = " + sc.str() + " for q = " + q.str());
+    }
   }
   // The relative bias over {query, keys}, added to the bias: where the fused primitive cannot
   // read it in place.
@@ -708,7 +773,8 @@ Tensor dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Di
     drop.offset = o.gen->advance(uint64_t((n + per - 1) / per));
   }
   const bool want_fused = o.fused.value_or(fused_by_default());
-  if (rel && (!want_fused || bias.defined() || !backend::backend_for(q.device()).attention_takes_relative_bias()))
+  if (rel && (!want_fused || bias.defined() || !backend::backend_for(q.device()).attention_takes_relative_bias() ||
+              (rel->scale.defined() && !backend::backend_for(q.device()).attention_takes_bias_row_scale())))
     gather_relative();
   if (want_fused) {
     check_same_device(op, q, k);
@@ -718,7 +784,10 @@ Tensor dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Di
     auto fused = [&] {
       if (!widen) return fused_with_grad(q, k, v, bias, rel, key_dim, kv_axis, scale, drop);
       std::optional<RelativeBias> wide = rel;
-      if (wide) wide->table = widen_half(wide->table);
+      if (wide) {
+        wide->table = widen_half(wide->table);
+        if (wide->scale.defined()) wide->scale = widen_half(wide->scale);
+      }
       return round_to(fused_with_grad(widen_half(q), widen_half(k), widen_half(v), widen_half(bias), wide, key_dim,
                                       kv_axis, scale, drop),
                       q.dtype());

@@ -72,6 +72,12 @@ struct Attention {
     const void* data;
     const int64_t* batch_offset;
     int64_t row_stride, col_stride;
+    // Nullable: a factor of each query row's bias term (the element type), at
+    // row_scale_offset[b] (null: 0) + i * row_scale_stride; only where the backend says
+    // attention_takes_bias_row_scale().
+    const void* row_scale = nullptr;
+    const int64_t* row_scale_offset = nullptr;
+    int64_t row_scale_stride = 0;
   };
   int64_t batch[2];
   int64_t tq, tk, d, dv;
@@ -119,6 +125,11 @@ struct AttentionGrads {
   // problem its own part where problems share a bias (a bias without a batch or head Dim), and
   // sums them after, so that a device may write each problem's share without ordering them.
   const int64_t* dbias_batch_offset = nullptr;
+  // Nullable: the row scale's gradient (sum over the row's keys of dS times the bias term),
+  // added into the element each (b, i) read, with its own per-problem offsets (null: the row
+  // scale's), zero-filled by the frontend, f32 for bf16/f16.
+  void* drow_scale = nullptr;
+  const int64_t* drow_scale_offset = nullptr;
 };
 
 enum class RandomKind { uniform, normal };
@@ -311,6 +322,9 @@ class Backend {
   // (element j - i of a row of positions). The backward must then add every (i, j)'s share
   // into dbias in a fixed order. False: the frontend gathers such a bias over [tq, tk] first.
   virtual bool attention_takes_relative_bias() const { return false; }
+  // Whether attention and attention_backward take Attention::Bias::row_scale (false: the
+  // frontend multiplies the bias out first).
+  virtual bool attention_takes_bias_row_scale() const { return false; }
   // The gradients of `attention` with the same arguments, whose forward wrote a.lse: returns
   // false (computing nothing) where this device has no fused backward; the frontend then
   // recomputes the weights. Nothing of size [tq, tk] is materialized; the result is

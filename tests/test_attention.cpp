@@ -803,6 +803,90 @@ TEST_CASE("dot_attention: the relative table's gradient matches float64 finite d
   CHECK_THROWS_WITH(dot_attention(q, k, v, s.key, keys, e), Catch::Contains("positions") && Catch::Contains("heads"));
 }
 
+TEST_CASE("dot_attention: a relative bias with a row scale (the gru_rel_pos gate) read in place", "[attention]") {
+  // term(i, j) = scale[.., i] * table[.., j - i + T - 1]: the fused primitive reads both in
+  // place; the unfused path (the scaled table gathered over {query, keys}, then autograd
+  // through the gather and the product) is the reference, float64; padded and causal keys;
+  // a scale per (batch, heads, query) and one over the queries alone (shared by the problems).
+  Setup s;
+  const Dim keys = s.time.copy("keys");
+  const Dim causal = nn::causal_key_dim(s.time, s.time);
+  const Dim positions(s.time.extent() * 2 - 1, "positions");
+  for (const bool is_causal : {false, true})
+    for (const bool per_problem : {true, false}) {
+      INFO((is_causal ? "causal" : "padded") << ", scale " << (per_problem ? "{batch, heads, time}" : "{time}"));
+      const Dim& kd = is_causal ? causal : keys;
+      const double nan = std::numeric_limits<double>::quiet_NaN();
+      const Tensor q = rnd({s.batch, s.time, s.heads, s.key}, 110, DType::f64).with_requires_grad();
+      const Tensor k = replace_dim(copy_masked(rnd({s.batch, s.time, s.heads, s.key}, 111, DType::f64), {s.time}, nan),
+                                   s.time, kd).first.contiguous().with_requires_grad();
+      const Tensor v = replace_dim(copy_masked(rnd({s.batch, s.time, s.heads, s.value}, 112, DType::f64), {s.time}, nan),
+                                   s.time, kd).first.contiguous().with_requires_grad();
+      const Tensor table = rnd({positions, s.heads}, 113, DType::f64, -2, 2).with_requires_grad();
+      const Tensor scale =
+          rnd(per_problem ? Dims{s.heads, s.time, s.batch} : Dims{s.time}, 114, DType::f64, 0.5, 2).with_requires_grad();
+      const Tensor w = copy_masked(rnd({s.batch, s.time, s.heads, s.value}, 115, DType::f64), {s.time});
+      AttentionOptions o;
+      o.scale = 0.5;
+      o.relative_bias = RelativeBias{table, s.time, positions, scale};
+      auto run = [&](bool fused) {
+        AttentionOptions opt = o;
+        opt.fused = fused;
+        Tensor out = copy_masked(dot_attention(q, k, v, s.key, kd, opt), {s.time});
+        std::vector<Tensor> g = grad(reduce_sum(out * w, out.dims()), {q, k, v, table, scale});
+        std::vector<double> all = out.to_vector<double>({s.batch, s.time, s.heads, s.value});
+        for (size_t i = 0; i < 3; ++i) {
+          Tensor gi = g[i].has_dim(kd) ? replace_dim(g[i], kd, s.time).first : g[i];
+          auto x = copy_masked(gi, {s.time}).to_vector<double>({s.batch, s.time, s.heads, i == 2 ? s.value : s.key});
+          all.insert(all.end(), x.begin(), x.end());
+        }
+        for (size_t i = 3; i < 5; ++i) {
+          auto x = g[i].to_vector<double>((i == 3 ? table : scale).dims());
+          all.insert(all.end(), x.begin(), x.end());
+        }
+        return all;
+      };
+      nn::reset_attention_path_counts();
+      const std::vector<double> got = run(true);
+      const AttentionPathCounts pc = attention_path_counts();
+      CHECK(pc.fused_forward == 1);
+      CHECK(pc.fused_backward == 1);
+      CHECK(pc.relative_bias_gathered == 0);
+      nn::reset_attention_path_counts();
+      const std::vector<double> want = run(false);
+      CHECK(attention_path_counts().relative_bias_gathered == 1);
+      CHECK_VEC_APPROX(got, want, 1e-11, 1e-12);
+      CHECK(run(true) == got);  // bit for bit again
+    }
+
+  // The scale's gradient against float64 finite differences, through the fused path.
+  Tensor q = rnd({s.batch, s.time, s.heads, s.key}, 116, DType::f64);
+  Tensor k = replace_dim(rnd({s.batch, s.time, s.heads, s.key}, 117, DType::f64), s.time, keys).first;
+  Tensor v = replace_dim(rnd({s.batch, s.time, s.heads, s.value}, 118, DType::f64), s.time, keys).first;
+  Tensor table = rnd({s.heads, positions}, 119, DType::f64, -2, 2);
+  Tensor scale = rnd({s.batch, s.heads, s.time}, 120, DType::f64, 0.5, 2).contiguous().with_requires_grad();
+  Tensor w = copy_masked(rnd({s.batch, s.time, s.heads, s.value}, 121, DType::f64), {s.time});
+  AttentionOptions o;
+  o.fused = true;
+  o.relative_bias = RelativeBias{table, s.time, positions, scale};
+  auto loss = [&] { return reduce_sum(dot_attention(q, k, v, s.key, keys, o) * w, {s.batch, s.time, s.heads, s.value}); };
+  const std::vector<double> analytic = grad(loss(), {scale})[0].to_vector<double>(scale.dims());
+  const std::vector<double> numeric = finite_diff(scale, [&] { return loss().item<double>(); });
+  CHECK_VEC_APPROX(analytic, numeric, 1e-7, 1e-8);
+
+  // Errors name the op and the Dims.
+  const Dim other(2, "other");
+  AttentionOptions e;
+  e.relative_bias = RelativeBias{table, s.time, positions, rnd({s.time, s.key}, 122, DType::f64)};
+  CHECK_THROWS_WITH(dot_attention(q, k, v, s.key, keys, e),
+                    Catch::Contains("relative_bias.scale") && Catch::Contains("key"));
+  e.relative_bias = RelativeBias{table, s.time, positions, rnd({s.time, other}, 123, DType::f64)};
+  CHECK_THROWS_WITH(dot_attention(q, k, v, s.key, keys, e),
+                    Catch::Contains("relative_bias.scale") && Catch::Contains("other"));
+  e.relative_bias = RelativeBias{table, s.time, positions, rnd({s.time}, 124, DType::f32)};
+  CHECK_THROWS_WITH(dot_attention(q, k, v, s.key, keys, e), Catch::Contains("relative_bias.scale") && Catch::Contains("dtype"));
+}
+
 TEST_CASE("dot_attention: dropout only in training, and errors name the Dims", "[attention]") {
   Setup s;
   Tensor q = rnd({s.batch, s.time, s.heads, s.key}, 14), k = rnd({s.batch, s.time, s.heads, s.key}, 15);

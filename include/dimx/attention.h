@@ -46,6 +46,12 @@ struct RelativeBias {
   Tensor table;   ///< over `positions` and q's Dims but key_dim and `query`; q's dtype
   Dim query;      ///< the Dim of q whose frames the positions are relative to
   Dim positions;  ///< extent query.extent() + kv_axis.extent() - 1
+  /// Undefined, or a factor of each query row's terms (BEATs's gru_rel_pos gate): the term of
+  /// (i, j) is then scale[..., i] * table[..., j - i + T_q - 1]. Over q's Dims but key_dim
+  /// (usually `query` and the batch and head Dims); q's dtype; differentiable like the table.
+  /// Read in place where the device's primitive takes it (the CPU's); elsewhere the scaled
+  /// term is gathered (AttentionPathCounts::relative_bias_gathered).
+  Tensor scale;
 };
 
 /// Options of dot_attention().

@@ -75,23 +75,38 @@ int64_t block_lengths(const backend::Attention& a, int64_t b, int64_t i0, int64_
   return kmax;
 }
 
-// The bias of problem b, query rows i0.. i0 + n, added to the block's energies e [n, kmax], or
-// the block's energy gradients added into the bias's gradient (dbias non-null).
+// The bias of problem b, query rows i0.. i0 + n (times each row's scale, where given), added
+// to the block's energies e [n, kmax]; or, backward (ga non-null), the block's energy gradients
+// e added into the bias's gradient and the row scale's.
 template <class T>
-void bias_block(const backend::Attention& a, int64_t b, int64_t i0, int64_t n, int64_t kmax, T* e, T* dbias,
-                const int64_t* dbias_offset = nullptr) {
+void bias_block(const backend::Attention& a, int64_t b, int64_t i0, int64_t n, int64_t kmax, T* e,
+                const backend::AttentionGrads* ga = nullptr) {
   const backend::Attention::Bias& bi = a.bias;
-  const int64_t* offsets = dbias && dbias_offset ? dbias_offset : bi.batch_offset;
-  const int64_t off = offsets ? offsets[b] : 0;
+  const int64_t off = bi.batch_offset ? bi.batch_offset[b] : 0;
+  const T* rs = static_cast<const T*>(bi.row_scale);
+  const int64_t soff = rs && bi.row_scale_offset ? bi.row_scale_offset[b] : 0;
+  T* dbias = ga ? static_cast<T*>(ga->dbias) : nullptr;
+  const int64_t* doffs = ga && ga->dbias_batch_offset ? ga->dbias_batch_offset : bi.batch_offset;
+  const int64_t doff = doffs ? doffs[b] : 0;
+  T* drs = ga && rs ? static_cast<T*>(ga->drow_scale) : nullptr;
+  const int64_t* dsoffs = ga && ga->drow_scale_offset ? ga->drow_scale_offset : bi.row_scale_offset;
+  const int64_t dsoff = dsoffs ? dsoffs[b] : 0;
   for (int64_t r = 0; r < n; ++r) {
-    const int64_t row = off + (i0 + r) * bi.row_stride;
+    const T* x = static_cast<const T*>(bi.data) + off + (i0 + r) * bi.row_stride;
+    const T s = rs ? rs[soff + (i0 + r) * bi.row_scale_stride] : T(1);
     T* er = e + r * kmax;
+    if (!ga) {
+      for (int64_t j = 0; j < kmax; ++j) er[j] += s * x[j * bi.col_stride];
+      continue;
+    }
     if (dbias) {
-      T* d = dbias + row;
-      for (int64_t j = 0; j < kmax; ++j) d[j * bi.col_stride] += er[j];
-    } else {
-      const T* x = static_cast<const T*>(bi.data) + row;
-      for (int64_t j = 0; j < kmax; ++j) er[j] += x[j * bi.col_stride];
+      T* d = dbias + doff + (i0 + r) * bi.row_stride;
+      for (int64_t j = 0; j < kmax; ++j) d[j * bi.col_stride] += s * er[j];
+    }
+    if (drs) {
+      T acc = 0;
+      for (int64_t j = 0; j < kmax; ++j) acc += er[j] * x[j * bi.col_stride];
+      drs[dsoff + (i0 + r) * bi.row_scale_stride] += acc;
     }
   }
 }
@@ -177,17 +192,17 @@ void attention_backward_impl(CpuBackend& be, DType dt, const backend::Attention&
       }
       if (a.d > 0) gemm_nt(qb_rows, ldqb, k, ldk, p.data(), kmax, n, kmax, a.d, a.scale);
       else std::fill(p.begin(), p.begin() + n * kmax, T(0));
-      if (a.bias.data) bias_block<T>(a, b, i0, n, kmax, p.data(), nullptr);
+      if (a.bias.data) bias_block<T>(a, b, i0, n, kmax, p.data());
       be.softmax(false, dt, n, kmax, 1, p.data(), len, p.data());
       // With dropout, the output took the dropped weights: dv from them, and dP through the mask.
       if (drop) dropout_block<T>(a, b0, b1, i0, n, kmax, p.data(), pd.data());
       if (dv) gemm_tn_acc(drop ? pd.data() : p.data(), kmax, gob, ldo, dv, ldgv, kmax, a.dv, n, 1.0);
-      if (!dqb && !dk && !ga.dbias) continue;
+      if (!dqb && !dk && !ga.dbias && !ga.drow_scale) continue;
       gemm_nt(gob, ldo, v, ldv, dp.data(), kmax, n, kmax, a.dv, 1.0);
       if (drop) dropout_block<T>(a, b0, b1, i0, n, kmax, dp.data(), dp.data());
       // dS in place of dP: p (dp - sum_j p dp) on the visible keys, 0 on the others.
       be.softmax_backward(false, dt, n, kmax, 1, p.data(), dp.data(), len, dp.data());
-      if (ga.dbias) bias_block<T>(a, b, i0, n, kmax, dp.data(), static_cast<T*>(ga.dbias), ga.dbias_batch_offset);
+      if (ga.dbias || ga.drow_scale) bias_block<T>(a, b, i0, n, kmax, dp.data(), &ga);
       if (a.d == 0) continue;
       if (dqb) gemm_nn(dp.data(), kmax, k, ldk, dqb, ldgq, n, a.d, kmax, a.scale);
       if (dk) gemm_tn_acc(dp.data(), kmax, qb_rows, ldqb, dk, ldgk, kmax, a.d, n, a.scale);
@@ -222,7 +237,7 @@ void attention_impl(CpuBackend& be, DType dt, const backend::Attention& a) {
         gemm_nt(q + i0 * a.q.row_stride, ldq, k, ldk, s.data(), kmax, n, kmax, a.d, a.scale);
       else
         std::fill(s.begin(), s.begin() + n * kmax, T(0));
-      if (a.bias.data) bias_block<T>(a, b, i0, n, kmax, s.data(), nullptr);
+      if (a.bias.data) bias_block<T>(a, b, i0, n, kmax, s.data());
       // Keys j >= lens[r] get weight 0; a row that sees no key is all 0.
       be.softmax(false, dt, n, kmax, 1, s.data(), a.key_lengths ? lens.data() : nullptr, s.data());
       if (a.dropout.p > 0) dropout_block<T>(a, b0, b1, i0, n, kmax, s.data(), s.data());

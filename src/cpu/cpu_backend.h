@@ -43,6 +43,7 @@ class CpuBackend final : public backend::Backend {
   bool attention_takes_bias() const override { return true; }
   // The backward walks each problem's rows in order, adding into dbias one element at a time.
   bool attention_takes_relative_bias() const override { return true; }
+  bool attention_takes_bias_row_scale() const override { return true; }
   void optim_step(DType dt, const backend::OptimStep& a) override;
   bool attention_backward(DType dt, const backend::Attention& a, const backend::AttentionGrads& g) override;
   bool gather(DType dt, const Shape& shape, const In& x, int64_t axis_stride, int64_t extent, const In& idx,
