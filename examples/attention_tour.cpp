@@ -225,6 +225,31 @@ int main() {
           "and its gradient");
     check(nn::attention_path_counts().relative_bias_gathered == 0, "nothing was gathered over {time, keys}");
 
+    // [doc:relative_scale]
+    // A factor per query row on top (BEATs's gru_rel_pos gate): scale[b, h, i] multiplies the
+    // terms of row i. The CPU's fused primitive reads it in place as well, and the gate gets
+    // its gradient like the table.
+    Tensor gate = random_uniform({batch, heads, time}, gen, 0.5, 2.0).with_requires_grad();
+    nn::DotAttentionOptions gated = in_place;
+    gated.relative_bias->scale = gate;
+    nn::reset_attention_path_counts();
+    Tensor o7 = nn::dot_attention(q, k, v, head, time, gated);
+    std::vector<Tensor> g7 = grad(reduce_sum(copy_masked(o7 * o7, {time}), o7.dims()), {q, table, gate});
+    std::printf("gated relative bias: gathered over {time, keys} %lld\n",
+                (long long)nn::attention_path_counts().relative_bias_gathered);
+    // [doc:relative_scale]
+    check(nn::attention_path_counts().relative_bias_gathered == 0, "the gate was read in place too");
+    nn::DotAttentionOptions gated_out;  // the same term written out over {heads, time, keys}
+    gated_out.bias = mul(gate, gather(table, rel_idx), true);
+    gated_out.bias_key_dim = keys;
+    Tensor o8 = nn::dot_attention(q, k, v, head, time, gated_out);
+    std::vector<Tensor> g8 = grad(reduce_sum(copy_masked(o8 * o8, {time}), o8.dims()), {q, table, gate});
+    check(max_diff(copy_masked(o7, {time}).to_vector<double>(o3d), copy_masked(o8, {time}).to_vector<double>(o3d)) < 1e-5,
+          "the gated table read in place gives the written-out term's output");
+    check(max_diff(g7[2].to_vector<double>(gate.dims()), g8[2].to_vector<double>(gate.dims())) < 1e-4 &&
+              max_diff(g7[1].to_vector<double>(table.dims()), g8[1].to_vector<double>(table.dims())) < 1e-4,
+          "and the gradients of the gate and the table");
+
     // [doc:dropout]
     // Dropout on the weights in training stays fused: the kernels draw the mask that dropout()
     // would draw over the weights from the Generator's state, element by element, and draw it
