@@ -268,7 +268,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
   }
   const float sl2 = float(a.scale * 1.4426950408889634);
   const BiasRows<T, float> bias(a, b, EXTRA);
-  const bool banded = EXTRA && bias.base && a.bias_cs != 0 && a.bias_rs == -a.bias_cs;
+  const bool banded = EXTRA && bias.base && relative_view(a);
   const DropMask<float> drop(a, b0, b1, EXTRA);
   uint32_t qf[WM][D / 16][4];
 
@@ -377,12 +377,6 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
         if (col < dv) store2<T>(row + col, o[m][n][2 * h] * inv, o[m][n][2 * h + 1] * inv);
       }
     }
-}
-
-// Whether the bias is a table by relative position read through its view (row stride = -column
-// stride: element j - i of a problem's row of positions).
-__device__ __forceinline__ bool relative_view(const AttentionArgs& a) {
-  return a.bias && a.bias_cs != 0 && a.bias_rs == -a.bias_cs;
 }
 
 // dK and dV of BK = 64 WM keys of one problem (WM tiles of 16 per warp), walking the query
@@ -761,7 +755,7 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
   // A relative bias's gradient: the keys kernel's diagonal sums, [problems, key tiles, tq + BK - 1].
   float* diag = nullptr;
   const int64_t diag_width = a.tq + 64 * WK - 1;
-  const bool relative = EXTRA && ga.dbias && a.bias && a.bias_cs != 0 && a.bias_rs == -a.bias_cs;
+  const bool relative = EXTRA && ga.dbias && relative_view(a);
   if (relative) {
     const size_t dbytes = size_t(problems * kblocks * diag_width) * sizeof(float);
     if (cudaMallocAsync(reinterpret_cast<void**>(&diag), dbytes, s) != cudaSuccess) {

@@ -59,6 +59,12 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t row_stride, 
   }
 }
 
+// Whether the bias is a table by relative position read through its view (row stride = -column
+// stride: element j - i of a problem's row of positions).
+__host__ __device__ __forceinline__ bool relative_view(const AttentionArgs& a) {
+  return a.bias && a.bias_cs != 0 && a.bias_rs == -a.bias_cs;
+}
+
 // The bias term of problem b's rows, in log2 units (the energies' units in the kernels).
 template <class T, class C>
 struct BiasRows {

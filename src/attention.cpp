@@ -211,6 +211,9 @@ bool bias_operand(const Tensor& bias, const Dims& g0, const Dims& g1, const Dims
 // read through the view that gives (i, j) the element j - i + (tq - 1) of a problem's positions
 // (row stride -1, column stride 1, the start shifted by tq - 1: `shift`); false where the table
 // has Dims other than the problems' and its positions.
+// t contiguous with the frames of d innermost.
+Tensor innermost(const Tensor& t, const Dim& d) { return t.transpose_to(cat(minus_dims(t.dims(), {d}), {d})).contiguous(); }
+
 bool relative_operand(const RelativeBias& rel, const Dims& g0, const Dims& g1, const Dims& batch, int64_t tq,
                       Device device, Fused& f, backend::Attention::Bias& out) {
   Tensor& bc = f.bias;
@@ -223,15 +226,14 @@ bool relative_operand(const RelativeBias& rel, const Dims& g0, const Dims& g1, c
     for (const Dim& d : rel.scale.dims())
       if (d != rel.query && !contains(batch, d)) return false;
     const bool rows = rel.scale.has_dim(rel.query);
-    f.row_scale = rows ? rel.scale.transpose_to(cat(minus_dims(rel.scale.dims(), {rel.query}), {rel.query})).contiguous()
-                       : rel.scale.contiguous();
+    f.row_scale = rows ? innermost(rel.scale, rel.query) : rel.scale.contiguous();
     out.row_scale = f.row_scale.impl().data();
     out.row_scale_stride = rows && rel.query.extent() > 1 ? 1 : 0;
     f.row_scale_offsets = problem_offsets(f.row_scale, cat(g0, g1), device);
     if (f.row_scale_offsets.defined())
       out.row_scale_offset = reinterpret_cast<const int64_t*>(f.row_scale_offsets.impl().data());
   }
-  bc = rel.table.transpose_to(cat(minus_dims(rel.table.dims(), {rel.positions}), {rel.positions})).contiguous();
+  bc = innermost(rel.table, rel.positions);
   shift = tq - 1;
   out.data = static_cast<const char*>(bc.impl().data()) + shift * int64_t(dtype_size(bc.dtype()));
   out.row_stride = -1;
@@ -370,6 +372,33 @@ Tensor same_place(const Tensor& buffer, const Tensor& t, const Tensor& source) {
                    buffer.impl().offset + t.impl().offset - source.impl().offset);
 }
 
+// The buffer a device's fused backward adds an operand's gradient into (the operand as laid
+// out: a bias or a row scale; undefined operand: none), in f32 for bf16/f16. Where problems
+// share the operand (it lacks a batch or head Dim), each problem gets its own part, summed by
+// finish(): the device then writes each share without ordering the problems.
+struct PartGrad {
+  Tensor buf, offsets;
+  Dims shared;
+  PartGrad(const Tensor& operand, const Dims& batch) {
+    if (!operand.defined()) return;
+    for (const Dim& d : batch)
+      if (!operand.has_dim(d) && d.extent() > 1) shared.push_back(d);
+    buf = Tensor::zeros(cat(shared, operand.dims()), is_half(operand.dtype()) ? DType::f32 : operand.dtype(),
+                        operand.device());
+    if (!shared.empty()) offsets = problem_offsets(buf, batch, operand.device());
+  }
+  // Per-problem offsets for the device (null: the operand's own).
+  const int64_t* offsets_ptr() const {
+    return offsets.defined() ? reinterpret_cast<const int64_t*>(offsets.impl().data()) : nullptr;
+  }
+  // The gradient over the operand's Dims, in its dtype (undefined if none was asked for).
+  Tensor finish(const Tensor& operand) const {
+    if (!buf.defined()) return Tensor();
+    Tensor g = shared.empty() ? buf : reduce_sum(buf, shared);
+    return g.dtype() != operand.dtype() ? round_to(g, operand.dtype()) : g;
+  }
+};
+
 // The gradients of q, k, v (those asked for) by the device's fused backward, in the Dims of
 // f's operands; empty where the device has none or an operand broadcasts over a batch Dim
 // (its gradient would be a sum the kernel does not form).
@@ -418,46 +447,18 @@ std::optional<std::vector<Tensor>> fused_backward(const Fused& f, const Tensor& 
   Tensor dk = grad(need_k, f.k, {kv_axis}, {key_dim}, ga.dk);
   Tensor dv = grad(need_v, f.v, {kv_axis}, f.value, ga.dv);
   if (packed && (!dq.defined() || !dk.defined() || !dv.defined())) return std::nullopt;
-  // The bias's gradient, in f32 for bf16/f16. Where problems share the bias (it lacks a batch
-  // or head Dim), each problem gets its own part, summed here after: the device then writes
-  // each share without ordering the problems.
-  Tensor dbias, dbias_offsets;
-  Dims shared;
-  if (need_bias && f.bias.defined()) {
-    for (const Dim& d : batch)
-      if (!f.bias.has_dim(d) && d.extent() > 1) shared.push_back(d);
-    dbias = Tensor::zeros(cat(shared, f.bias.dims()), is_half(f.bias.dtype()) ? DType::f32 : f.bias.dtype(),
-                          f.bias.device());
-    ga.dbias = static_cast<char*>(dbias.impl().data()) + f.bias_shift * int64_t(dtype_size(dbias.dtype()));
-    if (!shared.empty()) {
-      dbias_offsets = problem_offsets(dbias, batch, f.bias.device());
-      ga.dbias_batch_offset = reinterpret_cast<const int64_t*>(dbias_offsets.impl().data());
-    }
+  // The gradients of the bias and of the relative bias's row scale, each added into by the device.
+  PartGrad dbias(need_bias ? f.bias : Tensor(), batch), dscale(need_scale ? f.row_scale : Tensor(), batch);
+  if (dbias.buf.defined()) {
+    ga.dbias = static_cast<char*>(dbias.buf.impl().data()) + f.bias_shift * int64_t(dtype_size(dbias.buf.dtype()));
+    ga.dbias_batch_offset = dbias.offsets_ptr();
   }
-  // The row scale's gradient likewise.
-  Tensor dscale, dscale_offsets;
-  Dims shared_s;
-  if (need_scale && f.row_scale.defined()) {
-    for (const Dim& d : batch)
-      if (!f.row_scale.has_dim(d) && d.extent() > 1) shared_s.push_back(d);
-    dscale = Tensor::zeros(cat(shared_s, f.row_scale.dims()), is_half(f.row_scale.dtype()) ? DType::f32 : f.row_scale.dtype(),
-                           f.row_scale.device());
-    ga.drow_scale = dscale.impl().data();
-    if (!shared_s.empty()) {
-      dscale_offsets = problem_offsets(dscale, batch, f.row_scale.device());
-      ga.drow_scale_offset = reinterpret_cast<const int64_t*>(dscale_offsets.impl().data());
-    }
+  if (dscale.buf.defined()) {
+    ga.drow_scale = dscale.buf.impl().data();
+    ga.drow_scale_offset = dscale.offsets_ptr();
   }
   if (!backend::backend_for(f.out.device()).attention_backward(f.out.dtype(), f.args, ga)) return std::nullopt;
-  if (dbias.defined()) {
-    if (!shared.empty()) dbias = reduce_sum(dbias, shared);
-    if (dbias.dtype() != f.bias.dtype()) dbias = round_to(dbias, f.bias.dtype());
-  }
-  if (dscale.defined()) {
-    if (!shared_s.empty()) dscale = reduce_sum(dscale, shared_s);
-    if (dscale.dtype() != f.row_scale.dtype()) dscale = round_to(dscale, f.row_scale.dtype());
-  }
-  return std::vector<Tensor>{dq, dk, dv, dbias, dscale};
+  return std::vector<Tensor>{dq, dk, dv, dbias.finish(f.bias), dscale.finish(f.row_scale)};
 }
 
 // The tensor t was sliced from (through renaming views: dot_attention gives k and v their own

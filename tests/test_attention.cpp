@@ -623,6 +623,13 @@ Tensor relative_by_loops(const Tensor& table, const Dim& batch, const Dim& heads
   return Tensor::from_vector<double>({batch, heads, query, keys}, out);
 }
 
+// A float64 key-side leaf over `dims` (which hold `time`) with `time` renamed to the key Dim kd
+// and its padded frames NaN: they must never reach a valid output or gradient.
+Tensor nan_padded_keys(const Dims& dims, uint32_t seed, const Dim& time, const Dim& kd) {
+  const Tensor x = copy_masked(rnd(dims, seed, DType::f64), {time}, std::numeric_limits<double>::quiet_NaN());
+  return replace_dim(x, time, kd).first.contiguous().with_requires_grad();
+}
+
 TEST_CASE("dot_attention: a relative bias read in place equals the bias it stands for", "[attention]") {
   // A table by relative position (j - i) against the same bias written out over {query, keys}
   // by loops: outputs and the gradients of q, k, v and the table (the written-out bias's
@@ -644,12 +651,9 @@ TEST_CASE("dot_attention: a relative bias read in place equals the bias it stand
   for (const Case& c : cases) {
     INFO(c.name);
     const Dim& kd = c.causal ? causal : keys;
-    const double nan = std::numeric_limits<double>::quiet_NaN();
     const Tensor q = rnd({s.batch, s.time, s.heads, s.key}, 90, DType::f64).with_requires_grad();
-    const Tensor k = replace_dim(copy_masked(rnd({s.batch, s.time, s.heads, s.key}, 91, DType::f64), {s.time}, nan),
-                                 s.time, kd).first.contiguous().with_requires_grad();
-    const Tensor v = replace_dim(copy_masked(rnd({s.time, s.batch, s.value, s.heads}, 92, DType::f64), {s.time}, nan),
-                                 s.time, kd).first.contiguous().with_requires_grad();
+    const Tensor k = nan_padded_keys({s.batch, s.time, s.heads, s.key}, 91, s.time, kd);
+    const Tensor v = nan_padded_keys({s.time, s.batch, s.value, s.heads}, 92, s.time, kd);
     const Tensor table = rnd(c.table_dims, 93, DType::f64, -2, 2).with_requires_grad();
     const Tensor w = copy_masked(rnd({s.batch, s.time, s.heads, s.value}, 94, DType::f64), {s.time});
     AttentionOptions o;
@@ -816,12 +820,9 @@ TEST_CASE("dot_attention: a relative bias with a row scale (the gru_rel_pos gate
     for (const bool per_problem : {true, false}) {
       INFO((is_causal ? "causal" : "padded") << ", scale " << (per_problem ? "{batch, heads, time}" : "{time}"));
       const Dim& kd = is_causal ? causal : keys;
-      const double nan = std::numeric_limits<double>::quiet_NaN();
       const Tensor q = rnd({s.batch, s.time, s.heads, s.key}, 110, DType::f64).with_requires_grad();
-      const Tensor k = replace_dim(copy_masked(rnd({s.batch, s.time, s.heads, s.key}, 111, DType::f64), {s.time}, nan),
-                                   s.time, kd).first.contiguous().with_requires_grad();
-      const Tensor v = replace_dim(copy_masked(rnd({s.batch, s.time, s.heads, s.value}, 112, DType::f64), {s.time}, nan),
-                                   s.time, kd).first.contiguous().with_requires_grad();
+      const Tensor k = nan_padded_keys({s.batch, s.time, s.heads, s.key}, 111, s.time, kd);
+      const Tensor v = nan_padded_keys({s.batch, s.time, s.heads, s.value}, 112, s.time, kd);
       const Tensor table = rnd({positions, s.heads}, 113, DType::f64, -2, 2).with_requires_grad();
       const Tensor scale =
           rnd(per_problem ? Dims{s.heads, s.time, s.batch} : Dims{s.time}, 114, DType::f64, 0.5, 2).with_requires_grad();
