@@ -107,8 +107,9 @@ nn::DotAttentionOptions training_dropout(Generator& gen) {
 // the T5 bias. Forward and forward + backward (gradients of q, k, v and, with the bias, of the
 // table). Inside the timed call, as a module does, the table's buckets become one row of
 // per-position terms (2T - 1 of them per head), passed as AttentionOptions::relative_bias
-// ("t5"), or are gathered over {time, keys} into an additive bias ("t5 gathered", bf16 only,
-// no peer row: the same math). Each row
+// ("t5"), with a gru_rel_pos gate per (batch, head, query) as its row scale ("t5 gate", bf16,
+// gradient included; no peer row), or are gathered over {time, keys} into an additive bias
+// ("t5 gathered", bf16 only, no peer row: the same math). Each row
 // is printed with the fastest peer (SDPA's backends and FlexAttention from
 // bench_attention_peer.py's table mode, same cases) and the peers' own rows; then the bias
 // and padding cost (time with both / (time without either x mean fill)) and peak memory.
@@ -137,11 +138,12 @@ int run_table(bool json, int reps, const std::string& peer_script, const std::st
     std::map<std::string, double> mine;
     for (DType dt : {DType::bf16, DType::f32})
       for (const char* c : dt == DType::bf16
-                               ? std::vector<const char*>{"none", "lengths", "t5 lengths", "t5 gathered lengths"}
+                               ? std::vector<const char*>{"none", "lengths", "t5 lengths", "t5 gate lengths",
+                                                          "t5 gathered lengths"}
                                : std::vector<const char*>{"none", "t5"}) {
         const std::string cs = c;
         const bool lengths = cs.find("lengths") != std::string::npos, t5 = cs.find("t5") != std::string::npos;
-        const bool gathered = cs.find("gathered") != std::string::npos;
+        const bool gathered = cs.find("gathered") != std::string::npos, gated = cs.find("gate") != std::string::npos;
         const Dim& tq = lengths ? pad_q : full_q;
         const Dim& tk = lengths ? pad_k : full_k;
         const std::string tag = std::string(dtype_name(dt)) + " " + cs + " " + shape;
@@ -151,6 +153,8 @@ int run_table(bool json, int reps, const std::string& peer_script, const std::st
         Tensor v = random_normal({batch, heads, tk, d}, gen, 0, 1, DType::f32, dev).astype(dt);
         Tensor r = random_normal({batch, heads, tq, d}, gen, 0, 1, DType::f32, dev).astype(dt);
         Tensor table = random_normal({buckets, heads}, gen, 0, 1, DType::f32, dev);
+        // The gru_rel_pos gate's range, (1, 3) (a row scale of the relative bias).
+        Tensor gate = random_uniform({batch, heads, tq}, gen, 1, 3, DType::f32, dev);
         Tensor idx;
         const Dim positions(2 * T - 1, "positions");
         if (t5 && gathered) {
@@ -163,25 +167,27 @@ int run_table(bool json, int reps, const std::string& peer_script, const std::st
           Tensor rel = range_over_dim(positions, DType::i64, dev).with_sparse_dim(std::nullopt) - (T - 1);
           idx = nn::beats::relative_position_bucket(rel, buckets.size(), 800).with_sparse_dim(buckets);
         }
-        auto call = [&](const Tensor& qq, const Tensor& kk, const Tensor& vv, const Tensor& tab) {
+        auto call = [&](const Tensor& qq, const Tensor& kk, const Tensor& vv, const Tensor& tab, const Tensor& gt) {
           AttentionOptions o;
           o.scale = 1 / std::sqrt(double(D));
           o.fused = true;
           if (t5 && gathered) o.bias = gather(tab, idx, buckets, /*clip_to_valid=*/true).astype(dt);
           else if (t5) o.relative_bias = RelativeBias{gather(tab, idx, buckets, true).astype(dt), tq, positions};
+          if (gated) o.relative_bias->scale = gt.astype(dt);
           return dot_attention(qq, kk, vv, d, tk, o);
         };
         {
           NoGradGuard ng;
-          mine["fwd " + tag] = median_ms(reps, dev, [&] { call(q, k, v, table); });
+          mine["fwd " + tag] = median_ms(reps, dev, [&] { call(q, k, v, table, gate); });
         }
         auto fb = [&] {
           EnableGradGuard on;
           Tensor qg = q.with_requires_grad(), kg = k.with_requires_grad(), vg = v.with_requires_grad();
-          Tensor tg = table.with_requires_grad();
+          Tensor tg = table.with_requires_grad(), gg = gate.with_requires_grad();
           std::vector<Tensor> wrt{qg, kg, vg};
           if (t5) wrt.push_back(tg);
-          grad(call(qg, kg, vg, tg), wrt, r);
+          if (gated) wrt.push_back(gg);
+          grad(call(qg, kg, vg, tg, gg), wrt, r);
         };
         mine["fwd+bwd " + tag] = median_ms(reps, dev, fb);
         rows.push_back({"table " + tag + " fwd", mine["fwd " + tag]});
@@ -463,6 +469,26 @@ int main(int argc, char** argv) {
                       grad(reduce_sum(beats(xg, time, in).attn * r, {batch, time, model}), wrt);
                       wrt.pop_back();
                     });
+    // Under bf16 autocast, as mixed-precision training runs it: the tensor-core kernels read
+    // the T5 table and the gate in place (f32 runs gather them: the exact kernels decline).
+    if (with_bias && !dev.is_cpu()) {
+      time_row(name + " fwd bf16 autocast " + tag, [&] {
+        AutocastGuard amp(DType::bf16);
+        beats(x, time, in);
+      });
+      time_row(name + " fwd+bwd bf16 autocast " + tag, [&] {
+        EnableGradGuard on;
+        Tensor xg = x.with_requires_grad();
+        wrt.push_back(xg);
+        Tensor loss;
+        {
+          AutocastGuard amp(DType::bf16);
+          loss = reduce_sum(beats(xg, time, in).attn * r, {batch, time, model});
+        }
+        grad(loss, wrt);
+        wrt.pop_back();
+      });
+    }
   };
   beats_rows(false, false);
   beats_rows(true, true);

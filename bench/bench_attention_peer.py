@@ -38,6 +38,14 @@ def case(name, b, t, e, h, dev, reps, lengths=None, causal=False):
     print(f"{name}\t{ms}", flush=True)
 
 
+def autocast(fn):
+    """fn under bf16 autocast on cuda."""
+    def run(*args):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return fn(*args)
+    return run
+
+
 def beats_cases(b, t, e, h, dev, reps, tag):
     """BEATs' attention with relative bias (320 buckets, max distance 800) and the GRU gate,
     self-attention, need_weights=False: forward (inference mode) and forward + backward
@@ -54,6 +62,12 @@ def beats_cases(b, t, e, h, dev, reps, tag):
         ms = median_ms(lambda: m(x, x, x, need_weights=False), reps, dev == "cuda")
     print(f"BEATs relbias+gru fwd {tag}\t{ms}", flush=True)
     print(f"BEATs relbias+gru fwd+bwd {tag}\t{train_ms(m, x, r, reps, dev)}", flush=True)
+    if dev == "cuda":  # under bf16 autocast, as mixed-precision training runs it
+        with torch.inference_mode():
+            ms = median_ms(autocast(lambda: m(x, x, x, need_weights=False)), reps, True)
+        print(f"BEATs relbias+gru fwd bf16 autocast {tag}\t{ms}", flush=True)
+        ms = train_ms(m, x, r, reps, dev, autocast(lambda xg: m(xg, xg, xg, need_weights=False)[0]))
+        print(f"BEATs relbias+gru fwd+bwd bf16 autocast {tag}\t{ms}", flush=True)
     plain = MultiheadAttention(e, h, self_attention=True).to(dev).eval()
     print(f"BEATs no bias fwd+bwd {tag}\t{train_ms(plain, x, r, reps, dev)}", flush=True)
 
@@ -76,11 +90,6 @@ def torchscale_cases(b, t, e, h, dev, reps, tag):
     if dev == "cuda":
         # The same under bf16 autocast (f32 parameters, matmuls in bf16), as mixed-precision
         # training runs it.
-        def autocast(fn):
-            def run(*args):
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    return fn(*args)
-            return run
         with torch.inference_mode():
             ms = median_ms(autocast(lambda: m(x, x, x)), reps, True)
         print(f"torchscale xpos+subln fwd bf16 autocast {tag}\t{ms}", flush=True)

@@ -1,6 +1,6 @@
 // beats_encoder: a two-layer BEATs-style encoder built from nn::beats::MultiheadAttention. The
-// first layer owns the T5 relative-position table and hands its bias to the second; both gate
-// it with the GRU gate. The example trains it briefly on a padded batch, saves one layer and
+// first layer owns the T5 relative-position table and hands its bias, in relative form, to the
+// second; both gate it with the GRU gate. The example trains it briefly on a padded batch, saves one layer and
 // loads it by its PyTorch names into a fresh module, and decodes a causal variant one frame at
 // a time with an incremental state. docs/tutorials/07-beats-attention.md walks through it.
 // Exits non-zero unless the loss drops, the reloaded layer computes the same, and step-by-step
@@ -38,15 +38,19 @@ struct Layer : nn::Module {
     return o;
   }
 
-  // x {batch, time, model}; returns the output and the (ungated) position bias for the next layer.
-  std::pair<Tensor, Tensor> operator()(const Tensor& x, const Dim& time, const Tensor& position_bias) const {
+  // x {batch, time, model}; returns the output and the (ungated) position bias for the next
+  // layer, in relative form: a table over the positions j - i, which the fused attention reads
+  // in place (nothing of size {query, key} is formed).
+  using Bias = std::optional<RelativeBias>;
+  std::pair<Tensor, Bias> operator()(const Tensor& x, const Dim& time, const Bias& position_bias) const {
     beats::Inputs in;
     in.need_weights = false;
-    in.position_bias = position_bias;  // undefined in the first layer: it computes its own
+    in.relative_position_bias = position_bias;  // unset in the first layer: it computes its own
+    in.need_position_bias = false;              // no {heads, query, keys} tensor
     beats::Output a = self_attn(x, time, in);
     Tensor h = self_attn_layer_norm(x + a.attn);
     Tensor y = final_layer_norm(h + fc2(nn::gelu(fc1(h))));
-    return {y, a.position_bias};
+    return {y, a.relative_position_bias};
   }
 };
 
@@ -56,7 +60,7 @@ struct Encoder : nn::Module {
     for (int i = 0; i < n; ++i) layers.emplace_back(model, hidden, heads, i == 0, gen);
   }
   Tensor operator()(Tensor x, const Dim& time) const {
-    Tensor bias;
+    Layer::Bias bias;
     for (const Layer& l : layers) std::tie(x, bias) = l(x, time, bias);
     return x;
   }
@@ -97,6 +101,12 @@ int main() {
   }
   std::printf("training: loss %.4f -> %.4f\n", first, last);
   ok = ok && last < first / 3;
+  // Every attention call ran fused, and no relative bias was gathered over {query, key}.
+  const AttentionPathCounts paths = attention_path_counts();
+  std::printf("attention paths: %lld fused forwards, %lld fused backwards, %lld unfused, %lld biases gathered\n",
+              (long long)paths.fused_forward, (long long)paths.fused_backward,
+              (long long)(paths.unfused_forward + paths.unfused_backward), (long long)paths.relative_bias_gathered);
+  ok = ok && paths.unfused_forward + paths.unfused_backward == 0 && paths.relative_bias_gathered == 0;
 
   // 4. A layer's weights under the original's names: save it, load it into a fresh layer.
   const std::string path = (std::filesystem::temp_directory_path() / "beats_layer0.safetensors").string();

@@ -388,7 +388,7 @@ bool launch_attention_backward(DType dt, const AttentionArgs& a, const Attention
   if (width > 256 || (dt != DType::f32 && dt != DType::f64 && !half) || !a.lse) return false;
   if (a.batch0 * a.batch1 > 0x7fffffff) return false;
   if (a.tq == 0 || a.tk == 0 || a.d == 0 || a.dv == 0) return false;  // nothing to recompute: the caller's zeros
-  if (a.batch0 * a.batch1 == 0 || (!ga.dq && !ga.dk && !ga.dv && !ga.dbias)) return true;
+  if (a.batch0 * a.batch1 == 0 || (!ga.dq && !ga.dk && !ga.dv && !ga.dbias && !ga.drow_scale)) return true;
   if (half) return launch_attention_mma(dt, a, &ga, s);
   if (dt == DType::f32) {
     if (width <= 64) launch_vec<float, 64, 64, 64, 2>(a, ga, s);

@@ -269,6 +269,15 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
   const float sl2 = float(a.scale * 1.4426950408889634);
   const BiasRows<T, float> bias(a, b, EXTRA);
   const bool banded = EXTRA && bias.base && relative_view(a);
+  // The band's factor for each of this thread's rows (the row scale; 1 without one).
+  float fac[WM][2];
+#pragma unroll
+  for (int m = 0; m < WM; ++m)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t r = r0 + 16 * m + 8 * h;
+      fac[m][h] = banded && r < a.tq ? bias.factor(r) : 1.f;
+    }
   const DropMask<float> drop(a, b0, b1, EXTRA);
   uint32_t qf[WM][D / 16][4];
 
@@ -306,7 +315,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
         for (int e = 0; e < 4; ++e) {
           const int key = j0 + 8 * n + 2 * t + (e & 1);
           const int64_t row = r0 + 16 * m + 8 * (e / 2);
-          const float term = banded ? band[key - row + (i0 + BM - 1) - j0] : bias(row, key);
+          const float term = banded ? band[key - row + (i0 + BM - 1) - j0] * fac[m][e / 2] : bias(row, key);
           s[m][n][e] = key < len[m][e / 2] ? s[m][n][e] * sl2 + term : -INFINITY;
           mx[e / 2] = fmaxf(mx[e / 2], s[m][n][e]);
         }
@@ -398,6 +407,7 @@ __global__ void __launch_bounds__(kThreads)
   T* Gs = Qs + 2 * BQ * LD;                // dO, two stages
   float* Ss = reinterpret_cast<float*>(Gs + 2 * BQ * LD);  // dS of a tile pair, [BK][LS] (relative bias)
   __shared__ float lse_s[2][BQ], dr_s[2][BQ];
+  __shared__ float fac_s[2][EXTRA ? BQ : 1];  // the rows' factors (row scale) for the diagonal sums
   __shared__ int len_s[2][BQ];
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -413,6 +423,7 @@ __global__ void __launch_bounds__(kThreads)
                             a.k_rs, BK, nk, d);
   load_tile<T, D, LD, true>(Vs, static_cast<const T*>(a.v) + b0 * a.v_bs0 + b1 * a.v_bs1 + int64_t(j0) * a.v_rs,
                             a.v_rs, BK, nk, dv);
+  const BiasRows<T, float> bias(a, b, EXTRA);
   // The query tiles that see a key of this block, in order (the row tiles of the rows kernel
   // are 64 queries, a multiple of BQ).
   auto visits = [&](int64_t it) { return tile_kmax[b * rtiles + it * BQ / kTile] > j0; };
@@ -427,6 +438,7 @@ __global__ void __launch_bounds__(kThreads)
       lse_s[buf][i] = in ? lse[r] : INFINITY;
       dr_s[buf][i] = in ? dr[b * a.tq + r] : 0.f;
       len_s[buf][i] = in ? row_len[b * a.tq + r] : 0;
+      if constexpr (EXTRA) fac_s[buf][i] = in && bias.scale ? float(bias.factor(r)) : 1.f;
     }
   };
   int64_t it = 0;
@@ -443,7 +455,6 @@ __global__ void __launch_bounds__(kThreads)
       for (int e = 0; e < 4; ++e) dk[m][n][e] = dvv[m][n][e] = 0.f;
   const float sl2 = float(a.scale * 1.4426950408889634);
   const int key0 = j0 + warp * 16 * WM + g;  // this thread's keys: key0 + 16 m + 8 h
-  const BiasRows<T, float> bias(a, b, EXTRA);
   const DropMask<float> drop(a, b0, b1, EXTRA);
   // The bias's gradient (f32): dS itself at each (row, key) element, or, for a bias over the
   // keys alone, the sum over the rows (the thread's partial sums, then over its quad).
@@ -503,7 +514,7 @@ __global__ void __launch_bounds__(kThreads)
             if (a.bias_rs != 0) dbias[(i0 + r) * a.bias_rs + int64_t(key) * a.bias_cs] += dp[m][n][e];
             else dbias_key[m][e / 2] += dp[m][n][e];
           }
-          if (diag_row) Ss[(key - j0) * LS + r] = dp[m][n][e];
+          if (diag_row) Ss[(key - j0) * LS + r] = dp[m][n][e] * fac_s[buf][r];  // d table = factor dS
         }
       }
       as_operand<T, NT>(pf[m], s[m]);
@@ -556,10 +567,12 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // dQ of BM = 64 WM queries of one problem (WM tiles of 16 per warp), walking their keys in
-// tiles of BK.
+// tiles of BK. With a row scale whose gradient is wanted, also each row's sum over its keys of
+// dS times the (unscaled) bias term, into dscale[b, row] (non-null then).
 template <class T, int D, int WM, int BK, bool EXTRA>
 __global__ void __launch_bounds__(kThreads)
-    queries_kernel(AttentionArgs a, AttentionGradArgs ga, const float* dr, const int* row_len, const int* tile_kmax) {
+    queries_kernel(AttentionArgs a, AttentionGradArgs ga, const float* dr, const int* row_len, const int* tile_kmax,
+                   float* dscale) {
   constexpr int LD = D + 8, NT = BK / 8, BM = 64 * WM;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* Qs = reinterpret_cast<T*>(smem_raw);  // [BM][LD]
@@ -610,6 +623,16 @@ __global__ void __launch_bounds__(kThreads)
       for (int e = 0; e < 4; ++e) dq[m][n][e] = 0.f;
   const float sl2 = float(a.scale * 1.4426950408889634);
   const BiasRows<T, float> bias(a, b, EXTRA);
+  const bool scaled = EXTRA && bias.scale && dscale;
+  float fac[WM][2], dsc[WM][2];
+#pragma unroll
+  for (int m = 0; m < WM; ++m)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t r = r0 + 16 * m + 8 * h;
+      fac[m][h] = EXTRA && bias.scale && r < a.tq ? bias.factor(r) : 1.f;
+      dsc[m][h] = 0.f;
+    }
   const DropMask<float> drop(a, b0, b1, EXTRA);
   uint32_t qf[WM][D / 16][4], gf[WM][D / 16][4];
 
@@ -646,9 +669,12 @@ __global__ void __launch_bounds__(kThreads)
         for (int e = 0; e < 4; ++e) {
           const int key = j0 + 8 * n + 2 * t + (e & 1), h = e / 2;
           const bool seen = key < len[m][h];
-          const float p = seen ? exp2f(s[m][n][e] * sl2 + bias(r0 + 16 * m + 8 * h, key) - lse[m][h]) : 0.f;
+          // The term without the row's factor (log2 units).
+          const float raw = seen && bias.base ? bias.at(bias.row(r0 + 16 * m + 8 * h), key) : 0.f;
+          const float p = seen ? exp2f(s[m][n][e] * sl2 + raw * fac[m][h] - lse[m][h]) : 0.f;
           const float dpd = kept[e] ? dp[m][n][e] * (drop.on ? drop.scale : 1.f) : 0.f;
           dp[m][n][e] = seen ? p * (dpd - drr[m][h]) : 0.f;
+          if (scaled) dsc[m][h] = fmaf(dp[m][n][e], raw, dsc[m][h]);
         }
       }
       as_operand<T, NT>(pf[m], dp[m]);
@@ -660,6 +686,18 @@ __global__ void __launch_bounds__(kThreads)
   }
   cp_async_wait_all();
 
+  if (scaled) {  // a row lives in one quad; the sums were in log2 units
+#pragma unroll
+    for (int m = 0; m < WM; ++m)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float x = dsc[m][h];
+        x += __shfl_xor_sync(0xffffffffu, x, 1);
+        x += __shfl_xor_sync(0xffffffffu, x, 2);
+        const int64_t r = r0 + 16 * m + 8 * h;
+        if (t == 0 && r < a.tq) dscale[b * a.tq + r] = x * 0.6931471805599453f;
+      }
+  }
   if (!ga.dq) return;
   const float sc = float(a.scale);
   T* out = static_cast<T*>(ga.dq) + b0 * ga.dq_bs0 + b1 * ga.dq_bs1;
@@ -692,6 +730,28 @@ __global__ void relative_dbias_kernel(AttentionArgs a, AttentionGradArgs ga, con
       for (int64_t kt = first; kt <= last; ++kt) x += diag[(b * ktiles + kt) * width + pos - kt * bk];
       part[(pos - (a.tq - 1)) * a.bias_cs] = x;
     }
+  }
+}
+
+// The row scale's gradient from the queries kernel's row sums dscale[b, row]: added into each
+// problem's part at the scale's row stride, or, where the scale broadcasts over the rows, the
+// rows' sum in order.
+__global__ void row_scale_grad_kernel(AttentionArgs a, AttentionGradArgs ga, const float* dscale) {
+  const int64_t problems = a.batch0 * a.batch1;
+  const int64_t* off = ga.drow_scale_off ? ga.drow_scale_off : a.row_scale_off;
+  float* out = static_cast<float*>(ga.drow_scale);
+  if (a.row_scale_rs == 0) {
+    for (int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; b < problems; b += int64_t(gridDim.x) * blockDim.x) {
+      float x = 0.f;
+      for (int64_t r = 0; r < a.tq; ++r) x += dscale[b * a.tq + r];
+      out[off ? off[b] : 0] += x;
+    }
+    return;
+  }
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < problems * a.tq;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = i / a.tq, r = i % a.tq;
+    out[(off ? off[b] : 0) + r * a.row_scale_rs] += dscale[i];
   }
 }
 
@@ -740,7 +800,10 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
   if (problems * kblocks > 0x7fffffff)
     throw Error("dot_attention backward: " + std::to_string(a.tk) + " keys per problem are too many for cuda");
   // Scratch: Dr [problems, tq] (f32), row lengths [problems, tq], row tile lengths [problems, rtiles].
-  const size_t rows = size_t(problems * a.tq), bytes = rows * 8 + size_t(problems * rtiles) * 4;
+  // With a row scale's gradient wanted, each row's share of it [problems, tq] (f32) after them.
+  const bool scaled = EXTRA && ga.drow_scale && a.row_scale && a.bias;
+  const size_t rows = size_t(problems * a.tq),
+               bytes = rows * 8 + size_t(problems * rtiles) * 4 + (scaled ? rows * 4 : 0);
   unsigned char* scratch = nullptr;
   if (cudaMallocAsync(reinterpret_cast<void**>(&scratch), bytes, s) != cudaSuccess) {
     cudaGetLastError();
@@ -749,6 +812,7 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
   float* dr = reinterpret_cast<float*>(scratch);
   int* row_len = reinterpret_cast<int*>(scratch + rows * 4);
   int* tile_kmax = row_len + rows;
+  float* dscale = scaled ? reinterpret_cast<float*>(tile_kmax + problems * rtiles) : nullptr;
   rows_kernel<T, float, kTile><<<dim3(unsigned(problems), unsigned(rtiles)), kThreads, 0, s>>>(
       a, static_cast<const T*>(ga.g), dr, row_len, tile_kmax, static_cast<T*>(nullptr), 0, 0, 0);
   check_launch("dot_attention backward (rows)");
@@ -782,12 +846,17 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
     check_launch("dot_attention backward (relative bias)");
     cudaFreeAsync(diag, s);
   }
-  if (ga.dq) {
+  if (ga.dq || scaled) {
     constexpr size_t smem = sizeof(T) * size_t((2 * 64 * WQ + 2 * BK) * (D + 8));
     set_smem(queries_kernel<T, D, WQ, BK, EXTRA>, smem, "dot_attention backward");
-    queries_kernel<T, D, WQ, BK, EXTRA><<<dim3(unsigned(problems), unsigned(qblocks)), kThreads, smem, s>>>(a, ga, dr, row_len,
-                                                                                                  tile_kmax);
+    queries_kernel<T, D, WQ, BK, EXTRA><<<dim3(unsigned(problems), unsigned(qblocks)), kThreads, smem, s>>>(
+        a, ga, dr, row_len, tile_kmax, dscale);
     check_launch("dot_attention backward (queries)");
+  }
+  if (scaled) {
+    const int64_t n = a.row_scale_rs == 0 ? problems : problems * a.tq;
+    row_scale_grad_kernel<<<unsigned((n + 255) / 256 < 4096 ? (n + 255) / 256 : 4096), 256, 0, s>>>(a, ga, dscale);
+    check_launch("dot_attention backward (row scale)");
   }
   cudaFreeAsync(scratch, s);
 }

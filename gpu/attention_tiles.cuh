@@ -65,23 +65,34 @@ __host__ __device__ __forceinline__ bool relative_view(const AttentionArgs& a) {
   return a.bias && a.bias_cs != 0 && a.bias_rs == -a.bias_cs;
 }
 
-// The bias term of problem b's rows, in log2 units (the energies' units in the kernels).
+// The bias term of problem b's rows, in log2 units (the energies' units in the kernels), times
+// the row's factor where the relative bias has a row scale.
 template <class T, class C>
 struct BiasRows {
   const T* base;  // null: no bias
   int64_t rs, cs;
+  const T* scale;  // null: no row scale
+  int64_t scale_rs;
   // enabled: a compile-time constant of the kernel (false: no bias, and its code folds away).
   __device__ BiasRows(const AttentionArgs& a, int64_t b, bool enabled)
       : base(enabled && a.bias ? static_cast<const T*>(a.bias) + (a.bias_off ? a.bias_off[b] : 0) : nullptr),
         rs(a.bias_rs),
-        cs(a.bias_cs) {}
-  // Row r's start (base non-null), and key j of such a row.
+        cs(a.bias_cs),
+        scale(enabled && a.bias && a.row_scale
+                  ? static_cast<const T*>(a.row_scale) + (a.row_scale_off ? a.row_scale_off[b] : 0)
+                  : nullptr),
+        scale_rs(a.row_scale_rs) {}
+  // Row r's start (base non-null), and key j of such a row, without the row's factor.
   __device__ __forceinline__ const T* row(int64_t r) const { return base + r * rs; }
   __device__ __forceinline__ C at(const T* row, int64_t j) const {
     return C(widen(row[j * cs])) * C(1.4426950408889634);
   }
+  // Row r's factor (r < tq): its row scale, 1 without one.
+  __device__ __forceinline__ C factor(int64_t r) const { return scale ? C(widen(scale[r * scale_rs])) : C(1); }
   // The term of (r, j); 0 without a bias.
-  __device__ __forceinline__ C operator()(int64_t r, int64_t j) const { return base ? at(row(r), j) : C(0); }
+  __device__ __forceinline__ C operator()(int64_t r, int64_t j) const {
+    return base ? at(row(r), j) * factor(r) : C(0);
+  }
 };
 
 // The dropout mask of problem (b0, b1) (AttentionArgs' drop fields); `on` false without dropout.

@@ -220,7 +220,7 @@ class CudaBackend final : public backend::Backend {
   }
 
   static AttentionArgs attention_args(const backend::Attention& a) {
-    return AttentionArgs{a.batch[0], a.batch[1], a.tq, a.tk, a.d, a.dv, a.scale,
+    AttentionArgs r{a.batch[0], a.batch[1], a.tq, a.tk, a.d, a.dv, a.scale,
                          a.q.data, a.q.batch_stride[0], a.q.batch_stride[1], a.q.row_stride,
                          a.k.data, a.k.batch_stride[0], a.k.batch_stride[1], a.k.row_stride,
                          a.v.data, a.v.batch_stride[0], a.v.batch_stride[1], a.v.row_stride,
@@ -230,11 +230,19 @@ class CudaBackend final : public backend::Backend {
                          a.dropout.p, a.dropout.scale, a.dropout.seed, a.dropout.offset, a.dropout.threshold,
                          a.dropout.stride[0], a.dropout.stride[1], a.dropout.row_stride, a.dropout.col_stride,
                          a.dropout.f64};
+    r.row_scale = a.bias.row_scale;
+    r.row_scale_off = a.bias.row_scale_offset;
+    r.row_scale_rs = a.bias.row_scale_stride;
+    return r;
   }
   bool attention_takes_bias() const override { return true; }
   // A relative bias is read in place by the tensor-core forward and backward; the backward sums
   // the table's gradient along diagonals, per key tile, in a fixed order.
   bool attention_takes_relative_bias() const override { return true; }
+  // Its row scale (the gru_rel_pos gate) too: the forward multiplies each row's band terms, the
+  // keys kernel each dS row before the diagonal sums, and the queries kernel forms the scale's
+  // gradient per row (sum over the row's keys of dS times the table term).
+  bool attention_takes_bias_row_scale() const override { return true; }
   // Measured on the H200 (BEATs layer, B=8 T=1024 H=12, f32): the exact f32/f64 kernels reading
   // a bias that varies over both queries and keys from device memory are slower than the
   // unfused path (forward 3.87 vs 3.37 ms, forward + backward 12.6 vs 10.5 ms), so they decline
@@ -246,7 +254,7 @@ class CudaBackend final : public backend::Backend {
   // each block between lanes and keep it (bf16: 2.1 ms fused against 3.85 unfused).
   bool attention(DType dt, const backend::Attention& a) override {
     const bool exact = dt == DType::f32 || dt == DType::f64;
-    if (a.bias.row_scale) return false;  // not taken (attention_takes_bias_row_scale); the frontend multiplies it out
+    if (exact && a.bias.row_scale) return false;  // comes with a relative bias, which they decline
     if (exact && a.bias.data && a.bias.row_stride != 0 && a.bias.col_stride != 0) return false;
     if (exact && a.dropout.p > 0) return false;
     return launch_attention(dt, attention_args(a), stream());
@@ -270,11 +278,13 @@ class CudaBackend final : public backend::Backend {
     }
   }
   bool attention_backward(DType dt, const backend::Attention& a, const backend::AttentionGrads& g) override {
-    const AttentionGradArgs ga{g.out_grad,
+    AttentionGradArgs ga{g.out_grad,
                                g.dq.data, g.dq.batch_stride[0], g.dq.batch_stride[1], g.dq.row_stride,
                                g.dk.data, g.dk.batch_stride[0], g.dk.batch_stride[1], g.dk.row_stride,
                                g.dv.data, g.dv.batch_stride[0], g.dv.batch_stride[1], g.dv.row_stride,
                                g.dbias, g.dbias_batch_offset};
+    ga.drow_scale = g.drow_scale;
+    ga.drow_scale_off = g.drow_scale_offset;
     return launch_attention_backward(dt, attention_args(a), ga, stream());
   }
 

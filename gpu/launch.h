@@ -46,6 +46,11 @@ struct AttentionArgs {
   uint64_t drop_seed, drop_offset, drop_threshold;
   int64_t drop_s0, drop_s1, drop_rs, drop_cs;
   bool drop_f64;
+  // Nullable, with a relative bias only: a factor of row i's term, the element type, at
+  // row_scale[row_scale_off[b] (null: 0) + i * row_scale_rs] (backend::Attention::Bias).
+  const void* row_scale = nullptr;
+  const int64_t* row_scale_off = nullptr;
+  int64_t row_scale_rs = 0;
 };
 // The backward of launch_attention's problem (the same AttentionArgs, with the lse its forward
 // wrote): g has out's strides; dq, dk, dv (each nullable: not computed) have their own strides.
@@ -62,6 +67,10 @@ struct AttentionGradArgs {
   // frontend guarantees it), so the kernels write without ordering problems.
   void* dbias;
   const int64_t* dbias_off;
+  // Nullable: the row scale's gradient (f32), added into at row_scale's strides from
+  // drow_scale_off[b] (null: row_scale_off).
+  void* drow_scale = nullptr;
+  const int64_t* drow_scale_off = nullptr;
 };
 
 void launch_copy(DType src, DType dst, const Meta<2>& m, const void* x, void* y, cudaStream_t s);

@@ -658,6 +658,24 @@ Tensor fused_with_grad(const Tensor& q, const Tensor& k, const Tensor& v, const 
 
 }  // namespace
 
+Tensor relative_bias_term(const RelativeBias& rel, const Dim& kv_axis) {
+  const char* op = "relative_bias_term";
+  const Tensor& t = rel.table;
+  check_defined(op, t);
+  check_has_dim(op, t, rel.positions, "relative_bias.table");
+  if (rel.positions.is_dynamic() || rel.positions.extent() != rel.query.extent() + kv_axis.extent() - 1)
+    fail(std::string(op) + ": relative_bias.positions '" + rel.positions.str() + "' must be static with extent " +
+         std::to_string(rel.query.extent() + kv_axis.extent() - 1) + " (query '" + rel.query.str() + "' + keys '" +
+         kv_axis.str() + "' - 1)");
+  if (rel.query == kv_axis || t.has_dim(rel.query) || t.has_dim(kv_axis))
+    fail(std::string(op) + ": the table " + t.str() + " must be over neither the query '" + rel.query.str() +
+         "' nor the keys '" + kv_axis.str() + "', which must differ");
+  if (rel.scale.defined() && (rel.scale.has_dim(kv_axis) || rel.scale.has_dim(rel.positions)))
+    fail(std::string(op) + ": the scale " + rel.scale.str() + " must be over neither the keys '" + kv_axis.str() +
+         "' nor the positions '" + rel.positions.str() + "'");
+  if (rel.scale.defined()) check_same_device(op, t, rel.scale);
+  return relative_term(rel, kv_axis);
+}
 
 AttentionPathCounts attention_path_counts() {
   AttentionPathCounts c;

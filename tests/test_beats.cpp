@@ -518,6 +518,8 @@ TEST_CASE("beats: dropout in training takes the fused primitive and drops what t
     Tensor y = copy_masked(m(x, t, in).attn, {t});
     std::vector<Tensor> grads = grad(reduce_sum(square(y), y.dims()), {m.q_proj.weight, m.k_proj.weight, m.v_proj.weight});
     CHECK(nn::attention_path_counts().fused_forward == (need_weights ? 0 : 1));
+    // The fused path reads the T5 table and the gate in place: nothing over {query, key}.
+    CHECK(nn::attention_path_counts().relative_bias_gathered == 0);
     std::vector<double> all = y.to_vector<double>({b, t, e});
     for (const Tensor& gr : grads) {
       const std::vector<double> v = gr.to_vector<double>();
@@ -526,6 +528,93 @@ TEST_CASE("beats: dropout in training takes the fused primitive and drops what t
     runs.push_back(all);
   }
   CHECK_VEC_APPROX(runs[1], runs[0], 1e-4, 1e-5);
+}
+
+TEST_CASE("beats: the bias in relative form passes between layers and equals the tensor form", "[beats]") {
+  // BEATs' encoder: the first layer computes the T5 bias, the next ones get it passed. In
+  // relative form (a table over positions, the gate as its row scale) it is read in place;
+  // passed as the {heads, query, keys} tensor it is added as a bias. Both give the same
+  // outputs and gradients, causal or not; Output::position_bias is formed only when asked.
+  Generator gen(6);
+  Dim e(16, "embed"), b(2, "b"), heads(4, "heads");
+  Dim t = dynamic_dim(b, {9, 5}, "t");
+  beats::Options first;
+  first.self_attention = true;
+  first.has_relative_attention_bias = true;
+  first.num_buckets = 8;
+  first.max_distance = 16;
+  first.gru_rel_pos = true;
+  first.heads = heads;
+  beats::Options next = first;
+  next.has_relative_attention_bias = false;
+  beats::MultiheadAttention m1(e, 4, gen, first), m2(e, 4, gen, next);
+  Tensor x = random_tensor({b, t, e}, 7).with_requires_grad();
+  for (bool causal : {false, true}) {
+    INFO("causal " << causal);
+    std::vector<std::vector<double>> runs;
+    for (bool relative : {true, false}) {
+      beats::Inputs in;
+      in.need_weights = false;
+      in.causal = causal;
+      in.need_position_bias = !relative;
+      nn::reset_attention_path_counts();
+      beats::Output a = m1(x, t, in);
+      CHECK(a.relative_position_bias.has_value());
+      CHECK(a.position_bias.defined() == !relative);
+      if (relative) in.relative_position_bias = a.relative_position_bias;
+      else in.position_bias = a.position_bias;
+      beats::Output c = m2(a.attn, t, in);
+      CHECK(nn::attention_path_counts().fused_forward == 2);
+      CHECK(nn::attention_path_counts().relative_bias_gathered == 0);
+      Tensor y = copy_masked(c.attn, {t});
+      std::vector<Tensor> wrt{x, m1.relative_attention_bias->weight, m1.grep_linear->weight, *m1.grep_a,
+                              m2.grep_linear->weight, *m2.grep_a, m2.q_proj.weight};
+      std::vector<Tensor> grads = grad(reduce_sum(square(y), y.dims()), wrt);
+      std::vector<double> all = y.to_vector<double>({b, t, e});
+      for (const Tensor& gr : grads) {
+        const std::vector<double> v = gr.to_vector<double>();
+        all.insert(all.end(), v.begin(), v.end());
+      }
+      runs.push_back(all);
+    }
+    CHECK_VEC_APPROX(runs[0], runs[1], 1e-5, 1e-6);
+  }
+  // The relative form gathered is the tensor form; unpadded rows of the fused and the
+  // weights' path agree with it too.
+  beats::Inputs in;
+  in.need_weights = false;
+  beats::Output a = m1(x, t, in);
+  REQUIRE(a.position_bias.defined());
+  const Tensor gathered = relative_bias_term(*a.relative_position_bias, a.keys);
+  CHECK_VEC_APPROX(gathered.to_vector<double>(a.position_bias.dims()), a.position_bias.to_vector<double>(), 0, 0);
+  in.need_weights = true;
+  beats::Output w = m1(x, t, in);
+  CHECK_VEC_APPROX(copy_masked(w.attn, {t}).to_vector<double>({b, t, e}),
+                   copy_masked(a.attn, {t}).to_vector<double>({b, t, e}), 1e-5, 1e-6);
+
+  // Errors: both forms, a gated table, another query Dim, decoding.
+  in.need_weights = false;
+  in.relative_position_bias = a.relative_position_bias;
+  in.position_bias = a.position_bias;
+  CHECK_THROWS_WITH(m2(x, t, in), Contains("beats::MultiheadAttention") && Contains("not both"));
+  in.position_bias = Tensor();
+  RelativeBias gated = *a.relative_position_bias;
+  gated.scale = Tensor::ones({b, t}, DType::f32);
+  in.relative_position_bias = gated;
+  CHECK_THROWS_WITH(m2(x, t, in), Contains("ungated"));
+  Dim other = dynamic_dim(b, {9, 5}, "other");
+  in.relative_position_bias = a.relative_position_bias;
+  CHECK_THROWS_WITH(m2(replace_dim(x, t, other).first, other, in), Contains("'t") && Contains("'other"));
+  in.incremental_state = m2.initial_state({b});
+  CHECK_THROWS_WITH(m2(x, t, in), Contains("decoding"));
+  // Keys of another length: the positions' extent is named.
+  beats::Inputs shorter;
+  shorter.need_weights = false;
+  Dim t2 = dynamic_dim(b, {6, 5}, "t2");
+  RelativeBias r2 = *m1(random_tensor({b, t2, e}, 8), t2, shorter).relative_position_bias;
+  r2.query = t;
+  shorter.relative_position_bias = r2;
+  CHECK_THROWS_WITH(m2(x, t, shorter), Contains("positions") && Contains("extent"));
 }
 
 TEST_CASE("beats: a query row with no visible key gives zero weights and a zero row, never NaN", "[beats]") {

@@ -850,12 +850,15 @@ TEST_CASE("gpu: fused dot_attention with an additive bias, every precision", "[g
 // table agree, padded keys included, and the table's gradient is the same in two runs.
 TEST_CASE("gpu: a relative bias matches the CPU, forward and gradients", "[gpu][attention]") {
   Dim batch(2, "batch"), heads(3, "heads"), key(32, "key");
-  // Shorter than one tile of queries and keys, and several tiles of each.
+  // Shorter than one tile of queries and keys, and several tiles of each. Row scales (the
+  // gru_rel_pos gate): none; over the batch and the queries, shared by the heads; over the
+  // batch and heads alone (one factor for all of a problem's rows).
   for (const std::vector<int32_t>& lens : {std::vector<int32_t>{37, 20}, std::vector<int32_t>{203, 150}})
+  for (int gate = 0; gate < 3; ++gate)
   for (DType dt : {DType::f32, DType::bf16}) {
     Dim time = dynamic_dim(batch, lens, "time");
     const Dim keys = time.copy("keys"), positions(2 * time.extent() - 1, "positions");
-    INFO(dtype_name(dt) << ", time " << time.extent());
+    INFO(dtype_name(dt) << ", time " << time.extent() << ", gate " << gate);
     consistent(
         "relative bias",
         [&](Device dev) {
@@ -865,10 +868,14 @@ TEST_CASE("gpu: a relative bias matches the CPU, forward and gradients", "[gpu][
           const Tensor v = replace_dim(input({batch, time, heads, key}, 122, dev, -1, 1, dt), time, keys).first
                                .with_requires_grad();
           const Tensor table = input({heads, positions}, 123, dev, -1, 1, DType::f32).with_requires_grad();
+          const Tensor scale = gate == 0   ? Tensor()
+                               : gate == 1 ? input({time, batch}, 125, dev, 0, 2, DType::f32).with_requires_grad()
+                                           : input({heads, batch}, 125, dev, 0, 2, DType::f32).with_requires_grad();
           AttentionOptions o;
           o.scale = 0.125;
           o.fused = true;
           o.relative_bias = RelativeBias{table.astype(dt), time, positions};
+          if (gate) o.relative_bias->scale = scale.astype(dt);
           const Tensor w = copy_masked(input({batch, time, heads, key}, 124, dev, -1, 1, DType::f32), {time});
           auto loss_of = [&](const Tensor& out) { return reduce_sum(out.astype(DType::f32) * w, w.dims()); };
           // A table without a gradient first: the tensor-core backward reads it in place.
@@ -879,9 +886,11 @@ TEST_CASE("gpu: a relative bias matches the CPU, forward and gradients", "[gpu][
           const AttentionPathCounts p3 = attention_path_counts();
           nn::reset_attention_path_counts();
           Tensor out = dot_attention(q, k, v, key, keys, o);
-          std::vector<Tensor> g = grad(loss_of(out), {q, k, v, table});
+          std::vector<Tensor> leaves{q, k, v, table};
+          if (gate) leaves.push_back(scale);
+          std::vector<Tensor> g = grad(loss_of(out), leaves);
           // On cuda the exact f32 kernels decline the bias (gathered once, then the unfused
-          // path and autograd's backward); the tensor-core ones take it in place.
+          // path and autograd's backward); the tensor-core ones take it in place, row scale too.
           const AttentionPathCounts pc = attention_path_counts();
           const bool fused = dev.is_cpu() || is_half(dt);
           CHECK(p3.fused_forward == (fused ? 1 : 0));
@@ -890,8 +899,11 @@ TEST_CASE("gpu: a relative bias matches the CPU, forward and gradients", "[gpu][
           CHECK(pc.fused_forward == (fused ? 1 : 0));
           CHECK(pc.fused_backward == (fused ? 1 : 0));
           CHECK(pc.relative_bias_gathered == (fused ? 0 : 1));
-          const Tensor again = grad(loss_of(dot_attention(q, k, v, key, keys, o)), {table})[0];
-          CHECK(again.to_vector<float>(g[3].dims()) == g[3].to_vector<float>());
+          // Two backward runs give the same bits (the table's and the scale's gradients).
+          const std::vector<Tensor> again =
+              grad(loss_of(dot_attention(q, k, v, key, keys, o)), std::vector<Tensor>(leaves.begin() + 3, leaves.end()));
+          for (size_t i = 3; i < g.size(); ++i)
+            CHECK(again[i - 3].to_vector<float>(g[i].dims()) == g[i].to_vector<float>());
           for (size_t i = 0; i < 3; ++i) {
             const Dim& rows = i == 0 ? time : keys;
             CHECK(copy_masked(g3[i], {rows}).astype(DType::f32).to_vector<float>(g[i].dims()) ==
@@ -900,6 +912,8 @@ TEST_CASE("gpu: a relative bias matches the CPU, forward and gradients", "[gpu][
           std::vector<Tensor> r{copy_masked(out, {time}).astype(DType::f32), copy_masked(g[0], {time}).astype(DType::f32),
                                 copy_masked(g[1], {keys}).astype(DType::f32), copy_masked(g[2], {keys}).astype(DType::f32),
                                 g[3]};
+          if (gate == 1) r.push_back(copy_masked(g[4], {time}));
+          if (gate == 2) r.push_back(g[4]);
           return r;
         },
         dt == DType::f32 ? 1e-4 : 5e-2, dt == DType::f32 ? 1e-4 : 5e-2);
@@ -1247,9 +1261,11 @@ TEST_CASE("gpu: torchscale::MultiheadAttention and its gradients match the CPU",
 }
 
 TEST_CASE("gpu: the attention modules run fused under bf16 autocast, forward and backward", "[gpu][autocast]") {
-  // torchscale (XPOS, sub-LN) and BEATs (no bias) on a padded batch under bf16 autocast: the
-  // scores take the tensor-core kernels both ways (no fallback), the f32 parameters get f32
-  // gradients, and the outputs stay within bf16 rounding of the f32 result on the CPU.
+  // torchscale (XPOS, sub-LN) and BEATs (T5 bias with the gru_rel_pos gate, dropout, training)
+  // on a padded batch under bf16 autocast: the scores take the tensor-core kernels both ways (no
+  // fallback; BEATs' table and gate read in place, nothing gathered), the f32 parameters get
+  // f32 gradients, and the outputs stay within bf16 rounding of the f32 result on the CPU (the
+  // same dropout mask: bf16 draws the f32 one).
   Dim batch(3, "batch"), model(64, "model");
   Dim time = dynamic_dim(batch, {37, 20, 0}, "time");
   Generator gen(23);
@@ -1260,16 +1276,25 @@ TEST_CASE("gpu: the attention modules run fused under bf16 autocast, forward and
   nn::torchscale::MultiheadAttention ts_cpu(model, 4, gen, to), ts_gpu = ts_cpu;
   nn::beats::Options bo;
   bo.self_attention = true;
+  bo.has_relative_attention_bias = true;
+  bo.num_buckets = 16;
+  bo.max_distance = 32;
+  bo.gru_rel_pos = true;
+  bo.dropout = 0.1;
   nn::beats::MultiheadAttention bt_cpu(model, 4, gen, bo), bt_gpu = bt_cpu;
   nn::to(ts_gpu, kGpu);
   nn::to(bt_gpu, kGpu);
+  nn::train(bt_cpu);
+  nn::train(bt_gpu);
   auto run = [&](Device dev, bool amp, bool beats) {
     Tensor x = input({batch, time, model}, 180, dev, -1, 1);
     Tensor y;
     {
       AutocastGuard guard(DType::bf16, amp);
       if (beats) {
+        Generator drop_gen(31);
         nn::beats::Inputs in;
+        in.gen = &drop_gen;
         in.need_weights = false;
         y = (dev == kGpu ? bt_gpu : bt_cpu)(x, time, in).attn;
       } else {
@@ -1298,6 +1323,7 @@ TEST_CASE("gpu: the attention modules run fused under bf16 autocast, forward and
     CHECK(c.fused_forward == 1);
     CHECK(c.fused_backward == 1);
     CHECK(c.unfused_forward + c.unfused_backward == 0);
+    CHECK(c.relative_bias_gathered == 0);
     REQUIRE(got.size() == want.size());
     double overall = 0;  // the largest gradient entry of all
     for (size_t i = 0; i + 1 < want.size(); ++i)

@@ -49,10 +49,15 @@ struct RelativeBias {
   /// Undefined, or a factor of each query row's terms (BEATs's gru_rel_pos gate): the term of
   /// (i, j) is then scale[..., i] * table[..., j - i + T_q - 1]. Over q's Dims but key_dim
   /// (usually `query` and the batch and head Dims); q's dtype; differentiable like the table.
-  /// Read in place where the device's primitive takes it (the CPU's); elsewhere the scaled
-  /// term is gathered (AttentionPathCounts::relative_bias_gathered).
+  /// Read in place where the device's primitive takes it (the CPU's, CUDA's in bf16 and f16);
+  /// elsewhere the scaled term is gathered (AttentionPathCounts::relative_bias_gathered).
   Tensor scale;
 };
+
+/// The term `rel` adds over {rel.query, kv_axis} (times its scale where set): what dot_attention
+/// gathers where no fused primitive reads the table in place. Differentiable in the table and
+/// the scale. Errors name the mismatched Dims (positions' extent, a table over the query or keys).
+Tensor relative_bias_term(const RelativeBias& rel, const Dim& kv_axis);
 
 /// Options of dot_attention().
 struct AttentionOptions {

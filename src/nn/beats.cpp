@@ -42,36 +42,45 @@ int64_t bucket_of(int64_t rel, int64_t num_buckets, int64_t max_distance) {
   return b + std::min<int64_t>(nb - 1, max_exact + int64_t(f));
 }
 
-// The T5 bias from `table` {buckets, heads} for the relative positions j - i - offset over
-// {query, key} (+ offset's Dims): each position that occurs gets its bucket once, on the host
-// (tq + tk - 1 of them, plus the spread of the offsets), the table's rows are gathered per
-// position ({positions, heads}, small), and those rows per (query, key) by the position's
-// index, computed on the device. Nothing of size {query, key} is built on the host or kept
-// between calls.
-Tensor t5_bias(const Tensor& table, const Dim& buckets, const Dim& query, const Dim& key, const Tensor& offset,
-               int64_t num_buckets, int64_t max_distance) {
-  const Device dev = table.device();
-  const int64_t tq = query.extent(), tk = key.extent();
-  Tensor o;
-  int64_t omin = 0, omax = 0;
-  if (offset.defined()) {
-    o = offset.astype(DType::i64);
-    const std::vector<int64_t> offs = o.to(Device::cpu()).to_vector<int64_t>();
-    if (!offs.empty()) {
-      omin = *std::min_element(offs.begin(), offs.end());
-      omax = *std::max_element(offs.begin(), offs.end());
-    }
-  }
-  const int64_t dmin = -(tq - 1) - omax, dmax = tk - 1 - omin;
-  const Dim positions(std::max<int64_t>(1, dmax - dmin + 1), "t5_positions");
+// The T5 table's rows for the relative positions dmin, dmin + 1, ..., over a new Dim
+// `positions` ({positions, heads}, small): each position gets its bucket once, on the host.
+Tensor t5_rows(const Tensor& table, const Dim& buckets, int64_t dmin, const Dim& positions, int64_t num_buckets,
+               int64_t max_distance) {
   std::vector<int64_t> b(size_t(positions.size()));
   for (int64_t d = 0; d < positions.size(); ++d) b[size_t(d)] = bucket_of(dmin + d, num_buckets, max_distance);
   // The buckets are in range by construction: clamping skips the device's range report.
-  const Tensor rows = gather(table, Tensor::from_vector<int64_t>({positions}, b).to(dev).with_sparse_dim(buckets),
-                             buckets, /*clip_to_valid=*/true);
+  return gather(table, Tensor::from_vector<int64_t>({positions}, b).to(table.device()).with_sparse_dim(buckets),
+                buckets, /*clip_to_valid=*/true);
+}
+
+// The T5 bias in relative form: the rows of j - i = -(tq - 1) .. tk - 1 (dimx::RelativeBias).
+RelativeBias t5_relative(const Tensor& table, const Dim& buckets, const Dim& query, const Dim& key,
+                         int64_t num_buckets, int64_t max_distance) {
+  const Dim positions(query.extent() + key.extent() - 1, "t5_positions");
+  return RelativeBias{t5_rows(table, buckets, -(query.extent() - 1), positions, num_buckets, max_distance), query,
+                      positions};
+}
+
+// The T5 bias over {query, key} (+ offset's Dims) for the relative positions j - i - offset
+// (decoding: the history length per sequence): the rows of every position that occurs (tq +
+// tk - 1 plus the offsets' spread), gathered per (query, key) by the position's index on the
+// device. Nothing of size {query, key} is built on the host or kept between calls.
+Tensor t5_bias(const Tensor& table, const Dim& buckets, const Dim& query, const Dim& key, const Tensor& offset,
+               int64_t num_buckets, int64_t max_distance) {
+  if (!offset.defined())
+    return relative_bias_term(t5_relative(table, buckets, query, key, num_buckets, max_distance), key);
+  const Tensor o = offset.astype(DType::i64);
+  const std::vector<int64_t> offs = o.to(Device::cpu()).to_vector<int64_t>();
+  int64_t omin = 0, omax = 0;
+  if (!offs.empty()) {
+    omin = *std::min_element(offs.begin(), offs.end());
+    omax = *std::max_element(offs.begin(), offs.end());
+  }
+  const int64_t dmin = -(query.extent() - 1) - omax, dmax = key.extent() - 1 - omin;
+  const Dim positions(std::max<int64_t>(1, dmax - dmin + 1), "t5_positions");
+  const Tensor rows = t5_rows(table, buckets, dmin, positions, num_buckets, max_distance);
   // j - i - offset over {query, key}, as an index into `positions`.
-  Tensor idx = relative_positions(query, key, -dmin, dev);
-  if (o.defined()) idx = sub(idx, o.to(dev), true);
+  const Tensor idx = sub(relative_positions(query, key, -dmin, table.device()), o.to(table.device()), true);
   return gather(rows, idx.with_sparse_dim(positions), positions, /*clip_to_valid=*/true);
 }
 
@@ -273,8 +282,31 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
   Tensor attn_mask = score_mask(kOp, in.attn_mask, query.dtype(), keys, known, unpadded_extent);
   if (additive_pad.defined()) additive_pad = on_keys(additive_pad, "key_padding_mask");
 
+  // The bias by relative position stays a table (`rel`) where it can; position_bias is the
+  // {heads, query, keys} tensor otherwise.
   Tensor position_bias = in.position_bias;
-  if (position_bias.defined()) {
+  std::optional<RelativeBias> rel;
+  if (in.relative_position_bias) {
+    const RelativeBias& r = *in.relative_position_bias;
+    if (position_bias.defined())
+      fail(std::string(kOp) + ": pass position_bias or relative_position_bias, not both");
+    if (in.incremental_state || step)
+      fail(std::string(kOp) + ": relative_position_bias needs the whole sequence (no decoding state or single step); "
+                              "pass position_bias when decoding");
+    check_defined(kOp, r.table);
+    if (r.query != qaxis)
+      fail(std::string(kOp) + ": relative_position_bias is relative to '" + r.query.str() + "', the query's axis is '" +
+           qaxis.str() + "'");
+    if (!r.table.has_dim(heads))
+      fail(std::string(kOp) + ": relative_position_bias.table " + r.table.str() + " lacks this module's heads Dim '" +
+           heads.str() + "' (layers that share a position bias share their heads Dim: Options::heads)");
+    if (r.scale.defined()) fail(std::string(kOp) + ": relative_position_bias must be ungated (no scale)");
+    if (r.positions.extent() != qaxis.extent() + keys.extent() - 1)
+      fail(std::string(kOp) + ": relative_position_bias.positions '" + r.positions.str() + "' must have extent " +
+           std::to_string(qaxis.extent() + keys.extent() - 1) + " (query '" + qaxis.str() + "' + keys '" + keys.str() +
+           "' - 1)");
+    rel = r;
+  } else if (position_bias.defined()) {
     if (!position_bias.has_dim(heads))
       fail(std::string(kOp) + ": position_bias " + position_bias.str() + " lacks this module's heads Dim '" + heads.str() +
            "' (layers that share a position bias share their heads Dim: Options::heads)");
@@ -282,15 +314,26 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
     position_bias = on_keys(position_bias, "position_bias");
   } else if (relative_attention_bias) {
     if (reuse) fail(std::string(kOp) + ": a relative position bias with static_kv decoding needs position_bias");
-    Tensor offset;
-    if (query_pos.defined()) {
-      NoGradGuard ng;
-      offset = sub(query_pos, range_over_dim(qaxis, DType::i32).with_sparse_dim(std::nullopt), true);
-      offset = reduce_max(offset, {qaxis});  // the history length per sequence
+    if (query_pos.defined() || step) {
+      Tensor offset;
+      if (query_pos.defined()) {
+        NoGradGuard ng;
+        offset = sub(query_pos, range_over_dim(qaxis, DType::i32).with_sparse_dim(std::nullopt), true);
+        offset = reduce_max(offset, {qaxis});  // the history length per sequence
+      }
+      position_bias = compute_bias(qaxis, keys, offset);
+    } else {
+      rel = t5_relative(relative_attention_bias->weight, buckets, qaxis, keys, o.num_buckets, o.max_distance);
     }
-    position_bias = compute_bias(qaxis, keys, offset);
   }
-  const Tensor returned_bias = position_bias;
+  Output out;
+  out.relative_position_bias = rel;
+  out.position_bias = rel && in.need_position_bias ? relative_bias_term(*rel, keys) : position_bias;
+  // Extra keys get bias 0, which no table by relative position gives: the tensor form then.
+  if (rel && (bias_k || o.add_zero_attn)) {
+    position_bias = out.position_bias.defined() ? out.position_bias : relative_bias_term(*rel, keys);
+    rel.reset();
+  }
 
   // ---- extra key frames: bias_k / bias_v, then a zero frame; they see mask 0 and bias 0
   auto extend = [&](const Tensor& kx, const Tensor& vx, const char* name) {
@@ -313,29 +356,31 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
 
   // ---- attention
   const double scaling = 1.0 / std::sqrt(double(head_dim.size()));
-  Output out;
   out.keys = keys;
   out.state = state_out;
-  out.position_bias = returned_bias;
   const bool dropout_active = train && o.dropout > 0;
   Tensor ctx;
-  // The gated position bias, per (batch, query, head) when grep_linear is set.
-  auto gated_bias = [&](const Tensor& e_dims_from) {
-    Tensor pb = position_bias;
-    if (!grep_linear) return pb;
-    // gate = a * (b * grep_a - 1) + 2 from the raw q projection, per (batch, query, head).
+  // gru_rel_pos's gate = a * (b * grep_a - 1) + 2 from the raw q projection, per (batch,
+  // query, head); undefined without grep_linear.
+  auto gate_of = [&]() {
+    if (!grep_linear) return Tensor();
     Tensor g = split_dims((*grep_linear)(qr), grep, {grep_pair, grep_four});
     g = sigmoid(reduce_sum(g, {grep_four}));
     auto [as, ad] = slice(g, grep_pair, 0, 1);
     auto [bs, bd] = slice(g, grep_pair, 1, 2);
     Tensor a = squeeze(as, ad), b = squeeze(bs, bd);
     Tensor ga = squeeze(squeeze(squeeze(*grep_a, a_1), a_2), a_3);
-    Tensor gate = mul(a, mul(b, ga, true) - 1.0, true) + 2.0;
+    return mul(a, mul(b, ga, true) - 1.0, true) + 2.0;
+  };
+  // The gated position bias tensor.
+  auto gated_bias = [&](const Tensor& e_dims_from) {
+    const Tensor gate = gate_of();
+    if (!gate.defined()) return position_bias;
     // Laid out as the energies' leading Dims, so the product streams in their order.
     Dims order;
     for (const Dim& d : e_dims_from.dims())
       if (gate.has_dim(d)) order.push_back(d);
-    return mul(gate.transpose_to(order), pb, true);
+    return mul(gate.transpose_to(order), position_bias, true);
   };
   if (!need_weights && !in.before_softmax) {
     // The mask, padding and position terms summed into one additive bias of the fused primitive
@@ -353,6 +398,11 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
     if (additive_pad.defined()) plus(additive_pad);
     if (position_bias.defined()) plus(gated_bias(qr));
     if (bias.defined()) dopt.bias = bias.astype(qr.dtype());
+    if (rel) {  // read in place, the gate as its row scale
+      RelativeBias r{rel->table.astype(qr.dtype()), rel->query, rel->positions};
+      if (const Tensor gate = gate_of(); gate.defined()) r.scale = gate.astype(qr.dtype());
+      dopt.relative_bias = r;
+    }
     ctx = dot_attention(qr, k, v, head_dim, keys, dopt);
   } else {
     Tensor e = matmul(qr * scaling, k, {head_dim});  // {batch..., heads, query, keys}
@@ -368,6 +418,7 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
     }
     if (attn_mask.defined()) e = add(e, attn_mask, true);
     if (additive_pad.defined()) e = add(e, additive_pad, true);
+    if (rel) position_bias = out.position_bias.defined() ? out.position_bias : relative_bias_term(*rel, keys);
     if (position_bias.defined()) e = add(e, gated_bias(e), true);
     Tensor w = softmax(e, keys);
     if (need_weights) out.weights = in.need_head_weights ? w : reduce_mean(w, {heads});

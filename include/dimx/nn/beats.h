@@ -32,8 +32,14 @@
 /// out_proj.bias); q_noise never overwrites the stored weights; the returned position_bias is
 /// the ungated {heads, query, key} tensor, and a passed one may have batch Dims or not.
 ///
+/// The bias by relative position stays in relative form, a table over {positions, heads} with
+/// the gate as its row scale, wherever it can (no decoding state, no extra keys): the fused
+/// attention reads it in place and nothing of size {query, key} is formed for it
+/// (Inputs::relative_position_bias passes it between layers).
+///
 /// Padding is one mechanism: the key Dim's lengths. A bool key_padding_mask (true = pad) is
 /// turned into lengths where it pads each sequence's end, else into an additive -inf term.
+#include <dimx/attention.h>
 #include <dimx/nn/causal_self_attention.h>
 #include <dimx/nn/embedding.h>
 #include <dimx/nn/linear.h>
@@ -90,6 +96,11 @@ struct Inputs {
   Tensor key_padding_mask;       ///< bool {batch..., key_axis}, true = pad (or use the lengths)
   Tensor attn_mask;              ///< additive over {query_axis, key_axis} (bool: true = -inf)
   Tensor position_bias;          ///< {heads, query_axis, K} (+ batch Dims): a previous layer's
+  /// A previous layer's bias in relative form (Output::relative_position_bias; instead of
+  /// position_bias): its table over {positions, heads}, read in place by the fused attention.
+  /// Not with a decoding state or a single step (the positions are per-sequence there).
+  std::optional<RelativeBias> relative_position_bias;
+  bool need_position_bias = true;  ///< form Output::position_bias from a relative bias ({heads, query, keys})
   std::optional<State> incremental_state;  ///< decoding state (initial_state() to start); the new one is in Output::state
   bool need_weights = true;      ///< return Output::weights (averaged over heads)
   bool static_kv = false;        ///< with a state: keep its keys (encoder_decoder_attention)
@@ -104,6 +115,10 @@ struct Output {
   Tensor attn;           ///< {batch..., query_axis, embed}
   Tensor weights;        ///< {batch..., query_axis, keys}, + heads with need_head_weights
   Tensor position_bias;  ///< ungated {heads, query_axis, keys} (or as passed); undefined if none
+                         ///< (or if it is relative and Inputs::need_position_bias is false)
+  /// The ungated bias in relative form where it has one (computed by this layer without a
+  /// decoding state, or passed so): pass it on as Inputs::relative_position_bias.
+  std::optional<RelativeBias> relative_position_bias;
   /// \var w
   /// before_softmax: the scores {..., heads, query_axis, keys}, padded keys -inf
   Tensor w, v;           ///< before_softmax: scores {..., heads, query_axis, keys}, values
