@@ -214,7 +214,12 @@ __device__ __forceinline__ void keep_by_keys(const DropMask<float>& drop, int64_
   for (int e = 0; e < 4; ++e) kept[e] = drop.keep(row0 + (e & 1), key0 + k + 8 * (e >> 1));
 }
 
-template <class T, int D, int WM, int BN, bool EXTRA>
+// The forward's bias kinds (a compile-time parameter: each kernel carries only the code of its
+// own, which keeps the registers of the plain and the relative variants free of the others').
+enum : int { kNoBias = 0, kBiasTensor = 1, kBiasRelative = 2 };
+inline int bias_kind(const AttentionArgs& a) { return !a.bias ? kNoBias : relative_view(a) ? kBiasRelative : kBiasTensor; }
+
+template <class T, int D, int WM, int BN, int BIAS, bool DROP>
 __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
   constexpr int LD = D + 8, NT = BN / 8, BM = 64 * WM;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -224,7 +229,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
   __shared__ int kmax_s;
   // A relative bias (row stride = -column stride): the band of terms a key tile's (row, key)
   // pairs read, key - row from j0 - (i0 + BM - 1) up, in log2 units; two, by key tile parity.
-  __shared__ float band_s[2][EXTRA ? BM + BN : 1];
+  __shared__ float band_s[2][BIAS == kBiasRelative ? BM + BN : 1];
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t b = blockIdx.x, b0 = b / a.batch1, b1 = b % a.batch1;
@@ -267,8 +272,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
     l[m][0] = l[m][1] = 0.f;
   }
   const float sl2 = float(a.scale * 1.4426950408889634);
-  const BiasRows<T, float> bias(a, b, EXTRA);
-  const bool banded = EXTRA && bias.base && relative_view(a);
+  const BiasRows<T, float> bias(a, b, BIAS != kNoBias);
+  constexpr bool banded = BIAS == kBiasRelative;
   // The band's factor for each of this thread's rows (the row scale; 1 without one).
   float fac[WM][2];
 #pragma unroll
@@ -278,7 +283,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
       const int64_t r = r0 + 16 * m + 8 * h;
       fac[m][h] = banded && r < a.tq ? bias.factor(r) : 1.f;
     }
-  const DropMask<float> drop(a, b0, b1, EXTRA);
+  const DropMask<float> drop(a, b0, b1, DROP);
   uint32_t qf[WM][D / 16][4];
 
   for (int j0 = 0; j0 < kmax; j0 += BN) {
@@ -395,7 +400,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
 // (zeros on entry). Each tile pair's dS goes through shared memory, a thread sums one diagonal
 // in row order and adds it to the row in global memory; the query tiles come in order, so
 // every element gets its shares in a fixed order.
-template <class T, int D, int WM, int BQ, bool EXTRA>
+template <class T, int D, int WM, int BQ, int BIAS, bool DROP>
 __global__ void __launch_bounds__(kThreads)
     keys_kernel(AttentionArgs a, AttentionGradArgs ga, const float* dr, const int* row_len, const int* tile_kmax,
                 float* diag) {
@@ -407,7 +412,11 @@ __global__ void __launch_bounds__(kThreads)
   T* Gs = Qs + 2 * BQ * LD;                // dO, two stages
   float* Ss = reinterpret_cast<float*>(Gs + 2 * BQ * LD);  // dS of a tile pair, [BK][LS] (relative bias)
   __shared__ float lse_s[2][BQ], dr_s[2][BQ];
-  __shared__ float fac_s[2][EXTRA ? BQ : 1];  // the rows' factors (row scale) for the diagonal sums
+  constexpr bool REL = BIAS == kBiasRelative;
+  // A relative bias: the rows' factors (row scale), and the band of terms a tile pair's (row,
+  // key) pairs read, key - row from j0 - (i0 + BQ - 1) up (log2 units, without the factors).
+  __shared__ float fac_s[2][REL ? BQ : 1];
+  __shared__ float band_s[2][REL ? BK + BQ : 1];
   __shared__ int len_s[2][BQ];
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -423,7 +432,7 @@ __global__ void __launch_bounds__(kThreads)
                             a.k_rs, BK, nk, d);
   load_tile<T, D, LD, true>(Vs, static_cast<const T*>(a.v) + b0 * a.v_bs0 + b1 * a.v_bs1 + int64_t(j0) * a.v_rs,
                             a.v_rs, BK, nk, dv);
-  const BiasRows<T, float> bias(a, b, EXTRA);
+  const BiasRows<T, float> bias(a, b, BIAS != kNoBias);
   // The query tiles that see a key of this block, in order (the row tiles of the rows kernel
   // are 64 queries, a multiple of BQ).
   auto visits = [&](int64_t it) { return tile_kmax[b * rtiles + it * BQ / kTile] > j0; };
@@ -438,8 +447,13 @@ __global__ void __launch_bounds__(kThreads)
       lse_s[buf][i] = in ? lse[r] : INFINITY;
       dr_s[buf][i] = in ? dr[b * a.tq + r] : 0.f;
       len_s[buf][i] = in ? row_len[b * a.tq + r] : 0;
-      if constexpr (EXTRA) fac_s[buf][i] = in && bias.scale ? float(bias.factor(r)) : 1.f;
+      if (REL) fac_s[buf][i] = in && bias.scale ? float(bias.factor(r)) : 1.f;
     }
+    if (REL)  // (not `if constexpr`: nvcc's front end mis-scopes it inside a lambda)
+      for (int i = threadIdx.x; i < BK + BQ - 1; i += kThreads) {
+        const int64_t p = int64_t(j0) + i - (i0 + BQ - 1);  // the table covers (-tq, tk)
+        band_s[buf][i] = p > -a.tq && p < a.tk ? bias.at(bias.base, p) : 0.f;
+      }
   };
   int64_t it = 0;
   while (it < qtiles && !visits(it)) ++it;
@@ -455,13 +469,13 @@ __global__ void __launch_bounds__(kThreads)
       for (int e = 0; e < 4; ++e) dk[m][n][e] = dvv[m][n][e] = 0.f;
   const float sl2 = float(a.scale * 1.4426950408889634);
   const int key0 = j0 + warp * 16 * WM + g;  // this thread's keys: key0 + 16 m + 8 h
-  const DropMask<float> drop(a, b0, b1, EXTRA);
+  const DropMask<float> drop(a, b0, b1, DROP);
   // The bias's gradient (f32): dS itself at each (row, key) element, or, for a bias over the
-  // keys alone, the sum over the rows (the thread's partial sums, then over its quad).
-  float* dbias = dbias_part<float>(a, ga, b, EXTRA);
+  // keys alone, the sum over the rows (the thread's partial sums, then over its quad); for a
+  // relative bias, the diagonal sums below.
+  float* dbias = BIAS == kBiasTensor ? dbias_part<float>(a, ga, b, true) : nullptr;
   float dbias_key[WM][2] = {};
-  const bool by_diagonal = EXTRA && dbias && diag && relative_view(a);
-  if (by_diagonal) dbias = nullptr;
+  const bool by_diagonal = REL && ga.dbias && diag;
   float* diag_row = by_diagonal ? diag + (b * ktiles + blockIdx.x % ktiles) * (a.tq + BK - 1) : nullptr;
 
   for (int buf = 0; it < qtiles; buf ^= 1) {
@@ -505,7 +519,8 @@ __global__ void __launch_bounds__(kThreads)
         for (int e = 0; e < 4; ++e) {
           const int r = 8 * n + 2 * t + (e & 1), key = key0 + 16 * m + 8 * (e / 2);
           const bool seen = key < len_s[buf][r];
-          const float p = seen ? exp2f(s[m][n][e] * sl2 + bias(i0 + r, key) - lse_s[buf][r]) : 0.f;
+          const float term = REL ? band_s[buf][key - j0 - r + BQ - 1] * fac_s[buf][r] : bias(i0 + r, key);
+          const float p = seen ? exp2f(s[m][n][e] * sl2 + term - lse_s[buf][r]) : 0.f;
           const float f = drop.on ? drop.scale : 1.f;
           const float dpd = kept[e] ? dp[m][n][e] * f : 0.f;
           s[m][n][e] = kept[e] ? p * f : 0.f;
@@ -514,7 +529,8 @@ __global__ void __launch_bounds__(kThreads)
             if (a.bias_rs != 0) dbias[(i0 + r) * a.bias_rs + int64_t(key) * a.bias_cs] += dp[m][n][e];
             else dbias_key[m][e / 2] += dp[m][n][e];
           }
-          if (diag_row) Ss[(key - j0) * LS + r] = dp[m][n][e] * fac_s[buf][r];  // d table = factor dS
+          if constexpr (REL)
+            if (diag_row) Ss[(key - j0) * LS + r] = dp[m][n][e] * fac_s[buf][r];  // d table = factor dS
         }
       }
       as_operand<T, NT>(pf[m], s[m]);
@@ -523,14 +539,19 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int m = 0; m < WM; ++m) as_operand<T, NT>(pf[m], dp[m]);
     weights_times_rows<T, D, BQ, LD, WM>(dk, pf, Q, 0);  // dK += dS^T Q
-    if (diag_row) {
+    if (REL && diag_row) {
       __syncthreads();  // the tile pair's dS is in
-      // Diagonal c holds key - row = c - (BQ - 1) of the tile pair, p = j0 - i0 + c - (BQ - 1).
+      // Diagonal c holds key - row = c - (BQ - 1) of the tile pair, p = j0 - i0 + c - (BQ - 1);
+      // its rows in order, those outside the pair adding 0 (a fixed trip count: the loads issue
+      // back to back).
       for (int c = threadIdx.x; c < BK + BQ - 1; c += kThreads) {
         const int dl = c - (BQ - 1);
-        const int lo = dl < 0 ? -dl : 0, hi = BK - dl < BQ ? BK - dl : BQ;
         float x = 0.f;
-        for (int r = lo; r < hi; ++r) x += Ss[(r + dl) * LS + r];
+#pragma unroll
+        for (int r = 0; r < BQ; ++r) {
+          const int kr = r + dl;
+          x += kr >= 0 && kr < BK ? Ss[kr * LS + r] : 0.f;
+        }
         const int64_t at = int64_t(dl) - i0 + a.tq - 1;  // p - j0 + tq - 1
         if (at >= 0 && at < a.tq + BK - 1) diag_row[at] += x;
       }
@@ -546,7 +567,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int kr = warp * 16 * WM + 16 * m + g + 8 * h;
-      if (dbias && a.bias_rs == 0) {  // a quad holds one key's rows
+      if (BIAS == kBiasTensor && dbias && a.bias_rs == 0) {  // a quad holds one key's rows
         float x = dbias_key[m][h];
         x += __shfl_xor_sync(0xffffffffu, x, 1);
         x += __shfl_xor_sync(0xffffffffu, x, 2);
@@ -569,7 +590,7 @@ __global__ void __launch_bounds__(kThreads)
 // dQ of BM = 64 WM queries of one problem (WM tiles of 16 per warp), walking their keys in
 // tiles of BK. With a row scale whose gradient is wanted, also each row's sum over its keys of
 // dS times the (unscaled) bias term, into dscale[b, row] (non-null then).
-template <class T, int D, int WM, int BK, bool EXTRA>
+template <class T, int D, int WM, int BK, int BIAS, bool DROP>
 __global__ void __launch_bounds__(kThreads)
     queries_kernel(AttentionArgs a, AttentionGradArgs ga, const float* dr, const int* row_len, const int* tile_kmax,
                    float* dscale) {
@@ -622,21 +643,31 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int e = 0; e < 4; ++e) dq[m][n][e] = 0.f;
   const float sl2 = float(a.scale * 1.4426950408889634);
-  const BiasRows<T, float> bias(a, b, EXTRA);
-  const bool scaled = EXTRA && bias.scale && dscale;
+  constexpr bool REL = BIAS == kBiasRelative;
+  const BiasRows<T, float> bias(a, b, BIAS != kNoBias);
+  const bool scaled = REL && bias.scale && dscale;
   float fac[WM][2], dsc[WM][2];
 #pragma unroll
   for (int m = 0; m < WM; ++m)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int64_t r = r0 + 16 * m + 8 * h;
-      fac[m][h] = EXTRA && bias.scale && r < a.tq ? bias.factor(r) : 1.f;
+      fac[m][h] = REL && bias.scale && r < a.tq ? bias.factor(r) : 1.f;
       dsc[m][h] = 0.f;
     }
-  const DropMask<float> drop(a, b0, b1, EXTRA);
+  // A relative bias: the band of terms a key tile's (row, key) pairs read, key - row from
+  // j0 - (i0 + BM - 1) up (log2 units, without the factors). One buffer: every warp is past
+  // the previous tile's reads when the next is staged (the loop's last barrier).
+  __shared__ float band_s[REL ? BM + BK : 1];
+  const DropMask<float> drop(a, b0, b1, DROP);
   uint32_t qf[WM][D / 16][4], gf[WM][D / 16][4];
 
   for (int j0 = 0; j0 < kmax; j0 += BK) {
+    if constexpr (REL)
+      for (int i = threadIdx.x; i < BM + BK - 1; i += kThreads) {
+        const int64_t p = int64_t(j0) + i - (i0 + BM - 1);  // the table covers (-tq, tk)
+        band_s[i] = p > -a.tq && p < a.tk ? bias.at(bias.base, p) : 0.f;
+      }
     cp_async_wait1();  // Q, dO and this V tile
     __syncthreads();
     if (j0 == 0) {
@@ -670,7 +701,11 @@ __global__ void __launch_bounds__(kThreads)
           const int key = j0 + 8 * n + 2 * t + (e & 1), h = e / 2;
           const bool seen = key < len[m][h];
           // The term without the row's factor (log2 units).
-          const float raw = seen && bias.base ? bias.at(bias.row(r0 + 16 * m + 8 * h), key) : 0.f;
+          const int row = warp * 16 * WM + g + 16 * m + 8 * h;  // in the block
+          const float raw = !seen                 ? 0.f
+                            : REL                 ? band_s[key - j0 - row + BM - 1]
+                            : BIAS == kBiasTensor ? bias.at(bias.row(i0 + row), key)
+                                                  : 0.f;
           const float p = seen ? exp2f(s[m][n][e] * sl2 + raw * fac[m][h] - lse[m][h]) : 0.f;
           const float dpd = kept[e] ? dp[m][n][e] * (drop.on ? drop.scale : 1.f) : 0.f;
           dp[m][n][e] = seen ? p * (dpd - drr[m][h]) : 0.f;
@@ -780,19 +815,33 @@ bool aligned(const AttentionArgs& a, const AttentionGradArgs* ga) {
   return ok;
 }
 
-template <class T, int D, int WM, int BN, bool EXTRA>
+template <class T, int D, int WM, int BN, int BIAS, bool DROP>
 void forward(const AttentionArgs& a, cudaStream_t s) {
   constexpr int BM = 64 * WM;
   constexpr size_t smem = sizeof(T) * size_t((BM + 2 * BN) * (D + 8));
-  set_smem(forward_kernel<T, D, WM, BN, EXTRA>, smem, "dot_attention");
+  set_smem(forward_kernel<T, D, WM, BN, BIAS, DROP>, smem, "dot_attention");
   const dim3 grid(unsigned(a.batch0 * a.batch1), unsigned((a.tq + BM - 1) / BM));
-  forward_kernel<T, D, WM, BN, EXTRA><<<grid, kThreads, smem, s>>>(a);
+  forward_kernel<T, D, WM, BN, BIAS, DROP><<<grid, kThreads, smem, s>>>(a);
   check_launch("dot_attention");
+}
+
+// The forward variant of a's bias kind and dropout.
+template <class T, int D, int WM, int BN>
+void forward_for(const AttentionArgs& a, cudaStream_t s) {
+  const bool drop = a.drop_p > 0;
+  switch (bias_kind(a)) {
+    case kNoBias: return drop ? forward<T, D, WM, BN, kNoBias, true>(a, s) : forward<T, D, WM, BN, kNoBias, false>(a, s);
+    case kBiasTensor:
+      return drop ? forward<T, D, WM, BN, kBiasTensor, true>(a, s) : forward<T, D, WM, BN, kBiasTensor, false>(a, s);
+    default:
+      return drop ? forward<T, D, WM, BN, kBiasRelative, true>(a, s)
+                  : forward<T, D, WM, BN, kBiasRelative, false>(a, s);
+  }
 }
 
 // Backward tiles: WK key tiles of 16 per warp and query tiles of BQ in the keys kernel, WQ
 // query tiles per warp and key tiles of BK in the queries kernel.
-template <class T, int D, int WK, int BQ, int WQ, int BK, bool EXTRA>
+template <class T, int D, int WK, int BQ, int WQ, int BK, int BIAS, bool DROP>
 void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s) {
   static_assert(kTile % BQ == 0, "query tiles of the keys kernel divide the row tiles");
   const int64_t problems = a.batch0 * a.batch1, rtiles = (a.tq + kTile - 1) / kTile;
@@ -801,7 +850,7 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
     throw Error("dot_attention backward: " + std::to_string(a.tk) + " keys per problem are too many for cuda");
   // Scratch: Dr [problems, tq] (f32), row lengths [problems, tq], row tile lengths [problems, rtiles].
   // With a row scale's gradient wanted, each row's share of it [problems, tq] (f32) after them.
-  const bool scaled = EXTRA && ga.drow_scale && a.row_scale && a.bias;
+  const bool scaled = BIAS == kBiasRelative && ga.drow_scale && a.row_scale;
   const size_t rows = size_t(problems * a.tq),
                bytes = rows * 8 + size_t(problems * rtiles) * 4 + (scaled ? rows * 4 : 0);
   unsigned char* scratch = nullptr;
@@ -819,7 +868,7 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
   // A relative bias's gradient: the keys kernel's diagonal sums, [problems, key tiles, tq + BK - 1].
   float* diag = nullptr;
   const int64_t diag_width = a.tq + 64 * WK - 1;
-  const bool relative = EXTRA && ga.dbias && relative_view(a);
+  const bool relative = BIAS == kBiasRelative && ga.dbias;
   if (relative) {
     const size_t dbytes = size_t(problems * kblocks * diag_width) * sizeof(float);
     if (cudaMallocAsync(reinterpret_cast<void**>(&diag), dbytes, s) != cudaSuccess) {
@@ -833,8 +882,8 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
   if (ga.dk || ga.dv || ga.dbias) {
     const size_t smem = sizeof(T) * size_t((2 * 64 * WK + 4 * BQ) * (D + 8)) +
                         (relative ? sizeof(float) * size_t(64 * WK * (BQ + 1)) : 0);
-    set_smem(keys_kernel<T, D, WK, BQ, EXTRA>, smem, "dot_attention backward");
-    keys_kernel<T, D, WK, BQ, EXTRA><<<unsigned(problems * kblocks), kThreads, smem, s>>>(a, ga, dr, row_len, tile_kmax,
+    set_smem(keys_kernel<T, D, WK, BQ, BIAS, DROP>, smem, "dot_attention backward");
+    keys_kernel<T, D, WK, BQ, BIAS, DROP><<<unsigned(problems * kblocks), kThreads, smem, s>>>(a, ga, dr, row_len, tile_kmax,
                                                                                           diag);
     check_launch("dot_attention backward (keys)");
   }
@@ -848,8 +897,8 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
   }
   if (ga.dq || scaled) {
     constexpr size_t smem = sizeof(T) * size_t((2 * 64 * WQ + 2 * BK) * (D + 8));
-    set_smem(queries_kernel<T, D, WQ, BK, EXTRA>, smem, "dot_attention backward");
-    queries_kernel<T, D, WQ, BK, EXTRA><<<dim3(unsigned(problems), unsigned(qblocks)), kThreads, smem, s>>>(
+    set_smem(queries_kernel<T, D, WQ, BK, BIAS, DROP>, smem, "dot_attention backward");
+    queries_kernel<T, D, WQ, BK, BIAS, DROP><<<dim3(unsigned(problems), unsigned(qblocks)), kThreads, smem, s>>>(
         a, ga, dr, row_len, tile_kmax, dscale);
     check_launch("dot_attention backward (queries)");
   }
@@ -861,13 +910,21 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
   cudaFreeAsync(scratch, s);
 }
 
-template <class T, bool EXTRA>
-bool run(const AttentionArgs& a, const AttentionGradArgs* ga, int64_t width, cudaStream_t s) {
-  if (width <= 64) ga ? backward<T, 64, 2, 32, 2, 32, EXTRA>(a, *ga, s) : forward<T, 64, 2, 64, EXTRA>(a, s);
-  else if (width <= 128) ga ? backward<T, 128, 1, 64, 1, 64, EXTRA>(a, *ga, s) : forward<T, 128, 1, 64, EXTRA>(a, s);
-  // Up to 256: half the key tiles (registers; the backward still spills some).
-  else ga ? backward<T, 256, 1, 16, 1, 32, EXTRA>(a, *ga, s) : forward<T, 256, 1, 32, EXTRA>(a, s);
-  return true;
+// The backward variant of a's bias kind and dropout.
+template <class T, int D, int WK, int BQ, int WQ, int BK>
+void backward_for(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s) {
+  const bool drop = a.drop_p > 0;
+  switch (bias_kind(a)) {
+    case kNoBias:
+      return drop ? backward<T, D, WK, BQ, WQ, BK, kNoBias, true>(a, ga, s)
+                  : backward<T, D, WK, BQ, WQ, BK, kNoBias, false>(a, ga, s);
+    case kBiasTensor:
+      return drop ? backward<T, D, WK, BQ, WQ, BK, kBiasTensor, true>(a, ga, s)
+                  : backward<T, D, WK, BQ, WQ, BK, kBiasTensor, false>(a, ga, s);
+    default:
+      return drop ? backward<T, D, WK, BQ, WQ, BK, kBiasRelative, true>(a, ga, s)
+                  : backward<T, D, WK, BQ, WQ, BK, kBiasRelative, false>(a, ga, s);
+  }
 }
 
 template <class T>
@@ -877,8 +934,11 @@ bool dispatch_width(const AttentionArgs& a, const AttentionGradArgs* ga, cudaStr
   if ((a.tq + kTile - 1) / kTile > 65535 || a.batch0 * a.batch1 > 0x7fffffff) return false;
   // Forward: 32 queries per warp up to head size 64 (each K and V operand serves two row
   // tiles, halving the shared-memory reads per product), 16 above (registers).
-  if (attention_extras(a)) return run<T, true>(a, ga, width, s);
-  return run<T, false>(a, ga, width, s);
+  if (width <= 64) ga ? backward_for<T, 64, 2, 32, 2, 32>(a, *ga, s) : forward_for<T, 64, 2, 64>(a, s);
+  else if (width <= 128) ga ? backward_for<T, 128, 1, 64, 1, 64>(a, *ga, s) : forward_for<T, 128, 1, 64>(a, s);
+  // Up to 256: half the key tiles (registers; the backward still spills some).
+  else ga ? backward_for<T, 256, 1, 16, 1, 32>(a, *ga, s) : forward_for<T, 256, 1, 32>(a, s);
+  return true;
 }
 
 }  // namespace
