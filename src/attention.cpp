@@ -276,6 +276,17 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
     for (const Dim& d : lengths.dims())
       if (!contains(batch, d) && !contains(query, d)) return {};
   }
+  // A padded query frame sees no key (its output row is 0, and no gradient comes back through
+  // it): the kernels skip such rows, so a padded batch costs its valid frames only.
+  for (const Dim& qd : query) {
+    if (!qd.is_dynamic()) continue;
+    bool fits = true;
+    for (const Dim& d : qd.lengths().dims()) fits = fits && (contains(batch, d) || contains(query, d));
+    if (!fits) continue;
+    const Tensor all = lengths.defined() ? lengths.to(q0.device())
+                                         : Tensor::scalar(double(kv_axis.extent()), DType::i32, q0.device());
+    lengths = where(sequence_mask({qd}, q0.device()), all, 0.0, true);
+  }
 
   Tensor q = inner(q0, {key_dim}), k = inner(k0, {key_dim}), v = inner(v0, value);
   int64_t tq, q_rs, tk = kv_axis.extent(), dv, unused;
@@ -337,7 +348,7 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
     Dims order = cat(cat(g0, g1), query);
     for (const Dim& d : batch)
       if (!contains(order, d)) order.insert(order.begin(), d);  // extent-1 batch Dims
-    f.lens = broadcast_to_include(kv_axis.lengths(q.device()).astype(DType::i64), order).transpose_to(order).contiguous();
+    f.lens = broadcast_to_include(lengths.to(q.device()).astype(DType::i64), order).transpose_to(order).contiguous();
     a.key_lengths = reinterpret_cast<const int64_t*>(f.lens.impl().data());
   }
   if (bias.defined() &&

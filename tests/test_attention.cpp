@@ -354,6 +354,49 @@ TEST_CASE("dot_attention: a query that sees no key gets 0 from the fused path", 
   (void)axis;
 }
 
+TEST_CASE("dot_attention: padded query frames see no key on the fused path", "[attention]") {
+  // Self-attention over a padded batch: the fused path skips the padded query rows (their
+  // output is 0 and no gradient comes back through them, whatever their output gradient);
+  // the valid rows and every gradient of a loss over the valid frames equal the unfused path's.
+  Dim batch(3, "batch"), heads(2, "heads"), key(4, "key");
+  Dim time = dynamic_dim(batch, {6, 2, 4}, "time");
+  const Dim keys = time.copy("keys");
+  const Tensor q = rnd({batch, time, heads, key}, 53).with_requires_grad();
+  const Tensor k = replace_dim(rnd({batch, time, heads, key}, 54), time, keys).first.with_requires_grad();
+  const Tensor v = replace_dim(rnd({batch, time, heads, key}, 55), time, keys).first.with_requires_grad();
+  const Tensor w = rnd({batch, time, heads, key}, 56);  // nonzero on padded frames too
+  std::vector<std::vector<double>> runs;
+  for (bool fused : {true, false}) {
+    AttentionOptions o;
+    o.fused = fused;
+    const Tensor out = dot_attention(q, k, v, key, keys, o);
+    const std::vector<Tensor> g = grad(reduce_sum(copy_masked(out, {time}) * w, w.dims()), {q, k, v});
+    if (fused) {
+      const std::vector<double> all = out.to_vector<double>({batch, time, heads, key});
+      const std::vector<double> gq = g[0].to_vector<double>({batch, time, heads, key});
+      const std::vector<int32_t> lens{6, 2, 4};
+      for (int64_t b = 0; b < 3; ++b)
+        for (int64_t t = lens[size_t(b)]; t < 6; ++t)
+          for (int64_t i = 0; i < 8; ++i) {
+            CHECK(all[size_t((b * 6 + t) * 8 + i)] == 0.0);
+            CHECK(gq[size_t((b * 6 + t) * 8 + i)] == 0.0);
+          }
+      // Even an output gradient on the padded rows sends nothing back through them.
+      const Tensor gp = grad(out, {q}, w.transpose_to(out.dims()))[0];
+      const std::vector<double> gpv = gp.to_vector<double>({batch, time, heads, key});
+      for (int64_t t = 2; t < 6; ++t) CHECK(gpv[size_t((1 * 6 + t) * 8)] == 0.0);
+    }
+    std::vector<double> r = copy_masked(out, {time}).to_vector<double>({batch, time, heads, key});
+    for (size_t i = 0; i < 3; ++i) {
+      const Dim& rows = i == 0 ? time : keys;
+      const std::vector<double> x = copy_masked(g[i], {rows}).to_vector<double>({batch, rows, heads, key});
+      r.insert(r.end(), x.begin(), x.end());
+    }
+    runs.push_back(r);
+  }
+  CHECK_VEC_APPROX(runs[0], runs[1], 1e-5, 1e-6);
+}
+
 TEST_CASE("dot_attention: fused and unfused gradients agree", "[attention]") {
   Setup s;
   for (bool causal : {false, true}) {
