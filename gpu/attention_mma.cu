@@ -320,8 +320,9 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
         for (int e = 0; e < 4; ++e) {
           const int key = j0 + 8 * n + 2 * t + (e & 1);
           const int64_t row = r0 + 16 * m + 8 * (e / 2);
-          const float term = banded ? band[key - row + (i0 + BM - 1) - j0] * fac[m][e / 2] : bias(row, key);
-          s[m][n][e] = key < len[m][e / 2] ? s[m][n][e] * sl2 + term : -INFINITY;
+          const bool seen = key < len[m][e / 2];
+          const float term = banded ? band[key - row + (i0 + BM - 1) - j0] * fac[m][e / 2] : seen ? bias(row, key) : 0.f;
+          s[m][n][e] = seen ? s[m][n][e] * sl2 + term : -INFINITY;
           mx[e / 2] = fmaxf(mx[e / 2], s[m][n][e]);
         }
       float alpha[2], base[2], sum[2] = {0.f, 0.f};
@@ -519,7 +520,8 @@ __global__ void __launch_bounds__(kThreads)
         for (int e = 0; e < 4; ++e) {
           const int r = 8 * n + 2 * t + (e & 1), key = key0 + 16 * m + 8 * (e / 2);
           const bool seen = key < len_s[buf][r];
-          const float term = REL ? band_s[buf][key - j0 - r + BQ - 1] * fac_s[buf][r] : bias(i0 + r, key);
+          // (A bias tensor is read only where the key is seen: past the keys it has no element.)
+          const float term = REL ? band_s[buf][key - j0 - r + BQ - 1] * fac_s[buf][r] : seen ? bias(i0 + r, key) : 0.f;
           const float p = seen ? exp2f(s[m][n][e] * sl2 + term - lse_s[buf][r]) : 0.f;
           const float f = drop.on ? drop.scale : 1.f;
           const float dpd = kept[e] ? dp[m][n][e] * f : 0.f;
