@@ -441,10 +441,45 @@ int main(int argc, char** argv) {
       }
   }
 
+  // A module's rows: forward (with forward_row), forward + backward (the gradients of
+  // sum(f(x) * r) for the input and every parameter in wrt) and, with `autocast` on the GPU,
+  // the same two under bf16 autocast (f32 parameters, contractions and attention in bf16), as
+  // mixed-precision training runs it; the peer runs torch.autocast the same way.
+  auto module_rows = [&](const std::string& name, const std::function<Tensor(const Tensor&)>& f,
+                         std::vector<Tensor> wrt, const Tensor& r, bool forward_row, bool autocast) {
+    auto fwd_bwd = [&](bool amp) {
+      EnableGradGuard on;
+      Tensor xg = x.with_requires_grad();
+      wrt.push_back(xg);
+      Tensor loss;
+      {
+        AutocastGuard guard(DType::bf16, amp);
+        loss = reduce_sum(f(xg) * r, {batch, time, model});
+      }
+      grad(loss, wrt);
+      wrt.pop_back();
+    };
+    if (forward_row) time_row(name + " fwd " + tag, [&] { f(x); });
+    time_row(name + " fwd+bwd " + tag, [&] { fwd_bwd(false); });
+    if (autocast && !dev.is_cpu()) {
+      time_row(name + " fwd bf16 autocast " + tag, [&] {
+        AutocastGuard amp(DType::bf16);
+        f(x);
+      });
+      time_row(name + " fwd+bwd bf16 autocast " + tag, [&] { fwd_bwd(true); });
+    }
+  };
+  auto parameters = [](const auto& m) {
+    std::vector<Tensor> wrt;
+    for (auto& [pname, t] : nn::named_parameters(m)) wrt.push_back(*t);
+    return wrt;
+  };
+
   // BEATs' attention as in a BEATs encoder layer (self-attention, need_weights = false), with
-  // the T5 relative bias and the GRU gate and without them: forward, and forward + backward (d
-  // input and every parameter), against the PyTorch reference module written from the spec.
-  auto beats_rows = [&](bool with_bias, bool forward_row) {
+  // the T5 relative bias and the GRU gate and without them, against the PyTorch reference
+  // module written from the spec. Under bf16 autocast the tensor-core kernels read the T5
+  // table and the gate in place (f32 runs gather them: the exact kernels decline).
+  auto beats_rows = [&](bool with_bias) {
     Generator g2(1);
     nn::beats::Options o;
     o.self_attention = true;
@@ -458,42 +493,13 @@ int main(int argc, char** argv) {
     nn::beats::Inputs in;
     in.need_weights = false;
     Tensor r = random_normal({batch, time, model}, g2).to(dev);
-    const std::string name = std::string("BEATs ") + (with_bias ? "relbias+gru" : "no bias");
-    if (forward_row) time_row(name + " fwd " + tag, [&] { beats(x, time, in); });
-    std::vector<Tensor> wrt;
-    for (auto& [pname, t] : nn::named_parameters(beats)) wrt.push_back(*t);
-    time_row(name + " fwd+bwd " + tag, [&] {
-                      EnableGradGuard on;
-                      Tensor xg = x.with_requires_grad();
-                      wrt.push_back(xg);
-                      grad(reduce_sum(beats(xg, time, in).attn * r, {batch, time, model}), wrt);
-                      wrt.pop_back();
-                    });
-    // Under bf16 autocast, as mixed-precision training runs it: the tensor-core kernels read
-    // the T5 table and the gate in place (f32 runs gather them: the exact kernels decline).
-    if (with_bias && !dev.is_cpu()) {
-      time_row(name + " fwd bf16 autocast " + tag, [&] {
-        AutocastGuard amp(DType::bf16);
-        beats(x, time, in);
-      });
-      time_row(name + " fwd+bwd bf16 autocast " + tag, [&] {
-        EnableGradGuard on;
-        Tensor xg = x.with_requires_grad();
-        wrt.push_back(xg);
-        Tensor loss;
-        {
-          AutocastGuard amp(DType::bf16);
-          loss = reduce_sum(beats(xg, time, in).attn * r, {batch, time, model});
-        }
-        grad(loss, wrt);
-        wrt.pop_back();
-      });
-    }
+    module_rows(std::string("BEATs ") + (with_bias ? "relbias+gru" : "no bias"),
+                [&](const Tensor& xx) { return beats(xx, time, in).attn; }, parameters(beats), r, with_bias, with_bias);
   };
-  beats_rows(false, false);
-  beats_rows(true, true);
+  beats_rows(false);
+  beats_rows(true);
   // torchscale's attention with XPOS and sub-LN (self-attention, need_weights = false: the
-  // fused attention primitive), forward and forward + backward, against the reference module.
+  // fused attention primitive), against the reference module.
   {
     Generator g3(3);
     nn::torchscale::Options o;
@@ -506,36 +512,8 @@ int main(int argc, char** argv) {
     nn::torchscale::Inputs in;
     in.need_weights = false;
     Tensor r = random_normal({batch, time, model}, g3).to(dev);
-    time_row("torchscale xpos+subln fwd " + tag, [&] { ts(x, time, in); });
-    std::vector<Tensor> wrt;
-    for (auto& [pname, t] : nn::named_parameters(ts)) wrt.push_back(*t);
-    time_row("torchscale xpos+subln fwd+bwd " + tag, [&] {
-                      EnableGradGuard on;
-                      Tensor xg = x.with_requires_grad();
-                      wrt.push_back(xg);
-                      grad(reduce_sum(ts(xg, time, in).attn * r, {batch, time, model}), wrt);
-                      wrt.pop_back();
-                    });
-    // The same under bf16 autocast (f32 parameters, contractions and attention in bf16), as
-    // mixed-precision training runs it; the peer runs torch.autocast the same way.
-    if (!dev.is_cpu()) {
-      time_row("torchscale xpos+subln fwd bf16 autocast " + tag, [&] {
-        AutocastGuard amp(DType::bf16);
-        ts(x, time, in);
-      });
-      time_row("torchscale xpos+subln fwd+bwd bf16 autocast " + tag, [&] {
-        EnableGradGuard on;
-        Tensor xg = x.with_requires_grad();
-        wrt.push_back(xg);
-        Tensor loss;
-        {
-          AutocastGuard amp(DType::bf16);
-          loss = reduce_sum(ts(xg, time, in).attn * r, {batch, time, model});
-        }
-        grad(loss, wrt);
-        wrt.pop_back();
-      });
-    }
+    module_rows("torchscale xpos+subln", [&](const Tensor& xx) { return ts(xx, time, in).attn; }, parameters(ts), r,
+                true, true);
   }
 
   std::map<std::string, double> peer = bench::run_peer(peer_script, device);

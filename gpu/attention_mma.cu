@@ -288,11 +288,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
 
   for (int j0 = 0; j0 < kmax; j0 += BN) {
     float* band = band_s[(j0 / BN) & 1];  // the other one may still be read by the previous tile
-    if (banded)
-      for (int i = threadIdx.x; i < BM + BN - 1; i += kThreads) {
-        const int64_t p = int64_t(j0) + i - (i0 + BM - 1);  // key - row; the table covers (-tq, tk)
-        band[i] = p > -a.tq && p < a.tk ? bias.at(bias.base, p) : 0.f;
-      }
+    if (banded) stage_band(band, bias, a, int64_t(j0) - (i0 + BM - 1), BM + BN - 1);
     cp_async_wait1();  // Q and this K tile are in
     __syncthreads();
     if (j0 == 0) {
@@ -377,9 +373,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
   for (int m = 0; m < WM; ++m)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      float total = l[m][h];
-      total += __shfl_xor_sync(0xffffffffu, total, 1);
-      total += __shfl_xor_sync(0xffffffffu, total, 2);
+      const float total = quad_sum(l[m][h]);
       const int64_t r = r0 + 16 * m + 8 * h;
       if (r >= a.tq) continue;
       if (a.lse && t == 0)
@@ -450,11 +444,7 @@ __global__ void __launch_bounds__(kThreads)
       len_s[buf][i] = in ? row_len[b * a.tq + r] : 0;
       if (REL) fac_s[buf][i] = in && bias.scale ? float(bias.factor(r)) : 1.f;
     }
-    if (REL)  // (not `if constexpr`: nvcc's front end mis-scopes it inside a lambda)
-      for (int i = threadIdx.x; i < BK + BQ - 1; i += kThreads) {
-        const int64_t p = int64_t(j0) + i - (i0 + BQ - 1);  // the table covers (-tq, tk)
-        band_s[buf][i] = p > -a.tq && p < a.tk ? bias.at(bias.base, p) : 0.f;
-      }
+    if (REL) stage_band(band_s[buf], bias, a, int64_t(j0) - (i0 + BQ - 1), BK + BQ - 1);
   };
   int64_t it = 0;
   while (it < qtiles && !visits(it)) ++it;
@@ -570,9 +560,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int h = 0; h < 2; ++h) {
       const int kr = warp * 16 * WM + 16 * m + g + 8 * h;
       if (BIAS == kBiasTensor && dbias && a.bias_rs == 0) {  // a quad holds one key's rows
-        float x = dbias_key[m][h];
-        x += __shfl_xor_sync(0xffffffffu, x, 1);
-        x += __shfl_xor_sync(0xffffffffu, x, 2);
+        const float x = quad_sum(dbias_key[m][h]);
         if (t == 0 && kr < nk) dbias[int64_t(j0 + kr) * a.bias_cs] += x;
       }
       if (kr >= nk) continue;
@@ -665,11 +653,7 @@ __global__ void __launch_bounds__(kThreads)
   uint32_t qf[WM][D / 16][4], gf[WM][D / 16][4];
 
   for (int j0 = 0; j0 < kmax; j0 += BK) {
-    if constexpr (REL)
-      for (int i = threadIdx.x; i < BM + BK - 1; i += kThreads) {
-        const int64_t p = int64_t(j0) + i - (i0 + BM - 1);  // the table covers (-tq, tk)
-        band_s[i] = p > -a.tq && p < a.tk ? bias.at(bias.base, p) : 0.f;
-      }
+    if constexpr (REL) stage_band(band_s, bias, a, int64_t(j0) - (i0 + BM - 1), BM + BK - 1);
     cp_async_wait1();  // Q, dO and this V tile
     __syncthreads();
     if (j0 == 0) {
@@ -728,9 +712,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int m = 0; m < WM; ++m)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        float x = dsc[m][h];
-        x += __shfl_xor_sync(0xffffffffu, x, 1);
-        x += __shfl_xor_sync(0xffffffffu, x, 2);
+        const float x = quad_sum(dsc[m][h]);
         const int64_t r = r0 + 16 * m + 8 * h;
         if (t == 0 && r < a.tq) dscale[b * a.tq + r] = x * 0.6931471805599453f;
       }

@@ -95,6 +95,23 @@ struct BiasRows {
   }
 };
 
+// The band of relative terms a tile pair reads: band[i] = the term of key - row = first + i
+// (log2 units, without row factors; 0 outside the table's (-tq, tk)), for i < n, by the block.
+template <class T>
+__device__ __forceinline__ void stage_band(float* band, const BiasRows<T, float>& bias, const AttentionArgs& a,
+                                           int64_t first, int n) {
+  for (int i = threadIdx.x; i < n; i += kThreads) {
+    const int64_t p = first + i;
+    band[i] = p > -a.tq && p < a.tk ? bias.at(bias.base, p) : 0.f;
+  }
+}
+
+// The sum of x over a quad (lanes 4g .. 4g + 3: one row of an mma fragment), in a fixed order.
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
 // The dropout mask of problem (b0, b1) (AttentionArgs' drop fields); `on` false without dropout.
 // Elements are regenerated where they are needed (the backward draws the forward's mask).
 template <class C>

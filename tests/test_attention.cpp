@@ -362,8 +362,12 @@ TEST_CASE("dot_attention: padded query frames see no key on the fused path", "[a
   Dim time = dynamic_dim(batch, {6, 2, 4}, "time");
   const Dim keys = time.copy("keys");
   const Tensor q = rnd({batch, time, heads, key}, 53).with_requires_grad();
-  const Tensor k = replace_dim(rnd({batch, time, heads, key}, 54), time, keys).first.with_requires_grad();
-  const Tensor v = replace_dim(rnd({batch, time, heads, key}, 55), time, keys).first.with_requires_grad();
+  // Padded keys and values NaN: they must never reach a valid output or gradient.
+  auto nan_keys = [&](uint32_t seed) {
+    const Tensor x = copy_masked(rnd({batch, time, heads, key}, seed), {time}, std::numeric_limits<double>::quiet_NaN());
+    return replace_dim(x, time, keys).first.contiguous().with_requires_grad();
+  };
+  const Tensor k = nan_keys(54), v = nan_keys(55);
   const Tensor w = rnd({batch, time, heads, key}, 56);  // nonzero on padded frames too
   std::vector<std::vector<double>> runs;
   for (bool fused : {true, false}) {

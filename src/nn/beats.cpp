@@ -58,7 +58,7 @@ RelativeBias t5_relative(const Tensor& table, const Dim& buckets, const Dim& que
                          int64_t num_buckets, int64_t max_distance) {
   const Dim positions(query.extent() + key.extent() - 1, "t5_positions");
   return RelativeBias{t5_rows(table, buckets, -(query.extent() - 1), positions, num_buckets, max_distance), query,
-                      positions};
+                      positions, Tensor()};
 }
 
 // The T5 bias over {query, key} (+ offset's Dims) for the relative positions j - i - offset
@@ -329,9 +329,13 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
   Output out;
   out.relative_position_bias = rel;
   out.position_bias = rel && in.need_position_bias ? relative_bias_term(*rel, keys) : position_bias;
+  // The relative bias as the {heads, query, keys} tensor (formed once: the returned one if any).
+  auto as_tensor = [&, over = keys] {
+    return out.position_bias.defined() ? out.position_bias : relative_bias_term(*rel, over);
+  };
   // Extra keys get bias 0, which no table by relative position gives: the tensor form then.
   if (rel && (bias_k || o.add_zero_attn)) {
-    position_bias = out.position_bias.defined() ? out.position_bias : relative_bias_term(*rel, keys);
+    position_bias = as_tensor();
     rel.reset();
   }
 
@@ -399,7 +403,7 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
     if (position_bias.defined()) plus(gated_bias(qr));
     if (bias.defined()) dopt.bias = bias.astype(qr.dtype());
     if (rel) {  // read in place, the gate as its row scale
-      RelativeBias r{rel->table.astype(qr.dtype()), rel->query, rel->positions};
+      RelativeBias r{rel->table.astype(qr.dtype()), rel->query, rel->positions, Tensor()};
       if (const Tensor gate = gate_of(); gate.defined()) r.scale = gate.astype(qr.dtype());
       dopt.relative_bias = r;
     }
@@ -418,7 +422,7 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
     }
     if (attn_mask.defined()) e = add(e, attn_mask, true);
     if (additive_pad.defined()) e = add(e, additive_pad, true);
-    if (rel) position_bias = out.position_bias.defined() ? out.position_bias : relative_bias_term(*rel, keys);
+    if (rel) position_bias = as_tensor();
     if (position_bias.defined()) e = add(e, gated_bias(e), true);
     Tensor w = softmax(e, keys);
     if (need_weights) out.weights = in.need_head_weights ? w : reduce_mean(w, {heads});
