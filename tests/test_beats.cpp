@@ -592,6 +592,20 @@ TEST_CASE("beats: the bias in relative form passes between layers and equals the
   CHECK_VEC_APPROX(copy_masked(w.attn, {t}).to_vector<double>({b, t, e}),
                    copy_masked(a.attn, {t}).to_vector<double>({b, t, e}), 1e-5, 1e-6);
 
+  // A causal chunk continuing an empty decoding state (as a training step with a state runs)
+  // keeps the relative form too, and equals the causal forward without a state.
+  {
+    beats::Inputs c;
+    c.need_weights = false;
+    c.causal = true;
+    const Tensor want = copy_masked(m1(x, t, c).attn, {t});
+    c.incremental_state = m1.initial_state({b});
+    beats::Output st = m1(x, t, c);
+    CHECK(st.relative_position_bias.has_value());
+    CHECK_VEC_APPROX(copy_masked(st.attn, {t}).to_vector<double>({b, t, e}), want.to_vector<double>({b, t, e}), 1e-5,
+                     1e-6);
+  }
+
   // Errors: both forms, a gated table, another query Dim, decoding.
   in.need_weights = false;
   in.relative_position_bias = a.relative_position_bias;

@@ -314,7 +314,11 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
     position_bias = on_keys(position_bias, "position_bias");
   } else if (relative_attention_bias) {
     if (reuse) fail(std::string(kOp) + ": a relative position bias with static_kv decoding needs position_bias");
-    if (query_pos.defined() || step) {
+    // A chunk continuing an empty history (a decoding state's first call, as a training step
+    // with a state makes) has its queries at positions 0.. like the keys: relative form too.
+    const bool fresh = in.incremental_state && in.incremental_state->accum_axis.extent() == 0 &&
+                       keys.extent() == qaxis.extent();
+    if ((query_pos.defined() && !fresh) || step) {
       Tensor offset;
       if (query_pos.defined()) {
         NoGradGuard ng;

@@ -33,7 +33,7 @@
 /// the ungated {heads, query, key} tensor, and a passed one may have batch Dims or not.
 ///
 /// The bias by relative position stays in relative form, a table over {positions, heads} with
-/// the gate as its row scale, wherever it can (no decoding state, no extra keys): the fused
+/// the gate as its row scale, wherever it can (no history, no extra keys): the fused
 /// attention reads it in place and nothing of size {query, key} is formed for it
 /// (Inputs::relative_position_bias passes it between layers).
 ///
@@ -117,7 +117,8 @@ struct Output {
   Tensor position_bias;  ///< ungated {heads, query_axis, keys} (or as passed); undefined if none
                          ///< (or if it is relative and Inputs::need_position_bias is false)
   /// The ungated bias in relative form where it has one (computed by this layer without a
-  /// decoding state, or passed so): pass it on as Inputs::relative_position_bias.
+  /// decoding state or continuing an empty one, or passed so): pass it on as
+  /// Inputs::relative_position_bias.
   std::optional<RelativeBias> relative_position_bias;
   /// \var w
   /// before_softmax: the scores {..., heads, query_axis, keys}, padded keys -inf
