@@ -109,7 +109,9 @@ nn::DotAttentionOptions training_dropout(Generator& gen) {
 // per-position terms (2T - 1 of them per head), passed as AttentionOptions::relative_bias
 // ("t5"), with a gru_rel_pos gate per (batch, head, query) as its row scale ("t5 gate", bf16,
 // gradient included; no peer row), or are gathered over {time, keys} into an additive bias
-// ("t5 gathered", bf16 only, no peer row: the same math). Each row
+// ("t5 gathered", bf16 only, no peer row: the same math). The bf16 rows without a bias run
+// their forward on cuDNN's flash attention (gpu/cudnn_attention.h); "own" repeats them on dimx's
+// own kernels (DIMX_CUDNN_ATTENTION=0; no peer row). Each row
 // is printed with the fastest peer (SDPA's backends and FlexAttention from
 // bench_attention_peer.py's table mode, same cases) and the peers' own rows; then the bias
 // and padding cost (time with both / (time without either x mean fill)) and peak memory.
@@ -138,8 +140,8 @@ int run_table(bool json, int reps, const std::string& peer_script, const std::st
     std::map<std::string, double> mine;
     for (DType dt : {DType::bf16, DType::f32})
       for (const char* c : dt == DType::bf16
-                               ? std::vector<const char*>{"none", "lengths", "t5 lengths", "t5 gate lengths",
-                                                          "t5 gathered lengths"}
+                               ? std::vector<const char*>{"none", "none own", "lengths", "lengths own", "t5 lengths",
+                                                          "t5 gate lengths", "t5 gathered lengths"}
                                : std::vector<const char*>{"none", "t5"}) {
         const std::string cs = c;
         const bool lengths = cs.find("lengths") != std::string::npos, t5 = cs.find("t5") != std::string::npos;
@@ -148,6 +150,16 @@ int run_table(bool json, int reps, const std::string& peer_script, const std::st
         const Dim& tk = lengths ? pad_k : full_k;
         const std::string tag = std::string(dtype_name(dt)) + " " + cs + " " + shape;
         if (!only.empty() && ("table " + tag).find(only) == std::string::npos) continue;
+        // "own": dimx's own kernels where cuDNN would take the call (the decision's measurement).
+        struct OwnKernels {
+          explicit OwnKernels(bool on) : on_(on) {
+            if (on_) setenv("DIMX_CUDNN_ATTENTION", "0", 1);
+          }
+          ~OwnKernels() {
+            if (on_) unsetenv("DIMX_CUDNN_ATTENTION");
+          }
+          bool on_;
+        } own_kernels(cs.find("own") != std::string::npos);
         Tensor q = random_normal({batch, heads, tq, d}, gen, 0, 1, DType::f32, dev).astype(dt);
         Tensor k = random_normal({batch, heads, tk, d}, gen, 0, 1, DType::f32, dev).astype(dt);
         Tensor v = random_normal({batch, heads, tk, d}, gen, 0, 1, DType::f32, dev).astype(dt);
@@ -210,22 +222,26 @@ int run_table(bool json, int reps, const std::string& peer_script, const std::st
           notes.push_back(line);
         }
       }
-    const std::string nb = "bf16 none " + shape, tb = "bf16 t5 lengths " + shape;
-    for (const char* pass : {"fwd", "fwd+bwd"})
-      if (mine.count(std::string(pass) + " " + nb) && mine.count(std::string(pass) + " " + tb)) {
+    const std::string tb = "bf16 t5 lengths " + shape;
+    for (const char* none : {"none", "none own"})
+      for (const char* pass : {"fwd", "fwd+bwd"}) {
+        const std::string nb = std::string("bf16 ") + none + " " + shape;
+        if (!mine.count(std::string(pass) + " " + nb) || !mine.count(std::string(pass) + " " + tb)) continue;
         char line[256];
-        std::snprintf(line, sizeof line, "bias and padding cost %s %s: %.3f (t5 lengths / (none x fill %.3f))", pass,
+        std::snprintf(line, sizeof line, "bias and padding cost %s %s: %.3f (t5 lengths / (%s x fill %.3f))", pass,
                       shape.c_str(), mine[std::string(pass) + " " + tb] / (mine[std::string(pass) + " " + nb] * fill),
-                      fill);
+                      none, fill);
         notes.push_back(line);
       }
   }
   AttentionPathCounts pc = attention_path_counts();
   notes.push_back("paths: fused forward " + std::to_string(pc.fused_forward) + ", unfused forward " +
                   std::to_string(pc.unfused_forward) + ", fused backward " + std::to_string(pc.fused_backward) +
-                  ", unfused backward " + std::to_string(pc.unfused_backward));
+                  ", unfused backward " + std::to_string(pc.unfused_backward) + "; forwards on cuDNN " +
+                  std::to_string(pc.library_forward));
 
-  std::map<std::string, double> peer = bench::run_peer(peer_script, "cuda table");
+  // The peers run the cases --only selects.
+  std::map<std::string, double> peer = bench::run_peer(peer_script, "cuda table '" + (only.empty() ? "all" : only) + "'");
   if (!json) std::printf("%-48s %10s %10s %8s  %s\n", "case", "dimx ms", "peer ms", "ratio", "fastest peer");
   for (const Row& r : rows) {
     double p = -1;

@@ -206,7 +206,7 @@ TABLE_SHAPES = ((8, 12, 1024, 64), (4, 16, 4096, 64))
 TABLE_BUCKETS, TABLE_MAX_DISTANCE = 320, 800
 
 
-def table_cases(reps):
+def table_cases(reps, only=""):
     """The fused attention table: for each shape, bf16 without a mask, with per-sequence key
     lengths in [T/2, T], with the T5 bias (a learnable [buckets, H] table, BEATs' 320 buckets
     and max distance 800) and lengths; f32 without and with the T5 bias. Forward (inference
@@ -236,6 +236,8 @@ def table_cases(reps):
                 q, k, v, r = (torch.randn(b, h, t, d, device="cuda", dtype=dt) for _ in range(4))
                 table = torch.randn(TABLE_BUCKETS, h, device="cuda")
                 tag = f"{dname} {case} B{b} H{h} T{t} d{d}"
+                if only and only not in f"table {tag}":
+                    continue
 
                 def mask(tab):
                     m = None
@@ -286,6 +288,6 @@ def table_cases(reps):
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[2] == "table":
         torch.manual_seed(0)
-        table_cases(20)
+        table_cases(20, sys.argv[3] if len(sys.argv) > 3 and sys.argv[3] != "all" else "")
     else:
         main()

@@ -15,7 +15,10 @@ inline std::map<std::string, double> run_peer(const std::string& script, const s
   if (const char* env = std::getenv("PYTHON")) pythons = {env};
   for (const std::string& py : pythons) {
     std::map<std::string, double> r;
-    FILE* p = popen((py + " " + script + " " + args + " 2>/dev/null").c_str(), "r");
+    // The peer's messages (a backend that declines a case, say) go to DIMX_PEER_LOG when set.
+    const char* log = std::getenv("DIMX_PEER_LOG");
+    const std::string err = log ? std::string(" 2>>'") + log + "'" : std::string(" 2>/dev/null");
+    FILE* p = popen((py + " " + script + " " + args + err).c_str(), "r");
     if (!p) continue;
     char line[512];
     while (fgets(line, sizeof line, p)) {

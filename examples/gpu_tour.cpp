@@ -1,5 +1,6 @@
 // GPU tour: tensors and modules on cuda:0, a training step there, the TF32 switch, device
-// memory, work of one's own on dimx's stream, and a check of every result against the CPU.
+// memory, work of one's own on dimx's stream, which attention path ran, and a check of every
+// result against the CPU.
 // docs/tutorials/04-gpu.md walks through it.
 // Exits 4 (reported as skipped by the test suite) on a machine without a CUDA device.
 #include <dimx/gpu/runtime.h>
@@ -9,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <iostream>
 
 using namespace dimx;
@@ -85,8 +87,29 @@ int main() {
   const bool same_stream = e == cudaSuccess && copied == tripled.to_vector<float>();
   std::cout << "a copy queued on dimx's stream: " << (same_stream ? "the values dimx computed" : "WRONG") << "\n";
 
+  // 7. Attention in bf16: cuDNN's flash attention takes the forwards it fits where it was
+  // measured faster (no bias, no dropout, no lengths or long padded ones), dimx's own kernels the
+  // rest and every backward; the path counters say which ran, and DIMX_CUDNN_ATTENTION=0 keeps a
+  // program on the own kernels.
+  Dim heads(4, "heads"), head(64, "head"), frames(256, "frames");
+  Tensor q = random_normal({batch, frames, heads, head}, gen, 0, 1, DType::f32, cuda).astype(DType::bf16);
+  Tensor kv = random_normal({batch, frames, heads, head}, gen, 0, 1, DType::f32, cuda).astype(DType::bf16);
+  reset_attention_path_counts();
+  Tensor o_lib = nn::dot_attention(q, kv, kv, head, frames);
+  const AttentionPathCounts on_lib = attention_path_counts();
+  setenv("DIMX_CUDNN_ATTENTION", "0", 1);
+  reset_attention_path_counts();
+  Tensor o_own = nn::dot_attention(q, kv, kv, head, frames);
+  const AttentionPathCounts on_own = attention_path_counts();
+  unsetenv("DIMX_CUDNN_ATTENTION");
+  const double d_att = max_diff(o_lib.astype(DType::f32), o_own.astype(DType::f32));
+  std::cout << "bf16 attention: " << on_lib.fused_forward << " fused forward, " << on_lib.library_forward
+            << " on cuDNN; with DIMX_CUDNN_ATTENTION=0: " << on_own.library_forward
+            << " on cuDNN; max |diff| = " << d_att << "\n";
+
   bool ok = d1 < 1e-4 && std::isfinite(loss.item<float>()) && proj.weight.grad().device() == cuda && rel < 1e-2 &&
-            rel > 0 && step_peak >= ms.in_use + (size_t(8) << 20) && ms.reserved >= ms.in_use && same_stream;
+            rel > 0 && step_peak >= ms.in_use + (size_t(8) << 20) && ms.reserved >= ms.in_use && same_stream &&
+            on_lib.fused_forward == 1 && on_own.fused_forward == 1 && on_own.library_forward == 0 && d_att < 2e-2;
   std::cout << (ok ? "gpu_tour: ok" : "gpu_tour: WRONG RESULT") << "\n";
   return ok ? 0 : 1;
 }

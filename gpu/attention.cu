@@ -9,8 +9,10 @@
 // tx * VN + TX VN g + c. A row group lies within one warp, so row maxima and sums are
 // shuffles. K and V tiles arrive by cp.async, each while the other half of the
 // iteration computes; causal and padded blocks stop at the last key any of their rows sees.
-// An additive bias (AttentionArgs::bias) is read where an energy is formed; dropout drops
-// weights (Philox by element index) after the row sums have taken them.
+// An additive bias (AttentionArgs::bias) is read where an energy is formed; for a relative
+// bias, the band of BM + BN - 1 terms a tile pair reads is staged in shared memory first, and
+// an energy takes its term from there times its row's scale. Dropout drops weights (Philox by
+// element index) after the row sums have taken them.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -55,7 +57,8 @@ __device__ __forceinline__ void pv_tile(const T* Ps, const T* Vs, T (&o)[BM * TX
   }
 }
 
-template <class T, int D, int BM, int BN, int TX, int MINB, bool VEC, bool EXTRA>
+// EXTRA: the variant (exact_variant).
+template <class T, int D, int BM, int BN, int TX, int MINB, bool VEC, int EXTRA>
 __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs a) {
   constexpr int VN = 16 / int(sizeof(T));  // elements per 16-byte vector
   constexpr int RM = BM * TX / kThreads, CN = BN / TX, OG = D / (TX * VN);
@@ -69,6 +72,12 @@ __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs
   T* Vs = Ks + BN * LDD;                   // [BN][LDD]
   T* Ps = Vs + BN * LDD;                   // [BN][LDP]: the weights, transposed
   __shared__ int kmax_s;
+  // A relative bias: the rows' factors (the row scale, 1 without one), and the band of terms
+  // the key tile's (row, key) pairs read, key - row from j0 - (i0 + BM - 1) up (log2 units,
+  // without the factors). One band: every thread is past the previous tile's reads when the
+  // next is staged (the barrier before its P V product).
+  constexpr bool REL = EXTRA == kRelative;
+  __shared__ T fac_s[REL ? BM : 1], band_s[REL ? BM + BN - 1 : 1];
 
   const int tid = threadIdx.x, tx = tid % TX, ty = tid / TX;
   const int64_t b = blockIdx.x, b0 = b / a.batch1, b1 = b % a.batch1;
@@ -114,10 +123,13 @@ __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs
     for (int c = 0; c < OG * VN; ++c) o[i][c] = 0;
   }
   const T sl2 = T(a.scale * 1.4426950408889634);  // energies in log2 units: exp2 below
-  const BiasRows<T, T> bias(a, b, EXTRA);
-  const DropMask<T> drop(a, b0, b1, EXTRA);
+  const BiasRows<T, T> bias(a, b, EXTRA != kPlain);
+  const DropMask<T> drop(a, b0, b1, EXTRA == kExtras);
+  if constexpr (REL)
+    for (int i = tid; i < BM; i += kThreads) fac_s[i] = i0 + i < a.tq ? bias.factor(i0 + i) : T(1);
 
   for (int j0 = 0; j0 < kmax; j0 += BN) {
+    if constexpr (REL) stage_band(band_s, bias, a, int64_t(j0) - (i0 + BM - 1), BM + BN - 1);
     cp_async_wait1();  // Q and this K tile are in (this V tile may not be)
     __syncthreads();
     T s[RM][CN];
@@ -161,7 +173,11 @@ __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs
 #pragma unroll
       for (int e = 0; e < CN; ++e) {
         const int key = j0 + tx + TX * e;
-        s[i][e] = key < len[i] ? s[i][e] * sl2 + (brow ? bias.at(brow, key) : T(0)) : T(-INFINITY);
+        if constexpr (REL)  // band index: key - row from the band's start, in the tile pair
+          s[i][e] = key < len[i] ? s[i][e] * sl2 + band_s[tx + TX * e - ty * RM - i + BM - 1] * fac_s[ty * RM + i]
+                                 : T(-INFINITY);
+        else
+          s[i][e] = key < len[i] ? s[i][e] * sl2 + (brow ? bias.at(brow, key) : T(0)) : T(-INFINITY);
         mx = s[i][e] > mx ? s[i][e] : mx;
       }
 #pragma unroll
@@ -218,7 +234,7 @@ __global__ void __launch_bounds__(kThreads, MINB) attention_kernel(AttentionArgs
   }
 }
 
-template <class T, int D, int BM, int BN, int TX, int MINB, bool VEC, bool EXTRA>
+template <class T, int D, int BM, int BN, int TX, int MINB, bool VEC, int EXTRA>
 void launch(const AttentionArgs& a, cudaStream_t s) {
   constexpr int VN = 16 / int(sizeof(T));
   constexpr size_t smem = sizeof(T) * size_t(BM * (D + VN) + 2 * BN * (D + VN) + BN * (BM + VN));
@@ -235,6 +251,15 @@ void launch(const AttentionArgs& a, cudaStream_t s) {
   check_launch("dot_attention");
 }
 
+template <class T, int D, int BM, int BN, int TX, int MINB, bool VEC>
+void launch_variant(const AttentionArgs& a, cudaStream_t s) {
+  switch (exact_variant(a)) {
+    case kPlain: return launch<T, D, BM, BN, TX, MINB, VEC, kPlain>(a, s);
+    case kExtras: return launch<T, D, BM, BN, TX, MINB, VEC, kExtras>(a, s);
+    default: return launch<T, D, BM, BN, TX, MINB, VEC, kRelative>(a, s);
+  }
+}
+
 template <class T, int D, int BM, int BN, int TX, int MINB>
 void launch_vec(const AttentionArgs& a, cudaStream_t s) {
   constexpr int64_t VN = 16 / int64_t(sizeof(T));
@@ -243,9 +268,7 @@ void launch_vec(const AttentionArgs& a, cudaStream_t s) {
                    a.q_bs0 % VN == 0 && a.q_bs1 % VN == 0 && a.q_rs % VN == 0 && a.k_bs0 % VN == 0 &&
                    a.k_bs1 % VN == 0 && a.k_rs % VN == 0 && a.v_bs0 % VN == 0 && a.v_bs1 % VN == 0 &&
                    a.v_rs % VN == 0;
-  const bool extra = attention_extras(a);
-  if (vec) extra ? launch<T, D, BM, BN, TX, MINB, true, true>(a, s) : launch<T, D, BM, BN, TX, MINB, true, false>(a, s);
-  else extra ? launch<T, D, BM, BN, TX, MINB, false, true>(a, s) : launch<T, D, BM, BN, TX, MINB, false, false>(a, s);
+  vec ? launch_variant<T, D, BM, BN, TX, MINB, true>(a, s) : launch_variant<T, D, BM, BN, TX, MINB, false>(a, s);
 }
 
 }  // namespace
@@ -255,7 +278,7 @@ bool launch_attention(DType dt, const AttentionArgs& a, cudaStream_t s) {
   if (width > 256 || (dt != DType::f32 && dt != DType::f64 && dt != DType::bf16 && dt != DType::f16)) return false;
   if (a.batch0 * a.batch1 == 0 || a.tq == 0 || a.dv == 0) return true;
   if (dt == DType::bf16 || dt == DType::f16) return launch_attention_mma(dt, a, nullptr, s);
-  if (a.batch0 * a.batch1 > 0x7fffffff) return false;
+  if (a.batch0 * a.batch1 > 0x7fffffff || exact_variant(a) < 0) return false;
   if (dt == DType::f32) {
     // Up to 64: 128 queries per block in 8-lane row groups (8 x 8 energies per thread), which
     // halves the shared-memory traffic per FMA against 16-lane groups (measured 0.71-0.77 vs

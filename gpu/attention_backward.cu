@@ -15,7 +15,12 @@
 // and dP~ are P and dP with the dropped weights 0 and the kept ones scaled.
 // Plain FMA in the element type (exact fp32 / fp64), as the forward. With a bias, its gradient
 // is dS at each element the forward read, written by the block that owns the key (each
-// problem's part of it is its own: no two blocks add into one element).
+// problem's part of it is its own: no two blocks add into one element). A relative bias (term
+// f_i t[j - i], f the row scale or 1) shares its elements between key tiles instead: a block
+// adds its tile pairs' diagonal sums of f_i dS_ij, query tiles in order, into its key tile's
+// row of them in scratch, and a last kernel sums each position over the key tiles in order
+// (attention_tiles.cuh). The row scale's gradient, sum_j dS_ij t[j - i] per row, is written
+// per (key tile, row) to scratch, and a last kernel adds each row's shares in key-tile order.
 //
 // The score tiles (energies and dP) share one thread mapping: thread t holds entries
 // (a = t / 8 + 16 i, b = t % 8 + 8 e) of an [NA, NB] tile; the accumulators hold RK
@@ -140,11 +145,20 @@ struct DqShared {
   T* acc;
 };
 
-// dK and dV of BN keys of one problem, and their share of dQ.
-template <class T, int D, int BM, int BN, int MINB, bool VEC, bool EXTRA>
+// A relative bias's scratch (each null where that gradient is not wanted): the key tiles' rows
+// of diagonal sums [problem, key tile, tq + BN - 1] (zeroed), and the row scale's shares
+// [problem, key tile, tq] (written where the key tile sees the row's query tile).
+template <class T>
+struct RelativeScratch {
+  T* diag;
+  T* dscale;
+};
+
+// dK and dV of BN keys of one problem, and their share of dQ. EXTRA: the variant (exact_variant).
+template <class T, int D, int BM, int BN, int MINB, bool VEC, int EXTRA>
 __global__ void __launch_bounds__(kThreads, MINB)
     main_kernel(AttentionArgs a, AttentionGradArgs ga, const T* dr, const int* row_len, const int* tile_kmax,
-                DqShared<T> sh) {
+                DqShared<T> sh, RelativeScratch<T> rel) {
   constexpr int VN = 16 / int(sizeof(T)), LDD = D + VN, LDS = BN + VN, LDT = BM + VN, RK = BN / 16, RQ = BM / 16;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* Ks = reinterpret_cast<T*>(smem_raw);  // [BN][LDD]
@@ -155,6 +169,11 @@ __global__ void __launch_bounds__(kThreads, MINB)
   T* St = Ps + BM * LDS;                   // [BN][LDT]: dS by key
   __shared__ T lse_s[BM], dr_s[BM];
   __shared__ int len_s[BM], ticket_s;
+  // A relative bias: the query tile's factors (the row scale; 1 without one, and for a row that
+  // sees no key, whose factor may be anything), and the band of terms the tile pair reads,
+  // key - row from j0 - (i0 + BM - 1) up (log2 units, without the factors).
+  constexpr bool REL = EXTRA == kRelative;
+  __shared__ T fac_s[REL ? BM : 1], band_s[REL ? BM + BN - 1 : 1];
 
   // Tiles in key-tile-major order: every problem's key tile 0, then key tile 1, ...
   if (threadIdx.x == 0) ticket_s = atomicAdd(sh.ticket, 1);
@@ -183,12 +202,16 @@ __global__ void __launch_bounds__(kThreads, MINB)
     for (int c = 0; c < D / 8; ++c) dk[i][c] = dvv[i][c] = 0;
   const T sl2 = T(a.scale * 1.4426950408889634);
   const int ta = threadIdx.x / 8, tb = threadIdx.x % 8;
-  const BiasRows<T, T> bias(a, b, EXTRA);
-  const DropMask<T> drop(a, b0, b1, EXTRA);
+  const BiasRows<T, T> bias(a, b, EXTRA != kPlain);
+  const DropMask<T> drop(a, b0, b1, EXTRA == kExtras);
   // The bias's gradient: dS itself at each (row, key) bias element, or its sum over the rows
   // where the bias is one per key (this thread's key threadIdx.x, summed in row order).
-  T* dbias = dbias_part<T>(a, ga, b, EXTRA);
+  T* dbias = dbias_part<T>(a, ga, b, EXTRA == kExtras);
   T dbias_key = 0;
+  // A relative bias's: this key tile's row of diagonal sums, and its shares of the row scale's.
+  const int64_t ktiles = (a.tk + BN - 1) / BN;
+  T* diag_row = REL && rel.diag ? rel.diag + (b * ktiles + jt) * (a.tq + BN - 1) : nullptr;
+  T* dscale = REL && rel.dscale ? rel.dscale + (b * ktiles + jt) * a.tq : nullptr;
 
   for (int qt = 0; qt < qtiles; ++qt) {
     const int kmax = tile_kmax[b * qtiles + qt];
@@ -201,6 +224,11 @@ __global__ void __launch_bounds__(kThreads, MINB)
     load_tile<T, D, LDD, VEC>(Gs, g + i0 * a.o_rs, a.o_rs, BM, nq, dv);
     cp_async_commit();
     load_rows<T, BM>(a, b, i0, dr, row_len, lse_s, dr_s, len_s);
+    if constexpr (REL) {
+      stage_band(band_s, bias, a, int64_t(j0) - (i0 + BM - 1), BM + BN - 1);
+      for (int i = threadIdx.x; i < BM; i += kThreads)
+        fac_s[i] = i < nq && bias.scale && row_len[b * a.tq + i0 + i] > 0 ? bias.factor(i0 + i) : T(1);
+    }
     cp_async_wait_all();
     // Rows without keys (each thread checks the row it loaded): their q rows become zeros (they
     // may hold NaN).
@@ -220,7 +248,10 @@ __global__ void __launch_bounds__(kThreads, MINB)
 #pragma unroll
       for (int e = 0; e < BM / 8; ++e) {
         const int row = tb + 8 * e, key = j0 + ta + 16 * i;
-        p[i][e] = key < len_s[row] ? exp2_(p[i][e] * sl2 + bias(i0 + row, key) - lse_s[row]) : T(0);
+        p[i][e] = key < len_s[row] ? exp2_(p[i][e] * sl2 +
+                                           (REL ? band_s[ta + 16 * i - row + BM - 1] * fac_s[row] : bias(i0 + row, key)) -
+                                           lse_s[row])
+                                   : T(0);
       }
     T dp[RK][BM / 8];
     score_tile<T, D, BN, BM, LDD>(Vs, Gs, dp);
@@ -254,6 +285,16 @@ __global__ void __launch_bounds__(kThreads, MINB)
       } else if (int(threadIdx.x) < nk) {
         for (int row = 0; row < nq; ++row) dbias_key += St[threadIdx.x * LDT + row];
       }
+    }
+    if constexpr (REL) {
+      if (diag_row) add_diagonals<T, BN, BM, LDT, true>(St, fac_s, diag_row, i0, a.tq);  // d table = f dS
+      if (dscale)  // row r's share: sum over the tile's keys, in order, of dS times the term
+        for (int r = threadIdx.x; r < nq; r += kThreads) {
+          T x = 0;
+#pragma unroll 8
+          for (int key = 0; key < BN; ++key) x = fma(St[key * LDT + r], band_s[key - r + BM - 1], x);
+          dscale[i0 + r] = x * T(0.6931471805599453);  // the band is in log2 units
+        }
     }
     // Keys t / 8 * RK + i of the accumulators: P^T dO and dS^T Q.
     accumulate<T, D, RK, LDS, LDD>(Ps, Gs, nq, dvv);
@@ -328,7 +369,7 @@ void set_smem(K kernel, size_t smem) {
   }
 }
 
-template <class T, int D, int BM, int BN, int MINB, bool VEC, bool EXTRA>
+template <class T, int D, int BM, int BN, int MINB, bool VEC, int EXTRA>
 void launch(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s) {
   static_assert(BM % 16 == 0 && BN % 16 == 0 && D % (8 * (16 / sizeof(T))) == 0, "tile shape");
   constexpr int VN = 16 / int(sizeof(T));
@@ -336,24 +377,32 @@ void launch(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s)
   if (qtiles > 65535 || problems * ktiles > 0x7fffffff)
     throw Error("dot_attention backward: " + std::to_string(a.tq) + " queries or " + std::to_string(a.tk) +
                 " keys per problem are too many for cuda");
-  // Scratch: Dr [problems, tq], the dQ buffer [problems, tq, D], tile lengths and counters.
-  const size_t dr_bytes = (size_t(problems * a.tq) * sizeof(T) + 255) / 256 * 256;  // keeps the buffer 16-byte aligned
+  // Scratch: Dr [problems, tq], a relative bias's (RelativeScratch), the dQ buffer [problems,
+  // tq, D], tile lengths and counters. The float parts start at multiples of 256 bytes (the
+  // buffer's 16-byte loads).
+  auto padded = [](size_t n) { return (n + 255) / 256 * 256; };
+  const bool diagonals = EXTRA == kRelative && ga.dbias, scaled = EXTRA == kRelative && ga.drow_scale && a.row_scale;
+  const size_t dr_bytes = padded(size_t(problems * a.tq) * sizeof(T));
+  const size_t diag_bytes = diagonals ? padded(size_t(problems * ktiles * (a.tq + BN - 1)) * sizeof(T)) : 0;
+  const size_t dscale_bytes = scaled ? padded(size_t(problems * ktiles * a.tq) * sizeof(T)) : 0;
   const size_t acc_bytes = ga.dq ? size_t(problems * a.tq * D) * sizeof(T) : 0;
   const size_t count_bytes = size_t(1 + problems * qtiles) * sizeof(int);
   const size_t len_bytes = size_t(problems * a.tq) * sizeof(int);
+  const size_t bytes = dr_bytes + diag_bytes + dscale_bytes + acc_bytes + 2 * count_bytes + len_bytes;
   unsigned char* scratch = nullptr;
-  if (cudaMallocAsync(reinterpret_cast<void**>(&scratch), dr_bytes + acc_bytes + 2 * count_bytes + len_bytes, s) !=
-      cudaSuccess) {
+  if (cudaMallocAsync(reinterpret_cast<void**>(&scratch), bytes, s) != cudaSuccess) {
     cudaGetLastError();
-    throw Error("dot_attention backward: out of device memory for its scratch (" +
-                std::to_string(dr_bytes + acc_bytes + 2 * count_bytes + len_bytes) + " bytes)");
+    throw Error("dot_attention backward: out of device memory for its scratch (" + std::to_string(bytes) + " bytes)");
   }
   T* dr = reinterpret_cast<T*>(scratch);
-  T* acc = reinterpret_cast<T*>(scratch + dr_bytes);
-  int* tile_kmax = reinterpret_cast<int*>(scratch + dr_bytes + acc_bytes);
+  const RelativeScratch<T> rel{diagonals ? reinterpret_cast<T*>(scratch + dr_bytes) : nullptr,
+                               scaled ? reinterpret_cast<T*>(scratch + dr_bytes + diag_bytes) : nullptr};
+  T* acc = reinterpret_cast<T*>(scratch + dr_bytes + diag_bytes + dscale_bytes);
+  int* tile_kmax = reinterpret_cast<int*>(scratch + dr_bytes + diag_bytes + dscale_bytes + acc_bytes);
   int* counters = tile_kmax + 1 + problems * qtiles;  // the ticket, then one count per (problem, query tile)
   int* row_len = counters + 1 + problems * qtiles;
   cudaMemsetAsync(counters, 0, count_bytes, s);
+  if (diagonals) cudaMemsetAsync(rel.diag, 0, diag_bytes, s);
   rows_kernel<T, T, BM><<<dim3(unsigned(problems), unsigned(qtiles)), kThreads, 0, s>>>(
       a, static_cast<const T*>(ga.g), dr, row_len, tile_kmax, static_cast<T*>(ga.dq), ga.dq_bs0, ga.dq_bs1,
       ga.dq_rs);
@@ -361,9 +410,20 @@ void launch(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s)
   constexpr size_t smem = sizeof(T) * size_t((2 * BN + 2 * BM) * (D + VN) + BM * (BN + VN) + BN * (BM + VN));
   set_smem(main_kernel<T, D, BM, BN, MINB, VEC, EXTRA>, smem);
   main_kernel<T, D, BM, BN, MINB, VEC, EXTRA><<<unsigned(problems * ktiles), kThreads, smem, s>>>(
-      a, ga, dr, row_len, tile_kmax, DqShared<T>{counters, counters + 1, acc});
+      a, ga, dr, row_len, tile_kmax, DqShared<T>{counters, counters + 1, acc}, rel);
   check_launch("dot_attention backward");
+  if (diagonals) launch_relative_dbias(a, ga, static_cast<const T*>(rel.diag), ktiles, BN, s);
+  if (scaled) launch_row_scale_grad(a, ga, static_cast<const T*>(rel.dscale), ktiles, tile_kmax, BM, BN, s);
   cudaFreeAsync(scratch, s);
+}
+
+template <class T, int D, int BM, int BN, int MINB, bool VEC>
+void launch_variant(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s) {
+  switch (exact_variant(a)) {
+    case kPlain: return launch<T, D, BM, BN, MINB, VEC, kPlain>(a, ga, s);
+    case kExtras: return launch<T, D, BM, BN, MINB, VEC, kExtras>(a, ga, s);
+    default: return launch<T, D, BM, BN, MINB, VEC, kRelative>(a, ga, s);
+  }
 }
 
 template <class T, int D, int BM, int BN, int MINB>
@@ -375,9 +435,7 @@ void launch_vec(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_
                    a.k_bs0 % VN == 0 && a.k_bs1 % VN == 0 && a.k_rs % VN == 0 && a.v_bs0 % VN == 0 &&
                    a.v_bs1 % VN == 0 && a.v_rs % VN == 0 && a.o_bs0 % VN == 0 && a.o_bs1 % VN == 0 &&
                    a.o_rs % VN == 0;
-  const bool extra = attention_extras(a);
-  if (vec) extra ? launch<T, D, BM, BN, MINB, true, true>(a, ga, s) : launch<T, D, BM, BN, MINB, true, false>(a, ga, s);
-  else extra ? launch<T, D, BM, BN, MINB, false, true>(a, ga, s) : launch<T, D, BM, BN, MINB, false, false>(a, ga, s);
+  vec ? launch_variant<T, D, BM, BN, MINB, true>(a, ga, s) : launch_variant<T, D, BM, BN, MINB, false>(a, ga, s);
 }
 
 }  // namespace
@@ -390,6 +448,7 @@ bool launch_attention_backward(DType dt, const AttentionArgs& a, const Attention
   if (a.tq == 0 || a.tk == 0 || a.d == 0 || a.dv == 0) return false;  // nothing to recompute: the caller's zeros
   if (a.batch0 * a.batch1 == 0 || (!ga.dq && !ga.dk && !ga.dv && !ga.dbias && !ga.drow_scale)) return true;
   if (half) return launch_attention_mma(dt, a, &ga, s);
+  if (exact_variant(a) < 0) return false;
   if (dt == DType::f32) {
     if (width <= 64) launch_vec<float, 64, 64, 64, 2>(a, ga, s);
     else if (width <= 128) launch_vec<float, 128, 64, 32, 1>(a, ga, s);

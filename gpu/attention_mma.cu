@@ -533,20 +533,7 @@ __global__ void __launch_bounds__(kThreads)
     weights_times_rows<T, D, BQ, LD, WM>(dk, pf, Q, 0);  // dK += dS^T Q
     if (REL && diag_row) {
       __syncthreads();  // the tile pair's dS is in
-      // Diagonal c holds key - row = c - (BQ - 1) of the tile pair, p = j0 - i0 + c - (BQ - 1);
-      // its rows in order, those outside the pair adding 0 (a fixed trip count: the loads issue
-      // back to back).
-      for (int c = threadIdx.x; c < BK + BQ - 1; c += kThreads) {
-        const int dl = c - (BQ - 1);
-        float x = 0.f;
-#pragma unroll
-        for (int r = 0; r < BQ; ++r) {
-          const int kr = r + dl;
-          x += kr >= 0 && kr < BK ? Ss[kr * LS + r] : 0.f;
-        }
-        const int64_t at = int64_t(dl) - i0 + a.tq - 1;  // p - j0 + tq - 1
-        if (at >= 0 && at < a.tq + BK - 1) diag_row[at] += x;
-      }
+      add_diagonals<float, BK, BQ, LS, false>(Ss, nullptr, diag_row, i0, a.tq);  // Ss has the factors
     }
     __syncthreads();  // this stage's buffers are free
     it = nx;
@@ -734,46 +721,6 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
-// A relative bias's gradient from the keys kernel's diagonal sums: element p of problem b's
-// table part is the sum over its key tiles (in order) of their rows' sums along key - row = p.
-__global__ void relative_dbias_kernel(AttentionArgs a, AttentionGradArgs ga, const float* diag, int64_t ktiles,
-                                      int bk) {
-  const int64_t width = a.tq + bk - 1, n = a.tq + a.tk - 1;
-  for (int64_t b = blockIdx.y; b < a.batch0 * a.batch1; b += gridDim.y) {
-    float* part = dbias_part<float>(a, ga, b, true);
-    for (int64_t pos = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; pos < n; pos += int64_t(gridDim.x) * blockDim.x) {
-      // Key tile kt holds pos at pos - kt bk (p - j0 + tq - 1 with pos = p + tq - 1).
-      const int64_t first = pos >= width ? (pos - width) / bk + 1 : 0;
-      const int64_t last = pos / bk < ktiles - 1 ? pos / bk : ktiles - 1;
-      float x = 0.f;
-      for (int64_t kt = first; kt <= last; ++kt) x += diag[(b * ktiles + kt) * width + pos - kt * bk];
-      part[(pos - (a.tq - 1)) * a.bias_cs] = x;
-    }
-  }
-}
-
-// The row scale's gradient from the queries kernel's row sums dscale[b, row]: added into each
-// problem's part at the scale's row stride, or, where the scale broadcasts over the rows, the
-// rows' sum in order.
-__global__ void row_scale_grad_kernel(AttentionArgs a, AttentionGradArgs ga, const float* dscale) {
-  const int64_t problems = a.batch0 * a.batch1;
-  const int64_t* off = ga.drow_scale_off ? ga.drow_scale_off : a.row_scale_off;
-  float* out = static_cast<float*>(ga.drow_scale);
-  if (a.row_scale_rs == 0) {
-    for (int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; b < problems; b += int64_t(gridDim.x) * blockDim.x) {
-      float x = 0.f;
-      for (int64_t r = 0; r < a.tq; ++r) x += dscale[b * a.tq + r];
-      out[off ? off[b] : 0] += x;
-    }
-    return;
-  }
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < problems * a.tq;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t b = i / a.tq, r = i % a.tq;
-    out[(off ? off[b] : 0) + r * a.row_scale_rs] += dscale[i];
-  }
-}
-
 template <class K>
 void set_smem(K kernel, size_t smem, const char* what) {
   const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
@@ -872,11 +819,7 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
     check_launch("dot_attention backward (keys)");
   }
   if (relative) {
-    const int64_t n = a.tq + a.tk - 1;
-    const unsigned blocks = unsigned((n + 255) / 256 < 1024 ? (n + 255) / 256 : 1024);
-    const unsigned ys = unsigned(problems < 65535 ? problems : 65535);
-    relative_dbias_kernel<<<dim3(blocks, ys), 256, 0, s>>>(a, ga, diag, kblocks, 64 * WK);
-    check_launch("dot_attention backward (relative bias)");
+    launch_relative_dbias(a, ga, diag, kblocks, 64 * WK, s);
     cudaFreeAsync(diag, s);
   }
   if (ga.dq || scaled) {
@@ -886,11 +829,7 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
         a, ga, dr, row_len, tile_kmax, dscale);
     check_launch("dot_attention backward (queries)");
   }
-  if (scaled) {
-    const int64_t n = a.row_scale_rs == 0 ? problems : problems * a.tq;
-    row_scale_grad_kernel<<<unsigned((n + 255) / 256 < 4096 ? (n + 255) / 256 : 4096), 256, 0, s>>>(a, ga, dscale);
-    check_launch("dot_attention backward (row scale)");
-  }
+  if (scaled) launch_row_scale_grad(a, ga, static_cast<const float*>(dscale), 1, nullptr, 1, 1, s);
   cudaFreeAsync(scratch, s);
 }
 

@@ -1,10 +1,13 @@
 #pragma once
 // Tile helpers shared by the fused attention kernels (forward and backward): 16-byte vectors,
-// cp.async copies and zero-filled tile loads into shared memory.
+// cp.async copies and zero-filled tile loads into shared memory, the bias's rows and a relative
+// bias's band, the dropout mask, and the backwards' first kernel and the last ones of a relative
+// bias's gradients (the table's from diagonal sums, the row scale's from row sums).
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
+#include "common.cuh"
 #include "float_types.cuh"
 #include "launch.h"
 #include "philox.h"
@@ -97,12 +100,35 @@ struct BiasRows {
 
 // The band of relative terms a tile pair reads: band[i] = the term of key - row = first + i
 // (log2 units, without row factors; 0 outside the table's (-tq, tk)), for i < n, by the block.
-template <class T>
-__device__ __forceinline__ void stage_band(float* band, const BiasRows<T, float>& bias, const AttentionArgs& a,
+template <class T, class C>
+__device__ __forceinline__ void stage_band(C* band, const BiasRows<T, C>& bias, const AttentionArgs& a,
                                            int64_t first, int n) {
   for (int i = threadIdx.x; i < n; i += kThreads) {
     const int64_t p = first + i;
-    band[i] = p > -a.tq && p < a.tk ? bias.at(bias.base, p) : 0.f;
+    band[i] = p > -a.tq && p < a.tk ? bias.at(bias.base, p) : C(0);
+  }
+}
+
+// A relative bias's gradient, first step: adds a tile pair's diagonal sums into its key tile's
+// row of them (diag_row, tq + BK - 1 wide, where key - row = p lands at p - j0 + tq - 1). S is
+// the pair's dS by key (S[key * LS + row]: BK keys, BQ rows starting at row i0, zeros outside
+// the problem), each row times fac[row] where FAC (a row scale). Diagonal c (key - row =
+// c - (BQ - 1)) sums its rows in order, rows outside the pair adding 0 (a fixed trip count:
+// the loads issue back to back); one thread per diagonal, by the block. Walking the query
+// tiles in order, a block gives each element its shares in a fixed order.
+template <class C, int BK, int BQ, int LS, bool FAC>
+__device__ __forceinline__ void add_diagonals(const C* S, const C* fac, C* diag_row, int64_t i0, int64_t tq) {
+  for (int c = threadIdx.x; c < BK + BQ - 1; c += kThreads) {
+    const int dl = c - (BQ - 1);
+    C x = 0;
+#pragma unroll
+    for (int r = 0; r < BQ; ++r) {
+      const int kr = r + dl;
+      if constexpr (FAC) x = fma(fac[r], kr >= 0 && kr < BK ? S[kr * LS + r] : C(0), x);
+      else x += kr >= 0 && kr < BK ? S[kr * LS + r] : C(0);
+    }
+    const int64_t at = int64_t(dl) - i0 + tq - 1;  // p - j0 + tq - 1
+    if (at >= 0 && at < tq + BK - 1) diag_row[at] += x;
   }
 }
 
@@ -147,9 +173,16 @@ struct DropMask {
   }
 };
 
-// Whether a call needs the kernels' bias and dropout code (their EXTRA variants): the plain
-// variants leave it out, so that it costs no registers where neither is asked for.
-inline bool attention_extras(const AttentionArgs& a) { return a.bias || a.drop_p > 0; }
+// The variants of the exact (f32/f64) kernels, a compile-time parameter: kPlain leaves the
+// bias and dropout code out (no registers spent on it where neither is asked for), kExtras
+// reads a bias tensor and draws dropout, kRelative reads a relative bias (its band of terms
+// staged in shared memory, times the row scale) and draws no dropout (its registers would
+// spill in the f32 forward's loop); -1: none fits (a relative bias with dropout).
+enum : int { kPlain = 0, kExtras = 1, kRelative = 2 };
+inline int exact_variant(const AttentionArgs& a) {
+  if (relative_view(a)) return a.drop_p > 0 ? -1 : kRelative;
+  return a.bias || a.drop_p > 0 ? kExtras : kPlain;
+}
 
 // Where problem b's part of the bias gradient starts (null: none wanted, or the bias
 // broadcasts over keys, where the gradient is exactly 0: each row's dS sums to 0).
@@ -217,6 +250,80 @@ __global__ void __launch_bounds__(kThreads)
       if (r < a.tq) out[r * dq_rs + i % a.d] = narrow<S>(ComputeOf<S>(0));
     }
   }
+}
+
+// A relative bias's gradient, last step: element p of problem b's table part is the sum over
+// its key tiles (of bk keys, in order) of their diagonal sums along key - row = p (diag:
+// [problems, ktiles, tq + bk - 1], see add_diagonals).
+template <class C>
+__global__ void relative_dbias_kernel(AttentionArgs a, AttentionGradArgs ga, const C* diag, int64_t ktiles, int bk) {
+  const int64_t width = a.tq + bk - 1, n = a.tq + a.tk - 1;
+  for (int64_t b = blockIdx.y; b < a.batch0 * a.batch1; b += gridDim.y) {
+    C* part = dbias_part<C>(a, ga, b, true);
+    for (int64_t pos = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; pos < n; pos += int64_t(gridDim.x) * blockDim.x) {
+      // Key tile kt holds pos at pos - kt bk (p - j0 + tq - 1 with pos = p + tq - 1).
+      const int64_t first = pos >= width ? (pos - width) / bk + 1 : 0;
+      const int64_t last = pos / bk < ktiles - 1 ? pos / bk : ktiles - 1;
+      C x = 0;
+      for (int64_t kt = first; kt <= last; ++kt) x += diag[(b * ktiles + kt) * width + pos - kt * bk];
+      part[(pos - (a.tq - 1)) * a.bias_cs] = x;
+    }
+  }
+}
+
+// Writes each problem's part of the table's gradient from the diagonal sums, on stream s.
+template <class C>
+void launch_relative_dbias(const AttentionArgs& a, const AttentionGradArgs& ga, const C* diag, int64_t ktiles, int bk,
+                           cudaStream_t s) {
+  const int64_t problems = a.batch0 * a.batch1, n = a.tq + a.tk - 1;
+  const unsigned blocks = unsigned((n + 255) / 256 < 1024 ? (n + 255) / 256 : 1024);
+  const unsigned ys = unsigned(problems < 65535 ? problems : 65535);
+  relative_dbias_kernel<C><<<dim3(blocks, ys), 256, 0, s>>>(a, ga, diag, ktiles, bk);
+  check_launch("dot_attention backward (relative bias)");
+}
+
+// The row scale's gradient from row sums of dS times the term: row r of problem b has `parts`
+// partial sums at dscale[(b * parts + k) * tq + r], of which, where tile_kmax is given (the
+// rows kernel's, query tiles of bm), only the key tiles of bn keys that r's query tile sees
+// were written. A row's parts are added in order, and its total into problem b's part of the
+// gradient at the scale's row stride, or, where the scale broadcasts over the rows, the rows'
+// totals in order.
+template <class C>
+__global__ void row_scale_grad_kernel(AttentionArgs a, AttentionGradArgs ga, const C* dscale, int64_t parts,
+                                      const int* tile_kmax, int bm, int bn) {
+  const int64_t problems = a.batch0 * a.batch1;
+  const int64_t* off = ga.drow_scale_off ? ga.drow_scale_off : a.row_scale_off;
+  C* out = static_cast<C*>(ga.drow_scale);
+  auto total = [&](int64_t b, int64_t r) {
+    const int64_t n = tile_kmax ? (tile_kmax[b * ((a.tq + bm - 1) / bm) + r / bm] + bn - 1) / bn : parts;
+    const C* x = dscale + b * parts * a.tq + r;
+    C sum = n > 0 ? x[0] : C(0);
+    for (int64_t k = 1; k < n; ++k) sum += x[k * a.tq];
+    return sum;
+  };
+  if (a.row_scale_rs == 0) {
+    for (int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; b < problems; b += int64_t(gridDim.x) * blockDim.x) {
+      C x = 0;
+      for (int64_t r = 0; r < a.tq; ++r) x += total(b, r);
+      out[off ? off[b] : 0] += x;
+    }
+    return;
+  }
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < problems * a.tq;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = i / a.tq, r = i % a.tq;
+    out[(off ? off[b] : 0) + r * a.row_scale_rs] += total(b, r);
+  }
+}
+
+// Adds the row scale's gradient from the row sums (row_scale_grad_kernel), on stream s.
+template <class C>
+void launch_row_scale_grad(const AttentionArgs& a, const AttentionGradArgs& ga, const C* dscale, int64_t parts,
+                           const int* tile_kmax, int bm, int bn, cudaStream_t s) {
+  const int64_t problems = a.batch0 * a.batch1, n = a.row_scale_rs == 0 ? problems : problems * a.tq;
+  row_scale_grad_kernel<C><<<unsigned((n + 255) / 256 < 4096 ? (n + 255) / 256 : 4096), 256, 0, s>>>(
+      a, ga, dscale, parts, tile_kmax, bm, bn);
+  check_launch("dot_attention backward (row scale)");
 }
 
 }  // namespace dimx::gpu::attention_tiles

@@ -9,6 +9,9 @@
 #include <vector>
 
 #include "backend.h"
+#ifdef DIMX_WITH_CUDNN
+#include "cudnn_attention.h"
+#endif
 #include "strided_space.h"
 #include "gemm.h"
 #include "launch.h"
@@ -204,6 +207,9 @@ class CudaBackend final : public backend::Backend {
     release_device_constants(Device::cuda(index_));
     cudaStreamSynchronize(stream_);
     gemms_.reset();
+#ifdef DIMX_WITH_CUDNN
+    cudnn_.reset();
+#endif
     cudaGetLastError();
   }
 
@@ -233,31 +239,70 @@ class CudaBackend final : public backend::Backend {
     r.row_scale = a.bias.row_scale;
     r.row_scale_off = a.bias.row_scale_offset;
     r.row_scale_rs = a.bias.row_scale_stride;
+    r.spans = a.spans.valid;
+    r.span_group = a.spans.group;
+    r.span_q = a.spans.q;
+    r.span_kv = a.spans.kv;
     return r;
   }
   bool attention_takes_bias() const override { return true; }
-  // A relative bias is read in place by the tensor-core forward and backward; the backward sums
-  // the table's gradient along diagonals, per key tile, in a fixed order.
+  // A relative bias is read in place by every kernel (tensor-core and exact), forward and
+  // backward; the backward sums the table's gradient along diagonals, per key tile, in a fixed
+  // order.
   bool attention_takes_relative_bias() const override { return true; }
   // Its row scale (the gru_rel_pos gate) too: the forward multiplies each row's band terms, the
-  // keys kernel each dS row before the diagonal sums, and the queries kernel forms the scale's
-  // gradient per row (sum over the row's keys of dS times the table term).
+  // backward weights each dS row before the diagonal sums and forms the scale's gradient per row
+  // (sum over the row's keys of dS times the table term), in key-tile order.
   bool attention_takes_bias_row_scale() const override { return true; }
   // Measured on the H200 (BEATs layer, B=8 T=1024 H=12, f32): the exact f32/f64 kernels reading
   // a bias that varies over both queries and keys from device memory are slower than the
   // unfused path (forward 3.87 vs 3.37 ms, forward + backward 12.6 vs 10.5 ms), so they decline
   // it (counted as an unfused call); a bias over the keys or the queries alone, and every bias
-  // in bf16/f16, stays fused.
+  // in bf16/f16, stays fused. A relative bias (row stride = -column stride) and its row scale
+  // stay fused in f32/f64 too: the kernels stage a tile pair's band of terms from the small
+  // table in shared memory instead of reading [tq, tk] terms, and the backward sums the
+  // table's gradient along diagonals in a fixed order.
   // Dropout in the exact kernels, which draw a Philox block per weight in the forward and again
   // in the backward, measured slower than the unfused path too (dot_attention fwd+bwd, B=8 H=12
   // T=1024 d=64 f32: 6.63 vs 4.45 ms), so they decline it as well; the tensor-core kernels share
   // each block between lanes and keep it (bf16: 2.1 ms fused against 3.85 unfused).
   bool attention(DType dt, const backend::Attention& a) override {
+    if (CudnnAttention* c = cudnn(dt, a); c && c->forward(dt, attention_args(a))) {
+      if (a.on_library) *a.on_library = true;
+      return true;
+    }
     const bool exact = dt == DType::f32 || dt == DType::f64;
-    if (exact && a.bias.row_scale) return false;  // comes with a relative bias, which they decline
-    if (exact && a.bias.data && a.bias.row_stride != 0 && a.bias.col_stride != 0) return false;
+    const bool relative = a.bias.data && a.bias.col_stride != 0 && a.bias.row_stride == -a.bias.col_stride;
+    if (exact && a.bias.row_scale && !relative) return false;  // a row scale comes with a relative bias
+    if (exact && a.bias.data && !relative && a.bias.row_stride != 0 && a.bias.col_stride != 0) return false;
     if (exact && a.dropout.p > 0) return false;
     return launch_attention(dt, attention_args(a), stream());
+  }
+  // cuDNN's flash attention for a forward it takes, where it was measured faster than the own
+  // kernels (null: the own kernels). On the H200 (docs/performance.md, bf16, head size 64): without
+  // lengths 0.087 vs 0.142 ms (B8 H12 T1024) and 0.555 vs 1.231 ms (B4 H16 T4096); with
+  // per-sequence key lengths, whose padded keys and values it needs zeroed in a copy first,
+  // 0.200 vs 0.171 ms at T = 1024 but 0.589 vs 0.871 ms at T = 4096: so padded keys go to cuDNN
+  // from 2048 keys on. DIMX_CUDNN_ATTENTION=1 sends every call it takes to cuDNN, 0 none.
+  CudnnAttention* cudnn(DType dt, const backend::Attention& a) {
+#ifdef DIMX_WITH_CUDNN
+    const char* env = std::getenv("DIMX_CUDNN_ATTENTION");
+    const std::string mode = env ? env : "";
+    if (cudnn_failed_ || mode == "0" || !CudnnAttention::fits(dt, attention_args(a))) return nullptr;
+    if (mode != "1" && a.spans.kv && a.tk < 2048) return nullptr;
+    if (!cudnn_) {
+      try {
+        cudnn_ = std::make_unique<CudnnAttention>(stream());
+      } catch (const Error&) {
+        cudnn_failed_ = true;  // no usable cuDNN here (library or device): the own kernels
+        return nullptr;
+      }
+    }
+    return cudnn_.get();
+#else
+    (void)dt, (void)a;
+    return nullptr;
+#endif
   }
   void optim_step(DType dt, const backend::OptimStep& a) override {
     if (dt != DType::f32 && dt != DType::f64)
@@ -354,6 +399,10 @@ class CudaBackend final : public backend::Backend {
   std::once_flag init_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<Gemms> gemms_;
+#ifdef DIMX_WITH_CUDNN
+  std::unique_ptr<CudnnAttention> cudnn_;
+  bool cudnn_failed_ = false;
+#endif
 };
 
 // Registered when the library loads (linked in, or loaded by libdimx on first use of a CUDA

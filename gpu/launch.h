@@ -51,6 +51,12 @@ struct AttentionArgs {
   const void* row_scale = nullptr;
   const int64_t* row_scale_off = nullptr;
   int64_t row_scale_rs = 0;
+  // backend::Attention::Spans: where valid, i32 lengths per index of batch group span_group
+  // (rows i >= span_q[g] see no key, the others keys j < span_kv[g]; null: tq, tk).
+  bool spans = false;
+  int span_group = 0;
+  const int32_t* span_q = nullptr;
+  const int32_t* span_kv = nullptr;
 };
 // The backward of launch_attention's problem (the same AttentionArgs, with the lse its forward
 // wrote): g has out's strides; dq, dk, dv (each nullable: not computed) have their own strides.

@@ -32,7 +32,8 @@ namespace dimx {
 
 namespace {
 
-std::atomic<int64_t> g_fused_fwd{0}, g_unfused_fwd{0}, g_fused_bwd{0}, g_unfused_bwd{0}, g_rel_gathered{0};
+std::atomic<int64_t> g_fused_fwd{0}, g_unfused_fwd{0}, g_fused_bwd{0}, g_unfused_bwd{0}, g_rel_gathered{0},
+    g_library_fwd{0};
 
 // DIMX_STRICT_FUSED=1: a fallback from the fused path is an error.
 bool strict_fused() {
@@ -155,6 +156,7 @@ struct Fused {
   Tensor out;
   backend::Attention args{};
   Tensor q, k, v, lens, lse;
+  Tensor span_q, span_kv;     // the lengths per problem of one batch group (Attention::Spans)
   Tensor bias, bias_offsets;  // the bias as laid out for the primitive, its per-problem offsets
   int64_t bias_shift = 0;     // elements from a problem's part of the bias to what (0, 0) reads
   Tensor row_scale, row_scale_offsets;  // a relative bias's scale as laid out, its offsets
@@ -276,6 +278,15 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
     for (const Dim& d : lengths.dims())
       if (!contains(batch, d) && !contains(query, d)) return {};
   }
+  // The lengths per problem where they vary over batch Dims only (see Attention::Spans; only a
+  // GPU reads them).
+  Tensor kv_span = lengths, q_span;
+  bool spans = !q0.device().is_cpu() && (!kv_span.defined() || minus_dims(kv_span.dims(), batch).empty());
+  for (const Dim& qd : query) {
+    if (!qd.is_dynamic()) continue;
+    spans = spans && query.size() == 1 && minus_dims(qd.lengths().dims(), batch).empty();
+    q_span = qd.lengths();
+  }
   // A padded query frame sees no key (its output row is 0, and no gradient comes back through
   // it): the kernels skip such rows, so a padded batch costs its valid frames only.
   for (const Dim& qd : query) {
@@ -351,6 +362,29 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
     f.lens = broadcast_to_include(lengths.to(q.device()).astype(DType::i64), order).transpose_to(order).contiguous();
     a.key_lengths = reinterpret_cast<const int64_t*>(f.lens.impl().data());
   }
+  if (spans) {
+    // Per index of the one batch group that holds every Dim the lengths vary over.
+    Dims varies;
+    for (const Tensor* t : {&kv_span, &q_span})
+      if (t->defined())
+        for (const Dim& d : t->dims())
+          if (d.extent() > 1 && !contains(varies, d)) varies.push_back(d);
+    const int group = minus_dims(varies, g0).empty() ? 0 : minus_dims(varies, g1).empty() ? 1 : -1;
+    const Dims& gd = group == 0 ? g0 : g1;
+    auto laid = [&](const Tensor& t) {
+      const Dims single = minus_dims(t.dims(), gd);  // extent 1
+      const Tensor x = single.empty() ? t : reduce_max(t, single);
+      return broadcast_to_include(x.to(q.device()).astype(DType::i32), gd).transpose_to(gd).contiguous();
+    };
+    if (group >= 0) {
+      a.spans.valid = true;
+      a.spans.group = group;
+      if (q_span.defined()) f.span_q = laid(q_span);
+      if (kv_span.defined()) f.span_kv = laid(kv_span);
+      if (f.span_q.defined()) a.spans.q = reinterpret_cast<const int32_t*>(f.span_q.impl().data());
+      if (f.span_kv.defined()) a.spans.kv = reinterpret_cast<const int32_t*>(f.span_kv.impl().data());
+    }
+  }
   if (bias.defined() &&
       !bias_operand(bias, g0, g1, batch, query, kv_axis, q.device(), f.bias, f.bias_offsets, a.bias))
     return {};
@@ -364,7 +398,12 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
                   "dot_attention");
     a.lse = f.lse.impl().data();
   }
-  if (!backend::backend_for(q.device()).attention(dt, a)) return {};
+  bool library = false;
+  a.on_library = &library;
+  const bool ran = backend::backend_for(q.device()).attention(dt, a);
+  a.on_library = nullptr;
+  if (!ran) return {};
+  if (library) g_library_fwd.fetch_add(1, std::memory_order_relaxed);
   f.out = out;
   if (auto fd = v0.feature_dim(); fd && out.has_dim(*fd)) f.out = out.with_feature_dim(fd);
   f.q = q;
@@ -695,6 +734,7 @@ AttentionPathCounts attention_path_counts() {
   c.fused_backward = g_fused_bwd.load();
   c.unfused_backward = g_unfused_bwd.load();
   c.relative_bias_gathered = g_rel_gathered.load();
+  c.library_forward = g_library_fwd.load();
   return c;
 }
 
@@ -704,6 +744,7 @@ void reset_attention_path_counts() {
   g_fused_bwd = 0;
   g_unfused_bwd = 0;
   g_rel_gathered = 0;
+  g_library_fwd = 0;
 }
 
 Tensor dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Dim& key_dim, const Dim& kv_axis,

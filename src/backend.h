@@ -87,6 +87,16 @@ struct Attention {
   int64_t out_batch_stride[2];
   int64_t out_row_stride;
   const int64_t* key_lengths;
+  // The same lengths per problem, where every row of a problem sees the same keys (valid):
+  // per index of one batch group (`group`: 0 or 1; the other group shares them), i32 in the
+  // device's memory, rows i >= q[g] see no key and the others see keys j < kv[g] (null: all
+  // tq rows, all tk keys). Not valid where the rows differ otherwise (causal): key_lengths only.
+  struct Spans {
+    bool valid = false;
+    int group = 0;
+    const int32_t* q = nullptr;
+    const int32_t* kv = nullptr;
+  } spans;
   Bias bias;  // bias.data null: none
   // Dropout of the weights (p == 0: none): weight (b0, b1, i, j) is kept, and scaled by
   // `scale` (1 / (1 - p)), where philox::keep(seed, offset, f, f64, threshold) holds for
@@ -103,6 +113,8 @@ struct Attention {
   // reads it (CUDA) writes each row's log2-sum-exp2 of the scaled energies here (contiguous,
   // the element type, f32 for bf16/f16, [batch, tq]); one that recomputes the rows instead (the CPU) ignores it.
   void* lse = nullptr;
+  // Nullable: set to true by a device that ran a vendor library's kernel (cuDNN) for the call.
+  bool* on_library = nullptr;
 };
 
 // Where attention_backward writes the gradients of q, k and v (each nullable: not wanted), in

@@ -844,21 +844,33 @@ TEST_CASE("gpu: fused dot_attention with an additive bias, every precision", "[g
       }
 }
 
-// A bias by relative position: the tensor-core kernels read the table in place, forward and
-// backward, and sum its gradient by diagonals (as the CPU reads it in place); the exact f32
-// kernels decline a bias over queries and keys. Outputs and the gradients of q, k, v and the
-// table agree, padded keys included, and the table's gradient is the same in two runs.
+// A bias by relative position: every fused kernel reads the table in place (the tensor-core
+// ones and the exact f32/f64 ones, as the CPU does), forward and backward, with the row scale
+// too, and sums the table's gradient by diagonals. Outputs and the gradients of q, k, v, the
+// table and the scale agree with the CPU, padded and causal keys, over one tile and several
+// (neither a multiple of a tile), and two backward runs give the same bits.
 TEST_CASE("gpu: a relative bias matches the CPU, forward and gradients", "[gpu][attention]") {
-  Dim batch(2, "batch"), heads(3, "heads"), key(32, "key");
+  Dim batch(2, "batch"), heads(3, "heads");
+  // Head size 32 in each dtype; 96 in the exact ones too (their kernels' other tile shapes).
+  struct Kind {
+    DType dt;
+    int64_t width;
+  };
+  const std::vector<Kind> kinds{{DType::f32, 32}, {DType::f64, 32}, {DType::bf16, 32}, {DType::f32, 96}, {DType::f64, 96}};
   // Shorter than one tile of queries and keys, and several tiles of each. Row scales (the
   // gru_rel_pos gate): none; over the batch and the queries, shared by the heads; over the
   // batch and heads alone (one factor for all of a problem's rows).
   for (const std::vector<int32_t>& lens : {std::vector<int32_t>{37, 20}, std::vector<int32_t>{203, 150}})
+  for (bool causal : {false, true})
   for (int gate = 0; gate < 3; ++gate)
-  for (DType dt : {DType::f32, DType::bf16}) {
+  for (const Kind& kind : kinds) {
+    const DType dt = kind.dt, wdt = dt == DType::f64 ? DType::f64 : DType::f32;  // wdt: the loss's
+    const Dim key(kind.width, "key");
     Dim time = dynamic_dim(batch, lens, "time");
-    const Dim keys = time.copy("keys"), positions(2 * time.extent() - 1, "positions");
-    INFO(dtype_name(dt) << ", time " << time.extent() << ", gate " << gate);
+    const Dim keys = causal ? nn::causal_key_dim(time, time) : time.copy("keys");
+    const Dim positions(2 * time.extent() - 1, "positions");
+    INFO(dtype_name(dt) << ", head size " << kind.width << ", time " << time.extent() << (causal ? ", causal" : "")
+                        << ", gate " << gate);
     consistent(
         "relative bias",
         [&](Device dev) {
@@ -867,18 +879,19 @@ TEST_CASE("gpu: a relative bias matches the CPU, forward and gradients", "[gpu][
                                .with_requires_grad();
           const Tensor v = replace_dim(input({batch, time, heads, key}, 122, dev, -1, 1, dt), time, keys).first
                                .with_requires_grad();
-          const Tensor table = input({heads, positions}, 123, dev, -1, 1, DType::f32).with_requires_grad();
+          const Tensor table = input({heads, positions}, 123, dev, -1, 1, wdt).with_requires_grad();
           const Tensor scale = gate == 0   ? Tensor()
-                               : gate == 1 ? input({time, batch}, 125, dev, 0, 2, DType::f32).with_requires_grad()
-                                           : input({heads, batch}, 125, dev, 0, 2, DType::f32).with_requires_grad();
+                               : gate == 1 ? input({time, batch}, 125, dev, 0, 2, wdt).with_requires_grad()
+                                           : input({heads, batch}, 125, dev, 0, 2, wdt).with_requires_grad();
           AttentionOptions o;
           o.scale = 0.125;
           o.fused = true;
           o.relative_bias = RelativeBias{table.astype(dt), time, positions};
           if (gate) o.relative_bias->scale = scale.astype(dt);
-          const Tensor w = copy_masked(input({batch, time, heads, key}, 124, dev, -1, 1, DType::f32), {time});
-          auto loss_of = [&](const Tensor& out) { return reduce_sum(out.astype(DType::f32) * w, w.dims()); };
-          // A table without a gradient first: the tensor-core backward reads it in place.
+          const Tensor w = copy_masked(input({batch, time, heads, key}, 124, dev, -1, 1, wdt), {time});
+          auto loss_of = [&](const Tensor& out) { return reduce_sum(out.astype(wdt) * w, w.dims()); };
+          // A table without a gradient first: the backward reads it in place, and q, k and v get
+          // the same bits as below.
           AttentionOptions fixed = o;
           fixed.relative_bias->table = table.detach().astype(dt);
           nn::reset_attention_path_counts();
@@ -889,34 +902,36 @@ TEST_CASE("gpu: a relative bias matches the CPU, forward and gradients", "[gpu][
           std::vector<Tensor> leaves{q, k, v, table};
           if (gate) leaves.push_back(scale);
           std::vector<Tensor> g = grad(loss_of(out), leaves);
-          // On cuda the exact f32 kernels decline the bias (gathered once, then the unfused
-          // path and autograd's backward); the tensor-core ones take it in place, row scale too.
+          // Fused both ways on each device and in each dtype, nothing gathered.
           const AttentionPathCounts pc = attention_path_counts();
-          const bool fused = dev.is_cpu() || is_half(dt);
-          CHECK(p3.fused_forward == (fused ? 1 : 0));
-          CHECK(p3.fused_backward == (fused ? 1 : 0));
-          CHECK(p3.relative_bias_gathered == (fused ? 0 : 1));
-          CHECK(pc.fused_forward == (fused ? 1 : 0));
-          CHECK(pc.fused_backward == (fused ? 1 : 0));
-          CHECK(pc.relative_bias_gathered == (fused ? 0 : 1));
-          // Two backward runs give the same bits (the table's and the scale's gradients).
-          const std::vector<Tensor> again =
-              grad(loss_of(dot_attention(q, k, v, key, keys, o)), std::vector<Tensor>(leaves.begin() + 3, leaves.end()));
-          for (size_t i = 3; i < g.size(); ++i)
-            CHECK(again[i - 3].to_vector<float>(g[i].dims()) == g[i].to_vector<float>());
-          for (size_t i = 0; i < 3; ++i) {
-            const Dim& rows = i == 0 ? time : keys;
-            CHECK(copy_masked(g3[i], {rows}).astype(DType::f32).to_vector<float>(g[i].dims()) ==
-                  copy_masked(g[i], {rows}).astype(DType::f32).to_vector<float>());
+          for (const AttentionPathCounts& c : {p3, pc}) {
+            CHECK(c.fused_forward == 1);
+            CHECK(c.fused_backward == 1);
+            CHECK(c.unfused_forward + c.unfused_backward == 0);
+            CHECK(c.relative_bias_gathered == 0);
           }
-          std::vector<Tensor> r{copy_masked(out, {time}).astype(DType::f32), copy_masked(g[0], {time}).astype(DType::f32),
-                                copy_masked(g[1], {keys}).astype(DType::f32), copy_masked(g[2], {keys}).astype(DType::f32),
-                                g[3]};
-          if (gate == 1) r.push_back(copy_masked(g[4], {time}));
-          if (gate == 2) r.push_back(g[4]);
+          // Two backward runs give the same bits (on the CPU the table's and the scale's: its q, k
+          // and v gradients come from a BLAS).
+          const std::vector<Tensor> again = grad(loss_of(dot_attention(q, k, v, key, keys, o)), leaves);
+          for (size_t i = dev.is_cpu() ? 3 : 0; i < g.size(); ++i) {
+            INFO("gradient " << i);
+            CHECK(again[i].to_vector<double>(g[i].dims()) == g[i].to_vector<double>(g[i].dims()));
+          }
+          // In f64 over the query frames (the keys' Dim renamed), padded frames masked.
+          auto on_time = [&](const Tensor& x) {
+            const Tensor t = x.has_dim(keys) ? replace_dim(x, keys, time).first : x;
+            return (t.has_dim(time) ? copy_masked(t, {time}) : t).astype(DType::f64);
+          };
+          for (size_t i = 0; i < 3; ++i) {
+            const Tensor fixed_i = on_time(g3[i]), gi = on_time(g[i]);
+            CHECK(fixed_i.to_vector<double>(gi.dims()) == gi.to_vector<double>());
+          }
+          std::vector<Tensor> r;
+          r.push_back(on_time(out));
+          for (const Tensor& x : g) r.push_back(on_time(x));
           return r;
         },
-        dt == DType::f32 ? 1e-4 : 5e-2, dt == DType::f32 ? 1e-4 : 5e-2);
+        dt == DType::f64 ? 1e-10 : dt == DType::f32 ? 2e-5 : 5e-2, dt == DType::f64 ? 1e-10 : dt == DType::f32 ? 2e-5 : 5e-2);
   }
 }
 
@@ -1265,7 +1280,7 @@ TEST_CASE("gpu: the attention modules run fused under bf16 autocast, forward and
   // on a padded batch under bf16 autocast: the scores take the tensor-core kernels both ways (no
   // fallback; BEATs' table and gate read in place, nothing gathered), the f32 parameters get
   // f32 gradients, and the outputs stay within bf16 rounding of the f32 result on the CPU (the
-  // same dropout mask: bf16 draws the f32 one).
+  // same dropout mask: bf16 draws the f32 one). Then BEATs in f32 on the exact kernels.
   Dim batch(3, "batch"), model(64, "model");
   Dim time = dynamic_dim(batch, {37, 20, 0}, "time");
   Generator gen(23);
@@ -1314,18 +1329,24 @@ TEST_CASE("gpu: the attention modules run fused under bf16 autocast, forward and
     g.push_back(y);
     return g;
   };
-  for (bool beats : {false, true}) {
-    INFO((beats ? "beats" : "torchscale"));
-    std::vector<Tensor> want = run(Device::cpu(), false, beats);
+  // The GPU's run, fused forward and backward with nothing gathered; and its outputs against
+  // the CPU's: a gradient that is 0 in exact arithmetic (the key projection's bias: the softmax
+  // does not see a constant added to every key) is rounding noise around 0, measured against
+  // `zero_scale` times the largest gradient entry of all.
+  auto fused_run = [&](bool autocast, bool beats) {
     nn::reset_attention_path_counts();
-    std::vector<Tensor> got = run(kGpu, true, beats);
+    std::vector<Tensor> got = run(kGpu, autocast, beats);
     const nn::AttentionPathCounts c = nn::attention_path_counts();
     CHECK(c.fused_forward == 1);
     CHECK(c.fused_backward == 1);
     CHECK(c.unfused_forward + c.unfused_backward == 0);
     CHECK(c.relative_bias_gathered == 0);
+    return got;
+  };
+  auto compare = [](const std::vector<Tensor>& got, const std::vector<Tensor>& want, double rtol, double atol,
+                    double zero_scale) {
     REQUIRE(got.size() == want.size());
-    double overall = 0;  // the largest gradient entry of all
+    double overall = 0;
     for (size_t i = 0; i + 1 < want.size(); ++i)
       for (double e : want[i].to_vector<double>()) overall = std::max(overall, std::abs(e));
     for (size_t i = 0; i < got.size(); ++i) {
@@ -1335,12 +1356,20 @@ TEST_CASE("gpu: the attention modules run fused under bf16 autocast, forward and
       double scale = 0;
       for (double e : w) scale = std::max(scale, std::abs(e));
       for (double e : g) REQUIRE(std::isfinite(e));
-      // A gradient that is 0 in exact arithmetic (the key projection's bias: the softmax does
-      // not see a constant added to every key) is bf16 noise around 0 on the GPU.
-      if (i + 1 < got.size() && scale < 1e-5 * overall) scale = 1e-2 * overall;
-      CHECK_VEC_APPROX(g, w, 5e-2, 3e-2 * scale);
+      if (i + 1 < got.size() && scale < 1e-5 * overall) scale = zero_scale * overall;
+      CHECK_VEC_APPROX(g, w, rtol, atol * scale);
     }
+  };
+  for (bool beats : {false, true}) {
+    INFO((beats ? "beats" : "torchscale"));
+    compare(fused_run(true, beats), run(Device::cpu(), false, beats), 5e-2, 3e-2, 1e-2);
   }
+  // BEATs in f32 without dropout (eval): the exact kernels read the T5 table and the gate in
+  // place as well, forward and backward, within f32 rounding of the CPU.
+  nn::eval(bt_cpu);
+  nn::eval(bt_gpu);
+  INFO("f32 beats");
+  compare(fused_run(false, true), run(Device::cpu(), false, true), 1e-4, 1e-4, 1);
 }
 
 TEST_CASE("gpu: layer_norm and its gradients match the CPU", "[gpu][normalization]") {
@@ -1573,6 +1602,85 @@ TEST_CASE("gpu: robustness checks (integer edges, NaN reductions, padding, lengt
 
 TEST_CASE("gpu: no module lets padded content reach valid outputs or gradients; a sequence alone equals its frames of the batch", "[gpu][padding]") {
   check_padding_cases(kGpu, 1e-4, 1e-5);
+}
+
+// cuDNN's flash attention takes the bf16/f16 forwards without bias or dropout whose rows of a
+// problem see the same keys (no lengths, or per-sequence query and key lengths), in any layout
+// with 16-byte rows; the own kernels take the rest, and the backward. Each case against the own
+// kernels (DIMX_CUDNN_ATTENTION=0) and the CPU's float64 of the rounded inputs, with NaN in the
+// padded frames; padded output rows, and the rows of a sequence without keys, exactly 0; the
+// gradients after cuDNN's forward (from its rows' statistics) equal to those after the own one.
+TEST_CASE("gpu: cuDNN's flash attention takes the forwards it fits, equal to the own kernels", "[gpu][attention][cudnn]") {
+  Dim batch(3, "batch"), heads(2, "heads");
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  struct Case {
+    const char* name;
+    std::vector<int32_t> q_len, kv_len;  // empty: static
+    int64_t width;
+    bool heads_first;  // {batch, heads, time, key} instead of {batch, time, heads, key}
+    bool library;      // cuDNN takes it
+  };
+  for (DType dt : {DType::bf16, DType::f16})
+    for (const Case& c : {Case{"self, padded", {70, 33, 0}, {}, 64, false, true},
+                          Case{"self, padded, heads first", {70, 33, 0}, {}, 128, true, true},
+                          Case{"cross: a query without keys, keys without queries", {50, 0, 17}, {40, 9, 0}, 64, false, true},
+                          Case{"no mask, 130 frames", {}, {}, 64, true, true},
+                          Case{"head size 40", {70, 33, 0}, {}, 40, false, true},
+                          Case{"head size 256", {70, 33, 0}, {}, 256, false, false}}) {
+      INFO(dtype_name(dt) << ", " << c.name);
+      const Dim key(c.width, "key");
+      const bool self = c.kv_len.empty();
+      const Dim tq = c.q_len.empty() ? Dim(130, "tq") : dynamic_dim(batch, c.q_len, "tq");
+      const Dim tk = self ? tq : dynamic_dim(batch, c.kv_len, "tk");
+      auto dims_of = [&](const Dim& t) { return c.heads_first ? Dims{batch, heads, t, key} : Dims{batch, t, heads, key}; };
+      auto leaf = [&](const Dim& t, uint32_t seed, bool pad_nan) {
+        Tensor x = input(dims_of(t), seed, Device::cpu(), -1, 1).astype(dt).astype(DType::f64);
+        if (pad_nan && t.is_dynamic()) x = where(sequence_mask({t}), x, nan);
+        return x;
+      };
+      const Tensor q0 = leaf(tq, 301, false), k0 = leaf(tk, 302, true), v0 = leaf(tk, 303, true);
+      const Tensor gout = copy_masked(input(dims_of(tq), 304, Device::cpu(), -1, 1), {tq}).astype(dt).astype(DType::f64);
+      auto run = [&](Device dev, DType cdt, bool cudnn) {
+        setenv("DIMX_CUDNN_ATTENTION", cudnn ? "1" : "0", 1);  // 1: wherever cuDNN takes it
+        Tensor q = q0.to(dev).astype(cdt).with_requires_grad(), k = k0.to(dev).astype(cdt).with_requires_grad(),
+               v = v0.to(dev).astype(cdt).with_requires_grad();
+        auto cast = [&](const Tensor& x) { return cdt == DType::f64 ? x : x.astype(dt); };
+        reset_attention_path_counts();
+        Tensor out = self ? nn::dot_attention(cast(q), cast(k), cast(v), key, tq)
+                          : nn::dot_attention(cast(q), cast(k), cast(v), key, tk);
+        const AttentionPathCounts pc = attention_path_counts();
+        if (!dev.is_cpu()) {
+          CHECK(pc.fused_forward == 1);
+          CHECK(pc.library_forward == (cudnn && c.library ? 1 : 0));
+        }
+        std::vector<Tensor> r = grad(out, {q, k, v}, gout.astype(out.dtype()).to(dev));
+        r.insert(r.begin(), out);
+        unsetenv("DIMX_CUDNN_ATTENTION");
+        for (Tensor& x : r) x = x.astype(DType::f64).to(Device::cpu());
+        return r;
+      };
+      const std::vector<Tensor> want = run(Device::cpu(), DType::f64, false);
+      const std::vector<Tensor> lib = run(kGpu, DType::f32, true), own = run(kGpu, DType::f32, false);
+      const double tol = dt == DType::bf16 ? 3e-2 : 4e-3;
+      const char* names[] = {"out", "dq", "dk", "dv"};
+      for (size_t i = 0; i < want.size(); ++i) {
+        INFO(names[i]);
+        const Dim& rows = i == 0 || i == 1 ? tq : tk;
+        const Dims d = dims_of(rows);
+        std::vector<double> w = copy_masked(want[i], {rows}).to_vector<double>(d);
+        for (const std::vector<Tensor>* got : {&lib, &own}) {
+          // Padded frames of the output and of the gradients are exactly 0, not only masked.
+          std::vector<double> g = (*got)[i].to_vector<double>(d), gm = copy_masked((*got)[i], {rows}).to_vector<double>(d);
+          CHECK(g == gm);
+          CHECK_VEC_APPROX(g, w, tol, tol);
+          for (double e : g) REQUIRE(std::isfinite(e));
+        }
+        CHECK_VEC_APPROX(lib[i].to_vector<double>(d), own[i].to_vector<double>(d), tol, tol);
+      }
+      // The same bits twice.
+      const std::vector<Tensor> again = run(kGpu, DType::f32, true);
+      CHECK(again[0].to_vector<double>(dims_of(tq)) == lib[0].to_vector<double>(dims_of(tq)));
+    }
 }
 
 int main(int argc, char** argv) {

@@ -40,8 +40,8 @@ namespace dimx {
 /// j - i + (query.extent() - 1) of `positions`, i.e. `positions` runs over the relative positions
 /// -(tq - 1) .. tk - 1 in order (as relative_positional_encoding numbers them). The table is over
 /// `positions` and any of q's Dims but key_dim and `query`; it is never expanded over
-/// {query, key} where the device's fused primitive reads it in place (the CPU's, CUDA's in bf16
-/// and f16), and its gradient is the table's (summed per position, in a fixed order).
+/// {query, key} where the device's fused primitive reads it in place (the CPU's and CUDA's, in
+/// every dtype), and its gradient is the table's (summed per position, in a fixed order).
 struct RelativeBias {
   Tensor table;   ///< over `positions` and q's Dims but key_dim and `query`; q's dtype
   Dim query;      ///< the Dim of q whose frames the positions are relative to
@@ -49,7 +49,7 @@ struct RelativeBias {
   /// Undefined, or a factor of each query row's terms (BEATs's gru_rel_pos gate): the term of
   /// (i, j) is then scale[..., i] * table[..., j - i + T_q - 1]. Over q's Dims but key_dim
   /// (usually `query` and the batch and head Dims); q's dtype; differentiable like the table.
-  /// Read in place where the device's primitive takes it (the CPU's, CUDA's in bf16 and f16);
+  /// Read in place where the device's primitive takes it (the CPU's and CUDA's, every dtype);
   /// elsewhere the scaled term is gathered (AttentionPathCounts::relative_bias_gathered).
   Tensor scale;
 };
@@ -88,6 +88,9 @@ struct AttentionPathCounts {
   /// device or dtype whose kernels read no table in place, or a call that also has a bias);
   /// the others read it in place, forward and backward.
   int64_t relative_bias_gathered = 0;
+  /// Of the fused forwards, those a vendor library ran (cuDNN's flash attention, CUDA bf16/f16
+  /// without bias or dropout; DIMX_CUDNN_ATTENTION=0 keeps them on dimx's own kernels).
+  int64_t library_forward = 0;
 };
 /// The counts so far.
 AttentionPathCounts attention_path_counts();
