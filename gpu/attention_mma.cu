@@ -442,7 +442,8 @@ __global__ void __launch_bounds__(kThreads)
       lse_s[buf][i] = in ? lse[r] : INFINITY;
       dr_s[buf][i] = in ? dr[b * a.tq + r] : 0.f;
       len_s[buf][i] = in ? row_len[b * a.tq + r] : 0;
-      if (REL) fac_s[buf][i] = in && bias.scale ? float(bias.factor(r)) : 1.f;
+      // A row without keys (padding, whose gate may be NaN) weighs its dS of 0 by 1.
+      if (REL) fac_s[buf][i] = len_s[buf][i] > 0 && bias.scale ? float(bias.factor(r)) : 1.f;
     }
     if (REL) stage_band(band_s[buf], bias, a, int64_t(j0) - (i0 + BQ - 1), BK + BQ - 1);
   };

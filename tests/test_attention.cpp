@@ -858,7 +858,8 @@ TEST_CASE("dot_attention: a relative bias with a row scale (the gru_rel_pos gate
   // term(i, j) = scale[.., i] * table[.., j - i + T - 1]: the fused primitive reads both in
   // place; the unfused path (the scaled table gathered over {query, keys}, then autograd
   // through the gather and the product) is the reference, float64; padded and causal keys;
-  // a scale per (batch, heads, query) and one over the queries alone (shared by the problems).
+  // a scale per (batch, heads, query), NaN on the padded query frames (a gate computed from
+  // padding), and one over the queries alone (shared by the problems).
   Setup s;
   const Dim keys = s.time.copy("keys");
   const Dim causal = nn::causal_key_dim(s.time, s.time);
@@ -872,7 +873,10 @@ TEST_CASE("dot_attention: a relative bias with a row scale (the gru_rel_pos gate
       const Tensor v = nan_padded_keys({s.batch, s.time, s.heads, s.value}, 112, s.time, kd);
       const Tensor table = rnd({positions, s.heads}, 113, DType::f64, -2, 2).with_requires_grad();
       const Tensor scale =
-          rnd(per_problem ? Dims{s.heads, s.time, s.batch} : Dims{s.time}, 114, DType::f64, 0.5, 2).with_requires_grad();
+          (per_problem ? where(sequence_mask({s.time}), rnd({s.heads, s.time, s.batch}, 114, DType::f64, 0.5, 2),
+                               std::numeric_limits<double>::quiet_NaN())
+                       : rnd({s.time}, 114, DType::f64, 0.5, 2))
+              .with_requires_grad();
       const Tensor w = copy_masked(rnd({s.batch, s.time, s.heads, s.value}, 115, DType::f64), {s.time});
       AttentionOptions o;
       o.scale = 0.5;

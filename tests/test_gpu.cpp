@@ -858,8 +858,8 @@ TEST_CASE("gpu: a relative bias matches the CPU, forward and gradients", "[gpu][
   };
   const std::vector<Kind> kinds{{DType::f32, 32}, {DType::f64, 32}, {DType::bf16, 32}, {DType::f32, 96}, {DType::f64, 96}};
   // Shorter than one tile of queries and keys, and several tiles of each. Row scales (the
-  // gru_rel_pos gate): none; over the batch and the queries, shared by the heads; over the
-  // batch and heads alone (one factor for all of a problem's rows).
+  // gru_rel_pos gate): none; over the batch and the queries, shared by the heads, NaN on the
+  // padded frames; over the batch and heads alone (one factor for all of a problem's rows).
   for (const std::vector<int32_t>& lens : {std::vector<int32_t>{37, 20}, std::vector<int32_t>{203, 150}})
   for (bool causal : {false, true})
   for (int gate = 0; gate < 3; ++gate)
@@ -881,7 +881,9 @@ TEST_CASE("gpu: a relative bias matches the CPU, forward and gradients", "[gpu][
                                .with_requires_grad();
           const Tensor table = input({heads, positions}, 123, dev, -1, 1, wdt).with_requires_grad();
           const Tensor scale = gate == 0   ? Tensor()
-                               : gate == 1 ? input({time, batch}, 125, dev, 0, 2, wdt).with_requires_grad()
+                               : gate == 1 ? where(sequence_mask({time}, dev), input({time, batch}, 125, dev, 0, 2, wdt),
+                                                   std::numeric_limits<double>::quiet_NaN())
+                                                 .with_requires_grad()
                                            : input({heads, batch}, 125, dev, 0, 2, wdt).with_requires_grad();
           AttentionOptions o;
           o.scale = 0.125;

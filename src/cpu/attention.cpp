@@ -99,6 +99,8 @@ void bias_block(const backend::Attention& a, int64_t b, int64_t i0, int64_t n, i
       for (int64_t j = 0; j < kmax; ++j) er[j] += s * x[j * bi.col_stride];
       continue;
     }
+    // A row without keys (padding) adds nothing: its dS is 0, and its scale may be NaN.
+    if (a.key_lengths && a.key_lengths[b * a.tq + i0 + r] <= 0) continue;
     if (dbias) {
       T* d = dbias + doff + (i0 + r) * bi.row_stride;
       for (int64_t j = 0; j < kmax; ++j) d[j * bi.col_stride] += s * er[j];
