@@ -138,14 +138,17 @@ int main() {
     std::optional<beats::State> state = dec.initial_state({batch});
     double worst = 0;
     for (int64_t t = 0; t < time.extent(); ++t) {
-      Tensor xt = frame(x, time, t);  // frame t of every sequence (0 for those that ended)
+      // Frame t of the sequences still running; the ones that ended take no step (their
+      // history keeps its length), through a one-frame dynamic Dim.
+      Tensor valid = less(Tensor::scalar(double(t), DType::i32), time.lengths(), true);
+      const Dim step_dim = nn::decoding_step(valid);
       beats::Inputs step = causal;
       step.incremental_state = state;
-      beats::Output o = dec(xt, nn::single_step_dim(), step);
+      beats::Output o = dec(expand_dim(frame(x, time, t), step_dim), step_dim, step);
       state = o.state;  // the keys and values so far, per sequence
+      Tensor got = reduce_sum(o.attn, {step_dim});  // the frame (0 for the sequences that ended)
       Tensor want = frame(full, time, t);
-      Tensor valid = less(Tensor::scalar(double(t), DType::i32), time.lengths(), true);
-      Tensor diff = where(valid, abs(o.attn - want), 0.0, true);
+      Tensor diff = where(valid, abs(got - want), 0.0, true);
       worst = std::max(worst, double(reduce_max(diff, diff.dims()).item<float>()));
     }
     std::printf("decoding step by step: max |difference| to the full forward %.2e; history lengths:", worst);

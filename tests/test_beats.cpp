@@ -376,6 +376,27 @@ TEST_CASE("beats: decoding step by step and in chunks equals the full causal for
             }
       }
     }
+    // One step at a time for the sequences still running (nn::decoding_step): a finished
+    // sequence takes no step, and its history keeps its length.
+    {
+      std::optional<beats::State> st = g.m->initial_state({g.batch});
+      for (int64_t t = 0; t < T; ++t) {
+        const Tensor active = less(Tensor::scalar(double(t), DType::i32), time.lengths(), true);
+        const Dim step = nn::decoding_step(active);
+        beats::Inputs in;
+        in.incremental_state = st;
+        in.causal = true;
+        beats::Output o = (*g.m)(expand_dim(frame(x, time, t), step), step, in);
+        st = o.state;
+        auto y = reduce_sum(o.attn, {step}).to_vector<double>({g.batch, g.embed});
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t e = 0; e < E; ++e) {
+            INFO("active step " << t << " b " << b);
+            CHECK(y[size_t(b * E + e)] == Approx(t < lens[size_t(b)] ? expect(t, b, e) : 0.0).margin(1e-5));
+          }
+      }
+      CHECK(st->accum_axis.lengths().to_vector<int32_t>() == lens);
+    }
     // Chunks of 2, 1 and 3 frames (the sequences end at different points of a chunk).
     {
       std::optional<beats::State> st = g.m->initial_state({g.batch});

@@ -324,6 +324,10 @@ Output MultiheadAttention::operator()(const Tensor& query0, const Dim& query_axi
         NoGradGuard ng;
         offset = sub(query_pos, range_over_dim(qaxis, DType::i32).with_sparse_dim(std::nullopt), true);
         offset = reduce_max(offset, {qaxis});  // the history length per sequence
+        // A sequence without query frames (one that finished: nn::decoding_step) has none; 0
+        // keeps the span of positions that of the others.
+        if (qaxis.is_dynamic())
+          offset = where(less(Tensor::scalar(0.0, DType::i32), qaxis.lengths(), true).to(offset.device()), offset, 0.0, true);
       }
       position_bias = compute_bias(qaxis, keys, offset);
     } else {
