@@ -50,6 +50,25 @@ inline unsigned blocks_for(int64_t n, int threads = 256) {
 
 void check_launch(const char* what);
 
+// Scratch of n elements from the stream-ordered pool, freed in stream order; running out is an
+// error naming `op`.
+template <class T>
+struct Scratch {
+  T* p = nullptr;
+  cudaStream_t s;
+  Scratch(int64_t n, cudaStream_t stream, const char* op) : s(stream) {
+    if (n > 0 && cudaMallocAsync(reinterpret_cast<void**>(&p), size_t(n) * sizeof(T), s) != cudaSuccess) {
+      cudaGetLastError();
+      throw Error(std::string(op) + ": cudaMallocAsync of " + std::to_string(n * int64_t(sizeof(T))) + " bytes failed");
+    }
+  }
+  ~Scratch() {
+    if (p) cudaFreeAsync(p, s);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+
 // Frames per chunk of a scan over `rows` independent sequences of T frames (the WKV and EMA
 // scans): one chunk (T) when the rows alone fill the GPU, a single pass over the data; else
 // enough chunks for about 512 threads per multiprocessor (measured on an H100: more threads

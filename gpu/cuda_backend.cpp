@@ -254,6 +254,10 @@ class CudaBackend final : public backend::Backend {
   // backward weights each dS row before the diagonal sums and forms the scale's gradient per row
   // (sum over the row's keys of dS times the table term), in key-tile order.
   bool attention_takes_bias_row_scale() const override { return true; }
+#ifdef DIMX_WITH_CUDNN
+  // cuDNN's forward reads the per-problem lengths (cudnn()).
+  bool attention_reads_spans() const override { return true; }
+#endif
   // Measured on the H200 (BEATs layer, B=8 T=1024 H=12, f32): the exact f32/f64 kernels reading
   // a bias that varies over both queries and keys from device memory are slower than the
   // unfused path (forward 3.87 vs 3.37 ms, forward + backward 12.6 vs 10.5 ms), so they decline

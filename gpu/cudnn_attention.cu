@@ -26,13 +26,6 @@ void check(cudnnStatus_t st, const char* what) {
               (msg[0] ? std::string(" (") + msg + ")" : std::string()));
 }
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) {
-    cudaGetLastError();
-    throw Error(std::string("dot_attention: ") + what + " failed: " + cudaGetErrorString(e));
-  }
-}
-
 // One backend descriptor, destroyed with its owner.
 class Desc {
  public:
@@ -247,9 +240,9 @@ __global__ void spans_kernel(int32_t* out, const int32_t* q, const int32_t* kv, 
   out[n + i] = kv ? kv[i] : tk;
 }
 
-__global__ void scale_kernel(float* y, const float* x, int64_t n, float f) {
+__global__ void scale_kernel(float* x, int64_t n, float f) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) y[i] = x[i] * f;
+  if (i < n) x[i] *= f;
 }
 
 // Zeros the output rows of problem (b0, b1) past its query length (all of them where it has no
@@ -268,7 +261,7 @@ void zero_padded_rows(const AttentionArgs& a, const int32_t* seq, int64_t nseq, 
   const dim3 block(32, 8), grid(unsigned(blocks), unsigned(a.batch0 * a.batch1));
   zero_rows_kernel<<<grid, block, 0, s>>>(static_cast<uint16_t*>(a.out), a.o_bs0, a.o_bs1, a.o_rs, a.tq, a.dv, a.batch1,
                                           a.span_group, seq, nseq);
-  check(cudaGetLastError(), "zeroing padded rows");
+  check_launch("dot_attention: zeroing padded rows");
 }
 
 // Row r of problem (b0, b1) of x into y (both [.., rows, cols] at their strides, 16-byte
@@ -295,24 +288,9 @@ void copy_keys(const AttentionArgs& from, const AttentionArgs& to, const int32_t
   copy_rows_kernel<<<grid, 256, 0, s>>>(static_cast<const uint16_t*>(from.v), from.v_bs0, from.v_bs1, from.v_rs,
                                         static_cast<uint16_t*>(const_cast<void*>(to.v)), to.v_bs0, to.v_bs1, to.v_rs,
                                         from.tk, from.dv, from.batch1, from.span_group, seq, nseq);
-  check(cudaGetLastError(), "copying the keys");
+  check_launch("dot_attention: copying the keys");
 }
 
-// Stream-ordered scratch, freed with its owner.
-struct Scratch {
-  cudaStream_t s;
-  void* p = nullptr;
-  Scratch(size_t bytes, cudaStream_t st) : s(st) {
-    if (bytes && cudaMallocAsync(&p, bytes, s) != cudaSuccess) {
-      cudaGetLastError();
-      throw Error("dot_attention: out of device memory for cuDNN's scratch (" + std::to_string(bytes) + " bytes)");
-    }
-  }
-  ~Scratch() {
-    if (p) cudaFreeAsync(p, s);
-  }
-  char* at(size_t off) const { return static_cast<char*>(p) + off; }
-};
 
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -422,13 +400,16 @@ bool CudnnAttention::forward(DType dt, const AttentionArgs& a0) {
   const Shape s = shape_of(a);
   const int64_t nseq = s.b;
   const size_t seq_bytes = round_up(size_t(2 * nseq) * 4);
-  Scratch scratch(seq_bytes + k_bytes + v_bytes + size_t(p->workspace), stream_);
-  int32_t* seq = reinterpret_cast<int32_t*>(scratch.at(0));
-  spans_kernel<<<unsigned((nseq + 255) / 256), 256, 0, stream_>>>(seq, a.span_q, a.span_kv, nseq, int32_t(a.tq), int32_t(a.tk));
-  check(cudaGetLastError(), "spans");
+  Scratch<char> scratch(int64_t(seq_bytes + k_bytes + v_bytes + size_t(p->workspace)), stream_, "dot_attention");
+  int32_t* seq = reinterpret_cast<int32_t*>(scratch.p);
+  if (s.padded) {
+    spans_kernel<<<unsigned((nseq + 255) / 256), 256, 0, stream_>>>(seq, a.span_q, a.span_kv, nseq, int32_t(a.tq),
+                                                                     int32_t(a.tk));
+    check_launch("dot_attention: spans");
+  }
   if (clean) {
-    a.k = scratch.at(seq_bytes);
-    a.v = scratch.at(seq_bytes + k_bytes);
+    a.k = scratch.p + seq_bytes;
+    a.v = scratch.p + seq_bytes + k_bytes;
     copy_keys(a0, a, seq, nseq, stream_);
   }
   float scale = float(a.scale);
@@ -440,14 +421,13 @@ bool CudnnAttention::forward(DType dt, const AttentionArgs& a0) {
     uids.insert(uids.end(), {kSeqQ, kSeqKv, kFill});
     ptrs.insert(ptrs.end(), {seq, seq + nseq, &fill});
   }
-  execute(p->plan->get(), uids, ptrs, p->workspace ? scratch.at(seq_bytes + k_bytes + v_bytes) : nullptr,
+  execute(p->plan->get(), uids, ptrs, p->workspace ? scratch.p + seq_bytes + k_bytes + v_bytes : nullptr,
           "executing the attention forward");
   if (s.padded) zero_padded_rows(a, seq, nseq, stream_);
   if (a.lse) {
     const int64_t n = problems * a.tq;
-    float* lse = static_cast<float*>(a.lse);
-    scale_kernel<<<unsigned((n + 255) / 256), 256, 0, stream_>>>(lse, lse, n, kLog2e);
-    check(cudaGetLastError(), "the rows' statistics");
+    scale_kernel<<<unsigned((n + 255) / 256), 256, 0, stream_>>>(static_cast<float*>(a.lse), n, kLog2e);
+    check_launch("dot_attention: the rows' statistics");
   }
   return true;
 }

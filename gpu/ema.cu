@@ -291,21 +291,6 @@ Geometry geometry(const EmaLaunch& a) {
   return g;
 }
 
-// Scratch from the stream-ordered pool, freed in stream order.
-template <class T>
-struct Scratch {
-  T* p = nullptr;
-  cudaStream_t s;
-  Scratch(int64_t n, cudaStream_t stream) : s(stream) {
-    if (n > 0 && cudaMallocAsync(reinterpret_cast<void**>(&p), size_t(n) * sizeof(T), s) != cudaSuccess) {
-      cudaGetLastError();
-      throw Error("ema: cudaMallocAsync of " + std::to_string(n * int64_t(sizeof(T))) + " bytes failed");
-    }
-  }
-  ~Scratch() {
-    if (p) cudaFreeAsync(p, s);
-  }
-};
 
 template <class T>
 void forward(const EmaLaunch& a, T* y, T* state_out, cudaStream_t s) {
@@ -324,7 +309,7 @@ void forward(const EmaLaunch& a, T* y, T* state_out, cudaStream_t s) {
   if (g.chunks == 1) {
     fwd_scan<T, true><<<grid_for(n), kThreads, 0, s>>>(g, x, gain, decay, weight, state, y, state_out);
   } else {
-    Scratch<T> incoming(n * g.H, s);
+    Scratch<T> incoming(n * g.H, s, "ema");
     fwd_scan<T, false><<<grid_for(n), kThreads, 0, s>>>(g, x, gain, decay, weight, nullptr, nullptr, incoming.p);
     fwd_combine<T><<<grid_for(g.BC * g.H), kThreads, 0, s>>>(g, decay, state, incoming.p, state_out);
     fwd_scan<T, true><<<grid_for(n), kThreads, 0, s>>>(g, x, gain, decay, weight, incoming.p, y, nullptr);
@@ -342,14 +327,14 @@ void backward(const EmaLaunch& a, const T* gy, const T* gfinal, T* gx, T* ggain,
   auto gain = static_cast<const T*>(a.gain), decay = static_cast<const T*>(a.decay), weight = static_cast<const T*>(a.weight);
   auto state = static_cast<const T*>(a.state);
   const int64_t n = g.chunks * g.BC;
-  Scratch<T> sums(3 * n * g.H + 3 * bch, s);
+  Scratch<T> sums(3 * n * g.H + 3 * bch, s, "ema");
   T* rlp0 = sums.p + 3 * n * g.H;
   if (a.L == 0) {  // no frames: only the final state's gradient flows, to the incoming state
     cudaMemsetAsync(rlp0, 0, size_t(3 * bch) * sizeof(T), s);
   } else if (g.chunks == 1) {
     bwd_scan<T, true><<<grid_for(n), kThreads, 0, s>>>(g, x, gy, gfinal, gain, decay, weight, nullptr, gx, sums.p, rlp0);
   } else {
-    Scratch<T> incoming(3 * n * g.H, s);
+    Scratch<T> incoming(3 * n * g.H, s, "ema");
     bwd_scan<T, false><<<grid_for(n), kThreads, 0, s>>>(g, x, gy, gfinal, gain, decay, weight, nullptr, nullptr,
                                                          incoming.p, nullptr);
     bwd_combine<T><<<grid_for(bch), kThreads, 0, s>>>(g, decay, incoming.p, rlp0);

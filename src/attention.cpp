@@ -278,10 +278,11 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
     for (const Dim& d : lengths.dims())
       if (!contains(batch, d) && !contains(query, d)) return {};
   }
-  // The lengths per problem where they vary over batch Dims only (see Attention::Spans; only a
-  // GPU reads them).
+  // The lengths per problem where they vary over batch Dims only (see Attention::Spans), for a
+  // device that reads them, in the calls a library could take (half, no bias, no dropout).
   Tensor kv_span = lengths, q_span;
-  bool spans = !q0.device().is_cpu() && (!kv_span.defined() || minus_dims(kv_span.dims(), batch).empty());
+  bool spans = backend::backend_for(q0.device()).attention_reads_spans() && is_half(dt) && !bias.defined() && !rel &&
+               !drop.active() && (!kv_span.defined() || minus_dims(kv_span.dims(), batch).empty());
   for (const Dim& qd : query) {
     if (!qd.is_dynamic()) continue;
     spans = spans && query.size() == 1 && minus_dims(qd.lengths().dims(), batch).empty();

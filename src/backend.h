@@ -337,6 +337,8 @@ class Backend {
   // Whether attention and attention_backward take Attention::Bias::row_scale (false: the
   // frontend multiplies the bias out first).
   virtual bool attention_takes_bias_row_scale() const { return false; }
+  // Whether attention reads Attention::Spans (false: the frontend does not lay them out).
+  virtual bool attention_reads_spans() const { return false; }
   // The gradients of `attention` with the same arguments, whose forward wrote a.lse: returns
   // false (computing nothing) where this device has no fused backward; the frontend then
   // recomputes the weights. Nothing of size [tq, tk] is materialized; the result is
