@@ -7,9 +7,10 @@
 //   rows: Dr per row and, per query tile, the longest length of its rows (zero dQ rows for a
 //         tile that sees no key);
 //   main: a block owns BN keys and walks the query tiles that see any of them, dK and dV in
-//         registers; each tile's share of dQ is added into a buffer in key-tile order (a block
-//         waits for the previous key tile's block to have added its share), and the last key
-//         tile writes dQ. The order is fixed, so two runs give the same bits; blocks take
+//         registers; each tile's share of dQ is added into dQ itself (the running sum, in the
+//         element type) in key-tile order (a block waits for the previous key tile's block to
+//         have added its share), and the last key tile scales it. The order is fixed, so two
+//         runs give the same bits, and no scratch of dQ's size is needed; blocks take
 //         their tiles from a counter in that order, so the block waited for is always running.
 // With dropout (the forward's mask, regenerated), dV = P~^T dO and dS = P (dP~ - Dr), where P~
 // and dP~ are P and dP with the dropped weights 0 and the kept ones scaled.
@@ -136,13 +137,11 @@ __device__ __forceinline__ void load_rows(const AttentionArgs& a, int64_t b, int
   }
 }
 
-// What the blocks of the main kernel share: the next tile's ticket, each (problem, query
-// tile)'s count of key tiles that have added their dQ share, and the dQ buffer [problem, tq, d].
-template <class T>
+// What the blocks of the main kernel share: the next tile's ticket and each (problem, query
+// tile)'s count of key tiles that have added their dQ share (into dQ itself).
 struct DqShared {
   int* ticket;
   int* added;
-  T* acc;
 };
 
 // A relative bias's scratch (each null where that gradient is not wanted): the key tiles' rows
@@ -158,7 +157,7 @@ struct RelativeScratch {
 template <class T, int D, int BM, int BN, int MINB, bool VEC, int EXTRA>
 __global__ void __launch_bounds__(kThreads, MINB)
     main_kernel(AttentionArgs a, AttentionGradArgs ga, const T* dr, const int* row_len, const int* tile_kmax,
-                DqShared<T> sh, RelativeScratch<T> rel) {
+                DqShared sh, RelativeScratch<T> rel) {
   constexpr int VN = 16 / int(sizeof(T)), LDD = D + VN, LDS = BN + VN, LDT = BM + VN, RK = BN / 16, RQ = BM / 16;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* Ks = reinterpret_cast<T*>(smem_raw);  // [BN][LDD]
@@ -313,9 +312,8 @@ __global__ void __launch_bounds__(kThreads, MINB)
       while (atomicAdd(added, 0) != jt) {
       }
     __syncthreads();
-    T* acc = sh.acc + (b * a.tq + i0) * D;
+    // The running sum lives in dQ itself (the element type: no rounding between shares).
     constexpr int VQ = 16 / int(sizeof(T)), CV = D / (8 * VQ);
-    using V = typename Vec<T>::type;
     const int tr = threadIdx.x / 8, tc = threadIdx.x % 8;
     T* out = static_cast<T*>(ga.dq) + b0 * ga.dq_bs0 + b1 * ga.dq_bs1 + i0 * ga.dq_rs;
 #pragma unroll
@@ -325,22 +323,28 @@ __global__ void __launch_bounds__(kThreads, MINB)
 #pragma unroll
       for (int gi = 0; gi < CV; ++gi) {
         const int col0 = tc * VQ + 8 * VQ * gi;
-        V* slot = reinterpret_cast<V*>(acc + r * D + col0);
+        T* slot = out + r * ga.dq_rs + col0;
         T x[VQ];
 #pragma unroll
         for (int c = 0; c < VQ; ++c) x[c] = dq[i][gi * VQ + c];
-        if (jt > 0) {  // through L2: written by another block
-          const V prev = __ldcg(slot);
-          const T* pv = reinterpret_cast<const T*>(&prev);
+        if (col0 + VQ <= d && reinterpret_cast<uintptr_t>(slot) % 16 == 0) {  // a 16-byte vector
+          using V = typename Vec<T>::type;
+          if (jt > 0) {  // through L2: written by another block
+            const V prev = __ldcg(reinterpret_cast<const V*>(slot));
+            const T* pv = reinterpret_cast<const T*>(&prev);
 #pragma unroll
-          for (int c = 0; c < VQ; ++c) x[c] += pv[c];
+            for (int c = 0; c < VQ; ++c) x[c] += pv[c];
+          }
+#pragma unroll
+          for (int c = 0; c < VQ; ++c) x[c] = last ? x[c] * T(a.scale) : x[c];
+          __stcg(reinterpret_cast<V*>(slot), *reinterpret_cast<const V*>(x));
+          continue;
         }
-        if (last) {
 #pragma unroll
-          for (int c = 0; c < VQ; ++c)
-            if (col0 + c < d) out[r * ga.dq_rs + col0 + c] = x[c] * T(a.scale);
-        } else {
-          __stcg(slot, *reinterpret_cast<const V*>(x));
+        for (int c = 0; c < VQ; ++c) {
+          if (col0 + c >= d) continue;
+          if (jt > 0) x[c] += __ldcg(slot + c);
+          __stcg(slot + c, last ? x[c] * T(a.scale) : x[c]);
         }
       }
     }
@@ -377,18 +381,16 @@ void launch(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s)
   if (qtiles > 65535 || problems * ktiles > 0x7fffffff)
     throw Error("dot_attention backward: " + std::to_string(a.tq) + " queries or " + std::to_string(a.tk) +
                 " keys per problem are too many for cuda");
-  // Scratch: Dr [problems, tq], a relative bias's (RelativeScratch), the dQ buffer [problems,
-  // tq, D], tile lengths and counters. The float parts start at multiples of 256 bytes (the
-  // buffer's 16-byte loads).
+  // Scratch: Dr [problems, tq], a relative bias's (RelativeScratch), tile lengths and counters.
+  // The float parts start at multiples of 256 bytes.
   auto padded = [](size_t n) { return (n + 255) / 256 * 256; };
   const bool diagonals = EXTRA == kRelative && ga.dbias, scaled = EXTRA == kRelative && ga.drow_scale && a.row_scale;
   const size_t dr_bytes = padded(size_t(problems * a.tq) * sizeof(T));
   const size_t diag_bytes = diagonals ? padded(size_t(problems * ktiles * (a.tq + BN - 1)) * sizeof(T)) : 0;
   const size_t dscale_bytes = scaled ? padded(size_t(problems * ktiles * a.tq) * sizeof(T)) : 0;
-  const size_t acc_bytes = ga.dq ? size_t(problems * a.tq * D) * sizeof(T) : 0;
   const size_t count_bytes = size_t(1 + problems * qtiles) * sizeof(int);
   const size_t len_bytes = size_t(problems * a.tq) * sizeof(int);
-  const size_t bytes = dr_bytes + diag_bytes + dscale_bytes + acc_bytes + 2 * count_bytes + len_bytes;
+  const size_t bytes = dr_bytes + diag_bytes + dscale_bytes + 2 * count_bytes + len_bytes;
   unsigned char* scratch = nullptr;
   if (cudaMallocAsync(reinterpret_cast<void**>(&scratch), bytes, s) != cudaSuccess) {
     cudaGetLastError();
@@ -397,8 +399,7 @@ void launch(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s)
   T* dr = reinterpret_cast<T*>(scratch);
   const RelativeScratch<T> rel{diagonals ? reinterpret_cast<T*>(scratch + dr_bytes) : nullptr,
                                scaled ? reinterpret_cast<T*>(scratch + dr_bytes + diag_bytes) : nullptr};
-  T* acc = reinterpret_cast<T*>(scratch + dr_bytes + diag_bytes + dscale_bytes);
-  int* tile_kmax = reinterpret_cast<int*>(scratch + dr_bytes + diag_bytes + dscale_bytes + acc_bytes);
+  int* tile_kmax = reinterpret_cast<int*>(scratch + dr_bytes + diag_bytes + dscale_bytes);
   int* counters = tile_kmax + 1 + problems * qtiles;  // the ticket, then one count per (problem, query tile)
   int* row_len = counters + 1 + problems * qtiles;
   cudaMemsetAsync(counters, 0, count_bytes, s);
@@ -410,7 +411,7 @@ void launch(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s)
   constexpr size_t smem = sizeof(T) * size_t((2 * BN + 2 * BM) * (D + VN) + BM * (BN + VN) + BN * (BM + VN));
   set_smem(main_kernel<T, D, BM, BN, MINB, VEC, EXTRA>, smem);
   main_kernel<T, D, BM, BN, MINB, VEC, EXTRA><<<unsigned(problems * ktiles), kThreads, smem, s>>>(
-      a, ga, dr, row_len, tile_kmax, DqShared<T>{counters, counters + 1, acc}, rel);
+      a, ga, dr, row_len, tile_kmax, DqShared{counters, counters + 1}, rel);
   check_launch("dot_attention backward");
   if (diagonals) launch_relative_dbias(a, ga, static_cast<const T*>(rel.diag), ktiles, BN, s);
   if (scaled) launch_row_scale_grad(a, ga, static_cast<const T*>(rel.dscale), ktiles, tile_kmax, BM, BN, s);
