@@ -220,6 +220,11 @@ def table_cases(reps, only=""):
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
         flex = torch.compile(flex_attention)
+        # Every case compiles its own (inference and training, its score_mod): past dynamo's
+        # default limit of 8 recompilations flex would run eagerly, unfused.
+        for knob in ("recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, knob):
+                setattr(torch._dynamo.config, knob, 256)
     except Exception as err:  # no FlexAttention in this torch
         print(f"# flex: {str(err).splitlines()[0][:100]}", file=sys.stderr, flush=True)
         flex = None
@@ -242,7 +247,8 @@ def table_cases(reps, only=""):
                 def mask(tab):
                     m = None
                     if t5:
-                        m = tab[bucket].permute(2, 0, 1)[None].to(dt)
+                        # Contiguous: SDPA's GPU backends need the mask's last stride to be 1.
+                        m = tab[bucket].permute(2, 0, 1)[None].to(dt).contiguous()
                     if lengths:
                         pm = torch.zeros(b, 1, 1, t, device="cuda", dtype=dt).masked_fill(~keep[:, None, None, :],
                                                                                          float("-inf"))
@@ -263,8 +269,10 @@ def table_cases(reps, only=""):
                         print(f"table {tag} fwd [{label}]\t{ms}", flush=True)
                         ms = median_ms(fwd_bwd, reps, True)
                         print(f"table {tag} fwd+bwd [{label}]\t{ms}", flush=True)
+                        return True
                     except Exception as err:  # the backend does not take this case
                         print(f"# {label} {tag}: {str(err).splitlines()[0][:100]}", file=sys.stderr, flush=True)
+                        return False
 
                 for bname, backend in backends.items():
                     def run_sdpa(q_, k_, v_, tab, backend=backend):
@@ -276,13 +284,20 @@ def table_cases(reps, only=""):
                     if lengths:
                         block_mask = create_block_mask(lambda b_, h_, qi, ki: ki < lens[b_], b, None, t, t)
 
-                    def run_flex(q_, k_, v_, tab):
-                        score_mod = None
-                        if t5:
-                            def score_mod(score, b_, h_, qi, ki):
-                                return score + tab[bucket[qi, ki], h_]
-                        return flex(q_, k_, v_, score_mod=score_mod, block_mask=block_mask)
-                    timed("flex", run_flex)
+                    def flex_with(options):
+                        def run_flex(q_, k_, v_, tab):
+                            score_mod = None
+                            if t5:
+                                def score_mod(score, b_, h_, qi, ki):
+                                    return score + tab[bucket[qi, ki], h_]
+                            return flex(q_, k_, v_, score_mod=score_mod, block_mask=block_mask,
+                                        kernel_options=options)
+                        return run_flex
+                    # Inductor's default tiles; where none fits in shared memory (the T5
+                    # score_mod with its table's gradient), smaller ones.
+                    if not timed("flex", flex_with(None)):
+                        timed("flex", flex_with({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_M1": 32, "BLOCK_N1": 64,
+                                                 "BLOCK_M2": 64, "BLOCK_N2": 32, "num_stages": 1}))
 
 
 if __name__ == "__main__":

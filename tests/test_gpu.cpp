@@ -697,19 +697,23 @@ TEST_CASE("gpu: bf16 and f16 dot_attention on tensor cores, forward and backward
   // same rounded values, so what differs is the kernel's rounding of the weights and dS (and
   // of the outputs). NaN fills the padded frames of k and v.
   Dim batch(3, "batch"), heads(2, "heads");
-  Dim time = dynamic_dim(batch, {70, 33, 0}, "time"), t2(130, "t2");
+  // Long: many key and query tiles per problem, and query tiles of the 257-frame sequence see
+  // fewer key tiles than the 600-frame one's.
+  Dim time = dynamic_dim(batch, {70, 33, 0}, "time"), t2(130, "t2"), time_long = dynamic_dim(batch, {600, 257, 0}, "time");
   const double nan = std::numeric_limits<double>::quiet_NaN();
   struct Setup {
     const char* name;
     int64_t width;
-    bool causal, padded;
+    bool causal, padded, long_ = false;
   };
   for (DType dt : {DType::bf16, DType::f16})
     for (Setup st : {Setup{"padded, head size 64", 64, false, true}, Setup{"causal, head size 128", 128, true, false},
                      Setup{"padded causal, head size 32", 32, true, true}, Setup{"padded, head size 256", 256, false, true},
-                     Setup{"causal, head size 200", 200, true, false}}) {
+                     Setup{"causal, head size 200", 200, true, false},
+                     Setup{"padded, 600 frames, head size 64", 64, false, true, true},
+                     Setup{"padded causal, 600 frames, head size 128", 128, true, true, true}}) {
       INFO(dtype_name(dt) << ", " << st.name);
-      const Dim key(st.width, "key"), t = st.padded ? time : t2;
+      const Dim key(st.width, "key"), t = st.long_ ? time_long : st.padded ? time : t2;
       const Dims dims{batch, t, heads, key};
       auto leaf = [&](uint32_t seed, Device dev, bool pad_nan) {
         Tensor x = input(dims, seed, Device::cpu(), -1, 1).astype(dt).astype(DType::f64);

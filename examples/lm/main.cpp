@@ -324,9 +324,10 @@ int train(const TrainArgs& a) {
     if (ranks.root() && (step + 1) % a.ckpt_every == 0) Checkpoint::save(a.out + "/checkpoint", m, opt, step + 1, seed);
     if (ranks.root() && (tty || (step + 1) % a.print_every == 0 || step + 1 == a.steps)) {
       const double eta = double(a.steps - step - 1) * el / double(step + 1 - start);
-      char line[256];
-      std::snprintf(line, sizeof line, "step %lld/%lld  loss %.3f bpb  valid %.3f  %.0f tok/s  ETA %s",
-                    static_cast<long long>(step + 1), static_cast<long long>(a.steps), bpb, last_valid, rate,
+      char line[256], valid[32] = "  -  ";  // no validation yet
+      if (!std::isnan(last_valid)) std::snprintf(valid, sizeof valid, "%.3f", last_valid);
+      std::snprintf(line, sizeof line, "step %lld/%lld  loss %.3f bpb  valid %s  %.0f tok/s  ETA %s",
+                    static_cast<long long>(step + 1), static_cast<long long>(a.steps), bpb, valid, rate,
                     fmt_time(eta).c_str());
       std::cout << (tty ? "\r" : "") << line << (tty ? "   " : "\n") << std::flush;
     }
