@@ -98,10 +98,19 @@ class CudaBackend final : public backend::Backend {
     return st;
   }
 
+  // From pageable memory (what dimx allocates on the host) the copy has been staged when the
+  // call returns, so the source may go at once and the host need not wait for the stream: the
+  // work queued before keeps running while the host goes on. Only a source in page-locked
+  // memory (a caller's buffer) is read later by the copy, so for it the stream is waited for.
   void copy_from_host(void* dst, const void* src, size_t bytes) override {
     if (!bytes) return;
     check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream()), "cudaMemcpyAsync(host to device)");
-    check(cudaStreamSynchronize(stream()), "cudaStreamSynchronize");
+    cudaPointerAttributes attr{};
+    if (cudaPointerGetAttributes(&attr, src) != cudaSuccess) {
+      cudaGetLastError();  // not a pointer CUDA knows: pageable
+      return;
+    }
+    if (attr.type == cudaMemoryTypeHost) check(cudaStreamSynchronize(stream()), "cudaStreamSynchronize");
   }
 
   void copy_to_host(void* dst, const void* src, size_t bytes) override {

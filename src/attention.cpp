@@ -274,7 +274,7 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
     if (d != kv_axis && (d == key_dim || !q0.has_dim(d))) value.push_back(d);
   Tensor lengths;
   if (kv_axis.is_dynamic()) {
-    lengths = kv_axis.lengths();
+    lengths = kv_axis.lengths(q0.device());  // the Dim keeps one copy per device
     for (const Dim& d : lengths.dims())
       if (!contains(batch, d) && !contains(query, d)) return {};
   }
@@ -286,7 +286,7 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
   for (const Dim& qd : query) {
     if (!qd.is_dynamic()) continue;
     spans = spans && query.size() == 1 && minus_dims(qd.lengths().dims(), batch).empty();
-    q_span = qd.lengths();
+    q_span = qd.lengths(q0.device());
   }
   // A padded query frame sees no key (its output row is 0, and no gradient comes back through
   // it): the kernels skip such rows, so a padded batch costs its valid frames only.

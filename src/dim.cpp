@@ -35,10 +35,14 @@ struct DimImpl {
   mutable std::mutex mu;
   mutable std::map<std::tuple<int, uint64_t, int64_t>, std::weak_ptr<const DimImpl>> derived;
   mutable std::shared_ptr<const DimImpl> parent;
-  mutable std::map<std::pair<int, int>, Tensor> device_lengths;  // (device type, index) -> lengths
-  // (device type, index) -> valid_frames, with a stand-in Dim for this one (a tensor over this
-  // Dim held here would keep it alive forever).
-  mutable std::map<std::pair<int, int>, Tensor> device_masks;
+  // Per (device type, index): the lengths there and valid_frames, the latter over a stand-in
+  // Dim for this one (a tensor over this Dim held here would keep it alive forever). Shared
+  // with the Dim's copies, which have the same lengths: a copy transfers nothing again.
+  struct OnDevice {
+    std::mutex mu;
+    std::map<std::pair<int, int>, Tensor> lengths, masks;
+  };
+  std::shared_ptr<OnDevice> on_device = std::make_shared<OnDevice>();
 
   static uint64_t next_id() {
     static std::atomic<uint64_t> counter{1};
@@ -102,11 +106,6 @@ Dim derive(const Dim& base, int op, uint64_t other, int64_t k, Make&& make) {
   return d;
 }
 
-Dim from_size_or_lengths(const std::string& name, int64_t size, const Tensor& lengths) {
-  if (lengths.defined()) return Dim(lengths, name);
-  return Dim(size, name);
-}
-
 enum DimOp { kAdd = 1, kSub, kMul, kFloorDiv, kCeilDiv, kAddDim };
 
 // The lengths of dynamic `a` mapped by f on the host (exact in int64; the caller has checked
@@ -167,31 +166,32 @@ Tensor Dim::lengths() const {
 Tensor Dim::lengths(Device device) const {
   if (is_static()) return Tensor::scalar(double(impl_->size), DType::i32, device);  // filled there: no copy
   if (device.is_cpu()) return lengths();
-  std::lock_guard<std::mutex> lock(impl_->mu);
+  DimImpl::OnDevice& on = *impl_->on_device;
+  std::lock_guard<std::mutex> lock(on.mu);
   auto key = std::make_pair(int(device.type), device.index);
-  auto it = impl_->device_lengths.find(key);
-  if (it == impl_->device_lengths.end()) {
+  auto it = on.lengths.find(key);
+  if (it == on.lengths.end()) {
     Tensor l = impl_->lengths.to(device);
     l.impl().storage->read_only = true;
-    it = impl_->device_lengths.emplace(key, l).first;
+    it = on.lengths.emplace(key, l).first;
   }
   return it->second;
 }
 
 Tensor valid_frames(const Dim& d, Device device) {
-  const DimImpl& impl = DimImpl::of(d);
+  DimImpl::OnDevice& on = *DimImpl::of(d).on_device;
   const Tensor len = d.lengths(device);
   Tensor m;
   {
-    std::lock_guard<std::mutex> lock(impl.mu);
+    std::lock_guard<std::mutex> lock(on.mu);
     auto key = std::make_pair(int(device.type), device.index);
-    auto it = impl.device_masks.find(key);
-    if (it == impl.device_masks.end()) {
+    auto it = on.masks.find(key);
+    if (it == on.masks.end()) {
       NoGradGuard ng;
       const Dim stand_in(d.extent(), d.name());
       Tensor v = less(range_over_dim(stand_in, DType::i32, device).with_sparse_dim(std::nullopt), len, true);
       v.impl().storage->read_only = true;
-      it = impl.device_masks.emplace(key, v).first;
+      it = on.masks.emplace(key, v).first;
     }
     m = it->second;
   }
@@ -204,7 +204,14 @@ Tensor valid_frames(const Dim& d, Device device) {
 
 Dim Dim::copy(std::string name) const {
   if (name.empty()) name = impl_->name;
-  return from_size_or_lengths(name, impl_->size, impl_->lengths);
+  if (is_static()) return Dim(impl_->size, name);
+  // The same lengths (checked and read-only already) and their copies on the devices.
+  auto p = new_impl(std::move(name));
+  p->lengths = impl_->lengths;
+  p->extent = impl_->extent;
+  p->padded = impl_->padded;
+  p->on_device = impl_->on_device;
+  return DimImpl::make(std::move(p));
 }
 
 std::string Dim::str() const {

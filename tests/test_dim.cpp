@@ -106,6 +106,13 @@ TEST_CASE("Dim: copy is distinct with same size or lengths", "[dim]") {
   CHECK(tc.extent() == 9);
   CHECK(lens_of(tc) == std::vector<int32_t>{4, 1, 9});
   CHECK(tc.lengths().dims() == Dims{batch});
+  CHECK(tc.is_padded());
+  CHECK(!dynamic_dim(batch, {5, 5, 5}).copy().is_padded());
+  // The copy's masks are over the copy.
+  Tensor m = sequence_mask({tc});
+  CHECK(m.has_dim(tc));
+  CHECK(!m.has_dim(t));
+  CHECK(m.to_vector<bool>({batch, tc}) == sequence_mask({t}).to_vector<bool>({batch, t}));
   // copy twice: still distinct each time
   CHECK(t.copy() != t.copy());
 }

@@ -1083,6 +1083,13 @@ TEST_CASE("gpu: a dynamic Dim's lengths are copied to the device once", "[gpu]")
   CHECK(a.device() == kGpu);
   CHECK(a.data_ptr() == b.data_ptr());
   CHECK(a.to_vector<int32_t>() == d.time.lengths().to_vector<int32_t>());
+  // A copy of the Dim (self-attention's key Dim, made per call) shares that copy, and the
+  // mask of valid frames, over the copy.
+  const Dim keys = d.time.copy("keys");
+  CHECK(keys.lengths(kGpu).data_ptr() == a.data_ptr());
+  Tensor m = sequence_mask({keys}, kGpu);
+  CHECK(m.has_dim(keys));
+  CHECK(m.to_vector<bool>({d.batch, keys}) == sequence_mask({d.time}).to_vector<bool>({d.batch, d.time}));
 }
 
 namespace {
