@@ -1,7 +1,6 @@
 // dimx_dist under `mpirun -np 2`: the collectives against their definitions (each rank
 // contributes values known to every rank), the agreement errors and the timeout, sharding, and
 // 2-rank data-parallel training against single-process training on the combined batch.
-#define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 #include <dimx/autograd.h>
 #include <dimx/dimx.h>
@@ -15,6 +14,8 @@
 #include <limits>
 #include <set>
 #include <thread>
+
+#include "catch_runner.h"
 
 using namespace dimx;
 
@@ -313,7 +314,7 @@ TEST_CASE("dist: DataParallel with GradScaler skips the same steps on every rank
 
 int main(int argc, char** argv) {
   dist::init(argc, argv);
-  const int rc = Catch::Session().run(argc, argv);
+  const int rc = run_catch_session(argc, argv);
   // Both ranks report; the job fails if either does.
   dist::Communicator c = dist::world();
   Tensor failed = Tensor::scalar(rc != 0 ? 1.0 : 0.0);

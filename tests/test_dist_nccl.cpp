@@ -1,7 +1,6 @@
 // dist::with_nccl under `mpirun -np N` on a machine with at least N GPUs (exit code 4,
 // reported as skipped, otherwise; the suite runs N = 2): the collectives of CUDA tensors through NCCL equal those of
 // the same CPU tensors through MPI, and DataParallel on the GPUs trains as on the CPU.
-#define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 #include <dimx/autograd.h>
 #include <dimx/dimx.h>
@@ -12,6 +11,8 @@
 #include <dimx/optim.h>
 
 #include <cmath>
+
+#include "catch_runner.h"
 
 using namespace dimx;
 
@@ -152,7 +153,7 @@ int main(int argc, char** argv) {
   if (!gpu::cuda_layer_available(&why) || gpu::device_count() < w.size()) return 4;  // skipped
   g_dev = Device::cuda(w.rank());
   g_nccl = dist::with_nccl(w, g_dev);
-  const int rc = Catch::Session().run(argc, argv);
+  const int rc = run_catch_session(argc, argv);
   Tensor failed = Tensor::scalar(rc != 0 ? 1.0 : 0.0);
   return w.all_reduce(failed, dist::ReduceOp::max).item<double>() != 0 ? 1 : 0;
 }

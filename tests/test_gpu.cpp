@@ -2,7 +2,6 @@
 // run on the CPU and on cuda:0 and compared. Exits 4 (reported as skipped) without a device.
 // Nothing here makes a CUDA call fail on purpose (test_gpu_errors does), so compute-sanitizer's
 // tools run it as it is (scripts/device-check).
-#define CATCH_CONFIG_RUNNER
 #include <dimx/autograd.h>
 #include <dimx/ema.h>
 #include <dimx/gpu/runtime.h>
@@ -17,6 +16,7 @@
 #include <limits>
 #include <iostream>
 
+#include "catch_runner.h"
 #include "half_cases.h"
 #include "padding_cases.h"
 #include "robustness_checks.h"
@@ -1701,5 +1701,5 @@ int main(int argc, char** argv) {
     std::cout << "no CUDA device: skipping the GPU tests\n";
     return 4;
   }
-  return Catch::Session().run(argc, argv);
+  return run_catch_session(argc, argv);
 }

@@ -2,13 +2,13 @@
 // larger than the device) must become dimx errors and leave the runtime usable. Kept out of
 // test_gpu, which compute-sanitizer runs and where every failing CUDA call is a finding.
 // Exits 4 (reported as skipped) without a device.
-#define CATCH_CONFIG_RUNNER
 #include <dimx/gpu/runtime.h>
 #include <dimx/random.h>
 #include <dimx/tensor.h>
 
 #include <iostream>
 
+#include "catch_runner.h"
 #include "test_util.h"
 
 using namespace dimx;
@@ -37,5 +37,5 @@ int main(int argc, char** argv) {
     std::cout << "no CUDA device: skipping the GPU error tests\n";
     return 4;
   }
-  return Catch::Session().run(argc, argv);
+  return run_catch_session(argc, argv);
 }
