@@ -295,7 +295,7 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
     bool fits = true;
     for (const Dim& d : qd.lengths().dims()) fits = fits && (contains(batch, d) || contains(query, d));
     if (!fits) continue;
-    const Tensor all = lengths.defined() ? lengths.to(q0.device())
+    const Tensor all = lengths.defined() ? lengths
                                          : Tensor::scalar(double(kv_axis.extent()), DType::i32, q0.device());
     lengths = where(sequence_mask({qd}, q0.device()), all, 0.0, true);
   }
@@ -360,7 +360,7 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
     Dims order = cat(cat(g0, g1), query);
     for (const Dim& d : batch)
       if (!contains(order, d)) order.insert(order.begin(), d);  // extent-1 batch Dims
-    f.lens = broadcast_to_include(lengths.to(q.device()).astype(DType::i64), order).transpose_to(order).contiguous();
+    f.lens = broadcast_to_include(lengths.astype(DType::i64), order).transpose_to(order).contiguous();
     a.key_lengths = reinterpret_cast<const int64_t*>(f.lens.impl().data());
   }
   if (spans) {
@@ -375,7 +375,7 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
     auto laid = [&](const Tensor& t) {
       const Dims single = minus_dims(t.dims(), gd);  // extent 1
       const Tensor x = single.empty() ? t : reduce_max(t, single);
-      return broadcast_to_include(x.to(q.device()).astype(DType::i32), gd).transpose_to(gd).contiguous();
+      return broadcast_to_include(x.astype(DType::i32), gd).transpose_to(gd).contiguous();
     };
     if (group >= 0) {
       a.spans.valid = true;

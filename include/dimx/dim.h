@@ -53,7 +53,8 @@ class Dim {
   /// lengths() on `device`: copied there once per device and kept with the Dim, so masking the
   /// same Dim again (every layer of a model) costs no host-to-device copy.
   Tensor lengths(Device device) const;
-  /// A new Dim with the same size or lengths and a distinct identity.
+  /// A new Dim with the same size or lengths and a distinct identity (sharing the lengths'
+  /// copies on devices: a copy transfers nothing).
   Dim copy(std::string name = "") const;
 
   /// "time:<=50 (dyn)" or "batch:8".
