@@ -76,6 +76,14 @@ __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint3
   }
 }
 
+// 2^x on the special function unit alone (denormal results flush to 0: a weight below 2^-126
+// of its row's largest); exp2f adds a range fix-up around it.
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ uint32_t lds32(const void* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
 // Four 8x8 matrices of 16-bit elements, transposed on the way (ldmatrix.trans); lane l gives
@@ -328,14 +336,14 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
         mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
         const float mnew = fmaxf(m_[m][h], mx[h]);
         base[h] = mnew == -INFINITY ? 0.f : mnew;  // no visible key yet: all weights 0
-        alpha[h] = exp2f(m_[m][h] - base[h]);
+        alpha[h] = ex2(m_[m][h] - base[h]);
         m_[m][h] = mnew;
       }
 #pragma unroll
       for (int n = 0; n < NT; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          s[m][n][e] = exp2f(s[m][n][e] - base[e / 2]);
+          s[m][n][e] = ex2(s[m][n][e] - base[e / 2]);
           sum[e / 2] += s[m][n][e];
         }
       if (drop.on) {  // after the sums: the softmax is taken before dropout
@@ -513,7 +521,7 @@ __global__ void __launch_bounds__(kThreads)
           const bool seen = key < len_s[buf][r];
           // (A bias tensor is read only where the key is seen: past the keys it has no element.)
           const float term = REL ? band_s[buf][key - j0 - r + BQ - 1] * fac_s[buf][r] : seen ? bias(i0 + r, key) : 0.f;
-          const float p = seen ? exp2f(s[m][n][e] * sl2 + term - lse_s[buf][r]) : 0.f;
+          const float p = seen ? ex2(fmaf(s[m][n][e], sl2, BIAS == kNoBias ? -lse_s[buf][r] : term - lse_s[buf][r])) : 0.f;
           const float f = drop.on ? drop.scale : 1.f;
           const float dpd = kept[e] ? dp[m][n][e] * f : 0.f;
           s[m][n][e] = kept[e] ? p * f : 0.f;
@@ -680,7 +688,8 @@ __global__ void __launch_bounds__(kThreads)
                             : REL                 ? band_s[key - j0 - row + BM - 1]
                             : BIAS == kBiasTensor ? bias.at(bias.row(i0 + row), key)
                                                   : 0.f;
-          const float p = seen ? exp2f(s[m][n][e] * sl2 + raw * fac[m][h] - lse[m][h]) : 0.f;
+          const float p =
+              seen ? ex2(fmaf(s[m][n][e], sl2, BIAS == kNoBias ? -lse[m][h] : raw * fac[m][h] - lse[m][h])) : 0.f;
           const float dpd = kept[e] ? dp[m][n][e] * (drop.on ? drop.scale : 1.f) : 0.f;
           dp[m][n][e] = seen ? p * (dpd - drr[m][h]) : 0.f;
           if (scaled) dsc[m][h] = fmaf(dp[m][n][e], raw, dsc[m][h]);

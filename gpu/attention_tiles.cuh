@@ -204,43 +204,63 @@ __device__ __forceinline__ int row_length(const AttentionArgs& a, int64_t b, int
 // weights and q, which may hold anything, stay out of every sum; the share it would add is
 // exactly 0). Per query tile: tile_kmax[b, tile] = the longest length of its BM rows, and,
 // where dq is given, dQ rows of 0 where that is 0 (no key tile visits it). One block of 128
-// threads per (problem, query tile), a warp per row. S: the stored type, C: the computing one.
+// threads per (problem, query tile), 8 lanes per row (4 rows of a warp in flight at once), in
+// 16-byte loads where the rows are aligned to them. S: the stored type, C: the computing one.
 template <class S, class C, int BM>
 __global__ void __launch_bounds__(kThreads)
     rows_kernel(AttentionArgs a, const S* g, C* dr, int* row_len, int* tile_kmax, S* dq, int64_t dq_bs0,
                 int64_t dq_bs1, int64_t dq_rs) {
+  constexpr int L = 8, VN = 16 / int(sizeof(S));  // lanes per row; elements per 16 bytes
   __shared__ int kmax_s;
   const int64_t b = blockIdx.x, b0 = b / a.batch1, b1 = b % a.batch1;
   const int64_t i0 = int64_t(blockIdx.y) * BM;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, sub = lane % L;
   if (threadIdx.x == 0) kmax_s = 0;
   __syncthreads();
   const int64_t off = b0 * a.o_bs0 + b1 * a.o_bs1;
   const S* o = static_cast<const S*>(a.out) + off;
   g += off;
+  const bool vec = a.dv % VN == 0 && a.o_rs % VN == 0 && reinterpret_cast<uintptr_t>(o) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(g) % 16 == 0;
   int mine = 0;
-  for (int i = warp; i < BM; i += kThreads / 32) {
-    const int64_t r = i0 + i;
-    if (r >= a.tq) break;
+  // The row loop's trip count is the same for every lane of a warp (the shuffles below).
+  for (int base = warp * (32 / L); base < BM; base += kThreads / L) {
+    const int64_t r = i0 + base + lane / L;
+    const bool in = base + lane / L < BM && r < a.tq;
     C s = 0;
-    bool nonzero = false;
-    for (int64_t c = lane; c < a.dv; c += 32) {
-      const C gc = C(widen(g[r * a.o_rs + c]));
-      if (gc != C(0)) {
-        nonzero = true;
-        s = fma(gc, C(widen(o[r * a.o_rs + c])), s);
+    int nonzero = 0;  // (a zero gradient adds nothing, whatever the output holds there)
+    if (in && vec) {
+      for (int64_t c = int64_t(sub) * VN; c < a.dv; c += L * VN) {
+        S gv[VN], ov[VN];
+        *reinterpret_cast<uint4*>(gv) = *reinterpret_cast<const uint4*>(g + r * a.o_rs + c);
+        *reinterpret_cast<uint4*>(ov) = *reinterpret_cast<const uint4*>(o + r * a.o_rs + c);
+#pragma unroll
+        for (int e = 0; e < VN; ++e) {
+          const C gc = C(widen(gv[e]));
+          nonzero |= gc != C(0);
+          if (gc != C(0)) s = fma(gc, C(widen(ov[e])), s);
+        }
+      }
+    } else if (in) {
+      for (int64_t c = sub; c < a.dv; c += L) {
+        const C gc = C(widen(g[r * a.o_rs + c]));
+        nonzero |= gc != C(0);
+        if (gc != C(0)) s = fma(gc, C(widen(o[r * a.o_rs + c])), s);
       }
     }
 #pragma unroll
-    for (int w = 16; w > 0; w >>= 1) s += __shfl_xor_sync(0xffffffffu, s, w);
-    const int l = __any_sync(0xffffffffu, nonzero) ? row_length(a, b, r) : 0;
-    if (lane == 0) {
+    for (int w = L / 2; w > 0; w >>= 1) {
+      s += __shfl_xor_sync(0xffffffffu, s, w);
+      nonzero |= __shfl_xor_sync(0xffffffffu, nonzero, w);
+    }
+    const int l = in && nonzero ? row_length(a, b, r) : 0;
+    if (in && sub == 0) {
       dr[b * a.tq + r] = s;
       row_len[b * a.tq + r] = l;
     }
     mine = l > mine ? l : mine;
   }
-  if (lane == 0 && mine > 0) atomicMax(&kmax_s, mine);
+  if (sub == 0 && mine > 0) atomicMax(&kmax_s, mine);
   __syncthreads();
   if (threadIdx.x == 0) tile_kmax[b * gridDim.y + blockIdx.y] = kmax_s;
   if (kmax_s == 0 && dq) {
