@@ -405,7 +405,7 @@ void launch(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t s)
   cudaMemsetAsync(counters, 0, count_bytes, s);
   if (diagonals) cudaMemsetAsync(rel.diag, 0, diag_bytes, s);
   rows_kernel<T, T, BM><<<dim3(unsigned(problems), unsigned(qtiles)), kThreads, 0, s>>>(
-      a, static_cast<const T*>(ga.g), dr, row_len, tile_kmax, static_cast<T*>(ga.dq), ga.dq_bs0, ga.dq_bs1,
+      a, static_cast<const T*>(ga.g), dr, row_len, tile_kmax, nullptr, static_cast<T*>(ga.dq), ga.dq_bs0, ga.dq_bs1,
       ga.dq_rs);
   check_launch("dot_attention backward (rows)");
   constexpr size_t smem = sizeof(T) * size_t((2 * BN + 2 * BM) * (D + VN) + BM * (BN + VN) + BN * (BM + VN));

@@ -26,6 +26,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -250,15 +251,18 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
   __syncthreads();
   // This thread's rows: r0 + 16 m + 8 h (m < WM, h < 2).
   const int64_t r0 = i0 + warp * 16 * WM + g;
-  int len[WM][2], mine = 0;
+  int len[WM][2], mine = 0, least = INT_MAX;
 #pragma unroll
   for (int m = 0; m < WM; ++m)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      len[m][h] = row_length(a, b, r0 + 16 * m + 8 * h);
+      len[m][h] = row_length(a, b, r0 + 16 * m + 8 * h);  // 0 past the rows
       mine = len[m][h] > mine ? len[m][h] : mine;
+      least = len[m][h] < least ? len[m][h] : least;
     }
   if (mine > 0) atomicMax(&kmax_s, mine);
+  // The key tiles below the warp's shortest row are seen whole: no per-element length test.
+  least = warp_min(least);
   __syncthreads();
   const int kmax = kmax_s, d = int(a.d), dv = int(a.dv);
 
@@ -315,20 +319,33 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
 
     // Online softmax of rows g (e = 0, 1) and g + 8 (e = 2, 3) of each tile; a row lives in one quad.
     uint32_t pf[WM][NT / 2][4];
+    // The energies in log2 units with the bias term; -inf past a row's keys (unless the tile is
+    // seen whole by every row of the warp).
+    auto energies = [&](auto whole) {
+#pragma unroll
+      for (int m = 0; m < WM; ++m)
+#pragma unroll
+        for (int n = 0; n < NT; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int key = j0 + 8 * n + 2 * t + (e & 1);
+            const int64_t row = r0 + 16 * m + 8 * (e / 2);
+            const bool seen = decltype(whole)::value || key < len[m][e / 2];
+            const float term = banded ? band[key - row + (i0 + BM - 1) - j0] * fac[m][e / 2]
+                                      : BIAS == kNoBias || !seen ? 0.f : bias(row, key);
+            const float x = BIAS == kNoBias ? s[m][n][e] * sl2 : s[m][n][e] * sl2 + term;
+            s[m][n][e] = seen ? x : -INFINITY;
+          }
+    };
+    if (j0 + BN <= least) energies(std::true_type{});
+    else energies(std::false_type{});
 #pragma unroll
     for (int m = 0; m < WM; ++m) {
       float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
       for (int n = 0; n < NT; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = j0 + 8 * n + 2 * t + (e & 1);
-          const int64_t row = r0 + 16 * m + 8 * (e / 2);
-          const bool seen = key < len[m][e / 2];
-          const float term = banded ? band[key - row + (i0 + BM - 1) - j0] * fac[m][e / 2] : seen ? bias(row, key) : 0.f;
-          s[m][n][e] = seen ? s[m][n][e] * sl2 + term : -INFINITY;
-          mx[e / 2] = fmaxf(mx[e / 2], s[m][n][e]);
-        }
+        for (int e = 0; e < 4; ++e) mx[e / 2] = fmaxf(mx[e / 2], s[m][n][e]);
       float alpha[2], base[2], sum[2] = {0.f, 0.f};
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
@@ -406,7 +423,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
 template <class T, int D, int WM, int BQ, int BIAS, bool DROP>
 __global__ void __launch_bounds__(kThreads)
     keys_kernel(AttentionArgs a, AttentionGradArgs ga, const float* dr, const int* row_len, const int* tile_kmax,
-                float* diag) {
+                const int* tile_kmin, float* diag) {
   constexpr int LD = D + 8, NT = BQ / 8, BK = 64 * WM, LS = BQ + 1;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* Ks = reinterpret_cast<T*>(smem_raw);  // [BK][LD]
@@ -420,7 +437,7 @@ __global__ void __launch_bounds__(kThreads)
   // key) pairs read, key - row from j0 - (i0 + BQ - 1) up (log2 units, without the factors).
   __shared__ float fac_s[2][REL ? BQ : 1];
   __shared__ float band_s[2][REL ? BK + BQ : 1];
-  __shared__ int len_s[2][BQ];
+  __shared__ int len_s[2][BQ], kmin_s[2];  // the rows' lengths, the shortest of their row tile
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t ktiles = (a.tk + BK - 1) / BK, qtiles = (a.tq + BQ - 1) / BQ, rtiles = (a.tq + kTile - 1) / kTile;
@@ -453,6 +470,7 @@ __global__ void __launch_bounds__(kThreads)
       // A row without keys (padding, whose gate may be NaN) weighs its dS of 0 by 1.
       if (REL) fac_s[buf][i] = len_s[buf][i] > 0 && bias.scale ? float(bias.factor(r)) : 1.f;
     }
+    if (threadIdx.x == 0) kmin_s[buf] = tile_kmin[b * rtiles + i0 / kTile];
     if (REL) stage_band(band_s[buf], bias, a, int64_t(j0) - (i0 + BQ - 1), BK + BQ - 1);
   };
   int64_t it = 0;
@@ -509,33 +527,42 @@ __global__ void __launch_bounds__(kThreads)
       for (int kk = 0; kk < D / 16; ++kk) load_a<T, LD>(af[m][kk], Vs, warp * 16 * WM + 16 * m, 16 * kk);
     rows_times_rows<T, D, NT, LD, WM>(dp, af, G, 0);  // dP^T
     uint32_t pf[WM][NT / 2][4];
+    // P^T and dS^T of the tile pair (P into s, dS into dp), each weight tested against its row's
+    // length unless every row of the query tile sees all the warp's keys.
+    auto weights = [&](auto whole) {
 #pragma unroll
-    for (int m = 0; m < WM; ++m) {
+      for (int m = 0; m < WM; ++m) {
 #pragma unroll
-      for (int n = 0; n < NT; ++n) {
-        bool kept[4] = {true, true, true, true};  // dV from the dropped weights, dP through the mask
-        if (drop.on) keep_by_keys(drop, i0 + 8 * n + 2 * t, key0 - (g & 3) + 16 * m, g & 3, kept);
+        for (int n = 0; n < NT; ++n) {
+          bool kept[4] = {true, true, true, true};  // dV from the dropped weights, dP through the mask
+          if (drop.on) keep_by_keys(drop, i0 + 8 * n + 2 * t, key0 - (g & 3) + 16 * m, g & 3, kept);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = 8 * n + 2 * t + (e & 1), key = key0 + 16 * m + 8 * (e / 2);
-          const bool seen = key < len_s[buf][r];
-          // (A bias tensor is read only where the key is seen: past the keys it has no element.)
-          const float term = REL ? band_s[buf][key - j0 - r + BQ - 1] * fac_s[buf][r] : seen ? bias(i0 + r, key) : 0.f;
-          const float p = seen ? ex2(fmaf(s[m][n][e], sl2, BIAS == kNoBias ? -lse_s[buf][r] : term - lse_s[buf][r])) : 0.f;
-          const float f = drop.on ? drop.scale : 1.f;
-          const float dpd = kept[e] ? dp[m][n][e] * f : 0.f;
-          s[m][n][e] = kept[e] ? p * f : 0.f;
-          dp[m][n][e] = seen ? p * (dpd - dr_s[buf][r]) : 0.f;
-          if (dbias && seen) {
-            if (a.bias_rs != 0) dbias[(i0 + r) * a.bias_rs + int64_t(key) * a.bias_cs] += dp[m][n][e];
-            else dbias_key[m][e / 2] += dp[m][n][e];
+          for (int e = 0; e < 4; ++e) {
+            const int r = 8 * n + 2 * t + (e & 1), key = key0 + 16 * m + 8 * (e / 2);
+            const bool seen = decltype(whole)::value || key < len_s[buf][r];
+            // (A bias tensor is read only where the key is seen: past the keys it has no element.)
+            const float term = REL    ? band_s[buf][key - j0 - r + BQ - 1] * fac_s[buf][r]
+                               : seen ? bias(i0 + r, key)
+                                      : 0.f;
+            const float x = fmaf(s[m][n][e], sl2, BIAS == kNoBias ? -lse_s[buf][r] : term - lse_s[buf][r]);
+            const float p = seen ? ex2(x) : 0.f;
+            const float f = drop.on ? drop.scale : 1.f;
+            const float dpd = kept[e] ? dp[m][n][e] * f : 0.f;
+            s[m][n][e] = kept[e] ? p * f : 0.f;
+            dp[m][n][e] = seen ? p * (dpd - dr_s[buf][r]) : 0.f;
+            if (dbias && seen) {
+              if (a.bias_rs != 0) dbias[(i0 + r) * a.bias_rs + int64_t(key) * a.bias_cs] += dp[m][n][e];
+              else dbias_key[m][e / 2] += dp[m][n][e];
+            }
+            if constexpr (REL)
+              if (diag_row) Ss[(key - j0) * LS + r] = dp[m][n][e] * fac_s[buf][r];  // d table = factor dS
           }
-          if constexpr (REL)
-            if (diag_row) Ss[(key - j0) * LS + r] = dp[m][n][e] * fac_s[buf][r];  // d table = factor dS
         }
+        as_operand<T, NT>(pf[m], s[m]);
       }
-      as_operand<T, NT>(pf[m], s[m]);
-    }
+    };
+    if (j0 + (warp + 1) * 16 * WM <= kmin_s[buf]) weights(std::true_type{});
+    else weights(std::false_type{});
     weights_times_rows<T, D, BQ, LD, WM>(dvv, pf, G, 0);  // dV += P^T dO
 #pragma unroll
     for (int m = 0; m < WM; ++m) as_operand<T, NT>(pf[m], dp[m]);
@@ -621,6 +648,13 @@ __global__ void __launch_bounds__(kThreads)
       lse[m][h] = in ? static_cast<const float*>(a.lse)[b * a.tq + r] : INFINITY;
       drr[m][h] = in ? dr[b * a.tq + r] : 0.f;
     }
+  // The key tiles below the warp's shortest row are seen whole.
+  int least = INT_MAX;
+#pragma unroll
+  for (int m = 0; m < WM; ++m)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) least = len[m][h] < least ? len[m][h] : least;
+  least = warp_min(least);
   float dq[WM][D / 8][4];
 #pragma unroll
   for (int m = 0; m < WM; ++m)
@@ -672,31 +706,37 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     rows_times_rows<T, D, NT, LD, WM>(s, qf, Ks, 0);
     uint32_t pf[WM][NT / 2][4];
+    // dS of the tile (into dp), each weight tested against its row's length unless every row of
+    // the warp sees the whole key tile.
+    auto weights = [&](auto whole) {
 #pragma unroll
-    for (int m = 0; m < WM; ++m) {
+      for (int m = 0; m < WM; ++m) {
 #pragma unroll
-      for (int n = 0; n < NT; ++n) {
-        bool kept[4] = {true, true, true, true};
-        if (drop.on) keep_by_rows(drop, r0 + 16 * m, j0 + 8 * n, t, kept);
+        for (int n = 0; n < NT; ++n) {
+          bool kept[4] = {true, true, true, true};
+          if (drop.on) keep_by_rows(drop, r0 + 16 * m, j0 + 8 * n, t, kept);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = j0 + 8 * n + 2 * t + (e & 1), h = e / 2;
-          const bool seen = key < len[m][h];
-          // The term without the row's factor (log2 units).
-          const int row = warp * 16 * WM + g + 16 * m + 8 * h;  // in the block
-          const float raw = !seen                 ? 0.f
-                            : REL                 ? band_s[key - j0 - row + BM - 1]
-                            : BIAS == kBiasTensor ? bias.at(bias.row(i0 + row), key)
-                                                  : 0.f;
-          const float p =
-              seen ? ex2(fmaf(s[m][n][e], sl2, BIAS == kNoBias ? -lse[m][h] : raw * fac[m][h] - lse[m][h])) : 0.f;
-          const float dpd = kept[e] ? dp[m][n][e] * (drop.on ? drop.scale : 1.f) : 0.f;
-          dp[m][n][e] = seen ? p * (dpd - drr[m][h]) : 0.f;
-          if (scaled) dsc[m][h] = fmaf(dp[m][n][e], raw, dsc[m][h]);
+          for (int e = 0; e < 4; ++e) {
+            const int key = j0 + 8 * n + 2 * t + (e & 1), h = e / 2;
+            const bool seen = decltype(whole)::value || key < len[m][h];
+            // The term without the row's factor (log2 units).
+            const int row = warp * 16 * WM + g + 16 * m + 8 * h;  // in the block
+            const float raw = !seen                 ? 0.f
+                              : REL                 ? band_s[key - j0 - row + BM - 1]
+                              : BIAS == kBiasTensor ? bias.at(bias.row(i0 + row), key)
+                                                    : 0.f;
+            const float p =
+                seen ? ex2(fmaf(s[m][n][e], sl2, BIAS == kNoBias ? -lse[m][h] : raw * fac[m][h] - lse[m][h])) : 0.f;
+            const float dpd = kept[e] ? dp[m][n][e] * (drop.on ? drop.scale : 1.f) : 0.f;
+            dp[m][n][e] = seen ? p * (dpd - drr[m][h]) : 0.f;
+            if (scaled) dsc[m][h] = fmaf(dp[m][n][e], raw, dsc[m][h]);
+          }
         }
+        as_operand<T, NT>(pf[m], dp[m]);
       }
-      as_operand<T, NT>(pf[m], dp[m]);
-    }
+    };
+    if (j0 + BK <= least) weights(std::true_type{});
+    else weights(std::false_type{});
     weights_times_rows<T, D, BK, LD, WM>(dq, pf, Ks, 0);  // dQ += dS K
     __syncthreads();  // every warp is done with Ks
     if (next < kmax) load_tile<T, D, LD, true>(Ks, k + int64_t(next) * a.k_rs, a.k_rs, BK, n_next, d);
@@ -789,11 +829,12 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
   const int64_t kblocks = (a.tk + 64 * WK - 1) / (64 * WK), qblocks = (a.tq + 64 * WQ - 1) / (64 * WQ);
   if (problems * kblocks > 0x7fffffff)
     throw Error("dot_attention backward: " + std::to_string(a.tk) + " keys per problem are too many for cuda");
-  // Scratch: Dr [problems, tq] (f32), row lengths [problems, tq], row tile lengths [problems, rtiles].
-  // With a row scale's gradient wanted, each row's share of it [problems, tq] (f32) after them.
+  // Scratch: Dr [problems, tq] (f32), row lengths [problems, tq], the row tiles' longest and
+  // shortest lengths [problems, rtiles] each. With a row scale's gradient wanted, each row's
+  // share of it [problems, tq] (f32) after them.
   const bool scaled = BIAS == kBiasRelative && ga.drow_scale && a.row_scale;
   const size_t rows = size_t(problems * a.tq),
-               bytes = rows * 8 + size_t(problems * rtiles) * 4 + (scaled ? rows * 4 : 0);
+               bytes = rows * 8 + size_t(problems * rtiles) * 8 + (scaled ? rows * 4 : 0);
   unsigned char* scratch = nullptr;
   if (cudaMallocAsync(reinterpret_cast<void**>(&scratch), bytes, s) != cudaSuccess) {
     cudaGetLastError();
@@ -802,9 +843,10 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
   float* dr = reinterpret_cast<float*>(scratch);
   int* row_len = reinterpret_cast<int*>(scratch + rows * 4);
   int* tile_kmax = row_len + rows;
-  float* dscale = scaled ? reinterpret_cast<float*>(tile_kmax + problems * rtiles) : nullptr;
+  int* tile_kmin = tile_kmax + problems * rtiles;
+  float* dscale = scaled ? reinterpret_cast<float*>(tile_kmin + problems * rtiles) : nullptr;
   rows_kernel<T, float, kTile><<<dim3(unsigned(problems), unsigned(rtiles)), kThreads, 0, s>>>(
-      a, static_cast<const T*>(ga.g), dr, row_len, tile_kmax, static_cast<T*>(nullptr), 0, 0, 0);
+      a, static_cast<const T*>(ga.g), dr, row_len, tile_kmax, tile_kmin, static_cast<T*>(nullptr), 0, 0, 0);
   check_launch("dot_attention backward (rows)");
   // A relative bias's gradient: the keys kernel's diagonal sums, [problems, key tiles, tq + BK - 1].
   float* diag = nullptr;
@@ -824,8 +866,8 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
     const size_t smem = sizeof(T) * size_t((2 * 64 * WK + 4 * BQ) * (D + 8)) +
                         (relative ? sizeof(float) * size_t(64 * WK * (BQ + 1)) : 0);
     set_smem(keys_kernel<T, D, WK, BQ, BIAS, DROP>, smem, "dot_attention backward");
-    keys_kernel<T, D, WK, BQ, BIAS, DROP><<<unsigned(problems * kblocks), kThreads, smem, s>>>(a, ga, dr, row_len, tile_kmax,
-                                                                                          diag);
+    keys_kernel<T, D, WK, BQ, BIAS, DROP><<<unsigned(problems * kblocks), kThreads, smem, s>>>(
+        a, ga, dr, row_len, tile_kmax, tile_kmin, diag);
     check_launch("dot_attention backward (keys)");
   }
   if (relative) {

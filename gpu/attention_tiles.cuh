@@ -5,6 +5,7 @@
 // bias's gradients (the table's from diagonal sums, the row scale's from row sums).
 #include <cuda_runtime.h>
 
+#include <climits>
 #include <cstdint>
 
 #include "common.cuh"
@@ -133,6 +134,16 @@ __device__ __forceinline__ void add_diagonals(const C* S, const C* fac, C* diag_
 }
 
 // The sum of x over a quad (lanes 4g .. 4g + 3: one row of an mma fragment), in a fixed order.
+// The least of x over a warp's lanes.
+__device__ __forceinline__ int warp_min(int x) {
+#pragma unroll
+  for (int w = 16; w > 0; w >>= 1) {
+    const int y = __shfl_xor_sync(0xffffffffu, x, w);
+    x = y < x ? y : x;
+  }
+  return x;
+}
+
 __device__ __forceinline__ float quad_sum(float x) {
   x += __shfl_xor_sync(0xffffffffu, x, 1);
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
@@ -202,27 +213,28 @@ __device__ __forceinline__ int row_length(const AttentionArgs& a, int64_t b, int
 // The first kernel of each backward. Per row: Dr[b, r] = sum_c g[b, r, c] out[b, r, c] (in C)
 // and the row's length, 0 where its output gradient is all zero (a padded query frame: its
 // weights and q, which may hold anything, stay out of every sum; the share it would add is
-// exactly 0). Per query tile: tile_kmax[b, tile] = the longest length of its BM rows, and,
-// where dq is given, dQ rows of 0 where that is 0 (no key tile visits it). One block of 128
+// exactly 0). Per query tile: tile_kmax[b, tile] = the longest length of its BM rows, where
+// tile_kmin is given tile_kmin[b, tile] = the shortest (0 for a tile past the last query), and,
+// where dq is given, dQ rows of 0 where tile_kmax is 0 (no key tile visits it). One block of 128
 // threads per (problem, query tile), 8 lanes per row (4 rows of a warp in flight at once), in
 // 16-byte loads where the rows are aligned to them. S: the stored type, C: the computing one.
 template <class S, class C, int BM>
 __global__ void __launch_bounds__(kThreads)
-    rows_kernel(AttentionArgs a, const S* g, C* dr, int* row_len, int* tile_kmax, S* dq, int64_t dq_bs0,
-                int64_t dq_bs1, int64_t dq_rs) {
+    rows_kernel(AttentionArgs a, const S* g, C* dr, int* row_len, int* tile_kmax, int* tile_kmin, S* dq,
+                int64_t dq_bs0, int64_t dq_bs1, int64_t dq_rs) {
   constexpr int L = 8, VN = 16 / int(sizeof(S));  // lanes per row; elements per 16 bytes
-  __shared__ int kmax_s;
+  __shared__ int kmax_s, kmin_s;
   const int64_t b = blockIdx.x, b0 = b / a.batch1, b1 = b % a.batch1;
   const int64_t i0 = int64_t(blockIdx.y) * BM;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, sub = lane % L;
-  if (threadIdx.x == 0) kmax_s = 0;
+  if (threadIdx.x == 0) kmax_s = 0, kmin_s = INT_MAX;
   __syncthreads();
   const int64_t off = b0 * a.o_bs0 + b1 * a.o_bs1;
   const S* o = static_cast<const S*>(a.out) + off;
   g += off;
   const bool vec = a.dv % VN == 0 && a.o_rs % VN == 0 && reinterpret_cast<uintptr_t>(o) % 16 == 0 &&
                    reinterpret_cast<uintptr_t>(g) % 16 == 0;
-  int mine = 0;
+  int mine = 0, least = INT_MAX;
   // The row loop's trip count is the same for every lane of a warp (the shuffles below).
   for (int base = warp * (32 / L); base < BM; base += kThreads / L) {
     const int64_t r = i0 + base + lane / L;
@@ -259,10 +271,13 @@ __global__ void __launch_bounds__(kThreads)
       row_len[b * a.tq + r] = l;
     }
     mine = l > mine ? l : mine;
+    if (base + lane / L < BM) least = l < least ? l : least;
   }
   if (sub == 0 && mine > 0) atomicMax(&kmax_s, mine);
+  if (sub == 0 && tile_kmin) atomicMin(&kmin_s, least);
   __syncthreads();
   if (threadIdx.x == 0) tile_kmax[b * gridDim.y + blockIdx.y] = kmax_s;
+  if (threadIdx.x == 0 && tile_kmin) tile_kmin[b * gridDim.y + blockIdx.y] = kmin_s;
   if (kmax_s == 0 && dq) {
     S* out = dq + b0 * dq_bs0 + b1 * dq_bs1;
     for (int64_t i = threadIdx.x; i < int64_t(BM) * a.d; i += kThreads) {
