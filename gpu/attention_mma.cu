@@ -85,10 +85,16 @@ __device__ __forceinline__ float ex2(float x) {
   return y;
 }
 
-__device__ __forceinline__ uint32_t lds32(const void* p) { return *reinterpret_cast<const uint32_t*>(p); }
+// Four 8x8 matrices of 16-bit elements (ldmatrix); lane l gives the address of row l % 8 of
+// matrix l / 8, and each thread receives row g, columns 2t and 2t + 1 of each.
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
 
-// Four 8x8 matrices of 16-bit elements, transposed on the way (ldmatrix.trans); lane l gives
-// the address of row l % 8 of matrix l / 8.
+// The same, transposed on the way (ldmatrix.trans).
 __device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(p));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -98,23 +104,24 @@ __device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
 
 // The A operand (16 rows x 16 columns at column c0) of a warp's rows r0.. of a row-major
 // shared tile with row stride LD.
+// One ldmatrix: the four 8x8 quarters (rows 0-7 and 8-15 at column c0, then at c0 + 8).
 template <class T, int LD>
 __device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* s, int r0, int c0) {
-  const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
-  const T* p = s + (r0 + g) * LD + c0 + 2 * t;
-  a[0] = lds32(p);
-  a[1] = lds32(p + 8 * LD);
-  a[2] = lds32(p + 8);
-  a[3] = lds32(p + 8 * LD + 8);
+  const int lane = threadIdx.x % 32;
+  ldsm_x4(a, s + (r0 + (lane & 15)) * LD + c0 + (lane >> 4) * 8);
 }
 
 // acc[m][n] = A_m . X[rows x0 + 8 n ..][:D]^T: a warp's WM tiles of 16 rows (A operands af, one
 // per 16 columns) times the rows of X (row-major, stride LD) as columns, NT tiles of 8 rows of
 // X. Each operand of X is loaded once for the WM tiles.
+// The operands of two column tiles come in one ldmatrix (their 8 rows of X at columns 16 kk
+// and 16 kk + 8).
 template <class T, int D, int NT, int LD, int WM>
 __device__ __forceinline__ void rows_times_rows(float (&acc)[WM][NT][4], const uint32_t (&af)[WM][D / 16][4],
                                                 const T* X, int x0) {
-  const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  static_assert(NT % 2 == 0, "column tiles come in pairs");
+  const int lane = threadIdx.x % 32;
+  const int row = (lane & 7) + ((lane >> 4) << 3), col = ((lane >> 3) & 1) * 8;
 #pragma unroll
   for (int m = 0; m < WM; ++m)
 #pragma unroll
@@ -124,11 +131,14 @@ __device__ __forceinline__ void rows_times_rows(float (&acc)[WM][NT][4], const u
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk)
 #pragma unroll
-    for (int n = 0; n < NT; ++n) {
-      const T* p = X + (x0 + 8 * n + g) * LD + 16 * kk + 2 * t;
-      const uint32_t b0 = lds32(p), b1 = lds32(p + 8);
+    for (int n = 0; n < NT; n += 2) {
+      uint32_t b[4];
+      ldsm_x4(b, X + (x0 + 8 * n + row) * LD + 16 * kk + col);
 #pragma unroll
-      for (int m = 0; m < WM; ++m) mma<T>(acc[m][n], af[m][kk], b0, b1);
+      for (int m = 0; m < WM; ++m) {
+        mma<T>(acc[m][n], af[m][kk], b[0], b[1]);
+        mma<T>(acc[m][n + 1], af[m][kk], b[2], b[3]);
+      }
     }
 }
 
@@ -506,12 +516,15 @@ __global__ void __launch_bounds__(kThreads)
     T* Q = Qs + buf * BQ * LD;
     const T* G = Gs + buf * BQ * LD;
     const int64_t i0 = it * BQ;
-    // A padded query row (length 0) may hold anything: zero it, so that 0 weights stay 0.
-    for (int i = threadIdx.x; i < BQ * (D / 8); i += kThreads) {
-      const int r = i / (D / 8);
-      if (len_s[buf][r] == 0) *reinterpret_cast<uint4*>(Q + r * LD + (i % (D / 8)) * 8) = make_uint4(0, 0, 0, 0);
+    // A padded query row (length 0) may hold anything: zero it, so that 0 weights stay 0 (a
+    // tile whose shortest row has keys has none).
+    if (kmin_s[buf] == 0) {
+      for (int i = threadIdx.x; i < BQ * (D / 8); i += kThreads) {
+        const int r = i / (D / 8);
+        if (len_s[buf][r] == 0) *reinterpret_cast<uint4*>(Q + r * LD + (i % (D / 8)) * 8) = make_uint4(0, 0, 0, 0);
+      }
+      __syncthreads();
     }
-    __syncthreads();
     // The warp's keys and values as A operands, from shared memory each time (registers are
     // scarce next to the dK and dV accumulators).
     uint32_t af[WM][D / 16][4];

@@ -20,6 +20,7 @@
 #include "autograd.h"
 #include "backend.h"
 #include "half_compute.h"
+#include "padding.h"
 #include "philox.h"
 #include "softmax_grad.h"
 #include "tensor_impl.h"
@@ -272,33 +273,52 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
   // v may share q's key Dim (one head size for q, k and v): the output then has it as a value Dim.
   for (const Dim& d : v0.dims())
     if (d != kv_axis && (d == key_dim || !q0.has_dim(d))) value.push_back(d);
-  Tensor lengths;
+  const Device device = q0.device();
+  Tensor kv_lengths;
   if (kv_axis.is_dynamic()) {
-    lengths = kv_axis.lengths(q0.device());  // the Dim keeps one copy per device
-    for (const Dim& d : lengths.dims())
+    kv_lengths = kv_axis.lengths(device);  // the Dim keeps one copy per device
+    for (const Dim& d : kv_lengths.dims())
       if (!contains(batch, d) && !contains(query, d)) return {};
   }
   // The lengths per problem where they vary over batch Dims only (see Attention::Spans), for a
   // device that reads them, in the calls a library could take (half, no bias, no dropout).
-  Tensor kv_span = lengths, q_span;
-  bool spans = backend::backend_for(q0.device()).attention_reads_spans() && is_half(dt) && !bias.defined() && !rel &&
+  Tensor kv_span = kv_lengths, q_span;
+  std::optional<Dim> q_dynamic;  // a dynamic query Dim
+  bool spans = backend::backend_for(device).attention_reads_spans() && is_half(dt) && !bias.defined() && !rel &&
                !drop.active() && (!kv_span.defined() || minus_dims(kv_span.dims(), batch).empty());
   for (const Dim& qd : query) {
     if (!qd.is_dynamic()) continue;
     spans = spans && query.size() == 1 && minus_dims(qd.lengths().dims(), batch).empty();
-    q_span = qd.lengths(q0.device());
+    q_span = qd.lengths(device);
+    q_dynamic = qd;
   }
   // A padded query frame sees no key (its output row is 0, and no gradient comes back through
   // it): the kernels skip such rows, so a padded batch costs its valid frames only.
+  Dims masked_query;
   for (const Dim& qd : query) {
     if (!qd.is_dynamic()) continue;
     bool fits = true;
     for (const Dim& d : qd.lengths().dims()) fits = fits && (contains(batch, d) || contains(query, d));
-    if (!fits) continue;
-    const Tensor all = lengths.defined() ? lengths
-                                         : Tensor::scalar(double(kv_axis.extent()), DType::i32, q0.device());
-    lengths = where(sequence_mask({qd}, q0.device()), all, 0.0, true);
+    if (fits) masked_query.push_back(qd);
   }
+  // Each row's key lengths: the key Dim's, 0 past a query length.
+  auto row_lengths = [&] {
+    Tensor l = kv_lengths;
+    for (const Dim& qd : masked_query)
+      l = where(sequence_mask({qd}, device),
+                l.defined() ? l : Tensor::scalar(double(kv_axis.extent()), DType::i32, device), 0.0, true);
+    return l;
+  };
+  const bool has_lengths = kv_lengths.defined() || !masked_query.empty();
+  // What the primitive reads of the lengths depends on the Dims alone: laid out once per Dims
+  // and device and kept with the Dim that has the lengths (every layer of a model, every step
+  // of training on one batch, reuses it).
+  auto laid_out = [&](const char* what, const Dims& over, const std::function<Tensor()>& make) {
+    std::string key = std::string(what) + ":" + std::to_string(kv_axis.id());
+    for (const Dims* ds : {static_cast<const Dims*>(&query), &over})
+      for (const Dim& d : *ds) key += "," + std::to_string(d.id());
+    return derived_from_lengths(kv_axis.is_dynamic() ? kv_axis : *q_dynamic, device, key, make);
+  };
 
   Tensor q = inner(q0, {key_dim}), k = inner(k0, {key_dim}), v = inner(v0, value);
   int64_t tq, q_rs, tk = kv_axis.extent(), dv, unused;
@@ -355,12 +375,14 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
     merged_stride(out, g1, e, a.out_batch_stride[1]);
   }
   a.out_row_stride = o_rs;
-  if (lengths.defined()) {
+  if (has_lengths) {
     // Per (problem, query): contiguous i64 over the batch Dims in group order, then the queries.
     Dims order = cat(cat(g0, g1), query);
     for (const Dim& d : batch)
       if (!contains(order, d)) order.insert(order.begin(), d);  // extent-1 batch Dims
-    f.lens = broadcast_to_include(lengths.astype(DType::i64), order).transpose_to(order).contiguous();
+    f.lens = laid_out("rows", order, [&] {
+      return broadcast_to_include(row_lengths().astype(DType::i64), order).transpose_to(order).contiguous();
+    });
     a.key_lengths = reinterpret_cast<const int64_t*>(f.lens.impl().data());
   }
   if (spans) {
@@ -372,16 +394,18 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
           if (d.extent() > 1 && !contains(varies, d)) varies.push_back(d);
     const int group = minus_dims(varies, g0).empty() ? 0 : minus_dims(varies, g1).empty() ? 1 : -1;
     const Dims& gd = group == 0 ? g0 : g1;
-    auto laid = [&](const Tensor& t) {
-      const Dims single = minus_dims(t.dims(), gd);  // extent 1
-      const Tensor x = single.empty() ? t : reduce_max(t, single);
-      return broadcast_to_include(x.astype(DType::i32), gd).transpose_to(gd).contiguous();
+    auto laid = [&](const char* what, const Tensor& t) {
+      return laid_out(what, gd, [&] {
+        const Dims single = minus_dims(t.dims(), gd);  // extent 1
+        const Tensor x = single.empty() ? t : reduce_max(t, single);
+        return broadcast_to_include(x.astype(DType::i32), gd).transpose_to(gd).contiguous();
+      });
     };
     if (group >= 0) {
       a.spans.valid = true;
       a.spans.group = group;
-      if (q_span.defined()) f.span_q = laid(q_span);
-      if (kv_span.defined()) f.span_kv = laid(kv_span);
+      if (q_span.defined()) f.span_q = laid("query spans", q_span);
+      if (kv_span.defined()) f.span_kv = laid("key spans", kv_span);
       if (f.span_q.defined()) a.spans.q = reinterpret_cast<const int32_t*>(f.span_q.impl().data());
       if (f.span_kv.defined()) a.spans.kv = reinterpret_cast<const int32_t*>(f.span_kv.impl().data());
     }

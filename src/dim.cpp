@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -41,6 +42,7 @@ struct DimImpl {
   struct OnDevice {
     std::mutex mu;
     std::map<std::pair<int, int>, Tensor> lengths, masks;
+    std::map<std::pair<int, int>, std::map<std::string, Tensor>> derived;  // derived_from_lengths
   };
   std::shared_ptr<OnDevice> on_device = std::make_shared<OnDevice>();
 
@@ -200,6 +202,25 @@ Tensor valid_frames(const Dim& d, Device device) {
   for (Dim& x : dims)
     if (!contains(len.dims(), x)) x = d;
   return make_view(m, dims, m.impl().strides, m.impl().offset);
+}
+
+Tensor derived_from_lengths(const Dim& d, Device device, const std::string& key, const std::function<Tensor()>& make) {
+  DimImpl::OnDevice& on = *DimImpl::of(d).on_device;
+  const auto dev = std::make_pair(int(device.type), device.index);
+  {
+    std::lock_guard<std::mutex> lock(on.mu);
+    auto& kept = on.derived[dev];
+    if (auto it = kept.find(key); it != kept.end()) return it->second;
+  }
+  Tensor t;
+  {
+    NoGradGuard ng;
+    t = make();  // outside the lock: it may read d's lengths and masks
+  }
+  std::lock_guard<std::mutex> lock(on.mu);
+  auto& kept = on.derived[dev];
+  if (kept.size() >= 32) kept.clear();  // a bound for programs that pair one Dim with many others
+  return kept.emplace(key, t).first->second;
 }
 
 Dim Dim::copy(std::string name) const {

@@ -3,6 +3,9 @@
 // lengths) never reaches a valid result, in the forward or the backward. Wherever a padded
 // Dim is contracted or summed away, padded frames are selected out (`where`), never
 // multiplied by zero, so NaN, inf or 1e30 in them stays there.
+#include <functional>
+#include <string>
+
 #include "tensor_impl.h"
 
 namespace dimx {
@@ -16,6 +19,12 @@ Tensor zero_padding(const Tensor& t, const Dim& d);
 // The bool mask of dynamic `d`'s valid frames (frame < length) over d and its lengths' Dims,
 // on `device`; computed once per Dim and device (a read-only tensor).
 Tensor valid_frames(const Dim& d, Device device);
+
+// A tensor made from dynamic `d`'s lengths (with whatever else `key` names: the ids of the
+// other Dims it is laid out over, its purpose) on `device`: made by `make` once, without
+// gradient tracking, and kept with d and its copies, as its lengths are on a device; later
+// calls with the same key return it. Callers must not write to it.
+Tensor derived_from_lengths(const Dim& d, Device device, const std::string& key, const std::function<Tensor()>& make);
 
 // The padded Dims of x that stay when `dims` are summed away but whose lengths live on some
 // of `dims` (time, with lengths over batch, when summing over batch): a reduction or

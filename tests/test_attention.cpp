@@ -401,6 +401,39 @@ TEST_CASE("dot_attention: padded query frames see no key on the fused path", "[a
   CHECK_VEC_APPROX(runs[0], runs[1], 1e-5, 1e-6);
 }
 
+// The fused path lays out each row's key lengths once per Dims and device and keeps them with
+// the Dim that has the lengths; a call with other query Dims or another layout over the same
+// key Dim must get its own (a query Dim without lengths sees every key; one with lengths
+// sees none past its end), and a repeated call the same result.
+TEST_CASE("dot_attention: the fused path's row lengths follow each call's Dims", "[attention]") {
+  Dim batch(3, "batch"), heads(2, "heads"), key(4, "key");
+  const Dim keys = dynamic_dim(batch, {5, 2, 4}, "keys");
+  const Dim time = dynamic_dim(batch, {3, 5, 1}, "time"), stat(5, "stat");
+  const Tensor k = rnd({batch, keys, heads, key}, 60), v = rnd({batch, keys, heads, key}, 61);
+  struct Case {
+    const char* name;
+    Tensor q;
+    Dim rows;
+  };
+  const std::vector<Case> cases{{"padded queries", rnd({batch, time, heads, key}, 62), time},
+                                {"static queries", rnd({batch, stat, heads, key}, 63), stat},
+                                {"heads first", rnd({heads, batch, time, key}, 64), time},
+                                {"padded queries again", rnd({batch, time, heads, key}, 62), time}};
+  std::vector<double> first;
+  for (const Case& c : cases) {
+    INFO(c.name);
+    AttentionOptions o;
+    o.fused = false;
+    const Tensor want = copy_masked(dot_attention(c.q, k, v, key, keys, o), {c.rows});
+    o.fused = true;
+    const Tensor got = copy_masked(dot_attention(c.q, k, v, key, keys, o), {c.rows});
+    const std::vector<double> g = got.to_vector<double>(want.dims());
+    CHECK_VEC_APPROX(g, want.to_vector<double>(want.dims()), 1e-5, 1e-6);
+    if (first.empty()) first = g;
+    else if (std::string(c.name) == "padded queries again") CHECK(g == first);
+  }
+}
+
 TEST_CASE("dot_attention: fused and unfused gradients agree", "[attention]") {
   Setup s;
   for (bool causal : {false, true}) {
