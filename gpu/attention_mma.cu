@@ -294,6 +294,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
     l[m][0] = l[m][1] = 0.f;
   }
   const float sl2 = float(a.scale * 1.4426950408889634);
+  const bool raw_scores = BIAS == kNoBias && sl2 > 0.f;  // see energies below
+  const float exp_scale = raw_scores ? sl2 : 1.f;
   const BiasRows<T, float> bias(a, b, BIAS != kNoBias);
   constexpr bool banded = BIAS == kBiasRelative;
   // The band's factor for each of this thread's rows (the row scale; 1 without one).
@@ -330,8 +332,10 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
     // Online softmax of rows g (e = 0, 1) and g + 8 (e = 2, 3) of each tile; a row lives in one quad.
     uint32_t pf[WM][NT / 2][4];
     // The energies in log2 units with the bias term; -inf past a row's keys (unless the tile is
-    // seen whole by every row of the warp).
-    auto energies = [&](auto whole) {
+    // seen whole by every row of the warp). Without a bias and with a positive scale they stay
+    // unscaled (raw) until the exponent: the row maxima scale with them, and the scale joins
+    // the exponent's fma.
+    auto energies = [&](auto whole, auto raw) {
 #pragma unroll
       for (int m = 0; m < WM; ++m)
 #pragma unroll
@@ -343,12 +347,24 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
             const bool seen = decltype(whole)::value || key < len[m][e / 2];
             const float term = banded ? band[key - row + (i0 + BM - 1) - j0] * fac[m][e / 2]
                                       : BIAS == kNoBias || !seen ? 0.f : bias(row, key);
-            const float x = BIAS == kNoBias ? s[m][n][e] * sl2 : s[m][n][e] * sl2 + term;
+            const float x = decltype(raw)::value ? s[m][n][e]
+                            : BIAS == kNoBias    ? s[m][n][e] * sl2
+                                                 : s[m][n][e] * sl2 + term;
             s[m][n][e] = seen ? x : -INFINITY;
           }
     };
-    if (j0 + BN <= least) energies(std::true_type{});
-    else energies(std::false_type{});
+    if constexpr (BIAS == kNoBias) {
+      if (raw_scores) {
+        if (j0 + BN <= least) energies(std::true_type{}, std::true_type{});
+        else energies(std::false_type{}, std::true_type{});
+      } else {
+        if (j0 + BN <= least) energies(std::true_type{}, std::false_type{});
+        else energies(std::false_type{}, std::false_type{});
+      }
+    } else {
+      if (j0 + BN <= least) energies(std::true_type{}, std::false_type{});
+      else energies(std::false_type{}, std::false_type{});
+    }
 #pragma unroll
     for (int m = 0; m < WM; ++m) {
       float mx[2] = {-INFINITY, -INFINITY};
@@ -361,7 +377,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
       for (int h = 0; h < 2; ++h) {
         mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
         mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-        const float mnew = fmaxf(m_[m][h], mx[h]);
+        const float mnew = fmaxf(m_[m][h], raw_scores ? mx[h] * sl2 : mx[h]);  // (-inf stays -inf)
         base[h] = mnew == -INFINITY ? 0.f : mnew;  // no visible key yet: all weights 0
         alpha[h] = ex2(m_[m][h] - base[h]);
         m_[m][h] = mnew;
@@ -370,7 +386,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
       for (int n = 0; n < NT; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          s[m][n][e] = ex2(s[m][n][e] - base[e / 2]);
+          s[m][n][e] = ex2(fmaf(s[m][n][e], exp_scale, -base[e / 2]));
           sum[e / 2] += s[m][n][e];
         }
       if (drop.on) {  // after the sums: the softmax is taken before dropout
@@ -384,12 +400,16 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
       }
 #pragma unroll
       for (int h = 0; h < 2; ++h) l[m][h] = l[m][h] * alpha[h] + sum[h];  // the quad's partial sums
+      // Rescaled only where a row's maximum moved (once the largest energies are seen, most
+      // tiles leave every row's alone).
+      if (!__all_sync(0xffffffffu, alpha[0] == 1.f && alpha[1] == 1.f)) {
 #pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        o[m][n][0] *= alpha[0];
-        o[m][n][1] *= alpha[0];
-        o[m][n][2] *= alpha[1];
-        o[m][n][3] *= alpha[1];
+        for (int n = 0; n < D / 8; ++n) {
+          o[m][n][0] *= alpha[0];
+          o[m][n][1] *= alpha[0];
+          o[m][n][2] *= alpha[1];
+          o[m][n][3] *= alpha[1];
+        }
       }
       as_operand<T, NT>(pf[m], s[m]);
     }
