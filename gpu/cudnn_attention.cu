@@ -320,6 +320,9 @@ bool CudnnAttention::fits(DType dt, const AttentionArgs& a) {
   const size_t v = cudnnGetVersion();
   if (v < 90000 || (v >= 91000 && v < 91100)) return false;
   if (!a.spans || a.bias || a.row_scale || a.drop_p > 0) return false;
+  // Its engines take the rows' maxima before the scale (right for a positive one only: with
+  // scale -0.3 the statistics came out wrong and the backward's dQ NaN, cuDNN 9.14 on an H200).
+  if (!(a.scale > 0)) return false;
   if (a.d % 8 || a.dv % 8 || a.d > 128 || a.dv > 128 || a.tq < 1 || a.tk < 1) return false;
   // 16-byte aligned rows; every problem its own q, k, v and output (no broadcast operand).
   for (int64_t x : {a.q_rs, a.k_rs, a.v_rs, a.o_rs, a.q_bs0, a.q_bs1, a.k_bs0, a.k_bs1, a.v_bs0, a.v_bs1, a.o_bs0, a.o_bs1})

@@ -1,6 +1,6 @@
 #pragma once
 // cuDNN's fused flash attention, through its graph API, for the bf16/f16 forwards it takes: no
-// bias, no dropout, and every row of a problem seeing the same keys (no lengths, or per-problem
+// bias, no dropout, a positive scale, and every row of a problem seeing the same keys (no lengths, or per-problem
 // query and key lengths: AttentionArgs::spans). The graph spells out what the fused primitive
 // computes (S = scale Q K^T, the padding mask, softmax with its rows' statistics, O = P V); one
 // execution plan per shape, kept. The output rows past the lengths, and the rows of a problem

@@ -705,9 +705,13 @@ TEST_CASE("gpu: bf16 and f16 dot_attention on tensor cores, forward and backward
     const char* name;
     int64_t width;
     bool causal, padded, long_ = false;
+    double scale = 0;  // 0: the default, 1 / sqrt(width)
   };
   for (DType dt : {DType::bf16, DType::f16})
     for (Setup st : {Setup{"padded, head size 64", 64, false, true}, Setup{"causal, head size 128", 128, true, false},
+                     // (the forward keeps the energies unscaled up to the exponent only for a positive scale)
+                     Setup{"padded, head size 64, negative scale", 64, false, true, false, -0.3},
+                     Setup{"unpadded, head size 64, negative scale", 64, false, false, false, -0.3},
                      Setup{"padded causal, head size 32", 32, true, true}, Setup{"padded, head size 256", 256, false, true},
                      Setup{"causal, head size 200", 200, true, false},
                      Setup{"padded, 600 frames, head size 64", 64, false, true, true},
@@ -726,6 +730,7 @@ TEST_CASE("gpu: bf16 and f16 dot_attention on tensor cores, forward and backward
         Tensor v = leaf(103, dev, true).astype(cdt).with_requires_grad();
         nn::DotAttentionOptions o;
         if (st.causal) o.causal_query_dim = t;
+        if (st.scale != 0) o.scale = st.scale;
         // The CPU's reference in f64; on the GPU, f32 leaves cast to the half dtype.
         Tensor out = cdt == DType::f64 ? nn::dot_attention(q, k, v, key, t, o)
                                        : nn::dot_attention(q.astype(dt), k.astype(dt), v.astype(dt), key, t, o);
