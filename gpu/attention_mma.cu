@@ -26,7 +26,6 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -103,8 +102,8 @@ __device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
 }
 
 // The A operand (16 rows x 16 columns at column c0) of a warp's rows r0.. of a row-major
-// shared tile with row stride LD.
-// One ldmatrix: the four 8x8 quarters (rows 0-7 and 8-15 at column c0, then at c0 + 8).
+// shared tile with row stride LD, in one ldmatrix: the four 8x8 quarters (rows 0-7 and 8-15
+// at column c0, then at c0 + 8).
 template <class T, int LD>
 __device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* s, int r0, int c0) {
   const int lane = threadIdx.x % 32;
@@ -113,9 +112,8 @@ __device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* s, int r0, int
 
 // acc[m][n] = A_m . X[rows x0 + 8 n ..][:D]^T: a warp's WM tiles of 16 rows (A operands af, one
 // per 16 columns) times the rows of X (row-major, stride LD) as columns, NT tiles of 8 rows of
-// X. Each operand of X is loaded once for the WM tiles.
-// The operands of two column tiles come in one ldmatrix (their 8 rows of X at columns 16 kk
-// and 16 kk + 8).
+// X. Each operand of X is loaded once for the WM tiles; those of two column tiles come in one
+// ldmatrix (their 8 rows of X at columns 16 kk and 16 kk + 8).
 template <class T, int D, int NT, int LD, int WM>
 __device__ __forceinline__ void rows_times_rows(float (&acc)[WM][NT][4], const uint32_t (&af)[WM][D / 16][4],
                                                 const T* X, int x0) {
@@ -261,18 +259,17 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
   __syncthreads();
   // This thread's rows: r0 + 16 m + 8 h (m < WM, h < 2).
   const int64_t r0 = i0 + warp * 16 * WM + g;
-  int len[WM][2], mine = 0, least = INT_MAX;
+  int len[WM][2], mine = 0;
 #pragma unroll
   for (int m = 0; m < WM; ++m)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       len[m][h] = row_length(a, b, r0 + 16 * m + 8 * h);  // 0 past the rows
       mine = len[m][h] > mine ? len[m][h] : mine;
-      least = len[m][h] < least ? len[m][h] : least;
     }
   if (mine > 0) atomicMax(&kmax_s, mine);
   // The key tiles below the warp's shortest row are seen whole: no per-element length test.
-  least = warp_min(least);
+  const int least = warp_shortest<WM>(len);
   __syncthreads();
   const int kmax = kmax_s, d = int(a.d), dv = int(a.dv);
 
@@ -353,18 +350,9 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
             s[m][n][e] = seen ? x : -INFINITY;
           }
     };
-    if constexpr (BIAS == kNoBias) {
-      if (raw_scores) {
-        if (j0 + BN <= least) energies(std::true_type{}, std::true_type{});
-        else energies(std::false_type{}, std::true_type{});
-      } else {
-        if (j0 + BN <= least) energies(std::true_type{}, std::false_type{});
-        else energies(std::false_type{}, std::false_type{});
-      }
-    } else {
-      if (j0 + BN <= least) energies(std::true_type{}, std::false_type{});
-      else energies(std::false_type{}, std::false_type{});
-    }
+    auto by_tile = [&](auto raw) { either(j0 + BN <= least, [&](auto whole) { energies(whole, raw); }); };
+    if constexpr (BIAS == kNoBias) either(raw_scores, by_tile);
+    else by_tile(std::false_type{});
 #pragma unroll
     for (int m = 0; m < WM; ++m) {
       float mx[2] = {-INFINITY, -INFINITY};
@@ -594,8 +582,7 @@ __global__ void __launch_bounds__(kThreads)
         as_operand<T, NT>(pf[m], s[m]);
       }
     };
-    if (j0 + (warp + 1) * 16 * WM <= kmin_s[buf]) weights(std::true_type{});
-    else weights(std::false_type{});
+    either(j0 + (warp + 1) * 16 * WM <= kmin_s[buf], weights);
     weights_times_rows<T, D, BQ, LD, WM>(dvv, pf, G, 0);  // dV += P^T dO
 #pragma unroll
     for (int m = 0; m < WM; ++m) as_operand<T, NT>(pf[m], dp[m]);
@@ -681,13 +668,7 @@ __global__ void __launch_bounds__(kThreads)
       lse[m][h] = in ? static_cast<const float*>(a.lse)[b * a.tq + r] : INFINITY;
       drr[m][h] = in ? dr[b * a.tq + r] : 0.f;
     }
-  // The key tiles below the warp's shortest row are seen whole.
-  int least = INT_MAX;
-#pragma unroll
-  for (int m = 0; m < WM; ++m)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) least = len[m][h] < least ? len[m][h] : least;
-  least = warp_min(least);
+  const int least = warp_shortest<WM>(len);  // the key tiles below it are seen whole
   float dq[WM][D / 8][4];
 #pragma unroll
   for (int m = 0; m < WM; ++m)
@@ -768,8 +749,7 @@ __global__ void __launch_bounds__(kThreads)
         as_operand<T, NT>(pf[m], dp[m]);
       }
     };
-    if (j0 + BK <= least) weights(std::true_type{});
-    else weights(std::false_type{});
+    either(j0 + BK <= least, weights);
     weights_times_rows<T, D, BK, LD, WM>(dq, pf, Ks, 0);  // dQ += dS K
     __syncthreads();  // every warp is done with Ks
     if (next < kmax) load_tile<T, D, LD, true>(Ks, k + int64_t(next) * a.k_rs, a.k_rs, BK, n_next, d);

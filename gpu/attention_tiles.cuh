@@ -7,6 +7,7 @@
 
 #include <climits>
 #include <cstdint>
+#include <type_traits>
 
 #include "common.cuh"
 #include "float_types.cuh"
@@ -133,17 +134,27 @@ __device__ __forceinline__ void add_diagonals(const C* S, const C* fac, C* diag_
   }
 }
 
-// The sum of x over a quad (lanes 4g .. 4g + 3: one row of an mma fragment), in a fixed order.
-// The least of x over a warp's lanes.
-__device__ __forceinline__ int warp_min(int x) {
+// The shortest of a warp's row lengths (each thread's WM x 2 rows of the mma fragments); every
+// lane must call it (shuffles).
+template <int WM>
+__device__ __forceinline__ int warp_shortest(const int (&len)[WM][2]) {
+  int x = INT_MAX;
 #pragma unroll
-  for (int w = 16; w > 0; w >>= 1) {
-    const int y = __shfl_xor_sync(0xffffffffu, x, w);
-    x = y < x ? y : x;
-  }
+  for (int m = 0; m < WM; ++m) x = min(x, min(len[m][0], len[m][1]));
+#pragma unroll
+  for (int w = 16; w > 0; w >>= 1) x = min(x, __shfl_xor_sync(0xffffffffu, x, w));
   return x;
 }
 
+// Calls f with std::true_type where c holds, std::false_type elsewhere: one compiled body
+// per case (a kernel's fast path without a test it can skip).
+template <class F>
+__device__ __forceinline__ void either(bool c, F&& f) {
+  if (c) f(std::true_type{});
+  else f(std::false_type{});
+}
+
+// The sum of x over a quad (lanes 4g .. 4g + 3: one row of an mma fragment), in a fixed order.
 __device__ __forceinline__ float quad_sum(float x) {
   x += __shfl_xor_sync(0xffffffffu, x, 1);
   return x + __shfl_xor_sync(0xffffffffu, x, 2);

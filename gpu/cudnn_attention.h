@@ -1,7 +1,7 @@
 #pragma once
 // cuDNN's fused flash attention, through its graph API, for the bf16/f16 forwards it takes: no
-// bias, no dropout, a positive scale, and every row of a problem seeing the same keys (no lengths, or per-problem
-// query and key lengths: AttentionArgs::spans). The graph spells out what the fused primitive
+// bias, no dropout, a positive scale, and every row of a problem seeing the same keys (no
+// lengths, or per-problem query and key lengths: AttentionArgs::spans). The graph spells out what the fused primitive
 // computes (S = scale Q K^T, the padding mask, softmax with its rows' statistics, O = P V); one
 // execution plan per shape, kept. The output rows past the lengths, and the rows of a problem
 // without keys, are zeroed after (the primitive's contract), and the statistics are kept as the
