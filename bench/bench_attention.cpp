@@ -104,7 +104,8 @@ nn::DotAttentionOptions training_dropout(Generator& gen) {
 // (B, H, T, d) = (8, 12, 1024, 64) and (4, 16, 4096, 64). bf16: no mask; per-sequence key lengths
 // T - (T/2) b / (B - 1) (in [T/2, T], mean fill 3/4 at B = 8, 5/6 at B = 4); the T5 bias
 // (table {buckets: 320, heads}, max distance 800, BEATs's) with those lengths. f32: no mask,
-// the T5 bias. Forward and forward + backward (gradients of q, k, v and, with the bias, of the
+// the T5 bias, each also with TF32 allowed ("tf32", torch's peers with allow_tf32 too).
+// Forward and forward + backward (gradients of q, k, v and, with the bias, of the
 // table). Inside the timed call, as a module does, the table's buckets become one row of
 // per-position terms (2T - 1 of them per head), passed as AttentionOptions::relative_bias
 // ("t5"), with a gru_rel_pos gate per (batch, head, query) as its row scale ("t5 gate", bf16,
@@ -142,7 +143,7 @@ int run_table(bool json, int reps, const std::string& peer_script, const std::st
       for (const char* c : dt == DType::bf16
                                ? std::vector<const char*>{"none", "none own", "lengths", "lengths own", "t5 lengths",
                                                           "t5 gate lengths", "t5 gathered lengths"}
-                               : std::vector<const char*>{"none", "t5"}) {
+                               : std::vector<const char*>{"none", "t5", "tf32 none", "tf32 t5"}) {
         const std::string cs = c;
         const bool lengths = cs.find("lengths") != std::string::npos, t5 = cs.find("t5") != std::string::npos;
         const bool gathered = cs.find("gathered") != std::string::npos, gated = cs.find("gate") != std::string::npos;
@@ -160,6 +161,11 @@ int run_table(bool json, int reps, const std::string& peer_script, const std::st
           }
           bool on_;
         } own_kernels(cs.find("own") != std::string::npos);
+        // "tf32": f32 with set_allow_tf32(true) (the tensor-core kernels with TF32 operands).
+        struct Tf32 {
+          explicit Tf32(bool on) { set_allow_tf32(on); }
+          ~Tf32() { set_allow_tf32(false); }
+        } tf32(cs.find("tf32") != std::string::npos);
         Tensor q = random_normal({batch, heads, tq, d}, gen, 0, 1, DType::f32, dev).astype(dt);
         Tensor k = random_normal({batch, heads, tk, d}, gen, 0, 1, DType::f32, dev).astype(dt);
         Tensor v = random_normal({batch, heads, tk, d}, gen, 0, 1, DType::f32, dev).astype(dt);

@@ -209,7 +209,8 @@ TABLE_BUCKETS, TABLE_MAX_DISTANCE = 320, 800
 def table_cases(reps, only=""):
     """The fused attention table: for each shape, bf16 without a mask, with per-sequence key
     lengths in [T/2, T], with the T5 bias (a learnable [buckets, H] table, BEATs' 320 buckets
-    and max distance 800) and lengths; f32 without and with the T5 bias. Forward (inference
+    and max distance 800) and lengths; f32 without and with the T5 bias, exact and with TF32
+    allowed. Forward (inference
     mode) and forward + backward (the gradients of q, k, v and the table). SDPA takes lengths
     and bias as one additive attn_mask; FlexAttention a block_mask and a score_mod."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -236,8 +237,11 @@ def table_cases(reps, only=""):
         pos = torch.arange(t, device="cuda")
         bucket = relative_position_bucket(pos[None, :] - pos[:, None], TABLE_BUCKETS, TABLE_MAX_DISTANCE)
         for dt, dname in ((torch.bfloat16, "bf16"), (torch.float32, "f32")):
-            for case in (("none", "lengths", "t5 lengths") if dt == torch.bfloat16 else ("none", "t5")):
+            for case in (("none", "lengths", "t5 lengths") if dt == torch.bfloat16 else
+                         ("none", "t5", "tf32 none", "tf32 t5")):
                 lengths, t5 = "lengths" in case, "t5" in case
+                # "tf32": f32 matmuls (math backend, FlexAttention) may run on TF32 tensor cores.
+                torch.backends.cuda.matmul.allow_tf32 = "tf32" in case
                 q, k, v, r = (torch.randn(b, h, t, d, device="cuda", dtype=dt) for _ in range(4))
                 table = torch.randn(TABLE_BUCKETS, h, device="cuda")
                 tag = f"{dname} {case} B{b} H{h} T{t} d{d}"

@@ -107,9 +107,24 @@ int main() {
             << " on cuDNN; with DIMX_CUDNN_ATTENTION=0: " << on_own.library_forward
             << " on cuDNN; max |diff| = " << d_att << "\n";
 
+  // 8. Attention in f32: exact FMA kernels by default; with TF32 allowed, the tensor-core
+  // kernels with TF32 operands (f32 accumulation), forward and backward, counted apart.
+  Tensor q32 = q.astype(DType::f32).with_requires_grad(), kv32 = kv.astype(DType::f32);
+  Tensor o_exact = nn::dot_attention(q32, kv32, kv32, head, frames);
+  set_allow_tf32(true);
+  reset_attention_path_counts();
+  Tensor o_tf32 = nn::dot_attention(q32, kv32, kv32, head, frames);
+  backward(reduce_sum(o_tf32, o_tf32.dims()));
+  const AttentionPathCounts on_tf32 = attention_path_counts();
+  set_allow_tf32(false);
+  const double d_tf32 = max_diff(o_tf32, o_exact);
+  std::cout << "f32 attention with TF32 allowed: " << on_tf32.tf32_forward << " forward and "
+            << on_tf32.tf32_backward << " backward on TF32 tensor cores; max |diff| to exact = " << d_tf32 << "\n";
+
   bool ok = d1 < 1e-4 && std::isfinite(loss.item<float>()) && proj.weight.grad().device() == cuda && rel < 1e-2 &&
             rel > 0 && step_peak >= ms.in_use + (size_t(8) << 20) && ms.reserved >= ms.in_use && same_stream &&
-            on_lib.fused_forward == 1 && on_own.fused_forward == 1 && on_own.library_forward == 0 && d_att < 2e-2;
+            on_lib.fused_forward == 1 && on_own.fused_forward == 1 && on_own.library_forward == 0 && d_att < 2e-2 &&
+            on_tf32.tf32_forward == 1 && on_tf32.tf32_backward == 1 && d_tf32 < 1e-2 && d_tf32 > 0;
   std::cout << (ok ? "gpu_tour: ok" : "gpu_tour: WRONG RESULT") << "\n";
   return ok ? 0 : 1;
 }

@@ -41,7 +41,23 @@ using namespace attention_tiles;
 
 constexpr int kTile = 64;  // queries and keys per tile; 16 rows per warp
 
-// Two floats rounded to the element type, packed as an mma operand register (first in the low half).
+// An element type's mma step: kStep elements of k per instruction (32 bytes of an operand row:
+// m16n8k16 for bf16/f16, m16n8k8 for TF32), kVec per 16 bytes (a shared tile row's padding).
+// Counted in 32-bit words, the two instructions' fragments are laid out alike, and ldmatrix
+// (untransposed) serves both.
+template <class T>
+constexpr int kStep = 32 / int(sizeof(T));
+template <class T>
+constexpr int kVec = 16 / int(sizeof(T));
+
+// An f32 rounded to TF32 (10 mantissa bits, to nearest), as an mma operand register.
+__device__ __forceinline__ uint32_t tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+  return r;
+}
+
+// Two floats rounded to the (16-bit) element type, packed as an mma operand register (first in the low half).
 template <class T>
 __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
@@ -55,10 +71,12 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
 
 template <class T>
 __device__ __forceinline__ void store2(T* p, float lo, float hi) {
-  *reinterpret_cast<uint32_t*>(p) = pack2<T>(lo, hi);
+  if constexpr (std::is_same_v<T, float>) *reinterpret_cast<float2*>(p) = make_float2(lo, hi);
+  else *reinterpret_cast<uint32_t*>(p) = pack2<T>(lo, hi);
 }
 
-// c += a b for an m16n8k16 tile: a row-major 16x16, b column-major 16x8, c 16x8 in f32.
+// c += a b for one k step: a row-major 16 x kStep, b column-major kStep x 8, c 16 x 8 in f32.
+// f32 operands run as TF32 (the instruction reads a register's top 19 bits).
 template <class T>
 __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
@@ -67,9 +85,15 @@ __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint3
         "{%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
+  } else if constexpr (std::is_same_v<T, __half>) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
@@ -101,25 +125,25 @@ __device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
                : "r"(s));
 }
 
-// The A operand (16 rows x 16 columns at column c0) of a warp's rows r0.. of a row-major
-// shared tile with row stride LD, in one ldmatrix: the four 8x8 quarters (rows 0-7 and 8-15
-// at column c0, then at c0 + 8).
+// The A operand (16 rows x one k step at column c0) of a warp's rows r0.. of a row-major
+// shared tile with row stride LD, in one ldmatrix: the four 8 x 16-byte quarters (rows 0-7 and
+// 8-15 at column c0, then 16 bytes on).
 template <class T, int LD>
 __device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* s, int r0, int c0) {
   const int lane = threadIdx.x % 32;
-  ldsm_x4(a, s + (r0 + (lane & 15)) * LD + c0 + (lane >> 4) * 8);
+  ldsm_x4(a, s + (r0 + (lane & 15)) * LD + c0 + (lane >> 4) * kVec<T>);
 }
 
 // acc[m][n] = A_m . X[rows x0 + 8 n ..][:D]^T: a warp's WM tiles of 16 rows (A operands af, one
-// per 16 columns) times the rows of X (row-major, stride LD) as columns, NT tiles of 8 rows of
-// X. Each operand of X is loaded once for the WM tiles; those of two column tiles come in one
-// ldmatrix (their 8 rows of X at columns 16 kk and 16 kk + 8).
+// per k step) times the rows of X (row-major, stride LD) as columns, NT tiles of 8 rows of X.
+// Each operand of X is loaded once for the WM tiles; those of two column tiles come in one
+// ldmatrix (their 8 rows of X at the step's two 16-byte halves).
 template <class T, int D, int NT, int LD, int WM>
-__device__ __forceinline__ void rows_times_rows(float (&acc)[WM][NT][4], const uint32_t (&af)[WM][D / 16][4],
+__device__ __forceinline__ void rows_times_rows(float (&acc)[WM][NT][4], const uint32_t (&af)[WM][D / kStep<T>][4],
                                                 const T* X, int x0) {
   static_assert(NT % 2 == 0, "column tiles come in pairs");
   const int lane = threadIdx.x % 32;
-  const int row = (lane & 7) + ((lane >> 4) << 3), col = ((lane >> 3) & 1) * 8;
+  const int row = (lane & 7) + ((lane >> 4) << 3), col = ((lane >> 3) & 1) * kVec<T>;
 #pragma unroll
   for (int m = 0; m < WM; ++m)
 #pragma unroll
@@ -127,11 +151,11 @@ __device__ __forceinline__ void rows_times_rows(float (&acc)[WM][NT][4], const u
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[m][n][e] = 0.f;
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk)
+  for (int kk = 0; kk < D / kStep<T>; ++kk)
 #pragma unroll
     for (int n = 0; n < NT; n += 2) {
       uint32_t b[4];
-      ldsm_x4(b, X + (x0 + 8 * n + row) * LD + 16 * kk + col);
+      ldsm_x4(b, X + (x0 + 8 * n + row) * LD + kStep<T> * kk + col);
 #pragma unroll
       for (int m = 0; m < WM; ++m) {
         mma<T>(acc[m][n], af[m][kk], b[0], b[1]);
@@ -141,37 +165,64 @@ __device__ __forceinline__ void rows_times_rows(float (&acc)[WM][NT][4], const u
 }
 
 // acc[m][n] += P_m . Y[rows y0 ..][cols 8 n ..] over NK rows of Y: the weights of WM row tiles as
-// A operands (pf: one per 16 rows of Y), Y row-major (stride LD) through ldmatrix.trans; D / 8
-// output tiles.
+// A operands (pf: one per k step of Y's rows, from as_operand), Y row-major (stride LD); D / 8
+// output tiles. 16-bit: Y through ldmatrix.trans. TF32: the k slots t and t + 4 of a step hold
+// its rows 2t and 2t + 1 (as_operand's order), so each thread reads those two rows of its
+// column (8t + g mod 32 distinct banks with LD = 4 mod 32).
 template <class T, int D, int NK, int LD, int WM>
-__device__ __forceinline__ void weights_times_rows(float (&acc)[WM][D / 8][4], const uint32_t (&pf)[WM][NK / 16][4],
-                                                   const T* Y, int y0) {
+__device__ __forceinline__ void weights_times_rows(float (&acc)[WM][D / 8][4],
+                                                   const uint32_t (&pf)[WM][NK / kStep<T>][4], const T* Y, int y0) {
   const int lane = threadIdx.x % 32;
-  const int row = (lane & 7) + ((lane >> 3) & 1) * 8, col = (lane >> 4) * 8;
+  if constexpr (std::is_same_v<T, float>) {
+    const int g = lane / 4, t = lane % 4;
 #pragma unroll
-  for (int kk = 0; kk < NK / 16; ++kk)
+    for (int kk = 0; kk < NK / 8; ++kk)
 #pragma unroll
-    for (int np = 0; np < D / 16; ++np) {
-      uint32_t r[4];
-      ldsm_x4_t(r, Y + (y0 + 16 * kk + row) * LD + 16 * np + col);
+      for (int n = 0; n < D / 8; ++n) {
+        const float* y = Y + (y0 + 8 * kk + 2 * t) * LD + 8 * n + g;
+        const uint32_t b0 = __float_as_uint(y[0]), b1 = __float_as_uint(y[LD]);
 #pragma unroll
-      for (int m = 0; m < WM; ++m) {
-        mma<T>(acc[m][2 * np], pf[m][kk], r[0], r[1]);
-        mma<T>(acc[m][2 * np + 1], pf[m][kk], r[2], r[3]);
+        for (int m = 0; m < WM; ++m) mma<T>(acc[m][n], pf[m][kk], b0, b1);
       }
-    }
+  } else {
+    const int row = (lane & 7) + ((lane >> 3) & 1) * 8, col = (lane >> 4) * 8;
+#pragma unroll
+    for (int kk = 0; kk < NK / 16; ++kk)
+#pragma unroll
+      for (int np = 0; np < D / 16; ++np) {
+        uint32_t r[4];
+        ldsm_x4_t(r, Y + (y0 + 16 * kk + row) * LD + 16 * np + col);
+#pragma unroll
+        for (int m = 0; m < WM; ++m) {
+          mma<T>(acc[m][2 * np], pf[m][kk], r[0], r[1]);
+          mma<T>(acc[m][2 * np + 1], pf[m][kk], r[2], r[3]);
+        }
+      }
+  }
 }
 
 // Accumulator tiles (16 x 8 each, NT of them along the columns) as A operands of the next
-// product (16 x 16 each), rounded to T.
+// product (one per k step), rounded to T. 16-bit: two tiles make a step (the accumulator layout
+// of two adjacent tiles is the operand layout). TF32: one tile makes a step, its columns 2t and
+// 2t + 1 in k slots t and t + 4 (weights_times_rows reads Y's rows in that order).
 template <class T, int NT>
-__device__ __forceinline__ void as_operand(uint32_t (&pf)[NT / 2][4], const float (&s)[NT][4]) {
+__device__ __forceinline__ void as_operand(uint32_t (&pf)[NT * 8 / kStep<T>][4], const float (&s)[NT][4]) {
+  if constexpr (std::is_same_v<T, float>) {
 #pragma unroll
-  for (int kk = 0; kk < NT / 2; ++kk) {
-    pf[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-    pf[kk][1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-    pf[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-    pf[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+    for (int n = 0; n < NT; ++n) {
+      pf[n][0] = tf32(s[n][0]);
+      pf[n][1] = tf32(s[n][2]);
+      pf[n][2] = tf32(s[n][1]);
+      pf[n][3] = tf32(s[n][3]);
+    }
+  } else {
+#pragma unroll
+    for (int kk = 0; kk < NT / 2; ++kk) {
+      pf[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+      pf[kk][1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+      pf[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      pf[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+    }
   }
 }
 
@@ -238,7 +289,7 @@ inline int bias_kind(const AttentionArgs& a) { return !a.bias ? kNoBias : relati
 
 template <class T, int D, int WM, int BN, int BIAS, bool DROP>
 __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
-  constexpr int LD = D + 8, NT = BN / 8, BM = 64 * WM;
+  constexpr int LD = D + kVec<T>, KS = D / kStep<T>, NT = BN / 8, PS = NT * 8 / kStep<T>, BM = 64 * WM;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* Qs = reinterpret_cast<T*>(smem_raw);  // [BM][LD]
   T* Ks = Qs + BM * LD;                    // [BN][LD]
@@ -305,7 +356,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
       fac[m][h] = banded && r < a.tq ? bias.factor(r) : 1.f;
     }
   const DropMask<float> drop(a, b0, b1, DROP);
-  uint32_t qf[WM][D / 16][4];
+  uint32_t qf[WM][KS][4];
 
   for (int j0 = 0; j0 < kmax; j0 += BN) {
     float* band = band_s[(j0 / BN) & 1];  // the other one may still be read by the previous tile
@@ -316,7 +367,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
 #pragma unroll
       for (int m = 0; m < WM; ++m)
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) load_a<T, LD>(qf[m][kk], Qs, warp * 16 * WM + 16 * m, 16 * kk);
+        for (int kk = 0; kk < KS; ++kk) load_a<T, LD>(qf[m][kk], Qs, warp * 16 * WM + 16 * m, kStep<T> * kk);
     }
     float s[WM][NT][4];
     rows_times_rows<T, D, NT, LD, WM>(s, qf, Ks, 0);
@@ -327,7 +378,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
     cp_async_commit();
 
     // Online softmax of rows g (e = 0, 1) and g + 8 (e = 2, 3) of each tile; a row lives in one quad.
-    uint32_t pf[WM][NT / 2][4];
+    uint32_t pf[WM][PS][4];
     // The energies in log2 units with the bias term; -inf past a row's keys (unless the tile is
     // seen whole by every row of the warp). Without a bias and with a positive scale they stay
     // unscaled (raw) until the exponent: the row maxima scale with them, and the scale joins
@@ -442,7 +493,8 @@ template <class T, int D, int WM, int BQ, int BIAS, bool DROP>
 __global__ void __launch_bounds__(kThreads)
     keys_kernel(AttentionArgs a, AttentionGradArgs ga, const float* dr, const int* row_len, const int* tile_kmax,
                 const int* tile_kmin, float* diag) {
-  constexpr int LD = D + 8, NT = BQ / 8, BK = 64 * WM, LS = BQ + 1;
+  constexpr int LD = D + kVec<T>, KS = D / kStep<T>, NT = BQ / 8, PS = NT * 8 / kStep<T>, BK = 64 * WM,
+                LS = BQ + 1;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* Ks = reinterpret_cast<T*>(smem_raw);  // [BK][LD]
   T* Vs = Ks + BK * LD;                    // [BK][LD]
@@ -527,27 +579,28 @@ __global__ void __launch_bounds__(kThreads)
     // A padded query row (length 0) may hold anything: zero it, so that 0 weights stay 0 (a
     // tile whose shortest row has keys has none).
     if (kmin_s[buf] == 0) {
-      for (int i = threadIdx.x; i < BQ * (D / 8); i += kThreads) {
-        const int r = i / (D / 8);
-        if (len_s[buf][r] == 0) *reinterpret_cast<uint4*>(Q + r * LD + (i % (D / 8)) * 8) = make_uint4(0, 0, 0, 0);
+      constexpr int VN = kVec<T>;
+      for (int i = threadIdx.x; i < BQ * (D / VN); i += kThreads) {
+        const int r = i / (D / VN);
+        if (len_s[buf][r] == 0) *reinterpret_cast<uint4*>(Q + r * LD + (i % (D / VN)) * VN) = make_uint4(0, 0, 0, 0);
       }
       __syncthreads();
     }
     // The warp's keys and values as A operands, from shared memory each time (registers are
     // scarce next to the dK and dV accumulators).
-    uint32_t af[WM][D / 16][4];
+    uint32_t af[WM][KS][4];
     float s[WM][NT][4], dp[WM][NT][4];
 #pragma unroll
     for (int m = 0; m < WM; ++m)
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) load_a<T, LD>(af[m][kk], Ks, warp * 16 * WM + 16 * m, 16 * kk);
+      for (int kk = 0; kk < KS; ++kk) load_a<T, LD>(af[m][kk], Ks, warp * 16 * WM + 16 * m, kStep<T> * kk);
     rows_times_rows<T, D, NT, LD, WM>(s, af, Q, 0);  // S^T: keys x queries
 #pragma unroll
     for (int m = 0; m < WM; ++m)
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) load_a<T, LD>(af[m][kk], Vs, warp * 16 * WM + 16 * m, 16 * kk);
+      for (int kk = 0; kk < KS; ++kk) load_a<T, LD>(af[m][kk], Vs, warp * 16 * WM + 16 * m, kStep<T> * kk);
     rows_times_rows<T, D, NT, LD, WM>(dp, af, G, 0);  // dP^T
-    uint32_t pf[WM][NT / 2][4];
+    uint32_t pf[WM][PS][4];
     // P^T and dS^T of the tile pair (P into s, dS into dp), each weight tested against its row's
     // length unless every row of the query tile sees all the warp's keys.
     auto weights = [&](auto whole) {
@@ -627,7 +680,7 @@ template <class T, int D, int WM, int BK, int BIAS, bool DROP>
 __global__ void __launch_bounds__(kThreads)
     queries_kernel(AttentionArgs a, AttentionGradArgs ga, const float* dr, const int* row_len, const int* tile_kmax,
                    float* dscale) {
-  constexpr int LD = D + 8, NT = BK / 8, BM = 64 * WM;
+  constexpr int LD = D + kVec<T>, KS = D / kStep<T>, NT = BK / 8, PS = NT * 8 / kStep<T>, BM = 64 * WM;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* Qs = reinterpret_cast<T*>(smem_raw);  // [BM][LD]
   T* Gs = Qs + BM * LD;                    // [BM][LD]
@@ -694,7 +747,7 @@ __global__ void __launch_bounds__(kThreads)
   // the previous tile's reads when the next is staged (the loop's last barrier).
   __shared__ float band_s[REL ? BM + BK : 1];
   const DropMask<float> drop(a, b0, b1, DROP);
-  uint32_t qf[WM][D / 16][4], gf[WM][D / 16][4];
+  uint32_t qf[WM][KS][4], gf[WM][KS][4];
 
   for (int j0 = 0; j0 < kmax; j0 += BK) {
     if constexpr (REL) stage_band(band_s, bias, a, int64_t(j0) - (i0 + BM - 1), BM + BK - 1);
@@ -704,9 +757,9 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int m = 0; m < WM; ++m)
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-          load_a<T, LD>(qf[m][kk], Qs, warp * 16 * WM + 16 * m, 16 * kk);
-          load_a<T, LD>(gf[m][kk], Gs, warp * 16 * WM + 16 * m, 16 * kk);
+        for (int kk = 0; kk < KS; ++kk) {
+          load_a<T, LD>(qf[m][kk], Qs, warp * 16 * WM + 16 * m, kStep<T> * kk);
+          load_a<T, LD>(gf[m][kk], Gs, warp * 16 * WM + 16 * m, kStep<T> * kk);
         }
     }
     float s[WM][NT][4], dp[WM][NT][4];
@@ -719,7 +772,7 @@ __global__ void __launch_bounds__(kThreads)
     cp_async_wait1();  // this K tile
     __syncthreads();
     rows_times_rows<T, D, NT, LD, WM>(s, qf, Ks, 0);
-    uint32_t pf[WM][NT / 2][4];
+    uint32_t pf[WM][PS][4];
     // dS of the tile (into dp), each weight tested against its row's length unless every row of
     // the warp sees the whole key tile.
     auto weights = [&](auto whole) {
@@ -793,13 +846,15 @@ void set_smem(K kernel, size_t smem, const char* what) {
   }
 }
 
-// The tensor-core kernels need 16-byte rows: d and dv multiples of 8, every base and stride too.
+// The tensor-core kernels need 16-byte rows: d, dv, every base and stride multiples of 16 bytes.
+template <class T>
 bool aligned(const AttentionArgs& a, const AttentionGradArgs* ga) {
+  constexpr int64_t VN = kVec<T>;
   auto p = [](const void* x) { return x == nullptr || reinterpret_cast<uintptr_t>(x) % 16 == 0; };
-  bool ok = a.d % 8 == 0 && a.dv % 8 == 0 && p(a.q) && p(a.k) && p(a.v) && p(a.out);
+  bool ok = a.d % VN == 0 && a.dv % VN == 0 && p(a.q) && p(a.k) && p(a.v) && p(a.out);
   for (int64_t s : {a.q_bs0, a.q_bs1, a.q_rs, a.k_bs0, a.k_bs1, a.k_rs, a.v_bs0, a.v_bs1, a.v_rs, a.o_bs0, a.o_bs1,
                     a.o_rs})
-    ok = ok && s % 8 == 0;
+    ok = ok && s % VN == 0;
   if (ga) {
     ok = ok && p(ga->g) && p(ga->dq) && p(ga->dk) && p(ga->dv);
     for (int64_t s : {ga->dq_bs0, ga->dq_bs1, ga->dq_rs, ga->dk_bs0, ga->dk_bs1, ga->dk_rs, ga->dv_bs0, ga->dv_bs1,
@@ -812,7 +867,7 @@ bool aligned(const AttentionArgs& a, const AttentionGradArgs* ga) {
 template <class T, int D, int WM, int BN, int BIAS, bool DROP>
 void forward(const AttentionArgs& a, cudaStream_t s) {
   constexpr int BM = 64 * WM;
-  constexpr size_t smem = sizeof(T) * size_t((BM + 2 * BN) * (D + 8));
+  constexpr size_t smem = sizeof(T) * size_t((BM + 2 * BN) * (D + kVec<T>));
   set_smem(forward_kernel<T, D, WM, BN, BIAS, DROP>, smem, "dot_attention");
   const dim3 grid(unsigned(a.batch0 * a.batch1), unsigned((a.tq + BM - 1) / BM));
   forward_kernel<T, D, WM, BN, BIAS, DROP><<<grid, kThreads, smem, s>>>(a);
@@ -876,7 +931,7 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
     cudaMemsetAsync(diag, 0, dbytes, s);
   }
   if (ga.dk || ga.dv || ga.dbias) {
-    const size_t smem = sizeof(T) * size_t((2 * 64 * WK + 4 * BQ) * (D + 8)) +
+    const size_t smem = sizeof(T) * size_t((2 * 64 * WK + 4 * BQ) * (D + kVec<T>)) +
                         (relative ? sizeof(float) * size_t(64 * WK * (BQ + 1)) : 0);
     set_smem(keys_kernel<T, D, WK, BQ, BIAS, DROP>, smem, "dot_attention backward");
     keys_kernel<T, D, WK, BQ, BIAS, DROP><<<unsigned(problems * kblocks), kThreads, smem, s>>>(
@@ -888,7 +943,7 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
     cudaFreeAsync(diag, s);
   }
   if (ga.dq || scaled) {
-    constexpr size_t smem = sizeof(T) * size_t((2 * 64 * WQ + 2 * BK) * (D + 8));
+    constexpr size_t smem = sizeof(T) * size_t((2 * 64 * WQ + 2 * BK) * (D + kVec<T>));
     set_smem(queries_kernel<T, D, WQ, BK, BIAS, DROP>, smem, "dot_attention backward");
     queries_kernel<T, D, WQ, BK, BIAS, DROP><<<dim3(unsigned(problems), unsigned(qblocks)), kThreads, smem, s>>>(
         a, ga, dr, row_len, tile_kmax, dscale);
@@ -915,11 +970,18 @@ void backward_for(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStrea
   }
 }
 
+// Whether the problem fits the kernels' grid and alignment (T's).
+template <class T>
+bool fits(const AttentionArgs& a, const AttentionGradArgs* ga) {
+  const int64_t width = a.d > a.dv ? a.d : a.dv;
+  return width <= 256 && aligned<T>(a, ga) && (a.tq + kTile - 1) / kTile <= 65535 &&
+         a.batch0 * a.batch1 <= 0x7fffffff;
+}
+
 template <class T>
 bool dispatch_width(const AttentionArgs& a, const AttentionGradArgs* ga, cudaStream_t s) {
+  if (!fits<T>(a, ga)) return false;
   const int64_t width = a.d > a.dv ? a.d : a.dv;
-  if (width > 256 || !aligned(a, ga)) return false;
-  if ((a.tq + kTile - 1) / kTile > 65535 || a.batch0 * a.batch1 > 0x7fffffff) return false;
   // Forward: 32 queries per warp up to head size 64 (each K and V operand serves two row
   // tiles, halving the shared-memory reads per product), 16 above (registers).
   if (width <= 64) ga ? backward_for<T, 64, 2, 32, 2, 32>(a, *ga, s) : forward_for<T, 64, 2, 64>(a, s);
@@ -929,11 +991,22 @@ bool dispatch_width(const AttentionArgs& a, const AttentionGradArgs* ga, cudaStr
   return true;
 }
 
+// TF32: f32 operand fragments take twice the registers of 16-bit ones, so 16 queries (keys)
+// per warp and head sizes up to 128.
+bool dispatch_tf32(const AttentionArgs& a, const AttentionGradArgs* ga, cudaStream_t s) {
+  if (!fits<float>(a, ga) || (a.d > a.dv ? a.d : a.dv) > 128) return false;
+  if ((a.d > a.dv ? a.d : a.dv) <= 64)
+    ga ? backward_for<float, 64, 1, 32, 1, 32>(a, *ga, s) : forward_for<float, 64, 1, 64>(a, s);
+  else ga ? backward_for<float, 128, 1, 16, 1, 32>(a, *ga, s) : forward_for<float, 128, 1, 32>(a, s);
+  return true;
+}
+
 }  // namespace
 
 bool launch_attention_mma(DType dt, const AttentionArgs& a, const AttentionGradArgs* ga, cudaStream_t s) {
   if (dt == DType::bf16) return dispatch_width<__nv_bfloat16>(a, ga, s);
   if (dt == DType::f16) return dispatch_width<__half>(a, ga, s);
+  if (dt == DType::f32) return dispatch_tf32(a, ga, s);
   return false;
 }
 

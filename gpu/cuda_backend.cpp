@@ -8,6 +8,8 @@
 #include <mutex>
 #include <vector>
 
+#include <dimx/matmul.h>
+
 #include "backend.h"
 #ifdef DIMX_WITH_CUDNN
 #include "cudnn_attention.h"
@@ -267,6 +269,13 @@ class CudaBackend final : public backend::Backend {
   // cuDNN's forward reads the per-problem lengths (cudnn()).
   bool attention_reads_spans() const override { return true; }
 #endif
+  // f32 with set_allow_tf32(true) on the tensor-core kernels (TF32 operands, f32 accumulation and
+  // statistics), which take every bias and dropout; where they decline (head size over 128,
+  // rows not 16-byte aligned) the exact kernels below. The forward's row statistics (log2 units)
+  // mean the same in both, so either backward follows either forward.
+  static bool tf32(DType dt, const backend::Attention& a) {
+    return dt == DType::f32 && allow_tf32() && a.batch[0] * a.batch[1] > 0 && a.tq > 0 && a.dv > 0;
+  }
   // Measured on the H200 (BEATs layer, B=8 T=1024 H=12, f32): the exact f32/f64 kernels reading
   // a bias that varies over both queries and keys from device memory are slower than the
   // unfused path (forward 3.87 vs 3.37 ms, forward + backward 12.6 vs 10.5 ms), so they decline
@@ -282,6 +291,10 @@ class CudaBackend final : public backend::Backend {
   bool attention(DType dt, const backend::Attention& a) override {
     if (CudnnAttention* c = cudnn(dt, a); c && c->forward(dt, attention_args(a))) {
       if (a.on_library) *a.on_library = true;
+      return true;
+    }
+    if (tf32(dt, a) && launch_attention_mma(dt, attention_args(a), nullptr, stream())) {
+      if (a.on_tf32) *a.on_tf32 = true;
       return true;
     }
     const bool exact = dt == DType::f32 || dt == DType::f64;
@@ -343,6 +356,10 @@ class CudaBackend final : public backend::Backend {
                                g.dbias, g.dbias_batch_offset};
     ga.drow_scale = g.drow_scale;
     ga.drow_scale_off = g.drow_scale_offset;
+    if (tf32(dt, a) && a.lse && a.tk > 0 && a.d > 0 && launch_attention_mma(dt, attention_args(a), &ga, stream())) {
+      if (a.on_tf32) *a.on_tf32 = true;
+      return true;
+    }
     return launch_attention_backward(dt, attention_args(a), ga, stream());
   }
 

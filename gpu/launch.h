@@ -131,9 +131,9 @@ void launch_scatter_add(DType dt, const Meta<3>& m, const void* x, int64_t axis_
 bool launch_attention(DType dt, const AttentionArgs& a, cudaStream_t s);
 // False where no kernel fits (as launch_attention) or a.lse is null.
 bool launch_attention_backward(DType dt, const AttentionArgs& a, const AttentionGradArgs& g, cudaStream_t s);
-// The bf16/f16 tensor-core kernels behind both (gpu/attention_mma.cu): the forward where g is
-// null, else the backward; lse in f32. False where none fits (head sizes over 128, rows not
-// 16-byte aligned).
+// The tensor-core kernels (gpu/attention_mma.cu): bf16/f16, and f32 as TF32 (the caller decides
+// that TF32 is allowed); the forward where g is null, else the backward; lse in f32. False where
+// none fits (head sizes over 256, over 128 for TF32; rows not 16-byte aligned).
 bool launch_attention_mma(DType dt, const AttentionArgs& a, const AttentionGradArgs* g, cudaStream_t s);
 // The WKV scan (float32; see src/backend.h's Wkv): contiguous [B, T, C] k, v; w, u [C];
 // lengths (nullable) i64 [B]; state (each nullable as a whole) [B, C].

@@ -34,7 +34,7 @@ namespace dimx {
 namespace {
 
 std::atomic<int64_t> g_fused_fwd{0}, g_unfused_fwd{0}, g_fused_bwd{0}, g_unfused_bwd{0}, g_rel_gathered{0},
-    g_library_fwd{0};
+    g_library_fwd{0}, g_tf32_fwd{0}, g_tf32_bwd{0};
 
 // DIMX_STRICT_FUSED=1: a fallback from the fused path is an error.
 bool strict_fused() {
@@ -423,12 +423,15 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
                   "dot_attention");
     a.lse = f.lse.impl().data();
   }
-  bool library = false;
+  bool library = false, tf32 = false;
   a.on_library = &library;
+  a.on_tf32 = &tf32;
   const bool ran = backend::backend_for(q.device()).attention(dt, a);
   a.on_library = nullptr;
+  a.on_tf32 = nullptr;
   if (!ran) return {};
   if (library) g_library_fwd.fetch_add(1, std::memory_order_relaxed);
+  if (tf32) g_tf32_fwd.fetch_add(1, std::memory_order_relaxed);
   f.out = out;
   if (auto fd = v0.feature_dim(); fd && out.has_dim(*fd)) f.out = out.with_feature_dim(fd);
   f.q = q;
@@ -532,7 +535,11 @@ std::optional<std::vector<Tensor>> fused_backward(const Fused& f, const Tensor& 
     ga.drow_scale = dscale.buf.impl().data();
     ga.drow_scale_offset = dscale.offsets_ptr();
   }
-  if (!backend::backend_for(f.out.device()).attention_backward(f.out.dtype(), f.args, ga)) return std::nullopt;
+  backend::Attention args = f.args;
+  bool tf32 = false;
+  args.on_tf32 = &tf32;
+  if (!backend::backend_for(f.out.device()).attention_backward(f.out.dtype(), args, ga)) return std::nullopt;
+  if (tf32) g_tf32_bwd.fetch_add(1, std::memory_order_relaxed);
   return std::vector<Tensor>{dq, dk, dv, dbias.finish(f.bias), dscale.finish(f.row_scale)};
 }
 
@@ -760,6 +767,8 @@ AttentionPathCounts attention_path_counts() {
   c.unfused_backward = g_unfused_bwd.load();
   c.relative_bias_gathered = g_rel_gathered.load();
   c.library_forward = g_library_fwd.load();
+  c.tf32_forward = g_tf32_fwd.load();
+  c.tf32_backward = g_tf32_bwd.load();
   return c;
 }
 
@@ -770,6 +779,8 @@ void reset_attention_path_counts() {
   g_unfused_bwd = 0;
   g_rel_gathered = 0;
   g_library_fwd = 0;
+  g_tf32_fwd = 0;
+  g_tf32_bwd = 0;
 }
 
 Tensor dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Dim& key_dim, const Dim& kv_axis,

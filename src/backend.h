@@ -115,6 +115,8 @@ struct Attention {
   void* lse = nullptr;
   // Nullable: set to true by a device that ran a vendor library's kernel (cuDNN) for the call.
   bool* on_library = nullptr;
+  // Nullable: set to true by a device that ran f32 on TF32 tensor cores (set_allow_tf32), forward or backward.
+  bool* on_tf32 = nullptr;
 };
 
 // Where attention_backward writes the gradients of q, k and v (each nullable: not wanted), in

@@ -762,6 +762,98 @@ TEST_CASE("gpu: bf16 and f16 dot_attention on tensor cores, forward and backward
     }
 }
 
+// f32 with set_allow_tf32(true): the tensor-core kernels take f32 operands as TF32 (10-bit
+// mantissas, f32 accumulation), every bias and dropout included, up to head size 128; above,
+// the exact kernels run. Against the CPU's exact f32 (same dropout mask), within TF32's
+// rounding; path counts say which ran; two runs agree bit for bit. NaN fills padded k and v.
+TEST_CASE("gpu: f32 dot_attention on TF32 tensor cores where allowed, forward and backward", "[gpu][attention]") {
+  struct Tf32On {
+    Tf32On() { set_allow_tf32(true); }
+    ~Tf32On() { set_allow_tf32(false); }
+  };
+  Dim batch(3, "batch"), heads(2, "heads");
+  Dim time = dynamic_dim(batch, {70, 33, 0}, "time"), qt(45, "qt"), time_long = dynamic_dim(batch, {600, 257, 0}, "time");
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  enum Extra { kNone, kBias, kRelative, kDropout };
+  struct Setup {
+    const char* name;
+    int64_t width;
+    bool causal, long_ = false;
+    Extra extra = kNone;
+    double scale = 0;  // 0: 1 / sqrt(width)
+  };
+  for (Setup st : {Setup{"padded, head size 64", 64, false}, Setup{"causal, head size 128", 128, true},
+                   Setup{"padded causal, 600 frames, head size 64", 64, true, true},
+                   Setup{"padded, head size 32, negative scale", 32, false, false, kNone, -0.3},
+                   Setup{"a bias over {batch, heads, query, key}, head size 64", 64, false, false, kBias},
+                   Setup{"a relative bias with a row scale, causal, head size 96", 96, true, false, kRelative},
+                   Setup{"dropout, head size 64", 64, false, false, kDropout},
+                   Setup{"head size 200: the exact kernels", 200, false}}) {
+    INFO(st.name);
+    const Dim key(st.width, "key"), t = st.long_ ? time_long : time;
+    const Dim query = st.causal ? t : qt;
+    const Dim positions(2 * t.extent() - 1, "positions");
+    auto leaf = [&](const Dims& dims, uint32_t seed, bool pad_nan) {
+      Tensor x = input(dims, seed, Device::cpu(), -1, 1);
+      return pad_nan ? where(sequence_mask({t}), x, nan) : x;
+    };
+    const Tensor q0 = leaf({batch, query, heads, key}, 131, false), k0 = leaf({batch, t, heads, key}, 132, true);
+    const Tensor v0 = leaf({t, batch, heads, key}, 133, true);
+    const Tensor b0 = st.extra == kBias       ? leaf({batch, heads, query, t}, 134, true)
+                      : st.extra == kRelative ? leaf({heads, positions}, 134, false)
+                                              : Tensor();
+    const Tensor gate0 = st.extra == kRelative ? input({t, batch}, 135, Device::cpu(), 0, 2) : Tensor();
+    const Tensor gout = copy_masked(input({batch, query, heads, key}, 136, Device::cpu(), -1, 1), {query});
+    auto run = [&](Device dev) {
+      std::vector<Tensor> leaves;
+      for (const Tensor* x : {&q0, &k0, &v0, &b0, &gate0})
+        if (x->defined()) leaves.push_back(x->to(dev).with_requires_grad());
+      Generator gen(7);
+      AttentionOptions o;
+      o.scale = st.scale != 0 ? st.scale : 1 / std::sqrt(double(st.width));
+      o.fused = true;
+      if (st.extra == kBias) o.bias = leaves[3];
+      if (st.extra == kRelative) o.relative_bias = RelativeBias{leaves[3], t, positions, leaves[4]};
+      if (st.extra == kDropout) o.dropout = 0.2, o.gen = &gen;
+      const Dim keys = st.causal ? nn::causal_key_dim(t, t) : t;
+      auto on_keys = [&](const Tensor& x) { return keys == t ? x : replace_dim(x, t, keys).first; };
+      Tensor out = dot_attention(leaves[0], on_keys(leaves[1]), on_keys(leaves[2]), key, keys, o);
+      std::vector<Tensor> r = grad(out, leaves, gout.to(dev));
+      r.push_back(out);
+      for (Tensor& x : r) {
+        x = x.astype(DType::f64).to(Device::cpu());
+        if (x.has_dim(batch) && x.has_dim(query)) x = copy_masked(x, {query});
+        if (x.has_dim(batch) && x.has_dim(t) && query != t) x = copy_masked(x, {t});
+      }
+      return r;
+    };
+    const std::vector<Tensor> want = run(Device::cpu());
+    Tf32On on;
+    nn::reset_attention_path_counts();
+    const std::vector<Tensor> got = run(kGpu);
+    const nn::AttentionPathCounts c = nn::attention_path_counts();
+    const int tf32 = st.width <= 128 ? 1 : 0;
+    CHECK(c.fused_forward == 1);
+    CHECK(c.fused_backward == 1);
+    CHECK(c.tf32_forward == tf32);
+    CHECK(c.tf32_backward == tf32);
+    // TF32 truncates q, k and v to 10-bit mantissas and rounds the weights and dS to them.
+    const double tol = tf32 ? 5e-3 : 3e-5;
+    for (size_t i = 0; i < want.size(); ++i) {
+      INFO("result " << i << " of q, k, v, [bias, scale,] out");
+      std::vector<double> g = got[i].to_vector<double>(want[i].dims()), w = want[i].to_vector<double>(want[i].dims());
+      double scale = 1;  // a bias's gradient sums over rows: scaled to its largest value
+      if (i >= 3 && i + 1 < want.size())
+        for (double e : w) scale = std::max(scale, std::abs(e));
+      CHECK_VEC_APPROX(g, w, tol, tol * scale);
+      for (double e : g) REQUIRE(std::isfinite(e));
+    }
+    const std::vector<Tensor> again = run(kGpu);
+    for (size_t i = 0; i < got.size(); ++i)
+      CHECK(again[i].to_vector<double>(got[i].dims()) == got[i].to_vector<double>(got[i].dims()));
+  }
+}
+
 // The additive bias read inside the fused kernels, forward and backward (its gradient too),
 // in every precision: over every problem's own (batch, heads, query, key) elements; shared by
 // the batch (each problem's share added by the frontend after); over the keys alone (a sum
