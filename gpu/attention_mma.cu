@@ -26,6 +26,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -837,13 +838,21 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
-template <class K>
-void set_smem(K kernel, size_t smem, const char* what) {
-  const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+// Raises Kernel's dynamic shared memory limit to smem (the most any of its launches takes),
+// once per device: the first launch on each device pays for the attribute call.
+template <auto Kernel>
+void set_smem(size_t smem, const char* what) {
+  static std::atomic<uint64_t> done{0};  // a bit per device ordinal below 64
+  int dev = 0;
+  cudaGetDevice(&dev);
+  const uint64_t bit = dev >= 0 && dev < 64 ? uint64_t(1) << dev : 0;
+  if (bit && (done.load(std::memory_order_acquire) & bit)) return;
+  const cudaError_t attr = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (attr != cudaSuccess) {
     cudaGetLastError();
     throw Error(std::string(what) + ": cudaFuncSetAttribute failed: " + cudaGetErrorString(attr));
   }
+  done.fetch_or(bit, std::memory_order_release);
 }
 
 // The tensor-core kernels need 16-byte rows: d, dv, every base and stride multiples of 16 bytes.
@@ -868,7 +877,7 @@ template <class T, int D, int WM, int BN, int BIAS, bool DROP>
 void forward(const AttentionArgs& a, cudaStream_t s) {
   constexpr int BM = 64 * WM;
   constexpr size_t smem = sizeof(T) * size_t((BM + 2 * BN) * (D + kVec<T>));
-  set_smem(forward_kernel<T, D, WM, BN, BIAS, DROP>, smem, "dot_attention");
+  set_smem<forward_kernel<T, D, WM, BN, BIAS, DROP>>(smem, "dot_attention");
   const dim3 grid(unsigned(a.batch0 * a.batch1), unsigned((a.tq + BM - 1) / BM));
   forward_kernel<T, D, WM, BN, BIAS, DROP><<<grid, kThreads, smem, s>>>(a);
   check_launch("dot_attention");
@@ -931,9 +940,11 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
     cudaMemsetAsync(diag, 0, dbytes, s);
   }
   if (ga.dk || ga.dv || ga.dbias) {
-    const size_t smem = sizeof(T) * size_t((2 * 64 * WK + 4 * BQ) * (D + kVec<T>)) +
-                        (relative ? sizeof(float) * size_t(64 * WK * (BQ + 1)) : 0);
-    set_smem(keys_kernel<T, D, WK, BQ, BIAS, DROP>, smem, "dot_attention backward");
+    // (A relative bias's dS tile only where its gradient is wanted; the limit covers it always.)
+    constexpr size_t tiles = sizeof(T) * size_t((2 * 64 * WK + 4 * BQ) * (D + kVec<T>)),
+                     diag_tile = BIAS == kBiasRelative ? sizeof(float) * size_t(64 * WK * (BQ + 1)) : 0;
+    const size_t smem = tiles + (relative ? diag_tile : 0);
+    set_smem<keys_kernel<T, D, WK, BQ, BIAS, DROP>>(tiles + diag_tile, "dot_attention backward");
     keys_kernel<T, D, WK, BQ, BIAS, DROP><<<unsigned(problems * kblocks), kThreads, smem, s>>>(
         a, ga, dr, row_len, tile_kmax, tile_kmin, diag);
     check_launch("dot_attention backward (keys)");
@@ -944,7 +955,7 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
   }
   if (ga.dq || scaled) {
     constexpr size_t smem = sizeof(T) * size_t((2 * 64 * WQ + 2 * BK) * (D + kVec<T>));
-    set_smem(queries_kernel<T, D, WQ, BK, BIAS, DROP>, smem, "dot_attention backward");
+    set_smem<queries_kernel<T, D, WQ, BK, BIAS, DROP>>(smem, "dot_attention backward");
     queries_kernel<T, D, WQ, BK, BIAS, DROP><<<dim3(unsigned(problems), unsigned(qblocks)), kThreads, smem, s>>>(
         a, ga, dr, row_len, tile_kmax, dscale);
     check_launch("dot_attention backward (queries)");
@@ -996,7 +1007,7 @@ bool dispatch_width(const AttentionArgs& a, const AttentionGradArgs* ga, cudaStr
 bool dispatch_tf32(const AttentionArgs& a, const AttentionGradArgs* ga, cudaStream_t s) {
   if (!fits<float>(a, ga) || (a.d > a.dv ? a.d : a.dv) > 128) return false;
   if ((a.d > a.dv ? a.d : a.dv) <= 64)
-    ga ? backward_for<float, 64, 1, 32, 1, 32>(a, *ga, s) : forward_for<float, 64, 1, 64>(a, s);
+    ga ? backward_for<float, 64, 1, 32, 1, 32>(a, *ga, s) : forward_for<float, 64, 2, 32>(a, s);
   else ga ? backward_for<float, 128, 1, 16, 1, 32>(a, *ga, s) : forward_for<float, 128, 1, 32>(a, s);
   return true;
 }
