@@ -764,7 +764,8 @@ TEST_CASE("gpu: bf16 and f16 dot_attention on tensor cores, forward and backward
 
 // f32 with set_allow_tf32(true): the tensor-core kernels take f32 operands as TF32 (10-bit
 // mantissas, f32 accumulation), every bias and dropout included, up to head size 128; above,
-// the exact kernels run. Against the CPU's exact f32 (same dropout mask), within TF32's
+// the exact kernels run. Padded, causal, and causal continuing a history (a chunk of queries
+// at positions past each sequence's earlier keys). Against the CPU's exact f32 (same dropout mask), within TF32's
 // rounding; path counts say which ran; two runs agree bit for bit. NaN fills padded k and v.
 TEST_CASE("gpu: f32 dot_attention on TF32 tensor cores where allowed, forward and backward", "[gpu][attention]") {
   struct Tf32On {
@@ -774,7 +775,7 @@ TEST_CASE("gpu: f32 dot_attention on TF32 tensor cores where allowed, forward an
   Dim batch(3, "batch"), heads(2, "heads");
   Dim time = dynamic_dim(batch, {70, 33, 0}, "time"), qt(45, "qt"), time_long = dynamic_dim(batch, {600, 257, 0}, "time");
   const double nan = std::numeric_limits<double>::quiet_NaN();
-  enum Extra { kNone, kBias, kRelative, kDropout };
+  enum Extra { kNone, kBias, kRelative, kDropout, kHistory };
   struct Setup {
     const char* name;
     int64_t width;
@@ -788,10 +789,13 @@ TEST_CASE("gpu: f32 dot_attention on TF32 tensor cores where allowed, forward an
                    Setup{"a bias over {batch, heads, query, key}, head size 64", 64, false, false, kBias},
                    Setup{"a relative bias with a row scale, causal, head size 96", 96, true, false, kRelative},
                    Setup{"dropout, head size 64", 64, false, false, kDropout},
+                   Setup{"12 queries continuing a history of 58, 21 and 0 keys, head size 64", 64, false, false, kHistory},
                    Setup{"head size 200: the exact kernels", 200, false}}) {
     INFO(st.name);
     const Dim key(st.width, "key"), t = st.long_ ? time_long : time;
-    const Dim query = st.causal ? t : qt;
+    // kHistory: query i of sequence b at position hist[b] + i sees keys 0 .. hist[b] + i of t.
+    const Dim qh(12, "chunk");
+    const Dim query = st.causal ? t : st.extra == kHistory ? qh : qt;
     const Dim positions(2 * t.extent() - 1, "positions");
     auto leaf = [&](const Dims& dims, uint32_t seed, bool pad_nan) {
       Tensor x = input(dims, seed, Device::cpu(), -1, 1);
@@ -815,7 +819,13 @@ TEST_CASE("gpu: f32 dot_attention on TF32 tensor cores where allowed, forward an
       if (st.extra == kBias) o.bias = leaves[3];
       if (st.extra == kRelative) o.relative_bias = RelativeBias{leaves[3], t, positions, leaves[4]};
       if (st.extra == kDropout) o.dropout = 0.2, o.gen = &gen;
-      const Dim keys = st.causal ? nn::causal_key_dim(t, t) : t;
+      const Tensor hist = Tensor::from_vector<int32_t>({batch}, {58, 21, 0}).to(dev);
+      const Dim keys = st.causal              ? nn::causal_key_dim(t, t)
+                       : st.extra == kHistory ? nn::causal_key_dim(
+                                                    add(range_over_dim(qh, DType::i32, dev).with_sparse_dim(std::nullopt),
+                                                        hist, true),
+                                                    t)
+                                              : t;
       auto on_keys = [&](const Tensor& x) { return keys == t ? x : replace_dim(x, t, keys).first; };
       Tensor out = dot_attention(leaves[0], on_keys(leaves[1]), on_keys(leaves[2]), key, keys, o);
       std::vector<Tensor> r = grad(out, leaves, gout.to(dev));

@@ -91,9 +91,11 @@ struct AttentionPathCounts {
   /// Of the fused forwards, those a vendor library ran (cuDNN's flash attention, CUDA bf16/f16
   /// without bias or dropout; DIMX_CUDNN_ATTENTION=0 keeps them on dimx's own kernels).
   int64_t library_forward = 0;
-  /// Of the fused f32 forwards and backwards, those that ran on TF32 tensor cores (CUDA, with
+  /// Of the fused f32 forwards, those that ran on TF32 tensor cores (CUDA, with
   /// set_allow_tf32(true), head sizes up to 128 and 16-byte aligned rows); the others are exact.
-  int64_t tf32_forward = 0, tf32_backward = 0;
+  int64_t tf32_forward = 0;
+  /// Of the fused f32 backwards, those that ran on TF32 tensor cores (as tf32_forward).
+  int64_t tf32_backward = 0;
 };
 /// The counts so far.
 AttentionPathCounts attention_path_counts();
