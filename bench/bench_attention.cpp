@@ -102,7 +102,7 @@ nn::DotAttentionOptions training_dropout(Generator& gen) {
 #ifdef DIMX_BENCH_CUDA
 // The fused attention table (CUDA): dot_attention on {batch, heads, time, d} for
 // (B, H, T, d) = (8, 12, 1024, 64) and (4, 16, 4096, 64). bf16: no mask; per-sequence key lengths
-// T - (T/2) b / (B - 1) (in [T/2, T], mean fill 3/4 at B = 8, 5/6 at B = 4); the T5 bias
+// T - (T/2) b / (B - 1) (in [T/2, T], mean fill 3/4 at either B); the T5 bias
 // (table {buckets: 320, heads}, max distance 800, BEATs's) with those lengths. f32: no mask,
 // the T5 bias, each also with TF32 allowed ("tf32", torch's peers with allow_tf32 too).
 // Forward and forward + backward (gradients of q, k, v and, with the bias, of the

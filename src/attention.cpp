@@ -13,6 +13,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <functional>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <string>
 
@@ -166,6 +168,8 @@ struct Fused {
 
 // Where each problem's part of t starts (i64 [problems] on `device`; problem p enumerates the
 // Dims of `groups` row-major); undefined where t has none of them (every problem starts at 0).
+// The offsets depend on strides and extents alone, so a model's layers and a run's steps share
+// one upload per distinct list and device (kept, up to 64 lists; callers never write to it).
 Tensor problem_offsets(const Tensor& t, const Dims& groups, Device device) {
   bool any = false;
   for (const Dim& d : groups) any = any || t.has_dim(d);
@@ -181,7 +185,15 @@ Tensor problem_offsets(const Tensor& t, const Dims& groups, Device device) {
     }
     offs[size_t(p)] = off;
   }
-  return Tensor::from_vector<int64_t>({Dim(problems, "attention_problems")}, offs).to(device);
+  using Key = std::pair<std::pair<int, int>, std::vector<int64_t>>;
+  static std::mutex mu;
+  static auto& kept = *new std::map<Key, Tensor>;  // never destroyed: no device frees at exit
+  Key key{{int(device.type), device.index}, std::move(offs)};
+  std::lock_guard<std::mutex> lock(mu);
+  if (auto it = kept.find(key); it != kept.end()) return it->second;
+  if (kept.size() >= 64) kept.clear();
+  Tensor r = Tensor::from_vector<int64_t>({Dim(problems, "attention_problems")}, key.second).to(device);
+  return kept.emplace(std::move(key), r).first->second;
 }
 
 // The bias laid out for the primitive (contiguous, its query Dims adjacent in q's order) and
