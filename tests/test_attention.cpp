@@ -301,6 +301,20 @@ TEST_CASE("dot_attention: path counters and strict fused mode", "[attention][str
   CHECK(c.fused_backward == 1);  // the CPU's fused backward
   CHECK(c.unfused_forward == 0);
   CHECK(c.unfused_backward == 0);
+  CHECK(c.tf32_forward + c.tf32_backward == 0);
+  // The CPU has no TF32: allowing it changes neither the path nor a bit of the result.
+  set_allow_tf32(true);
+  nn::reset_attention_path_counts();
+  Tensor out_tf32 = nn::dot_attention(q, k, v, s.key, s.time, o);
+  grad(reduce_sum(out_tf32, out_tf32.dims()), {q, k, v});
+  set_allow_tf32(false);
+  c = nn::attention_path_counts();
+  CHECK(c.fused_forward == 1);
+  CHECK(c.fused_backward == 1);
+  CHECK(c.tf32_forward + c.tf32_backward == 0);
+  CHECK(out_tf32.to_vector<double>(out.dims()) == out.to_vector<double>(out.dims()));
+  nn::reset_attention_path_counts();
+  nn::dot_attention(q, k, v, s.key, s.time, o);  // (the count below starts here)
   // Asked for unfused: counted, never an error.
   o.fused = false;
   nn::dot_attention(q, k, v, s.key, s.time, o);
