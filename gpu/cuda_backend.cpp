@@ -293,13 +293,13 @@ class CudaBackend final : public backend::Backend {
       if (a.on_library) *a.on_library = true;
       return true;
     }
+    const bool relative = a.bias.data && a.bias.col_stride != 0 && a.bias.row_stride == -a.bias.col_stride;
+    if (a.bias.row_scale && !relative) return false;  // a row scale comes with a relative bias
     if (tf32(dt, a) && launch_attention_mma(dt, attention_args(a), nullptr, stream())) {
       if (a.on_tf32) *a.on_tf32 = true;
       return true;
     }
     const bool exact = dt == DType::f32 || dt == DType::f64;
-    const bool relative = a.bias.data && a.bias.col_stride != 0 && a.bias.row_stride == -a.bias.col_stride;
-    if (exact && a.bias.row_scale && !relative) return false;  // a row scale comes with a relative bias
     if (exact && a.bias.data && !relative && a.bias.row_stride != 0 && a.bias.col_stride != 0) return false;
     if (exact && a.dropout.p > 0) return false;
     return launch_attention(dt, attention_args(a), stream());
