@@ -1,7 +1,7 @@
-// Fused attention for bf16 and f16 on tensor cores (mma.sync m16n8k16, f32 accumulation),
-// forward and backward, for the problems of gpu/attention.cu (the same AttentionArgs: strided
-// q, k, v, out; per (problem, query) key lengths; the forward writes each row's log2-sum-exp2,
-// in f32, for the backward).
+// Fused attention for bf16 and f16 on tensor cores (mma.sync m16n8k16, f32 accumulation), and
+// for f32 as TF32 where the caller allows it (m16n8k8: see kStep), forward and backward, for the
+// problems of gpu/attention.cu (the same AttentionArgs: strided q, k, v, out; per (problem,
+// query) key lengths; the forward writes each row's log2-sum-exp2, in f32, for the backward).
 //
 // Forward: a block of 4 warps owns 64 queries (16 per warp) and walks the keys they can see in
 // tiles of 64. A warp's energies S = Q K^T stay in the accumulator fragments, the online
