@@ -1005,8 +1005,9 @@ bool dispatch_width(const AttentionArgs& a, const AttentionGradArgs* ga, cudaStr
 // TF32: f32 operand fragments take twice the registers of 16-bit ones, so 16 queries (keys)
 // per warp and head sizes up to 128.
 bool dispatch_tf32(const AttentionArgs& a, const AttentionGradArgs* ga, cudaStream_t s) {
-  if (!fits<float>(a, ga) || (a.d > a.dv ? a.d : a.dv) > 128) return false;
-  if ((a.d > a.dv ? a.d : a.dv) <= 64)
+  const int64_t width = a.d > a.dv ? a.d : a.dv;
+  if (!fits<float>(a, ga) || width > 128) return false;
+  if (width <= 64)
     ga ? backward_for<float, 64, 1, 32, 1, 32>(a, *ga, s) : forward_for<float, 64, 2, 32>(a, s);
   else ga ? backward_for<float, 128, 1, 16, 1, 32>(a, *ga, s) : forward_for<float, 128, 1, 32>(a, s);
   return true;

@@ -289,20 +289,21 @@ class CudaBackend final : public backend::Backend {
   // T=1024 d=64 f32: 6.63 vs 4.45 ms), so they decline it as well; the tensor-core kernels share
   // each block between lanes and keep it (bf16: 2.1 ms fused against 3.85 unfused).
   bool attention(DType dt, const backend::Attention& a) override {
-    if (CudnnAttention* c = cudnn(dt, a); c && c->forward(dt, attention_args(a))) {
+    const AttentionArgs args = attention_args(a);
+    if (CudnnAttention* c = cudnn(dt, args); c && c->forward(dt, args)) {
       if (a.on_library) *a.on_library = true;
       return true;
     }
     const bool relative = a.bias.data && a.bias.col_stride != 0 && a.bias.row_stride == -a.bias.col_stride;
     if (a.bias.row_scale && !relative) return false;  // a row scale comes with a relative bias
-    if (tf32(dt, a) && launch_attention_mma(dt, attention_args(a), nullptr, stream())) {
+    if (tf32(dt, a) && launch_attention_mma(dt, args, nullptr, stream())) {
       if (a.on_tf32) *a.on_tf32 = true;
       return true;
     }
     const bool exact = dt == DType::f32 || dt == DType::f64;
     if (exact && a.bias.data && !relative && a.bias.row_stride != 0 && a.bias.col_stride != 0) return false;
     if (exact && a.dropout.p > 0) return false;
-    return launch_attention(dt, attention_args(a), stream());
+    return launch_attention(dt, args, stream());
   }
   // cuDNN's flash attention for a forward it takes, where it was measured faster than the own
   // kernels (null: the own kernels). On the H200 (docs/performance.md, bf16, head size 64): without
@@ -310,12 +311,12 @@ class CudaBackend final : public backend::Backend {
   // per-sequence key lengths, whose padded keys and values it needs zeroed in a copy first,
   // 0.200 vs 0.171 ms at T = 1024 but 0.589 vs 0.871 ms at T = 4096: so padded keys go to cuDNN
   // from 2048 keys on. DIMX_CUDNN_ATTENTION=1 sends every call it takes to cuDNN, 0 none.
-  CudnnAttention* cudnn(DType dt, const backend::Attention& a) {
+  CudnnAttention* cudnn(DType dt, const AttentionArgs& a) {
 #ifdef DIMX_WITH_CUDNN
     const char* env = std::getenv("DIMX_CUDNN_ATTENTION");
     const std::string mode = env ? env : "";
-    if (cudnn_failed_ || mode == "0" || !CudnnAttention::fits(dt, attention_args(a))) return nullptr;
-    if (mode != "1" && a.spans.kv && a.tk < 2048) return nullptr;
+    if (cudnn_failed_ || mode == "0" || !CudnnAttention::fits(dt, a)) return nullptr;
+    if (mode != "1" && a.span_kv && a.tk < 2048) return nullptr;
     if (!cudnn_) {
       try {
         cudnn_ = std::make_unique<CudnnAttention>(stream());
@@ -356,11 +357,12 @@ class CudaBackend final : public backend::Backend {
                                g.dbias, g.dbias_batch_offset};
     ga.drow_scale = g.drow_scale;
     ga.drow_scale_off = g.drow_scale_offset;
-    if (tf32(dt, a) && a.lse && a.tk > 0 && a.d > 0 && launch_attention_mma(dt, attention_args(a), &ga, stream())) {
+    const AttentionArgs args = attention_args(a);
+    if (tf32(dt, a) && a.lse && a.tk > 0 && a.d > 0 && launch_attention_mma(dt, args, &ga, stream())) {
       if (a.on_tf32) *a.on_tf32 = true;
       return true;
     }
-    return launch_attention_backward(dt, attention_args(a), ga, stream());
+    return launch_attention_backward(dt, args, ga, stream());
   }
 
   bool gather(DType dt, const Shape& shape, const In& x, int64_t axis_stride, int64_t extent, const In& idx, bool clip,

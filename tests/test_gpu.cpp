@@ -50,6 +50,16 @@ void consistent(const std::string& name, const Case& f, double rtol = 1e-5, doub
   }
 }
 
+// Results on the CPU in f64, with the padded frames of a batch-indexed query Dim and key Dim
+// (where they differ) set to 0: what a comparison of per-sequence results reads.
+void masked_on_cpu(std::vector<Tensor>& r, const Dim& batch, const Dim& query, const Dim& keys) {
+  for (Tensor& x : r) {
+    x = x.astype(DType::f64).to(Device::cpu());
+    if (x.has_dim(batch) && x.has_dim(query)) x = copy_masked(x, {query});
+    if (x.has_dim(batch) && x.has_dim(keys) && query != keys) x = copy_masked(x, {keys});
+  }
+}
+
 struct Dims3 {
   Dim batch{3, "batch"};
   Dim time = dynamic_dim(batch, {5, 2, 0}, "time");
@@ -830,11 +840,7 @@ TEST_CASE("gpu: f32 dot_attention on TF32 tensor cores where allowed, forward an
       Tensor out = dot_attention(leaves[0], on_keys(leaves[1]), on_keys(leaves[2]), key, keys, o);
       std::vector<Tensor> r = grad(out, leaves, gout.to(dev));
       r.push_back(out);
-      for (Tensor& x : r) {
-        x = x.astype(DType::f64).to(Device::cpu());
-        if (x.has_dim(batch) && x.has_dim(query)) x = copy_masked(x, {query});
-        if (x.has_dim(batch) && x.has_dim(t) && query != t) x = copy_masked(x, {t});
-      }
+      masked_on_cpu(r, batch, query, t);
       return r;
     };
     const std::vector<Tensor> want = run(Device::cpu());
@@ -917,11 +923,7 @@ TEST_CASE("gpu: fused dot_attention with an additive bias, every precision", "[g
           Tensor out = nn::dot_attention(leaves[0], leaves[1], leaves[2], key, time, o);
           std::vector<Tensor> r = grad(out, leaves, gout.astype(ldt).to(dev));
           r.push_back(out);
-          for (Tensor& x : r) {
-            x = x.astype(DType::f64).to(Device::cpu());
-            if (x.has_dim(query) && x.has_dim(batch)) x = copy_masked(x, {query});
-            if (x.has_dim(time) && x.has_dim(batch) && query != time) x = copy_masked(x, {time});
-          }
+          masked_on_cpu(r, batch, query, time);
           return r;
         };
         std::vector<Tensor> want = run(Device::cpu(), half ? DType::f64 : dt);
@@ -1089,11 +1091,7 @@ TEST_CASE("gpu: fused dot_attention with dropout, every precision", "[gpu][atten
           if (variant != 2) leaves.pop_back();
           std::vector<Tensor> r = grad(out, leaves, gout.astype(ldt).to(dev));
           r.push_back(out);
-          for (Tensor& x : r) {
-            x = x.astype(DType::f64).to(Device::cpu());
-            if (x.has_dim(query) && x.has_dim(batch)) x = copy_masked(x, {query});
-            if (x.has_dim(kt) && x.has_dim(batch) && query != kt) x = copy_masked(x, {kt});
-          }
+          masked_on_cpu(r, batch, query, kt);
           offset = gen.offset();
           return r;
         };
