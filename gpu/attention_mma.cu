@@ -31,7 +31,9 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "attention_fragments.cuh"
 #include "attention_tiles.cuh"
+#include "attention_wgmma.h"
 #include "common.cuh"
 
 namespace dimx::gpu {
@@ -39,42 +41,9 @@ namespace dimx::gpu {
 namespace {
 
 using namespace attention_tiles;
+using namespace attention_fragments;
 
 constexpr int kTile = 64;  // queries and keys per tile; 16 rows per warp
-
-// An element type's mma step: kStep elements of k per instruction (32 bytes of an operand row:
-// m16n8k16 for bf16/f16, m16n8k8 for TF32), kVec per 16 bytes (a shared tile row's padding).
-// Counted in 32-bit words, the two instructions' fragments are laid out alike, and ldmatrix
-// (untransposed) serves both.
-template <class T>
-constexpr int kStep = 32 / int(sizeof(T));
-template <class T>
-constexpr int kVec = 16 / int(sizeof(T));
-
-// An f32 rounded to TF32 (10 mantissa bits, to nearest), as an mma operand register.
-__device__ __forceinline__ uint32_t tf32(float x) {
-  uint32_t r;
-  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
-  return r;
-}
-
-// Two floats rounded to the (16-bit) element type, packed as an mma operand register (first in the low half).
-template <class T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
-  } else {
-    const __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
-  }
-}
-
-template <class T>
-__device__ __forceinline__ void store2(T* p, float lo, float hi) {
-  if constexpr (std::is_same_v<T, float>) *reinterpret_cast<float2*>(p) = make_float2(lo, hi);
-  else *reinterpret_cast<uint32_t*>(p) = pack2<T>(lo, hi);
-}
 
 // c += a b for one k step: a row-major 16 x kStep, b column-major kStep x 8, c 16 x 8 in f32.
 // f32 operands run as TF32 (the instruction reads a register's top 19 bits).
@@ -99,14 +68,6 @@ __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint3
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
-}
-
-// 2^x on the special function unit alone (denormal results flush to 0: a weight below 2^-126
-// of its row's largest); exp2f adds a range fix-up around it.
-__device__ __forceinline__ float ex2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
 }
 
 // Four 8x8 matrices of 16-bit elements (ldmatrix); lane l gives the address of row l % 8 of
@@ -202,92 +163,13 @@ __device__ __forceinline__ void weights_times_rows(float (&acc)[WM][D / 8][4],
   }
 }
 
-// Accumulator tiles (16 x 8 each, NT of them along the columns) as A operands of the next
-// product (one per k step), rounded to T. 16-bit: two tiles make a step (the accumulator layout
-// of two adjacent tiles is the operand layout). TF32: one tile makes a step, its columns 2t and
-// 2t + 1 in k slots t and t + 4 (weights_times_rows reads Y's rows in that order).
-template <class T, int NT>
-__device__ __forceinline__ void as_operand(uint32_t (&pf)[NT * 8 / kStep<T>][4], const float (&s)[NT][4]) {
-  if constexpr (std::is_same_v<T, float>) {
-#pragma unroll
-    for (int n = 0; n < NT; ++n) {
-      pf[n][0] = tf32(s[n][0]);
-      pf[n][1] = tf32(s[n][2]);
-      pf[n][2] = tf32(s[n][1]);
-      pf[n][3] = tf32(s[n][3]);
-    }
-  } else {
-#pragma unroll
-    for (int kk = 0; kk < NT / 2; ++kk) {
-      pf[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-      pf[kk][1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-      pf[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      pf[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-    }
-  }
-}
-
-
-// The forward: 4 warps of WM tiles of 16 queries each (BM = 64 WM queries per block), key
-// tiles of BN.
-// The dropout decisions of the four weights a thread holds of an 8-key column tile in the
-// forward and dQ layout: rows row0 + 8 h, keys key0 + 2 t + c, element 2 h + c (key0 a
-// multiple of 8). Where the mask comes in aligned groups of four keys, lanes t and t ^ 1 hold
-// halves of the same group of both rows: each draws one row's block and hands the other lane
-// its half. Every lane of the warp must call it (shuffles).
-__device__ __forceinline__ void keep_by_rows(const DropMask<float>& drop, int64_t row0, int64_t key0, int t,
-                                             bool (&kept)[4]) {
-  if (drop.quads) {
-    const int par = t & 1;
-    uint32_t u[4];
-    philox::block(drop.offset + drop.index(row0 + 8 * par, key0 + 4 * (t >> 1)) / 4, drop.seed, u);
-    const uint32_t give0 = par ? u[0] : u[2], give1 = par ? u[1] : u[3];  // the words t ^ 1 needs
-    const uint32_t got0 = __shfl_xor_sync(0xffffffffu, give0, 1), got1 = __shfl_xor_sync(0xffffffffu, give1, 1);
-    const bool own0 = drop.kept_word(par ? u[2] : u[0]), own1 = drop.kept_word(par ? u[3] : u[1]);
-    kept[0] = par ? drop.kept_word(got0) : own0;
-    kept[1] = par ? drop.kept_word(got1) : own1;
-    kept[2] = par ? own0 : drop.kept_word(got0);
-    kept[3] = par ? own1 : drop.kept_word(got1);
-    return;
-  }
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    philox::KeepStream keep = drop.stream();  // keys 2t and 2t + 1 mostly share a counter
-#pragma unroll
-    for (int c = 0; c < 2; ++c) kept[2 * h + c] = keep(drop.index(row0 + 8 * h, key0 + 2 * t + c));
-  }
-}
-
-// The same in the dK/dV layout (transposed): rows row0 + c, keys key0 + k + 8 h, element
-// 2 h + c, where k = g % 4 and key0 a multiple of 4. The lanes of one t and four consecutive g
-// hold one aligned group of four keys for each (h, c): each draws one of the four blocks and
-// they exchange words in four steps (lane k takes word k of every block).
-__device__ __forceinline__ void keep_by_keys(const DropMask<float>& drop, int64_t row0, int64_t key0, int k,
-                                             bool (&kept)[4]) {
-  if (drop.quads) {
-    uint32_t u[4];
-    philox::block(drop.offset + drop.index(row0 + (k & 1), key0 + 8 * (k >> 1)) / 4, drop.seed, u);
-#pragma unroll
-    for (int s = 0; s < 4; ++s) {
-      const int w = k ^ s;  // lane k ^ s wants word k ^ s of this lane's block
-      const uint32_t out = w == 0 ? u[0] : w == 1 ? u[1] : w == 2 ? u[2] : u[3];
-      const uint32_t in = s == 0 ? out : __shfl_xor_sync(0xffffffffu, out, s << 2);
-      const bool x = drop.kept_word(in);  // word k of block k ^ s
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        if ((k ^ s) == e) kept[e] = x;
-    }
-    return;
-  }
-#pragma unroll
-  for (int e = 0; e < 4; ++e) kept[e] = drop.keep(row0 + (e & 1), key0 + k + 8 * (e >> 1));
-}
-
 // The forward's bias kinds (a compile-time parameter: each kernel carries only the code of its
 // own, which keeps the registers of the plain and the relative variants free of the others').
 enum : int { kNoBias = 0, kBiasTensor = 1, kBiasRelative = 2 };
 inline int bias_kind(const AttentionArgs& a) { return !a.bias ? kNoBias : relative_view(a) ? kBiasRelative : kBiasTensor; }
 
+// The forward: 4 warps of WM tiles of 16 queries each (BM = 64 WM queries per block), key
+// tiles of BN.
 template <class T, int D, int WM, int BN, int BIAS, bool DROP>
 __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionArgs a) {
   constexpr int LD = D + kVec<T>, KS = D / kStep<T>, NT = BN / 8, PS = NT * 8 / kStep<T>, BM = 64 * WM;
@@ -838,23 +720,6 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
-// Raises Kernel's dynamic shared memory limit to smem (the most any of its launches takes),
-// once per device: the first launch on each device pays for the attribute call.
-template <auto Kernel>
-void set_smem(size_t smem, const char* what) {
-  static std::atomic<uint64_t> done{0};  // a bit per device ordinal below 64
-  int dev = 0;
-  cudaGetDevice(&dev);
-  const uint64_t bit = dev >= 0 && dev < 64 ? uint64_t(1) << dev : 0;
-  if (bit && (done.load(std::memory_order_acquire) & bit)) return;
-  const cudaError_t attr = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-  if (attr != cudaSuccess) {
-    cudaGetLastError();
-    throw Error(std::string(what) + ": cudaFuncSetAttribute failed: " + cudaGetErrorString(attr));
-  }
-  done.fetch_or(bit, std::memory_order_release);
-}
-
 // The tensor-core kernels need 16-byte rows: d, dv, every base and stride multiples of 16 bytes.
 template <class T>
 bool aligned(const AttentionArgs& a, const AttentionGradArgs* ga) {
@@ -925,6 +790,15 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
   rows_kernel<T, float, kTile><<<dim3(unsigned(problems), unsigned(rtiles)), kThreads, 0, s>>>(
       a, static_cast<const T*>(ga.g), dr, row_len, tile_kmax, tile_kmin, static_cast<T*>(nullptr), 0, 0, 0);
   check_launch("dot_attention backward (rows)");
+  // Without a bias, bf16 and f16 up to head size 64 run their products on wgmma where the
+  // device has it (gpu/attention_wgmma.cu).
+  if constexpr (BIAS == kNoBias && D == 64 && !std::is_same_v<T, float>) {
+    const DType dt = std::is_same_v<T, __nv_bfloat16> ? DType::bf16 : DType::f16;
+    if (launch_attention_backward_wgmma(dt, a, ga, dr, row_len, tile_kmax, tile_kmin, s)) {
+      cudaFreeAsync(scratch, s);
+      return;
+    }
+  }
   // A relative bias's gradient: the keys kernel's diagonal sums, [problems, key tiles, tq + BK - 1].
   float* diag = nullptr;
   const int64_t diag_width = a.tq + 64 * WK - 1;

@@ -357,6 +357,7 @@ class CudaBackend final : public backend::Backend {
                                g.dbias, g.dbias_batch_offset};
     ga.drow_scale = g.drow_scale;
     ga.drow_scale_off = g.drow_scale_offset;
+    ga.on_wgmma = a.on_wgmma;
     const AttentionArgs args = attention_args(a);
     if (tf32(dt, a) && a.lse && a.tk > 0 && a.d > 0 && launch_attention_mma(dt, args, &ga, stream())) {
       if (a.on_tf32) *a.on_tf32 = true;

@@ -77,6 +77,8 @@ struct AttentionGradArgs {
   // drow_scale_off[b] (null: row_scale_off).
   void* drow_scale = nullptr;
   const int64_t* drow_scale_off = nullptr;
+  // Nullable: set to true where the products ran on wgmma (gpu/attention_wgmma.h).
+  bool* on_wgmma = nullptr;
 };
 
 void launch_copy(DType src, DType dst, const Meta<2>& m, const void* x, void* y, cudaStream_t s);

@@ -36,7 +36,7 @@ namespace dimx {
 namespace {
 
 std::atomic<int64_t> g_fused_fwd{0}, g_unfused_fwd{0}, g_fused_bwd{0}, g_unfused_bwd{0}, g_rel_gathered{0},
-    g_library_fwd{0}, g_tf32_fwd{0}, g_tf32_bwd{0};
+    g_library_fwd{0}, g_tf32_fwd{0}, g_tf32_bwd{0}, g_wgmma_bwd{0};
 
 // DIMX_STRICT_FUSED=1: a fallback from the fused path is an error.
 bool strict_fused() {
@@ -548,10 +548,12 @@ std::optional<std::vector<Tensor>> fused_backward(const Fused& f, const Tensor& 
     ga.drow_scale_offset = dscale.offsets_ptr();
   }
   backend::Attention args = f.args;
-  bool tf32 = false;
+  bool tf32 = false, wgmma = false;
   args.on_tf32 = &tf32;
+  args.on_wgmma = &wgmma;
   if (!backend::backend_for(f.out.device()).attention_backward(f.out.dtype(), args, ga)) return std::nullopt;
   if (tf32) g_tf32_bwd.fetch_add(1, std::memory_order_relaxed);
+  if (wgmma) g_wgmma_bwd.fetch_add(1, std::memory_order_relaxed);
   return std::vector<Tensor>{dq, dk, dv, dbias.finish(f.bias), dscale.finish(f.row_scale)};
 }
 
@@ -781,6 +783,7 @@ AttentionPathCounts attention_path_counts() {
   c.library_forward = g_library_fwd.load();
   c.tf32_forward = g_tf32_fwd.load();
   c.tf32_backward = g_tf32_bwd.load();
+  c.wgmma_backward = g_wgmma_bwd.load();
   return c;
 }
 
@@ -793,6 +796,7 @@ void reset_attention_path_counts() {
   g_library_fwd = 0;
   g_tf32_fwd = 0;
   g_tf32_bwd = 0;
+  g_wgmma_bwd = 0;
 }
 
 Tensor dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Dim& key_dim, const Dim& kv_axis,

@@ -117,6 +117,8 @@ struct Attention {
   bool* on_library = nullptr;
   // Nullable: set to true by a device that ran f32 on TF32 tensor cores (set_allow_tf32), forward or backward.
   bool* on_tf32 = nullptr;
+  // Nullable: set to true by a device whose backward ran its products on wgmma (Hopper).
+  bool* on_wgmma = nullptr;
 };
 
 // Where attention_backward writes the gradients of q, k and v (each nullable: not wanted), in

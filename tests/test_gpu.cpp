@@ -9,6 +9,7 @@
 #include <dimx/normalization.h>
 #include <dimx/optim.h>
 #include <dimx/profile.h>
+#include <dimx/runtime.h>
 
 #include <algorithm>
 #include <array>
@@ -58,6 +59,17 @@ void masked_on_cpu(std::vector<Tensor>& r, const Dim& batch, const Dim& query, c
     if (x.has_dim(batch) && x.has_dim(query)) x = copy_masked(x, {query});
     if (x.has_dim(batch) && x.has_dim(keys) && query != keys) x = copy_masked(x, {keys});
   }
+}
+
+// Whether device 0 runs the attention backward's wgmma kernels: compute capability 9.0, with
+// the CUDA layer built for it (runtime_info().cuda: "..., built for sm_<targets, comma-separated>").
+bool wgmma_device() {
+  if (gpu::device_name(0).find("(sm_90,") == std::string::npos) return false;
+  const std::string v = runtime_info().cuda;
+  const size_t at = v.find("built for sm_");
+  if (at == std::string::npos) return false;
+  const std::string targets = "," + v.substr(at + 13) + ",";
+  return targets.find(",90,") != std::string::npos || targets.find(",90-real,") != std::string::npos;
 }
 
 struct Dims3 {
@@ -757,6 +769,7 @@ TEST_CASE("gpu: bf16 and f16 dot_attention on tensor cores, forward and backward
       CHECK(c.fused_forward == 1);
       CHECK(c.fused_backward == 1);
       CHECK(c.unfused_forward + c.unfused_backward == 0);
+      CHECK(c.wgmma_backward == (wgmma_device() && st.width <= 64 ? 1 : 0));
       const double tol = dt == DType::bf16 ? 3e-2 : 4e-3;
       const char* names[] = {"dq", "dk", "dv", "out"};
       for (size_t i = 0; i < want.size(); ++i) {
@@ -1106,6 +1119,7 @@ TEST_CASE("gpu: fused dot_attention with dropout, every precision", "[gpu][atten
         CHECK(pc.fused_backward == (half ? 1 : 0));
         CHECK(pc.unfused_forward == (half ? 0 : 1));
         CHECK(pc.unfused_backward == 0);
+        CHECK(pc.wgmma_backward == (half && width <= 64 && variant != 2 && wgmma_device() ? 1 : 0));  // (2: a bias)
         CHECK(got_offset == want_offset);
         const double tol = dt == DType::f64 ? 1e-10 : dt == DType::f32 ? 3e-5 : dt == DType::bf16 ? 3e-2 : 4e-3;
         for (size_t i = 0; i < want.size(); ++i) {

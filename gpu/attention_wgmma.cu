@@ -1,0 +1,465 @@
+// The tensor-core attention backward's two product kernels on Hopper's warpgroup instructions
+// (wgmma, sm_90a), for bf16 and f16 with head sizes up to 64, without a bias: the same math,
+// tiles, order of sums and results layout as the mma.sync kernels of gpu/attention_mma.cu
+// (keys: dK and dV of a key tile over the query tiles that see it; queries: dQ of a query
+// tile over its keys), which serve every other case. A warpgroup owns 64 rows (16 per warp,
+// in the mma.sync accumulator layout, so the element-wise code is the same), two warpgroups a
+// block; the products run asynchronously, the energies' exponentials overlap dP's product.
+// Operands wait in shared memory as 8 x 8 core matrices (gpu/wgmma.cuh); the weights and dS
+// enter the second products from registers. Every gradient is a sum in one block in a fixed
+// order: two runs give the same bits.
+#include "attention_wgmma.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+#include <string>
+#include <type_traits>
+
+#include "attention_fragments.cuh"
+#include "attention_tiles.cuh"
+#include "common.cuh"
+#include "wgmma.cuh"
+
+namespace dimx::gpu {
+
+namespace {
+
+using namespace attention_tiles;
+using namespace attention_fragments;
+
+constexpr int kWarpgroups = 2;                  // per block
+constexpr int kBlockThreads = 128 * kWarpgroups;
+constexpr int kRows = 64;                       // a warpgroup's rows; the walked tiles' rows too
+constexpr int kTileBytes = kRows * 64 * 2;      // 64 rows x 64 16-bit elements, core-matrix order
+constexpr int kStages = 3;                      // of the walked tiles
+constexpr int kMaxTiles = 512;                  // query tiles whose lengths the keys kernel keeps
+
+// 4 bytes by cp.async (zeros where !valid).
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 4 : 0));
+}
+
+// rows x 64 of a row-major matrix (16-bit, row stride rs) into a core-matrix tile at s, zero
+// outside [nrows, ncols): cp.async, 8 consecutive threads filling one core matrix (128
+// contiguous bytes of shared memory, no bank conflicts).
+template <class T>
+__device__ __forceinline__ void load_core(unsigned char* s, const T* g, int64_t rs, int rows, int nrows, int ncols) {
+  for (int i = threadIdx.x; i < rows * 8; i += kBlockThreads) {
+    const int r = (i >> 6) * 8 + (i & 7), c = ((i >> 3) & 7) * 8;
+    const bool valid = r < nrows && c < ncols;
+    cp_async16(s + wgmma::offset<64>(r, c), valid ? g + r * rs + c : g, valid);
+  }
+}
+
+// Descriptors of a core-matrix tile of 64-element rows from row r0, k step kk: as a K-major
+// operand (k along the rows' elements) and as an MN-major one (k along the rows).
+__device__ __forceinline__ uint64_t k_major(const unsigned char* s, int r0, int kk) {
+  return wgmma::desc(s + wgmma::offset<64>(r0, 16 * kk), 128, 1024);
+}
+__device__ __forceinline__ uint64_t mn_major(const unsigned char* s, int kk) {
+  return wgmma::desc(s + wgmma::offset<64>(16 * kk, 0), 1024, 128);
+}
+
+// 16-bit operands (as_operand's) of a warp's 16 x 64 accumulator tile (8 column tiles of 4).
+template <class T>
+__device__ __forceinline__ void operands(uint32_t (&a)[4][4], const float (&x)[32]) {
+  as_operand<T, 8>(a, reinterpret_cast<const float(&)[8][4]>(x));
+}
+
+// d (64 x 64) = A (rows r0.. of tile a) B^T (the 64 rows of tile b), k = 64, both K-major.
+template <bool BF>
+__device__ __forceinline__ void rows_times_rows(float (&d)[32], const unsigned char* a, int r0, const unsigned char* b) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) wgmma::mma_ss<BF, 0>(d, k_major(a, r0, kk), k_major(b, 0, kk), kk > 0);
+}
+
+// d += P Y: P (64 x 64) from registers, Y the 64 rows of tile y (k along its rows).
+template <bool BF>
+__device__ __forceinline__ void weights_times_rows(float (&d)[32], const uint32_t (&p)[4][4], const unsigned char* y) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) wgmma::mma_rs<BF, 1>(d, p[kk], mn_major(y, kk), true);
+}
+
+// dK and dV of 128 keys of one problem (64 per warpgroup), walking the query tiles of 64 that
+// see any of them (three stages in shared memory: one barrier per tile), as keys_kernel
+// without a bias.
+template <class T, bool DROP>
+__global__ void __launch_bounds__(kBlockThreads, 1)
+    keys_wgmma_kernel(AttentionArgs a, AttentionGradArgs ga, const float* dr, const int* row_len,
+                      const int* tile_kmax, const int* tile_kmin) {
+#ifdef DIMX_WGMMA
+  constexpr bool BF = std::is_same_v<T, __nv_bfloat16>;
+  constexpr int BK = kRows * kWarpgroups, BQ = kRows, NS = kStages;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  unsigned char* Ks = smem_raw;  // BK rows
+  unsigned char* Vs = Ks + kWarpgroups * kTileBytes;
+  unsigned char* Qs = Vs + kWarpgroups * kTileBytes;  // NS stages of BQ rows
+  unsigned char* Gs = Qs + NS * kTileBytes;           // dO, NS stages
+  __shared__ __align__(16) float lse_s[NS][BQ], dr_s[NS][BQ];
+  __shared__ __align__(16) int len_s[NS][BQ], kmin_s[NS][4];
+  __shared__ int kmax_s[kMaxTiles];  // the query tiles' longest lengths, where they fit
+
+  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4,
+            t = lane % 4;
+  const int64_t ktiles = (a.tk + BK - 1) / BK, qtiles = (a.tq + BQ - 1) / BQ;
+  const int64_t b = blockIdx.x / ktiles, b0 = b / a.batch1, b1 = b % a.batch1;
+  const int j0 = int(blockIdx.x % ktiles) * BK, nk = int(a.tk - j0 < BK ? a.tk - j0 : BK);
+  const int d = int(a.d), dv = int(a.dv);
+  const T* q = static_cast<const T*>(a.q) + b0 * a.q_bs0 + b1 * a.q_bs1;
+  const T* go = static_cast<const T*>(ga.g) + b0 * a.o_bs0 + b1 * a.o_bs1;
+  const float* lse = static_cast<const float*>(a.lse) + b * a.tq;
+
+  const bool kept_kmax = qtiles <= kMaxTiles;
+  if (kept_kmax)
+    for (int64_t i = threadIdx.x; i < qtiles; i += kBlockThreads) kmax_s[i] = tile_kmax[b * qtiles + i];
+  load_core<T>(Ks, static_cast<const T*>(a.k) + b0 * a.k_bs0 + b1 * a.k_bs1 + int64_t(j0) * a.k_rs, a.k_rs, BK, nk,
+               d);
+  load_core<T>(Vs, static_cast<const T*>(a.v) + b0 * a.v_bs0 + b1 * a.v_bs1 + int64_t(j0) * a.v_rs, a.v_rs, BK, nk,
+               dv);
+  __syncthreads();  // kmax_s
+  // The first query tile from `from` on that sees a key of this block (qtiles: none).
+  auto next_visit = [&](int64_t from) {
+    while (from < qtiles && (kept_kmax ? kmax_s[from] : tile_kmax[b * qtiles + from]) <= j0) ++from;
+    return from;
+  };
+  // A tile's rows, their dO, log2-sum-exp2, Dr and lengths, and the tile's shortest length,
+  // all by cp.async (rows past the problem: zeros, which no weight reads).
+  auto stage = [&](int64_t it, int buf) {
+    if (it >= qtiles) return;
+    const int64_t i0 = it * BQ;
+    const int nq = int(a.tq - i0 < BQ ? a.tq - i0 : BQ);
+    load_core<T>(Qs + buf * kTileBytes, q + i0 * a.q_rs, a.q_rs, BQ, nq, d);
+    load_core<T>(Gs + buf * kTileBytes, go + i0 * a.o_rs, a.o_rs, BQ, nq, dv);
+    const int i = threadIdx.x;
+    if (i < 3 * BQ / 4) {  // 16-byte groups of 4 rows of the three row values (tq % 4 == 0: whole groups)
+      const int which = i / (BQ / 4), r = (i % (BQ / 4)) * 4;
+      void* dst = which == 0 ? static_cast<void*>(&lse_s[buf][r]) : which == 1 ? static_cast<void*>(&dr_s[buf][r])
+                                                                                 : static_cast<void*>(&len_s[buf][r]);
+      const char* row0 = which == 0   ? reinterpret_cast<const char*>(lse)
+                         : which == 1 ? reinterpret_cast<const char*>(dr + b * a.tq)
+                                      : reinterpret_cast<const char*>(row_len + b * a.tq);
+      if (a.tq % 4 == 0) {
+        const bool in = i0 + r < a.tq;
+        cp_async16(dst, in ? row0 + 4 * (i0 + r) : row0, in);
+      } else {
+        for (int k = 0; k < 4; ++k) {
+          const bool in = i0 + r + k < a.tq;
+          cp_async4(static_cast<char*>(dst) + 4 * k, in ? row0 + 4 * (i0 + r + k) : row0, in);
+        }
+      }
+    } else if (i == 3 * BQ / 4) {
+      cp_async4(&kmin_s[buf][0], tile_kmin + b * qtiles + it, true);
+    }
+  };
+  int64_t it = next_visit(0), nx = next_visit(it + 1);
+  stage(it, 0);
+  cp_async_commit();
+  stage(nx, 1);
+  cp_async_commit();
+
+  float dk[32], dvv[32];
+#pragma unroll
+  for (int e = 0; e < 32; ++e) dk[e] = dvv[e] = 0.f;
+  const float sl2 = float(a.scale * 1.4426950408889634);
+  const int key0 = j0 + wg * kRows + warp * 16 + g;  // this thread's keys: key0, key0 + 8
+  const DropMask<float> drop(a, b0, b1, DROP);
+
+  for (int buf = 0; it < qtiles; buf = buf == NS - 1 ? 0 : buf + 1) {
+    const int64_t nx2 = next_visit(nx + 1);
+    cp_async_wait1();  // this tile's stage
+    wgmma::fence_shared();
+    __syncthreads();  // every thread's copies are in; the stage of two tiles ago is free
+    stage(nx2, buf == 0 ? NS - 1 : buf - 1);
+    cp_async_commit();
+    unsigned char* Q = Qs + buf * kTileBytes;
+    const unsigned char* G = Gs + buf * kTileBytes;
+    const int64_t i0 = it * BQ;
+    const int kmin = kmin_s[buf][0];
+    // A padded query row (length 0) may hold anything: zero it (dK's products would carry it).
+    if (kmin == 0) {
+      for (int i = threadIdx.x; i < BQ * 8; i += kBlockThreads) {
+        const int r = i / 8;
+        if (len_s[buf][r] == 0) *reinterpret_cast<uint4*>(Q + wgmma::offset<64>(r, (i % 8) * 8)) = make_uint4(0, 0, 0, 0);
+      }
+      wgmma::fence_shared();
+      __syncthreads();
+    }
+    float s[32], dp[32];
+    wgmma::fence();
+    rows_times_rows<BF>(s, Ks, wg * kRows, Q);  // S^T: keys x queries
+    wgmma::commit();
+    rows_times_rows<BF>(dp, Vs, wg * kRows, G);  // dP^T
+    wgmma::commit();
+    wgmma::wait<1>();
+    wgmma::pin(s);  // (reads of s stay after the wait)
+    // P^T (into s, before dropout) while dP^T's product runs, then dS^T (into dp). Each weight
+    // is tested against its row's length unless every row of the tile sees all the warp's keys.
+    uint32_t pf[4][4], df[4][4];
+    auto weights = [&](auto whole) {
+      uint32_t dropped = 0;  // bit 4 n + e: weight (n, e) dropped
+      float kept_p[32];
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        bool kept[4] = {true, true, true, true};
+        if (DROP) keep_by_keys(drop, i0 + 8 * n + 2 * t, key0 - (g & 3), g & 3, kept);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = 8 * n + 2 * t + (e & 1), key = key0 + 8 * (e / 2);
+          const bool seen = decltype(whole)::value || key < len_s[buf][r];
+          const float p = seen ? ex2(fmaf(s[4 * n + e], sl2, -lse_s[buf][r])) : 0.f;
+          s[4 * n + e] = p;
+          kept_p[4 * n + e] = kept[e] ? (DROP ? p * drop.scale : p) : 0.f;
+          if (DROP && !kept[e]) dropped |= 1u << (4 * n + e);
+        }
+      }
+      operands<T>(pf, kept_p);  // dV from the dropped weights
+      wgmma::wait<0>();
+      wgmma::pin(dp);
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = 8 * n + 2 * t + (e & 1), key = key0 + 8 * (e / 2);
+          const bool seen = decltype(whole)::value || key < len_s[buf][r];  // (dP^T may be NaN past it)
+          const float x = dp[4 * n + e];
+          const float dpd = DROP && (dropped >> (4 * n + e)) & 1 ? 0.f : DROP ? x * drop.scale : x;
+          dp[4 * n + e] = seen ? s[4 * n + e] * (dpd - dr_s[buf][r]) : 0.f;
+        }
+      operands<T>(df, dp);
+    };
+    either(j0 + wg * kRows + (warp + 1) * 16 <= kmin, weights);
+    wgmma::fence();
+    weights_times_rows<BF>(dvv, pf, G);  // dV += P^T dO
+    weights_times_rows<BF>(dk, df, Q);   // dK += dS^T Q
+    wgmma::commit();
+    wgmma::wait<0>();
+    it = nx;
+    nx = nx2;
+  }
+  cp_async_wait_all();
+  wgmma::pin(dk);
+  wgmma::pin(dvv);
+
+  const float sc = float(a.scale);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int kr = wg * kRows + warp * 16 + g + 8 * h;
+    if (kr >= nk) continue;
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      const int col = 8 * n + 2 * t;
+      if (ga.dk && col < d)
+        store2<T>(static_cast<T*>(ga.dk) + b0 * ga.dk_bs0 + b1 * ga.dk_bs1 + int64_t(j0 + kr) * ga.dk_rs + col,
+                  dk[4 * n + 2 * h] * sc, dk[4 * n + 2 * h + 1] * sc);
+      if (ga.dv && col < dv)
+        store2<T>(static_cast<T*>(ga.dv) + b0 * ga.dv_bs0 + b1 * ga.dv_bs1 + int64_t(j0 + kr) * ga.dv_rs + col,
+                  dvv[4 * n + 2 * h], dvv[4 * n + 2 * h + 1]);
+    }
+  }
+#endif
+}
+
+// dQ of 128 queries of one problem (64 per warpgroup), walking their keys in tiles of 64 (three
+// stages in shared memory, one barrier per tile), as queries_kernel without a bias.
+template <class T, bool DROP>
+__global__ void __launch_bounds__(kBlockThreads, DROP ? 1 : 2)  // (two blocks per SM without dropout's registers)
+    queries_wgmma_kernel(AttentionArgs a, AttentionGradArgs ga, const float* dr, const int* row_len,
+                         const int* tile_kmax) {
+#ifdef DIMX_WGMMA
+  constexpr bool BF = std::is_same_v<T, __nv_bfloat16>;
+  constexpr int BM = kRows * kWarpgroups, BK = kRows, NS = kStages;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  unsigned char* Qs = smem_raw;                       // BM rows
+  unsigned char* Gs = Qs + kWarpgroups * kTileBytes;  // dO, BM rows
+  unsigned char* Ks = Gs + kWarpgroups * kTileBytes;  // NS stages of BK rows
+  unsigned char* Vs = Ks + NS * kTileBytes;           // NS stages
+
+  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4,
+            t = lane % 4;
+  const int64_t b = blockIdx.x, b0 = b / a.batch1, b1 = b % a.batch1, rtiles = (a.tq + kRows - 1) / kRows;
+  const int64_t i0 = int64_t(gridDim.y - 1 - blockIdx.y) * BM;
+  const int nq = int(a.tq - i0 < BM ? a.tq - i0 : BM);
+  int kmax = 0;
+  for (int64_t rt = i0 / kRows; rt < rtiles && rt < (i0 + BM) / kRows; ++rt)
+    kmax = tile_kmax[b * rtiles + rt] > kmax ? tile_kmax[b * rtiles + rt] : kmax;
+  const int d = int(a.d), dv = int(a.dv);
+  const T* k = static_cast<const T*>(a.k) + b0 * a.k_bs0 + b1 * a.k_bs1;
+  const T* v = static_cast<const T*>(a.v) + b0 * a.v_bs0 + b1 * a.v_bs1;
+
+  load_core<T>(Qs, static_cast<const T*>(a.q) + b0 * a.q_bs0 + b1 * a.q_bs1 + i0 * a.q_rs, a.q_rs, BM, nq, d);
+  load_core<T>(Gs, static_cast<const T*>(ga.g) + b0 * a.o_bs0 + b1 * a.o_bs1 + i0 * a.o_rs, a.o_rs, BM, nq, dv);
+  // Key tiles up to the block's longest length; past it, zeros (padded keys may hold anything).
+  auto stage = [&](int j0, int buf) {
+    if (j0 >= kmax) return;
+    const int n = kmax - j0 < BK ? kmax - j0 : BK;
+    load_core<T>(Ks + buf * kTileBytes, k + int64_t(j0) * a.k_rs, a.k_rs, BK, n, d);
+    load_core<T>(Vs + buf * kTileBytes, v + int64_t(j0) * a.v_rs, a.v_rs, BK, n, dv);
+  };
+  stage(0, 0);
+  cp_async_commit();
+  stage(BK, 1);
+  cp_async_commit();
+
+  const int64_t r0 = i0 + wg * kRows + warp * 16 + g;  // this thread's rows: r0, r0 + 8
+  int len[1][2];
+  float lse[2], drr[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t r = r0 + 8 * h;
+    const bool in = r < a.tq;
+    len[0][h] = in ? row_len[b * a.tq + r] : 0;
+    lse[h] = in ? static_cast<const float*>(a.lse)[b * a.tq + r] : INFINITY;
+    drr[h] = in ? dr[b * a.tq + r] : 0.f;
+  }
+  const int least = warp_shortest<1>(len);  // the key tiles below it are seen whole
+  float dq[32];
+#pragma unroll
+  for (int e = 0; e < 32; ++e) dq[e] = 0.f;
+  const float sl2 = float(a.scale * 1.4426950408889634);
+  const DropMask<float> drop(a, b0, b1, DROP);
+
+  for (int j0 = 0, buf = 0; j0 < kmax; j0 += BK, buf = buf == NS - 1 ? 0 : buf + 1) {
+    cp_async_wait1();  // this tile's stage
+    wgmma::fence_shared();
+    __syncthreads();  // every thread's copies are in; the stage of two tiles ago is free
+    stage(j0 + 2 * BK, buf == 0 ? NS - 1 : buf - 1);
+    cp_async_commit();
+    const unsigned char* K = Ks + buf * kTileBytes;
+    const unsigned char* V = Vs + buf * kTileBytes;
+    float s[32], dp[32];
+    wgmma::fence();
+    rows_times_rows<BF>(s, Qs, wg * kRows, K);  // S: queries x keys
+    wgmma::commit();
+    rows_times_rows<BF>(dp, Gs, wg * kRows, V);  // dP = dO V^T
+    wgmma::commit();
+    wgmma::wait<1>();
+    wgmma::pin(s);  // (reads of s stay after the wait)
+    // P (into s) while dP's product runs, then dS (into dp), as in the keys kernel.
+    uint32_t df[4][4];
+    auto weights = [&](auto whole) {
+      uint32_t dropped = 0;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        bool kept[4] = {true, true, true, true};
+        if (DROP) keep_by_rows(drop, r0, j0 + 8 * n, t, kept);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = j0 + 8 * n + 2 * t + (e & 1), h = e / 2;
+          const bool seen = decltype(whole)::value || key < len[0][h];
+          s[4 * n + e] = seen ? ex2(fmaf(s[4 * n + e], sl2, -lse[h])) : 0.f;
+          if (DROP && !kept[e]) dropped |= 1u << (4 * n + e);
+        }
+      }
+      wgmma::wait<0>();
+      wgmma::pin(dp);
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = j0 + 8 * n + 2 * t + (e & 1), h = e / 2;
+          const bool seen = decltype(whole)::value || key < len[0][h];
+          const float x = dp[4 * n + e];
+          const float dpd = DROP && (dropped >> (4 * n + e)) & 1 ? 0.f : DROP ? x * drop.scale : x;
+          dp[4 * n + e] = seen ? s[4 * n + e] * (dpd - drr[h]) : 0.f;
+        }
+      operands<T>(df, dp);
+    };
+    either(j0 + BK <= least, weights);
+    wgmma::fence();
+    weights_times_rows<BF>(dq, df, K);  // dQ += dS K
+    wgmma::commit();
+    wgmma::wait<0>();
+  }
+  cp_async_wait_all();
+  wgmma::pin(dq);
+
+  if (!ga.dq) return;
+  const float sc = float(a.scale);
+  T* out = static_cast<T*>(ga.dq) + b0 * ga.dq_bs0 + b1 * ga.dq_bs1;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t r = r0 + 8 * h;
+    if (r >= a.tq) continue;
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      const int col = 8 * n + 2 * t;
+      if (col < d) store2<T>(out + r * ga.dq_rs + col, dq[4 * n + 2 * h] * sc, dq[4 * n + 2 * h + 1] * sc);
+    }
+  }
+#endif
+}
+
+template <class T, bool DROP>
+void launch(const AttentionArgs& a, const AttentionGradArgs& ga, const float* dr, const int* row_len,
+            const int* tile_kmax, const int* tile_kmin, cudaStream_t s) {
+  const int64_t problems = a.batch0 * a.batch1;
+  if (ga.dk || ga.dv) {
+    const int64_t kblocks = (a.tk + 2 * kRows - 1) / (2 * kRows);
+    constexpr size_t smem = size_t(2 * kWarpgroups + 2 * kStages) * kTileBytes;
+    set_smem<keys_wgmma_kernel<T, DROP>>(smem, "dot_attention backward");
+    keys_wgmma_kernel<T, DROP><<<unsigned(problems * kblocks), kBlockThreads, smem, s>>>(a, ga, dr, row_len,
+                                                                                        tile_kmax, tile_kmin);
+    check_launch("dot_attention backward (keys, wgmma)");
+  }
+  if (ga.dq) {
+    const int64_t qblocks = (a.tq + 2 * kRows - 1) / (2 * kRows);
+    constexpr size_t smem = size_t(2 * kWarpgroups + 2 * kStages) * kTileBytes;
+    set_smem<queries_wgmma_kernel<T, DROP>>(smem, "dot_attention backward");
+    queries_wgmma_kernel<T, DROP><<<dim3(unsigned(problems), unsigned(qblocks)), kBlockThreads, smem, s>>>(
+        a, ga, dr, row_len, tile_kmax);
+    check_launch("dot_attention backward (queries, wgmma)");
+  }
+}
+
+// Whether the current device runs the sm_90a kernels (compute capability 9.0), per device.
+bool hopper() {
+  static std::atomic<uint64_t> known{0}, yes{0};  // a bit per device ordinal below 64
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return cudaGetLastError(), false;
+  const uint64_t bit = uint64_t(1) << dev;
+  if (!(known.load(std::memory_order_acquire) & bit)) {
+    int major = 0, minor = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+    if (major == 9 && minor == 0) yes.fetch_or(bit, std::memory_order_relaxed);
+    known.fetch_or(bit, std::memory_order_release);
+  }
+  return yes.load(std::memory_order_relaxed) & bit;
+}
+
+}  // namespace
+
+bool attention_wgmma_built() {
+#ifdef DIMX_WGMMA_TARGET
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool launch_attention_backward_wgmma(DType dt, const AttentionArgs& a, const AttentionGradArgs& ga, const float* dr,
+                                     const int* row_len, const int* tile_kmax, const int* tile_kmin, cudaStream_t s) {
+  // DIMX_WGMMA_ATTENTION=0 keeps every backward on the mma.sync kernels (for comparisons).
+  static const bool off = [] {
+    const char* e = std::getenv("DIMX_WGMMA_ATTENTION");
+    return e && std::string(e) == "0";
+  }();
+  if (off || !attention_wgmma_built() || (dt != DType::bf16 && dt != DType::f16) || a.bias || a.d > 64 ||
+      a.dv > 64 || !hopper())
+    return false;
+  const bool drop = a.drop_p > 0;
+  if (dt == DType::bf16)
+    drop ? launch<__nv_bfloat16, true>(a, ga, dr, row_len, tile_kmax, tile_kmin, s)
+         : launch<__nv_bfloat16, false>(a, ga, dr, row_len, tile_kmax, tile_kmin, s);
+  else
+    drop ? launch<__half, true>(a, ga, dr, row_len, tile_kmax, tile_kmin, s)
+         : launch<__half, false>(a, ga, dr, row_len, tile_kmax, tile_kmin, s);
+  if (ga.on_wgmma) *ga.on_wgmma = true;
+  return true;
+}
+
+}  // namespace dimx::gpu

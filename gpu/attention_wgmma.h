@@ -1,0 +1,20 @@
+#pragma once
+// The tensor-core attention backward's product kernels on wgmma (gpu/attention_wgmma.cu).
+#include <cuda_runtime.h>
+
+#include <dimx/dtype.h>
+#include "launch.h"
+
+namespace dimx::gpu {
+
+// Whether the library holds the sm_90a kernels (its CUDA targets include compute capability 9.0).
+bool attention_wgmma_built();
+
+// The dK/dV and dQ kernels of the tensor-core backward on wgmma, after its rows kernel (dr,
+// row_len, tile_kmax, tile_kmin: that kernel's outputs, row tiles of 64), for bf16 and f16 with
+// head sizes up to 64 and no bias, on a device of compute capability 9.0; false, launching
+// nothing, elsewhere.
+bool launch_attention_backward_wgmma(DType dt, const AttentionArgs& a, const AttentionGradArgs& ga, const float* dr,
+                                     const int* row_len, const int* tile_kmax, const int* tile_kmin, cudaStream_t s);
+
+}  // namespace dimx::gpu
