@@ -46,9 +46,12 @@ __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool val
 // rows x 64 of a row-major matrix (16-bit, row stride rs) into a core-matrix tile at s, zero
 // outside [nrows, ncols): cp.async, 8 consecutive threads filling one core matrix (128
 // contiguous bytes of shared memory, no bank conflicts).
-template <class T>
-__device__ __forceinline__ void load_core(unsigned char* s, const T* g, int64_t rs, int rows, int nrows, int ncols) {
-  for (int i = threadIdx.x; i < rows * 8; i += kBlockThreads) {
+template <class T, int ROWS>
+__device__ __forceinline__ void load_core(unsigned char* s, const T* g, int64_t rs, int nrows, int ncols) {
+  static_assert(ROWS * 8 % kBlockThreads == 0, "whole passes of the block");
+#pragma unroll
+  for (int k = 0; k < ROWS * 8 / kBlockThreads; ++k) {
+    const int i = int(threadIdx.x) + k * kBlockThreads;
     const int r = (i >> 6) * 8 + (i & 7), c = ((i >> 3) & 7) * 8;
     const bool valid = r < nrows && c < ncols;
     cp_async16(s + wgmma::offset<64>(r, c), valid ? g + r * rs + c : g, valid);
@@ -116,9 +119,9 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   const bool kept_kmax = qtiles <= kMaxTiles;
   if (kept_kmax)
     for (int64_t i = threadIdx.x; i < qtiles; i += kBlockThreads) kmax_s[i] = tile_kmax[b * qtiles + i];
-  load_core<T>(Ks, static_cast<const T*>(a.k) + b0 * a.k_bs0 + b1 * a.k_bs1 + int64_t(j0) * a.k_rs, a.k_rs, BK, nk,
+  load_core<T, BK>(Ks, static_cast<const T*>(a.k) + b0 * a.k_bs0 + b1 * a.k_bs1 + int64_t(j0) * a.k_rs, a.k_rs, nk,
                d);
-  load_core<T>(Vs, static_cast<const T*>(a.v) + b0 * a.v_bs0 + b1 * a.v_bs1 + int64_t(j0) * a.v_rs, a.v_rs, BK, nk,
+  load_core<T, BK>(Vs, static_cast<const T*>(a.v) + b0 * a.v_bs0 + b1 * a.v_bs1 + int64_t(j0) * a.v_rs, a.v_rs, nk,
                dv);
   __syncthreads();  // kmax_s
   // The first query tile from `from` on that sees a key of this block (qtiles: none).
@@ -132,8 +135,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     if (it >= qtiles) return;
     const int64_t i0 = it * BQ;
     const int nq = int(a.tq - i0 < BQ ? a.tq - i0 : BQ);
-    load_core<T>(Qs + buf * kTileBytes, q + i0 * a.q_rs, a.q_rs, BQ, nq, d);
-    load_core<T>(Gs + buf * kTileBytes, go + i0 * a.o_rs, a.o_rs, BQ, nq, dv);
+    load_core<T, BQ>(Qs + buf * kTileBytes, q + i0 * a.q_rs, a.q_rs, nq, d);
+    load_core<T, BQ>(Gs + buf * kTileBytes, go + i0 * a.o_rs, a.o_rs, nq, dv);
     const int i = threadIdx.x;
     if (i < 3 * BQ / 4) {  // 16-byte groups of 4 rows of the three row values (tq % 4 == 0: whole groups)
       const int which = i / (BQ / 4), r = (i % (BQ / 4)) * 4;
@@ -173,8 +176,6 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     cp_async_wait1();  // this tile's stage
     wgmma::fence_shared();
     __syncthreads();  // every thread's copies are in; the stage of two tiles ago is free
-    stage(nx2, buf == 0 ? NS - 1 : buf - 1);
-    cp_async_commit();
     unsigned char* Q = Qs + buf * kTileBytes;
     const unsigned char* G = Gs + buf * kTileBytes;
     const int64_t i0 = it * BQ;
@@ -194,6 +195,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     wgmma::commit();
     rows_times_rows<BF>(dp, Vs, wg * kRows, G);  // dP^T
     wgmma::commit();
+    stage(nx2, buf == 0 ? NS - 1 : buf - 1);  // (while the products run)
+    cp_async_commit();
     wgmma::wait<1>();
     wgmma::pin(s);  // (reads of s stay after the wait)
     // P^T (into s, before dropout) while dP^T's product runs, then dS^T (into dp). Each weight
@@ -290,14 +293,14 @@ __global__ void __launch_bounds__(kBlockThreads, DROP ? 1 : 2)  // (two blocks p
   const T* k = static_cast<const T*>(a.k) + b0 * a.k_bs0 + b1 * a.k_bs1;
   const T* v = static_cast<const T*>(a.v) + b0 * a.v_bs0 + b1 * a.v_bs1;
 
-  load_core<T>(Qs, static_cast<const T*>(a.q) + b0 * a.q_bs0 + b1 * a.q_bs1 + i0 * a.q_rs, a.q_rs, BM, nq, d);
-  load_core<T>(Gs, static_cast<const T*>(ga.g) + b0 * a.o_bs0 + b1 * a.o_bs1 + i0 * a.o_rs, a.o_rs, BM, nq, dv);
+  load_core<T, BM>(Qs, static_cast<const T*>(a.q) + b0 * a.q_bs0 + b1 * a.q_bs1 + i0 * a.q_rs, a.q_rs, nq, d);
+  load_core<T, BM>(Gs, static_cast<const T*>(ga.g) + b0 * a.o_bs0 + b1 * a.o_bs1 + i0 * a.o_rs, a.o_rs, nq, dv);
   // Key tiles up to the block's longest length; past it, zeros (padded keys may hold anything).
   auto stage = [&](int j0, int buf) {
     if (j0 >= kmax) return;
     const int n = kmax - j0 < BK ? kmax - j0 : BK;
-    load_core<T>(Ks + buf * kTileBytes, k + int64_t(j0) * a.k_rs, a.k_rs, BK, n, d);
-    load_core<T>(Vs + buf * kTileBytes, v + int64_t(j0) * a.v_rs, a.v_rs, BK, n, dv);
+    load_core<T, BK>(Ks + buf * kTileBytes, k + int64_t(j0) * a.k_rs, a.k_rs, n, d);
+    load_core<T, BK>(Vs + buf * kTileBytes, v + int64_t(j0) * a.v_rs, a.v_rs, n, dv);
   };
   stage(0, 0);
   cp_async_commit();
@@ -326,8 +329,6 @@ __global__ void __launch_bounds__(kBlockThreads, DROP ? 1 : 2)  // (two blocks p
     cp_async_wait1();  // this tile's stage
     wgmma::fence_shared();
     __syncthreads();  // every thread's copies are in; the stage of two tiles ago is free
-    stage(j0 + 2 * BK, buf == 0 ? NS - 1 : buf - 1);
-    cp_async_commit();
     const unsigned char* K = Ks + buf * kTileBytes;
     const unsigned char* V = Vs + buf * kTileBytes;
     float s[32], dp[32];
@@ -336,6 +337,8 @@ __global__ void __launch_bounds__(kBlockThreads, DROP ? 1 : 2)  // (two blocks p
     wgmma::commit();
     rows_times_rows<BF>(dp, Gs, wg * kRows, V);  // dP = dO V^T
     wgmma::commit();
+    stage(j0 + 2 * BK, buf == 0 ? NS - 1 : buf - 1);  // (while the products run)
+    cp_async_commit();
     wgmma::wait<1>();
     wgmma::pin(s);  // (reads of s stay after the wait)
     // P (into s) while dP's product runs, then dS (into dp), as in the keys kernel.
