@@ -104,11 +104,12 @@ int main() {
   unsetenv("DIMX_CUDNN_ATTENTION");
   const double d_att = max_diff(o_lib.astype(DType::f32), o_own.astype(DType::f32));
   std::cout << "bf16 attention: " << on_lib.fused_forward << " fused forward, " << on_lib.library_forward
-            << " on cuDNN; with DIMX_CUDNN_ATTENTION=0: " << on_own.library_forward
-            << " on cuDNN; max |diff| = " << d_att << "\n";
+            << " on cuDNN; with DIMX_CUDNN_ATTENTION=0: " << on_own.library_forward << " on cuDNN, "
+            << on_own.wgmma_forward << " on wgmma; max |diff| = " << d_att << "\n";
 
   // The backward runs on the own kernels; on a Hopper GPU (compute capability 9.0) their
-  // products for bf16 without a bias, head sizes up to 64, use the warpgroup instructions.
+  // products for bf16 without a bias, head sizes up to 64, use the warpgroup instructions
+  // (wgmma), as do those of the own forward above.
   reset_attention_path_counts();
   Tensor qg = q.with_requires_grad();
   backward(reduce_sum(nn::dot_attention(qg, kv, kv, head, frames).astype(DType::f32), qg.dims()));
@@ -135,6 +136,7 @@ int main() {
             on_lib.fused_forward == 1 && on_own.fused_forward == 1 && on_own.library_forward == 0 && d_att < 2e-2 &&
             on_tf32.tf32_forward == 1 && on_tf32.tf32_backward == 1 && d_tf32 < 1e-2 && d_tf32 > 0 &&
             on_bwd.fused_backward == 1 && on_bwd.unfused_backward == 0 && on_bwd.wgmma_backward <= 1 &&
+            on_own.wgmma_forward == on_bwd.wgmma_backward &&
             std::isfinite(reduce_sum(qg.grad().astype(DType::f32), qg.dims()).item<float>());
   std::cout << (ok ? "gpu_tour: ok" : "gpu_tour: WRONG RESULT") << "\n";
   return ok ? 0 : 1;

@@ -740,6 +740,11 @@ bool aligned(const AttentionArgs& a, const AttentionGradArgs* ga) {
 
 template <class T, int D, int WM, int BN, int BIAS, bool DROP>
 void forward(const AttentionArgs& a, cudaStream_t s) {
+  // Without a bias or dropout, bf16 and f16 up to head size 64 run on wgmma where the device
+  // has it (gpu/attention_wgmma.cu).
+  if constexpr (BIAS == kNoBias && !DROP && D == 64 && !std::is_same_v<T, float>) {
+    if (launch_attention_forward_wgmma(std::is_same_v<T, __nv_bfloat16> ? DType::bf16 : DType::f16, a, s)) return;
+  }
   constexpr int BM = 64 * WM;
   constexpr size_t smem = sizeof(T) * size_t((BM + 2 * BN) * (D + kVec<T>));
   set_smem<forward_kernel<T, D, WM, BN, BIAS, DROP>>(smem, "dot_attention");

@@ -1,13 +1,13 @@
-// The tensor-core attention backward's two product kernels on Hopper's warpgroup instructions
-// (wgmma, sm_90a), for bf16 and f16 with head sizes up to 64, without a bias: the same math,
-// tiles, order of sums and results layout as the mma.sync kernels of gpu/attention_mma.cu
-// (keys: dK and dV of a key tile over the query tiles that see it; queries: dQ of a query
-// tile over its keys), which serve every other case. A warpgroup owns 64 rows (16 per warp,
-// in the mma.sync accumulator layout, so the element-wise code is the same), two warpgroups a
-// block; the products run asynchronously, the energies' exponentials overlap dP's product.
-// Operands wait in shared memory as 8 x 8 core matrices (gpu/wgmma.cuh); the weights and dS
-// enter the second products from registers. Every gradient is a sum in one block in a fixed
-// order: two runs give the same bits.
+// The tensor-core attention kernels on Hopper's warpgroup instructions (wgmma, sm_90a), for
+// bf16 and f16 with head sizes up to 64, without a bias: the backward's two product kernels
+// (keys: dK and dV of a key tile over the query tiles that see it; queries: dQ of a query tile
+// over its keys) and the forward without dropout, with the same math, tiles, order of sums and
+// results layout as the mma.sync kernels of gpu/attention_mma.cu, which serve every other case.
+// A warpgroup owns 64 rows (16 per warp, in the mma.sync accumulator layout, so the
+// element-wise code is the same), two warpgroups a block; the products run asynchronously
+// while the next tiles load. Operands wait in shared memory as 8 x 8 core matrices
+// (gpu/wgmma.cuh); the weights and dS enter the second products from registers. Every result is
+// a sum in one block in a fixed order: two runs give the same bits.
 #include "attention_wgmma.h"
 
 #include <cuda_bf16.h>
@@ -396,6 +396,148 @@ __global__ void __launch_bounds__(kBlockThreads, DROP ? 1 : 2)  // (two blocks p
 #endif
 }
 
+// The forward of bf16/f16 without a bias or dropout (as forward_kernel): 128 queries of one
+// problem (64 per warpgroup) walk the keys their rows can see in tiles of 64 (three stages
+// in shared memory, one barrier per tile); S = Q K^T from shared memory, the online softmax
+// on the accumulators in registers, O += P V with the weights from registers.
+template <class T>
+__global__ void __launch_bounds__(kBlockThreads, 2) forward_wgmma_kernel(AttentionArgs a) {
+#ifdef DIMX_WGMMA
+  constexpr bool BF = std::is_same_v<T, __nv_bfloat16>;
+  constexpr int BM = kRows * kWarpgroups, BN = kRows, NS = kStages;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  unsigned char* Qs = smem_raw;                       // BM rows
+  unsigned char* Ks = Qs + kWarpgroups * kTileBytes;  // NS stages of BN rows
+  unsigned char* Vs = Ks + NS * kTileBytes;           // NS stages
+  __shared__ int kmax_s;
+
+  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4,
+            t = lane % 4;
+  const int64_t b = blockIdx.x, b0 = b / a.batch1, b1 = b % a.batch1;
+  const int64_t i0 = int64_t(gridDim.y - 1 - blockIdx.y) * BM;  // longest (causal) blocks first
+  const T* k = static_cast<const T*>(a.k) + b0 * a.k_bs0 + b1 * a.k_bs1;
+  const T* v = static_cast<const T*>(a.v) + b0 * a.v_bs0 + b1 * a.v_bs1;
+
+  if (threadIdx.x == 0) kmax_s = 0;
+  __syncthreads();
+  const int64_t r0 = i0 + wg * kRows + warp * 16 + g;  // this thread's rows: r0, r0 + 8
+  int len[1][2], mine = 0;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    len[0][h] = row_length(a, b, r0 + 8 * h);  // 0 past the rows
+    mine = len[0][h] > mine ? len[0][h] : mine;
+  }
+  if (mine > 0) atomicMax(&kmax_s, mine);
+  const int least = warp_shortest<1>(len);  // the key tiles below it are seen whole
+  __syncthreads();
+  const int kmax = kmax_s, d = int(a.d), dv = int(a.dv);
+
+  load_core<T, BM>(Qs, static_cast<const T*>(a.q) + b0 * a.q_bs0 + b1 * a.q_bs1 + i0 * a.q_rs, a.q_rs,
+                   int(a.tq - i0 < BM ? a.tq - i0 : BM), d);
+  // Key tiles up to the block's longest length; past it, zeros (padded keys may hold anything).
+  auto stage = [&](int j0, int buf) {
+    if (j0 >= kmax) return;
+    const int n = kmax - j0 < BN ? kmax - j0 : BN;
+    load_core<T, BN>(Ks + buf * kTileBytes, k + int64_t(j0) * a.k_rs, a.k_rs, n, d);
+    load_core<T, BN>(Vs + buf * kTileBytes, v + int64_t(j0) * a.v_rs, a.v_rs, n, dv);
+  };
+  stage(0, 0);
+  cp_async_commit();
+  stage(BN, 1);
+  cp_async_commit();
+
+  float o[32], m_[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+#pragma unroll
+  for (int e = 0; e < 32; ++e) o[e] = 0.f;
+  const float sl2 = float(a.scale * 1.4426950408889634);
+  // With a positive scale the energies stay unscaled until the exponent (the row maxima scale
+  // with them), as in forward_kernel.
+  const bool raw_scores = sl2 > 0.f;
+  const float exp_scale = raw_scores ? sl2 : 1.f;
+
+  for (int j0 = 0, buf = 0; j0 < kmax; j0 += BN, buf = (buf + 1) % NS) {
+    cp_async_wait1();  // this tile's stage
+    wgmma::fence_shared();
+    __syncthreads();  // every thread's copies are in; the stage of the tile before is free
+    const unsigned char* K = Ks + buf * kTileBytes;
+    const unsigned char* V = Vs + buf * kTileBytes;
+    float s[32];
+    wgmma::fence();
+    rows_times_rows<BF>(s, Qs, wg * kRows, K);  // S = Q K^T
+    wgmma::commit();
+    stage(j0 + 2 * BN, (buf + 2) % NS);  // (while the product runs)
+    cp_async_commit();
+    wgmma::wait<0>();
+    wgmma::pin(s);
+    wgmma::pin(o);
+    // The energies in log2 units (raw: unscaled), -inf past a row's keys unless every row of the
+    // warp sees the whole tile.
+    auto energies = [&](auto whole, auto raw) {
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = j0 + 8 * n + 2 * t + (e & 1);
+          const bool seen = decltype(whole)::value || key < len[0][e / 2];
+          const float x = decltype(raw)::value ? s[4 * n + e] : s[4 * n + e] * sl2;
+          s[4 * n + e] = seen ? x : -INFINITY;
+        }
+    };
+    either(raw_scores, [&](auto raw) { either(j0 + BN <= least, [&](auto whole) { energies(whole, raw); }); });
+    // Online softmax of rows g (e = 0, 1) and g + 8 (e = 2, 3); a row lives in one quad.
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int i = 0; i < 32; ++i) mx[(i % 4) / 2] = fmaxf(mx[(i % 4) / 2], s[i]);
+    float alpha[2], base[2], sum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+      const float mnew = fmaxf(m_[h], raw_scores ? mx[h] * sl2 : mx[h]);  // (-inf stays -inf)
+      base[h] = mnew == -INFINITY ? 0.f : mnew;  // no visible key yet: all weights 0
+      alpha[h] = ex2(m_[h] - base[h]);
+      m_[h] = mnew;
+    }
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+      s[i] = ex2(fmaf(s[i], exp_scale, -base[(i % 4) / 2]));
+      sum[(i % 4) / 2] += s[i];
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) l[h] = l[h] * alpha[h] + sum[h];  // the quad's partial sums
+    // Rescaled only where a row's maximum moved.
+    if (!__all_sync(0xffffffffu, alpha[0] == 1.f && alpha[1] == 1.f)) {
+#pragma unroll
+      for (int i = 0; i < 32; ++i) o[i] *= alpha[(i % 4) / 2];
+    }
+    uint32_t pf[4][4];
+    operands<T>(pf, s);
+    wgmma::fence();
+    weights_times_rows<BF>(o, pf, V);  // O += P V
+    wgmma::commit();
+    wgmma::wait<0>();
+  }
+  cp_async_wait_all();
+  wgmma::pin(o);
+
+  T* out = static_cast<T*>(a.out) + b0 * a.o_bs0 + b1 * a.o_bs1;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float total = quad_sum(l[h]);
+    const int64_t r = r0 + 8 * h;
+    if (r >= a.tq) continue;
+    if (a.lse && t == 0) static_cast<float*>(a.lse)[b * a.tq + r] = total > 0.f ? m_[h] + log2f(total) : INFINITY;
+    const float inv = total > 0.f ? 1.f / total : 0.f;
+    T* row = out + r * a.o_rs;
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      const int col = 8 * n + 2 * t;
+      if (col < dv) store2<T>(row + col, o[4 * n + 2 * h] * inv, o[4 * n + 2 * h + 1] * inv);
+    }
+  }
+#endif
+}
+
 template <class T, bool DROP>
 void launch(const AttentionArgs& a, const AttentionGradArgs& ga, const float* dr, const int* row_len,
             const int* tile_kmax, const int* tile_kmin, cudaStream_t s) {
@@ -434,6 +576,15 @@ bool hopper() {
   return yes.load(std::memory_order_relaxed) & bit;
 }
 
+// DIMX_WGMMA_ATTENTION=0 keeps every call on the mma.sync kernels (for comparisons).
+bool wgmma_off() {
+  static const bool off = [] {
+    const char* e = std::getenv("DIMX_WGMMA_ATTENTION");
+    return e && std::string(e) == "0";
+  }();
+  return off;
+}
+
 }  // namespace
 
 bool attention_wgmma_built() {
@@ -446,12 +597,7 @@ bool attention_wgmma_built() {
 
 bool launch_attention_backward_wgmma(DType dt, const AttentionArgs& a, const AttentionGradArgs& ga, const float* dr,
                                      const int* row_len, const int* tile_kmax, const int* tile_kmin, cudaStream_t s) {
-  // DIMX_WGMMA_ATTENTION=0 keeps every backward on the mma.sync kernels (for comparisons).
-  static const bool off = [] {
-    const char* e = std::getenv("DIMX_WGMMA_ATTENTION");
-    return e && std::string(e) == "0";
-  }();
-  if (off || !attention_wgmma_built() || (dt != DType::bf16 && dt != DType::f16) || a.bias || a.d > 64 ||
+  if (wgmma_off() || !attention_wgmma_built() || (dt != DType::bf16 && dt != DType::f16) || a.bias || a.d > 64 ||
       a.dv > 64 || !hopper())
     return false;
   const bool drop = a.drop_p > 0;
@@ -461,7 +607,26 @@ bool launch_attention_backward_wgmma(DType dt, const AttentionArgs& a, const Att
   else
     drop ? launch<__half, true>(a, ga, dr, row_len, tile_kmax, tile_kmin, s)
          : launch<__half, false>(a, ga, dr, row_len, tile_kmax, tile_kmin, s);
-  if (ga.on_wgmma) *ga.on_wgmma = true;
+  if (a.on_wgmma) *a.on_wgmma = true;
+  return true;
+}
+
+bool launch_attention_forward_wgmma(DType dt, const AttentionArgs& a, cudaStream_t s) {
+  if (wgmma_off() || !attention_wgmma_built() || (dt != DType::bf16 && dt != DType::f16) || a.bias ||
+      a.drop_p > 0 || a.d > 64 || a.dv > 64 || !hopper())
+    return false;
+  const int64_t problems = a.batch0 * a.batch1, qblocks = (a.tq + 2 * kRows - 1) / (2 * kRows);
+  constexpr size_t smem = size_t(kWarpgroups + 2 * kStages) * kTileBytes;
+  const dim3 grid{unsigned(problems), unsigned(qblocks)};
+  if (dt == DType::bf16) {
+    set_smem<forward_wgmma_kernel<__nv_bfloat16>>(smem, "dot_attention");
+    forward_wgmma_kernel<__nv_bfloat16><<<grid, kBlockThreads, smem, s>>>(a);
+  } else {
+    set_smem<forward_wgmma_kernel<__half>>(smem, "dot_attention");
+    forward_wgmma_kernel<__half><<<grid, kBlockThreads, smem, s>>>(a);
+  }
+  check_launch("dot_attention (wgmma)");
+  if (a.on_wgmma) *a.on_wgmma = true;
   return true;
 }
 

@@ -1,5 +1,6 @@
 #pragma once
-// The tensor-core attention backward's product kernels on wgmma (gpu/attention_wgmma.cu).
+// The tensor-core attention kernels on wgmma (gpu/attention_wgmma.cu). Each sets a.on_wgmma
+// (where given) when it ran.
 #include <cuda_runtime.h>
 
 #include <dimx/dtype.h>
@@ -14,6 +15,10 @@ bool attention_wgmma_built();
 // row_len, tile_kmax, tile_kmin: that kernel's outputs, row tiles of 64), for bf16 and f16 with
 // head sizes up to 64 and no bias, on a device of compute capability 9.0; false, launching
 // nothing, elsewhere.
+// The forward on wgmma, for bf16 and f16 with head sizes up to 64, no bias and no dropout, on
+// a device of compute capability 9.0; false, launching nothing, elsewhere.
+bool launch_attention_forward_wgmma(DType dt, const AttentionArgs& a, cudaStream_t s);
+
 bool launch_attention_backward_wgmma(DType dt, const AttentionArgs& a, const AttentionGradArgs& ga, const float* dr,
                                      const int* row_len, const int* tile_kmax, const int* tile_kmin, cudaStream_t s);
 

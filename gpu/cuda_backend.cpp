@@ -254,6 +254,7 @@ class CudaBackend final : public backend::Backend {
     r.span_group = a.spans.group;
     r.span_q = a.spans.q;
     r.span_kv = a.spans.kv;
+    r.on_wgmma = a.on_wgmma;
     return r;
   }
   bool attention_takes_bias() const override { return true; }
@@ -357,7 +358,6 @@ class CudaBackend final : public backend::Backend {
                                g.dbias, g.dbias_batch_offset};
     ga.drow_scale = g.drow_scale;
     ga.drow_scale_off = g.drow_scale_offset;
-    ga.on_wgmma = a.on_wgmma;
     const AttentionArgs args = attention_args(a);
     if (tf32(dt, a) && a.lse && a.tk > 0 && a.d > 0 && launch_attention_mma(dt, args, &ga, stream())) {
       if (a.on_tf32) *a.on_tf32 = true;

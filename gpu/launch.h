@@ -57,6 +57,8 @@ struct AttentionArgs {
   int span_group = 0;
   const int32_t* span_q = nullptr;
   const int32_t* span_kv = nullptr;
+  // Nullable: set to true where the products ran on wgmma (gpu/attention_wgmma.h), forward or backward.
+  bool* on_wgmma = nullptr;
 };
 // The backward of launch_attention's problem (the same AttentionArgs, with the lse its forward
 // wrote): g has out's strides; dq, dk, dv (each nullable: not computed) have their own strides.
@@ -77,8 +79,6 @@ struct AttentionGradArgs {
   // drow_scale_off[b] (null: row_scale_off).
   void* drow_scale = nullptr;
   const int64_t* drow_scale_off = nullptr;
-  // Nullable: set to true where the products ran on wgmma (gpu/attention_wgmma.h).
-  bool* on_wgmma = nullptr;
 };
 
 void launch_copy(DType src, DType dst, const Meta<2>& m, const void* x, void* y, cudaStream_t s);

@@ -36,7 +36,7 @@ namespace dimx {
 namespace {
 
 std::atomic<int64_t> g_fused_fwd{0}, g_unfused_fwd{0}, g_fused_bwd{0}, g_unfused_bwd{0}, g_rel_gathered{0},
-    g_library_fwd{0}, g_tf32_fwd{0}, g_tf32_bwd{0}, g_wgmma_bwd{0};
+    g_library_fwd{0}, g_tf32_fwd{0}, g_tf32_bwd{0}, g_wgmma_fwd{0}, g_wgmma_bwd{0};
 
 // DIMX_STRICT_FUSED=1: a fallback from the fused path is an error.
 bool strict_fused() {
@@ -435,15 +435,18 @@ Fused fused_attention(const Tensor& q0, const Tensor& k0, const Tensor& v0, cons
                   "dot_attention");
     a.lse = f.lse.impl().data();
   }
-  bool library = false, tf32 = false;
+  bool library = false, tf32 = false, wgmma = false;
   a.on_library = &library;
   a.on_tf32 = &tf32;
+  a.on_wgmma = &wgmma;
   const bool ran = backend::backend_for(q.device()).attention(dt, a);
   a.on_library = nullptr;
   a.on_tf32 = nullptr;
+  a.on_wgmma = nullptr;
   if (!ran) return {};
   if (library) g_library_fwd.fetch_add(1, std::memory_order_relaxed);
   if (tf32) g_tf32_fwd.fetch_add(1, std::memory_order_relaxed);
+  if (wgmma) g_wgmma_fwd.fetch_add(1, std::memory_order_relaxed);
   f.out = out;
   if (auto fd = v0.feature_dim(); fd && out.has_dim(*fd)) f.out = out.with_feature_dim(fd);
   f.q = q;
@@ -783,6 +786,7 @@ AttentionPathCounts attention_path_counts() {
   c.library_forward = g_library_fwd.load();
   c.tf32_forward = g_tf32_fwd.load();
   c.tf32_backward = g_tf32_bwd.load();
+  c.wgmma_forward = g_wgmma_fwd.load();
   c.wgmma_backward = g_wgmma_bwd.load();
   return c;
 }
@@ -796,6 +800,7 @@ void reset_attention_path_counts() {
   g_library_fwd = 0;
   g_tf32_fwd = 0;
   g_tf32_bwd = 0;
+  g_wgmma_fwd = 0;
   g_wgmma_bwd = 0;
 }
 

@@ -117,7 +117,7 @@ struct Attention {
   bool* on_library = nullptr;
   // Nullable: set to true by a device that ran f32 on TF32 tensor cores (set_allow_tf32), forward or backward.
   bool* on_tf32 = nullptr;
-  // Nullable: set to true by a device whose backward ran its products on wgmma (Hopper).
+  // Nullable: set to true by a device that ran the call's products on wgmma (Hopper), forward or backward.
   bool* on_wgmma = nullptr;
 };
 

@@ -770,6 +770,8 @@ TEST_CASE("gpu: bf16 and f16 dot_attention on tensor cores, forward and backward
       CHECK(c.fused_backward == 1);
       CHECK(c.unfused_forward + c.unfused_backward == 0);
       CHECK(c.wgmma_backward == (wgmma_device() && st.width <= 64 ? 1 : 0));
+      // (cuDNN takes the forwards it fits first; the own forward runs on wgmma up to head size 64.)
+      CHECK(c.wgmma_forward == (wgmma_device() && st.width <= 64 && c.library_forward == 0 ? 1 : 0));
       const double tol = dt == DType::bf16 ? 3e-2 : 4e-3;
       const char* names[] = {"dq", "dk", "dv", "out"};
       for (size_t i = 0; i < want.size(); ++i) {
@@ -1120,6 +1122,7 @@ TEST_CASE("gpu: fused dot_attention with dropout, every precision", "[gpu][atten
         CHECK(pc.unfused_forward == (half ? 0 : 1));
         CHECK(pc.unfused_backward == 0);
         CHECK(pc.wgmma_backward == (half && width <= 64 && variant != 2 && wgmma_device() ? 1 : 0));  // (2: a bias)
+        CHECK(pc.wgmma_forward == 0);  // (the wgmma forward takes no dropout)
         CHECK(got_offset == want_offset);
         const double tol = dt == DType::f64 ? 1e-10 : dt == DType::f32 ? 3e-5 : dt == DType::bf16 ? 3e-2 : 4e-3;
         for (size_t i = 0; i < want.size(); ++i) {

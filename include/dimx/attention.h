@@ -96,6 +96,10 @@ struct AttentionPathCounts {
   int64_t tf32_forward = 0;
   /// Of the fused f32 backwards, those that ran on TF32 tensor cores (as tf32_forward).
   int64_t tf32_backward = 0;
+  /// Of the fused forwards on dimx's own kernels, those whose products ran on Hopper's
+  /// warpgroup instructions (wgmma: CUDA bf16/f16 without a bias or dropout, head sizes up to
+  /// 64, compute capability 9.0).
+  int64_t wgmma_forward = 0;
   /// Of the fused backwards, those whose products ran on Hopper's warpgroup instructions
   /// (wgmma: CUDA bf16/f16 without a bias, head sizes up to 64, compute capability 9.0).
   int64_t wgmma_backward = 0;
