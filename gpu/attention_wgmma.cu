@@ -75,7 +75,8 @@ __device__ __forceinline__ void operands(uint32_t (&a)[4][4], const float (&x)[3
 
 // d (64 x 64) = A (rows r0.. of tile a) B^T (the 64 rows of tile b), k = 64, both K-major.
 template <bool BF>
-__device__ __forceinline__ void rows_times_rows(float (&d)[32], const unsigned char* a, int r0, const unsigned char* b) {
+__device__ __forceinline__ void rows_times_rows(float (&d)[32], const unsigned char* a, int r0,
+                                                const unsigned char* b) {
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) wgmma::mma_ss<BF, 0>(d, k_major(a, r0, kk), k_major(b, 0, kk), kk > 0);
 }
@@ -119,10 +120,10 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   const bool kept_kmax = qtiles <= kMaxTiles;
   if (kept_kmax)
     for (int64_t i = threadIdx.x; i < qtiles; i += kBlockThreads) kmax_s[i] = tile_kmax[b * qtiles + i];
-  load_core<T, BK>(Ks, static_cast<const T*>(a.k) + b0 * a.k_bs0 + b1 * a.k_bs1 + int64_t(j0) * a.k_rs, a.k_rs, nk,
-               d);
-  load_core<T, BK>(Vs, static_cast<const T*>(a.v) + b0 * a.v_bs0 + b1 * a.v_bs1 + int64_t(j0) * a.v_rs, a.v_rs, nk,
-               dv);
+  load_core<T, BK>(Ks, static_cast<const T*>(a.k) + b0 * a.k_bs0 + b1 * a.k_bs1 + int64_t(j0) * a.k_rs, a.k_rs,
+                   nk, d);
+  load_core<T, BK>(Vs, static_cast<const T*>(a.v) + b0 * a.v_bs0 + b1 * a.v_bs1 + int64_t(j0) * a.v_rs, a.v_rs,
+                   nk, dv);
   __syncthreads();  // kmax_s
   // The first query tile from `from` on that sees a key of this block (qtiles: none).
   auto next_visit = [&](int64_t from) {
@@ -184,7 +185,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     if (kmin == 0) {
       for (int i = threadIdx.x; i < BQ * 8; i += kBlockThreads) {
         const int r = i / 8;
-        if (len_s[buf][r] == 0) *reinterpret_cast<uint4*>(Q + wgmma::offset<64>(r, (i % 8) * 8)) = make_uint4(0, 0, 0, 0);
+        if (len_s[buf][r] == 0)
+          *reinterpret_cast<uint4*>(Q + wgmma::offset<64>(r, (i % 8) * 8)) = make_uint4(0, 0, 0, 0);
       }
       wgmma::fence_shared();
       __syncthreads();
