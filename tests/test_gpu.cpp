@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <iostream>
 
@@ -61,9 +62,11 @@ void masked_on_cpu(std::vector<Tensor>& r, const Dim& batch, const Dim& query, c
   }
 }
 
-// Whether device 0 runs the attention backward's wgmma kernels: compute capability 9.0, with
-// the CUDA layer built for it (runtime_info().cuda: "..., built for sm_<targets, comma-separated>").
+// Whether device 0 runs the attention's wgmma kernels: compute capability 9.0, with the CUDA
+// layer built for it (runtime_info().cuda: "..., built for sm_<targets, comma-separated>"), and
+// not DIMX_WGMMA_ATTENTION=0 (ctest's gpu:mma_sync runs the attention cases so).
 bool wgmma_device() {
+  if (const char* e = std::getenv("DIMX_WGMMA_ATTENTION"); e && std::string(e) == "0") return false;
   if (gpu::device_name(0).find("(sm_90,") == std::string::npos) return false;
   const std::string v = runtime_info().cuda;
   const size_t at = v.find("built for sm_");
