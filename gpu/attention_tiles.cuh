@@ -221,6 +221,16 @@ __device__ __forceinline__ int row_length(const AttentionArgs& a, int64_t b, int
   return int(l < 0 ? 0 : (l > a.tk ? a.tk : l));
 }
 
+// The longest key length of the row tiles (`tile` rows each: tile_kmax[b, tile] of the rows
+// kernel below, rtiles per problem) that rows [i0, i0 + rows) of problem b span.
+__device__ __forceinline__ int longest_length(const int* tile_kmax, int64_t b, int64_t rtiles, int64_t i0, int rows,
+                                              int tile) {
+  int kmax = 0;
+  for (int64_t rt = i0 / tile; rt < rtiles && rt < (i0 + rows) / tile; ++rt)
+    kmax = tile_kmax[b * rtiles + rt] > kmax ? tile_kmax[b * rtiles + rt] : kmax;
+  return kmax;
+}
+
 // The first kernel of each backward. Per row: Dr[b, r] = sum_c g[b, r, c] out[b, r, c] (in C)
 // and the row's length, 0 where its output gradient is all zero (a padded query frame: its
 // weights and q, which may hold anything, stay out of every sum; the share it would add is

@@ -58,6 +58,17 @@ __device__ __forceinline__ void load_core(unsigned char* s, const T* g, int64_t 
   }
 }
 
+// Key tile j0 of k and v (one problem's) into stage buf of Ks and Vs, rows up to kmax (the
+// longest length the block's rows see) and zeros past it: padded keys may hold anything.
+template <class T>
+__device__ __forceinline__ void stage_keys(unsigned char* Ks, unsigned char* Vs, int buf, const T* k, const T* v,
+                                           const AttentionArgs& a, int j0, int kmax) {
+  if (j0 >= kmax) return;
+  const int n = kmax - j0 < kRows ? kmax - j0 : kRows;
+  load_core<T, kRows>(Ks + buf * kTileBytes, k + int64_t(j0) * a.k_rs, a.k_rs, n, int(a.d));
+  load_core<T, kRows>(Vs + buf * kTileBytes, v + int64_t(j0) * a.v_rs, a.v_rs, n, int(a.dv));
+}
+
 // Descriptors of a core-matrix tile of 64-element rows from row r0, k step kk: as a K-major
 // operand (k along the rows' elements) and as an MN-major one (k along the rows).
 __device__ __forceinline__ uint64_t k_major(const unsigned char* s, int r0, int kk) {
@@ -172,7 +183,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   const int key0 = j0 + wg * kRows + warp * 16 + g;  // this thread's keys: key0, key0 + 8
   const DropMask<float> drop(a, b0, b1, DROP);
 
-  for (int buf = 0; it < qtiles; buf = buf == NS - 1 ? 0 : buf + 1) {
+  for (int buf = 0; it < qtiles; buf = (buf + 1) % NS) {
     const int64_t nx2 = next_visit(nx + 1);
     cp_async_wait1();  // this tile's stage
     wgmma::fence_shared();
@@ -197,7 +208,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     wgmma::commit();
     rows_times_rows<BF>(dp, Vs, wg * kRows, G);  // dP^T
     wgmma::commit();
-    stage(nx2, buf == 0 ? NS - 1 : buf - 1);  // (while the products run)
+    stage(nx2, (buf + 2) % NS);  // (while the products run)
     cp_async_commit();
     wgmma::wait<1>();
     wgmma::pin(s);  // (reads of s stay after the wait)
@@ -288,25 +299,16 @@ __global__ void __launch_bounds__(kBlockThreads, DROP ? 1 : 2)  // (two blocks p
   const int64_t b = blockIdx.x, b0 = b / a.batch1, b1 = b % a.batch1, rtiles = (a.tq + kRows - 1) / kRows;
   const int64_t i0 = int64_t(gridDim.y - 1 - blockIdx.y) * BM;
   const int nq = int(a.tq - i0 < BM ? a.tq - i0 : BM);
-  int kmax = 0;
-  for (int64_t rt = i0 / kRows; rt < rtiles && rt < (i0 + BM) / kRows; ++rt)
-    kmax = tile_kmax[b * rtiles + rt] > kmax ? tile_kmax[b * rtiles + rt] : kmax;
+  const int kmax = longest_length(tile_kmax, b, rtiles, i0, BM, kRows);
   const int d = int(a.d), dv = int(a.dv);
   const T* k = static_cast<const T*>(a.k) + b0 * a.k_bs0 + b1 * a.k_bs1;
   const T* v = static_cast<const T*>(a.v) + b0 * a.v_bs0 + b1 * a.v_bs1;
 
   load_core<T, BM>(Qs, static_cast<const T*>(a.q) + b0 * a.q_bs0 + b1 * a.q_bs1 + i0 * a.q_rs, a.q_rs, nq, d);
   load_core<T, BM>(Gs, static_cast<const T*>(ga.g) + b0 * a.o_bs0 + b1 * a.o_bs1 + i0 * a.o_rs, a.o_rs, nq, dv);
-  // Key tiles up to the block's longest length; past it, zeros (padded keys may hold anything).
-  auto stage = [&](int j0, int buf) {
-    if (j0 >= kmax) return;
-    const int n = kmax - j0 < BK ? kmax - j0 : BK;
-    load_core<T, BK>(Ks + buf * kTileBytes, k + int64_t(j0) * a.k_rs, a.k_rs, n, d);
-    load_core<T, BK>(Vs + buf * kTileBytes, v + int64_t(j0) * a.v_rs, a.v_rs, n, dv);
-  };
-  stage(0, 0);
+  stage_keys<T>(Ks, Vs, 0, k, v, a, 0, kmax);
   cp_async_commit();
-  stage(BK, 1);
+  stage_keys<T>(Ks, Vs, 1, k, v, a, BK, kmax);
   cp_async_commit();
 
   const int64_t r0 = i0 + wg * kRows + warp * 16 + g;  // this thread's rows: r0, r0 + 8
@@ -327,7 +329,7 @@ __global__ void __launch_bounds__(kBlockThreads, DROP ? 1 : 2)  // (two blocks p
   const float sl2 = float(a.scale * 1.4426950408889634);
   const DropMask<float> drop(a, b0, b1, DROP);
 
-  for (int j0 = 0, buf = 0; j0 < kmax; j0 += BK, buf = buf == NS - 1 ? 0 : buf + 1) {
+  for (int j0 = 0, buf = 0; j0 < kmax; j0 += BK, buf = (buf + 1) % NS) {
     cp_async_wait1();  // this tile's stage
     wgmma::fence_shared();
     __syncthreads();  // every thread's copies are in; the stage of two tiles ago is free
@@ -339,7 +341,7 @@ __global__ void __launch_bounds__(kBlockThreads, DROP ? 1 : 2)  // (two blocks p
     wgmma::commit();
     rows_times_rows<BF>(dp, Gs, wg * kRows, V);  // dP = dO V^T
     wgmma::commit();
-    stage(j0 + 2 * BK, buf == 0 ? NS - 1 : buf - 1);  // (while the products run)
+    stage_keys<T>(Ks, Vs, (buf + 2) % NS, k, v, a, j0 + 2 * BK, kmax);  // (while the products run)
     cp_async_commit();
     wgmma::wait<1>();
     wgmma::pin(s);  // (reads of s stay after the wait)
@@ -436,16 +438,9 @@ __global__ void __launch_bounds__(kBlockThreads, 2) forward_wgmma_kernel(Attenti
 
   load_core<T, BM>(Qs, static_cast<const T*>(a.q) + b0 * a.q_bs0 + b1 * a.q_bs1 + i0 * a.q_rs, a.q_rs,
                    int(a.tq - i0 < BM ? a.tq - i0 : BM), d);
-  // Key tiles up to the block's longest length; past it, zeros (padded keys may hold anything).
-  auto stage = [&](int j0, int buf) {
-    if (j0 >= kmax) return;
-    const int n = kmax - j0 < BN ? kmax - j0 : BN;
-    load_core<T, BN>(Ks + buf * kTileBytes, k + int64_t(j0) * a.k_rs, a.k_rs, n, d);
-    load_core<T, BN>(Vs + buf * kTileBytes, v + int64_t(j0) * a.v_rs, a.v_rs, n, dv);
-  };
-  stage(0, 0);
+  stage_keys<T>(Ks, Vs, 0, k, v, a, 0, kmax);
   cp_async_commit();
-  stage(BN, 1);
+  stage_keys<T>(Ks, Vs, 1, k, v, a, BN, kmax);
   cp_async_commit();
 
   float o[32], m_[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
@@ -467,7 +462,7 @@ __global__ void __launch_bounds__(kBlockThreads, 2) forward_wgmma_kernel(Attenti
     wgmma::fence();
     rows_times_rows<BF>(s, Qs, wg * kRows, K);  // S = Q K^T
     wgmma::commit();
-    stage(j0 + 2 * BN, (buf + 2) % NS);  // (while the product runs)
+    stage_keys<T>(Ks, Vs, (buf + 2) % NS, k, v, a, j0 + 2 * BN, kmax);  // (while the product runs)
     cp_async_commit();
     wgmma::wait<0>();
     wgmma::pin(s);
