@@ -822,10 +822,18 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
     constexpr size_t tiles = sizeof(T) * size_t((2 * 64 * WK + 4 * BQ) * (D + kVec<T>)),
                      diag_tile = BIAS == kBiasRelative ? sizeof(float) * size_t(64 * WK * (BQ + 1)) : 0;
     const size_t smem = tiles + (relative ? diag_tile : 0);
-    set_smem<keys_kernel<T, D, WK, BQ, BIAS, DROP>>(tiles + diag_tile, "dot_attention backward");
-    keys_kernel<T, D, WK, BQ, BIAS, DROP><<<unsigned(problems * kblocks), kThreads, smem, s>>>(
-        a, ga, dr, row_len, tile_kmax, tile_kmin, diag);
-    check_launch("dot_attention backward (keys)");
+    // With a relative bias, bf16 and f16 up to head size 64 run the keys kernel on wgmma where
+    // the device has it (the same 128 keys per block, so the same diagonal sums' layout).
+    bool on_wgmma = false;
+    if constexpr (BIAS == kBiasRelative && D == 64 && WK == 2 && !std::is_same_v<T, float>)
+      on_wgmma = launch_attention_keys_wgmma(std::is_same_v<T, __nv_bfloat16> ? DType::bf16 : DType::f16, a, ga, dr,
+                                             row_len, tile_kmax, tile_kmin, diag, s);
+    if (!on_wgmma) {
+      set_smem<keys_kernel<T, D, WK, BQ, BIAS, DROP>>(tiles + diag_tile, "dot_attention backward");
+      keys_kernel<T, D, WK, BQ, BIAS, DROP><<<unsigned(problems * kblocks), kThreads, smem, s>>>(
+          a, ga, dr, row_len, tile_kmax, tile_kmin, diag);
+      check_launch("dot_attention backward (keys)");
+    }
   }
   if (relative) {
     launch_relative_dbias(a, ga, diag, kblocks, 64 * WK, s);

@@ -101,11 +101,12 @@ struct BiasRows {
 };
 
 // The band of relative terms a tile pair reads: band[i] = the term of key - row = first + i
-// (log2 units, without row factors; 0 outside the table's (-tq, tk)), for i < n, by the block.
-template <class T, class C>
+// (log2 units, without row factors; 0 outside the table's (-tq, tk)), for i < n, by the block
+// (of NT threads).
+template <class T, class C, int NT = kThreads>
 __device__ __forceinline__ void stage_band(C* band, const BiasRows<T, C>& bias, const AttentionArgs& a,
                                            int64_t first, int n) {
-  for (int i = threadIdx.x; i < n; i += kThreads) {
+  for (int i = threadIdx.x; i < n; i += NT) {
     const int64_t p = first + i;
     band[i] = p > -a.tq && p < a.tk ? bias.at(bias.base, p) : C(0);
   }
@@ -116,11 +117,11 @@ __device__ __forceinline__ void stage_band(C* band, const BiasRows<T, C>& bias, 
 // the pair's dS by key (S[key * LS + row]: BK keys, BQ rows starting at row i0, zeros outside
 // the problem), each row times fac[row] where FAC (a row scale). Diagonal c (key - row =
 // c - (BQ - 1)) sums its rows in order, rows outside the pair adding 0 (a fixed trip count:
-// the loads issue back to back); one thread per diagonal, by the block. Walking the query
-// tiles in order, a block gives each element its shares in a fixed order.
-template <class C, int BK, int BQ, int LS, bool FAC>
+// the loads issue back to back); one thread per diagonal, by the block (of NT threads).
+// Walking the query tiles in order, a block gives each element its shares in a fixed order.
+template <class C, int BK, int BQ, int LS, bool FAC, int NT = kThreads>
 __device__ __forceinline__ void add_diagonals(const C* S, const C* fac, C* diag_row, int64_t i0, int64_t tq) {
-  for (int c = threadIdx.x; c < BK + BQ - 1; c += kThreads) {
+  for (int c = threadIdx.x; c < BK + BQ - 1; c += NT) {
     const int dl = c - (BQ - 1);
     C x = 0;
 #pragma unroll

@@ -1,8 +1,9 @@
 // The tensor-core attention kernels on Hopper's warpgroup instructions (wgmma, sm_90a), for
 // bf16 and f16 with head sizes up to 64, without a bias: the backward's two product kernels
 // (keys: dK and dV of a key tile over the query tiles that see it; queries: dQ of a query tile
-// over its keys) and the forward without dropout, with the same math, tiles, order of sums and
-// results layout as the mma.sync kernels of gpu/attention_mma.cu, which serve every other case.
+// over its keys) and the forward without dropout; the keys kernel with a relative bias too (its
+// table's gradient by diagonal sums). The same math, tiles, order of sums and results layout
+// as the mma.sync kernels of gpu/attention_mma.cu, which serve every other case.
 // A warpgroup owns 64 rows (16 per warp, in the mma.sync accumulator layout, so the
 // element-wise code is the same), two warpgroups a block; the products run asynchronously
 // while the next tiles load. Operands wait in shared memory as 8 x 8 core matrices
@@ -99,24 +100,54 @@ __device__ __forceinline__ void weights_times_rows(float (&d)[32], const uint32_
   for (int kk = 0; kk < 4; ++kk) wgmma::mma_rs<BF, 1>(d, p[kk], mn_major(y, kk), true);
 }
 
+// A relative bias's band of terms and its rows' factors for a later stage of the keys kernel, in
+// two steps: the raw loads early in a tile's step, the stores (the terms in log2 units, as
+// BiasRows gives them) at its end, so that no thread waits on them. Thread i holds band element
+// i (< n) and the factor of row r0 + i - factor0 (i >= factor0).
+template <class T>
+struct PendingTerms {
+  T band{}, fac{};
+  bool band_in = false, fac_in = false;
+  __device__ __forceinline__ void load(const BiasRows<T, float>& bias, const AttentionArgs& a, int64_t first, int n,
+                                       int64_t r0, int factor0) {
+    const int i = threadIdx.x;
+    const int64_t p = first + i, r = r0 + i - factor0;
+    band_in = i < n && p > -a.tq && p < a.tk;
+    if (band_in) band = bias.base[p * bias.cs];
+    fac_in = i >= factor0 && r < a.tq && bias.scale;
+    if (fac_in) fac = bias.scale[r * bias.scale_rs];
+  }
+  __device__ __forceinline__ void store(float* band_s, int n, float* fac_s, int factor0) const {
+    const int i = threadIdx.x;
+    if (i < n) band_s[i] = band_in ? float(widen(band)) * float(1.4426950408889634) : 0.f;
+    if (fac_s && i >= factor0) fac_s[i - factor0] = fac_in ? float(widen(fac)) : 1.f;
+  }
+};
+
 // dK and dV of 128 keys of one problem (64 per warpgroup), walking the query tiles of 64 that
 // see any of them (three stages in shared memory: one barrier per tile), as keys_kernel
-// without a bias.
-template <class T, bool DROP>
+// without a bias or (REL) with a relative one: then its gradient's diagonal sums go to diag
+// (when not null; keys_kernel's layout) through a tile of dS in shared memory.
+template <class T, bool DROP, bool REL>
 __global__ void __launch_bounds__(kBlockThreads, 1)
     keys_wgmma_kernel(AttentionArgs a, AttentionGradArgs ga, const float* dr, const int* row_len,
-                      const int* tile_kmax, const int* tile_kmin) {
+                      const int* tile_kmax, const int* tile_kmin, float* diag) {
 #ifdef DIMX_WGMMA
   constexpr bool BF = std::is_same_v<T, __nv_bfloat16>;
-  constexpr int BK = kRows * kWarpgroups, BQ = kRows, NS = kStages;
+  constexpr int BK = kRows * kWarpgroups, BQ = kRows, NS = kStages, LS = BQ + 1;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   unsigned char* Ks = smem_raw;  // BK rows
   unsigned char* Vs = Ks + kWarpgroups * kTileBytes;
   unsigned char* Qs = Vs + kWarpgroups * kTileBytes;  // NS stages of BQ rows
   unsigned char* Gs = Qs + NS * kTileBytes;           // dO, NS stages
+  float* Ss = reinterpret_cast<float*>(Gs + NS * kTileBytes);  // REL with diag: a tile's dS, [BK][LS]
   __shared__ __align__(16) float lse_s[NS][BQ], dr_s[NS][BQ];
   __shared__ __align__(16) int len_s[NS][BQ], kmin_s[NS][4];
   __shared__ int kmax_s[kMaxTiles];  // the query tiles' longest lengths, where they fit
+  // REL: the rows' factors (row scale) and the band of terms a tile's (key, row) pairs read, key -
+  // row from j0 - (i0 + BQ - 1) up (log2 units, without the factors), as keys_kernel's.
+  __shared__ float fac_s[NS][REL ? BQ : 1];
+  __shared__ float band_s[NS][REL ? BK + BQ : 1];
 
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4,
             t = lane % 4;
@@ -127,6 +158,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   const T* q = static_cast<const T*>(a.q) + b0 * a.q_bs0 + b1 * a.q_bs1;
   const T* go = static_cast<const T*>(ga.g) + b0 * a.o_bs0 + b1 * a.o_bs1;
   const float* lse = static_cast<const float*>(a.lse) + b * a.tq;
+  const BiasRows<T, float> bias(a, b, REL);
 
   const bool kept_kmax = qtiles <= kMaxTiles;
   if (kept_kmax)
@@ -143,7 +175,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   };
   // A tile's rows, their dO, log2-sum-exp2, Dr and lengths, and the tile's shortest length,
   // all by cp.async (rows past the problem: zeros, which no weight reads).
-  auto stage = [&](int64_t it, int buf) {
+  auto stage = [&](int64_t it, int buf, bool terms) {
     if (it >= qtiles) return;
     const int64_t i0 = it * BQ;
     const int nq = int(a.tq - i0 < BQ ? a.tq - i0 : BQ);
@@ -169,12 +201,21 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     } else if (i == 3 * BQ / 4) {
       cp_async4(&kmin_s[buf][0], tile_kmin + b * qtiles + it, true);
     }
+    if (REL && terms) {  // (in the loop: PendingTerms)
+      // (A padded row's factor may be NaN: its weights are never seen, and its dS is 0.)
+      if (i >= kBlockThreads - BQ) {
+        const int64_t r = i0 + i - (kBlockThreads - BQ);
+        fac_s[buf][i - (kBlockThreads - BQ)] = r < a.tq && bias.scale ? bias.factor(r) : 1.f;
+      }
+      stage_band<T, float, kBlockThreads>(band_s[buf], bias, a, int64_t(j0) - (i0 + BQ - 1), BK + BQ - 1);
+    }
   };
   int64_t it = next_visit(0), nx = next_visit(it + 1);
-  stage(it, 0);
+  stage(it, 0, true);
   cp_async_commit();
-  stage(nx, 1);
+  stage(nx, 1, true);
   cp_async_commit();
+  PendingTerms<T> terms;
 
   float dk[32], dvv[32];
 #pragma unroll
@@ -182,6 +223,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   const float sl2 = float(a.scale * 1.4426950408889634);
   const int key0 = j0 + wg * kRows + warp * 16 + g;  // this thread's keys: key0, key0 + 8
   const DropMask<float> drop(a, b0, b1, DROP);
+  float* diag_row = REL && diag ? diag + (b * ktiles + blockIdx.x % ktiles) * (a.tq + BK - 1) : nullptr;
 
   for (int buf = 0; it < qtiles; buf = (buf + 1) % NS) {
     const int64_t nx2 = next_visit(nx + 1);
@@ -192,6 +234,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     const unsigned char* G = Gs + buf * kTileBytes;
     const int64_t i0 = it * BQ;
     const int kmin = kmin_s[buf][0];
+    if (REL && nx2 < qtiles)
+      terms.load(bias, a, int64_t(j0) - (nx2 * BQ + BQ - 1), BK + BQ - 1, nx2 * BQ, kBlockThreads - BQ);
     // A padded query row (length 0) may hold anything: zero it (dK's products would carry it).
     if (kmin == 0) {
       for (int i = threadIdx.x; i < BQ * 8; i += kBlockThreads) {
@@ -208,7 +252,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     wgmma::commit();
     rows_times_rows<BF>(dp, Vs, wg * kRows, G);  // dP^T
     wgmma::commit();
-    stage(nx2, (buf + 2) % NS);  // (while the products run)
+    stage(nx2, (buf + 2) % NS, false);  // (while the products run)
     cp_async_commit();
     wgmma::wait<1>();
     wgmma::pin(s);  // (reads of s stay after the wait)
@@ -226,7 +270,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
         for (int e = 0; e < 4; ++e) {
           const int r = 8 * n + 2 * t + (e & 1), key = key0 + 8 * (e / 2);
           const bool seen = decltype(whole)::value || key < len_s[buf][r];
-          const float p = seen ? ex2(fmaf(s[4 * n + e], sl2, -lse_s[buf][r])) : 0.f;
+          const float term = REL ? band_s[buf][key - j0 - r + BQ - 1] * fac_s[buf][r] : 0.f;
+          const float p = seen ? ex2(fmaf(s[4 * n + e], sl2, REL ? term - lse_s[buf][r] : -lse_s[buf][r])) : 0.f;
           s[4 * n + e] = p;
           kept_p[4 * n + e] = kept[e] ? (DROP ? p * drop.scale : p) : 0.f;
           if (DROP && !kept[e]) dropped |= 1u << (4 * n + e);
@@ -244,6 +289,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
           const float x = dp[4 * n + e];
           const float dpd = DROP && (dropped >> (4 * n + e)) & 1 ? 0.f : DROP ? x * drop.scale : x;
           dp[4 * n + e] = seen ? s[4 * n + e] * (dpd - dr_s[buf][r]) : 0.f;
+          if constexpr (REL)
+            if (diag_row) Ss[(key - j0) * LS + r] = seen ? dp[4 * n + e] * fac_s[buf][r] : 0.f;  // d table
         }
       operands<T>(df, dp);
     };
@@ -252,6 +299,11 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     weights_times_rows<BF>(dvv, pf, G);  // dV += P^T dO
     weights_times_rows<BF>(dk, df, Q);   // dK += dS^T Q
     wgmma::commit();
+    if (REL && diag_row) {  // while the products run
+      __syncthreads();      // the tile's dS is in
+      add_diagonals<float, BK, BQ, LS, false, kBlockThreads>(Ss, nullptr, diag_row, i0, a.tq);
+    }
+    if (REL && nx2 < qtiles) terms.store(band_s[(buf + 2) % NS], BK + BQ - 1, fac_s[(buf + 2) % NS], kBlockThreads - BQ);
     wgmma::wait<0>();
     it = nx;
     nx = nx2;
@@ -542,9 +594,9 @@ void launch(const AttentionArgs& a, const AttentionGradArgs& ga, const float* dr
   if (ga.dk || ga.dv) {
     const int64_t kblocks = (a.tk + 2 * kRows - 1) / (2 * kRows);
     constexpr size_t smem = size_t(2 * kWarpgroups + 2 * kStages) * kTileBytes;
-    set_smem<keys_wgmma_kernel<T, DROP>>(smem, "dot_attention backward");
-    keys_wgmma_kernel<T, DROP><<<unsigned(problems * kblocks), kBlockThreads, smem, s>>>(a, ga, dr, row_len,
-                                                                                        tile_kmax, tile_kmin);
+    set_smem<keys_wgmma_kernel<T, DROP, false>>(smem, "dot_attention backward");
+    keys_wgmma_kernel<T, DROP, false><<<unsigned(problems * kblocks), kBlockThreads, smem, s>>>(
+        a, ga, dr, row_len, tile_kmax, tile_kmin, nullptr);
     check_launch("dot_attention backward (keys, wgmma)");
   }
   if (ga.dq) {
@@ -555,6 +607,20 @@ void launch(const AttentionArgs& a, const AttentionGradArgs& ga, const float* dr
         a, ga, dr, row_len, tile_kmax);
     check_launch("dot_attention backward (queries, wgmma)");
   }
+}
+
+// The keys kernel with a relative bias (its diagonal sums to diag when not null).
+template <class T, bool DROP>
+void launch_keys_relative(const AttentionArgs& a, const AttentionGradArgs& ga, const float* dr, const int* row_len,
+                          const int* tile_kmax, const int* tile_kmin, float* diag, cudaStream_t s) {
+  const int64_t kblocks = (a.tk + 2 * kRows - 1) / (2 * kRows);
+  constexpr size_t tiles = size_t(2 * kWarpgroups + 2 * kStages) * kTileBytes,
+                   diag_tile = sizeof(float) * size_t(2 * kRows * (kRows + 1));
+  set_smem<keys_wgmma_kernel<T, DROP, true>>(tiles + diag_tile, "dot_attention backward");
+  keys_wgmma_kernel<T, DROP, true><<<unsigned(a.batch0 * a.batch1 * kblocks), kBlockThreads,
+                                     tiles + (diag ? diag_tile : 0), s>>>(a, ga, dr, row_len, tile_kmax, tile_kmin,
+                                                                          diag);
+  check_launch("dot_attention backward (keys, wgmma)");
 }
 
 // Whether the current device runs the sm_90a kernels (compute capability 9.0), per device.
@@ -604,6 +670,23 @@ bool launch_attention_backward_wgmma(DType dt, const AttentionArgs& a, const Att
   else
     drop ? launch<__half, true>(a, ga, dr, row_len, tile_kmax, tile_kmin, s)
          : launch<__half, false>(a, ga, dr, row_len, tile_kmax, tile_kmin, s);
+  if (a.on_wgmma) *a.on_wgmma = true;
+  return true;
+}
+
+bool launch_attention_keys_wgmma(DType dt, const AttentionArgs& a, const AttentionGradArgs& ga, const float* dr,
+                                 const int* row_len, const int* tile_kmax, const int* tile_kmin, float* diag,
+                                 cudaStream_t s) {
+  if (wgmma_off() || !attention_wgmma_built() || (dt != DType::bf16 && dt != DType::f16) || !relative_view(a) ||
+      a.d > 64 || a.dv > 64 || !hopper())
+    return false;
+  const bool drop = a.drop_p > 0;
+  if (dt == DType::bf16)
+    drop ? launch_keys_relative<__nv_bfloat16, true>(a, ga, dr, row_len, tile_kmax, tile_kmin, diag, s)
+         : launch_keys_relative<__nv_bfloat16, false>(a, ga, dr, row_len, tile_kmax, tile_kmin, diag, s);
+  else
+    drop ? launch_keys_relative<__half, true>(a, ga, dr, row_len, tile_kmax, tile_kmin, diag, s)
+         : launch_keys_relative<__half, false>(a, ga, dr, row_len, tile_kmax, tile_kmin, diag, s);
   if (a.on_wgmma) *a.on_wgmma = true;
   return true;
 }
