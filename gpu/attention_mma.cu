@@ -840,11 +840,18 @@ void backward(const AttentionArgs& a, const AttentionGradArgs& ga, cudaStream_t 
     cudaFreeAsync(diag, s);
   }
   if (ga.dq || scaled) {
-    constexpr size_t smem = sizeof(T) * size_t((2 * 64 * WQ + 2 * BK) * (D + kVec<T>));
-    set_smem<queries_kernel<T, D, WQ, BK, BIAS, DROP>>(smem, "dot_attention backward");
-    queries_kernel<T, D, WQ, BK, BIAS, DROP><<<dim3(unsigned(problems), unsigned(qblocks)), kThreads, smem, s>>>(
-        a, ga, dr, row_len, tile_kmax, dscale);
-    check_launch("dot_attention backward (queries)");
+    // The dQ kernel likewise (with its row scale's shares).
+    bool on_wgmma = false;
+    if constexpr (BIAS == kBiasRelative && D == 64 && !std::is_same_v<T, float>)
+      on_wgmma = launch_attention_queries_wgmma(std::is_same_v<T, __nv_bfloat16> ? DType::bf16 : DType::f16, a, ga,
+                                                dr, row_len, tile_kmax, dscale, s);
+    if (!on_wgmma) {
+      constexpr size_t smem = sizeof(T) * size_t((2 * 64 * WQ + 2 * BK) * (D + kVec<T>));
+      set_smem<queries_kernel<T, D, WQ, BK, BIAS, DROP>>(smem, "dot_attention backward");
+      queries_kernel<T, D, WQ, BK, BIAS, DROP><<<dim3(unsigned(problems), unsigned(qblocks)), kThreads, smem, s>>>(
+          a, ga, dr, row_len, tile_kmax, dscale);
+      check_launch("dot_attention backward (queries)");
+    }
   }
   if (scaled) launch_row_scale_grad(a, ga, static_cast<const float*>(dscale), 1, nullptr, 1, 1, s);
   cudaFreeAsync(scratch, s);

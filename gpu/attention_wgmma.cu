@@ -1,9 +1,10 @@
 // The tensor-core attention kernels on Hopper's warpgroup instructions (wgmma, sm_90a), for
 // bf16 and f16 with head sizes up to 64, without a bias: the backward's two product kernels
 // (keys: dK and dV of a key tile over the query tiles that see it; queries: dQ of a query tile
-// over its keys) and the forward without dropout; the keys kernel with a relative bias too (its
-// table's gradient by diagonal sums). The same math, tiles, order of sums and results layout
-// as the mma.sync kernels of gpu/attention_mma.cu, which serve every other case.
+// over its keys), also with a relative bias (its table's gradient by diagonal sums, its row
+// scale's by row sums), and the forward without a bias or dropout. The same math, tiles, order
+// of sums and results layout as the mma.sync kernels of gpu/attention_mma.cu, which serve every
+// other case.
 // A warpgroup owns 64 rows (16 per warp, in the mma.sync accumulator layout, so the
 // element-wise code is the same), two warpgroups a block; the products run asynchronously
 // while the next tiles load. Operands wait in shared memory as 8 x 8 core matrices
@@ -332,11 +333,13 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
 }
 
 // dQ of 128 queries of one problem (64 per warpgroup), walking their keys in tiles of 64 (three
-// stages in shared memory, one barrier per tile), as queries_kernel without a bias.
-template <class T, bool DROP>
-__global__ void __launch_bounds__(kBlockThreads, DROP ? 1 : 2)  // (two blocks per SM without dropout's registers)
+// stages in shared memory, one barrier per tile), as queries_kernel without a bias or (REL)
+// with a relative one: then, with a row scale whose gradient is wanted, each row's sum of dS
+// times its (unscaled) terms goes to dscale[b, row] too.
+template <class T, bool DROP, bool REL>
+__global__ void __launch_bounds__(kBlockThreads, DROP || REL ? 1 : 2)  // (two blocks per SM without their registers)
     queries_wgmma_kernel(AttentionArgs a, AttentionGradArgs ga, const float* dr, const int* row_len,
-                         const int* tile_kmax) {
+                         const int* tile_kmax, float* dscale) {
 #ifdef DIMX_WGMMA
   constexpr bool BF = std::is_same_v<T, __nv_bfloat16>;
   constexpr int BM = kRows * kWarpgroups, BK = kRows, NS = kStages;
@@ -345,6 +348,9 @@ __global__ void __launch_bounds__(kBlockThreads, DROP ? 1 : 2)  // (two blocks p
   unsigned char* Gs = Qs + kWarpgroups * kTileBytes;  // dO, BM rows
   unsigned char* Ks = Gs + kWarpgroups * kTileBytes;  // NS stages of BK rows
   unsigned char* Vs = Ks + NS * kTileBytes;           // NS stages
+  // REL: the band of terms a key tile's (row, key) pairs read, key - row from j0 - (i0 + BM - 1)
+  // up (log2 units, without the factors), as queries_kernel's; staged with the tiles.
+  __shared__ float band_s[NS][REL ? BM + BK : 1];
 
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4,
             t = lane % 4;
@@ -362,6 +368,11 @@ __global__ void __launch_bounds__(kBlockThreads, DROP ? 1 : 2)  // (two blocks p
   cp_async_commit();
   stage_keys<T>(Ks, Vs, 1, k, v, a, BK, kmax);
   cp_async_commit();
+  const BiasRows<T, float> bias(a, b, REL);
+  if constexpr (REL)
+    for (int j = 0; j < 2 * BK && j < kmax; j += BK)
+      stage_band<T, float, kBlockThreads>(band_s[j / BK], bias, a, int64_t(j) - (i0 + BM - 1), BM + BK - 1);
+  PendingTerms<T> terms;  // the band of the tile two ahead
 
   const int64_t r0 = i0 + wg * kRows + warp * 16 + g;  // this thread's rows: r0, r0 + 8
   int len[1][2];
@@ -375,6 +386,10 @@ __global__ void __launch_bounds__(kBlockThreads, DROP ? 1 : 2)  // (two blocks p
     drr[h] = in ? dr[b * a.tq + r] : 0.f;
   }
   const int least = warp_shortest<1>(len);  // the key tiles below it are seen whole
+  const bool scaled = REL && bias.scale && dscale;
+  float fac[2], dsc[2] = {0.f, 0.f};  // REL: the rows' factors, and their sums for dscale
+#pragma unroll
+  for (int h = 0; h < 2; ++h) fac[h] = REL && bias.scale && r0 + 8 * h < a.tq ? bias.factor(r0 + 8 * h) : 1.f;
   float dq[32];
 #pragma unroll
   for (int e = 0; e < 32; ++e) dq[e] = 0.f;
@@ -387,6 +402,8 @@ __global__ void __launch_bounds__(kBlockThreads, DROP ? 1 : 2)  // (two blocks p
     __syncthreads();  // every thread's copies are in; the stage of two tiles ago is free
     const unsigned char* K = Ks + buf * kTileBytes;
     const unsigned char* V = Vs + buf * kTileBytes;
+    const int j2 = j0 + 2 * BK;  // the tile whose terms load now and go to shared memory at the end
+    if (REL && j2 < kmax) terms.load(bias, a, int64_t(j2) - (i0 + BM - 1), BM + BK - 1, 0, kBlockThreads);
     float s[32], dp[32];
     wgmma::fence();
     rows_times_rows<BF>(s, Qs, wg * kRows, K);  // S: queries x keys
@@ -409,7 +426,8 @@ __global__ void __launch_bounds__(kBlockThreads, DROP ? 1 : 2)  // (two blocks p
         for (int e = 0; e < 4; ++e) {
           const int key = j0 + 8 * n + 2 * t + (e & 1), h = e / 2;
           const bool seen = decltype(whole)::value || key < len[0][h];
-          s[4 * n + e] = seen ? ex2(fmaf(s[4 * n + e], sl2, -lse[h])) : 0.f;
+          const float raw = REL && seen ? band_s[buf][key - j0 - (r0 + 8 * h - i0) + BM - 1] : 0.f;
+          s[4 * n + e] = seen ? ex2(fmaf(s[4 * n + e], sl2, REL ? raw * fac[h] - lse[h] : -lse[h])) : 0.f;
           if (DROP && !kept[e]) dropped |= 1u << (4 * n + e);
         }
       }
@@ -424,6 +442,10 @@ __global__ void __launch_bounds__(kBlockThreads, DROP ? 1 : 2)  // (two blocks p
           const float x = dp[4 * n + e];
           const float dpd = DROP && (dropped >> (4 * n + e)) & 1 ? 0.f : DROP ? x * drop.scale : x;
           dp[4 * n + e] = seen ? s[4 * n + e] * (dpd - drr[h]) : 0.f;
+          if (REL && scaled) {
+            const float raw = seen ? band_s[buf][key - j0 - (r0 + 8 * h - i0) + BM - 1] : 0.f;
+            dsc[h] = fmaf(dp[4 * n + e], raw, dsc[h]);
+          }
         }
       operands<T>(df, dp);
     };
@@ -431,10 +453,18 @@ __global__ void __launch_bounds__(kBlockThreads, DROP ? 1 : 2)  // (two blocks p
     wgmma::fence();
     weights_times_rows<BF>(dq, df, K);  // dQ += dS K
     wgmma::commit();
+    if (REL && j2 < kmax) terms.store(band_s[(buf + 2) % NS], BM + BK - 1, nullptr, kBlockThreads);
     wgmma::wait<0>();
   }
   cp_async_wait_all();
   wgmma::pin(dq);
+  if (REL && scaled) {  // a row lives in one quad; the sums were in log2 units
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float x = quad_sum(dsc[h]);
+      if (t == 0 && r0 + 8 * h < a.tq) dscale[b * a.tq + r0 + 8 * h] = x * 0.6931471805599453f;
+    }
+  }
 
   if (!ga.dq) return;
   const float sc = float(a.scale);
@@ -602,9 +632,9 @@ void launch(const AttentionArgs& a, const AttentionGradArgs& ga, const float* dr
   if (ga.dq) {
     const int64_t qblocks = (a.tq + 2 * kRows - 1) / (2 * kRows);
     constexpr size_t smem = size_t(2 * kWarpgroups + 2 * kStages) * kTileBytes;
-    set_smem<queries_wgmma_kernel<T, DROP>>(smem, "dot_attention backward");
-    queries_wgmma_kernel<T, DROP><<<dim3(unsigned(problems), unsigned(qblocks)), kBlockThreads, smem, s>>>(
-        a, ga, dr, row_len, tile_kmax);
+    set_smem<queries_wgmma_kernel<T, DROP, false>>(smem, "dot_attention backward");
+    queries_wgmma_kernel<T, DROP, false><<<dim3(unsigned(problems), unsigned(qblocks)), kBlockThreads, smem, s>>>(
+        a, ga, dr, row_len, tile_kmax, nullptr);
     check_launch("dot_attention backward (queries, wgmma)");
   }
 }
@@ -621,6 +651,19 @@ void launch_keys_relative(const AttentionArgs& a, const AttentionGradArgs& ga, c
                                      tiles + (diag ? diag_tile : 0), s>>>(a, ga, dr, row_len, tile_kmax, tile_kmin,
                                                                           diag);
   check_launch("dot_attention backward (keys, wgmma)");
+}
+
+// The dQ kernel with a relative bias (each row's share of its scale's gradient to dscale when not
+// null).
+template <class T, bool DROP>
+void launch_queries_relative(const AttentionArgs& a, const AttentionGradArgs& ga, const float* dr, const int* row_len,
+                             const int* tile_kmax, float* dscale, cudaStream_t s) {
+  const int64_t qblocks = (a.tq + 2 * kRows - 1) / (2 * kRows);
+  constexpr size_t smem = size_t(2 * kWarpgroups + 2 * kStages) * kTileBytes;
+  set_smem<queries_wgmma_kernel<T, DROP, true>>(smem, "dot_attention backward");
+  queries_wgmma_kernel<T, DROP, true><<<dim3(unsigned(a.batch0 * a.batch1), unsigned(qblocks)), kBlockThreads, smem,
+                                        s>>>(a, ga, dr, row_len, tile_kmax, dscale);
+  check_launch("dot_attention backward (queries, wgmma)");
 }
 
 // Whether the current device runs the sm_90a kernels (compute capability 9.0), per device.
@@ -687,6 +730,22 @@ bool launch_attention_keys_wgmma(DType dt, const AttentionArgs& a, const Attenti
   else
     drop ? launch_keys_relative<__half, true>(a, ga, dr, row_len, tile_kmax, tile_kmin, diag, s)
          : launch_keys_relative<__half, false>(a, ga, dr, row_len, tile_kmax, tile_kmin, diag, s);
+  if (a.on_wgmma) *a.on_wgmma = true;
+  return true;
+}
+
+bool launch_attention_queries_wgmma(DType dt, const AttentionArgs& a, const AttentionGradArgs& ga, const float* dr,
+                                    const int* row_len, const int* tile_kmax, float* dscale, cudaStream_t s) {
+  if (wgmma_off() || !attention_wgmma_built() || (dt != DType::bf16 && dt != DType::f16) || !relative_view(a) ||
+      a.d > 64 || a.dv > 64 || !hopper())
+    return false;
+  const bool drop = a.drop_p > 0;
+  if (dt == DType::bf16)
+    drop ? launch_queries_relative<__nv_bfloat16, true>(a, ga, dr, row_len, tile_kmax, dscale, s)
+         : launch_queries_relative<__nv_bfloat16, false>(a, ga, dr, row_len, tile_kmax, dscale, s);
+  else
+    drop ? launch_queries_relative<__half, true>(a, ga, dr, row_len, tile_kmax, dscale, s)
+         : launch_queries_relative<__half, false>(a, ga, dr, row_len, tile_kmax, dscale, s);
   if (a.on_wgmma) *a.on_wgmma = true;
   return true;
 }

@@ -29,4 +29,10 @@ bool launch_attention_keys_wgmma(DType dt, const AttentionArgs& a, const Attenti
                                  const int* row_len, const int* tile_kmax, const int* tile_kmin, float* diag,
                                  cudaStream_t s);
 
+// The dQ kernel alone with a relative bias (relative_view), as the mma.sync queries kernel: each
+// row's share of its row scale's gradient goes to dscale ([problems, tq]; null: none wanted).
+// The same conditions; false, launching nothing, elsewhere.
+bool launch_attention_queries_wgmma(DType dt, const AttentionArgs& a, const AttentionGradArgs& ga, const float* dr,
+                                    const int* row_len, const int* tile_kmax, float* dscale, cudaStream_t s);
+
 }  // namespace dimx::gpu

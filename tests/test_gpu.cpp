@@ -1042,7 +1042,7 @@ TEST_CASE("gpu: a relative bias matches the CPU, forward and gradients", "[gpu][
             CHECK(c.fused_backward == 1);
             CHECK(c.unfused_forward + c.unfused_backward == 0);
             CHECK(c.relative_bias_gathered == 0);
-            // (bf16 up to head size 64: the keys kernel on wgmma where the device has it; the
+            // (bf16 up to head size 64: the backward on wgmma where the device has it; the
             // forward with a bias stays on the per-warp kernels, measured faster)
             CHECK(c.wgmma_forward == 0);
             CHECK(c.wgmma_backward == (dev == kGpu && dt == DType::bf16 && wgmma_device() ? 1 : 0));
@@ -1132,7 +1132,7 @@ TEST_CASE("gpu: fused dot_attention with dropout, every precision", "[gpu][atten
         CHECK(pc.fused_backward == (half ? 1 : 0));
         CHECK(pc.unfused_forward == (half ? 0 : 1));
         CHECK(pc.unfused_backward == 0);
-        // (2: a bias tensor; 4: a relative one, whose keys kernel alone runs on wgmma)
+        // (2: a bias tensor; 4: a relative one, on wgmma too)
         CHECK(pc.wgmma_backward == (half && width <= 64 && variant != 2 && wgmma_device() ? 1 : 0));
         CHECK(pc.wgmma_forward == 0);  // (the wgmma forward takes no dropout)
         CHECK(got_offset == want_offset);

@@ -101,8 +101,8 @@ struct AttentionPathCounts {
   /// 64, compute capability 9.0).
   int64_t wgmma_forward = 0;
   /// Of the fused backwards, those whose products ran on Hopper's warpgroup instructions
-  /// (wgmma: CUDA bf16/f16 without a bias, head sizes up to 64, compute capability 9.0; with a
-  /// relative bias, the dK/dV kernel alone).
+  /// (wgmma: CUDA bf16/f16 without a bias or with a relative one, head sizes up to 64,
+  /// compute capability 9.0).
   int64_t wgmma_backward = 0;
 };
 /// The counts so far.
