@@ -101,10 +101,11 @@ __device__ __forceinline__ void weights_times_rows(float (&d)[32], const uint32_
   for (int kk = 0; kk < 4; ++kk) wgmma::mma_rs<BF, 1>(d, p[kk], mn_major(y, kk), true);
 }
 
-// A relative bias's band of terms and its rows' factors for a later stage of the keys kernel, in
-// two steps: the raw loads early in a tile's step, the stores (the terms in log2 units, as
-// BiasRows gives them) at its end, so that no thread waits on them. Thread i holds band element
-// i (< n) and the factor of row r0 + i - factor0 (i >= factor0).
+// A relative bias's band of terms (and, for the keys kernel, its rows' factors) for a later
+// stage, in two steps: the raw loads early in a tile's step, the stores (the terms in log2
+// units, as BiasRows gives them) at its end, so that no thread waits on them. Thread i holds
+// band element i (< n) and the factor of row r0 + i - factor0 (i >= factor0; none where
+// factor0 is the block's size).
 template <class T>
 struct PendingTerms {
   T band{}, fac{};
@@ -176,7 +177,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   };
   // A tile's rows, their dO, log2-sum-exp2, Dr and lengths, and the tile's shortest length,
   // all by cp.async (rows past the problem: zeros, which no weight reads).
-  auto stage = [&](int64_t it, int buf, bool terms) {
+  auto stage = [&](int64_t it, int buf, bool with_terms) {
     if (it >= qtiles) return;
     const int64_t i0 = it * BQ;
     const int nq = int(a.tq - i0 < BQ ? a.tq - i0 : BQ);
@@ -202,7 +203,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     } else if (i == 3 * BQ / 4) {
       cp_async4(&kmin_s[buf][0], tile_kmin + b * qtiles + it, true);
     }
-    if (REL && terms) {  // (in the loop: PendingTerms)
+    if (REL && with_terms) {  // (the first two tiles; the loop's come by PendingTerms)
       // (A padded row's factor may be NaN: its weights are never seen, and its dS is 0.)
       if (i >= kBlockThreads - BQ) {
         const int64_t r = i0 + i - (kBlockThreads - BQ);
