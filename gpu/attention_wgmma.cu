@@ -692,6 +692,19 @@ bool wgmma_off() {
   return off;
 }
 
+// The element type of a 16-bit dtype, as a tag.
+template <class T>
+struct Tag {
+  using type = T;
+};
+
+// Runs f(Tag<T>, drop) with T dt's element type (bf16 or f16) and drop a compile-time constant.
+template <class F>
+void by_type(DType dt, bool drop, F&& f) {
+  auto with = [&](auto tag) { drop ? f(tag, std::true_type{}) : f(tag, std::false_type{}); };
+  dt == DType::bf16 ? with(Tag<__nv_bfloat16>{}) : with(Tag<__half>{});
+}
+
 }  // namespace
 
 bool attention_wgmma_built() {
@@ -702,18 +715,24 @@ bool attention_wgmma_built() {
 #endif
 }
 
+namespace {
+
+// Whether the wgmma kernels may take a call of dt on this device: built for it, compute
+// capability 9.0, bf16 or f16, head sizes up to 64, not switched off (its bias and dropout are
+// each entry point's to check).
+bool takes(DType dt, const AttentionArgs& a) {
+  return !wgmma_off() && attention_wgmma_built() && (dt == DType::bf16 || dt == DType::f16) && a.d <= 64 &&
+         a.dv <= 64 && hopper();
+}
+
+}  // namespace
+
 bool launch_attention_backward_wgmma(DType dt, const AttentionArgs& a, const AttentionGradArgs& ga, const float* dr,
                                      const int* row_len, const int* tile_kmax, const int* tile_kmin, cudaStream_t s) {
-  if (wgmma_off() || !attention_wgmma_built() || (dt != DType::bf16 && dt != DType::f16) || a.bias || a.d > 64 ||
-      a.dv > 64 || !hopper())
-    return false;
-  const bool drop = a.drop_p > 0;
-  if (dt == DType::bf16)
-    drop ? launch<__nv_bfloat16, true>(a, ga, dr, row_len, tile_kmax, tile_kmin, s)
-         : launch<__nv_bfloat16, false>(a, ga, dr, row_len, tile_kmax, tile_kmin, s);
-  else
-    drop ? launch<__half, true>(a, ga, dr, row_len, tile_kmax, tile_kmin, s)
-         : launch<__half, false>(a, ga, dr, row_len, tile_kmax, tile_kmin, s);
+  if (!takes(dt, a) || a.bias) return false;
+  by_type(dt, a.drop_p > 0, [&](auto tag, auto drop) {
+    launch<typename decltype(tag)::type, decltype(drop)::value>(a, ga, dr, row_len, tile_kmax, tile_kmin, s);
+  });
   if (a.on_wgmma) *a.on_wgmma = true;
   return true;
 }
@@ -721,50 +740,36 @@ bool launch_attention_backward_wgmma(DType dt, const AttentionArgs& a, const Att
 bool launch_attention_keys_wgmma(DType dt, const AttentionArgs& a, const AttentionGradArgs& ga, const float* dr,
                                  const int* row_len, const int* tile_kmax, const int* tile_kmin, float* diag,
                                  cudaStream_t s) {
-  if (wgmma_off() || !attention_wgmma_built() || (dt != DType::bf16 && dt != DType::f16) || !relative_view(a) ||
-      a.d > 64 || a.dv > 64 || !hopper())
-    return false;
-  const bool drop = a.drop_p > 0;
-  if (dt == DType::bf16)
-    drop ? launch_keys_relative<__nv_bfloat16, true>(a, ga, dr, row_len, tile_kmax, tile_kmin, diag, s)
-         : launch_keys_relative<__nv_bfloat16, false>(a, ga, dr, row_len, tile_kmax, tile_kmin, diag, s);
-  else
-    drop ? launch_keys_relative<__half, true>(a, ga, dr, row_len, tile_kmax, tile_kmin, diag, s)
-         : launch_keys_relative<__half, false>(a, ga, dr, row_len, tile_kmax, tile_kmin, diag, s);
+  if (!takes(dt, a) || !relative_view(a)) return false;
+  by_type(dt, a.drop_p > 0, [&](auto tag, auto drop) {
+    launch_keys_relative<typename decltype(tag)::type, decltype(drop)::value>(a, ga, dr, row_len, tile_kmax,
+                                                                            tile_kmin, diag, s);
+  });
   if (a.on_wgmma) *a.on_wgmma = true;
   return true;
 }
 
 bool launch_attention_queries_wgmma(DType dt, const AttentionArgs& a, const AttentionGradArgs& ga, const float* dr,
                                     const int* row_len, const int* tile_kmax, float* dscale, cudaStream_t s) {
-  if (wgmma_off() || !attention_wgmma_built() || (dt != DType::bf16 && dt != DType::f16) || !relative_view(a) ||
-      a.d > 64 || a.dv > 64 || !hopper())
-    return false;
-  const bool drop = a.drop_p > 0;
-  if (dt == DType::bf16)
-    drop ? launch_queries_relative<__nv_bfloat16, true>(a, ga, dr, row_len, tile_kmax, dscale, s)
-         : launch_queries_relative<__nv_bfloat16, false>(a, ga, dr, row_len, tile_kmax, dscale, s);
-  else
-    drop ? launch_queries_relative<__half, true>(a, ga, dr, row_len, tile_kmax, dscale, s)
-         : launch_queries_relative<__half, false>(a, ga, dr, row_len, tile_kmax, dscale, s);
+  if (!takes(dt, a) || !relative_view(a)) return false;
+  by_type(dt, a.drop_p > 0, [&](auto tag, auto drop) {
+    launch_queries_relative<typename decltype(tag)::type, decltype(drop)::value>(a, ga, dr, row_len, tile_kmax,
+                                                                               dscale, s);
+  });
   if (a.on_wgmma) *a.on_wgmma = true;
   return true;
 }
 
 bool launch_attention_forward_wgmma(DType dt, const AttentionArgs& a, cudaStream_t s) {
-  if (wgmma_off() || !attention_wgmma_built() || (dt != DType::bf16 && dt != DType::f16) || a.bias ||
-      a.drop_p > 0 || a.d > 64 || a.dv > 64 || !hopper())
-    return false;
+  if (!takes(dt, a) || a.bias || a.drop_p > 0) return false;
   const int64_t problems = a.batch0 * a.batch1, qblocks = (a.tq + 2 * kRows - 1) / (2 * kRows);
   constexpr size_t smem = size_t(kWarpgroups + 2 * kStages) * kTileBytes;
   const dim3 grid{unsigned(problems), unsigned(qblocks)};
-  if (dt == DType::bf16) {
-    set_smem<forward_wgmma_kernel<__nv_bfloat16>>(smem, "dot_attention");
-    forward_wgmma_kernel<__nv_bfloat16><<<grid, kBlockThreads, smem, s>>>(a);
-  } else {
-    set_smem<forward_wgmma_kernel<__half>>(smem, "dot_attention");
-    forward_wgmma_kernel<__half><<<grid, kBlockThreads, smem, s>>>(a);
-  }
+  by_type(dt, false, [&](auto tag, auto) {
+    using T = typename decltype(tag)::type;
+    set_smem<forward_wgmma_kernel<T>>(smem, "dot_attention");
+    forward_wgmma_kernel<T><<<grid, kBlockThreads, smem, s>>>(a);
+  });
   check_launch("dot_attention (wgmma)");
   if (a.on_wgmma) *a.on_wgmma = true;
   return true;
